@@ -1,0 +1,1 @@
+"""Training harness: LM skeleton, objectives, loss, budget, trainer, results."""

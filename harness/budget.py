@@ -1,0 +1,113 @@
+"""Training budgets: `tokens=N`, `seconds=S` or `a100_seconds=S`.
+
+- tokens:        real (non-pad) tokens fed to the model, summed over steps.
+- seconds:       wall-clock training time on the device at hand (dev-set evaluations excluded).
+- a100_seconds:  seconds the same work would take on an A100, i.e. wall seconds x device speed
+                 factor. The factor is *measured*, not looked up: a dense matmul (bf16 4096^3 on
+                 CUDA, fp32 1024^3 on CPU) is timed and divided by A100_REF_TFLOPS.
+
+A100_REF_TFLOPS = 252: the A100's 312 TFLOP/s dense bf16 peak times the fraction of peak a large
+bf16 matmul reaches in practice (the H100 measured here: 798 of 989 TFLOP/s = 0.807; we assume the
+A100 reaches the same fraction). Matmul-bound cells scale close to this factor; bandwidth-bound
+cells (small widths, scans) less, so the factor is recorded with every row and can be redone.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("tokens", "seconds", "a100_seconds")
+A100_PEAK_BF16_TFLOPS = 312.0
+MATMUL_EFFICIENCY = 798.0 / 989.0
+A100_REF_TFLOPS = round(A100_PEAK_BF16_TFLOPS * MATMUL_EFFICIENCY)  # 252
+
+
+class BudgetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str
+    amount: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        m = re.fullmatch(r"\s*([a-z0-9_]+)\s*=\s*([0-9.eE+_]+)\s*", text or "")
+        if not m or m.group(1) not in KINDS:
+            raise BudgetError(f"budget must look like tokens=N, seconds=S or a100_seconds=S; got {text!r}")
+        try:
+            amount = float(m.group(2).replace("_", ""))
+        except ValueError:
+            raise BudgetError(f"budget amount is not a number: {text!r}") from None
+        if amount <= 0:
+            raise BudgetError(f"budget must be positive: {text!r}")
+        return cls(m.group(1), amount)
+
+    def __str__(self) -> str:
+        amt = int(self.amount) if self.amount == int(self.amount) else self.amount
+        return f"{self.kind}={amt}"
+
+    @property
+    def slug(self) -> str:
+        return str(self).replace("=", "-")
+
+
+_FACTOR_CACHE: dict[str, dict] = {}
+
+
+def device_speed(device: torch.device) -> dict:
+    """Measured matmul throughput of `device` and its speed factor relative to the A100 reference."""
+    key = str(device)
+    if key in _FACTOR_CACHE:
+        return _FACTOR_CACHE[key]
+    if device.type == "cuda":
+        n, dtype, reps = 4096, torch.bfloat16, 20
+    else:
+        n, dtype, reps = 1024, torch.float32, 5
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    tflops = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+    info = {
+        "matmul_tflops": round(tflops, 3),
+        "matmul": f"{str(dtype).replace('torch.', '')} {n}^3",
+        "a100_ref_tflops": A100_REF_TFLOPS,
+        "a100_factor": tflops / A100_REF_TFLOPS,
+    }
+    _FACTOR_CACHE[key] = info
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class BudgetMeter:
+    """Turns (tokens seen, training seconds) into the fraction of the budget used."""
+
+    def __init__(self, budget: Budget, device: torch.device):
+        self.budget = budget
+        self.speed = device_speed(device) if budget.kind == "a100_seconds" else None
+
+    def fraction(self, tokens: int, seconds: float) -> float:
+        if self.budget.kind == "tokens":
+            used = tokens
+        elif self.budget.kind == "seconds":
+            used = seconds
+        else:
+            used = seconds * self.speed["a100_factor"]
+        return used / self.budget.amount
+
+    def describe(self) -> dict:
+        return {"budget": str(self.budget), **({"speed": self.speed} if self.speed else {})}

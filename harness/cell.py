@@ -1,0 +1,155 @@
+"""One grid cell: task data -> matched model -> budgeted training -> evaluation -> one results row.
+
+`run_cell` never raises for a failure inside the cell (OOM, NaN loss, too small a budget): it
+returns a row with status "failed" and the error, so a grid keeps going. Bad *configuration* (an
+unknown mixer, a missing data directory) is raised before any cell runs, by `run_matrix.py`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import mixers
+import tasks
+from harness import objectives
+from harness.budget import Budget, BudgetMeter
+from harness.env import device_name, git_commit, versions
+from harness.loss import resolve_impl
+from harness.model import LM, count_params, get_preset, matched_config
+from harness.train import TrainConfig, dev_loss, train
+from tasks import PrepareContext, TaskData
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Cell:
+    """Everything that defines a run; its hash is the resume key."""
+
+    task: str
+    mixer: str
+    objective: str
+    preset: str
+    budget: str
+    seed: int = 0
+    norm: str = "pre"
+    mixer_opts: dict[str, Any] = field(default_factory=dict)
+    objective_opts: dict[str, Any] = field(default_factory=dict)
+    task_opts: dict[str, Any] = field(default_factory=dict)
+    loss: str = "auto"
+    compile: bool = False
+
+    def key(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        return f"{self.mixer} x {self.objective} (seed {self.seed})"
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    data_dir: Path | None
+    cache_dir: Path
+    grid: str
+    progress: bool = True
+    log: Callable[[str], None] = print
+    _data: dict[str, TaskData] = field(default_factory=dict)
+
+    def task_data(self, task: tasks.Task, cell: Cell) -> TaskData:
+        """Prepared once per (task options, preset) and shared by every cell of the grid."""
+        preset = get_preset(cell.preset)
+        key = json.dumps([cell.task, cell.task_opts, preset.vocab_size, preset.max_len], sort_keys=True)
+        if key not in self._data:
+            ctx = PrepareContext(self.data_dir, self.cache_dir, preset.vocab_size, preset.max_len, self.log)
+            self._data[key] = task.prepare(ctx)
+        return self._data[key]
+
+
+def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION, "key": cell.key(), "grid": ctx.grid, "task": cell.task, "protocol": None,
+        "mixer": cell.mixer, "objective": cell.objective, "seed": cell.seed, "preset": cell.preset,
+        "budget": cell.budget, "norm": cell.norm, "mixer_opts": cell.mixer_opts,
+        "objective_opts": cell.objective_opts, "task_opts": cell.task_opts, "status": "failed", "error": None,
+        "params": None, "tokens_seen": None, "device": device_name(str(ctx.device)), "versions": versions(),
+        "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": 1,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
+    row = base_row(cell, ctx)
+    t_start = time.perf_counter()
+    model = None
+    try:
+        task = tasks.build(cell.task, **cell.task_opts)
+        data = ctx.task_data(task, cell)
+        row["protocol"] = data.protocol
+        row["data"] = data.info
+        preset = get_preset(cell.preset)
+        loss_impl = resolve_impl(cell.loss, ctx.device)
+        objective = objectives.build(cell.objective, data.special, loss_impl, **cell.objective_opts)
+        cfg = matched_config(preset, cell.mixer, objective.causal, data.vocab_size, cell.mixer_opts, cell.norm)
+        torch.manual_seed(cell.seed)
+        model = LM(cfg).to(ctx.device)
+        row["params"] = count_params(model)
+        row["model"] = {**dataclasses.asdict(cfg), "target_params": preset.target_params}
+        row["objective_info"] = objective.describe()
+        row["mixer_options"] = mixers.options_of(cell.mixer) | cell.mixer_opts
+
+        tcfg = TrainConfig(batch_size=preset.batch_size, lr=preset.lr, seed=cell.seed, compile=cell.compile,
+                           progress=ctx.progress, pad_to=64 if ctx.device.type == "cuda" else 1)
+        budget = Budget.parse(cell.budget)
+        res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device)
+        row["tokens_seen"] = res.tokens_seen
+        row["budget_info"] = BudgetMeter(budget, ctx.device).describe()
+        row["loss_curve"] = res.loss_curve
+        row["train"] = {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
+                        "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
+                        "compile": cell.compile, "batch_size": tcfg.batch_size, "lr": tcfg.lr}
+
+        metrics = task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size)
+        samples = metrics.pop("samples", None)
+        eval_nll = dev_loss(model, objective, data.eval.to(ctx.device), tcfg.eval_batch_size, ctx.device)
+        metrics[objective.ppl_key] = math.exp(min(eval_nll, 50.0))
+        metrics["tokens_per_s"] = res.tokens_per_s
+        metrics["peak_mem_bytes"] = res.peak_mem_bytes  # None on CPU: never a made-up number
+        metrics["state_floats"] = _state_floats(model, data)
+        row["metrics"] = metrics
+        row["samples"] = samples
+        row["backend"] = {"mixer": model.backends(), "loss": loss_impl}
+        row["status"] = "ok"
+    except Exception as e:  # one cell's failure (OOM, NaN, budget) must not kill the grid
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        row["traceback"] = traceback.format_exc(limit=6)[-2000:]
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            row["error"] = "OutOfMemoryError: " + row["error"].split(":", 1)[1][:200]
+    finally:
+        row["wall_s"] = round(time.perf_counter() - t_start, 2)
+        del model
+        gc.collect()
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def _state_floats(model: LM, data: TaskData) -> int | None:
+    """History-state size at the mean evaluation length (None if a mixer does not report it)."""
+    T = int(round(float(data.eval.lengths.mean()))) if len(data.eval) else 0
+    try:
+        return model.state_floats(T)
+    except NotImplementedError:
+        return None

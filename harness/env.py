@@ -1,0 +1,67 @@
+"""What a results row says about where it ran: device, package versions, git commit."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "triton", "sentencepiece", "fugashi", "unidic-lite", "cut-cross-entropy", "PyWavelets",
+            "mamba-ssm", "causal-conv1d", "flash-attn", "numpy", "pandas", "seaborn", "datasets")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return dev
+
+
+@lru_cache(maxsize=None)
+def device_name(device: str) -> str:
+    """'NVIDIA H200' or 'cpu: <processor> (N threads)': every figure names its device."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu} ({torch.get_num_threads()} threads)"
+
+
+@lru_cache(maxsize=None)
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+@lru_cache(maxsize=None)
+def git_commit() -> str | None:
+    """HEAD of the checkout this code runs from, '+dirty' when it has uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

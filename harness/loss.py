@@ -1,0 +1,96 @@
+"""Output loss: per-token negative log-likelihood from hidden states and the classifier matrix.
+
+One place decides the path, and the run records it:
+- "cce":           Cut Cross-Entropy's Triton kernel (CUDA only). Never materialises the logits.
+- "cce_compile":   Cut Cross-Entropy's `impl="torch_compile"`, the one that runs on CPU (compiles
+                   slowly: ~15 s per new shape here).
+- "chunked":       exact fallback in plain PyTorch: logits for a chunk of tokens at a time, recomputed
+                   in the backward pass, so at most `chunk x V` logits exist at once (not N x V).
+- "auto":          "cce" on CUDA when the package imports, else "chunked".
+
+All paths return fp32 per-token NLL (N,) so objectives can weight tokens (1/t in diffusion).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSS_IMPLS = ("auto", "cce", "cce_compile", "chunked")
+
+
+def _cce():
+    try:
+        from cut_cross_entropy import linear_cross_entropy
+
+        return linear_cross_entropy
+    except Exception:  # pragma: no cover - depends on the machine
+        return None
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    if impl not in LOSS_IMPLS:
+        raise ValueError(f"unknown loss implementation {impl!r}; choose from {', '.join(LOSS_IMPLS)}")
+    if impl == "auto":
+        return "cce" if device.type == "cuda" and _cce() is not None else "chunked"
+    if impl in ("cce", "cce_compile") and _cce() is None:
+        raise RuntimeError("cut-cross-entropy is not importable here; use --loss chunked")
+    if impl == "cce" and device.type != "cuda":
+        raise RuntimeError("the cce kernel needs CUDA; on CPU use --loss cce_compile or chunked")
+    return impl
+
+
+class _ChunkedNLL(torch.autograd.Function):
+    """Exact cross-entropy without holding N x V logits: forward keeps only log-sum-exp per token;
+    backward recomputes each chunk's logits, softmax and gradients."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
+        N = h.shape[0]
+        acc = torch.promote_types(h.dtype, torch.float32)  # fp32 statistics even under bf16
+        lse = torch.empty(N, dtype=acc, device=h.device)
+        tgt = torch.empty(N, dtype=acc, device=h.device)
+        for s in range(0, N, chunk):
+            logits = (h[s : s + chunk] @ w.t()).to(acc)  # (n, V)
+            lse[s : s + chunk] = torch.logsumexp(logits, -1)
+            tgt[s : s + chunk] = logits.gather(1, y[s : s + chunk, None]).squeeze(1)
+        ctx.save_for_backward(h, w, y, lse)
+        ctx.chunk = chunk
+        return lse - tgt
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        h, w, y, lse = ctx.saved_tensors
+        chunk = ctx.chunk
+        gh = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        acc = lse.dtype
+        gw = torch.zeros(w.shape, dtype=acc, device=w.device) if ctx.needs_input_grad[1] else None
+        for s in range(0, h.shape[0], chunk):
+            hs = h[s : s + chunk]
+            p = torch.exp((hs @ w.t()).to(acc) - lse[s : s + chunk, None])  # softmax (n, V)
+            p[torch.arange(hs.shape[0], device=h.device), y[s : s + chunk]] -= 1.0
+            p *= g[s : s + chunk, None].to(acc)  # dL/dlogits
+            if gh is not None:
+                gh[s : s + chunk] = (p.to(w.dtype) @ w).to(h.dtype)
+            if gw is not None:
+                gw += p.t() @ hs.to(acc)
+        return gh, (gw.to(w.dtype) if gw is not None else None), None, None
+
+
+def token_nll(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, impl: str, chunk: int = 4096) -> torch.Tensor:
+    """h: (N, D) hidden states, w: (V, D) classifier, y: (N,) targets -> (N,) fp32 NLL.
+
+    `impl` must be resolved already (see `resolve_impl`).
+    """
+    if h.shape[0] == 0:
+        return h.new_zeros(0, dtype=torch.float32)
+    if impl == "chunked":
+        return _ChunkedNLL.apply(h, w, y, chunk)
+    lce = _cce()
+    kind = "cce" if impl == "cce" else "torch_compile"
+    # filter_eps=None: no gradient filtering, so the gradients match the exact path
+    return lce(h, w.to(h.dtype), y, reduction="none", impl=kind, filter_eps=None).float()
+
+
+def plain_nll(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The textbook reference (materialises all logits): used by tests and the loss-memory benchmark."""
+    return F.cross_entropy((h @ w.t()).float(), y, reduction="none")

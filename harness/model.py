@@ -1,0 +1,202 @@
+"""The one LM skeleton every mixer shares, and parameter matching across mixers.
+
+embedding -> N x (norm -> mixer -> residual; norm -> MLP -> residual) -> norm -> tied LM head.
+
+"One layer" means the same thing for every mixer (one mixer + one MLP), and the MLP width is solved
+per mixer so that every cell of a preset lands within ±5% of the preset's total parameter target:
+a mixer with a heavier token-mixing block gets a thinner MLP, never an extra layer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import mixers
+from mixers._layers import RMSNorm
+
+NORMS = ("pre", "post", "hybrid")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model size. `target_params` counts every parameter, the tied embedding once."""
+
+    name: str
+    d_model: int
+    n_layers: int
+    vocab_size: int  # tokenizer vocabulary the preset is sized for
+    target_params: int
+    max_len: int  # longest training / evaluation sequence, in tokens
+    batch_size: int  # sequences per optimiser step
+    lr: float
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("tiny", d_model=64, n_layers=2, vocab_size=4000, target_params=500_000, max_len=256, batch_size=8, lr=3e-3),
+        Preset("small", d_model=256, n_layers=6, vocab_size=8000, target_params=10_000_000, max_len=512, batch_size=32, lr=1e-3),
+        Preset("base", d_model=512, n_layers=8, vocab_size=16000, target_params=50_000_000, max_len=512, batch_size=32, lr=6e-4),
+    )
+}
+PARAM_TOLERANCE = 0.05
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass
+class LMConfig:
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    mixer: str
+    causal: bool
+    mlp_hidden: int
+    mixer_opts: dict[str, Any] = field(default_factory=dict)
+    norm: str = "pre"  # pre | post | hybrid (HybridNorm, arXiv 2503.04598)
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.up = nn.Linear(d, hidden, bias=False)
+        self.down = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """One layer. Norm placement:
+    - pre:    x + mixer(norm(x));        x + mlp(norm(x))
+    - post:   norm(x + mixer(x));        norm(x + mlp(x))
+    - hybrid: x + mixer(x) with the mixer normalising its own projections (QKV-norm for attention);
+              norm(x + mlp(x)) around the MLP (HybridNorm's post-norm FFN).
+    """
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.norm_kind = cfg.norm
+        self.mixer = mixers.build(cfg.mixer, cfg.d_model, cfg.causal, proj_norm=cfg.norm == "hybrid", **cfg.mixer_opts)
+        self.mlp = MLP(cfg.d_model, cfg.mlp_hidden)
+        self.norm1 = RMSNorm(cfg.d_model) if cfg.norm in ("pre", "post") else nn.Identity()
+        self.norm2 = RMSNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.norm_kind == "pre":
+            x = x + self.mixer(self.norm1(x), pad_mask)
+            return x + self.mlp(self.norm2(x))
+        if self.norm_kind == "post":
+            x = self.norm1(x + self.mixer(x, pad_mask))
+        else:  # hybrid
+            x = x + self.mixer(x, pad_mask)
+        return self.norm2(x + self.mlp(x))
+
+
+class LM(nn.Module):
+    """Returns final hidden states; the objective turns them into a loss with `head_weight`."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        if cfg.norm not in NORMS:
+            raise ValueError(f"unknown norm placement {cfg.norm!r}; choose from {', '.join(NORMS)}")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        self.apply(self._init)
+        # GPT-2 style: shrink the residual-branch outputs so depth does not blow up the stream
+        for name, p in self.named_parameters():
+            if name.endswith(("out.weight", "down.weight", "out_proj.weight")):
+                nn.init.normal_(p, std=0.02 / (2 * cfg.n_layers) ** 0.5)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The tied output classifier (V, D)."""
+        return self.embed.weight
+
+    def forward(self, ids: torch.Tensor, pad_mask: torch.Tensor | None = None, right_padded: bool = True) -> torch.Tensor:
+        """ids (B, T) -> hidden (B, T, D).
+
+        A causal model fed right-padded batches drops the mask: no real token can see a pad that
+        comes after it, so the mixers may take their unmasked fast path (e.g. SDPA is_causal).
+        """
+        if self.cfg.causal and right_padded:
+            pad_mask = None
+        x = self.embed(ids)
+        for blk in self.blocks:
+            x = blk(x, pad_mask)
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.head_weight.t()
+
+    def backends(self) -> list[str]:
+        return sorted({b.mixer.backend for b in self.blocks})
+
+    def state_floats(self, seq_len: int) -> int:
+        """Numbers the whole model carries about the past at inference, all layers."""
+        return sum(b.mixer.state_floats(seq_len) for b in self.blocks)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _count_on_meta(cfg: LMConfig) -> int:
+    with torch.device("meta"):
+        return count_params(LM(cfg))
+
+
+def matched_config(
+    preset: Preset,
+    mixer: str,
+    causal: bool,
+    vocab_size: int | None = None,
+    mixer_opts: dict[str, Any] | None = None,
+    norm: str = "pre",
+    d_model: int | None = None,
+) -> LMConfig:
+    """Solve the MLP width so the total parameter count hits the preset's target.
+
+    Parameters are linear in the MLP width, so two counts on the meta device (no memory) give the
+    slope and intercept. The width is rounded to a multiple of 8 for kernel-friendly shapes.
+    """
+    base = LMConfig(
+        vocab_size=vocab_size or preset.vocab_size,
+        d_model=d_model or preset.d_model,
+        n_layers=preset.n_layers,
+        mixer=mixer,
+        causal=causal,
+        mlp_hidden=8,
+        mixer_opts=dict(mixer_opts or {}),
+        norm=norm,
+    )
+    n8 = _count_on_meta(base)
+    n16 = _count_on_meta(dataclasses.replace(base, mlp_hidden=16))
+    slope = (n16 - n8) / 8
+    hidden = round((preset.target_params - n8) / slope / 8) * 8 + 8
+    if hidden < 8:
+        raise ValueError(
+            f"preset {preset.name!r}: mixer {mixer!r} alone needs {n8:,} parameters, more than the target "
+            f"{preset.target_params:,}; use a larger preset or smaller mixer options"
+        )
+    return dataclasses.replace(base, mlp_hidden=hidden)

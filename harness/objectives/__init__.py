@@ -1,0 +1,61 @@
+"""Training objectives: one file each, self-registered like mixers.
+
+An objective decides (1) whether mixers run causal or bidirectional, (2) the training loss from a
+`Batch`, (3) the held-out NLL of the target tokens that becomes the reported perplexity (exact for
+autoregressive models, an upper bound for masked diffusion, hence `ppl_key`), and (4) how answers
+are generated from prompts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+from harness.data import Batch, SpecialTokens
+from harness.registry import Registry
+
+REGISTRY: Registry["Objective"] = Registry("objective", __name__)
+register = REGISTRY.register
+names = REGISTRY.names
+get = REGISTRY.get
+options_of = REGISTRY.options_of
+
+
+class Objective:
+    name: ClassVar[str] = "?"
+    causal: ClassVar[bool]  # how mixers are built for this objective
+    ppl_key: ClassVar[str]  # "ppl" (exact) or "ppl_bound" (an upper bound)
+
+    @dataclasses.dataclass
+    class Options:
+        pass
+
+    def __init__(self, opts: Any, special: SpecialTokens, loss_impl: str):
+        self.opts = opts
+        self.special = special
+        self.loss_impl = loss_impl  # resolved path of harness.loss
+
+    def loss(self, model, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scalar training loss (differentiable)."""
+        raise NotImplementedError
+
+    def nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed NLL of target tokens, number of target tokens): exp(sum / n) is the perplexity."""
+        raise NotImplementedError
+
+    def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
+        """Answer token ids for each prompt, cut before the first EOS."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What a results row records about this objective."""
+        return {"loss_impl": self.loss_impl, **dataclasses.asdict(self.opts)}
+
+
+def build(name: str, special: SpecialTokens, loss_impl: str, **opts: Any) -> Objective:
+    return get(name)(REGISTRY.make_options(name, opts), special, loss_impl)
+
+
+def cut_at_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos)] if eos in ids else ids

@@ -1,0 +1,84 @@
+"""Autoregressive next-token objective: exact NLL, greedy decoding."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from harness.data import Batch
+from harness.loss import token_nll
+from harness.objectives import Objective, cut_at_eos, register
+
+IGNORE = -100
+
+
+@register("autoregressive")
+class Autoregressive(Objective):
+    causal = True
+    ppl_key = "ppl"
+
+    @dataclasses.dataclass
+    class Options:
+        loss_on: str = "all"  # "all" real tokens, or "answer": only the task's target tokens
+
+    def __init__(self, opts, special, loss_impl):
+        super().__init__(opts, special, loss_impl)
+        if opts.loss_on not in ("all", "answer"):
+            raise ValueError(f"autoregressive: loss_on must be 'all' or 'answer', got {opts.loss_on!r}")
+
+    def _nll(self, model, batch: Batch, use: torch.Tensor) -> torch.Tensor:
+        """Per-position NLL of predicting ids[:, t+1] from the prefix, zero where `use` is False.
+
+        Masking by `ignore_index`-style targets (not boolean indexing) keeps the number of tokens
+        static: no host-device sync in the training loop. (B, T-1) fp32.
+        """
+        h = model(batch.ids, batch.pad_mask, right_padded=True)[:, :-1]  # (B, T-1, D)
+        y = batch.ids[:, 1:].masked_fill(~use, 0)
+        nll = token_nll(h.reshape(-1, h.shape[-1]), model.head_weight, y.reshape(-1), self.loss_impl)
+        return nll.view_as(y) * use
+
+    def _use(self, batch: Batch, answer_only: bool) -> torch.Tensor:
+        use = batch.pad_mask[:, 1:]
+        return use & batch.target[:, 1:] if answer_only else use
+
+    def loss(self, model, batch: Batch, generator=None) -> torch.Tensor:
+        use = self._use(batch, self.opts.loss_on == "answer")
+        return self._nll(model, batch, use).sum() / use.sum().clamp_min(1)
+
+    def nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        use = self._use(batch, True)
+        return self._nll(model, batch, use).sum(), use.sum()
+
+    @torch.no_grad()
+    def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
+        """Greedy decoding, batched with right padding.
+
+        Every step reruns the whole prefix (no KV cache or recurrent state): the same cost model for
+        every mixer, so latency differences come from the mixers, not from a cache some lack.
+        """
+        out: list[list[int]] = [[] for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        dev = model.head_weight.device
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            lens = torch.tensor([len(prompts[i]) for i in idx], device=dev)
+            buf = torch.full((len(idx), int(lens.max()) + max_new), self.special.pad, dtype=torch.long, device=dev)
+            for r, i in enumerate(idx):
+                buf[r, : len(prompts[i])] = torch.tensor(prompts[i], device=dev)
+            done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+            rows = torch.arange(len(idx), device=dev)
+            for _ in range(max_new):
+                T = int(lens.max())
+                pad_mask = torch.arange(T, device=dev)[None] < lens[:, None]
+                h = model(buf[:, :T], pad_mask, right_padded=True)
+                nxt = model.logits(h[rows, lens - 1]).argmax(-1)  # (b,)
+                nxt = torch.where(done, torch.full_like(nxt, self.special.pad), nxt)
+                buf[rows, lens] = nxt
+                lens = lens + (~done).long()
+                done |= nxt == self.special.eos
+                if bool(done.all()):
+                    break
+            for r, i in enumerate(idx):
+                gen = buf[r, len(prompts[i]) : int(lens[r])].tolist()
+                out[i] = cut_at_eos(gen, self.special.eos)
+        return out

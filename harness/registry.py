@@ -1,0 +1,102 @@
+"""A name -> class registry with self-registration and lazy discovery, shared by mixers, objectives
+and tasks. Discovery imports every module of the package whose name does not start with `_`, so a
+new file is picked up with no central list to edit."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import typing
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(ValueError):
+    pass
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, package: str):
+        self.kind = kind  # "mixer", "objective", "task": used in error messages
+        self.package = package
+        self._classes: dict[str, type[T]] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        def deco(cls: type[T]) -> type[T]:
+            old = self._classes.get(name)
+            if old is not None and old.__qualname__ != cls.__qualname__:
+                raise ValueError(f"{self.kind} {name!r} registered twice ({old.__module__}, {cls.__module__})")
+            cls.name = name  # type: ignore[attr-defined]
+            self._classes[name] = cls
+            return cls
+
+        return deco
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self.package)
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{mod.name}")
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._classes)
+
+    def get(self, name: str) -> type[T]:
+        self._load()
+        if name not in self._classes:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {', '.join(sorted(self._classes))}")
+        return self._classes[name]
+
+    def options_of(self, name: str) -> dict[str, Any]:
+        """Default options of one entry (its `Options` dataclass), for --list and results rows."""
+        return dataclasses.asdict(self.get(name).Options())  # type: ignore[attr-defined]
+
+    def make_options(self, name: str, values: dict[str, Any] | None) -> Any:
+        return coerce_options(self.get(name).Options, values or {}, f"{self.kind} {name!r}")  # type: ignore[attr-defined]
+
+
+def coerce_options(opts_cls: type, values: dict[str, Any], what: str) -> Any:
+    """Build an options dataclass from a dict whose values may be CLI strings; unknown keys are errors."""
+    fields = {f.name for f in dataclasses.fields(opts_cls)}
+    hints = typing.get_type_hints(opts_cls)
+    kwargs = {}
+    for key, val in values.items():
+        if key not in fields:
+            raise ValueError(f"{what} has no option {key!r}; options: {', '.join(sorted(fields)) or '(none)'}")
+        kwargs[key] = _coerce(key, val, hints[key])
+    return opts_cls(**kwargs)
+
+
+def _coerce(key: str, val: Any, typ: Any) -> Any:
+    if not isinstance(val, str) or typ is str:
+        return val
+    try:
+        if typ is bool:
+            low = val.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ in (int, float):
+            return typ(val)
+    except ValueError:
+        raise ValueError(f"option {key}={val!r} is not a valid {typ.__name__}") from None
+    return val
+
+
+def parse_kv(items: list[str] | None, flag: str) -> dict[str, str]:
+    """["a=1", "b=x"] -> {"a": "1", "b": "x"}: the value syntax of --mixer-opt / --task-opt."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out

@@ -1,0 +1,86 @@
+"""Results: one JSON object per line, appended atomically, never rewritten.
+
+Every finished cell (ok or failed) appends one line. The write is a single `os.write` of the whole
+line on an `O_APPEND` descriptor under an exclusive `flock`, followed by `fsync`: concurrent writers
+(parallel cells) never interleave, and a kill leaves either the whole line or nothing. A reader
+that still finds a torn last line (power loss) reports it with the file and line number.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+REQUIRED = (
+    "task", "protocol", "mixer", "objective", "seed", "preset", "budget", "status", "error", "params",
+    "tokens_seen", "device", "versions", "git_commit", "metrics", "loss_curve",
+)
+
+
+class ResultsFileError(ValueError):
+    pass
+
+
+def append_row(path: Path | str, row: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row, ensure_ascii=False, allow_nan=True, default=_jsonable) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def read_rows(path: Path | str) -> list[dict[str, Any]]:
+    """All rows of one results file; a malformed line is an error naming the file and line."""
+    path = Path(path)
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ResultsFileError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ResultsFileError(f"{path}:{n}: not a JSON object")
+            missing = [k for k in ("key", "status", "mixer", "objective") if k not in row]
+            if missing:
+                raise ResultsFileError(f"{path}:{n}: row lacks {', '.join(missing)}")
+            rows.append(row)
+    return rows
+
+
+def read_all(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
+    return [r for p in paths for r in read_rows(p)]
+
+
+def latest_by_key(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The last row written for each cell key: a rerun of a failed cell supersedes its failure."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out[r["key"]] = r
+    return out
+
+
+def done_keys(path: Path | str) -> set[str]:
+    """Keys of cells that finished with status ok (resume skips exactly these)."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    return {k for k, r in latest_by_key(read_rows(path)).items() if r["status"] == "ok"}

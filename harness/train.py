@@ -1,0 +1,195 @@
+"""The budgeted training loop.
+
+The learning rate follows the *fraction of the budget used* (warmup - stable - decay, "WSD"), so a
+time budget ends on a decayed LR just like a token budget. Dev-slice evaluations happen at fixed
+budget fractions with the clock paused; the checkpoint with the lowest dev loss is restored at the
+end (checkpoint selection never looks at the evaluation split). The loss curve keeps train and dev
+loss at every evaluation point, so overfitting on a small training set shows up in the results.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from harness.budget import Budget, BudgetError, BudgetMeter
+from harness.data import BatchSampler, SeqSet
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    warmup_frac: float = 0.05
+    decay_frac: float = 0.2  # the last 20% of the budget decays linearly
+    min_lr_frac: float = 0.1
+    eval_points: int = 10  # dev evaluations along the budget
+    dev_max_seqs: int = 512
+    eval_batch_size: int = 32
+    seed: int = 0
+    compile: bool = False
+    pad_to: int = 1  # round batch lengths up (limits torch.compile recompiles)
+    progress: bool = True
+    max_steps: int = 10_000_000  # safety net
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    tokens_per_s: float = float("nan")
+    peak_mem_bytes: int | None = None
+    loss_curve: list[dict] = field(default_factory=list)
+    best_fraction: float | None = None
+    best_dev_loss: float | None = None
+    epochs: float = 0.0
+
+
+def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
+    """LR multiplier at budget fraction `frac`: linear warmup, flat, linear decay to min_lr_frac."""
+    if frac < cfg.warmup_frac:
+        return max(frac / cfg.warmup_frac, 1e-3)
+    start = 1.0 - cfg.decay_frac
+    if frac <= start:
+        return 1.0
+    return 1.0 - (1.0 - cfg.min_lr_frac) * min(1.0, (frac - start) / cfg.decay_frac)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU bf16 is slow and not what we measure)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def dev_loss(model, objective, data: SeqSet, batch_size: int, device: torch.device) -> float:
+    """Mean target-token NLL on a held-out set (a bound for diffusion objectives)."""
+    was = model.training
+    model.eval()
+    tot = torch.zeros((), device=device)
+    n = torch.zeros((), device=device)
+    for batch in data.iter_batches(batch_size):
+        with autocast(device):
+            s, c = objective.nll(model, batch)
+        tot += s.float()
+        n += c
+    model.train(was)
+    return float(tot / n.clamp_min(1))
+
+
+def check_budget(budget: Budget, train_set: SeqSet, batch_size: int) -> None:
+    """A token budget must cover at least one batch (a mean-length one), or nothing is learned."""
+    one_batch = int(round(float(train_set.lengths.mean()) * min(batch_size, len(train_set)))) if len(train_set) else 1
+    if budget.kind == "tokens" and budget.amount < one_batch:
+        raise BudgetError(f"budget {budget} is smaller than one batch (~{one_batch} tokens); raise it")
+
+
+def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, cfg: TrainConfig, device: torch.device) -> TrainResult:
+    meter = BudgetMeter(budget, device)
+    check_budget(budget, train_set, cfg.batch_size)
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    sampler = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to)
+    dev_set = dev_set.subset(np.arange(min(len(dev_set), cfg.dev_max_seqs)))
+    opt = _optimizer(model, cfg, device)
+    step_fn = torch.compile(model) if cfg.compile else model
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    res = TrainResult()
+    eval_at = [(i + 1) / cfg.eval_points for i in range(cfg.eval_points)]
+    best_state, best = None, math.inf
+    loss_acc, loss_n = torch.zeros((), device=device), 0
+    clock, steady_t, steady_tok, steady_from = 0.0, 0.0, 0, 2
+    frac = 0.0
+    bar = _progress(cfg.progress)
+    model.train()
+    while frac < 1.0 and res.steps < cfg.max_steps:
+        t0 = time.perf_counter()
+        batch = next(sampler)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * wsd_multiplier(frac, cfg)
+        with autocast(device):
+            loss = objective.loss(step_fn, batch, gen)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_acc += loss.detach()
+        loss_n += 1
+        res.steps += 1
+        res.tokens_seen += batch.n_tokens
+        if res.steps == 1 and device.type == "cuda":
+            torch.cuda.synchronize(device)  # the first step (compilation, allocator warm-up) is not budgeted
+        dt = time.perf_counter() - t0
+        if res.steps > 1:
+            clock += dt
+        if res.steps > steady_from:
+            steady_t += dt
+            steady_tok += batch.n_tokens
+        frac = meter.fraction(res.tokens_seen, clock)
+        bar(frac)
+        while eval_at and (frac >= eval_at[0] or frac >= 1.0):
+            eval_at.pop(0)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_loss = float(loss_acc / max(loss_n, 1))
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training loss is {train_loss} at step {res.steps}")
+            d = dev_loss(model, objective, dev_set, cfg.eval_batch_size, device)
+            res.loss_curve.append(
+                {"frac": round(min(frac, 1.0), 4), "step": res.steps, "tokens": res.tokens_seen,
+                 "train_loss": round(train_loss, 5), "dev_loss": round(d, 5)}
+            )
+            loss_acc, loss_n = torch.zeros((), device=device), 0
+            if d < best:
+                best, res.best_fraction = d, round(min(frac, 1.0), 4)
+                best_state = copy.deepcopy(model.state_dict())
+    bar(None)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        res.peak_mem_bytes = int(torch.cuda.max_memory_allocated(device))
+    res.train_seconds = clock
+    res.tokens_per_s = steady_tok / steady_t if steady_t > 0 else res.tokens_seen / max(clock, 1e-9)
+    res.best_dev_loss = best if math.isfinite(best) else None
+    res.epochs = res.tokens_seen / max(train_set.n_tokens, 1)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return res
+
+
+def _progress(enabled: bool):
+    """A tqdm bar over the budget fraction (0..100%), or a no-op; redrawn once per percent."""
+    if not enabled:
+        return lambda frac: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=100, desc="train", unit="%", leave=False)
+
+    def update(frac: float | None) -> None:
+        if frac is None:
+            bar.close()
+            return
+        pct = min(100, int(100 * frac))
+        if pct != bar.n:
+            bar.n = pct
+            bar.refresh()
+
+    return update

@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Run the benchmark grid: task x mixers x objectives x seeds, each cell under the same budget at
+matched parameter count, one results row per cell, then the report.
+
+    python run_matrix.py --data-dir ../shared/data/jsquad-v1.3 --preset tiny --budget tokens=20000
+    python run_matrix.py --list
+
+Resumable: cells whose key already has an "ok" row in results/<grid>.jsonl are skipped, so rerunning
+the same command after a kill finishes only what is missing. Failed cells are retried.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+import mixers
+import tasks
+from harness import objectives
+from harness.budget import Budget, BudgetError
+from harness.cell import Cell, RunContext, run_cell
+from harness.env import resolve_device
+from harness.loss import LOSS_IMPLS
+from harness.model import NORMS, PRESETS, get_preset
+from harness.registry import UnknownNameError, parse_kv
+from harness.train import check_budget
+from harness.results import ResultsFileError, append_row, done_keys
+from tasks import DataError
+
+
+def _names(arg: str, registry, what: str) -> list[str]:
+    if arg in ("all", ""):
+        return registry.names()
+    out = [s.strip() for s in arg.split(",") if s.strip()]
+    for n in out:
+        registry.get(n)  # raises UnknownNameError with the registered names
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action="store_true", help="print tasks, mixers, objectives, presets and their options")
+    p.add_argument("--task", default="jsquad")
+    p.add_argument("--mixers", default="all", help="comma-separated mixer names, or 'all'")
+    p.add_argument("--objectives", default="all", help="comma-separated objective names, or 'all'")
+    p.add_argument("--preset", default="small", choices=list(PRESETS))
+    p.add_argument("--budget", default="tokens=2000000", help="tokens=N | seconds=S | a100_seconds=S (per cell)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--norm", default="pre", choices=NORMS, help="norm placement in every block")
+    p.add_argument("--data-dir", default=os.environ.get("WAVEBENCH_DATA_DIR"),
+                   help="directory with JGLUE JSON files (default: $WAVEBENCH_DATA_DIR, else download)")
+    p.add_argument("--out", default=".", help="root for results/ and reports/ (default: here)")
+    p.add_argument("--grid", default=None, help="grid name (default: <protocol>_<preset>_<budget>)")
+    p.add_argument("--cache-dir", default=os.environ.get("WAVEBENCH_CACHE", str(Path.home() / ".cache" / "wavebench")))
+    p.add_argument("--mixer-opt", action="append", metavar="[MIXER.]KEY=VALUE", help="mixer option (repeatable)")
+    p.add_argument("--objective-opt", action="append", metavar="[OBJECTIVE.]KEY=VALUE", help="objective option")
+    p.add_argument("--task-opt", action="append", metavar="KEY=VALUE", help="task option, e.g. eval_limit=200")
+    p.add_argument("--loss", default="auto", choices=LOSS_IMPLS, help="output-loss implementation")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--report-only", action="store_true", help="rebuild reports from results/ and exit")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def scoped_opts(items: list[str] | None, flag: str, names: list[str], registry) -> dict[str, dict[str, str]]:
+    """--mixer-opt attention.head_dim=16 applies to one mixer; head_dim=16 to every selected mixer that
+    has that option (an option no selected mixer has is an error, not silently ignored)."""
+    per: dict[str, dict[str, str]] = {n: {} for n in names}
+    for key, val in parse_kv(items, flag).items():
+        scope, _, opt = key.rpartition(".")
+        targets = [scope] if scope else [n for n in names if opt in registry.options_of(n)]
+        if scope and scope not in names:
+            raise ValueError(f"{flag} {key}={val}: {scope!r} is not among the selected ({', '.join(names)})")
+        if not targets:
+            raise ValueError(f"{flag} {key}={val}: no selected entry has option {opt!r}")
+        for t in targets:
+            per[t][opt] = val
+            registry.make_options(t, per[t])  # validate now, not mid-grid
+    return per
+
+
+def print_list() -> None:
+    def opts(d: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in d.items()) or "(no options)"
+
+    print("tasks:")
+    for n in tasks.names():
+        print(f"  {n:20s} {opts(tasks.options_of(n))}")
+    print("mixers:")
+    for n in mixers.names():
+        print(f"  {n:20s} {opts(mixers.options_of(n))}")
+    print("objectives:")
+    for n in objectives.names():
+        cls = objectives.get(n)
+        print(f"  {n:20s} [{'causal' if cls.causal else 'bidirectional'}, reports {cls.ppl_key}] {opts(objectives.options_of(n))}")
+    print("presets:")
+    for p in PRESETS.values():
+        print(f"  {p.name:20s} d_model={p.d_model} layers={p.n_layers} vocab={p.vocab_size} "
+              f"target_params={p.target_params:,} max_len={p.max_len} batch={p.batch_size} lr={p.lr}")
+    print(f"norms:   {', '.join(NORMS)}  (--norm)")
+    print(f"losses:  {', '.join(LOSS_IMPLS)}  (--loss)")
+    print("budgets: tokens=N | seconds=S | a100_seconds=S  (--budget)")
+
+
+def write_report(out: Path, grid: str | None) -> None:
+    try:
+        import reports
+    except ImportError:
+        return
+    for path in reports.write_reports(out / "results", out / "reports", grid):
+        print(f"report: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.list:
+        print_list()
+        return 0
+    out = Path(args.out)
+    if args.report_only:
+        write_report(out, args.grid)
+        return 0
+
+    mixer_names = _names(args.mixers, mixers.REGISTRY, "mixer")
+    objective_names = _names(args.objectives, objectives.REGISTRY, "objective")
+    tasks.get(args.task)
+    budget = Budget.parse(args.budget)
+    get_preset(args.preset)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    mixer_opts = scoped_opts(args.mixer_opt, "--mixer-opt", mixer_names, mixers.REGISTRY)
+    objective_opts = scoped_opts(args.objective_opt, "--objective-opt", objective_names, objectives.REGISTRY)
+    task_opts = parse_kv(args.task_opt, "--task-opt")
+    task = tasks.build(args.task, **task_opts)
+    device = resolve_device(args.device)
+
+    cells = [
+        Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
+             mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
+             compile=args.compile)
+        for s in seeds for o in objective_names for m in mixer_names
+    ]
+    ctx = RunContext(device=device, data_dir=Path(args.data_dir) if args.data_dir else None,
+                     cache_dir=Path(args.cache_dir), grid="", progress=not args.no_progress)
+    data = ctx.task_data(task, cells[0])  # data problems stop here, with one line, before any cell runs
+    check_budget(budget, data.train, get_preset(args.preset).batch_size)
+    ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{data.protocol}_{args.preset}_{budget.slug}")
+    results = out / "results" / f"{ctx.grid}.jsonl"
+    done = done_keys(results)
+
+    todo = [c for c in cells if c.key() not in done]
+    print(f"grid {ctx.grid}: {len(cells)} cells ({len(cells) - len(todo)} already done) on {device}; rows -> {results}")
+    from tqdm.auto import tqdm
+
+    for cell in tqdm(todo, desc="cells", unit="cell", disable=args.no_progress or len(todo) < 2):
+        row = run_cell(cell, ctx)
+        append_row(results, row)
+        m = row["metrics"]
+        if row["status"] == "ok":
+            ppl = m.get("ppl", m.get("ppl_bound"))
+            ppl_name = "ppl" if "ppl" in m else "ppl_bound"
+            extra = f"em={m['em']:.3f} f1={m['f1']:.3f} " if "em" in m else ""
+            print(f"  ok     {cell.label()}: {extra}{ppl_name}={ppl:.2f} tok/s={m['tokens_per_s']:.0f} params={row['params']:,}")
+        else:
+            print(f"  FAILED {cell.label()}: {row['error']}")
+    if not args.no_report:
+        write_report(out, ctx.grid)
+    return 0
+
+
+def cli() -> int:
+    try:
+        return main()
+    except (DataError, BudgetError, UnknownNameError, ResultsFileError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

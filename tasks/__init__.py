@@ -1,0 +1,70 @@
+"""Task registry. A task loads its data, tokenises it into `SeqSet`s and scores a trained model.
+
+Each task module registers a `Task` subclass with `@register("name")`; `run_matrix.py --task NAME`
+finds it with no other edit.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from harness.data import SeqSet, SpecialTokens
+from harness.registry import Registry
+
+REGISTRY: Registry["Task"] = Registry("task", __name__)
+register = REGISTRY.register
+names = REGISTRY.names
+get = REGISTRY.get
+options_of = REGISTRY.options_of
+
+
+class DataError(RuntimeError):
+    """Missing or malformed task data: the message is one line naming the file and what to do."""
+
+
+@dataclass
+class PrepareContext:
+    data_dir: Path | None  # None: the task's online source
+    cache_dir: Path  # tokenizers and downloads
+    vocab_size: int  # the preset's vocabulary size (a task option may override it)
+    max_len: int  # longest sequence in tokens
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class TaskData:
+    protocol: str  # named in every row and report, e.g. "jsquad-offline"
+    special: SpecialTokens
+    vocab_size: int
+    train: SeqSet
+    dev: SeqSet  # held out from the training file: checkpoint selection only
+    eval: SeqSet  # evaluation split with a gold target, for perplexity
+    items: list[Any]  # task-specific evaluation items (prompts, gold answers)
+    info: dict[str, Any] = field(default_factory=dict)  # data statistics recorded in results
+    decode: Callable[[list[int]], str] | None = None
+
+
+class Task:
+    name: ClassVar[str] = "?"
+
+    @dataclasses.dataclass
+    class Options:
+        pass
+
+    def __init__(self, opts: Any = None):
+        self.opts = opts if opts is not None else self.Options()
+
+    def prepare(self, ctx: PrepareContext) -> TaskData:
+        raise NotImplementedError
+
+    def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int) -> dict[str, Any]:
+        """Task metrics of a trained model (e.g. em, f1, gen_latency_ms), fractions in [0, 1]."""
+        raise NotImplementedError
+
+
+def build(name: str, **opts: Any) -> Task:
+    return get(name)(REGISTRY.make_options(name, opts))

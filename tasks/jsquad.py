@@ -1,0 +1,316 @@
+"""JSQuAD (JGLUE) extractive QA as generation: context + question -> answer span text.
+
+Data protocols (named in every results row and report):
+- `jsquad`          official: train on `train-v1.3`, evaluate on `valid-v1.3` (JGLUE's dev set,
+                    the usual reporting split). Fetched from JGLUE's GitHub with `datasets` when no
+                    directory is given, or read from a directory that holds `train-v1.3.json`.
+- `jsquad-offline`  for machines without the train split: train on `valid-v1.3`, evaluate on
+                    `test-v1.3` (disjoint articles). Chosen when the directory has no train file.
+Either way a dev slice (whole articles, `dev_frac` of them, fixed seed) is held out from the
+training file for checkpoint selection; the evaluation split is only ever scored.
+
+Sequence format (ids):  <s> title <sep> paragraph <sep> question <sep> answer </s>
+(`order=question_first` puts the question before the title and paragraph.) The answer and its
+EOS are the target tokens.
+
+Truncation policy, applied when a sequence exceeds `max_len`:
+- training: the paragraph is cut to a character window *around the first gold answer*, so the
+  answer is always kept; examples whose answer and question alone do not fit are dropped and
+  counted (`train_dropped`), windowed ones are counted (`train_truncated`);
+- evaluation: the paragraph keeps its beginning (the answer position is not for the model to know);
+  `eval_truncated` counts truncated questions and `eval_answer_cut` those where no gold answer
+  survived the cut (a model cannot get them right; they stay in the denominator).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.data import SeqSet
+from tasks import DataError, PrepareContext, Task, TaskData, register
+from tasks.jsquad_metric import corpus_scores
+from tasks.tokenizer import JaTokenizer, TokenizerSettings, train_or_load
+
+OFFICIAL_BASE = "https://raw.githubusercontent.com/yahoojapan/JGLUE/main/datasets/jsquad-v1.3"
+VERSION = "v1.3"
+SEP_IN_CONTEXT = " [SEP] "
+DEV_SEED = 1234  # the dev slice is the same for every cell and seed
+
+
+@dataclass
+class QAItem:
+    qid: str
+    title: str
+    paragraph: str
+    question: str
+    answers: list[str]
+    starts: list[int]  # answer starts, in paragraph coordinates (-1 when unknown)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def parse_articles(articles: Any, where: str) -> list[QAItem]:
+    """JGLUE/SQuAD-format articles -> QA items; any structural problem names `where`."""
+    if not isinstance(articles, list):
+        raise DataError(f"{where}: not JGLUE JSQuAD JSON (expected a 'data' list of articles)")
+    items: list[QAItem] = []
+    try:
+        for art in articles:
+            for par in art["paragraphs"]:
+                ctx = par["context"]
+                title, paragraph = ctx.split(SEP_IN_CONTEXT, 1) if SEP_IN_CONTEXT in ctx else (art.get("title", ""), ctx)
+                offset = len(ctx) - len(paragraph)
+                for qa in par["qas"]:
+                    answers = [a["text"] for a in qa["answers"]]
+                    starts = [int(a.get("answer_start", -1)) - offset if a.get("answer_start", -1) >= 0 else -1 for a in qa["answers"]]
+                    items.append(QAItem(str(qa["id"]), title, paragraph, qa["question"], answers, starts))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise DataError(f"{where}: not JGLUE JSQuAD JSON (bad or missing field: {e})") from None
+    if not items:
+        raise DataError(f"{where}: no questions found")
+    return items
+
+
+def load_file(path: Path) -> list[QAItem]:
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or "data" not in raw:
+        raise DataError(f"{path}: not JGLUE JSQuAD JSON (no top-level 'data')")
+    return parse_articles(raw["data"], str(path))
+
+
+def find_split(data_dir: Path, split: str) -> Path | None:
+    for name in (f"{split}-{VERSION}.json", f"{split}.json"):
+        if (data_dir / name).is_file():
+            return data_dir / name
+    hits = sorted(data_dir.glob(f"{split}-v*.json"))
+    return hits[-1] if hits else None
+
+
+def _online_hint() -> str:
+    return ("pass --data-dir DIR with JGLUE JSQuAD files (valid-v1.3.json + test-v1.3.json gives the offline "
+            "protocol jsquad-offline; e.g. --data-dir ../shared/data/jsquad-v1.3) or set WAVEBENCH_DATA_DIR")
+
+
+def fetch_official(cache_dir: Path, base: str = OFFICIAL_BASE) -> dict[str, list[QAItem]]:
+    """The official train and valid splits, downloaded and cached by `datasets`."""
+    if base.startswith("http"):
+        host = base.split("/")[2]
+        try:
+            socket.setdefaulttimeout(5)
+            socket.getaddrinfo(host, 443)
+        except OSError:
+            raise DataError(f"cannot reach {host} to download JSQuAD (offline?): {_online_hint()}") from None
+        finally:
+            socket.setdefaulttimeout(None)
+    import datasets
+
+    files = {s: f"{base}/{s}-{VERSION}.json" for s in ("train", "valid")}
+    try:
+        ds = datasets.load_dataset("json", data_files=files, field="data", cache_dir=str(cache_dir / "datasets"))
+    except Exception as e:  # network errors come in many types; the message is what matters
+        raise DataError(f"could not download JSQuAD from {base} ({type(e).__name__}: {str(e)[:200]}): {_online_hint()}") from None
+    return {s: parse_articles(ds[s].to_list(), files[s]) for s in files}
+
+
+def split_dev(items: list[QAItem], dev_frac: float) -> tuple[list[QAItem], list[QAItem]]:
+    """Hold out whole articles (by title) so dev questions never share a paragraph with training."""
+    titles = sorted({it.title for it in items})
+    if len(titles) < 2:
+        raise DataError("the training file has fewer than 2 articles: cannot hold out a dev slice")
+    rng = np.random.default_rng(DEV_SEED)
+    n_dev = min(len(titles) - 1, max(1, round(dev_frac * len(titles))))
+    dev_titles = set(rng.choice(titles, size=n_dev, replace=False).tolist())
+    return [it for it in items if it.title not in dev_titles], [it for it in items if it.title in dev_titles]
+
+
+# ----------------------------------------------------------------------------- the task
+
+@register("jsquad")
+class JSQuAD(Task):
+    @dataclasses.dataclass
+    class Options:
+        protocol: str = "auto"  # auto | offline | official
+        dev_frac: float = 0.1  # share of training-file articles held out for checkpoint selection
+        vocab_size: int = 0  # 0: the preset's
+        normalization: str = "identity"  # SentencePiece normaliser (identity | nmt_nfkc | nfkc)
+        order: str = "context_first"  # context_first | question_first
+        max_answer_tokens: int = 24
+        eval_limit: int = 0  # score a seeded sample of this many questions (0: all)
+        latency_n: int = 16  # answers timed one at a time for gen_latency_ms
+
+    # -- data
+    def _splits(self, ctx: PrepareContext) -> tuple[str, list[QAItem], list[QAItem], dict[str, str]]:
+        o = self.opts
+        if o.protocol not in ("auto", "offline", "official"):
+            raise ValueError(f"jsquad: protocol must be auto, offline or official; got {o.protocol!r}")
+        if ctx.data_dir is None:
+            if o.protocol == "offline":
+                raise DataError(f"the offline protocol reads local files: {_online_hint()}")
+            got = fetch_official(ctx.cache_dir)
+            return "jsquad", got["train"], got["valid"], {"train": f"{OFFICIAL_BASE}/train-{VERSION}.json",
+                                                          "eval": f"{OFFICIAL_BASE}/valid-{VERSION}.json"}
+        d = Path(ctx.data_dir)
+        if not d.is_dir():
+            raise DataError(f"{d}: data directory not found; {_online_hint()}")
+        train, valid, test = (find_split(d, s) for s in ("train", "valid", "test"))
+        official = train is not None and valid is not None
+        if o.protocol == "official" or (o.protocol == "auto" and official):
+            if not official:
+                raise DataError(f"{d}: the official protocol needs train-{VERSION}.json and valid-{VERSION}.json")
+            return "jsquad", load_file(train), load_file(valid), {"train": str(train), "eval": str(valid)}
+        if valid is None or test is None:
+            missing = [f"{s}-{VERSION}.json" for s, p in (("valid", valid), ("test", test)) if p is None]
+            raise DataError(f"{d}: no {' or '.join(missing)} (the offline protocol trains on valid, evaluates on test)")
+        return "jsquad-offline", load_file(valid), load_file(test), {"train": str(valid), "eval": str(test)}
+
+    def prepare(self, ctx: PrepareContext) -> TaskData:
+        o = self.opts
+        if o.order not in ("context_first", "question_first"):
+            raise ValueError(f"jsquad: order must be context_first or question_first; got {o.order!r}")
+        protocol, train_items, eval_items, files = self._splits(ctx)
+        train_items, dev_items = split_dev(train_items, o.dev_frac)
+        texts = sorted({t for it in train_items for t in (it.title, it.paragraph)}) + [it.question for it in train_items] \
+            + [it.answers[0] for it in train_items if it.answers]
+        settings = TokenizerSettings(vocab_size=o.vocab_size or ctx.vocab_size, normalization=o.normalization)
+        tok = train_or_load(texts, settings, ctx.cache_dir / "tokenizers")
+        enc = _Encoder(tok, ctx.max_len, o.order)
+
+        train = enc.training_set(train_items)
+        dev = enc.training_set(dev_items)
+        if o.eval_limit and o.eval_limit < len(eval_items):
+            pick = np.sort(np.random.default_rng(0).choice(len(eval_items), o.eval_limit, replace=False))
+            eval_items = [eval_items[i] for i in pick]
+        prompts, cut = [], 0
+        for it in eval_items:
+            p, kept_chars = enc.prompt(it, reserve=o.max_answer_tokens + 1)
+            answer_kept = any(0 <= s and s + len(a) <= kept_chars for a, s in zip(it.answers, it.starts))
+            cut += int(kept_chars < len(it.paragraph) and not answer_kept)
+            prompts.append(p)
+        eval_seqs = [p + (tok.encode(it.answers[0])[: o.max_answer_tokens] if it.answers else []) + [tok.special.eos]
+                     for p, it in zip(prompts, eval_items)]
+        eval_set = SeqSet.from_lists(eval_seqs, [[i >= len(p) for i in range(len(s))] for p, s in zip(prompts, eval_seqs)],
+                                     tok.special.pad)
+        info = {
+            "files": files, "tokenizer": dataclasses.asdict(settings), "vocab_size": tok.vocab_size,
+            "max_len": ctx.max_len, "train_questions": len(train[0]), "dev_questions": len(dev[0]),
+            "train_tokens": train[0].n_tokens, "train_truncated": train[1], "train_dropped": train[2],
+            "eval_questions": len(eval_items), "eval_truncated": enc.eval_truncated, "eval_answer_cut": cut,
+        }
+        ctx.log(f"[jsquad] {protocol}: {info['train_questions']} train / {info['dev_questions']} dev / "
+                f"{len(eval_items)} eval questions, vocab {tok.vocab_size}, {info['train_tokens']:,} train tokens")
+        return TaskData(protocol, tok.special, tok.vocab_size, train[0], dev[0], eval_set,
+                        items=[(p, it) for p, it in zip(prompts, eval_items)], info=info, decode=tok.decode)
+
+    # -- scoring
+    def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int) -> dict[str, Any]:
+        from harness.train import autocast
+
+        prompts = [p for p, _ in data.items]
+        golds = [it.answers for _, it in data.items]
+        model.eval()
+        with torch.no_grad(), autocast(device):
+            out = objective.generate(model, prompts, self.opts.max_answer_tokens, batch_size)
+            preds = [data.decode(ids) for ids in out]
+            # latency: answers one at a time (batch 1) after a warm-up, the cost a user would see
+            n = min(self.opts.latency_n, len(prompts))
+            objective.generate(model, prompts[:1], self.opts.max_answer_tokens, 1)
+            _sync(device)
+            t0 = time.perf_counter()
+            for p in prompts[:n]:
+                objective.generate(model, [p], self.opts.max_answer_tokens, 1)
+            _sync(device)
+            latency = (time.perf_counter() - t0) / max(n, 1) * 1000
+        scores = corpus_scores(preds, golds)
+        samples = [{"qid": it.qid, "question": it.question, "gold": it.answers[:3], "pred": pr}
+                   for (_, it), pr in list(zip(data.items, preds))[:5]]
+        return {**scores, "gen_latency_ms": latency, "eval_n": len(preds), "samples": samples}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Encoder:
+    """Builds token sequences for one tokenizer and length limit, caching paragraph encodings
+    (JSQuAD asks ~4 questions per paragraph)."""
+
+    def __init__(self, tok: JaTokenizer, max_len: int, order: str):
+        self.tok, self.max_len, self.order = tok, max_len, order
+        self._cache: dict[str, list[int]] = {}
+        self.eval_truncated = 0
+
+    def enc(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.tok.encode(text)
+        return self._cache[text]
+
+    def _assemble(self, title: list[int], par: list[int], q: list[int]) -> list[int]:
+        s = self.tok.special
+        if self.order == "question_first":
+            return [s.bos, *q, s.sep, *title, s.sep, *par, s.sep]
+        return [s.bos, *title, s.sep, *par, s.sep, *q, s.sep]
+
+    def prompt(self, it: QAItem, reserve: int) -> tuple[list[int], int]:
+        """Evaluation prompt, keeping the paragraph's beginning; also the number of characters kept."""
+        title, q, par = self.enc(it.title), self.enc(it.question), self.enc(it.paragraph)
+        room = self.max_len - reserve - 4 - len(title) - len(q)
+        if room <= 0:
+            raise DataError(f"question {it.qid}: max_len {self.max_len} leaves no room for the context")
+        if len(par) <= room:
+            return self._assemble(title, par, q), len(it.paragraph)
+        self.eval_truncated += 1
+        kept = par[:room]
+        return self._assemble(title, kept, q), len(self.tok.decode(kept))
+
+    def training_set(self, items: list[QAItem]) -> tuple[SeqSet, int, int]:
+        seqs, tgts, truncated, dropped = [], [], 0, 0
+        eos = self.tok.special.eos
+        for it in items:
+            if not it.answers:
+                dropped += 1
+                continue
+            ans = self.enc(it.answers[0]) + [eos]
+            title, q = self.enc(it.title), self.enc(it.question)
+            room = self.max_len - 4 - len(title) - len(q) - len(ans)
+            par = self.enc(it.paragraph)
+            if len(par) > room:
+                par = self._window(it, room)
+                if par is None:
+                    dropped += 1
+                    continue
+                truncated += 1
+            p = self._assemble(title, par, q)
+            seqs.append(p + ans)
+            tgts.append([False] * len(p) + [True] * len(ans))
+        return SeqSet.from_lists(seqs, tgts, self.tok.special.pad), truncated, dropped
+
+    def _window(self, it: QAItem, room: int) -> list[int] | None:
+        """Paragraph characters around the first gold answer that fit in `room` tokens, or None."""
+        start, ans = it.starts[0], it.answers[0]
+        if start < 0 or it.paragraph[start : start + len(ans)] != ans:
+            start = it.paragraph.find(ans)
+        if start < 0 or room <= 0:
+            return None
+        n = len(it.paragraph)
+        width = int(n * room / max(len(self.enc(it.paragraph)), 1))
+        while width >= len(ans):
+            lo = max(0, min(start - (width - len(ans)) // 2, n - width))
+            ids = self.tok.encode(it.paragraph[lo : lo + width])
+            if len(ids) <= room:
+                return ids
+            width = int(width * 0.9)
+        return None

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fixtures.jsquad_mini import write_offline, write_official  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+SHARED_JSQUAD = ROOT.parent / "shared" / "data" / "jsquad-v1.3"
+
+
+@pytest.fixture
+def offline_dir(tmp_path: Path) -> Path:
+    return write_offline(tmp_path / "jsquad")
+
+
+@pytest.fixture
+def official_dir(tmp_path: Path) -> Path:
+    return write_official(tmp_path / "jsquad-official")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harness import objectives
+from harness.budget import A100_REF_TFLOPS, Budget, BudgetError, BudgetMeter
+from harness.data import SeqSet, SpecialTokens
+from harness.model import LM, LMConfig
+from harness.train import TrainConfig, train, wsd_multiplier
+
+SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+
+
+@pytest.mark.parametrize("text, kind, amount", [
+    ("tokens=20000", "tokens", 20000), ("seconds=1.5", "seconds", 1.5), ("a100_seconds=300", "a100_seconds", 300),
+    ("tokens=2_000_000", "tokens", 2e6), (" tokens = 1e5 ", "tokens", 1e5),
+])
+def test_budget_parses(text, kind, amount):
+    b = Budget.parse(text)
+    assert (b.kind, b.amount) == (kind, amount)
+    assert Budget.parse(str(b)) == b
+
+
+@pytest.mark.parametrize("text", ["", "20000", "tokens", "epochs=3", "tokens=-5", "tokens=0", "seconds=abc"])
+def test_bad_budgets_are_one_clear_error(text):
+    with pytest.raises(BudgetError, match="budget"):
+        Budget.parse(text)
+
+
+def test_a100_seconds_scale_wall_time_by_a_measured_factor():
+    m = BudgetMeter(Budget.parse("a100_seconds=10"), torch.device("cpu"))
+    f = m.speed["a100_factor"]
+    assert m.speed["a100_ref_tflops"] == A100_REF_TFLOPS == 252
+    assert 0 < f < 1  # a CPU is slower than an A100
+    assert m.fraction(0, 10 / f) == pytest.approx(1.0)
+
+
+def test_wsd_schedule_warms_up_holds_and_decays():
+    cfg = TrainConfig(warmup_frac=0.1, decay_frac=0.2, min_lr_frac=0.1)
+    assert wsd_multiplier(0.05, cfg) == pytest.approx(0.5)
+    assert wsd_multiplier(0.5, cfg) == 1.0
+    assert wsd_multiplier(0.9, cfg) == pytest.approx(0.55)
+    assert wsd_multiplier(1.0, cfg) == pytest.approx(0.1)
+
+
+def _toy_data(n=64, T=12, seed=0, copy=True):
+    """Sequences where the answer (target) copies the first token: learnable in a few steps.
+    copy=False answers token 1 instead, never a training target (a dev set training makes worse)."""
+    rng = np.random.default_rng(seed)
+    seqs, tgts = [], []
+    for _ in range(n):
+        a = int(rng.integers(6, 20))
+        body = rng.integers(6, 20, size=T - 5).tolist()
+        ans = a if copy else 1
+        seqs.append([2, a, *body, 4, ans, 3])
+        tgts.append([False] * (T - 2) + [True, copy])
+    return SeqSet.from_lists(seqs, tgts, 0)
+
+
+def _model():
+    torch.manual_seed(0)
+    return LM(LMConfig(vocab_size=20, d_model=32, n_layers=2, mixer="attention", causal=True, mlp_hidden=64))
+
+
+def test_token_budget_is_respected_and_curve_recorded():
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    data = _toy_data()
+    cfg = TrainConfig(batch_size=8, lr=3e-3, progress=False, eval_points=4)
+    res = train(_model(), obj, data, _toy_data(16, seed=1), Budget.parse("tokens=2000"), cfg, torch.device("cpu"))
+    per_batch = 8 * 12
+    assert 2000 <= res.tokens_seen < 2000 + per_batch
+    assert [p["frac"] for p in res.loss_curve][-1] >= 1.0 and len(res.loss_curve) == 4
+    assert res.loss_curve[-1]["train_loss"] < res.loss_curve[0]["train_loss"]
+    assert res.best_fraction is not None and res.peak_mem_bytes is None  # CPU: no fake number
+    assert res.tokens_per_s > 0
+
+
+def test_time_budget_stops_on_time():
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    cfg = TrainConfig(batch_size=8, progress=False, eval_points=2)
+    res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
+    assert 0.5 <= res.train_seconds < 5
+    assert res.steps > 2
+
+
+def test_budget_smaller_than_a_batch_is_refused():
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    with pytest.raises(BudgetError, match="smaller than one batch"):
+        train(_model(), obj, _toy_data(), _toy_data(8), Budget.parse("tokens=10"),
+              TrainConfig(batch_size=8, progress=False), torch.device("cpu"))
+
+
+def test_checkpoint_selection_restores_the_best_dev_state():
+    """A dev set that training makes worse: its best point is early, and the model handed back holds
+    that early checkpoint, not the last weights."""
+    from harness.train import dev_loss
+
+    obj = objectives.build("autoregressive", SPECIAL, "chunked", loss_on="answer")
+    model = _model()
+    dev = _toy_data(16, seed=1, copy=False)
+    cfg = TrainConfig(batch_size=8, lr=3e-3, progress=False, eval_points=4, warmup_frac=0.01)
+    res = train(model, obj, _toy_data(), dev, Budget.parse("tokens=8000"), cfg, torch.device("cpu"))
+    best = min(p["dev_loss"] for p in res.loss_curve)
+    assert res.best_dev_loss == pytest.approx(best, rel=1e-4)
+    assert res.best_fraction < 1.0 and res.loss_curve[-1]["dev_loss"] > best  # overfitting is visible
+    assert dev_loss(model, obj, dev, 32, torch.device("cpu")) == pytest.approx(res.best_dev_loss, rel=1e-5)
+
+
+def test_autoregressive_answer_only_loss_ignores_the_prompt():
+    obj_all = objectives.build("autoregressive", SPECIAL, "chunked")
+    obj_ans = objectives.build("autoregressive", SPECIAL, "chunked", loss_on="answer")
+    data = _toy_data(4)
+    b = data.batch(np.arange(4))
+    m = _model()
+    ans = obj_ans.loss(m, b)
+    s, n = obj_all.nll(m, b)
+    assert ans.item() == pytest.approx((s / n).item(), rel=1e-5)
+    assert n.item() == 8  # answer + EOS in 4 sequences
+    assert obj_all.loss(m, b).item() != pytest.approx(ans.item())
+
+
+def test_greedy_generation_stops_at_eos_and_is_batch_invariant():
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    m = _model().eval()
+    prompts = [[2, 7, 8, 9, 4], [2, 10, 4], [2, 11, 12, 13, 14, 15, 4]]
+    batched = obj.generate(m, prompts, max_new=6, batch_size=3)
+    one_by_one = [obj.generate(m, [p], max_new=6, batch_size=1)[0] for p in prompts]
+    assert batched == one_by_one
+    assert all(len(g) <= 6 and SPECIAL.eos not in g for g in batched)

@@ -1,0 +1,146 @@
+"""End to end: run_matrix.py on the hand-made fixture: rows, resume, failures, clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import run_matrix
+from harness.results import read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = ("task", "protocol", "mixer", "objective", "seed", "preset", "budget", "status", "error", "params",
+            "tokens_seen", "device", "versions", "git_commit", "metrics", "loss_curve")
+
+
+def _args(data_dir, out, cache, *extra):
+    return ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(data_dir), "--out", str(out),
+            "--cache-dir", str(cache), "--no-progress", "--grid", "t", *extra]
+
+
+def test_smoke_grid_writes_complete_rows_and_resumes(offline_dir, tmp_path, cache_dir, capsys):
+    out = tmp_path / "out"
+    assert run_matrix.main(_args(offline_dir, out, cache_dir, "--objectives", "autoregressive")) == 0
+    rows = read_rows(out / "results" / "t.jsonl")
+    import mixers
+
+    assert len(rows) == len(mixers.names())
+    for r in rows:
+        assert r["status"] == "ok", r.get("error")
+        assert all(k in r for k in REQUIRED)
+        assert r["protocol"] == "jsquad-offline"
+        m = r["metrics"]
+        for k in ("em", "f1", "ppl", "tokens_per_s", "gen_latency_ms"):
+            assert isinstance(m[k], float) and m[k] == m[k], k
+        assert 0 <= m["em"] <= 1 and 0 <= m["f1"] <= 1 and m["ppl"] > 1
+        assert m["peak_mem_bytes"] is None  # CPU
+        assert r["params"] > 0 and r["tokens_seen"] >= 3000 and r["loss_curve"]
+    assert (out / "reports" / "t" / "README.md").exists()
+
+    capsys.readouterr()
+    assert run_matrix.main(_args(offline_dir, out, cache_dir, "--objectives", "autoregressive")) == 0
+    assert "already done" in capsys.readouterr().out
+    assert len(read_rows(out / "results" / "t.jsonl")) == len(rows)  # nothing rerun
+
+
+def test_a_failing_cell_does_not_stop_the_grid(offline_dir, tmp_path, cache_dir, monkeypatch):
+    import torch
+
+    import harness.cell as cell_mod
+
+    real_train = cell_mod.train
+
+    def flaky(model, objective, *a, **k):
+        if torch.initial_seed() == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return real_train(model, objective, *a, **k)
+
+    monkeypatch.setattr(cell_mod, "train", flaky)
+    out = tmp_path / "out"
+    args = _args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive", "--seeds", "1,2")
+    assert run_matrix.main(args) == 0
+    rows = {r["seed"]: r for r in read_rows(out / "results" / "t.jsonl")}
+    assert rows[1]["status"] == "failed" and rows[1]["error"].startswith("OutOfMemoryError")
+    assert rows[2]["status"] == "ok"
+    report = (out / "reports" / "t" / "README.md").read_text()
+    assert "OutOfMemoryError" in report
+
+    monkeypatch.setattr(cell_mod, "train", real_train)
+    assert run_matrix.main(args) == 0  # the failed cell is retried, the ok one skipped
+    rows = read_rows(out / "results" / "t.jsonl")
+    assert [(r["seed"], r["status"]) for r in rows] == [(1, "failed"), (2, "ok"), (1, "ok")]
+
+
+def test_resume_after_a_kill(offline_dir, tmp_path, cache_dir):
+    """Kill the grid mid-way: every line on disk is whole, and a rerun completes only what is missing."""
+    out = tmp_path / "out"
+    results = out / "results" / "t.jsonl"
+    cmd = [sys.executable, str(ROOT / "run_matrix.py"),
+           *_args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive",
+                  "--seeds", "0,1,2", "--no-report")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    first = read_rows(results)  # parses: no torn line
+    assert 1 <= len(first) < 3, "the kill should land mid-grid"
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    rows = read_rows(results)
+    assert sorted(r["seed"] for r in rows) == [0, 1, 2]
+    assert rows[: len(first)] == first  # finished cells were kept, not rerun
+
+
+def _cli(args):
+    return subprocess.run([sys.executable, str(ROOT / "run_matrix.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "WAVEBENCH_DATA_DIR": ""})
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--mixers", "nope"], "error: unknown mixer 'nope'; registered:"),
+    (["--objectives", "sgd"], "error: unknown objective 'sgd'"),
+    (["--budget", "epochs=3"], "error: budget must look like"),
+    (["--budget", "tokens=5"], "error: budget tokens=5 is smaller than one batch"),
+    (["--mixer-opt", "bogus=1"], "error: --mixer-opt bogus=1: no selected entry has option 'bogus'"),
+])
+def test_bad_input_is_one_clear_line(offline_dir, tmp_path, cache_dir, extra, match):
+    r = _cli([*_args(offline_dir, tmp_path, cache_dir), *extra])
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(match), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_data_dir_is_one_clear_line(tmp_path, cache_dir):
+    r = _cli(_args(tmp_path / "absent", tmp_path, cache_dir))
+    assert r.returncode == 2 and "data directory not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_no_arguments_and_no_network_says_how_to_point_at_data(monkeypatch, capsys, tmp_path):
+    import socket
+
+    def no_dns(*a, **k):
+        raise OSError("offline")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.delenv("WAVEBENCH_DATA_DIR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["run_matrix.py", "--cache-dir", str(tmp_path), "--out", str(tmp_path)])
+    assert run_matrix.cli() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot reach") and "--data-dir" in err and len(err.splitlines()) == 1
+
+
+def test_list_shows_registries(capsys):
+    assert run_matrix.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("tasks:", "jsquad", "mixers:", "attention", "head_dim=32", "objectives:", "autoregressive", "presets:", "tiny"):
+        assert word in out

@@ -1,0 +1,121 @@
+"""Loading JSQuAD: local directories for both protocols, the online path (through `datasets`, here
+pointed at local files), and one clear error for bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tasks
+from tasks import DataError, PrepareContext
+from tasks import jsquad as jsq
+
+
+def _prepare(data_dir, cache_dir, max_len=256, **opts):
+    return tasks.build("jsquad", **opts).prepare(PrepareContext(data_dir, cache_dir, 300, max_len, log=lambda s: None))
+
+
+def test_offline_protocol_trains_on_valid_and_evaluates_on_test(offline_dir, cache_dir):
+    d = _prepare(offline_dir, cache_dir)
+    assert d.protocol == "jsquad-offline"
+    assert d.info["files"]["train"].endswith("valid-v1.3.json") and d.info["files"]["eval"].endswith("test-v1.3.json")
+    train_titles = {it.title for _, it in d.items}
+    assert train_titles == {"桜", "新幹線", "囲碁"}
+    assert len(d.items) == 5 and d.info["dev_questions"] > 0
+    assert d.info["train_questions"] + d.info["dev_questions"] == 14
+
+
+def test_dev_slice_is_whole_articles_from_the_training_file(offline_dir, cache_dir):
+    train_items = jsq.load_file(offline_dir / "valid-v1.3.json")
+    tr, dev = jsq.split_dev(train_items, 0.2)
+    assert {i.title for i in tr}.isdisjoint({i.title for i in dev})
+    assert len(tr) + len(dev) == len(train_items)
+    assert jsq.split_dev(train_items, 0.2)[1] == dev  # same slice every time
+
+
+def test_official_protocol_from_a_directory(official_dir, cache_dir):
+    d = _prepare(official_dir, cache_dir)
+    assert d.protocol == "jsquad"
+    assert d.info["files"]["eval"].endswith("valid-v1.3.json")
+
+
+def test_online_path_goes_through_datasets(official_dir, cache_dir, monkeypatch):
+    """The online loader, with JGLUE's URL swapped for a local directory (no network here)."""
+    got = jsq.fetch_official(cache_dir, base=str(official_dir))
+    assert len(got["train"]) == 14 and len(got["valid"]) == 5
+    monkeypatch.setattr(jsq, "fetch_official", lambda cache, base=jsq.OFFICIAL_BASE: got)
+    d = _prepare(None, cache_dir)
+    assert d.protocol == "jsquad"
+
+
+def test_online_without_network_is_one_clear_line(cache_dir, monkeypatch):
+    def no_dns(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(jsq.socket, "getaddrinfo", no_dns)
+    with pytest.raises(DataError, match="--data-dir") as e:
+        _prepare(None, cache_dir)
+    assert "\n" not in str(e.value)
+
+
+def test_example_format_and_targets(offline_dir, cache_dir):
+    d = _prepare(offline_dir, cache_dir)
+    s = d.special
+    ids, tgt, n = d.train.ids[0], d.train.target[0], int(d.train.lengths[0])
+    assert ids[0] == s.bos and ids[n - 1] == s.eos
+    assert (ids[:n] == s.sep).sum() == 3
+    answer = d.decode(ids[:n][tgt[:n]].tolist())
+    assert tgt[n - 1] and not tgt[0] and answer  # answer + EOS are the targets
+    gold_answers = {a for it in jsq.load_file(offline_dir / "valid-v1.3.json") for a in it.answers}
+    assert answer in gold_answers
+
+
+def test_training_truncation_keeps_the_answer(offline_dir, cache_dir):
+    """A max_len far below the paragraph length windows the paragraph around the answer."""
+    d = _prepare(offline_dir, cache_dir, max_len=64, max_answer_tokens=6)
+    assert d.info["train_truncated"] > 0
+    assert d.train.lengths.max() <= 64
+    assert d.info["eval_truncated"] > 0 and 0 <= d.info["eval_answer_cut"] <= d.info["eval_truncated"]
+    items = {it.answers[0] for it in jsq.load_file(offline_dir / "valid-v1.3.json")}
+    for i in range(len(d.train)):
+        n = int(d.train.lengths[i])
+        ids = d.train.ids[i, :n]
+        ans = d.decode(ids[d.train.target[i, :n]].tolist())
+        assert ans in items
+        # the answer text is still inside the (windowed) context part of the prompt
+        prompt = d.decode(ids[~d.train.target[i, :n]].tolist())
+        assert ans in prompt or d.info["train_dropped"] > 0
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", "not valid JSON"),
+    ('{"version": 1}', "no top-level 'data'"),
+    ('{"data": [{"title": "x", "paragraphs": [{"context": "x"}]}]}', "bad or missing field"),
+    ('{"data": []}', "no questions"),
+])
+def test_malformed_files_name_the_file(tmp_path, cache_dir, content, match):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "valid-v1.3.json").write_text(content)
+    (d / "test-v1.3.json").write_text(content)
+    with pytest.raises(DataError, match=match) as e:
+        _prepare(d, cache_dir)
+    assert "valid-v1.3.json" in str(e.value)
+
+
+def test_missing_files_and_directories(tmp_path, cache_dir):
+    with pytest.raises(DataError, match="data directory not found"):
+        _prepare(tmp_path / "nowhere", cache_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no valid-v1.3.json or test-v1.3.json"):
+        _prepare(tmp_path / "empty", cache_dir)
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/jsquad-v1.3/test-v1.3.json").exists(),
+                    reason="shared JSQuAD files not present")
+def test_shared_offline_files_parse():
+    """The real files (read from ../shared at run time, never copied) have the documented sizes."""
+    root = Path(__file__).resolve().parents[2] / "shared/data/jsquad-v1.3"
+    assert len(jsq.load_file(root / "valid-v1.3.json")) == 4442
+    assert len(jsq.load_file(root / "test-v1.3.json")) == 4420

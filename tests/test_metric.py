@@ -1,0 +1,45 @@
+"""EM/F1 on hand-computed cases (JGLUE's JSQuAD definitions)."""
+from __future__ import annotations
+
+import pytest
+
+from tasks.jsquad_metric import corpus_scores, exact_match, f1, normalize_answer, score
+
+
+def test_normalisation_order():
+    assert normalize_answer("ＡＢＣ東京。。") == "ａｂｃ東京"  # lower() works on full-width too; trailing 。 stripped
+    assert normalize_answer("  東京   駅 ") == "東京 駅"
+    assert normalize_answer("東京、駅") == "東京、駅"  # punctuation is kept
+
+
+def test_spaces_count_as_characters():
+    assert f1("東京 駅", "東京駅") == pytest.approx(2 * 0.75 * 1 / 1.75)  # 0.857
+    assert exact_match("東京 駅", "東京駅") == 0.0
+
+
+def test_no_unicode_normalisation():
+    em, f = score("１９６４年", ["1964年"])
+    assert em == 0.0 and f == pytest.approx(0.2)
+
+
+def test_trailing_maru_and_case():
+    assert score("Tokyo駅。", ["tokyo駅"]) == (1.0, 1.0)
+
+
+def test_max_over_golds_and_empty_handling():
+    assert score("小笠原諸島", ["小笠原諸島を除く日本", "小笠原諸島"]) == (1.0, 1.0)
+    assert score("", ["。"]) == (1.0, 1.0)  # empty gold after normalisation -> gold ""
+    assert score("何か", ["。"]) == (0.0, 0.0)
+    assert score("", ["東京"]) == (0.0, 0.0)
+
+
+def test_partial_overlap_bag_of_characters():
+    # pred 3 chars, gold 5 chars, 2 in common: P=2/3, R=2/5
+    assert f1("京都府", "東京都庁舎") == pytest.approx(2 * (2 / 3) * (2 / 5) / ((2 / 3) + (2 / 5)))
+
+
+def test_corpus_average():
+    s = corpus_scores(["a", "b"], [["a"], ["c"]])
+    assert s == {"em": 0.5, "f1": 0.5}
+    with pytest.raises(ValueError):
+        corpus_scores(["a"], [])

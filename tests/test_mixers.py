@@ -1,0 +1,172 @@
+"""The mixer contract, checked for every registered mixer (new mixers are covered automatically)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mixers
+from harness.model import LM, LMConfig
+
+D = 64
+NAMES = mixers.names()
+MODES = [pytest.param(True, id="causal"), pytest.param(False, id="bidir")]
+
+
+def _build(name: str, causal: bool, seed: int = 0) -> mixers.Mixer:
+    torch.manual_seed(seed)
+    m = mixers.build(name, D, causal)
+    # random (not zero-init) weights everywhere so no path is trivially inert
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)
+    return m.eval()
+
+
+@pytest.mark.parametrize("causal", MODES)
+@pytest.mark.parametrize("name", NAMES)
+def test_shape_and_finite(name, causal):
+    m = _build(name, causal)
+    x = torch.randn(3, 17, D)
+    y = m(x)
+    assert y.shape == (3, 17, D)
+    assert torch.isfinite(y).all()
+    assert isinstance(m.backend, str) and m.backend
+
+
+@pytest.mark.parametrize("causal", MODES)
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_reaches_embedding(name, causal):
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=50, d_model=D, n_layers=2, mixer=name, causal=causal, mlp_hidden=32))
+    ids = torch.randint(0, 50, (2, 12))
+    h = model(ids, torch.ones(2, 12, dtype=torch.bool), right_padded=False)
+    model.logits(h).logsumexp(-1).sum().backward()
+    g = model.embed.weight.grad
+    assert g is not None and torch.isfinite(g).all()
+    assert g[ids.unique()].abs().sum() > 0
+    mixer_grads = [p.grad for p in model.blocks[0].mixer.parameters() if p.requires_grad]
+    assert mixer_grads and all(gr is not None and torch.isfinite(gr).all() for gr in mixer_grads)
+    assert sum(gr.abs().sum() for gr in mixer_grads) > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal_mode_ignores_the_future(name):
+    m = _build(name, causal=True)
+    torch.manual_seed(1)
+    x = torch.randn(2, 24, D)
+    y = m(x)
+    for t in (0, 5, 11, 22):
+        x2 = x.clone()
+        x2[:, t + 1 :] = torch.randn_like(x2[:, t + 1 :]) * 3
+        y2 = m(x2)
+        torch.testing.assert_close(y2[:, : t + 1], y[:, : t + 1], rtol=1e-5, atol=1e-5,
+                                   msg=f"{name}: output at <= {t} changed when only tokens after {t} changed")
+        assert not torch.allclose(y2[:, t + 1 :], y[:, t + 1 :]), "perturbation had no effect at all"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal_lm_ignores_future_tokens(name):
+    """The same guard one level up: the whole skeleton, token ids in, hidden states out."""
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=50, d_model=D, n_layers=2, mixer=name, causal=True, mlp_hidden=32)).eval()
+    ids = torch.randint(0, 50, (2, 20))
+    h = model(ids)
+    ids2 = ids.clone()
+    ids2[:, 10:] = (ids2[:, 10:] + 7) % 50
+    torch.testing.assert_close(model(ids2)[:, :10], h[:, :10], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bidirectional_mode_sees_the_future(name):
+    """Masked diffusion needs context on both sides: a bidirectional mixer must use it."""
+    m = _build(name, causal=False)
+    x = torch.randn(2, 16, D)
+    x2 = x.clone()
+    x2[:, 10:] += torch.randn_like(x2[:, 10:])
+    assert not torch.allclose(m(x)[:, :5], m(x2)[:, :5], atol=1e-6)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("causal", MODES)
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_never_changes_real_tokens(name, causal, side):
+    """A padded batch equals its sequences run one by one, on their real positions."""
+    m = _build(name, causal)
+    torch.manual_seed(2)
+    lengths = [13, 7, 10]
+    T = max(lengths)
+    seqs = [torch.randn(n, D) for n in lengths]
+    x = torch.randn(len(lengths), T, D) * 5  # garbage in the pad slots
+    mask = torch.zeros(len(lengths), T, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        sl = slice(0, len(s)) if side == "right" else slice(T - len(s), T)
+        x[i, sl] = s
+        mask[i, sl] = True
+    y = m(x, mask)
+    for i, s in enumerate(seqs):
+        alone = m(s[None])[0]
+        sl = slice(0, len(s)) if side == "right" else slice(T - len(s), T)
+        torch.testing.assert_close(y[i, sl], alone, rtol=1e-4, atol=1e-5,
+                                   msg=f"{name}: {side} padding changed real outputs (sequence {i})")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_floats_is_reported(name):
+    m = _build(name, causal=True)
+    a, b = m.state_floats(128), m.state_floats(256)
+    assert isinstance(a, int) and a > 0 and b >= a
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_and_zero_inputs_stay_finite(name):
+    m = _build(name, causal=True)
+    for x in (torch.zeros(2, 9, D), torch.randn(2, 9, D)):
+        y = m(x)
+        assert torch.isfinite(y).all()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yb = m(x)
+        assert torch.isfinite(yb.float()).all()
+
+
+def test_unknown_mixer_and_option_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown mixer 'nope'; registered: .*attention"):
+        mixers.build("nope", D, True)
+    with pytest.raises(ValueError, match="has no option 'bogus'"):
+        mixers.build("attention", D, True, bogus=1)
+    with pytest.raises(ValueError, match="not a valid int"):
+        mixers.build("attention", D, True, head_dim="x")
+
+
+def test_attention_state_is_a_kv_cache():
+    m = mixers.build("attention", D, True)
+    assert m.state_floats(100) == 2 * 100 * D
+    assert m.state_floats(200) == 2 * m.state_floats(100)
+
+
+def test_adding_a_file_registers_a_mixer(tmp_path, monkeypatch):
+    """A new module in mixers/ joins the registry with no other edit."""
+    import importlib
+    import shutil
+    import sys
+
+    pkg = tmp_path / "mixers"
+    shutil.copytree(mixers.__path__[0], pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "identity_test_mixer.py").write_text(
+        "from mixers import Mixer, register\n"
+        "@register('identity_test')\n"
+        "class Identity(Mixer):\n"
+        "    def forward(self, x, pad_mask=None):\n"
+        "        return x\n"
+    )
+    saved = {k: v for k, v in sys.modules.items() if k == "mixers" or k.startswith("mixers.")}
+    for k in saved:
+        del sys.modules[k]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        fresh = importlib.import_module("mixers")
+        assert "identity_test" in fresh.names() and "attention" in fresh.names()
+    finally:
+        for k in [k for k in sys.modules if k == "mixers" or k.startswith("mixers.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)

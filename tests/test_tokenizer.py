@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+
+from fixtures.jsquad_mini import EVAL_ARTICLES, TRAIN_ARTICLES
+from tasks.tokenizer import TokenizerSettings, train_or_load
+
+TEXTS = [t for art in TRAIN_ARTICLES for t in (art[0], art[1], *(q for q, _ in art[2]))]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return train_or_load(TEXTS, TokenizerSettings(vocab_size=300), tmp_path_factory.mktemp("tok"))
+
+
+@pytest.mark.parametrize("text", [
+    "東京駅は1914年に開業した。",
+    "ＪＲ東日本の新幹線（Shinkansen）が発着する",  # full-width letters and brackets, ASCII inside
+    "GPT-4 と BERT  を比べる。",  # ASCII words, single and double spaces
+    " 先頭と末尾に空白 ",
+    "未知の漢字：鬱躑躅\tタブ\n改行",  # characters never seen in training (byte fallback)
+])
+def test_round_trip_gives_back_original_characters(tok, text):
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+
+
+def test_special_tokens_are_distinct_and_not_produced_from_text(tok):
+    s = tok.special
+    assert len({s.pad, s.unk, s.bos, s.eos, s.sep, s.mask}) == 6
+    ids = tok.encode("<sep><mask></s>")
+    assert s.sep not in ids and s.mask not in ids and s.eos not in ids
+    assert tok.decode([s.bos, *tok.encode("東京"), s.sep, s.eos]) == "東京"
+
+
+def test_pieces_do_not_cross_mecab_words(tok):
+    words = tok.words("東京駅は千代田区にある")
+    pieces = [tok.sp.id_to_piece(i) for w in words for i in tok.sp.encode(w)]
+    joined, pos, bounds = "", 0, set()
+    for w in words:
+        pos += len(w)
+        bounds.add(pos)
+    for p in pieces:
+        joined += p
+    assert joined == "".join(words)
+
+
+def test_cache_is_keyed_by_data_and_settings(tmp_path):
+    a = train_or_load(TEXTS, TokenizerSettings(vocab_size=300), tmp_path)
+    assert len(list(tmp_path.glob("spm-*.model"))) == 1
+    b = train_or_load(TEXTS, TokenizerSettings(vocab_size=300), tmp_path)
+    assert a.sp.serialized_model_proto() == b.sp.serialized_model_proto()
+    train_or_load(TEXTS, TokenizerSettings(vocab_size=280), tmp_path)
+    train_or_load(TEXTS + ["別の文"], TokenizerSettings(vocab_size=300), tmp_path)
+    assert len(list(tmp_path.glob("spm-*.model"))) == 3
+
+
+def test_nfkc_normaliser_rewrites_full_width(tmp_path):
+    """Why identity is the default: NFKC changes answers the official metric compares verbatim."""
+    nfkc = train_or_load(TEXTS, TokenizerSettings(vocab_size=300, normalization="nmt_nfkc"), tmp_path)
+    assert nfkc.decode(nfkc.encode("ＪＲ東日本（１９６４年）")) == "JR東日本(1964年)"
