@@ -129,3 +129,14 @@ def test_greedy_generation_stops_at_eos_and_is_batch_invariant():
     one_by_one = [obj.generate(m, [p], max_new=6, batch_size=1)[0] for p in prompts]
     assert batched == one_by_one
     assert all(len(g) <= 6 and SPECIAL.eos not in g for g in batched)
+
+
+def test_predict_targets_is_teacher_forced_next_token_argmax():
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    m = _model().eval()
+    data = _toy_data(3)
+    b = data.batch(np.arange(3))
+    pred = obj.predict_targets(m, b)
+    assert pred.shape == b.ids.shape
+    logits = m.logits(m(b.ids))
+    assert torch.equal(pred[:, 5], logits[:, 4].argmax(-1))

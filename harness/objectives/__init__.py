@@ -48,6 +48,11 @@ class Objective:
         """Answer token ids for each prompt, cut before the first EOS."""
         raise NotImplementedError
 
+    def predict_targets(self, model, batch: Batch) -> torch.Tensor:
+        """Predicted ids at the target positions of a full sequence, (B, T) (only target positions are
+        meaningful): the fill-in interface of tasks scored per position (e.g. MQAR's values)."""
+        raise NotImplementedError
+
     def describe(self) -> dict[str, Any]:
         """What a results row records about this objective."""
         return {"loss_impl": self.loss_impl, **dataclasses.asdict(self.opts)}

@@ -50,6 +50,13 @@ class Autoregressive(Objective):
         return self._nll(model, batch, use).sum(), use.sum()
 
     @torch.no_grad()
+    def predict_targets(self, model, batch: Batch) -> torch.Tensor:
+        """Teacher-forced argmax: the prediction for position t comes from the prefix < t."""
+        h = model(batch.ids, batch.pad_mask, right_padded=True)
+        pred = model.logits(h[:, :-1]).argmax(-1)  # (B, T-1): prediction for positions 1..T-1
+        return torch.cat([batch.ids[:, :1], pred], dim=1)
+
+    @torch.no_grad()
     def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
         """Greedy decoding, batched with right padding.
 
