@@ -25,6 +25,7 @@ import tasks
 from harness import objectives
 from harness.budget import Budget, BudgetMeter
 from harness.env import device_name, git_commit, versions
+from harness.flops import mfu
 from harness.loss import resolve_impl
 from harness.model import LM, count_params, get_preset, matched_config
 from harness.train import TrainConfig, dev_loss, train
@@ -128,6 +129,8 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         metrics["tokens_per_s"] = res.tokens_per_s
         metrics["peak_mem_bytes"] = res.peak_mem_bytes  # None on CPU: never a made-up number
         metrics["state_floats"] = _state_floats(model, data)
+        mean_len = float(data.train.lengths.mean()) if len(data.train) else 0.0
+        metrics.update(mfu(model, res.tokens_per_s, mean_len, ctx.device, row["device"]))
         row["metrics"] = metrics
         row["samples"] = samples
         row["backend"] = {"mixer": model.backends(), "loss": loss_impl}
