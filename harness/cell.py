@@ -128,7 +128,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         metrics[objective.ppl_key] = math.exp(min(eval_nll, 50.0))
         metrics["tokens_per_s"] = res.tokens_per_s
         metrics["peak_mem_bytes"] = res.peak_mem_bytes  # None on CPU: never a made-up number
-        metrics["state_floats"] = _state_floats(model, data)
+        metrics["state_T"], metrics["state_floats"] = _state_floats(model, data)
         mean_len = float(data.train.lengths.mean()) if len(data.train) else 0.0
         metrics.update(mfu(model, res.tokens_per_s, mean_len, ctx.device, row["device"]))
         row["metrics"] = metrics
@@ -149,10 +149,11 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     return row
 
 
-def _state_floats(model: LM, data: TaskData) -> int | None:
-    """History-state size at the mean evaluation length (None if a mixer does not report it)."""
+def _state_floats(model: LM, data: TaskData) -> tuple[int, int | None]:
+    """(T, state floats at T): the history-state size of the whole model (all layers, one sequence) at
+    the mean evaluation sequence length T (prompt + answer, in tokens); None if a mixer does not report it."""
     T = int(round(float(data.eval.lengths.mean()))) if len(data.eval) else 0
     try:
-        return model.state_floats(T)
+        return T, model.state_floats(T)
     except NotImplementedError:
-        return None
+        return T, None

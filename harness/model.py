@@ -77,10 +77,18 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """One layer. Norm placement:
-    - pre:    x + mixer(norm(x));        x + mlp(norm(x))
-    - post:   norm(x + mixer(x));        norm(x + mlp(x))
-    - hybrid: x + mixer(x) with the mixer normalising its own projections (QKV-norm for attention);
-              norm(x + mlp(x)) around the MLP (HybridNorm's post-norm FFN).
+    - pre:    y = x + mixer(norm1(x));   out = y + mlp(norm2(y))
+    - post:   y = norm1(x + mixer(x));   out = norm2(y + mlp(y))
+    - hybrid: y = x + mixer(x), the mixer normalising its own input projections (QKV-norm for
+              attention); h = norm2(y); out = h + mlp(h).
+
+    `hybrid` is HybridNorm as its authors run it (arXiv 2503.04598; their OLMo configs set
+    attn_norm=false, use_{query,key,value}_norm=true, ffn_norm=true, ffn_residual_after_norm=true):
+    the FFN's residual starts *after* the norm, so the MLP always reads a normalised stream and the
+    normalised stream is what continues. It is Post-Norm with each norm moved from the end of the
+    layer to the start of the FFN sublayer; the last block's output is therefore not normalised and
+    the LM's final norm is required (as in OLMo). Their HybridNorm* variant (a Pre-Norm first block)
+    is not offered. With `post` the final norm is redundant but harmless, and kept for uniformity.
     """
 
     def __init__(self, cfg: LMConfig):
@@ -97,9 +105,9 @@ class Block(nn.Module):
             return x + self.mlp(self.norm2(x))
         if self.norm_kind == "post":
             x = self.norm1(x + self.mixer(x, pad_mask))
-        else:  # hybrid
-            x = x + self.mixer(x, pad_mask)
-        return self.norm2(x + self.mlp(x))
+            return self.norm2(x + self.mlp(x))
+        h = self.norm2(x + self.mixer(x, pad_mask))  # hybrid
+        return h + self.mlp(h)
 
 
 class LM(nn.Module):

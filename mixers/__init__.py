@@ -10,7 +10,10 @@ Contract (tests in tests/test_mixers.py enforce it for every registered mixer):
   tokens. Padding (left or right) never changes a real token's output.
 - `causal=True`: the output at t depends on inputs at positions <= t only.
 - `state_floats(seq_len)`: how many numbers the mixer carries between positions at inference for a
-  sequence of that length (per sequence, per layer): the size of its memory of the past.
+  sequence of that length (per sequence, per layer): the size of its memory of the past (L2M, arXiv
+  2503.04725). A bidirectional mixer counts the state of both directions. `LM.state_floats` sums the
+  layers; results rows record it as `metrics.state_floats` at `metrics.state_T`, the mean evaluation
+  length.
 - `backend`: which implementation ran last (e.g. "sdpa", "flash_attn", "torch_scan"), for results.
 - `proj_norm=True` (HybridNorm) asks the mixer to normalise its input projections; mixers use
   `self.proj_norm_layer(dim)` so the choice costs them one line.
