@@ -18,10 +18,9 @@ from pathlib import Path
 
 import mixers
 import tasks
-from harness import objectives
+from harness import distributed, executors, objectives
 from harness.budget import Budget, BudgetError
-from harness.cell import Cell, RunContext, run_cell
-from harness.env import resolve_device
+from harness.cell import Cell, RunContext
 from harness.loss import LOSS_IMPLS
 from harness.model import NORMS, PRESETS, get_preset
 from harness.registry import UnknownNameError, parse_kv
@@ -63,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="rebuild reports from results/ and exit")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    executors.add_arguments(p)
     return p
 
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     objective_opts = scoped_opts(args.objective_opt, "--objective-opt", objective_names, objectives.REGISTRY)
     task_opts = parse_kv(args.task_opt, "--task-opt")
     task = tasks.build(args.task, **task_opts)
-    device = resolve_device(args.device)
+    dist, device = distributed.init(args.device)  # under torchrun: this rank's device, process group up
 
     cells = [
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
@@ -144,19 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         for s in seeds for o in objective_names for m in mixer_names
     ]
     ctx = RunContext(device=device, data_dir=Path(args.data_dir) if args.data_dir else None,
-                     cache_dir=Path(args.cache_dir), grid="", progress=not args.no_progress)
-    data = ctx.task_data(task, cells[0])  # data problems stop here, with one line, before any cell runs
+                     cache_dir=Path(args.cache_dir), grid="", progress=not args.no_progress and dist.is_main,
+                     log=print if dist.is_main else (lambda _msg: None), dist=dist)
+    with dist.local_main_first():  # [DDP] one rank per node prepares (tokenizer cache), the others reuse it
+        data = ctx.task_data(task, cells[0])  # data problems stop here, with one line, before any cell runs
+    dist.check_same(distributed.data_fingerprint(data.train), "the tokenised training data")
     check_budget(budget, data.train, get_preset(args.preset).batch_size)
     ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{data.protocol}_{args.preset}_{budget.slug}")
     results = out / "results" / f"{ctx.grid}.jsonl"
-    done = done_keys(results)
+    done = dist.broadcast(done_keys(results) if dist.is_main else None)  # [DDP] rank 0's file decides
 
     todo = [c for c in cells if c.key() not in done]
-    print(f"grid {ctx.grid}: {len(cells)} cells ({len(cells) - len(todo)} already done) on {device}; rows -> {results}")
-    from tqdm.auto import tqdm
-
-    for cell in tqdm(todo, desc="cells", unit="cell", disable=args.no_progress or len(todo) < 2):
-        row = run_cell(cell, ctx)
+    if dist.is_main:
+        ranks = f" x {dist.world_size} ranks ({dist.backend})" if dist.active else ""
+        print(f"grid {ctx.grid}: {len(cells)} cells ({len(cells) - len(todo)} already done) on {device}{ranks}; "
+              f"rows -> {results}")
+    for cell, row in executors.build(args).run(todo, ctx):  # this process is the one writer of rows
         append_row(results, row)
         m = row["metrics"]
         if row["status"] == "ok":
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ok     {cell.label()}: {extra}{ppl_name}={ppl:.2f} tok/s={m['tokens_per_s']:.0f} params={row['params']:,}")
         else:
             print(f"  FAILED {cell.label()}: {row['error']}")
-    if not args.no_report:
+    if not args.no_report and dist.is_main:
         write_report(out, ctx.grid)
     return 0
 

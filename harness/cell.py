@@ -23,6 +23,7 @@ import torch
 import mixers
 import tasks
 from harness import objectives
+from harness import distributed as ddp
 from harness.budget import Budget, BudgetMeter
 from harness.env import device_name, git_commit, versions
 from harness.flops import mfu
@@ -67,6 +68,7 @@ class RunContext:
     grid: str
     progress: bool = True
     log: Callable[[str], None] = print
+    dist: ddp.DistEnv = field(default_factory=ddp.DistEnv)  # this process's rank when a cell runs data-parallel
     _data: dict[str, TaskData] = field(default_factory=dict)
 
     def task_data(self, task: tasks.Task, cell: Cell) -> TaskData:
@@ -86,12 +88,13 @@ def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         "budget": cell.budget, "norm": cell.norm, "mixer_opts": cell.mixer_opts,
         "objective_opts": cell.objective_opts, "task_opts": cell.task_opts, "status": "failed", "error": None,
         "params": None, "tokens_seen": None, "device": device_name(str(ctx.device)), "versions": versions(),
-        "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": 1,
+        "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": ctx.dist.world_size,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
+def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
+    """The cell's results row; None on the non-zero ranks of a data-parallel cell (rank 0 evaluates)."""
     row = base_row(cell, ctx)
     t_start = time.perf_counter()
     model = None
@@ -114,7 +117,10 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         tcfg = TrainConfig(batch_size=preset.batch_size, lr=preset.lr, seed=cell.seed, compile=cell.compile,
                            progress=ctx.progress, pad_to=64 if ctx.device.type == "cuda" else 1)
         budget = Budget.parse(cell.budget)
-        res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device)
+        res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device,
+                    dist=ctx.dist)
+        if not ctx.dist.is_main:  # [DDP] evaluation and the row are rank 0's
+            return None
         row["tokens_seen"] = res.tokens_seen
         row["budget_info"] = BudgetMeter(budget, ctx.device).describe()
         row["loss_curve"] = res.loss_curve
@@ -136,6 +142,8 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         row["backend"] = {"mixer": model.backends(), "loss": loss_impl}
         row["status"] = "ok"
     except Exception as e:  # one cell's failure (OOM, NaN, budget) must not kill the grid
+        if ctx.dist.active and not ddp.agreed_failure(e):
+            raise  # [DDP] one rank's failure: stop the job (torchrun ends every rank); a rerun resumes
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
         row["traceback"] = traceback.format_exc(limit=6)[-2000:]
         if isinstance(e, torch.cuda.OutOfMemoryError):
@@ -146,7 +154,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         gc.collect()
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
-    return row
+    return row if ctx.dist.is_main else None  # [DDP] one row per cell, from rank 0
 
 
 def _state_floats(model: LM, data: TaskData) -> tuple[int, int | None]:

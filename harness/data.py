@@ -111,7 +111,11 @@ class BatchSampler:
     def __iter__(self):
         return self
 
-    def __next__(self) -> Batch:
+    def next_indices(self) -> np.ndarray:
+        """Row indices of the next batch (a data-parallel rank cuts its shard from these)."""
         if not self._queue:
             self._refill()
-        return self.data.batch(self._queue.pop(), self.pad_to)
+        return self._queue.pop()
+
+    def __next__(self) -> Batch:
+        return self.data.batch(self.next_indices(), self.pad_to)

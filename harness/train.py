@@ -18,6 +18,7 @@ import torch
 
 from harness.budget import Budget, BudgetError, BudgetMeter
 from harness.data import BatchSampler, SeqSet
+from harness.distributed import DataParallel, DistEnv
 
 
 @dataclass
@@ -77,9 +78,15 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-@torch.no_grad()
 def dev_loss(model, objective, data: SeqSet, batch_size: int, device: torch.device) -> float:
     """Mean target-token NLL on a held-out set (a bound for diffusion objectives)."""
+    tot, n = nll_sums(model, objective, data, batch_size, device)
+    return float(tot / n.clamp_min(1))
+
+
+@torch.no_grad()
+def nll_sums(model, objective, data: SeqSet, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed target-token NLL, target-token count) on the device: data-parallel ranks add these up."""
     was = model.training
     model.eval()
     tot = torch.zeros((), device=device)
@@ -90,7 +97,7 @@ def dev_loss(model, objective, data: SeqSet, batch_size: int, device: torch.devi
         tot += s.float()
         n += c
     model.train(was)
-    return float(tot / n.clamp_min(1))
+    return tot, n
 
 
 def check_budget(budget: Budget, train_set: SeqSet, batch_size: int) -> None:
@@ -100,16 +107,22 @@ def check_budget(budget: Budget, train_set: SeqSet, batch_size: int) -> None:
         raise BudgetError(f"budget {budget} is smaller than one batch (~{one_batch} tokens); raise it")
 
 
-def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, cfg: TrainConfig, device: torch.device) -> TrainResult:
+def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, cfg: TrainConfig, device: torch.device,
+          dist: DistEnv | None = None) -> TrainResult:
+    """Train `model` in place until the budget is spent. With `dist` (under torchrun) this rank trains on
+    its shard of every global batch; `cfg.batch_size` stays the global batch (harness/distributed.py)."""
     meter = BudgetMeter(budget, device)
     check_budget(budget, train_set, cfg.batch_size)
+    par = DataParallel(model, dist, device, budget) if dist is not None and dist.active else None  # [DDP]
 
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + (par.seed_offset if par else 0))
     sampler = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to)
+    sampler = par.sampler(sampler) if par else sampler  # [DDP] this rank's rows of each global batch
     dev_set = dev_set.subset(np.arange(min(len(dev_set), cfg.dev_max_seqs)))
     opt = _optimizer(model, cfg, device)
-    step_fn = torch.compile(model) if cfg.compile else model
+    step_fn = par.module if par else model  # [DDP] forward through the wrapper: gradients all-reduce
+    step_fn = torch.compile(step_fn) if cfg.compile else step_fn
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -127,7 +140,10 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
         for g in opt.param_groups:
             g["lr"] = cfg.lr * wsd_multiplier(frac, cfg)
         with autocast(device):
-            loss = objective.loss(step_fn, batch, gen)
+            if par:  # [DDP] normalised by the global loss-token count
+                loss = par.loss(objective, step_fn, batch, sampler.live, gen)
+            else:
+                loss = objective.loss(step_fn, batch, gen)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -135,7 +151,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
         loss_acc += loss.detach()
         loss_n += 1
         res.steps += 1
-        res.tokens_seen += batch.n_tokens
+        n_tok = sampler.global_tokens if par else batch.n_tokens  # [DDP] the budget counts the whole cell
+        res.tokens_seen += n_tok
         if res.steps == 1 and device.type == "cuda":
             torch.cuda.synchronize(device)  # the first step (compilation, allocator warm-up) is not budgeted
         dt = time.perf_counter() - t0
@@ -143,17 +160,22 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
             clock += dt
         if res.steps > steady_from:
             steady_t += dt
-            steady_tok += batch.n_tokens
+            steady_tok += n_tok
         frac = meter.fraction(res.tokens_seen, clock)
+        frac = par.fraction(frac) if par else frac  # [DDP] rank 0's clock decides for every rank
         bar(frac)
         while eval_at and (frac >= eval_at[0] or frac >= 1.0):
             eval_at.pop(0)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            train_loss = float(loss_acc / max(loss_n, 1))
+            summed = par.mean_over_ranks(loss_acc) if par else loss_acc  # [DDP] every rank sees the same
+            train_loss = float(summed / max(loss_n, 1))
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training loss is {train_loss} at step {res.steps}")
-            d = dev_loss(model, objective, dev_set, cfg.eval_batch_size, device)
+            if par:  # [DDP] rows split over ranks, the same number everywhere
+                d = par.dev_loss(model, objective, dev_set, cfg.eval_batch_size, device)
+            else:
+                d = dev_loss(model, objective, dev_set, cfg.eval_batch_size, device)
             res.loss_curve.append(
                 {"frac": round(min(frac, 1.0), 4), "step": res.steps, "tokens": res.tokens_seen,
                  "train_loss": round(train_loss, 5), "dev_loss": round(d, 5)}

@@ -40,6 +40,17 @@ class Objective:
         """Scalar training loss (differentiable)."""
         raise NotImplementedError
 
+    def loss_terms(self, model, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(numerator, denominator) with `loss == numerator / denominator.clamp_min(1)`.
+
+        Data-parallel training divides each rank's numerator by the denominator summed over ranks,
+        so N ranks take exactly the step one process takes on the whole batch (harness/distributed.py).
+        Override it in objectives that normalise by a count (targets, masked tokens); this default,
+        (loss, 1), weighs every rank's shard equally, which is exact only when shards weigh the same.
+        """
+        loss = self.loss(model, batch, generator)
+        return loss, loss.new_ones(())
+
     def nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed NLL of target tokens, number of target tokens): exp(sum / n) is the perplexity."""
         raise NotImplementedError

@@ -42,8 +42,13 @@ class Autoregressive(Objective):
         return use & batch.target[:, 1:] if answer_only else use
 
     def loss(self, model, batch: Batch, generator=None) -> torch.Tensor:
+        s, n = self.loss_terms(model, batch, generator)
+        return s / n.clamp_min(1)
+
+    def loss_terms(self, model, batch: Batch, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed NLL, number of loss tokens): the mean over tokens, not over rows or ranks."""
         use = self._use(batch, self.opts.loss_on == "answer")
-        return self._nll(model, batch, use).sum() / use.sum().clamp_min(1)
+        return self._nll(model, batch, use).sum(), use.sum()
 
     def nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         use = self._use(batch, True)
