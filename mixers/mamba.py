@@ -18,7 +18,7 @@ weights, and `self.backend` says which one ran:
   plain step-by-step loop, is the ground truth the tests hold it to.
 
 Bidirectional mode (masked diffusion): the forward scan plus a scan over the reversed sequence,
-averaged before the gate. in_proj / gate / out_proj are shared by both directions; each direction has
+averaged (both gated by the same SiLU(z), so this is the mean taken before the gate). in_proj / gate / out_proj are shared by both directions; each direction has
 its own conv, x_proj, dt_proj, A_log and D (as Caduceus' BiMamba with weight tying, arXiv
 2403.03234). Why: the direction-specific parts are exactly what decides what "the past" means (the
 conv kernel is asymmetric, the decay rates and the selection are learned per direction), and they
