@@ -65,8 +65,10 @@ def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    # matrices decay, except parameters that opt out (`p._no_weight_decay = True`, e.g. Mamba's A_log)
+    no_wd = lambda p: p.dim() < 2 or getattr(p, "_no_weight_decay", False)  # noqa: E731
+    decay = [p for p in model.parameters() if p.requires_grad and not no_wd(p)]
+    other = [p for p in model.parameters() if p.requires_grad and no_wd(p)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
 

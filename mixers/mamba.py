@@ -1,0 +1,323 @@
+"""Mamba (selective state space model, arXiv 2312.00752) as a token mixer, causal or bidirectional.
+
+Per layer: in_proj -> (x, z); x -> short causal depthwise conv -> SiLU -> x_proj -> (dt, B, C);
+Δ = softplus(dt_proj(dt) + dt_bias); the selective scan, per channel d and state n,
+
+    h_t[d, n] = exp(Δ_t[d] A[d, n]) h_{t-1}[d, n] + Δ_t[d] B_t[n] x_t[d],   A = -exp(A_log)
+    y_t[d]    = sum_n C_t[n] h_t[d, n] + D[d] x_t[d]
+
+then the gate y * SiLU(z) and out_proj. Two implementations compute this same function of the same
+weights, and `self.backend` says which one ran:
+
+- "mamba_ssm": on CUDA, when the optional `mamba-ssm` package imports (it needs its compiled
+  extension), its fused `selective_scan_fn`; the conv uses `causal_conv1d_fn` when `causal-conv1d`
+  imports too (and d_conv is 2..4), PyTorch's conv1d otherwise.
+- "torch_chunked_scan": everywhere else. The sequence is cut into chunks; inside a chunk the
+  recurrence is a log-depth, work-efficient parallel scan of the affine maps h -> a h + b, and the
+  state is carried from chunk to chunk (`selective_scan_chunked`). `selective_scan_reference`, the
+  plain step-by-step loop, is the ground truth the tests hold it to.
+
+Bidirectional mode (masked diffusion): the forward scan plus a scan over the reversed sequence,
+averaged (both gated by the same SiLU(z), so this is the mean taken before the gate). in_proj / gate / out_proj are shared by both directions; each direction has
+its own conv, x_proj, dt_proj, A_log and D (as Caduceus' BiMamba with weight tying, arXiv
+2403.03234). Why: the direction-specific parts are exactly what decides what "the past" means (the
+conv kernel is asymmetric, the decay rates and the selection are learned per direction), and they
+are small (about 10% of the block at d_model 256); the big projections carry token features that
+need not depend on direction. `bidir_share=True` ties everything (a reversal-equivariant mixer).
+
+Padding (`pad_mask`, True on real tokens, pads on the left or the right): pad inputs are zeroed
+before the conv (so real tokens see the same zero history as an unpadded sequence), the conv output
+(which would carry the conv bias) is zeroed again before the scan, and Δ is set to 0 at pads, which
+makes a pad an identity step of the recurrence: no input and no decay of the state.
+
+Precision: Δ, A and the whole scan run in fp32 whatever the autocast dtype (bf16 scans drift).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from mixers import Mixer, register
+
+SCANS = ("chunked", "reference")
+
+
+def load_fused_kernels() -> tuple[Callable | None, Callable | None]:
+    """(selective_scan_fn, causal_conv1d_fn) from the optional CUDA packages, None for each absent one.
+
+    Any exception means "absent": on a machine without the compiled extension `import mamba_ssm`
+    itself fails (its selective_scan_interface imports `selective_scan_cuda` unconditionally), and
+    a package built for another torch can fail with OSError or RuntimeError, not only ImportError.
+    """
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:
+        selective_scan_fn = None
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except Exception:
+        causal_conv1d_fn = None
+    return selective_scan_fn, causal_conv1d_fn
+
+
+_selective_scan_fn, _causal_conv1d_fn = load_fused_kernels()
+
+
+# --------------------------------------------------------------------------------------------------
+# The selective scan in PyTorch. Layout (B, T, ...) throughout; mamba-ssm's kernel wants (B, D, T).
+# --------------------------------------------------------------------------------------------------
+
+
+def _finish(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
+    """D skip and SiLU(z) gate, exactly as mamba-ssm's selective_scan_fn applies them. (B, T, Di)."""
+    if D is not None:
+        y = y + u * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y
+
+
+def selective_scan_reference(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    return_last_state: bool = False,
+):
+    """The recurrence one position at a time (a Python loop over T): slow, obviously right.
+
+    u, delta: (B, T, Di) with delta > 0 already (softplus applied); A: (Di, N); B, C: (B, T, N);
+    D: (Di,); z: (B, T, Di); h0: (B, Di, N) initial state. Returns y (B, T, Di) fp32 [, h_T (B, Di, N)].
+    """
+    with torch.autocast(u.device.type, enabled=False):
+        u, delta, A, B, C = u.float(), delta.float(), A.float(), B.float(), C.float()
+        h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else h0.float()
+        ys = []
+        for t in range(u.shape[1]):
+            decay = torch.exp(delta[:, t, :, None] * A)  # (B, Di, N)
+            h = decay * h + (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]
+            ys.append((h * C[:, t, None, :]).sum(-1))  # (B, Di)
+        y = torch.stack(ys, dim=1) if ys else u.new_zeros(u.shape)
+        y = _finish(y, u, D, z)
+    return (y, h) if return_last_state else y
+
+
+def _prefix_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """All states of h_t = a_t h_{t-1} + b_t (h_{-1} = 0) along dim 1, without a loop over t.
+
+    A work-efficient odd-even (Blelloch-style) scan: the steps 2i and 2i+1 compose into one affine
+    step (a_{2i+1} a_{2i}, a_{2i+1} b_{2i} + b_{2i+1}); the half-length problem is solved
+    recursively, which gives h at every odd position; each even position is one step on from the
+    odd one before it. log2(L) levels, about 2L multiply-adds in all (a Hillis-Steele scan does
+    L log2 L). Only products of decays <= 1 and sums: exact as fp32 for any Δ, unlike an
+    exp(-cumsum) form that overflows when decays are strong. a, b: (B, L, ...) -> h: (B, L, ...).
+    """
+    L = b.shape[1]
+    if L == 1:
+        return b
+    n = L // 2  # pairs (2i, 2i+1)
+    ae, ao, be, bo = a[:, 0 : 2 * n : 2], a[:, 1 : 2 * n : 2], b[:, 0 : 2 * n : 2], b[:, 1 : 2 * n : 2]
+    h_odd = _prefix_scan(ao * ae, torch.addcmul(bo, ao, be))  # h at 1, 3, 5, ...
+    h_even = torch.cat([b[:, :1], torch.addcmul(b[:, 2::2], a[:, 2::2], h_odd[:, : (L - 1) // 2])], dim=1)
+    h = torch.stack([h_even[:, :n], h_odd], dim=2).flatten(1, 2)  # interleave: h_0, h_1, h_2, ...
+    return torch.cat([h, h_even[:, n:]], dim=1) if L % 2 else h
+
+
+def _scan_chunk(u, delta, A, B, C, h0):
+    """One chunk of the scan in parallel. u, delta: (B, L, Di); B, C: (B, L, N); h0: (B, Di, N).
+
+    Each position is an affine map of the state, h -> a_t h + b_t with a_t = exp(Δ_t A) in (0, 1]
+    and b_t = Δ_t B_t u_t; the carried-in state h0 enters through the first step.
+    Returns y (B, L, Di) without D / gate, and the state after the last position (B, Di, N).
+    """
+    a = torch.exp(delta[..., None] * A)  # (B, L, Di, N)
+    b = (delta * u)[..., None] * B[:, :, None, :]  # (B, L, Di, N)
+    b = torch.cat([torch.addcmul(b[:, :1], a[:, :1], h0[:, None]), b[:, 1:]], dim=1)
+    h = _prefix_scan(a, b)  # (B, L, Di, N): the state after every position of the chunk
+    y = torch.einsum("bldn,bln->bld", h, C)
+    return y, h[:, -1]
+
+
+def selective_scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    chunk_size: int = 64,
+    checkpoint: bool = False,
+):
+    """The same function as `selective_scan_reference`, a chunk at a time (shapes as there).
+
+    Memory: the intra-chunk tensors are (B, chunk, Di, N). With `checkpoint` (and grad enabled) each
+    chunk is recomputed in the backward pass, so training keeps only the (B, Di, N) states between
+    chunks instead of every position's state: (B, T, Di, N) is never held at once.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    with torch.autocast(u.device.type, enabled=False):
+        u, delta, A, B, C = u.float(), delta.float(), A.float(), B.float(), C.float()
+        h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else h0.float()
+        ys = []
+        for s in range(0, u.shape[1], chunk_size):
+            sl = slice(s, s + chunk_size)
+            args = (u[:, sl], delta[:, sl], A, B[:, sl], C[:, sl], h)
+            if checkpoint and torch.is_grad_enabled():
+                y, h = _checkpoint(_scan_chunk, *args, use_reentrant=False)
+            else:
+                y, h = _scan_chunk(*args)
+            ys.append(y)
+        y = torch.cat(ys, dim=1) if ys else u.new_zeros(u.shape)
+        y = _finish(y, u, D, z)
+    return (y, h) if return_last_state else y
+
+
+# --------------------------------------------------------------------------------------------------
+# The mixer
+# --------------------------------------------------------------------------------------------------
+
+
+class SSMDirection(nn.Module):
+    """The direction-specific half of a Mamba block: conv, x_proj, Δ projection, A, D.
+
+    `dt_weight` / `dt_bias` are plain parameters, not an nn.Linear, on purpose: the LM skeleton
+    re-initialises every nn.Linear (GPT-2 style, zero bias), which would erase Mamba's Δ
+    initialisation (softplus(dt_bias) log-uniform in [dt_min, dt_max]); with bias 0 every channel
+    would start at Δ = softplus(0) ≈ 0.69.
+    """
+
+    def __init__(self, d_inner: int, dt_rank: int, opts):
+        super().__init__()
+        self.d_inner, self.dt_rank, self.d_state = d_inner, dt_rank, opts.d_state
+        self.opts = opts
+        self.conv1d = nn.Conv1d(d_inner, d_inner, opts.d_conv, groups=d_inner, padding=opts.d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * opts.d_state, bias=False)
+        self.dt_weight = nn.Parameter(torch.empty(d_inner, dt_rank))
+        self.dt_bias = nn.Parameter(torch.empty(d_inner))
+        self.A_log = nn.Parameter(torch.empty(d_inner, opts.d_state))
+        self.D = nn.Parameter(torch.empty(d_inner))
+        # A_log is 2-D, so the trainer's "decay every matrix" rule would pull A toward -1: opt out
+        self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
+        self.D._no_weight_decay = True  # type: ignore[attr-defined]
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Mamba's initialisation (works on the meta device too: no data-dependent Python)."""
+        o = self.opts
+        bound = self.dt_rank**-0.5
+        self.dt_weight.uniform_(-bound, bound)
+        dt = torch.exp(
+            torch.rand(self.d_inner, device=self.dt_bias.device) * (math.log(o.dt_max) - math.log(o.dt_min))
+            + math.log(o.dt_min)
+        ).clamp(min=o.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus: softplus(bias) = dt
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(A).expand(self.d_inner, -1))  # S4D-real: A[d, n] = -(n + 1)
+        self.D.fill_(1.0)
+
+    def conv(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        """SiLU(causal depthwise conv along T). x: (B, T, Di) -> (B, T, Di)."""
+        T = x.shape[1]
+        w = self.conv1d.weight  # (Di, 1, K)
+        if fused and _causal_conv1d_fn is not None and 2 <= w.shape[-1] <= 4:
+            y = _causal_conv1d_fn(x.transpose(1, 2).contiguous(), w.squeeze(1), self.conv1d.bias, activation="silu")
+            return y.transpose(1, 2)
+        return F.silu(self.conv1d(x.transpose(1, 2))[..., :T].transpose(1, 2))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None, fused: bool) -> torch.Tensor:
+        """x, z: (B, T, Di) with pad inputs already zero; mask (B, T, 1) float or None -> y (B, T, Di) fp32."""
+        xc = self.conv(x, fused)  # (B, T, Di)
+        if mask is not None:
+            xc = xc * mask  # the conv bias would otherwise feed pads into the state
+        dt, Bm, Cm = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        with torch.autocast(x.device.type, enabled=False):
+            delta = F.softplus(dt.float() @ self.dt_weight.float().t() + self.dt_bias.float())  # (B, T, Di)
+            if mask is not None:
+                delta = delta * mask  # Δ = 0: a pad neither writes into nor decays the state
+            A = -torch.exp(self.A_log.float())  # (Di, N)
+            if fused:
+                tr = lambda t: t.float().transpose(1, 2).contiguous()  # noqa: E731  (B, T, C) -> (B, C, T)
+                y = _selective_scan_fn(tr(xc), tr(delta), A, tr(Bm), tr(Cm), self.D.float(), tr(z),
+                                       delta_bias=None, delta_softplus=False)
+                return y.transpose(1, 2)
+            scan_args = (xc, delta, A, Bm, Cm, self.D, z)
+            if self.opts.scan == "reference":
+                return selective_scan_reference(*scan_args)
+            return selective_scan_chunked(*scan_args, chunk_size=self.opts.chunk_size,
+                                          checkpoint=self.opts.checkpoint_chunks)
+
+
+@register("mamba")
+class Mamba(Mixer):
+    @dataclasses.dataclass
+    class Options:
+        d_state: int = 16
+        d_conv: int = 4
+        expand: int = 2  # d_inner = expand * d_model
+        dt_rank: int = 0  # 0: ceil(d_model / 16), as in Mamba
+        dt_min: float = 0.001
+        dt_max: float = 0.1
+        dt_init_floor: float = 1e-4
+        bidir_share: bool = False  # bidirectional: one conv/x_proj/Δ/A/D for both directions
+        chunk_size: int = 64  # PyTorch scan: positions per parallel chunk
+        checkpoint_chunks: bool = True  # PyTorch scan: recompute chunks in backward (bounded memory)
+        scan: str = "chunked"  # PyTorch scan: "chunked" | "reference" (the step loop; tests, benchmarks)
+        use_mamba_ssm: bool = True  # use the mamba-ssm kernels when they can run
+
+    def __init__(self, d_model: int, causal: bool, opts=None, proj_norm: bool = False):
+        super().__init__(d_model, causal, opts, proj_norm)
+        o = self.opts
+        if o.scan not in SCANS:
+            raise ValueError(f"mamba: scan must be one of {', '.join(SCANS)}, got {o.scan!r}")
+        if min(o.d_state, o.d_conv, o.expand, o.chunk_size) < 1 or o.dt_rank < 0:
+            raise ValueError(f"mamba: sizes must be positive, got {o}")
+        self.d_inner = o.expand * d_model
+        self.dt_rank = o.dt_rank or math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        # HybridNorm: normalise the two halves of the input projection
+        self.x_norm, self.z_norm = self.proj_norm_layer(self.d_inner), self.proj_norm_layer(self.d_inner)
+        self.fwd = SSMDirection(self.d_inner, self.dt_rank, o)
+        self.bwd = SSMDirection(self.d_inner, self.dt_rank, o) if not causal and not o.bidir_share else None
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.backend = "torch_chunked_scan"
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        return self.opts.use_mamba_ssm and _selective_scan_fn is not None and x.is_cuda
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        fused = self._fused(x)
+        self.backend = "mamba_ssm" if fused else "torch_chunked_scan"
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # each (B, T, Di)
+        xs, z = self.x_norm(xs), self.z_norm(z)
+        mask = None if pad_mask is None else pad_mask[..., None].to(xs.dtype)  # (B, T, 1)
+        if mask is not None:
+            xs = xs * mask  # zero pads before the conv: real tokens see the zero history of an unpadded run
+        y = self.fwd(xs, z, mask, fused)  # (B, T, Di) fp32, gated
+        if not self.causal:
+            bwd = self.fwd if self.bwd is None else self.bwd
+            flip = lambda t: None if t is None else t.flip(1)  # noqa: E731
+            y = 0.5 * (y + bwd(flip(xs), flip(z), flip(mask), fused).flip(1))
+        return self.out_proj(y.to(xs.dtype))
+
+    def state_floats(self, seq_len: int) -> int:
+        """Per direction: the SSM state d_inner x d_state plus the conv history (d_conv - 1) x d_inner.
+
+        Constant in T. A bidirectional layer runs two scans, so it carries two such states.
+        """
+        per_dir = self.d_inner * self.opts.d_state + (self.opts.d_conv - 1) * self.d_inner
+        return per_dir * (1 if self.causal else 2)

@@ -1,0 +1,360 @@
+"""Mamba mixer: the chunked scan held to the step-by-step recurrence (values, gradients, extreme Δ),
+padding, the bidirectional combination, initialisation, state size, safe detection of the optional
+CUDA packages, and (CUDA + mamba-ssm only) the fused path against the PyTorch path."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mixers
+import mixers.mamba as mm
+from harness.model import LM, PRESETS, matched_config
+from harness.train import TrainConfig, _optimizer
+
+D_MODEL = 32
+
+
+def scan_inputs(T: int, seed: int = 0, Bsz: int = 2, Di: int = 6, N: int = 5, delta=None):
+    """Random inputs of the selective scan; `delta` (B, T, Di) overrides the default Δ in ~(0.05, 2)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return dict(
+        u=r(Bsz, T, Di),
+        delta=F.softplus(r(Bsz, T, Di) - 1.0) if delta is None else delta,
+        A=-torch.exp(0.5 * r(Di, N)),
+        B=r(Bsz, T, N),
+        C=r(Bsz, T, N),
+        D=r(Di),
+        z=r(Bsz, T, Di),
+        h0=r(Bsz, Di, N),
+    )
+
+
+def _build(causal: bool, seed: int = 0, **opts) -> mm.Mamba:
+    torch.manual_seed(seed)
+    m = mixers.build("mamba", D_MODEL, causal, **opts)
+    with torch.no_grad():  # random, not near-zero, weights so every path matters
+        for name, p in m.named_parameters():
+            if p.dim() >= 2 and "A_log" not in name:
+                p.normal_(0, 0.3)
+    return m.eval()
+
+
+# ---------------------------------------------------------------- chunked scan == reference recurrence
+
+
+@pytest.mark.parametrize("chunk", [5, 16])
+@pytest.mark.parametrize("T", [1, 7, 16, 33, 50])
+def test_chunked_scan_equals_reference(T, chunk):
+    """Lengths below, equal to and not divisible by the chunk size; D, gate and initial state on."""
+    x = scan_inputs(T, seed=T)
+    y_ref, h_ref = mm.selective_scan_reference(**x, return_last_state=True)
+    y, h = mm.selective_scan_chunked(**x, return_last_state=True, chunk_size=chunk)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
+
+
+def _grads(fn, x: dict, **kw) -> dict[str, torch.Tensor]:
+    x = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    y, h = fn(**x, return_last_state=True, **kw)
+    g = torch.Generator().manual_seed(9)
+    loss = (y * torch.randn(y.shape, generator=g)).sum() + (h * torch.randn(h.shape, generator=g)).sum()
+    loss.backward()
+    return {k: v.grad for k, v in x.items()}
+
+
+def _assert_grads_close(got: dict, ref: dict, what: str) -> None:
+    """1e-5 relative, with the absolute floor scaled by the gradient's magnitude: gradients sum
+    terms of both signs, so fp32 rounding of ~1e-7 of the largest term is the honest noise floor
+    (the fp32 reference itself is that far from a float64 run)."""
+    for k in ref:
+        assert torch.isfinite(got[k]).all(), f"gradient of {k} ({what}) is not finite"
+        scale = float(ref[k].abs().max().clamp_min(1.0))
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-5 * scale, msg=f"gradient of {k} ({what})")
+
+
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["plain", "checkpointed"])
+def test_chunked_scan_gradients_equal_reference(checkpoint):
+    """A right forward with wrong gradients is a known failure of fast scans (fla #547): check all inputs."""
+    x = scan_inputs(23, seed=3)
+    ref = _grads(mm.selective_scan_reference, x)
+    got = _grads(mm.selective_scan_chunked, x, chunk_size=8, checkpoint=checkpoint)
+    _assert_grads_close(got, ref, "")
+
+
+@pytest.mark.parametrize("regime", ["near_zero", "large", "mixed", "exact_zero"])
+def test_chunked_scan_extreme_delta(regime):
+    """Δ ≈ 0 (state kept, no input), Δ large (state wiped every step: decays exp(-Δ|A|) underflow to
+    0, where an exp(-cumsum) formulation would overflow), both interleaved, and Δ = 0 (a pad)."""
+    T, Bsz, Di = 37, 2, 6
+    g = torch.Generator().manual_seed(11)
+    pick = torch.rand(Bsz, T, Di, generator=g) < 0.5
+    delta = {
+        "near_zero": torch.full((Bsz, T, Di), 1e-6),
+        "large": torch.full((Bsz, T, Di), 40.0),
+        "mixed": torch.where(pick, torch.tensor(1e-5), torch.tensor(30.0)),
+        "exact_zero": torch.where(pick, torch.tensor(0.0), torch.tensor(0.7)),
+    }[regime]
+    x = scan_inputs(T, seed=5, Bsz=Bsz, Di=Di, delta=delta)
+    x["A"] = -torch.arange(1, 6, dtype=torch.float32).expand(Di, -1).clone() * 4  # strong decays, to -20
+    y_ref = mm.selective_scan_reference(**x)
+    y = mm.selective_scan_chunked(**x, chunk_size=8)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    ref = _grads(mm.selective_scan_reference, x)
+    got = _grads(mm.selective_scan_chunked, x, chunk_size=8, checkpoint=True)
+    _assert_grads_close(got, ref, regime)
+
+
+def test_scan_ignores_bf16_autocast():
+    """The scan and its reductions stay fp32 under autocast (bf16 scans drift: mamba #6)."""
+    x = scan_inputs(40, seed=8)
+    y32 = mm.selective_scan_chunked(**x, chunk_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = mm.selective_scan_chunked(**x, chunk_size=16)
+    assert yb.dtype == torch.float32
+    torch.testing.assert_close(yb, y32, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_chunk_size_is_an_error():
+    with pytest.raises(ValueError, match="chunk_size"):
+        mm.selective_scan_chunked(**scan_inputs(4), chunk_size=0)
+
+
+# ---------------------------------------------------------------- the mixer
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_mixer_chunk_size_and_reference_scan_agree(causal):
+    """The whole block (conv, Δ, gate, both directions) is the same function whatever the scan."""
+    m = _build(causal)
+    x = torch.randn(2, 29, D_MODEL, requires_grad=True)
+    outs, grads = [], []
+    for scan, chunk in (("reference", 64), ("chunked", 4), ("chunked", 64)):
+        m.opts.scan, m.opts.chunk_size = scan, chunk
+        m.zero_grad()
+        x.grad = None
+        y = m(x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append(y.detach())
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in m.parameters()])
+    for y, g in zip(outs[1:], grads[1:]):
+        torch.testing.assert_close(y, outs[0], rtol=1e-5, atol=1e-5)
+        for a, b in zip(g, grads[0]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert m.backend == "torch_chunked_scan"
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_padding_with_large_conv_bias_and_skip(causal, side):
+    """Pads hold garbage, the conv bias is large (it would leak into the state through pad positions
+    if the conv output were not masked) and D is large: real outputs still equal the unpadded run."""
+    m = _build(causal, seed=1)
+    with torch.no_grad():
+        for d in (m.fwd, m.bwd):
+            if d is not None:
+                d.conv1d.bias.fill_(3.0)
+                d.D.fill_(2.0)
+                d.dt_bias.fill_(2.0)  # large Δ at pads would otherwise wipe / rewrite the state
+    n, T = 9, 16
+    seq = torch.randn(1, n, D_MODEL)
+    x = torch.randn(1, T, D_MODEL) * 10
+    mask = torch.zeros(1, T, dtype=torch.bool)
+    sl = slice(0, n) if side == "right" else slice(T - n, T)
+    x[:, sl], mask[:, sl] = seq, True
+    with torch.no_grad():
+        want, got = m(seq), m(x, mask)[:, sl]
+    # fp32 rounding only: a shifted start changes how the parallel scan groups its products
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_pads_reach_the_scan_as_identity_steps(causal, monkeypatch):
+    """The padding policy itself: in every direction the scan sees u = 0 (conv output, bias included,
+    masked) and Δ = 0 (no write, no decay) at pads, here in the middle and at both ends."""
+    seen = []
+
+    def spy(u, delta, *args, **kw):
+        seen.append((u.detach(), delta.detach()))
+        return mm.selective_scan_reference(u, delta, *args)
+
+    monkeypatch.setattr(mm, "selective_scan_chunked", spy)
+    m = _build(causal, seed=2)
+    with torch.no_grad():
+        for d in (m.fwd, m.bwd):
+            if d is not None:
+                d.conv1d.bias.fill_(3.0)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[0, :3] = mask[0, 7] = mask[1, 9:] = False
+    m(torch.randn(2, 12, D_MODEL) * 5, mask)
+    assert len(seen) == (1 if causal else 2)
+    for i, (u, delta) in enumerate(seen):
+        pads = ~(mask if i == 0 else mask.flip(1))
+        assert (u[pads] == 0).all() and (delta[pads] == 0).all()
+        assert (u[~pads] != 0).any() and (delta[~pads] > 0).all()
+
+
+def test_bidirectional_is_the_mean_of_a_forward_and_a_reversed_scan():
+    """With shared parameters, bidir(x) = (causal(x) + flip(causal(flip(x)))) / 2 exactly (the
+    out-projection is linear without bias), and so the mixer commutes with reversing the sequence."""
+    causal = _build(True, seed=4)
+    shared = mixers.build("mamba", D_MODEL, False, bidir_share=True).eval()
+    shared.load_state_dict(causal.state_dict())
+    x = torch.randn(2, 21, D_MODEL)
+    want = 0.5 * (causal(x) + causal(x.flip(1)).flip(1))
+    torch.testing.assert_close(shared(x), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(shared(x.flip(1)), shared(x).flip(1), rtol=1e-5, atol=1e-6)
+    separate = _build(False, seed=4)
+    assert not torch.allclose(separate(x.flip(1)), separate(x).flip(1), atol=1e-4)
+
+
+def test_bidirectional_parameters_separate_or_shared():
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    causal = mixers.build("mamba", D_MODEL, True)
+    separate = mixers.build("mamba", D_MODEL, False)
+    shared = mixers.build("mamba", D_MODEL, False, bidir_share=True)
+    assert n(shared) == n(causal)
+    assert n(separate) == n(causal) + n(separate.bwd)
+    assert separate.bwd is not None and shared.bwd is None and causal.bwd is None
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_state_floats_by_hand(causal):
+    """d_model 64 (tiny): d_inner 128, d_state 16, d_conv 4 -> 128*16 + 3*128 = 2432 per direction."""
+    m = mixers.build("mamba", 64, causal)
+    want = 2432 if causal else 2 * 2432
+    assert m.state_floats(128) == want and m.state_floats(4096) == want
+    small = mixers.build("mamba", 32, causal, expand=1, d_state=8, d_conv=3)  # 32*8 + 2*32 = 320
+    assert small.state_floats(10) == small.state_floats(1000) == (320 if causal else 640)
+
+
+def test_dt_rank_default_and_options():
+    assert mixers.build("mamba", 64, True).dt_rank == 4  # ceil(64 / 16)
+    assert mixers.build("mamba", 72, True).dt_rank == 5
+    assert mixers.build("mamba", 64, True, dt_rank="7").dt_rank == 7
+    with pytest.raises(ValueError, match="scan must be one of"):
+        mixers.build("mamba", 64, True, scan="loop")
+
+
+def test_mamba_init_survives_the_skeleton_and_A_log_is_not_decayed():
+    """The LM re-initialises every nn.Linear; Mamba's Δ, A and D initialisation must come through."""
+    torch.manual_seed(0)
+    model = LM(matched_config(PRESETS["tiny"], "mamba", causal=True, vocab_size=100))
+    o = mixers.options_of("mamba")
+    for blk in model.blocks:
+        d = blk.mixer.fwd
+        dt = F.softplus(d.dt_bias)
+        assert dt.min() >= o["dt_init_floor"] * 0.999 and dt.max() <= o["dt_max"] * 1.001
+        assert dt.std() > 0  # log-uniform, not a constant
+        torch.testing.assert_close(-torch.exp(d.A_log[0]), -torch.arange(1.0, 17.0))
+        torch.testing.assert_close(d.D, torch.ones_like(d.D))
+        assert d.dt_weight.abs().max() <= d.dt_rank**-0.5
+    opt = _optimizer(model, TrainConfig(), torch.device("cpu"))
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0.0 for p in g["params"]}
+    for blk in model.blocks:
+        assert id(blk.mixer.fwd.A_log) in no_decay
+        assert id(blk.mixer.in_proj.weight) in decay and id(blk.mixer.fwd.x_proj.weight) in decay
+
+
+def test_hybrid_norm_normalises_the_input_projection():
+    plain = mixers.build("mamba", D_MODEL, True)
+    hybrid = mixers.build("mamba", D_MODEL, True, proj_norm=True)
+    assert isinstance(plain.x_norm, torch.nn.Identity)
+    assert type(hybrid.x_norm).__name__ == "RMSNorm" and type(hybrid.z_norm).__name__ == "RMSNorm"
+    assert torch.isfinite(hybrid(torch.randn(2, 5, D_MODEL))).all()
+
+
+# ---------------------------------------------------------------- optional CUDA packages
+
+
+def _fake_package(root, name: str, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / name / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.fixture
+def fake_site(tmp_path, monkeypatch):
+    """A directory first on sys.path for fake mamba_ssm / causal_conv1d packages; cleaned up after."""
+    names = ("mamba_ssm", "causal_conv1d", "selective_scan_cuda", "causal_conv1d_cuda")
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in names}
+    for k in saved:
+        del sys.modules[k]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for k in [k for k in sys.modules if k.split(".")[0] in names]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+
+
+def test_broken_mamba_ssm_is_detected_as_absent(fake_site):
+    """The known failure: the package is installed but its compiled extension is not, so the import
+    itself raises; a wrong-ABI build raises OSError. Both mean "absent", never a crash."""
+    _fake_package(fake_site, "mamba_ssm", {
+        "__init__.py": "",
+        "ops/__init__.py": "",
+        "ops/selective_scan_interface.py": "import selective_scan_cuda\ndef selective_scan_fn(*a, **k): pass\n",
+    })
+    _fake_package(fake_site, "causal_conv1d", {"__init__.py": "raise OSError('undefined symbol: _ZN3c10')\n"})
+    assert mm.load_fused_kernels() == (None, None)
+
+
+def test_working_mamba_ssm_is_detected(fake_site):
+    _fake_package(fake_site, "mamba_ssm", {
+        "__init__.py": "",
+        "ops/__init__.py": "",
+        "ops/selective_scan_interface.py": "def selective_scan_fn(*a, **k): return 'scan'\n",
+    })
+    _fake_package(fake_site, "causal_conv1d", {"__init__.py": "def causal_conv1d_fn(*a, **k): return 'conv'\n"})
+    scan, conv = mm.load_fused_kernels()
+    assert scan() == "scan" and conv() == "conv"
+
+
+def test_cpu_tensors_always_take_the_torch_path(monkeypatch):
+    """Even with the kernels importable, CPU inputs (or use_mamba_ssm=False) run the PyTorch scan."""
+    def boom(*a, **k):
+        raise AssertionError("fused kernel called on CPU")
+
+    monkeypatch.setattr(mm, "_selective_scan_fn", boom)
+    monkeypatch.setattr(mm, "_causal_conv1d_fn", boom)
+    m = _build(True)
+    assert torch.isfinite(m(torch.randn(1, 6, D_MODEL))).all()
+    assert m.backend == "torch_chunked_scan"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or mm._selective_scan_fn is None,
+                    reason="needs CUDA and an importable mamba-ssm")
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_fused_path_matches_torch_path_on_cuda(causal):
+    """Identical weights, both paths, left padding, bf16 autocast: outputs and gradients agree."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    fused = mixers.build("mamba", 64, causal).to(dev)
+    plain = mixers.build("mamba", 64, causal, use_mamba_ssm=False).to(dev)
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 100, 64, device=dev)
+    mask = torch.ones(3, 100, dtype=torch.bool, device=dev)
+    mask[1, :30] = False  # left padding
+    mask[2, 70:] = False  # right padding
+    results = []
+    for m in (fused, plain):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = m(xi, mask)
+        (y.float() * mask[..., None]).square().sum().backward()
+        results.append((y.float(), xi.grad, [p.grad for p in m.parameters()]))
+    assert fused.backend == "mamba_ssm" and plain.backend == "torch_chunked_scan"
+    (yf, gxf, gpf), (yp, gxp, gpp) = results
+    m3 = mask[..., None]
+    torch.testing.assert_close(yf * m3, yp * m3, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gxf * m3, gxp * m3, rtol=5e-2, atol=5e-2)
+    for a, b in zip(gpf, gpp):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2 * float(b.abs().max().clamp_min(1e-3)))
+    with torch.no_grad():  # fp32, no autocast: much tighter
+        torch.testing.assert_close(fused(x, mask) * m3, plain(x, mask) * m3, rtol=1e-3, atol=1e-4)
