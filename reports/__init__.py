@@ -200,7 +200,7 @@ def write_grid_report(name: str, rows: list[dict[str, Any]], res: Results, out_d
     lines = header(name, rows, res.files.get(name))
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[(str(r.get("task")), str(r.get("protocol")))].append(r)
+        groups[(str(r.get("task")), str(r.get("protocol") or r.get("task")))].append(r)
     for (task, protocol), rs in sorted(groups.items()):
         lines += group_section(task, protocol, rs, out_dir)
     lines += _bench_sections(res, out_dir)

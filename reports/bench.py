@@ -86,7 +86,9 @@ def loss_memory_section(rows: list[dict[str, Any]], out_dir: Path, level: str = 
              "Forward + backward of the mean token NLL (gradients of the hidden states and the classifier) for each "
              "path of `harness/loss.py`: `cce` (Triton kernel, CUDA only), `cce_compile` (its torch.compile version), "
              "`chunked` (exact PyTorch fallback, 4,096 tokens of logits at a time) and `plain` (all N×V logits). "
-             "Each cell: peak memory · time. The `loss` spread column checks that the paths compute the same loss. "
+             "Each cell: peak memory · time. Every path also holds the classifier gradient (V × D, fp32), which "
+             "dominates at small N; `chunked` computes one chunk when N ≤ 4,096. The `loss spread` column checks "
+             "that the paths compute the same loss. "
              "From `python -m harness.bench_loss_memory`.", ""]
     for dev, rs in by_device(rows).items():
         impls = [i for i in ("cce", "cce_compile", "chunked", "plain") if any(r["impl"] == i for r in rs)]

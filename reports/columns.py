@@ -17,7 +17,7 @@ def fmt_frac(v: Any) -> str:
 
 
 def fmt_ppl(v: Any) -> str:
-    return f"{v:.2f}" if v < 1000 else f"{v:.3g}"
+    return f"{v:.2f}" if v < 1000 else f"{v:,.0f}"
 
 
 def fmt_bytes(v: Any) -> str:

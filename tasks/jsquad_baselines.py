@@ -165,7 +165,8 @@ def overlap_span(it: QAItem) -> str:
 def roundtrip_scores(items: Iterable[QAItem], encode: Callable[[str], list[int]], decode: Callable[[list[int]], str],
                      max_answer_tokens: int) -> dict[str, float]:
     """Tokenizer ceiling: the best EM/F1 when each gold answer goes through encode -> cut to
-    `max_answer_tokens` -> decode, taking the best round-tripped gold per question."""
+    `max_answer_tokens` -> decode, taking the best round-tripped gold per question.
+    `questions_changed` counts questions where at least one gold answer does not survive the trip."""
     from tasks.jsquad_metric import score
 
     items = list(items)
@@ -179,7 +180,7 @@ def roundtrip_scores(items: Iterable[QAItem], encode: Callable[[str], list[int]]
         ems.append(max(e for e, _ in pairs))
         f1s.append(max(f for _, f in pairs))
     return {"em": sum(ems) / len(ems), "f1": sum(f1s) / len(f1s), "eval_n": len(items),
-            "answers_changed": changed}
+            "questions_changed": changed}
 
 
 def tokenizer_ceiling(items: Iterable[QAItem], tokenizer, max_answer_tokens: int) -> dict[str, float]:

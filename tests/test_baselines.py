@@ -49,9 +49,9 @@ def test_roundtrip_ceiling_counts_what_normalisation_loses():
     """The ceiling's arithmetic, with a fake tokenizer: identity keeps 1.0, NFKC rewrites full width."""
     chars = lambda s: [ord(c) for c in s]  # noqa: E731
     identity = jb.roundtrip_scores(FULL_WIDTH, chars, lambda ids: "".join(map(chr, ids)), 24)
-    assert identity["em"] == 1.0 and identity["f1"] == 1.0 and identity["answers_changed"] == 0
+    assert identity["em"] == 1.0 and identity["f1"] == 1.0 and identity["questions_changed"] == 0
     nfkc = jb.roundtrip_scores(FULL_WIDTH, chars, lambda ids: unicodedata.normalize("NFKC", "".join(map(chr, ids))), 24)
-    assert nfkc["em"] == 0.0 and nfkc["answers_changed"] == 2
+    assert nfkc["em"] == 0.0 and nfkc["questions_changed"] == 2
     assert nfkc["f1"] == pytest.approx((1 / 5 + 3 / 5) / 2)  # only 年 survives, then only 研究所
     cut = jb.roundtrip_scores(FULL_WIDTH, chars, lambda ids: "".join(map(chr, ids)), 3)  # answer-token limit
     assert cut["em"] == 0.0 and cut["f1"] == pytest.approx(0.75)  # 3 of 5 characters: P 1, R 0.6
@@ -68,7 +68,7 @@ def test_tokenizer_ceiling_is_1_for_identity_and_drops_under_nfkc(toks):
     assert jb.tokenizer_ceiling(ITEMS + FULL_WIDTH, toks["identity"], 24)["em"] == 1.0
     assert jb.tokenizer_ceiling(ITEMS + FULL_WIDTH, toks["identity"], 24)["f1"] == 1.0
     nfkc = jb.tokenizer_ceiling(ITEMS + FULL_WIDTH, toks["nmt_nfkc"], 24)
-    assert nfkc["em"] < 1.0 and nfkc["f1"] < 1.0 and nfkc["answers_changed"] >= 2
+    assert nfkc["em"] < 1.0 and nfkc["f1"] < 1.0 and nfkc["questions_changed"] >= 2
     assert jb.tokenizer_ceiling(ITEMS, toks["nmt_nfkc"], 24)["em"] == 1.0  # no full width: nothing lost
 
 
