@@ -112,5 +112,6 @@ COLUMNS: list[Column] = [
            doc="questions scored (rows with different n are not on the same items)"),
     Column("budget", "budget", _field("budget"), show="always", numeric=False),
     Column("device", "device", _model_only(_field("device")), show="always", numeric=False),
-    Column("world_size", "GPUs", _field("world_size"), show="varies", numeric=False, doc="data-parallel processes"),
+    Column("world_size", "GPUs", lambda r: r.get("world_size") if (r.get("world_size") or 1) != 1 else None,
+           numeric=False, doc="data-parallel processes (—: one)"),
 ]

@@ -60,7 +60,8 @@ def grid_rows() -> list[dict]:
         _row("wave_modulation", "autoregressive", metrics=_qa(0.10, 0.21, ppl=15.25, tps=9100.0, latency=4.0, state=64)),
         _row("attention", "diffusion", metrics=_qa(0.05, 0.12, ppl_bound=22.75, tps=4800.0, latency=30.0),
              objective_info={"steps": 16, "length": 24}),
-        _row("wave_modulation", "autoregressive", norm="post", metrics=_qa(0.12, 0.25, ppl=14.0, tps=9000.0)),
+        _row("wave_modulation", "autoregressive", norm="post", world_size=2,
+             metrics=_qa(0.12, 0.25, ppl=14.0, tps=9000.0)),
         _row("mamba", "diffusion", status="failed", error="OutOfMemoryError: CUDA out of memory | tried 2 GiB"),
         _ref("title", "baseline", 0.11, 0.19, full={"em": 0.108, "f1": 0.187, "eval_n": 4420}),
         _ref("overlap_span", "baseline", 0.27, 0.47, full={"em": 0.262, "f1": 0.463, "eval_n": 4420}),
@@ -141,7 +142,7 @@ def test_report_has_every_column_figure_and_header(report):
     head = qa[0]
     for col in ("mixer", "objective", "EM", "F1", "ppl", "ppl bound (diffusion)", "vs best baseline", "peak VRAM",
                 "train tok/s", "answer ms", "state floats at T", "params", "tokens seen", "budget", "device", "status",
-                "norm", "seed"):
+                "norm", "seed", "GPUs"):
         assert f"| {col} |" in head, col
     # header: protocol, budget, device, versions
     for word in ("`jsquad-offline`", "train on `valid`", "`tokens=20000`", "`cpu: test`", "torch 2.x", "abc123"):
