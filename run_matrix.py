@@ -23,10 +23,11 @@ from harness.budget import Budget, BudgetError
 from harness.cell import Cell, RunContext
 from harness.loss import LOSS_IMPLS
 from harness.model import NORMS, PRESETS, get_preset
+from harness.references import write_references
 from harness.registry import UnknownNameError, parse_kv
 from harness.train import check_budget
 from harness.results import ResultsFileError, append_row, done_keys
-from tasks import DataError
+from tasks import DataError, PrepareContext
 
 
 def _names(arg: str, registry, what: str) -> list[str]:
@@ -169,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ok     {cell.label()}: {extra}{ppl_name}={ppl:.2f} tok/s={m['tokens_per_s']:.0f} params={row['params']:,}")
         else:
             print(f"  FAILED {cell.label()}: {row['error']}")
+    if dist.is_main:  # the task's floors and ceilings (non-neural, seconds): rows beside the cells, once per grid
+        preset = get_preset(args.preset)
+        write_references(task, data, PrepareContext(ctx.data_dir, ctx.cache_dir, preset.vocab_size, preset.max_len),
+                         results, done, ctx.grid, task_opts)
     if not args.no_report and dist.is_main:
         write_report(out, ctx.grid)
     return 0

@@ -78,6 +78,12 @@ def latest_by_key(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def cell_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Model-cell rows only: a grid file also holds the task's reference rows (baselines, ceilings),
+    which carry a `reference` field and objective "none"."""
+    return [r for r in rows if "reference" not in r]
+
+
 def done_keys(path: Path | str) -> set[str]:
     """Keys of cells that finished with status ok (resume skips exactly these)."""
     path = Path(path)

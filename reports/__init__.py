@@ -1,40 +1,231 @@
 """Reports from results/ alone: `python -m reports` (or `run_matrix.py --report-only`).
 
 `write_reports(results_dir, reports_dir, grid=None)` turns every `results/<grid>.jsonl` (or just the
-named grid) into `reports/<grid>/README.md`. It never reads a checkpoint or reruns a model.
+named grid) into `reports/<grid>/README.md` with its PNG figures beside it, and the benchmark files
+(`results/bench_*.jsonl`) into sections of every grid report (and `reports/benchmarks/` on their
+own). It never reads a checkpoint or reruns a model: everything comes from the rows.
+
+A grid report is self-contained, so it can be quoted without its context: a header names the data
+protocol, budget, device, commit and package versions; then one table per (task, protocol) with
+the task's references (floors and ceilings) sorted among the models, figures, and the benchmarks.
+
+Modules: load (reading and checking rows), columns (the table columns registry), tables (markdown),
+figures (PNG), bench (benchmark sections).
 """
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
-from harness.results import latest_by_key, read_rows
+from reports import bench, figures
+from reports.load import Results, is_reference, load
+from reports.tables import (esc, full_split_table, grid_table, legend, primary_metric, reference_rules, seed_table)
 
-
-def _fmt(v, spec: str = ".3f") -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return format(v, spec)
-    return str(v)
+PROTOCOLS = {
+    "jsquad": "official JGLUE JSQuAD v1.3: train on `train` (minus a dev slice of whole articles for checkpoint "
+              "selection), evaluate on `valid` (JGLUE's dev set, the split papers report)",
+    "jsquad-offline": "JSQuAD v1.3 without its train split: train on `valid` (minus a dev slice of whole articles "
+                      "for checkpoint selection), evaluate on `test` (disjoint articles). Not comparable to "
+                      "published dev-set scores",
+    "mqar": "synthetic multi-query associative recall (Zoology, arXiv 2312.04927): generated key-value "
+            "sequences, accuracy on the queried values",
+}
+BENCH_DIR = "benchmarks"
 
 
 def write_reports(results_dir: Path, reports_dir: Path, grid: str | None = None) -> list[Path]:
-    paths = sorted(Path(results_dir).glob("*.jsonl"))
-    if grid:
-        paths = [p for p in paths if p.stem == grid]
-    written = []
-    for path in paths:
-        rows = list(latest_by_key(read_rows(path)).values())
-        out = Path(reports_dir) / path.stem / "README.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        lines = [f"# {path.stem}", "", "| mixer | objective | seed | EM | F1 | ppl | tokens/s | params | status |",
-                 "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            m = r.get("metrics") or {}
-            ppl = m.get("ppl", m.get("ppl_bound"))
-            lines.append(f"| {r['mixer']} | {r['objective']} | {r.get('seed')} | {_fmt(m.get('em'))} | {_fmt(m.get('f1'))} | "
-                         f"{_fmt(ppl, '.2f')} | {_fmt(m.get('tokens_per_s'), '.0f')} | {r.get('params')} | "
-                         f"{r['status']}{': ' + r['error'] if r.get('error') else ''} |")
-        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        written.append(out)
+    """Write `reports_dir/<grid>/README.md` (+ figures) for every grid file; returns the READMEs.
+
+    Raises `harness.results.ResultsFileError` naming file and line for a malformed results file.
+    """
+    res = load(results_dir, grid)
+    written = [write_grid_report(name, rows, res, Path(reports_dir) / name) for name, rows in sorted(res.grids.items())]
+    if res.bench and grid is None:
+        written.append(write_bench_report(res, Path(reports_dir) / BENCH_DIR))
     return written
+
+
+def _clean(out_dir: Path) -> None:
+    """Figures are regenerated on every run: drop the old ones so none goes stale."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for png in out_dir.glob("*.png"):
+        png.unlink()
+
+
+def _values(rows: list[dict[str, Any]], get) -> str:
+    """Distinct values with their counts, most common first: '`a` (3), `b` (1)' or '`a`'."""
+    c = Counter(str(v) for v in (get(r) for r in rows) if v is not None)
+    if not c:
+        return "n/a"
+    if len(c) == 1:
+        return f"`{esc(next(iter(c)))}`"
+    return ", ".join(f"`{esc(v)}` ({n} rows)" for v, n in c.most_common())
+
+
+def _versions(rows: list[dict[str, Any]]) -> str:
+    seen: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        for k, v in (r.get("versions") or {}).items():
+            seen[k].add(str(v))
+    return ", ".join(f"{k} {' / '.join(sorted(v))}" for k, v in seen.items()) or "n/a"
+
+
+def header(name: str, rows: list[dict[str, Any]], source: Path | None) -> list[str]:
+    models = [r for r in rows if not is_reference(r)]
+    refs = [r for r in rows if is_reference(r)]
+    ok = sum(r["status"] == "ok" for r in models)
+    protocols = sorted({str(r.get("protocol")) for r in rows})
+    stamps = sorted(r["started_at"] for r in rows if r.get("started_at"))
+    info = [
+        ("data protocol", "<br>".join(f"`{esc(p)}`: {PROTOCOLS.get(p, 'see the task module')}" for p in protocols)),
+        ("budget (per cell)", _values(models, lambda r: r.get("budget"))),
+        ("preset", _values(models, lambda r: r.get("preset"))),
+        ("device", _values(models or rows, lambda r: r.get("device"))),
+        ("git commit", _values(rows, lambda r: r.get("git_commit"))),
+        ("packages", _versions(rows)),
+        ("rows written", f"{stamps[0]} … {stamps[-1]} (UTC)" if stamps else "n/a"),
+    ]
+    return [
+        f"# wavebench report: `{esc(name)}`", "",
+        f"Generated by `python -m reports` from `{source.name if source else name + '.jsonl'}`: "
+        f"{len(models)} model cells ({ok} ok, {len(models) - ok} failed) and {len(refs)} reference rows. "
+        "Every number below comes from those rows (no checkpoint read, no model rerun); the device column "
+        "says where each was measured.", "",
+        "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in info), "",
+    ]
+
+
+def _data_line(rows: list[dict[str, Any]]) -> str | None:
+    d = next((r.get("data") for r in rows if not is_reference(r) and r.get("data")), None) \
+        or next((r.get("data") for r in rows if r.get("data")), None)
+    if not d:
+        return None
+    parts = []
+    if "train_questions" in d:
+        parts.append(f"{d['train_questions']:,} training / {d.get('dev_questions', 0):,} dev questions "
+                     f"({fmt(d.get('train_tokens'))} training tokens)")
+    if "eval_questions" in d:
+        total = d.get("eval_questions_total")
+        sample = f" (a seeded sample of {total:,})" if total and total > d["eval_questions"] else ""
+        parts.append(f"{d['eval_questions']:,} evaluation questions{sample}")
+    tok = d.get("tokenizer") or {}
+    if tok:
+        parts.append(f"tokenizer: vocab {d.get('vocab_size', tok.get('vocab_size'))}, "
+                     f"`{tok.get('normalization')}` normalisation")
+    if "max_len" in d:
+        parts.append(f"max length {d['max_len']} tokens")
+    if d.get("eval_truncated"):
+        parts.append(f"{d['eval_truncated']} evaluation contexts truncated, {d.get('eval_answer_cut', 0)} of them "
+                     "losing every gold answer (they stay in the denominator)")
+    return "Data: " + "; ".join(parts) + "." if parts else None
+
+
+def _num(v: Any, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+
+def fmt(v: Any) -> str:
+    from reports.columns import fmt_count
+
+    return fmt_count(v) if isinstance(v, (int, float)) else "n/a"
+
+
+def _run_details(rows: list[dict[str, Any]]) -> list[str]:
+    models = [r for r in rows if not is_reference(r) and r["status"] == "ok"]
+    if not models:
+        return []
+    lines = ["<details><summary>Run details per cell (backend, loss path, steps, checkpoint)</summary>", "",
+             "| mixer | objective | seed | objective options | backend | loss path | steps | epochs | best ckpt at "
+             "| best dev loss | wall s |",
+             "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(models, key=lambda r: (r["mixer"], r["objective"], str(r.get("seed")))):
+        b, t = r.get("backend") or {}, r.get("train") or {}
+        best = t.get("best_fraction")
+        opts = {k: v for k, v in (r.get("objective_info") or {}).items() if k != "loss_impl"}
+        cells = [esc(r["mixer"]), esc(r["objective"]), str(r.get("seed")),
+                 esc(", ".join(f"{k}={v}" for k, v in opts.items())) or "—", esc(",".join(b.get("mixer") or [])) or "—",
+                 esc(b.get("loss") or "—"), _num(t.get("steps"), "d"), _num(t.get("epochs"), ".2f"),
+                 f"{best:.0%} of budget" if isinstance(best, (int, float)) else "—",
+                 _num(t.get("best_dev_loss"), ".3f"), _num(r.get("wall_s"), ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "</details>", ""]
+
+
+def group_section(task: str, protocol: str, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    title = f"{task} · {protocol}"
+    prefix = bench.slug(f"{task}_{protocol}")
+    key = primary_metric(rows)
+    table, cols = grid_table(rows)
+    lines = [f"## {esc(title)}", ""]
+    data = _data_line(rows)
+    if data:
+        lines += [data, ""]
+    lines += [table, "", legend(cols, rows), ""]
+    rules = reference_rules(rows)
+    if rules:
+        lines += ["References (same metric code, same evaluation items as the models):", "", *rules, ""]
+    full = full_split_table(rows)
+    if full:
+        lines += ["References on the **whole** evaluation split (the models above scored a sample of it):", "",
+                  full, ""]
+    seeds = seed_table(rows)
+    models = [r for r in rows if not is_reference(r) and r["status"] == "ok"]
+    if seeds:
+        lines += ["### Across seeds (mean ± sd)", "", seeds, ""]
+    elif models:
+        lines += ["One seed per cell: a difference smaller than the seed-to-seed spread is not evidence "
+                  "(run `--seeds 0,1,2` for a spread).", ""]
+    figs = []
+    if key:
+        figs.append(("score by mixer", figures.score_by_mixer(rows, key, title, out_dir / f"{prefix}_{key}_by_mixer.png")))
+    figs.append(("loss curves", figures.loss_curves(rows, title, out_dir / f"{prefix}_loss_curves.png")))
+    if key:
+        figs.append(("quality vs speed", figures.quality_vs_speed(rows, key, title, out_dir / f"{prefix}_quality_vs_speed.png")))
+        if any(r.get("sweep") for r in models):
+            figs.append(("vs sequence length", figures.sweep_curves(rows, key, "seq_len", "d_model", title,
+                                                                     out_dir / f"{prefix}_{key}_vs_seq_len.png")))
+            figs.append(("vs width", figures.sweep_curves(rows, key, "d_model", "seq_len", title,
+                                                           out_dir / f"{prefix}_{key}_vs_width.png")))
+    drawn = [(alt, p) for alt, p in figs if p is not None]
+    if drawn:
+        lines += ["### Figures", ""]
+        lines += [f"![{alt}]({p.name})\n" for alt, p in drawn]
+    lines += _run_details(rows)
+    return lines
+
+
+def write_grid_report(name: str, rows: list[dict[str, Any]], res: Results, out_dir: Path) -> Path:
+    _clean(out_dir)
+    lines = header(name, rows, res.files.get(name))
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(str(r.get("task")), str(r.get("protocol") or r.get("task")))].append(r)
+    for (task, protocol), rs in sorted(groups.items()):
+        lines += group_section(task, protocol, rs, out_dir)
+    lines += _bench_sections(res, out_dir)
+    out = out_dir / "README.md"
+    out.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return out
+
+
+def _bench_sections(res: Results, out_dir: Path) -> list[str]:
+    lines = []
+    if res.bench.get("scaling"):
+        lines += bench.scaling_section(res.bench["scaling"], out_dir)
+    if res.bench.get("loss_memory"):
+        lines += bench.loss_memory_section(res.bench["loss_memory"], out_dir)
+    return lines
+
+
+def write_bench_report(res: Results, out_dir: Path) -> Path:
+    _clean(out_dir)
+    rows = [r for rs in res.bench.values() for r in rs]
+    lines = ["# wavebench benchmarks", "",
+             f"Generated by `python -m reports` from `results/bench_*.jsonl` ({len(rows)} rows).", "",
+             "| | |", "|---|---|", f"| device | {_values(rows, lambda r: r.get('device'))} |",
+             f"| git commit | {_values(rows, lambda r: r.get('git_commit'))} |", f"| packages | {_versions(rows)} |", ""]
+    lines += _bench_sections(res, out_dir)
+    out = out_dir / "README.md"
+    out.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return out

@@ -46,6 +46,27 @@ class TaskData:
     items: list[Any]  # task-specific evaluation items (prompts, gold answers)
     info: dict[str, Any] = field(default_factory=dict)  # data statistics recorded in results
     decode: Callable[[list[int]], str] | None = None
+    tokenizer: Any = None  # the task's tokenizer (e.g. tasks.tokenizer.JaTokenizer), for reference rows
+
+
+@dataclass
+class Reference:
+    """A non-model row of a task's table: a floor (a non-neural baseline) or a ceiling.
+
+    `identity` is everything its score depends on (it becomes the row's resume key), so a grid
+    computes each reference once; `score()` runs only when that row is missing. It returns the
+    row's metrics on the models' evaluation items (the task's metric keys and `eval_n`, the number
+    of questions scored). When models score a sample of the split (e.g. `eval_limit`),
+    `score_full()` gives the same metrics on the whole split.
+    """
+
+    name: str  # becomes the row's `mixer`
+    kind: str  # "baseline" | "ceiling"
+    rule: str  # one line, shown in the report
+    identity: dict[str, Any]
+    score: Callable[[], dict[str, Any]]
+    score_full: Callable[[], dict[str, Any]] | None = None
+    setting: str = ""  # what distinguishes rows of the same name (e.g. the tokenizer settings)
 
 
 class Task:
@@ -64,6 +85,10 @@ class Task:
     def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int) -> dict[str, Any]:
         """Task metrics of a trained model (e.g. em, f1, gen_latency_ms), fractions in [0, 1]."""
         raise NotImplementedError
+
+    def references(self, data: TaskData, ctx: PrepareContext) -> list[Reference]:
+        """Floors and ceilings scored on the same evaluation items as the models (none by default)."""
+        return []
 
 
 def build(name: str, **opts: Any) -> Task:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from harness.data import SeqSet
-from tasks import DataError, PrepareContext, Task, TaskData, register
+from tasks import DataError, PrepareContext, Reference, Task, TaskData, register
 from tasks.jsquad_metric import corpus_scores
 from tasks.tokenizer import JaTokenizer, TokenizerSettings, train_or_load
 
@@ -190,6 +190,7 @@ class JSQuAD(Task):
 
         train = enc.training_set(train_items)
         dev = enc.training_set(dev_items)
+        n_eval_total = len(eval_items)
         if o.eval_limit and o.eval_limit < len(eval_items):
             pick = np.sort(np.random.default_rng(0).choice(len(eval_items), o.eval_limit, replace=False))
             eval_items = [eval_items[i] for i in pick]
@@ -207,12 +208,49 @@ class JSQuAD(Task):
             "files": files, "tokenizer": dataclasses.asdict(settings), "vocab_size": tok.vocab_size,
             "max_len": ctx.max_len, "train_questions": len(train[0]), "dev_questions": len(dev[0]),
             "train_tokens": train[0].n_tokens, "train_truncated": train[1], "train_dropped": train[2],
-            "eval_questions": len(eval_items), "eval_truncated": enc.eval_truncated, "eval_answer_cut": cut,
+            "eval_questions": len(eval_items), "eval_questions_total": n_eval_total,
+            "eval_truncated": enc.eval_truncated, "eval_answer_cut": cut,
         }
         ctx.log(f"[jsquad] {protocol}: {info['train_questions']} train / {info['dev_questions']} dev / "
                 f"{len(eval_items)} eval questions, vocab {tok.vocab_size}, {info['train_tokens']:,} train tokens")
         return TaskData(protocol, tok.special, tok.vocab_size, train[0], dev[0], eval_set,
-                        items=[(p, it) for p, it in zip(prompts, eval_items)], info=info, decode=tok.decode)
+                        items=[(p, it) for p, it in zip(prompts, eval_items)], info=info, decode=tok.decode,
+                        tokenizer=tok)
+
+    # -- references (floors and ceiling), written as results rows beside the models
+    def references(self, data: TaskData, ctx: PrepareContext) -> list[Reference]:
+        """Non-neural baselines and the tokenizer ceiling (tasks/jsquad_baselines.py), on the models'
+        evaluation items, and on the whole evaluation split when `eval_limit` sampled it."""
+        from tasks import jsquad_baselines as jb
+
+        items = [it for _, it in data.items]
+        sampled = data.info.get("eval_questions_total", len(items)) > len(items)
+        full_cache: list[list[QAItem]] = []
+
+        def full_split() -> list[QAItem]:
+            if not full_cache:
+                full_cache.append(self._splits(ctx)[2])
+            return full_cache[0]
+
+        # what fixes the evaluation items (paths are left out: the same data may sit elsewhere)
+        where = {"task": "jsquad", "protocol": data.protocol, "eval_file": Path(data.info["files"]["eval"]).name,
+                 "eval_limit": self.opts.eval_limit}
+        refs = [Reference(name, "baseline", jb.describe(name), {**where, "reference": name},
+                          score=lambda n=name: jb.score_baseline(n, items),
+                          score_full=(lambda n=name: jb.score_baseline(n, full_split())) if sampled else None)
+                for name in jb.BASELINES]
+        tok, cap = data.tokenizer, self.opts.max_answer_tokens
+        if tok is not None:
+            setting = f"{tok.settings.normalization}, vocab {tok.vocab_size}, ≤{cap} answer tokens"
+            refs.append(Reference(
+                "tokenizer_ceiling", "ceiling",
+                "every gold answer encoded with the run's tokenizer, cut to the answer-token limit, decoded back",
+                {**where, "reference": "tokenizer_ceiling", "tokenizer": data.info["tokenizer"],
+                 "vocab_size": tok.vocab_size, "dev_frac": self.opts.dev_frac, "max_answer_tokens": cap},
+                score=lambda: jb.tokenizer_ceiling(items, tok, cap),
+                score_full=(lambda: jb.tokenizer_ceiling(full_split(), tok, cap)) if sampled else None,
+                setting=setting))
+        return refs
 
     # -- scoring
     def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int) -> dict[str, Any]:

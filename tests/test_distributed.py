@@ -18,7 +18,7 @@ from harness.cell import Cell
 from harness.data import BatchSampler, SeqSet, SpecialTokens
 from harness.executors import ContextSpec
 from harness.model import LM, LMConfig
-from harness.results import read_rows
+from harness.results import cell_rows, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
@@ -110,7 +110,7 @@ def test_torchrun_two_gloo_ranks_write_one_row_matching_one_process(offline_dir,
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("  ok ") == 1  # rank 0 alone reports
 
-    (a,), (b,) = read_rows(one / "results" / "t.jsonl"), read_rows(two / "results" / "t.jsonl")
+    (a,), (b,) = cell_rows(read_rows(one / "results" / "t.jsonl")), cell_rows(read_rows(two / "results" / "t.jsonl"))
     assert b["status"] == "ok", b.get("error")
     assert (a["world_size"], b["world_size"]) == (1, 2) and b["executor"]["kind"] == "torchrun"
     assert b["tokens_seen"] == a["tokens_seen"] and b["train"]["steps"] == a["train"]["steps"]

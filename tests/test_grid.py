@@ -12,11 +12,16 @@ from pathlib import Path
 import pytest
 
 import run_matrix
-from harness.results import read_rows
+from harness.results import cell_rows, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("task", "protocol", "mixer", "objective", "seed", "preset", "budget", "status", "error", "params",
             "tokens_seen", "device", "versions", "git_commit", "metrics", "loss_curve")
+
+
+def _cells(path):
+    """Model-cell rows (the grid file also holds the task's reference rows)."""
+    return cell_rows(read_rows(path))
 
 
 def _args(data_dir, out, cache, *extra):
@@ -27,7 +32,7 @@ def _args(data_dir, out, cache, *extra):
 def test_smoke_grid_writes_complete_rows_and_resumes(offline_dir, tmp_path, cache_dir, capsys):
     out = tmp_path / "out"
     assert run_matrix.main(_args(offline_dir, out, cache_dir, "--objectives", "autoregressive")) == 0
-    rows = read_rows(out / "results" / "t.jsonl")
+    rows = _cells(out / "results" / "t.jsonl")
     import mixers
 
     assert len(rows) == len(mixers.names())
@@ -46,7 +51,7 @@ def test_smoke_grid_writes_complete_rows_and_resumes(offline_dir, tmp_path, cach
     capsys.readouterr()
     assert run_matrix.main(_args(offline_dir, out, cache_dir, "--objectives", "autoregressive")) == 0
     assert "already done" in capsys.readouterr().out
-    assert len(read_rows(out / "results" / "t.jsonl")) == len(rows)  # nothing rerun
+    assert len(_cells(out / "results" / "t.jsonl")) == len(rows)  # nothing rerun
 
 
 def test_a_failing_cell_does_not_stop_the_grid(offline_dir, tmp_path, cache_dir, monkeypatch):
@@ -65,7 +70,7 @@ def test_a_failing_cell_does_not_stop_the_grid(offline_dir, tmp_path, cache_dir,
     out = tmp_path / "out"
     args = _args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive", "--seeds", "1,2")
     assert run_matrix.main(args) == 0
-    rows = {r["seed"]: r for r in read_rows(out / "results" / "t.jsonl")}
+    rows = {r["seed"]: r for r in _cells(out / "results" / "t.jsonl")}
     assert rows[1]["status"] == "failed" and rows[1]["error"].startswith("OutOfMemoryError")
     assert rows[2]["status"] == "ok"
     report = (out / "reports" / "t" / "README.md").read_text()
@@ -73,7 +78,7 @@ def test_a_failing_cell_does_not_stop_the_grid(offline_dir, tmp_path, cache_dir,
 
     monkeypatch.setattr(cell_mod, "train", real_train)
     assert run_matrix.main(args) == 0  # the failed cell is retried, the ok one skipped
-    rows = read_rows(out / "results" / "t.jsonl")
+    rows = _cells(out / "results" / "t.jsonl")
     assert [(r["seed"], r["status"]) for r in rows] == [(1, "failed"), (2, "ok"), (1, "ok")]
 
 
@@ -92,10 +97,10 @@ def test_resume_after_a_kill(offline_dir, tmp_path, cache_dir):
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    first = read_rows(results)  # parses: no torn line
+    first = _cells(results)  # parses: no torn line
     assert 1 <= len(first) < 3, "the kill should land mid-grid"
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)
-    rows = read_rows(results)
+    rows = _cells(results)
     assert sorted(r["seed"] for r in rows) == [0, 1, 2]
     assert rows[: len(first)] == first  # finished cells were kept, not rerun
 

@@ -7,7 +7,7 @@ ray = pytest.importorskip("ray")
 
 import run_matrix  # noqa: E402
 from harness.executors import ray_runtime_env  # noqa: E402
-from harness.results import read_rows  # noqa: E402
+from harness.results import cell_rows, read_rows  # noqa: E402
 
 REQUIRED = ("task", "protocol", "mixer", "objective", "seed", "preset", "budget", "status", "error", "params",
             "tokens_seen", "device", "versions", "git_commit", "metrics", "loss_curve", "world_size")
@@ -27,7 +27,7 @@ def test_ray_grid_runs_cells_concurrently_writes_whole_rows_and_resumes(offline_
             "--grid", "t", "--mixers", "attention", "--objectives", "autoregressive", "--seeds", "0,1",
             "--task-opt", "latency_n=1"]
     assert run_matrix.main(args) == 0
-    rows = read_rows(out / "results" / "t.jsonl")  # parses line by line: no torn or interleaved line
+    rows = cell_rows(read_rows(out / "results" / "t.jsonl"))  # parses line by line: no torn or interleaved line
     assert sorted(r["seed"] for r in rows) == [0, 1]
     for r in rows:
         assert r["status"] == "ok", r.get("error")
@@ -41,4 +41,4 @@ def test_ray_grid_runs_cells_concurrently_writes_whole_rows_and_resumes(offline_
     capsys.readouterr()
     assert run_matrix.main(args) == 0
     assert "2 cells (2 already done)" in capsys.readouterr().out
-    assert len(read_rows(out / "results" / "t.jsonl")) == 2  # nothing rerun, nothing appended
+    assert len(cell_rows(read_rows(out / "results" / "t.jsonl"))) == 2  # nothing rerun, nothing appended

@@ -15,7 +15,7 @@ import run_matrix
 from harness.cell import _state_floats
 from harness.data import SeqSet
 from harness.model import LM, LMConfig
-from harness.results import read_rows
+from harness.results import cell_rows, read_rows
 
 D = 64
 GROWS_WITH_T = {"attention"}  # a full KV cache; every other built-in mixer keeps a fixed-size state
@@ -71,7 +71,7 @@ def test_grid_rows_carry_norm_and_state_size(offline_dir, tmp_path, cache_dir):
             "--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
             "--cache-dir", str(cache_dir), "--no-progress", "--grid", "g", "--no-report"]
     assert run_matrix.main(args) == 0
-    rows = {r["mixer"]: r for r in read_rows(out / "results" / "g.jsonl")}
+    rows = {r["mixer"]: r for r in cell_rows(read_rows(out / "results" / "g.jsonl"))}
     assert set(rows) == {"gated_context", "attention"}
     for name, r in rows.items():
         assert r["status"] == "ok", r.get("error")

@@ -1,0 +1,111 @@
+"""What the benchmarks (bench_scaling, bench_loss_memory) share: timing, peak memory, OOM, rows.
+
+Benchmarks are measurements, not tests: they append rows to `results/bench_<name>.jsonl` (one per
+configuration, ok or failed) and the report draws them. Every row names its device, package
+versions and git commit, like a grid row.
+
+Peak memory, by device (the row's `mem_measure` says which one was used):
+- CUDA: `torch.cuda.max_memory_allocated` during one call, minus what was allocated before it (the
+  inputs and parameters): the extra memory the call needs.
+- CPU: torch has no allocator statistics, so one extra, untimed call runs under `torch.profiler`
+  with `profile_memory=True`; the peak of the running sum of its allocation/free events is the
+  extra memory torch's CPU allocator held. It counts torch tensors only (not Python, not MKL/oneDNN
+  scratch) and is None when the profiler gives no events.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import torch
+
+from harness.env import device_name, git_commit, versions
+
+CUDA_MEASURE = "cuda max_memory_allocated above inputs"
+CPU_MEASURE = "torch CPU allocator peak above inputs (torch.profiler memory events)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
+    """Median wall time of `reps` calls, in milliseconds (the caller has warmed `fn` up)."""
+    times = []
+    for _ in range(max(reps, 1)):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> tuple[int | None, str]:
+    """(extra bytes held at the peak of one call of `fn`, how it was measured); see the module doc."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - before), CUDA_MEASURE
+    return _cpu_peak(fn), CPU_MEASURE
+
+
+def _cpu_peak(fn: Callable[[], Any]) -> int | None:
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except Exception:  # the profiler's memory events are not a stable API: no number beats a wrong one
+        return None
+    if not events:
+        return None
+    cur = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return int(peak)
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's 'can't allocate memory' RuntimeError."""
+    if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def error_text(e: BaseException) -> str:
+    first = str(e).splitlines()[0] if str(e) else ""
+    kind = "OutOfMemoryError" if is_oom(e) else type(e).__name__
+    return f"{kind}: {first}"[:300]
+
+
+def free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_row(bench: str, device: torch.device, identity: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A benchmark results row. `identity` (with the device name) is hashed into the key, so a rerun of
+    the same configuration on the same device supersedes the old row in reports."""
+    dev = device_name(str(device))
+    blob = json.dumps({"bench": bench, "device": dev, **identity}, sort_keys=True, default=str)
+    return {
+        "bench": bench, "key": f"{bench}-" + hashlib.sha1(blob.encode()).hexdigest()[:12],
+        "mixer": None, "objective": None, "status": "ok", "error": None, **identity, **fields,
+        "device": dev, "versions": versions(), "git_commit": git_commit(),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,120 @@
+"""Report sections for the benchmarks: cost vs sequence length, and output-loss memory.
+
+Both explain *why* grid cells differ (speed and memory), from `results/bench_*.jsonl` rows
+(harness/bench_scaling.py, harness/bench_loss_memory.py). One sub-section per device.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from reports import figures
+from reports.columns import fmt_bytes, fmt_count
+from reports.load import finite
+from reports.tables import esc
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60]
+
+
+def by_device(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        out[r["device"]].append(r)
+    return dict(sorted(out.items()))
+
+
+def _failed(r: dict[str, Any]) -> str:
+    return "OOM" if str(r.get("error", "")).startswith("OutOfMemory") else "failed"
+
+
+def _pivot(rows: list[dict[str, Any]], value, title: str) -> list[str]:
+    lengths = sorted({r["seq_len"] for r in rows})
+    mixers = sorted({r["mixer"] for r in rows})
+    cell = {(r["mixer"], r["seq_len"]): r for r in rows}
+    lines = [f"| {title} | " + " | ".join(f"N={L:,}" for L in lengths) + " |", "|---|" + "---:|" * len(lengths)]
+    for m in mixers:
+        vals = []
+        for L in lengths:
+            r = cell.get((m, L))
+            if r is None:
+                vals.append("")
+            elif r["status"] != "ok":
+                vals.append(f"**{_failed(r)}**")
+            else:
+                vals.append(value(r))
+        backend = next((r.get("backend") for r in rows if r["mixer"] == m and r.get("backend")), None)
+        lines.append(f"| {esc(m)}{f' ({esc(backend)})' if backend else ''} | " + " | ".join(vals) + " |")
+    return lines
+
+
+def scaling_section(rows: list[dict[str, Any]], out_dir: Path, level: str = "##") -> list[str]:
+    lines = [f"{level} Cost versus sequence length", "",
+             "One mixer alone (no embedding, MLP or loss), forward + backward with gradients of the input and every "
+             "parameter, at a fixed number of tokens per step (batch = tokens ÷ N). On the log-log time plot a linear "
+             "mixer climbs with slope 1 and quadratic attention with slope 2 (dotted and dashed guides). "
+             "A mixer stops at its first out-of-memory length. From `python -m harness.bench_scaling`.", ""]
+    for dev, rs in by_device(rows).items():
+        r0 = rs[0]
+        lines += [f"**{esc(dev)}**: d_model={r0.get('d_model')}, {r0.get('tokens_per_step')} tokens per step, "
+                  f"{r0.get('dtype')}, {'causal' if r0.get('causal') else 'bidirectional'}. "
+                  f"Peak memory: {_measure(rs)}.", ""]
+        path = figures.scaling(rs, out_dir / f"scaling_{slug(dev)}.png")
+        if path:
+            lines += [f"![cost vs sequence length on {esc(dev)}]({path.name})", ""]
+        lines += _pivot(rs, lambda r: f"{r['ms_per_seq']:.2f}", "fwd+bwd ms per sequence") + [""]
+        lines += _pivot(rs, lambda r: fmt_count(r["tokens_per_s"]), "tokens / s") + [""]
+        lines += _pivot(rs, lambda r: fmt_bytes(r["peak_mem_bytes"]) if r.get("peak_mem_bytes") is not None else "n/a",
+                        "peak memory") + [""]
+        notes = [f"- {esc(r['mixer'])} at N={r['seq_len']:,}: {esc(r['note'])}" for r in rs if r.get("note")]
+        notes += [f"- {esc(r['mixer'])} at N={r['seq_len']:,}: {esc(r['error'])}" for r in rs
+                  if r["status"] != "ok" and _failed(r) != "OOM"]
+        lines += notes + ([""] if notes else [])
+    return lines
+
+
+def _measure(rows: list[dict[str, Any]]) -> str:
+    m = next((r.get("mem_measure") for r in rows if r.get("peak_mem_bytes") is not None), None)
+    return m or "n/a on this device"
+
+
+def loss_memory_section(rows: list[dict[str, Any]], out_dir: Path, level: str = "##") -> list[str]:
+    lines = [f"{level} Output-loss memory: Cut Cross-Entropy vs materialised logits", "",
+             "Forward + backward of the mean token NLL (gradients of the hidden states and the classifier) for each "
+             "path of `harness/loss.py`: `cce` (Triton kernel, CUDA only), `cce_compile` (its torch.compile version), "
+             "`chunked` (exact PyTorch fallback, 4,096 tokens of logits at a time) and `plain` (all N×V logits). "
+             "Each cell: peak memory · time. Every path also holds the classifier gradient (V × D, fp32), which "
+             "dominates at small N; `chunked` computes one chunk when N ≤ 4,096. The `loss spread` column checks "
+             "that the paths compute the same loss. "
+             "From `python -m harness.bench_loss_memory`.", ""]
+    for dev, rs in by_device(rows).items():
+        impls = [i for i in ("cce", "cce_compile", "chunked", "plain") if any(r["impl"] == i for r in rs)]
+        impls += sorted({r["impl"] for r in rs} - set(impls))
+        r0 = rs[0]
+        lines += [f"**{esc(dev)}**: d_model={r0.get('d_model')}, {r0.get('dtype')}. Peak memory: {_measure(rs)}.", ""]
+        path = figures.loss_memory(rs, out_dir / f"loss_memory_{slug(dev)}.png")
+        if path:
+            lines += [f"![output-loss memory on {esc(dev)}]({path.name})", ""]
+        cell = {(r["vocab_size"], r["n_tokens"], r["impl"]): r for r in rs}
+        lines += ["| vocab | tokens | fp32 logits | " + " | ".join(impls) + " | loss spread |",
+                  "|---:|---:|---:|" + "---|" * len(impls) + "---:|"]
+        for V, N in sorted({(r["vocab_size"], r["n_tokens"]) for r in rs}):
+            vals, losses = [], []
+            for i in impls:
+                r = cell.get((V, N, i))
+                if r is None:
+                    vals.append("")
+                elif r["status"] != "ok":
+                    vals.append(f"**{_failed(r)}**")
+                else:
+                    mem = fmt_bytes(r["peak_mem_bytes"]) if r.get("peak_mem_bytes") is not None else "n/a"
+                    vals.append(f"{mem} · {r['ms_fwd_bwd']:.1f} ms")
+                    if finite(r.get("loss")) is not None:
+                        losses.append(r["loss"])
+            spread = f"{max(losses) - min(losses):.1e}" if len(losses) > 1 else "—"
+            lines.append(f"| {V:,} | {N:,} | {fmt_bytes(4 * V * N)} | " + " | ".join(vals) + f" | {spread} |")
+        lines.append("")
+    return lines

@@ -1,0 +1,117 @@
+"""The columns of a grid table: what they show, how they are formatted, which way is better.
+
+A registry, in display order: a table shows a column when its rule says so (`always`; `any`: some
+row carries a value; `varies`: rows differ), so the same code makes the QA table (EM/F1), the MQAR
+table (accuracy) and tables with several norms, seeds or widths. Adding a metric = one entry here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from reports.load import finite, is_reference
+
+
+def fmt_frac(v: Any) -> str:
+    return f"{v:.3f}"
+
+
+def fmt_ppl(v: Any) -> str:
+    return f"{v:.2f}" if v < 1000 else f"{v:,.0f}"
+
+
+def fmt_bytes(v: Any) -> str:
+    v = float(v)
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(v) >= size:
+            return f"{v / size:.1f} {unit}"
+    return f"{v:.0f} B"
+
+
+def fmt_count(v: Any) -> str:
+    v = float(v)
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:.3g}{unit}"
+    return f"{v:.0f}"
+
+
+def fmt_rate(v: Any) -> str:
+    return f"{v:,.0f}"
+
+
+def fmt_ms(v: Any) -> str:
+    return f"{v:.1f}" if v < 1000 else f"{v:,.0f}"
+
+
+def fmt_text(v: Any) -> str:
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    get: Callable[[dict[str, Any]], Any]  # the raw value of a row (None: nothing to show)
+    fmt: Callable[[Any], str] = fmt_text
+    better: str | None = None  # "max" | "min": the best model value is marked
+    show: str = "any"  # "always" | "any" | "varies"
+    doc: str = ""  # one line for the legend under the table
+    numeric: bool = True
+
+
+def _metric(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda r: finite((r.get("metrics") or {}).get(key))
+
+
+def _sweep(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda r: (r.get("sweep") or {}).get(key)
+
+
+def _field(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda r: r.get(key)
+
+
+def _peak_mem(r: dict[str, Any]) -> Any:
+    if is_reference(r) or r.get("status") != "ok":
+        return None
+    return (r.get("metrics") or {}).get("peak_mem_bytes")
+
+
+def _model_only(get: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    return lambda r: None if is_reference(r) else get(r)
+
+
+COLUMNS: list[Column] = [
+    Column("norm", "norm", _field("norm"), show="varies", numeric=False, doc="norm placement (pre / post / hybrid)"),
+    Column("seed", "seed", _field("seed"), show="varies", numeric=False),
+    Column("seq_len", "seq len", _sweep("seq_len"), show="any", numeric=False, doc="sweep: sequence length"),
+    Column("d_model", "width", _sweep("d_model"), show="any", numeric=False, doc="sweep: model width d_model"),
+    Column("em", "EM", _metric("em"), fmt_frac, "max", doc="exact match (JGLUE normalisation), fraction of questions"),
+    Column("f1", "F1", _metric("f1"), fmt_frac, "max", doc="character F1 (JGLUE), mean over questions"),
+    Column("accuracy", "accuracy", _metric("accuracy"), fmt_frac, "max", doc="fraction of queries answered right"),
+    Column("ppl", "ppl", _metric("ppl"), fmt_ppl, "min",
+           doc="perplexity of the gold answer given the prompt (autoregressive: exact)"),
+    Column("ppl_bound", "ppl bound (diffusion)", _metric("ppl_bound"), fmt_ppl, "min",
+           doc="perplexity *upper bound* of the gold answer (masked diffusion's ELBO): not comparable to ppl"),
+    Column("vs_baseline", "vs best baseline", lambda r: r.get("_vs_baseline"), show="any", numeric=False,
+           doc="primary metric minus the best non-neural baseline's, on the same evaluation items"),
+    Column("peak_mem", "peak VRAM", _peak_mem, fmt_bytes, "min", show="always",
+           doc="peak GPU memory in training (n/a: not measurable on CPU)"),
+    Column("tokens_per_s", "train tok/s", _model_only(_metric("tokens_per_s")), fmt_rate, "max", show="always",
+           doc="training throughput, real tokens per second (steady state)"),
+    Column("latency", "answer ms", _model_only(_metric("gen_latency_ms")), fmt_ms, "min", show="always",
+           doc="time to generate one answer, batch 1, in milliseconds"),
+    Column("state_floats", "state floats at T", _model_only(_metric("state_floats")), fmt_count, "min",
+           doc="numbers the model carries about the past at the mean evaluation length T (all layers)"),
+    Column("params", "params", _model_only(_field("params")), fmt_count, show="always",
+           doc="parameters (tied embedding counted once); cells of a preset are matched within ±5%"),
+    Column("tokens_seen", "tokens seen", _model_only(_field("tokens_seen")), fmt_count, show="always",
+           doc="training tokens consumed within the budget"),
+    Column("eval_n", "eval n", _metric("eval_n"), lambda v: f"{v:.0f}", show="varies",
+           doc="questions scored (rows with different n are not on the same items)"),
+    Column("budget", "budget", _field("budget"), show="always", numeric=False),
+    Column("device", "device", _model_only(_field("device")), show="always", numeric=False),
+    Column("world_size", "GPUs", lambda r: r.get("world_size") if (r.get("world_size") or 1) != 1 else None,
+           numeric=False, doc="data-parallel processes (—: one)"),
+]

@@ -1,0 +1,330 @@
+"""Report figures (seaborn on matplotlib's Agg canvas: no display, no global backend switch).
+
+Each function draws one PNG from results rows and returns its path, or None when the rows hold
+nothing to draw. Colours are fixed per mixer (and per loss path) across figures, references are
+grey horizontal lines, legends sit outside the data, axes carry units, and costs that span orders
+of magnitude are on log scales.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+from reports.columns import fmt_bytes, fmt_count
+from reports.load import finite, is_reference
+from reports.tables import label, metric, reference_kind
+
+METRIC_LABELS = {
+    "f1": "F1 (JGLUE character F1, fraction)",
+    "em": "EM (exact match, fraction)",
+    "accuracy": "accuracy (fraction of queries)",
+}
+DPI = 130
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (8.0, 4.5), **kw) -> tuple[Figure, Any]:
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def palette(names: Sequence[str]) -> dict[str, Any]:
+    names = sorted(set(names))
+    colors = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
+    return dict(zip(names, colors))
+
+
+def _style():
+    return sns.axes_style("whitegrid")
+
+
+def _ok_models(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if not is_reference(r) and r["status"] == "ok"]
+
+
+REF_DASHES = [(0, (6, 3)), (0, (2, 2)), (0, (6, 2, 1, 2)), (0, (10, 2)), (0, (1, 3))]
+
+
+def _reference_lines(ax, rows: list[dict[str, Any]], key: str) -> None:
+    """Baselines (dashed, one pattern each) and ceilings (dark dotted) as grey lines across the axis,
+    named with their value in the legend."""
+    refs = [r for r in rows if is_reference(r) and r["status"] == "ok" and metric(r, key) is not None]
+    names = Counter(r["mixer"] for r in refs)
+    for i, r in enumerate(sorted(refs, key=lambda r: -metric(r, key))):
+        v = metric(r, key)
+        ceiling = reference_kind(r) == "ceiling"
+        name = label(r) if names[r["mixer"]] > 1 else r["mixer"]  # settings only when needed to tell rows apart
+        ax.axhline(v, color="0.15" if ceiling else "0.5", ls=":" if ceiling else REF_DASHES[i % len(REF_DASHES)],
+                   lw=1.3, zorder=1, label=f"{reference_kind(r)}: {name} = {v:.3f}")
+
+
+def _legend_outside(ax, title: str | None = None) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                  fontsize="small", title_fontsize="small")
+
+
+def _log_scale(ax, fmt, binary: bool = False, axis: str = "y") -> None:
+    """Log axis (call after plotting) with readable labels: decades (or powers of 2/4/16 for
+    `binary` quantities such as bytes) for wide ranges, 1-2-5 steps for narrower ones, a few rounded
+    values when the data span less than 3x."""
+    getattr(ax, f"set_{axis}scale")("log")
+    lo, hi = getattr(ax, f"get_{axis}lim")()
+    ratio = hi / lo
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    if ratio <= 3:
+        target.set_major_locator(FixedLocator(sorted({float(f"{v:.2g}") for v in np.geomspace(lo, hi, 5)[1:-1]})))
+    elif binary:
+        target.set_major_locator(LogLocator(base=2 if ratio <= 64 else 4 if ratio <= 4096 else 16))
+    else:
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if ratio <= 30 else (1.0,)))
+    target.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
+    target.set_minor_formatter(NullFormatter())
+
+
+def _log_y(ax, fmt, binary: bool = False) -> None:
+    _log_scale(ax, fmt, binary, "y")
+
+
+def fmt_num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 10 else f"{v:.3g}"
+
+
+def _log2_axis(ax, values: Sequence[float]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(set(values)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+# ----------------------------------------------------------------------------- grid figures
+
+def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path) -> Path | None:
+    """Primary metric per mixer, one bar per objective (mean and sd over seeds), references as lines."""
+    models = [r for r in _ok_models(rows) if metric(r, key) is not None and not r.get("sweep")]
+    norms = len({r.get("norm") for r in models}) > 1  # norm variants get their own bars, never averaged
+    data = pd.DataFrame([{"mixer": r["mixer"] + (f"\n{r.get('norm')}-norm" if norms else ""),
+                          "objective": r["objective"], key: metric(r, key)} for r in models])
+    if data.empty:
+        return None
+    multi_seed = data.groupby(["mixer", "objective"]).size().max() > 1
+    n_mix = data["mixer"].nunique()
+    with _style():
+        fig, axes = _figure(size=(max(9.0, 1.3 * n_mix + 6.0), 4.5))
+        ax = axes[0, 0]
+        sns.barplot(data=data, x="mixer", y=key, hue="objective", errorbar="sd" if multi_seed else None,
+                    palette="Set2", ax=ax, order=sorted(data["mixer"].unique()), zorder=2)
+        for cont in ax.containers:
+            ax.bar_label(cont, fmt="%.3f", fontsize="x-small", padding=2)
+        _reference_lines(ax, rows, key)
+        top = max([data[key].max()] + [metric(r, key) or 0 for r in rows if is_reference(r)])
+        ax.set_ylim(-0.02, max(0.05, top * 1.12))
+        ax.set_ylabel(METRIC_LABELS.get(key, key))
+        ax.set_xlabel("token mixer")
+        ax.set_title(f"{title}: {key.upper() if len(key) <= 3 else key} by mixer"
+                     + (" (bars: mean ± sd over seeds)" if multi_seed else ""))
+        _legend_outside(ax, "objective / reference")
+    return _save(fig, path)
+
+
+def loss_curves(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:
+    """Dev loss at each evaluation point over the budget, every cell on one axis."""
+    cells = [r for r in _ok_models(rows) if any(finite(p.get("dev_loss")) is not None for p in r.get("loss_curve") or [])]
+    if not cells:
+        return None
+    colors = palette([r["mixer"] for r in cells])
+    objectives = sorted({r["objective"] for r in cells})
+    dashes = dict(zip(objectives, ["-", "--", "-.", ":"] * 4))
+    seeds = len({r.get("seed") for r in cells}) > 1
+    norms = len({r.get("norm") for r in cells}) > 1
+    variants = sorted({(str(r.get("seed")), str(r.get("norm"))) for r in cells})
+    markers = dict(zip(variants, "os^Dvp*hX" * 4))  # seed / norm variants of one mixer differ by marker
+    with _style():
+        fig, axes = _figure(size=(9.0, 4.8))
+        ax = axes[0, 0]
+        for r in sorted(cells, key=lambda r: (r["mixer"], r["objective"], str(r.get("seed")))):
+            pts = [p for p in r["loss_curve"] if finite(p.get("dev_loss")) is not None]
+            xs = [p.get("tokens") or p.get("frac") for p in pts]
+            name = f"{r['mixer']} · {r['objective']}" + (f" · seed {r.get('seed')}" if seeds else "") \
+                + (f" · {r.get('norm')}-norm" if norms else "") + (f" · {_sweep_label(r)}" if r.get("sweep") else "")
+            ax.plot(xs, [p["dev_loss"] for p in pts], ls=dashes[r["objective"]], color=colors[r["mixer"]],
+                    marker=markers[(str(r.get("seed")), str(r.get("norm")))], ms=4, lw=1.5, label=name)
+        ax.set_xlabel("training tokens seen")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_count(v)))
+        ax.set_ylabel("dev loss (nats / target token)")
+        ax.set_title(f"{title}: dev loss over the budget, every cell\n(colour = mixer, line style = objective"
+                     + (", marker = seed / norm" if seeds or norms else "")
+                     + "; diffusion's loss is a bound, not comparable to AR)", fontsize="medium")
+        _legend_outside(ax, "mixer · objective")
+    return _save(fig, path)
+
+
+def quality_vs_speed(rows: list[dict[str, Any]], key: str, title: str, path: Path) -> Path | None:
+    """Primary metric against training throughput: the trade-off each mixer offers."""
+    data = pd.DataFrame([{"mixer": r["mixer"], "objective": r["objective"], key: metric(r, key),
+                          "tokens_per_s": metric(r, "tokens_per_s")}
+                         for r in _ok_models(rows) if metric(r, key) is not None and metric(r, "tokens_per_s")])
+    if data.empty:
+        return None
+    with _style():
+        fig, axes = _figure(size=(10.0, 4.8))
+        ax = axes[0, 0]
+        sns.scatterplot(data=data, x="tokens_per_s", y=key, hue="mixer", style="objective", s=80,
+                        palette=palette(data["mixer"]), ax=ax, zorder=3)
+        _reference_lines(ax, rows, key)
+        lo, hi = data["tokens_per_s"].min(), data["tokens_per_s"].max()
+        ax.set_xlim(lo / 1.25, hi * 1.25)
+        _log_scale(ax, fmt_count, axis="x")
+        ax.set_xlabel("training throughput (tokens / s, log scale)")
+        ax.set_ylabel(METRIC_LABELS.get(key, key))
+        top = max([data[key].max()] + [metric(r, key) or 0 for r in rows if is_reference(r)])
+        ax.set_ylim(-0.02, max(0.05, top * 1.12))
+        ax.set_title(f"{title}: quality vs speed (up and right is better)")
+        _legend_outside(ax)
+    return _save(fig, path)
+
+
+def _sweep_label(r: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((r.get("sweep") or {}).items()))
+
+
+def sweep_curves(rows: list[dict[str, Any]], key: str, x: str, facet: str, title: str, path: Path) -> Path | None:
+    """The Zoology figure: metric against `x` (seq_len or d_model), one panel per `facet` value,
+    one line per mixer (mean over seeds)."""
+    pts = [{"mixer": r["mixer"], x: r["sweep"].get(x), facet: r["sweep"].get(facet), key: metric(r, key)}
+           for r in _ok_models(rows) if r.get("sweep") and metric(r, key) is not None and r["sweep"].get(x) is not None]
+    if not pts:
+        return None
+    data = pd.DataFrame(pts).groupby(["mixer", x, facet], dropna=False, as_index=False)[key].mean()
+    panels = sorted(data[facet].dropna().unique()) or [None]
+    colors = palette(data["mixer"])
+    names = {"seq_len": "sequence length (tokens)", "d_model": "model width d_model"}
+    with _style():
+        fig, axes = _figure(ncols=len(panels), size=(max(5.0, 3.6 * len(panels) + 2.0), 4.2), sharey=True)
+        for ax, pv in zip(axes[0], panels):
+            sub = data[data[facet] == pv] if pv is not None else data
+            sns.lineplot(data=sub, x=x, y=key, hue="mixer", palette=colors, marker="o", ax=ax, legend=ax is axes[0, -1])
+            _log2_axis(ax, sub[x].tolist())
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel(names.get(x, x))
+            ax.set_ylabel(METRIC_LABELS.get(key, key))
+            ax.set_title(f"{facet} = {pv}" if pv is not None else "")
+        _legend_outside(axes[0, -1], "mixer")
+        fig.suptitle(f"{title}: {key} vs {names.get(x, x)}")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- benchmark figures
+
+def scaling(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Cost vs sequence length per mixer, log-log: time per sequence (with O(N) and O(N^2) guides),
+    throughput, peak memory; an x marks each mixer's first out-of-memory length."""
+    ok = [r for r in rows if r["status"] == "ok" and finite(r.get("ms_per_seq"))]
+    if not ok:
+        return None
+    colors = palette([r["mixer"] for r in rows])
+    has_mem = any(r.get("peak_mem_bytes") is not None for r in ok)
+    lengths = sorted({r["seq_len"] for r in rows})
+    r0 = ok[0]
+    with _style():
+        fig, axes = _figure(ncols=3, size=(15.0, 4.6))
+        a_time, a_tps, a_mem = axes[0]
+        by_mixer: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in sorted(ok, key=lambda r: r["seq_len"]):
+            by_mixer[r["mixer"]].append(r)
+        for name, rs in sorted(by_mixer.items()):
+            L = [r["seq_len"] for r in rs]
+            a_time.plot(L, [r["ms_per_seq"] for r in rs], "o-", color=colors[name], label=name)
+            a_tps.plot(L, [r["tokens_per_s"] for r in rs], "o-", color=colors[name], label=name)
+            mem = [(r["seq_len"], r["peak_mem_bytes"]) for r in rs if r.get("peak_mem_bytes")]
+            if mem:
+                a_mem.plot(*zip(*mem), "o-", color=colors[name], label=name)
+        for r in rows:  # out-of-memory: an x at the length that failed, on top of the time panel
+            if r["status"] != "ok":
+                a_time.plot([r["seq_len"]], [max(x["ms_per_seq"] for x in ok) * 1.5], "x", ms=9, mew=2,
+                            color=colors[r["mixer"]])
+                a_time.annotate("OOM" if str(r.get("error", "")).startswith("OutOfMemory") else "failed",
+                                (r["seq_len"], max(x["ms_per_seq"] for x in ok) * 1.5), textcoords="offset points",
+                                xytext=(4, 4), fontsize="x-small", color=colors[r["mixer"]])
+        # guides: slopes 1 and 2 through the cheapest mixer's shortest length
+        L0 = min(lengths)
+        y0 = min(r["ms_per_seq"] for r in ok if r["seq_len"] == min(x["seq_len"] for x in ok))
+        grid = [L0 * 2**i for i in range(int(math.log2(max(lengths) / L0)) + 1)]
+        a_time.plot(grid, [y0 * (L / L0) for L in grid], ":", color="0.5", lw=1, label="O(N) guide")
+        a_time.plot(grid, [y0 * (L / L0) ** 2 for L in grid], "--", color="0.5", lw=1, label="O(N²) guide")
+        for ax, f in ((a_time, fmt_num), (a_tps, fmt_count), (a_mem, fmt_bytes)):
+            _log2_axis(ax, lengths)
+            if ax is not a_mem or has_mem:
+                _log_y(ax, f, binary=ax is a_mem)
+            ax.set_xlabel("sequence length N (tokens)")
+        a_time.set_ylabel("fwd+bwd time per sequence (ms, log)")
+        a_time.set_title("time per sequence")
+        a_tps.set_ylabel("tokens / s (log)")
+        a_tps.set_title(f"throughput ({r0.get('tokens_per_step')} tokens per step)")
+        a_mem.set_ylabel("peak memory of the step (log)")
+        measure = next((r.get("mem_measure") for r in ok if r.get("peak_mem_bytes") is not None), None)
+        a_mem.set_title("peak memory" + (f"\n({measure})" if measure else ": n/a on this device"), fontsize="small")
+        if not has_mem:
+            a_mem.text(0.5, 0.5, "n/a", transform=a_mem.transAxes, ha="center", va="center", fontsize="x-large")
+        _legend_outside(a_mem if has_mem else a_tps, "mixer")
+        handles, labels = a_time.get_legend_handles_labels()
+        guides = [(h, l) for h, l in zip(handles, labels) if "guide" in l]
+        a_time.legend(*zip(*guides), loc="upper left", fontsize="x-small", frameon=False)
+        fig.suptitle(f"Mixer cost vs sequence length: forward + backward, d_model={r0.get('d_model')}, "
+                     f"{r0.get('dtype')}, {'causal' if r0.get('causal') else 'bidirectional'}; {r0['device']}")
+    return _save(fig, path)
+
+
+def loss_memory(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Peak memory and time of the output loss per path, against tokens per batch, one panel per
+    vocabulary size; the fp32 logits size is drawn for scale."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return None
+    vocabs = sorted({r["vocab_size"] for r in rows})
+    impls = sorted({r["impl"] for r in rows})
+    colors = dict(zip(impls, sns.color_palette("Set1", len(impls))))
+    has_mem = any(r.get("peak_mem_bytes") for r in ok)
+    nrows = 2 if has_mem else 1
+    with _style():
+        fig, axes = _figure(ncols=len(vocabs), nrows=nrows, size=(4.2 * len(vocabs) + 2.0, 3.6 * nrows), sharex=True)
+        for j, V in enumerate(vocabs):
+            sub = sorted((r for r in ok if r["vocab_size"] == V), key=lambda r: r["n_tokens"])
+            tokens = sorted({r["n_tokens"] for r in rows if r["vocab_size"] == V})
+            rows_axes = [("ms_fwd_bwd", axes[0, j])] + ([("peak_mem_bytes", axes[1, j])] if has_mem else [])
+            for field, ax in rows_axes:
+                for impl in impls:
+                    pts = [(r["n_tokens"], r[field]) for r in sub if r["impl"] == impl and r.get(field)]
+                    if pts:
+                        ax.plot(*zip(*pts), "o-", color=colors[impl], label=impl)
+                if field == "peak_mem_bytes":
+                    ax.plot(tokens, [4 * n * V for n in tokens], ":", color="0.5", label="fp32 logits N×V")
+                    ax.set_ylabel("peak memory (log)")
+                else:
+                    ax.set_ylabel("fwd+bwd time (ms, log)")
+                    ax.set_title(f"vocabulary {V:,}")
+                _log2_axis(ax, tokens)
+                _log_y(ax, fmt_bytes if field == "peak_mem_bytes" else fmt_num, binary=field == "peak_mem_bytes")
+                ax.set_xlabel("tokens per batch N")
+        _legend_outside(axes[-1, -1], "loss path")
+        measure = next((r.get("mem_measure") for r in ok if r.get("peak_mem_bytes") is not None), "n/a")
+        fig.suptitle(f"Output loss: forward + backward, d_model={ok[0].get('d_model')}, {ok[0].get('dtype')}; "
+                     f"{ok[0]['device']}\npeak memory: {measure}", fontsize="medium")
+    return _save(fig, path)

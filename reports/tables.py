@@ -1,0 +1,203 @@
+"""Markdown tables of a grid: one per (task, protocol), references sorted among the models.
+
+Rows are model cells (mixer x objective, and seed / norm / sweep point when those vary) and the
+task's references (`objective` = "none": non-neural baselines and ceilings, in italics). Everything
+is sorted by the primary metric (F1 for QA, accuracy for MQAR), so where a model lands between the
+floors and the ceiling is visible at a glance; failed cells come last with their error. The best
+*model* value of each column is bold (references are not competitors).
+"""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from reports.columns import COLUMNS, Column
+from reports.load import finite, is_reference
+
+PRIMARY_METRICS = ("f1", "accuracy", "em")  # the first one rows carry orders the table
+
+
+def primary_metric(rows: list[dict[str, Any]]) -> str | None:
+    for key in PRIMARY_METRICS:
+        if any(finite((r.get("metrics") or {}).get(key)) is not None for r in rows):
+            return key
+    return None
+
+
+def metric(row: dict[str, Any], key: str | None) -> float | None:
+    return finite((row.get("metrics") or {}).get(key)) if key else None
+
+
+def esc(text: Any) -> str:
+    """Safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def reference_kind(row: dict[str, Any]) -> str:
+    return (row.get("reference") or {}).get("kind", "reference")
+
+
+def label(row: dict[str, Any]) -> str:
+    """How a row is named in tables and legends."""
+    if is_reference(row):
+        setting = (row.get("reference") or {}).get("setting")
+        return f"{row['mixer']} ({setting})" if setting else str(row["mixer"])
+    return str(row["mixer"])
+
+
+def best_baseline(rows: list[dict[str, Any]], key: str | None, eval_n: Any = None) -> dict[str, Any] | None:
+    """The strongest ok non-neural baseline (not a ceiling), on `eval_n` items when given."""
+    cands = [r for r in rows if is_reference(r) and r["status"] == "ok" and reference_kind(r) == "baseline"
+             and metric(r, key) is not None and (eval_n is None or (r.get("metrics") or {}).get("eval_n") == eval_n)]
+    return max(cands, key=lambda r: metric(r, key)) if cands else None
+
+
+def annotate_vs_baseline(rows: list[dict[str, Any]], key: str | None) -> list[dict[str, Any]]:
+    """Copies of the rows with `_vs_baseline`: does each ok model cell beat the best baseline?"""
+    out = []
+    for r in rows:
+        r = dict(r)
+        v = metric(r, key)
+        if not is_reference(r) and r["status"] == "ok" and v is not None:
+            b = best_baseline(rows, key, (r.get("metrics") or {}).get("eval_n"))
+            if b is None and best_baseline(rows, key) is not None:
+                r["_vs_baseline"] = "n/a (other eval items)"
+            elif b is not None:
+                d = v - metric(b, key)
+                name = next((c.header for c in COLUMNS if c.key == key), key)
+                r["_vs_baseline"] = f"{'beats' if d > 0 else 'below'} {b['mixer']} ({name} {d:+.3f})"
+        out.append(r)
+    return out
+
+
+def sort_rows(rows: list[dict[str, Any]], key: str | None) -> list[dict[str, Any]]:
+    """ok rows by the primary metric (best first, references among them), then failed rows."""
+    def order(r: dict[str, Any]):
+        v = metric(r, key)
+        return (r["status"] != "ok", v is None, -(v or 0.0), is_reference(r), str(r["mixer"]), str(r.get("objective")))
+
+    return sorted(rows, key=order)
+
+
+def shown_columns(rows: list[dict[str, Any]]) -> list[Column]:
+    """Columns whose rule holds; "varies" looks at model rows only (references have no seed or norm)."""
+    models = [r for r in rows if not is_reference(r) and r["status"] == "ok"]
+    cols = []
+    for c in COLUMNS:
+        present = [v for v in (c.get(r) for r in rows) if v is not None]
+        if c.show == "always" or (c.show == "any" and present) or \
+                (c.show == "varies" and len({repr(c.get(r)) for r in models}) > 1):
+            cols.append(c)
+    return cols
+
+
+def best_values(rows: list[dict[str, Any]], cols: list[Column]) -> dict[str, Any]:
+    """Best model value per column with a direction (ties: all marked)."""
+    best = {}
+    models = [r for r in rows if not is_reference(r) and r["status"] == "ok"]
+    for c in cols:
+        if c.better is None:
+            continue
+        vals = [v for v in (c.get(r) for r in models) if isinstance(v, (int, float))]
+        if vals:
+            best[c.key] = max(vals) if c.better == "max" else min(vals)
+    return best
+
+
+def cell_text(row: dict[str, Any], c: Column, best: dict[str, Any]) -> str:
+    v = c.get(row)
+    if v is None:
+        if c.key == "peak_mem" and row.get("status") == "ok" and not is_reference(row):
+            return "n/a"
+        return "—"
+    text = esc(c.fmt(v))
+    if c.key in best and not is_reference(row) and row["status"] == "ok" and v == best[c.key]:
+        return f"**{text}**"
+    return text
+
+
+def status_text(row: dict[str, Any]) -> str:
+    if is_reference(row):
+        return f"reference ({reference_kind(row)})" if row["status"] == "ok" else f"failed: {esc(row.get('error'))}"
+    if row["status"] == "ok":
+        return "ok"
+    return f"**failed**: {esc(row.get('error') or 'unknown error')}"
+
+
+def grid_table(rows: list[dict[str, Any]]) -> tuple[str, list[Column]]:
+    """The markdown table of one (task, protocol) group, and the columns it shows."""
+    key = primary_metric(rows)
+    rows = sort_rows(annotate_vs_baseline(rows, key), key)
+    cols = shown_columns(rows)
+    best = best_values(rows, cols)
+    head = ["mixer", "objective", *(c.header for c in cols), "status"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---", "---", *("---:" if c.numeric else "---" for c in cols), "---"]) + "|"]
+    for r in rows:
+        if is_reference(r):
+            name, obj = f"*{esc(label(r))}*", f"*{reference_kind(r)}*"
+        else:
+            name, obj = esc(r["mixer"]), esc(r["objective"])
+        lines.append("| " + " | ".join([name, obj, *(cell_text(r, c, best) for c in cols), status_text(r)]) + " |")
+    return "\n".join(lines), cols
+
+
+def legend(cols: list[Column], rows: list[dict[str, Any]]) -> str:
+    key = primary_metric(rows)
+    head = next((c.header for c in COLUMNS if c.key == key), key)
+    lines = [f"Sorted by {head or 'status'} (best first), failed cells last; **bold**: the best model value of its "
+             "column; *italic* rows are references (non-neural baselines and ceilings), not models.", ""]
+    lines += [f"- `{c.header}`: {c.doc}" for c in cols if c.doc]
+    return "\n".join(lines)
+
+
+def seed_table(rows: list[dict[str, Any]]) -> str | None:
+    """Mean ± sample sd over seeds, for configurations run with more than one seed."""
+    metrics = [k for k in ("em", "f1", "accuracy", "ppl", "ppl_bound") if any(metric(r, k) is not None for r in rows)]
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if not is_reference(r) and r["status"] == "ok":
+            sweep = tuple(sorted((r.get("sweep") or {}).items()))
+            groups[(r["mixer"], r["objective"], r.get("norm"), sweep)].append(r)
+    multi = {k: v for k, v in groups.items() if len({r.get("seed") for r in v}) > 1}
+    if not multi or not metrics:
+        return None
+    headers = {c.key: c.header for c in COLUMNS}
+    lines = ["| mixer | objective | norm | sweep | seeds | " + " | ".join(headers.get(k, k) for k in metrics) + " |",
+             "|---|---|---|---|---:|" + "---:|" * len(metrics)]
+    for (mixer, obj, norm, sweep), rs in sorted(multi.items(), key=lambda kv: str(kv[0])):
+        cells = []
+        for k in metrics:
+            vals = [v for v in (metric(r, k) for r in rs) if v is not None]
+            if len(vals) > 1:
+                cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}")
+            else:
+                cells.append(f"{vals[0]:.3f}" if vals else "—")
+        sw = ", ".join(f"{k}={v}" for k, v in sweep) or "—"
+        lines.append(f"| {esc(mixer)} | {esc(obj)} | {esc(norm)} | {sw} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def full_split_table(rows: list[dict[str, Any]]) -> str | None:
+    """References scored on the whole evaluation split, when the models scored a sample of it."""
+    refs = [r for r in rows if is_reference(r) and r["status"] == "ok" and (r.get("reference") or {}).get("full_split")]
+    if not refs:
+        return None
+    keys = [k for k in ("em", "f1", "accuracy") if any(k in r["reference"]["full_split"] for r in refs)]
+    lines = ["| reference | kind | " + " | ".join(keys) + " | questions |", "|---|---|" + "---:|" * (len(keys) + 1)]
+    for r in sorted(refs, key=lambda r: -(finite(r["reference"]["full_split"].get(keys[0])) or 0) if keys else 0):
+        full = r["reference"]["full_split"]
+        vals = [f"{full[k]:.3f}" if finite(full.get(k)) is not None else "—" for k in keys]
+        lines.append(f"| *{esc(label(r))}* | {reference_kind(r)} | " + " | ".join(vals) + f" | {full.get('eval_n', '—')} |")
+    return "\n".join(lines)
+
+
+def reference_rules(rows: list[dict[str, Any]]) -> list[str]:
+    seen, out = set(), []
+    for r in rows:
+        if is_reference(r) and r["mixer"] not in seen:
+            seen.add(r["mixer"])
+            rule = (r.get("reference") or {}).get("rule", "")
+            out.append(f"- *{esc(r['mixer'])}* ({reference_kind(r)}): {esc(rule)}")
+    return out

@@ -1,0 +1,101 @@
+"""JSQuAD references: non-neural baselines, the tokenizer ceiling, and their rows in a grid."""
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+
+from fixtures.jsquad_mini import EVAL_ARTICLES, TRAIN_ARTICLES, to_jgle
+from tasks import jsquad_baselines as jb
+from tasks.jsquad import QAItem, parse_articles
+from tasks.tokenizer import TokenizerSettings, train_or_load
+
+ITEMS = parse_articles(to_jgle(TRAIN_ARTICLES + EVAL_ARTICLES, "x")["data"], "fixture")
+TEXTS = [t for art in TRAIN_ARTICLES for t in (art[0], art[1], *(q for q, _ in art[2]))]
+# hand-made: the answer is the article's title; full-width letters and digits in the answers
+TITLE_ITEM = QAItem("q1", "富士山", "富士山は日本で最も高い山である。", "日本で最も高い山は何か。", ["富士山"], [0])
+FULL_WIDTH = [
+    QAItem("f1", "ＡＩ研究所", "ＡＩ研究所は２０２０年に設立された。", "設立されたのは何年か。", ["２０２０年"], [6]),
+    QAItem("f2", "ＡＩ研究所", "ＡＩ研究所は２０２０年に設立された。", "何が設立されたか。", ["ＡＩ研究所"], [0]),
+]
+
+
+def test_title_baseline_scores_em_1_when_the_answer_is_the_title():
+    assert jb.title_answer(TITLE_ITEM) == "富士山"
+    assert jb.score_baseline("title", [TITLE_ITEM]) == {"em": 1.0, "f1": 1.0, "eval_n": 1}
+    assert jb.score_baseline("title", ITEMS)["em"] == 0.0  # no fixture answer is its title
+
+
+@pytest.mark.parametrize("name", sorted(jb.BASELINES))
+def test_baselines_are_deterministic_substrings_of_the_context(name):
+    fn = jb.BASELINES[name]
+    for it in ITEMS + FULL_WIDTH:
+        a, b = fn(it), fn(it)
+        assert a == b and a, (it.qid, a, b)
+        assert a in f"{it.title} [SEP] {it.paragraph}", (it.qid, a)
+
+
+def test_overlap_span_finds_the_gap_the_wh_word_leaves():
+    by_q = {it.question: it for it in ITEMS}
+    assert jb.overlap_span(by_q["東京駅が開業したのは何年か。"]) == "1914年"
+    assert jb.overlap_span(by_q["東京駅の駅舎を設計したのは誰か。"]) == "辰野金吾"
+    assert jb.overlap_span(by_q["富士山の標高は何メートルか。"]) == "3776メートル"  # keeps the asked counter
+    assert jb.overlap_span(by_q["桜は何科の植物か。"]) == "バラ科"
+    scores = jb.score_baseline("overlap_span", ITEMS)
+    assert scores["em"] > jb.score_baseline("title", ITEMS)["em"] and scores["f1"] > 0.5
+
+
+def test_roundtrip_ceiling_counts_what_normalisation_loses():
+    """The ceiling's arithmetic, with a fake tokenizer: identity keeps 1.0, NFKC rewrites full width."""
+    chars = lambda s: [ord(c) for c in s]  # noqa: E731
+    identity = jb.roundtrip_scores(FULL_WIDTH, chars, lambda ids: "".join(map(chr, ids)), 24)
+    assert identity["em"] == 1.0 and identity["f1"] == 1.0 and identity["questions_changed"] == 0
+    nfkc = jb.roundtrip_scores(FULL_WIDTH, chars, lambda ids: unicodedata.normalize("NFKC", "".join(map(chr, ids))), 24)
+    assert nfkc["em"] == 0.0 and nfkc["questions_changed"] == 2
+    assert nfkc["f1"] == pytest.approx((1 / 5 + 3 / 5) / 2)  # only 年 survives, then only 研究所
+    cut = jb.roundtrip_scores(FULL_WIDTH, chars, lambda ids: "".join(map(chr, ids)), 3)  # answer-token limit
+    assert cut["em"] == 0.0 and cut["f1"] == pytest.approx(0.75)  # 3 of 5 characters: P 1, R 0.6
+
+
+@pytest.fixture(scope="module")
+def toks(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("tok")
+    return {n: train_or_load(TEXTS, TokenizerSettings(vocab_size=300, normalization=n), cache)
+            for n in ("identity", "nmt_nfkc")}
+
+
+def test_tokenizer_ceiling_is_1_for_identity_and_drops_under_nfkc(toks):
+    assert jb.tokenizer_ceiling(ITEMS + FULL_WIDTH, toks["identity"], 24)["em"] == 1.0
+    assert jb.tokenizer_ceiling(ITEMS + FULL_WIDTH, toks["identity"], 24)["f1"] == 1.0
+    nfkc = jb.tokenizer_ceiling(ITEMS + FULL_WIDTH, toks["nmt_nfkc"], 24)
+    assert nfkc["em"] < 1.0 and nfkc["f1"] < 1.0 and nfkc["questions_changed"] >= 2
+    assert jb.tokenizer_ceiling(ITEMS, toks["nmt_nfkc"], 24)["em"] == 1.0  # no full width: nothing lost
+
+
+def test_grid_writes_reference_rows_once_and_reports_them(offline_dir, tmp_path, cache_dir):
+    import run_matrix
+    from harness.results import read_rows
+
+    out = tmp_path / "out"
+    args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--grid", "t", "--mixers", "attention",
+            "--objectives", "autoregressive", "--task-opt", "eval_limit=3"]
+    assert run_matrix.main(args) == 0
+    rows = read_rows(out / "results" / "t.jsonl")
+    refs = {r["mixer"]: r for r in rows if r["objective"] == "none"}
+    assert set(refs) == {*jb.BASELINES, "tokenizer_ceiling"}
+    for r in refs.values():
+        assert r["status"] == "ok" and r["params"] == 0 and r["protocol"] == "jsquad-offline"
+        assert r["metrics"]["eval_n"] == 3  # the models' sample ...
+        assert r["reference"]["full_split"]["eval_n"] == 5  # ... and the whole evaluation split
+    assert refs["tokenizer_ceiling"]["metrics"]["em"] == 1.0  # identity normalisation
+    assert "identity" in refs["tokenizer_ceiling"]["reference"]["setting"]
+    model = next(r for r in rows if r["objective"] != "none")
+    report = (out / "reports" / "t" / "README.md").read_text()
+    for name in refs:
+        assert f"*{name}" in report
+    assert "vs best baseline" in report and ("beats " in report or "below " in report)
+
+    assert run_matrix.main(args) == 0  # resumed: neither the cell nor the references run again
+    assert len(read_rows(out / "results" / "t.jsonl")) == len(rows)
+    assert model["status"] == "ok"

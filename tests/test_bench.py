@@ -1,0 +1,105 @@
+"""The benchmarks write well-formed rows (CPU: tiny sizes); OOM stops a mixer cleanly; the CPU memory
+measure sees what it should; CUDA-only paths are checked on CUDA."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import mixers
+from harness import bench_loss_memory as blm
+from harness import bench_scaling as bs
+from harness.results import read_rows
+from reports.load import check_row
+
+
+def _well_formed(row: dict, fields: tuple[str, ...]) -> None:
+    check_row(row, "row")  # what the report requires
+    for k in ("key", "bench", "status", "device", "versions", "git_commit", "started_at", *fields):
+        assert k in row, k
+    assert isinstance(row["versions"], dict) and "torch" in row["versions"]
+
+
+def test_scaling_bench_writes_a_row_per_mixer_and_length(tmp_path):
+    out = tmp_path / "results" / bs.RESULTS_NAME
+    cfg = bs.ScalingConfig(d_model=64, lengths=[16, 32], tokens=32, reps=1)
+    rows = bs.run(cfg, torch.device("cpu"), out, log=lambda s: None)
+    assert read_rows(out) == rows
+    assert sorted((r["mixer"], r["seq_len"]) for r in rows) == sorted((m, L) for m in mixers.names() for L in (16, 32))
+    assert len({r["key"] for r in rows}) == len(rows)
+    for r in rows:
+        _well_formed(r, ("mixer", "seq_len", "batch_size", "ms_per_step", "tokens_per_s", "peak_mem_bytes", "mem_measure"))
+        assert r["status"] == "ok", r["error"]
+        assert r["batch_size"] == 32 // r["seq_len"] and r["d_model"] == 64 and r["causal"] is True
+        assert r["ms_per_step"] > 0 and math.isclose(r["ms_per_seq"], r["ms_per_step"] / r["batch_size"])
+        assert math.isclose(r["tokens_per_s"], 32 / (r["ms_per_step"] / 1000))
+        assert r["params"] == sum(p.numel() for p in mixers.build(r["mixer"], 64, True).parameters())
+        assert r["peak_mem_bytes"] is None or r["peak_mem_bytes"] > 0
+        assert "profiler" in r["mem_measure"]  # CPU: says which measure, never a cuda number
+
+
+def test_scaling_bench_stops_a_mixer_at_its_first_oom(tmp_path, monkeypatch):
+    real = bs.measure
+    tried = []
+
+    def fake(name, L, cfg, device):
+        tried.append(L)
+        if L >= 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB")
+        return real(name, L, cfg, device)
+
+    monkeypatch.setattr(bs, "measure", fake)
+    cfg = bs.ScalingConfig(mixers=["attention"], d_model=64, lengths=[16, 32, 64], tokens=64, reps=1)
+    rows = bs.run(cfg, torch.device("cpu"), tmp_path / "s.jsonl", log=lambda s: None)
+    assert tried == [16, 32]  # 64 never attempted
+    assert [(r["seq_len"], r["status"]) for r in rows] == [(16, "ok"), (32, "failed")]
+    assert rows[1]["error"].startswith("OutOfMemoryError")
+
+
+def test_scaling_cli_and_default_lengths(tmp_path):
+    assert bs.default_lengths(16384) == [256, 512, 1024, 2048, 4096, 8192, 16384]
+    assert bs.main(["--out", str(tmp_path), "--mixers", "attention", "--lengths", "8,16", "--d-model", "32",
+                    "--reps", "1"]) == 0
+    assert [r["seq_len"] for r in read_rows(tmp_path / "results" / bs.RESULTS_NAME)] == [8, 16]
+    with pytest.raises(Exception, match="unknown mixer"):
+        bs.main(["--out", str(tmp_path), "--mixers", "nope"])
+
+
+def test_loss_memory_bench_rows_agree_and_see_the_logits(tmp_path):
+    out = tmp_path / blm.RESULTS_NAME
+    cfg = blm.LossMemoryConfig(impls=["chunked", "plain"], vocab_sizes=[512], tokens=[64, 8192], d_model=16, reps=1)
+    rows = blm.run(cfg, torch.device("cpu"), out, log=lambda s: None)
+    assert read_rows(out) == rows and len(rows) == 4
+    by = {(r["impl"], r["n_tokens"]): r for r in rows}
+    for r in rows:
+        _well_formed(r, ("impl", "vocab_size", "n_tokens", "ms_fwd_bwd", "peak_mem_bytes", "mem_measure", "loss"))
+        assert r["status"] == "ok" and r["ms_fwd_bwd"] > 0
+    for n in (64, 8192):
+        assert by[("chunked", n)]["loss"] == pytest.approx(by[("plain", n)]["loss"], rel=1e-5)
+    # 8192 tokens x 512 vocabulary = 16 MiB of fp32 logits: plain holds them all, chunked 4096 rows at a time
+    logits = 4 * 8192 * 512
+    plain, chunked = by[("plain", 8192)]["peak_mem_bytes"], by[("chunked", 8192)]["peak_mem_bytes"]
+    if plain is None:
+        pytest.skip("torch.profiler gave no memory events here")
+    assert plain >= logits and chunked < plain
+
+
+def test_loss_memory_bench_refuses_paths_this_device_cannot_run():
+    assert "cce" not in blm.runnable_impls(torch.device("cpu"))
+    assert {"chunked", "plain"} <= set(blm.runnable_impls(torch.device("cpu")))
+    with pytest.raises(ValueError, match="cannot run on cpu"):
+        blm.LossMemoryConfig(impls=["cce"]).resolved(torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown loss path"):
+        blm.LossMemoryConfig(impls=["fast"]).resolved(torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cce_uses_less_memory_than_plain_on_cuda(tmp_path):
+    cfg = blm.LossMemoryConfig(impls=["cce", "plain"], vocab_sizes=[32000], tokens=[8192], d_model=256, reps=2)
+    rows = {r["impl"]: r for r in blm.run(cfg, torch.device("cuda"), tmp_path / "l.jsonl", log=lambda s: None)}
+    assert rows["cce"]["status"] == "ok" and rows["plain"]["status"] == "ok"
+    assert rows["cce"]["loss"] == pytest.approx(rows["plain"]["loss"], rel=1e-2)  # bf16 hidden states
+    assert rows["cce"]["peak_mem_bytes"] < rows["plain"]["peak_mem_bytes"] / 4
+    assert rows["plain"]["mem_measure"].startswith("cuda")

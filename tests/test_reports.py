@@ -1,0 +1,230 @@
+"""Reports from synthetic results rows: every column, every figure, best values marked, failures
+shown, references sorted among models, benchmark sections, and clear errors for malformed files."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.results import ResultsFileError, append_row
+from reports import write_reports
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(mixer, objective, key=None, status="ok", task="jsquad", protocol="jsquad-offline", metrics=None, **kw):
+    curve = [{"frac": f, "step": int(10 * f), "tokens": int(20000 * f), "train_loss": 6 - 2 * f, "dev_loss": 6.2 - 2 * f}
+             for f in (0.25, 0.5, 0.75, 1.0)]
+    row = {
+        "schema": 1, "key": key or f"{task}-{mixer}-{objective}-{kw.get('seed', 0)}-{kw.get('norm', 'pre')}",
+        "grid": "g", "task": task, "protocol": protocol, "mixer": mixer, "objective": objective, "seed": 0,
+        "preset": "tiny", "budget": "tokens=20000", "norm": "pre", "status": status, "error": None,
+        "params": 500_000, "tokens_seen": 20_100, "device": "cpu: test", "versions": {"torch": "2.x"},
+        "git_commit": "abc123", "metrics": metrics or {}, "loss_curve": curve if status == "ok" else [],
+        "world_size": 1, "started_at": "2026-01-01T00:00:00+00:00",
+        "data": {"train_questions": 4000, "dev_questions": 400, "train_tokens": 600000, "eval_questions": 500,
+                 "eval_questions_total": 4420, "tokenizer": {"vocab_size": 4000, "normalization": "identity"},
+                 "vocab_size": 4000, "max_len": 256},
+    }
+    row.update(kw)
+    return row
+
+
+def _qa(em, f1, ppl=None, ppl_bound=None, tps=1000.0, latency=12.0, state=1000, eval_n=500):
+    m = {"em": em, "f1": f1, "tokens_per_s": tps, "peak_mem_bytes": None, "gen_latency_ms": latency,
+         "state_floats": state, "eval_n": eval_n}
+    if ppl is not None:
+        m["ppl"] = ppl
+    if ppl_bound is not None:
+        m["ppl_bound"] = ppl_bound
+    return m
+
+
+def _ref(name, kind, em, f1, eval_n=500, full=None, setting=""):
+    ref = {"kind": kind, "rule": f"rule of {name}", "setting": setting, "identity": {}}
+    if full:
+        ref["full_split"] = full
+    return _row(name, "none", key=f"ref-{name}", seed=None, preset=None, budget=None, norm=None, params=0,
+                tokens_seen=0, loss_curve=[], metrics={"em": em, "f1": f1, "eval_n": eval_n}, reference=ref)
+
+
+def grid_rows() -> list[dict]:
+    rows = [
+        _row("attention", "autoregressive", metrics=_qa(0.30, 0.52, ppl=8.5, tps=5200.0, latency=9.0)),
+        _row("attention", "autoregressive", seed=1, metrics=_qa(0.28, 0.50, ppl=8.9, tps=5100.0, latency=9.5)),
+        _row("wave_modulation", "autoregressive", metrics=_qa(0.10, 0.21, ppl=15.25, tps=9100.0, latency=4.0, state=64)),
+        _row("attention", "diffusion", metrics=_qa(0.05, 0.12, ppl_bound=22.75, tps=4800.0, latency=30.0),
+             objective_info={"steps": 16, "length": 24}),
+        _row("wave_modulation", "autoregressive", norm="post", world_size=2,
+             metrics=_qa(0.12, 0.25, ppl=14.0, tps=9000.0)),
+        _row("mamba", "diffusion", status="failed", error="OutOfMemoryError: CUDA out of memory | tried 2 GiB"),
+        _ref("title", "baseline", 0.11, 0.19, full={"em": 0.108, "f1": 0.187, "eval_n": 4420}),
+        _ref("overlap_span", "baseline", 0.27, 0.47, full={"em": 0.262, "f1": 0.463, "eval_n": 4420}),
+        _ref("tokenizer_ceiling", "ceiling", 0.99, 0.995, setting="identity, vocab 4000"),
+    ]
+    for i, r in enumerate(rows):  # distinct curves, so the figure can be looked at
+        for p in r["loss_curve"]:
+            p["dev_loss"] = round(6.2 - 2 * p["frac"] * (1 + r["metrics"].get("f1", 0)) + 0.05 * i, 4)
+    for mixer, acc0 in (("attention", 0.99), ("wave_modulation", 0.6)):
+        for L in (64, 128, 256):
+            for D in (32, 64):
+                rows.append(_row(mixer, "autoregressive", task="mqar", protocol="mqar", key=f"mqar-{mixer}-{L}-{D}",
+                                 sweep={"seq_len": L, "d_model": D},
+                                 metrics={"accuracy": acc0 * (64 / L) ** (0.1 if mixer == "attention" else 0.8)
+                                          * (0.8 if D == 32 else 1.0),
+                                          "ppl": 3.0, "tokens_per_s": 2e4, "peak_mem_bytes": 2**30,
+                                          "gen_latency_ms": 1.0, "eval_n": 1000}))
+    return rows
+
+
+def bench_rows() -> tuple[list[dict], list[dict]]:
+    base = {"mixer": None, "objective": None, "status": "ok", "error": None, "device": "cpu: test",
+            "versions": {"torch": "2.x"}, "git_commit": "abc123"}
+    scaling = []
+    for mixer, power in (("attention", 2), ("wave_modulation", 1)):
+        for L in (256, 512, 1024):
+            ms = 1e-4 * L**power
+            scaling.append({**base, "bench": "scaling", "key": f"s-{mixer}-{L}", "mixer": mixer, "seq_len": L,
+                            "d_model": 64, "tokens_per_step": 1024, "batch_size": 1024 // L, "dtype": "fp32",
+                            "causal": True, "ms_per_step": ms * 1024 // L, "ms_per_seq": ms,
+                            "tokens_per_s": L / (ms / 1000), "peak_mem_bytes": 1000 * L**power,
+                            "mem_measure": "test measure", "backend": "torch", "note": None})
+    scaling.append({**base, "bench": "scaling", "key": "s-attention-2048", "mixer": "attention", "seq_len": 2048,
+                    "d_model": 64, "status": "failed", "error": "OutOfMemoryError: CUDA out of memory"})
+    loss = []
+    for V in (8000, 32000):
+        for N in (256, 1024):
+            for impl, mem in (("chunked", 4 * V * 256), ("plain", 8 * N * V)):
+                loss.append({**base, "bench": "loss_memory", "key": f"l-{impl}-{V}-{N}", "impl": impl,
+                             "vocab_size": V, "n_tokens": N, "d_model": 64, "dtype": "fp32", "ms_fwd_bwd": N * V / 1e6,
+                             "peak_mem_bytes": mem, "mem_measure": "test measure", "loss": 9.0})
+    return scaling, loss
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rep")
+    for r in grid_rows():
+        append_row(root / "results" / "g.jsonl", r)
+    scaling, loss = bench_rows()
+    for r in scaling:
+        append_row(root / "results" / "bench_scaling.jsonl", r)
+    for r in loss:
+        append_row(root / "results" / "bench_loss_memory.jsonl", r)
+    paths = write_reports(root / "results", root / "reports")
+    return root, paths
+
+
+def _table(text: str, heading: str) -> list[str]:
+    """The lines of the first table after `heading`."""
+    after = text[text.index(heading):]
+    lines = after.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| mixer"))
+    out = []
+    for ln in lines[start:]:
+        if not ln.startswith("|"):
+            break
+        out.append(ln)
+    return out
+
+
+def test_report_has_every_column_figure_and_header(report):
+    root, paths = report
+    readme = root / "reports" / "g" / "README.md"
+    assert readme in paths and (root / "reports" / "benchmarks" / "README.md") in paths
+    text = readme.read_text()
+    qa = _table(text, "## jsquad · jsquad-offline")
+    head = qa[0]
+    for col in ("mixer", "objective", "EM", "F1", "ppl", "ppl bound (diffusion)", "vs best baseline", "peak VRAM",
+                "train tok/s", "answer ms", "state floats at T", "params", "tokens seen", "budget", "device", "status",
+                "norm", "seed", "GPUs"):
+        assert f"| {col} |" in head, col
+    # header: protocol, budget, device, versions
+    for word in ("`jsquad-offline`", "train on `valid`", "`tokens=20000`", "`cpu: test`", "torch 2.x", "abc123"):
+        assert word in text, word
+    mqar = _table(text, "## mqar · mqar")
+    assert "| accuracy |" in mqar[0] and "| seq len |" in mqar[0] and "| width |" in mqar[0]
+    assert "| EM |" not in mqar[0]
+    pngs = {p.name for p in (root / "reports" / "g").glob("*.png")}
+    expected = {"jsquad-jsquad-offline_f1_by_mixer.png", "jsquad-jsquad-offline_loss_curves.png",
+                "jsquad-jsquad-offline_quality_vs_speed.png", "mqar-mqar_loss_curves.png",
+                "mqar-mqar_accuracy_vs_seq_len.png", "mqar-mqar_accuracy_vs_width.png",
+                "scaling_cpu-test.png", "loss_memory_cpu-test.png"}
+    assert expected <= pngs, expected - pngs
+    for name in pngs:
+        assert f"]({name})" in text, name  # every figure is linked from the page
+        data = (root / "reports" / "g" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_best_values_marked_failures_shown_references_sorted(report):
+    root, _ = report
+    text = (root / "reports" / "g" / "README.md").read_text()
+    qa = _table(text, "## jsquad · jsquad-offline")
+    head = _cells(qa[0])
+    rows = [dict(zip(head, _cells(ln))) for ln in qa[2:]]
+    by = {(r["mixer"], r["objective"], r.get("seed"), r.get("norm")): r for r in rows}
+    best = by[("attention", "autoregressive", "0", "pre")]
+    assert best["F1"] == "**0.520**" and best["EM"] == "**0.300**" and best["ppl"] == "**8.50**"
+    assert by[("attention", "autoregressive", "1", "pre")]["F1"] == "0.500"  # not best: not bold
+    assert by[("attention", "diffusion", "0", "pre")]["ppl bound (diffusion)"] == "**22.75**"
+    assert by[("wave_modulation", "autoregressive", "0", "pre")]["train tok/s"] == "**9,100**"
+    assert by[("wave_modulation", "autoregressive", "0", "pre")]["answer ms"] == "**4.0**"
+    assert best["peak VRAM"] == "n/a"  # CPU rows: never a made-up number
+    # the failed cell is shown, last, with its error (the "|" in it escaped)
+    failed = rows[-1]
+    assert failed["mixer"] == "mamba" and "OutOfMemoryError" in failed["status"] and "failed" in failed["status"]
+    assert "CUDA out of memory \\| tried 2 GiB" in qa[-1]
+    # references: italic, sorted among the models by F1, never bold
+    names = [r["mixer"] for r in rows]
+    assert names.index("*tokenizer_ceiling (identity, vocab 4000)*") == 0
+    assert names.index("*overlap_span*") == 3  # below attention seeds 0 and 1 (0.52, 0.50), above the rest
+    assert names.index("*title*") == 6  # F1 0.19: above the diffusion cell (0.12)
+    assert not any("**" in r["F1"] for r in rows if r["mixer"].startswith("*"))
+    # per cell: does it beat the best non-neural baseline (overlap_span, F1 0.47)?
+    assert best["vs best baseline"] == "beats overlap_span (F1 +0.050)"
+    assert by[("attention", "diffusion", "0", "pre")]["vs best baseline"] == "below overlap_span (F1 -0.350)"
+    # full-split figures of the references, and the multi-seed summary
+    assert "| *overlap_span* | baseline | 0.262 | 0.463 | 4420 |" in text
+    assert re.search(r"\| attention \| autoregressive \| pre \| — \| 2 \| 0\.290 ± 0\.014 \| 0\.510 ± 0\.014", text)
+
+
+def test_benchmark_sections(report):
+    root, _ = report
+    text = (root / "reports" / "g" / "README.md").read_text()
+    assert "## Cost versus sequence length" in text and "## Output-loss memory" in text
+    assert "| attention (torch) | 6.55 | 26.21 | 104.86 | **OOM** |" in text  # 1e-4 L^2 ms, stopped at 2048
+    assert "| 32,000 | 1,024 | 125.0 MiB | 31.2 MiB · 32.8 ms | 250.0 MiB · 32.8 ms | 0.0e+00 |" in text
+    bench_only = (root / "reports" / "benchmarks" / "README.md").read_text()
+    assert "## Cost versus sequence length" in bench_only and "(scaling_cpu-test.png)" in bench_only
+
+
+def test_malformed_file_is_refused_naming_the_line(tmp_path):
+    res = tmp_path / "results"
+    good = _row("attention", "autoregressive", metrics=_qa(0.3, 0.5, ppl=8.0))
+    append_row(res / "g.jsonl", good)
+    with open(res / "g.jsonl", "a") as f:
+        f.write("\n")  # a blank line does not shift the count
+        f.write(json.dumps({**good, "key": "b", "status": "done"}) + "\n")
+    with pytest.raises(ResultsFileError, match=r"g\.jsonl:3: status must be one of ok, failed, got 'done'"):
+        write_reports(res, tmp_path / "reports")
+
+    (res / "g.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "metrics": {"f1": "high"}}) + "\n")
+    with pytest.raises(ResultsFileError, match=r"g\.jsonl:2: metric 'f1' is not a number"):
+        write_reports(res, tmp_path / "reports")
+
+    (res / "g.jsonl").write_text(json.dumps(good) + "\n" + '{"key": "x", "status": "ok", "mix' + "\n")
+    r = subprocess.run([sys.executable, "-m", "reports", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and "g.jsonl:2: not a JSON object" in err and len(err.splitlines()) == 1
