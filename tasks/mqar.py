@@ -120,12 +120,11 @@ class MQARConfig:
 
 
 def _distinct(rng: np.random.Generator, n: int, k: int, lo: int, hi: int) -> np.ndarray:
-    """(n, k) ints from [lo, hi), distinct within each row (the k smallest of random keys: a uniform
-    k-subset in uniformly random order)."""
-    if hi - lo <= 4 * k:  # small range: argsort a full row of random keys
+    """(n, k) ints from [lo, hi), distinct within each row: a uniform k-subset in random order."""
+    if k * k > hi - lo:  # repeats likely (birthday bound): the first k of a random permutation per row
         return lo + np.argsort(rng.random((n, hi - lo)), axis=1)[:, :k]
     out = rng.integers(lo, hi, size=(n, k))
-    while True:  # rejection: redraw rows with a repeat (rare when the range is large)
+    while True:  # rejection: redraw the rows with a repeat (a minority of rows when k * k <= range)
         s = np.sort(out, axis=1)
         bad = (s[:, 1:] == s[:, :-1]).any(axis=1)
         if not bad.any():
@@ -257,24 +256,23 @@ class MQAR(Task):
         from harness.train import autocast
 
         model.eval()
-        correct = total = 0
+        evals = data.eval.to(device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
         with torch.no_grad(), autocast(device):
-            for batch in data.eval.to(device).iter_batches(batch_size):
-                pred = objective.predict_targets(model, batch)
-                hit = (pred == batch.ids) & batch.target
-                correct += int(hit.sum())
-                total += int(batch.target.sum())
-            # latency: one sequence at a time (batch 1) after a warm-up call
-            one = data.eval.to(device)
-            n = min(self.opts.latency_n, len(one))
-            objective.predict_targets(model, one.batch(np.arange(1)))
+            for batch in evals.iter_batches(batch_size):
+                pred = objective.predict_targets(model, batch)  # (B, T); meaningful at targets only
+                correct += ((pred == batch.ids) & batch.target).sum()
+            # latency: one sequence at a time (batch 1) after a warm-up call, as a user would see it
+            n = min(self.opts.latency_n, len(evals))
+            objective.predict_targets(model, evals.batch(np.arange(1)))
             _sync(device)
             t0 = time.perf_counter()
             for i in range(n):
-                objective.predict_targets(model, one.batch(np.array([i])))
+                objective.predict_targets(model, evals.batch(np.array([i])))
             _sync(device)
             latency = (time.perf_counter() - t0) / max(n, 1) * 1000
-        return {"accuracy": correct / max(total, 1), "eval_n": len(data.eval), "eval_queries": total,
+        total = int(data.eval.target.sum())
+        return {"accuracy": int(correct) / max(total, 1), "eval_n": len(data.eval), "eval_queries": total,
                 "gen_latency_ms": latency}
 
 
