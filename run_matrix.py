@@ -191,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     for c in {json.dumps(c.task_opts, sort_keys=True): c for c in cells}.values():
         data = ctx.task_data(tasks.build(args.task, **c.task_opts), c)
         check_budget(budget, data.train, get_preset(args.preset).batch_size)
-    name = f"{args.task}-sweep" if args.sweep else ctx.task_data(task, cells[0]).protocol
+    if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed
+        name = f"{args.task}-sweep" + "".join(f"-{k}{v}" for k, v in sorted(task_opts.items()) if k != "seq_len")
+    else:
+        name = ctx.task_data(task, cells[0]).protocol
     ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{name}_{args.preset}_{budget.slug}")
     results = out / "results" / f"{ctx.grid}.jsonl"
     done = done_keys(results)

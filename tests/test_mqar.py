@@ -214,7 +214,8 @@ def test_sweep_rows_carry_their_point_and_resume(tmp_path, capsys):
     out = tmp_path / "out"
     args = _args(out, tmp_path / "cache", "--sweep", "--sweep-lengths", "32,48", "--sweep-widths", "32,64")
     assert run_matrix.main(args) == 0
-    results = out / "results" / "mqar-sweep_tiny_tokens-2000.jsonl"
+    grid = "mqar-sweep-dev_seqs8-eval_seqs16-train_tokens4000-vocab_size64_tiny_tokens-2000"  # fixed options named
+    results = out / "results" / f"{grid}.jsonl"
     rows = read_rows(results)
     assert sorted((r["sweep"]["seq_len"], r["sweep"]["d_model"]) for r in rows) == [(32, 32), (32, 64), (48, 32), (48, 64)]
     for r in rows:
@@ -222,7 +223,7 @@ def test_sweep_rows_carry_their_point_and_resume(tmp_path, capsys):
         assert r["model"]["d_model"] == r["sweep"]["d_model"]
         assert r["protocol"].startswith(f"mqar-T{r['sweep']['seq_len']}-")
         assert "accuracy" in r["metrics"]
-    report = (out / "reports" / "mqar-sweep_tiny_tokens-2000" / "README.md").read_text()
+    report = (out / "reports" / grid / "README.md").read_text()
     assert "Recall accuracy by sequence length" in report and "T=32" in report and "T=48" in report
     capsys.readouterr()
     assert run_matrix.main(args) == 0
