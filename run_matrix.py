@@ -11,6 +11,8 @@ the same command after a kill finishes only what is missing. Failed cells are re
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import re
 import sys
@@ -29,6 +31,8 @@ from harness.train import check_budget
 from harness.results import ResultsFileError, append_row, done_keys
 from tasks import DataError, PrepareContext
 
+DEFAULT_BUDGET = "tokens=2000000"
+
 
 def _names(arg: str, registry, what: str) -> list[str]:
     if arg in ("all", ""):
@@ -46,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mixers", default="all", help="comma-separated mixer names, or 'all'")
     p.add_argument("--objectives", default="all", help="comma-separated objective names, or 'all'")
     p.add_argument("--preset", default="small", choices=list(PRESETS))
-    p.add_argument("--budget", default="tokens=2000000", help="tokens=N | seconds=S | a100_seconds=S (per cell)")
+    p.add_argument("--budget", default=None,
+                   help=f"tokens=N | seconds=S | a100_seconds=S (per cell; default: the task's, else {DEFAULT_BUDGET})")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--norm", default="pre", choices=NORMS, help="norm placement in every block")
     p.add_argument("--data-dir", default=os.environ.get("WAVEBENCH_DATA_DIR"),
@@ -60,11 +65,41 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="auto", choices=LOSS_IMPLS, help="output-loss implementation")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--sweep", action="store_true",
+                   help="every cell at each (sequence length x model width) below: the Zoology recall curves (mqar)")
+    p.add_argument("--sweep-lengths", default="64,128,256,512,1024", help="--sweep: task seq_len values")
+    p.add_argument("--sweep-widths", default="32,64,128", help="--sweep: model d_model values")
     p.add_argument("--report-only", action="store_true", help="rebuild reports from results/ and exit")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     executors.add_arguments(p)
     return p
+
+
+def sweep_cells(cells: list[Cell], task: str, lengths: list[int], widths: list[int]) -> list[Cell]:
+    """Each cell at every (seq_len, d_model) point: an ordinary cell (its own resume key) whose row
+    carries `sweep = {"seq_len": L, "d_model": D}` for the accuracy-vs-length/width curves."""
+    if "seq_len" not in tasks.options_of(task):
+        raise ValueError(f"--sweep varies the task option seq_len, which task {task!r} does not have")
+    if not lengths or not widths:
+        raise ValueError("--sweep needs at least one length (--sweep-lengths) and one width (--sweep-widths)")
+    return [dataclasses.replace(c, task_opts={**c.task_opts, "seq_len": L}, d_model=D, sweep={"seq_len": L, "d_model": D})
+            for c in cells for L in lengths for D in widths]
+
+
+def _ints(arg: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in arg.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, got {arg!r}") from None
+
+
+def summary(m: dict) -> str:
+    """The one-line metrics of a finished cell: the task's headline metric, then perplexity."""
+    head = f"em={m['em']:.3f} f1={m['f1']:.3f} " if "em" in m else ""
+    head += f"acc={m['accuracy']:.3f} " if "accuracy" in m else ""
+    ppl_name = "ppl" if "ppl" in m else "ppl_bound"
+    return f"{head}{ppl_name}={m.get(ppl_name, float('nan')):.2f} tok/s={m['tokens_per_s']:.0f}"
 
 
 def scoped_opts(items: list[str] | None, flag: str, names: list[str], registry) -> dict[str, dict[str, str]]:
@@ -90,7 +125,10 @@ def print_list() -> None:
 
     print("tasks:")
     for n in tasks.names():
-        print(f"  {n:20s} {opts(tasks.options_of(n))}")
+        cls = tasks.get(n)
+        extra = ", ".join([f"budget {cls.default_budget}"] * bool(cls.default_budget)
+                          + [f"objective defaults {opts(cls.objective_defaults)}"] * bool(cls.objective_defaults))
+        print(f"  {n:20s} {f'[{extra}] ' if extra else ''}{opts(tasks.options_of(n))}")
     print("mixers:")
     for n in mixers.names():
         print(f"  {n:20s} {opts(mixers.options_of(n))}")
@@ -128,12 +166,13 @@ def main(argv: list[str] | None = None) -> int:
 
     mixer_names = _names(args.mixers, mixers.REGISTRY, "mixer")
     objective_names = _names(args.objectives, objectives.REGISTRY, "objective")
-    tasks.get(args.task)
-    budget = Budget.parse(args.budget)
+    task_cls = tasks.get(args.task)
+    budget = Budget.parse(args.budget or task_cls.default_budget or DEFAULT_BUDGET)
     get_preset(args.preset)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     mixer_opts = scoped_opts(args.mixer_opt, "--mixer-opt", mixer_names, mixers.REGISTRY)
     objective_opts = scoped_opts(args.objective_opt, "--objective-opt", objective_names, objectives.REGISTRY)
+    objective_opts = {o: tasks.with_objective_defaults(args.task, o, objective_opts[o]) for o in objective_names}
     task_opts = parse_kv(args.task_opt, "--task-opt")
     task = tasks.build(args.task, **task_opts)
     dist, device = distributed.init(args.device)  # under torchrun: this rank's device, process group up
@@ -144,14 +183,24 @@ def main(argv: list[str] | None = None) -> int:
              compile=args.compile)
         for s in seeds for o in objective_names for m in mixer_names
     ]
+    if args.sweep:
+        cells = sweep_cells(cells, args.task, _ints(args.sweep_lengths, "--sweep-lengths"),
+                            _ints(args.sweep_widths, "--sweep-widths"))
     ctx = RunContext(device=device, data_dir=Path(args.data_dir) if args.data_dir else None,
                      cache_dir=Path(args.cache_dir), grid="", progress=not args.no_progress and dist.is_main,
                      log=print if dist.is_main else (lambda _msg: None), dist=dist)
+    # data problems stop here, with one line, before any cell runs (every distinct data config of a sweep)
     with dist.local_main_first():  # [DDP] one rank per node prepares (tokenizer cache), the others reuse it
-        data = ctx.task_data(task, cells[0])  # data problems stop here, with one line, before any cell runs
+        for c in {json.dumps(c.task_opts, sort_keys=True): c for c in cells}.values():
+            check_budget(budget, ctx.task_data(tasks.build(args.task, **c.task_opts), c).train,
+                         get_preset(args.preset).batch_size)
+    data = ctx.task_data(task, cells[0])
     dist.check_same(distributed.data_fingerprint(data.train), "the tokenised training data")
-    check_budget(budget, data.train, get_preset(args.preset).batch_size)
-    ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{data.protocol}_{args.preset}_{budget.slug}")
+    if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed
+        name = f"{args.task}-sweep" + "".join(f"-{k}{v}" for k, v in sorted(task_opts.items()) if k != "seq_len")
+    else:
+        name = data.protocol
+    ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{name}_{args.preset}_{budget.slug}")
     results = out / "results" / f"{ctx.grid}.jsonl"
     done = dist.broadcast(done_keys(results) if dist.is_main else None)  # [DDP] rank 0's file decides
 
@@ -164,10 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         append_row(results, row)
         m = row["metrics"]
         if row["status"] == "ok":
-            ppl = m.get("ppl", m.get("ppl_bound"))
-            ppl_name = "ppl" if "ppl" in m else "ppl_bound"
-            extra = f"em={m['em']:.3f} f1={m['f1']:.3f} " if "em" in m else ""
-            print(f"  ok     {cell.label()}: {extra}{ppl_name}={ppl:.2f} tok/s={m['tokens_per_s']:.0f} params={row['params']:,}")
+            print(f"  ok     {cell.label()}: {summary(m)} params={row['params']:,}")
         else:
             print(f"  FAILED {cell.label()}: {row['error']}")
     if dist.is_main:  # the task's floors and ceilings (non-neural, seconds): rows beside the cells, once per grid

@@ -51,13 +51,24 @@ class Cell:
     task_opts: dict[str, Any] = field(default_factory=dict)
     loss: str = "auto"
     compile: bool = False
+    d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
+    sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
 
     def key(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        d = dataclasses.asdict(self)
+        for f in _KEY_IF_SET:  # fields added later count only when set, so older keys still resume
+            if d[f] == _DEFAULTS[f]:
+                del d[f]
+        blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        return f"{self.mixer} x {self.objective} (seed {self.seed})"
+        at = "".join(f" {k}={v}" for k, v in (self.sweep or {}).items())
+        return f"{self.mixer} x {self.objective} (seed {self.seed}{at})"
+
+
+_KEY_IF_SET = ("d_model", "sweep")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
 @dataclass
@@ -90,6 +101,7 @@ def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         "params": None, "tokens_seen": None, "device": device_name(str(ctx.device)), "versions": versions(),
         "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": ctx.dist.world_size,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"sweep": cell.sweep} if cell.sweep else {}),
     }
 
 
@@ -103,7 +115,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         data = ctx.task_data(task, cell)
         row["protocol"] = data.protocol
         row["data"] = data.info
-        preset = get_preset(cell.preset)
+        preset = task.model_preset(get_preset(cell.preset), data.vocab_size, cell.d_model)
         loss_impl = resolve_impl(cell.loss, ctx.device)
         objective = objectives.build(cell.objective, data.special, loss_impl, **cell.objective_opts)
         cfg = matched_config(preset, cell.mixer, objective.causal, data.vocab_size, cell.mixer_opts, cell.norm)

@@ -200,7 +200,9 @@ def write_grid_report(name: str, rows: list[dict[str, Any]], res: Results, out_d
     lines = header(name, rows, res.files.get(name))
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[(str(r.get("task")), str(r.get("protocol") or r.get("task")))].append(r)
+        # a sweep's points differ in protocol (e.g. MQAR's sequence length): one group, one set of curves
+        protocol = f"{r.get('task')}-sweep" if r.get("sweep") else str(r.get("protocol") or r.get("task"))
+        groups[(str(r.get("task")), protocol)].append(r)
     for (task, protocol), rs in sorted(groups.items()):
         lines += group_section(task, protocol, rs, out_dir)
     lines += _bench_sections(res, out_dir)

@@ -13,6 +13,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from harness.data import SeqSet, SpecialTokens
+from harness.model import Preset
 from harness.registry import Registry
 
 REGISTRY: Registry["Task"] = Registry("task", __name__)
@@ -71,6 +72,11 @@ class Reference:
 
 class Task:
     name: ClassVar[str] = "?"
+    # Objective options this task needs by default ("OPT" for every objective that has it, or
+    # "OBJECTIVE.OPT"), merged *under* the user's --objective-opt (e.g. MQAR: loss_on=answer).
+    objective_defaults: ClassVar[dict[str, Any]] = {}
+    # run_matrix's per-cell budget when --budget is not given (None: the CLI's own default)
+    default_budget: ClassVar[str | None] = None
 
     @dataclasses.dataclass
     class Options:
@@ -81,6 +87,11 @@ class Task:
 
     def prepare(self, ctx: PrepareContext) -> TaskData:
         raise NotImplementedError
+
+    def model_preset(self, preset: Preset, vocab_size: int, d_model: int = 0) -> Preset:
+        """The preset this task's models are sized by (`matched_config` solves the MLP width for its
+        target). Default: the preset itself, at width `d_model` when given (0: the preset's)."""
+        return dataclasses.replace(preset, d_model=d_model) if d_model else preset
 
     def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int) -> dict[str, Any]:
         """Task metrics of a trained model (e.g. em, f1, gen_latency_ms), fractions in [0, 1]."""
@@ -93,3 +104,17 @@ class Task:
 
 def build(name: str, **opts: Any) -> Task:
     return get(name)(REGISTRY.make_options(name, opts))
+
+
+def with_objective_defaults(task: str, objective: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """`opts` (the user's options for `objective`) over the task's `objective_defaults` that apply
+    to it: a bare "OPT" applies when the objective has that option, "OBJECTIVE.OPT" to that one."""
+    from harness import objectives
+
+    has = objectives.options_of(objective)
+    out: dict[str, Any] = {}
+    for key, val in get(task).objective_defaults.items():
+        scope, _, opt = key.rpartition(".")
+        if (scope == objective or not scope) and opt in has:
+            out[opt] = val
+    return {**out, **opts}

@@ -147,13 +147,13 @@ def test_report_has_every_column_figure_and_header(report):
     # header: protocol, budget, device, versions
     for word in ("`jsquad-offline`", "train on `valid`", "`tokens=20000`", "`cpu: test`", "torch 2.x", "abc123"):
         assert word in text, word
-    mqar = _table(text, "## mqar · mqar")
+    mqar = _table(text, "## mqar · mqar-sweep")
     assert "| accuracy |" in mqar[0] and "| seq len |" in mqar[0] and "| width |" in mqar[0]
     assert "| EM |" not in mqar[0]
     pngs = {p.name for p in (root / "reports" / "g").glob("*.png")}
     expected = {"jsquad-jsquad-offline_f1_by_mixer.png", "jsquad-jsquad-offline_loss_curves.png",
-                "jsquad-jsquad-offline_quality_vs_speed.png", "mqar-mqar_loss_curves.png",
-                "mqar-mqar_accuracy_vs_seq_len.png", "mqar-mqar_accuracy_vs_width.png",
+                "jsquad-jsquad-offline_quality_vs_speed.png", "mqar-mqar-sweep_loss_curves.png",
+                "mqar-mqar-sweep_accuracy_vs_seq_len.png", "mqar-mqar-sweep_accuracy_vs_width.png",
                 "scaling_cpu-test.png", "loss_memory_cpu-test.png"}
     assert expected <= pngs, expected - pngs
     for name in pngs:
