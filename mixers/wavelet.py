@@ -19,7 +19,11 @@ states of a decoder; the seed design puts a wavelet stage after the RoPE-phased 
   filters see exactly the zeros a sequence run alone sees beyond its ends (left or right pads).
 - Gate init: g_0 = 1 and the wavelet bands 0, so the mixer starts as the plain wave mixer and
   learns how much of each scale to add (the band gates get gradients from the first step).
-  Parameters added over the wave mixer: (levels + 2)·D (`added_params`).
+  Parameters added over the wave mixer: (levels + 2)·D (`added_params`): 256 per layer for the
+  tiny preset (D=64, levels 2), 500,544 parameters in all vs 500,032 for wave_modulation.
+- Measured once (tiny preset, JSQuAD offline, 300k tokens, eval_limit=300, CPU, seed 0, defaults):
+  best dev loss / eval ppl 6.187 / 358, vs wave_modulation 6.193 / 360 and attention 6.164 / 347:
+  at this budget the wavelet stage neither helps nor hurts measurably.
 - Inference state: the wave's running sums plus, per level, the last (K−1)·2^k values of a_k per
   channel.
 """
