@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import mixers
 from harness import objectives
 from harness.budget import Budget
 from harness.data import SeqSet, SpecialTokens
@@ -149,6 +150,23 @@ def test_a_masked_position_sees_its_right_context():
     acc = (pred[:, 6] == batch.ids[:, 7]).float().mean().item()
     assert acc > 0.9, acc  # chance: 1/14
     assert torch.equal(pred[:, 7:], batch.ids[:, 7:])  # non-target positions are returned as they are
+
+
+@pytest.mark.parametrize("name", mixers.names())
+def test_every_mixer_tells_masked_positions_apart_in_bidirectional_mode(name):
+    """The sampler starts from a region of identical MASK inputs and the skeleton has no position
+    embedding: a bidirectional mixer that is blind to position (e.g. one global statistic) would give
+    every masked position the same prediction, and the sampler could only repeat one token."""
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=V, d_model=64, n_layers=2, mixer=name, causal=False, mlp_hidden=64)).eval()
+    ids = torch.tensor([[2, 7, 8, 9, 4] + [SP.mask] * 6, [2, 7, 4] + [SP.mask] * 6 + [SP.pad] * 2])
+    pad_mask = ids != SP.pad
+    with torch.no_grad():
+        h = model(ids, pad_mask)
+    for row, start in ((0, 5), (1, 3)):
+        region = h[row, start : start + 6]  # (6, D)
+        dist = torch.cdist(region, region) / region.norm(dim=-1).mean()
+        assert dist[~torch.eye(6, dtype=torch.bool)].min() > 1e-4, name
 
 
 # ----------------------------------------------------------------------------- sampler

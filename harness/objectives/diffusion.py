@@ -36,6 +36,13 @@ each step predicts every masked position of the current block and commits the sc
 them, the most confident first ("low_confidence" remasking) or at random ("random"); the rest stay
 masked. The answer is the region's text before its first EOS; a row is finished as soon as an EOS is
 committed with every position before it committed (later commits cannot change the answer).
+MASK and PAD are never proposed, so every committed position holds a real token.
+
+What the numbers mean. The training loss is per maskable token (region + filler); the dev loss the
+trainer logs, and `ppl_bound`, are per target token: the two curves are on different scales. The
+mixer must know positions in bidirectional mode (the skeleton adds no position embedding): the
+sampler starts from identical MASK inputs, which a position-blind mixer cannot tell apart
+(tests/test_diffusion.py checks this for every registered mixer).
 """
 from __future__ import annotations
 
