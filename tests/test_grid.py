@@ -30,26 +30,32 @@ def _args(data_dir, out, cache, *extra):
 
 
 def test_smoke_grid_writes_complete_rows_and_resumes(offline_dir, tmp_path, cache_dir, capsys):
+    """Every mixer x every objective; each row carries its objective's perplexity key only."""
     out = tmp_path / "out"
-    assert run_matrix.main(_args(offline_dir, out, cache_dir, "--objectives", "autoregressive")) == 0
+    assert run_matrix.main(_args(offline_dir, out, cache_dir)) == 0
     rows = _cells(out / "results" / "t.jsonl")
     import mixers
+    from harness import objectives
 
-    assert len(rows) == len(mixers.names())
+    assert len(rows) == len(mixers.names()) * len(objectives.names())
+    assert {r["objective"] for r in rows} >= {"autoregressive", "diffusion"}
     for r in rows:
         assert r["status"] == "ok", r.get("error")
         assert all(k in r for k in REQUIRED)
         assert r["protocol"] == "jsquad-offline"
         m = r["metrics"]
-        for k in ("em", "f1", "ppl", "tokens_per_s", "gen_latency_ms"):
+        ppl, other = ("ppl_bound", "ppl") if r["objective"] == "diffusion" else ("ppl", "ppl_bound")
+        for k in ("em", "f1", ppl, "tokens_per_s", "gen_latency_ms"):
             assert isinstance(m[k], float) and m[k] == m[k], k
-        assert 0 <= m["em"] <= 1 and 0 <= m["f1"] <= 1 and m["ppl"] > 1
+        assert 0 <= m["em"] <= 1 and 0 <= m["f1"] <= 1 and m[ppl] > 1 and other not in m
+        if r["objective"] == "diffusion":
+            assert {"steps", "gen_length"} <= set(r["objective_info"])
         assert m["peak_mem_bytes"] is None  # CPU
         assert r["params"] > 0 and r["tokens_seen"] >= 3000 and r["loss_curve"]
     assert (out / "reports" / "t" / "README.md").exists()
 
     capsys.readouterr()
-    assert run_matrix.main(_args(offline_dir, out, cache_dir, "--objectives", "autoregressive")) == 0
+    assert run_matrix.main(_args(offline_dir, out, cache_dir)) == 0
     assert "already done" in capsys.readouterr().out
     assert len(_cells(out / "results" / "t.jsonl")) == len(rows)  # nothing rerun
 

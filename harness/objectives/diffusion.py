@@ -1,0 +1,308 @@
+"""Masked diffusion (LLaDA, arXiv 2502.09992; MDLM, arXiv 2406.07524): 1/t-weighted masked-token
+loss, a low-confidence-remasking sampler, and an ELBO upper bound on perplexity.
+
+Forward process. Per sequence a mask ratio p = (1 - eps) t + eps, t ~ U(0, 1), so p ~ U[eps, 1];
+every maskable token becomes MASK independently with probability p. The mixers run bidirectionally
+(no time input: the number of MASKs tells the network how noisy its input is).
+
+Training loss (the ELBO form). Per sequence, sum over masked positions of CE / p, divided by the
+number of maskable positions, then the batch mean. `mask_on` says which positions are maskable:
+- "answer" (supervised form, LLaDA SFT): the task's target tokens only; the prompt (context and
+  question) is never masked.
+- "all" (pre-training form): every real token, prompt included.
+
+EOS filler (`eos_fill`, the documented policy). A task's target that ends its sequence (a QA answer
+and its EOS) is extended *on device* with EOS tokens up to `gen_length` positions, as LLaDA's SFT
+pads responses with EOS. The filler is maskable and counted in the loss like the answer: that is how
+the model learns to emit EOS after the answer, so the fixed-length sampler can end early, and it
+makes the training layout (prompt + exactly L answer-region tokens) the one the sampler sees. Targets
+that are not a suffix (MQAR's interleaved values) get no filler. Sequences are extended by
+`gen_length` columns (a static shape: no host-device sync); columns past a row's end are padding.
+
+Perplexity bound (`nll`, reported as `ppl_bound`). -log p(answer region | prompt) is bounded by
+E_t[(1/t) sum_{masked} CE]; equivalently (LLaDA's low-variance form) by
+E_{m ~ U{1..n}}[(n/m) sum over a uniformly random size-m subset of the n region positions of CE].
+We use the latter with `nll_samples` samples per sequence, m stratified over the samples, from a
+local generator seeded with `nll_seed` (deterministic for given weights; the global RNG is untouched).
+The region includes the EOS filler, so the bound is on -log p(answer + EOS + filler | prompt) >=
+-log p(answer | prompt) for a model whose answer region always has L positions (it never conditions on
+the answer's length). The count it is divided by is the number of target tokens (answer + EOS), the
+same as the autoregressive perplexity's, so exp(sum / count) is an upper bound on the per-target-token
+perplexity. It is a bound: never put it in the same column as an exact `ppl`.
+
+Sampler (`generate`). The answer region starts as `gen_length` MASKs after the prompt. Over `steps`
+steps (split evenly over blocks of `block_length` positions, left to right, when semi-autoregressive),
+each step predicts every masked position of the current block and commits the scheduled number of
+them, the most confident first ("low_confidence" remasking) or at random ("random"); the rest stay
+masked. The answer is the region's text before its first EOS; a row is finished as soon as an EOS is
+committed with every position before it committed (later commits cannot change the answer).
+MASK and PAD are never proposed, so every committed position holds a real token.
+
+What the numbers mean. The training loss is per maskable token (region + filler); the dev loss the
+trainer logs, and `ppl_bound`, are per target token: the two curves are on different scales. The
+mixer must know positions in bidirectional mode (the skeleton adds no position embedding): the
+sampler starts from identical MASK inputs, which a position-blind mixer cannot tell apart
+(tests/test_diffusion.py checks this for every registered mixer).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from harness.data import Batch
+from harness.loss import token_nll
+from harness.objectives import Objective, cut_at_eos, register
+
+MASK_ON = ("answer", "all")
+REMASKING = ("low_confidence", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """A batch with the EOS filler appended: what the forward process corrupts. Shapes (B, T')."""
+
+    ids: torch.Tensor  # long, filler positions hold EOS
+    pad_mask: torch.Tensor  # bool, True on real tokens (filler included)
+    target: torch.Tensor  # bool, the answer region: targets + filler
+    n_target: torch.Tensor  # (B,) the task's own target tokens (answer + EOS), filler excluded
+
+
+def extend_with_eos(batch: Batch, length: int, eos: int, pad: int) -> Region:
+    """Append EOS filler to every row whose target is a suffix, so the region spans >= `length` tokens.
+
+    Static output width T + length; nothing is read back to the host.
+    """
+    ids, pad_mask, target = batch.ids, batch.pad_mask, batch.target
+    n_target = target.sum(1)
+    if length <= 0:
+        return Region(ids, pad_mask, target, n_target)
+    B, T = ids.shape
+    dev = ids.device
+    lengths = pad_mask.sum(1)  # (B,)
+    start = torch.where(target.any(1), target.int().argmax(1), lengths)  # first target position
+    suffix = (n_target > 0) & (start + n_target == lengths)
+    new_len = torch.where(suffix, torch.maximum(lengths, start + length), lengths)
+    pos = torch.arange(T + length, device=dev)[None]  # (1, T')
+    filler = (pos >= lengths[:, None]) & (pos < new_len[:, None])  # (B, T')
+    ids = torch.cat([ids, ids.new_full((B, length), pad)], 1).masked_fill(filler, eos)
+    target = torch.cat([target, target.new_zeros(B, length)], 1) | filler
+    return Region(ids, pos < new_len[:, None], target, n_target)
+
+
+def sample_mask_ratio(n: int, eps: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """(n,) mask probabilities p = (1 - eps) t + eps, t ~ U(0, 1): never 0, so 1/p stays bounded."""
+    t = torch.rand(n, device=device, generator=generator)
+    return (1 - eps) * t + eps
+
+
+def mask_independently(maskable: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, T) bool: each maskable position masked independently with its row's probability p (B,)."""
+    u = torch.rand(maskable.shape, device=maskable.device, generator=generator)
+    return maskable & (u < p[:, None])
+
+
+def mask_exactly(maskable: torch.Tensor, m: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, T) bool: a uniformly random subset of exactly m[b] maskable positions per row (static shapes:
+    random keys, maskable ones ranked first, the m smallest ranks masked)."""
+    keys = torch.rand(maskable.shape, device=maskable.device, generator=generator).masked_fill(~maskable, 2.0)
+    rank = keys.argsort(1).argsort(1)
+    return maskable & (rank < m[:, None])
+
+
+def transfer_schedule(n: int, steps: int) -> list[int]:
+    """How many of n masked positions each of `steps` steps commits: as even as possible, the remainder
+    first (a linear schedule: the same expected number of tokens per step). Zeros when steps > n."""
+    base, rem = divmod(n, steps)
+    return [base + (i < rem) for i in range(steps)]
+
+
+@register("diffusion")
+class MaskedDiffusion(Objective):
+    causal = False
+    ppl_key = "ppl_bound"
+
+    @dataclasses.dataclass
+    class Options:
+        mask_on: str = "answer"  # "answer": supervised (prompt never masked) | "all": pre-training form
+        eps: float = 1e-3  # smallest mask ratio
+        eos_fill: bool = True  # pad suffix targets with EOS up to gen_length (see the module docstring)
+        gen_length: int = 24  # L: answer-region length of the sampler (and of the EOS filler)
+        steps: int = 24  # S: sampler steps in all (best quality near steps = gen_length)
+        block_length: int = 0  # semi-autoregressive blocks of this many positions; 0: one block
+        remasking: str = "low_confidence"  # low_confidence | random
+        temperature: float = 0.0  # 0: greedy predictions; > 0: Gumbel-max sampling from the seeded generator
+        seed: int = 0  # sampler seed (random remasking, temperature > 0)
+        nll_samples: int = 8  # Monte Carlo samples per sequence of the perplexity bound
+        nll_seed: int = 1234  # fixed: the dev loss of the same weights is the same number every time
+
+        def __post_init__(self):
+            if self.mask_on not in MASK_ON:
+                raise ValueError(f"diffusion: mask_on must be one of {', '.join(MASK_ON)}; got {self.mask_on!r}")
+            if self.remasking not in REMASKING:
+                raise ValueError(f"diffusion: remasking must be one of {', '.join(REMASKING)}; got {self.remasking!r}")
+            if not 0 <= self.eps < 1:
+                raise ValueError(f"diffusion: eps must be in [0, 1); got {self.eps}")
+            if self.gen_length < 1 or self.steps < 1 or self.nll_samples < 1 or self.temperature < 0:
+                raise ValueError("diffusion: gen_length, steps and nll_samples must be >= 1, temperature >= 0")
+            block = self.block_length or self.gen_length
+            if self.gen_length % block:
+                raise ValueError(f"diffusion: gen_length={self.gen_length} is not a multiple of block_length={block}")
+            if self.steps % (self.gen_length // block):
+                raise ValueError(f"diffusion: steps={self.steps} must split evenly over {self.gen_length // block} blocks")
+
+    # ------------------------------------------------------------------ training
+
+    def region(self, batch: Batch) -> Region:
+        return extend_with_eos(batch, self.opts.gen_length if self.opts.eos_fill else 0, self.special.eos, self.special.pad)
+
+    def corrupt(self, region: Region, generator: torch.Generator | None = None):
+        """Forward process: (noisy ids (B, T'), masked (B, T') bool, p (B,), maskable (B, T') bool)."""
+        maskable = region.target if self.opts.mask_on == "answer" else region.pad_mask
+        p = sample_mask_ratio(region.ids.shape[0], self.opts.eps, region.ids.device, generator)
+        masked = mask_independently(maskable, p, generator)
+        return region.ids.masked_fill(masked, self.special.mask), masked, p, maskable
+
+    def _masked_nll(self, model, region: Region, noisy: torch.Tensor, masked: torch.Tensor,
+                    cols: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T') fp32 CE of the clean token at masked positions, 0 elsewhere (no boolean indexing).
+
+        With `cols` (B, W), only those columns go through the output layer and (B, W) comes back: the
+        evaluation path, which may read the region size back to the host, skips the prompt's logits.
+        """
+        h = model(noisy, region.pad_mask, right_padded=True)  # (B, T', D)
+        y = region.ids
+        if cols is not None:
+            h = h.gather(1, cols[..., None].expand(-1, -1, h.shape[-1]))  # (B, W, D)
+            y, masked = y.gather(1, cols), masked.gather(1, cols)
+        y = y.masked_fill(~masked, 0)
+        nll = token_nll(h.reshape(-1, h.shape[-1]), model.head_weight, y.reshape(-1), self.loss_impl)
+        return nll.view_as(y) * masked
+
+    def loss(self, model, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        region = self.region(batch)
+        noisy, masked, p, maskable = self.corrupt(region, generator)
+        nll = self._masked_nll(model, region, noisy, masked)
+        per_seq = (nll / p[:, None]).sum(1) / maskable.sum(1).clamp_min(1)  # ELBO per maskable token
+        return per_seq.mean()
+
+    # ------------------------------------------------------------------ the perplexity bound
+
+    def nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed upper bound on -log p(answer region | prompt), number of target tokens)."""
+        region = self.region(batch)
+        dev = region.ids.device
+        gen = torch.Generator(device=dev).manual_seed(self.opts.nll_seed)
+        K = self.opts.nll_samples
+        n = region.target.sum(1)  # (B,) region size, filler included
+        # the region's columns first (stable: in order), as many as the largest region (one host sync)
+        cols = (~region.target).int().argsort(dim=1, stable=True)[:, : max(int(n.max()), 1)]  # (B, W)
+        u = torch.rand(n.shape[0], device=dev, generator=gen)  # stratification offset per row
+        total = torch.zeros((), device=dev)
+        for k in range(K):
+            m = (((k + u) / K) * n).floor().long().add(1).clamp(min=1).minimum(n.clamp_min(1))  # m ~ U{1..n}
+            masked = mask_exactly(region.target, m, gen)
+            nll = self._masked_nll(model, region, region.ids.masked_fill(masked, self.special.mask), masked, cols)
+            total = total + (nll.sum(1) * n / m).sum()
+        return total / K, region.n_target.sum()
+
+    # ------------------------------------------------------------------ prediction and sampling
+
+    def _logits(self, model, h: torch.Tensor) -> torch.Tensor:
+        """fp32 logits with MASK and PAD ruled out: a filled position is always a real token."""
+        logits = model.logits(h).float()
+        logits[..., [self.special.mask, self.special.pad]] = float("-inf")
+        return logits
+
+    @torch.no_grad()
+    def predict_targets(self, model, batch: Batch) -> torch.Tensor:
+        """One step: every target position (and the EOS filler, if any) masked, argmax everywhere."""
+        region = self.region(batch)
+        noisy = region.ids.masked_fill(region.target, self.special.mask)
+        h = model(noisy, region.pad_mask, right_padded=True)[:, : batch.ids.shape[1]]
+        return torch.where(batch.target, self._logits(model, h).argmax(-1), batch.ids)
+
+    @torch.no_grad()
+    def sample(self, model, prompts: list[list[int]], early_stop: bool = True) -> torch.Tensor:
+        """Denoise a `gen_length` answer region after each prompt: (b, L) ids. With early_stop, positions
+        after a row's settled first EOS may still be MASK (they cannot change the answer)."""
+        o, sp = self.opts, self.special
+        dev = model.head_weight.device
+        L, block = o.gen_length, o.block_length or o.gen_length
+        b = len(prompts)
+        lens = torch.tensor([len(p) for p in prompts], device=dev)
+        buf = torch.full((b, int(lens.max()) + L), sp.pad, dtype=torch.long, device=dev)
+        for r, p in enumerate(prompts):
+            buf[r, : len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
+        slots = lens[:, None] + torch.arange(L, device=dev)  # (b, L) region positions
+        buf.scatter_(1, slots, sp.mask)
+        pad_mask = torch.arange(buf.shape[1], device=dev)[None] < (lens + L)[:, None]
+        gen = torch.Generator(device=dev).manual_seed(o.seed)
+        committed = torch.zeros(b, L, dtype=torch.bool, device=dev)
+        pos = torch.arange(L, device=dev)
+        for lo in range(0, L, block):
+            in_block = (pos >= lo) & (pos < lo + block)
+            for k in transfer_schedule(block, o.steps // (L // block)):
+                if k == 0:
+                    continue
+                h = model(buf, pad_mask, right_padded=True)
+                h = h.gather(1, slots[..., None].expand(-1, -1, h.shape[-1]))  # (b, L, D)
+                logits = self._logits(model, h)  # (b, L, V)
+                x0, conf = self._propose(logits, gen)
+                conf = conf.masked_fill(committed | ~in_block, float("-inf"))
+                newly = torch.zeros_like(committed).scatter_(1, conf.topk(k, dim=1).indices, True)
+                region = torch.where(newly, x0, buf.gather(1, slots))
+                buf.scatter_(1, slots, region)
+                committed |= newly
+                if early_stop and bool(self._settled(region, committed).all()):
+                    return region
+        return buf.gather(1, slots)
+
+    def _propose(self, logits: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token proposal x0 and the score deciding commit order, both (b, L)."""
+        o = self.opts
+        if o.temperature > 0:  # Gumbel-max: a draw from softmax(logits / temperature)
+            u = torch.rand(logits.shape, device=logits.device, generator=gen).clamp_min(1e-20)
+            x0 = (logits / o.temperature - torch.log(-torch.log(u))).argmax(-1)
+        else:
+            x0 = logits.argmax(-1)
+        if o.remasking == "low_confidence":
+            conf = logits.softmax(-1).gather(-1, x0[..., None]).squeeze(-1)
+        else:
+            conf = torch.rand(x0.shape, device=logits.device, generator=gen)
+        return x0, conf
+
+    def _settled(self, region: torch.Tensor, committed: torch.Tensor) -> torch.Tensor:
+        """(b,) True where the answer can no longer change: all committed, or a committed EOS with every
+        position before it committed."""
+        L = region.shape[1]
+        eos = committed & (region == self.special.eos)
+        first = torch.where(eos.any(1), eos.int().argmax(1), torch.full_like(eos[:, 0], L, dtype=torch.long))
+        before = torch.arange(L, device=region.device)[None] < first[:, None]
+        return ~(before & ~committed).any(1)
+
+    @torch.no_grad()
+    def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
+        """Answers cut before the first EOS and to `max_new` tokens; batched by prompt length."""
+        out: list[list[int]] = [[] for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            region = self.sample(model, [prompts[i] for i in idx]).tolist()
+            for r, i in enumerate(idx):
+                out[i] = cut_at_eos(region[r], self.special.eos)[:max_new]
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        o = self.opts
+        return {
+            **super().describe(),
+            "policy": {
+                "eos_filler": (f"suffix targets padded with EOS to {o.gen_length} tokens; filler masked and "
+                               "counted in the loss and in the bound's region, not in its token count")
+                if o.eos_fill else "none: the region is the target alone (the bound then conditions on its length)",
+                "ppl_bound": f"ELBO, m ~ U{{1..n}} masked of n region tokens, weight n/m, {o.nll_samples} "
+                             f"stratified samples, seed {o.nll_seed}; per target token (answer + EOS)",
+            },
+        }

@@ -1,0 +1,369 @@
+"""Masked diffusion: forward process, ELBO loss, bidirectional learning, sampler, perplexity bound."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import mixers
+from harness import objectives
+from harness.budget import Budget
+from harness.data import SeqSet, SpecialTokens
+from harness.loss import plain_nll
+from harness.model import LM, LMConfig
+from harness.objectives.diffusion import mask_independently, sample_mask_ratio, transfer_schedule
+from harness.train import TrainConfig, train
+
+SP = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+V = 20
+
+
+def _obj(**opts):
+    return objectives.build("diffusion", SP, "chunked", **opts)
+
+
+def _lm(seed=0, causal=False):
+    torch.manual_seed(seed)
+    return LM(LMConfig(vocab_size=V, d_model=32, n_layers=2, mixer="attention", causal=causal, mlp_hidden=64)).eval()
+
+
+def _qa(rows):
+    """(prompt, answer) pairs -> SeqSet of `prompt answer EOS`, the answer and EOS as targets."""
+    seqs = [p + a + [SP.eos] for p, a in rows]
+    return SeqSet.from_lists(seqs, [[False] * len(p) + [True] * (len(a) + 1) for p, a in rows], SP.pad)
+
+
+QA = [([2, 7, 8, 9, 4], [10, 11]), ([2, 12, 4], [13, 14, 15]), ([2, 6, 6, 7, 8, 9, 10, 4], [16])]
+
+
+# ----------------------------------------------------------------------------- forward process
+
+def test_mask_ratio_is_uniform_on_eps_to_1():
+    p = sample_mask_ratio(40_000, 0.1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert p.min() >= 0.1 and p.max() <= 1.0
+    assert p.mean().item() == pytest.approx(0.55, abs=0.005)
+    assert np.histogram(p.numpy(), bins=9, range=(0.1, 1.0))[0].min() > 4_000  # flat, not clumped
+
+
+def test_masking_rate_matches_t():
+    p = torch.tensor([0.0, 0.05, 0.3, 0.7, 1.0])
+    n = 20_000
+    masked = mask_independently(torch.ones(len(p), n, dtype=torch.bool), p, torch.Generator().manual_seed(1))
+    rate = masked.float().mean(1)
+    sigma = (p * (1 - p) / n).sqrt()
+    assert ((rate - p).abs() <= 5 * sigma + 1e-9).all(), (rate, p)
+    assert rate[0] == 0 and rate[-1] == 1
+
+
+def test_supervised_form_never_masks_the_prompt_and_masks_the_region_at_rate_t():
+    obj = _obj(gen_length=6)
+    batch = _qa(QA).batch(np.arange(3))
+    region = obj.region(batch)
+    prompt = region.pad_mask & ~region.target
+    gen = torch.Generator().manual_seed(0)
+    hits, total, ever = 0.0, 0.0, torch.zeros_like(region.target)
+    for _ in range(400):
+        noisy, masked, p, maskable = obj.corrupt(region, gen)
+        assert not (masked & ~region.target).any()
+        assert torch.equal(noisy[prompt], region.ids[prompt]) and torch.equal(noisy[~region.pad_mask], region.ids[~region.pad_mask])
+        assert torch.equal(noisy == SP.mask, masked)
+        hits += masked.sum().item()
+        total += (p[:, None] * maskable).sum().item()
+        ever |= masked
+    assert torch.equal(ever, region.target)  # answer, EOS and filler are all maskable
+    assert hits / total == pytest.approx(1.0, abs=0.05)
+
+    obj_all = _obj(gen_length=6, mask_on="all")
+    masked = torch.stack([obj_all.corrupt(region, gen)[1] for _ in range(200)]).any(0)
+    assert torch.equal(masked, region.pad_mask)  # pre-training form: prompt masked too, padding never
+
+
+def test_eos_filler_extends_suffix_targets_to_gen_length():
+    long_answer = ([2, 7, 4], [8, 9, 10, 11, 12, 13, 14])  # answer + EOS = 8 > L
+    mqar_like = SeqSet.from_lists([[2, 7, 8, 9, 10, 3]], [[False, False, True, False, True, False]], SP.pad)
+    obj = _obj(gen_length=4)
+    r = obj.region(_qa([QA[0], long_answer]).batch(np.arange(2)))
+    assert r.ids.shape == (2, 11 + 4)
+    assert r.ids[0].tolist() == [2, 7, 8, 9, 4, 10, 11, 3, 3, 0, 0, 0, 0, 0, 0]  # answer + EOS + filler = 4
+    assert r.target[0].tolist() == [False] * 5 + [True] * 4 + [False] * 6
+    assert r.pad_mask[0].sum() == 9 and r.n_target.tolist() == [3, 8]
+    assert r.ids[1, :11].tolist() == [2, 7, 4, 8, 9, 10, 11, 12, 13, 14, 3] and r.pad_mask[1].sum() == 11  # no filler
+    r = obj.region(mqar_like.batch(np.arange(1)))
+    assert r.pad_mask.sum() == 6 and r.target.sum() == 2  # interleaved targets: no filler
+    r = _obj(eos_fill=False).region(_qa(QA).batch(np.arange(3)))
+    assert r.ids.shape[1] == 10 and torch.equal(r.target.sum(1), r.n_target)
+
+
+def test_loss_is_the_1_over_t_weighted_masked_ce_per_region_token():
+    """Against a reference written out with plain cross-entropy on the same draws."""
+    obj = _obj(gen_length=6)
+    model = _lm()
+    batch = _qa(QA).batch(np.arange(3))
+    loss = obj.loss(model, batch, torch.Generator().manual_seed(3))
+    region = obj.region(batch)
+    noisy, masked, p, maskable = obj.corrupt(region, torch.Generator().manual_seed(3))
+    h = model(noisy, region.pad_mask)
+    ref = 0.0
+    for b in range(3):
+        ce = plain_nll(h[b][masked[b]], model.head_weight, region.ids[b][masked[b]])
+        ref += ce.sum() / p[b] / maskable[b].sum()
+    assert masked.any()
+    assert loss.item() == pytest.approx((ref / 3).item(), rel=1e-5)
+    loss.backward()
+    assert model.embed.weight.grad.abs().sum() > 0
+
+
+def test_options_are_validated():
+    for bad in ({"mask_on": "prompt"}, {"remasking": "top_p"}, {"gen_length": 6, "block_length": 4},
+                {"gen_length": 6, "block_length": 3, "steps": 3}, {"eps": 1.0}):
+        with pytest.raises(ValueError, match="diffusion"):
+            _obj(**bad)
+
+
+# ----------------------------------------------------------------------------- bidirectional learning
+
+def _right_context_toy(n, seed):
+    """[BOS, 4 random tokens, SEP, y, c, EOS] with y == c: the target is only recoverable from its right."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(n):
+        c = int(rng.integers(6, V))
+        seqs.append([2, *rng.integers(6, V, size=4).tolist(), 4, c, c, 3])
+    return SeqSet.from_lists(seqs, [[False] * 6 + [True, False, False]] * n, SP.pad)
+
+
+def test_a_masked_position_sees_its_right_context():
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=V, d_model=32, n_layers=2, mixer="attention", causal=False, mlp_hidden=64))
+    obj = _obj(gen_length=4, nll_samples=2)
+    cfg = TrainConfig(batch_size=16, lr=3e-3, progress=False, eval_points=2, warmup_frac=0.02)
+    res = train(model, obj, _right_context_toy(512, 0), _right_context_toy(32, 1), Budget.parse("tokens=28800"),
+                cfg, torch.device("cpu"))  # 200 steps
+    assert res.steps == 200
+    test = _right_context_toy(200, 2)
+    batch = test.batch(np.arange(len(test)))
+    pred = obj.predict_targets(model.eval(), batch)
+    acc = (pred[:, 6] == batch.ids[:, 7]).float().mean().item()
+    assert acc > 0.9, acc  # chance: 1/14
+    assert torch.equal(pred[:, 7:], batch.ids[:, 7:])  # non-target positions are returned as they are
+
+
+@pytest.mark.parametrize("name", mixers.names())
+def test_every_mixer_tells_masked_positions_apart_in_bidirectional_mode(name):
+    """The sampler starts from a region of identical MASK inputs and the skeleton has no position
+    embedding: a bidirectional mixer that is blind to position (e.g. one global statistic) would give
+    every masked position the same prediction, and the sampler could only repeat one token."""
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=V, d_model=64, n_layers=2, mixer=name, causal=False, mlp_hidden=64)).eval()
+    ids = torch.tensor([[2, 7, 8, 9, 4] + [SP.mask] * 6, [2, 7, 4] + [SP.mask] * 6 + [SP.pad] * 2])
+    pad_mask = ids != SP.pad
+    with torch.no_grad():
+        h = model(ids, pad_mask)
+    for row, start in ((0, 5), (1, 3)):
+        region = h[row, start : start + 6]  # (6, D)
+        dist = torch.cdist(region, region) / region.norm(dim=-1).mean()
+        assert dist[~torch.eye(6, dtype=torch.bool)].min() > 1e-4, name
+
+
+# ----------------------------------------------------------------------------- sampler
+
+class Recorder(nn.Module):
+    """Wraps a model and records how many MASKs each forward pass was given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.masks = model, []
+
+    def forward(self, ids, pad_mask=None, right_padded=True):
+        self.masks.append((ids == SP.mask).sum(1).tolist())
+        return self.model(ids, pad_mask, right_padded)
+
+    @property
+    def head_weight(self):
+        return self.model.head_weight
+
+    def logits(self, h):
+        return self.model.logits(h)
+
+
+class ScriptedAnswer(nn.Module):
+    """Answer-region position j (after the prompt's last SEP) predicts 6 + j for j < 3 and EOS after,
+    with confidences 0.95 - 0.01 j: hidden states are log-probabilities, the head is the identity."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.eye(V))
+        self.calls = 0
+
+    @property
+    def head_weight(self):
+        return self.w
+
+    def logits(self, h):
+        return h @ self.w.t()
+
+    def forward(self, ids, pad_mask=None, right_padded=True):
+        self.calls += 1
+        B, T = ids.shape
+        start = (T - 1 - (ids == SP.sep).flip(1).int().argmax(1)) + 1  # (B,) first position after the last SEP
+        j = torch.arange(T)[None] - start[:, None]  # (B, T) region offset
+        tok = torch.where(j < 3, 6 + j.clamp(0, 2), torch.full_like(j, SP.eos))
+        conf = 0.95 - 0.01 * j.clamp(min=0).float()
+        probs = torch.full((B, T, V), 1e-3)
+        probs.scatter_(2, tok[..., None], conf[..., None])
+        return probs.log()
+
+
+def test_sampler_fills_every_mask_on_schedule():
+    model = Recorder(_lm())
+    obj = _obj(gen_length=6, steps=3)
+    region = obj.sample(model, [p for p, _ in QA], early_stop=False)
+    assert region.shape == (3, 6) and not (region == SP.mask).any() and not (region == SP.pad).any()
+    assert model.masks == [[6] * 3, [4] * 3, [2] * 3]  # 2 commits per step
+    model.masks.clear()
+    _obj(gen_length=6, steps=4, block_length=3).sample(model, [QA[0][0]], early_stop=False)
+    assert model.masks == [[6], [4], [3], [1]]  # per block of 3: 2 steps committing 2 then 1, left block first
+    assert transfer_schedule(5, 3) == [2, 2, 1] and transfer_schedule(2, 3) == [1, 1, 0]
+
+
+def test_low_confidence_remasking_commits_the_most_confident_first():
+    model = ScriptedAnswer()
+    obj = _obj(gen_length=6, steps=6)
+    region = obj.sample(model, [[2, 7, 4]], early_stop=False)
+    assert region.tolist() == [[6, 7, 8, 3, 3, 3]]
+    rec = Recorder(model)
+    obj.sample(rec, [[2, 7, 4]], early_stop=False)
+    assert rec.masks == [[6], [5], [4], [3], [2], [1]]
+
+
+def test_sampler_respects_eos_and_stops_once_the_answer_is_settled():
+    model = ScriptedAnswer()
+    obj = _obj(gen_length=8, steps=8)
+    out = obj.generate(model, [[2, 7, 4], [2, 9, 9, 9, 4]], max_new=24, batch_size=2)
+    assert out == [[6, 7, 8], [6, 7, 8]]  # cut before the first EOS
+    assert model.calls == 4  # 3 answer tokens then the EOS after them: the rest cannot change the answer
+    assert obj.generate(model, [[2, 7, 4]], max_new=2, batch_size=1) == [[6, 7]]
+
+
+def test_greedy_sampler_is_batch_invariant():
+    model = _lm(seed=1)
+    obj = _obj(gen_length=6, steps=6)
+    prompts = [p for p, _ in QA]
+    batched = obj.generate(model, prompts, max_new=6, batch_size=3)
+    assert batched == [obj.generate(model, [p], max_new=6, batch_size=1)[0] for p in prompts]
+    assert all(len(g) <= 6 and SP.eos not in g and SP.mask not in g for g in batched)
+
+
+def test_stochastic_sampler_is_deterministic_with_a_seed():
+    model = _lm(seed=2)
+    prompts = [p for p, _ in QA] * 3
+    run = lambda seed: _obj(gen_length=6, steps=3, temperature=1.0, remasking="random", seed=seed).generate(
+        model, prompts, max_new=6, batch_size=4)
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+
+
+# ----------------------------------------------------------------------------- perplexity bound
+
+class Denoiser(nn.Module):
+    """A hand-made denoiser over a 2-token answer region [BOS, SEP, x0, x1]: `table(ids)` gives the
+    probability of token 6 at each region slot; the rest of the mass goes to token 7."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.register_buffer("w", torch.eye(V))
+
+    @property
+    def head_weight(self):
+        return self.w
+
+    def logits(self, h):
+        return h @ self.w.t()
+
+    def forward(self, ids, pad_mask=None, right_padded=True):
+        B, T = ids.shape
+        probs = torch.full((B, T, V), 1e-9)
+        p6 = self.table(ids)  # (B, T)
+        probs[..., 6], probs[..., 7] = p6, 1 - p6
+        return probs.log()
+
+
+def _exact(model, obj, seq, region_slots):
+    """Exact -log p(x) of the masked-diffusion model (uniform random unmasking order, each token drawn
+    from the model given what is revealed) and the exact ELBO (sum over m of 1/m E_{|S|=m} sum CE)."""
+    x = torch.tensor([seq])
+    n = len(region_slots)
+
+    def logp(revealed, slot):
+        ids = x.clone()
+        for s in region_slots:
+            if s not in revealed:
+                ids[0, s] = SP.mask
+        return torch.log_softmax(model.logits(model(ids)), -1)[0, slot, seq[slot]].item()
+
+    orders = list(itertools.permutations(region_slots))
+    p = sum(math.exp(sum(logp(set(o[:k]), o[k]) for k in range(n))) for o in orders) / len(orders)
+    elbo = 0.0
+    for m in range(1, n + 1):
+        subsets = list(itertools.combinations(region_slots, m))
+        elbo += sum(-logp(set(region_slots) - set(S), s) for S in subsets for s in S) / len(subsets) / m
+    return -math.log(p), elbo
+
+
+def test_bound_equals_the_exact_nll_for_independent_predictions():
+    model = Denoiser(lambda ids: torch.tensor([0.5, 0.5, 0.3, 0.9]).expand(ids.shape))
+    obj = _obj(eos_fill=False, nll_samples=1000)
+    data = SeqSet.from_lists([[2, 4, 6, 7]], [[False, False, True, True]], SP.pad)
+    s, c = obj.nll(model, data.batch(np.arange(1)))
+    exact = -math.log(0.3) - math.log(0.1)
+    assert c.item() == 2
+    assert s.item() == pytest.approx(exact, rel=0.03)
+
+
+def test_bound_is_above_the_exact_nll_when_predictions_use_context():
+    # slot 2 is confident and right only once slot 3 is revealed; slot 3 is a coin flip
+    def table(ids):
+        out = torch.full(ids.shape, 0.5)
+        out[:, 2] = torch.where(ids[:, 3] == SP.mask, 0.01, 0.99)
+        return out
+
+    model = Denoiser(table)
+    seq = [2, 4, 6, 7]
+    exact, elbo = _exact(model, _obj(eos_fill=False), seq, [2, 3])
+    assert exact == pytest.approx(math.log(4), rel=1e-6)  # mean of 0.01*0.5 and 0.5*0.99 = 0.25
+    assert elbo == pytest.approx(3.0007, abs=1e-3)
+    batch = SeqSet.from_lists([seq], [[False, False, True, True]], SP.pad).batch(np.arange(1))
+    for k in (2, 8):  # stratified: half the samples mask both slots, which alone costs more than `exact`
+        s, _ = _obj(eos_fill=False, nll_samples=k).nll(model, batch)
+        assert s.item() >= exact, k
+    s, _ = _obj(eos_fill=False, nll_samples=400).nll(model, batch)
+    assert s.item() == pytest.approx(elbo, rel=0.03)
+
+
+def test_bound_of_a_real_model_matches_the_enumerated_elbo_with_eos_filler():
+    """A random bidirectional LM; the region is answer + EOS + one filler EOS (L = 3)."""
+    model = _lm(seed=3)
+    obj = _obj(gen_length=3, nll_samples=256)
+    seq = [2, 9, 10, 4, 11, 3]
+    batch = _qa([([2, 9, 10, 4], [11])]).batch(np.arange(1))
+    exact, elbo = _exact(model, obj, seq + [3], [4, 5, 6])
+    s, c = obj.nll(model, batch)
+    assert c.item() == 2  # answer + EOS; the filler is in the region, not in the count
+    assert elbo >= exact
+    assert s.item() == pytest.approx(elbo, rel=0.01)
+
+
+def test_nll_is_deterministic_and_leaves_the_global_rng_alone():
+    model = _lm()
+    obj = _obj(gen_length=6)
+    batch = _qa(QA).batch(np.arange(3))
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        a, b = obj.nll(model, batch), obj.nll(model, batch)
+    assert torch.equal(state, torch.get_rng_state())
+    assert a[0].item() == b[0].item() and a[1].item() == b[1].item() == 9
