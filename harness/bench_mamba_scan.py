@@ -2,7 +2,7 @@
 
 Not a test (timings are never asserted): a measurement whose result goes to a JSON file.
 
-    OMP_NUM_THREADS=1 python benchmarks/mamba_scan.py --out runs/bench/mamba_scan_cpu.json
+    OMP_NUM_THREADS=1 python -m harness.bench_mamba_scan --out runs/bench/mamba_scan_cpu.json
 """
 from __future__ import annotations
 
@@ -15,10 +15,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import mixers  # noqa: E402
-from harness.env import device_name, versions  # noqa: E402
+import mixers
+from harness.env import device_name, versions
 
 VARIANTS = {  # name -> mixer options
     "chunked (chunk 64, checkpointed)": {"scan": "chunked", "chunk_size": 64, "checkpoint_chunks": True},
