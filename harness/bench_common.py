@@ -109,3 +109,13 @@ def bench_row(bench: str, device: torch.device, identity: dict[str, Any], **fiel
         "device": dev, "versions": versions(), "git_commit": git_commit(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def rebuild_reports(out_root) -> None:
+    """`--report`: regenerate every report under `out_root` so the new rows are drawn."""
+    from pathlib import Path
+
+    from reports import write_reports
+
+    for path in write_reports(Path(out_root) / "results", Path(out_root) / "reports"):
+        print(f"report: {path}")

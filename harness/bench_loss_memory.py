@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from harness.bench_common import bench_row, error_text, free, peak_memory, time_ms
+from harness.bench_common import bench_row, error_text, free, peak_memory, rebuild_reports, time_ms
 from harness.env import resolve_device
 from harness.loss import plain_nll, resolve_impl, token_nll
 from harness.results import append_row
@@ -148,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loss-memory benchmark on {device}: rows -> {out}")
     run(cfg, device, out)
     if a.report:
-        from reports import write_reports
-
-        for path in write_reports(Path(a.out) / "results", Path(a.out) / "reports"):
-            print(f"report: {path}")
+        rebuild_reports(a.out)
     return 0
 
 

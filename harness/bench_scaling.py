@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import mixers
-from harness.bench_common import bench_row, error_text, free, peak_memory, sync, time_ms
+from harness.bench_common import bench_row, error_text, free, peak_memory, rebuild_reports, sync, time_ms
 from harness.env import resolve_device
 from harness.results import append_row
 
@@ -155,10 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scaling benchmark on {device}: rows -> {out}")
     run(cfg, device, out)
     if a.report:
-        from reports import write_reports
-
-        for path in write_reports(Path(a.out) / "results", Path(a.out) / "reports"):
-            print(f"report: {path}")
+        rebuild_reports(a.out)
     return 0
 
 

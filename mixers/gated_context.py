@@ -36,7 +36,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mixers import Mixer, register
 from mixers._layers import RMSNorm

@@ -1,7 +1,6 @@
 """End to end: run_matrix.py on the hand-made fixture: rows, resume, failures, clear errors."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -2,7 +2,6 @@
 pointed at local files), and one clear error for bad input."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import types
 
-import numpy as np
 import pytest
-import torch
 
 import mixers
 import run_matrix

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.jsquad_mini import EVAL_ARTICLES, TRAIN_ARTICLES
+from fixtures.jsquad_mini import TRAIN_ARTICLES
 from tasks.tokenizer import TokenizerSettings, train_or_load
 
 TEXTS = [t for art in TRAIN_ARTICLES for t in (art[0], art[1], *(q for q, _ in art[2]))]
@@ -34,15 +34,20 @@ def test_special_tokens_are_distinct_and_not_produced_from_text(tok):
 
 
 def test_pieces_do_not_cross_mecab_words(tok):
-    words = tok.words("東京駅は千代田区にある")
-    pieces = [tok.sp.id_to_piece(i) for w in words for i in tok.sp.encode(w)]
-    joined, pos, bounds = "", 0, set()
-    for w in words:
-        pos += len(w)
-        bounds.add(pos)
+    """Every MeCab word boundary is also a piece boundary (pieces live inside words)."""
+    text = "東京駅は千代田区にある鉄道駅で"
+    ids = tok.encode(text)
+    pieces = [tok.sp.decode([i]) for i in ids]
+    assert "".join(pieces) == text  # every piece here is in the vocabulary (no byte fallback)
+    piece_ends, pos = set(), 0
     for p in pieces:
-        joined += p
-    assert joined == "".join(words)
+        pos += len(p)
+        piece_ends.add(pos)
+    word_ends, pos = set(), 0
+    for w in tok.words(text):
+        pos += len(w)
+        word_ends.add(pos)
+    assert len(word_ends) > 3 and word_ends <= piece_ends
 
 
 def test_cache_is_keyed_by_data_and_settings(tmp_path):
