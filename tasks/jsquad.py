@@ -36,7 +36,7 @@ import torch
 
 from harness.data import SeqSet
 from tasks import DataError, PrepareContext, Reference, Task, TaskData, register
-from tasks.jsquad_metric import corpus_scores
+from tasks.jsquad_metric import corpus_scores, score
 from tasks.tokenizer import JaTokenizer, TokenizerSettings, train_or_load
 
 OFFICIAL_BASE = "https://raw.githubusercontent.com/yahoojapan/JGLUE/main/datasets/jsquad-v1.3"
@@ -272,7 +272,8 @@ class JSQuAD(Task):
             _sync(device)
             latency = (time.perf_counter() - t0) / max(n, 1) * 1000
         scores = corpus_scores(preds, golds)
-        samples = [{"qid": it.qid, "question": it.question, "gold": it.answers[:3], "pred": pr}
+        # a few predictions by question id: no dataset text (questions, gold answers) lands in results
+        samples = [dict(zip(("qid", "pred", "em", "f1"), (it.qid, pr, *score(pr, it.answers))))
                    for (_, it), pr in list(zip(data.items, preds))[:5]]
         return {**scores, "gen_latency_ms": latency, "eval_n": len(preds), "samples": samples}
 

@@ -154,3 +154,19 @@ def test_list_shows_registries(capsys):
     out = capsys.readouterr().out
     for word in ("tasks:", "jsquad", "mixers:", "attention", "head_dim=32", "objectives:", "autoregressive", "presets:", "tiny"):
         assert word in out
+
+
+def test_rows_carry_no_dataset_text(offline_dir, tmp_path, cache_dir):
+    """Results may be committed: sample predictions are kept by question id, never with the
+    dataset's questions or gold answers (JSQuAD rows must not be copied into the repository)."""
+    from fixtures.jsquad_mini import EVAL_ARTICLES
+
+    out = tmp_path / "out"
+    assert run_matrix.main(_args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive")) == 0
+    text = (out / "results" / "t.jsonl").read_text(encoding="utf-8")
+    [row] = _cells(out / "results" / "t.jsonl")
+    assert row["samples"] and {"qid", "pred", "em", "f1"} == set(row["samples"][0])
+    for _, paragraph, qas in EVAL_ARTICLES:
+        assert paragraph not in text
+        for question, _ in qas:
+            assert question not in text
