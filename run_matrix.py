@@ -146,10 +146,8 @@ def print_list() -> None:
 
 
 def write_report(out: Path, grid: str | None) -> None:
-    try:
-        import reports
-    except ImportError:
-        return
+    import reports  # imported here: plotting libraries load only when a report is written
+
     for path in reports.write_reports(out / "results", out / "reports", grid):
         print(f"report: {path}")
 
