@@ -23,15 +23,11 @@ from typing import Any, Callable
 
 import torch
 
-from harness.env import device_name, git_commit, versions
+from harness import results
+from harness.env import device_name, git_commit, sync, versions
 
 CUDA_MEASURE = "cuda max_memory_allocated above inputs"
 CPU_MEASURE = "torch CPU allocator peak above inputs (torch.profiler memory events)"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
@@ -85,9 +81,7 @@ def is_oom(e: BaseException) -> bool:
 
 
 def error_text(e: BaseException) -> str:
-    first = str(e).splitlines()[0] if str(e) else ""
-    kind = "OutOfMemoryError" if is_oom(e) else type(e).__name__
-    return f"{kind}: {first}"[:300]
+    return results.error_text(e, 300, "OutOfMemoryError" if is_oom(e) else None)
 
 
 def free(device: torch.device) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.env import sync
+
 KINDS = ("tokens", "seconds", "a100_seconds")
 A100_PEAK_BF16_TFLOPS = 312.0
 MATMUL_EFFICIENCY = 798.0 / 989.0
@@ -72,11 +74,11 @@ def device_speed(device: torch.device) -> dict:
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    _sync(device)
+    sync(device)
     tflops = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
     info = {
         "matmul_tflops": round(tflops, 3),
@@ -86,11 +88,6 @@ def device_speed(device: torch.device) -> dict:
     }
     _FACTOR_CACHE[key] = info
     return info
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class BudgetMeter:

@@ -29,6 +29,7 @@ from harness.env import device_name, git_commit, versions
 from harness.flops import mfu
 from harness.loss import resolve_impl
 from harness.model import LM, count_params, get_preset, matched_config
+from harness.results import error_text
 from harness.train import TrainConfig, dev_loss, train
 from tasks import PrepareContext, TaskData
 
@@ -156,7 +157,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
     except Exception as e:  # one cell's failure (OOM, NaN, budget) must not kill the grid
         if ctx.dist.active and not ddp.agreed_failure(e):
             raise  # [DDP] one rank's failure: stop the job (torchrun ends every rank); a rerun resumes
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        row["error"] = error_text(e)
         row["traceback"] = traceback.format_exc(limit=6)[-2000:]
         if isinstance(e, torch.cuda.OutOfMemoryError):
             row["error"] = "OutOfMemoryError: " + row["error"].split(":", 1)[1][:200]

@@ -13,6 +13,12 @@ PACKAGES = ("torch", "triton", "sentencepiece", "fugashi", "unidic-lite", "cut-c
             "mamba-ssm", "causal-conv1d", "flash-attn", "numpy", "pandas", "seaborn", "datasets")
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so a wall-clock reading covers it (a no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

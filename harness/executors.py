@@ -29,6 +29,7 @@ import torch
 
 from harness import distributed as ddp
 from harness.cell import Cell, RunContext, base_row, run_cell
+from harness.results import error_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,7 +139,7 @@ class RayExecutor(Executor):
                     row = ray.get(done[0])
                 except Exception as e:  # the worker died (killed, out of host memory): a failed row
                     row = base_row(cell, ctx)
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+                    row["error"] = error_text(e)
                     row["traceback"] = str(e)[-2000:]
                 bar.update(1)
                 yield cell, row

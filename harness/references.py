@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from harness.cell import SCHEMA_VERSION
 from harness.env import device_name, git_commit, versions
-from harness.results import append_row
+from harness.results import append_row, error_text
 from tasks import PrepareContext, Reference, Task, TaskData
 
 REFERENCE_OBJECTIVE = "none"
@@ -44,7 +44,7 @@ def reference_row(ref: Reference, task: str, data: TaskData, grid: str, task_opt
             row["reference"]["full_split"] = ref.score_full()
         row["status"] = "ok"
     except Exception as e:  # a broken reference is shown as failed, like a cell; the grid goes on
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        row["error"] = error_text(e)
     row["wall_s"] = round(time.perf_counter() - t0, 2)
     return row
 

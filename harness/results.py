@@ -23,6 +23,12 @@ class ResultsFileError(ValueError):
     pass
 
 
+def error_text(e: BaseException, limit: int = 500, kind: str | None = None) -> str:
+    """A row's `error`: one line, the exception's type (or `kind`) and the first line of its message."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"{kind or type(e).__name__}: {first}"[:limit]
+
+
 def append_row(path: Path | str, row: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

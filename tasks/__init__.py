@@ -6,6 +6,7 @@ finds it with no other edit.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -13,6 +14,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from harness.data import SeqSet, SpecialTokens
+from harness.env import sync
 from harness.model import Preset
 from harness.registry import Registry
 
@@ -100,6 +102,20 @@ class Task:
     def references(self, data: TaskData, ctx: PrepareContext) -> list[Reference]:
         """Floors and ceilings scored on the same evaluation items as the models (none by default)."""
         return []
+
+
+def latency_ms(answer_one: Callable[[int], Any], n: int, device: torch.device) -> float:
+    """Mean wall time, in ms, of answering items 0..n-1 one at a time (batch 1, the cost a user sees),
+    after one untimed warm-up call; 0.0 when there is nothing to time."""
+    if n <= 0:
+        return 0.0
+    answer_one(0)
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(n):
+        answer_one(i)
+    sync(device)
+    return (time.perf_counter() - t0) / n * 1000
 
 
 def build(name: str, **opts: Any) -> Task:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from harness.data import SeqSet
-from tasks import DataError, PrepareContext, Reference, Task, TaskData, register
+from tasks import DataError, PrepareContext, Reference, Task, TaskData, latency_ms, register
 from tasks.jsquad_metric import corpus_scores, score
 from tasks.tokenizer import JaTokenizer, TokenizerSettings, train_or_load
 
@@ -262,25 +261,13 @@ class JSQuAD(Task):
         with torch.no_grad(), autocast(device):
             out = objective.generate(model, prompts, self.opts.max_answer_tokens, batch_size)
             preds = [data.decode(ids) for ids in out]
-            # latency: answers one at a time (batch 1) after a warm-up, the cost a user would see
-            n = min(self.opts.latency_n, len(prompts))
-            objective.generate(model, prompts[:1], self.opts.max_answer_tokens, 1)
-            _sync(device)
-            t0 = time.perf_counter()
-            for p in prompts[:n]:
-                objective.generate(model, [p], self.opts.max_answer_tokens, 1)
-            _sync(device)
-            latency = (time.perf_counter() - t0) / max(n, 1) * 1000
+            latency = latency_ms(lambda i: objective.generate(model, [prompts[i]], self.opts.max_answer_tokens, 1),
+                                 min(self.opts.latency_n, len(prompts)), device)
         scores = corpus_scores(preds, golds)
         # a few predictions by question id: no dataset text (questions, gold answers) lands in results
         samples = [dict(zip(("qid", "pred", "em", "f1"), (it.qid, pr, *score(pr, it.answers))))
                    for (_, it), pr in list(zip(data.items, preds))[:5]]
         return {**scores, "gen_latency_ms": latency, "eval_n": len(preds), "samples": samples}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Encoder:

@@ -54,7 +54,6 @@ for diffusion). `gen_latency_ms`: one `predict_targets` call on one sequence (ba
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -63,7 +62,7 @@ import torch
 
 from harness.data import SeqSet, SpecialTokens
 from harness.model import Preset
-from tasks import PrepareContext, Task, TaskData, register
+from tasks import PrepareContext, Task, TaskData, latency_ms, register
 
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
 N_SPECIAL = 6
@@ -262,20 +261,8 @@ class MQAR(Task):
             for batch in evals.iter_batches(batch_size):
                 pred = objective.predict_targets(model, batch)  # (B, T); meaningful at targets only
                 correct += ((pred == batch.ids) & batch.target).sum()
-            # latency: one sequence at a time (batch 1) after a warm-up call, as a user would see it
-            n = min(self.opts.latency_n, len(evals))
-            objective.predict_targets(model, evals.batch(np.arange(1)))
-            _sync(device)
-            t0 = time.perf_counter()
-            for i in range(n):
-                objective.predict_targets(model, evals.batch(np.array([i])))
-            _sync(device)
-            latency = (time.perf_counter() - t0) / max(n, 1) * 1000
+            latency = latency_ms(lambda i: objective.predict_targets(model, evals.batch(np.array([i]))),
+                                 min(self.opts.latency_n, len(evals)), device)
         total = int(data.eval.target.sum())
         return {"accuracy": int(correct) / max(total, 1), "eval_n": len(data.eval), "eval_queries": total,
                 "gen_latency_ms": latency}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
