@@ -9,6 +9,14 @@ One place decides the path, and the run records it:
 - "auto":          "cce" on CUDA when the package imports, else "chunked".
 
 All paths return fp32 per-token NLL (N,) so objectives can weight tokens (1/t in diffusion).
+
+Dtypes (mixed precision). The residual stream, and so the final hidden state, is fp32 under autocast
+(the embedding is fp32 and the final RMSNorm keeps its input dtype), and the tied classifier is an fp32
+parameter. Under autocast every path therefore casts both to the autocast dtype (`compute_dtype`) before
+the matmuls: CCE's CUDA kernel demands bf16/fp16 embeddings and a classifier of the same dtype, and the
+other paths then do the same math. Without autocast the hidden states' dtype decides (a bf16 `h` with an
+fp32 `w`, as the loss-memory benchmark feeds them, runs in bf16). Softmax statistics (log-sum-exp,
+gradients of the logits) are fp32 in every path; the returned NLL is fp32.
 """
 from __future__ import annotations
 
@@ -39,14 +47,24 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
+def compute_dtype(h: torch.Tensor) -> torch.dtype:
+    """The dtype the output-layer matmuls run in: the autocast dtype when autocast is on for h's device,
+    else h's own dtype (see the module docstring)."""
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return h.dtype
+
+
 class _ChunkedNLL(torch.autograd.Function):
     """Exact cross-entropy without holding N x V logits: forward keeps only log-sum-exp per token;
     backward recomputes each chunk's logits, softmax and gradients."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
+        # h and w share one dtype (token_nll casts them); matmuls run in it, statistics in fp32
         N = h.shape[0]
-        acc = torch.promote_types(h.dtype, torch.float32)  # fp32 statistics even under bf16
+        acc = torch.promote_types(h.dtype, torch.float32)  # fp32 statistics (fp64 stays fp64: gradcheck)
         lse = torch.empty(N, dtype=acc, device=h.device)
         tgt = torch.empty(N, dtype=acc, device=h.device)
         for s in range(0, N, chunk):
@@ -59,6 +77,8 @@ class _ChunkedNLL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
+        # runs outside autocast: every matmul takes operands of h's dtype (bf16 stays bf16, with the
+        # matmul's own fp32 accumulation); the classifier gradient is summed over chunks in fp32
         h, w, y, lse = ctx.saved_tensors
         chunk = ctx.chunk
         gh = torch.empty_like(h) if ctx.needs_input_grad[0] else None
@@ -66,13 +86,14 @@ class _ChunkedNLL(torch.autograd.Function):
         gw = torch.zeros(w.shape, dtype=acc, device=w.device) if ctx.needs_input_grad[1] else None
         for s in range(0, h.shape[0], chunk):
             hs = h[s : s + chunk]
-            p = torch.exp((hs @ w.t()).to(acc) - lse[s : s + chunk, None])  # softmax (n, V)
+            p = torch.exp((hs @ w.t()).to(acc) - lse[s : s + chunk, None])  # softmax (n, V), fp32
             p[torch.arange(hs.shape[0], device=h.device), y[s : s + chunk]] -= 1.0
             p *= g[s : s + chunk, None].to(acc)  # dL/dlogits
+            p = p.to(h.dtype)
             if gh is not None:
-                gh[s : s + chunk] = (p.to(w.dtype) @ w).to(h.dtype)
+                gh[s : s + chunk] = p @ w
             if gw is not None:
-                gw += p.t() @ hs.to(acc)
+                gw += (p.t() @ hs).to(acc)
         return gh, (gw.to(w.dtype) if gw is not None else None), None, None
 
 
@@ -83,14 +104,17 @@ def token_nll(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, impl: str, chun
     """
     if h.shape[0] == 0:
         return h.new_zeros(0, dtype=torch.float32)
+    dt = compute_dtype(h)
+    h, w = h.to(dt), w.to(dt)  # differentiable casts: the fp32 parameter gets an fp32 gradient
     if impl == "chunked":
         return _ChunkedNLL.apply(h, w, y, chunk)
     lce = _cce()
     kind = "cce" if impl == "cce" else "torch_compile"
     # filter_eps=None: no gradient filtering, so the gradients match the exact path
-    return lce(h, w.to(h.dtype), y, reduction="none", impl=kind, filter_eps=None).float()
+    return lce(h, w, y, reduction="none", impl=kind, filter_eps=None).float()
 
 
 def plain_nll(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The textbook reference (materialises all logits): used by tests and the loss-memory benchmark."""
-    return F.cross_entropy((h @ w.t()).float(), y, reduction="none")
+    dt = compute_dtype(h)
+    return F.cross_entropy((h.to(dt) @ w.to(dt).t()).float(), y, reduction="none")

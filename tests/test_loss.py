@@ -62,3 +62,64 @@ def test_impl_resolution():
         resolve_impl("magic", torch.device("cpu"))
     with pytest.raises(RuntimeError, match="needs CUDA"):
         resolve_impl("cce", torch.device("cpu"))
+
+
+# --- mixed precision: what the CUDA kernel demands, checked on CPU -------------------------------------
+
+
+def _kernel_stand_in(calls: list):
+    """A stand-in for cut_cross_entropy.linear_cross_entropy that asserts what its CUDA kernel asserts
+    (embeddings bf16/fp16, classifier of the same dtype), then computes the exact NLL."""
+
+    def lce(e, c, targets, reduction="none", impl="cce", filter_eps=None):
+        assert e.dtype in (torch.bfloat16, torch.float16), f"Backwards requires embeddings to be bf16 or fp16 (got {e.dtype})"
+        assert c.dtype == e.dtype, f"classifier {c.dtype} != embeddings {e.dtype}"
+        calls.append((e.dtype, c.dtype))
+        return torch.nn.functional.cross_entropy((e @ c.t()).float(), targets, reduction=reduction)
+
+    return lce
+
+
+@pytest.mark.parametrize("objective", ["autoregressive", "diffusion"])
+def test_lm_loss_under_bf16_autocast_gives_the_kernel_bf16_inputs(monkeypatch, objective):
+    """Regression of the CUDA failure 'Backwards requires embeddings to be bf16 or fp16': under autocast
+    the LM's final hidden state is fp32 (fp32 residual stream), so the loss must cast it (and the tied
+    classifier) to the autocast dtype before the kernel. CPU autocast stands in for CUDA's."""
+    from harness import loss as loss_mod
+    from harness import objectives
+    from harness.data import SeqSet, SpecialTokens
+    from harness.model import LM, LMConfig
+
+    calls: list = []
+    monkeypatch.setattr(loss_mod, "_cce", lambda: _kernel_stand_in(calls))
+    special = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+    obj = objectives.build(objective, special, "cce")
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=40, d_model=32, n_layers=2, mixer="attention", causal=obj.causal, mlp_hidden=64))
+    data = SeqSet.from_lists([[2, 7, 8, 4, 9, 3], [2, 11, 4, 12, 13, 3]], [[False] * 4 + [True] * 2] * 2, pad_id=0)
+    batch = data.batch(__import__("numpy").arange(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = obj.loss(model, batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert calls and all(c == (torch.bfloat16, torch.bfloat16) for c in calls)
+    assert torch.isfinite(loss) and model.embed.weight.grad.dtype == torch.float32  # fp32 master weights
+
+
+@pytest.mark.parametrize("impl", ["chunked", "plain", "cce_compile"])
+def test_every_loss_path_takes_bf16_hidden_states_with_an_fp32_classifier(impl):
+    """What harness.bench_loss_memory feeds on CUDA (bf16 h, fp32 parameter w, no autocast): every path
+    runs (no 'mat1 and mat2 must have the same dtype'), returns fp32 NLL and fp32/bf16 gradients, and
+    agrees with the fp32 reference to bf16 precision."""
+    if impl == "cce_compile":
+        pytest.importorskip("cut_cross_entropy")
+    h, w, y, g = _case(n=40, d=16, v=50)
+    ref = _grads(plain_nll, h, w, y, g)
+    hb = h.detach().bfloat16().requires_grad_()
+    fn = plain_nll if impl == "plain" else (lambda a, b, c: token_nll(a, b, c, impl, **({"chunk": 16} if impl == "chunked" else {})))
+    hb.grad = w.grad = None
+    nll = fn(hb, w, y)
+    (nll * g).sum().backward()
+    assert nll.dtype == torch.float32 and hb.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    torch.testing.assert_close(nll.detach(), ref[0], rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(hb.grad.float(), ref[1], rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(w.grad, ref[2], rtol=5e-2, atol=5e-2)
