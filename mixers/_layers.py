@@ -5,6 +5,34 @@ import torch
 import torch.nn as nn
 
 
+class _RMSNormFn(torch.autograd.Function):
+    """y = x / rms(x) * w in fp32 (fp64 stays fp64), with a hand-written backward.
+
+    Why a Function: autograd through the textbook expression records ~75 operator calls per norm
+    (casts, pow, mean, broadcasts and their gradients); this is ~20, and a model calls its norms 13+
+    times per forward. Eager launch overhead, not math, is what a small model's GPU step waits on.
+    Saves x and 1/rms only; y is recomputed in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        r = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))  # (..., 1)
+        ctx.save_for_backward(x, w, r)
+        return (xf * r * w).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, w, r = ctx.saved_tensors
+        xf = x.to(r.dtype)
+        y = xf * r
+        gf = g.to(r.dtype)
+        gy = gf * w
+        gx = r * (gy - y * (gy * y).mean(-1, keepdim=True))
+        gw = (gf * y).reshape(-1, y.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        return gx.to(x.dtype), (gw.to(w.dtype) if gw is not None else None), None
+
+
 class RMSNorm(nn.Module):
     """RMSNorm computed in fp32 whatever the autocast dtype (bf16 reductions drift), cast back after."""
 
@@ -14,9 +42,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return _RMSNormFn.apply(x, self.weight, self.eps)
 
 
 def positions_from_mask(pad_mask: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
@@ -38,6 +64,39 @@ def rope_angles(pos: torch.Tensor, dim: int, base: float = 10000.0) -> tuple[tor
     inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim))
     ang = pos.float()[..., None] * inv  # (B, T, dim/2)
     return ang.cos(), ang.sin()
+
+
+_ROPE_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def rope_table(T: int, dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of positions 0..T-1, (T, dim // 2) fp32, computed once per (dim, base, device) and grown
+    by doubling: every layer and every step reads the same table instead of recomputing the angles.
+    Bit-identical to `rope_angles` of the same positions (same fp32 expression)."""
+    key = (dim, float(base), str(torch.device(device)))
+    tab = _ROPE_TABLES.get(key)
+    if tab is None or tab[0].shape[0] < T:
+        n = max(1024, 1 << (T - 1).bit_length())
+        with torch.inference_mode(False), torch.no_grad():  # a plain tensor even if first built in inference
+            pos = torch.arange(n, device=device)[None]
+            cos, sin = rope_angles(pos, dim, base)
+        tab = _ROPE_TABLES[key] = (cos[0], sin[0])
+    return tab[0][:T], tab[1][:T]
+
+
+def rope_for(pad_mask: torch.Tensor | None, B: int, T: int, dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rope_angles(positions_from_mask(...))`, read from the cached table: (B, T, dim // 2) each.
+
+    Without a mask the table is broadcast (a view, no copy); with one it is gathered at the positions.
+    Inside torch.compile the angles are computed in the graph (the compiler fuses them; a Python-side
+    cache would only add guards)."""
+    if torch.compiler.is_compiling():
+        return rope_angles(positions_from_mask(pad_mask, B, T, device), dim, base)
+    cos, sin = rope_table(T, dim, base, device)
+    if pad_mask is None:
+        return cos.expand(B, T, -1), sin.expand(B, T, -1)
+    pos = positions_from_mask(pad_mask, B, T, device)
+    return cos[pos], sin[pos]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

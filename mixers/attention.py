@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mixers import Mixer, register
-from mixers._layers import apply_rope, positions_from_mask, rope_angles
+from mixers._layers import apply_rope, rope_for
 
 try:  # optional CUDA-only package; any failure (not installed, no compiled extension) means "absent"
     from flash_attn import flash_attn_func as _flash_attn_func
@@ -46,7 +46,7 @@ class Attention(Mixer):
         H, hd = self.n_heads, self.opts.head_dim
         q, k, v = self.qkv(x).view(B, T, 3, H, hd).unbind(2)  # each (B, T, H, hd)
         q, k, v = self.q_norm(q), self.k_norm(k), self.v_norm(v)
-        cos, sin = rope_angles(positions_from_mask(pad_mask, B, T, x.device), hd, self.opts.rope_base)
+        cos, sin = rope_for(pad_mask, B, T, hd, self.opts.rope_base, x.device)  # cached angles
         q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, hd)
         k = apply_rope(k.transpose(1, 2), cos, sin)
         v = v.transpose(1, 2)

@@ -61,7 +61,7 @@ import torch
 import torch.nn as nn
 
 from mixers import Mixer, register
-from mixers._layers import positions_from_mask, rope_angles
+from mixers._layers import rope_for
 
 Complex = tuple[torch.Tensor, torch.Tensor]  # (real part, imaginary part), each (B, T, D), fp32
 
@@ -197,7 +197,7 @@ class WaveCore(nn.Module):
         rope = None
         if self.opts.rope_phase:
             # D frequencies base^(-k/D): rope_angles over 2D "pairs" gives exactly D angles, fp32
-            rope = rope_angles(positions_from_mask(pad_mask, B, T, x.device), 2 * D, self.opts.rope_base)
+            rope = rope_for(pad_mask, B, T, 2 * D, self.opts.rope_base, x.device)  # cached angles
         z1 = self._wave(w1, pad_mask, inv_len, rope)
         z2 = self._wave(w2, pad_mask, inv_len, rope)
         z = COMBINE[self.op](z1, z2)  # step 5
