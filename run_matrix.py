@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--objective-opt", action="append", metavar="[OBJECTIVE.]KEY=VALUE", help="objective option")
     p.add_argument("--task-opt", action="append", metavar="KEY=VALUE", help="task option, e.g. eval_limit=200")
     p.add_argument("--loss", default="auto", choices=LOSS_IMPLS, help="output-loss implementation")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training (default on CUDA; this forces it on CPU too)")
+    p.add_argument("--no-compile", action="store_true", help="train eagerly, also on CUDA")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--sweep", action="store_true",
                    help="every cell at each (sequence length x model width) below: the Zoology recall curves (mqar)")
@@ -139,7 +140,8 @@ def print_list() -> None:
     print("presets:")
     for p in PRESETS.values():
         print(f"  {p.name:20s} d_model={p.d_model} layers={p.n_layers} vocab={p.vocab_size} "
-              f"target_params={p.target_params:,} max_len={p.max_len} batch={p.batch_size} lr={p.lr}")
+              f"target_params={p.target_params:,} max_len={p.max_len} batch_tokens={p.batch_tokens} "
+              f"(MQAR: batch={p.batch_size} sequences) lr={p.lr}")
     print(f"norms:   {', '.join(NORMS)}  (--norm)")
     print(f"losses:  {', '.join(LOSS_IMPLS)}  (--loss)")
     print("budgets: tokens=N | seconds=S | a100_seconds=S  (--budget)")
@@ -154,6 +156,8 @@ def write_report(out: Path, grid: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.compile and args.no_compile:
+        raise ValueError("--compile and --no-compile contradict each other; give one")
     if args.list:
         print_list()
         return 0
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
-             compile=args.compile)
+             compile=args.compile, no_compile=args.no_compile)
         for s in seeds for o in objective_names for m in mixer_names
     ]
     if args.sweep:
@@ -190,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     # data problems stop here, with one line, before any cell runs (every distinct data config of a sweep)
     with dist.local_main_first():  # [DDP] one rank per node prepares (tokenizer cache), the others reuse it
         for c in {json.dumps(c.task_opts, sort_keys=True): c for c in cells}.values():
-            check_budget(budget, ctx.task_data(tasks.build(args.task, **c.task_opts), c).train,
-                         get_preset(args.preset).batch_size)
+            t = tasks.build(args.task, **c.task_opts)
+            d = ctx.task_data(t, c)
+            p = t.model_preset(get_preset(args.preset), d.vocab_size)
+            check_budget(budget, d.train, p.batch_size, p.batch_tokens)
     data = ctx.task_data(task, cells[0])
     dist.check_same(distributed.data_fingerprint(data.train), "the tokenised training data")
     if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed

@@ -34,6 +34,18 @@ from harness.train import TrainConfig, dev_loss, train
 from tasks import PrepareContext, TaskData
 
 SCHEMA_VERSION = 1
+# Batch lengths are not rounded up (the old 64 on CUDA made ~a quarter of computed positions padding:
+# the README's padding table): torch.compile marks the length dynamic after its first recompile, so
+# varying lengths cost one extra compilation, not one per length.
+PAD_TO = 1
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """Let fp32 matmuls (what autocast leaves in fp32) use TF32 tensor cores on CUDA; True if set."""
+    if device.type != "cuda":
+        return False
+    torch.set_float32_matmul_precision("high")
+    return True
 
 
 @dataclass
@@ -51,7 +63,8 @@ class Cell:
     objective_opts: dict[str, Any] = field(default_factory=dict)
     task_opts: dict[str, Any] = field(default_factory=dict)
     loss: str = "auto"
-    compile: bool = False
+    compile: bool = False  # force torch.compile (it is on by default on CUDA; see `compiles`)
+    no_compile: bool = False  # force eager execution, also on CUDA
     d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
 
@@ -68,7 +81,13 @@ class Cell:
         return f"{self.mixer} x {self.objective} (seed {self.seed}{at})"
 
 
-_KEY_IF_SET = ("d_model", "sweep")
+    def compiles(self, device: torch.device) -> bool:
+        """torch.compile for training: on by default on CUDA (eager launch overhead dominates a small
+        model's step there), off on CPU (compiling costs more than it saves in short CPU runs)."""
+        return self.compile or (device.type == "cuda" and not self.no_compile)
+
+
+_KEY_IF_SET = ("d_model", "sweep", "no_compile")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -127,8 +146,11 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["objective_info"] = objective.describe()
         row["mixer_options"] = mixers.options_of(cell.mixer) | cell.mixer_opts
 
-        tcfg = TrainConfig(batch_size=preset.batch_size, lr=preset.lr, seed=cell.seed, compile=cell.compile,
-                           progress=ctx.progress, pad_to=64 if ctx.device.type == "cuda" else 1)
+        compiled = cell.compiles(ctx.device)
+        tf32 = enable_tf32(ctx.device)
+        tcfg = TrainConfig(batch_size=preset.batch_size, batch_tokens=preset.batch_tokens, lr=preset.lr,
+                           seed=cell.seed, compile=compiled, progress=ctx.progress,
+                           pad_to=PAD_TO)
         budget = Budget.parse(cell.budget)
         res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device,
                     dist=ctx.dist)
@@ -139,7 +161,9 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["loss_curve"] = res.loss_curve
         row["train"] = {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
                         "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
-                        "compile": cell.compile, "batch_size": tcfg.batch_size, "lr": tcfg.lr}
+                        "compile": compiled, "tf32": tf32, "lr": tcfg.lr, "pad_to": tcfg.pad_to,
+                        **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size}),
+                        "padding_frac": res.padding_frac}
 
         metrics = task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size)
         samples = metrics.pop("samples", None)

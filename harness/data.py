@@ -6,7 +6,7 @@ autoregressive loss may use every token; masked diffusion masks only targets in 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ class SeqSet:
     ids: torch.Tensor  # (N, Tmax) long, right-padded with the pad id
     target: torch.Tensor  # (N, Tmax) bool
     lengths: np.ndarray  # (N,) real lengths, kept on the host
+    lengths_dev: torch.Tensor | None = field(default=None, repr=False)  # (N,) the same, on ids' device
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]], targets: list[list[bool]], pad_id: int) -> "SeqSet":
@@ -57,23 +58,32 @@ class SeqSet:
 
     def to(self, device: torch.device | str) -> "SeqSet":
         """Move once to the device: batches are then cut on-device with no host-to-device copies."""
-        return SeqSet(self.ids.to(device), self.target.to(device), self.lengths)
+        ids = self.ids.to(device)
+        return SeqSet(ids, self.target.to(device), self.lengths, torch.as_tensor(self.lengths, device=ids.device))
 
     def subset(self, idx: np.ndarray) -> "SeqSet":
         t = torch.as_tensor(idx, device=self.ids.device)
-        return SeqSet(self.ids[t], self.target[t], self.lengths[idx])
+        return SeqSet(self.ids[t], self.target[t], self.lengths[idx], self._lengths_on_device()[t])
+
+    def _lengths_on_device(self) -> torch.Tensor:
+        if self.lengths_dev is None or self.lengths_dev.device != self.ids.device:
+            self.lengths_dev = torch.as_tensor(self.lengths, device=self.ids.device)
+        return self.lengths_dev
 
     @property
     def n_tokens(self) -> int:
         return int(self.lengths.sum())
 
-    def batch(self, idx: np.ndarray, pad_to: int = 1) -> Batch:
-        """Rows `idx`, trimmed to the longest of them (rounded up to `pad_to` to limit recompiles)."""
-        T = int(self.lengths[idx].max())
-        T = min(-(-T // pad_to) * pad_to, self.ids.shape[1])
-        t = torch.as_tensor(idx, device=self.ids.device)
+    def batch(self, idx: np.ndarray, pad_to: int = 1, idx_dev: torch.Tensor | None = None) -> Batch:
+        """Rows `idx`, trimmed to the longest of them (rounded up to `pad_to` to limit recompiles).
+
+        `idx_dev`: the same indices already on the data's device (the sampler uploads a whole epoch's
+        order at once), so cutting a batch copies nothing from the host: no pageable host-to-device
+        copy, which would synchronise the CUDA stream every step."""
+        T = padded_len(int(self.lengths[idx].max()), pad_to, self.ids.shape[1])
+        t = idx_dev if idx_dev is not None else torch.as_tensor(idx, device=self.ids.device)
         ids = self.ids[t, :T]
-        lengths = torch.as_tensor(self.lengths[idx], device=self.ids.device)
+        lengths = self._lengths_on_device()[t]
         pad_mask = torch.arange(T, device=ids.device)[None, :] < lengths[:, None]
         return Batch(ids, pad_mask, self.target[t, :T], int(self.lengths[idx].sum()))
 
@@ -84,38 +94,105 @@ class SeqSet:
             yield self.batch(order[s : s + batch_size], pad_to)
 
 
-class BatchSampler:
-    """Endless shuffled batches: each epoch is a fresh seeded permutation, split into chunks of
-    `bucket` batches whose rows are grouped by length (less padding, still random order)."""
+def padded_len(T: int, pad_to: int, cap: int | None = None) -> int:
+    """T rounded up to a multiple of `pad_to` (at most `cap`)."""
+    T = -(-T // pad_to) * pad_to
+    return min(T, cap) if cap is not None else T
 
-    def __init__(self, data: SeqSet, batch_size: int, seed: int, bucket: int = 16, pad_to: int = 1):
+
+def token_budget_batches(order: np.ndarray, lengths: np.ndarray, batch_tokens: int, pool: int,
+                         pad_to: int = 1) -> list[np.ndarray]:
+    """Cut rows (in `order`) into batches of at most `batch_tokens` computed positions each
+    (rows x padded length of the batch's longest row). Rows are sorted by length within pools of
+    `pool` rows, so a batch holds rows of similar length and little padding; a pool's last, partial
+    batch is carried into the next pool. A row longer than the budget is a batch of its own.
+    Every row appears in exactly one batch."""
+    batches: list[np.ndarray] = []
+    carry = order[:0]
+    for s in range(0, len(order), pool):
+        chunk = np.concatenate([carry, order[s : s + pool]])
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        start, longest = 0, 0
+        for i, r in enumerate(chunk):
+            longest_i = max(longest, padded_len(int(lengths[r]), pad_to))
+            if i > start and (i - start + 1) * longest_i > batch_tokens:
+                batches.append(chunk[start:i])
+                start, longest_i = i, padded_len(int(lengths[r]), pad_to)
+            longest = longest_i
+        carry = chunk[start:]
+    if len(carry):
+        batches.append(carry)
+    return batches
+
+
+class BatchSampler:
+    """Endless shuffled batches: each epoch is a fresh seeded permutation cut into length-grouped
+    batches (less padding), served in random order.
+
+    - `batch_tokens > 0`: a token budget per batch: at most `batch_tokens` computed positions (rows x
+      padded length), so a batch of short rows holds more rows; rows are grouped by length within
+      pools of `bucket` batches' worth of rows (`token_budget_batches`).
+    - else `batch_size` rows per batch, grouped by length within chunks of `bucket` batches.
+
+    Each epoch's row order is uploaded to the data's device once; a batch is then a slice of it
+    (`idx_dev`), so no step copies indices from the host."""
+
+    def __init__(self, data: SeqSet, batch_size: int, seed: int, bucket: int = 16, pad_to: int = 1,
+                 batch_tokens: int = 0):
         if len(data) == 0:
             raise ValueError("no training sequences")
-        self.data, self.bs, self.bucket, self.pad_to = data, min(batch_size, len(data)), bucket, pad_to
+        if batch_tokens < 0 or (batch_tokens == 0 and batch_size < 1):
+            raise ValueError(f"batch_tokens must be >= 0 and batch_size >= 1 (got {batch_tokens}, {batch_size})")
+        self.data, self.bs, self.bucket, self.pad_to = data, min(max(batch_size, 1), len(data)), bucket, pad_to
+        self.batch_tokens = batch_tokens
         self.rng = np.random.default_rng(seed)
         self.epoch = 0
-        self._queue: list[np.ndarray] = []
+        self._queue: list[tuple[np.ndarray, torch.Tensor]] = []
+
+    def epoch_batches(self) -> list[np.ndarray]:
+        """The next epoch's batches (row indices); `_refill` serves them last first."""
+        perm = self.rng.permutation(len(self.data))
+        lengths = self.data.lengths
+        if self.batch_tokens:
+            rows_per_batch = max(1, self.batch_tokens // max(1, int(lengths.mean())))
+            batches = token_budget_batches(perm, lengths, self.batch_tokens, rows_per_batch * self.bucket, self.pad_to)
+        else:
+            span = self.bs * self.bucket
+            batches = []
+            for s in range(0, len(perm), span):
+                chunk = perm[s : s + span]
+                chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+                batches += [chunk[i : i + self.bs] for i in range(0, len(chunk), self.bs)]
+        self.rng.shuffle(batches)
+        return batches
 
     def _refill(self) -> None:
-        perm = self.rng.permutation(len(self.data))
-        span = self.bs * self.bucket
-        batches = []
-        for s in range(0, len(perm), span):
-            chunk = perm[s : s + span]
-            chunk = chunk[np.argsort(self.data.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.bs] for i in range(0, len(chunk), self.bs)]
-        self.rng.shuffle(batches)
-        self._queue = batches
+        batches = self.epoch_batches()
+        flat = torch.as_tensor(np.concatenate(batches), device=self.data.ids.device)  # one copy per epoch
+        ends = np.cumsum([len(b) for b in batches])
+        self._queue = [(b, flat[e - len(b) : e]) for b, e in zip(batches, ends)]  # served from the end
         self.epoch += 1
 
     def __iter__(self):
         return self
 
-    def next_indices(self) -> np.ndarray:
-        """Row indices of the next batch (a data-parallel rank cuts its shard from these)."""
+    def next_pair(self) -> tuple[np.ndarray, torch.Tensor]:
+        """(row indices on the host, the same on the device) of the next batch."""
         if not self._queue:
             self._refill()
         return self._queue.pop()
 
+    def next_indices(self) -> np.ndarray:
+        """Row indices of the next batch (a data-parallel rank cuts its shard from these)."""
+        return self.next_pair()[0]
+
     def __next__(self) -> Batch:
-        return self.data.batch(self.next_indices(), self.pad_to)
+        idx, idx_dev = self.next_pair()
+        return self.data.batch(idx, self.pad_to, idx_dev)
+
+
+def padding_fraction(batches: list[np.ndarray], lengths: np.ndarray, pad_to: int = 1) -> float:
+    """Share of computed positions (rows x padded batch length) that are padding."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    computed = sum(len(b) * padded_len(int(lengths[b].max()), pad_to) for b in batches)
+    return 1.0 - real / max(computed, 1)

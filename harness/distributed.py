@@ -171,10 +171,11 @@ class ShardedSampler:
         return (mine, True) if len(mine) else (idx[:1], False)
 
     def __next__(self) -> Batch:
-        idx = self.base.next_indices()
+        idx, idx_dev = self.base.next_pair()
         self.global_tokens = int(self.base.data.lengths[idx].sum())
         mine, self.live = self.shard(idx)
-        return self.base.data.batch(mine, self.base.pad_to)
+        mine_dev = idx_dev[self.rank :: self.world] if self.live else idx_dev[:1]  # sliced on the device
+        return self.base.data.batch(mine, self.base.pad_to, mine_dev)
 
 
 # torch >= 2.13 renamed DDP's per-forward buffer broadcast; both spellings mean "do not".

@@ -23,7 +23,8 @@ from harness.distributed import DataParallel, DistEnv
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 8
+    batch_size: int = 8  # sequences per step, when batch_tokens is 0
+    batch_tokens: int = 0  # > 0: a token budget per step (rows x padded length), length-bucketed rows
     lr: float = 1e-3
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -36,7 +37,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     seed: int = 0
     compile: bool = False
-    pad_to: int = 1  # round batch lengths up (limits torch.compile recompiles)
+    pad_to: int = 1  # round batch lengths up to a multiple (a few shapes for torch.compile; costs padding)
     progress: bool = True
     max_steps: int = 10_000_000  # safety net
 
@@ -52,6 +53,7 @@ class TrainResult:
     best_fraction: float | None = None
     best_dev_loss: float | None = None
     epochs: float = 0.0
+    padding_frac: float | None = None  # share of computed positions (rows x batch length) that were padding
 
 
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
@@ -102,9 +104,11 @@ def nll_sums(model, objective, data: SeqSet, batch_size: int, device: torch.devi
     return tot, n
 
 
-def check_budget(budget: Budget, train_set: SeqSet, batch_size: int) -> None:
+def check_budget(budget: Budget, train_set: SeqSet, batch_size: int, batch_tokens: int = 0) -> None:
     """A token budget must cover at least one batch (a mean-length one), or nothing is learned."""
-    one_batch = int(round(float(train_set.lengths.mean()) * min(batch_size, len(train_set)))) if len(train_set) else 1
+    mean = float(train_set.lengths.mean()) if len(train_set) else 1.0
+    rows = max(1, int(batch_tokens // max(mean, 1.0))) if batch_tokens else batch_size
+    one_batch = int(round(mean * min(rows, len(train_set)))) if len(train_set) else 1
     if budget.kind == "tokens" and budget.amount < one_batch:
         raise BudgetError(f"budget {budget} is smaller than one batch (~{one_batch} tokens); raise it")
 
@@ -112,14 +116,18 @@ def check_budget(budget: Budget, train_set: SeqSet, batch_size: int) -> None:
 def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, cfg: TrainConfig, device: torch.device,
           dist: DistEnv | None = None) -> TrainResult:
     """Train `model` in place until the budget is spent. With `dist` (under torchrun) this rank trains on
-    its shard of every global batch; `cfg.batch_size` stays the global batch (harness/distributed.py)."""
+    its shard of every global batch; `cfg.batch_size` stays the global batch (harness/distributed.py).
+
+    No step reads a device value back to the host: batches are cut on the device, the step's token
+    count is known on the host, the train loss is summed on the device and read only at the dev-eval
+    points (tests/test_step.py checks this), so the host can queue steps ahead of a GPU."""
     meter = BudgetMeter(budget, device)
-    check_budget(budget, train_set, cfg.batch_size)
+    check_budget(budget, train_set, cfg.batch_size, cfg.batch_tokens)
     par = DataParallel(model, dist, device, budget) if dist is not None and dist.active else None  # [DDP]
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + (par.seed_offset if par else 0))
-    sampler = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to)
+    sampler = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to, batch_tokens=cfg.batch_tokens)
     sampler = par.sampler(sampler) if par else sampler  # [DDP] this rank's rows of each global batch
     dev_set = dev_set.subset(np.arange(min(len(dev_set), cfg.dev_max_seqs)))
     opt = _optimizer(model, cfg, device)
@@ -134,6 +142,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     loss_acc, loss_n = torch.zeros((), device=device), 0
     clock, steady_t, steady_tok, steady_from = 0.0, 0.0, 0, 2
     frac = 0.0
+    real_pos, computed_pos = 0, 0
     bar = _progress(cfg.progress)
     model.train()
     while frac < 1.0 and res.steps < cfg.max_steps:
@@ -155,6 +164,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
         res.steps += 1
         n_tok = sampler.global_tokens if par else batch.n_tokens  # [DDP] the budget counts the whole cell
         res.tokens_seen += n_tok
+        real_pos += batch.n_tokens
+        computed_pos += batch.ids.numel()  # a host-side shape: no sync
         if res.steps == 1 and device.type == "cuda":
             torch.cuda.synchronize(device)  # the first step (compilation, allocator warm-up) is not budgeted
         dt = time.perf_counter() - t0
@@ -194,6 +205,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     res.tokens_per_s = steady_tok / steady_t if steady_t > 0 else res.tokens_seen / max(clock, 1e-9)
     res.best_dev_loss = best if math.isfinite(best) else None
     res.epochs = res.tokens_seen / max(train_set.n_tokens, 1)
+    res.padding_frac = round(1.0 - real_pos / computed_pos, 4) if computed_pos else None
     if best_state is not None:
         model.load_state_dict(best_state)
     return res

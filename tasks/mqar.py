@@ -249,7 +249,7 @@ class MQAR(Task):
         body = preset.target_params - preset.vocab_size * preset.d_model
         target = round(body * (d / preset.d_model) ** 2) + vocab_size * d
         return dataclasses.replace(preset, d_model=d, vocab_size=vocab_size, target_params=target,
-                                   lr=self.opts.lr or preset.lr)
+                                   lr=self.opts.lr or preset.lr, batch_tokens=0)  # Zoology: sequences per step
 
     def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int) -> dict[str, Any]:
         from harness.train import autocast

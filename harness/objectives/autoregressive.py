@@ -27,15 +27,22 @@ class Autoregressive(Objective):
             raise ValueError(f"autoregressive: loss_on must be 'all' or 'answer', got {opts.loss_on!r}")
 
     def _nll(self, model, batch: Batch, use: torch.Tensor) -> torch.Tensor:
-        """Per-position NLL of predicting ids[:, t+1] from the prefix, zero where `use` is False.
+        """NLL of predicting ids[:, t+1] from the prefix at every position whose next token is real
+        (pads get no logits), times `use`: (n,) fp32, n = real tokens - rows. Callers sum it.
 
-        Masking by `ignore_index`-style targets (not boolean indexing) keeps the number of tokens
-        static: no host-device sync in the training loop. (B, T-1) fp32.
+        The positions are picked without a host-device sync: their number is known on the host
+        (`batch.n_tokens` minus one per row: rows are right-padded and never empty), and a stable
+        sort of the pad flags puts them first, in order. Targets outside `use` are masked (not
+        indexed out), so nothing data-dependent is read back either.
         """
         h = model(batch.ids, batch.pad_mask, right_padded=True)[:, :-1]  # (B, T-1, D)
-        y = batch.ids[:, 1:].masked_fill(~use, 0)
-        nll = token_nll(h.reshape(-1, h.shape[-1]), model.head_weight, y.reshape(-1), self.loss_impl)
-        return nll.view_as(y) * use
+        real = batch.pad_mask[:, 1:].reshape(-1)  # (B*(T-1),) the next token is real
+        n = batch.n_tokens - batch.ids.shape[0]
+        pos = (~real).to(torch.uint8).argsort(stable=True)[:n]  # (n,) flat positions, pads excluded
+        h = h.reshape(-1, h.shape[-1]).index_select(0, pos)  # (n, D)
+        u = use.reshape(-1).index_select(0, pos)
+        y = batch.ids[:, 1:].reshape(-1).index_select(0, pos).masked_fill(~u, 0)
+        return token_nll(h, model.head_weight, y, self.loss_impl) * u
 
     def _use(self, batch: Batch, answer_only: bool) -> torch.Tensor:
         use = batch.pad_mask[:, 1:]

@@ -1,0 +1,218 @@
+"""The training step's contracts that keep a GPU busy, checked on CPU: token-budget batches with little
+padding, batches cut on the device, no host reads of device values between evaluation points, logits
+only where a next token is real, and the cheaper RMSNorm / cached RoPE being exactly what they replace."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from harness import objectives
+from harness.budget import Budget
+from harness.cell import Cell
+from harness.data import BatchSampler, SeqSet, SpecialTokens, padding_fraction
+from harness.model import LM, LMConfig
+from harness.train import TrainConfig, train
+from mixers._layers import RMSNorm, _RMSNormFn, positions_from_mask, rope_angles, rope_for
+
+SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+
+
+def _lengths_fixture(n=1500, seed=0) -> np.ndarray:
+    """JSQuAD-like spread: most sequences 100-300 tokens, a tail up to the 512 cap."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(np.log(170), 0.45, n).astype(int), 20, 512)
+
+
+def _seqset(lengths: np.ndarray) -> SeqSet:
+    seqs = [[2] + [6 + (i + j) % 20 for j in range(int(L) - 1)] for i, L in enumerate(lengths)]
+    return SeqSet.from_lists(seqs, [[False] * (len(s) - 1) + [True] for s in seqs], 0)
+
+
+def _epoch(sampler: BatchSampler) -> list[np.ndarray]:
+    return sampler.epoch_batches()
+
+
+def test_token_budget_batches_are_bounded_cover_every_row_and_pad_less():
+    lengths = _lengths_fixture()
+    data = SeqSet(torch.zeros(len(lengths), 1, dtype=torch.long), torch.zeros(len(lengths), 1, dtype=torch.bool), lengths)
+    budget, pad_to = 16384, 1
+    batches = _epoch(BatchSampler(data, 0, seed=1, batch_tokens=budget, pad_to=pad_to))
+    for b in batches:  # rows x padded length of the longest row never exceeds the budget
+        assert len(b) * (-(-int(lengths[b].max()) // pad_to) * pad_to) <= budget
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(len(lengths)))  # every row exactly once per epoch
+    assert np.mean([len(b) for b in batches]) > 32  # short rows fill a batch with more than the old 32
+    new = padding_fraction(batches, lengths, pad_to)
+    old_cuda = padding_fraction(_epoch(BatchSampler(data, 32, seed=1, pad_to=64)), lengths, 64)  # the old CUDA path
+    old_cpu = padding_fraction(_epoch(BatchSampler(data, 32, seed=1)), lengths, 1)
+    assert new < 0.5 * old_cuda  # the old CUDA path rounded lengths up to 64
+    assert new < 1.2 * old_cpu  # ~3x the rows per batch, about the same padding as 32-row buckets
+
+
+def test_a_row_longer_than_the_budget_is_a_batch_of_its_own():
+    lengths = np.array([5, 6, 50, 7, 5])
+    data = SeqSet(torch.zeros(5, 1, dtype=torch.long), torch.zeros(5, 1, dtype=torch.bool), lengths)
+    batches = _epoch(BatchSampler(data, 0, seed=0, batch_tokens=16))
+    assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2, 3, 4]
+    assert [2] in [b.tolist() for b in batches]
+    assert all(len(b) * lengths[b].max() <= 16 for b in batches if 2 not in b)
+
+
+def test_batches_are_cut_on_the_device_with_one_index_upload_per_epoch(monkeypatch):
+    """No per-step host-to-device copy of indices (a pageable copy synchronises the CUDA stream):
+    the sampler uploads each epoch's order once and a batch is a slice of it."""
+    data = _seqset(_lengths_fixture(60, seed=2) // 8 + 3).to("cpu")  # as train() gets it: on its device
+    sampler = BatchSampler(data, 0, seed=0, batch_tokens=256)
+    import harness.data as hd
+
+    calls = []
+    real = torch.as_tensor
+    monkeypatch.setattr(hd.torch, "as_tensor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seen = 0
+    for _ in range(40):
+        b = next(sampler)
+        seen += b.ids.shape[0]
+        # a batch is exactly its rows, trimmed to its longest row, with a correct pad mask
+        assert b.pad_mask.sum().item() == b.n_tokens and b.pad_mask[:, -1].any()
+    assert len(calls) == sampler.epoch and sampler.epoch >= 2
+
+
+class _ReadCounter:
+    """Counts reads of tensor values into Python (item, float, int, bool, tolist, numpy, cpu).
+
+    Reads made by torch.optim itself are not counted: on CPU AdamW keeps its step counters as host
+    tensors and reads them (no device involved); on CUDA the trainer's fused AdamW keeps them on the
+    device and reads nothing."""
+
+    METHODS = ("item", "__float__", "__int__", "__bool__", "tolist", "numpy", "cpu")
+
+    def __init__(self, monkeypatch):
+        self.n, self.paused = 0, 0
+        for m in self.METHODS:
+            orig = getattr(torch.Tensor, m)
+            monkeypatch.setattr(torch.Tensor, m, self._wrap(orig))
+
+    def _wrap(self, orig):
+        def f(t, *a, **k):
+            caller = sys._getframe(1).f_code.co_filename.replace("\\", "/")
+            if not self.paused and "/torch/optim/" not in caller:
+                self.n += 1
+            return orig(t, *a, **k)
+
+        return f
+
+
+@pytest.mark.parametrize("objective", ["autoregressive", "diffusion"])
+def test_training_reads_no_device_value_between_evaluation_points(monkeypatch, objective):
+    """The loss is summed on the device and read once per evaluation point; nothing in a step
+    (sampler, model, loss, clipping, optimiser) reads a tensor value back to the host. On CUDA each
+    such read is a stream synchronisation that leaves the GPU idle."""
+    import harness.train as ht
+
+    counter = _ReadCounter(monkeypatch)
+    real_dev_loss = ht.dev_loss
+
+    def dev_loss(*a, **k):  # evaluation may read values: it happens at the eval points only
+        counter.paused += 1
+        try:
+            return real_dev_loss(*a, **k)
+        finally:
+            counter.paused -= 1
+
+    monkeypatch.setattr(ht, "dev_loss", dev_loss)
+    rng = np.random.default_rng(0)
+    seqs = [[2] + rng.integers(6, 20, int(L)).tolist() + [3] for L in rng.integers(4, 12, 48)]
+    data = SeqSet.from_lists(seqs, [[False] * (len(s) - 2) + [True] * 2 for s in seqs], 0)
+    obj = objectives.build(objective, SPECIAL, "chunked")
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=obj.causal, mlp_hidden=32))
+    cfg = TrainConfig(batch_tokens=96, progress=False, eval_points=2)
+    res = train(model, obj, data, data.subset(np.arange(8)), Budget.parse("tokens=2000"), cfg, torch.device("cpu"))
+    assert res.steps >= 20
+    assert counter.n <= 2 * cfg.eval_points, f"{counter.n} host reads in {res.steps} steps"
+    assert res.padding_frac is not None and 0 <= res.padding_frac < 0.5
+
+
+def test_autoregressive_loss_computes_logits_only_where_the_next_token_is_real(monkeypatch):
+    """Pads get no logits (n = real tokens - rows), and the loss is the one over the full padded grid."""
+    import harness.objectives.autoregressive as ar
+    from harness.loss import token_nll
+
+    seen = []
+    monkeypatch.setattr(ar, "token_nll", lambda h, w, y, impl: seen.append(h.shape[0]) or token_nll(h, w, y, impl))
+    data = SeqSet.from_lists([[2, 7, 8, 3], [2, 9, 3], [2, 10, 11, 12, 13, 3]],
+                             [[0, 0, 1, 1], [0, 1, 1], [0, 0, 0, 0, 1, 1]], 0)
+    batch = data.batch(np.arange(3))
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=16))
+    for loss_on in ("all", "answer"):
+        obj = objectives.build("autoregressive", SPECIAL, "chunked", loss_on=loss_on)
+        s, n = obj.loss_terms(model, batch)
+        # the reference: logits everywhere, masked
+        h = model(batch.ids, batch.pad_mask)[:, :-1]
+        use = batch.pad_mask[:, 1:] & (batch.target[:, 1:] if loss_on == "answer" else True)
+        ref = torch.nn.functional.cross_entropy(model.logits(h).reshape(-1, 20), batch.ids[:, 1:].reshape(-1),
+                                                reduction="none").view_as(use)[use].sum()
+        torch.testing.assert_close(s, ref, rtol=1e-5, atol=1e-5)
+        assert int(n) == int(use.sum())
+    assert seen == [batch.n_tokens - 3] * 2 == [10, 10]
+
+
+def test_rms_norm_function_is_the_textbook_rms_norm_with_exact_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+    torch.testing.assert_close(_RMSNormFn.apply(x, w, 1e-6), ref)
+    assert torch.autograd.gradcheck(lambda a, b: _RMSNormFn.apply(a, b, 1e-6), (x, w))
+    norm = RMSNorm(8)
+    xb = torch.randn(2, 4, 8).bfloat16().requires_grad_()
+    y = norm(xb)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and xb.grad.dtype == torch.bfloat16 and norm.weight.grad.dtype == torch.float32
+
+
+def test_cached_rope_angles_equal_the_recomputed_ones():
+    B, T, dim = 2, 7, 16
+    pad = torch.tensor([[True] * 7, [False, False, True, True, True, True, True]])
+    for mask in (None, pad):
+        got = rope_for(mask, B, T, dim, 10000.0, "cpu")
+        want = rope_angles(positions_from_mask(mask, B, T, "cpu"), dim, 10000.0)
+        for g, r in zip(got, want):
+            assert g.shape == (B, T, dim // 2) and torch.equal(g, r)
+    a = rope_for(None, B, T, dim, 10000.0, "cpu")[0]
+    b = rope_for(None, B, 3, dim, 10000.0, "cpu")[0]
+    assert a.data_ptr() == b.data_ptr()  # one table, read by every layer and step, not recomputed
+    with torch.inference_mode():  # a table first built in inference mode still works in training
+        rope_for(None, 1, 3000, dim, 10000.0, "cpu")
+    q = torch.randn(1, 1, 3000, dim, requires_grad=True)
+    from mixers._layers import apply_rope
+
+    apply_rope(q, *rope_for(None, 1, 3000, dim, 10000.0, "cpu")).sum().backward()
+
+
+def test_compile_is_on_by_default_on_cuda_only_and_keys_are_unchanged():
+    cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="small", budget="tokens=1")
+    assert cell.compiles(torch.device("cuda")) and not cell.compiles(torch.device("cpu"))
+    assert not Cell(**{**cell.__dict__, "no_compile": True}).compiles(torch.device("cuda"))
+    assert Cell(**{**cell.__dict__, "compile": True}).compiles(torch.device("cpu"))
+    assert Cell(**{**cell.__dict__, "no_compile": True}).key() != cell.key()
+    # rows written before the flag existed still resume: the default adds nothing to the key
+    import dataclasses
+    import hashlib
+    import json
+
+    d = dataclasses.asdict(cell)
+    for f in ("d_model", "sweep", "no_compile"):
+        del d[f]
+    assert cell.key() == hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_run_matrix_refuses_compile_and_no_compile_together():
+    import run_matrix
+
+    with pytest.raises(ValueError, match="contradict"):
+        run_matrix.main(["--compile", "--no-compile", "--preset", "tiny"])
