@@ -30,10 +30,20 @@ CUDA_MEASURE = "cuda max_memory_allocated above inputs"
 CPU_MEASURE = "torch CPU allocator peak above inputs (torch.profiler memory events)"
 
 
-def time_ms(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
-    """Median wall time of `reps` calls, in milliseconds (the caller has warmed `fn` up)."""
-    times = []
-    for _ in range(max(reps, 1)):
+def warm_up(fn: Callable[[], Any], device: torch.device, n: int) -> None:
+    """Call `fn` n times untimed: CUDA context and library handles, kernel autotuning, the caching
+    allocator and torch.compile all pay their one-off costs in the first calls, which a per-step
+    figure must not include (issue 14: attention's first row took 5.5 s and ended its curve)."""
+    for _ in range(n):
+        fn()
+    sync(device)
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, reps: int, first: list[float] | None = None) -> float:
+    """Median wall time of `reps` calls, in milliseconds (the caller has warmed `fn` up with `warm_up`);
+    `first`: times already measured to include in the median."""
+    times = list(first or [])
+    for _ in range(max(reps, 0 if times else 1)):
         sync(device)
         t0 = time.perf_counter()
         fn()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import mixers
-from harness.bench_common import bench_row, error_text, free, peak_memory, rebuild_reports, sync, time_ms
+from harness.bench_common import bench_row, error_text, free, peak_memory, rebuild_reports, sync, time_ms, warm_up
 from harness.env import resolve_device
 from harness.results import append_row
 
@@ -38,7 +38,7 @@ class ScalingConfig:
     lengths: list[int] = field(default_factory=list)  # empty: the device's default range
     tokens: int = 0  # tokens per step; 0: the longest length (batch 1 there)
     causal: bool = True
-    warmup: int = 1
+    warmup: int = 2  # untimed steps first (CUDA context, cuDNN/cuBLAS heuristics, allocator, compilation)
     reps: int = 0  # timed repetitions; 0: 10 on CUDA, 3 on CPU
     max_seconds: float = 20.0  # a step slower than this ends the mixer's range
     seed: int = 0
@@ -73,15 +73,18 @@ def measure(name: str, seq_len: int, cfg: ScalingConfig, device: torch.device) -
     x = torch.randn(batch, seq_len, cfg.d_model, device=device, requires_grad=True)  # (B, T, D)
     g = torch.randn(batch, seq_len, cfg.d_model, device=device)
     try:
-        first = time_ms(lambda: _step(module, x, g, device), device, cfg.warmup)  # warm-up (compiles, allocates)
+        step = lambda: _step(module, x, g, device)  # noqa: E731
+        warm_up(step, device, cfg.warmup)  # never timed: the first calls pay one-off costs
+        first = time_ms(step, device, 1)  # the first timed step decides whether longer lengths are worth it
         slow = first / 1000 > cfg.max_seconds
-        ms = first if slow else time_ms(lambda: _step(module, x, g, device), device, cfg.reps)
+        ms = first if slow else time_ms(step, device, cfg.reps - 1, first=[first])
         peak, how = peak_memory(lambda: _step(module, x, g, device), device)
         sync(device)
         return {
             "ms_per_step": ms, "ms_per_seq": ms / batch, "tokens_per_s": batch * seq_len / (ms / 1000),
             "peak_mem_bytes": peak, "mem_measure": how, "reps": 0 if slow else cfg.reps,
             "backend": module.backend, "params": sum(p.numel() for p in module.parameters()),
+            "warmup": cfg.warmup,
             "note": f"one step took {first / 1000:.1f} s > {cfg.max_seconds} s: longer lengths skipped" if slow else None,
         }
     finally:
@@ -137,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=0, help="tokens per step (default: the longest length)")
     p.add_argument("--bidirectional", action="store_true", help="build mixers non-causal")
     p.add_argument("--reps", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing, at every length")
     p.add_argument("--max-seconds", type=float, default=20.0)
     p.add_argument("--report", action="store_true", help="rebuild the reports afterwards")
     return p
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         mixers.get(n)  # unknown names fail before anything runs
     lengths = [int(s) for s in a.lengths.split(",") if s.strip()] or (default_lengths(a.max_len) if a.max_len else [])
     cfg = ScalingConfig(mixers=names, d_model=a.d_model, lengths=lengths, tokens=a.tokens,
-                        causal=not a.bidirectional, reps=a.reps, max_seconds=a.max_seconds)
+                        causal=not a.bidirectional, reps=a.reps, max_seconds=a.max_seconds, warmup=a.warmup)
     out = Path(a.out) / "results" / RESULTS_NAME
     print(f"scaling benchmark on {device}: rows -> {out}")
     run(cfg, device, out)

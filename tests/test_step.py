@@ -194,21 +194,13 @@ def test_cached_rope_angles_equal_the_recomputed_ones():
     apply_rope(q, *rope_for(None, 1, 3000, dim, 10000.0, "cpu")).sum().backward()
 
 
-def test_compile_is_on_by_default_on_cuda_only_and_keys_are_unchanged():
+def test_compile_is_on_by_default_on_cuda_only():
     cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="small", budget="tokens=1")
     assert cell.compiles(torch.device("cuda")) and not cell.compiles(torch.device("cpu"))
     assert not Cell(**{**cell.__dict__, "no_compile": True}).compiles(torch.device("cuda"))
     assert Cell(**{**cell.__dict__, "compile": True}).compiles(torch.device("cpu"))
     assert Cell(**{**cell.__dict__, "no_compile": True}).key() != cell.key()
-    # rows written before the flag existed still resume: the default adds nothing to the key
-    import dataclasses
-    import hashlib
-    import json
-
-    d = dataclasses.asdict(cell)
-    for f in ("d_model", "sweep", "no_compile"):
-        del d[f]
-    assert cell.key() == hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    # (the default adds nothing to the key, so older rows still resume: tests/test_mqar.py checks keys)
 
 
 def test_run_matrix_refuses_compile_and_no_compile_together():

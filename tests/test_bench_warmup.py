@@ -1,0 +1,64 @@
+"""Benchmarks time only warmed-up calls: the first calls (CUDA context, autotuning, compilation,
+allocator) are run untimed, so a slow first call neither enters a figure nor ends a mixer's curve.
+
+A fake clock makes this exact: every fake step advances it by 10 s while warming up and by 1 ms after."""
+from __future__ import annotations
+
+import torch
+
+from harness import bench_common
+from harness import bench_loss_memory as blm
+from harness import bench_scaling as bs
+
+
+class _Clock:
+    def __init__(self, slow_calls: int):
+        self.t, self.calls, self.slow_calls = 0.0, 0, slow_calls
+
+    def tick(self) -> None:
+        self.calls += 1
+        self.t += 10.0 if self.calls <= self.slow_calls else 0.001
+
+
+def test_scaling_bench_excludes_warm_up_steps_from_timing_and_from_the_stop_rule(tmp_path, monkeypatch):
+    clock = _Clock(slow_calls=2)
+    monkeypatch.setattr(bench_common.time, "perf_counter", lambda: clock.t)
+    real_step = bs._step
+
+    def step(module, x, g, device):
+        clock.tick()
+        return real_step(module, x, g, device)
+
+    monkeypatch.setattr(bs, "_step", step)
+    cfg = bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8, 16], tokens=16, reps=3, warmup=2,
+                           max_seconds=5.0)
+    rows = bs.run(cfg, torch.device("cpu"), tmp_path / "s.jsonl", log=lambda s: None)
+    # the 10 s warm-up calls are not in the figure, and did not stop the mixer at its first length
+    assert [r["seq_len"] for r in rows] == [8, 16] and all(r["status"] == "ok" for r in rows)
+    assert abs(rows[0]["ms_per_step"] - 1.0) < 1e-6 and rows[0]["warmup"] == 2 and rows[0]["note"] is None
+
+
+def test_scaling_bench_still_stops_after_a_slow_warmed_up_step(tmp_path, monkeypatch):
+    clock = _Clock(slow_calls=10**9)  # every call slow, warmed up or not
+    monkeypatch.setattr(bench_common.time, "perf_counter", lambda: clock.t)
+    real_step = bs._step
+    monkeypatch.setattr(bs, "_step", lambda *a: (clock.tick(), real_step(*a))[1])
+    cfg = bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8, 16], tokens=16, reps=3, warmup=1,
+                           max_seconds=5.0)
+    rows = bs.run(cfg, torch.device("cpu"), tmp_path / "s.jsonl", log=lambda s: None)
+    assert [r["seq_len"] for r in rows] == [8] and "longer lengths skipped" in rows[0]["note"]
+
+
+def test_loss_memory_bench_excludes_warm_up_calls(tmp_path, monkeypatch):
+    clock = _Clock(slow_calls=2)
+    monkeypatch.setattr(bench_common.time, "perf_counter", lambda: clock.t)
+    real = blm._loss_fn
+
+    def loss_fn(impl):
+        fn = real(impl)
+        return lambda h, w, y: (clock.tick(), fn(h, w, y))[1]
+
+    monkeypatch.setattr(blm, "_loss_fn", loss_fn)
+    cfg = blm.LossMemoryConfig(impls=["chunked"], vocab_sizes=[50], tokens=[16], d_model=8, reps=3, warmup=2)
+    (row,) = blm.run(cfg, torch.device("cpu"), tmp_path / "l.jsonl", log=lambda s: None)
+    assert row["status"] == "ok" and abs(row["ms_fwd_bwd"] - 1.0) < 1e-6 and row["warmup"] == 2
