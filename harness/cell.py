@@ -161,7 +161,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["loss_curve"] = res.loss_curve
         row["train"] = {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
                         "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
-                        "compile": compiled, "tf32": tf32, "lr": tcfg.lr, "pad_to": tcfg.pad_to,
+                        "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32, "lr": tcfg.lr, "pad_to": tcfg.pad_to,
                         **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size}),
                         "padding_frac": res.padding_frac}
 

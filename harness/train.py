@@ -54,6 +54,7 @@ class TrainResult:
     best_dev_loss: float | None = None
     epochs: float = 0.0
     padding_frac: float | None = None  # share of computed positions (rows x batch length) that were padding
+    compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
 
 
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
@@ -131,8 +132,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     sampler = par.sampler(sampler) if par else sampler  # [DDP] this rank's rows of each global batch
     dev_set = dev_set.subset(np.arange(min(len(dev_set), cfg.dev_max_seqs)))
     opt = _optimizer(model, cfg, device)
-    step_fn = par.module if par else model  # [DDP] forward through the wrapper: gradients all-reduce
-    step_fn = torch.compile(step_fn) if cfg.compile else step_fn
+    eager_fn = par.module if par else model  # [DDP] forward through the wrapper: gradients all-reduce
+    step_fn = torch.compile(eager_fn) if cfg.compile else eager_fn
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -153,12 +154,25 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
         batch = next(sampler)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * wsd_multiplier(frac, cfg)
-        with autocast(device):
-            if par:  # [DDP] normalised by the global loss-token count
-                loss = par.loss(objective, step_fn, batch, sampler.live, gen)
-            else:
-                loss = objective.loss(step_fn, batch, gen)
-        loss.backward()
+
+        def forward_backward(fn) -> torch.Tensor:
+            with autocast(device):
+                if par:  # [DDP] normalised by the global loss-token count
+                    loss = par.loss(objective, fn, batch, sampler.live, gen)
+                else:
+                    loss = objective.loss(fn, batch, gen)
+            loss.backward()
+            return loss
+
+        try:
+            loss = forward_backward(step_fn)
+        except Exception as e:  # a mixer torch.compile cannot handle: say so in the row, train eagerly
+            if step_fn is eager_fn or res.steps >= warm_steps or isinstance(e, torch.cuda.OutOfMemoryError):
+                raise
+            res.compile_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            step_fn = eager_fn
+            opt.zero_grad(set_to_none=True)
+            loss = forward_backward(step_fn)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -123,3 +123,27 @@ def test_every_loss_path_takes_bf16_hidden_states_with_an_fp32_classifier(impl):
     torch.testing.assert_close(nll.detach(), ref[0], rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(hb.grad.float(), ref[1], rtol=5e-2, atol=5e-2)
     torch.testing.assert_close(w.grad, ref[2], rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["cce", "chunked"])
+def test_lm_loss_backward_under_cuda_autocast(impl):
+    """The grid's path on CUDA: LM + objective under bf16 autocast, backward through the loss kernel."""
+    if impl == "cce":
+        pytest.importorskip("cut_cross_entropy")
+    from harness import objectives
+    from harness.data import SeqSet, SpecialTokens
+    from harness.model import LM, LMConfig
+    from harness.train import autocast
+
+    special = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+    data = SeqSet.from_lists([[2, 7, 8, 4, 9, 3], [2, 11, 4, 12, 3]], [[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1]], 0).to("cuda")
+    dev = torch.device("cuda")
+    for name in ("autoregressive", "diffusion"):
+        obj = objectives.build(name, special, impl)
+        model = LM(LMConfig(vocab_size=40, d_model=32, n_layers=2, mixer="attention", causal=obj.causal,
+                            mlp_hidden=64)).to(dev)
+        with autocast(dev):
+            loss = obj.loss(model, data.batch(__import__("numpy").arange(2)), torch.Generator(device=dev).manual_seed(0))
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(model.embed.weight.grad).all()

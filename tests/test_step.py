@@ -208,3 +208,23 @@ def test_run_matrix_refuses_compile_and_no_compile_together():
 
     with pytest.raises(ValueError, match="contradict"):
         run_matrix.main(["--compile", "--no-compile", "--preset", "tiny"])
+
+
+def test_a_model_torch_compile_cannot_handle_trains_eagerly_and_says_so(monkeypatch):
+    import harness.train as ht
+
+    def broken_compile(fn):
+        def run(*a, **k):
+            raise RuntimeError("BackendCompilerFailed: inductor cannot lower this")
+
+        return run
+
+    monkeypatch.setattr(ht.torch, "compile", broken_compile)
+    rng = np.random.default_rng(0)
+    seqs = [[2] + rng.integers(6, 20, 6).tolist() + [3] for _ in range(16)]
+    data = SeqSet.from_lists(seqs, [[False] * 6 + [True] * 2 for _ in seqs], 0)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    cfg = TrainConfig(batch_tokens=64, progress=False, eval_points=1, compile=True)
+    res = train(model, obj, data, data, Budget.parse("tokens=400"), cfg, torch.device("cpu"))
+    assert res.steps >= 5 and "BackendCompilerFailed" in res.compile_error

@@ -1,0 +1,207 @@
+"""One command for a GPU check: the CUDA-only tests, every mixer x objective at a short budget, the
+scaling and loss-memory benchmarks, and a report folder to commit.
+
+    bash scripts/gpu_check.sh                         # on a CUDA machine (installs .whl/*.whl if present)
+    python -m harness.gpu_check --out gpu_check       # the same, without the wheel step
+    python -m harness.gpu_check --cpu-dry-run         # on CPU: tiny sizes, CUDA-only parts skipped
+
+Each part runs as its own process with a time limit, so one failure or hang never stops the others,
+and the limits add up to under 8 minutes on a GPU (`PLAN`). What a part printed goes to
+`OUT/logs/<part>.log`; rows go to `OUT/results/`, the grid's report to `OUT/reports/`, and a summary
+(device, versions, each part's status and time, every cell's status and tokens/s) to `OUT/README.md`.
+With `--commit` the folder is committed to the current git branch at the end.
+
+A part that runs out of time is reported as such, with whatever rows it wrote (rerunning the same
+command resumes the grid: finished cells are skipped). Nothing here needs network: the data comes from
+`--data-dir` (default: $WAVEBENCH_DATA_DIR, else ./data/jsquad-v1.3, else ../shared/data/jsquad-v1.3).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NEEDED = {"fugashi": "fugashi", "unidic_lite": "unidic-lite", "pywt": "PyWavelets",
+          "cut_cross_entropy": "cut-cross-entropy", "sentencepiece": "sentencepiece"}
+
+
+@dataclass
+class Part:
+    name: str
+    argv: list[str]
+    timeout_s: int
+    cuda_only: bool = False
+    status: str = "not run"
+    seconds: float = 0.0
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def default_data_dir() -> Path:
+    for cand in (os.environ.get("WAVEBENCH_DATA_DIR"), ROOT / "data" / "jsquad-v1.3",
+                 ROOT.parent / "shared" / "data" / "jsquad-v1.3"):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return ROOT / "data" / "jsquad-v1.3"
+
+
+def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: int | None) -> list[Part]:
+    """The parts and their time limits. GPU limits sum to 450 s (+ start-up): under 8 minutes."""
+    py = sys.executable
+    if dry:
+        grid = ["--device", "cpu", "--preset", "tiny", "--budget", budget or "tokens=3000",
+                "--task-opt", f"eval_limit={eval_limit or 10}"]
+        scaling = ["--device", "cpu", "--lengths", "64,128", "--tokens", "128", "--reps", "1", "--warmup", "1"]
+        loss = ["--device", "cpu", "--impls", "chunked,plain", "--vocab", "1000", "--tokens", "64", "--reps", "1"]
+        limits = {"tests": 600, "grid": 1500, "scaling": 600, "loss": 300}
+    else:
+        grid = ["--device", "cuda", "--preset", "small", "--budget", budget or "a100_seconds=10",
+                "--task-opt", f"eval_limit={eval_limit or 100}"]
+        scaling = ["--device", "cuda", "--max-len", "8192", "--tokens", "16384", "--reps", "5", "--max-seconds", "5"]
+        loss = ["--device", "cuda", "--vocab", "8000,32000", "--tokens", "4096,16384", "--reps", "5"]
+        limits = {"tests": 90, "grid": 240, "scaling": 60, "loss": 60}
+    o = ["--out", str(out)]
+    return [
+        Part("cuda_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
+                            "tests/test_loss.py", "tests/test_bench.py", "tests/test_mamba.py", "tests/test_mixers.py"],
+             limits["tests"], cuda_only=True),
+        Part("grid", [py, "run_matrix.py", "--data-dir", str(data_dir), "--grid", "gpu_check", "--no-progress", *grid, *o],
+             limits["grid"]),
+        Part("bench_scaling", [py, "-m", "harness.bench_scaling", *scaling, *o], limits["scaling"]),
+        Part("bench_loss_memory", [py, "-m", "harness.bench_loss_memory", *loss, *o], limits["loss"]),
+    ]
+
+
+def run_part(p: Part, logs: Path, cuda: bool) -> None:
+    if p.cuda_only and not cuda:
+        p.status, p.note = "skipped", "needs CUDA (this is a CPU dry run)"
+        return
+    log = logs / f"{p.name}.log"
+    t0 = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        f.write("$ " + " ".join(p.argv) + "\n")
+        f.flush()
+        try:
+            rc = subprocess.run(p.argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=p.timeout_s).returncode
+            p.status = "ok" if rc == 0 else f"failed (exit {rc})"
+        except subprocess.TimeoutExpired:
+            p.status = f"timed out after {p.timeout_s} s"
+    p.seconds = round(time.perf_counter() - t0, 1)
+    tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+    p.note = " / ".join(t.strip() for t in tail)[:300]
+
+
+def environment() -> dict:
+    import torch
+
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+           "cuda": torch.version.cuda, "missing_packages": []}
+    for mod, dist in NEEDED.items():
+        try:
+            importlib.import_module(mod)
+        except Exception:
+            env["missing_packages"].append(dist)
+    try:
+        env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                           text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_commit"] = None
+    return env
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def summary(out: Path, env: dict, parts: list[Part], dry: bool, wall: float) -> str:
+    lines = [f"# GPU check{' (CPU dry run: not GPU figures)' if dry else ''}", "",
+             f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; total wall {wall:.0f} s",
+             f"- device: {env['device']}; torch {env['torch']} (CUDA {env['cuda']}); python {env['python']}",
+             f"- commit: {env['git_commit']}",
+             f"- packages missing: {', '.join(env['missing_packages']) or 'none'}", "",
+             "| part | status | seconds | last lines of its log (`logs/<part>.log`) |", "|---|---|---:|---|"]
+    lines += [f"| {p.name} | {p.status} | {p.seconds} | {p.note.replace('|', '/')} |" for p in parts]
+    cells = [r for r in _rows(out / "results" / "gpu_check.jsonl") if r.get("objective") not in (None, "none")]
+    if cells:
+        lines += ["", "## Grid cells (`results/gpu_check.jsonl`, report in `reports/gpu_check/`)", "",
+                  "| mixer | objective | status | train tokens/s | MFU | compile | loss | padding | error |",
+                  "|---|---|---|---:|---:|---|---|---:|---|"]
+        for r in cells:
+            m, t = r.get("metrics") or {}, r.get("train") or {}
+            tps = f"{m['tokens_per_s']:,.0f}" if isinstance(m.get("tokens_per_s"), (int, float)) else ""
+            mfu = f"{100 * m['mfu']:.2f}%" if isinstance(m.get("mfu"), (int, float)) else ""
+            lines.append(f"| {r['mixer']} | {r['objective']} | {r['status']} | {tps} | {mfu} | {t.get('compile', '')} | "
+                         f"{(r.get('backend') or {}).get('loss', '')} | {t.get('padding_frac', '')} | "
+                         f"{(r.get('error') or '')[:120]} |")
+    for name, fields in (("bench_scaling", ("mixer", "seq_len", "ms_per_step", "tokens_per_s", "status")),
+                         ("bench_loss_memory", ("impl", "vocab_size", "n_tokens", "ms_fwd_bwd", "peak_mem_bytes", "status"))):
+        rows = _rows(out / "results" / f"{name}.jsonl")
+        if rows:
+            lines += ["", f"## {name} (`results/{name}.jsonl`)", "", "| " + " | ".join(fields) + " |",
+                      "|" + "---|" * len(fields)]
+            for r in rows:
+                vals = [r.get(k) for k in fields]
+                lines.append("| " + " | ".join(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="gpu_check", help="report folder (results/, reports/, logs/, README.md)")
+    ap.add_argument("--data-dir", default=None, help="JSQuAD files (see the module docstring for the default)")
+    ap.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on CPU; CUDA-only parts are skipped")
+    ap.add_argument("--budget", default=None, help="grid budget per cell (default a100_seconds=10; dry run tokens=3000)")
+    ap.add_argument("--eval-limit", type=int, default=None, help="questions scored per cell (default 100; dry run 10)")
+    ap.add_argument("--parts", default="", help="comma-separated subset of cuda_tests,grid,bench_scaling,bench_loss_memory")
+    ap.add_argument("--commit", action="store_true", help="git-commit the report folder at the end")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not a.cpu_dry_run:
+        print("error: no CUDA device here; run with --cpu-dry-run to check the command on CPU", file=sys.stderr)
+        return 2
+    data_dir = Path(a.data_dir) if a.data_dir else default_data_dir()
+    if not data_dir.is_dir():
+        print(f"error: no JSQuAD data at {data_dir}; copy jsquad-v1.3 there or pass --data-dir", file=sys.stderr)
+        return 2
+    out = Path(a.out).resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = environment()
+    parts = plan(out, data_dir.resolve(), a.cpu_dry_run, a.budget, a.eval_limit)
+    if a.parts:
+        keep = {s.strip() for s in a.parts.split(",") if s.strip()}
+        unknown = keep - {p.name for p in parts}
+        if unknown:
+            print(f"error: unknown part(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        parts = [p for p in parts if p.name in keep]
+    t0 = time.perf_counter()
+    for p in parts:
+        print(f"[gpu_check] {p.name} (limit {p.timeout_s} s) ...", flush=True)
+        run_part(p, out / "logs", cuda and not a.cpu_dry_run)
+        print(f"[gpu_check] {p.name}: {p.status} in {p.seconds} s", flush=True)
+    (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(summary(out, env, parts, a.cpu_dry_run, time.perf_counter() - t0), encoding="utf-8")
+    print(f"[gpu_check] report: {out / 'README.md'}")
+    if a.commit:
+        subprocess.run(["git", "add", "-f", str(out)], cwd=ROOT, check=False)
+        subprocess.run(["git", "commit", "-q", "-m", f"GPU check report ({env['device']})", "--", str(out)], cwd=ROOT,
+                       check=False)
+    return 0 if all(p.status in ("ok", "skipped") for p in parts) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
