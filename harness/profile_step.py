@@ -11,7 +11,8 @@ One fixed batch (random ids, `--batch` x `--seq-len`, seeded) through the real t
 `harness.train` (autocast, objective loss, backward, gradient clipping, AdamW, zero_grad). Reported
 per step: the median wall time over `--steps` timed steps after `--warmup` untimed ones, and the
 number of `aten::` operator events (every nesting level, as torch.profiler counts them) in one
-profiled step. A measurement, not a test: CPU timings are noisy when other work shares the cores.
+profiled step, and in its forward + loss + backward alone (on CPU, AdamW and gradient clipping loop
+over parameters; on CUDA the trainer's fused AdamW and foreach clipping are a few kernels). A measurement, not a test: CPU timings are noisy when other work shares the cores.
 """
 from __future__ import annotations
 
@@ -48,15 +49,20 @@ def make_step(mixer: str, objective: str, preset: str, B: int, T: int, device: t
     batch = fixed_batch(p.vocab_size, B, T, device)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def step() -> torch.Tensor:
+    def forward_backward() -> torch.Tensor:
         with autocast(device):
             loss_t = obj.loss(model, batch, gen)
         loss_t.backward()
+        return loss_t.detach()
+
+    def step() -> torch.Tensor:
+        loss_t = forward_backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss_t.detach()
+        return loss_t
 
+    step.forward_backward = forward_backward
     return step
 
 
@@ -72,11 +78,40 @@ def profile(step, device: torch.device, warmup: int, steps: int) -> dict[str, fl
         times.append((time.perf_counter() - t0) * 1000)
     from torch.profiler import ProfilerActivity, profile as tprofile
 
-    with tprofile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-        sync(device)
-    n_aten = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
-    return {"ms_per_step": statistics.median(times), "aten_ops_per_step": n_aten}
+    counts = []
+    for fn in (step, step.forward_backward):
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+            sync(device)
+        counts.append(sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")))
+    return {"ms_per_step": statistics.median(times), "aten_ops_per_step": counts[0], "aten_ops_fwd_bwd": counts[1]}
+
+
+def padding_table(data_dir: str, preset: str, epochs: int = 3) -> None:
+    """Padding fraction of the training batches on the real JSQuAD training split: the old batching
+    (32 rows per batch, lengths rounded up to 64 on CUDA, or not on CPU) versus the token budget."""
+    from pathlib import Path
+
+    import numpy as np
+
+    import tasks
+    from harness.data import BatchSampler, padding_fraction
+    from tasks import PrepareContext
+
+    p = get_preset(preset)
+    cache = Path.home() / ".cache" / "wavebench"
+    data = tasks.build("jsquad").prepare(PrepareContext(Path(data_dir), cache, p.vocab_size, p.max_len, print))
+    train, L = data.train, data.train.lengths
+    print(f"training split: {len(L)} sequences, {int(L.sum()):,} tokens, mean length {L.mean():.1f} (preset {preset})")
+    print("| batching | rows/batch (mean) | real tokens/batch (mean) | padding fraction |")
+    print("|---|---:|---:|---:|")
+    for label, bs, bt, pad in ((f"old: {p.batch_size} rows, lengths rounded up to 64 (CUDA)", p.batch_size, 0, 64),
+                               (f"old: {p.batch_size} rows, no rounding (CPU)", p.batch_size, 0, 1),
+                               (f"new: token budget {p.batch_tokens}, no rounding", p.batch_size, p.batch_tokens, 1)):
+        s = BatchSampler(train, bs, seed=0, pad_to=pad, batch_tokens=bt)
+        batches = [b for _ in range(epochs) for b in s.epoch_batches()]
+        print(f"| {label} | {np.mean([len(b) for b in batches]):.1f} | {np.mean([L[b].sum() for b in batches]):,.0f} | "
+              f"{100 * padding_fraction(batches, L, pad):.1f}% |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,14 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: host time without thread contention)")
+    ap.add_argument("--padding", metavar="DATA_DIR", default=None,
+                    help="instead: the padding fraction of the training batches on this JSQuAD data")
     a = ap.parse_args(argv)
+    if a.padding:
+        padding_table(a.padding, a.preset)
+        return 0
     device = resolve_device(a.device)
     torch.set_num_threads(a.threads)
-    print(f"| mixer | host ms/step (median of {a.steps}) | aten ops/step |")
-    print("|---|---:|---:|")
+    print(f"| mixer | host ms/step (median of {a.steps}) | aten ops/step | of which forward + loss + backward |")
+    print("|---|---:|---:|---:|")
     for m in [s.strip() for s in a.mixers.split(",") if s.strip()]:
         r = profile(make_step(m, a.objective, a.preset, a.batch, a.seq_len, device, a.loss), device, a.warmup, a.steps)
-        print(f"| {m} | {r['ms_per_step']:.1f} | {r['aten_ops_per_step']:,} |", flush=True)
+        print(f"| {m} | {r['ms_per_step']:.1f} | {r['aten_ops_per_step']:,} | {r['aten_ops_fwd_bwd']:,} |", flush=True)
     return 0
 
 
