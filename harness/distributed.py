@@ -5,8 +5,8 @@ ranks), or `spawn_cell` (N local processes for one cell; what a multi-GPU Ray ta
 
 Why it works the way it does:
 - **A cell on N ranks is the same run as on one process.** Every rank draws the same seeded global
-  batch (the preset's `batch_size` rows) and trains on rows r::N of it; each rank's loss is divided by
-  the loss-token count summed over ranks (`Objective.loss_terms`), so DDP's gradient *average* is
+  batch (the preset's `batch_tokens` budget, or `batch_size` rows) and trains on rows r::N of it;
+  each rank's loss is divided by the loss-token count summed over ranks (`Objective.loss_terms`), so DDP's gradient *average* is
   exactly the gradient of the single-process per-token mean. Hyper-parameters never depend on the
   world size: more GPUs make a cell faster, never different (up to float summation order).
 - **The budget is the cell's.** Tokens are those of the global batch, which every rank knows without

@@ -57,8 +57,9 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
     """The parts and their time limits. GPU limits sum to 450 s (+ start-up): under 8 minutes."""
     py = sys.executable
     if dry:
+        # a small dev slice and few timed answers: the CPU check is about running, not about figures
         grid = ["--device", "cpu", "--preset", "tiny", "--budget", budget or "tokens=3000",
-                "--task-opt", f"eval_limit={eval_limit or 10}"]
+                "--task-opt", f"eval_limit={eval_limit or 10}", "--task-opt", "dev_frac=0.02", "--task-opt", "latency_n=2"]
         scaling = ["--device", "cpu", "--lengths", "64,128", "--tokens", "128", "--reps", "1", "--warmup", "1"]
         loss = ["--device", "cpu", "--impls", "chunked,plain", "--vocab", "1000", "--tokens", "64", "--reps", "1"]
         limits = {"tests": 600, "grid": 1500, "scaling": 600, "loss": 300}

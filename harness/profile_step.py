@@ -40,18 +40,20 @@ def fixed_batch(vocab: int, B: int, T: int, device: torch.device, seed: int = 0)
     return Batch(ids.to(device), torch.ones(B, T, dtype=torch.bool, device=device), target.to(device), B * T)
 
 
-def make_step(mixer: str, objective: str, preset: str, B: int, T: int, device: torch.device, loss: str = "chunked"):
+def make_step(mixer: str, objective: str, preset: str, B: int, T: int, device: torch.device, loss: str = "chunked",
+              compile: bool = False):
     obj = objectives.build(objective, SPECIAL, loss)
     p = get_preset(preset)
     torch.manual_seed(0)
     model = LM(matched_config(p, mixer, obj.causal, p.vocab_size)).to(device)
     opt = _optimizer(model, TrainConfig(), device)
+    fwd = torch.compile(model) if compile else model  # what train() does: the model compiled, loss eager
     batch = fixed_batch(p.vocab_size, B, T, device)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def forward_backward() -> torch.Tensor:
         with autocast(device):
-            loss_t = obj.loss(model, batch, gen)
+            loss_t = obj.loss(fwd, batch, gen)
         loss_t.backward()
         return loss_t.detach()
 
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model, as training on CUDA does")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: host time without thread contention)")
     ap.add_argument("--padding", metavar="DATA_DIR", default=None,
                     help="instead: the padding fraction of the training batches on this JSQuAD data")
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| mixer | host ms/step (median of {a.steps}) | aten ops/step | of which forward + loss + backward |")
     print("|---|---:|---:|---:|")
     for m in [s.strip() for s in a.mixers.split(",") if s.strip()]:
-        r = profile(make_step(m, a.objective, a.preset, a.batch, a.seq_len, device, a.loss), device, a.warmup, a.steps)
+        r = profile(make_step(m, a.objective, a.preset, a.batch, a.seq_len, device, a.loss, a.compile), device, a.warmup, a.steps)
         print(f"| {m} | {r['ms_per_step']:.1f} | {r['aten_ops_per_step']:,} | {r['aten_ops_fwd_bwd']:,} |", flush=True)
     return 0
 
