@@ -85,6 +85,7 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     decode_path: str = "rerun"  # "state" when the subclass implements prefill/step with a carried state
+    decode_backend: str = "forward_rerun"  # what the last step ran
 
     def _check_causal(self) -> None:
         if not self.causal:

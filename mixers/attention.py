@@ -107,6 +107,7 @@ class Attention(Mixer):
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
     decode_path = "state"
+    decode_backend = "sdpa_kv_cache"
 
     def _kv_rope(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k rotated to positions pos (B, T), and v: each (B, H, T, hd), as in `forward`."""

@@ -133,6 +133,7 @@ class GatedContext(Mixer):
         return self._read(c, o)
 
     decode_path = "state"
+    decode_backend = "torch_step"
 
     @torch.no_grad()
     def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

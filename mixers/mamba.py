@@ -382,6 +382,7 @@ class Mamba(Mixer):
         return self.out_proj(y.to(xs.dtype))
 
     decode_path = "state"
+    decode_backend = "torch_step"  # "mamba_ssm_step" after a step on the fused kernel
 
     @torch.no_grad()
     def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MambaState]:

@@ -292,6 +292,7 @@ class WaveMixer(Mixer):
         return self.core(x, pad_mask)
 
     decode_path = "state"
+    decode_backend = "torch_step"
 
     def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, WaveState]:
         self._check_causal()

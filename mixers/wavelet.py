@@ -127,6 +127,7 @@ class WaveWavelet(Mixer):
         return y.to(h.dtype)
 
     decode_path = "state"
+    decode_backend = "torch_step"
 
     def _mix(self, bands: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """Σ_b g_b ⊙ band_b over the stacked bands' first axis."""

@@ -169,3 +169,41 @@ def test_greedy_decoding_covers_the_fallback_and_says_so(monkeypatch):
 def test_decode_option_is_checked():
     with pytest.raises(ValueError, match="decode must be one of"):
         build_objective("autoregressive", SPECIAL, "chunked", decode="beam")
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark and its report section
+# ----------------------------------------------------------------------------------------------
+
+
+def test_decode_bench_writes_rows_that_the_report_draws(tmp_path):
+    from harness import bench_decode as bd
+    from harness.results import read_rows
+    from reports import write_reports
+    from reports.load import check_row
+
+    out = tmp_path / "results" / bd.RESULTS_NAME
+    cfg = bd.DecodeConfig(mixers=["attention", "gated_context"], contexts=[8, 16], batches=[1, 2], preset="tiny",
+                          steps=2, reps=1, rerun=True)
+    rows = bd.run(cfg, torch.device("cpu"), out, log=lambda s: None)
+    assert read_rows(out) == rows and len(rows) == 8 and len({r["key"] for r in rows}) == 8
+    for r in rows:
+        check_row(r, "row")
+        assert r["status"] == "ok" and r["decode_path"] == "state"
+        assert r["step_ms"] > 0 and r["prefill_ms"] > 0 and r["speedup"] == r["rerun_ms"] / r["step_ms"]
+        assert r["state_floats"] == r["batch"] * LM_STATE[r["mixer"]](r["context"])
+    by = {(r["mixer"], r["batch"], r["context"]): r for r in rows}
+    # the KV cache grows with the context and the batch; the context vector only with the batch
+    assert by[("attention", 1, 16)]["state_bytes"] > by[("attention", 1, 8)]["state_bytes"]
+    assert by[("gated_context", 2, 16)]["state_bytes"] == by[("gated_context", 2, 8)]["state_bytes"] \
+        == 2 * by[("gated_context", 1, 8)]["state_bytes"]
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    text = (tmp_path / "reports" / "benchmarks" / "README.md").read_text()
+    assert "## Decoding cost versus context" in text and "decode_cpu" in text
+    assert "| gated_context | 2 |" in text and "state (torch_step)" in text
+
+
+LM_STATE = {  # the tiny preset's per-sequence claim (2 layers, d_model 64)
+    "attention": lambda T: 2 * 2 * T * 64,
+    "gated_context": lambda T: 2 * 64,
+}
