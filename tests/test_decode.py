@@ -207,3 +207,16 @@ LM_STATE = {  # the tiny preset's per-sequence claim (2 layers, d_model 64)
     "attention": lambda T: 2 * 2 * T * 64,
     "gated_context": lambda T: 2 * 64,
 }
+
+
+def test_report_legend_names_each_rows_decoding_path():
+    from reports.tables import decode_paths_line
+
+    row = lambda mixer, obj, path: {"mixer": mixer, "objective": obj, "status": "ok",  # noqa: E731
+                                    "metrics": {"decode_path": path} if path else {}}
+    ar = build_objective("autoregressive", SPECIAL, "chunked")
+    line = decode_paths_line([row("attention", "autoregressive", ar.decode_path(_lm("attention"))),
+                              row("mamba", "autoregressive", ar.decode_path(_lm("mamba"))),
+                              row("mamba", "diffusion", "rerun: bidirectional"), row("mamba", "autoregressive", None)])
+    assert "`state: prefill, then one token per step (KV cache / carried state)` (2 cells)" in line
+    assert "`rerun: bidirectional` (1 cells)" in line and "before stateful decoding existed" in line
