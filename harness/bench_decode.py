@@ -39,17 +39,22 @@ from harness.results import append_row
 RESULTS_NAME = "bench_decode.jsonl"
 
 
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of every tensor reachable in a decoding state (dataclasses, lists, tuples, dicts)."""
+def tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor reachable in a decoding state (dataclasses, lists, tuples, dicts)."""
     if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
+        return [obj]
     if dataclasses.is_dataclass(obj):
-        return sum(tensor_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+        return [t for f in dataclasses.fields(obj) for t in tensors(getattr(obj, f.name))]
     if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(v) for v in obj)
+        return [t for v in obj for t in tensors(v)]
     if isinstance(obj, dict):
-        return sum(tensor_bytes(v) for v in obj.values())
-    return 0
+        return [t for v in obj.values() for t in tensors(v)]
+    return []
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes held by the tensors of a decoding state."""
+    return sum(t.numel() * t.element_size() for t in tensors(obj))
 
 
 @dataclasses.dataclass

@@ -220,3 +220,20 @@ def test_report_legend_names_each_rows_decoding_path():
                               row("mamba", "diffusion", "rerun: bidirectional"), row("mamba", "autoregressive", None)])
     assert "`state: prefill, then one token per step (KV cache / carried state)` (2 cells)" in line
     assert "`rerun: bidirectional` (1 cells)" in line and "before stateful decoding existed" in line
+
+
+@pytest.mark.parametrize("name", mixers.names())
+def test_the_decoding_state_is_the_state_the_mixer_claims(name):
+    """`state_floats(T)` is what decoding carries: every number of the state after a prompt of T
+    tokens (one sequence), KV caches counted by the positions in use."""
+    from harness.bench_decode import tensors
+
+    m = mixers.build(name, D, causal=True).eval()
+    if m.decode_path != "state":
+        pytest.skip("rerun fallback: its state is the prefix itself")
+    T = 11
+    _, state = m.prefill(torch.randn(1, T, D))
+    if name == "attention":
+        assert state.length == T and 2 * state.k[:, :, :T].numel() == m.state_floats(T)
+        return
+    assert sum(t.numel() for t in tensors(state)) == m.state_floats(T)  # token counters included
