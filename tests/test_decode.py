@@ -236,3 +236,28 @@ def test_the_decoding_state_is_the_state_the_mixer_claims(name):
         assert state.length == T and 2 * state.k[:, :, :T].numel() == m.state_floats(T)
         return
     assert sum(t.numel() for t in tensors(state)) == m.state_floats(T)  # token counters included
+
+
+def test_mamba_step_calls_the_fused_state_update_with_its_documented_contract(monkeypatch):
+    """CUDA path's contract, on CPU: mamba-ssm's `selective_state_update(state, x, dt, A, B, C, D, z,
+    dt_bias, dt_softplus)` updates state (B, Di, N) in place and returns the gated output (B, Di). A
+    stand-in with those semantics must give what the PyTorch step gives."""
+    import mixers.mamba as mm
+
+    def fake(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+        assert dt_bias is None and not dt_softplus and state.shape == (x.shape[0], x.shape[1], A.shape[1])
+        state.copy_(torch.exp(dt[..., None] * A) * state + (dt * x)[..., None] * B[:, None, :])
+        return ((state * C[:, None, :]).sum(-1) + D * x) * torch.nn.functional.silu(z)
+
+    torch.manual_seed(0)
+    m = mixers.build("mamba", D, causal=True).eval()
+    x, pad_mask = _left_padded()
+    _, st = m.prefill(x[:, :T0], pad_mask[:, :T0])
+    xs, z = (t[:, 0] for t in m.in_proj(x[:, T0:T0 + 1]).chunk(2, dim=-1))
+    monkeypatch.setattr(mm, "_selective_state_update", fake)
+    with torch.no_grad():
+        y_ref, st_ref = mm._direction_step(m.fwd, xs, z, mm.MambaState(st.conv.clone(), st.h.clone()), fused=False)
+        y, st_new = mm._direction_step(m.fwd, xs, z, st, fused=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(st_new.h, st_ref.h)
+    torch.testing.assert_close(st_new.conv, st_ref.conv)
