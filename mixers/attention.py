@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mixers import Mixer, register
-from mixers._layers import apply_rope, rope_for
+from mixers._layers import apply_rope, positions_from_mask, rope_angles, rope_for
 
 try:  # optional CUDA-only package; any failure (not installed, no compiled extension) means "absent"
     from flash_attn import flash_attn_func as _flash_attn_func

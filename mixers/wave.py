@@ -66,7 +66,7 @@ import torch
 import torch.nn as nn
 
 from mixers import Mixer, register
-from mixers._layers import rope_for
+from mixers._layers import rope_angles, rope_for
 
 Complex = tuple[torch.Tensor, torch.Tensor]  # (real part, imaginary part), each (B, T, D), fp32
 
