@@ -96,7 +96,8 @@ def run_part(p: Part, logs: Path, cuda: bool) -> None:
         except subprocess.TimeoutExpired:
             p.status = f"timed out after {p.timeout_s} s"
     p.seconds = round(time.perf_counter() - t0, 1)
-    tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+    lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    tail = [t for t in lines if t.strip() and not t.startswith("USDT:")][-3:]  # not the profiler's chatter
     p.note = " / ".join(t.strip() for t in tail)[:300]
 
 
