@@ -43,6 +43,9 @@ def label(row: dict[str, Any]) -> str:
     if is_reference(row):
         setting = (row.get("reference") or {}).get("setting")
         return f"{row['mixer']} ({setting})" if setting else str(row["mixer"])
+    p = row.get("pretrain")  # cells that pretrain first are told apart from those that do not
+    if p:
+        return f"{row['mixer']} (pretrain {'+'.join(p['sources'])} {p['frac']:g})"
     return str(row["mixer"])
 
 

@@ -16,6 +16,7 @@ IGNORE = -100
 class Autoregressive(Objective):
     causal = True
     ppl_key = "ppl"
+    pretrain_opts = {"loss_on": "all"}  # next-token loss on every token
 
     @dataclasses.dataclass
     class Options:
