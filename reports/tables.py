@@ -141,7 +141,7 @@ def grid_table(rows: list[dict[str, Any]]) -> tuple[str, list[Column]]:
         if is_reference(r):
             name, obj = f"*{esc(label(r))}*", f"*{reference_kind(r)}*"
         else:
-            name, obj = esc(r["mixer"]), esc(r["objective"])
+            name, obj = esc(label(r)), esc(r["objective"])
         lines.append("| " + " | ".join([name, obj, *(cell_text(r, c, best) for c in cols), status_text(r)]) + " |")
     return "\n".join(lines), cols
 
