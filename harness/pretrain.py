@@ -4,7 +4,7 @@ A cell with `pretrain = {"sources": [...], "frac": F, "max_chars": N}` spends th
 budget on its objective's language-modelling form (`Objective.pretraining()`: next-token loss on every
 token for autoregressive, masked diffusion over whole sequences for diffusion) over packed unlabeled
 text, then the rest on the task. One run, one optimizer, one WSD schedule over the whole budget (with
-the default decay_frac 0.2 and F = 0.8 the task stage is exactly the decay phase), one loss curve and
+decay_frac 0.2 and F = 0.8 the task stage would be exactly the decay phase), one loss curve and
 dev-loss checkpoint selection over both stages (the dev loss is always the task's).
 
 Why it is built this way:
