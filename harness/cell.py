@@ -24,6 +24,7 @@ import mixers
 import tasks
 from harness import objectives
 from harness import distributed as ddp
+from harness import pretrain as pt
 from harness.budget import Budget, BudgetMeter
 from harness.env import device_name, git_commit, versions
 from harness.flops import mfu
@@ -67,6 +68,7 @@ class Cell:
     no_compile: bool = False  # force eager execution, also on CUDA
     d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
+    pretrain: dict[str, Any] | None = None  # harness.pretrain.PretrainSpec as a dict: sources, frac, max_chars
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
@@ -80,14 +82,13 @@ class Cell:
         at = "".join(f" {k}={v}" for k, v in (self.sweep or {}).items())
         return f"{self.mixer} x {self.objective} (seed {self.seed}{at})"
 
-
     def compiles(self, device: torch.device) -> bool:
         """torch.compile for training: on by default on CUDA (eager launch overhead dominates a small
         model's step there), off on CPU (compiling costs more than it saves in short CPU runs)."""
         return self.compile or (device.type == "cuda" and not self.no_compile)
 
 
-_KEY_IF_SET = ("d_model", "sweep", "no_compile")
+_KEY_IF_SET = ("d_model", "sweep", "pretrain", "no_compile")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -101,6 +102,7 @@ class RunContext:
     log: Callable[[str], None] = print
     dist: ddp.DistEnv = field(default_factory=ddp.DistEnv)  # this process's rank when a cell runs data-parallel
     _data: dict[str, TaskData] = field(default_factory=dict)
+    _corpora: dict[str, pt.Corpus] = field(default_factory=dict)
 
     def task_data(self, task: tasks.Task, cell: Cell) -> TaskData:
         """Prepared once per (task options, preset) and shared by every cell of the grid."""
@@ -110,6 +112,16 @@ class RunContext:
             ctx = PrepareContext(self.data_dir, self.cache_dir, preset.vocab_size, preset.max_len, self.log)
             self._data[key] = task.prepare(ctx)
         return self._data[key]
+
+    def pretrain_corpus(self, cell: Cell, data: TaskData) -> pt.Corpus | None:
+        """The cell's packed pretraining text (tokens cached on disk), shared by the cells that ask for it."""
+        if not cell.pretrain:
+            return None
+        spec = pt.PretrainSpec(**cell.pretrain)
+        key = json.dumps([cell.task, cell.task_opts, cell.preset, spec.sources, spec.max_chars], sort_keys=True)
+        if key not in self._corpora:
+            self._corpora[key] = pt.prepare(spec, data, self.cache_dir, get_preset(cell.preset).max_len, self.log)
+        return self._corpora[key]
 
 
 def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
@@ -122,6 +134,7 @@ def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": ctx.dist.world_size,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **({"sweep": cell.sweep} if cell.sweep else {}),
+        **({"pretrain": cell.pretrain} if cell.pretrain else {}),
     }
 
 
@@ -152,8 +165,9 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
                            seed=cell.seed, compile=compiled, progress=ctx.progress,
                            pad_to=PAD_TO)
         budget = Budget.parse(cell.budget)
+        corpus = ctx.pretrain_corpus(cell, data)
         res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device,
-                    dist=ctx.dist)
+                    dist=ctx.dist, pretrain=(corpus, cell.pretrain["frac"]) if corpus else None)
         if not ctx.dist.is_main:  # [DDP] evaluation and the row are rank 0's
             return None
         row["tokens_seen"] = res.tokens_seen
@@ -161,9 +175,12 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["loss_curve"] = res.loss_curve
         row["train"] = {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
                         "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
-                        "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32, "lr": tcfg.lr, "pad_to": tcfg.pad_to,
-                        **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size}),
-                        "padding_frac": res.padding_frac}
+                        "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
+                        "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
+                        **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}
+        res.stages[-1]["sources"] = [data.protocol]  # the task stage trains on the protocol's training split
+        if corpus is not None:
+            row["pretrain"] = {**cell.pretrain, "corpus": corpus.info}
 
         metrics = task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size)
         samples = metrics.pop("samples", None)

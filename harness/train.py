@@ -5,6 +5,8 @@ time budget ends on a decayed LR just like a token budget. Dev-slice evaluations
 budget fractions with the clock paused; the checkpoint with the lowest dev loss is restored at the
 end (checkpoint selection never looks at the evaluation split). The loss curve keeps train and dev
 loss at every evaluation point, so overfitting on a small training set shows up in the results.
+With `pretrain` the run has two stages (harness/pretrain.py): language modelling on packed unlabeled
+text for the first share of the budget, then the task; schedule, curve and checkpointing span both.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from harness.budget import Budget, BudgetError, BudgetMeter
 from harness.data import BatchSampler, SeqSet
 from harness.distributed import DataParallel, DistEnv
+from harness.pretrain import Corpus, stage_plan
 
 
 @dataclass
@@ -52,7 +55,8 @@ class TrainResult:
     loss_curve: list[dict] = field(default_factory=list)
     best_fraction: float | None = None
     best_dev_loss: float | None = None
-    epochs: float = 0.0
+    epochs: float = 0.0  # of the task's training set, in the task stage
+    stages: list[dict] = field(default_factory=list)  # per stage: sources, tokens, steps, seconds
     padding_frac: float | None = None  # share of computed positions (rows x batch length) that were padding
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
 
@@ -115,13 +119,14 @@ def check_budget(budget: Budget, train_set: SeqSet, batch_size: int, batch_token
 
 
 def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, cfg: TrainConfig, device: torch.device,
-          dist: DistEnv | None = None) -> TrainResult:
+          dist: DistEnv | None = None, pretrain: tuple[Corpus, float] | None = None) -> TrainResult:
     """Train `model` in place until the budget is spent. With `dist` (under torchrun) this rank trains on
     its shard of every global batch; `cfg.batch_size` stays the global batch (harness/distributed.py).
 
     No step reads a device value back to the host: batches are cut on the device, the step's token
     count is known on the host, the train loss is summed on the device and read only at the dev-eval
-    points (tests/test_step.py checks this), so the host can queue steps ahead of a GPU."""
+    points (tests/test_step.py checks this), so the host can queue steps ahead of a GPU.
+    With `pretrain = (corpus, F)` the first F of the budget trains the objective's LM form on the corpus."""
     meter = BudgetMeter(budget, device)
     check_budget(budget, train_set, cfg.batch_size, cfg.batch_tokens)
     par = DataParallel(model, dist, device, budget) if dist is not None and dist.active else None  # [DDP]
@@ -130,6 +135,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     gen = torch.Generator(device=device).manual_seed(cfg.seed + (par.seed_offset if par else 0))
     sampler = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to, batch_tokens=cfg.batch_tokens)
     sampler = par.sampler(sampler) if par else sampler  # [DDP] this rank's rows of each global batch
+    plan = stage_plan(sampler, objective, pretrain, cfg.batch_size, cfg.seed, cfg.pad_to, device,
+                      par.sampler if par else None)  # [pretrain] the stages this run trains in, in order
     dev_set = dev_set.subset(np.arange(min(len(dev_set), cfg.dev_max_seqs)))
     opt = _optimizer(model, cfg, device)
     eager_fn = par.module if par else model  # [DDP] forward through the wrapper: gradients all-reduce
@@ -151,6 +158,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     model.train()
     while frac < 1.0 and res.steps < cfg.max_steps:
         t0 = time.perf_counter()
+        stage = plan.at(frac)  # [pretrain] the task stage alone without pretraining
+        sampler, loss_obj = stage.sampler, stage.objective
         batch = next(sampler)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * wsd_multiplier(frac, cfg)
@@ -158,9 +167,9 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
         def forward_backward(fn) -> torch.Tensor:
             with autocast(device):
                 if par:  # [DDP] normalised by the global loss-token count
-                    loss = par.loss(objective, fn, batch, sampler.live, gen)
+                    loss = par.loss(loss_obj, fn, batch, sampler.live, gen)
                 else:
-                    loss = objective.loss(fn, batch, gen)
+                    loss = loss_obj.loss(fn, batch, gen)
             loss.backward()
             return loss
 
@@ -188,6 +197,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
         dt = time.perf_counter() - t0
         if res.steps > warm_steps:
             clock += dt
+        stage.account(n_tok, dt if res.steps > warm_steps else 0.0)
         if res.steps > steady_from:
             steady_t += dt
             steady_tok += n_tok
@@ -208,7 +218,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
                 d = dev_loss(model, objective, dev_set, cfg.eval_batch_size, device)
             res.loss_curve.append(
                 {"frac": round(min(frac, 1.0), 4), "step": res.steps, "tokens": res.tokens_seen,
-                 "train_loss": round(train_loss, 5), "dev_loss": round(d, 5)}
+                 "train_loss": round(train_loss, 5), "dev_loss": round(d, 5),
+                 **({"stage": stage.name} if pretrain else {})}
             )
             loss_acc, loss_n = torch.zeros((), device=device), 0
             if d < best:
@@ -221,7 +232,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     res.train_seconds = clock
     res.tokens_per_s = steady_tok / steady_t if steady_t > 0 else res.tokens_seen / max(clock, 1e-9)
     res.best_dev_loss = best if math.isfinite(best) else None
-    res.epochs = res.tokens_seen / max(train_set.n_tokens, 1)
+    res.epochs = plan.task.tokens / max(train_set.n_tokens, 1)
+    res.stages = plan.describe()
     res.padding_frac = round(1.0 - real_pos / computed_pos, 4) if computed_pos else None
     if best_state is not None:
         model.load_state_dict(best_state)
