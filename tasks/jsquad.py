@@ -273,11 +273,13 @@ class JSQuAD(Task):
         prompts = [p for p, _ in data.items]
         golds = [it.answers for _, it in data.items]
         model.eval()
-        # by length, in chunks of whole batches: `generate` forms exactly the batches it would form over
-        # all prompts (its sort is stable), and the progress line can count answers
+        # by length, one batch at a time: `generate` forms exactly the batches it would form over all
+        # prompts (its sort is stable), and the progress line can count answers
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        chunk = 4 * batch_size
+        chunk = batch_size
         out: list[list[int]] = [[] for _ in prompts]
+        if progress:
+            progress(0, len(order))
         with torch.no_grad(), autocast(device):
             for s in range(0, len(order), chunk):
                 idx = order[s : s + chunk]
