@@ -190,3 +190,16 @@ def test_sigterm_leaves_a_resume_hint(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "terminated (SIGTERM): finished cells are saved; rerun the same command to resume"
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is ours only while the grid runs
+
+
+def test_quick_sets_the_smoke_defaults_and_explicit_flags_win(offline_dir, tmp_path, cache_dir):
+    out = tmp_path / "out"
+    args = ["--quick", "--budget", "tokens=3000", "--task-opt", "eval_limit=3", "--mixers", "attention",
+            "--objectives", "autoregressive", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--no-report", "--grid", "q"]
+    assert run_matrix.main(args) == 0
+    [row] = _cells(out / "results" / "q.jsonl")
+    assert row["preset"] == run_matrix.QUICK["preset"] and row["budget"] == "tokens=3000"
+    assert row["task_opts"] == {"eval_limit": "3"} and row["metrics"]["eval_n"] == 3
+    assert 0 < row["train"]["dev_tokens"] <= run_matrix.QUICK["dev_tokens"]
+    assert {"prepare_s", "train_s", "dev_s", "eval_s"} <= set(row["timing"])
