@@ -24,6 +24,7 @@ import mixers
 import tasks
 from harness import objectives
 from harness import distributed as ddp
+from harness import pretrain as pt
 from harness.budget import Budget, BudgetMeter
 from harness.env import device_name, git_commit, versions
 from harness.flops import mfu
@@ -55,6 +56,7 @@ class Cell:
     d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
     dev_tokens: int | None = None  # tokens a dev check scores (None: TrainConfig's default bound)
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
+    pretrain: dict[str, Any] | None = None  # harness.pretrain.PretrainSpec as a dict: sources, frac, max_chars
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
@@ -69,7 +71,7 @@ class Cell:
         return f"{self.mixer} x {self.objective} (seed {self.seed}{at})"
 
 
-_KEY_IF_SET = ("d_model", "sweep", "dev_tokens")
+_KEY_IF_SET = ("d_model", "sweep", "pretrain", "dev_tokens")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -85,6 +87,7 @@ class RunContext:
     # where the running cell is: (phase text, fraction of the cell done), for the grid's progress line
     phase: Callable[[str, float], None] = lambda _text, _frac: None
     _data: dict[str, TaskData] = field(default_factory=dict)
+    _corpora: dict[str, pt.Corpus] = field(default_factory=dict)
 
     def task_data(self, task: tasks.Task, cell: Cell) -> TaskData:
         """Prepared once per (task options, preset) and shared by every cell of the grid."""
@@ -94,6 +97,16 @@ class RunContext:
             ctx = PrepareContext(self.data_dir, self.cache_dir, preset.vocab_size, preset.max_len, self.log)
             self._data[key] = task.prepare(ctx)
         return self._data[key]
+
+    def pretrain_corpus(self, cell: Cell, data: TaskData) -> pt.Corpus | None:
+        """The cell's packed pretraining text (tokens cached on disk), shared by the cells that ask for it."""
+        if not cell.pretrain:
+            return None
+        spec = pt.PretrainSpec(**cell.pretrain)
+        key = json.dumps([cell.task, cell.task_opts, cell.preset, spec.sources, spec.max_chars], sort_keys=True)
+        if key not in self._corpora:
+            self._corpora[key] = pt.prepare(spec, data, self.cache_dir, get_preset(cell.preset).max_len, self.log)
+        return self._corpora[key]
 
 
 def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
@@ -106,6 +119,7 @@ def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": ctx.dist.world_size,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **({"sweep": cell.sweep} if cell.sweep else {}),
+        **({"pretrain": cell.pretrain} if cell.pretrain else {}),
     }
 
 
@@ -155,8 +169,9 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         budget = Budget.parse(cell.budget)
         t_train = time.perf_counter()
         timing["prepare_s"] = round(t_train - t_start, 2)
+        corpus = ctx.pretrain_corpus(cell, data)
         res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device,
-                    dist=ctx.dist)
+                    dist=ctx.dist, pretrain=(corpus, cell.pretrain["frac"]) if corpus else None)
         # training wall time (first step and checkpoint copies included) and the dev checks beside it
         timing["train_s"] = round(time.perf_counter() - t_train - res.dev_seconds, 2)
         timing["dev_s"] = round(res.dev_seconds, 2)
@@ -167,8 +182,11 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["loss_curve"] = res.loss_curve
         row["train"] = {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
                         "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
-                        "compile": cell.compile, "batch_size": tcfg.batch_size, "lr": tcfg.lr,
+                        "compile": cell.compile, "batch_size": tcfg.batch_size, "lr": tcfg.lr, "stages": res.stages,
                         "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve)}
+        res.stages[-1]["sources"] = [data.protocol]  # the task stage trains on the protocol's training split
+        if corpus is not None:
+            row["pretrain"] = {**cell.pretrain, "corpus": corpus.info}
 
         t_eval = time.perf_counter()
         answers = lambda n, m: ctx.phase(f"evaluate answers {n}/{m}", TRAIN_SHARE + 0.3 * n / max(m, 1))  # noqa: E731
