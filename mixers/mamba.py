@@ -52,7 +52,6 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from mixers import Mixer, register
 
 
-
 def load_fused_kernels() -> tuple[Callable | None, Callable | None]:
     """(selective_scan_fn, causal_conv1d_fn) from the optional CUDA packages, None for each absent one.
 
@@ -107,7 +106,8 @@ def selective_scan_reference(
     """The recurrence one position at a time (a Python loop over T): slow, obviously right.
 
     u, delta: (B, T, Di) with delta > 0 already (softplus applied); A: (Di, N); B, C: (B, T, N);
-    D: (Di,); z: (B, T, Di); h0: (B, Di, N) initial state. Returns y (B, T, Di) fp32 [, h_T (B, Di, N)].
+    D: (Di,); z: (B, T, Di); h0: (B, Di, N) initial state. Returns y (B, T, Di) fp32 (float64 for
+    float64 inputs) [, h_T (B, Di, N)].
     """
     with torch.autocast(u.device.type, enabled=False):
         dt = _scan_dtype(u, delta, A, B, C, D, z, h0)

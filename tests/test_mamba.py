@@ -209,7 +209,7 @@ class _OpCounter(TorchDispatchMode):
 
 
 def _count_calls(m: mm.Mamba, T: int, backward: bool) -> int:
-    x = torch.randn(1, T, 16, requires_grad=backward)
+    x = torch.randn(1, T, 8, requires_grad=backward)
     with _OpCounter() as c:
         y = m(x)
         if backward:
@@ -223,12 +223,12 @@ def test_parallel_scan_calls_stay_flat_in_T(causal):
     is the number that matters: from T = 256 to 2048 it must stay nearly flat for the parallel scan
     (log2 T levels), while the chunk loop's grows with T / 64 (which shows the counter counts)."""
     torch.manual_seed(0)
-    par = mixers.build("mamba", 16, causal, scan="parallel")
+    par = mixers.build("mamba", 8, causal, scan="parallel", d_state=4)
     for backward in (False, True):
         short, long = _count_calls(par, 256, backward), _count_calls(par, 2048, backward)
         assert long / short < 1.5, (backward, short, long)
     if causal:  # once is enough to show it
-        loop = mixers.build("mamba", 16, causal, scan="chunked")
+        loop = mixers.build("mamba", 8, causal, scan="chunked", d_state=4)
         assert _count_calls(loop, 2048, False) / _count_calls(loop, 256, False) > 4
 
 
