@@ -106,7 +106,8 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--length", type=int, default=4096, help="compare: sequence length (batch 1)")
     ap.add_argument("--tokens", type=int, default=8192, help="sweep: tokens per step")
-    ap.add_argument("--max-length", type=int, default=8192, help="sweep: lengths 256, 512, ... up to this")
+    ap.add_argument("--min-length", type=int, default=256, help="sweep: first length (then doubling)")
+    ap.add_argument("--max-length", type=int, default=8192, help="sweep: lengths min, 2 min, ... up to this")
     ap.add_argument("--sweep-scans", default="parallel,chunked")
     ap.add_argument("--parts", default="compare,sweep")
     ap.add_argument("--scan-alone", type=int, default=1, help="sweep: also time the parallel scan alone (1/0)")
@@ -114,13 +115,25 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     dev = torch.device(a.device)
-    load_start = os.getloadavg()
+    meta = {"device": device_name(str(dev)), "threads": torch.get_num_threads(), "versions": versions(),
+            "commit": git_commit(), "command": " ".join(["python -m harness.bench_mamba_scan", *sys.argv[1:]]),
+            "d_model": a.d_model, "causal": True, "dtype": "float32", "repeats": a.repeats,
+            "timing": "median of interleaved rounds after one untimed warm-up call per variant",
+            "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compare: list[dict] = []
+    sweep: list[dict] = []
+
+    def save() -> None:  # after every row: a run cut short by a time limit keeps what it measured
+        meta["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+        out.write_text(json.dumps({"meta": meta, "compare": compare, "sweep": sweep}, indent=1) + "\n")
+
     ref_state = build("parallel", a.d_model, dev, None).state_dict()
 
     # compare: the two scans back to back at one length
     x = torch.randn(1, a.length, a.d_model, device=dev)
     models = {v: build(v, a.d_model, dev, ref_state) for v in SCANS}
-    compare = []
     for train in (False, True) if "compare" in a.parts else ():
         ms = interleaved_ms({v: step_fn(m, x, train) for v, m in models.items()}, a.repeats)
         row = {"mode": "forward+backward" if train else "forward", "length": a.length, "batch": 1,
@@ -128,11 +141,11 @@ def main() -> None:
                "speedup_parallel_vs_chunked": round(ms["chunked"] / ms["parallel"], 2),
                "backends": {v: m.backend for v, m in models.items()}}
         compare.append(row)
+        save()
         print(json.dumps(row), flush=True)
 
     # sweep: forward + backward tokens/s at fixed tokens per step
-    sweep = []
-    length = 256 if "sweep" in a.parts else a.max_length + 1
+    length = a.min_length if "sweep" in a.parts else a.max_length + 1
     scans = [s for s in a.sweep_scans.split(",") if s]
     while length <= a.max_length:
         batch = max(1, a.tokens // length)
@@ -145,20 +158,14 @@ def main() -> None:
             row = {"scan": v, "length": length, "batch": batch, "tokens": batch * length, "ms": round(t, 1),
                    "tokens_per_s": round(batch * length / (t / 1000))}
             sweep.append(row)
+            save()
             print(json.dumps(row), flush=True)
         length *= 2
     for v in (scans + ["parallel_scan_alone"] * a.scan_alone) if sweep else ():  # flatness: fastest over slowest tokens/s across the lengths
         tps = [r["tokens_per_s"] for r in sweep if r["scan"] == v]
         print(f"{v}: tokens/s max/min over lengths = {max(tps) / min(tps):.2f}")
 
-    meta = {"device": device_name(str(dev)), "threads": torch.get_num_threads(), "versions": versions(),
-            "commit": git_commit(), "command": " ".join(["python -m harness.bench_mamba_scan", *sys.argv[1:]]),
-            "d_model": a.d_model, "causal": True, "dtype": "float32", "repeats": a.repeats,
-            "timing": "median of interleaved rounds after one untimed warm-up call per variant",
-            "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "compare": compare, "sweep": sweep}, indent=1) + "\n")
+    save()
     print(f"wrote {out}")
 
 
