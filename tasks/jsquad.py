@@ -267,7 +267,8 @@ class JSQuAD(Task):
         # a few predictions by question id: no dataset text (questions, gold answers) lands in results
         samples = [dict(zip(("qid", "pred", "em", "f1"), (it.qid, pr, *score(pr, it.answers))))
                    for (_, it), pr in list(zip(data.items, preds))[:5]]
-        return {**scores, "gen_latency_ms": latency, "eval_n": len(preds), "samples": samples}
+        return {**scores, "gen_latency_ms": latency, "decode_path": objective.decode_path(model), "eval_n": len(preds),
+                "samples": samples}
 
 
 class _Encoder:
