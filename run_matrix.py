@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mixers
 import tasks
-from harness import distributed, executors, objectives
+from harness import distributed, executors, lr_sweep, objectives
 from harness.budget import Budget, BudgetError
 from harness.cell import Cell, RunContext
 from harness.loss import LOSS_IMPLS
@@ -32,6 +32,9 @@ from harness.results import ResultsFileError, append_row, done_keys
 from tasks import DataError, PrepareContext
 
 DEFAULT_BUDGET = "tokens=2000000"
+# --lr default: every cell picks its own rate by a short sweep (README, "Learning rate": measured);
+# $WAVEBENCH_LR overrides it (the tests set "preset": they test other things, at less cost)
+DEFAULT_LR = "auto"
 
 
 def _names(arg: str, registry, what: str) -> list[str]:
@@ -53,6 +56,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=None,
                    help=f"tokens=N | seconds=S | a100_seconds=S (per cell; default: the task's, else {DEFAULT_BUDGET})")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--lr", default=os.environ.get("WAVEBENCH_LR", DEFAULT_LR),
+                   help="learning rate: a number, 'preset' (the preset's), or 'auto' (= --lr-sweep auto; "
+                        f"default: $WAVEBENCH_LR, else {DEFAULT_LR})")
+    p.add_argument("--lr-sweep", default=None, metavar="RATES|auto",
+                   help="per cell, short runs at each rate (e.g. 3e-4,1e-3,3e-3), the best by dev loss trains "
+                        "under the full budget; 'auto': the preset's rate and its log-grid neighbours")
+    p.add_argument("--lr-sweep-frac", type=float, default=lr_sweep.DEFAULT_FRAC,
+                   help="each short run's budget, as a fraction of the cell's (default: %(default)s)")
     p.add_argument("--norm", default="pre", choices=NORMS, help="norm placement in every block")
     p.add_argument("--data-dir", default=os.environ.get("WAVEBENCH_DATA_DIR"),
                    help="directory with JGLUE JSON files (default: $WAVEBENCH_DATA_DIR, else download)")
@@ -92,6 +103,26 @@ def _ints(arg: str, flag: str) -> list[int]:
         return [int(v) for v in arg.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{flag} takes comma-separated integers, got {arg!r}") from None
+
+
+def lr_choice(args: argparse.Namespace) -> tuple[float, dict | None]:
+    """(fixed rate or 0 for the preset's, the sweep spec or None) from --lr / --lr-sweep."""
+    preset_lr = get_preset(args.preset).lr
+    text = args.lr_sweep or (args.lr if args.lr == "auto" else None)
+    if text:
+        if args.lr not in ("auto", "preset"):
+            raise ValueError(f"--lr {args.lr} fixes the rate; it cannot be combined with --lr-sweep")
+        lr_sweep.short_budget(Budget("tokens", 1.0), args.lr_sweep_frac)  # validates the fraction
+        return 0.0, {"rates": lr_sweep.parse_rates(text, preset_lr), "frac": args.lr_sweep_frac}
+    if args.lr == "preset":
+        return 0.0, None
+    try:
+        lr = float(args.lr)
+    except ValueError:
+        raise ValueError(f"--lr takes a number, 'preset' or 'auto', got {args.lr!r}") from None
+    if not lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr!r}")
+    return lr, None
 
 
 def summary(m: dict) -> str:
@@ -175,10 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     task = tasks.build(args.task, **task_opts)
     dist, device = distributed.init(args.device)  # under torchrun: this rank's device, process group up
 
+    lr, sweep_lr = lr_choice(args)
     cells = [
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
-             compile=args.compile)
+             compile=args.compile, lr=lr, lr_sweep=sweep_lr)
         for s in seeds for o in objective_names for m in mixer_names
     ]
     if args.sweep:
@@ -190,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     # data problems stop here, with one line, before any cell runs (every distinct data config of a sweep)
     with dist.local_main_first():  # [DDP] one rank per node prepares (tokenizer cache), the others reuse it
         for c in {json.dumps(c.task_opts, sort_keys=True): c for c in cells}.values():
-            check_budget(budget, ctx.task_data(tasks.build(args.task, **c.task_opts), c).train,
-                         get_preset(args.preset).batch_size)
+            train_set = ctx.task_data(tasks.build(args.task, **c.task_opts), c).train
+            check_budget(budget, train_set, get_preset(args.preset).batch_size)
+            if sweep_lr:  # each short run must cover a batch too
+                check_budget(lr_sweep.short_budget(budget, sweep_lr["frac"]), train_set, get_preset(args.preset).batch_size)
     data = ctx.task_data(task, cells[0])
     dist.check_same(distributed.data_fingerprint(data.train), "the tokenised training data")
     if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed
@@ -211,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         append_row(results, row)
         m = row["metrics"]
         if row["status"] == "ok":
-            print(f"  ok     {cell.label()}: {summary(m)} params={row['params']:,}")
+            sw = row.get("lr_sweep")
+            picked = f" lr={sw['best_lr']:g} (sweep {sw['tokens']:,} tok, {sw['seconds']:.0f} s)" if sw else ""
+            print(f"  ok     {cell.label()}: {summary(m)} params={row['params']:,}{picked}")
         else:
             print(f"  FAILED {cell.label()}: {row['error']}")
     if dist.is_main:  # the task's floors and ceilings (non-neural, seconds): rows beside the cells, once per grid

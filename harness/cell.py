@@ -22,7 +22,7 @@ import torch
 
 import mixers
 import tasks
-from harness import objectives
+from harness import lr_sweep, objectives
 from harness import distributed as ddp
 from harness.budget import Budget, BudgetMeter
 from harness.env import device_name, git_commit, versions
@@ -54,6 +54,8 @@ class Cell:
     compile: bool = False
     d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
+    lr: float = 0.0  # learning rate override (0: the preset's)
+    lr_sweep: dict[str, Any] | None = None  # {"rates": [...], "frac": F}: pick the rate per cell (harness/lr_sweep.py)
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
@@ -68,7 +70,7 @@ class Cell:
         return f"{self.mixer} x {self.objective} (seed {self.seed}{at})"
 
 
-_KEY_IF_SET = ("d_model", "sweep")
+_KEY_IF_SET = ("d_model", "sweep", "lr", "lr_sweep")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -127,9 +129,12 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["objective_info"] = objective.describe()
         row["mixer_options"] = mixers.options_of(cell.mixer) | cell.mixer_opts
 
-        tcfg = TrainConfig(batch_size=preset.batch_size, lr=preset.lr, seed=cell.seed, compile=cell.compile,
+        tcfg = TrainConfig(batch_size=preset.batch_size, lr=cell.lr or preset.lr, seed=cell.seed, compile=cell.compile,
                            progress=ctx.progress, pad_to=64 if ctx.device.type == "cuda" else 1)
         budget = Budget.parse(cell.budget)
+        if cell.lr_sweep:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
+            row["lr_sweep"] = _lr_sweep(cell, ctx, cfg, objective, data, budget, tcfg)
+            tcfg.lr = row["lr_sweep"]["best_lr"]
         res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device,
                     dist=ctx.dist)
         if not ctx.dist.is_main:  # [DDP] evaluation and the row are rank 0's
@@ -143,6 +148,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
 
         metrics = task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size)
         samples = metrics.pop("samples", None)
+        per_question = metrics.pop("per_question", None)  # {"id": [...], metric: [...]}: paired bootstrap in reports
         eval_nll = dev_loss(model, objective, data.eval.to(ctx.device), tcfg.eval_batch_size, ctx.device)
         metrics[objective.ppl_key] = math.exp(min(eval_nll, 50.0))
         metrics["tokens_per_s"] = res.tokens_per_s
@@ -152,6 +158,8 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         metrics.update(mfu(model, res.tokens_per_s, mean_len, ctx.device, row["device"]))
         row["metrics"] = metrics
         row["samples"] = samples
+        if per_question:
+            row["per_question"] = per_question
         row["backend"] = {"mixer": model.backends(), "loss": loss_impl}
         row["status"] = "ok"
     except Exception as e:  # one cell's failure (OOM, NaN, budget) must not kill the grid
@@ -168,6 +176,18 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
     return row if ctx.dist.is_main else None  # [DDP] one row per cell, from rank 0
+
+
+def _lr_sweep(cell: Cell, ctx: RunContext, cfg, objective, data: TaskData, budget: Budget, tcfg: TrainConfig) -> dict:
+    def fresh_model() -> LM:  # the same init as the full run
+        torch.manual_seed(cell.seed)
+        return LM(cfg).to(ctx.device)
+
+    where = ctx.cache_dir / "lr_sweep" / f"{cell.key()}-{ctx.device.type}.json"  # seconds budgets depend on the device
+    cache = None if ctx.dist.active else lr_sweep.TrialCache(where)
+    trial = lr_sweep.train_trial(fresh_model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), tcfg,
+                                 ctx.device, dist=ctx.dist)
+    return lr_sweep.run_sweep(cell.lr_sweep["rates"], cell.lr_sweep["frac"], budget, trial, cache)
 
 
 def _state_floats(model: LM, data: TaskData) -> tuple[int, int | None]:

@@ -8,8 +8,6 @@ floors and the ceiling is visible at a glance; failed cells come last with their
 """
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
 from typing import Any
 
 from reports.columns import COLUMNS, Column
@@ -149,33 +147,6 @@ def legend(cols: list[Column], rows: list[dict[str, Any]]) -> str:
     lines = [f"Sorted by {head or 'status'} (best first), failed cells last; **bold**: the best model value of its "
              "column; *italic* rows are references (non-neural baselines and ceilings), not models.", ""]
     lines += [f"- `{c.header}`: {c.doc}" for c in cols if c.doc]
-    return "\n".join(lines)
-
-
-def seed_table(rows: list[dict[str, Any]]) -> str | None:
-    """Mean ± sample sd over seeds, for configurations run with more than one seed."""
-    metrics = [k for k in ("em", "f1", "accuracy", "ppl", "ppl_bound") if any(metric(r, k) is not None for r in rows)]
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        if not is_reference(r) and r["status"] == "ok":
-            sweep = tuple(sorted((r.get("sweep") or {}).items()))
-            groups[(r["mixer"], r["objective"], r.get("norm"), sweep)].append(r)
-    multi = {k: v for k, v in groups.items() if len({r.get("seed") for r in v}) > 1}
-    if not multi or not metrics:
-        return None
-    headers = {c.key: c.header for c in COLUMNS}
-    lines = ["| mixer | objective | norm | sweep | seeds | " + " | ".join(headers.get(k, k) for k in metrics) + " |",
-             "|---|---|---|---|---:|" + "---:|" * len(metrics)]
-    for (mixer, obj, norm, sweep), rs in sorted(multi.items(), key=lambda kv: str(kv[0])):
-        cells = []
-        for k in metrics:
-            vals = [v for v in (metric(r, k) for r in rs) if v is not None]
-            if len(vals) > 1:
-                cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}")
-            else:
-                cells.append(f"{vals[0]:.3f}" if vals else "—")
-        sw = ", ".join(f"{k}={v}" for k, v in sweep) or "—"
-        lines.append(f"| {esc(mixer)} | {esc(obj)} | {esc(norm)} | {sw} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
