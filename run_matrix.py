@@ -113,7 +113,8 @@ def lr_choice(args: argparse.Namespace) -> tuple[float, dict | None]:
         if args.lr not in ("auto", "preset"):
             raise ValueError(f"--lr {args.lr} fixes the rate; it cannot be combined with --lr-sweep")
         lr_sweep.short_budget(Budget("tokens", 1.0), args.lr_sweep_frac)  # validates the fraction
-        return 0.0, {"rates": lr_sweep.parse_rates(text, preset_lr), "frac": args.lr_sweep_frac}
+        rates = "auto" if text.strip() == "auto" else lr_sweep.parse_rates(text, preset_lr)  # auto: resolved per cell
+        return 0.0, {"rates": rates, "frac": args.lr_sweep_frac}
     if args.lr == "preset":
         return 0.0, None
     try:

@@ -187,7 +187,9 @@ def _lr_sweep(cell: Cell, ctx: RunContext, cfg, objective, data: TaskData, budge
     cache = None if ctx.dist.active else lr_sweep.TrialCache(where)
     trial = lr_sweep.train_trial(fresh_model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), tcfg,
                                  ctx.device, dist=ctx.dist)
-    return lr_sweep.run_sweep(cell.lr_sweep["rates"], cell.lr_sweep["frac"], budget, trial, cache)
+    rates = cell.lr_sweep["rates"]  # "auto": around this cell's rate (the preset's, or the task's lr option)
+    rates = lr_sweep.auto_rates(tcfg.lr) if rates == "auto" else rates
+    return lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], budget, trial, cache)
 
 
 def _state_floats(model: LM, data: TaskData) -> tuple[int, int | None]:
