@@ -77,12 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         picks = {f: lr_sweep.best_trial(list(res[str(f)].values())).lr for f in fracs}
         summary.append({"mixer": mixer, "full_best_lr": truth, "short_best_lr": picks,
                         "full_dev_loss": {lr: t.dev_loss for lr, t in res["1.0"].items()}})
-    print("\nmixer | best rate (full budget) | " + " | ".join(f"short runs at {f:g}" for f in fracs) + " | full-run dev loss by rate")
+    print("\nmixer | best rate (full budget) | " + " | ".join(f"short runs at {f:g}" for f in fracs)
+          + " | full-run dev loss by rate")
     for s in summary:
-        losses = ", ".join(f"{lr:g}: {v:.3f}" if v is not None else f"{lr:g}: diverged" for lr, v in s["full_dev_loss"].items())
-        print(f"{s['mixer']} | {s['full_best_lr']:g} | " + " | ".join(
-            f"{s['short_best_lr'][f]:g}{'' if s['short_best_lr'][f] == s['full_best_lr'] else ' (differs)'}" for f in fracs)
-            + f" | {losses}")
+        losses = ", ".join(f"{lr:g}: {v:.3f}" if v is not None else f"{lr:g}: diverged"
+                           for lr, v in s["full_dev_loss"].items())
+        picks = [f"{s['short_best_lr'][f]:g}{'' if s['short_best_lr'][f] == s['full_best_lr'] else ' (differs)'}"
+                 for f in fracs]
+        print(f"{s['mixer']} | {s['full_best_lr']:g} | " + " | ".join(picks) + f" | {losses}")
     return 0
 
 

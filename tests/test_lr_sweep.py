@@ -94,6 +94,7 @@ def test_lr_flags_are_checked():
     assert run_matrix.lr_choice(p.parse_args(["--preset", "tiny", "--lr", "2e-3"])) == (2e-3, None)
     lr, spec = run_matrix.lr_choice(p.parse_args(["--preset", "tiny", "--lr", "auto", "--lr-sweep-frac", "0.1"]))
     assert lr == 0.0 and spec == {"rates": "auto", "frac": 0.1}  # resolved per cell, around its own rate
-    for bad in (["--lr", "2e-3", "--lr-sweep", "1e-3"], ["--lr", "fast"], ["--lr-sweep", "auto", "--lr-sweep-frac", "2"]):
+    for bad in (["--lr", "2e-3", "--lr-sweep", "1e-3"], ["--lr", "fast"],
+                ["--lr-sweep", "auto", "--lr-sweep-frac", "2"]):
         with pytest.raises(ValueError):
             run_matrix.lr_choice(p.parse_args(["--preset", "tiny", *bad]))
