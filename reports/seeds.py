@@ -93,7 +93,7 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
             else:
                 cells.append(vs_baseline(rs, groups.get((BASELINE_MIXER, obj, norm, sweep)), key))
         lines.append("| " + " | ".join(cells) + " |")
-    legend = ["", "Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "
+    legend = ["Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "
               "95% Student-t interval over seeds (n = seeds); *n=1, no interval* means a single run, whose "
               "seed-to-seed spread is unknown."]
     if compare:
@@ -105,7 +105,7 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
     if swept:
         legend.append("lr: the rate each cell trained at, chosen by its learning-rate sweep (below); the sweep's cost "
                       "is not part of the budget.")
-    return lines + [x for para in legend for x in (para, "")][:-1]  # one paragraph each
+    return lines + [x for para in legend for x in ("", para)]  # one paragraph each
 
 
 def lr_sweep_section(rows: list[dict[str, Any]]) -> list[str]:
