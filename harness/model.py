@@ -109,6 +109,26 @@ class Block(nn.Module):
         h = self.norm2(x + self.mixer(x, pad_mask))  # hybrid
         return h + self.mlp(h)
 
+    def _around(self, x: torch.Tensor, mix) -> tuple[torch.Tensor, Any]:
+        """`forward` with the mixer call replaced by `mix(input) -> (output, state)`: norms and MLP act per
+        token, so the same code serves a whole prompt (B, T, D) and one decoding step (B, D)."""
+        if self.norm_kind == "pre":
+            y, state = mix(self.norm1(x))
+            x = x + y
+            return x + self.mlp(self.norm2(x)), state
+        y, state = mix(x)
+        if self.norm_kind == "post":
+            x = self.norm1(x + y)
+            return self.norm2(x + self.mlp(x)), state
+        h = self.norm2(x + y)
+        return h + self.mlp(h), state
+
+    def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        return self._around(x, lambda u: self.mixer.prefill(u, pad_mask))
+
+    def step(self, x_t: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return self._around(x_t, lambda u: self.mixer.step(u, state))
+
 
 class LM(nn.Module):
     """Returns final hidden states; the objective turns them into a loss with `head_weight`."""
@@ -156,6 +176,36 @@ class LM(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.head_weight.t()
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[Any]]:
+        """Causal decoding, first call: a left-padded prompt ids (B, T) -> (hidden (B, T, D), per-layer states).
+
+        The hidden states equal `forward(ids, pad_mask, right_padded=False)`; each layer's state is its
+        mixer's memory of the prompt (a KV cache, running sums, ...; see `mixers.Mixer.prefill`).
+        """
+        if not self.cfg.causal:
+            raise RuntimeError("LM.prefill: decoding needs a causal model (autoregressive objective)")
+        x = self.embed(ids)
+        states = []
+        for blk in self.blocks:
+            x, st = blk.prefill(x, pad_mask)
+            states.append(st)
+        return self.norm(x), states
+
+    @torch.no_grad()
+    def step(self, ids_t: torch.Tensor, states: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+        """One more token per row: ids_t (B,) -> (hidden (B, D), the states one position on)."""
+        x = self.embed(ids_t)
+        new = []
+        for blk, st in zip(self.blocks, states):
+            x, st = blk.step(x, st)
+            new.append(st)
+        return self.norm(x), new
+
+    def decode_paths(self) -> list[str]:
+        """How each mixer decodes: "state" (carried state / KV cache) or "rerun" (the prefix is rerun)."""
+        return sorted({b.mixer.decode_path for b in self.blocks})
 
     def backends(self) -> list[str]:
         return sorted({b.mixer.backend for b in self.blocks})

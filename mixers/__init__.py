@@ -15,12 +15,20 @@ Contract (tests in tests/test_mixers.py enforce it for every registered mixer):
   layers; results rows record it as `metrics.state_floats` at `metrics.state_T`, the mean evaluation
   length.
 - `backend`: which implementation ran last (e.g. "sdpa", "flash_attn", "torch_scan"), for results.
+- Decoding (causal mode only): `prefill(x, pad_mask) -> (y, state)` runs a prompt (left padding allowed)
+  and returns its outputs and the mixer's memory of it; `step(x_t: (B, D), state) -> (y_t, state)`
+  appends one real token per row. The full forward is the reference: prefill then steps must give
+  the outputs `forward` gives for the whole sequence (tests/test_decode.py, every registered mixer).
+  A mixer that overrides both sets `decode_path = "state"`; the base class's fallback keeps the
+  inputs seen so far and reruns `forward` over them at every step (`decode_path = "rerun"`), so a new
+  mixer decodes correctly before it has a step of its own.
 - `proj_norm=True` (HybridNorm) asks the mixer to normalise its input projections; mixers use
   `self.proj_norm_layer(dim)` so the choice costs them one line.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +43,21 @@ names = REGISTRY.names
 get = REGISTRY.get
 options_of = REGISTRY.options_of
 UnknownMixerError = UnknownNameError
+
+
+@dataclass
+class RerunState:
+    """The fallback decoding state: every input seen so far (B, T, D) and its pad mask (B, T) or None."""
+
+    x: torch.Tensor
+    pad_mask: torch.Tensor | None
+
+
+def append_real(pad_mask: torch.Tensor | None, B: int, device) -> torch.Tensor | None:
+    """The pad mask after one more real token per row (None stays None: no padding anywhere)."""
+    if pad_mask is None:
+        return None
+    return torch.cat([pad_mask, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
 
 
 class Mixer(nn.Module):
@@ -60,6 +83,31 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    decode_path: str = "rerun"  # "state" when the subclass implements prefill/step with a carried state
+    decode_backend: str = "forward_rerun"  # what the last step ran
+
+    def _check_causal(self) -> None:
+        if not self.causal:
+            raise RuntimeError(f"{self.name}: decoding runs left to right; a bidirectional mixer has no step")
+
+    def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """Run a prompt x (B, T, D) (pad_mask True on real tokens, pads on the left) -> (y (B, T, D), state).
+
+        Fallback: the state is the prompt itself, and every `step` reruns the whole prefix.
+        """
+        self._check_causal()
+        return self.forward(x, pad_mask), RerunState(x, pad_mask)
+
+    def step(self, x_t: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """One more real token per row: x_t (B, D), the state of the prefix (None: empty) -> (y_t (B, D), state)."""
+        self._check_causal()
+        B = x_t.shape[0]
+        if state is None:
+            state = RerunState(x_t[:, None][:, :0], None)
+        x = torch.cat([state.x, x_t[:, None]], dim=1)
+        mask = append_real(state.pad_mask, B, x_t.device)
+        return self.forward(x, mask)[:, -1], RerunState(x, mask)
 
     def state_floats(self, seq_len: int) -> int:
         """Numbers carried between positions at inference for a sequence of `seq_len` tokens."""

@@ -132,6 +132,19 @@ class GatedContext(Mixer):
             c = torch.stack((c[:, :, 0], c_bwd), dim=2)
         return self._read(c, o)
 
+    decode_path = "state"
+    decode_backend = "torch_step"
+
+    @torch.no_grad()
+    def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A prompt (B, T, D) (left pads pass the context through) -> (outputs (B, T, D), context (B, d_ctx))."""
+        self._check_causal()
+        a, b, o = self._gates(x, pad_mask)
+        scan = pairwise_scan if self.opts.scan == "pairwise" else loop_scan
+        c = scan(a[:, :, 0], b[:, :, 0])  # (B, T, N)
+        last = c[:, -1] if c.shape[1] else c.new_zeros(c.shape[0], self.d_ctx)
+        return self._read(c[:, :, None], o), last
+
     @torch.no_grad()
     def step(self, x_t: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token of causal decoding: x_t (B, D), context (B, d_ctx) or None -> (y_t (B, D), context).

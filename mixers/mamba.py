@@ -31,11 +31,18 @@ before the conv (so real tokens see the same zero history as an unpadded sequenc
 makes a pad an identity step of the recurrence: no input and no decay of the state.
 
 Precision: Δ, A and the whole scan run in fp32 whatever the autocast dtype (bf16 scans drift).
+
+Decoding (`prefill` / `step`, causal): the state is `MambaState`, the last d_conv − 1 conv inputs and
+the SSM state h (d_inner × d_state), the `state_floats` of the layer. `prefill` takes the prompt's
+outputs from the reference forward and its final state from a closed form computed a chunk at a time
+(`_final_state`), so the forward and its scan functions stay the one reference path. `step` is one
+recurrence update in PyTorch, or mamba-ssm's `selective_state_update` kernel on CUDA when it imports.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -67,6 +74,11 @@ def load_fused_kernels() -> tuple[Callable | None, Callable | None]:
 
 
 _selective_scan_fn, _causal_conv1d_fn = load_fused_kernels()
+
+try:  # mamba-ssm's one-token state update (Triton, CUDA only); absent like the kernels above
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update as _selective_state_update
+except Exception:
+    _selective_state_update = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,6 +274,61 @@ class SSMDirection(nn.Module):
                                           checkpoint=self.opts.checkpoint_chunks)
 
 
+@dataclass
+class MambaState:
+    """Causal decoding state of one direction: (d_conv − 1 + d_state) · d_inner numbers per sequence."""
+
+    conv: torch.Tensor  # (B, Di, d_conv - 1): the last conv inputs, oldest first (zeros before the start)
+    h: torch.Tensor  # (B, Di, N) fp32: the SSM state
+
+
+def _final_state(u, delta, A, B, chunk: int = 256) -> torch.Tensor:
+    """h_T of the recurrence h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t from h = 0, in closed form:
+    h_T = Σ_t exp(A Σ_{s>t} Δ_s) Δ_t u_t B_t, a chunk of positions at a time (the exponents are
+    <= 0: nothing overflows). u, delta (B, T, Di); A (Di, N); B (B, T, N) -> (B, Di, N) fp32."""
+    u, delta, A, B = u.float(), delta.float(), A.float(), B.float()
+    h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
+    for s in range(0, u.shape[1], chunk):
+        dA = delta[:, s : s + chunk, :, None] * A  # (B, C, Di, N)
+        incl = dA.flip(1).cumsum(1).flip(1)  # Σ_{s >= t} within the chunk
+        after = torch.cat([incl[:, 1:], torch.zeros_like(incl[:, :1])], dim=1)  # Σ_{s > t}: no subtraction
+        h = torch.exp(incl[:, 0]) * h + torch.einsum(
+            "bcdn,bcd,bcn->bdn", torch.exp(after), delta[:, s : s + chunk] * u[:, s : s + chunk], B[:, s : s + chunk])
+    return h
+
+
+def _direction_prefill(d: "SSMDirection", x: torch.Tensor, mask: torch.Tensor | None) -> MambaState:
+    """The state of direction `d` after a prompt x (B, T, Di) whose pad inputs are already zero."""
+    K = d.conv1d.weight.shape[-1]
+    conv = torch.cat([x.new_zeros(x.shape[0], K - 1, x.shape[2]), x], dim=1)[:, x.shape[1]:].transpose(1, 2)
+    xc = d.conv(x, False)
+    if mask is not None:
+        xc = xc * mask
+    dt, Bm, _ = d.x_proj(xc).split([d.dt_rank, d.d_state, d.d_state], dim=-1)
+    delta = F.softplus(dt.float() @ d.dt_weight.float().t() + d.dt_bias.float())
+    if mask is not None:
+        delta = delta * mask
+    return MambaState(conv.contiguous(), _final_state(xc, delta, -torch.exp(d.A_log.float()), Bm))
+
+
+def _direction_step(d: "SSMDirection", x_t: torch.Tensor, z_t: torch.Tensor, st: MambaState,
+                    fused: bool) -> tuple[torch.Tensor, MambaState]:
+    """One position of direction `d`: x_t, z_t (B, Di) -> gated y_t (B, Di) fp32, the new state."""
+    window = torch.cat([st.conv, x_t[:, :, None]], dim=2)  # (B, Di, K)
+    xc = F.silu((window * d.conv1d.weight[:, 0]).sum(-1) + d.conv1d.bias)  # (B, Di)
+    dt, Bm, Cm = d.x_proj(xc).split([d.dt_rank, d.d_state, d.d_state], dim=-1)
+    delta = F.softplus(dt.float() @ d.dt_weight.float().t() + d.dt_bias.float())  # (B, Di)
+    A = -torch.exp(d.A_log.float())
+    if fused:  # updates h in place
+        h = st.h.contiguous()
+        y = _selective_state_update(h, xc.float(), delta, A, Bm.float(), Cm.float(), d.D.float(), z_t.float(),
+                                    dt_bias=None, dt_softplus=False)
+        return y.float(), MambaState(window[:, :, 1:], h)
+    h = torch.exp(delta[..., None] * A) * st.h + (delta * xc.float())[..., None] * Bm.float()[:, None, :]
+    y = (h * Cm.float()[:, None, :]).sum(-1) + xc.float() * d.D.float()
+    return y * F.silu(z_t.float()), MambaState(window[:, :, 1:], h)
+
+
 @register("mamba")
 class Mamba(Mixer):
     @dataclasses.dataclass
@@ -313,6 +380,35 @@ class Mamba(Mixer):
             flip = lambda t: None if t is None else t.flip(1)  # noqa: E731
             y = 0.5 * (y + bwd(flip(xs), flip(z), flip(mask), fused).flip(1))
         return self.out_proj(y.to(xs.dtype))
+
+    decode_path = "state"
+    decode_backend = "torch_step"  # "mamba_ssm_step" after a step on the fused kernel
+
+    @torch.no_grad()
+    def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, MambaState]:
+        """A prompt (B, T, D) -> (the forward's outputs (B, T, D), the conv and SSM state at its end)."""
+        self._check_causal()
+        y = self.forward(x, pad_mask) if x.shape[1] else x.new_zeros(x.shape)
+        xs = self.x_norm(F.linear(x, self.in_proj.weight[: self.d_inner]))  # the x half of in_proj
+        mask = None if pad_mask is None else pad_mask[..., None].to(xs.dtype)
+        if mask is not None:
+            xs = xs * mask
+        return y, _direction_prefill(self.fwd, xs, mask)
+
+    @torch.no_grad()
+    def step(self, x_t: torch.Tensor, state: MambaState | None = None) -> tuple[torch.Tensor, MambaState]:
+        """x_t (B, D) -> (y_t (B, D), the state one position on)."""
+        self._check_causal()
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
+        xs, z = self.x_norm(xs), self.z_norm(z)
+        if state is None:
+            K = self.opts.d_conv
+            state = MambaState(xs.new_zeros(xs.shape[0], self.d_inner, K - 1),
+                               xs.new_zeros(xs.shape[0], self.d_inner, self.opts.d_state, dtype=torch.float32))
+        fused = self.opts.use_mamba_ssm and _selective_state_update is not None and x_t.is_cuda
+        self.decode_backend = "mamba_ssm_step" if fused else "torch_step"
+        y, state = _direction_step(self.fwd, xs, z, state, fused)
+        return self.out_proj(y.to(xs.dtype)), state
 
     def state_floats(self, seq_len: int) -> int:
         """Per direction: the SSM state d_inner x d_state plus the conv history (d_conv - 1) x d_inner.

@@ -51,10 +51,15 @@ Choices the paper leaves open (each kept as an option):
   modulation   on 6.193 / 360, 6.145 / 353  vs off 6.225 / 374, 6.177 / 362.
   At the 20k-token budget of the smoke grid (15 steps, eval_limit=300, seed 0) they are within
   noise: interference 7.274 / 1510 vs 7.273 / 1514; modulation 7.243 / 1463 vs 7.247 / 1472.
+
+Decoding (causal): the state is `WaveState`, the running sums of squares of both waves and the number
+of real tokens so far (the rms scale and the RoPE phase of the next token, whose position is that
+count). A step is O(D), whatever the context: Z_t = w_t + i·sqrt(S_{t-1}) with S the running sum.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -146,6 +151,15 @@ class WaveOptions:
     eps: float = 1e-6  # added to energies under square roots
 
 
+@dataclass
+class WaveState:
+    """Causal decoding state of a WaveCore: 2·D + 1 numbers per sequence (`state_floats`)."""
+
+    s1: torch.Tensor  # (B, D) fp32: Σ w¹² over the real tokens so far
+    s2: torch.Tensor  # (B, D) fp32: Σ w²² likewise
+    n_real: torch.Tensor  # (B,) long: real tokens so far = the position of the next token
+
+
 class WaveCore(nn.Module):
     """x (B, T, D) -> two waves -> combined by `op` -> real (B, T, D). Holds all the parameters:
     in_proj (D -> 2D) and out (width·D -> D): 4·D² for the default cartesian readout, the same as
@@ -189,10 +203,21 @@ class WaveCore(nn.Module):
         n = m.cumsum(1) if self.causal else m.sum(1, keepdim=True).expand(B, T)
         return n.clamp_min(1.0).rsqrt()[..., None]
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _waves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paper step 1: x (..., D) -> w¹, w² (..., D), projections normalised under HybridNorm."""
+        w1, w2 = self.in_proj(x).chunk(2, -1)
+        return self.norm1(w1), self.norm2(w2)
+
+    def _read(self, z1: Complex, z2: Complex, dtype: torch.dtype) -> torch.Tensor:
+        """Paper steps 5-6: combine the two waves, back to real features, output map."""
+        z = COMBINE[self.op](z1, z2)
+        feats = READOUT[self.opts.readout][1](z, self.opts.eps)  # fp32, (..., width*D)
+        return self.out(feats.to(dtype))
+
+    def _forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The output (B, T, D) and the two waves w¹, w² (B, T, D) it was computed from."""
         B, T, D = x.shape
-        w1, w2 = self.in_proj(x).chunk(2, -1)  # step 1: each (B, T, D)
-        w1, w2 = self.norm1(w1), self.norm2(w2)
+        w1, w2 = self._waves(x)  # step 1: each (B, T, D)
         inv_len = self._inv_sqrt_len(pad_mask, B, T, x.device) if self.opts.scale == "rms" else None
         rope = None
         if self.opts.rope_phase:
@@ -200,9 +225,51 @@ class WaveCore(nn.Module):
             rope = rope_angles(positions_from_mask(pad_mask, B, T, x.device), 2 * D, self.opts.rope_base)
         z1 = self._wave(w1, pad_mask, inv_len, rope)
         z2 = self._wave(w2, pad_mask, inv_len, rope)
-        z = COMBINE[self.op](z1, z2)  # step 5
-        feats = READOUT[self.opts.readout][1](z, self.opts.eps)  # step 6 (fp32), (B, T, width*D)
-        return self.out(feats.to(x.dtype))
+        return self._read(z1, z2, x.dtype), w1, w2
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._forward(x, pad_mask)[0]
+
+    @torch.no_grad()
+    def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, WaveState]:
+        """The forward's outputs for a prompt (B, T, D) and the running sums at its end."""
+        B, T, _ = x.shape
+        y, w1, w2 = self._forward(x, pad_mask)
+        keep = torch.ones(B, T, device=x.device) if pad_mask is None else pad_mask.float()
+        sums = [(w.float().pow(2) * keep[..., None]).sum(1) for w in (w1, w2)]  # (B, D) each
+        return y, WaveState(sums[0], sums[1], keep.sum(1).long())
+
+    def empty_state(self, B: int, device) -> WaveState:
+        z = torch.zeros(B, self.d_model, device=device)
+        return WaveState(z, z.clone(), torch.zeros(B, dtype=torch.long, device=device))
+
+    def _wave_step(self, w: torch.Tensor, s: torch.Tensor, inv_len: torch.Tensor | None,
+                   rope: tuple[torch.Tensor, torch.Tensor] | None) -> Complex:
+        """`_wave` for one causal position: w (B, D), s = Σ w² of the tokens before it (B, D)."""
+        wf = w.float()
+        z = (wf, (s.clamp_min(0.0) + self.opts.eps).sqrt())  # Im Z = sqrt(energy of the others) (+ eps)
+        if self.opts.scale == "unit":
+            c = ((s + wf.square()).mean(-1, keepdim=True) + self.opts.eps).rsqrt()
+            z = (z[0] * c, z[1] * c)
+        elif self.opts.scale == "rms":
+            z = (z[0] * inv_len, z[1] * inv_len)
+        return z if rope is None else rotate(z, *rope)
+
+    @torch.no_grad()
+    def step(self, x_t: torch.Tensor, state: WaveState) -> tuple[torch.Tensor, WaveState]:
+        """One causal position: x_t (B, D) at position `state.n_real` -> (y_t (B, D), the updated state)."""
+        D = self.d_model
+        w1, w2 = self._waves(x_t)  # (B, D) each
+        n = state.n_real
+        inv_len = (n + 1).float().rsqrt()[:, None] if self.opts.scale == "rms" else None
+        rope = None
+        if self.opts.rope_phase:
+            cos, sin = rope_angles(n[:, None], 2 * D, self.opts.rope_base)  # (B, 1, D)
+            rope = (cos[:, 0], sin[:, 0])
+        z1 = self._wave_step(w1, state.s1, inv_len, rope)
+        z2 = self._wave_step(w2, state.s2, inv_len, rope)
+        y = self._read(z1, z2, x_t.dtype)
+        return y, WaveState(state.s1 + w1.float().square(), state.s2 + w2.float().square(), n + 1)
 
     def state_floats(self) -> int:
         """Running sums of squares per dimension for both waves (2D), plus a token count when the
@@ -223,6 +290,17 @@ class WaveMixer(Mixer):
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.core(x, pad_mask)
+
+    decode_path = "state"
+    decode_backend = "torch_step"
+
+    def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, WaveState]:
+        self._check_causal()
+        return self.core.prefill(x, pad_mask)
+
+    def step(self, x_t: torch.Tensor, state: WaveState | None = None) -> tuple[torch.Tensor, WaveState]:
+        self._check_causal()
+        return self.core.step(x_t, state if state is not None else self.core.empty_state(x_t.shape[0], x_t.device))
 
     def state_floats(self, seq_len: int) -> int:
         return self.core.state_floats()

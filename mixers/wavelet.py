@@ -24,12 +24,15 @@ states of a decoder; the seed design puts a wavelet stage after the RoPE-phased 
 - Measured once (tiny preset, JSQuAD offline, 300k tokens, eval_limit=300, CPU, seed 0, defaults):
   best dev loss / eval ppl 6.187 / 358, vs wave_modulation 6.193 / 360 and attention 6.164 / 347:
   at this budget the wavelet stage neither helps nor hurts measurably.
-- Inference state: the wave's running sums plus, per level, the last (K−1)·2^k values of a_k per
-  channel.
+- Inference state (`WaveletState`, causal decoding): the wave's running sums plus, per level, the
+  last (K−1)·2^k values of a_k per channel, in a ring buffer: a step reads the K−1 taps it needs
+  at slots (t − i·2^k) mod (K−1)·2^k and overwrites the oldest. Left pads are zeros in the buffer,
+  exactly the zeros the forward sees before a sequence's start. O(levels·K·D) per step.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import pywt
 import torch
@@ -37,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mixers import Mixer, register
-from mixers.wave import WaveCore, WaveOptions
+from mixers.wave import WaveCore, WaveOptions, WaveState
 
 
 def wavelet_filters(name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +67,13 @@ def causal_filter(x: torch.Tensor, f: torch.Tensor, dilation: int) -> torch.Tens
 def symmetric_filter(x: torch.Tensor, f: torch.Tensor, dilation: int) -> torch.Tensor:
     """Mean of the causal filter and its time-reversed mirror: looks (K−1)·dilation both ways."""
     return 0.5 * (causal_filter(x, f, dilation) + causal_filter(x.flip(1), f, dilation).flip(1))
+
+
+@dataclass
+class WaveletState:
+    core: WaveState
+    rings: list[torch.Tensor]  # per level k: (B, (K-1)·2^k, D) fp32, a_k at time s in slot s mod length
+    t: int  # positions so far, pads included (the ring index of the next one)
 
 
 @register("wave_wavelet")
@@ -93,23 +103,75 @@ class WaveWavelet(Mixer):
 
     def bands(self, h: torch.Tensor, pad_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """[h, d_1, ..., d_L, a_L], each (B, T, D), computed in fp32 with pads held at zero."""
+        return self._cascade(h, pad_mask)[0]
+
+    def _cascade(self, h: torch.Tensor, pad_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(bands, [a_0, ..., a_{L-1}]): the bands and the input of every level."""
         keep = None if pad_mask is None else pad_mask[..., None].float()
         filt = causal_filter if self.causal else symmetric_filter
         a = h.float() if keep is None else h.float() * keep
-        out = [a]
+        out, inputs = [a], []
         for k in range(self.opts.levels):
+            inputs.append(a)
             d, a = filt(a, self.hi, 2**k), filt(a, self.lo, 2**k)
             if keep is not None:
                 d, a = d * keep, a * keep
             out.append(d)
         out.append(a)
-        return out
+        return out, inputs
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.core(x, pad_mask)  # (B, T, D)
         bands = torch.stack(self.bands(h, pad_mask))  # (L+2, B, T, D)
         y = (bands * self.gate.float()[:, None, None, :]).sum(0)
         return y.to(h.dtype)
+
+    decode_path = "state"
+    decode_backend = "torch_step"
+
+    def _mix(self, bands: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """Σ_b g_b ⊙ band_b over the stacked bands' first axis."""
+        return (torch.stack(bands) * self.gate.float()[:, None, None, :]).sum(0).to(dtype)
+
+    @torch.no_grad()
+    def prefill(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, WaveletState]:
+        """Outputs of a prompt (B, T, D), and the last (K−1)·2^k inputs of every level (zeros before the start)."""
+        self._check_causal()
+        B, T, D = x.shape
+        h, core = self.core.prefill(x, pad_mask)
+        bands, inputs = self._cascade(h, pad_mask)
+        K, rings = self.lo.numel(), []
+        for k, a in enumerate(inputs):
+            L = (K - 1) * 2**k
+            last = torch.cat([a.new_zeros(B, L, D), a], dim=1)[:, -L:]  # a_k at times T-L .. T-1
+            rings.append(torch.roll(last, T % L, dims=1))  # time s -> slot s mod L
+        return self._mix(bands, h.dtype), WaveletState(core, rings, T)
+
+    @torch.no_grad()
+    def step(self, x_t: torch.Tensor, state: WaveletState | None = None) -> tuple[torch.Tensor, WaveletState]:
+        """One causal position: x_t (B, D) -> y_t (B, D); the rings advance by one slot."""
+        self._check_causal()
+        if state is None:
+            state = self._empty(x_t)
+        h, core = self.core.step(x_t, state.core)
+        K, t = self.lo.numel(), state.t
+        a = h.float()
+        bands = [a]
+        for k, ring in enumerate(state.rings):
+            L, dil = ring.shape[1], 2**k
+            taps = torch.stack([a] + [ring[:, (t - i * dil) % L] for i in range(1, K)], dim=1)  # (B, K, D)
+            d = (taps * self.hi.view(1, K, 1)).sum(1)
+            ring[:, t % L] = a  # overwrites a_k at t − L, the oldest tap, already read
+            a = (taps * self.lo.view(1, K, 1)).sum(1)
+            bands.append(d)
+        bands.append(a)
+        return self._mix([b[:, None] for b in bands], h.dtype)[:, 0], WaveletState(core, state.rings, t + 1)
+
+    def _empty(self, x_t: torch.Tensor) -> WaveletState:
+        B, D = x_t.shape
+        K = self.lo.numel()
+        rings = [x_t.new_zeros(B, (K - 1) * 2**k, D, dtype=torch.float32) for k in range(self.opts.levels)]
+        return WaveletState(self.core.empty_state(B, x_t.device), rings, 0)
 
     def state_floats(self, seq_len: int) -> int:
         K = self.lo.numel()

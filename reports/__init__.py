@@ -220,6 +220,8 @@ def _bench_sections(res: Results, out_dir: Path) -> list[str]:
         lines += bench.scaling_section(res.bench["scaling"], out_dir)
     if res.bench.get("loss_memory"):
         lines += bench.loss_memory_section(res.bench["loss_memory"], out_dir)
+    if res.bench.get("decode"):
+        lines += bench.decode_section(res.bench["decode"], out_dir)
     return lines
 
 

@@ -118,3 +118,47 @@ def loss_memory_section(rows: list[dict[str, Any]], out_dir: Path, level: str = 
             lines.append(f"| {V:,} | {N:,} | {fmt_bytes(4 * V * N)} | " + " | ".join(vals) + f" | {spread} |")
         lines.append("")
     return lines
+
+
+def decode_section(rows: list[dict[str, Any]], out_dir: Path, level: str = "##") -> list[str]:
+    lines = [f"{level} Decoding cost versus context", "",
+             "Greedy decoding with carried state (`LM.prefill` once, then `LM.step` per token): a KV cache for "
+             "attention, running sums / ring buffers / SSM and context vectors for the others. `step ms` is the "
+             "median time of one generated token after a prompt of that many tokens; `rerun ms` the same token "
+             "on the prefix-rerun path (the whole context through the model), `speed-up` their ratio. "
+             "`state_floats` is what the mixers claim per sequence at that context (all layers), `state` what "
+             "the decoding state holds (KV caches are allocated with doubling headroom). Warm-up excluded. "
+             "The grid rows' `gen_latency_ms` (answer ms) use this stateful path for autoregressive cells. "
+             "From `python -m harness.bench_decode`.", ""]
+    for dev, rs in by_device(rows).items():
+        ok = [r for r in rs if r["status"] == "ok"]
+        r0 = (ok or rs)[0]
+        lines += [f"**{esc(dev)}**: {r0.get('preset')} preset (d_model={r0.get('d_model')}, {r0.get('n_layers')} "
+                  f"layers), {r0.get('dtype')}, {r0.get('threads')} CPU threads, medians of {r0.get('reps')} prompts "
+                  f"x {r0.get('steps')} steps.", ""]
+        path = figures.decode(rs, out_dir / f"decode_{slug(dev)}.png")
+        if path:
+            lines += [f"![decoding cost vs context on {esc(dev)}]({path.name})", ""]
+        contexts = sorted({r["context"] for r in rs})
+        top = max(contexts)
+        lines += ["| mixer | batch | " + " | ".join(f"step ms @{T:,}" for T in contexts)
+                  + f" | rerun ms @{top:,} | speed-up @{top:,} | prefill ms @{top:,} | state_floats @{top:,} "
+                  f"| state @{top:,} | path |",
+                  "|---|---:|" + "---:|" * len(contexts) + "---:|---:|---:|---:|---:|---|"]
+        cell = {(r["mixer"], r["batch"], r["context"]): r for r in rs}
+        for m, B in sorted({(r["mixer"], r["batch"]) for r in rs}):
+            vals = []
+            for T in contexts:
+                r = cell.get((m, B, T))
+                vals.append("" if r is None else f"**{_failed(r)}**" if r["status"] != "ok" else f"{r['step_ms']:.3f}")
+            r = cell.get((m, B, top))
+            if r is not None and r["status"] == "ok":
+                tail = [f"{r['rerun_ms']:.2f}" if r.get("rerun_ms") else "—",
+                        f"{r['speedup']:.0f}x" if r.get("speedup") else "—", f"{r['prefill_ms']:.1f}",
+                        fmt_count(r["state_floats"]), fmt_bytes(r["state_bytes"]),
+                        f"{esc(r.get('decode_path'))} ({esc(r.get('backend'))})"]
+            else:
+                tail = ["—"] * 6
+            lines.append(f"| {esc(m)} | {B} | " + " | ".join(vals) + " | " + " | ".join(tail) + " |")
+        lines.append("")
+    return lines

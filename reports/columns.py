@@ -104,7 +104,7 @@ COLUMNS: list[Column] = [
     Column("tokens_per_s", "train tok/s", _model_only(_metric("tokens_per_s")), fmt_rate, "max", show="always",
            doc="training throughput, real tokens per second (steady state)"),
     Column("latency", "answer ms", _model_only(_metric("gen_latency_ms")), fmt_ms, "min", show="always",
-           doc="time to generate one answer, batch 1, in milliseconds"),
+           doc="time to generate one answer, batch 1, in milliseconds, on the decoding path listed below"),
     Column("state_floats", "state floats at T", _model_only(_metric("state_floats")), fmt_count, "min",
            doc="numbers the model carries about the past at the mean evaluation length T (all layers)"),
     Column("params", "params", _model_only(_field("params")), fmt_count, show="always",

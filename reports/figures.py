@@ -341,3 +341,46 @@ def loss_memory(rows: list[dict[str, Any]], path: Path) -> Path | None:
         fig.suptitle(f"Output loss: forward + backward, d_model={ok[0].get('d_model')}, {ok[0].get('dtype')}; "
                      f"{ok[0]['device']}\npeak memory: {measure}", fontsize="medium")
     return _save(fig, path)
+
+
+def decode(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Stateful decoding vs context, log-log: per-token latency (solid: stateful step, dotted: the
+    prefix-rerun path), prefill time, and the decoding state's memory; one colour per mixer, one
+    marker per batch size."""
+    ok = [r for r in rows if r["status"] == "ok" and finite(r.get("step_ms"))]
+    if not ok:
+        return None
+    colors = palette([r["mixer"] for r in rows])
+    contexts = sorted({r["context"] for r in ok})
+    batches = sorted({r["batch"] for r in ok})
+    markers = dict(zip(batches, "osD^v"))
+    r0 = ok[0]
+    with _style():
+        fig, axes = _figure(ncols=3, size=(15.0, 4.6))
+        a_step, a_pre, a_mem = axes[0]
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+        for r in sorted(ok, key=lambda r: r["context"]):
+            groups[(r["mixer"], r["batch"])].append(r)
+        for (name, B), rs in sorted(groups.items()):
+            T = [r["context"] for r in rs]
+            lab = f"{name} (batch {B})"
+            a_step.plot(T, [r["step_ms"] for r in rs], marker=markers[B], ls="-", color=colors[name], label=lab)
+            rerun = [(r["context"], r["rerun_ms"]) for r in rs if finite(r.get("rerun_ms"))]
+            if rerun:
+                a_step.plot(*zip(*rerun), marker=markers[B], ls=":", color=colors[name], alpha=0.5, ms=3)
+            a_pre.plot(T, [r["prefill_ms"] for r in rs], marker=markers[B], ls="-", color=colors[name], label=lab)
+            a_mem.plot(T, [r["state_bytes"] for r in rs], marker=markers[B], ls="-", color=colors[name], label=lab)
+        for ax, f in ((a_step, fmt_num), (a_pre, fmt_num), (a_mem, fmt_bytes)):
+            _log2_axis(ax, contexts)
+            _log_y(ax, f, binary=ax is a_mem)
+            ax.set_xlabel("context (tokens already read)")
+        a_step.set_ylabel("ms per generated token (log)")
+        a_step.set_title("per-token latency (solid: state, dotted: prefix rerun)", fontsize="small")
+        a_pre.set_ylabel("prefill time (ms, log)")
+        a_pre.set_title("prefill of the prompt")
+        a_mem.set_ylabel("decoding state, all layers and rows (log)")
+        a_mem.set_title("state memory (KV cache with doubling headroom)", fontsize="small")
+        _legend_outside(a_mem, "mixer")
+        fig.suptitle(f"Stateful decoding vs context: {r0.get('preset')} preset (d_model={r0.get('d_model')}, "
+                     f"{r0.get('n_layers')} layers), {r0.get('dtype')}; {r0['device']}")
+    return _save(fig, path)

@@ -3,7 +3,7 @@
 Two kinds of files live in `results/`:
 - grid files (`<grid>.jsonl`): one row per model cell (`run_matrix.py`) and per reference (a task's
   baselines and ceilings, `objective` = "none");
-- benchmark files (`bench_<name>.jsonl`): rows with a `bench` field ("scaling", "loss_memory").
+- benchmark files (`bench_<name>.jsonl`): rows with a `bench` field ("scaling", "loss_memory", "decode").
 A report reads only these rows: it never opens a checkpoint or reruns a model.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from harness.results import ResultsFileError, latest_by_key, read_rows
 
 STATUSES = ("ok", "failed")
 REFERENCE_OBJECTIVE = "none"
-BENCH_KINDS = ("scaling", "loss_memory")
+BENCH_KINDS = ("scaling", "loss_memory", "decode")
 # metrics a report computes with: a row carrying one must carry a number (or null)
 NUMERIC_METRICS = ("em", "f1", "accuracy", "ppl", "ppl_bound", "tokens_per_s", "peak_mem_bytes", "gen_latency_ms",
                    "state_floats", "eval_n")

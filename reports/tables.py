@@ -8,6 +8,7 @@ floors and the ceiling is visible at a glance; failed cells come last with their
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from reports.columns import COLUMNS, Column
@@ -147,7 +148,23 @@ def legend(cols: list[Column], rows: list[dict[str, Any]]) -> str:
     lines = [f"Sorted by {head or 'status'} (best first), failed cells last; **bold**: the best model value of its "
              "column; *italic* rows are references (non-neural baselines and ceilings), not models.", ""]
     lines += [f"- `{c.header}`: {c.doc}" for c in cols if c.doc]
+    if any(c.key == "latency" for c in cols):
+        lines.append(decode_paths_line(rows))
     return "\n".join(lines)
+
+
+def decode_paths_line(rows: list[dict[str, Any]]) -> str:
+    """How the answers (and `answer ms`) were generated, from each row's `metrics.decode_path`."""
+    paths: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        if not is_reference(r) and r["status"] == "ok":
+            p = (r.get("metrics") or {}).get("decode_path") or ("rerun: the whole prefix per token (rows written "
+                                                                  "before stateful decoding existed)")
+            paths[p].append(f"{r['mixer']} × {r['objective']}")
+    parts = [f"`{esc(p)}` ({len(cells)} cells)" for p, cells in sorted(paths.items())]
+    return "- decoding path of `answer ms`: " + ("; ".join(parts) if parts else "n/a") + \
+        ". Autoregressive cells decode with carried state (KV cache for attention, constant-size state for the " \
+        "others: `python -m harness.bench_decode`); masked diffusion reruns the whole sequence at every sampler step."
 
 
 def full_split_table(rows: list[dict[str, Any]]) -> str | None:

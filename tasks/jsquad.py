@@ -271,8 +271,8 @@ class JSQuAD(Task):
         # every question's EM/F1 by id (ids and numbers only), for paired comparisons across cells
         per_question = {"id": [it.qid for _, it in data.items], "em": [int(em) for em, _ in per],
                         "f1": [round(float(f1), 4) for _, f1 in per]}
-        return {**scores, "gen_latency_ms": latency, "eval_n": len(preds), "samples": samples,
-                "per_question": per_question}
+        return {**scores, "gen_latency_ms": latency, "decode_path": objective.decode_path(model), "eval_n": len(preds),
+                "samples": samples, "per_question": per_question}
 
 
 class _Encoder:

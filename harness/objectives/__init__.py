@@ -59,6 +59,10 @@ class Objective:
         """Answer token ids for each prompt, cut before the first EOS."""
         raise NotImplementedError
 
+    def decode_path(self, model) -> str:
+        """How `generate` runs for this model, in words, for the results row (`metrics.decode_path`)."""
+        return "rerun: the whole sequence per generation step"
+
     def predict_targets(self, model, batch: Batch) -> torch.Tensor:
         """Predicted ids at the target positions of a full sequence, (B, T) (only target positions are
         meaningful): the fill-in interface of tasks scored per position (e.g. MQAR's values)."""

@@ -1,4 +1,11 @@
-"""Autoregressive next-token objective: exact NLL, greedy decoding."""
+"""Autoregressive next-token objective: exact NLL, greedy decoding.
+
+Decoding (`decode`): "state" (default) runs the prompt once (`LM.prefill`, prompts left-padded in a
+batch) and then one token at a time through every layer (`LM.step`): a KV cache for attention, the
+carried state of the recurrent mixers, the layer's prefix rerun for a mixer without a step of its own.
+"rerun" is the reference: the whole prefix through the whole model for every new token. Both give
+the same tokens (tests/test_decode.py); `decode_path` says which ran, for the results row.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +17,7 @@ from harness.loss import token_nll
 from harness.objectives import Objective, cut_at_eos, register
 
 IGNORE = -100
+DECODES = ("state", "rerun")
 
 
 @register("autoregressive")
@@ -20,11 +28,14 @@ class Autoregressive(Objective):
     @dataclasses.dataclass
     class Options:
         loss_on: str = "all"  # "all" real tokens, or "answer": only the task's target tokens
+        decode: str = "state"  # greedy decoding: "state" (prefill + carried state) | "rerun" (the prefix per token)
 
     def __init__(self, opts, special, loss_impl):
         super().__init__(opts, special, loss_impl)
         if opts.loss_on not in ("all", "answer"):
             raise ValueError(f"autoregressive: loss_on must be 'all' or 'answer', got {opts.loss_on!r}")
+        if opts.decode not in DECODES:
+            raise ValueError(f"autoregressive: decode must be one of {', '.join(DECODES)}, got {opts.decode!r}")
 
     def _nll(self, model, batch: Batch, use: torch.Tensor) -> torch.Tensor:
         """Per-position NLL of predicting ids[:, t+1] from the prefix, zero where `use` is False.
@@ -61,13 +72,60 @@ class Autoregressive(Objective):
         pred = model.logits(h[:, :-1]).argmax(-1)  # (B, T-1): prediction for positions 1..T-1
         return torch.cat([batch.ids[:, :1], pred], dim=1)
 
+    def decode_path(self, model) -> str:
+        if self.opts.decode == "rerun":
+            return "rerun: the whole prefix through the model per token"
+        paths = model.decode_paths()
+        if paths == ["state"]:
+            return "state: prefill, then one token per step (KV cache / carried state)"
+        return "state with rerun fallback: mixers without a step rerun their layer's prefix per token"
+
     @torch.no_grad()
     def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
-        """Greedy decoding, batched with right padding.
+        """Greedy decoding, batched; the path is `opts.decode` (see the module doc)."""
+        if self.opts.decode == "rerun":
+            return self.generate_rerun(model, prompts, max_new, batch_size)
+        return self.generate_state(model, prompts, max_new, batch_size)
 
-        Every step reruns the whole prefix (no KV cache or recurrent state): the same cost model for
-        every mixer, so latency differences come from the mixers, not from a cache some lack.
-        """
+    @torch.no_grad()
+    def generate_state(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
+        """Greedy decoding with carried state: prompts left-padded (so every row's next token is the
+        last column), one `LM.prefill`, then one `LM.step` per token for the whole batch. A finished
+        row is fed PAD as a (harmless, unused) real token until the batch ends."""
+        out: list[list[int]] = [[] for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        dev, pad, eos = model.head_weight.device, self.special.pad, self.special.eos
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            T = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), T), pad, dtype=torch.long, device=dev)
+            for r, i in enumerate(idx):
+                ids[r, T - len(prompts[i]) :] = torch.tensor(prompts[i], device=dev)
+            pad_mask = None
+            if any(len(prompts[i]) < T for i in idx):
+                lens = torch.tensor([len(prompts[i]) for i in idx], device=dev)
+                pad_mask = torch.arange(T, device=dev)[None] >= (T - lens)[:, None]  # (b, T) left padding
+            h, states = model.prefill(ids, pad_mask)
+            nxt = model.logits(h[:, -1]).argmax(-1)  # (b,)
+            done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+            gen = []
+            for t in range(max_new):
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                gen.append(nxt)
+                done |= nxt == eos
+                if t == max_new - 1 or bool(done.all()):
+                    break
+                h, states = model.step(nxt, states)
+                nxt = model.logits(h).argmax(-1)
+            rows = torch.stack(gen, 1).tolist() if gen else [[] for _ in idx]
+            for r, i in enumerate(idx):
+                out[i] = cut_at_eos(rows[r], eos)
+        return out
+
+    @torch.no_grad()
+    def generate_rerun(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
+        """Greedy decoding, batched with right padding, rerunning the whole prefix for every token (no
+        cache, no state): the reference `generate_state` is tested against."""
         out: list[list[int]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         dev = model.head_weight.device

@@ -294,6 +294,11 @@ class MaskedDiffusion(Objective):
                 out[i] = cut_at_eos(region[r], self.special.eos)[:max_new]
         return out
 
+    def decode_path(self, model) -> str:
+        """No cache: the mixers are bidirectional, so every position (the prompt's included) changes
+        whenever an answer-region token is committed; nothing computed at one step stays valid."""
+        return "rerun: bidirectional, the whole sequence at every sampler step (no cache)"
+
     def describe(self) -> dict[str, Any]:
         o = self.opts
         return {

@@ -1,0 +1,263 @@
+"""Stateful decoding (prefill + step) against the full forward, for every registered mixer.
+
+The full forward is the reference: a prompt run by `prefill` and the tokens after it run one at a
+time by `step` must give the outputs `forward` gives for the whole (left-padded) sequence, and greedy
+decoding with carried state must give the tokens of the prefix-rerun path. Parametrised over the
+registry, so a new mixer is covered the moment it registers (through the rerun fallback until it
+has a step of its own).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import mixers
+from harness.data import SpecialTokens
+from harness.model import LM, LMConfig
+from harness.objectives import build as build_objective
+from mixers import Mixer, RerunState
+
+D = 32
+LENGTHS = [12, 10, 7]  # real tokens per row; rows are left-padded to 12
+T0 = 6  # prompt columns run by prefill; the rest go through step one at a time
+
+
+def _left_padded(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    T = max(LENGTHS)
+    x = torch.randn(len(LENGTHS), T, D, generator=g)  # pads hold noise: it must not matter
+    pad_mask = torch.arange(T)[None] >= torch.tensor([T - n for n in LENGTHS])[:, None]
+    return x, pad_mask
+
+
+def _check_prefill_then_steps(m: Mixer) -> None:
+    m.eval()
+    x, pad_mask = _left_padded()
+    with torch.no_grad():
+        ref = m(x, pad_mask)  # (B, T, D)
+        y0, state = m.prefill(x[:, :T0], pad_mask[:, :T0])
+        ys = [y0]
+        for t in range(T0, x.shape[1]):
+            y_t, state = m.step(x[:, t], state)
+            ys.append(y_t[:, None])
+    got = torch.cat(ys, 1)
+    torch.testing.assert_close(got[pad_mask], ref[pad_mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", mixers.names())
+def test_prefill_and_steps_equal_the_full_forward_with_left_padding(name):
+    torch.manual_seed(0)
+    _check_prefill_then_steps(mixers.build(name, D, causal=True))
+
+
+@pytest.mark.parametrize("name,opts", [("wave_wavelet", {"wavelet": "db2", "levels": 3}),
+                                       ("wave_interference", {"scale": "unit", "readout": "magnitude"}),
+                                       ("mamba", {"d_conv": 2, "scan": "reference"})])
+def test_step_equals_forward_for_other_options(name, opts):
+    """Longer wavelet filters wrap the ring buffer several times; other scales and readouts; a short conv."""
+    torch.manual_seed(0)
+    _check_prefill_then_steps(mixers.build(name, D, causal=True, **opts))
+
+
+@pytest.mark.parametrize("name", mixers.names())
+def test_steps_from_an_empty_state_equal_the_forward(name):
+    torch.manual_seed(1)
+    m = mixers.build(name, D, causal=True).eval()
+    x = torch.randn(2, 5, D)
+    with torch.no_grad():
+        ref = m(x)
+        state, ys = None, []
+        for t in range(x.shape[1]):
+            y, state = m.step(x[:, t], state)
+            ys.append(y)
+    torch.testing.assert_close(torch.stack(ys, 1), ref, rtol=1e-5, atol=1e-5)
+
+
+class _CumulativeMean(Mixer):
+    """A causal mixer with no step of its own (never registered): the mean of the real inputs so far."""
+
+    name = "cumulative_mean"
+
+    def forward(self, x, pad_mask=None):
+        keep = torch.ones(x.shape[:2]) if pad_mask is None else pad_mask.float()
+        return (x * keep[..., None]).cumsum(1) / keep.cumsum(1).clamp_min(1)[..., None]
+
+
+def test_a_mixer_without_step_decodes_by_rerunning_its_prefix():
+    m = _CumulativeMean(D, causal=True)
+    assert m.decode_path == "rerun"
+    _check_prefill_then_steps(m)
+    x, pad_mask = _left_padded()
+    _, state = m.prefill(x[:, :T0], pad_mask[:, :T0])
+    _, state = m.step(x[:, T0], state)
+    assert isinstance(state, RerunState) and state.x.shape[1] == T0 + 1
+
+
+@pytest.mark.parametrize("name", mixers.names())
+def test_bidirectional_mixers_refuse_to_step(name):
+    m = mixers.build(name, D, causal=False)
+    with pytest.raises(RuntimeError, match="bidirectional"):
+        m.step(torch.randn(1, D), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The LM and greedy decoding
+# ----------------------------------------------------------------------------------------------
+
+SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+VOCAB = 40
+
+
+def _lm(mixer: str, norm: str = "pre", seed: int = 0) -> LM:
+    torch.manual_seed(seed)
+    cfg = LMConfig(vocab_size=VOCAB, d_model=D, n_layers=2, mixer=mixer, causal=True, mlp_hidden=48, norm=norm)
+    model = LM(cfg).eval()
+    with torch.no_grad():  # larger weights: the mixers, not the input embedding, decide the next token
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(20.0)
+    return model
+
+
+def _prompts(seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(6, VOCAB, (n,), generator=g).tolist() for n in (9, 4, 13, 6)]
+
+
+@pytest.mark.parametrize("name,norm", [(n, "pre") for n in mixers.names()] + [("mamba", "post"), ("attention", "hybrid")])
+def test_lm_prefill_and_steps_equal_its_forward(name, norm):
+    model = _lm(name, norm)
+    x, pad_mask = _left_padded()
+    ids = (x[..., 0].abs() * 100).long() % VOCAB
+    with torch.no_grad():
+        ref = model(ids, pad_mask, right_padded=False)
+        h0, states = model.prefill(ids[:, :T0], pad_mask[:, :T0])
+        hs = [h0]
+        for t in range(T0, ids.shape[1]):
+            h, states = model.step(ids[:, t], states)
+            hs.append(h[:, None])
+    torch.testing.assert_close(torch.cat(hs, 1)[pad_mask], ref[pad_mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", mixers.names())
+def test_greedy_decoding_with_state_gives_the_tokens_of_the_prefix_rerun(name):
+    model = _lm(name)
+    obj = build_objective("autoregressive", SPECIAL, "chunked")
+    rerun = dataclasses.replace(obj.opts, decode="rerun")
+    prompts = _prompts()
+    with_state = obj.generate(model, prompts, max_new=8, batch_size=3)
+    obj.opts = rerun
+    reference = obj.generate(model, prompts, max_new=8, batch_size=3)
+    assert with_state == reference
+    assert any(len(a) > 1 for a in reference)  # the comparison covers several steps, not only the prefill
+
+
+def test_greedy_decoding_covers_the_fallback_and_says_so(monkeypatch):
+    """A mixer without a step decodes through the fallback: same tokens, and the path is named."""
+    model = _lm("attention")
+    for blk in model.blocks:  # replace the mixers by a stepless one
+        blk.mixer = _CumulativeMean(D, causal=True)
+    obj = build_objective("autoregressive", SPECIAL, "chunked")
+    assert "rerun" in obj.decode_path(model) and model.decode_paths() == ["rerun"]
+    with_state = obj.generate(model, _prompts(1), max_new=6, batch_size=2)
+    obj.opts = dataclasses.replace(obj.opts, decode="rerun")
+    assert with_state == obj.generate(model, _prompts(1), max_new=6, batch_size=2)
+
+
+def test_decode_option_is_checked():
+    with pytest.raises(ValueError, match="decode must be one of"):
+        build_objective("autoregressive", SPECIAL, "chunked", decode="beam")
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark and its report section
+# ----------------------------------------------------------------------------------------------
+
+
+def test_decode_bench_writes_rows_that_the_report_draws(tmp_path):
+    from harness import bench_decode as bd
+    from harness.results import read_rows
+    from reports import write_reports
+    from reports.load import check_row
+
+    out = tmp_path / "results" / bd.RESULTS_NAME
+    cfg = bd.DecodeConfig(mixers=["attention", "gated_context"], contexts=[8, 16], batches=[2], preset="tiny",
+                          steps=2, reps=1, rerun=True)
+    rows = bd.run(cfg, torch.device("cpu"), out, log=lambda s: None)
+    assert read_rows(out) == rows and len(rows) == 4 and len({r["key"] for r in rows}) == 4
+    for r in rows:
+        check_row(r, "row")
+        assert r["status"] == "ok" and r["decode_path"] == "state"
+        assert r["step_ms"] > 0 and r["prefill_ms"] > 0 and r["speedup"] == r["rerun_ms"] / r["step_ms"]
+        assert r["state_floats"] == r["batch"] * LM_STATE[r["mixer"]](r["context"])
+    by = {(r["mixer"], r["batch"], r["context"]): r for r in rows}
+    # the KV cache grows with the context; the context vector does not (2 rows x 2 layers x 64 fp32)
+    assert by[("attention", 2, 16)]["state_bytes"] > by[("attention", 2, 8)]["state_bytes"]
+    assert by[("gated_context", 2, 16)]["state_bytes"] == by[("gated_context", 2, 8)]["state_bytes"] == 2 * 2 * 64 * 4
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    text = (tmp_path / "reports" / "benchmarks" / "README.md").read_text()
+    assert "## Decoding cost versus context" in text and "decode_cpu" in text
+    assert "| gated_context | 2 |" in text and "state (torch_step)" in text
+
+
+LM_STATE = {  # the tiny preset's per-sequence claim (2 layers, d_model 64)
+    "attention": lambda T: 2 * 2 * T * 64,
+    "gated_context": lambda T: 2 * 64,
+}
+
+
+def test_report_legend_names_each_rows_decoding_path():
+    from reports.tables import decode_paths_line
+
+    row = lambda mixer, obj, path: {"mixer": mixer, "objective": obj, "status": "ok",  # noqa: E731
+                                    "metrics": {"decode_path": path} if path else {}}
+    ar = build_objective("autoregressive", SPECIAL, "chunked")
+    line = decode_paths_line([row("attention", "autoregressive", ar.decode_path(_lm("attention"))),
+                              row("mamba", "autoregressive", ar.decode_path(_lm("mamba"))),
+                              row("mamba", "diffusion", "rerun: bidirectional"), row("mamba", "autoregressive", None)])
+    assert "`state: prefill, then one token per step (KV cache / carried state)` (2 cells)" in line
+    assert "`rerun: bidirectional` (1 cells)" in line and "before stateful decoding existed" in line
+
+
+@pytest.mark.parametrize("name", mixers.names())
+def test_the_decoding_state_is_the_state_the_mixer_claims(name):
+    """`state_floats(T)` is what decoding carries: every number of the state after a prompt of T
+    tokens (one sequence), KV caches counted by the positions in use."""
+    from harness.bench_decode import tensors
+
+    m = mixers.build(name, D, causal=True).eval()
+    if m.decode_path != "state":
+        pytest.skip("rerun fallback: its state is the prefix itself")
+    T = 11
+    _, state = m.prefill(torch.randn(1, T, D))
+    if name == "attention":
+        assert state.length == T and 2 * state.k[:, :, :T].numel() == m.state_floats(T)
+        return
+    assert sum(t.numel() for t in tensors(state)) == m.state_floats(T)  # token counters included
+
+
+def test_mamba_step_calls_the_fused_state_update_with_its_documented_contract(monkeypatch):
+    """CUDA path's contract, on CPU: mamba-ssm's `selective_state_update(state, x, dt, A, B, C, D, z,
+    dt_bias, dt_softplus)` updates state (B, Di, N) in place and returns the gated output (B, Di). A
+    stand-in with those semantics must give what the PyTorch step gives."""
+    import mixers.mamba as mm
+
+    def fake(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+        assert dt_bias is None and not dt_softplus and state.shape == (x.shape[0], x.shape[1], A.shape[1])
+        state.copy_(torch.exp(dt[..., None] * A) * state + (dt * x)[..., None] * B[:, None, :])
+        return ((state * C[:, None, :]).sum(-1) + D * x) * torch.nn.functional.silu(z)
+
+    torch.manual_seed(0)
+    m = mixers.build("mamba", D, causal=True).eval()
+    x, pad_mask = _left_padded()
+    _, st = m.prefill(x[:, :T0], pad_mask[:, :T0])
+    xs, z = (t[:, 0] for t in m.in_proj(x[:, T0:T0 + 1]).chunk(2, dim=-1))
+    monkeypatch.setattr(mm, "_selective_state_update", fake)
+    with torch.no_grad():
+        y_ref, st_ref = mm._direction_step(m.fwd, xs, z, mm.MambaState(st.conv.clone(), st.h.clone()), fused=False)
+        y, st_new = mm._direction_step(m.fwd, xs, z, st, fused=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(st_new.h, st_ref.h)
+    torch.testing.assert_close(st_new.conv, st_ref.conv)
