@@ -24,6 +24,7 @@ from harness import distributed, executors, lr_sweep, objectives
 from harness.budget import Budget, BudgetError
 from harness.cell import Cell, RunContext
 from harness.loss import LOSS_IMPLS
+from harness.pretrain import DEFAULT_FRAC, PretrainSpec
 from harness.model import NORMS, PRESETS, get_preset
 from harness.references import write_references
 from harness.registry import UnknownNameError, parse_kv
@@ -73,6 +74,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mixer-opt", action="append", metavar="[MIXER.]KEY=VALUE", help="mixer option (repeatable)")
     p.add_argument("--objective-opt", action="append", metavar="[OBJECTIVE.]KEY=VALUE", help="objective option")
     p.add_argument("--task-opt", action="append", metavar="KEY=VALUE", help="task option, e.g. eval_limit=200")
+    p.add_argument("--pretrain", action="append", metavar="SOURCE",
+                   help="pretrain on SOURCE first, inside the budget (repeatable): passages | dir:PATH | hf:NAME[:CONFIG]")
+    p.add_argument("--pretrain-frac", type=float, default=DEFAULT_FRAC,
+                   help=f"share of the budget spent pretraining (default {DEFAULT_FRAC})")
+    p.add_argument("--pretrain-max-chars", type=int, default=0,
+                   help="take at most this many characters from each pretraining source (0: all)")
     p.add_argument("--loss", default="auto", choices=LOSS_IMPLS, help="output-loss implementation")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -205,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     objective_opts = {o: tasks.with_objective_defaults(args.task, o, objective_opts[o]) for o in objective_names}
     task_opts = parse_kv(args.task_opt, "--task-opt")
     task = tasks.build(args.task, **task_opts)
+    pretrain = dataclasses.asdict(PretrainSpec(args.pretrain, args.pretrain_frac, args.pretrain_max_chars)) \
+        if args.pretrain else None
     dist, device = distributed.init(args.device)  # under torchrun: this rank's device, process group up
 
     lr, sweep_lr = lr_choice(args)
     cells = [
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
-             compile=args.compile, lr=lr, lr_sweep=sweep_lr)
+             compile=args.compile, pretrain=pretrain, lr=lr, lr_sweep=sweep_lr)
         for s in seeds for o in objective_names for m in mixer_names
     ]
     if args.sweep:
@@ -223,16 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     # data problems stop here, with one line, before any cell runs (every distinct data config of a sweep)
     with dist.local_main_first():  # [DDP] one rank per node prepares (tokenizer cache), the others reuse it
         for c in {json.dumps(c.task_opts, sort_keys=True): c for c in cells}.values():
-            train_set = ctx.task_data(tasks.build(args.task, **c.task_opts), c).train
-            check_budget(budget, train_set, get_preset(args.preset).batch_size)
+            c_data = ctx.task_data(tasks.build(args.task, **c.task_opts), c)
+            check_budget(budget, c_data.train, get_preset(args.preset).batch_size)
             if sweep_lr:  # each short run must cover a batch too
-                check_budget(lr_sweep.short_budget(budget, sweep_lr["frac"]), train_set, get_preset(args.preset).batch_size)
+                check_budget(lr_sweep.short_budget(budget, sweep_lr["frac"]), c_data.train,
+                             get_preset(args.preset).batch_size)
+            ctx.pretrain_corpus(c, c_data)  # a missing or empty corpus stops here; tokens are cached once
     data = ctx.task_data(task, cells[0])
     dist.check_same(distributed.data_fingerprint(data.train), "the tokenised training data")
     if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed
         name = f"{args.task}-sweep" + "".join(f"-{k}{v}" for k, v in sorted(task_opts.items()) if k != "seq_len")
     else:
-        name = data.protocol
+        name = data.protocol + (f"_{PretrainSpec(**pretrain).slug()}" if pretrain else "")
     ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{name}_{args.preset}_{budget.slug}")
     results = out / "results" / f"{ctx.grid}.jsonl"
     done = dist.broadcast(done_keys(results) if dist.is_main else None)  # [DDP] rank 0's file decides

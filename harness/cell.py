@@ -24,6 +24,7 @@ import mixers
 import tasks
 from harness import lr_sweep, objectives
 from harness import distributed as ddp
+from harness import pretrain as pt
 from harness.budget import Budget, BudgetMeter
 from harness.env import device_name, git_commit, versions
 from harness.flops import mfu
@@ -54,6 +55,7 @@ class Cell:
     compile: bool = False
     d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
+    pretrain: dict[str, Any] | None = None  # harness.pretrain.PretrainSpec as a dict: sources, frac, max_chars
     lr: float = 0.0  # learning rate override (0: the preset's)
     lr_sweep: dict[str, Any] | None = None  # {"rates": [...], "frac": F}: pick the rate per cell (harness/lr_sweep.py)
 
@@ -70,7 +72,7 @@ class Cell:
         return f"{self.mixer} x {self.objective} (seed {self.seed}{at})"
 
 
-_KEY_IF_SET = ("d_model", "sweep", "lr", "lr_sweep")
+_KEY_IF_SET = ("d_model", "sweep", "pretrain", "lr", "lr_sweep")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -84,6 +86,7 @@ class RunContext:
     log: Callable[[str], None] = print
     dist: ddp.DistEnv = field(default_factory=ddp.DistEnv)  # this process's rank when a cell runs data-parallel
     _data: dict[str, TaskData] = field(default_factory=dict)
+    _corpora: dict[str, pt.Corpus] = field(default_factory=dict)
 
     def task_data(self, task: tasks.Task, cell: Cell) -> TaskData:
         """Prepared once per (task options, preset) and shared by every cell of the grid."""
@@ -93,6 +96,16 @@ class RunContext:
             ctx = PrepareContext(self.data_dir, self.cache_dir, preset.vocab_size, preset.max_len, self.log)
             self._data[key] = task.prepare(ctx)
         return self._data[key]
+
+    def pretrain_corpus(self, cell: Cell, data: TaskData) -> pt.Corpus | None:
+        """The cell's packed pretraining text (tokens cached on disk), shared by the cells that ask for it."""
+        if not cell.pretrain:
+            return None
+        spec = pt.PretrainSpec(**cell.pretrain)
+        key = json.dumps([cell.task, cell.task_opts, cell.preset, spec.sources, spec.max_chars], sort_keys=True)
+        if key not in self._corpora:
+            self._corpora[key] = pt.prepare(spec, data, self.cache_dir, get_preset(cell.preset).max_len, self.log)
+        return self._corpora[key]
 
 
 def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
@@ -105,6 +118,7 @@ def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": ctx.dist.world_size,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **({"sweep": cell.sweep} if cell.sweep else {}),
+        **({"pretrain": cell.pretrain} if cell.pretrain else {}),
     }
 
 
@@ -135,8 +149,9 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         if cell.lr_sweep:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
             row["lr_sweep"] = _lr_sweep(cell, ctx, cfg, objective, data, budget, tcfg)
             tcfg.lr = row["lr_sweep"]["best_lr"]
+        corpus = ctx.pretrain_corpus(cell, data)
         res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device,
-                    dist=ctx.dist)
+                    dist=ctx.dist, pretrain=(corpus, cell.pretrain["frac"]) if corpus else None)
         if not ctx.dist.is_main:  # [DDP] evaluation and the row are rank 0's
             return None
         row["tokens_seen"] = res.tokens_seen
@@ -144,7 +159,10 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["loss_curve"] = res.loss_curve
         row["train"] = {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
                         "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
-                        "compile": cell.compile, "batch_size": tcfg.batch_size, "lr": tcfg.lr}
+                        "compile": cell.compile, "batch_size": tcfg.batch_size, "lr": tcfg.lr, "stages": res.stages}
+        res.stages[-1]["sources"] = [data.protocol]  # the task stage trains on the protocol's training split
+        if corpus is not None:
+            row["pretrain"] = {**cell.pretrain, "corpus": corpus.info}
 
         metrics = task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size)
         samples = metrics.pop("samples", None)

@@ -5,6 +5,8 @@ time budget ends on a decayed LR just like a token budget. Dev-slice evaluations
 budget fractions with the clock paused; the checkpoint with the lowest dev loss is restored at the
 end (checkpoint selection never looks at the evaluation split). The loss curve keeps train and dev
 loss at every evaluation point, so overfitting on a small training set shows up in the results.
+With `pretrain` the run has two stages (harness/pretrain.py): language modelling on packed unlabeled
+text for the first share of the budget, then the task; schedule, curve and checkpointing span both.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from harness.budget import Budget, BudgetError, BudgetMeter
 from harness.data import BatchSampler, SeqSet
 from harness.distributed import DataParallel, DistEnv
+from harness.pretrain import Corpus, stage_plan
 
 
 @dataclass
@@ -51,7 +54,8 @@ class TrainResult:
     loss_curve: list[dict] = field(default_factory=list)
     best_fraction: float | None = None
     best_dev_loss: float | None = None
-    epochs: float = 0.0
+    epochs: float = 0.0  # of the task's training set, in the task stage
+    stages: list[dict] = field(default_factory=list)  # per stage: sources, tokens, steps, seconds
 
 
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
@@ -110,9 +114,10 @@ def check_budget(budget: Budget, train_set: SeqSet, batch_size: int) -> None:
 
 
 def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, cfg: TrainConfig, device: torch.device,
-          dist: DistEnv | None = None) -> TrainResult:
+          dist: DistEnv | None = None, pretrain: tuple[Corpus, float] | None = None) -> TrainResult:
     """Train `model` in place until the budget is spent. With `dist` (under torchrun) this rank trains on
-    its shard of every global batch; `cfg.batch_size` stays the global batch (harness/distributed.py)."""
+    its shard of every global batch; `cfg.batch_size` stays the global batch (harness/distributed.py).
+    With `pretrain = (corpus, F)` the first F of the budget trains the objective's LM form on the corpus."""
     meter = BudgetMeter(budget, device)
     check_budget(budget, train_set, cfg.batch_size)
     par = DataParallel(model, dist, device, budget) if dist is not None and dist.active else None  # [DDP]
@@ -121,6 +126,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     gen = torch.Generator(device=device).manual_seed(cfg.seed + (par.seed_offset if par else 0))
     sampler = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to)
     sampler = par.sampler(sampler) if par else sampler  # [DDP] this rank's rows of each global batch
+    plan = stage_plan(sampler, objective, pretrain, cfg.batch_size, cfg.seed, cfg.pad_to, device,
+                      par.sampler if par else None)  # [pretrain] the stages this run trains in, in order
     dev_set = dev_set.subset(np.arange(min(len(dev_set), cfg.dev_max_seqs)))
     opt = _optimizer(model, cfg, device)
     step_fn = par.module if par else model  # [DDP] forward through the wrapper: gradients all-reduce
@@ -138,14 +145,16 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     model.train()
     while frac < 1.0 and res.steps < cfg.max_steps:
         t0 = time.perf_counter()
+        stage = plan.at(frac)  # [pretrain] the task stage alone without pretraining
+        sampler, loss_obj = stage.sampler, stage.objective
         batch = next(sampler)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * wsd_multiplier(frac, cfg)
         with autocast(device):
             if par:  # [DDP] normalised by the global loss-token count
-                loss = par.loss(objective, step_fn, batch, sampler.live, gen)
+                loss = par.loss(loss_obj, step_fn, batch, sampler.live, gen)
             else:
-                loss = objective.loss(step_fn, batch, gen)
+                loss = loss_obj.loss(step_fn, batch, gen)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -160,6 +169,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
         dt = time.perf_counter() - t0
         if res.steps > 1:
             clock += dt
+        stage.account(n_tok, dt if res.steps > 1 else 0.0)
         if res.steps > steady_from:
             steady_t += dt
             steady_tok += n_tok
@@ -180,7 +190,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
                 d = dev_loss(model, objective, dev_set, cfg.eval_batch_size, device)
             res.loss_curve.append(
                 {"frac": round(min(frac, 1.0), 4), "step": res.steps, "tokens": res.tokens_seen,
-                 "train_loss": round(train_loss, 5), "dev_loss": round(d, 5)}
+                 "train_loss": round(train_loss, 5), "dev_loss": round(d, 5),
+                 **({"stage": stage.name} if pretrain else {})}
             )
             loss_acc, loss_n = torch.zeros((), device=device), 0
             if d < best:
@@ -193,7 +204,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     res.train_seconds = clock
     res.tokens_per_s = steady_tok / steady_t if steady_t > 0 else res.tokens_seen / max(clock, 1e-9)
     res.best_dev_loss = best if math.isfinite(best) else None
-    res.epochs = res.tokens_seen / max(train_set.n_tokens, 1)
+    res.epochs = plan.task.tokens / max(train_set.n_tokens, 1)
+    res.stages = plan.describe()
     if best_state is not None:
         model.load_state_dict(best_state)
     return res

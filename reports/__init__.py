@@ -28,6 +28,11 @@ PROTOCOLS = {
     "jsquad-offline": "JSQuAD v1.3 without its train split: train on `valid` (minus a dev slice of whole articles "
                       "for checkpoint selection), evaluate on `test` (disjoint articles). Not comparable to "
                       "published dev-set scores",
+    "jsquad-offline+jaquad": "`jsquad-offline` plus JaQuAD v0.1.0 train + dev (CC BY-SA 3.0) as extra training data, "
+                             "minus its articles sharing a title or paragraph with the held-out text; evaluate on "
+                             "JSQuAD `test`",
+    "jsquad+jaquad": "`jsquad` plus JaQuAD v0.1.0 train + dev (CC BY-SA 3.0) as extra training data, minus its "
+                     "articles sharing a title or paragraph with the held-out text; evaluate on JSQuAD `valid`",
     "mqar": "synthetic multi-query associative recall (Zoology, arXiv 2312.04927): generated key-value "
             "sequences, accuracy on the queried values",
 }
@@ -80,6 +85,7 @@ def header(name: str, rows: list[dict[str, Any]], source: Path | None) -> list[s
     info = [
         ("data protocol", "<br>".join(f"`{esc(p)}`: {PROTOCOLS.get(p, 'see the task module')}" for p in protocols)),
         ("budget (per cell)", _values(models, lambda r: r.get("budget"))),
+        ("pretraining", _values(models, _pretrain_text) if any(r.get("pretrain") for r in models) else "none"),
         ("preset", _values(models, lambda r: r.get("preset"))),
         ("device", _values(models or rows, lambda r: r.get("device"))),
         ("git commit", _values(rows, lambda r: r.get("git_commit"))),
@@ -96,6 +102,16 @@ def header(name: str, rows: list[dict[str, Any]], source: Path | None) -> list[s
     ]
 
 
+def _pretrain_text(r: dict[str, Any]) -> str:
+    """'passages + dir:… for 80% of the budget (1,234,567 corpus tokens)', or 'none'."""
+    p = r.get("pretrain")
+    if not p:
+        return "none"
+    cap = f", ≤{p['max_chars']:,} characters per source" if p.get("max_chars") else ""
+    toks = (p.get("corpus") or {}).get("tokens")
+    return f"{' + '.join(p['sources'])} for {p['frac']:.0%} of the budget{cap}" + (f" ({toks:,} corpus tokens)" if toks else "")
+
+
 def _data_line(rows: list[dict[str, Any]]) -> str | None:
     d = next((r.get("data") for r in rows if not is_reference(r) and r.get("data")), None) \
         or next((r.get("data") for r in rows if r.get("data")), None)
@@ -105,6 +121,11 @@ def _data_line(rows: list[dict[str, Any]]) -> str | None:
     if "train_questions" in d:
         parts.append(f"{d['train_questions']:,} training / {d.get('dev_questions', 0):,} dev questions "
                      f"({fmt(d.get('train_tokens'))} training tokens)")
+    x = d.get("extra_train")
+    if x:
+        parts.append(f"of them {x['questions']:,} from {x['dataset']} ({x['articles_kept']} articles kept, "
+                     f"{x['articles_dropped']} dropped for sharing a title ({x['dropped_by_title']}) or a paragraph "
+                     f"({x['dropped_by_paragraph']}) with the held-out text)")
     if "eval_questions" in d:
         total = d.get("eval_questions_total")
         sample = f" (a seeded sample of {total:,})" if total and total > d["eval_questions"] else ""

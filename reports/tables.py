@@ -42,6 +42,9 @@ def label(row: dict[str, Any]) -> str:
     if is_reference(row):
         setting = (row.get("reference") or {}).get("setting")
         return f"{row['mixer']} ({setting})" if setting else str(row["mixer"])
+    p = row.get("pretrain")  # cells that pretrain first are told apart from those that do not
+    if p:
+        return f"{row['mixer']} (pretrain {'+'.join(p['sources'])} {p['frac']:g})"
     return str(row["mixer"])
 
 
@@ -137,7 +140,7 @@ def grid_table(rows: list[dict[str, Any]]) -> tuple[str, list[Column]]:
         if is_reference(r):
             name, obj = f"*{esc(label(r))}*", f"*{reference_kind(r)}*"
         else:
-            name, obj = esc(r["mixer"]), esc(r["objective"])
+            name, obj = esc(label(r)), esc(r["objective"])
         lines.append("| " + " | ".join([name, obj, *(cell_text(r, c, best) for c in cols), status_text(r)]) + " |")
     return "\n".join(lines), cols
 

@@ -50,6 +50,7 @@ class TaskData:
     info: dict[str, Any] = field(default_factory=dict)  # data statistics recorded in results
     decode: Callable[[list[int]], str] | None = None
     tokenizer: Any = None  # the task's tokenizer (e.g. tasks.tokenizer.JaTokenizer), for reference rows
+    passages: list[str] = field(default_factory=list)  # training-split text for `--pretrain passages` (never eval's)
 
 
 @dataclass

@@ -6,8 +6,15 @@ Data protocols (named in every results row and report):
                     directory is given, or read from a directory that holds `train-v1.3.json`.
 - `jsquad-offline`  for machines without the train split: train on `valid-v1.3`, evaluate on
                     `test-v1.3` (disjoint articles). Chosen when the directory has no train file.
+- `...+jaquad`       `extra_train=jaquad`: JaQuAD train + dev (tasks/jaquad.py) join the training
+                    data, minus the articles sharing a title or paragraph with the held-out text.
 Either way a dev slice (whole articles, `dev_frac` of them, fixed seed) is held out from the
 training file for checkpoint selection; the evaluation split is only ever scored.
+
+The tokenizer is trained on the JSQuAD training split only, also with JaQuAD or pretraining: every
+row of a comparison then shares one vocabulary (dev losses and the tokenizer ceiling compare), and
+none of its pieces is spent on surface forms the evaluation text does not use (JaQuAD's half-width
+punctuation, Aozora's old orthography); byte fallback encodes whatever it has not seen.
 
 Sequence format (ids):  <s> title <sep> paragraph <sep> question <sep> answer </s>
 (`order=question_first` puts the question before the title and paragraph.) The answer and its
@@ -149,6 +156,8 @@ class JSQuAD(Task):
         max_answer_tokens: int = 24
         eval_limit: int = 0  # score a seeded sample of this many questions (0: all)
         latency_n: int = 16  # answers timed one at a time for gen_latency_ms
+        extra_train: str = ""  # "jaquad": add JaQuAD train + dev to the training data
+        jaquad_dir: str = ""  # JaQuAD's directory ("": jaquad-v0.1.0 beside the JSQuAD data directory)
 
     # -- data
     def _splits(self, ctx: PrepareContext) -> tuple[str, list[QAItem], list[QAItem], dict[str, str]]:
@@ -183,6 +192,11 @@ class JSQuAD(Task):
         train_items, dev_items = split_dev(train_items, o.dev_frac)
         texts = sorted({t for it in train_items for t in (it.title, it.paragraph)}) + [it.question for it in train_items] \
             + [it.answers[0] for it in train_items if it.answers]
+        extra: dict[str, Any] = {}
+        if o.extra_train:
+            protocol, added, extra = self._extra(ctx, protocol, eval_items + dev_items)
+            train_items = train_items + added
+            files["extra_train"] = extra.pop("dir")
         settings = TokenizerSettings(vocab_size=o.vocab_size or ctx.vocab_size, normalization=o.normalization)
         tok = train_or_load(texts, settings, ctx.cache_dir / "tokenizers")
         enc = _Encoder(tok, ctx.max_len, o.order)
@@ -209,12 +223,37 @@ class JSQuAD(Task):
             "train_tokens": train[0].n_tokens, "train_truncated": train[1], "train_dropped": train[2],
             "eval_questions": len(eval_items), "eval_questions_total": n_eval_total,
             "eval_truncated": enc.eval_truncated, "eval_answer_cut": cut,
+            **({"extra_train": extra} if extra else {}),
         }
         ctx.log(f"[jsquad] {protocol}: {info['train_questions']} train / {info['dev_questions']} dev / "
                 f"{len(eval_items)} eval questions, vocab {tok.vocab_size}, {info['train_tokens']:,} train tokens")
         return TaskData(protocol, tok.special, tok.vocab_size, train[0], dev[0], eval_set,
                         items=[(p, it) for p, it in zip(prompts, eval_items)], info=info, decode=tok.decode,
-                        tokenizer=tok)
+                        tokenizer=tok, passages=list(dict.fromkeys(it.paragraph for it in train_items)))
+
+    def _extra(self, ctx: PrepareContext, protocol: str, held: list[QAItem]) -> tuple[str, list[QAItem], dict[str, Any]]:
+        """JaQuAD's training items minus the articles overlapping the held-out (evaluation + dev) text."""
+        from tasks import jaquad
+
+        o = self.opts
+        if o.extra_train != "jaquad":
+            raise ValueError(f"jsquad: extra_train must be '' or 'jaquad'; got {o.extra_train!r}")
+        if o.jaquad_dir:
+            root = Path(o.jaquad_dir)
+        elif ctx.data_dir is not None:
+            root = Path(ctx.data_dir).resolve().parent / "jaquad-v0.1.0"
+        else:
+            raise DataError("extra_train=jaquad reads local files: pass --task-opt jaquad_dir=DIR "
+                            "(e.g. ../shared/data/jaquad-v0.1.0)")
+        articles = jaquad.load_articles(root)
+        kept, info = jaquad.filter_overlap(articles, {it.title for it in held}, {it.paragraph for it in held})
+        items = parse_articles(kept, str(root))
+        info = {"dataset": "jaquad-v0.1.0 train+dev", "dir": str(root), "articles": len(articles),
+                "articles_kept": len(kept), "questions": len(items), **info}
+        ctx.log(f"[jsquad] +jaquad: {len(items):,} questions from {len(kept)} articles; dropped "
+                f"{info['articles_dropped']} overlapping the held-out text ({info['dropped_by_title']} by title, "
+                f"{info['dropped_by_paragraph']} by paragraph)")
+        return f"{protocol}+jaquad", items, info
 
     # -- references (floors and ceiling), written as results rows beside the models
     def references(self, data: TaskData, ctx: PrepareContext) -> list[Reference]:

@@ -26,6 +26,8 @@ class Objective:
     name: ClassVar[str] = "?"
     causal: ClassVar[bool]  # how mixers are built for this objective
     ppl_key: ClassVar[str]  # "ppl" (exact) or "ppl_bound" (an upper bound)
+    # options that turn the task loss into its language-modelling form on unlabeled text (pretraining)
+    pretrain_opts: ClassVar[dict[str, Any]] = {}
 
     @dataclasses.dataclass
     class Options:
@@ -50,6 +52,11 @@ class Objective:
         """
         loss = self.loss(model, batch, generator)
         return loss, loss.new_ones(())
+
+    def pretraining(self) -> "Objective":
+        """The same objective in its language-modelling form, for packed unlabeled text (every token is
+        real; harness/pretrain.py): this objective's options with `pretrain_opts` over them."""
+        return type(self)(dataclasses.replace(self.opts, **self.pretrain_opts), self.special, self.loss_impl)
 
     def nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed NLL of target tokens, number of target tokens): exp(sum / n) is the perplexity."""

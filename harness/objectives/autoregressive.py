@@ -24,6 +24,7 @@ DECODES = ("state", "rerun")
 class Autoregressive(Objective):
     causal = True
     ppl_key = "ppl"
+    pretrain_opts = {"loss_on": "all"}  # next-token loss on every token
 
     @dataclasses.dataclass
     class Options:

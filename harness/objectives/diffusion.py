@@ -122,6 +122,7 @@ def transfer_schedule(n: int, steps: int) -> list[int]:
 class MaskedDiffusion(Objective):
     causal = False
     ppl_key = "ppl_bound"
+    pretrain_opts = {"mask_on": "all", "eos_fill": False}  # LLaDA pre-training: any token maskable, no filler
 
     @dataclasses.dataclass
     class Options:

@@ -1,0 +1,272 @@
+"""The pretraining stage: sources, the token cache, packing, the budget split, JaQuAD's overlap filter."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import run_matrix
+from harness import objectives
+from harness import pretrain as pt
+from harness.budget import Budget
+from harness.data import SeqSet, SpecialTokens
+from harness.model import LM, LMConfig
+from harness.results import cell_rows, read_rows
+from harness.train import TrainConfig, train
+from tasks import DataError, PrepareContext, corpus, jaquad
+from tasks.corpus import Source
+
+SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+
+
+class CharTok:
+    """A character tokenizer with the interface the token cache uses (ids from an alphabet)."""
+
+    def __init__(self, alphabet: str):
+        self.ids = {c: i + 6 for i, c in enumerate(alphabet)}
+        self.rev = {i: c for c, i in self.ids.items()} | {3: "|"}
+        self.special, self.vocab_size, self.calls = SPECIAL, len(alphabet) + 6, 0
+        self.sp = type("SP", (), {"serialized_model_proto": lambda _self: alphabet.encode()})()
+
+    def encode(self, text: str) -> list[int]:
+        self.calls += 1
+        return [self.ids[c] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.rev[int(i)] for i in ids)
+
+
+ALPHA = "abcdefghij\n"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- sources
+
+def test_dir_source_reads_paragraph_lines_and_blank_line_separated_documents(tmp_path):
+    d = tmp_path / "corpus"
+    _write(d / "b.txt", "ij\n")
+    _write(d / "a.txt", "ab\ncd\n\n\nef\n")  # two documents: a work of two paragraphs, then one
+    docs = list(corpus.documents(Source.parse(f"dir:{d}"), [], tmp_path))
+    assert docs == ["ab\ncd", "ef", "ij"]  # files in sorted order
+    assert list(corpus.documents(Source.parse(f"dir:{d}"), [], tmp_path, max_chars=4)) == ["ab\nc"]
+
+
+def test_passages_source_is_the_tasks_training_passages(offline_dir, cache_dir):
+    import tasks
+
+    data = tasks.build("jsquad").prepare(PrepareContext(offline_dir, cache_dir, 300, 128, lambda _m: None))
+    docs = list(corpus.documents(Source.parse("passages"), data.passages, cache_dir))
+    assert docs == data.passages and len(docs) == len(set(docs)) >= 3  # each distinct paragraph once
+    assert not any(d.startswith(("桜は", "新幹線は", "囲碁は")) for d in docs)  # never the evaluation split's text
+    dev_text = data.decode(data.dev.ids[0].tolist())
+    assert not any(d in dev_text for d in docs)  # nor the dev slice's
+
+
+def test_hf_source_streams_a_text_dataset(tmp_path, monkeypatch):
+    """A stand-in for the hub: `datasets.load_dataset` of local text files, as streaming gives them."""
+    import datasets
+
+    f = _write(tmp_path / "wiki.txt", "ab\n\ncde\n")
+    real = datasets.load_dataset
+    seen = {}
+
+    def fake(name, config=None, **kw):
+        seen.update(name=name, config=config, streaming=kw.get("streaming"))
+        return real("text", data_files=str(f), split="train", streaming=True)
+
+    monkeypatch.setattr(corpus, "_reachable", lambda host: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    assert list(corpus.documents(Source.parse("hf:someone/wiki:ja"), [], tmp_path)) == ["ab", "cde"]
+    assert seen == {"name": "someone/wiki", "config": "ja", "streaming": True}
+
+
+def test_hf_source_offline_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "_reachable", lambda host: False)
+    with pytest.raises(DataError, match="cannot reach huggingface.co") as e:
+        list(corpus.documents(Source.parse("hf:wikipedia:20231101.ja"), [], tmp_path))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["books", "dir:", "ftp:x", "passages:x"])
+def test_bad_source_names_are_refused(text):
+    with pytest.raises(DataError, match="a source is 'passages'"):
+        Source.parse(text)
+
+
+# ----------------------------------------------------------------------------- token cache and packing
+
+def test_documents_are_packed_into_full_rows_with_eos_after_each(tmp_path):
+    d = tmp_path / "c"
+    _write(d / "a.txt", "ab\n\ncde\nf\n\ng\n")  # documents: "ab", "cde\nf", "g"
+    tok = CharTok(ALPHA)
+    stream, meta = pt.tokenize_cached(Source.parse(f"dir:{d}"), [], tok, tmp_path / "cache")
+    assert tok.decode(stream) == "ab|cde\nf|g|" and meta["docs"] == 3 and meta["tokens"] == 11
+    rows, tail = pt.pack(stream, 4)
+    assert rows.ids.shape == (2, 4) and tail == 3  # "|g|" does not fill a row: dropped and counted
+    assert [tok.decode(r) for r in rows.ids.tolist()] == ["ab|c", "de\nf"]
+    assert bool(rows.target.all()) and rows.lengths.tolist() == [4, 4]  # every token is real and trained on
+
+
+def test_token_cache_is_reused_and_invalidated_by_a_new_tokenizer(tmp_path):
+    d = tmp_path / "c"
+    _write(d / "a.txt", "abc\n\nde\n")
+    src, cache = Source.parse(f"dir:{d}"), tmp_path / "cache"
+    tok = CharTok(ALPHA)
+    first, m1 = pt.tokenize_cached(src, [], tok, cache)
+    calls = tok.calls
+    again, m2 = pt.tokenize_cached(src, [], tok, cache)
+    assert not m1["cached"] and m2["cached"] and tok.calls == calls  # read back, nothing encoded again
+    assert isinstance(again, np.memmap) and again.tolist() == first.tolist()
+    other = CharTok("edcba\nfghij")  # another vocabulary: another model, other ids
+    third, m3 = pt.tokenize_cached(src, [], other, cache)
+    assert not m3["cached"] and other.calls > 0 and third.tolist() != first.tolist()
+    assert other.decode(third) == tok.decode(first) == "abc|de|"
+    assert len(list((cache / "pretrain").glob("*.tok"))) == 2
+    _write(d / "a.txt", "abc\n\ndef\n")  # the text changed: not the old tokens
+    fourth, m4 = pt.tokenize_cached(src, [], tok, cache)
+    assert not m4["cached"] and tok.decode(fourth) == "abc|def|"
+
+
+@pytest.mark.parametrize("make", [lambda d: d / "absent", lambda d: _write(d / "e" / "a.txt", "\n \n").parent,
+                                  lambda d: (d / "none").mkdir() or d / "none"])
+def test_missing_or_empty_corpus_is_a_data_error(tmp_path, make):
+    with pytest.raises(DataError) as e:
+        pt.tokenize_cached(Source.parse(f"dir:{make(tmp_path)}"), [], CharTok(ALPHA), tmp_path / "cache")
+    assert "\n" not in str(e.value) and ("no such directory" in str(e.value) or "empty corpus" in str(e.value)
+                                         or "no *.txt files" in str(e.value))
+
+
+# ----------------------------------------------------------------------------- the stages in training
+
+def _toy(n: int, length: int, seed: int) -> SeqSet:
+    rng = np.random.default_rng(seed)
+    seqs = [[2] + rng.integers(6, 20, length - 2).tolist() + [3] for _ in range(n)]
+    return SeqSet.from_lists(seqs, [[i >= length - 3 for i in range(length)] for _ in seqs], 0)
+
+
+@pytest.mark.parametrize("objective, opts", [("autoregressive", {"loss_on": "answer"}),
+                                             ("diffusion", {"steps": 4, "gen_length": 4, "nll_samples": 1})])
+def test_budget_is_split_exactly_and_the_curve_spans_both_stages(objective, opts):
+    torch.manual_seed(0)
+    causal = objective == "autoregressive"
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=causal, mlp_hidden=32))
+    obj = objectives.build(objective, SPECIAL, "chunked", **opts)
+    rows, _ = pt.pack(np.random.default_rng(2).integers(6, 20, 40 * 16), 16)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, progress=False, eval_points=4)
+    res = train(model, obj, _toy(32, 12, 0), _toy(4, 12, 1), Budget.parse("tokens=1000"), cfg, torch.device("cpu"),
+                pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.6))
+    pre, task = res.stages
+    assert pre["stage"] == "pretrain" and task["stage"] == "task" and pre["sources"] == ["toy"]
+    assert 0.6 * 1000 <= pre["tokens"] < 0.6 * 1000 + 4 * 16  # within one pretraining batch
+    assert pre["tokens"] + task["tokens"] == res.tokens_seen and task["tokens"] > 0
+    assert {p["stage"] for p in res.loss_curve} == {"pretrain", "task"} and len(res.loss_curve) == 4
+    assert res.epochs == pytest.approx(task["tokens"] / _toy(32, 12, 0).n_tokens)
+
+
+def test_pretraining_form_of_each_objective():
+    ar = objectives.build("autoregressive", SPECIAL, "chunked", loss_on="answer")
+    assert ar.pretraining().opts.loss_on == "all" and ar.opts.loss_on == "answer"
+    dif = objectives.build("diffusion", SPECIAL, "chunked", steps=4, gen_length=4)
+    p = dif.pretraining()
+    assert (p.opts.mask_on, p.opts.eos_fill, p.opts.steps) == ("all", False, 4) and dif.opts.mask_on == "answer"
+
+
+# ----------------------------------------------------------------------------- JaQuAD and its overlap filter
+
+def _squad(articles):
+    return {"version": "test", "data": [
+        {"title": t, "paragraphs": [{"context": c, "qas": [
+            {"id": f"{t}-{i}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}
+            for i, (q, a) in enumerate(qas)]} for c, qas in pars]} for t, pars in articles]}
+
+
+def _jaquad_dir(root: Path) -> Path:
+    """A planted shared title, a planted shared paragraph (half-width digits, an edited ending, its own
+    title), and one clean article."""
+    train = [("囲碁", [("囲碁は黒と白の石を使う。", [("何色の石か。", "黒と白")])]),
+             ("碁盤の話", [("囲碁は黒と白の石を交互に置いて陣地を争うゲームである。正式な盤は19路盤で、初心者には9路盤が勧められている。",
+                            [("正式な盤は。", "19路盤")])])]
+    dev = [("天の川", [("天の川は夜空に見える星の帯である。", [("天の川は何の帯か。", "星")])])]
+    _write(root / "train" / "jaquad_train_0000.json", json.dumps(_squad(train), ensure_ascii=False))
+    _write(root / "dev" / "jaquad_dev_0000.json", json.dumps(_squad(dev), ensure_ascii=False))
+    return root
+
+
+def test_overlap_filter_drops_planted_shared_articles(tmp_path):
+    arts = jaquad.load_articles(_jaquad_dir(tmp_path / "jq"))
+    kept, info = jaquad.filter_overlap(arts, {"ＡＢＣ", "囲碁"}, {"囲碁は黒と白の石を交互に置いて陣地を争うゲームである。正式な盤は１９路盤で、初心者には９路盤がよく勧められる。"})
+    assert [a["title"] for a in kept] == ["天の川"]
+    assert info == {"articles_dropped": 2, "dropped_by_title": 1, "dropped_by_paragraph": 1, "questions_dropped": 2}
+
+
+def test_jaquad_joins_training_without_the_evaluation_splits_articles(tmp_path, offline_dir, cache_dir):
+    import tasks
+
+    jq = _jaquad_dir(tmp_path / "jq")
+    ctx = PrepareContext(offline_dir, cache_dir, 300, 128, lambda _m: None)
+    base = tasks.build("jsquad").prepare(ctx)
+    data = tasks.build("jsquad", extra_train="jaquad", jaquad_dir=str(jq)).prepare(ctx)
+    assert data.protocol == "jsquad-offline+jaquad"
+    x = data.info["extra_train"]
+    assert (x["articles"], x["articles_kept"], x["dropped_by_title"], x["dropped_by_paragraph"]) == (3, 1, 1, 1)
+    assert data.info["train_questions"] == base.info["train_questions"] + 1
+    assert "天の川は夜空に見える星の帯である。" in data.passages
+    assert not any("陣地を争う" in p for p in data.passages)
+    assert len(data.dev) == len(base.dev) and data.vocab_size == base.vocab_size  # same dev slice, same tokenizer
+    with pytest.raises(DataError, match="no JaQuAD files"):
+        tasks.build("jsquad", extra_train="jaquad", jaquad_dir=str(tmp_path / "absent")).prepare(ctx)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _args(data_dir, out, cache, *extra):
+    return ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(data_dir), "--out", str(out),
+            "--cache-dir", str(cache), "--no-progress", "--no-report", "--mixers", "attention", "--task-opt", "latency_n=1", *extra]
+
+
+def test_grid_with_pretraining_records_both_stages(offline_dir, tmp_path, cache_dir):
+    out = tmp_path / "out"
+    _write(tmp_path / "c" / "a.txt", "吾輩は猫である。名前はまだ無い。\n")
+    args = _args(offline_dir, out, cache_dir, "--objectives", "autoregressive", "--pretrain", "passages",
+                 "--pretrain", f"dir:{tmp_path / 'c'}", "--pretrain-frac", "0.5")
+    assert run_matrix.main(args) == 0
+    path = out / "results" / "jsquad-offline_pt-passages-c-f0.5_tiny_tokens-3000.jsonl"
+    rows = cell_rows(read_rows(path))
+    assert len(rows) == 1
+    for r in rows:
+        assert r["status"] == "ok", r.get("error")
+        assert r["pretrain"]["sources"] == ["passages", f"dir:{tmp_path / 'c'}"] and r["pretrain"]["frac"] == 0.5
+        assert [s["source"] for s in r["pretrain"]["corpus"]["sources"]] == r["pretrain"]["sources"]
+        pre, task = r["train"]["stages"]
+        assert pre["tokens"] >= 1500 and task["tokens"] > 0 and pre["seconds"] >= 0 and task["sources"] == ["jsquad-offline"]
+        assert r["loss_curve"][0]["stage"] == "pretrain" and r["loss_curve"][-1]["stage"] == "task"
+    from reports import header
+    from reports.tables import label
+
+    assert any(line.startswith("| pretraining | `passages + dir:") and "50% of the budget" in line
+               for line in header("g", rows, None))
+    assert label(rows[0]) == "attention (pretrain passages+dir:%s 0.5)" % (tmp_path / "c")
+
+
+@pytest.mark.parametrize("source, match", [
+    ("dir:{tmp}/absent", "error: dir:{tmp}/absent: no such directory"),
+    ("dir:{tmp}/empty", "error: --pretrain dir:{tmp}/empty: empty corpus"),
+    ("books", "error: --pretrain 'books': a source is"),
+])
+def test_missing_or_empty_corpus_is_one_clear_line(offline_dir, tmp_path, cache_dir, capsys, monkeypatch, source, match):
+    _write(tmp_path / "empty" / "a.txt", "\n\n")
+    src = source.format(tmp=tmp_path)
+    monkeypatch.setattr(sys, "argv", ["run_matrix.py", *_args(offline_dir, tmp_path / "out", cache_dir, "--pretrain", src)])
+    assert run_matrix.cli() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(match.format(tmp=tmp_path)) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out" / "results").exists()
