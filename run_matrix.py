@@ -2,7 +2,7 @@
 """Run the benchmark grid: task x mixers x objectives x seeds, each cell under the same budget at
 matched parameter count, one results row per cell, then the report.
 
-    python run_matrix.py --data-dir ../shared/data/jsquad-v1.3 --preset tiny --budget tokens=20000
+    python run_matrix.py --data-dir ../shared/data/jsquad-v1.3 --quick    # every cell, CPU minutes
     python run_matrix.py --list
 
 Resumable: cells whose key already has an "ok" row in results/<grid>.jsonl are skipped, so rerunning
@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -22,20 +23,23 @@ import mixers
 import tasks
 from harness import distributed, executors, lr_sweep, objectives
 from harness.budget import Budget, BudgetError
-from harness.cell import Cell, RunContext
+from harness.cell import Cell, RunContext, check_cell
 from harness.loss import LOSS_IMPLS
 from harness.pretrain import DEFAULT_FRAC, PretrainSpec
 from harness.model import NORMS, PRESETS, get_preset
 from harness.references import write_references
 from harness.registry import UnknownNameError, parse_kv
 from harness.train import check_budget
-from harness.results import ResultsFileError, append_row, done_keys
+from harness.results import ResultsFileError, append_row, done_keys, write_expected
 from tasks import DataError, PrepareContext
 
 DEFAULT_BUDGET = "tokens=2000000"
 # --lr default: every cell picks its own rate by a short sweep (README, "Learning rate": measured);
 # $WAVEBENCH_LR overrides it (the tests set "preset": they test other things, at less cost)
 DEFAULT_LR = "auto"
+# --quick: the smoke run of every cell in CPU minutes (explicit flags still win). It shows the harness
+# working end to end, not which mixer is better: tiny models, a tiny budget, few scored questions.
+QUICK = {"preset": "tiny", "budget": "tokens=20000", "dev_tokens": 4096, "task_opts": {"eval_limit": "100"}}
 
 
 def _names(arg: str, registry, what: str) -> list[str]:
@@ -53,7 +57,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="jsquad")
     p.add_argument("--mixers", default="all", help="comma-separated mixer names, or 'all'")
     p.add_argument("--objectives", default="all", help="comma-separated objective names, or 'all'")
-    p.add_argument("--preset", default="small", choices=list(PRESETS))
+    p.add_argument("--preset", default=None, choices=list(PRESETS), help="model size (default: small)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run in CPU minutes: --preset {QUICK['preset']} --budget {QUICK['budget']} "
+                        f"--dev-tokens {QUICK['dev_tokens']} --task-opt eval_limit={QUICK['task_opts']['eval_limit']} "
+                        "(explicit flags win)")
+    p.add_argument("--dev-tokens", type=int, default=None,
+                   help="tokens of the fixed dev sample each checkpoint-selection check scores "
+                        "(default: harness.train.TrainConfig.dev_tokens; 0: the whole dev slice)")
     p.add_argument("--budget", default=None,
                    help=f"tokens=N | seconds=S | a100_seconds=S (per cell; default: the task's, else {DEFAULT_BUDGET})")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
@@ -201,12 +212,24 @@ def main(argv: list[str] | None = None) -> int:
         write_report(out, args.grid)
         return 0
 
+    if args.quick:  # the quick preset under whatever was given explicitly
+        args.preset = args.preset or QUICK["preset"]
+        args.budget = args.budget or QUICK["budget"]
+        args.dev_tokens = QUICK["dev_tokens"] if args.dev_tokens is None else args.dev_tokens
+        given = parse_kv(args.task_opt, "--task-opt")
+        args.task_opt = [f"{k}={v}" for k, v in QUICK["task_opts"].items() if k in tasks.options_of(args.task)
+                         and k not in given] + list(args.task_opt or [])
+    args.preset = args.preset or "small"
+    if args.dev_tokens is not None and args.dev_tokens < 0:
+        raise ValueError(f"--dev-tokens must be >= 0 (0: the whole dev slice); got {args.dev_tokens}")
     mixer_names = _names(args.mixers, mixers.REGISTRY, "mixer")
     objective_names = _names(args.objectives, objectives.REGISTRY, "objective")
     task_cls = tasks.get(args.task)
     budget = Budget.parse(args.budget or task_cls.default_budget or DEFAULT_BUDGET)
     get_preset(args.preset)
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = _ints(args.seeds, "--seeds")
+    if not seeds:
+        raise ValueError("--seeds needs at least one integer, e.g. --seeds 0,1,2")
     mixer_opts = scoped_opts(args.mixer_opt, "--mixer-opt", mixer_names, mixers.REGISTRY)
     objective_opts = scoped_opts(args.objective_opt, "--objective-opt", objective_names, objectives.REGISTRY)
     objective_opts = {o: tasks.with_objective_defaults(args.task, o, objective_opts[o]) for o in objective_names}
@@ -220,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
-             compile=args.compile, pretrain=pretrain, lr=lr, lr_sweep=sweep_lr)
+             compile=args.compile, pretrain=pretrain, dev_tokens=args.dev_tokens, lr=lr, lr_sweep=sweep_lr)
         for s in seeds for o in objective_names for m in mixer_names
     ]
     if args.sweep:
@@ -238,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 check_budget(lr_sweep.short_budget(budget, sweep_lr["frac"]), c_data.train,
                              get_preset(args.preset).batch_size)
             ctx.pretrain_corpus(c, c_data)  # a missing or empty corpus stops here; tokens are cached once
+        for c in cells:  # every model once on the meta device: a bad option value stops here, in one line
+            check_cell(c, ctx.task_data(tasks.build(args.task, **c.task_opts), c))
     data = ctx.task_data(task, cells[0])
     dist.check_same(distributed.data_fingerprint(data.train), "the tokenised training data")
     if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed
@@ -249,19 +274,22 @@ def main(argv: list[str] | None = None) -> int:
     done = dist.broadcast(done_keys(results) if dist.is_main else None)  # [DDP] rank 0's file decides
 
     todo = [c for c in cells if c.key() not in done]
-    if dist.is_main:
+    if dist.is_main:  # what the grid expects, beside its rows: the report lists cells that never wrote one
+        write_expected(results, cells)
         ranks = f" x {dist.world_size} ranks ({dist.backend})" if dist.active else ""
         print(f"grid {ctx.grid}: {len(cells)} cells ({len(cells) - len(todo)} already done) on {device}{ranks}; "
               f"rows -> {results}")
     for cell, row in executors.build(args).run(todo, ctx):  # this process is the one writer of rows
         append_row(results, row)
         m = row["metrics"]
+        t = row.get("timing") or {}
+        secs = f" train {t.get('train_s', 0):.0f}s eval {t.get('dev_s', 0) + t.get('eval_s', 0):.0f}s" if t else ""
         if row["status"] == "ok":
             sw = row.get("lr_sweep")
             picked = f" lr={sw['best_lr']:g} (sweep {sw['tokens']:,} tok, {sw['seconds']:.0f} s)" if sw else ""
-            print(f"  ok     {cell.label()}: {summary(m)} params={row['params']:,}{picked}")
+            _say(f"  ok     {cell.label()}: {summary(m)} params={row['params']:,}{secs}{picked}")
         else:
-            print(f"  FAILED {cell.label()}: {row['error']}")
+            _say(f"  FAILED {cell.label()}: {row['error']}")
     if dist.is_main:  # the task's floors and ceilings (non-neural, seconds): rows beside the cells, once per grid
         preset = get_preset(args.preset)
         write_references(task, data, PrepareContext(ctx.data_dir, ctx.cache_dir, preset.vocab_size, preset.max_len),
@@ -271,15 +299,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    """A line above the progress bar (print() would tear it)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, `kill PID`): unwinds like Ctrl-C, past a cell's error handling."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def cli() -> int:
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return main()
     except (DataError, BudgetError, UnknownNameError, ResultsFileError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished cells are saved; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: finished cells are saved; rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class Cell:
     loss: str = "auto"
     compile: bool = False
     d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
+    dev_tokens: int | None = None  # tokens a dev check scores (None: TrainConfig's default bound)
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
     pretrain: dict[str, Any] | None = None  # harness.pretrain.PretrainSpec as a dict: sources, frac, max_chars
     lr: float = 0.0  # learning rate override (0: the preset's)
@@ -72,7 +73,7 @@ class Cell:
         return f"{self.mixer} x {self.objective} (seed {self.seed}{at})"
 
 
-_KEY_IF_SET = ("d_model", "sweep", "pretrain", "lr", "lr_sweep")
+_KEY_IF_SET = ("d_model", "sweep", "pretrain", "dev_tokens", "lr", "lr_sweep")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -85,6 +86,8 @@ class RunContext:
     progress: bool = True
     log: Callable[[str], None] = print
     dist: ddp.DistEnv = field(default_factory=ddp.DistEnv)  # this process's rank when a cell runs data-parallel
+    # where the running cell is: (phase text, fraction of the cell done), for the grid's progress line
+    phase: Callable[[str, float], None] = lambda _text, _frac: None
     _data: dict[str, TaskData] = field(default_factory=dict)
     _corpora: dict[str, pt.Corpus] = field(default_factory=dict)
 
@@ -122,12 +125,29 @@ def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def check_cell(cell: Cell, data: TaskData) -> None:
+    """Build the cell's objective and model once on the meta device (no memory, no time), so a bad
+    option value (`--mixer-opt attention.head_dim=-3`) stops the grid before it starts, in one line,
+    instead of failing when its cell comes up after others trained."""
+    try:
+        task = tasks.build(cell.task, **cell.task_opts)
+        preset = task.model_preset(get_preset(cell.preset), data.vocab_size, cell.d_model)
+        objective = objectives.build(cell.objective, data.special, "chunked", **cell.objective_opts)
+        cfg = matched_config(preset, cell.mixer, objective.causal, data.vocab_size, cell.mixer_opts, cell.norm)
+        with torch.device("meta"):
+            LM(cfg)
+    except Exception as e:
+        raise ValueError(f"{cell.label()}: {error_text(e)}") from None
+
+
 def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
     """The cell's results row; None on the non-zero ranks of a data-parallel cell (rank 0 evaluates)."""
     row = base_row(cell, ctx)
     t_start = time.perf_counter()
+    timing = row["timing"] = {}  # wall seconds per phase: where a cell's time went
     model = None
     try:
+        ctx.phase("prepare", 0.0)
         task = tasks.build(cell.task, **cell.task_opts)
         data = ctx.task_data(task, cell)
         row["protocol"] = data.protocol
@@ -144,14 +164,22 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["mixer_options"] = mixers.options_of(cell.mixer) | cell.mixer_opts
 
         tcfg = TrainConfig(batch_size=preset.batch_size, lr=cell.lr or preset.lr, seed=cell.seed, compile=cell.compile,
-                           progress=ctx.progress, pad_to=64 if ctx.device.type == "cuda" else 1)
+                           progress=ctx.progress, pad_to=64 if ctx.device.type == "cuda" else 1,
+                           report=lambda f: f is None or ctx.phase(f"train {min(int(100 * f), 100)}%", TRAIN_SHARE * f))
+        if cell.dev_tokens is not None:
+            tcfg.dev_tokens = cell.dev_tokens
         budget = Budget.parse(cell.budget)
+        t_train = time.perf_counter()
+        timing["prepare_s"] = round(t_train - t_start, 2)
         if cell.lr_sweep:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
             row["lr_sweep"] = _lr_sweep(cell, ctx, cfg, objective, data, budget, tcfg)
             tcfg.lr = row["lr_sweep"]["best_lr"]
         corpus = ctx.pretrain_corpus(cell, data)
         res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device,
                     dist=ctx.dist, pretrain=(corpus, cell.pretrain["frac"]) if corpus else None)
+        # training wall time (first step and checkpoint copies included) and the dev checks beside it
+        timing["train_s"] = round(time.perf_counter() - t_train - res.dev_seconds, 2)
+        timing["dev_s"] = round(res.dev_seconds, 2)
         if not ctx.dist.is_main:  # [DDP] evaluation and the row are rank 0's
             return None
         row["tokens_seen"] = res.tokens_seen
@@ -159,15 +187,20 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["loss_curve"] = res.loss_curve
         row["train"] = {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
                         "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
-                        "compile": cell.compile, "batch_size": tcfg.batch_size, "lr": tcfg.lr, "stages": res.stages}
+                        "compile": cell.compile, "batch_size": tcfg.batch_size, "lr": tcfg.lr, "stages": res.stages,
+                        "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve)}
         res.stages[-1]["sources"] = [data.protocol]  # the task stage trains on the protocol's training split
         if corpus is not None:
             row["pretrain"] = {**cell.pretrain, "corpus": corpus.info}
 
-        metrics = task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size)
+        t_eval = time.perf_counter()
+        answers = lambda n, m: ctx.phase(f"evaluate answers {n}/{m}", TRAIN_SHARE + 0.3 * n / max(m, 1))  # noqa: E731
+        metrics = task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size, progress=answers)
         samples = metrics.pop("samples", None)
         per_question = metrics.pop("per_question", None)  # {"id": [...], metric: [...]}: paired bootstrap in reports
-        eval_nll = dev_loss(model, objective, data.eval.to(ctx.device), tcfg.eval_batch_size, ctx.device)
+        bound = lambda n, m: ctx.phase(f"evaluate {objective.ppl_key} {n}/{m}", 0.8 + 0.2 * n / max(m, 1))  # noqa: E731
+        eval_nll = dev_loss(model, objective, data.eval.to(ctx.device), tcfg.eval_batch_size, ctx.device,
+                            progress=bound)
         metrics[objective.ppl_key] = math.exp(min(eval_nll, 50.0))
         metrics["tokens_per_s"] = res.tokens_per_s
         metrics["peak_mem_bytes"] = res.peak_mem_bytes  # None on CPU: never a made-up number
@@ -179,6 +212,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         if per_question:
             row["per_question"] = per_question
         row["backend"] = {"mixer": model.backends(), "loss": loss_impl}
+        timing["eval_s"] = round(time.perf_counter() - t_eval, 2)
         row["status"] = "ok"
     except Exception as e:  # one cell's failure (OOM, NaN, budget) must not kill the grid
         if ctx.dist.active and not ddp.agreed_failure(e):
@@ -208,6 +242,9 @@ def _lr_sweep(cell: Cell, ctx: RunContext, cfg, objective, data: TaskData, budge
     rates = cell.lr_sweep["rates"]  # "auto": around this cell's rate (the preset's, or the task's lr option)
     rates = lr_sweep.auto_rates(tcfg.lr) if rates == "auto" else rates
     return lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], budget, trial, cache)
+
+
+TRAIN_SHARE = 0.5  # of a cell's progress bar: training, then the evaluation's answers and perplexity
 
 
 def _state_floats(model: LM, data: TaskData) -> tuple[int, int | None]:

@@ -239,7 +239,7 @@ class DataParallel:
         from harness.train import nll_sums
 
         shard = data.subset(np.arange(self.env.rank, len(data), self.env.world_size))
-        tot, n = nll_sums(model, objective, shard, batch_size, device)
+        tot, n = nll_sums(model, objective, shard, batch_size, device, selection=True)
         t = torch.stack([tot.float(), n.float()])
         dist.all_reduce(t)
         return float(t[0] / t[1].clamp_min(1))

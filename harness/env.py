@@ -59,15 +59,26 @@ def versions() -> dict[str, str]:
 
 
 @lru_cache(maxsize=None)
-def git_commit() -> str | None:
-    """HEAD of the checkout this code runs from, '+dirty' when it has uncommitted changes."""
-    here = Path(__file__).resolve().parent
+def git_commit(root: Path | None = None) -> str | None:
+    """HEAD of the checkout this code runs from, '+dirty' when it has uncommitted changes: tracked files
+    changed anywhere, or untracked files inside a package (a new mixer file changes what runs, a new
+    results file does not)."""
+    here = Path(root) if root is not None else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        top = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
+                                  timeout=10).stdout.strip())
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=top,
+                                capture_output=True, text=True, timeout=10).stdout.splitlines()
+        dirty = any(not line.startswith("??") or _in_package(top, line[3:].strip().strip('"')) for line in status)
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _in_package(top: Path, rel: str) -> bool:
+    """Is `rel` (relative to the repository root) inside a top-level Python package of the repository?"""
+    parts = Path(rel).parts
+    return len(parts) > 1 and (top / parts[0] / "__init__.py").exists()

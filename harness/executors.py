@@ -29,6 +29,7 @@ import torch
 
 from harness import distributed as ddp
 from harness.cell import Cell, RunContext, base_row, run_cell
+from harness.progress import GridProgress
 from harness.results import error_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,15 +84,20 @@ class LocalExecutor(Executor):
     """Cells one after another in this process; under torchrun every rank runs this same loop."""
 
     def run(self, cells: list[Cell], ctx: RunContext) -> Iterator[tuple[Cell, dict[str, Any]]]:
-        from tqdm.auto import tqdm
-
-        for cell in tqdm(cells, desc="cells", unit="cell", disable=not ctx.progress or len(cells) < 2):
-            t0 = time.time()
-            row = run_cell(cell, ctx)
-            if row is not None:  # None: a non-zero rank of a data-parallel cell
-                row["executor"] = _where("torchrun" if ctx.dist.active else "local", t0)
-                yield cell, row
-            ctx.dist.barrier()  # [DDP] the other ranks wait here while rank 0 evaluates and writes
+        progress = GridProgress(cells, enabled=ctx.progress)  # the running cell's phase, the grid's time left
+        ctx.phase = progress.phase
+        try:
+            for cell in cells:
+                t0 = time.time()
+                progress.start(cell)
+                row = run_cell(cell, ctx)
+                progress.finish(cell)
+                if row is not None:  # None: a non-zero rank of a data-parallel cell
+                    row["executor"] = _where("torchrun" if ctx.dist.active else "local", t0)
+                    yield cell, row
+                ctx.dist.barrier()  # [DDP] the other ranks wait here while rank 0 evaluates and writes
+        finally:
+            progress.close()
 
 
 class RayExecutor(Executor):

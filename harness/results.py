@@ -96,3 +96,39 @@ def done_keys(path: Path | str) -> set[str]:
     if not path.exists():
         return set()
     return {k for k, r in latest_by_key(read_rows(path)).items() if r["status"] == "ok"}
+
+
+def expected_path(results: Path | str) -> Path:
+    """`results/<grid>.jsonl` -> `results/<grid>.expected.json`: the cells the grid was asked to run."""
+    results = Path(results)
+    return results.with_name(results.stem + ".expected.json")
+
+
+def write_expected(results: Path | str, cells: Iterable[Any]) -> Path:
+    """Record, at grid start, every cell the grid expects (the union with earlier invocations of the
+    same grid), so a report can list the cells that never wrote a row (killed, still to run). Written
+    to a temporary file and renamed: a reader sees the old manifest or the new one, never half."""
+    path = expected_path(results)
+    known = {c["key"]: c for c in read_expected(path)}
+    for c in cells:
+        known.setdefault(c.key(), {"key": c.key(), "label": c.label(), "mixer": c.mixer, "objective": c.objective,
+                                   "seed": c.seed, **({"sweep": c.sweep} if c.sweep else {})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"cells": list(known.values())}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_expected(path: Path | str) -> list[dict[str, Any]]:
+    """The expected cells of a manifest ([] when there is none); a malformed one is a one-line error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        if not all(isinstance(c, dict) and "key" in c for c in cells):
+            raise ValueError("a cell without a key")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ResultsFileError(f"{path}: not a grid manifest ({e})") from None
+    return cells

@@ -3,7 +3,11 @@
 The learning rate follows the *fraction of the budget used* (warmup - stable - decay, "WSD"), so a
 time budget ends on a decayed LR just like a token budget. Dev-slice evaluations happen at fixed
 budget fractions with the clock paused; the checkpoint with the lowest dev loss is restored at the
-end (checkpoint selection never looks at the evaluation split). The loss curve keeps train and dev
+end (checkpoint selection never looks at the evaluation split). A dev check costs a bounded amount
+whatever the dev set's size: a fixed sample of at most `dev_tokens` tokens, scored with the
+objective's cheap selection estimator (`Objective.selection_nll`; e.g. 2 fixed-seed mask samples for
+masked diffusion instead of the final bound's 8). Its wall time is recorded (`dev_seconds`) beside
+the budgeted training time, never inside the budget. The loss curve keeps train and dev
 loss at every evaluation point, so overfitting on a small training set shows up in the results.
 With `pretrain` the run has two stages (harness/pretrain.py): language modelling on packed unlabeled
 text for the first share of the budget, then the task; schedule, curve and checkpointing span both.
@@ -14,6 +18,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,12 +40,13 @@ class TrainConfig:
     decay_frac: float = 0.2  # the last 20% of the budget decays linearly
     min_lr_frac: float = 0.1
     eval_points: int = 10  # dev evaluations along the budget
-    dev_max_seqs: int = 512
+    dev_tokens: int = 32_768  # a dev check scores a fixed sample of at most this many tokens (0: all)
     eval_batch_size: int = 32
     seed: int = 0
     compile: bool = False
     pad_to: int = 1  # round batch lengths up (limits torch.compile recompiles)
     progress: bool = True
+    report: Callable[[float | None], None] | None = None  # budget-fraction callback (replaces the bar)
     max_steps: int = 10_000_000  # safety net
 
 
@@ -56,6 +62,8 @@ class TrainResult:
     best_dev_loss: float | None = None
     epochs: float = 0.0  # of the task's training set, in the task stage
     stages: list[dict] = field(default_factory=list)  # per stage: sources, tokens, steps, seconds
+    dev_seconds: float = 0.0  # wall time of the dev checks (outside the budget)
+    dev_tokens: int = 0  # tokens in the dev sample each check scores
 
 
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
@@ -84,24 +92,43 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def dev_loss(model, objective, data: SeqSet, batch_size: int, device: torch.device) -> float:
-    """Mean target-token NLL on a held-out set (a bound for diffusion objectives)."""
-    tot, n = nll_sums(model, objective, data, batch_size, device)
+def dev_loss(model, objective, data: SeqSet, batch_size: int, device: torch.device, selection: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> float:
+    """Mean target-token NLL on a held-out set (a bound for diffusion objectives); `selection` uses the
+    objective's cheap checkpoint-selection estimator instead of the reported one."""
+    tot, n = nll_sums(model, objective, data, batch_size, device, selection, progress)
     return float(tot / n.clamp_min(1))
 
 
+def dev_sample(dev: SeqSet, max_tokens: int, seed: int = 0) -> SeqSet:
+    """A fixed-seed sample of whole dev sequences holding at most `max_tokens` tokens (at least one
+    sequence; 0: all), the same for every cell: a dev check then costs the same on any dev set."""
+    if max_tokens <= 0 or dev.n_tokens <= max_tokens:
+        return dev
+    perm = np.random.default_rng(seed).permutation(len(dev))
+    keep = perm[np.cumsum(dev.lengths[perm]) <= max_tokens]
+    return dev.subset(np.sort(keep if len(keep) else perm[:1]))
+
+
 @torch.no_grad()
-def nll_sums(model, objective, data: SeqSet, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed target-token NLL, target-token count) on the device: data-parallel ranks add these up."""
+def nll_sums(model, objective, data: SeqSet, batch_size: int, device: torch.device, selection: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed target-token NLL, target-token count) on the device: data-parallel ranks add these up.
+    `progress(sequences done, of)` is called after each batch."""
     was = model.training
     model.eval()
     tot = torch.zeros((), device=device)
     n = torch.zeros((), device=device)
+    nll = objective.selection_nll if selection else objective.nll
+    done = 0
     for batch in data.iter_batches(batch_size):
         with autocast(device):
-            s, c = objective.nll(model, batch)
+            s, c = nll(model, batch)
         tot += s.float()
         n += c
+        done += batch.ids.shape[0]
+        if progress:
+            progress(done, len(data))
     model.train(was)
     return tot, n
 
@@ -128,7 +155,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     sampler = par.sampler(sampler) if par else sampler  # [DDP] this rank's rows of each global batch
     plan = stage_plan(sampler, objective, pretrain, cfg.batch_size, cfg.seed, cfg.pad_to, device,
                       par.sampler if par else None)  # [pretrain] the stages this run trains in, in order
-    dev_set = dev_set.subset(np.arange(min(len(dev_set), cfg.dev_max_seqs)))
+    dev_set = dev_sample(dev_set, cfg.dev_tokens)
     opt = _optimizer(model, cfg, device)
     step_fn = par.module if par else model  # [DDP] forward through the wrapper: gradients all-reduce
     step_fn = torch.compile(step_fn) if cfg.compile else step_fn
@@ -141,7 +168,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
     loss_acc, loss_n = torch.zeros((), device=device), 0
     clock, steady_t, steady_tok, steady_from = 0.0, 0.0, 0, 2
     frac = 0.0
-    bar = _progress(cfg.progress)
+    bar = cfg.report or _progress(cfg.progress)
+    res.dev_tokens = dev_set.n_tokens
     model.train()
     while frac < 1.0 and res.steps < cfg.max_steps:
         t0 = time.perf_counter()
@@ -184,10 +212,12 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, 
             train_loss = float(summed / max(loss_n, 1))
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training loss is {train_loss} at step {res.steps}")
+            t_dev = time.perf_counter()
             if par:  # [DDP] rows split over ranks, the same number everywhere
                 d = par.dev_loss(model, objective, dev_set, cfg.eval_batch_size, device)
             else:
-                d = dev_loss(model, objective, dev_set, cfg.eval_batch_size, device)
+                d = dev_loss(model, objective, dev_set, cfg.eval_batch_size, device, selection=True)
+            res.dev_seconds += time.perf_counter() - t_dev  # (the float() in dev_loss has synced)
             res.loss_curve.append(
                 {"frac": round(min(frac, 1.0), 4), "step": res.steps, "tokens": res.tokens_seen,
                  "train_loss": round(train_loss, 5), "dev_loss": round(d, 5),

@@ -6,16 +6,22 @@ Per layer: in_proj -> (x, z); x -> short causal depthwise conv -> SiLU -> x_proj
     h_t[d, n] = exp(Δ_t[d] A[d, n]) h_{t-1}[d, n] + Δ_t[d] B_t[n] x_t[d],   A = -exp(A_log)
     y_t[d]    = sum_n C_t[n] h_t[d, n] + D[d] x_t[d]
 
-then the gate y * SiLU(z) and out_proj. Two implementations compute this same function of the same
+then the gate y * SiLU(z) and out_proj. Several implementations compute this same function of the same
 weights, and `self.backend` says which one ran:
 
 - "mamba_ssm": on CUDA, when the optional `mamba-ssm` package imports (it needs its compiled
   extension), its fused `selective_scan_fn`; the conv uses `causal_conv1d_fn` when `causal-conv1d`
   imports too (and d_conv is 2..4), PyTorch's conv1d otherwise.
-- "torch_chunked_scan": everywhere else. The sequence is cut into chunks; inside a chunk the
-  recurrence is a log-depth, work-efficient parallel scan of the affine maps h -> a h + b, and the
-  state is carried from chunk to chunk (`selective_scan_chunked`). `selective_scan_reference`, the
-  plain step-by-step loop, is the ground truth the tests hold it to.
+- "torch_parallel_scan": everywhere else (option scan="parallel", the default). The whole sequence
+  is one log-depth, work-efficient parallel scan of the affine maps h -> a h + b, with a
+  hand-written backward (the same scan run in reverse) that saves only the inputs
+  (`selective_scan_parallel`): PyTorch calls grow as log2(T), so on a GPU the time per token stays
+  flat in T instead of paying launch overhead per chunk.
+- "torch_chunked_scan" (scan="chunked"): the previous path, a Python loop over chunks (the same
+  parallel scan inside a chunk, the state carried between chunks, each chunk checkpointed); calls
+  grow as T / chunk_size. Kept for comparison (harness/bench_mamba_scan.py).
+- "torch_reference_scan" (scan="reference"): `selective_scan_reference`, the plain step-by-step
+  loop, the ground truth the tests hold the other two to.
 
 Bidirectional mode (masked diffusion): the forward scan plus a scan over the reversed sequence,
 averaged (both gated by the same SiLU(z), so this is the mean taken before the gate). in_proj / gate / out_proj are shared by both directions; each direction has
@@ -52,8 +58,6 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from mixers import Mixer, register
 
-SCANS = ("chunked", "reference")
-
 
 def load_fused_kernels() -> tuple[Callable | None, Callable | None]:
     """(selective_scan_fn, causal_conv1d_fn) from the optional CUDA packages, None for each absent one.
@@ -86,12 +90,17 @@ except Exception:
 # --------------------------------------------------------------------------------------------------
 
 
+def _scan_dtype(*ts: torch.Tensor | None) -> torch.dtype:
+    """fp32 whatever the input dtype (bf16 scans drift), float64 when any input is float64 (tests)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
+
+
 def _finish(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
     """D skip and SiLU(z) gate, exactly as mamba-ssm's selective_scan_fn applies them. (B, T, Di)."""
     if D is not None:
-        y = y + u * D.float()
+        y = y + u * D.to(y.dtype)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y
 
 
@@ -109,11 +118,13 @@ def selective_scan_reference(
     """The recurrence one position at a time (a Python loop over T): slow, obviously right.
 
     u, delta: (B, T, Di) with delta > 0 already (softplus applied); A: (Di, N); B, C: (B, T, N);
-    D: (Di,); z: (B, T, Di); h0: (B, Di, N) initial state. Returns y (B, T, Di) fp32 [, h_T (B, Di, N)].
+    D: (Di,); z: (B, T, Di); h0: (B, Di, N) initial state. Returns y (B, T, Di) fp32 (float64 for
+    float64 inputs) [, h_T (B, Di, N)].
     """
     with torch.autocast(u.device.type, enabled=False):
-        u, delta, A, B, C = u.float(), delta.float(), A.float(), B.float(), C.float()
-        h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else h0.float()
+        dt = _scan_dtype(u, delta, A, B, C, D, z, h0)
+        u, delta, A, B, C = (t.to(dt) for t in (u, delta, A, B, C))
+        h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else h0.to(dt)
         ys = []
         for t in range(u.shape[1]):
             decay = torch.exp(delta[:, t, :, None] * A)  # (B, Di, N)
@@ -182,8 +193,9 @@ def selective_scan_chunked(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     with torch.autocast(u.device.type, enabled=False):
-        u, delta, A, B, C = u.float(), delta.float(), A.float(), B.float(), C.float()
-        h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else h0.float()
+        dt = _scan_dtype(u, delta, A, B, C, D, z, h0)
+        u, delta, A, B, C = (t.to(dt) for t in (u, delta, A, B, C))
+        h = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else h0.to(dt)
         ys = []
         for s in range(0, u.shape[1], chunk_size):
             sl = slice(s, s + chunk_size)
@@ -198,9 +210,163 @@ def selective_scan_chunked(
     return (y, h) if return_last_state else y
 
 
+def _scan_inplace(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """In place, b becomes every state of h_t = a_t h_{t-1} + b_t (h_{-1} = 0) along dim 1; returns b.
+
+    With `reverse`, the recurrence runs from the end: h_t = a_t h_{t+1} + b_t. `a` is overwritten.
+    A Brent-Kung scan on strided views: the up-sweep composes neighbouring segments of the affine
+    maps, doubling their length each level, (a_r, b_r) o (a_l, b_l) = (a_r a_l, a_r b_l + b_r); the
+    down-sweep then finishes the positions that are not yet a full prefix, largest stride first.
+    About 2 log2(L) levels of one or two in-place ops each: no allocation, no copy, about 3L
+    multiply-adds, and only products of decays <= 1 and sums (no exp(-cumsum) overflow).
+    """
+    L = b.shape[1]
+
+    def pos(first: int, count: int, step: int) -> slice:  # mirrored index for the reverse scan
+        if reverse:
+            first = L - 1 - (first + (count - 1) * step)
+        return slice(first, first + (count - 1) * step + 1, step)
+
+    s = 1
+    while 2 * s <= L:  # up-sweep: position (2s-1) + 2s j absorbs the segment of length s before it
+        n = L // (2 * s)
+        tgt, src = pos(2 * s - 1, n, 2 * s), pos(s - 1, n, 2 * s)
+        b[:, tgt].addcmul_(a[:, tgt], b[:, src])
+        a[:, tgt].mul_(a[:, src])
+        s *= 2
+    while s >= 1:  # down-sweep: position (3s-1) + 2s j takes the full prefix s before it
+        n = (L - s) // (2 * s)
+        if n > 0:
+            tgt, src = pos(3 * s - 1, n, 2 * s), pos(2 * s - 1, n, 2 * s)
+            b[:, tgt].addcmul_(a[:, tgt], b[:, src])
+        s //= 2
+    return b
+
+
+def _channel_blocks(Di: int, per_channel: int, max_elems: int) -> list[slice]:
+    """Slices of the Di channels such that one block's (B, T, d, N) tensors hold <= max_elems each.
+
+    The channels of the scan are independent, so blocking over Di bounds memory without changing a
+    single value; the number of blocks grows with B * T (the tokens of a step), not with T alone.
+    """
+    step = max(1, max_elems // max(per_channel, 1))
+    return [slice(i, min(i + step, Di)) for i in range(0, Di, step)]
+
+
+def _all_states(u, delta, A, B, h0) -> torch.Tensor:
+    """Every state h (B, T, d, N) of one channel block at once.
+
+    u, delta: (B, T, d); A: (d, N); B: (B, T, N); h0: (B, d, N). No autograd (called inside
+    `_ParallelScan`), so everything happens in place in two fresh (B, T, d, N) buffers.
+    """
+    a = torch.exp(delta[..., None] * A)  # (B, T, d, N), in (0, 1]: exp of a log-decay <= 0, never overflows
+    b = (delta * u)[..., None] * B[:, :, None, :]  # (B, T, d, N)
+    b[:, 0].addcmul_(a[:, 0], h0)  # h0 enters through the first step
+    return _scan_inplace(a, b)
+
+
+class _ParallelScan(torch.autograd.Function):
+    """The selective scan over the whole sequence with a log-depth scan, and its hand-written backward.
+
+    Forward: h_t = a_t h_{t-1} + b_t with a_t = exp(Δ_t A), b_t = Δ_t B_t u_t, y_t = <C_t, h_t>.
+    Backward: the adjoint of a linear recurrence is the same recurrence run backwards,
+        g_t = a_{t+1} g_{t+1} + C_t gy_t (+ the gradient of h_T at t = T-1),   g_t = dL/dh_t,
+    one more log-depth scan, then dL/db_t = g_t and dL/da_t = g_t h_{t-1}, reduced to the inputs.
+    Why by hand: autograd through the scan would keep every level's (B, T, d, N) tensors; here only
+    the inputs are saved (plus, if `keep_states`, the states h) and the rest is recomputed, one
+    channel block at a time, so memory is a few (B, T, d, N) blocks whatever the sequence length.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, max_elems: int, keep_states: bool):
+        Bsz, T, Di = u.shape
+        blocks = _channel_blocks(Di, Bsz * T * A.shape[1], max_elems)
+        y, hT, kept = u.new_empty(Bsz, T, Di), h0.new_empty(h0.shape), []
+        for sl in blocks:
+            h = _all_states(u[..., sl], delta[..., sl], A[sl], B, h0[:, sl])
+            y[..., sl] = torch.einsum("btdn,btn->btd", h, C)
+            hT[:, sl] = h[:, -1]
+            if keep_states:
+                kept.append(h)
+        ctx.blocks = blocks
+        ctx.save_for_backward(u, delta, A, B, C, h0, *kept)
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, gy, ghT):
+        u, delta, A, B, C, h0, *kept = ctx.saved_tensors
+        # the backward of a bf16-autocast region must not run these reductions in bf16
+        with torch.autocast(u.device.type, enabled=False):
+            du, ddelta, dA = torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A)
+            dB, dC, dh0 = torch.zeros_like(B), torch.zeros_like(C), torch.empty_like(h0)
+            for i, sl in enumerate(ctx.blocks):
+                u_, d_, A_ = u[..., sl], delta[..., sl], A[sl]
+                h = kept[i] if kept else _all_states(u_, d_, A_, B, h0[:, sl])  # (B, T, d, N)
+                a = torch.exp(d_[..., None] * A_)  # (B, T, d, N)
+                c = gy[..., sl, None] * C[:, :, None, :]  # (B, T, d, N): what y_t asks of h_t
+                c[:, -1] += ghT[:, sl]
+                # g_t = a_{t+1} g_{t+1} + c_t: decays shifted by one (the last one is never used)
+                g = _scan_inplace(torch.cat([a[:, 1:], a[:, :1]], dim=1), c, reverse=True)  # dL/dh_t
+                dh0[:, sl] = g[:, 0] * a[:, 0]
+                gla = g * a  # dL/d(Δ_t A) = g_t h_{t-1} a_t: (B, T, d, N)
+                gla[:, 0] *= h0[:, sl]
+                gla[:, 1:] *= h[:, :-1]
+                del a
+                gdu = torch.einsum("btdn,btn->btd", g, B)  # dL/d(Δ_t u_t)
+                ddelta[..., sl] = torch.einsum("btdn,dn->btd", gla, A_) + gdu * u_
+                du[..., sl] = gdu * d_
+                dA[sl] = gla.mul_(d_[..., None]).sum((0, 1))  # in place: faster than that einsum on CPU
+                dB += torch.einsum("btdn,btd->btn", g, d_ * u_)
+                dC += torch.einsum("btdn,btd->btn", h, gy[..., sl])
+        return du, ddelta, dA, dB, dC, dh0, None, None
+
+
+def selective_scan_parallel(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    max_block_elems: int = 2**26,
+    keep_states: bool = False,
+):
+    """The same function as `selective_scan_reference` with no loop over T (shapes as there).
+
+    The whole sequence is one work-efficient log-depth scan of the affine maps h -> a h + b
+    (`_prefix_scan`: products of decays <= 1 and sums only, exact in fp32 for any Δ), so the number
+    of PyTorch calls grows as log2(T), not as T / chunk. Memory: `max_block_elems` bounds each
+    (B, T, d, N) tensor (channels are scanned in blocks of d); the backward is written by hand and
+    saves only the inputs, recomputing the states (`keep_states=True` keeps them instead: one
+    (B, T, Di, N) tensor per call held until backward, one scan fewer).
+    """
+    if max_block_elems < 1:
+        raise ValueError(f"max_block_elems must be >= 1, got {max_block_elems}")
+    with torch.autocast(u.device.type, enabled=False):
+        dt = _scan_dtype(u, delta, A, B, C, D, z, h0)
+        u, delta, A, B, C = (t.to(dt) for t in (u, delta, A, B, C))
+        h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else h0.to(dt)
+        if u.shape[1] == 0:
+            y, h = u.new_zeros(u.shape), h0
+        else:
+            y, h = _ParallelScan.apply(u, delta, A, B, C, h0, max_block_elems, keep_states)
+        y = _finish(y, u, D, z)
+    return (y, h) if return_last_state else y
+
+
 # --------------------------------------------------------------------------------------------------
 # The mixer
 # --------------------------------------------------------------------------------------------------
+
+# option `scan` -> (function, the backend name a results row records)
+SCANS: dict[str, tuple[Callable, str]] = {
+    "parallel": (selective_scan_parallel, "torch_parallel_scan"),
+    "chunked": (selective_scan_chunked, "torch_chunked_scan"),
+    "reference": (selective_scan_reference, "torch_reference_scan"),
+}
 
 
 class SSMDirection(nn.Module):
@@ -267,11 +433,11 @@ class SSMDirection(nn.Module):
                 y = _selective_scan_fn(tr(xc), tr(delta), A, tr(Bm), tr(Cm), self.D.float(), tr(z),
                                        delta_bias=None, delta_softplus=False)
                 return y.transpose(1, 2)
-            scan_args = (xc, delta, A, Bm, Cm, self.D, z)
-            if self.opts.scan == "reference":
-                return selective_scan_reference(*scan_args)
-            return selective_scan_chunked(*scan_args, chunk_size=self.opts.chunk_size,
-                                          checkpoint=self.opts.checkpoint_chunks)
+            o = self.opts
+            kw = {"parallel": dict(max_block_elems=o.scan_block_elems, keep_states=not o.checkpoint_chunks),
+                  "chunked": dict(chunk_size=o.chunk_size, checkpoint=o.checkpoint_chunks),
+                  "reference": {}}[o.scan]
+            return SCANS[o.scan][0](xc, delta, A, Bm, Cm, self.D, z, **kw)
 
 
 @dataclass
@@ -341,9 +507,10 @@ class Mamba(Mixer):
         dt_max: float = 0.1
         dt_init_floor: float = 1e-4
         bidir_share: bool = False  # bidirectional: one conv/x_proj/Δ/A/D for both directions
-        chunk_size: int = 64  # PyTorch scan: positions per parallel chunk
-        checkpoint_chunks: bool = True  # PyTorch scan: recompute chunks in backward (bounded memory)
-        scan: str = "chunked"  # PyTorch scan: "chunked" | "reference" (the step loop; tests, benchmarks)
+        scan: str = "parallel"  # PyTorch scan: "parallel" | "chunked" (the old chunk loop) | "reference" (step loop)
+        scan_block_elems: int = 2**26  # parallel scan: max elements of one (B, T, d, N) channel block
+        chunk_size: int = 64  # chunked scan: positions per parallel chunk
+        checkpoint_chunks: bool = True  # PyTorch scans: recompute states in backward (bounded memory)
         use_mamba_ssm: bool = True  # use the mamba-ssm kernels when they can run
 
     def __init__(self, d_model: int, causal: bool, opts=None, proj_norm: bool = False):
@@ -351,7 +518,7 @@ class Mamba(Mixer):
         o = self.opts
         if o.scan not in SCANS:
             raise ValueError(f"mamba: scan must be one of {', '.join(SCANS)}, got {o.scan!r}")
-        if min(o.d_state, o.d_conv, o.expand, o.chunk_size) < 1 or o.dt_rank < 0:
+        if min(o.d_state, o.d_conv, o.expand, o.chunk_size, o.scan_block_elems) < 1 or o.dt_rank < 0:
             raise ValueError(f"mamba: sizes must be positive, got {o}")
         self.d_inner = o.expand * d_model
         self.dt_rank = o.dt_rank or math.ceil(d_model / 16)
@@ -361,14 +528,14 @@ class Mamba(Mixer):
         self.fwd = SSMDirection(self.d_inner, self.dt_rank, o)
         self.bwd = SSMDirection(self.d_inner, self.dt_rank, o) if not causal and not o.bidir_share else None
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        self.backend = "torch_chunked_scan"
+        self.backend = SCANS[o.scan][1]
 
     def _fused(self, x: torch.Tensor) -> bool:
         return self.opts.use_mamba_ssm and _selective_scan_fn is not None and x.is_cuda
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         fused = self._fused(x)
-        self.backend = "mamba_ssm" if fused else "torch_chunked_scan"
+        self.backend = "mamba_ssm" if fused else SCANS[self.opts.scan][1]
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # each (B, T, Di)
         xs, z = self.x_norm(xs), self.z_norm(z)
         mask = None if pad_mask is None else pad_mask[..., None].to(xs.dtype)  # (B, T, 1)

@@ -44,6 +44,10 @@ def fmt_ms(v: Any) -> str:
     return f"{v:.1f}" if v < 1000 else f"{v:,.0f}"
 
 
+def fmt_secs(v: Any) -> str:
+    return f"{v:.1f}" if v < 100 else f"{v:,.0f}"
+
+
 def fmt_text(v: Any) -> str:
     return str(v)
 
@@ -58,6 +62,7 @@ class Column:
     show: str = "any"  # "always" | "any" | "varies"
     doc: str = ""  # one line for the legend under the table
     numeric: bool = True
+    speed: bool = False  # a speed: on a CPU (shared, noisy) shown as indicative (~) and never bolded
 
 
 def _metric(key: str) -> Callable[[dict[str, Any]], Any]:
@@ -76,6 +81,19 @@ def _peak_mem(r: dict[str, Any]) -> Any:
     if is_reference(r) or r.get("status") != "ok":
         return None
     return (r.get("metrics") or {}).get("peak_mem_bytes")
+
+
+def _timing(*keys: str) -> Callable[[dict[str, Any]], Any]:
+    """Seconds summed over phases of `row["timing"]` (None when the row has none of them)."""
+    def get(r: dict[str, Any]) -> Any:
+        vals = [v for v in ((r.get("timing") or {}).get(k) for k in keys) if isinstance(v, (int, float))]
+        return sum(vals) if vals else None
+
+    return get
+
+
+def on_cpu(row: dict[str, Any]) -> bool:
+    return str(row.get("device") or "").startswith("cpu")
 
 
 def _model_only(get: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
@@ -102,15 +120,21 @@ COLUMNS: list[Column] = [
     Column("peak_mem", "peak VRAM", _peak_mem, fmt_bytes, "min", show="always",
            doc="peak GPU memory in training (n/a: not measurable on CPU)"),
     Column("tokens_per_s", "train tok/s", _model_only(_metric("tokens_per_s")), fmt_rate, "max", show="always",
-           doc="training throughput, real tokens per second (steady state)"),
+           doc="training throughput, real tokens per second (steady state)", speed=True),
     Column("latency", "answer ms", _model_only(_metric("gen_latency_ms")), fmt_ms, "min", show="always",
-           doc="time to generate one answer, batch 1, in milliseconds, on the decoding path listed below"),
+           doc="time to generate one answer, batch 1, in milliseconds, on the decoding path listed below",
+           speed=True),
     Column("state_floats", "state floats at T", _model_only(_metric("state_floats")), fmt_count, "min",
-           doc="numbers the model carries about the past at the mean evaluation length T (all layers)"),
+           doc="numbers the model carries about the past at the mean evaluation length T tokens (all layers)"),
     Column("params", "params", _model_only(_field("params")), fmt_count, show="always",
            doc="parameters (tied embedding counted once); cells of a preset are matched within ±5%"),
     Column("tokens_seen", "tokens seen", _model_only(_field("tokens_seen")), fmt_count, show="always",
            doc="training tokens consumed within the budget"),
+    Column("train_s", "train s", _model_only(_timing("train_s")), fmt_secs,
+           doc="wall seconds of training (what the budget meters; evaluation excluded)"),
+    Column("eval_s", "eval s", _model_only(_timing("dev_s", "eval_s")), fmt_secs,
+           doc="wall seconds of evaluation, outside the budget: dev checks during training (checkpoint "
+               "selection) plus the final scoring (answers, perplexity, latency); split in the run details"),
     Column("eval_n", "eval n", _metric("eval_n"), lambda v: f"{v:.0f}", show="varies",
            doc="questions scored (rows with different n are not on the same items)"),
     Column("budget", "budget", _field("budget"), show="always", numeric=False),

@@ -158,34 +158,42 @@ def _n_text(data: pd.DataFrame, key: str) -> str:
 
 
 def loss_curves(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:
-    """Dev loss at each evaluation point over the budget, every cell on one axis."""
+    """Dev loss at each evaluation point over the budget: one panel per objective, each on its own
+    y axis (masked diffusion's loss is a bound on another scale: on one axis it squashes the others)."""
     cells = [r for r in _ok_models(rows) if any(finite(p.get("dev_loss")) is not None for p in r.get("loss_curve") or [])]
     if not cells:
         return None
     colors = palette([r["mixer"] for r in cells])
     objectives = sorted({r["objective"] for r in cells})
-    dashes = dict(zip(objectives, ["-", "--", "-.", ":"] * 4))
     seeds = len({r.get("seed") for r in cells}) > 1
     norms = len({r.get("norm") for r in cells}) > 1
     variants = sorted({(str(r.get("seed")), str(r.get("norm"))) for r in cells})
     markers = dict(zip(variants, "os^Dvp*hX" * 4))  # seed / norm variants of one mixer differ by marker
     with _style():
-        fig, axes = _figure(size=(9.0, 4.8))
-        ax = axes[0, 0]
-        for r in sorted(cells, key=lambda r: (r["mixer"], r["objective"], str(r.get("seed")))):
-            pts = [p for p in r["loss_curve"] if finite(p.get("dev_loss")) is not None]
-            xs = [p.get("tokens") or p.get("frac") for p in pts]
-            name = f"{r['mixer']} · {r['objective']}" + (f" · seed {r.get('seed')}" if seeds else "") \
-                + (f" · {r.get('norm')}-norm" if norms else "") + (f" · {_sweep_label(r)}" if r.get("sweep") else "")
-            ax.plot(xs, [p["dev_loss"] for p in pts], ls=dashes[r["objective"]], color=colors[r["mixer"]],
-                    marker=markers[(str(r.get("seed")), str(r.get("norm")))], ms=4, lw=1.5, label=name)
-        ax.set_xlabel("training tokens seen")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_count(v)))
-        ax.set_ylabel("dev loss (nats / target token)")
-        ax.set_title(f"{title}: dev loss over the budget, every cell\n(colour = mixer, line style = objective"
-                     + (", marker = seed / norm" if seeds or norms else "")
-                     + "; diffusion's loss is a bound, not comparable to AR)", fontsize="medium")
-        _legend_outside(ax, "mixer · objective")
+        fig, axes = _figure(ncols=len(objectives), size=(4.6 * len(objectives) + 2.6, 4.8))
+        for ax, objective in zip(axes[0], objectives):
+            for r in sorted((r for r in cells if r["objective"] == objective),
+                            key=lambda r: (r["mixer"], str(r.get("seed")))):
+                pts = [p for p in r["loss_curve"] if finite(p.get("dev_loss")) is not None]
+                xs = [p.get("tokens") or p.get("frac") for p in pts]
+                name = r["mixer"] + (f" · seed {r.get('seed')}" if seeds else "") \
+                    + (f" · {r.get('norm')}-norm" if norms else "") + (f" · {_sweep_label(r)}" if r.get("sweep") else "")
+                ax.plot(xs, [p["dev_loss"] for p in pts], color=colors[r["mixer"]],
+                        marker=markers[(str(r.get("seed")), str(r.get("norm")))], ms=4, lw=1.5, label=name)
+            ax.set_xlabel("training tokens seen")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_count(v)))
+            bound = any(metric(r, "ppl_bound") is not None for r in cells if r["objective"] == objective)
+            ax.set_ylabel("dev loss bound (nats / target token)" if bound else "dev loss (nats / target token)")
+            ax.set_title(objective + (" (a bound: not comparable across panels)" if bound else ""), fontsize="medium")
+        # one legend: every mixer, whichever panel it is in
+        handles = {}
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        axes[0][-1].legend(list(handles.values()), list(handles), title="mixer", loc="upper left",
+                           bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize="small", title_fontsize="small")
+        fig.suptitle(f"{title}: dev loss over the budget, every cell (colour = mixer"
+                     + (", marker = seed / norm" if seeds or norms else "") + ")", fontsize="medium")
     return _save(fig, path)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.results import ResultsFileError, latest_by_key, read_rows
+from harness.results import ResultsFileError, expected_path, latest_by_key, read_expected, read_rows
 
 STATUSES = ("ok", "failed")
 REFERENCE_OBJECTIVE = "none"
@@ -28,6 +28,7 @@ class Results:
     grids: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # grid name -> latest row per key
     bench: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # bench kind -> latest row per key
     files: dict[str, Path] = field(default_factory=dict)  # grid name -> its file
+    expected: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # grid -> cells it was asked to run
 
 
 def is_reference(row: dict[str, Any]) -> bool:
@@ -92,6 +93,7 @@ def load(results_dir: Path | str, grid: str | None = None) -> Results:
         elif grid is None or path.stem == grid:
             out.grids[path.stem] = list(latest_by_key(rows).values())
             out.files[path.stem] = path
+            out.expected[path.stem] = read_expected(expected_path(path))
     return out
 
 

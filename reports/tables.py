@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from reports.columns import COLUMNS, Column
+from reports.columns import COLUMNS, Column, on_cpu
 from reports.load import finite, is_reference
 
 PRIMARY_METRICS = ("f1", "accuracy", "em")  # the first one rows carry orders the table
@@ -94,27 +94,51 @@ def shown_columns(rows: list[dict[str, Any]]) -> list[Column]:
     return cols
 
 
+def _competes(row: dict[str, Any], c: Column) -> bool:
+    """A value that may be bolded: an ok model's, and for a speed not one measured on a (shared) CPU."""
+    return not is_reference(row) and row["status"] == "ok" and not (c.speed and on_cpu(row))
+
+
 def best_values(rows: list[dict[str, Any]], cols: list[Column]) -> dict[str, Any]:
-    """Best model value per column with a direction (ties: all marked)."""
+    """Best model value per column with a direction, as shown; absent on a tie (a bold that every row
+    shares, e.g. EM 0.000 everywhere, says nothing)."""
     best = {}
-    models = [r for r in rows if not is_reference(r) and r["status"] == "ok"]
     for c in cols:
         if c.better is None:
             continue
-        vals = [v for v in (c.get(r) for r in models) if isinstance(v, (int, float))]
+        vals = [v for v in (c.get(r) for r in rows if _competes(r, c)) if isinstance(v, (int, float))]
         if vals:
-            best[c.key] = max(vals) if c.better == "max" else min(vals)
+            top = c.fmt(max(vals) if c.better == "max" else min(vals))
+            if sum(c.fmt(v) == top for v in vals) == 1:
+                best[c.key] = top
     return best
 
 
-def cell_text(row: dict[str, Any], c: Column, best: dict[str, Any]) -> str:
+def state_lengths(rows: list[dict[str, Any]]) -> set[Any]:
+    """The evaluation lengths T at which rows report `state_floats`."""
+    return {(r.get("metrics") or {}).get("state_T") for r in rows if metric(r, "state_floats") is not None}
+
+
+def header_text(c: Column, rows: list[dict[str, Any]]) -> str:
+    """A column's header; "state floats at T" names T when every row shares it."""
+    Ts = state_lengths(rows)
+    if c.key == "state_floats" and len(Ts) == 1 and None not in Ts:
+        return f"state floats at T={next(iter(Ts))}"
+    return c.header
+
+
+def cell_text(row: dict[str, Any], c: Column, best: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> str:
     v = c.get(row)
     if v is None:
         if c.key == "peak_mem" and row.get("status") == "ok" and not is_reference(row):
             return "n/a"
         return "—"
     text = esc(c.fmt(v))
-    if c.key in best and not is_reference(row) and row["status"] == "ok" and v == best[c.key]:
+    if c.speed and on_cpu(row) and not is_reference(row):
+        text = f"~{text}"  # indicative: measured on a CPU
+    if c.key == "state_floats" and len(state_lengths(rows or [row])) > 1:
+        text += f" (T={(row.get('metrics') or {}).get('state_T')})"
+    if c.key in best and _competes(row, c) and c.fmt(v) == best[c.key]:
         return f"**{text}**"
     return text
 
@@ -133,7 +157,7 @@ def grid_table(rows: list[dict[str, Any]]) -> tuple[str, list[Column]]:
     rows = sort_rows(annotate_vs_baseline(rows, key), key)
     cols = shown_columns(rows)
     best = best_values(rows, cols)
-    head = ["mixer", "objective", *(c.header for c in cols), "status"]
+    head = ["mixer", "objective", *(header_text(c, rows) for c in cols), "status"]
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---", "---", *("---:" if c.numeric else "---" for c in cols), "---"]) + "|"]
     for r in rows:
@@ -141,7 +165,7 @@ def grid_table(rows: list[dict[str, Any]]) -> tuple[str, list[Column]]:
             name, obj = f"*{esc(label(r))}*", f"*{reference_kind(r)}*"
         else:
             name, obj = esc(label(r)), esc(r["objective"])
-        lines.append("| " + " | ".join([name, obj, *(cell_text(r, c, best) for c in cols), status_text(r)]) + " |")
+        lines.append("| " + " | ".join([name, obj, *(cell_text(r, c, best, rows) for c in cols), status_text(r)]) + " |")
     return "\n".join(lines), cols
 
 
@@ -149,8 +173,11 @@ def legend(cols: list[Column], rows: list[dict[str, Any]]) -> str:
     key = primary_metric(rows)
     head = next((c.header for c in COLUMNS if c.key == key), key)
     lines = [f"Sorted by {head or 'status'} (best first), failed cells last; **bold**: the best model value of its "
-             "column; *italic* rows are references (non-neural baselines and ceilings), not models.", ""]
-    lines += [f"- `{c.header}`: {c.doc}" for c in cols if c.doc]
+             "column (none on a tie); *italic* rows are references (non-neural baselines and ceilings), not models.", ""]
+    lines += [f"- `{header_text(c, rows)}`: {c.doc}" for c in cols if c.doc]
+    if any(c.speed and c.get(r) is not None and on_cpu(r) and not is_reference(r) for c in cols for r in rows):
+        lines.append("- `~`: a speed measured on a CPU, indicative only (a shared CPU swings several-fold "
+                     "within one grid); never bolded")
     if any(c.key == "latency" for c in cols):
         lines.append(decode_paths_line(rows))
     return "\n".join(lines)

@@ -96,8 +96,10 @@ class Task:
         target). Default: the preset itself, at width `d_model` when given (0: the preset's)."""
         return dataclasses.replace(preset, d_model=d_model) if d_model else preset
 
-    def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int) -> dict[str, Any]:
-        """Task metrics of a trained model (e.g. em, f1, gen_latency_ms), fractions in [0, 1]."""
+    def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Task metrics of a trained model (e.g. em, f1, gen_latency_ms), fractions in [0, 1];
+        `progress(items done, of)` now and then, for the grid's progress line."""
         raise NotImplementedError
 
     def references(self, data: TaskData, ctx: PrepareContext) -> list[Reference]:

@@ -121,7 +121,11 @@ def fetch_official(cache_dir: Path, base: str = OFFICIAL_BASE) -> dict[str, list
             raise DataError(f"cannot reach {host} to download JSQuAD (offline?): {_online_hint()}") from None
         finally:
             socket.setdefaulttimeout(None)
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("downloading JSQuAD needs the optional `datasets` package "
+                        f"(pip install -r requirements-online.txt); or {_online_hint()}") from None
 
     files = {s: f"{base}/{s}-{VERSION}.json" for s in ("train", "valid")}
     try:
@@ -158,6 +162,16 @@ class JSQuAD(Task):
         latency_n: int = 16  # answers timed one at a time for gen_latency_ms
         extra_train: str = ""  # "jaquad": add JaQuAD train + dev to the training data
         jaquad_dir: str = ""  # JaQuAD's directory ("": jaquad-v0.1.0 beside the JSQuAD data directory)
+
+        def __post_init__(self):
+            for name in ("eval_limit", "latency_n"):
+                if getattr(self, name) < 0:
+                    raise ValueError(f"jsquad: {name} must be >= 0 (0: all questions / no timing); "
+                                     f"got {getattr(self, name)}")
+            if self.max_answer_tokens < 1 or self.vocab_size < 0:
+                raise ValueError("jsquad: max_answer_tokens must be >= 1 and vocab_size >= 0 (0: the preset's)")
+            if not 0 < self.dev_frac < 1:
+                raise ValueError(f"jsquad: dev_frac must be in (0, 1); got {self.dev_frac}")
 
     # -- data
     def _splits(self, ctx: PrepareContext) -> tuple[str, list[QAItem], list[QAItem], dict[str, str]]:
@@ -291,14 +305,28 @@ class JSQuAD(Task):
         return refs
 
     # -- scoring
-    def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int) -> dict[str, Any]:
+    def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int,
+                 progress=None) -> dict[str, Any]:
         from harness.train import autocast
 
         prompts = [p for p, _ in data.items]
         golds = [it.answers for _, it in data.items]
         model.eval()
+        # by length, one batch at a time: `generate` forms exactly the batches it would form over all
+        # prompts (its sort is stable), and the progress line can count answers
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        chunk = batch_size
+        out: list[list[int]] = [[] for _ in prompts]
+        if progress:
+            progress(0, len(order))
         with torch.no_grad(), autocast(device):
-            out = objective.generate(model, prompts, self.opts.max_answer_tokens, batch_size)
+            for s in range(0, len(order), chunk):
+                idx = order[s : s + chunk]
+                for i, ids in zip(idx, objective.generate(model, [prompts[i] for i in idx], self.opts.max_answer_tokens,
+                                                          batch_size)):
+                    out[i] = ids
+                if progress:
+                    progress(s + len(idx), len(order))
             preds = [data.decode(ids) for ids in out]
             latency = latency_ms(lambda i: objective.generate(model, [prompts[i]], self.opts.max_answer_tokens, 1),
                                  min(self.opts.latency_n, len(prompts)), device)

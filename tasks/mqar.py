@@ -251,16 +251,21 @@ class MQAR(Task):
         return dataclasses.replace(preset, d_model=d, vocab_size=vocab_size, target_params=target,
                                    lr=self.opts.lr or preset.lr)
 
-    def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int) -> dict[str, Any]:
+    def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int,
+                 progress=None) -> dict[str, Any]:
         from harness.train import autocast
 
         model.eval()
         evals = data.eval.to(device)
         correct = torch.zeros((), dtype=torch.long, device=device)
+        done = 0
         with torch.no_grad(), autocast(device):
             for batch in evals.iter_batches(batch_size):
                 pred = objective.predict_targets(model, batch)  # (B, T); meaningful at targets only
                 correct += ((pred == batch.ids) & batch.target).sum()
+                done += batch.ids.shape[0]
+                if progress:
+                    progress(done, len(evals))
             latency = latency_ms(lambda i: objective.predict_targets(model, evals.batch(np.array([i]))),
                                  min(self.opts.latency_n, len(evals)), device)
         total = int(data.eval.target.sum())

@@ -121,6 +121,11 @@ def _cli(args):
     (["--budget", "epochs=3"], "error: budget must look like"),
     (["--budget", "tokens=5"], "error: budget tokens=5 is smaller than one batch"),
     (["--mixer-opt", "bogus=1"], "error: --mixer-opt bogus=1: no selected entry has option 'bogus'"),
+    # a bad option *value* stops before the grid (every cell's model is built on the meta device first)
+    (["--mixer-opt", "attention.head_dim=-3"], "error: attention x autoregressive (seed 0): ValueError: attention:"),
+    (["--task-opt", "eval_limit=-5"], "error: jsquad: eval_limit must be >= 0"),
+    (["--seeds", "a"], "error: --seeds takes comma-separated integers, got 'a'"),
+    (["--dev-tokens", "-1"], "error: --dev-tokens must be >= 0"),
 ])
 def test_bad_input_is_one_clear_line(offline_dir, tmp_path, cache_dir, extra, match):
     r = _cli([*_args(offline_dir, tmp_path, cache_dir), *extra])
@@ -170,3 +175,31 @@ def test_rows_carry_no_dataset_text(offline_dir, tmp_path, cache_dir):
         assert paragraph not in text
         for question, _ in qas:
             assert question not in text
+
+
+def test_sigterm_leaves_a_resume_hint(monkeypatch, capsys):
+    """A scheduler's SIGTERM unwinds like Ctrl-C (past a cell's error handling) and says how to resume."""
+    def killed(argv=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this returns
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(run_matrix, "main", killed)
+    assert run_matrix.cli() == 143
+    err = capsys.readouterr().err.strip()
+    assert err == "terminated (SIGTERM): finished cells are saved; rerun the same command to resume"
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is ours only while the grid runs
+
+
+def test_quick_sets_the_smoke_defaults_and_explicit_flags_win(offline_dir, tmp_path, cache_dir):
+    out = tmp_path / "out"
+    args = ["--quick", "--budget", "tokens=3000", "--task-opt", "eval_limit=3", "--mixers", "attention",
+            "--objectives", "autoregressive", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--no-report", "--grid", "q"]
+    assert run_matrix.main(args) == 0
+    [row] = _cells(out / "results" / "q.jsonl")
+    assert row["preset"] == run_matrix.QUICK["preset"] and row["budget"] == "tokens=3000"
+    assert row["task_opts"] == {"eval_limit": "3"} and row["metrics"]["eval_n"] == 3
+    assert 0 < row["train"]["dev_tokens"] <= run_matrix.QUICK["dev_tokens"]
+    assert {"prepare_s", "train_s", "dev_s", "eval_s"} <= set(row["timing"])

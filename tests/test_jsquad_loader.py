@@ -41,6 +41,7 @@ def test_official_protocol_from_a_directory(official_dir, cache_dir):
 
 def test_online_path_goes_through_datasets(official_dir, cache_dir, monkeypatch):
     """The online loader, with JGLUE's URL swapped for a local directory (no network here)."""
+    pytest.importorskip("datasets")  # optional (requirements-online.txt); CI installs it
     got = jsq.fetch_official(cache_dir, base=str(official_dir))
     assert len(got["train"]) == 14 and len(got["valid"]) == 5
     monkeypatch.setattr(jsq, "fetch_official", lambda cache, base=jsq.OFFICIAL_BASE: got)

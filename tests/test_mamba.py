@@ -1,13 +1,16 @@
-"""Mamba mixer: the chunked scan held to the step-by-step recurrence (values, gradients, extreme Δ),
-padding, the bidirectional combination, initialisation, state size, safe detection of the optional
-CUDA packages, and (CUDA + mamba-ssm only) the fused path against the PyTorch path."""
+"""Mamba mixer: the parallel and chunked scans held to the step-by-step recurrence (values, gradients,
+extreme Δ, long sequences, float64), PyTorch calls flat in T for the parallel scan, padding, the
+bidirectional combination, initialisation, state size, safe detection of the optional CUDA packages,
+and (CUDA + mamba-ssm only) the fused path against the PyTorch path."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mixers
 import mixers.mamba as mm
@@ -17,10 +20,10 @@ from harness.train import TrainConfig, _optimizer
 D_MODEL = 32
 
 
-def scan_inputs(T: int, seed: int = 0, Bsz: int = 2, Di: int = 6, N: int = 5, delta=None):
+def scan_inputs(T: int, seed: int = 0, Bsz: int = 2, Di: int = 6, N: int = 5, delta=None, dtype=torch.float32):
     """Random inputs of the selective scan; `delta` (B, T, Di) overrides the default Δ in ~(0.05, 2)."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     return dict(
         u=r(Bsz, T, Di),
         delta=F.softplus(r(Bsz, T, Di) - 1.0) if delta is None else delta,
@@ -85,8 +88,18 @@ def test_chunked_scan_gradients_equal_reference(checkpoint):
     _assert_grads_close(got, ref, "")
 
 
+# the fast scans, each with options that exercise its memory-saving path
+FAST = {
+    "chunked": (mm.selective_scan_chunked, dict(chunk_size=8, checkpoint=True)),
+    "parallel": (mm.selective_scan_parallel, {}),
+    "parallel_blocks": (mm.selective_scan_parallel, dict(max_block_elems=2 * 37 * 5 * 4)),  # Di 6 -> 4 + 2
+    "parallel_keep": (mm.selective_scan_parallel, dict(keep_states=True)),
+}
+
+
+@pytest.mark.parametrize("scan", list(FAST))
 @pytest.mark.parametrize("regime", ["near_zero", "large", "mixed", "exact_zero"])
-def test_chunked_scan_extreme_delta(regime):
+def test_fast_scans_extreme_delta(regime, scan):
     """Δ ≈ 0 (state kept, no input), Δ large (state wiped every step: decays exp(-Δ|A|) underflow to
     0, where an exp(-cumsum) formulation would overflow), both interleaved, and Δ = 0 (a pad)."""
     T, Bsz, Di = 37, 2, 6
@@ -100,27 +113,123 @@ def test_chunked_scan_extreme_delta(regime):
     }[regime]
     x = scan_inputs(T, seed=5, Bsz=Bsz, Di=Di, delta=delta)
     x["A"] = -torch.arange(1, 6, dtype=torch.float32).expand(Di, -1).clone() * 4  # strong decays, to -20
+    fn, kw = FAST[scan]
     y_ref = mm.selective_scan_reference(**x)
-    y = mm.selective_scan_chunked(**x, chunk_size=8)
+    y = fn(**x, **kw)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     ref = _grads(mm.selective_scan_reference, x)
-    got = _grads(mm.selective_scan_chunked, x, chunk_size=8, checkpoint=True)
+    got = _grads(fn, x, **kw)
     _assert_grads_close(got, ref, regime)
 
 
-def test_scan_ignores_bf16_autocast():
-    """The scan and its reductions stay fp32 under autocast (bf16 scans drift: mamba #6)."""
+@pytest.mark.parametrize("variant", ["parallel", "parallel_blocks", "parallel_keep"])
+@pytest.mark.parametrize("T", [1, 2, 7, 16, 37, 50])
+def test_parallel_scan_equals_reference(T, variant):
+    """Values, last state and every input's gradient: fp32 at 1e-5, float64 at 1e-12 (so a wrong
+    term that fp32 noise could hide would show); odd lengths and uneven channel blocks included."""
+    fn, kw = FAST[variant]
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        x = scan_inputs(T, seed=T, dtype=dtype)
+        y_ref, h_ref = mm.selective_scan_reference(**x, return_last_state=True)
+        y, h = fn(**x, return_last_state=True, **kw)
+        assert y.dtype == h.dtype == dtype
+        torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(h, h_ref, rtol=tol, atol=tol)
+        ref, got = _grads(mm.selective_scan_reference, x), _grads(fn, x, **kw)
+        if dtype == torch.float32:
+            _assert_grads_close(got, ref, str(dtype))
+        else:
+            for k in ref:
+                torch.testing.assert_close(got[k], ref[k], rtol=1e-10, atol=1e-10, msg=f"float64 gradient of {k}")
+
+
+def test_parallel_scan_gradcheck_float64():
+    """Finite differences against the hand-written backward (every input, both outputs)."""
+    x = scan_inputs(11, seed=4, Bsz=1, Di=3, N=2, dtype=torch.float64)
+    args = tuple(v.clone().requires_grad_(True) for v in x.values())
+    fn = lambda *a: mm.selective_scan_parallel(*a, return_last_state=True, max_block_elems=22)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_parallel_scan_long_sequence_is_stable_and_exact():
+    """T = 4096: strong decays (Δ up to 30, A down to -16: per-step log-decays to -480, cumulative
+    sums to ~-1e6, where exp(-cumsum) forms overflow) interleaved with Δ ~ 1e-4 stretches where the
+    state must survive thousands of steps; the fp32 parallel scan matches a float64 step loop."""
+    T, Di = 4096, 4
+    g = torch.Generator().manual_seed(12)
+    strong = torch.rand(1, T, Di, generator=g) < 0.02
+    delta = torch.where(strong, 30 * torch.rand(1, T, Di, generator=g), torch.full((1, T, Di), 1e-4))
+    x = scan_inputs(T, seed=6, Bsz=1, Di=Di, N=4, delta=delta)
+    x["A"] = -torch.linspace(0.5, 16, Di * 4).view(Di, 4)
+    y, h = mm.selective_scan_parallel(**x, return_last_state=True)
+    y64, h64 = mm.selective_scan_reference(**{k: v.double() for k, v in x.items()}, return_last_state=True)
+    assert torch.isfinite(y).all() and torch.isfinite(h).all()
+    torch.testing.assert_close(y, y64.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h, h64.float(), rtol=1e-4, atol=1e-4)
+    got = _grads(mm.selective_scan_parallel, x)
+    assert all(torch.isfinite(v).all() for v in got.values())
+
+
+@pytest.mark.parametrize("scan", ["chunked", "parallel"])
+def test_scan_ignores_bf16_autocast(scan):
+    """The scan and its reductions stay fp32 under autocast (bf16 scans drift: mamba #6); the
+    parallel scan's backward too, even when run inside the autocast region (the chunk loop's
+    checkpoint recomputation is not: the trainer calls backward outside autocast)."""
+    fn, kw = FAST[scan]
     x = scan_inputs(40, seed=8)
-    y32 = mm.selective_scan_chunked(**x, chunk_size=16)
+    y32 = fn(**x, **kw)
+    ref = _grads(fn, x, **kw)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        yb = mm.selective_scan_chunked(**x, chunk_size=16)
+        yb = fn(**x, **kw)
+        got = _grads(fn, x, **kw)
     assert yb.dtype == torch.float32
     torch.testing.assert_close(yb, y32, rtol=1e-6, atol=1e-6)
+    for k in ref if scan == "parallel" else []:
+        assert got[k].dtype == torch.float32
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=1e-6)
 
 
-def test_bad_chunk_size_is_an_error():
+def test_bad_chunk_or_block_size_is_an_error():
     with pytest.raises(ValueError, match="chunk_size"):
         mm.selective_scan_chunked(**scan_inputs(4), chunk_size=0)
+    with pytest.raises(ValueError, match="max_block_elems"):
+        mm.selective_scan_parallel(**scan_inputs(4), max_block_elems=0)
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts ATen operator calls (what eager execution launches, one by one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_calls(m: mm.Mamba, T: int, backward: bool) -> int:
+    x = torch.randn(1, T, 8, requires_grad=backward)
+    with _OpCounter() as c:
+        y = m(x)
+        if backward:
+            y.sum().backward()
+    return sum(c.calls.values())
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_parallel_scan_calls_stay_flat_in_T(causal):
+    """Eager cost on a GPU is launch-bound (one call ~ 18 us on the H200), so the number of calls
+    is the number that matters: from T = 256 to 2048 it must stay nearly flat for the parallel scan
+    (log2 T levels), while the chunk loop's grows with T / 64 (which shows the counter counts)."""
+    torch.manual_seed(0)
+    par = mixers.build("mamba", 8, causal, scan="parallel", d_state=4)
+    for backward in (False, True):
+        short, long = _count_calls(par, 256, backward), _count_calls(par, 2048, backward)
+        assert long / short < 1.5, (backward, short, long)
+    if causal:  # once is enough to show it
+        loop = mixers.build("mamba", 8, causal, scan="chunked", d_state=4)
+        assert _count_calls(loop, 2048, False) / _count_calls(loop, 256, False) > 4
 
 
 # ---------------------------------------------------------------- the mixer
@@ -132,7 +241,8 @@ def test_mixer_chunk_size_and_reference_scan_agree(causal):
     m = _build(causal)
     x = torch.randn(2, 29, D_MODEL, requires_grad=True)
     outs, grads = [], []
-    for scan, chunk in (("reference", 64), ("chunked", 4), ("chunked", 64)):
+    backends = []
+    for scan, chunk in (("reference", 64), ("chunked", 4), ("chunked", 64), ("parallel", 64)):
         m.opts.scan, m.opts.chunk_size = scan, chunk
         m.zero_grad()
         x.grad = None
@@ -140,19 +250,21 @@ def test_mixer_chunk_size_and_reference_scan_agree(causal):
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         outs.append(y.detach())
         grads.append([x.grad.clone()] + [p.grad.clone() for p in m.parameters()])
+        backends.append(m.backend)
     for y, g in zip(outs[1:], grads[1:]):
         torch.testing.assert_close(y, outs[0], rtol=1e-5, atol=1e-5)
         for a, b in zip(g, grads[0]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert m.backend == "torch_chunked_scan"
+    assert backends == ["torch_reference_scan", "torch_chunked_scan", "torch_chunked_scan", "torch_parallel_scan"]
 
 
+@pytest.mark.parametrize("scan", ["parallel", "chunked"])
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
-def test_padding_with_large_conv_bias_and_skip(causal, side):
+def test_padding_with_large_conv_bias_and_skip(causal, side, scan):
     """Pads hold garbage, the conv bias is large (it would leak into the state through pad positions
     if the conv output were not masked) and D is large: real outputs still equal the unpadded run."""
-    m = _build(causal, seed=1)
+    m = _build(causal, seed=1, scan=scan)
     with torch.no_grad():
         for d in (m.fwd, m.bwd):
             if d is not None:
@@ -181,7 +293,7 @@ def test_pads_reach_the_scan_as_identity_steps(causal, monkeypatch):
         seen.append((u.detach(), delta.detach()))
         return mm.selective_scan_reference(u, delta, *args)
 
-    monkeypatch.setattr(mm, "selective_scan_chunked", spy)
+    monkeypatch.setitem(mm.SCANS, "parallel", (spy, "torch_parallel_scan"))
     m = _build(causal, seed=2)
     with torch.no_grad():
         for d in (m.fwd, m.bwd):
@@ -237,6 +349,8 @@ def test_dt_rank_default_and_options():
     assert mixers.build("mamba", 64, True, dt_rank="7").dt_rank == 7
     with pytest.raises(ValueError, match="scan must be one of"):
         mixers.build("mamba", 64, True, scan="loop")
+    with pytest.raises(ValueError, match="sizes must be positive"):
+        mixers.build("mamba", 64, True, scan_block_elems=0)
 
 
 def test_mamba_init_survives_the_skeleton_and_A_log_is_not_decayed():
@@ -324,7 +438,7 @@ def test_cpu_tensors_always_take_the_torch_path(monkeypatch):
     monkeypatch.setattr(mm, "_causal_conv1d_fn", boom)
     m = _build(True)
     assert torch.isfinite(m(torch.randn(1, 6, D_MODEL))).all()
-    assert m.backend == "torch_chunked_scan"
+    assert m.backend == "torch_parallel_scan"
 
 
 @pytest.mark.gpu
@@ -349,7 +463,7 @@ def test_fused_path_matches_torch_path_on_cuda(causal):
             y = m(xi, mask)
         (y.float() * mask[..., None]).square().sum().backward()
         results.append((y.float(), xi.grad, [p.grad for p in m.parameters()]))
-    assert fused.backend == "mamba_ssm" and plain.backend == "torch_chunked_scan"
+    assert fused.backend == "mamba_ssm" and plain.backend == "torch_parallel_scan"
     (yf, gxf, gpf), (yp, gxp, gpp) = results
     m3 = mask[..., None]
     torch.testing.assert_close(yf * m3, yp * m3, rtol=2e-2, atol=2e-2)

@@ -27,6 +27,7 @@ def _row(mixer, objective, key=None, status="ok", task="jsquad", protocol="jsqua
         "params": 500_000, "tokens_seen": 20_100, "device": "cpu: test", "versions": {"torch": "2.x"},
         "git_commit": "abc123", "metrics": metrics or {}, "loss_curve": curve if status == "ok" else [],
         "world_size": 1, "started_at": "2026-01-01T00:00:00+00:00",
+        "timing": {"prepare_s": 1.0, "train_s": 12.5, "dev_s": 3.25, "eval_s": 40.0} if status == "ok" else {},
         "data": {"train_questions": 4000, "dev_questions": 400, "train_tokens": 600000, "eval_questions": 500,
                  "eval_questions_total": 4420, "tokenizer": {"vocab_size": 4000, "normalization": "identity"},
                  "vocab_size": 4000, "max_len": 256},
@@ -177,8 +178,12 @@ def test_best_values_marked_failures_shown_references_sorted(report):
     assert best["F1"] == "**0.520**" and best["EM"] == "**0.300**" and best["ppl"] == "**8.50**"
     assert by[("attention", "autoregressive", "1", "pre")]["F1"] == "0.500"  # not best: not bold
     assert by[("attention", "diffusion", "0", "pre")]["ppl bound (diffusion)"] == "**22.75**"
-    assert by[("wave_modulation", "autoregressive", "0", "pre")]["train tok/s"] == "**9,100**"
-    assert by[("wave_modulation", "autoregressive", "0", "pre")]["answer ms"] == "**4.0**"
+    # speeds measured on a (shared) CPU: marked indicative, never bolded
+    assert by[("wave_modulation", "autoregressive", "0", "pre")]["train tok/s"] == "~9,100"
+    assert by[("wave_modulation", "autoregressive", "0", "pre")]["answer ms"] == "~4.0"
+    assert "`~`: a speed measured on a CPU, indicative only" in text
+    # where the time went: training and evaluation seconds per cell
+    assert best["train s"] == "12.5" and best["eval s"] == "43.2"
     assert best["peak VRAM"] == "n/a"  # CPU rows: never a made-up number
     # the failed cell is shown, last, with its error (the "|" in it escaped)
     failed = rows[-1]
@@ -230,3 +235,31 @@ def test_malformed_file_is_refused_naming_the_line(tmp_path):
     assert r.returncode == 2
     err = r.stderr.strip()
     assert err.startswith("error: ") and "g.jsonl:2: not a JSON object" in err and len(err.splitlines()) == 1
+
+
+def test_report_lists_expected_but_missing_cells_and_ties_and_gpu_speeds(tmp_path):
+    """A grid killed inside its last cell: the report says which expected cell has no row. Ties are not
+    bold; a GPU speed is bold; the state-size header names T."""
+    from harness.cell import Cell
+    from harness.results import write_expected
+
+    results = tmp_path / "results" / "g.jsonl"
+    cells = [Cell(task="jsquad", mixer=m, objective="autoregressive", preset="tiny", budget="tokens=1")
+             for m in ("attention", "mamba", "gated_context")]
+    write_expected(results, cells)
+    gpu = {"device": "NVIDIA H200"}
+    for c, tps in zip(cells[:2], (5000.0, 7000.0)):
+        m = _qa(0.0, 0.1 if c.mixer == "attention" else 0.2, ppl=9.0, tps=tps)
+        m["state_T"] = 158
+        append_row(results, _row(c.mixer, c.objective, key=c.key(), metrics=m, **gpu))
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    text = (tmp_path / "reports" / "g" / "README.md").read_text()
+    assert "2 model cells (2 ok, 0 failed, **1 of 3 expected missing**)" in text
+    assert "**Missing cells**" in text and "gated_context x autoregressive (seed 0)" in text
+    qa = _table(text, "## jsquad")
+    head = _cells(qa[0])
+    rows = {r["mixer"]: r for r in (dict(zip(head, _cells(ln))) for ln in qa[2:])}
+    assert rows["attention"]["EM"] == rows["mamba"]["EM"] == "0.000"  # a tie: no bold
+    assert rows["attention"]["ppl"] == "9.00"
+    assert rows["mamba"]["train tok/s"] == "**7,000**"  # measured on a GPU: bold
+    assert "state floats at T=158" in head

@@ -54,3 +54,47 @@ def test_concurrent_writers_never_interleave(tmp_path):
         pr.join()
     rows = read_rows(p)
     assert len(rows) == 40 and len({r["key"] for r in rows}) == 40
+
+
+def test_untracked_files_in_a_package_make_the_commit_dirty(tmp_path):
+    """A new, uncommitted mixer file changes what runs: the row's commit must say +dirty. A new file
+    outside the packages (a results file) does not."""
+    import subprocess
+
+    from harness.env import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "mixers").mkdir()
+    (tmp_path / "mixers" / "__init__.py").write_text("")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert clean and not clean.endswith("+dirty")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "g.jsonl").write_text("{}\n")
+    git_commit.cache_clear()
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "mixers" / "my_mixer.py").write_text("x = 1\n")
+    git_commit.cache_clear()
+    assert git_commit(tmp_path) == clean + "+dirty"
+    git_commit.cache_clear()
+
+
+def test_grid_manifest_is_a_union_written_whole(tmp_path):
+    from harness.cell import Cell
+    from harness.results import expected_path, read_expected, write_expected
+
+    results = tmp_path / "results" / "g.jsonl"
+    a = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=1")
+    b = Cell(task="jsquad", mixer="mamba", objective="diffusion", preset="tiny", budget="tokens=1")
+    write_expected(results, [a])
+    write_expected(results, [a, b])  # a second invocation of the same grid adds its cells
+    cells = read_expected(expected_path(results))
+    assert [c["key"] for c in cells] == [a.key(), b.key()] and cells[1]["label"] == b.label()
+    assert [p.name for p in results.parent.iterdir()] == ["g.expected.json"]  # no temporary left behind
+    expected_path(results).write_text("{not json")
+    with pytest.raises(ResultsFileError, match="g.expected.json: not a grid manifest"):
+        read_expected(expected_path(results))

@@ -62,6 +62,12 @@ class Objective:
         """(summed NLL of target tokens, number of target tokens): exp(sum / n) is the perplexity."""
         raise NotImplementedError
 
+    def selection_nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """`nll` as the trainer's dev checks compute it for checkpoint selection: the same by default;
+        an objective whose reported NLL is an expensive estimate (a Monte Carlo bound) returns a cheap,
+        deterministic one here, so a dev check costs little whatever the budget."""
+        return self.nll(model, batch)
+
     def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
         """Answer token ids for each prompt, cut before the first EOS."""
         raise NotImplementedError

@@ -1,0 +1,85 @@
+"""Evaluation cost is bounded and visible: dev checks score a fixed sample of at most `dev_tokens`
+tokens with the objective's cheap selection estimator, and the time they take is recorded."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from harness import objectives
+from harness.budget import Budget
+from harness.data import SeqSet, SpecialTokens
+from harness.model import LM, LMConfig
+from harness.train import TrainConfig, dev_sample, train
+
+SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+
+
+def _data(n: int, T: int = 12, seed: int = 0) -> SeqSet:
+    rng = np.random.default_rng(seed)
+    seqs = [[2, *rng.integers(6, 20, size=T - 4).tolist(), 4, int(rng.integers(6, 20)), 3] for _ in range(n)]
+    return SeqSet.from_lists(seqs, [[False] * (T - 2) + [True, True] for _ in seqs], 0)
+
+
+def _model(causal: bool = True) -> LM:
+    torch.manual_seed(0)
+    return LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=causal, mlp_hidden=32))
+
+
+class Counting:
+    """An objective that counts the tokens its dev checks (selection_nll) and final scoring (nll) read."""
+
+    def __init__(self, inner):
+        self.inner, self.causal, self.selection_tokens, self.nll_tokens = inner, inner.causal, [], []
+
+    def loss(self, *a, **k):
+        return self.inner.loss(*a, **k)
+
+    def selection_nll(self, model, batch):
+        self.selection_tokens.append(batch.n_tokens)
+        return self.inner.selection_nll(model, batch)
+
+    def nll(self, model, batch):
+        self.nll_tokens.append(batch.n_tokens)
+        return self.inner.nll(model, batch)
+
+
+@pytest.mark.parametrize("n_dev", [20, 20_000])
+def test_a_huge_dev_set_does_not_raise_the_evaluated_tokens_past_the_bound(n_dev):
+    """A planted dev set 1000x larger costs each dev check no more tokens than the bound."""
+    bound, checks = 600, 3
+    obj = Counting(objectives.build("autoregressive", SPECIAL, "chunked"))
+    cfg = TrainConfig(batch_size=8, lr=3e-3, progress=False, eval_points=checks, dev_tokens=bound)
+    res = train(_model(), obj, _data(64), _data(n_dev, seed=1), Budget.parse("tokens=600"), cfg, torch.device("cpu"))
+    assert len(res.loss_curve) == checks
+    assert obj.nll_tokens == []  # dev checks use the selection estimator only
+    assert sum(obj.selection_tokens) <= checks * bound
+    assert res.dev_tokens == sum(obj.selection_tokens) // checks == min(n_dev * 12, bound // 12 * 12)
+    assert res.dev_seconds > 0
+
+
+def test_dev_sample_is_fixed_whole_sequences_within_the_bound():
+    dev = _data(1000)
+    a, b = dev_sample(dev, 1200), dev_sample(dev, 1200)
+    assert a.n_tokens <= 1200 and len(a) == 100
+    assert torch.equal(a.ids, b.ids)  # the same sample every check, every cell
+    assert dev_sample(dev, 0) is dev and dev_sample(dev, 10**9) is dev  # 0: no bound; under the bound: all
+    assert len(dev_sample(dev, 5)) == 1  # never empty
+
+
+def test_diffusion_selection_uses_fewer_mask_samples_than_the_reported_bound():
+    """The dev checks' estimate runs `dev_nll_samples` forward passes per batch; the reported bound
+    keeps `nll_samples`. Both are deterministic (fixed seed), so checkpoints are ranked consistently."""
+    obj = objectives.build("diffusion", SPECIAL, "chunked", gen_length=4, steps=4)
+    assert (obj.opts.nll_samples, obj.opts.dev_nll_samples) == (8, 2)
+    model = _model(causal=False)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    batch = next(_data(8).iter_batches(8))
+    with torch.no_grad():
+        sel = obj.selection_nll(model, batch)
+        assert len(calls) == 2
+        full = obj.nll(model, batch)
+        assert len(calls) == 2 + 8
+        assert torch.equal(obj.selection_nll(model, batch)[0], sel[0])  # fixed seed: the same number
+    assert sel[1] == full[1] and torch.isfinite(sel[0])
