@@ -169,11 +169,11 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         if cell.dev_tokens is not None:
             tcfg.dev_tokens = cell.dev_tokens
         budget = Budget.parse(cell.budget)
-        t_train = time.perf_counter()
-        timing["prepare_s"] = round(t_train - t_start, 2)
         if cell.lr_sweep:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
             row["lr_sweep"] = _lr_sweep(cell, ctx, cfg, objective, data, budget, tcfg)
             tcfg.lr = row["lr_sweep"]["best_lr"]
+        t_train = time.perf_counter()
+        timing["prepare_s"] = round(t_train - t_start, 2)
         corpus = ctx.pretrain_corpus(cell, data)
         res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device,
                     dist=ctx.dist, pretrain=(corpus, cell.pretrain["frac"]) if corpus else None)
