@@ -21,7 +21,7 @@ from pathlib import Path
 
 import mixers
 import tasks
-from harness import distributed, executors, objectives
+from harness import distributed, executors, lr_sweep, objectives
 from harness.budget import Budget, BudgetError
 from harness.cell import Cell, RunContext, check_cell
 from harness.loss import LOSS_IMPLS
@@ -34,6 +34,9 @@ from harness.results import ResultsFileError, append_row, done_keys, write_expec
 from tasks import DataError, PrepareContext
 
 DEFAULT_BUDGET = "tokens=2000000"
+# --lr default: every cell picks its own rate by a short sweep (README, "Learning rate": measured);
+# $WAVEBENCH_LR overrides it (the tests set "preset": they test other things, at less cost)
+DEFAULT_LR = "auto"
 # --quick: the smoke run of every cell in CPU minutes (explicit flags still win). It shows the harness
 # working end to end, not which mixer is better: tiny models, a tiny budget, few scored questions.
 QUICK = {"preset": "tiny", "budget": "tokens=20000", "dev_tokens": 4096, "task_opts": {"eval_limit": "100"}}
@@ -65,6 +68,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=None,
                    help=f"tokens=N | seconds=S | a100_seconds=S (per cell; default: the task's, else {DEFAULT_BUDGET})")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--lr", default=os.environ.get("WAVEBENCH_LR", DEFAULT_LR),
+                   help="learning rate: a number, 'preset' (the preset's), or 'auto' (= --lr-sweep auto; "
+                        f"default: $WAVEBENCH_LR, else {DEFAULT_LR})")
+    p.add_argument("--lr-sweep", default=None, metavar="RATES|auto",
+                   help="per cell, short runs at each rate (e.g. 3e-4,1e-3,3e-3), the best by dev loss trains "
+                        "under the full budget; 'auto': the preset's rate and its log-grid neighbours")
+    p.add_argument("--lr-sweep-frac", type=float, default=lr_sweep.DEFAULT_FRAC,
+                   help="each short run's budget, as a fraction of the cell's (default: %(default)s)")
     p.add_argument("--norm", default="pre", choices=NORMS, help="norm placement in every block")
     p.add_argument("--data-dir", default=os.environ.get("WAVEBENCH_DATA_DIR"),
                    help="directory with JGLUE JSON files (default: $WAVEBENCH_DATA_DIR, else download)")
@@ -111,6 +122,27 @@ def _ints(arg: str, flag: str) -> list[int]:
         return [int(v) for v in arg.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{flag} takes comma-separated integers, got {arg!r}") from None
+
+
+def lr_choice(args: argparse.Namespace) -> tuple[float, dict | None]:
+    """(fixed rate or 0 for the preset's, the sweep spec or None) from --lr / --lr-sweep."""
+    preset_lr = get_preset(args.preset).lr
+    text = args.lr_sweep or (args.lr if args.lr == "auto" else None)
+    if text:
+        if args.lr not in ("auto", "preset"):
+            raise ValueError(f"--lr {args.lr} fixes the rate; it cannot be combined with --lr-sweep")
+        lr_sweep.short_budget(Budget("tokens", 1.0), args.lr_sweep_frac)  # validates the fraction
+        rates = "auto" if text.strip() == "auto" else lr_sweep.parse_rates(text, preset_lr)  # auto: resolved per cell
+        return 0.0, {"rates": rates, "frac": args.lr_sweep_frac}
+    if args.lr == "preset":
+        return 0.0, None
+    try:
+        lr = float(args.lr)
+    except ValueError:
+        raise ValueError(f"--lr takes a number, 'preset' or 'auto', got {args.lr!r}") from None
+    if not lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr!r}")
+    return lr, None
 
 
 def summary(m: dict) -> str:
@@ -211,10 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.pretrain else None
     dist, device = distributed.init(args.device)  # under torchrun: this rank's device, process group up
 
+    lr, sweep_lr = lr_choice(args)
     cells = [
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
-             compile=args.compile, no_compile=args.no_compile, pretrain=pretrain, dev_tokens=args.dev_tokens)
+             compile=args.compile, no_compile=args.no_compile, pretrain=pretrain, dev_tokens=args.dev_tokens,
+             lr=lr, lr_sweep=sweep_lr)
         for s in seeds for o in objective_names for m in mixer_names
     ]
     if args.sweep:
@@ -230,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             c_data = ctx.task_data(t, c)
             p = t.model_preset(get_preset(args.preset), c_data.vocab_size)
             check_budget(budget, c_data.train, p.batch_size, p.batch_tokens)
+            if sweep_lr:  # each short run must cover a batch too
+                check_budget(lr_sweep.short_budget(budget, sweep_lr["frac"]), c_data.train, p.batch_size, p.batch_tokens)
             ctx.pretrain_corpus(c, c_data)  # a missing or empty corpus stops here; tokens are cached once
         for c in cells:  # every model once on the meta device: a bad option value stops here, in one line
             check_cell(c, ctx.task_data(tasks.build(args.task, **c.task_opts), c))
@@ -255,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         t = row.get("timing") or {}
         secs = f" train {t.get('train_s', 0):.0f}s eval {t.get('dev_s', 0) + t.get('eval_s', 0):.0f}s" if t else ""
         if row["status"] == "ok":
-            _say(f"  ok     {cell.label()}: {summary(m)} params={row['params']:,}{secs}")
+            sw = row.get("lr_sweep")
+            picked = f" lr={sw['best_lr']:g} (sweep {sw['tokens']:,} tok, {sw['seconds']:.0f} s)" if sw else ""
+            _say(f"  ok     {cell.label()}: {summary(m)} params={row['params']:,}{secs}{picked}")
         else:
             _say(f"  FAILED {cell.label()}: {row['error']}")
     if dist.is_main:  # the task's floors and ceilings (non-neural, seconds): rows beside the cells, once per grid

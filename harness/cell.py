@@ -22,7 +22,7 @@ import torch
 
 import mixers
 import tasks
-from harness import objectives
+from harness import lr_sweep, objectives
 from harness import distributed as ddp
 from harness import pretrain as pt
 from harness.budget import Budget, BudgetMeter
@@ -70,6 +70,8 @@ class Cell:
     dev_tokens: int | None = None  # tokens a dev check scores (None: TrainConfig's default bound)
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
     pretrain: dict[str, Any] | None = None  # harness.pretrain.PretrainSpec as a dict: sources, frac, max_chars
+    lr: float = 0.0  # learning rate override (0: the preset's)
+    lr_sweep: dict[str, Any] | None = None  # {"rates": [...], "frac": F}: pick the rate per cell (harness/lr_sweep.py)
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
@@ -89,7 +91,7 @@ class Cell:
         return self.compile or (device.type == "cuda" and not self.no_compile)
 
 
-_KEY_IF_SET = ("d_model", "sweep", "pretrain", "dev_tokens", "no_compile")
+_KEY_IF_SET = ("d_model", "sweep", "pretrain", "dev_tokens", "lr", "lr_sweep", "no_compile")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -181,12 +183,15 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
 
         compiled = cell.compiles(ctx.device)
         tf32 = enable_tf32(ctx.device)
-        tcfg = TrainConfig(batch_size=preset.batch_size, batch_tokens=preset.batch_tokens, lr=preset.lr,
+        tcfg = TrainConfig(batch_size=preset.batch_size, batch_tokens=preset.batch_tokens, lr=cell.lr or preset.lr,
                            seed=cell.seed, compile=compiled, progress=ctx.progress, pad_to=PAD_TO,
                            report=lambda f: f is None or ctx.phase(f"train {min(int(100 * f), 100)}%", TRAIN_SHARE * f))
         if cell.dev_tokens is not None:
             tcfg.dev_tokens = cell.dev_tokens
         budget = Budget.parse(cell.budget)
+        if cell.lr_sweep:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
+            row["lr_sweep"] = _lr_sweep(cell, ctx, cfg, objective, data, budget, tcfg)
+            tcfg.lr = row["lr_sweep"]["best_lr"]
         t_train = time.perf_counter()
         timing["prepare_s"] = round(t_train - t_start, 2)
         corpus = ctx.pretrain_corpus(cell, data)
@@ -214,6 +219,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         answers = lambda n, m: ctx.phase(f"evaluate answers {n}/{m}", TRAIN_SHARE + 0.3 * n / max(m, 1))  # noqa: E731
         metrics = task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size, progress=answers)
         samples = metrics.pop("samples", None)
+        per_question = metrics.pop("per_question", None)  # {"id": [...], metric: [...]}: paired bootstrap in reports
         bound = lambda n, m: ctx.phase(f"evaluate {objective.ppl_key} {n}/{m}", 0.8 + 0.2 * n / max(m, 1))  # noqa: E731
         eval_nll = dev_loss(model, objective, data.eval.to(ctx.device), tcfg.eval_batch_size, ctx.device,
                             progress=bound)
@@ -225,6 +231,8 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         metrics.update(mfu(model, res.tokens_per_s, mean_len, ctx.device, row["device"]))
         row["metrics"] = metrics
         row["samples"] = samples
+        if per_question:
+            row["per_question"] = per_question
         row["backend"] = {"mixer": model.backends(), "loss": loss_impl}
         timing["eval_s"] = round(time.perf_counter() - t_eval, 2)
         row["status"] = "ok"
@@ -242,6 +250,20 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
     return row if ctx.dist.is_main else None  # [DDP] one row per cell, from rank 0
+
+
+def _lr_sweep(cell: Cell, ctx: RunContext, cfg, objective, data: TaskData, budget: Budget, tcfg: TrainConfig) -> dict:
+    def fresh_model() -> LM:  # the same init as the full run
+        torch.manual_seed(cell.seed)
+        return LM(cfg).to(ctx.device)
+
+    where = ctx.cache_dir / "lr_sweep" / f"{cell.key()}-{ctx.device.type}.json"  # seconds budgets depend on the device
+    cache = None if ctx.dist.active else lr_sweep.TrialCache(where)
+    trial = lr_sweep.train_trial(fresh_model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), tcfg,
+                                 ctx.device, dist=ctx.dist)
+    rates = cell.lr_sweep["rates"]  # "auto": around this cell's rate (the preset's, or the task's lr option)
+    rates = lr_sweep.auto_rates(tcfg.lr) if rates == "auto" else rates
+    return lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], budget, trial, cache)
 
 
 TRAIN_SHARE = 0.5  # of a cell's progress bar: training, then the evaluation's answers and perplexity

@@ -18,9 +18,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from reports import bench, figures
+from reports import bench, figures, seeds
 from reports.load import Results, is_reference, load
-from reports.tables import (esc, full_split_table, grid_table, legend, primary_metric, reference_rules, seed_table)
+from reports.tables import (esc, full_split_table, grid_table, legend, primary_metric, reference_rules)
 
 PROTOCOLS = {
     "jsquad": "official JGLUE JSQuAD v1.3: train on `train` (minus a dev slice of whole articles for checkpoint "
@@ -205,13 +205,16 @@ def group_section(task: str, protocol: str, rows: list[dict[str, Any]], out_dir:
     if full:
         lines += ["References on the **whole** evaluation split (the models above scored a sample of it):", "",
                   full, ""]
-    seeds = seed_table(rows)
     models = [r for r in rows if not is_reference(r) and r["status"] == "ok"]
-    if seeds:
-        lines += ["### Across seeds (mean ± sd)", "", seeds, ""]
-    elif models:
+    agg = seeds.seed_section(rows, key)
+    if agg:
+        lines += ["### Across seeds: mean ± 95% interval, and each mixer against attention", "", *agg, ""]
+    if models and len({r.get("seed") for r in models}) < 2:
         lines += ["One seed per cell: a difference smaller than the seed-to-seed spread is not evidence "
                   "(run `--seeds 0,1,2` for a spread).", ""]
+    sweep = seeds.lr_sweep_section(rows)
+    if sweep:
+        lines += ["### Learning-rate sweep", "", *sweep, ""]
     figs = []
     if key:
         figs.append(("score by mixer", figures.score_by_mixer(rows, key, title, out_dir / f"{prefix}_{key}_by_mixer.png")))

@@ -21,6 +21,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from reports.columns import fmt_bytes, fmt_count
 from reports.load import finite, is_reference
+from reports.stats import mean_ci
 from reports.tables import label, metric, reference_kind
 
 METRIC_LABELS = {
@@ -117,7 +118,8 @@ def _log2_axis(ax, values: Sequence[float]) -> None:
 # ----------------------------------------------------------------------------- grid figures
 
 def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path) -> Path | None:
-    """Primary metric per mixer, one bar per objective (mean and sd over seeds), references as lines."""
+    """Primary metric per mixer, one bar per objective (mean and 95% t-interval over seeds, as in the
+    report's table), references as lines."""
     models = [r for r in _ok_models(rows) if metric(r, key) is not None and not r.get("sweep")]
     norms = len({r.get("norm") for r in models}) > 1  # norm variants get their own bars, never averaged
     data = pd.DataFrame([{"mixer": r["mixer"] + (f"\n{r.get('norm')}-norm" if norms else ""),
@@ -129,7 +131,7 @@ def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path)
     with _style():
         fig, axes = _figure(size=(max(9.0, 1.3 * n_mix + 6.0), 4.5))
         ax = axes[0, 0]
-        sns.barplot(data=data, x="mixer", y=key, hue="objective", errorbar="sd" if multi_seed else None,
+        sns.barplot(data=data, x="mixer", y=key, hue="objective", errorbar=_t_interval if multi_seed else None,
                     palette="Set2", ax=ax, order=sorted(data["mixer"].unique()), zorder=2)
         for cont in ax.containers:
             ax.bar_label(cont, fmt="%.3f", fontsize="x-small", padding=2)
@@ -139,9 +141,20 @@ def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path)
         ax.set_ylabel(METRIC_LABELS.get(key, key))
         ax.set_xlabel("token mixer")
         ax.set_title(f"{title}: {key.upper() if len(key) <= 3 else key} by mixer"
-                     + (" (bars: mean ± sd over seeds)" if multi_seed else ""))
+                     + (f" (bars: mean ± 95% t-interval over seeds, n={_n_text(data, key)})" if multi_seed else ""))
         _legend_outside(ax, "objective / reference")
     return _save(fig, path)
+
+
+def _t_interval(values) -> tuple[float, float]:
+    """seaborn errorbar callable: the 95% Student-t interval of the mean (none for one value)."""
+    ci = mean_ci(list(values))
+    return (ci.lo, ci.hi) if ci.lo is not None else (ci.mean, ci.mean)
+
+
+def _n_text(data: pd.DataFrame, key: str) -> str:
+    ns = sorted(set(data.groupby(["mixer", "objective"])[key].size()))
+    return "/".join(str(n) for n in ns)
 
 
 def loss_curves(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:

@@ -8,7 +8,6 @@ floors and the ceiling is visible at a glance; failed cells come last with their
 """
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from typing import Any
 
@@ -196,33 +195,6 @@ def decode_paths_line(rows: list[dict[str, Any]]) -> str:
     return "- decoding path of `answer ms`: " + ("; ".join(parts) if parts else "n/a") + \
         ". Autoregressive cells decode with carried state (KV cache for attention, constant-size state for the " \
         "others: `python -m harness.bench_decode`); masked diffusion reruns the whole sequence at every sampler step."
-
-
-def seed_table(rows: list[dict[str, Any]]) -> str | None:
-    """Mean ± sample sd over seeds, for configurations run with more than one seed."""
-    metrics = [k for k in ("em", "f1", "accuracy", "ppl", "ppl_bound") if any(metric(r, k) is not None for r in rows)]
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        if not is_reference(r) and r["status"] == "ok":
-            sweep = tuple(sorted((r.get("sweep") or {}).items()))
-            groups[(r["mixer"], r["objective"], r.get("norm"), sweep)].append(r)
-    multi = {k: v for k, v in groups.items() if len({r.get("seed") for r in v}) > 1}
-    if not multi or not metrics:
-        return None
-    headers = {c.key: c.header for c in COLUMNS}
-    lines = ["| mixer | objective | norm | sweep | seeds | " + " | ".join(headers.get(k, k) for k in metrics) + " |",
-             "|---|---|---|---|---:|" + "---:|" * len(metrics)]
-    for (mixer, obj, norm, sweep), rs in sorted(multi.items(), key=lambda kv: str(kv[0])):
-        cells = []
-        for k in metrics:
-            vals = [v for v in (metric(r, k) for r in rs) if v is not None]
-            if len(vals) > 1:
-                cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}")
-            else:
-                cells.append(f"{vals[0]:.3f}" if vals else "—")
-        sw = ", ".join(f"{k}={v}" for k, v in sweep) or "—"
-        lines.append(f"| {esc(mixer)} | {esc(obj)} | {esc(norm)} | {sw} | {len(rs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def full_split_table(rows: list[dict[str, Any]]) -> str | None:

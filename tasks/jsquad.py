@@ -331,11 +331,15 @@ class JSQuAD(Task):
             latency = latency_ms(lambda i: objective.generate(model, [prompts[i]], self.opts.max_answer_tokens, 1),
                                  min(self.opts.latency_n, len(prompts)), device)
         scores = corpus_scores(preds, golds)
+        per = [score(pr, it.answers) for (_, it), pr in zip(data.items, preds)]  # (em, f1) per question
         # a few predictions by question id: no dataset text (questions, gold answers) lands in results
-        samples = [dict(zip(("qid", "pred", "em", "f1"), (it.qid, pr, *score(pr, it.answers))))
-                   for (_, it), pr in list(zip(data.items, preds))[:5]]
+        samples = [{"qid": it.qid, "pred": pr, "em": em, "f1": f1}
+                   for ((_, it), pr, (em, f1)) in list(zip(data.items, preds, per))[:5]]
+        # every question's EM/F1 by id (ids and numbers only), for paired comparisons across cells
+        per_question = {"id": [it.qid for _, it in data.items], "em": [int(em) for em, _ in per],
+                        "f1": [round(float(f1), 4) for _, f1 in per]}
         return {**scores, "gen_latency_ms": latency, "decode_path": objective.decode_path(model), "eval_n": len(preds),
-                "samples": samples}
+                "samples": samples, "per_question": per_question}
 
 
 class _Encoder:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fixtures.jsquad_mini import write_offline, write_official  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# grids in tests train at the preset's rate unless a test asks for a sweep (tests/test_lr_sweep.py does)
+os.environ.setdefault("WAVEBENCH_LR", "preset")
 
 SHARED_JSQUAD = ROOT.parent / "shared" / "data" / "jsquad-v1.3"
 

@@ -200,7 +200,9 @@ def test_best_values_marked_failures_shown_references_sorted(report):
     assert by[("attention", "diffusion", "0", "pre")]["vs best baseline"] == "below overlap_span (F1 -0.350)"
     # full-split figures of the references, and the multi-seed summary
     assert "| *overlap_span* | baseline | 0.262 | 0.463 | 4420 |" in text
-    assert re.search(r"\| attention \| autoregressive \| pre \| — \| 2 \| 0\.290 ± 0\.014 \| 0\.510 ± 0\.014", text)
+    # (mean ± half-width of the 95% t-interval: t_{0.975,1} = 12.706 times sd / sqrt(2) = 0.127)
+    assert re.search(r"\| attention \| autoregressive \| pre \| 2 \| 0\.290 ± 0\.127 \(n=2\) \| 0\.510 ± 0\.127 \(n=2\)",
+                     text)
 
 
 def test_benchmark_sections(report):

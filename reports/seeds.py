@@ -1,0 +1,144 @@
+"""The report sections that need more than one row per number: cells aggregated over seeds (mean ±
+95% interval, n shown), each mixer's difference from the attention cell with its significance, and
+the learning-rate sweeps that chose each cell's rate. Statistics in reports/stats.py; rows only.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from reports import stats
+from reports.load import finite, is_reference
+from reports.tables import esc, metric
+
+BASELINE_MIXER = "attention"  # the cell every mixer is compared with (same objective, norm, sweep point)
+SEED_METRICS = ("em", "f1", "accuracy", "ppl", "ppl_bound")
+HEADERS = {"em": "EM", "f1": "F1", "accuracy": "accuracy", "ppl": "ppl", "ppl_bound": "ppl bound"}
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """ok model rows by configuration (everything but the seed)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if not is_reference(r) and r["status"] == "ok":
+            sweep = tuple(sorted((r.get("sweep") or {}).items()))
+            groups[(r["mixer"], r["objective"], r.get("norm"), sweep)].append(r)
+    return groups
+
+
+def _lr_text(rs: list[dict[str, Any]]) -> str:
+    """The rate each seed trained at: '3e-3 (3/3 seeds)' or '1e-3, 3e-3, 3e-3' (by seed)."""
+    lrs = [(r.get("train") or {}).get("lr") for r in sorted(rs, key=lambda r: str(r.get("seed")))]
+    if any(lr is None for lr in lrs):
+        return "—"
+    if len(set(lrs)) == 1:
+        return f"{lrs[0]:g}" + (f" ({len(lrs)}/{len(lrs)} seeds)" if len(lrs) > 1 else "")
+    return ", ".join(f"{lr:g}" for lr in lrs)
+
+
+def _sweep_cost(rs: list[dict[str, Any]]) -> str:
+    sw = [r["lr_sweep"] for r in rs if r.get("lr_sweep")]
+    if not sw:
+        return "—"
+    from reports.columns import fmt_count
+
+    return f"{fmt_count(sum(s['tokens'] for s in sw) / len(sw))} tok, {sum(s['seconds'] for s in sw) / len(sw):.0f} s"
+
+
+def vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None, key: str) -> str:
+    """'+0.012 [+0.004, +0.020] **yes**', '… no', or 'n/a: why'."""
+    if base is None:
+        return f"n/a: no {BASELINE_MIXER} cell"
+    got = stats.aligned_scores(rs, base, key)
+    if isinstance(got, str):
+        return f"n/a: {got}"
+    d = stats.paired_bootstrap(*got)
+    mark = "**yes**" if d.significant else "no"
+    seeds = f", {d.n_seeds} seeds" if d.n_seeds > 1 else ""
+    return f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] {mark} ({d.n_questions} q{seeds})"
+
+
+def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
+    """Aggregated table (one line per configuration) and its legend; [] when there are no ok models."""
+    groups = _groups(rows)
+    if not groups:
+        return []
+    metrics = [k for k in SEED_METRICS if any(metric(r, k) is not None for rs in groups.values() for r in rs)]
+    norms = len({k[2] for k in groups}) > 1
+    sweeps = any(k[3] for k in groups)
+    swept = any(r.get("lr_sweep") for rs in groups.values() for r in rs)
+    compare = key in ("em", "f1", "accuracy") and len({k[0] for k in groups}) > 1
+    head = ["mixer", "objective", *(["norm"] if norms else []), *(["sweep"] if sweeps else []), "seeds",
+            *(HEADERS.get(k, k) for k in metrics), "lr", *(["LR sweep cost (per seed)"] if swept else []),
+            *([f"Δ {HEADERS.get(key, key)} vs {BASELINE_MIXER} [95% CI] significant?"] if compare else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|"]
+
+    def order(item):
+        (mixer, obj, norm, sweep), rs = item
+        vals = [metric(r, key) for r in rs if metric(r, key) is not None] if key else []
+        return (obj, str(norm), sweep, -(sum(vals) / len(vals)) if vals else 0.0, mixer)
+
+    for (mixer, obj, norm, sweep), rs in sorted(groups.items(), key=order):
+        cells = [esc(mixer), esc(obj), *([esc(norm)] if norms else []),
+                 *([", ".join(f"{k}={v}" for k, v in sweep) or "—"] if sweeps else []), str(len(rs))]
+        for k in metrics:
+            vals = [v for v in (metric(r, k) for r in rs) if v is not None]
+            cells.append(stats.mean_ci(vals).text(".3f" if k not in ("ppl", "ppl_bound") else ".2f") if vals else "—")
+        cells.append(_lr_text(rs))
+        if swept:
+            cells.append(_sweep_cost(rs))
+        if compare:
+            if mixer == BASELINE_MIXER:
+                cells.append("(reference)")
+            else:
+                cells.append(vs_baseline(rs, groups.get((BASELINE_MIXER, obj, norm, sweep)), key))
+        lines.append("| " + " | ".join(cells) + " |")
+    legend = ["Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "
+              "95% Student-t interval over seeds (n = seeds); *n=1, no interval* means a single run, whose "
+              "seed-to-seed spread is unknown."]
+    if compare:
+        legend.append(f"Δ vs {BASELINE_MIXER}: the mean per-question {HEADERS.get(key, key)} difference from the "
+                      f"{BASELINE_MIXER} cell of the same objective (same questions, same seeds), with its 95% "
+                      f"paired-bootstrap interval ({stats.RESAMPLES:,} resamples of the questions, seed {stats.SEED}); "
+                      "**yes** = the interval excludes 0 (significant at the 5% level, two-sided). It covers question "
+                      "sampling for these seeds; the ± columns show the seed-to-seed spread.")
+    if swept:
+        legend.append("lr: the rate each cell trained at, chosen by its learning-rate sweep (below); the sweep's cost "
+                      "is not part of the budget.")
+    return lines + [x for para in legend for x in ("", para)]  # one paragraph each
+
+
+def lr_sweep_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Every cell's sweep: dev loss of the short run at each rate, the pick, and the cost."""
+    swept = sorted((r for r in rows if not is_reference(r) and r["status"] == "ok" and r.get("lr_sweep")),
+                   key=lambda r: (r["objective"], r["mixer"], str(r.get("seed"))))
+    if not swept:
+        return []
+    rates = sorted({t["lr"] for r in swept for t in r["lr_sweep"]["table"]})
+    s0 = swept[0]["lr_sweep"]
+    lines = [f"Each cell first trained a short run at every rate ({s0['short_budget']} each, {s0['frac']:g} of the "
+             f"cell's budget), then its full budget at the rate with the lowest short-run dev loss "
+             f"(criterion: {esc(s0.get('criterion', 'lowest dev loss'))}). Dev loss in nats per target token; "
+             "bold: the rate chosen.", "",
+             "| mixer | objective | seed | " + " | ".join(f"lr {lr:g}" for lr in rates)
+             + " | chosen | sweep tokens | sweep s |",
+             "|---|---|---|" + "---:|" * (len(rates) + 3)]
+    total_tok = total_s = full_tok = 0.0
+    for r in swept:
+        sw = r["lr_sweep"]
+        by = {t["lr"]: t for t in sw["table"]}
+        cells = []
+        for lr in rates:
+            t = by.get(lr)
+            v = finite(t.get("dev_loss")) if t else None
+            text = "—" if t is None else ("diverged" if v is None else f"{v:.3f}")
+            cells.append(f"**{text}**" if lr == sw["best_lr"] else text)
+        lines.append(f"| {esc(r['mixer'])} | {esc(r['objective'])} | {r.get('seed')} | " + " | ".join(cells)
+                     + f" | {sw['best_lr']:g} | {sw['tokens']:,} | {sw['seconds']:.0f} |")
+        total_tok += sw["tokens"]
+        total_s += sw["seconds"]
+        full_tok += r.get("tokens_seen") or 0
+    share = f" ({total_tok / full_tok:.0%} of the full runs' {full_tok:,.0f} tokens)" if full_tok else ""
+    lines += ["", f"The sweeps cost {total_tok:,.0f} training tokens{share} and {total_s:,.0f} s of wall time in all "
+              "(dev evaluations included), on top of the per-cell budget."]
+    return lines

@@ -1,0 +1,131 @@
+"""Statistics a report states with its numbers: intervals over seeds, and paired differences.
+
+- `mean_ci`: mean over seeds with a two-sided 95% Student-t interval (n >= 2); with n = 1 there is
+  no interval, and the report says so instead of showing a bare number as if it were settled.
+- `paired_bootstrap`: is mixer A's score different from mixer B's *on the same questions and the
+  same seeds*? Per question, the score difference is averaged over the shared seeds; the questions
+  are resampled with replacement (10,000 resamples, seeded) and the percentile interval of the mean
+  difference is read off. "Significant at 95%" means that interval excludes 0. Pairing removes the
+  questions' own difficulty from the comparison, which is why it can resolve differences that the
+  overlapping seed intervals cannot. What it does *not* cover: seeds beyond the ones run (the
+  seed-to-seed spread is the ± interval of each cell).
+
+Kept free of scipy (not a dependency): the t quantiles for 95% are tabulated.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+LEVEL = 0.95
+RESAMPLES = 10_000
+SEED = 0
+# two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30; above 30 a Cornish-Fisher expansion
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    if df < 1:
+        raise ValueError("t quantile needs df >= 1")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    mean: float
+    lo: float | None  # None when n = 1: no interval
+    hi: float | None
+    n: int
+
+    @property
+    def half(self) -> float | None:
+        return None if self.lo is None else (self.hi - self.lo) / 2
+
+    def text(self, spec: str = ".3f") -> str:
+        """'0.061 ± 0.004 (n=3)', or '0.061 (n=1, no interval)'."""
+        if self.half is None:
+            return f"{self.mean:{spec}} (n=1, no interval)"
+        return f"{self.mean:{spec}} ± {self.half:{spec}} (n={self.n})"
+
+
+def mean_ci(values: Sequence[float]) -> MeanCI:
+    """Mean and 95% t-interval of independent values (e.g. one score per seed)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        raise ValueError("mean_ci of no values")
+    m = float(v.mean())
+    if v.size == 1:
+        return MeanCI(m, None, None, 1)
+    half = t975(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return MeanCI(m, m - half, m + half, int(v.size))
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    diff: float  # mean over questions (and seeds) of a - b
+    lo: float
+    hi: float
+    n_questions: int
+    n_seeds: int
+    resamples: int
+    level: float
+
+    @property
+    def significant(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, level: float = LEVEL,
+                     seed: int = SEED) -> PairedDiff:
+    """Percentile bootstrap of mean(a - b), resampling questions; `a`, `b`: (seeds, questions) or
+    (questions,) arrays of per-question scores, aligned (same questions, same seeds, same order)."""
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    if a.shape != b.shape or a.shape[1] == 0:
+        raise ValueError(f"paired_bootstrap needs equal, non-empty shapes, got {a.shape} and {b.shape}")
+    d = (a - b).mean(axis=0)  # (Q,): per-question difference, averaged over seeds
+    q = d.size
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // q)  # bounded memory: resample indices in blocks
+    for s in range(0, resamples, chunk):
+        n = min(chunk, resamples - s)
+        means[s:s + n] = d[rng.integers(0, q, size=(n, q))].mean(axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return PairedDiff(float(d.mean()), float(lo), float(hi), q, a.shape[0], resamples, level)
+
+
+def aligned_scores(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], metric: str
+                   ) -> tuple[np.ndarray, np.ndarray] | str:
+    """Per-question `metric` of two cells' rows, paired by seed and question id: two (seeds, questions)
+    arrays, or the reason they cannot be paired (one line, shown in the report)."""
+    def per_seed(rows: list[dict[str, Any]]) -> dict[Any, dict[str, float]] | str:
+        out = {}
+        for r in rows:
+            pq = r.get("per_question")
+            if not pq or metric not in pq or "id" not in pq:
+                return "no per-question scores in the rows (written before they were recorded)"
+            if len(pq["id"]) != len(pq[metric]):
+                return "malformed per-question scores"
+            out[r.get("seed")] = dict(zip(pq["id"], pq[metric]))
+        return out
+
+    sa, sb = per_seed(rows_a), per_seed(rows_b)
+    for s in (sa, sb):
+        if isinstance(s, str):
+            return s
+    seeds = sorted(set(sa) & set(sb), key=str)
+    if not seeds:
+        return "no seed in common"
+    ids = sorted(set.intersection(*(set(sa[s]) & set(sb[s]) for s in seeds)))
+    if not ids or any(len(sa[s]) != len(ids) or len(sb[s]) != len(ids) for s in seeds):
+        return "not scored on the same questions"
+    return (np.array([[sa[s][i] for i in ids] for s in seeds]), np.array([[sb[s][i] for i in ids] for s in seeds]))

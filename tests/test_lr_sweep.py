@@ -1,0 +1,100 @@
+"""The per-cell learning-rate sweep: choice, cost in the row, caching, and the report's sections."""
+from __future__ import annotations
+
+import pytest
+
+import run_matrix
+from harness import lr_sweep
+from harness.budget import Budget
+from harness.results import cell_rows, read_rows
+
+
+def _fake(losses: dict[float, float | None], calls: list[float]):
+    """A planted trainer: dev loss per rate (None = diverged), 10 tokens and 2 s per 1,000 budget tokens."""
+    def trial(lr: float, budget: Budget) -> lr_sweep.Trial:
+        calls.append(lr)
+        return lr_sweep.Trial(lr, losses[lr], int(budget.amount), 2.0 * budget.amount / 1000)
+
+    return trial
+
+
+def test_sweep_picks_the_lowest_dev_loss_and_records_its_cost():
+    calls: list[float] = []
+    rec = lr_sweep.run_sweep([3e-4, 1e-3, 3e-3], 0.25, Budget("tokens", 4000),
+                             _fake({3e-4: 2.5, 1e-3: 2.1, 3e-3: None}, calls))
+    assert rec["best_lr"] == 1e-3 and rec["best_dev_loss"] == 2.1
+    assert calls == [3e-4, 1e-3, 3e-3] and rec["short_budget"] == "tokens=1000"
+    assert [(t["lr"], t["dev_loss"], t["tokens"]) for t in rec["table"]] == [(3e-4, 2.5, 1000), (1e-3, 2.1, 1000),
+                                                                           (3e-3, None, 1000)]
+    assert rec["tokens"] == 3000 and rec["seconds"] == pytest.approx(6.0)
+    with pytest.raises(FloatingPointError, match="every short run diverged"):
+        lr_sweep.run_sweep([1e-3], 0.5, Budget("tokens", 4000), _fake({1e-3: None}, []))
+
+
+def test_sweep_reuses_cached_short_runs(tmp_path):
+    calls: list[float] = []
+    path = tmp_path / "c.json"
+    budget = Budget("tokens", 4000)
+    lr_sweep.run_sweep([1e-3, 3e-3], 0.25, budget, _fake({1e-3: 2.0, 3e-3: 1.5}, calls), lr_sweep.TrialCache(path))
+    rec = lr_sweep.run_sweep([1e-3, 3e-3, 1e-2], 0.25, budget, _fake({1e-3: 9.0, 3e-3: 9.0, 1e-2: 1.7}, calls),
+                             lr_sweep.TrialCache(path))
+    assert calls == [1e-3, 3e-3, 1e-2]  # the second sweep ran only the new rate
+    assert rec["reused"] == 2 and rec["best_lr"] == 3e-3  # cached 1.5 beats the new 1.7
+
+
+def test_rates_parse_and_auto_follows_the_preset():
+    assert lr_sweep.auto_rates(3e-3) == [1e-3, 3e-3, 1e-2]
+    assert lr_sweep.auto_rates(1e-3) == [3e-4, 1e-3, 3e-3]
+    assert lr_sweep.auto_rates(6e-4) == [3e-4, 1e-3, 3e-3]
+    assert lr_sweep.parse_rates("3e-4, 1e-3,1e-3", 1e-3) == [3e-4, 1e-3]
+    for bad in ("fast", "0", "-1e-3", ""):
+        with pytest.raises(ValueError):
+            lr_sweep.parse_rates(bad, 1e-3)
+
+
+def _args(data_dir, out, cache, *extra):
+    return ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(data_dir), "--out", str(out),
+            "--cache-dir", str(cache), "--no-progress", "--grid", "t", "--objectives", "autoregressive", *extra]
+
+
+def test_grid_with_sweep_trains_the_best_rate_and_reports_it(offline_dir, tmp_path, cache_dir, capsys):
+    """A tiny real run: the row keeps the sweep's table and cost (apart from the budget), trains at the
+    rate with the lowest short-run dev loss, stores per-question scores; the report shows both."""
+    out = tmp_path / "out"
+    args = _args(offline_dir, out, cache_dir, "--mixers", "attention,gated_context", "--lr-sweep", "1e-4,1e-2",
+                 "--lr-sweep-frac", "0.5")
+    assert run_matrix.main(args) == 0
+    rows = cell_rows(read_rows(out / "results" / "t.jsonl"))
+    assert len(rows) == 2
+    for r in rows:
+        assert r["status"] == "ok", r.get("error")
+        sw = r["lr_sweep"]
+        assert [t["lr"] for t in sw["table"]] == [1e-4, 1e-2] and sw["short_budget"] == "tokens=1500"
+        best = min(sw["table"], key=lambda t: t["dev_loss"])
+        assert sw["best_lr"] == best["lr"] == r["train"]["lr"]
+        assert all(t["tokens"] >= 1500 and t["seconds"] > 0 for t in sw["table"])
+        assert sw["tokens"] == sum(t["tokens"] for t in sw["table"])
+        assert r["tokens_seen"] < 3000 + 1000  # the full run's budget does not include the sweep
+        pq = r["per_question"]
+        assert len(pq["id"]) == len(pq["em"]) == len(pq["f1"]) == r["metrics"]["eval_n"]
+        assert sum(pq["f1"]) / len(pq["f1"]) == pytest.approx(r["metrics"]["f1"], abs=1e-3)
+    report = (out / "reports" / "t" / "README.md").read_text()
+    assert "### Learning-rate sweep" in report and "lr (swept)" in report
+    assert "n=1, no interval" in report and "vs attention" in report and "(reference)" in report
+
+    capsys.readouterr()  # a rerun of finished cells does nothing
+    assert run_matrix.main(args) == 0
+    assert "2 already done" in capsys.readouterr().out
+    assert len(cell_rows(read_rows(out / "results" / "t.jsonl"))) == 2
+
+
+def test_lr_flags_are_checked():
+    p = run_matrix.parser()
+    assert run_matrix.lr_choice(p.parse_args(["--preset", "tiny", "--lr", "preset"])) == (0.0, None)
+    assert run_matrix.lr_choice(p.parse_args(["--preset", "tiny", "--lr", "2e-3"])) == (2e-3, None)
+    lr, spec = run_matrix.lr_choice(p.parse_args(["--preset", "tiny", "--lr", "auto", "--lr-sweep-frac", "0.1"]))
+    assert lr == 0.0 and spec == {"rates": "auto", "frac": 0.1}  # resolved per cell, around its own rate
+    for bad in (["--lr", "2e-3", "--lr-sweep", "1e-3"], ["--lr", "fast"],
+                ["--lr-sweep", "auto", "--lr-sweep-frac", "2"]):
+        with pytest.raises(ValueError):
+            run_matrix.lr_choice(p.parse_args(["--preset", "tiny", *bad]))

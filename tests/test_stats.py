@@ -1,0 +1,95 @@
+"""Report statistics: intervals over seeds and the paired bootstrap, on planted data."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from reports import seeds, stats
+
+
+def test_mean_ci_n1_has_no_interval_and_says_so():
+    ci = stats.mean_ci([0.25])
+    assert ci.n == 1 and ci.lo is None and ci.half is None
+    assert ci.text() == "0.250 (n=1, no interval)"
+
+
+def test_mean_ci_n3_is_the_student_t_interval():
+    ci = stats.mean_ci([0.1, 0.2, 0.3])
+    half = 4.303 * 0.1 / math.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n)
+    assert ci.n == 3 and ci.mean == pytest.approx(0.2)
+    assert (ci.lo, ci.hi) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    assert ci.text() == f"0.200 ± {half:.3f} (n=3)"
+    assert stats.t975(1000) == pytest.approx(1.962, abs=2e-3)  # large df: close to the normal quantile
+
+
+def _planted(rng, q: int, n_seeds: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-question F1-like scores of two cells: shared question difficulty, independent noise, and a
+    planted mean difference `delta` (a - b)."""
+    difficulty = rng.uniform(0.0, 0.8, size=q)
+    a = np.clip(difficulty + delta + rng.normal(0, 0.15, size=(n_seeds, q)), 0, 1)
+    b = np.clip(difficulty + rng.normal(0, 0.15, size=(n_seeds, q)), 0, 1)
+    return a, b
+
+
+def test_paired_bootstrap_finds_a_planted_difference():
+    a, b = _planted(np.random.default_rng(1), q=300, n_seeds=3, delta=0.05)
+    d = stats.paired_bootstrap(a, b)
+    assert d.significant and d.lo > 0 and d.lo < d.diff < d.hi
+    assert d.diff == pytest.approx(0.05, abs=0.02)
+    assert (d.n_questions, d.n_seeds, d.resamples, d.level) == (300, 3, 10_000, 0.95)
+    assert not stats.paired_bootstrap(b, b).significant  # identical cells: difference exactly 0
+
+
+def test_paired_bootstrap_false_positive_rate_is_near_its_level():
+    """200 planted null datasets (no difference): the test at 95% flags about 5% of them. With 200
+    trials the count of false positives is Binomial(200, 0.05): mean 10, and 0..20 holds with
+    probability > 0.999."""
+    rng = np.random.default_rng(7)
+    flagged = 0
+    for i in range(200):
+        a, b = _planted(rng, q=100, n_seeds=1, delta=0.0)
+        flagged += stats.paired_bootstrap(a, b, resamples=1000, seed=i).significant
+    assert 1 <= flagged <= 20, flagged
+
+
+def _row(mixer: str, seed: int, f1: list[float], ids: list[str] | None = None, objective="autoregressive"):
+    ids = ids or [f"q{i}" for i in range(len(f1))]
+    return {"key": f"{mixer}{seed}{objective}", "mixer": mixer, "objective": objective, "seed": seed, "status": "ok",
+            "norm": "pre", "metrics": {"f1": float(np.mean(f1)), "em": 0.0}, "train": {"lr": 1e-3},
+            "per_question": {"id": ids, "em": [0] * len(f1), "f1": list(f1)}}
+
+
+def test_aligned_scores_pairs_by_seed_and_question_id_and_explains_failures():
+    a = [_row("m", 0, [0.1, 0.2], ["x", "y"]), _row("m", 1, [0.3, 0.4], ["x", "y"])]
+    b = [_row("attention", 1, [0.5, 0.6], ["y", "x"]), _row("attention", 0, [0.7, 0.8], ["y", "x"])]
+    xa, xb = stats.aligned_scores(a, b, "f1")
+    assert xa.tolist() == [[0.1, 0.2], [0.3, 0.4]] and xb.tolist() == [[0.8, 0.7], [0.6, 0.5]]
+    old = dict(a[0])
+    del old["per_question"]
+    assert "no per-question scores" in stats.aligned_scores([old], b, "f1")
+    assert "same questions" in stats.aligned_scores([_row("m", 0, [0.1, 0.2], ["x", "z"])], b[1:], "f1")
+    assert "no seed in common" in stats.aligned_scores([_row("m", 5, [0.1, 0.2], ["x", "y"])], b, "f1")
+
+
+def test_seed_section_aggregates_n1_and_n3_and_marks_significance():
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(3):
+        base = rng.uniform(0, 0.5, size=200)
+        rows.append(_row("attention", s, list(base)))
+        rows.append(_row("better", s, list(np.clip(base + 0.1, 0, 1))))
+        rows.append(_row("same", s, list(base)))
+    rows.append(_row("single", 0, [0.2] * 200))
+    old = _row("old", 0, [0.2] * 200)
+    del old["per_question"]
+    rows.append(old)
+    text = "\n".join(seeds.seed_section(rows, "f1"))
+    line = {l.split(" | ")[0].strip("| "): l for l in text.splitlines() if l.startswith("| ")}
+    assert "(n=3)" in line["better"] and "**yes**" in line["better"] and "+0.100" in line["better"]
+    assert "(n=3)" in line["same"] and "**yes**" not in line["same"] and "+0.000" in line["same"]
+    assert "n=1, no interval" in line["single"]
+    assert "(reference)" in line["attention"]
+    assert "n/a: no per-question scores" in line["old"]
+    assert "10,000 resamples" in text and "95%" in text
