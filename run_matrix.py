@@ -39,7 +39,9 @@ DEFAULT_BUDGET = "tokens=2000000"
 DEFAULT_LR = "auto"
 # --quick: the smoke run of every cell in CPU minutes (explicit flags still win). It shows the harness
 # working end to end, not which mixer is better: tiny models, a tiny budget, few scored questions.
-QUICK = {"preset": "tiny", "budget": "tokens=20000", "dev_tokens": 4096, "task_opts": {"eval_limit": "100"}}
+# It trains at the preset's rate (no sweep: the sweep would cost 1.5x the training again).
+QUICK = {"preset": "tiny", "budget": "tokens=20000", "dev_tokens": 4096, "lr": "preset",
+         "task_opts": {"eval_limit": "100"}}
 
 
 def _names(arg: str, registry, what: str) -> list[str]:
@@ -68,9 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=None,
                    help=f"tokens=N | seconds=S | a100_seconds=S (per cell; default: the task's, else {DEFAULT_BUDGET})")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
-    p.add_argument("--lr", default=os.environ.get("WAVEBENCH_LR", DEFAULT_LR),
+    p.add_argument("--lr", default=None,
                    help="learning rate: a number, 'preset' (the preset's), or 'auto' (= --lr-sweep auto; "
-                        f"default: $WAVEBENCH_LR, else {DEFAULT_LR})")
+                        f"default: $WAVEBENCH_LR, else 'preset' with --quick, else {DEFAULT_LR})")
     p.add_argument("--lr-sweep", default=None, metavar="RATES|auto",
                    help="per cell, short runs at each rate (e.g. 3e-4,1e-3,3e-3), the best by dev loss trains "
                         "under the full budget; 'auto': the preset's rate and its log-grid neighbours")
@@ -220,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         args.preset = args.preset or QUICK["preset"]
         args.budget = args.budget or QUICK["budget"]
         args.dev_tokens = QUICK["dev_tokens"] if args.dev_tokens is None else args.dev_tokens
+        args.lr = args.lr or os.environ.get("WAVEBENCH_LR") or QUICK["lr"]
         given = parse_kv(args.task_opt, "--task-opt")
         args.task_opt = [f"{k}={v}" for k, v in QUICK["task_opts"].items() if k in tasks.options_of(args.task)
                          and k not in given] + list(args.task_opt or [])
     args.preset = args.preset or "small"
+    args.lr = args.lr or os.environ.get("WAVEBENCH_LR") or DEFAULT_LR
     if args.dev_tokens is not None and args.dev_tokens < 0:
         raise ValueError(f"--dev-tokens must be >= 0 (0: the whole dev slice); got {args.dev_tokens}")
     mixer_names = _names(args.mixers, mixers.REGISTRY, "mixer")

@@ -203,3 +203,20 @@ def test_quick_sets_the_smoke_defaults_and_explicit_flags_win(offline_dir, tmp_p
     assert row["task_opts"] == {"eval_limit": "3"} and row["metrics"]["eval_n"] == 3
     assert 0 < row["train"]["dev_tokens"] <= run_matrix.QUICK["dev_tokens"]
     assert {"prepare_s", "train_s", "dev_s", "eval_s"} <= set(row["timing"])
+
+
+def test_quick_trains_at_the_preset_rate_unless_lr_is_given(offline_dir, tmp_path, cache_dir, monkeypatch):
+    """--quick skips the learning-rate sweep (it would cost 1.5x the training again); an explicit --lr
+    still wins, and without --quick the default stays the sweep."""
+    monkeypatch.delenv("WAVEBENCH_LR", raising=False)
+    out = tmp_path / "out"
+    base = ["--quick", "--budget", "tokens=3000", "--task-opt", "eval_limit=2", "--mixers", "attention",
+            "--objectives", "autoregressive", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--no-report"]
+    assert run_matrix.main(base + ["--grid", "q"]) == 0
+    [row] = _cells(out / "results" / "q.jsonl")
+    assert not row.get("lr_sweep") and row["train"]["lr"] == run_matrix.get_preset("tiny").lr
+    assert run_matrix.main(base + ["--grid", "q2", "--lr", "2e-3"]) == 0
+    [row] = _cells(out / "results" / "q2.jsonl")
+    assert row["train"]["lr"] == 2e-3
+    assert run_matrix.DEFAULT_LR == "auto"
