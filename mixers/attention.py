@@ -63,6 +63,8 @@ class Attention(Mixer):
     def __init__(self, d_model: int, causal: bool, opts=None, proj_norm: bool = False):
         super().__init__(d_model, causal, opts, proj_norm)
         hd = self.opts.head_dim
+        if hd <= 0 or hd % 2:
+            raise ValueError(f"attention: head_dim must be a positive even number (RoPE rotates pairs), got {hd}")
         if d_model % hd:
             raise ValueError(f"attention: d_model={d_model} is not a multiple of head_dim={hd}")
         self.n_heads = d_model // hd

@@ -122,7 +122,7 @@ def _cli(args):
     (["--budget", "tokens=5"], "error: budget tokens=5 is smaller than one batch"),
     (["--mixer-opt", "bogus=1"], "error: --mixer-opt bogus=1: no selected entry has option 'bogus'"),
     # a bad option *value* stops before the grid (every cell's model is built on the meta device first)
-    (["--mixer-opt", "attention.head_dim=-3"], "error: attention x autoregressive (seed 0): ValueError: attention:"),
+    (["--mixer-opt", "attention.head_dim=-3"], "error: attention x autoregressive (seed 0): ValueError: attention: head_dim must be a positive even"),
     (["--task-opt", "eval_limit=-5"], "error: jsquad: eval_limit must be >= 0"),
     (["--seeds", "a"], "error: --seeds takes comma-separated integers, got 'a'"),
     (["--dev-tokens", "-1"], "error: --dev-tokens must be >= 0"),
