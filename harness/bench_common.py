@@ -115,6 +115,18 @@ def bench_row(bench: str, device: torch.device, identity: dict[str, Any], **fiel
     }
 
 
+def run_and_report(label: str, name: str, run, cfg, device: torch.device, out_root, report: bool) -> int:
+    """The end of every benchmark's `main`: run `cfg` into results/<name>, then (`--report`) redraw."""
+    from pathlib import Path
+
+    out = Path(out_root) / "results" / name
+    print(f"{label} benchmark on {device}: rows -> {out}")
+    run(cfg, device, out)
+    if report:
+        rebuild_reports(out_root)
+    return 0
+
+
 def rebuild_reports(out_root) -> None:
     """`--report`: regenerate every report under `out_root` so the new rows are drawn."""
     from pathlib import Path

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import mixers
-from harness.bench_common import bench_row, error_text, free, is_oom, peak_memory, rebuild_reports, sync, time_ms
+from harness.bench_common import bench_row, error_text, free, is_oom, peak_memory, run_and_report, sync, time_ms
 from harness.bench_scaling import default_lengths
 from harness.env import resolve_device
 from harness.model import LM, get_preset, matched_config
@@ -170,12 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                        batches=ints(a.batches) or ([1, 32] if cuda else [1, 8]),
                        preset=a.preset or ("small" if cuda else "tiny"), steps=a.steps, reps=a.reps,
                        rerun=not a.no_rerun)
-    out = Path(a.out) / "results" / RESULTS_NAME
-    print(f"decode benchmark on {device} ({cfg.preset} preset, {torch.get_num_threads()} threads): rows -> {out}")
-    run(cfg, device, out)
-    if a.report:
-        rebuild_reports(a.out)
-    return 0
+    label = f"decode ({cfg.preset} preset, {torch.get_num_threads()} threads)"
+    return run_and_report(label, RESULTS_NAME, run, cfg, device, a.out, a.report)
 
 
 if __name__ == "__main__":

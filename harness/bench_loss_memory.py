@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from harness.bench_common import bench_row, error_text, free, peak_memory, rebuild_reports, time_ms, warm_up
+from harness.bench_common import bench_row, error_text, free, peak_memory, run_and_report, time_ms, warm_up
 from harness.env import resolve_device
 from harness.loss import plain_nll, resolve_impl, token_nll
 from harness.results import append_row
@@ -146,12 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(a.device)
     cfg = LossMemoryConfig(impls=[s.strip() for s in a.impls.split(",") if s.strip()], vocab_sizes=_ints(a.vocab),
                            tokens=_ints(a.tokens), d_model=a.d_model, reps=a.reps, warmup=a.warmup)
-    out = Path(a.out) / "results" / RESULTS_NAME
-    print(f"loss-memory benchmark on {device}: rows -> {out}")
-    run(cfg, device, out)
-    if a.report:
-        rebuild_reports(a.out)
-    return 0
+    return run_and_report("loss-memory", RESULTS_NAME, run, cfg, device, a.out, a.report)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import mixers
-from harness.bench_common import bench_row, error_text, free, peak_memory, rebuild_reports, sync, time_ms, warm_up
+from harness.bench_common import bench_row, error_text, free, peak_memory, run_and_report, sync, time_ms, warm_up
 from harness.env import resolve_device
 from harness.results import append_row
 
@@ -155,12 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(s) for s in a.lengths.split(",") if s.strip()] or (default_lengths(a.max_len) if a.max_len else [])
     cfg = ScalingConfig(mixers=names, d_model=a.d_model, lengths=lengths, tokens=a.tokens,
                         causal=not a.bidirectional, reps=a.reps, max_seconds=a.max_seconds, warmup=a.warmup)
-    out = Path(a.out) / "results" / RESULTS_NAME
-    print(f"scaling benchmark on {device}: rows -> {out}")
-    run(cfg, device, out)
-    if a.report:
-        rebuild_reports(a.out)
-    return 0
+    return run_and_report("scaling", RESULTS_NAME, run, cfg, device, a.out, a.report)
 
 
 if __name__ == "__main__":
