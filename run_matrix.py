@@ -26,11 +26,12 @@ from harness.budget import Budget, BudgetError
 from harness.cell import Cell, RunContext, check_cell
 from harness.loss import LOSS_IMPLS
 from harness.pretrain import DEFAULT_FRAC, PretrainSpec
-from harness.model import NORMS, PRESETS, get_preset
+from harness.model import NORMS
+from core.presets import PRESETS, get_preset
 from harness.references import write_references
-from harness.registry import UnknownNameError, parse_kv
+from core.registry import UnknownNameError, parse_kv
 from harness.train import check_budget
-from harness.results import ResultsFileError, append_row, done_keys, write_expected
+from core.results import ResultsFileError, append_row, done_keys, write_expected
 from tasks import DataError, PrepareContext
 
 DEFAULT_BUDGET = "tokens=2000000"
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--seeds needs at least one integer, e.g. --seeds 0,1,2")
     mixer_opts = scoped_opts(args.mixer_opt, "--mixer-opt", mixer_names, mixers.REGISTRY)
     objective_opts = scoped_opts(args.objective_opt, "--objective-opt", objective_names, objectives.REGISTRY)
-    objective_opts = {o: tasks.with_objective_defaults(args.task, o, objective_opts[o]) for o in objective_names}
+    objective_opts = {o: objectives.with_defaults(task_cls.objective_defaults, o, objective_opts[o]) for o in objective_names}
     task_opts = parse_kv(args.task_opt, "--task-opt")
     task = tasks.build(args.task, **task_opts)
     pretrain = dataclasses.asdict(PretrainSpec(args.pretrain, args.pretrain_frac, args.pretrain_max_chars)) \

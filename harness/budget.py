@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.env import sync
+from core.env import sync
 
 KINDS = ("tokens", "seconds", "a100_seconds")
 A100_PEAK_BF16_TFLOPS = 312.0

@@ -26,11 +26,12 @@ from harness import lr_sweep, objectives
 from harness import distributed as ddp
 from harness import pretrain as pt
 from harness.budget import Budget, BudgetMeter
-from harness.env import device_name, git_commit, versions
+from core.env import device_name, git_commit, versions
 from harness.flops import mfu
 from harness.loss import resolve_impl
-from harness.model import LM, count_params, get_preset, matched_config
-from harness.results import error_text
+from harness.model import LM, count_params, matched_config
+from core.presets import get_preset
+from core.results import error_text
 from harness.train import TrainConfig, dev_loss, train
 from tasks import PrepareContext, TaskData
 

@@ -42,8 +42,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from harness.budget import Budget, BudgetError
-from harness.data import Batch, BatchSampler, SeqSet
-from harness.env import resolve_device
+from core.data import Batch, BatchSampler, SeqSet
+from core.env import resolve_device
 
 # Rank 0 evaluates a cell (answer generation over the whole evaluation split) while the other ranks
 # wait at a barrier: the wait lives on a gloo group with this timeout, not on NCCL's 10 minutes.
@@ -274,7 +274,7 @@ def spawn_cell(cell, spec, world_size: int) -> dict[str, Any]:
 def _spawned_rank(rank: int, world_size: int, port: int, cell, spec, out: str) -> None:
     import tasks
     from harness.cell import run_cell
-    from harness.results import _jsonable
+    from core.results import _jsonable
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -30,7 +30,7 @@ import torch
 from harness import distributed as ddp
 from harness.cell import Cell, RunContext, base_row, run_cell
 from harness.progress import GridProgress
-from harness.results import error_text
+from core.results import error_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ class ContextSpec:
     grid: str
 
     def build(self, dist: ddp.DistEnv | None = None, device: torch.device | None = None) -> RunContext:
-        from harness.env import resolve_device
+        from core.env import resolve_device
 
         dist = dist or ddp.DistEnv()
         quiet = (lambda _msg: None) if not dist.is_main else print

@@ -168,7 +168,7 @@ def train_trial(make_model: Callable[[], Any], objective, train_set, dev_set, cf
                 eval_points: int = SHORT_EVAL_POINTS) -> TrialFn:
     """A TrialFn that really trains: a fresh model per rate, the cell's TrainConfig at that rate
     (fewer dev evaluations, no progress bar)."""
-    from harness.results import error_text
+    from core.results import error_text
     from harness.train import train
 
     dev_set = dev_set.subset(np.arange(min(len(dev_set), SHORT_DEV_SEQS)))

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness.data import BatchSampler, SeqSet
+from core.data import BatchSampler, SeqSet
 from tasks import DataError
 from tasks.corpus import Source, check, documents, identity
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.cell import SCHEMA_VERSION
-from harness.env import device_name, git_commit, versions
-from harness.results import append_row, error_text
+from core.env import device_name, git_commit, versions
+from core.results import append_row, error_text
 from tasks import PrepareContext, Reference, Task, TaskData
 
 REFERENCE_OBJECTIVE = "none"

@@ -23,8 +23,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from core.env import autocast
 from harness.budget import Budget, BudgetError, BudgetMeter
-from harness.data import BatchSampler, SeqSet
+from core.data import BatchSampler, SeqSet
 from harness.distributed import DataParallel, DistEnv
 from harness.pretrain import Corpus, stage_plan
 
@@ -86,13 +87,6 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
     other = [p for p in model.parameters() if p.requires_grad and no_wd(p)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU bf16 is slow and not what we measure)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 def dev_loss(model, objective, data: SeqSet, batch_size: int, device: torch.device, selection: bool = False,

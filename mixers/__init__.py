@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from harness.registry import Registry, UnknownNameError
+from core.registry import Registry, UnknownNameError
 from mixers._layers import RMSNorm
 
 REGISTRY: Registry["Mixer"] = Registry("mixer", __name__)

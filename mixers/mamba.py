@@ -19,7 +19,7 @@ weights, and `self.backend` says which one ran:
   flat in T instead of paying launch overhead per chunk.
 - "torch_chunked_scan" (scan="chunked"): the previous path, a Python loop over chunks (the same
   parallel scan inside a chunk, the state carried between chunks, each chunk checkpointed); calls
-  grow as T / chunk_size. Kept for comparison (harness/bench_mamba_scan.py).
+  grow as T / chunk_size. Kept for comparison (benchmarks/mamba_scan.py).
 - "torch_reference_scan" (scan="reference"): `selective_scan_reference`, the plain step-by-step
   loop, the ground truth the tests hold the other two to.
 

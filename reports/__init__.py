@@ -42,7 +42,7 @@ BENCH_DIR = "benchmarks"
 def write_reports(results_dir: Path, reports_dir: Path, grid: str | None = None) -> list[Path]:
     """Write `reports_dir/<grid>/README.md` (+ figures) for every grid file; returns the READMEs.
 
-    Raises `harness.results.ResultsFileError` naming file and line for a malformed results file.
+    Raises `core.results.ResultsFileError` naming file and line for a malformed results file.
     """
     res = load(results_dir, grid)
     written = [write_grid_report(name, rows, res, Path(reports_dir) / name) for name, rows in sorted(res.grids.items())]

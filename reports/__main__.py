@@ -3,7 +3,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.results import ResultsFileError
+from core.results import ResultsFileError
 from reports import write_reports
 
 

@@ -1,7 +1,7 @@
 """Report sections for the benchmarks: cost vs sequence length, and output-loss memory.
 
 Both explain *why* grid cells differ (speed and memory), from `results/bench_*.jsonl` rows
-(harness/bench_scaling.py, harness/bench_loss_memory.py). One sub-section per device.
+(benchmarks/scaling.py, benchmarks/loss_memory.py). One sub-section per device.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def scaling_section(rows: list[dict[str, Any]], out_dir: Path, level: str = "##"
              "One mixer alone (no embedding, MLP or loss), forward + backward with gradients of the input and every "
              "parameter, at a fixed number of tokens per step (batch = tokens ÷ N). On the log-log time plot a linear "
              "mixer climbs with slope 1 and quadratic attention with slope 2 (dotted and dashed guides). "
-             "A mixer stops at its first out-of-memory length. From `python -m harness.bench_scaling`.", ""]
+             "A mixer stops at its first out-of-memory length. From `python -m benchmarks.scaling`.", ""]
     for dev, rs in by_device(rows).items():
         r0 = rs[0]
         lines += [f"**{esc(dev)}**: d_model={r0.get('d_model')}, {r0.get('tokens_per_step')} tokens per step, "
@@ -89,7 +89,7 @@ def loss_memory_section(rows: list[dict[str, Any]], out_dir: Path, level: str = 
              "Each cell: peak memory · time. Every path also holds the classifier gradient (V × D, fp32), which "
              "dominates at small N; `chunked` computes one chunk when N ≤ 4,096. The `loss spread` column checks "
              "that the paths compute the same loss. "
-             "From `python -m harness.bench_loss_memory`.", ""]
+             "From `python -m benchmarks.loss_memory`.", ""]
     for dev, rs in by_device(rows).items():
         impls = [i for i in ("cce", "cce_compile", "chunked", "plain") if any(r["impl"] == i for r in rs)]
         impls += sorted({r["impl"] for r in rs} - set(impls))
@@ -129,7 +129,7 @@ def decode_section(rows: list[dict[str, Any]], out_dir: Path, level: str = "##")
              "`state_floats` is what the mixers claim per sequence at that context (all layers), `state` what "
              "the decoding state holds (KV caches are allocated with doubling headroom). Warm-up excluded. "
              "The grid rows' `gen_latency_ms` (answer ms) use this stateful path for autoregressive cells. "
-             "From `python -m harness.bench_decode`.", ""]
+             "From `python -m benchmarks.decode`.", ""]
     for dev, rs in by_device(rows).items():
         ok = [r for r in rs if r["status"] == "ok"]
         r0 = (ok or rs)[0]

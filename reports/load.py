@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.results import ResultsFileError, expected_path, latest_by_key, read_expected, read_rows
+from core.results import ResultsFileError, expected_path, latest_by_key, read_expected, read_rows
 
 STATUSES = ("ok", "failed")
 REFERENCE_OBJECTIVE = "none"

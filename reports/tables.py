@@ -194,7 +194,7 @@ def decode_paths_line(rows: list[dict[str, Any]]) -> str:
     parts = [f"`{esc(p)}` ({len(cells)} cells)" for p, cells in sorted(paths.items())]
     return "- decoding path of `answer ms`: " + ("; ".join(parts) if parts else "n/a") + \
         ". Autoregressive cells decode with carried state (KV cache for attention, constant-size state for the " \
-        "others: `python -m harness.bench_decode`); masked diffusion reruns the whole sequence at every sampler step."
+        "others: `python -m benchmarks.decode`); masked diffusion reruns the whole sequence at every sampler step."
 
 
 def full_split_table(rows: list[dict[str, Any]]) -> str | None:

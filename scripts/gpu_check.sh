@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one command (README: "GPU check"). Wheels of missing packages (fugashi, unidic-lite,
 # PyWavelets, cut-cross-entropy) placed in the git-ignored .whl/ are installed first, without network,
-# into a private folder on PYTHONPATH; then `python -m harness.gpu_check` runs with the arguments given.
+# into a private folder on PYTHONPATH; then `python -m benchmarks.gpu_check` runs with the arguments given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -10,4 +10,4 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
-exec "$PY" -m harness.gpu_check "$@"
+exec "$PY" -m benchmarks.gpu_check "$@"

@@ -13,10 +13,10 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from harness.data import SeqSet, SpecialTokens
-from harness.env import sync
-from harness.model import Preset
-from harness.registry import Registry
+from core.data import SeqSet, SpecialTokens
+from core.env import sync
+from core.presets import Preset
+from core.registry import Registry
 
 REGISTRY: Registry["Task"] = Registry("task", __name__)
 register = REGISTRY.register
@@ -123,17 +123,3 @@ def latency_ms(answer_one: Callable[[int], Any], n: int, device: torch.device) -
 
 def build(name: str, **opts: Any) -> Task:
     return get(name)(REGISTRY.make_options(name, opts))
-
-
-def with_objective_defaults(task: str, objective: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """`opts` (the user's options for `objective`) over the task's `objective_defaults` that apply
-    to it: a bare "OPT" applies when the objective has that option, "OBJECTIVE.OPT" to that one."""
-    from harness import objectives
-
-    has = objectives.options_of(objective)
-    out: dict[str, Any] = {}
-    for key, val in get(task).objective_defaults.items():
-        scope, _, opt = key.rpartition(".")
-        if (scope == objective or not scope) and opt in has:
-            out[opt] = val
-    return {**out, **opts}

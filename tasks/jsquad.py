@@ -31,78 +31,23 @@ Truncation policy, applied when a sequence exceeds `max_len`:
 from __future__ import annotations
 
 import dataclasses
-import json
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from harness.data import SeqSet
+from core.data import SeqSet
+from core.env import autocast
 from tasks import DataError, PrepareContext, Reference, Task, TaskData, latency_ms, register
+from tasks import jsquad_baselines as jb
+from tasks.jsquad_files import VERSION, QAItem, find_split, load_file, parse_articles
 from tasks.jsquad_metric import corpus_scores, score
 from tasks.tokenizer import JaTokenizer, TokenizerSettings, train_or_load
 
 OFFICIAL_BASE = "https://raw.githubusercontent.com/yahoojapan/JGLUE/main/datasets/jsquad-v1.3"
-VERSION = "v1.3"
-SEP_IN_CONTEXT = " [SEP] "
 DEV_SEED = 1234  # the dev slice is the same for every cell and seed
-
-
-@dataclass
-class QAItem:
-    qid: str
-    title: str
-    paragraph: str
-    question: str
-    answers: list[str]
-    starts: list[int]  # answer starts, in paragraph coordinates (-1 when unknown)
-
-
-# ----------------------------------------------------------------------------- loading
-
-def parse_articles(articles: Any, where: str) -> list[QAItem]:
-    """JGLUE/SQuAD-format articles -> QA items; any structural problem names `where`."""
-    if not isinstance(articles, list):
-        raise DataError(f"{where}: not JGLUE JSQuAD JSON (expected a 'data' list of articles)")
-    items: list[QAItem] = []
-    try:
-        for art in articles:
-            for par in art["paragraphs"]:
-                ctx = par["context"]
-                title, paragraph = ctx.split(SEP_IN_CONTEXT, 1) if SEP_IN_CONTEXT in ctx else (art.get("title", ""), ctx)
-                offset = len(ctx) - len(paragraph)
-                for qa in par["qas"]:
-                    answers = [a["text"] for a in qa["answers"]]
-                    starts = [int(a.get("answer_start", -1)) - offset if a.get("answer_start", -1) >= 0 else -1 for a in qa["answers"]]
-                    items.append(QAItem(str(qa["id"]), title, paragraph, qa["question"], answers, starts))
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise DataError(f"{where}: not JGLUE JSQuAD JSON (bad or missing field: {e})") from None
-    if not items:
-        raise DataError(f"{where}: no questions found")
-    return items
-
-
-def load_file(path: Path) -> list[QAItem]:
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict) or "data" not in raw:
-        raise DataError(f"{path}: not JGLUE JSQuAD JSON (no top-level 'data')")
-    return parse_articles(raw["data"], str(path))
-
-
-def find_split(data_dir: Path, split: str) -> Path | None:
-    for name in (f"{split}-{VERSION}.json", f"{split}.json"):
-        if (data_dir / name).is_file():
-            return data_dir / name
-    hits = sorted(data_dir.glob(f"{split}-v*.json"))
-    return hits[-1] if hits else None
 
 
 def _online_hint() -> str:
@@ -273,7 +218,6 @@ class JSQuAD(Task):
     def references(self, data: TaskData, ctx: PrepareContext) -> list[Reference]:
         """Non-neural baselines and the tokenizer ceiling (tasks/jsquad_baselines.py), on the models'
         evaluation items, and on the whole evaluation split when `eval_limit` sampled it."""
-        from tasks import jsquad_baselines as jb
 
         items = [it for _, it in data.items]
         sampled = data.info.get("eval_questions_total", len(items)) > len(items)
@@ -307,7 +251,6 @@ class JSQuAD(Task):
     # -- scoring
     def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int,
                  progress=None) -> dict[str, Any]:
-        from harness.train import autocast
 
         prompts = [p for p, _ in data.items]
         golds = [it.answers for _, it in data.items]

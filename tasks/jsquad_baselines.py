@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable, Sequence
 
-from tasks.jsquad import QAItem
+from tasks.jsquad_files import QAItem
 from tasks.jsquad_metric import corpus_scores
 
 BASELINES: dict[str, Callable[[QAItem], str]] = {}

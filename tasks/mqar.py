@@ -60,8 +60,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from harness.data import SeqSet, SpecialTokens
-from harness.model import Preset
+from core.data import SeqSet, SpecialTokens
+from core.env import autocast
+from core.presets import Preset
 from tasks import PrepareContext, Task, TaskData, latency_ms, register
 
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
@@ -253,7 +254,6 @@ class MQAR(Task):
 
     def evaluate(self, model, objective, data: TaskData, device: torch.device, batch_size: int,
                  progress=None) -> dict[str, Any]:
-        from harness.train import autocast
 
         model.eval()
         evals = data.eval.to(device)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-from harness.data import SpecialTokens
+from core.data import SpecialTokens
 
 NORMALIZERS = ("identity", "nmt_nfkc", "nfkc")
 

@@ -74,7 +74,7 @@ def test_tokenizer_ceiling_is_1_for_identity_and_drops_under_nfkc(toks):
 
 def test_grid_writes_reference_rows_once_and_reports_them(offline_dir, tmp_path, cache_dir):
     import run_matrix
-    from harness.results import read_rows
+    from core.results import read_rows
 
     out = tmp_path / "out"
     args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),

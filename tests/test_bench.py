@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import mixers
-from harness import bench_loss_memory as blm
-from harness import bench_scaling as bs
-from harness.results import read_rows
+from benchmarks import loss_memory as blm
+from benchmarks import scaling as bs
+from core.results import read_rows
 from reports.load import check_row
 
 

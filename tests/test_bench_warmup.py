@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from harness import bench_common
-from harness import bench_loss_memory as blm
-from harness import bench_scaling as bs
+from benchmarks import common as bench_common
+from benchmarks import loss_memory as blm
+from benchmarks import scaling as bs
 
 
 class _Clock:

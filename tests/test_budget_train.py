@@ -6,7 +6,7 @@ import torch
 
 from harness import objectives
 from harness.budget import A100_REF_TFLOPS, Budget, BudgetError, BudgetMeter
-from harness.data import SeqSet, SpecialTokens
+from core.data import SeqSet, SpecialTokens
 from harness.model import LM, LMConfig
 from harness.train import TrainConfig, train, wsd_multiplier
 

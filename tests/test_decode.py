@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mixers
-from harness.data import SpecialTokens
+from core.data import SpecialTokens
 from harness.model import LM, LMConfig
 from harness.objectives import build as build_objective
 from mixers import Mixer, RerunState
@@ -177,8 +177,8 @@ def test_decode_option_is_checked():
 
 
 def test_decode_bench_writes_rows_that_the_report_draws(tmp_path):
-    from harness import bench_decode as bd
-    from harness.results import read_rows
+    from benchmarks import decode as bd
+    from core.results import read_rows
     from reports import write_reports
     from reports.load import check_row
 
@@ -225,7 +225,7 @@ def test_report_legend_names_each_rows_decoding_path():
 def test_the_decoding_state_is_the_state_the_mixer_claims(name):
     """`state_floats(T)` is what decoding carries: every number of the state after a prompt of T
     tokens (one sequence), KV caches counted by the positions in use."""
-    from harness.bench_decode import tensors
+    from benchmarks.decode import tensors
 
     m = mixers.build(name, D, causal=True).eval()
     if m.decode_path != "state":

@@ -12,7 +12,7 @@ import torch.nn as nn
 import mixers
 from harness import objectives
 from harness.budget import Budget
-from harness.data import SeqSet, SpecialTokens
+from core.data import SeqSet, SpecialTokens
 from harness.loss import plain_nll
 from harness.model import LM, LMConfig
 from harness.objectives.diffusion import mask_independently, sample_mask_ratio, transfer_schedule

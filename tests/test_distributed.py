@@ -15,10 +15,10 @@ import run_matrix
 from harness import distributed as ddp
 from harness import objectives
 from harness.cell import Cell
-from harness.data import BatchSampler, SeqSet, SpecialTokens
+from core.data import BatchSampler, SeqSet, SpecialTokens
 from harness.executors import ContextSpec
 from harness.model import LM, LMConfig
-from harness.results import cell_rows, read_rows
+from core.results import cell_rows, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)

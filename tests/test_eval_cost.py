@@ -8,7 +8,7 @@ import torch
 
 from harness import objectives
 from harness.budget import Budget
-from harness.data import SeqSet, SpecialTokens
+from core.data import SeqSet, SpecialTokens
 from harness.model import LM, LMConfig
 from harness.train import TrainConfig, dev_sample, train
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import run_matrix
-from harness.results import cell_rows, read_rows
+from core.results import cell_rows, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("task", "protocol", "mixer", "objective", "seed", "preset", "budget", "status", "error", "params",

@@ -87,7 +87,7 @@ def test_lm_loss_under_bf16_autocast_gives_the_kernel_bf16_inputs(monkeypatch, o
     classifier) to the autocast dtype before the kernel. CPU autocast stands in for CUDA's."""
     from harness import loss as loss_mod
     from harness import objectives
-    from harness.data import SeqSet, SpecialTokens
+    from core.data import SeqSet, SpecialTokens
     from harness.model import LM, LMConfig
 
     calls: list = []
@@ -107,7 +107,7 @@ def test_lm_loss_under_bf16_autocast_gives_the_kernel_bf16_inputs(monkeypatch, o
 
 @pytest.mark.parametrize("impl", ["chunked", "plain", "cce_compile"])
 def test_every_loss_path_takes_bf16_hidden_states_with_an_fp32_classifier(impl):
-    """What harness.bench_loss_memory feeds on CUDA (bf16 h, fp32 parameter w, no autocast): every path
+    """What benchmarks.loss_memory feeds on CUDA (bf16 h, fp32 parameter w, no autocast): every path
     runs (no 'mat1 and mat2 must have the same dtype'), returns fp32 NLL and fp32/bf16 gradients, and
     agrees with the fp32 reference to bf16 precision."""
     if impl == "cce_compile":
@@ -132,9 +132,9 @@ def test_lm_loss_backward_under_cuda_autocast(impl):
     if impl == "cce":
         pytest.importorskip("cut_cross_entropy")
     from harness import objectives
-    from harness.data import SeqSet, SpecialTokens
+    from core.data import SeqSet, SpecialTokens
     from harness.model import LM, LMConfig
-    from harness.train import autocast
+    from core.env import autocast
 
     special = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
     data = SeqSet.from_lists([[2, 7, 8, 4, 9, 3], [2, 11, 4, 12, 3]], [[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1]], 0).to("cuda")

@@ -6,7 +6,7 @@ import pytest
 import run_matrix
 from harness import lr_sweep
 from harness.budget import Budget
-from harness.results import cell_rows, read_rows
+from core.results import cell_rows, read_rows
 
 
 def _fake(losses: dict[float, float | None], calls: list[float]):

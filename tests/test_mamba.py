@@ -14,7 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import mixers
 import mixers.mamba as mm
-from harness.model import LM, PRESETS, matched_config
+from harness.model import LM, matched_config
+from core.presets import PRESETS
 from harness.train import TrainConfig, _optimizer
 
 D_MODEL = 32

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import mixers
-from harness.model import LM, PARAM_TOLERANCE, PRESETS, count_params, matched_config
+from harness.model import LM, PARAM_TOLERANCE, count_params, matched_config
+from core.presets import PRESETS
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

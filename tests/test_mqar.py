@@ -14,8 +14,9 @@ import tasks
 from harness import objectives
 from harness.budget import Budget
 from harness.cell import Cell
-from harness.model import LM, LMConfig, PRESETS, count_params, matched_config
-from harness.results import read_rows
+from harness.model import LM, LMConfig, count_params, matched_config
+from core.presets import PRESETS
+from core.results import read_rows
 from harness.train import TrainConfig, train
 from tasks import PrepareContext
 from tasks.mqar import MQAR, N_SPECIAL, SPECIAL, MQARConfig, elimination_accuracy, generate, split_rng
@@ -155,9 +156,9 @@ def test_model_keeps_the_preset_body_and_scales_with_width():
 
 
 def test_objective_defaults_put_the_loss_on_the_targets_only():
-    assert tasks.with_objective_defaults("mqar", "autoregressive", {}) == {"loss_on": "answer"}
-    assert tasks.with_objective_defaults("mqar", "autoregressive", {"loss_on": "all"}) == {"loss_on": "all"}
-    assert tasks.with_objective_defaults("jsquad", "autoregressive", {}) == {}
+    assert objectives.with_defaults(tasks.get("mqar").objective_defaults, "autoregressive", {}) == {"loss_on": "answer"}
+    assert objectives.with_defaults(tasks.get("mqar").objective_defaults, "autoregressive", {"loss_on": "all"}) == {"loss_on": "all"}
+    assert objectives.with_defaults(tasks.get("jsquad").objective_defaults, "autoregressive", {}) == {}
 
 
 def test_new_cell_fields_leave_existing_resume_keys_unchanged():
@@ -182,7 +183,7 @@ def test_attention_learns_short_mqar():
     task = tasks.build("mqar", seq_len=16, num_kv_pairs=2, vocab_size=32, train_tokens=400_000, dev_seqs=64,
                        eval_seqs=300)
     data = task.prepare(_ctx())
-    obj = objectives.build("autoregressive", data.special, "chunked", **tasks.with_objective_defaults("mqar", "autoregressive", {}))
+    obj = objectives.build("autoregressive", data.special, "chunked", **objectives.with_defaults(tasks.get("mqar").objective_defaults, "autoregressive", {}))
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=32, d_model=64, n_layers=2, mixer="attention", causal=True, mlp_hidden=64))
     cfg = TrainConfig(batch_size=32, lr=3e-4, seed=0, progress=False, eval_points=4)

@@ -10,7 +10,8 @@ import torch
 import mixers
 from harness import objectives
 from harness.budget import Budget
-from harness.model import LM, NORMS, PARAM_TOLERANCE, PRESETS, Block, LMConfig, count_params, matched_config
+from harness.model import LM, NORMS, PARAM_TOLERANCE, Block, LMConfig, count_params, matched_config
+from core.presets import PRESETS
 from harness.train import TrainConfig, train
 from mixers._layers import RMSNorm
 from test_budget_train import SPECIAL, _toy_data

@@ -13,9 +13,9 @@ import run_matrix
 from harness import objectives
 from harness import pretrain as pt
 from harness.budget import Budget
-from harness.data import SeqSet, SpecialTokens
+from core.data import SeqSet, SpecialTokens
 from harness.model import LM, LMConfig
-from harness.results import cell_rows, read_rows
+from core.results import cell_rows, read_rows
 from harness.train import TrainConfig, train
 from tasks import DataError, PrepareContext, corpus, jaquad
 from tasks.corpus import Source

@@ -7,7 +7,7 @@ ray = pytest.importorskip("ray")
 
 import run_matrix  # noqa: E402
 from harness.executors import ray_runtime_env  # noqa: E402
-from harness.results import cell_rows, read_rows  # noqa: E402
+from core.results import cell_rows, read_rows  # noqa: E402
 
 REQUIRED = ("task", "protocol", "mixer", "objective", "seed", "preset", "budget", "status", "error", "params",
             "tokens_seen", "device", "versions", "git_commit", "metrics", "loss_curve", "world_size")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import ResultsFileError, append_row
+from core.results import ResultsFileError, append_row
 from reports import write_reports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def test_report_lists_expected_but_missing_cells_and_ties_and_gpu_speeds(tmp_pat
     """A grid killed inside its last cell: the report says which expected cell has no row. Ties are not
     bold; a GPU speed is bold; the state-size header names T."""
     from harness.cell import Cell
-    from harness.results import write_expected
+    from core.results import write_expected
 
     results = tmp_path / "results" / "g.jsonl"
     cells = [Cell(task="jsquad", mixer=m, objective="autoregressive", preset="tiny", budget="tokens=1")

@@ -5,7 +5,7 @@ import multiprocessing as mp
 
 import pytest
 
-from harness.results import ResultsFileError, append_row, done_keys, latest_by_key, read_rows
+from core.results import ResultsFileError, append_row, done_keys, latest_by_key, read_rows
 
 
 def _row(key, status="ok", **kw):
@@ -61,7 +61,7 @@ def test_untracked_files_in_a_package_make_the_commit_dirty(tmp_path):
     outside the packages (a results file) does not."""
     import subprocess
 
-    from harness.env import git_commit
+    from core.env import git_commit
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -85,7 +85,7 @@ def test_untracked_files_in_a_package_make_the_commit_dirty(tmp_path):
 
 def test_grid_manifest_is_a_union_written_whole(tmp_path):
     from harness.cell import Cell
-    from harness.results import expected_path, read_expected, write_expected
+    from core.results import expected_path, read_expected, write_expected
 
     results = tmp_path / "results" / "g.jsonl"
     a = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=1")

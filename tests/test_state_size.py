@@ -11,9 +11,9 @@ import pytest
 import mixers
 import run_matrix
 from harness.cell import _state_floats
-from harness.data import SeqSet
+from core.data import SeqSet
 from harness.model import LM, LMConfig
-from harness.results import cell_rows, read_rows
+from core.results import cell_rows, read_rows
 
 D = 64
 GROWS_WITH_T = {"attention"}  # a full KV cache; every other built-in mixer keeps a fixed-size state

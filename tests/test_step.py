@@ -12,7 +12,7 @@ import torch
 from harness import objectives
 from harness.budget import Budget
 from harness.cell import Cell
-from harness.data import BatchSampler, SeqSet, SpecialTokens, padding_fraction
+from core.data import BatchSampler, SeqSet, SpecialTokens, padding_fraction
 from harness.model import LM, LMConfig
 from harness.train import TrainConfig, train
 from mixers._layers import RMSNorm, _RMSNormFn, positions_from_mask, rope_angles, rope_for
@@ -66,7 +66,7 @@ def test_batches_are_cut_on_the_device_with_one_index_upload_per_epoch(monkeypat
     the sampler uploads each epoch's order once and a batch is a slice of it."""
     data = _seqset(_lengths_fixture(60, seed=2) // 8 + 3).to("cpu")  # as train() gets it: on its device
     sampler = BatchSampler(data, 0, seed=0, batch_tokens=256)
-    import harness.data as hd
+    import core.data as hd
 
     calls = []
     real = torch.as_tensor

@@ -279,7 +279,8 @@ def test_bad_options_are_clear_errors():
 
 @pytest.mark.parametrize("name", ["wave_interference", "wave_modulation", "wave_wavelet"])
 def test_hybrid_norm_normalises_both_wave_projections(name):
-    from harness.model import LM, PRESETS, matched_config
+    from harness.model import LM, matched_config
+    from core.presets import PRESETS
 
     cfg = matched_config(PRESETS["tiny"], name, True, vocab_size=100, norm="hybrid")
     model = LM(cfg)

@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.data import Batch, SpecialTokens
-from harness.registry import Registry
+from core.data import Batch, SpecialTokens
+from core.registry import Registry
 
 REGISTRY: Registry["Objective"] = Registry("objective", __name__)
 register = REGISTRY.register
@@ -92,3 +92,15 @@ def build(name: str, special: SpecialTokens, loss_impl: str, **opts: Any) -> Obj
 
 def cut_at_eos(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos)] if eos in ids else ids
+
+
+def with_defaults(defaults: dict[str, Any], objective: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """`opts` (the user's options for `objective`) over a task's `objective_defaults` that apply to
+    it: a bare "OPT" applies when the objective has that option, "OBJECTIVE.OPT" to that one only."""
+    has = options_of(objective)
+    out: dict[str, Any] = {}
+    for key, val in defaults.items():
+        scope, _, opt = key.rpartition(".")
+        if (scope == objective or not scope) and opt in has:
+            out[opt] = val
+    return {**out, **opts}

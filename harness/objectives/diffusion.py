@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from harness.data import Batch
+from core.data import Batch
 from harness.loss import token_nll
 from harness.objectives import Objective, cut_at_eos, register
 

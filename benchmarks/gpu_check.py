@@ -2,8 +2,8 @@
 scaling and loss-memory benchmarks, and a report folder to commit.
 
     bash scripts/gpu_check.sh                         # on a CUDA machine (installs .whl/*.whl if present)
-    python -m harness.gpu_check --out gpu_check       # the same, without the wheel step
-    python -m harness.gpu_check --cpu-dry-run         # on CPU: tiny sizes, CUDA-only parts skipped
+    python -m benchmarks.gpu_check --out gpu_check       # the same, without the wheel step
+    python -m benchmarks.gpu_check --cpu-dry-run         # on CPU: tiny sizes, CUDA-only parts skipped
 
 Each part runs as its own process with a time limit, so one failure or hang never stops the others,
 and the limits add up to under 8 minutes on a GPU (`PLAN`). What a part printed goes to
@@ -76,8 +76,8 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
              limits["tests"], cuda_only=True),
         Part("grid", [py, "run_matrix.py", "--data-dir", str(data_dir), "--grid", "gpu_check", "--no-progress", *grid, *o],
              limits["grid"]),
-        Part("bench_scaling", [py, "-m", "harness.bench_scaling", *scaling, *o], limits["scaling"]),
-        Part("bench_loss_memory", [py, "-m", "harness.bench_loss_memory", *loss, *o], limits["loss"]),
+        Part("bench_scaling", [py, "-m", "benchmarks.scaling", *scaling, *o], limits["scaling"]),
+        Part("bench_loss_memory", [py, "-m", "benchmarks.loss_memory", *loss, *o], limits["loss"]),
     ]
 
 

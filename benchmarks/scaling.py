@@ -1,7 +1,7 @@
 """Cost versus sequence length, for every registered mixer: why mixers differ in speed and memory.
 
-    python -m harness.bench_scaling                      # all mixers, 256 ... 16384 on CUDA
-    python -m harness.bench_scaling --lengths 256,512    # a short CPU run
+    python -m benchmarks.scaling                      # all mixers, 256 ... 16384 on CUDA
+    python -m benchmarks.scaling --lengths 256,512    # a short CPU run
 
 One mixer alone (no embedding, MLP or loss: those cost the same for every mixer) at a fixed width,
 forward + backward (gradients of the input and of every parameter) at sequence lengths doubling
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 import mixers
-from harness.bench_common import bench_row, error_text, free, peak_memory, run_and_report, sync, time_ms, warm_up
-from harness.env import resolve_device
-from harness.results import append_row
+from benchmarks.common import bench_row, error_text, free, peak_memory, run_and_report, sync, time_ms, warm_up
+from core.env import resolve_device
+from core.results import append_row
 
 RESULTS_NAME = "bench_scaling.jsonl"
 

@@ -5,7 +5,7 @@ under the whole budget), and short runs at each `--fracs` fraction of the budget
 guess). Prints one JSON line per run, then per mixer the best rate of each and whether the short
 runs pick the full runs' rate, and the cost of a 3-rate sweep at each fraction.
 
-    python -m harness.measure_lr_sweep --data-dir ../shared/data/jsquad-v1.3 --preset tiny \
+    python -m benchmarks.measure_lr_sweep --data-dir ../shared/data/jsquad-v1.3 --preset tiny \
         --budget tokens=100000 --rates 3e-4,1e-3,3e-3,1e-2 --fracs 0.1,0.25 --mixers attention,mamba
 """
 from __future__ import annotations
@@ -21,9 +21,10 @@ import tasks
 from harness import lr_sweep, objectives
 from harness.budget import Budget
 from harness.cell import Cell, RunContext
-from harness.env import resolve_device
+from core.env import resolve_device
 from harness.loss import resolve_impl
-from harness.model import LM, get_preset, matched_config
+from harness.model import LM, matched_config
+from core.presets import get_preset
 from harness.train import TrainConfig
 
 

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from harness import results
-from harness.env import device_name, git_commit, sync, versions
+from core import results
+from core.env import device_name, git_commit, sync, versions
 
 CUDA_MEASURE = "cuda max_memory_allocated above inputs"
 CPU_MEASURE = "torch CPU allocator peak above inputs (torch.profiler memory events)"

@@ -19,6 +19,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU bf16 is slow and not what we measure)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,7 +1,7 @@
 """Output-loss memory and time: Cut Cross-Entropy versus materialised logits + cross-entropy.
 
-    python -m harness.bench_loss_memory                          # CUDA defaults
-    python -m harness.bench_loss_memory --vocab 8000 --tokens 256  # a quick CPU check
+    python -m benchmarks.loss_memory                          # CUDA defaults
+    python -m benchmarks.loss_memory --vocab 8000 --tokens 256  # a quick CPU check
 
 The output layer of a small LM is where memory goes: logits are tokens x vocabulary floats (fp32:
 4 N V bytes, 13 GB at 32k tokens x 100k vocabulary), more than the whole rest of a 10M-parameter
@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from harness.bench_common import bench_row, error_text, free, peak_memory, run_and_report, time_ms, warm_up
-from harness.env import resolve_device
+from benchmarks.common import bench_row, error_text, free, peak_memory, run_and_report, time_ms, warm_up
+from core.env import resolve_device
 from harness.loss import plain_nll, resolve_impl, token_nll
-from harness.results import append_row
+from core.results import append_row
 
 RESULTS_NAME = "bench_loss_memory.jsonl"
 IMPLS = ("cce", "cce_compile", "chunked", "plain")

@@ -1,6 +1,6 @@
 """Where a training step's time goes: host milliseconds and PyTorch operator calls per step.
 
-    python -m harness.profile_step --mixers attention,wave_interference,gated_context,mamba --preset small
+    python -m benchmarks.profile_step --mixers attention,wave_interference,gated_context,mamba --preset small
 
 Why this exists: on a GPU a 10M-parameter model's math takes a few milliseconds per step; what is
 left is the host issuing operators one at a time (eager execution: ~10-20 us of launch overhead
@@ -23,10 +23,12 @@ import time
 import torch
 
 from harness import objectives
-from harness.data import Batch, SpecialTokens
-from harness.env import resolve_device, sync
-from harness.model import LM, get_preset, matched_config
-from harness.train import TrainConfig, _optimizer, autocast
+from core.data import Batch, SpecialTokens
+from core.env import resolve_device, sync
+from harness.model import LM, matched_config
+from core.presets import get_preset
+from core.env import autocast
+from harness.train import TrainConfig, _optimizer
 
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
 
@@ -97,7 +99,7 @@ def padding_table(data_dir: str, preset: str, epochs: int = 3) -> None:
     import numpy as np
 
     import tasks
-    from harness.data import BatchSampler, padding_fraction
+    from core.data import BatchSampler, padding_fraction
     from tasks import PrepareContext
 
     p = get_preset(preset)

@@ -1,7 +1,7 @@
 """Inference cost as the context grows: prefill time, per-token latency and memory of stateful decoding.
 
-    python -m harness.bench_decode                                # every mixer, 256 ... 16384 on CUDA
-    nice -n 10 python -m harness.bench_decode --contexts 256,512,1024,2048   # a CPU run
+    python -m benchmarks.decode                                # every mixer, 256 ... 16384 on CUDA
+    nice -n 10 python -m benchmarks.decode --contexts 256,512,1024,2048   # a CPU run
 
 For every mixer, a causal LM of the preset (random weights: cost does not depend on them) reads a
 prompt of `context` tokens (`LM.prefill`, timed) and then generates one token at a time (`LM.step`,
@@ -9,7 +9,7 @@ each step timed alone; the median over `--steps` steps and `--reps` prompts is `
 is the latency a user sees; `--batches` adds a throughput batch. Memory: `state_bytes` is what the
 decoding state holds after the prefill (a KV cache is allocated with headroom: it grows by
 doubling), `state_floats` what the mixer claims per sequence (`LM.state_floats`, all layers), and
-`peak_mem_bytes` the extra memory one step needs (see harness/bench_common.py for how it is measured).
+`peak_mem_bytes` the extra memory one step needs (see benchmarks/common.py for how it is measured).
 `rerun_ms` is the cost of one token on the prefix-rerun path (the whole `context + 1` tokens through
 the model, as greedy decoding did before the state existed), and `speedup` = rerun_ms / step_ms.
 
@@ -30,11 +30,12 @@ from typing import Any
 import torch
 
 import mixers
-from harness.bench_common import bench_row, error_text, free, is_oom, peak_memory, run_and_report, sync, time_ms
-from harness.bench_scaling import default_lengths
-from harness.env import resolve_device
-from harness.model import LM, get_preset, matched_config
-from harness.results import append_row
+from benchmarks.common import bench_row, error_text, free, is_oom, peak_memory, run_and_report, sync, time_ms
+from benchmarks.scaling import default_lengths
+from core.env import resolve_device
+from harness.model import LM, matched_config
+from core.presets import get_preset
+from core.results import append_row
 
 RESULTS_NAME = "bench_decode.jsonl"
 

@@ -2,8 +2,8 @@
 
 Not a test (timings are never asserted): a measurement whose figures go to a JSON file.
 
-    nice -n 10 python -m harness.bench_mamba_scan --out results/bench_mamba_scan_cpu.json
-    nice -n 10 python -m harness.bench_mamba_scan --parts sweep --d-model 64 --out ...   # one part only
+    nice -n 10 python -m benchmarks.mamba_scan --out results/bench_mamba_scan_cpu.json
+    nice -n 10 python -m benchmarks.mamba_scan --parts sweep --d-model 64 --out ...   # one part only
 
 Two measurements, each on the mixer alone (causal, no embedding / MLP / loss), fp32:
 - `compare`: scan="parallel" vs scan="chunked" (chunk 64, checkpointed: the previous default) at one
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 import mixers
 from mixers import mamba
-from harness.env import device_name, git_commit, sync, versions
+from core.env import device_name, git_commit, sync, versions
 
 SCANS = {  # variant -> mixer options
     "parallel": {"scan": "parallel"},
@@ -116,7 +116,7 @@ def main() -> None:
     a = ap.parse_args()
     dev = torch.device(a.device)
     meta = {"device": device_name(str(dev)), "threads": torch.get_num_threads(), "versions": versions(),
-            "commit": git_commit(), "command": " ".join(["python -m harness.bench_mamba_scan", *sys.argv[1:]]),
+            "commit": git_commit(), "command": " ".join(["python -m benchmarks.mamba_scan", *sys.argv[1:]]),
             "d_model": a.d_model, "causal": True, "dtype": "float32", "repeats": a.repeats,
             "timing": "median of interleaved rounds after one untimed warm-up call per variant",
             "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
