@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import signal
@@ -30,7 +29,6 @@ from harness.model import NORMS
 from core.presets import PRESETS, get_preset
 from harness.references import write_references
 from core.registry import UnknownNameError, parse_kv
-from harness.train import check_budget
 from core.results import ResultsFileError, append_row, done_keys, write_expected
 from tasks import DataError, PrepareContext
 
@@ -243,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     objective_opts = scoped_opts(args.objective_opt, "--objective-opt", objective_names, objectives.REGISTRY)
     objective_opts = {o: objectives.with_defaults(task_cls.objective_defaults, o, objective_opts[o]) for o in objective_names}
     task_opts = parse_kv(args.task_opt, "--task-opt")
-    task = tasks.build(args.task, **task_opts)
     pretrain = dataclasses.asdict(PretrainSpec(args.pretrain, args.pretrain_frac, args.pretrain_max_chars)) \
         if args.pretrain else None
     dist, device = distributed.init(args.device)  # under torchrun: this rank's device, process group up
@@ -262,19 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = RunContext(device=device, data_dir=Path(args.data_dir) if args.data_dir else None,
                      cache_dir=Path(args.cache_dir), grid="", progress=not args.no_progress and dist.is_main,
                      log=print if dist.is_main else (lambda _msg: None), dist=dist)
-    # data problems stop here, with one line, before any cell runs (every distinct data config of a sweep)
+    task = ctx.task(args.task, task_opts)  # a bad option value stops here, in one line
+    # every cell's plan (data, pretraining corpus, budget checked against a batch, the model on the meta
+    # device) before any cell runs: a bad cell stops the grid here, in one line; run_cell reuses the plans
     with dist.local_main_first():  # [DDP] one rank per node prepares (tokenizer cache), the others reuse it
-        for c in {json.dumps(c.task_opts, sort_keys=True): c for c in cells}.values():
-            t = tasks.build(args.task, **c.task_opts)
-            c_data = ctx.task_data(t, c)
-            p = t.model_preset(get_preset(args.preset), c_data.vocab_size)
-            check_budget(budget, c_data.train, p.batch_size, p.batch_tokens)
-            if sweep_lr:  # each short run must cover a batch too
-                check_budget(lr_sweep.short_budget(budget, sweep_lr["frac"]), c_data.train, p.batch_size, p.batch_tokens)
-            ctx.pretrain_corpus(c, c_data)  # a missing or empty corpus stops here; tokens are cached once
-        for c in cells:  # every model once on the meta device: a bad option value stops here, in one line
-            check_cell(c, ctx.task_data(tasks.build(args.task, **c.task_opts), c))
-    data = ctx.task_data(task, cells[0])
+        plans = [check_cell(c, ctx) for c in cells]
+    data = plans[0].data
     dist.check_same(distributed.data_fingerprint(data.train), "the tokenised training data")
     if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed
         name = f"{args.task}-sweep" + "".join(f"-{k}{v}" for k, v in sorted(task_opts.items()) if k != "seq_len")

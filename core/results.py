@@ -32,7 +32,7 @@ def error_text(e: BaseException, limit: int = 500, kind: str | None = None) -> s
 def append_row(path: Path | str, row: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(row, ensure_ascii=False, allow_nan=True, default=_jsonable) + "\n").encode()
+    line = (json.dumps(row, ensure_ascii=False, allow_nan=True, default=jsonable) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -43,7 +43,9 @@ def append_row(path: Path | str, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _jsonable(o: Any) -> Any:
+def jsonable(o: Any) -> Any:
+    """What json.dumps writes for a value it cannot: a tensor or numpy scalar as a number, a set or tuple
+    as a list, anything else as its text (`default=` of every results writer)."""
     if hasattr(o, "item"):
         return o.item()
     if isinstance(o, (set, tuple)):
