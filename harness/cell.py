@@ -29,7 +29,7 @@ import tasks
 from harness import lr_sweep, objectives
 from harness import distributed as ddp
 from harness import pretrain as pt
-from harness.budget import Budget, BudgetMeter, check_budget
+from harness.budget import Budget, BudgetMeter
 from core.env import device_name, git_commit, versions
 from harness.evaluate import dev_loss
 from harness.flops import mfu
@@ -180,6 +180,7 @@ class CellPlan:
     model_cfg: LMConfig  # matched to the preset's parameter target
     meter: BudgetMeter  # the cell's budget, parsed and checked to cover one batch
     corpus: pt.Corpus | None  # packed pretraining text when the cell pretrains
+    short_meter: BudgetMeter | None = None  # the lr sweep's short-run budget (checked too), when it sweeps
 
     @classmethod
     def build(cls, cell: Cell, ctx: RunContext) -> "CellPlan":
@@ -188,9 +189,10 @@ class CellPlan:
         preset = task.model_preset(get_preset(cell.preset), data.vocab_size, cell.d_model)
         meter = BudgetMeter(Budget.parse(cell.budget), ctx.device).check(data.train, preset.batch_size,
                                                                           preset.batch_tokens)
+        short = None
         if cell.lr_sweep:  # each short run must cover a batch too
-            short = lr_sweep.short_budget(meter.budget, cell.lr_sweep["frac"])
-            check_budget(short, data.train, preset.batch_size, preset.batch_tokens)
+            short = BudgetMeter(lr_sweep.short_budget(meter.budget, cell.lr_sweep["frac"]), ctx.device)
+            short.check(data.train, preset.batch_size, preset.batch_tokens)
         corpus = ctx.pretrain_corpus(cell, data)  # a missing or empty corpus stops here; tokens cached once
         try:
             loss_impl = resolve_impl(cell.loss, ctx.device)
@@ -198,7 +200,7 @@ class CellPlan:
             cfg = matched_config(preset, cell.mixer, objective.causal, data.vocab_size, cell.mixer_opts, cell.norm)
         except Exception as e:
             raise ValueError(f"{cell.label()}: {error_text(e)}") from None
-        return cls(task, data, preset, loss_impl, objective, cfg, meter, corpus)
+        return cls(task, data, preset, loss_impl, objective, cfg, meter, corpus, short)
 
 
 def check_cell(cell: Cell, ctx: RunContext) -> CellPlan:
@@ -325,7 +327,11 @@ def _lr_sweep(cell: Cell, ctx: RunContext, plan: CellPlan, tcfg: TrainConfig) ->
                                  tcfg, ctx.device, dist=ctx.dist)
     rates = cell.lr_sweep["rates"]  # "auto": around this cell's rate (the preset's, or the task's lr option)
     rates = lr_sweep.auto_rates(tcfg.lr) if rates == "auto" else rates
-    return lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], plan.meter.budget, trial, cache)
+
+    def checked(lr: float, short: Budget) -> lr_sweep.Trial:  # the short budget's meter, checked in the plan
+        return trial(lr, plan.short_meter if plan.short_meter and plan.short_meter.budget == short else short)
+
+    return lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], plan.meter.budget, checked, cache)
 
 
 TRAIN_SHARE = 0.5  # of a cell's progress bar: training, then the evaluation's answers and perplexity

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core.results import error_text
-from harness.budget import Budget
+from harness.budget import Budget, BudgetMeter
 from harness.train import train
 
 LOG_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -172,7 +172,7 @@ def train_trial(make_model: Callable[[], Any], objective, train_set, dev_set, cf
     (fewer dev evaluations, no progress bar)."""
     dev_set = dev_set.subset(np.arange(min(len(dev_set), SHORT_DEV_SEQS)))
 
-    def run(lr: float, budget: Budget) -> Trial:
+    def run(lr: float, budget: Budget | BudgetMeter) -> Trial:  # a meter: already checked against the data
         model = make_model()
         tcfg = dataclasses.replace(cfg, lr=lr, eval_points=min(cfg.eval_points, eval_points), progress=False)
         t0 = time.perf_counter()

@@ -55,6 +55,23 @@ def test_a_grid_builds_its_task_once_and_checks_each_cells_budget_once(offline_d
     assert all(r["budget_info"] == {"budget": "tokens=3000"} for r in rows)
 
 
+def test_a_sweeping_cell_checks_its_short_budget_once_for_all_its_short_runs(offline_dir, tmp_path, cache_dir,
+                                                                             monkeypatch):
+    """The cell's budget and the lr sweep's short budget are each checked once, in the plan: the short
+    runs (one per rate) and the full run train on the plan's checked meters."""
+    checked: list = []
+    _counting(monkeypatch, hb, "check_budget", checked)
+    out = tmp_path / "out"
+    args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--grid", "t", "--mixers", "attention",
+            "--objectives", "autoregressive", "--task-opt", "eval_limit=2", "--no-report",
+            "--lr-sweep", "1e-3,3e-3", "--lr-sweep-frac", "0.5"]
+    assert run_matrix.main(args) == 0
+    [row] = cell_rows(read_rows(out / "results" / "t.jsonl"))
+    assert row["status"] == "ok" and len(row["lr_sweep"]["table"]) == 2 and row["lr_sweep"]["reused"] == 0
+    assert sorted(str(a[0]) for a in checked) == ["tokens=1500", "tokens=3000"]
+
+
 def test_a_cells_plan_stops_a_too_small_sweep_budget_before_the_grid(offline_dir, tmp_path, cache_dir):
     """The lr sweep's short runs must cover a batch too: refused in the pre-flight plan, no rows."""
     args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(tmp_path),
