@@ -37,7 +37,7 @@ import inspect
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -282,7 +282,7 @@ class DataParallel:
         return float(t[0] / t[1].clamp_min(1))
 
 
-Parallel = Union[SingleProcess, DataParallel]
+Parallel = SingleProcess | DataParallel  # what train() steps through: one interface
 
 
 def data_parallel(model: torch.nn.Module, env: DistEnv | None, device: torch.device, budget: Budget) -> Parallel:
