@@ -14,7 +14,6 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,16 +25,15 @@ from harness import lr_sweep, objectives
 from harness import distributed as ddp
 from harness import pretrain as pt
 from harness.budget import Budget, BudgetMeter
-from core.env import device_name, git_commit, versions
 from harness.flops import mfu
 from harness.loss import resolve_impl
 from harness.model import LM, count_params, matched_config
 from core.presets import get_preset
 from core.results import error_text
+from core.schema import new_row
 from harness.train import TrainConfig, dev_loss, train
 from tasks import PrepareContext, TaskData
 
-SCHEMA_VERSION = 1
 # Batch lengths are not rounded up (the old 64 on CUDA made ~a quarter of computed positions padding:
 # the README's padding table): torch.compile marks the length dynamic after its first recompile, so
 # varying lengths cost one extra compilation, not one per length.
@@ -131,17 +129,13 @@ class RunContext:
 
 
 def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA_VERSION, "key": cell.key(), "grid": ctx.grid, "task": cell.task, "protocol": None,
-        "mixer": cell.mixer, "objective": cell.objective, "seed": cell.seed, "preset": cell.preset,
-        "budget": cell.budget, "norm": cell.norm, "mixer_opts": cell.mixer_opts,
-        "objective_opts": cell.objective_opts, "task_opts": cell.task_opts, "status": "failed", "error": None,
-        "params": None, "tokens_seen": None, "device": device_name(str(ctx.device)), "versions": versions(),
-        "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": ctx.dist.world_size,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **({"sweep": cell.sweep} if cell.sweep else {}),
-        **({"pretrain": cell.pretrain} if cell.pretrain else {}),
-    }
+    return new_row(
+        cell.key(), str(ctx.device), mixer=cell.mixer, objective=cell.objective, grid=ctx.grid, task=cell.task,
+        protocol=None, seed=cell.seed, preset=cell.preset, budget=cell.budget, norm=cell.norm,
+        mixer_opts=cell.mixer_opts, objective_opts=cell.objective_opts, task_opts=cell.task_opts, params=None,
+        tokens_seen=None, metrics={}, loss_curve=[], world_size=ctx.dist.world_size,
+        **({"sweep": cell.sweep} if cell.sweep else {}), **({"pretrain": cell.pretrain} if cell.pretrain else {}),
+    )
 
 
 def check_cell(cell: Cell, data: TaskData) -> None:
@@ -170,6 +164,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         task = tasks.build(cell.task, **cell.task_opts)
         data = ctx.task_data(task, cell)
         row["protocol"] = data.protocol
+        row.update(task.declarations(data.protocol))  # task_metrics, protocol_text: what reports show
         row["data"] = data.info
         preset = task.model_preset(get_preset(cell.preset), data.vocab_size, cell.d_model)
         loss_impl = resolve_impl(cell.loss, ctx.device)
