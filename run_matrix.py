@@ -30,6 +30,7 @@ from core.presets import PRESETS, get_preset
 from harness.references import write_references
 from core.registry import UnknownNameError, parse_kv
 from core.results import ResultsFileError, append_row, done_keys, write_expected
+from core.schema import declared_metrics
 from tasks import DataError, PrepareContext
 
 DEFAULT_BUDGET = "tokens=2000000"
@@ -146,10 +147,12 @@ def lr_choice(args: argparse.Namespace) -> tuple[float, dict | None]:
     return lr, None
 
 
-def summary(m: dict) -> str:
-    """The one-line metrics of a finished cell: the task's headline metric, then perplexity."""
-    head = f"em={m['em']:.3f} f1={m['f1']:.3f} " if "em" in m else ""
-    head += f"acc={m['accuracy']:.3f} " if "accuracy" in m else ""
+def summary(row: dict) -> str:
+    """The one-line metrics of a finished cell: the metrics its task declared (`row["task_metrics"]`,
+    in their own format), then perplexity and speed."""
+    m = row["metrics"]
+    head = "".join(f"{d.key}={d.format(m[d.key])} " for d in declared_metrics([row])
+                   if isinstance(m.get(d.key), (int, float)))
     ppl_name = "ppl" if "ppl" in m else "ppl_bound"
     return f"{head}{ppl_name}={m.get(ppl_name, float('nan')):.2f} tok/s={m['tokens_per_s']:.0f}"
 
@@ -282,13 +285,12 @@ def main(argv: list[str] | None = None) -> int:
               f"rows -> {results}")
     for cell, row in executors.build(args).run(todo, ctx):  # this process is the one writer of rows
         append_row(results, row)
-        m = row["metrics"]
         t = row.get("timing") or {}
         secs = f" train {t.get('train_s', 0):.0f}s eval {t.get('dev_s', 0) + t.get('eval_s', 0):.0f}s" if t else ""
         if row["status"] == "ok":
             sw = row.get("lr_sweep")
             picked = f" lr={sw['best_lr']:g} (sweep {sw['tokens']:,} tok, {sw['seconds']:.0f} s)" if sw else ""
-            _say(f"  ok     {cell.label()}: {summary(m)} params={row['params']:,}{secs}{picked}")
+            _say(f"  ok     {cell.label()}: {summary(row)} params={row['params']:,}{secs}{picked}")
         else:
             _say(f"  FAILED {cell.label()}: {row['error']}")
     if dist.is_main:  # the task's floors and ceilings (non-neural, seconds): rows beside the cells, once per grid

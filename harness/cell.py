@@ -18,7 +18,6 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,17 +29,16 @@ from harness import lr_sweep, objectives
 from harness import distributed as ddp
 from harness import pretrain as pt
 from harness.budget import Budget, BudgetMeter
-from core.env import device_name, git_commit, versions
 from harness.evaluate import dev_loss
 from harness.flops import mfu
 from harness.loss import resolve_impl
 from harness.model import LM, LMConfig, count_params, matched_config
 from core.presets import Preset, get_preset
 from core.results import error_text
+from core.schema import new_row
 from harness.train import TrainConfig, TrainResult, train
 from tasks import PrepareContext, TaskData
 
-SCHEMA_VERSION = 1
 # Batch lengths are not rounded up (the old 64 on CUDA made ~a quarter of computed positions padding:
 # the README's padding table): torch.compile marks the length dynamic after its first recompile, so
 # varying lengths cost one extra compilation, not one per length.
@@ -152,17 +150,13 @@ class RunContext:
 
 
 def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA_VERSION, "key": cell.key(), "grid": ctx.grid, "task": cell.task, "protocol": None,
-        "mixer": cell.mixer, "objective": cell.objective, "seed": cell.seed, "preset": cell.preset,
-        "budget": cell.budget, "norm": cell.norm, "mixer_opts": cell.mixer_opts,
-        "objective_opts": cell.objective_opts, "task_opts": cell.task_opts, "status": "failed", "error": None,
-        "params": None, "tokens_seen": None, "device": device_name(str(ctx.device)), "versions": versions(),
-        "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": ctx.dist.world_size,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **({"sweep": cell.sweep} if cell.sweep else {}),
-        **({"pretrain": cell.pretrain} if cell.pretrain else {}),
-    }
+    return new_row(
+        cell.key(), str(ctx.device), mixer=cell.mixer, objective=cell.objective, grid=ctx.grid, task=cell.task,
+        protocol=None, seed=cell.seed, preset=cell.preset, budget=cell.budget, norm=cell.norm,
+        mixer_opts=cell.mixer_opts, objective_opts=cell.objective_opts, task_opts=cell.task_opts, params=None,
+        tokens_seen=None, metrics={}, loss_curve=[], world_size=ctx.dist.world_size,
+        **({"sweep": cell.sweep} if cell.sweep else {}), **({"pretrain": cell.pretrain} if cell.pretrain else {}),
+    )
 
 
 @dataclass
@@ -227,6 +221,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         plan = ctx.plan(cell)  # built by the pre-flight check (or here, in a worker)
         data, preset, objective = plan.data, plan.preset, plan.objective
         row["protocol"] = data.protocol
+        row.update(plan.task.declarations(data.protocol))  # task_metrics, protocol_text: what reports show
         row["data"] = data.info
         torch.manual_seed(cell.seed)
         model = LM(plan.model_cfg).to(ctx.device)
