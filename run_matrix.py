@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import signal
@@ -30,8 +29,8 @@ from harness.model import NORMS
 from core.presets import PRESETS, get_preset
 from harness.references import write_references
 from core.registry import UnknownNameError, parse_kv
-from harness.train import check_budget
 from core.results import ResultsFileError, append_row, done_keys, write_expected
+from core.schema import declared_metrics
 from tasks import DataError, PrepareContext
 
 DEFAULT_BUDGET = "tokens=2000000"
@@ -148,10 +147,12 @@ def lr_choice(args: argparse.Namespace) -> tuple[float, dict | None]:
     return lr, None
 
 
-def summary(m: dict) -> str:
-    """The one-line metrics of a finished cell: the task's headline metric, then perplexity."""
-    head = f"em={m['em']:.3f} f1={m['f1']:.3f} " if "em" in m else ""
-    head += f"acc={m['accuracy']:.3f} " if "accuracy" in m else ""
+def summary(row: dict) -> str:
+    """The one-line metrics of a finished cell: the metrics its task declared (`row["task_metrics"]`,
+    in their own format), then perplexity and speed."""
+    m = row["metrics"]
+    head = "".join(f"{d.key}={d.format(m[d.key])} " for d in declared_metrics([row])
+                   if isinstance(m.get(d.key), (int, float)))
     ppl_name = "ppl" if "ppl" in m else "ppl_bound"
     return f"{head}{ppl_name}={m.get(ppl_name, float('nan')):.2f} tok/s={m['tokens_per_s']:.0f}"
 
@@ -243,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     objective_opts = scoped_opts(args.objective_opt, "--objective-opt", objective_names, objectives.REGISTRY)
     objective_opts = {o: objectives.with_defaults(task_cls.objective_defaults, o, objective_opts[o]) for o in objective_names}
     task_opts = parse_kv(args.task_opt, "--task-opt")
-    task = tasks.build(args.task, **task_opts)
     pretrain = dataclasses.asdict(PretrainSpec(args.pretrain, args.pretrain_frac, args.pretrain_max_chars)) \
         if args.pretrain else None
     dist, device = distributed.init(args.device)  # under torchrun: this rank's device, process group up
@@ -262,19 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = RunContext(device=device, data_dir=Path(args.data_dir) if args.data_dir else None,
                      cache_dir=Path(args.cache_dir), grid="", progress=not args.no_progress and dist.is_main,
                      log=print if dist.is_main else (lambda _msg: None), dist=dist)
-    # data problems stop here, with one line, before any cell runs (every distinct data config of a sweep)
+    task = ctx.task(args.task, task_opts)  # a bad option value stops here, in one line
+    # every cell's plan (data, pretraining corpus, budget checked against a batch, the model on the meta
+    # device) before any cell runs: a bad cell stops the grid here, in one line; run_cell reuses the plans
     with dist.local_main_first():  # [DDP] one rank per node prepares (tokenizer cache), the others reuse it
-        for c in {json.dumps(c.task_opts, sort_keys=True): c for c in cells}.values():
-            t = tasks.build(args.task, **c.task_opts)
-            c_data = ctx.task_data(t, c)
-            p = t.model_preset(get_preset(args.preset), c_data.vocab_size)
-            check_budget(budget, c_data.train, p.batch_size, p.batch_tokens)
-            if sweep_lr:  # each short run must cover a batch too
-                check_budget(lr_sweep.short_budget(budget, sweep_lr["frac"]), c_data.train, p.batch_size, p.batch_tokens)
-            ctx.pretrain_corpus(c, c_data)  # a missing or empty corpus stops here; tokens are cached once
-        for c in cells:  # every model once on the meta device: a bad option value stops here, in one line
-            check_cell(c, ctx.task_data(tasks.build(args.task, **c.task_opts), c))
-    data = ctx.task_data(task, cells[0])
+        plans = [check_cell(c, ctx) for c in cells]
+    data = plans[0].data
     dist.check_same(distributed.data_fingerprint(data.train), "the tokenised training data")
     if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed
         name = f"{args.task}-sweep" + "".join(f"-{k}{v}" for k, v in sorted(task_opts.items()) if k != "seq_len")
@@ -292,13 +285,12 @@ def main(argv: list[str] | None = None) -> int:
               f"rows -> {results}")
     for cell, row in executors.build(args).run(todo, ctx):  # this process is the one writer of rows
         append_row(results, row)
-        m = row["metrics"]
         t = row.get("timing") or {}
         secs = f" train {t.get('train_s', 0):.0f}s eval {t.get('dev_s', 0) + t.get('eval_s', 0):.0f}s" if t else ""
         if row["status"] == "ok":
             sw = row.get("lr_sweep")
             picked = f" lr={sw['best_lr']:g} (sweep {sw['tokens']:,} tok, {sw['seconds']:.0f} s)" if sw else ""
-            _say(f"  ok     {cell.label()}: {summary(m)} params={row['params']:,}{secs}{picked}")
+            _say(f"  ok     {cell.label()}: {summary(row)} params={row['params']:,}{secs}{picked}")
         else:
             _say(f"  FAILED {cell.label()}: {row['error']}")
     if dist.is_main:  # the task's floors and ceilings (non-neural, seconds): rows beside the cells, once per grid

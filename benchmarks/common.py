@@ -18,13 +18,13 @@ import hashlib
 import json
 import statistics
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import torch
 
 from core import results
-from core.env import device_name, git_commit, sync, versions
+from core.env import device_name, sync
+from core.schema import new_row
 
 CUDA_MEASURE = "cuda max_memory_allocated above inputs"
 CPU_MEASURE = "torch CPU allocator peak above inputs (torch.profiler memory events)"
@@ -105,14 +105,10 @@ def free(device: torch.device) -> None:
 def bench_row(bench: str, device: torch.device, identity: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """A benchmark results row. `identity` (with the device name) is hashed into the key, so a rerun of
     the same configuration on the same device supersedes the old row in reports."""
-    dev = device_name(str(device))
-    blob = json.dumps({"bench": bench, "device": dev, **identity}, sort_keys=True, default=str)
-    return {
-        "bench": bench, "key": f"{bench}-" + hashlib.sha1(blob.encode()).hexdigest()[:12],
-        "mixer": None, "objective": None, "status": "ok", "error": None, **identity, **fields,
-        "device": dev, "versions": versions(), "git_commit": git_commit(),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    blob = json.dumps({"bench": bench, "device": device_name(str(device)), **identity}, sort_keys=True, default=str)
+    key = f"{bench}-" + hashlib.sha1(blob.encode()).hexdigest()[:12]
+    return new_row(key, str(device), **{"mixer": None, "objective": None, "status": "ok", "bench": bench,
+                                        **identity, **fields})
 
 
 def run_and_report(label: str, name: str, run, cfg, device: torch.device, out_root, report: bool) -> int:

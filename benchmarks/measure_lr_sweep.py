@@ -17,13 +17,11 @@ from pathlib import Path
 
 import torch
 
-import tasks
-from harness import lr_sweep, objectives
+from harness import lr_sweep
 from harness.budget import Budget
 from harness.cell import Cell, RunContext
 from core.env import resolve_device
-from harness.loss import resolve_impl
-from harness.model import LM, matched_config
+from harness.model import LM
 from core.presets import get_preset
 from harness.train import TrainConfig
 
@@ -47,15 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     fracs = [float(f) for f in args.fracs.split(",")]
     ctx = RunContext(device=device, data_dir=Path(args.data_dir), cache_dir=Path(args.cache_dir), grid="",
                      progress=False)
-    task = tasks.build("jsquad")
     summary = []
     for mixer in args.mixers.split(","):
         cell = Cell(task="jsquad", mixer=mixer, objective=args.objective, preset=args.preset, budget=str(budget),
                     seed=args.seed)
-        data = ctx.task_data(task, cell)
-        preset = task.model_preset(get_preset(args.preset), data.vocab_size)
-        objective = objectives.build(args.objective, data.special, resolve_impl("auto", device))
-        cfg = matched_config(preset, mixer, objective.causal, data.vocab_size, {}, "pre")
+        plan = ctx.plan(cell)  # the grid's path: the task built once, data prepared once, the model matched
+        data, preset, objective, cfg = plan.data, plan.preset, plan.objective, plan.model_cfg
 
         def fresh() -> LM:
             torch.manual_seed(args.seed)

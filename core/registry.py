@@ -34,6 +34,12 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Forget `name` (a test's temporary entry, so later tests never see it); unknown names are errors."""
+        if name not in self._classes:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {', '.join(sorted(self._classes))}")
+        del self._classes[name]
+
     def _load(self) -> None:
         if self._loaded:
             return

@@ -13,10 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-REQUIRED = (
-    "task", "protocol", "mixer", "objective", "seed", "preset", "budget", "status", "error", "params",
-    "tokens_seen", "device", "versions", "git_commit", "metrics", "loss_curve",
-)
+from core.schema import ROW_KEYS, SchemaError, upgrade
+
 
 
 class ResultsFileError(ValueError):
@@ -32,7 +30,7 @@ def error_text(e: BaseException, limit: int = 500, kind: str | None = None) -> s
 def append_row(path: Path | str, row: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(row, ensure_ascii=False, allow_nan=True, default=_jsonable) + "\n").encode()
+    line = (json.dumps(row, ensure_ascii=False, allow_nan=True, default=jsonable) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -43,7 +41,9 @@ def append_row(path: Path | str, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _jsonable(o: Any) -> Any:
+def jsonable(o: Any) -> Any:
+    """What json.dumps writes for a value it cannot: a tensor or numpy scalar as a number, a set or tuple
+    as a list, anything else as its text (`default=` of every results writer)."""
     if hasattr(o, "item"):
         return o.item()
     if isinstance(o, (set, tuple)):
@@ -52,7 +52,8 @@ def _jsonable(o: Any) -> Any:
 
 
 def read_rows(path: Path | str) -> list[dict[str, Any]]:
-    """All rows of one results file; a malformed line is an error naming the file and line."""
+    """All rows of one results file, each upgraded to the current schema (`core.schema.upgrade`: files
+    written by older versions keep loading); a malformed line is an error naming the file and line."""
     path = Path(path)
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -65,7 +66,11 @@ def read_rows(path: Path | str) -> list[dict[str, Any]]:
                 raise ResultsFileError(f"{path}:{n}: not a JSON object ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ResultsFileError(f"{path}:{n}: not a JSON object")
-            missing = [k for k in ("key", "status", "mixer", "objective") if k not in row]
+            try:
+                row = upgrade(row)
+            except SchemaError as e:
+                raise ResultsFileError(f"{path}:{n}: {e}") from None
+            missing = [k for k in ROW_KEYS if k not in row]
             if missing:
                 raise ResultsFileError(f"{path}:{n}: row lacks {', '.join(missing)}")
             rows.append(row)
@@ -86,7 +91,7 @@ def latest_by_key(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def cell_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Model-cell rows only: a grid file also holds the task's reference rows (baselines, ceilings),
-    which carry a `reference` field and objective "none"."""
+    which carry a `reference` field (with the reference's `name`) and objective "none"."""
     return [r for r in rows if "reference" not in r]
 
 

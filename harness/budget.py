@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.data import SeqSet
 from core.env import sync
 
 KINDS = ("tokens", "seconds", "a100_seconds")
@@ -90,12 +91,29 @@ def device_speed(device: torch.device) -> dict:
     return info
 
 
+def check_budget(budget: Budget, train_set: SeqSet, batch_size: int, batch_tokens: int = 0) -> None:
+    """A token budget must cover at least one batch (a mean-length one), or nothing is learned."""
+    mean = float(train_set.lengths.mean()) if len(train_set) else 1.0
+    rows = max(1, int(batch_tokens // max(mean, 1.0))) if batch_tokens else batch_size
+    one_batch = int(round(mean * min(rows, len(train_set)))) if len(train_set) else 1
+    if budget.kind == "tokens" and budget.amount < one_batch:
+        raise BudgetError(f"budget {budget} is smaller than one batch (~{one_batch} tokens); raise it")
+
+
 class BudgetMeter:
-    """Turns (tokens seen, training seconds) into the fraction of the budget used."""
+    """Turns (tokens seen, training seconds) into the fraction of the budget used.
+
+    `train()` takes a Budget (and checks it against its data) or a meter that `check()` returned: a
+    grid cell's budget is parsed, checked and metered once, when its plan is built (harness/cell.py)."""
 
     def __init__(self, budget: Budget, device: torch.device):
         self.budget = budget
         self.speed = device_speed(device) if budget.kind == "a100_seconds" else None
+
+    def check(self, train_set: SeqSet, batch_size: int, batch_tokens: int = 0) -> "BudgetMeter":
+        """This meter, once its budget is known to cover a batch of `train_set` (else BudgetError)."""
+        check_budget(self.budget, train_set, batch_size, batch_tokens)
+        return self
 
     def fraction(self, tokens: int, seconds: float) -> float:
         if self.budget.kind == "tokens":

@@ -1,5 +1,9 @@
 """One grid cell: task data -> matched model -> budgeted training -> evaluation -> one results row.
 
+A cell's `CellPlan` (its task, prepared data, model preset, objective, model config and checked
+budget) is built once, by `RunContext.plan`: run_matrix.py's pre-flight check builds every cell's plan
+(and its model on the meta device) before the grid starts, and `run_cell` trains from the same plan.
+
 `run_cell` never raises for a failure inside the cell (OOM, NaN loss, too small a budget): it
 returns a row with status "failed" and the error, so a grid keeps going. Bad *configuration* (an
 unknown mixer, a missing data directory) is raised before any cell runs, by `run_matrix.py`.
@@ -14,7 +18,6 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,16 +29,16 @@ from harness import lr_sweep, objectives
 from harness import distributed as ddp
 from harness import pretrain as pt
 from harness.budget import Budget, BudgetMeter
-from core.env import device_name, git_commit, versions
+from harness.evaluate import dev_loss
 from harness.flops import mfu
 from harness.loss import resolve_impl
-from harness.model import LM, count_params, matched_config
-from core.presets import get_preset
+from harness.model import LM, LMConfig, count_params, matched_config
+from core.presets import Preset, get_preset
 from core.results import error_text
-from harness.train import TrainConfig, dev_loss, train
+from core.schema import new_row
+from harness.train import TrainConfig, TrainResult, train
 from tasks import PrepareContext, TaskData
 
-SCHEMA_VERSION = 1
 # Batch lengths are not rounded up (the old 64 on CUDA made ~a quarter of computed positions padding:
 # the README's padding table): torch.compile marks the length dynamic after its first recompile, so
 # varying lengths cost one extra compilation, not one per length.
@@ -107,8 +110,24 @@ class RunContext:
     dist: ddp.DistEnv = field(default_factory=ddp.DistEnv)  # this process's rank when a cell runs data-parallel
     # where the running cell is: (phase text, fraction of the cell done), for the grid's progress line
     phase: Callable[[str, float], None] = lambda _text, _frac: None
+    _tasks: dict[str, tasks.Task] = field(default_factory=dict)
     _data: dict[str, TaskData] = field(default_factory=dict)
     _corpora: dict[str, pt.Corpus] = field(default_factory=dict)
+    _plans: dict[str, "CellPlan"] = field(default_factory=dict)
+
+    def task(self, name: str, options: dict[str, Any]) -> tasks.Task:
+        """The task built once per (name, options): option values are checked when it is built."""
+        key = json.dumps([name, options], sort_keys=True)
+        if key not in self._tasks:
+            self._tasks[key] = tasks.build(name, **options)
+        return self._tasks[key]
+
+    def plan(self, cell: Cell) -> "CellPlan":
+        """The cell's plan, built on first use (the pre-flight check) and reused by `run_cell`."""
+        key = cell.key()
+        if key not in self._plans:
+            self._plans[key] = CellPlan.build(cell, self)
+        return self._plans[key]
 
     def task_data(self, task: tasks.Task, cell: Cell) -> TaskData:
         """Prepared once per (task options, preset) and shared by every cell of the grid."""
@@ -131,32 +150,64 @@ class RunContext:
 
 
 def base_row(cell: Cell, ctx: RunContext) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA_VERSION, "key": cell.key(), "grid": ctx.grid, "task": cell.task, "protocol": None,
-        "mixer": cell.mixer, "objective": cell.objective, "seed": cell.seed, "preset": cell.preset,
-        "budget": cell.budget, "norm": cell.norm, "mixer_opts": cell.mixer_opts,
-        "objective_opts": cell.objective_opts, "task_opts": cell.task_opts, "status": "failed", "error": None,
-        "params": None, "tokens_seen": None, "device": device_name(str(ctx.device)), "versions": versions(),
-        "git_commit": git_commit(), "metrics": {}, "loss_curve": [], "world_size": ctx.dist.world_size,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **({"sweep": cell.sweep} if cell.sweep else {}),
-        **({"pretrain": cell.pretrain} if cell.pretrain else {}),
-    }
+    return new_row(
+        cell.key(), str(ctx.device), mixer=cell.mixer, objective=cell.objective, grid=ctx.grid, task=cell.task,
+        protocol=None, seed=cell.seed, preset=cell.preset, budget=cell.budget, norm=cell.norm,
+        mixer_opts=cell.mixer_opts, objective_opts=cell.objective_opts, task_opts=cell.task_opts, params=None,
+        tokens_seen=None, metrics={}, loss_curve=[], world_size=ctx.dist.world_size,
+        **({"sweep": cell.sweep} if cell.sweep else {}), **({"pretrain": cell.pretrain} if cell.pretrain else {}),
+    )
 
 
-def check_cell(cell: Cell, data: TaskData) -> None:
-    """Build the cell's objective and model once on the meta device (no memory, no time), so a bad
+@dataclass
+class CellPlan:
+    """What one cell trains with, built once per cell (`RunContext.plan`). Building it prepares the
+    task's data (shared by the grid's cells), packs its pretraining corpus, sizes its model and checks
+    its budget (and its learning-rate sweep's short budget) against a batch, so a bad cell stops the
+    grid before it starts, in one line."""
+
+    task: tasks.Task
+    data: TaskData
+    preset: Preset  # the task's model preset at the cell's width
+    loss_impl: str  # harness.loss path resolved for the context's device
+    objective: objectives.Objective
+    model_cfg: LMConfig  # matched to the preset's parameter target
+    meter: BudgetMeter  # the cell's budget, parsed and checked to cover one batch
+    corpus: pt.Corpus | None  # packed pretraining text when the cell pretrains
+    short_meter: BudgetMeter | None = None  # the lr sweep's short-run budget (checked too), when it sweeps
+
+    @classmethod
+    def build(cls, cell: Cell, ctx: RunContext) -> "CellPlan":
+        task = ctx.task(cell.task, cell.task_opts)
+        data = ctx.task_data(task, cell)
+        preset = task.model_preset(get_preset(cell.preset), data.vocab_size, cell.d_model)
+        meter = BudgetMeter(Budget.parse(cell.budget), ctx.device).check(data.train, preset.batch_size,
+                                                                          preset.batch_tokens)
+        short = None
+        if cell.lr_sweep:  # each short run must cover a batch too
+            short = BudgetMeter(lr_sweep.short_budget(meter.budget, cell.lr_sweep["frac"]), ctx.device)
+            short.check(data.train, preset.batch_size, preset.batch_tokens)
+        corpus = ctx.pretrain_corpus(cell, data)  # a missing or empty corpus stops here; tokens cached once
+        try:
+            loss_impl = resolve_impl(cell.loss, ctx.device)
+            objective = objectives.build(cell.objective, data.special, loss_impl, **cell.objective_opts)
+            cfg = matched_config(preset, cell.mixer, objective.causal, data.vocab_size, cell.mixer_opts, cell.norm)
+        except Exception as e:
+            raise ValueError(f"{cell.label()}: {error_text(e)}") from None
+        return cls(task, data, preset, loss_impl, objective, cfg, meter, corpus, short)
+
+
+def check_cell(cell: Cell, ctx: RunContext) -> CellPlan:
+    """Build the cell's plan and its model once on the meta device (no memory, no time), so a bad
     option value (`--mixer-opt attention.head_dim=-3`) stops the grid before it starts, in one line,
     instead of failing when its cell comes up after others trained."""
+    plan = ctx.plan(cell)
     try:
-        task = tasks.build(cell.task, **cell.task_opts)
-        preset = task.model_preset(get_preset(cell.preset), data.vocab_size, cell.d_model)
-        objective = objectives.build(cell.objective, data.special, "chunked", **cell.objective_opts)
-        cfg = matched_config(preset, cell.mixer, objective.causal, data.vocab_size, cell.mixer_opts, cell.norm)
         with torch.device("meta"):
-            LM(cfg)
+            LM(plan.model_cfg)
     except Exception as e:
         raise ValueError(f"{cell.label()}: {error_text(e)}") from None
+    return plan
 
 
 def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
@@ -167,58 +218,45 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
     model = None
     try:
         ctx.phase("prepare", 0.0)
-        task = tasks.build(cell.task, **cell.task_opts)
-        data = ctx.task_data(task, cell)
+        plan = ctx.plan(cell)  # built by the pre-flight check (or here, in a worker)
+        data, preset, objective = plan.data, plan.preset, plan.objective
         row["protocol"] = data.protocol
+        row.update(plan.task.declarations(data.protocol))  # task_metrics, protocol_text: what reports show
         row["data"] = data.info
-        preset = task.model_preset(get_preset(cell.preset), data.vocab_size, cell.d_model)
-        loss_impl = resolve_impl(cell.loss, ctx.device)
-        objective = objectives.build(cell.objective, data.special, loss_impl, **cell.objective_opts)
-        cfg = matched_config(preset, cell.mixer, objective.causal, data.vocab_size, cell.mixer_opts, cell.norm)
         torch.manual_seed(cell.seed)
-        model = LM(cfg).to(ctx.device)
+        model = LM(plan.model_cfg).to(ctx.device)
         row["params"] = count_params(model)
-        row["model"] = {**dataclasses.asdict(cfg), "target_params": preset.target_params}
+        row["model"] = {**dataclasses.asdict(plan.model_cfg), "target_params": preset.target_params}
         row["objective_info"] = objective.describe()
         row["mixer_options"] = mixers.options_of(cell.mixer) | cell.mixer_opts
 
         compiled = cell.compiles(ctx.device)
         tf32 = enable_tf32(ctx.device)
-        tcfg = TrainConfig(batch_size=preset.batch_size, batch_tokens=preset.batch_tokens, lr=cell.lr or preset.lr,
-                           seed=cell.seed, compile=compiled, progress=ctx.progress, pad_to=PAD_TO,
-                           report=lambda f: f is None or ctx.phase(f"train {min(int(100 * f), 100)}%", TRAIN_SHARE * f))
-        if cell.dev_tokens is not None:
-            tcfg.dev_tokens = cell.dev_tokens
-        budget = Budget.parse(cell.budget)
+        tcfg = _train_config(cell, ctx, preset, compiled)
         if cell.lr_sweep:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
-            row["lr_sweep"] = _lr_sweep(cell, ctx, cfg, objective, data, budget, tcfg)
+            row["lr_sweep"] = _lr_sweep(cell, ctx, plan, tcfg)
             tcfg.lr = row["lr_sweep"]["best_lr"]
         t_train = time.perf_counter()
         timing["prepare_s"] = round(t_train - t_start, 2)
-        corpus = ctx.pretrain_corpus(cell, data)
-        res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), budget, tcfg, ctx.device,
-                    dist=ctx.dist, pretrain=(corpus, cell.pretrain["frac"]) if corpus else None)
+        corpus = plan.corpus
+        res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), plan.meter, tcfg,
+                    ctx.device, dist=ctx.dist, pretrain=(corpus, cell.pretrain["frac"]) if corpus else None)
         # training wall time (first step and checkpoint copies included) and the dev checks beside it
         timing["train_s"] = round(time.perf_counter() - t_train - res.dev_seconds, 2)
         timing["dev_s"] = round(res.dev_seconds, 2)
         if not ctx.dist.is_main:  # [DDP] evaluation and the row are rank 0's
             return None
         row["tokens_seen"] = res.tokens_seen
-        row["budget_info"] = BudgetMeter(budget, ctx.device).describe()
+        row["budget_info"] = res.budget_info
         row["loss_curve"] = res.loss_curve
-        row["train"] = {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
-                        "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
-                        "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
-                        "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
-                        "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve),
-                        **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}
+        row["train"] = _train_record(res, tcfg, compiled, tf32)
         res.stages[-1]["sources"] = [data.protocol]  # the task stage trains on the protocol's training split
         if corpus is not None:
             row["pretrain"] = {**cell.pretrain, "corpus": corpus.info}
 
         t_eval = time.perf_counter()
         answers = lambda n, m: ctx.phase(f"evaluate answers {n}/{m}", TRAIN_SHARE + 0.3 * n / max(m, 1))  # noqa: E731
-        metrics = task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size, progress=answers)
+        metrics = plan.task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size, progress=answers)
         samples = metrics.pop("samples", None)
         per_question = metrics.pop("per_question", None)  # {"id": [...], metric: [...]}: paired bootstrap in reports
         bound = lambda n, m: ctx.phase(f"evaluate {objective.ppl_key} {n}/{m}", 0.8 + 0.2 * n / max(m, 1))  # noqa: E731
@@ -234,7 +272,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["samples"] = samples
         if per_question:
             row["per_question"] = per_question
-        row["backend"] = {"mixer": model.backends(), "loss": loss_impl}
+        row["backend"] = {"mixer": model.backends(), "loss": plan.loss_impl}
         timing["eval_s"] = round(time.perf_counter() - t_eval, 2)
         row["status"] = "ok"
     except Exception as e:  # one cell's failure (OOM, NaN, budget) must not kill the grid
@@ -253,18 +291,42 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
     return row if ctx.dist.is_main else None  # [DDP] one row per cell, from rank 0
 
 
-def _lr_sweep(cell: Cell, ctx: RunContext, cfg, objective, data: TaskData, budget: Budget, tcfg: TrainConfig) -> dict:
+def _train_config(cell: Cell, ctx: RunContext, preset: Preset, compiled: bool) -> TrainConfig:
+    tcfg = TrainConfig(batch_size=preset.batch_size, batch_tokens=preset.batch_tokens, lr=cell.lr or preset.lr,
+                       seed=cell.seed, compile=compiled, progress=ctx.progress, pad_to=PAD_TO,
+                       report=lambda f: f is None or ctx.phase(f"train {min(int(100 * f), 100)}%", TRAIN_SHARE * f))
+    if cell.dev_tokens is not None:
+        tcfg.dev_tokens = cell.dev_tokens
+    return tcfg
+
+
+def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: bool) -> dict[str, Any]:
+    """The row's `train` record: how the cell trained."""
+    return {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
+            "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
+            "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
+            "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
+            "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve),
+            **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}
+
+
+def _lr_sweep(cell: Cell, ctx: RunContext, plan: CellPlan, tcfg: TrainConfig) -> dict:
     def fresh_model() -> LM:  # the same init as the full run
         torch.manual_seed(cell.seed)
-        return LM(cfg).to(ctx.device)
+        return LM(plan.model_cfg).to(ctx.device)
 
     where = ctx.cache_dir / "lr_sweep" / f"{cell.key()}-{ctx.device.type}.json"  # seconds budgets depend on the device
     cache = None if ctx.dist.active else lr_sweep.TrialCache(where)
-    trial = lr_sweep.train_trial(fresh_model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), tcfg,
-                                 ctx.device, dist=ctx.dist)
+    data = plan.data
+    trial = lr_sweep.train_trial(fresh_model, plan.objective, data.train.to(ctx.device), data.dev.to(ctx.device),
+                                 tcfg, ctx.device, dist=ctx.dist)
     rates = cell.lr_sweep["rates"]  # "auto": around this cell's rate (the preset's, or the task's lr option)
     rates = lr_sweep.auto_rates(tcfg.lr) if rates == "auto" else rates
-    return lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], budget, trial, cache)
+
+    def checked(lr: float, short: Budget) -> lr_sweep.Trial:  # the short budget's meter, checked in the plan
+        return trial(lr, plan.short_meter if plan.short_meter and plan.short_meter.budget == short else short)
+
+    return lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], plan.meter.budget, checked, cache)
 
 
 TRAIN_SHARE = 0.5  # of a cell's progress bar: training, then the evaluation's answers and perplexity

@@ -1,7 +1,11 @@
 """Data-parallel cells: one grid cell trained on N processes with `torch.distributed` (DDP).
 
 Launch: `torchrun --nproc_per_node N run_matrix.py ...` (every cell of the grid then runs on the N
-ranks), or `spawn_cell` (N local processes for one cell; what a multi-GPU Ray task does).
+ranks), or `harness.spawn.spawn_cell` (N local processes for one cell; what a multi-GPU Ray task does).
+
+`train()` sees one interface, `data_parallel()`'s choice: `SingleProcess` (world size 1) or
+`DataParallel` (N ranks). Both say what to step through, how to sample, the step's loss and the
+tokens it counts, the per-rank seed offset, the budget fraction, the mean train loss and the dev loss.
 
 Why it works the way it does:
 - **A cell on N ranks is the same run as on one process.** Every rank draws the same seeded global
@@ -16,7 +20,8 @@ Why it works the way it does:
 - **Dev evaluation** is sharded over ranks and all-reduced (every rank gets the same number, so
   checkpoint selection agrees). **Final evaluation and the results row are rank 0's**; the other
   ranks wait at a barrier on the gloo group, whose long timeout outlasts NCCL's watchdog.
-- **world_size == 1 takes none of these paths**: no DDP wrapper, no collectives, no extra syncs.
+- **world_size == 1 takes none of these paths** (`SingleProcess`): no DDP wrapper, no collectives,
+  no extra syncs.
 - **Failures.** A NaN loss or a too-small budget is seen by every rank alike (the train loss is
   all-reduced before the check), so the cell gets a "failed" row and the grid goes on. A failure on
   one rank only (an OOM on one GPU) cannot be survived by the others mid-collective: that rank
@@ -27,13 +32,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import hashlib
 import inspect
-import json
 import os
 import socket
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -41,9 +44,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from harness.budget import Budget, BudgetError
 from core.data import Batch, BatchSampler, SeqSet
 from core.env import resolve_device
+from harness.budget import Budget, BudgetError
+from harness.evaluate import dev_loss, nll_sums
 
 # Rank 0 evaluates a cell (answer generation over the whole evaluation split) while the other ranks
 # wait at a barrier: the wait lives on a gloo group with this timeout, not on NCCL's 10 minutes.
@@ -141,8 +145,6 @@ def agreed_failure(e: BaseException) -> bool:
 
 def data_fingerprint(data: SeqSet) -> str:
     """A short hash of the token ids: ranks must train on identically tokenised data."""
-    import hashlib
-
     h = hashlib.sha1(data.ids.cpu().numpy().tobytes())
     h.update(np.asarray(data.lengths).tobytes())
     return h.hexdigest()[:12]
@@ -194,12 +196,42 @@ class _DDP(DistributedDataParallel):
             return getattr(self.module, name)
 
 
+class SingleProcess:
+    """One process trains the whole cell: the model itself, the base sampler, the plain loss, and no
+    collective or host sync anywhere (the interface `DataParallel` has, at no cost)."""
+
+    seed_offset = 0
+
+    def __init__(self, model: torch.nn.Module):
+        self.module = model  # what the step runs forward through
+
+    def sampler(self, base: BatchSampler) -> BatchSampler:
+        return base
+
+    def loss(self, objective, model, batch: Batch, sampler: BatchSampler,
+             generator: torch.Generator | None) -> torch.Tensor:
+        return objective.loss(model, batch, generator)
+
+    def step_tokens(self, sampler: BatchSampler, batch: Batch) -> int:
+        """Real tokens the step counts against the budget (known on the host: no sync)."""
+        return batch.n_tokens
+
+    def fraction(self, frac: float) -> float:
+        return frac
+
+    def mean_over_ranks(self, summed_loss: torch.Tensor) -> torch.Tensor:
+        return summed_loss
+
+    def dev_loss(self, model, objective, data: SeqSet, batch_size: int, device: torch.device) -> float:
+        return dev_loss(model, objective, data, batch_size, device, selection=True)
+
+
 class DataParallel:
-    """What `train()` does differently on N ranks (one object, so train.py only has small hooks)."""
+    """This rank's part of a cell trained on N ranks (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module, env: DistEnv, device: torch.device, budget: Budget):
         self.env = env
-        self.module = _DDP(
+        self.module = _DDP(  # forward through the wrapper: gradients all-reduce in backward
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True,
@@ -209,18 +241,24 @@ class DataParallel:
         self.seed_offset = 1_000_003 * env.rank  # objective noise (diffusion masks) differs per shard
 
     def sampler(self, base: BatchSampler) -> ShardedSampler:
+        """This rank's rows of each global batch."""
         return ShardedSampler(base, self.env.rank, self.env.world_size)
 
-    def loss(self, objective, model, batch: Batch, live: bool, generator: torch.Generator | None) -> torch.Tensor:
+    def loss(self, objective, model, batch: Batch, sampler: ShardedSampler,
+             generator: torch.Generator | None) -> torch.Tensor:
         """This rank's loss, scaled so that DDP's gradient average is the single-process gradient:
         (1/W) sum_r grad(W num_r / sum_r den_r) = grad(sum_r num_r / sum_r den_r). Its value summed
         over ranks and divided by W is the global per-token loss (see `mean_over_ranks`)."""
         num, den = objective.loss_terms(model, batch, generator)
-        if not live:
+        if not sampler.live:  # a stand-in row (fewer rows than ranks): weight 0
             num, den = num * 0, den * 0
         den = den.detach().float().reshape(1).clone()
         dist.all_reduce(den)  # stays on the device: no host sync
         return num * self.env.world_size / den.clamp_min(1).squeeze(0)
+
+    def step_tokens(self, sampler: ShardedSampler, batch: Batch) -> int:
+        """The budget counts the whole cell: the global batch's tokens, known on every rank."""
+        return sampler.global_tokens
 
     def fraction(self, frac: float) -> float:
         """Every rank uses rank 0's budget fraction, so all stop (and evaluate) at the same step."""
@@ -237,8 +275,6 @@ class DataParallel:
 
     def dev_loss(self, model, objective, data: SeqSet, batch_size: int, device: torch.device) -> float:
         """Dev NLL with the rows split over ranks; the same float on every rank."""
-        from harness.train import nll_sums
-
         shard = data.subset(np.arange(self.env.rank, len(data), self.env.world_size))
         tot, n = nll_sums(model, objective, shard, batch_size, device, selection=True)
         t = torch.stack([tot.float(), n.float()])
@@ -246,50 +282,18 @@ class DataParallel:
         return float(t[0] / t[1].clamp_min(1))
 
 
-# ---------------------------------------------------------------------------------------------------
-# One cell on N local processes without torchrun (a Ray task holding N GPUs; tests on CPU with gloo).
+Parallel = SingleProcess | DataParallel  # what train() steps through: one interface
+
+
+def data_parallel(model: torch.nn.Module, env: DistEnv | None, device: torch.device, budget: Budget) -> Parallel:
+    """How this process trains `model`: alone, or as one rank of a data-parallel cell."""
+    if env is None or not env.active:
+        return SingleProcess(model)
+    return DataParallel(model, env, device, budget)
 
 
 def free_port() -> int:
+    """A free local TCP port for a process group's rendezvous (harness/spawn.py, tests)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def spawn_cell(cell, spec, world_size: int) -> dict[str, Any]:
-    """Run `cell` data-parallel on `world_size` local processes; return rank 0's row.
-
-    `spec` builds each rank's RunContext (`executors.ContextSpec`: plain, picklable values).
-    The ranks run exactly what torchrun's ranks run: `init()` from the environment, then `run_cell`.
-    """
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory(prefix="wavebench-cell-") as tmp:
-        out = Path(tmp) / "row.json"
-        mp.start_processes(_spawned_rank, args=(world_size, free_port(), cell, spec, str(out)),
-                           nprocs=world_size, start_method="spawn", join=True)
-        return json.loads(out.read_text(encoding="utf-8"))
-
-
-def _spawned_rank(rank: int, world_size: int, port: int, cell, spec, out: str) -> None:
-    import tasks
-    from harness.cell import run_cell
-    from core.results import _jsonable
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    env, device = init(spec.device)
-    try:
-        ctx = spec.build(env, device)
-        task = tasks.build(cell.task, **cell.task_opts)
-        with env.local_main_first():  # as in run_matrix: rank 0 fills the tokenizer cache, the others reuse it
-            data = ctx.task_data(task, cell)
-        env.check_same(data_fingerprint(data.train), "the tokenised training data")
-        row = run_cell(cell, ctx)  # finds the prepared data in ctx
-        if row is not None:
-            tmp = Path(out).with_suffix(".tmp")
-            tmp.write_text(json.dumps(row, ensure_ascii=False, default=_jsonable), encoding="utf-8")
-            os.replace(tmp, out)
-        env.barrier()
-    finally:
-        shutdown()

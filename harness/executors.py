@@ -5,7 +5,7 @@
 - "ray":   every cell is a Ray task holding `--gpus-per-cell` GPUs (default: 1 when the cluster has
   GPUs, else 0) and `--cpus-per-cell` CPUs, so a machine with 8 GPUs runs 8 cells at once and every
   node that joins the cluster (`ray start --address=...`) adds its GPUs with no code change. A task
-  holding G > 1 GPUs trains its cell data-parallel on G local ranks (`distributed.spawn_cell`).
+  holding G > 1 GPUs trains its cell data-parallel on G local ranks (`spawn.spawn_cell`).
   Ray is an optional extra: `pip install -r requirements-ray.txt`.
 
 Both yield `(cell, row)` as cells finish; the caller (run_matrix.py) is the only writer of results
@@ -30,6 +30,8 @@ import torch
 from harness import distributed as ddp
 from harness.cell import Cell, RunContext, base_row, run_cell
 from harness.progress import GridProgress
+from harness.spawn import spawn_cell
+from core.env import resolve_device
 from core.results import error_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +47,6 @@ class ContextSpec:
     grid: str
 
     def build(self, dist: ddp.DistEnv | None = None, device: torch.device | None = None) -> RunContext:
-        from core.env import resolve_device
-
         dist = dist or ddp.DistEnv()
         quiet = (lambda _msg: None) if not dist.is_main else print
         return RunContext(device=device or resolve_device(self.device),
@@ -168,7 +168,7 @@ def ray_cell(cell: Cell, spec: ContextSpec, world_size: int = 1) -> dict[str, An
     """The body of one Ray task (a plain function, so it also runs without Ray)."""
     t0 = time.time()
     if world_size > 1:
-        row = ddp.spawn_cell(cell, spec, world_size)
+        row = spawn_cell(cell, spec, world_size)
     else:  # (Ray sets OMP_NUM_THREADS to the task's CPUs, so torch threads follow --cpus-per-cell)
         if spec not in _CONTEXTS:
             _CONTEXTS[spec] = spec.build()

@@ -2,11 +2,12 @@
 
 Counted (forward + backward = 3 x forward, 2 FLOPs per multiply-add, per token):
 - every `nn.Linear` weight and the tied LM head: 6 x (their parameter count)   (Kaplan et al.'s 6N)
-- attention scores and weighted values: 12 x layers x T x d_model              (PaLM's appendix B,
-  no discount for the causal mask)
-What is *not* counted: the sequence-mixing arithmetic of other mixers (wave sums, wavelet
-convolutions, scans), norms, activations. For those mixers MFU is a lower bound on utilisation and
-is labelled so (`mfu_basis`). Peaks are dense bf16 tensor-core TFLOP/s from the vendors' sheets.
+- each layer's sequence mixing as its mixer declares it (`Mixer.flops_per_token(T)`): attention's
+  scores and weighted values are 12 x T x d_model per layer (PaLM's appendix B, no causal discount)
+What is *not* counted: the sequence mixing of a mixer that declares none (wave sums, wavelet
+convolutions, scans today), norms, activations. With such a mixer MFU is a lower bound on
+utilisation and is labelled so (`mfu_basis` names what was counted). Peaks are dense bf16
+tensor-core TFLOP/s from the vendors' sheets.
 """
 from __future__ import annotations
 
@@ -37,12 +38,21 @@ def flops_per_token(model: nn.Module, seq_len: float) -> tuple[float, str]:
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     head = model.head_weight.numel()
     flops = 6.0 * (linear + head)
-    mixer = model.cfg.mixer
-    if mixer == "attention":
-        flops += 12.0 * model.cfg.n_layers * seq_len * model.cfg.d_model
-        basis = "exact for matmuls: 6N (linear + head) + 12*L*T*d (attention)"
+    declared: dict[str, list[float]] = {}  # mixer name -> its layers' FLOPs per token
+    missing: set[str] = set()
+    for block in model.blocks:
+        f = block.mixer.flops_per_token(seq_len)
+        if f is None:
+            missing.add(block.mixer.name)
+        else:
+            declared.setdefault(block.mixer.name, []).append(float(f))
+    flops += sum(sum(fs) for fs in declared.values())
+    counted = "".join(f" + {name}'s declared sequence mixing ({sum(fs):,.0f} per token, {len(fs)} layers, "
+                      f"T={seq_len:g})" for name, fs in sorted(declared.items()))
+    if missing:
+        basis = f"lower bound: 6N (linear + head){counted}; {', '.join(sorted(missing))}'s sequence mixing not counted"
     else:
-        basis = f"lower bound: 6N (linear + head); {mixer}'s sequence mixing not counted"
+        basis = f"exact for matmuls: 6N (linear + head){counted}"
     return flops, basis
 
 

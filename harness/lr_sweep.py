@@ -36,7 +36,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from harness.budget import Budget
+from core.results import error_text
+from harness.budget import Budget, BudgetMeter
+from harness.train import train
 
 LOG_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 # Each short run: this fraction of the cell's budget. Measured (README, "Learning rate"): at 0.1 and 0.25
@@ -168,12 +170,9 @@ def train_trial(make_model: Callable[[], Any], objective, train_set, dev_set, cf
                 eval_points: int = SHORT_EVAL_POINTS) -> TrialFn:
     """A TrialFn that really trains: a fresh model per rate, the cell's TrainConfig at that rate
     (fewer dev evaluations, no progress bar)."""
-    from core.results import error_text
-    from harness.train import train
-
     dev_set = dev_set.subset(np.arange(min(len(dev_set), SHORT_DEV_SEQS)))
 
-    def run(lr: float, budget: Budget) -> Trial:
+    def run(lr: float, budget: Budget | BudgetMeter) -> Trial:  # a meter: already checked against the data
         model = make_model()
         tcfg = dataclasses.replace(cfg, lr=lr, eval_points=min(cfg.eval_points, eval_points), progress=False)
         t0 = time.perf_counter()

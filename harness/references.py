@@ -1,7 +1,10 @@
 """Reference rows: a task's floors (non-neural baselines) and ceilings as ordinary results rows.
 
 They go into the grid's results file beside the model cells (`objective` = "none", `params` = 0),
-so a report shows them in the same table. Each reference has its own resume key (a hash of what
+so a report shows them in the same table. A reference is named by `reference.name`; its `mixer` is
+null (present, not absent: every row keeps the keys `core.schema.ROW_KEYS` requires, and a reader
+that groups rows by mixer never mistakes a baseline for a model). It carries its task's metric and
+protocol declarations like a model row, so a report can show a grid of references alone. Each reference has its own resume key (a hash of what
 its score depends on): a rerun of the grid computes only the missing ones.
 """
 from __future__ import annotations
@@ -9,16 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.cell import SCHEMA_VERSION
-from core.env import device_name, git_commit, versions
 from core.results import append_row, error_text
+from core.schema import REFERENCE_OBJECTIVE, new_row
 from tasks import PrepareContext, Reference, Task, TaskData
-
-REFERENCE_OBJECTIVE = "none"
 
 
 def reference_key(ref: Reference) -> str:
@@ -26,18 +25,16 @@ def reference_key(ref: Reference) -> str:
     return "ref-" + hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def reference_row(ref: Reference, task: str, data: TaskData, grid: str, task_opts: dict[str, Any]) -> dict[str, Any]:
+def reference_row(ref: Reference, task: Task, data: TaskData, grid: str, task_opts: dict[str, Any]) -> dict[str, Any]:
     """Score one reference (on the models' items, and on the whole split if they are a sample)."""
     t0 = time.perf_counter()
-    row: dict[str, Any] = {
-        "schema": SCHEMA_VERSION, "key": reference_key(ref), "grid": grid, "task": task, "protocol": data.protocol,
-        "mixer": ref.name, "objective": REFERENCE_OBJECTIVE, "seed": None, "preset": None, "budget": None,
-        "norm": None, "task_opts": task_opts, "status": "failed", "error": None, "params": 0, "tokens_seen": 0,
-        "device": device_name("cpu"), "versions": versions(), "git_commit": git_commit(), "metrics": {},
-        "loss_curve": [], "world_size": 1, "data": data.info,
-        "reference": {"kind": ref.kind, "rule": ref.rule, "setting": ref.setting, "identity": ref.identity},
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    row = new_row(
+        reference_key(ref), "cpu", mixer=None, objective=REFERENCE_OBJECTIVE, grid=grid, task=task.name,
+        protocol=data.protocol, **task.declarations(data.protocol), seed=None, preset=None, budget=None, norm=None,
+        task_opts=task_opts, params=0, tokens_seen=0, metrics={}, loss_curve=[], world_size=1, data=data.info,
+        reference={"name": ref.name, "kind": ref.kind, "rule": ref.rule, "setting": ref.setting,
+                   "identity": ref.identity},
+    )
     try:
         row["metrics"] = ref.score()
         if ref.score_full is not None:
@@ -56,7 +53,7 @@ def write_references(task: Task, data: TaskData, ctx: PrepareContext, results: P
     for ref in task.references(data, ctx):
         if reference_key(ref) in done:
             continue
-        row = reference_row(ref, task.name, data, grid, task_opts)
+        row = reference_row(ref, task, data, grid, task_opts)
         append_row(results, row)
         written.append(row)
         m = row["metrics"]

@@ -20,14 +20,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 
+from core.data import Batch, BatchSampler, SeqSet
 from core.env import autocast
-from harness.budget import Budget, BudgetError, BudgetMeter
-from core.data import BatchSampler, SeqSet
-from harness.distributed import DataParallel, DistEnv
-from harness.pretrain import Corpus, stage_plan
+from harness.budget import Budget, BudgetMeter
+from harness.distributed import DistEnv, Parallel, data_parallel
+from harness.evaluate import dev_sample
+from harness.pretrain import Corpus, Stage, StagePlan, stage_plan
 
 
 @dataclass
@@ -68,6 +68,7 @@ class TrainResult:
     dev_tokens: int = 0  # tokens in the dev sample each check scores
     padding_frac: float | None = None  # share of computed positions (rows x batch length) that were padding
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
+    budget_info: dict = field(default_factory=dict)  # the meter's describe(): the budget (and measured speed)
 
 
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
@@ -89,179 +90,159 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
 
 
-def dev_loss(model, objective, data: SeqSet, batch_size: int, device: torch.device, selection: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> float:
-    """Mean target-token NLL on a held-out set (a bound for diffusion objectives); `selection` uses the
-    objective's cheap checkpoint-selection estimator instead of the reported one."""
-    tot, n = nll_sums(model, objective, data, batch_size, device, selection, progress)
-    return float(tot / n.clamp_min(1))
-
-
-def dev_sample(dev: SeqSet, max_tokens: int, seed: int = 0) -> SeqSet:
-    """A fixed-seed sample of whole dev sequences holding at most `max_tokens` tokens (at least one
-    sequence; 0: all), the same for every cell: a dev check then costs the same on any dev set."""
-    if max_tokens <= 0 or dev.n_tokens <= max_tokens:
-        return dev
-    perm = np.random.default_rng(seed).permutation(len(dev))
-    keep = perm[np.cumsum(dev.lengths[perm]) <= max_tokens]
-    return dev.subset(np.sort(keep if len(keep) else perm[:1]))
-
-
-@torch.no_grad()
-def nll_sums(model, objective, data: SeqSet, batch_size: int, device: torch.device, selection: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed target-token NLL, target-token count) on the device: data-parallel ranks add these up.
-    `progress(sequences done, of)` is called after each batch."""
-    was = model.training
-    model.eval()
-    tot = torch.zeros((), device=device)
-    n = torch.zeros((), device=device)
-    nll = objective.selection_nll if selection else objective.nll
-    done = 0
-    for batch in data.iter_batches(batch_size):
-        with autocast(device):
-            s, c = nll(model, batch)
-        tot += s.float()
-        n += c
-        done += batch.ids.shape[0]
-        if progress:
-            progress(done, len(data))
-    model.train(was)
-    return tot, n
-
-
-def check_budget(budget: Budget, train_set: SeqSet, batch_size: int, batch_tokens: int = 0) -> None:
-    """A token budget must cover at least one batch (a mean-length one), or nothing is learned."""
-    mean = float(train_set.lengths.mean()) if len(train_set) else 1.0
-    rows = max(1, int(batch_tokens // max(mean, 1.0))) if batch_tokens else batch_size
-    one_batch = int(round(mean * min(rows, len(train_set)))) if len(train_set) else 1
-    if budget.kind == "tokens" and budget.amount < one_batch:
-        raise BudgetError(f"budget {budget} is smaller than one batch (~{one_batch} tokens); raise it")
-
-
-def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget, cfg: TrainConfig, device: torch.device,
-          dist: DistEnv | None = None, pretrain: tuple[Corpus, float] | None = None) -> TrainResult:
+def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget | BudgetMeter, cfg: TrainConfig,
+          device: torch.device, dist: DistEnv | None = None, pretrain: tuple[Corpus, float] | None = None) -> TrainResult:
     """Train `model` in place until the budget is spent. With `dist` (under torchrun) this rank trains on
     its shard of every global batch; `cfg.batch_size` stays the global batch (harness/distributed.py).
+    `budget` is checked to cover a batch of `train_set` here, unless it comes as a checked `BudgetMeter`
+    (a grid cell's, checked when its plan was built).
 
     No step reads a device value back to the host: batches are cut on the device, the step's token
     count is known on the host, the train loss is summed on the device and read only at the dev-eval
     points (tests/test_step.py checks this), so the host can queue steps ahead of a GPU.
     With `pretrain = (corpus, F)` the first F of the budget trains the objective's LM form on the corpus."""
-    meter = BudgetMeter(budget, device)
-    check_budget(budget, train_set, cfg.batch_size, cfg.batch_tokens)
-    par = DataParallel(model, dist, device, budget) if dist is not None and dist.active else None  # [DDP]
+    meter = budget if isinstance(budget, BudgetMeter) else \
+        BudgetMeter(budget, device).check(train_set, cfg.batch_size, cfg.batch_tokens)
+    par = data_parallel(model, dist, device, meter.budget)  # one process, or this rank of N
 
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + (par.seed_offset if par else 0))
-    sampler = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to, batch_tokens=cfg.batch_tokens)
-    sampler = par.sampler(sampler) if par else sampler  # [DDP] this rank's rows of each global batch
-    plan = stage_plan(sampler, objective, pretrain, cfg.batch_size, cfg.seed, cfg.pad_to, device,
-                      par.sampler if par else None)  # [pretrain] the stages this run trains in, in order
-    dev_set = dev_sample(dev_set, cfg.dev_tokens)
-    opt = _optimizer(model, cfg, device)
-    eager_fn = par.module if par else model  # [DDP] forward through the wrapper: gradients all-reduce
-    step_fn = torch.compile(eager_fn) if cfg.compile else eager_fn
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    res = TrainResult()
+    base = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to, batch_tokens=cfg.batch_tokens)
+    # [pretrain] the stages this run trains in, in order (the task stage alone without pretraining)
+    stages = stage_plan(par.sampler(base), objective, pretrain, cfg.batch_size, cfg.seed, cfg.pad_to, device,
+                        par.sampler)
+    run = _Run(model, objective, par, dev_sample(dev_set, cfg.dev_tokens), cfg, device, staged=pretrain is not None)
     eval_at = [(i + 1) / cfg.eval_points for i in range(cfg.eval_points)]
-    best_state, best = None, math.inf
-    loss_acc, loss_n = torch.zeros((), device=device), 0
-    # torch.compile compiles at step 1 and recompiles once at step 2 (the first new batch shape marks
-    # the lengths dynamic): neither is budgeted, and tokens/s counts from step 3 on
-    warm_steps = 2 if cfg.compile else 1
-    clock, steady_t, steady_tok, steady_from = 0.0, 0.0, 0, 2
-    frac = 0.0
-    real_pos, computed_pos = 0, 0
     bar = cfg.report or _progress(cfg.progress)
-    res.dev_tokens = dev_set.n_tokens
+    frac = 0.0
     model.train()
-    while frac < 1.0 and res.steps < cfg.max_steps:
-        t0 = time.perf_counter()
-        stage = plan.at(frac)  # [pretrain] the task stage alone without pretraining
-        sampler, loss_obj = stage.sampler, stage.objective
-        batch = next(sampler)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * wsd_multiplier(frac, cfg)
-
-        def forward_backward(fn) -> torch.Tensor:
-            with autocast(device):
-                if par:  # [DDP] normalised by the global loss-token count
-                    loss = par.loss(loss_obj, fn, batch, sampler.live, gen)
-                else:
-                    loss = loss_obj.loss(fn, batch, gen)
-            loss.backward()
-            return loss
-
-        try:
-            loss = forward_backward(step_fn)
-        except Exception as e:  # a mixer torch.compile cannot handle: say so in the row, train eagerly
-            if step_fn is eager_fn or res.steps >= warm_steps or isinstance(e, torch.cuda.OutOfMemoryError):
-                raise
-            res.compile_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-            step_fn = eager_fn
-            opt.zero_grad(set_to_none=True)
-            loss = forward_backward(step_fn)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_acc += loss.detach()
-        loss_n += 1
-        res.steps += 1
-        n_tok = sampler.global_tokens if par else batch.n_tokens  # [DDP] the budget counts the whole cell
-        res.tokens_seen += n_tok
-        real_pos += batch.n_tokens
-        computed_pos += batch.ids.numel()  # a host-side shape: no sync
-        if res.steps <= warm_steps and device.type == "cuda":
-            torch.cuda.synchronize(device)  # the first steps (compilation, allocator warm-up) are not budgeted
-        dt = time.perf_counter() - t0
-        if res.steps > warm_steps:
-            clock += dt
-        stage.account(n_tok, dt if res.steps > warm_steps else 0.0)
-        if res.steps > steady_from:
-            steady_t += dt
-            steady_tok += n_tok
-        frac = meter.fraction(res.tokens_seen, clock)
-        frac = par.fraction(frac) if par else frac  # [DDP] rank 0's clock decides for every rank
+    while frac < 1.0 and run.res.steps < cfg.max_steps:
+        stage = stages.at(frac)
+        run.step(stage, frac)
+        frac = par.fraction(meter.fraction(run.res.tokens_seen, run.clock))  # [DDP] rank 0's clock decides
         bar(frac)
         while eval_at and (frac >= eval_at[0] or frac >= 1.0):
             eval_at.pop(0)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            summed = par.mean_over_ranks(loss_acc) if par else loss_acc  # [DDP] every rank sees the same
-            train_loss = float(summed / max(loss_n, 1))
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"training loss is {train_loss} at step {res.steps}")
-            t_dev = time.perf_counter()
-            if par:  # [DDP] rows split over ranks, the same number everywhere
-                d = par.dev_loss(model, objective, dev_set, cfg.eval_batch_size, device)
-            else:
-                d = dev_loss(model, objective, dev_set, cfg.eval_batch_size, device, selection=True)
-            res.dev_seconds += time.perf_counter() - t_dev  # (the float() in dev_loss has synced)
-            res.loss_curve.append(
-                {"frac": round(min(frac, 1.0), 4), "step": res.steps, "tokens": res.tokens_seen,
-                 "train_loss": round(train_loss, 5), "dev_loss": round(d, 5),
-                 **({"stage": stage.name} if pretrain else {})}
-            )
-            loss_acc, loss_n = torch.zeros((), device=device), 0
-            if d < best:
-                best, res.best_fraction = d, round(min(frac, 1.0), 4)
-                best_state = copy.deepcopy(model.state_dict())
+            run.eval_point(frac, stage)
     bar(None)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        res.peak_mem_bytes = int(torch.cuda.max_memory_allocated(device))
-    res.train_seconds = clock
-    res.tokens_per_s = steady_tok / steady_t if steady_t > 0 else res.tokens_seen / max(clock, 1e-9)
-    res.best_dev_loss = best if math.isfinite(best) else None
-    res.epochs = plan.task.tokens / max(train_set.n_tokens, 1)
-    res.stages = plan.describe()
-    res.padding_frac = round(1.0 - real_pos / computed_pos, 4) if computed_pos else None
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return res
+    return run.finish(stages, train_set, meter)
+
+
+# tokens/s counts the steps after this one: the first steps compile and warm up
+STEADY_FROM = 2
+
+
+class _Run:
+    """One training run's state between steps: the optimizer, the budgeted clock, the train loss summed
+    on the device since the last eval point, the best checkpoint so far, and the result being filled."""
+
+    def __init__(self, model, objective, par: Parallel, dev_set: SeqSet, cfg: TrainConfig, device: torch.device,
+                 staged: bool):
+        self.model, self.objective, self.par, self.dev_set = model, objective, par, dev_set
+        self.cfg, self.device, self.staged = cfg, device, staged
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed + par.seed_offset)
+        self.opt = _optimizer(model, cfg, device)
+        self.step_fn = torch.compile(par.module) if cfg.compile else par.module
+        # torch.compile compiles at step 1 and recompiles once at step 2 (the first new batch shape marks
+        # the lengths dynamic): neither is budgeted, and tokens/s counts from step 3 on
+        self.warm_steps = 2 if cfg.compile else 1
+        self.clock, self.steady_t, self.steady_tok = 0.0, 0.0, 0
+        self.real_pos, self.computed_pos = 0, 0
+        self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
+        self.best_state, self.best = None, math.inf
+        self.res = TrainResult(dev_tokens=dev_set.n_tokens)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def step(self, stage: Stage, frac: float) -> None:
+        """One optimizer step on the stage's next batch at the LR of budget fraction `frac`, timed."""
+        t0 = time.perf_counter()
+        batch = next(stage.sampler)
+        for g in self.opt.param_groups:
+            g["lr"] = self.cfg.lr * wsd_multiplier(frac, self.cfg)
+        loss = self._forward_backward(stage, batch)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.loss_sum += loss.detach()
+        self.loss_n += 1
+        res = self.res
+        res.steps += 1
+        n_tok = self.par.step_tokens(stage.sampler, batch)  # [DDP] the budget counts the whole cell
+        res.tokens_seen += n_tok
+        self.real_pos += batch.n_tokens
+        self.computed_pos += batch.ids.numel()  # a host-side shape: no sync
+        warm = res.steps <= self.warm_steps
+        if warm and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the first steps (compilation, allocator warm-up) are not budgeted
+        dt = time.perf_counter() - t0
+        if not warm:
+            self.clock += dt
+        stage.account(n_tok, 0.0 if warm else dt)
+        if res.steps > STEADY_FROM:
+            self.steady_t += dt
+            self.steady_tok += n_tok
+
+    def _forward_backward(self, stage: Stage, batch: Batch) -> torch.Tensor:
+        """The step's loss, backpropagated. A model torch.compile cannot handle (it fails in the first
+        steps) trains eagerly from then on, and the result says why."""
+        try:
+            return self._loss_backward(self.step_fn, stage, batch)
+        except Exception as e:
+            eager = self.par.module
+            if self.step_fn is eager or self.res.steps >= self.warm_steps or isinstance(e, torch.cuda.OutOfMemoryError):
+                raise
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            self.res.compile_error = f"{type(e).__name__}: {first}"
+            self.step_fn = eager
+            self.opt.zero_grad(set_to_none=True)
+            return self._loss_backward(eager, stage, batch)
+
+    def _loss_backward(self, fn, stage: Stage, batch: Batch) -> torch.Tensor:
+        with autocast(self.device):  # [DDP] normalised by the global loss-token count
+            loss = self.par.loss(stage.objective, fn, batch, stage.sampler, self.gen)
+        loss.backward()
+        return loss
+
+    def eval_point(self, frac: float, stage: Stage) -> None:
+        """The train loss since the last point and the dev loss (outside the clock) on the curve; the
+        checkpoint is kept when the dev loss is the best so far."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        summed = self.par.mean_over_ranks(self.loss_sum)  # [DDP] every rank sees the same
+        train_loss = float(summed / max(self.loss_n, 1))
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss is {train_loss} at step {self.res.steps}")
+        t_dev = time.perf_counter()
+        d = self.par.dev_loss(self.model, self.objective, self.dev_set, self.cfg.eval_batch_size, self.device)
+        self.res.dev_seconds += time.perf_counter() - t_dev  # (the float() in dev_loss has synced)
+        at = round(min(frac, 1.0), 4)
+        self.res.loss_curve.append(
+            {"frac": at, "step": self.res.steps, "tokens": self.res.tokens_seen,
+             "train_loss": round(train_loss, 5), "dev_loss": round(d, 5),
+             **({"stage": stage.name} if self.staged else {})}
+        )
+        self.loss_sum, self.loss_n = torch.zeros((), device=self.device), 0
+        if d < self.best:
+            self.best, self.res.best_fraction = d, at
+            self.best_state = copy.deepcopy(self.model.state_dict())
+
+    def finish(self, stages: StagePlan, train_set: SeqSet, meter: BudgetMeter) -> TrainResult:
+        """The result, with the best checkpoint restored into the model."""
+        res = self.res
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            res.peak_mem_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        res.train_seconds = self.clock
+        res.tokens_per_s = self.steady_tok / self.steady_t if self.steady_t > 0 \
+            else res.tokens_seen / max(self.clock, 1e-9)
+        res.best_dev_loss = self.best if math.isfinite(self.best) else None
+        res.epochs = stages.task.tokens / max(train_set.n_tokens, 1)
+        res.stages = stages.describe()
+        res.padding_frac = round(1.0 - self.real_pos / self.computed_pos, 4) if self.computed_pos else None
+        res.budget_info = meter.describe()
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return res
 
 
 def _progress(enabled: bool):

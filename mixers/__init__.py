@@ -14,6 +14,10 @@ Contract (tests in tests/test_mixers.py enforce it for every registered mixer):
   2503.04725). A bidirectional mixer counts the state of both directions. `LM.state_floats` sums the
   layers; results rows record it as `metrics.state_floats` at `metrics.state_T`, the mean evaluation
   length.
+- `flops_per_token(seq_len)`: training FLOPs (forward + backward) per token of the mixer's own
+  sequence-mixing arithmetic at that length, *beyond* its `nn.Linear` weights (those are counted
+  as 6 x parameters for every mixer); None (the default): not counted, and the row's MFU says it is
+  a lower bound. `harness/flops.py` sums the layers' declarations.
 - `backend`: which implementation ran last (e.g. "sdpa", "flash_attn", "torch_scan"), for results.
 - Decoding (causal mode only): `prefill(x, pad_mask) -> (y, state)` runs a prompt (left padding allowed)
   and returns its outputs and the mixer's memory of it; `step(x_t: (B, D), state) -> (y_t, state)`
@@ -112,6 +116,11 @@ class Mixer(nn.Module):
     def state_floats(self, seq_len: int) -> int:
         """Numbers carried between positions at inference for a sequence of `seq_len` tokens."""
         raise NotImplementedError(f"{type(self).__name__} does not report its state size")
+
+    def flops_per_token(self, seq_len: float) -> float | None:
+        """Training FLOPs per token of the sequence mixing beyond the nn.Linear weights, at mean length
+        `seq_len`; None: not counted (MFU is then a lower bound, and says so)."""
+        return None
 
 
 def build(name: str, d_model: int, causal: bool, proj_norm: bool = False, **opts: Any) -> Mixer:

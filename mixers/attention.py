@@ -153,3 +153,8 @@ class Attention(Mixer):
     def state_floats(self, seq_len: int) -> int:
         """A KV cache: keys and values of every past position, 2 * T * d_model."""
         return 2 * seq_len * self.d_model
+
+    def flops_per_token(self, seq_len: float) -> float:
+        """Scores QK^T and weighted values: 2 matmuls of 2*T*d FLOPs per token forward, x3 for forward +
+        backward = 12*T*d (PaLM's appendix B; no discount for the causal mask)."""
+        return 12.0 * seq_len * self.d_model

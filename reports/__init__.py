@@ -6,7 +6,7 @@ named grid) into `reports/<grid>/README.md` with its PNG figures beside it, and 
 own). It never reads a checkpoint or reruns a model: everything comes from the rows.
 
 A grid report is self-contained, so it can be quoted without its context: a header names the data
-protocol, budget, device, commit and package versions; then one table per (task, protocol) with
+protocol (in the words its task declared, the rows' `protocol_text`), budget, device, commit and package versions; then one table per (task, protocol) with
 the task's references (floors and ceilings) sorted among the models, figures, and the benchmarks.
 
 Modules: load (reading and checking rows), columns (the table columns registry), tables (markdown),
@@ -22,20 +22,6 @@ from reports import bench, figures, seeds
 from reports.load import Results, is_reference, load
 from reports.tables import (esc, full_split_table, grid_table, legend, primary_metric, reference_rules)
 
-PROTOCOLS = {
-    "jsquad": "official JGLUE JSQuAD v1.3: train on `train` (minus a dev slice of whole articles for checkpoint "
-              "selection), evaluate on `valid` (JGLUE's dev set, the split papers report)",
-    "jsquad-offline": "JSQuAD v1.3 without its train split: train on `valid` (minus a dev slice of whole articles "
-                      "for checkpoint selection), evaluate on `test` (disjoint articles). Not comparable to "
-                      "published dev-set scores",
-    "jsquad-offline+jaquad": "`jsquad-offline` plus JaQuAD v0.1.0 train + dev (CC BY-SA 3.0) as extra training data, "
-                             "minus its articles sharing a title or paragraph with the held-out text; evaluate on "
-                             "JSQuAD `test`",
-    "jsquad+jaquad": "`jsquad` plus JaQuAD v0.1.0 train + dev (CC BY-SA 3.0) as extra training data, minus its "
-                     "articles sharing a title or paragraph with the held-out text; evaluate on JSQuAD `valid`",
-    "mqar": "synthetic multi-query associative recall (Zoology, arXiv 2312.04927): generated key-value "
-            "sequences, accuracy on the queried values",
-}
 BENCH_DIR = "benchmarks"
 
 
@@ -89,9 +75,10 @@ def header(name: str, rows: list[dict[str, Any]], source: Path | None,
     refs = [r for r in rows if is_reference(r)]
     ok = sum(r["status"] == "ok" for r in models)
     protocols = sorted({str(r.get("protocol")) for r in rows})
+    texts = {str(r.get("protocol")): r["protocol_text"] for r in rows if r.get("protocol_text")}
     stamps = sorted(r["started_at"] for r in rows if r.get("started_at"))
     info = [
-        ("data protocol", "<br>".join(f"`{esc(p)}`: {PROTOCOLS.get(p, 'see the task module')}" for p in protocols)),
+        ("data protocol", "<br>".join(f"`{esc(p)}`: {texts.get(p, 'see the task module')}" for p in protocols)),
         ("budget (per cell)", _values(models, lambda r: r.get("budget"))),
         ("pretraining", _values(models, _pretrain_text) if any(r.get("pretrain") for r in models) else "none"),
         ("preset", _values(models, lambda r: r.get("preset"))),

@@ -1,19 +1,19 @@
 """The columns of a grid table: what they show, how they are formatted, which way is better.
 
 A registry, in display order: a table shows a column when its rule says so (`always`; `any`: some
-row carries a value; `varies`: rows differ), so the same code makes the QA table (EM/F1), the MQAR
-table (accuracy) and tables with several norms, seeds or widths. Adding a metric = one entry here.
+row carries a value; `varies`: rows differ), so the same code makes tables with several norms, seeds
+or widths. The task's own metrics (EM/F1 for JSQuAD, accuracy for MQAR) are not listed here: each
+row carries its task's declarations (`task_metrics`, core.schema.Metric) and `columns(rows)` makes a
+column of each, so a task with a new metric needs no edit here. A metric every task shares (perplexity,
+speed, memory) is one entry below.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from core.schema import Metric, declared_metrics
 from reports.load import finite, is_reference
-
-
-def fmt_frac(v: Any) -> str:
-    return f"{v:.3f}"
 
 
 def fmt_ppl(v: Any) -> str:
@@ -100,14 +100,24 @@ def _model_only(get: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any
     return lambda r: None if is_reference(r) else get(r)
 
 
-COLUMNS: list[Column] = [
+def metric_column(m: Metric) -> Column:
+    """The column of a task's declared metric."""
+    return Column(m.key, m.header, _metric(m.key), m.format, m.better, doc=m.doc)
+
+
+def columns(rows: list[dict[str, Any]]) -> list[Column]:
+    """Every candidate column of a table of `rows`, in display order: what distinguishes the cells, the
+    task metrics the rows declare, then the registry's shared columns."""
+    return LEAD_COLUMNS + [metric_column(m) for m in declared_metrics(rows)] + COLUMNS
+
+
+LEAD_COLUMNS: list[Column] = [
     Column("norm", "norm", _field("norm"), show="varies", numeric=False, doc="norm placement (pre / post / hybrid)"),
     Column("seed", "seed", _field("seed"), show="varies", numeric=False),
     Column("seq_len", "seq len", _sweep("seq_len"), show="any", numeric=False, doc="sweep: sequence length"),
     Column("d_model", "width", _sweep("d_model"), show="any", numeric=False, doc="sweep: model width d_model"),
-    Column("em", "EM", _metric("em"), fmt_frac, "max", doc="exact match (JGLUE normalisation), fraction of questions"),
-    Column("f1", "F1", _metric("f1"), fmt_frac, "max", doc="character F1 (JGLUE), mean over questions"),
-    Column("accuracy", "accuracy", _metric("accuracy"), fmt_frac, "max", doc="fraction of queries answered right"),
+]
+COLUMNS: list[Column] = [
     Column("lr", "lr (swept)", lambda r: (r.get("train") or {}).get("lr") if r.get("lr_sweep") else None,
            lambda v: f"{v:g}", show="any", numeric=False,
            doc="learning rate chosen by the cell's sweep (dev loss of short runs; see the sweep section)"),

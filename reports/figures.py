@@ -22,14 +22,15 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 from reports.columns import fmt_bytes, fmt_count
 from reports.load import finite, is_reference
 from reports.stats import mean_ci
-from reports.tables import label, metric, reference_kind
+from core.schema import row_name
+from reports.tables import declared, label, metric, reference_kind
 
-METRIC_LABELS = {
-    "f1": "F1 (JGLUE character F1, fraction)",
-    "em": "EM (exact match, fraction)",
-    "accuracy": "accuracy (fraction of queries)",
-}
 DPI = 130
+
+
+def _axis(rows: list[dict[str, Any]], key: str) -> str:
+    """The axis label of metric `key`, as the rows' task declared it."""
+    return declared(rows, key).label
 
 
 def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (8.0, 4.5), **kw) -> tuple[Figure, Any]:
@@ -66,11 +67,11 @@ def _reference_lines(ax, rows: list[dict[str, Any]], key: str) -> None:
     """Baselines (dashed, one pattern each) and ceilings (dark dotted) as grey lines across the axis,
     named with their value in the legend."""
     refs = [r for r in rows if is_reference(r) and r["status"] == "ok" and metric(r, key) is not None]
-    names = Counter(r["mixer"] for r in refs)
+    names = Counter(row_name(r) for r in refs)
     for i, r in enumerate(sorted(refs, key=lambda r: -metric(r, key))):
         v = metric(r, key)
         ceiling = reference_kind(r) == "ceiling"
-        name = label(r) if names[r["mixer"]] > 1 else r["mixer"]  # settings only when needed to tell rows apart
+        name = label(r) if names[row_name(r)] > 1 else row_name(r)  # settings only when needed to tell rows apart
         ax.axhline(v, color="0.15" if ceiling else "0.5", ls=":" if ceiling else REF_DASHES[i % len(REF_DASHES)],
                    lw=1.3, zorder=1, label=f"{reference_kind(r)}: {name} = {v:.3f}")
 
@@ -138,9 +139,9 @@ def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path)
         _reference_lines(ax, rows, key)
         top = max([data[key].max()] + [metric(r, key) or 0 for r in rows if is_reference(r)])
         ax.set_ylim(-0.02, max(0.05, top * 1.12))
-        ax.set_ylabel(METRIC_LABELS.get(key, key))
+        ax.set_ylabel(_axis(rows, key))
         ax.set_xlabel("token mixer")
-        ax.set_title(f"{title}: {key.upper() if len(key) <= 3 else key} by mixer"
+        ax.set_title(f"{title}: {declared(rows, key).header} by mixer"
                      + (f" (bars: mean ± 95% t-interval over seeds, n={_n_text(data, key)})" if multi_seed else ""))
         _legend_outside(ax, "objective / reference")
     return _save(fig, path)
@@ -214,7 +215,7 @@ def quality_vs_speed(rows: list[dict[str, Any]], key: str, title: str, path: Pat
         ax.set_xlim(lo / 1.25, hi * 1.25)
         _log_scale(ax, fmt_count, axis="x")
         ax.set_xlabel("training throughput (tokens / s, log scale)")
-        ax.set_ylabel(METRIC_LABELS.get(key, key))
+        ax.set_ylabel(_axis(rows, key))
         top = max([data[key].max()] + [metric(r, key) or 0 for r in rows if is_reference(r)])
         ax.set_ylim(-0.02, max(0.05, top * 1.12))
         ax.set_title(f"{title}: quality vs speed (up and right is better)")
@@ -245,10 +246,10 @@ def sweep_curves(rows: list[dict[str, Any]], key: str, x: str, facet: str, title
             _log2_axis(ax, sub[x].tolist())
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel(names.get(x, x))
-            ax.set_ylabel(METRIC_LABELS.get(key, key))
+            ax.set_ylabel(_axis(rows, key))
             ax.set_title(f"{facet} = {pv}" if pv is not None else "")
         _legend_outside(axes[0, -1], "mixer")
-        fig.suptitle(f"{title}: {key} vs {names.get(x, x)}")
+        fig.suptitle(f"{title}: {declared(rows, key).header} vs {names.get(x, x)}")
     return _save(fig, path)
 
 

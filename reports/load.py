@@ -2,9 +2,10 @@
 
 Two kinds of files live in `results/`:
 - grid files (`<grid>.jsonl`): one row per model cell (`run_matrix.py`) and per reference (a task's
-  baselines and ceilings, `objective` = "none");
+  baselines and ceilings, `objective` = "none", named by `reference.name`);
 - benchmark files (`bench_<name>.jsonl`): rows with a `bench` field ("scaling", "loss_memory", "decode").
-A report reads only these rows: it never opens a checkpoint or reruns a model.
+A report reads only these rows, through the schema (`core.schema`: rows of older versions are
+upgraded on reading): it never opens a checkpoint or reruns a model, and never imports a task.
 """
 from __future__ import annotations
 
@@ -14,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from core.results import ResultsFileError, expected_path, latest_by_key, read_expected, read_rows
+from core.schema import STATUSES, declared_metrics, is_reference, missing_keys  # noqa: F401  (is_reference: for reports)
 
-STATUSES = ("ok", "failed")
-REFERENCE_OBJECTIVE = "none"
 BENCH_KINDS = ("scaling", "loss_memory", "decode")
-# metrics a report computes with: a row carrying one must carry a number (or null)
-NUMERIC_METRICS = ("em", "f1", "accuracy", "ppl", "ppl_bound", "tokens_per_s", "peak_mem_bytes", "gen_latency_ms",
-                   "state_floats", "eval_n")
+# metrics a report computes with beyond the task's declared ones: a row carrying one must carry a number (or null)
+NUMERIC_METRICS = ("ppl", "ppl_bound", "tokens_per_s", "peak_mem_bytes", "gen_latency_ms", "state_floats", "eval_n")
 
 
 @dataclass
@@ -29,10 +28,6 @@ class Results:
     bench: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # bench kind -> latest row per key
     files: dict[str, Path] = field(default_factory=dict)  # grid name -> its file
     expected: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # grid -> cells it was asked to run
-
-
-def is_reference(row: dict[str, Any]) -> bool:
-    return row.get("objective") == REFERENCE_OBJECTIVE
 
 
 def _line_numbers(path: Path) -> list[int]:
@@ -52,19 +47,17 @@ def check_row(row: dict[str, Any], where: str) -> None:
 
     if row["status"] not in STATUSES:
         raise bad(f"status must be one of {', '.join(STATUSES)}, got {row['status']!r}")
+    missing = missing_keys(row)
+    if missing:
+        raise bad(f"{'benchmark ' if 'bench' in row else ''}row lacks {', '.join(missing)}")
     if "bench" in row:
         if row["bench"] not in BENCH_KINDS:
             raise bad(f"unknown bench {row['bench']!r} (known: {', '.join(BENCH_KINDS)})")
-        if "device" not in row:
-            raise bad("benchmark row lacks device")
         return
-    for k in ("task", "protocol", "device"):
-        if k not in row:
-            raise bad(f"row lacks {k}")
     metrics = row.get("metrics", {})
     if not isinstance(metrics, dict):
         raise bad(f"metrics must be an object, got {type(metrics).__name__}")
-    for k in NUMERIC_METRICS:
+    for k in [m.key for m in declared_metrics([row])] + list(NUMERIC_METRICS):
         if not _is_number(metrics.get(k)):
             raise bad(f"metric {k!r} is not a number: {metrics[k]!r}")
     curve = row.get("loss_curve", [])

@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from core.schema import Metric, declared_metrics
 from reports import stats
 from reports.load import finite, is_reference
-from reports.tables import esc, metric
+from reports.tables import declared, esc, metric
 
 BASELINE_MIXER = "attention"  # the cell every mixer is compared with (same objective, norm, sweep point)
-SEED_METRICS = ("em", "f1", "accuracy", "ppl", "ppl_bound")
-HEADERS = {"em": "EM", "f1": "F1", "accuracy": "accuracy", "ppl": "ppl", "ppl_bound": "ppl bound"}
+# aggregated beside the task's declared metrics: the objectives' perplexities (lower is better)
+PERPLEXITIES = (Metric("ppl", "ppl", "min", fmt=".2f"), Metric("ppl_bound", "ppl bound", "min", fmt=".2f"))
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -63,27 +64,34 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
     groups = _groups(rows)
     if not groups:
         return []
-    metrics = [k for k in SEED_METRICS if any(metric(r, k) is not None for rs in groups.values() for r in rs)]
+    task_metrics = declared_metrics(rows)
+    if key and key not in {m.key for m in task_metrics}:
+        task_metrics.append(declared(rows, key))
+    metrics = [m for m in (*task_metrics, *PERPLEXITIES)
+               if any(metric(r, m.key) is not None for rs in groups.values() for r in rs)]
     norms = len({k[2] for k in groups}) > 1
     sweeps = any(k[3] for k in groups)
     swept = any(r.get("lr_sweep") for rs in groups.values() for r in rs)
-    compare = key in ("em", "f1", "accuracy") and len({k[0] for k in groups}) > 1
+    compare = key is not None and len({k[0] for k in groups}) > 1  # the headline metric, per question
+    name = declared(rows, key).header
     head = ["mixer", "objective", *(["norm"] if norms else []), *(["sweep"] if sweeps else []), "seeds",
-            *(HEADERS.get(k, k) for k in metrics), "lr", *(["LR sweep cost (per seed)"] if swept else []),
-            *([f"Δ {HEADERS.get(key, key)} vs {BASELINE_MIXER} [95% CI] significant?"] if compare else [])]
+            *(m.header for m in metrics), "lr", *(["LR sweep cost (per seed)"] if swept else []),
+            *([f"Δ {name} vs {BASELINE_MIXER} [95% CI] significant?"] if compare else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|"]
+
+    s = -1.0 if declared(rows, key).better == "min" else 1.0
 
     def order(item):
         (mixer, obj, norm, sweep), rs = item
         vals = [metric(r, key) for r in rs if metric(r, key) is not None] if key else []
-        return (obj, str(norm), sweep, -(sum(vals) / len(vals)) if vals else 0.0, mixer)
+        return (obj, str(norm), sweep, -s * (sum(vals) / len(vals)) if vals else 0.0, mixer)
 
     for (mixer, obj, norm, sweep), rs in sorted(groups.items(), key=order):
         cells = [esc(mixer), esc(obj), *([esc(norm)] if norms else []),
                  *([", ".join(f"{k}={v}" for k, v in sweep) or "—"] if sweeps else []), str(len(rs))]
-        for k in metrics:
-            vals = [v for v in (metric(r, k) for r in rs) if v is not None]
-            cells.append(stats.mean_ci(vals).text(".3f" if k not in ("ppl", "ppl_bound") else ".2f") if vals else "—")
+        for m in metrics:
+            vals = [v for v in (metric(r, m.key) for r in rs) if v is not None]
+            cells.append(stats.mean_ci(vals).text(m.fmt) if vals else "—")
         cells.append(_lr_text(rs))
         if swept:
             cells.append(_sweep_cost(rs))
@@ -97,7 +105,7 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
               "95% Student-t interval over seeds (n = seeds); *n=1, no interval* means a single run, whose "
               "seed-to-seed spread is unknown."]
     if compare:
-        legend.append(f"Δ vs {BASELINE_MIXER}: the mean per-question {HEADERS.get(key, key)} difference from the "
+        legend.append(f"Δ vs {BASELINE_MIXER}: the mean per-question {name} difference from the "
                       f"{BASELINE_MIXER} cell of the same objective (same questions, same seeds), with its 95% "
                       f"paired-bootstrap interval ({stats.RESAMPLES:,} resamples of the questions, seed {stats.SEED}); "
                       "**yes** = the interval excludes 0 (significant at the 5% level, two-sided). It covers question "

@@ -2,26 +2,35 @@
 
 Rows are model cells (mixer x objective, and seed / norm / sweep point when those vary) and the
 task's references (`objective` = "none": non-neural baselines and ceilings, in italics). Everything
-is sorted by the primary metric (F1 for QA, accuracy for MQAR), so where a model lands between the
-floors and the ceiling is visible at a glance; failed cells come last with their error. The best
-*model* value of each column is bold (references are not competitors).
+is sorted by the task's headline metric (as its rows declare it: F1 for QA, accuracy for MQAR), best
+first in the metric's own direction, so where a model lands between the floors and the ceiling is
+visible at a glance; failed cells come last with their error. The best *model* value of each column
+is bold (references are not competitors).
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-from reports.columns import COLUMNS, Column, on_cpu
+from core.schema import Metric, declared_metrics, headline_metric, row_name
+from reports.columns import Column, columns, on_cpu
 from reports.load import finite, is_reference
-
-PRIMARY_METRICS = ("f1", "accuracy", "em")  # the first one rows carry orders the table
 
 
 def primary_metric(rows: list[dict[str, Any]]) -> str | None:
-    for key in PRIMARY_METRICS:
-        if any(finite((r.get("metrics") or {}).get(key)) is not None for r in rows):
-            return key
-    return None
+    """The key of the headline metric the rows' task declares (None: the rows carry none)."""
+    m = headline_metric(rows)
+    return m.key if m else None
+
+
+def declared(rows: list[dict[str, Any]], key: str | None) -> Metric:
+    """The declaration of metric `key` (a plain higher-is-better one when no row declares it)."""
+    return next((m for m in declared_metrics(rows) if m.key == key), Metric(str(key), str(key)))
+
+
+def sign(rows: list[dict[str, Any]], key: str | None) -> float:
+    """+1 when higher values of `key` are better, -1 when lower are."""
+    return -1.0 if declared(rows, key).better == "min" else 1.0
 
 
 def metric(row: dict[str, Any], key: str | None) -> float | None:
@@ -41,7 +50,7 @@ def label(row: dict[str, Any]) -> str:
     """How a row is named in tables and legends."""
     if is_reference(row):
         setting = (row.get("reference") or {}).get("setting")
-        return f"{row['mixer']} ({setting})" if setting else str(row["mixer"])
+        return f"{row_name(row)} ({setting})" if setting else row_name(row)
     p = row.get("pretrain")  # cells that pretrain first are told apart from those that do not
     if p:
         return f"{row['mixer']} (pretrain {'+'.join(p['sources'])} {p['frac']:g})"
@@ -52,12 +61,13 @@ def best_baseline(rows: list[dict[str, Any]], key: str | None, eval_n: Any = Non
     """The strongest ok non-neural baseline (not a ceiling), on `eval_n` items when given."""
     cands = [r for r in rows if is_reference(r) and r["status"] == "ok" and reference_kind(r) == "baseline"
              and metric(r, key) is not None and (eval_n is None or (r.get("metrics") or {}).get("eval_n") == eval_n)]
-    return max(cands, key=lambda r: metric(r, key)) if cands else None
+    s = sign(rows, key)
+    return max(cands, key=lambda r: s * metric(r, key)) if cands else None
 
 
 def annotate_vs_baseline(rows: list[dict[str, Any]], key: str | None) -> list[dict[str, Any]]:
     """Copies of the rows with `_vs_baseline`: does each ok model cell beat the best baseline?"""
-    out = []
+    out, s, name = [], sign(rows, key), declared(rows, key).header
     for r in rows:
         r = dict(r)
         v = metric(r, key)
@@ -67,17 +77,18 @@ def annotate_vs_baseline(rows: list[dict[str, Any]], key: str | None) -> list[di
                 r["_vs_baseline"] = "n/a (other eval items)"
             elif b is not None:
                 d = v - metric(b, key)
-                name = next((c.header for c in COLUMNS if c.key == key), key)
-                r["_vs_baseline"] = f"{'beats' if d > 0 else 'below'} {b['mixer']} ({name} {d:+.3f})"
+                r["_vs_baseline"] = f"{'beats' if s * d > 0 else 'below'} {row_name(b)} ({name} {d:+.3f})"
         out.append(r)
     return out
 
 
 def sort_rows(rows: list[dict[str, Any]], key: str | None) -> list[dict[str, Any]]:
-    """ok rows by the primary metric (best first, references among them), then failed rows."""
+    """ok rows by the headline metric (best first in its direction, references among them), then failed rows."""
+    s = sign(rows, key)
+
     def order(r: dict[str, Any]):
         v = metric(r, key)
-        return (r["status"] != "ok", v is None, -(v or 0.0), is_reference(r), str(r["mixer"]), str(r.get("objective")))
+        return (r["status"] != "ok", v is None, -s * (v or 0.0), is_reference(r), row_name(r), str(r.get("objective")))
 
     return sorted(rows, key=order)
 
@@ -86,7 +97,7 @@ def shown_columns(rows: list[dict[str, Any]]) -> list[Column]:
     """Columns whose rule holds; "varies" looks at model rows only (references have no seed or norm)."""
     models = [r for r in rows if not is_reference(r) and r["status"] == "ok"]
     cols = []
-    for c in COLUMNS:
+    for c in columns(rows):
         present = [v for v in (c.get(r) for r in rows) if v is not None]
         if c.show == "always" or (c.show == "any" and present) or \
                 (c.show == "varies" and len({repr(c.get(r)) for r in models}) > 1):
@@ -171,7 +182,7 @@ def grid_table(rows: list[dict[str, Any]]) -> tuple[str, list[Column]]:
 
 def legend(cols: list[Column], rows: list[dict[str, Any]]) -> str:
     key = primary_metric(rows)
-    head = next((c.header for c in COLUMNS if c.key == key), key)
+    head = declared(rows, key).header if key else None
     lines = [f"Sorted by {head or 'status'} (best first), failed cells last; **bold**: the best model value of its "
              "column (none on a tie); *italic* rows are references (non-neural baselines and ceilings), not models.", ""]
     lines += [f"- `{header_text(c, rows)}`: {c.doc}" for c in cols if c.doc]
@@ -190,7 +201,7 @@ def decode_paths_line(rows: list[dict[str, Any]]) -> str:
         if not is_reference(r) and r["status"] == "ok":
             p = (r.get("metrics") or {}).get("decode_path") or ("rerun: the whole prefix per token (rows written "
                                                                   "before stateful decoding existed)")
-            paths[p].append(f"{r['mixer']} × {r['objective']}")
+            paths[p].append(f"{row_name(r)} × {r['objective']}")
     parts = [f"`{esc(p)}` ({len(cells)} cells)" for p, cells in sorted(paths.items())]
     return "- decoding path of `answer ms`: " + ("; ".join(parts) if parts else "n/a") + \
         ". Autoregressive cells decode with carried state (KV cache for attention, constant-size state for the " \
@@ -202,11 +213,15 @@ def full_split_table(rows: list[dict[str, Any]]) -> str | None:
     refs = [r for r in rows if is_reference(r) and r["status"] == "ok" and (r.get("reference") or {}).get("full_split")]
     if not refs:
         return None
-    keys = [k for k in ("em", "f1", "accuracy") if any(k in r["reference"]["full_split"] for r in refs)]
+    decl = [m for m in declared_metrics(rows) if any(m.key in r["reference"]["full_split"] for r in refs)]
+    keys = [m.key for m in decl]
+    head = primary_metric(rows)
+    first = head if head in keys else (keys[0] if keys else None)
+    s = sign(rows, first)
     lines = ["| reference | kind | " + " | ".join(keys) + " | questions |", "|---|---|" + "---:|" * (len(keys) + 1)]
-    for r in sorted(refs, key=lambda r: -(finite(r["reference"]["full_split"].get(keys[0])) or 0) if keys else 0):
+    for r in sorted(refs, key=lambda r: -s * (finite(r["reference"]["full_split"].get(first)) or 0) if first else 0):
         full = r["reference"]["full_split"]
-        vals = [f"{full[k]:.3f}" if finite(full.get(k)) is not None else "—" for k in keys]
+        vals = [m.format(full[m.key]) if finite(full.get(m.key)) is not None else "—" for m in decl]
         lines.append(f"| *{esc(label(r))}* | {reference_kind(r)} | " + " | ".join(vals) + f" | {full.get('eval_n', '—')} |")
     return "\n".join(lines)
 
@@ -214,8 +229,8 @@ def full_split_table(rows: list[dict[str, Any]]) -> str | None:
 def reference_rules(rows: list[dict[str, Any]]) -> list[str]:
     seen, out = set(), []
     for r in rows:
-        if is_reference(r) and r["mixer"] not in seen:
-            seen.add(r["mixer"])
+        if is_reference(r) and row_name(r) not in seen:
+            seen.add(row_name(r))
             rule = (r.get("reference") or {}).get("rule", "")
-            out.append(f"- *{esc(r['mixer'])}* ({reference_kind(r)}): {esc(rule)}")
+            out.append(f"- *{esc(row_name(r))}* ({reference_kind(r)}): {esc(rule)}")
     return out

@@ -1,7 +1,9 @@
 """Task registry. A task loads its data, tokenises it into `SeqSet`s and scores a trained model.
 
 Each task module registers a `Task` subclass with `@register("name")`; `run_matrix.py --task NAME`
-finds it with no other edit.
+finds it with no other edit. A task declares what it reports (`metrics`: key, header, which way is
+better, the headline) and what its data protocols mean (`protocols`); every row it produces carries
+both (`declarations`), so the reports and the CLI's summary line need no edit for a new task or metric.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from core.data import SeqSet, SpecialTokens
 from core.env import sync
 from core.presets import Preset
 from core.registry import Registry
+from core.schema import Metric  # noqa: F401  (re-exported: a task module declares its metrics with it)
 
 REGISTRY: Registry["Task"] = Registry("task", __name__)
 register = REGISTRY.register
@@ -64,7 +67,7 @@ class Reference:
     `score_full()` gives the same metrics on the whole split.
     """
 
-    name: str  # becomes the row's `mixer`
+    name: str  # the row's `reference.name` (its `mixer` is null)
     kind: str  # "baseline" | "ceiling"
     rule: str  # one line, shown in the report
     identity: dict[str, Any]
@@ -80,6 +83,10 @@ class Task:
     objective_defaults: ClassVar[dict[str, Any]] = {}
     # run_matrix's per-cell budget when --budget is not given (None: the CLI's own default)
     default_budget: ClassVar[str | None] = None
+    # What `evaluate` reports, in display order; exactly one is the headline (tables sort by it).
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    # protocol name (TaskData.protocol) -> one sentence: what it trains on and evaluates on
+    protocols: ClassVar[dict[str, str]] = {}
 
     @dataclasses.dataclass
     class Options:
@@ -101,6 +108,15 @@ class Task:
         """Task metrics of a trained model (e.g. em, f1, gen_latency_ms), fractions in [0, 1];
         `progress(items done, of)` now and then, for the grid's progress line."""
         raise NotImplementedError
+
+    def protocol_text(self, protocol: str) -> str:
+        """What `protocol` means, for a report's header (a task whose protocol names are generated, like
+        MQAR's `mqar-T64-kv4-V1024`, overrides this)."""
+        return self.protocols.get(protocol, "")
+
+    def declarations(self, protocol: str) -> dict[str, Any]:
+        """What every row of this task carries so a report can show it without importing the task."""
+        return {"task_metrics": [m.to_dict() for m in self.metrics], "protocol_text": self.protocol_text(protocol)}
 
     def references(self, data: TaskData, ctx: PrepareContext) -> list[Reference]:
         """Floors and ceilings scored on the same evaluation items as the models (none by default)."""

@@ -40,7 +40,7 @@ import torch
 
 from core.data import SeqSet
 from core.env import autocast
-from tasks import DataError, PrepareContext, Reference, Task, TaskData, latency_ms, register
+from tasks import DataError, Metric, PrepareContext, Reference, Task, TaskData, latency_ms, register
 from tasks import jsquad_baselines as jb
 from tasks.jsquad_files import VERSION, QAItem, find_split, load_file, parse_articles
 from tasks.jsquad_metric import corpus_scores, score
@@ -95,6 +95,23 @@ def split_dev(items: list[QAItem], dev_frac: float) -> tuple[list[QAItem], list[
 
 @register("jsquad")
 class JSQuAD(Task):
+    metrics = (Metric("em", "EM", "max", doc="exact match (JGLUE normalisation), fraction of questions",
+                      axis="EM (exact match, fraction)"),
+               Metric("f1", "F1", "max", headline=True, doc="character F1 (JGLUE), mean over questions",
+                      axis="F1 (JGLUE character F1, fraction)"))
+    protocols = {
+        "jsquad": "official JGLUE JSQuAD v1.3: train on `train` (minus a dev slice of whole articles for checkpoint "
+                  "selection), evaluate on `valid` (JGLUE's dev set, the split papers report)",
+        "jsquad-offline": "JSQuAD v1.3 without its train split: train on `valid` (minus a dev slice of whole articles "
+                          "for checkpoint selection), evaluate on `test` (disjoint articles). Not comparable to "
+                          "published dev-set scores",
+        "jsquad-offline+jaquad": "`jsquad-offline` plus JaQuAD v0.1.0 train + dev (CC BY-SA 3.0) as extra training "
+                                 "data, minus its articles sharing a title or paragraph with the held-out text; "
+                                 "evaluate on JSQuAD `test`",
+        "jsquad+jaquad": "`jsquad` plus JaQuAD v0.1.0 train + dev (CC BY-SA 3.0) as extra training data, minus its "
+                         "articles sharing a title or paragraph with the held-out text; evaluate on JSQuAD `valid`",
+    }
+
     @dataclasses.dataclass
     class Options:
         protocol: str = "auto"  # auto | offline | official

@@ -63,7 +63,7 @@ import torch
 from core.data import SeqSet, SpecialTokens
 from core.env import autocast
 from core.presets import Preset
-from tasks import PrepareContext, Task, TaskData, latency_ms, register
+from tasks import Metric, PrepareContext, Task, TaskData, latency_ms, register
 
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
 N_SPECIAL = 6
@@ -205,6 +205,8 @@ class MQAR(Task):
     objective_defaults: ClassVar[dict[str, Any]] = {"loss_on": "answer"}
     # a CPU-minutes budget per cell at the default size (run_matrix --budget overrides it)
     default_budget: ClassVar[str] = "tokens=500000"
+    metrics = (Metric("accuracy", "accuracy", "max", headline=True, doc="fraction of queries answered right",
+                      axis="accuracy (fraction of queries)"),)
 
     @dataclasses.dataclass
     class Options:
@@ -228,6 +230,11 @@ class MQAR(Task):
                          vocab_size=o.vocab_size, power_a=o.power_a, noise=o.noise)
         cfg.check()
         return cfg
+
+    def protocol_text(self, protocol: str) -> str:
+        """Protocol names are generated from the options (`mqar-T64-kv4-V1024`): one text for all of them."""
+        return ("synthetic multi-query associative recall (Zoology, arXiv 2312.04927): generated key-value "
+                "sequences, accuracy on the queried values")
 
     def prepare(self, ctx: PrepareContext) -> TaskData:
         """Generate the three splits (ctx.vocab_size and ctx.max_len are the preset's: unused here)."""

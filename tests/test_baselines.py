@@ -82,10 +82,11 @@ def test_grid_writes_reference_rows_once_and_reports_them(offline_dir, tmp_path,
             "--objectives", "autoregressive", "--task-opt", "eval_limit=3"]
     assert run_matrix.main(args) == 0
     rows = read_rows(out / "results" / "t.jsonl")
-    refs = {r["mixer"]: r for r in rows if r["objective"] == "none"}
+    refs = {r["reference"]["name"]: r for r in rows if r["objective"] == "none"}
     assert set(refs) == {*jb.BASELINES, "tokenizer_ceiling"}
     for r in refs.values():
-        assert r["status"] == "ok" and r["params"] == 0 and r["protocol"] == "jsquad-offline"
+        assert r["status"] == "ok" and r["params"] == 0 and r["protocol"] == "jsquad-offline" and r["mixer"] is None
+        assert "upgraded_from" not in r and [m["key"] for m in r["task_metrics"]] == ["em", "f1"]  # written as v2
         assert r["metrics"]["eval_n"] == 3  # the models' sample ...
         assert r["reference"]["full_split"]["eval_n"] == 5  # ... and the whole evaluation split
     assert refs["tokenizer_ceiling"]["metrics"]["em"] == 1.0  # identity normalisation

@@ -95,7 +95,7 @@ def test_budget_smaller_than_a_batch_is_refused():
 def test_checkpoint_selection_restores_the_best_dev_state():
     """A dev set that training makes worse: its best point is early, and the model handed back holds
     that early checkpoint, not the last weights."""
-    from harness.train import dev_loss
+    from harness.evaluate import dev_loss
 
     obj = objectives.build("autoregressive", SPECIAL, "chunked", loss_on="answer")
     model = _model()

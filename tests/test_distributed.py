@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from harness import objectives
 from harness.cell import Cell
 from core.data import BatchSampler, SeqSet, SpecialTokens
 from harness.executors import ContextSpec
+from harness.spawn import spawn_cell
 from harness.model import LM, LMConfig
 from core.results import cell_rows, read_rows
 
@@ -72,11 +74,12 @@ def test_rank_losses_average_to_the_single_process_gradient(monkeypatch):
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: t.copy_(sum(counts).float().reshape(t.shape)))
     par = object.__new__(ddp.DataParallel)
     par.env = ddp.DistEnv(world_size=2)
-    ddp_avg = sum(grad(lambda b=b: par.loss(obj, model, b, True, None)) for b in shards) / 2
+    live, idle = SimpleNamespace(live=True), SimpleNamespace(live=False)  # a ShardedSampler's flag
+    ddp_avg = sum(grad(lambda b=b: par.loss(obj, model, b, live, None)) for b in shards) / 2
     naive = sum(grad(lambda b=b: obj.loss(model, b)) for b in shards) / 2
     torch.testing.assert_close(ddp_avg, full, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(naive, full, rtol=1e-3, atol=1e-6)
-    dead = grad(lambda: par.loss(obj, model, shards[0], False, None))
+    dead = grad(lambda: par.loss(obj, model, shards[0], idle, None))
     assert torch.count_nonzero(dead) == 0  # a stand-in row contributes nothing
 
 
@@ -129,7 +132,7 @@ def test_spawned_ranks_share_one_time_budget(offline_dir, cache_dir, monkeypatch
     cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="seconds=1",
                 task_opts={"latency_n": 1})
     spec = ContextSpec(device="cpu", data_dir=str(offline_dir), cache_dir=str(cache_dir), grid="t")
-    row = ddp.spawn_cell(cell, spec, 2)
+    row = spawn_cell(cell, spec, 2)
     assert row["status"] == "ok", row.get("error")
     assert row["world_size"] == 2 and row["key"] == cell.key()
     assert row["loss_curve"][-1]["frac"] == 1.0 and row["train"]["seconds"] >= 1.0

@@ -10,7 +10,8 @@ from harness import objectives
 from harness.budget import Budget
 from core.data import SeqSet, SpecialTokens
 from harness.model import LM, LMConfig
-from harness.train import TrainConfig, dev_sample, train
+from harness.evaluate import dev_sample
+from harness.train import TrainConfig, train
 
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
 

@@ -12,10 +12,10 @@ import pytest
 
 import run_matrix
 from core.results import cell_rows, read_rows
+from core.schema import GRID_KEYS, ROW_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIRED = ("task", "protocol", "mixer", "objective", "seed", "preset", "budget", "status", "error", "params",
-            "tokens_seen", "device", "versions", "git_commit", "metrics", "loss_curve")
+REQUIRED = ROW_KEYS + GRID_KEYS  # what every grid row has (core/schema.py spells it once)
 
 
 def _cells(path):

@@ -210,7 +210,7 @@ def test_grid_rows_and_report_carry_recall_accuracy(tmp_path, capsys):
     m = row["metrics"]
     assert 0.0 <= m["accuracy"] <= 1.0 and m["eval_n"] == 16 and m["eval_queries"] == 64 and m["gen_latency_ms"] > 0
     assert row["model"]["vocab_size"] == 64 and "sweep" not in row
-    assert "acc=" in capsys.readouterr().out
+    assert "accuracy=" in capsys.readouterr().out  # the declared metric, by its key
     report = (out / "reports" / "g" / "README.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| mixer |"))
     assert "| accuracy |" in header and "| EM |" not in header and f"{m['accuracy']:.3f}" in report

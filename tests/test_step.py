@@ -110,10 +110,10 @@ def test_training_reads_no_device_value_between_evaluation_points(monkeypatch, o
     """The loss is summed on the device and read once per evaluation point; nothing in a step
     (sampler, model, loss, clipping, optimiser) reads a tensor value back to the host. On CUDA each
     such read is a stream synchronisation that leaves the GPU idle."""
-    import harness.train as ht
+    from harness.distributed import SingleProcess
 
     counter = _ReadCounter(monkeypatch)
-    real_dev_loss = ht.dev_loss
+    real_dev_loss = SingleProcess.dev_loss
 
     def dev_loss(*a, **k):  # evaluation may read values: it happens at the eval points only
         counter.paused += 1
@@ -122,7 +122,7 @@ def test_training_reads_no_device_value_between_evaluation_points(monkeypatch, o
         finally:
             counter.paused -= 1
 
-    monkeypatch.setattr(ht, "dev_loss", dev_loss)
+    monkeypatch.setattr(SingleProcess, "dev_loss", dev_loss)
     rng = np.random.default_rng(0)
     seqs = [[2] + rng.integers(6, 20, int(L)).tolist() + [3] for L in rng.integers(4, 12, 48)]
     data = SeqSet.from_lists(seqs, [[False] * (len(s) - 2) + [True] * 2 for s in seqs], 0)

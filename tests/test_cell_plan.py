@@ -1,0 +1,137 @@
+"""One path per cell: the task built once, its data prepared once, the budget parsed and checked once
+(a plan per cell, shared by the pre-flight check and the run); one data-parallel interface that a
+single process implements without collectives."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+import run_matrix
+import tasks
+from core.data import SeqSet, SpecialTokens
+from core.results import cell_rows, read_rows
+from harness import budget as hb
+from harness import objectives
+from harness.budget import Budget, BudgetError, BudgetMeter
+from harness.distributed import DataParallel, DistEnv, SingleProcess, data_parallel
+from harness.model import LM, LMConfig
+from harness.train import TrainConfig, train
+
+SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+
+
+def _counting(monkeypatch, owner, name: str, calls: list) -> None:
+    real = getattr(owner, name)
+
+    def counted(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(owner, name, counted)
+
+
+def test_a_grid_builds_its_task_once_and_checks_each_cells_budget_once(offline_dir, tmp_path, cache_dir, monkeypatch):
+    """Two cells through run_matrix.main (pre-flight check, then the runs): one Task, one prepare(),
+    one budget parse and one budget check per cell; the row's budget record is the meter's."""
+    built, prepared, parsed, checked = [], [], [], []
+    _counting(monkeypatch, tasks.Task, "__init__", built)
+    _counting(monkeypatch, tasks.get("jsquad"), "prepare", prepared)
+    _counting(monkeypatch, hb, "check_budget", checked)
+    real_parse = Budget.parse.__func__
+    monkeypatch.setattr(Budget, "parse", classmethod(lambda cls, text: parsed.append(text) or real_parse(cls, text)))
+    out = tmp_path / "out"
+    args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--grid", "t", "--mixers", "attention",
+            "--objectives", "autoregressive", "--seeds", "0,1", "--task-opt", "eval_limit=2", "--no-report"]
+    assert run_matrix.main(args) == 0
+    rows = cell_rows(read_rows(out / "results" / "t.jsonl"))
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
+    assert len(built) == 1 and len(prepared) == 1
+    assert len(checked) == 2  # once per cell, in its plan (train() takes the checked meter)
+    assert parsed == ["tokens=3000"] * 3  # the --budget flag, then each cell's budget once
+    assert all(r["budget_info"] == {"budget": "tokens=3000"} for r in rows)
+
+
+def test_a_sweeping_cell_checks_its_short_budget_once_for_all_its_short_runs(offline_dir, tmp_path, cache_dir,
+                                                                             monkeypatch):
+    """The cell's budget and the lr sweep's short budget are each checked once, in the plan: the short
+    runs (one per rate) and the full run train on the plan's checked meters."""
+    checked: list = []
+    _counting(monkeypatch, hb, "check_budget", checked)
+    out = tmp_path / "out"
+    args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--grid", "t", "--mixers", "attention",
+            "--objectives", "autoregressive", "--task-opt", "eval_limit=2", "--no-report",
+            "--lr-sweep", "1e-3,3e-3", "--lr-sweep-frac", "0.5"]
+    assert run_matrix.main(args) == 0
+    [row] = cell_rows(read_rows(out / "results" / "t.jsonl"))
+    assert row["status"] == "ok" and len(row["lr_sweep"]["table"]) == 2 and row["lr_sweep"]["reused"] == 0
+    assert sorted(str(a[0]) for a in checked) == ["tokens=1500", "tokens=3000"]
+
+
+def test_a_cells_plan_stops_a_too_small_sweep_budget_before_the_grid(offline_dir, tmp_path, cache_dir):
+    """The lr sweep's short runs must cover a batch too: refused in the pre-flight plan, no rows."""
+    args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(tmp_path),
+            "--cache-dir", str(cache_dir), "--no-progress", "--grid", "t", "--mixers", "attention",
+            "--objectives", "autoregressive", "--lr-sweep", "1e-3,3e-3", "--lr-sweep-frac", "0.1"]
+    with pytest.raises(BudgetError, match=r"budget tokens=300 is smaller than one batch"):
+        run_matrix.main(args)
+    assert not (tmp_path / "results").exists()
+
+
+def _toy(n=48, seed=0) -> SeqSet:
+    rng = np.random.default_rng(seed)
+    seqs = [[2] + rng.integers(6, 20, int(L)).tolist() + [3] for L in rng.integers(4, 12, n)]
+    return SeqSet.from_lists(seqs, [[False] * (len(s) - 2) + [True] * 2 for s in seqs], 0)
+
+
+def _model() -> LM:
+    torch.manual_seed(0)
+    return LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+
+
+def test_one_process_trains_through_the_single_process_object_without_collectives(monkeypatch):
+    """world_size 1 gets SingleProcess (the model itself, the base sampler): no torch.distributed call."""
+    def no_collective(*a, **k):
+        raise AssertionError("a collective in a single-process run")
+
+    for name in ("all_reduce", "broadcast", "all_gather_object", "barrier", "broadcast_object_list"):
+        monkeypatch.setattr(torch.distributed, name, no_collective)
+    model = _model()
+    par = data_parallel(model, DistEnv(), torch.device("cpu"), Budget.parse("seconds=1"))
+    assert isinstance(par, SingleProcess) and par.module is model and par.seed_offset == 0
+    assert isinstance(data_parallel(model, None, torch.device("cpu"), Budget.parse("tokens=1")), SingleProcess)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    cfg = TrainConfig(batch_tokens=96, progress=False, eval_points=2)
+    res = train(model, obj, _toy(), _toy(8, seed=1), Budget.parse("tokens=1500"), cfg, torch.device("cpu"),
+                dist=DistEnv())
+    assert res.steps > 5 and len(res.loss_curve) == 2 and res.tokens_seen >= 1500
+
+
+def test_single_process_and_data_parallel_have_one_interface():
+    """train() calls the same methods, with the same arguments, on either object."""
+    methods = ("sampler", "loss", "step_tokens", "fraction", "mean_over_ranks", "dev_loss")
+    for name in methods:
+        one, many = (list(inspect.signature(getattr(c, name)).parameters) for c in (SingleProcess, DataParallel))
+        assert one == many, name
+    public = lambda cls: {n for n, v in vars(cls).items() if callable(v) and not n.startswith("_")}  # noqa: E731
+    assert public(SingleProcess) == public(DataParallel) == set(methods)
+
+
+def test_train_takes_a_checked_meter_and_reports_it(monkeypatch):
+    """A Budget is checked inside train(); a meter from `check()` (a cell's plan) is not checked again."""
+    checked: list = []
+    _counting(monkeypatch, hb, "check_budget", checked)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    cfg = TrainConfig(batch_tokens=96, progress=False, eval_points=1)
+    data = _toy()
+    meter = BudgetMeter(Budget.parse("tokens=800"), torch.device("cpu")).check(data, cfg.batch_size, cfg.batch_tokens)
+    res = train(_model(), obj, data, data, meter, cfg, torch.device("cpu"))
+    assert len(checked) == 1 and res.budget_info == meter.describe() == {"budget": "tokens=800"}
+    res2 = train(_model(), obj, data, data, Budget.parse("tokens=800"), cfg, torch.device("cpu"))
+    assert len(checked) == 2 and res2.tokens_seen == res.tokens_seen
+    with pytest.raises(BudgetError, match="smaller than one batch"):
+        BudgetMeter(Budget.parse("tokens=5"), torch.device("cpu")).check(data, cfg.batch_size, cfg.batch_tokens)

@@ -1,0 +1,168 @@
+"""The results schema: one row constructor for every writer, one set of required keys, and older rows
+(schema 1, benchmark rows without a version) upgraded on reading so their reports still build."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.results import ResultsFileError, append_row, latest_by_key, read_rows
+from core.schema import (BENCH_KEYS, GRID_KEYS, ROW_KEYS, SCHEMA_VERSION, Metric, headline_metric, missing_keys,
+                         upgrade)
+from reports import write_reports
+
+ROOT = Path(__file__).resolve().parents[1]
+V1 = Path(__file__).resolve().parent / "fixtures" / "results_v1"
+
+
+def _table(text: str, heading: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Header cells and rows (as dicts) of the first table after `heading`."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| mixer"))
+    block = []
+    for ln in lines[start:]:
+        if not ln.startswith("|"):
+            break
+        block.append([c.strip() for c in ln.strip().strip("|").split("|")])
+    return block[0], [dict(zip(block[0], cells)) for cells in block[2:]]
+
+
+def test_v1_rows_are_upgraded_on_reading():
+    raw = [json.loads(line) for line in (V1 / "g.jsonl").read_text().splitlines()]
+    rows = read_rows(V1 / "g.jsonl")
+    assert all(r["schema"] == SCHEMA_VERSION and r["upgraded_from"] == 1 for r in rows)
+    refs = [r for r in rows if r["objective"] == "none"]
+    assert [r["reference"]["name"] for r in refs] == ["overlap_span", "tokenizer_ceiling"]
+    assert all(r["mixer"] is None for r in refs)
+    assert refs[0]["reference"]["kind"] == "baseline" and refs[0]["reference"]["full_split"]["eval_n"] == 4420
+    models = [r for r in rows if r["objective"] != "none"]
+    assert [r["mixer"] for r in models] == ["attention", "gated_context", "attention"]
+    qa, mqar = models[0], models[2]
+    assert [(m["key"], m["headline"]) for m in qa["task_metrics"]] == [("em", False), ("f1", True)]
+    assert [(m["key"], m["headline"]) for m in mqar["task_metrics"]] == [("accuracy", True)]
+    assert "evaluate on `test`" in qa["protocol_text"] and "associative recall" in mqar["protocol_text"]
+    assert [r["metrics"] for r in rows] == [r["metrics"] for r in raw]  # numbers untouched
+    assert raw[2]["mixer"] == "overlap_span" and "name" not in raw[2]["reference"]  # the fixture is literal v1
+    # a benchmark row written with no `schema` key is version 1
+    [bench] = read_rows(V1 / "bench_decode.jsonl")
+    assert bench["schema"] == SCHEMA_VERSION and bench["upgraded_from"] == 1 and bench["mixer"] == "attention"
+    # a current row is returned as it is
+    assert upgrade(rows[0]) is rows[0]
+
+
+def test_v1_fixture_builds_the_report_with_references_named(tmp_path, no_png):
+    shutil.copytree(V1, tmp_path / "results")
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    text = (tmp_path / "reports" / "g" / "README.md").read_text()
+    head, rows = _table(text, "## jsquad · jsquad-offline")
+    assert head[:4] == ["mixer", "objective", "EM", "F1"]
+    assert [r["mixer"] for r in rows] == ["*tokenizer_ceiling (identity, vocab 4000, ≤24 answer tokens)*",
+                                         "*overlap_span*", "gated_context", "attention"]  # by F1, best first
+    assert rows[2]["vs best baseline"] == "below overlap_span (F1 -0.412)"
+    assert "- *overlap_span* (baseline): Gap filling" in text and "None" not in text.split("## mqar")[0]
+    assert "`jsquad-offline`: JSQuAD v1.3 without its train split" in text
+    _, mq = _table(text, "## mqar")
+    assert mq[0]["accuracy"].strip("*") == "0.812"
+    assert "`mqar-T64-kv4-V1024`: synthetic multi-query associative recall" in text
+
+
+def test_rows_newer_than_the_code_and_rows_without_keys_are_refused(tmp_path):
+    p = tmp_path / "r.jsonl"
+    row = json.loads((V1 / "g.jsonl").read_text().splitlines()[0])
+    append_row(p, row)
+    append_row(p, {**row, "schema": SCHEMA_VERSION + 1})
+    with pytest.raises(ResultsFileError, match=rf"r\.jsonl:2: schema {SCHEMA_VERSION + 1} is not one this code reads"):
+        read_rows(p)
+    p.write_text(json.dumps({k: v for k, v in row.items() if k != "objective"}) + "\n")
+    with pytest.raises(ResultsFileError, match=r"r\.jsonl:1: row lacks objective"):
+        read_rows(p)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "g.jsonl").write_text(json.dumps({k: v for k, v in row.items() if k != "budget"}) + "\n")
+    with pytest.raises(ResultsFileError, match=r"g\.jsonl:1: row lacks budget"):
+        write_reports(tmp_path / "results", tmp_path / "reports")
+
+
+def _headline_numbers(rows: list[dict]) -> list[tuple[str, str]]:
+    """(name, F1 as the report prints it) for every ok row of the raw file, references by their v1 name."""
+    out = []
+    for r in latest_by_key(rows).values():
+        if r["status"] == "ok" and isinstance(r["metrics"].get("f1"), float):
+            name = r["mixer"]
+            if r["objective"] == "none" and r["reference"].get("setting"):
+                name = f"{name} ({r['reference']['setting']})"
+            out.append((name, f"{r['metrics']['f1']:.3f}"))
+    return sorted(out)
+
+
+@pytest.fixture
+def no_png(monkeypatch):
+    """Figures are drawn but not encoded as PNG (most of a report's seconds; tests/test_reports.py checks them)."""
+    from reports import figures
+
+    monkeypatch.setattr(figures, "_save", lambda fig, path: path)
+
+
+def test_committed_results_still_build_their_reports_with_the_same_numbers(tmp_path, no_png):
+    """The repository's results files were written before schema 2: copies of them build every report,
+    with the F1 of every model and reference the rows hold, sorted by it."""
+    res = tmp_path / "results"
+    shutil.copytree(ROOT / "results", res)
+    grids = sorted(p.stem for p in res.glob("*.jsonl") if not p.stem.startswith("bench_"))
+    assert len(grids) >= 3
+    written = write_reports(res, tmp_path / "reports")
+    assert (tmp_path / "reports" / "benchmarks" / "README.md") in written
+    for grid in grids:
+        raw = [json.loads(line) for line in (res / f"{grid}.jsonl").read_text().splitlines() if line.strip()]
+        assert {r.get("schema") for r in raw} == {1}  # what this test is about
+        text = (tmp_path / "reports" / grid / "README.md").read_text()
+        shown = []
+        for heading in re.findall(r"^## jsquad · .*$", text, flags=re.M):
+            head, rows = _table(text, heading)
+            assert [h for h in head if h in ("EM", "F1")] == ["EM", "F1"]
+            f1 = [r["F1"].strip("*") for r in rows if r["status"] == "ok" or r["status"].startswith("reference")]
+            assert f1 == sorted(f1, key=float, reverse=True)  # sorted by the headline, best first
+            shown += [(re.sub(r" \(pretrain .*\)$", "", r["mixer"].strip("*")), r["F1"].strip("*"))
+                      for r in rows if r["F1"] != "—"]
+        # every ok row's F1, under its mixer or its reference name (pretraining rows labelled apart)
+        assert set(shown) == set(_headline_numbers(raw)), grid
+        assert "| None |" not in text and "*None" not in text
+
+
+def test_every_writer_builds_rows_through_the_schema(tmp_path):
+    """A model cell's, a reference's and a benchmark's row: current version, the required keys, provenance."""
+    from benchmarks.common import bench_row
+    from harness.cell import Cell, RunContext, base_row
+    from harness.references import reference_row
+    import tasks
+
+    cell = Cell(task="mqar", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=1")
+    ctx = RunContext(device=torch.device("cpu"), data_dir=None, cache_dir=tmp_path, grid="g", progress=False)
+    task = tasks.build("mqar", train_tokens=640, dev_seqs=2, eval_seqs=2)
+    data = task.prepare(tasks.PrepareContext(None, tmp_path, 64, 64, log=lambda _m: None))
+    ref = tasks.Reference("floor", "baseline", "always wrong", {"x": 1}, score=lambda: {"accuracy": 0.0, "eval_n": 2})
+    cell_row, ref_row = base_row(cell, ctx), reference_row(ref, task, data, "g", {})
+    b_row = bench_row("decode", torch.device("cpu"), {"mixer": "attention", "context": 8})
+    for r in (cell_row, ref_row, b_row):
+        assert r["schema"] == SCHEMA_VERSION and r["device"].startswith("cpu") and r["started_at"]
+        assert set(r["versions"]) >= {"python", "torch"} and "git_commit" in r
+        assert not missing_keys(r), missing_keys(r)
+    assert set(ROW_KEYS + GRID_KEYS) <= set(cell_row) and set(ROW_KEYS + BENCH_KEYS) <= set(b_row)
+    assert ref_row["mixer"] is None and ref_row["reference"]["name"] == "floor" and ref_row["status"] == "ok"
+    assert [m["key"] for m in ref_row["task_metrics"]] == ["accuracy"] and "recall" in ref_row["protocol_text"]
+    assert b_row["bench"] == "decode" and b_row["mixer"] == "attention" and b_row["status"] == "ok"
+
+
+def test_metric_declarations_round_trip_and_pick_the_headline():
+    m = Metric("miss", "miss rate", "min", headline=True, doc="d", fmt=".2%")
+    assert Metric.from_dict(m.to_dict()) == m and m.format(0.125) == "12.50%" and m.label == "miss rate"
+    with pytest.raises(ValueError, match="better must be"):
+        Metric("x", "x", "up")
+    rows = [{"task_metrics": [Metric("a", "A").to_dict(), m.to_dict()], "metrics": {"a": 0.5}}]
+    assert headline_metric(rows).key == "a"  # the headline is not carried: the first carried one
+    rows.append({"task_metrics": rows[0]["task_metrics"], "metrics": {"miss": 0.1}})
+    assert headline_metric(rows).key == "miss"
+    assert headline_metric([{"metrics": {"f1": 0.3}}]) is None  # nothing declared: no headline
