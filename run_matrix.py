@@ -147,6 +147,33 @@ def lr_choice(args: argparse.Namespace) -> tuple[float, dict | None]:
     return lr, None
 
 
+def apply_defaults(args: argparse.Namespace) -> None:
+    """Fill what was not given: --quick's settings under the explicit flags, then the CLI defaults."""
+    if args.quick:  # the quick preset under whatever was given explicitly
+        args.preset = args.preset or QUICK["preset"]
+        args.budget = args.budget or QUICK["budget"]
+        args.dev_tokens = QUICK["dev_tokens"] if args.dev_tokens is None else args.dev_tokens
+        args.lr = args.lr or os.environ.get("WAVEBENCH_LR") or QUICK["lr"]
+        given = parse_kv(args.task_opt, "--task-opt")
+        args.task_opt = [f"{k}={v}" for k, v in QUICK["task_opts"].items() if k in tasks.options_of(args.task)
+                         and k not in given] + list(args.task_opt or [])
+    args.preset = args.preset or "small"
+    args.lr = args.lr or os.environ.get("WAVEBENCH_LR") or DEFAULT_LR
+    if args.dev_tokens is not None and args.dev_tokens < 0:
+        raise ValueError(f"--dev-tokens must be >= 0 (0: the whole dev slice); got {args.dev_tokens}")
+
+
+def finished_line(cell: Cell, row: dict) -> str:
+    """What the grid prints when a cell ends: its metrics, size and seconds, or its error."""
+    if row["status"] != "ok":
+        return f"  FAILED {cell.label()}: {row['error']}"
+    t = row.get("timing") or {}
+    secs = f" train {t.get('train_s', 0):.0f}s eval {t.get('dev_s', 0) + t.get('eval_s', 0):.0f}s" if t else ""
+    sw = row.get("lr_sweep")
+    picked = f" lr={sw['best_lr']:g} (sweep {sw['tokens']:,} tok, {sw['seconds']:.0f} s)" if sw else ""
+    return f"  ok     {cell.label()}: {summary(row)} params={row['params']:,}{secs}{picked}"
+
+
 def summary(row: dict) -> str:
     """The one-line metrics of a finished cell: the metrics its task declared (`row["task_metrics"]`,
     in their own format), then perplexity and speed."""
@@ -220,18 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(out, args.grid)
         return 0
 
-    if args.quick:  # the quick preset under whatever was given explicitly
-        args.preset = args.preset or QUICK["preset"]
-        args.budget = args.budget or QUICK["budget"]
-        args.dev_tokens = QUICK["dev_tokens"] if args.dev_tokens is None else args.dev_tokens
-        args.lr = args.lr or os.environ.get("WAVEBENCH_LR") or QUICK["lr"]
-        given = parse_kv(args.task_opt, "--task-opt")
-        args.task_opt = [f"{k}={v}" for k, v in QUICK["task_opts"].items() if k in tasks.options_of(args.task)
-                         and k not in given] + list(args.task_opt or [])
-    args.preset = args.preset or "small"
-    args.lr = args.lr or os.environ.get("WAVEBENCH_LR") or DEFAULT_LR
-    if args.dev_tokens is not None and args.dev_tokens < 0:
-        raise ValueError(f"--dev-tokens must be >= 0 (0: the whole dev slice); got {args.dev_tokens}")
+    apply_defaults(args)
     mixer_names = _names(args.mixers, mixers.REGISTRY, "mixer")
     objective_names = _names(args.objectives, objectives.REGISTRY, "objective")
     task_cls = tasks.get(args.task)
@@ -285,14 +301,7 @@ def main(argv: list[str] | None = None) -> int:
               f"rows -> {results}")
     for cell, row in executors.build(args).run(todo, ctx):  # this process is the one writer of rows
         append_row(results, row)
-        t = row.get("timing") or {}
-        secs = f" train {t.get('train_s', 0):.0f}s eval {t.get('dev_s', 0) + t.get('eval_s', 0):.0f}s" if t else ""
-        if row["status"] == "ok":
-            sw = row.get("lr_sweep")
-            picked = f" lr={sw['best_lr']:g} (sweep {sw['tokens']:,} tok, {sw['seconds']:.0f} s)" if sw else ""
-            _say(f"  ok     {cell.label()}: {summary(row)} params={row['params']:,}{secs}{picked}")
-        else:
-            _say(f"  FAILED {cell.label()}: {row['error']}")
+        _say(finished_line(cell, row))
     if dist.is_main:  # the task's floors and ceilings (non-neural, seconds): rows beside the cells, once per grid
         preset = get_preset(args.preset)
         write_references(task, data, PrepareContext(ctx.data_dir, ctx.cache_dir, preset.vocab_size, preset.max_len),

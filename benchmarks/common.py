@@ -1,4 +1,4 @@
-"""What the benchmarks (bench_scaling, bench_loss_memory) share: timing, peak memory, OOM, rows.
+"""What the benchmarks (scaling, loss_memory, decode) share: timing, peak memory, OOM, rows.
 
 Benchmarks are measurements, not tests: they append rows to `results/bench_<name>.jsonl` (one per
 configuration, ok or failed) and the report draws them. Every row names its device, package

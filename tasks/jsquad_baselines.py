@@ -3,7 +3,7 @@
 A benchmark number means little without its floor and its ceiling. Extractive QA has strong
 floors (answers are short spans of the context, often right next to words the question repeats),
 and a model trained from scratch on a small budget may not beat them. These references become
-ordinary results rows (`mixer` = the reference's name, `objective` = "none"), so the report puts
+ordinary results rows (`reference.name` = the baseline's name, `mixer` null, `objective` = "none"), so the report puts
 them in the same table as the models.
 
 - Baselines (`BASELINES`, a registry: `@baseline("name")` adds one): a function QAItem -> answer
