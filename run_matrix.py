@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                             _ints(args.sweep_widths, "--sweep-widths"))
     ctx = RunContext(device=device, data_dir=Path(args.data_dir) if args.data_dir else None,
                      cache_dir=Path(args.cache_dir), grid="", progress=not args.no_progress and dist.is_main,
-                     log=print if dist.is_main else (lambda _msg: None), dist=dist)
+                     log=print if dist.is_main else (lambda _msg: None), dist=dist,
+                     remote=args.executor != "local")
     task = ctx.task(args.task, task_opts)  # a bad option value stops here, in one line
     # every cell's plan (data, pretraining corpus, budget checked against a batch, the model on the meta
     # device) before any cell runs: a bad cell stops the grid here, in one line; run_cell reuses the plans

@@ -110,6 +110,9 @@ class RunContext:
     dist: ddp.DistEnv = field(default_factory=ddp.DistEnv)  # this process's rank when a cell runs data-parallel
     # where the running cell is: (phase text, fraction of the cell done), for the grid's progress line
     phase: Callable[[str, float], None] = lambda _text, _frac: None
+    # cells train elsewhere (Ray workers, on their own devices): the driver's plans only check them, and
+    # device-bound choices (the loss kernel: `cce` needs CUDA) are resolved by the workers, not judged here
+    remote: bool = False
     _tasks: dict[str, tasks.Task] = field(default_factory=dict)
     _data: dict[str, TaskData] = field(default_factory=dict)
     _corpora: dict[str, pt.Corpus] = field(default_factory=dict)
@@ -189,7 +192,7 @@ class CellPlan:
             short.check(data.train, preset.batch_size, preset.batch_tokens)
         corpus = ctx.pretrain_corpus(cell, data)  # a missing or empty corpus stops here; tokens cached once
         try:
-            loss_impl = resolve_impl(cell.loss, ctx.device)
+            loss_impl = "chunked" if ctx.remote else resolve_impl(cell.loss, ctx.device)
             objective = objectives.build(cell.objective, data.special, loss_impl, **cell.objective_opts)
             cfg = matched_config(preset, cell.mixer, objective.causal, data.vocab_size, cell.mixer_opts, cell.norm)
         except Exception as e:

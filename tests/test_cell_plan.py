@@ -135,3 +135,18 @@ def test_train_takes_a_checked_meter_and_reports_it(monkeypatch):
     assert len(checked) == 2 and res2.tokens_seen == res.tokens_seen
     with pytest.raises(BudgetError, match="smaller than one batch"):
         BudgetMeter(Budget.parse("tokens=5"), torch.device("cpu")).check(data, cfg.batch_size, cfg.batch_tokens)
+
+
+def test_a_kernel_the_driver_cannot_run_is_refused_locally_but_left_to_remote_workers(offline_dir, cache_dir):
+    """`--loss cce` needs CUDA: a local grid on a CPU stops in its pre-flight, in one line; a Ray driver
+    without a GPU (its cells train on GPU workers, which resolve the kernel on their own device) does not."""
+    from harness.cell import Cell, RunContext, check_cell
+
+    cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=3000",
+                loss="cce", task_opts={"eval_limit": "2"})
+    local = RunContext(device=torch.device("cpu"), data_dir=offline_dir, cache_dir=cache_dir, grid="t", progress=False)
+    with pytest.raises(ValueError, match="cce kernel needs CUDA|cut-cross-entropy is not importable"):
+        check_cell(cell, local)
+    remote = RunContext(device=torch.device("cpu"), data_dir=offline_dir, cache_dir=cache_dir, grid="t",
+                        progress=False, remote=True)
+    assert check_cell(cell, remote).model_cfg.mixer == "attention"
