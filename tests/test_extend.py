@@ -22,6 +22,7 @@ import run_matrix
 import tasks
 from core.results import cell_rows, read_rows
 from harness.model import LM, LMConfig
+from fixtures.markdown import table
 
 TOY_MODULE = textwrap.dedent('''
     """A toy task (recall the first token; metric: miss rate, lower is better) and a toy mixer (a running
@@ -123,17 +124,6 @@ def toy(tmp_path):
     assert "toy" not in tasks.names() and "toy" not in mixers.names()
 
 
-def _table(text: str, heading: str) -> list[dict[str, str]]:
-    lines = text[text.index(heading):].splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("| mixer"))
-    block = []
-    for ln in lines[start:]:
-        if not ln.startswith("|"):
-            break
-        block.append([c.strip() for c in ln.strip().strip("|").split("|")])
-    return [dict(zip(block[0], cells)) for cells in block[2:]]
-
-
 def test_a_task_and_a_mixer_from_one_new_file_reach_the_report(toy, tmp_path, capsys, monkeypatch):
     from reports import figures
 
@@ -165,13 +155,13 @@ def test_a_task_and_a_mixer_from_one_new_file_reach_the_report(toy, tmp_path, ca
 
     # the report: a column for the new metric, sorted by it in its own direction (lower first)
     text = (out / "reports" / "g" / "README.md").read_text()
-    table = _table(text, "## toy · toy-first")
-    assert "miss rate" in table[0]
-    values = [float(t["miss rate"].strip("*")) for t in table]
+    _, grid = table(text, "## toy · toy-first")
+    assert "miss rate" in grid[0]
+    values = [float(t["miss rate"].strip("*")) for t in grid]
     assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
-    assert table[0]["mixer"] == "*oracle*" and table[-1]["mixer"] == "*always_miss*"
+    assert grid[0]["mixer"] == "*oracle*" and grid[-1]["mixer"] == "*always_miss*"
     assert "Sorted by miss rate (best first)" in text and "`miss rate`: fraction of answers the model gets wrong" in text
     assert "`toy-first`: toy: recall the first token" in text
-    best = [t for t in table if t["mixer"] == "toy"]
+    best = [t for t in grid if t["mixer"] == "toy"]
     assert all(re.match(r"(beats|below) always_miss \(miss rate [+-]\d\.\d{3}\)", t["vs best baseline"]) for t in best)
     assert all(t["vs best baseline"].startswith("beats") == (float(t["miss rate"].strip("*")) < 1.0) for t in best)

@@ -14,21 +14,12 @@ from core.results import ResultsFileError, append_row, latest_by_key, read_rows
 from core.schema import (BENCH_KEYS, GRID_KEYS, ROW_KEYS, SCHEMA_VERSION, Metric, headline_metric, missing_keys,
                          upgrade)
 from reports import write_reports
+from fixtures.markdown import table
 
 ROOT = Path(__file__).resolve().parents[1]
 V1 = Path(__file__).resolve().parent / "fixtures" / "results_v1"
 
 
-def _table(text: str, heading: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Header cells and rows (as dicts) of the first table after `heading`."""
-    lines = text[text.index(heading):].splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("| mixer"))
-    block = []
-    for ln in lines[start:]:
-        if not ln.startswith("|"):
-            break
-        block.append([c.strip() for c in ln.strip().strip("|").split("|")])
-    return block[0], [dict(zip(block[0], cells)) for cells in block[2:]]
 
 
 def test_v1_rows_are_upgraded_on_reading():
@@ -58,14 +49,14 @@ def test_v1_fixture_builds_the_report_with_references_named(tmp_path, no_png):
     shutil.copytree(V1, tmp_path / "results")
     write_reports(tmp_path / "results", tmp_path / "reports")
     text = (tmp_path / "reports" / "g" / "README.md").read_text()
-    head, rows = _table(text, "## jsquad · jsquad-offline")
+    head, rows = table(text, "## jsquad · jsquad-offline")
     assert head[:4] == ["mixer", "objective", "EM", "F1"]
     assert [r["mixer"] for r in rows] == ["*tokenizer_ceiling (identity, vocab 4000, ≤24 answer tokens)*",
                                          "*overlap_span*", "gated_context", "attention"]  # by F1, best first
     assert rows[2]["vs best baseline"] == "below overlap_span (F1 -0.412)"
     assert "- *overlap_span* (baseline): Gap filling" in text and "None" not in text.split("## mqar")[0]
     assert "`jsquad-offline`: JSQuAD v1.3 without its train split" in text
-    _, mq = _table(text, "## mqar")
+    _, mq = table(text, "## mqar")
     assert mq[0]["accuracy"].strip("*") == "0.812"
     assert "`mqar-T64-kv4-V1024`: synthetic multi-query associative recall" in text
 
@@ -121,7 +112,7 @@ def test_committed_results_still_build_their_reports_with_the_same_numbers(tmp_p
         text = (tmp_path / "reports" / grid / "README.md").read_text()
         shown = []
         for heading in re.findall(r"^## jsquad · .*$", text, flags=re.M):
-            head, rows = _table(text, heading)
+            head, rows = table(text, heading)
             assert [h for h in head if h in ("EM", "F1")] == ["EM", "F1"]
             f1 = [r["F1"].strip("*") for r in rows if r["status"] == "ok" or r["status"].startswith("reference")]
             assert f1 == sorted(f1, key=float, reverse=True)  # sorted by the headline, best first
