@@ -69,6 +69,9 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         scaling = ["--device", "cuda", "--max-len", "8192", "--tokens", "16384", "--reps", "5", "--max-seconds", "5"]
         loss = ["--device", "cuda", "--vocab", "8000,32000", "--tokens", "4096,16384", "--reps", "5"]
         limits = {"tests": 90, "grid": 240, "scaling": 60, "loss": 60}
+    # one rate per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and
+    # miss the time limits; the sweep is tested on CPU (tests/test_lr_sweep.py), this checks the GPU path
+    grid += ["--lr", "preset"]
     o = ["--out", str(out)]
     return [
         Part("cuda_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
