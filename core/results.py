@@ -16,7 +16,6 @@ from typing import Any, Iterable
 from core.schema import ROW_KEYS, SchemaError, upgrade
 
 
-
 class ResultsFileError(ValueError):
     pass
 

@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 V1 = Path(__file__).resolve().parent / "fixtures" / "results_v1"
 
 
-
-
 def test_v1_rows_are_upgraded_on_reading():
     raw = [json.loads(line) for line in (V1 / "g.jsonl").read_text().splitlines()]
     rows = read_rows(V1 / "g.jsonl")
