@@ -43,12 +43,18 @@ from mixers._layers import RMSNorm
 SCANS = ("pairwise", "loop")
 
 
+@torch.compiler.disable
 def pairwise_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Solve c_t = a_t * c_{t-1} + b_t (c_{-1} = 0) along dim 1 in log2(T) rounds.
 
     a, b: (B, T, ...) -> c: (B, T, ...). Pairs (2i, 2i+1) are folded into one step of a recurrence
     half as long, c_{2i+1} = (a_{2i+1} a_{2i}) c_{2i-1} + (a_{2i+1} b_{2i} + b_{2i+1}), which is solved
     recursively; the even positions then follow from their odd predecessor. Total work is O(T).
+
+    It runs eagerly inside a torch.compile'd model (`torch.compiler.disable`): its recursion branches on
+    the parity of T at every level, so a traced copy would guard on those parities and recompile for
+    nearly every new batch length, inside the budgeted clock (tests/test_compile.py). Eagerly it is
+    ~6 log2(T) whole-tensor calls, and the layers around it still compile once for all lengths.
     """
     T = a.shape[1]
     if T == 1:
@@ -61,7 +67,8 @@ def pairwise_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     odd = pairwise_scan(a1 * a0, a1 * b0 + b1)  # c_1, c_3, c_5, ...
     prev = torch.cat([torch.zeros_like(odd[:, :1]), odd[:, :-1]], dim=1)  # c_{-1}, c_1, c_3, ...
     even = a0 * prev + b0  # c_0, c_2, c_4, ...
-    return torch.stack((even, odd), dim=2).flatten(1, 2)[:, :T]
+    # contiguous: for odd T the slice would leave a stride of T + 1 rows, which a compiled caller guards on
+    return torch.stack((even, odd), dim=2).flatten(1, 2)[:, :T].contiguous()
 
 
 def loop_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -126,10 +133,11 @@ class GatedContext(Mixer):
         a, b, o = self._gates(x, pad_mask)
         scan = pairwise_scan if self.opts.scan == "pairwise" else loop_scan
         self.backend = f"{self.opts.scan}_scan"
-        c = scan(a[:, :, 0], b[:, :, 0])[:, :, None]  # forward context (B, T, 1, N)
-        if not self.causal:  # backward context: the same scan on the reversed sequence
-            c_bwd = scan(a[:, :, 1].flip(1), b[:, :, 1].flip(1)).flip(1)
-            c = torch.stack((c[:, :, 0], c_bwd), dim=2)
+        if not self.causal:  # backward context: the same scan on the reversed sequence, both in one call
+            a, b = (torch.stack((t[:, :, 0], t[:, :, 1].flip(1)), dim=2) for t in (a, b))
+        c = scan(a, b)  # contexts (B, T, n_dir, N)
+        if not self.causal:
+            c = torch.stack((c[:, :, 0], c[:, :, 1].flip(1)), dim=2)
         return self._read(c, o)
 
     decode_path = "state"

@@ -11,7 +11,7 @@ weights, and `self.backend` says which one ran:
 
 - "mamba_ssm": on CUDA, when the optional `mamba-ssm` package imports (it needs its compiled
   extension), its fused `selective_scan_fn`; the conv uses `causal_conv1d_fn` when `causal-conv1d`
-  imports too (and d_conv is 2..4), PyTorch's conv1d otherwise.
+  imports too (and d_conv is 2..4), `causal_depthwise_conv` (K shifted multiply-adds) otherwise.
 - "torch_parallel_scan": everywhere else (option scan="parallel", the default). The whole sequence
   is one log-depth, work-efficient parallel scan of the affine maps h -> a h + b, with a
   hand-written backward (the same scan run in reverse) that saves only the inputs
@@ -321,6 +321,7 @@ class _ParallelScan(torch.autograd.Function):
         return du, ddelta, dA, dB, dC, dh0, None, None
 
 
+@torch.compiler.disable
 def selective_scan_parallel(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -342,6 +343,11 @@ def selective_scan_parallel(
     (B, T, d, N) tensor (channels are scanned in blocks of d); the backward is written by hand and
     saves only the inputs, recomputing the states (`keep_states=True` keeps them instead: one
     (B, T, Di, N) tensor per call held until backward, one scan fewer).
+
+    Inside a torch.compile'd model it runs eagerly (`torch.compiler.disable`): the sweeps' slices and
+    the channel blocks are Python integers computed from T, so a traced copy would be specialised to
+    each batch length and recompiled for every new one, inside the budgeted clock (tests/test_compile.py);
+    the projections and the convolution around it still compile once for all lengths.
     """
     if max_block_elems < 1:
         raise ValueError(f"max_block_elems must be >= 1, got {max_block_elems}")
@@ -410,12 +416,11 @@ class SSMDirection(nn.Module):
 
     def conv(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
         """SiLU(causal depthwise conv along T). x: (B, T, Di) -> (B, T, Di)."""
-        T = x.shape[1]
         w = self.conv1d.weight  # (Di, 1, K)
         if fused and _causal_conv1d_fn is not None and 2 <= w.shape[-1] <= 4:
             y = _causal_conv1d_fn(x.transpose(1, 2).contiguous(), w.squeeze(1), self.conv1d.bias, activation="silu")
             return y.transpose(1, 2)
-        return F.silu(self.conv1d(x.transpose(1, 2))[..., :T].transpose(1, 2))
+        return F.silu(causal_depthwise_conv(x, w[:, 0], self.conv1d.bias))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None, fused: bool) -> torch.Tensor:
         """x, z: (B, T, Di) with pad inputs already zero; mask (B, T, 1) float or None -> y (B, T, Di) fp32."""
@@ -438,6 +443,22 @@ class SSMDirection(nn.Module):
                   "chunked": dict(chunk_size=o.chunk_size, checkpoint=o.checkpoint_chunks),
                   "reference": {}}[o.scan]
             return SCANS[o.scan][0](xc, delta, A, Bm, Cm, self.D, z, **kw)
+
+
+def causal_depthwise_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """y_t = b + sum_k w[:, k] x_{t-(K-1)+k} (zeros before the start): x (B, T, C), w (C, K), b (C,) -> (B, T, C).
+
+    The same numbers as `nn.Conv1d(C, C, K, groups=C, padding=K-1)` cut to the first T outputs, written
+    as K shifted multiply-adds (K = d_conv = 4): elementwise work that torch.compile fuses into one
+    kernel and traces for any T. Inductor's convolution backward on CPU specialises to each length and
+    recompiled the mixer at every new batch shape (tests/test_compile.py).
+    """
+    K, T = w.shape[-1], x.shape[1]
+    xp = F.pad(x, (0, 0, K - 1, 0))  # (B, K - 1 + T, C): zeros in front of the sequence
+    y = b.to(x.dtype) + xp[:, 0:T] * w[:, 0].to(x.dtype)
+    for k in range(1, K):
+        y = y + xp[:, k : k + T] * w[:, k].to(x.dtype)
+    return y
 
 
 @dataclass

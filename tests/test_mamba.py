@@ -473,3 +473,21 @@ def test_fused_path_matches_torch_path_on_cuda(causal):
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2 * float(b.abs().max().clamp_min(1e-3)))
     with torch.no_grad():  # fp32, no autocast: much tighter
         torch.testing.assert_close(fused(x, mask) * m3, plain(x, mask) * m3, rtol=1e-3, atol=1e-4)
+
+
+def test_causal_depthwise_conv_equals_pytorchs_conv1d_in_values_and_gradients():
+    """The mixer's conv as K shifted multiply-adds is the same function as nn.Conv1d(groups=C, padding=K-1)
+    cut to T outputs (what it replaced, so checkpoints and the decoding step keep their meaning)."""
+    from mixers.mamba import causal_depthwise_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3, bias=True).double()
+    x = torch.randn(3, 13, 6, dtype=torch.float64, requires_grad=True)
+    ref = conv(x.transpose(1, 2))[..., :13].transpose(1, 2)
+    got = causal_depthwise_conv(x, conv.weight[:, 0], conv.bias)
+    torch.testing.assert_close(got, ref)
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, [x, conv.weight, conv.bias], g)
+    have = torch.autograd.grad(got, [x, conv.weight, conv.bias], g)
+    for a, b in zip(have, want):
+        torch.testing.assert_close(a, b)
