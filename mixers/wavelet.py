@@ -55,13 +55,19 @@ def wavelet_filters(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def causal_filter(x: torch.Tensor, f: torch.Tensor, dilation: int) -> torch.Tensor:
     """Depthwise causal convolution y_t = Σ_i f[i]·x_{t − i·dilation} (zeros before the start).
 
-    x: (B, T, D), f: (K,) -> (B, T, D). conv1d correlates, so the taps are flipped.
+    x: (B, T, D), f: (K,) -> (B, T, D). Written as K shifted multiply-adds rather than a depthwise
+    conv1d (the same numbers): elementwise work that torch.compile fuses and traces for any T, where
+    inductor's CPU convolution backward specialised to each length and recompiled the model at every
+    new batch shape, inside the budgeted clock (tests/test_compile.py).
     """
-    B, T, D = x.shape
-    K = f.numel()
-    xt = F.pad(x.transpose(1, 2), ((K - 1) * dilation, 0))  # (B, D, T + (K-1)d)
-    weight = f.flip(0).to(x.dtype).view(1, 1, K).expand(D, 1, K)
-    return F.conv1d(xt, weight, dilation=dilation, groups=D).transpose(1, 2)
+    T, K = x.shape[1], f.numel()
+    xp = F.pad(x, (0, 0, (K - 1) * dilation, 0))  # (B, (K-1)·d + T, D): zeros in front of the sequence
+    f = f.to(x.dtype)
+    y = xp[:, (K - 1) * dilation : (K - 1) * dilation + T] * f[0]
+    for i in range(1, K):  # tap i reads x_{t - i·d}
+        start = (K - 1 - i) * dilation
+        y = y + xp[:, start : start + T] * f[i]
+    return y
 
 
 def symmetric_filter(x: torch.Tensor, f: torch.Tensor, dilation: int) -> torch.Tensor:

@@ -73,21 +73,33 @@ def test_the_check_catches_a_mixer_that_branches_on_the_length(monkeypatch):
     assert frames[-1] > frames[1], frames
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor on CPU needs a C++ compiler")
-def test_mambas_conv_compiles_once_for_all_lengths_with_inductor():
-    """The counting backend cannot see what inductor itself specialises: its CPU convolution backward
-    guarded on T, so mamba with nn.Conv1d recompiled at every new length. The conv is now K shifted
-    multiply-adds (`causal_depthwise_conv`); compiled by inductor, forward + backward, it serves every
-    length from the graph compiled at the second shape."""
+def _mamba_conv():
     from mixers.mamba import causal_depthwise_conv
 
-    torch._dynamo.reset()
     w, b = torch.randn(8, 4, requires_grad=True), torch.randn(8, requires_grad=True)
+    return lambda x: causal_depthwise_conv(x, w, b)
+
+
+def _wavelet_filter():
+    from mixers.wavelet import causal_filter, wavelet_filters
+
+    lo, _ = wavelet_filters("db2")
+    return lambda x: causal_filter(x, lo, 2)
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor on CPU needs a C++ compiler")
+@pytest.mark.parametrize("make", [_mamba_conv, _wavelet_filter], ids=["mamba_conv", "wavelet_filter"])
+def test_the_causal_convolutions_compile_once_for_all_lengths_with_inductor(make):
+    """The counting backend cannot see what inductor itself specialises: its CPU convolution backward
+    guarded on T, so mamba and wave_wavelet (nn.Conv1d / F.conv1d) recompiled at every new length. Both
+    convolutions are now shifted multiply-adds; compiled by inductor, forward + backward, they serve
+    every length from the graph compiled at the second shape."""
+    torch._dynamo.reset()
     counter = CompileCounterWithBackend("inductor")
-    conv = torch.compile(causal_depthwise_conv, backend=counter)
+    conv = torch.compile(make(), backend=counter)
     frames = []
     for rows, T in SHAPES[:4]:
         x = torch.randn(rows, T, 8, requires_grad=True)
-        conv(x, w, b).pow(2).sum().backward()
+        conv(x).pow(2).sum().backward()
         frames.append(counter.frame_count)
     assert frames[0] == 1 and frames[-1] == frames[1], frames
