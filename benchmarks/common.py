@@ -111,6 +111,24 @@ def bench_row(bench: str, device: torch.device, identity: dict[str, Any], **fiel
                                         **identity, **fields})
 
 
+def measured_row(bench: str, device: torch.device, identity: dict[str, Any], measure: Callable[[], dict[str, Any]],
+                 out=None, keep: Callable[[BaseException], bool] = lambda e: True, **fields: Any) -> dict[str, Any]:
+    """One configuration of a benchmark: its row with `measure()`'s fields, or status "failed" with the
+    error when `keep(error)` says the failure is a result (an OOM at this size; smaller sizes still ran;
+    any other error is raised); the device's memory freed after it, the row appended to `out` if given."""
+    row = bench_row(bench, device, identity, **fields)
+    try:
+        row.update(measure())
+    except Exception as e:
+        if not keep(e):
+            raise
+        row.update(status="failed", error=error_text(e))
+    free(device)
+    if out is not None:
+        results.append_row(out, row)
+    return row
+
+
 def run_and_report(label: str, name: str, run, cfg, device: torch.device, out_root, report: bool) -> int:
     """The end of every benchmark's `main`: run `cfg` into results/<name>, then (`--report`) redraw."""
     from pathlib import Path

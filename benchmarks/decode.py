@@ -30,12 +30,11 @@ from typing import Any
 import torch
 
 import mixers
-from benchmarks.common import bench_row, error_text, free, is_oom, peak_memory, run_and_report, sync, time_ms
+from benchmarks.common import free, is_oom, measured_row, peak_memory, run_and_report, sync, time_ms
 from benchmarks.scaling import default_lengths
 from core.env import resolve_device
 from harness.model import LM, matched_config
 from core.presets import get_preset
-from core.results import append_row
 
 RESULTS_NAME = "bench_decode.jsonl"
 
@@ -119,17 +118,9 @@ def run(cfg: DecodeConfig, device: torch.device, out: Path | None, log=print) ->
                 identity = {"mixer": name, "preset": cfg.preset, "d_model": model.cfg.d_model,
                             "n_layers": model.cfg.n_layers, "context": T, "batch": B, "dtype": "float32",
                             "threads": torch.get_num_threads()}
-                row = bench_row("decode", device, identity, steps=cfg.steps, reps=cfg.reps)
-                try:
-                    row.update(measure(model, T, B, cfg, device))
-                except Exception as e:
-                    if not is_oom(e):
-                        raise
-                    row.update(status="failed", error=error_text(e))
-                free(device)
+                row = measured_row("decode", device, identity, lambda: measure(model, T, B, cfg, device), out,
+                                   keep=is_oom, steps=cfg.steps, reps=cfg.reps)
                 rows.append(row)
-                if out is not None:
-                    append_row(out, row)
                 if row["status"] != "ok":
                     log(f"  {name:18s} B={B:3d} T={T:6d} FAILED {row['error']}")
                     break

@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import bench_row, error_text, free, peak_memory, run_and_report, time_ms, warm_up
+from benchmarks.common import measured_row, peak_memory, run_and_report, time_ms, warm_up
 from core.env import resolve_device
 from harness.loss import plain_nll, resolve_impl, token_nll
-from core.results import append_row
 
 RESULTS_NAME = "bench_loss_memory.jsonl"
 IMPLS = ("cce", "cce_compile", "chunked", "plain")
@@ -110,15 +109,9 @@ def run(cfg: LossMemoryConfig, device: torch.device, out: Path | None = None, lo
         for n in cfg.tokens:
             for impl in cfg.impls:
                 identity = {"impl": impl, "vocab_size": vocab, "n_tokens": n, "d_model": cfg.d_model, "dtype": dtype}
-                row = bench_row("loss_memory", device, identity)
-                try:
-                    row.update(measure(impl, vocab, n, cfg, device))
-                except Exception as e:  # OOM at this size: a row that says so; smaller sizes still ran
-                    row.update(status="failed", error=error_text(e))
-                free(device)
+                # any failure (an OOM at this size) is a row that says so; smaller sizes still ran
+                row = measured_row("loss_memory", device, identity, lambda: measure(impl, vocab, n, cfg, device), out)
                 rows.append(row)
-                if out is not None:
-                    append_row(out, row)
                 if row["status"] == "ok":
                     mem = f"{row['peak_mem_bytes'] / 2**20:10.1f} MiB" if row["peak_mem_bytes"] is not None else "n/a"
                     log(f"  V={vocab:7d} N={n:6d} {impl:12s} {row['ms_fwd_bwd']:9.2f} ms  peak {mem}  loss {row['loss']:.5f}")

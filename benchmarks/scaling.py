@@ -24,9 +24,8 @@ from typing import Any
 import torch
 
 import mixers
-from benchmarks.common import bench_row, error_text, free, peak_memory, run_and_report, sync, time_ms, warm_up
+from benchmarks.common import measured_row, peak_memory, run_and_report, sync, time_ms, warm_up
 from core.env import resolve_device
-from core.results import append_row
 
 RESULTS_NAME = "bench_scaling.jsonl"
 
@@ -100,18 +99,11 @@ def run(cfg: ScalingConfig, device: torch.device, out: Path | None = None, log=p
         for L in cfg.lengths:
             identity = {"mixer": name, "mixer_opts": mixers.options_of(name), "seq_len": L, "d_model": cfg.d_model,
                         "tokens_per_step": cfg.tokens, "causal": cfg.causal, "dtype": dtype}
-            row = bench_row("scaling", device, identity, batch_size=max(1, cfg.tokens // L))
-            stop = False
-            try:
-                row.update(measure(name, L, cfg, device))
-                stop = row["note"] is not None
-            except Exception as e:  # OOM (or a mixer that cannot run this length): record it, stop this mixer
-                row.update(status="failed", error=error_text(e), note=None)
-                stop = True
-            free(device)
+            # an OOM (or a mixer that cannot run this length) is recorded, and stops this mixer
+            row = measured_row("scaling", device, identity, lambda: measure(name, L, cfg, device), out,
+                               batch_size=max(1, cfg.tokens // L), note=None)
+            stop = row["status"] != "ok" or row["note"] is not None
             rows.append(row)
-            if out is not None:
-                append_row(out, row)
             if row["status"] == "ok":
                 mem = f"{row['peak_mem_bytes'] / 2**20:.1f} MiB" if row["peak_mem_bytes"] is not None else "n/a"
                 log(f"  {name:20s} L={L:6d} B={row['batch_size']:3d}  {row['ms_per_step']:9.2f} ms/step  "
