@@ -24,6 +24,7 @@ from harness import distributed, executors, lr_sweep, objectives
 from harness.budget import Budget, BudgetError
 from harness.cell import Cell, RunContext, check_cell
 from harness.loss import LOSS_IMPLS
+from harness.train import COMPILE_MODES
 from harness.pretrain import DEFAULT_FRAC, PretrainSpec
 from harness.model import NORMS
 from core.presets import PRESETS, get_preset
@@ -96,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="auto", choices=LOSS_IMPLS, help="output-loss implementation")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training (default on CUDA; this forces it on CPU too)")
     p.add_argument("--no-compile", action="store_true", help="train eagerly, also on CUDA")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode (implies compile): reduce-overhead replays CUDA graphs, one per batch "
+                        "shape, with batch lengths rounded up to a multiple of 64 (default: default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--sweep", action="store_true",
                    help="every cell at each (sequence length x model width) below: the Zoology recall curves (mqar)")
@@ -239,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.compile and args.no_compile:
         raise ValueError("--compile and --no-compile contradict each other; give one")
+    if args.no_compile and args.compile_mode != "default":
+        raise ValueError(f"--compile-mode {args.compile_mode} compiles, and --no-compile says not to; give one")
     if args.list:
         print_list()
         return 0
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
-             compile=args.compile, no_compile=args.no_compile, pretrain=pretrain, dev_tokens=args.dev_tokens,
+             compile=args.compile, no_compile=args.no_compile, compile_mode=args.compile_mode, pretrain=pretrain, dev_tokens=args.dev_tokens,
              lr=lr, lr_sweep=sweep_lr)
         for s in seeds for o in objective_names for m in mixer_names
     ]

@@ -30,14 +30,15 @@ from core.presets import get_preset
 from harness.model import LM, matched_config
 
 
-def measure(mixer: str, causal: bool, lengths: list[int], rows: int, preset: str, device: torch.device) -> dict:
+def measure(mixer: str, causal: bool, lengths: list[int], rows: int, preset: str, device: torch.device,
+            dynamic: bool | None = None) -> dict:
     """Wall seconds and graphs compiled so far, after each step of `mixer`'s compiled LM."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     p = get_preset(preset)
     model = LM(matched_config(p, mixer, causal, p.vocab_size)).to(device)
     counter = CompileCounterWithBackend("inductor")
-    step = torch.compile(model, backend=counter)
+    step = torch.compile(model, backend=counter, dynamic=dynamic)
     seconds, frames = [], []
     for T in lengths:
         ids = torch.randint(0, p.vocab_size, (rows, T), device=device)
@@ -47,7 +48,7 @@ def measure(mixer: str, causal: bool, lengths: list[int], rows: int, preset: str
         sync(device)
         seconds.append(round(time.perf_counter() - t0, 3))
         frames.append(counter.frame_count)
-    return {"mixer": mixer, "causal": causal, "lengths": lengths, "rows": rows, "seconds": seconds,
+    return {"mixer": mixer, "causal": causal, "dynamic": dynamic, "lengths": lengths, "rows": rows, "seconds": seconds,
             "graphs_compiled": frames, "after_second_step_s": round(sum(seconds[2:]), 3)}
 
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=4)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--bidirectional", action="store_true", help="the masked-diffusion form of each mixer")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="compile with dynamic=True (one symbolic graph from the first step, what training does)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="runs/bench/compile_times.json")
     argv = sys.argv[1:] if argv is None else argv
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                     "preset": a.preset, "command": "python -m benchmarks.compile_times " + " ".join(argv)},
            "rows": []}
     for name in names:
-        row = measure(mixers.get(name).name, not a.bidirectional, lengths, a.rows, a.preset, device)
+        row = measure(mixers.get(name).name, not a.bidirectional, lengths, a.rows, a.preset, device,
+                      True if a.dynamic else None)
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
     path = Path(a.out)

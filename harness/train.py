@@ -46,6 +46,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     seed: int = 0
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs (see COMPILE_MODES)
     pad_to: int = 1  # round batch lengths up to a multiple (a few shapes for torch.compile; costs padding)
     progress: bool = True
     report: Callable[[float | None], None] | None = None  # budget-fraction callback (replaces the bar)
@@ -69,6 +70,21 @@ class TrainResult:
     padding_frac: float | None = None  # share of computed positions (rows x batch length) that were padding
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
     budget_info: dict = field(default_factory=dict)  # the meter's describe(): the budget (and measured speed)
+
+
+# torch.compile modes a cell may ask for. The two "cudagraphs" modes record one CUDA graph per batch
+# shape and replay it (one launch per step instead of hundreds: a small model's step is launch-bound
+# on a GPU), so they want few shapes: their cells round batch lengths up (harness/cell.py, PAD_TO_GRAPHS).
+# Off CUDA, inductor skips the graphs and the modes compile like "default".
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def device_sync(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a no-op off CUDA). A module-level function so a test can
+    stand in a slow device (tests/test_step.py)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
@@ -141,7 +157,12 @@ class _Run:
         self.cfg, self.device, self.staged = cfg, device, staged
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed + par.seed_offset)
         self.opt = _optimizer(model, cfg, device)
-        self.step_fn = torch.compile(par.module) if cfg.compile else par.module
+        if cfg.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {cfg.compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
+        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+        self.step_fn = torch.compile(par.module, mode=mode) if cfg.compile else par.module
+        # CUDA graph replays reuse their output memory: each step tells the graph tree a new step began
+        self.graphs = cfg.compile and cfg.compile_mode in CUDAGRAPH_MODES
         # torch.compile compiles at step 1 and recompiles once at step 2 (the first new batch shape marks
         # the lengths dynamic): neither is budgeted, and tokens/s counts from step 3 on
         self.warm_steps = 2 if cfg.compile else 1
@@ -149,6 +170,7 @@ class _Run:
         self.real_pos, self.computed_pos = 0, 0
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
         self.best_state, self.best = None, math.inf
+        self.stage: Stage | None = None  # the stage of the last step
         self.res = TrainResult(dev_tokens=dev_set.n_tokens)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -156,6 +178,9 @@ class _Run:
     def step(self, stage: Stage, frac: float) -> None:
         """One optimizer step on the stage's next batch at the LR of budget fraction `frac`, timed."""
         t0 = time.perf_counter()
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        self.stage = stage
         batch = next(stage.sampler)
         for g in self.opt.param_groups:
             g["lr"] = self.cfg.lr * wsd_multiplier(frac, self.cfg)
@@ -172,8 +197,8 @@ class _Run:
         self.real_pos += batch.n_tokens
         self.computed_pos += batch.ids.numel()  # a host-side shape: no sync
         warm = res.steps <= self.warm_steps
-        if warm and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the first steps (compilation, allocator warm-up) are not budgeted
+        if warm:
+            device_sync(self.device)  # the first steps (compilation, allocator warm-up) are not budgeted
         dt = time.perf_counter() - t0
         if not warm:
             self.clock += dt
@@ -181,6 +206,20 @@ class _Run:
         if res.steps > STEADY_FROM:
             self.steady_t += dt
             self.steady_tok += n_tok
+
+    def drain(self) -> None:
+        """Wait for the steps still queued on the device and charge the wait to the budget. Steps are
+        timed on the host and never sync, so the host runs ahead of a GPU: the work it queued before a
+        dev check (or the end) is GPU time the budget, the stage and tokens/s must count. (Warm-up
+        steps have synced already, so a drain never charges compilation.)"""
+        t0 = time.perf_counter()
+        device_sync(self.device)
+        waited = time.perf_counter() - t0
+        if self.res.steps > self.warm_steps:
+            self.clock += waited
+            self.stage.seconds += waited  # the stage of the last step queued
+        if self.res.steps > STEADY_FROM:
+            self.steady_t += waited
 
     def _forward_backward(self, stage: Stage, batch: Batch) -> torch.Tensor:
         """The step's loss, backpropagated. A model torch.compile cannot handle (it fails in the first
@@ -206,8 +245,7 @@ class _Run:
     def eval_point(self, frac: float, stage: Stage) -> None:
         """The train loss since the last point and the dev loss (outside the clock) on the curve; the
         checkpoint is kept when the dev loss is the best so far."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.drain()  # the clock is paused from here: the steps queued so far are charged first
         summed = self.par.mean_over_ranks(self.loss_sum)  # [DDP] every rank sees the same
         train_loss = float(summed / max(self.loss_n, 1))
         if not math.isfinite(train_loss):
@@ -229,8 +267,8 @@ class _Run:
     def finish(self, stages: StagePlan, train_set: SeqSet, meter: BudgetMeter) -> TrainResult:
         """The result, with the best checkpoint restored into the model."""
         res = self.res
+        self.drain()
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
             res.peak_mem_bytes = int(torch.cuda.max_memory_allocated(self.device))
         res.train_seconds = self.clock
         res.tokens_per_s = self.steady_tok / self.steady_t if self.steady_t > 0 \

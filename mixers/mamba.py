@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from mixers import Mixer, register
+from mixers import Mixer, _scan_triton, register
 
 
 def load_fused_kernels() -> tuple[Callable | None, Callable | None]:
@@ -363,12 +363,44 @@ def selective_scan_parallel(
     return (y, h) if return_last_state else y
 
 
+@torch.compiler.disable
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    return_last_state: bool = False,
+    chunk: int | None = None,
+):
+    """The same function as `selective_scan_reference` as two Triton kernels (mixers/_scan_triton.py):
+    one walk over the sequence each way, the state in registers; long sequences in chunks of `chunk`
+    positions (None: enough chunks to fill the GPU). CUDA (or Triton's interpreter) only.
+    Runs eagerly inside a compiled model, like the PyTorch scans (a custom kernel is opaque to tracing)."""
+    if not _scan_triton.available(u.device):
+        raise RuntimeError("the triton scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=parallel")
+    with torch.autocast(u.device.type, enabled=False):
+        f32 = lambda t: t.float().contiguous()  # noqa: E731
+        u, delta, A, B, C = (f32(t) for t in (u, delta, A, B, C))
+        h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else f32(h0)
+        if u.shape[1] == 0:
+            y, h = u.new_zeros(u.shape), h0
+        else:
+            y, h = _scan_triton.TritonScan.apply(u, delta, A, B, C, h0, chunk)
+        y = _finish(y, u, D, z)
+    return (y, h) if return_last_state else y
+
+
 # --------------------------------------------------------------------------------------------------
 # The mixer
 # --------------------------------------------------------------------------------------------------
 
-# option `scan` -> (function, the backend name a results row records)
+# option `scan` -> (function, the backend name a results row records); "auto" picks per call (`_scan_name`)
 SCANS: dict[str, tuple[Callable, str]] = {
+    "triton": (selective_scan_triton, "triton_scan"),
     "parallel": (selective_scan_parallel, "torch_parallel_scan"),
     "chunked": (selective_scan_chunked, "torch_chunked_scan"),
     "reference": (selective_scan_reference, "torch_reference_scan"),
@@ -422,8 +454,10 @@ class SSMDirection(nn.Module):
             return y.transpose(1, 2)
         return F.silu(causal_depthwise_conv(x, w[:, 0], self.conv1d.bias))
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None, fused: bool) -> torch.Tensor:
-        """x, z: (B, T, Di) with pad inputs already zero; mask (B, T, 1) float or None -> y (B, T, Di) fp32."""
+    def forward(self, x: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None, fused: bool,
+                scan: str = "parallel") -> torch.Tensor:
+        """x, z: (B, T, Di) with pad inputs already zero; mask (B, T, 1) float or None -> y (B, T, Di) fp32.
+        `scan` names the PyTorch/Triton scan (a key of SCANS) used when not `fused`."""
         xc = self.conv(x, fused)  # (B, T, Di)
         if mask is not None:
             xc = xc * mask  # the conv bias would otherwise feed pads into the state
@@ -441,8 +475,8 @@ class SSMDirection(nn.Module):
             o = self.opts
             kw = {"parallel": dict(max_block_elems=o.scan_block_elems, keep_states=not o.checkpoint_chunks),
                   "chunked": dict(chunk_size=o.chunk_size, checkpoint=o.checkpoint_chunks),
-                  "reference": {}}[o.scan]
-            return SCANS[o.scan][0](xc, delta, A, Bm, Cm, self.D, z, **kw)
+                  "reference": {}, "triton": {}}[scan]
+            return SCANS[scan][0](xc, delta, A, Bm, Cm, self.D, z, **kw)
 
 
 def causal_depthwise_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -528,7 +562,9 @@ class Mamba(Mixer):
         dt_max: float = 0.1
         dt_init_floor: float = 1e-4
         bidir_share: bool = False  # bidirectional: one conv/x_proj/Δ/A/D for both directions
-        scan: str = "parallel"  # PyTorch scan: "parallel" | "chunked" (the old chunk loop) | "reference" (step loop)
+        # "auto": "triton" on CUDA when Triton imports, else "parallel" | "chunked" (the old chunk loop) |
+        # "reference" (the step loop); mamba-ssm, when it imports, comes before all of them (use_mamba_ssm)
+        scan: str = "auto"
         scan_block_elems: int = 2**26  # parallel scan: max elements of one (B, T, d, N) channel block
         chunk_size: int = 64  # chunked scan: positions per parallel chunk
         checkpoint_chunks: bool = True  # PyTorch scans: recompute states in backward (bounded memory)
@@ -537,8 +573,8 @@ class Mamba(Mixer):
     def __init__(self, d_model: int, causal: bool, opts=None, proj_norm: bool = False):
         super().__init__(d_model, causal, opts, proj_norm)
         o = self.opts
-        if o.scan not in SCANS:
-            raise ValueError(f"mamba: scan must be one of {', '.join(SCANS)}, got {o.scan!r}")
+        if o.scan not in ("auto", *SCANS):
+            raise ValueError(f"mamba: scan must be one of auto, {', '.join(SCANS)}, got {o.scan!r}")
         if min(o.d_state, o.d_conv, o.expand, o.chunk_size, o.scan_block_elems) < 1 or o.dt_rank < 0:
             raise ValueError(f"mamba: sizes must be positive, got {o}")
         self.d_inner = o.expand * d_model
@@ -549,24 +585,31 @@ class Mamba(Mixer):
         self.fwd = SSMDirection(self.d_inner, self.dt_rank, o)
         self.bwd = SSMDirection(self.d_inner, self.dt_rank, o) if not causal and not o.bidir_share else None
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
-        self.backend = SCANS[o.scan][1]
+        self.backend = SCANS[self._scan_name(torch.device("cpu"))][1]
 
     def _fused(self, x: torch.Tensor) -> bool:
         return self.opts.use_mamba_ssm and _selective_scan_fn is not None and x.is_cuda
 
+    def _scan_name(self, device: torch.device) -> str:
+        """The scan option this call runs: "auto" is the Triton kernels where they run, else the parallel scan."""
+        if self.opts.scan != "auto":
+            return self.opts.scan
+        return "triton" if device.type == "cuda" and _scan_triton.available(device) else "parallel"
+
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         fused = self._fused(x)
-        self.backend = "mamba_ssm" if fused else SCANS[self.opts.scan][1]
+        self.backend = "mamba_ssm" if fused else SCANS[self._scan_name(x.device)][1]
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # each (B, T, Di)
         xs, z = self.x_norm(xs), self.z_norm(z)
         mask = None if pad_mask is None else pad_mask[..., None].to(xs.dtype)  # (B, T, 1)
         if mask is not None:
             xs = xs * mask  # zero pads before the conv: real tokens see the zero history of an unpadded run
-        y = self.fwd(xs, z, mask, fused)  # (B, T, Di) fp32, gated
+        scan = self._scan_name(x.device)
+        y = self.fwd(xs, z, mask, fused, scan)  # (B, T, Di) fp32, gated
         if not self.causal:
             bwd = self.fwd if self.bwd is None else self.bwd
             flip = lambda t: None if t is None else t.flip(1)  # noqa: E731
-            y = 0.5 * (y + bwd(flip(xs), flip(z), flip(mask), fused).flip(1))
+            y = 0.5 * (y + bwd(flip(xs), flip(z), flip(mask), fused, scan).flip(1))
         return self.out_proj(y.to(xs.dtype))
 
     decode_path = "state"

@@ -3,7 +3,9 @@ padding, batches cut on the device, no host reads of device values between evalu
 only where a next token is real, and the cheaper RMSNorm / cached RoPE being exactly what they replace."""
 from __future__ import annotations
 
+import math
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -213,7 +215,7 @@ def test_run_matrix_refuses_compile_and_no_compile_together():
 def test_a_model_torch_compile_cannot_handle_trains_eagerly_and_says_so(monkeypatch):
     import harness.train as ht
 
-    def broken_compile(fn):
+    def broken_compile(fn, **_kw):
         def run(*a, **k):
             raise RuntimeError("BackendCompilerFailed: inductor cannot lower this")
 
@@ -228,3 +230,91 @@ def test_a_model_torch_compile_cannot_handle_trains_eagerly_and_says_so(monkeypa
     cfg = TrainConfig(batch_tokens=64, progress=False, eval_points=1, compile=True)
     res = train(model, obj, data, data, Budget.parse("tokens=400"), cfg, torch.device("cpu"))
     assert res.steps >= 5 and "BackendCompilerFailed" in res.compile_error
+
+
+def _tiny_run(**cfg_kw):
+    rng = np.random.default_rng(0)
+    seqs = [[2] + rng.integers(6, 20, 6).tolist() + [3] for _ in range(16)]
+    data = SeqSet.from_lists(seqs, [[False] * 6 + [True] * 2 for _ in seqs], 0)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    cfg = TrainConfig(batch_tokens=64, progress=False, **cfg_kw)
+    return train(model, obj, data, data, Budget.parse("tokens=400"), cfg, torch.device("cpu"))
+
+
+def test_work_still_queued_on_the_device_is_charged_to_the_budget(monkeypatch):
+    """Steps never sync, so a GPU may still be running queued steps when a dev check (or the end) waits
+    for it: that wait is training time and must be on the clock, the stage's seconds and tokens/s, not
+    lost in the paused dev check. A device whose drain takes WAIT seconds of the trainer's clock stands
+    in for the GPU (a virtual clock: the test neither sleeps nor depends on this machine's speed)."""
+    import types
+
+    import harness.train as ht
+
+    WAIT, calls = 1000.0, []
+    offset = [0.0]
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0]))
+
+    def slow_device(device):
+        calls.append(device)
+        offset[0] += WAIT
+
+    monkeypatch.setattr(ht, "device_sync", slow_device)
+    res = _tiny_run(eval_points=2)
+    warm = 1  # an eager run's one warm-up step syncs too, and is not budgeted
+    drains = len(calls) - warm
+    assert drains >= 3  # two dev checks and the end
+    assert drains * WAIT <= res.train_seconds < (drains + 1) * WAIT  # each wait on the clock, the warm-up's not
+    assert drains * WAIT <= sum(s["seconds"] for s in res.stages) < (drains + 1) * WAIT
+    assert res.tokens_per_s <= res.tokens_seen / (drains * WAIT)  # and in the measured speed
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_modes_mark_each_step(monkeypatch):
+    import harness.train as ht
+
+    modes, marks = [], []
+
+    def fake_compile(fn, mode=None):
+        modes.append(mode)
+        return fn
+
+    monkeypatch.setattr(ht.torch, "compile", fake_compile)
+    monkeypatch.setattr(ht.torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    res = _tiny_run(eval_points=1, compile=True, compile_mode="reduce-overhead")
+    assert modes == ["reduce-overhead"] and len(marks) == res.steps > 1  # a new graph step per step
+    modes.clear(), marks.clear()
+    _tiny_run(eval_points=1, compile=True)
+    assert modes == [None] and marks == []  # the default mode replays no graphs: nothing to mark
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+        _tiny_run(eval_points=1, compile=True, compile_mode="fast")
+
+
+def test_reduce_overhead_trains_on_cpu_where_inductor_skips_the_graphs():
+    res = _tiny_run(eval_points=1, compile=True, compile_mode="reduce-overhead")
+    assert res.compile_error is None and res.steps >= 5 and math.isfinite(res.loss_curve[-1]["train_loss"])
+
+
+def test_a_cuda_graph_compile_mode_compiles_pads_to_few_shapes_and_is_recorded():
+    from harness.cell import PAD_TO, PAD_TO_GRAPHS, _train_config, _train_record
+
+    cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="small", budget="tokens=1")
+    graphs = Cell(**{**cell.__dict__, "compile_mode": "reduce-overhead"})
+    assert graphs.compiles(torch.device("cpu"))  # asking for a mode asks for compilation
+    assert graphs.key() != cell.key()
+    ctx = type("Ctx", (), {"progress": False, "phase": lambda *a: None})()
+    from core.presets import get_preset
+
+    tcfg = _train_config(graphs, ctx, get_preset("small"), True)
+    assert tcfg.compile_mode == "reduce-overhead" and tcfg.pad_to == PAD_TO_GRAPHS > 1
+    assert _train_config(cell, ctx, get_preset("small"), True).pad_to == PAD_TO
+    from harness.train import TrainResult
+
+    assert _train_record(TrainResult(), tcfg, True, False)["compile_mode"] == "reduce-overhead"
+
+
+def test_run_matrix_refuses_a_compile_mode_with_no_compile():
+    import run_matrix
+
+    with pytest.raises(ValueError, match="--compile-mode reduce-overhead compiles"):
+        run_matrix.main(["--compile-mode", "reduce-overhead", "--no-compile", "--preset", "tiny"])

@@ -1,0 +1,233 @@
+"""The selective scan as two Triton kernels: what Mamba runs on CUDA when mamba-ssm is not installed.
+
+The recurrence (mixers/mamba.py), per sequence b, channel d and state n:
+
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,    y_t = <C_t, h_t>
+
+Why a kernel: in PyTorch the scan is many whole-tensor passes over (B, T, Di, N) per layer (the
+parallel scan's sweeps, the exp, the products, the backward's second scan), each a kernel launch and
+a round trip through GPU memory. Here one program owns one sequence and a block of BD channels, keeps
+their (BD, N) state in registers and walks the sequence once: one read of the inputs and one write of
+y per position, as mamba-ssm's CUDA kernel does, in about 1 launch per layer and direction.
+
+Backward (the adjoint of a linear recurrence is the same recurrence run backwards):
+    g_t = C_t gy_t + a_{t+1} g_{t+1}   (g_{T-1} also gets dL/dh_T),     g_t = dL/dh_t
+    dL/d(Δ_t A) = g_t a_t h_{t-1},  dL/d(Δ_t u_t) = <g_t, B_t>,  dL/dB_t = Σ_d g_t Δ_t u_t,  dL/dC_t = Σ_d h_t gy_t
+The forward stores every state h_t (B, T, Di, N) fp32 when a gradient is needed, so the backward walks
+the sequence once in reverse with no recomputation. Memory: 4 · B · T · Di · N bytes per layer and
+direction (small preset, 16,384 tokens, Di 512, N 16: 0.5 GiB), the price of one pass each way.
+dB and dC are sums over channels, so the programs of one sequence add into them atomically (fp32).
+
+Precision: fp32 throughout, as the PyTorch scans. Tests run these kernels on CPU through Triton's
+interpreter (TRITON_INTERPRET=1, tests/test_mamba.py) against `selective_scan_reference`; the kernels
+are built on first use, so the interpreter can be chosen after import.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+try:  # Triton ships with CUDA builds of PyTorch; absent elsewhere
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the machine
+    triton = None
+    tl = None
+
+BLOCK_D = 32  # channels per program: (32, N) fp32 states in registers
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available(device: torch.device) -> bool:
+    """Whether the kernels can run on `device`: CUDA with Triton, or any device under the interpreter."""
+    return triton is not None and (device.type == "cuda" or interpreting())
+
+
+@functools.lru_cache(maxsize=2)
+def _kernels(interpret: bool):
+    """(forward, backward) jitted on first use; the cache key is the interpreter flag, read when jitted.
+
+    Both walk one chunk of CH positions of one sequence for BD channels: program (b, channel block,
+    chunk). Positions past T are identity steps (Δ = 0: no input, no decay) and store nothing. With
+    SUMMARY the walk starts from zero and stores only what the chunk does to a state passing through
+    it (the forward: the state it adds, S; the backward: the adjoint it adds, Q); otherwise it starts
+    from the state carried in (`init`) and stores the outputs."""
+
+    @triton.jit
+    def scan_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, init_ptr, y_ptr, hs_ptr, S_ptr, T, Di, N, CH,
+                 KEEP: tl.constexpr, SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        d = tl.program_id(1) * BD + tl.arange(0, BD)  # (BD,)
+        c = tl.program_id(2)
+        n = tl.arange(0, BN)  # (BN,)
+        md, mn = d < Di, n < N
+        m2 = md[:, None] & mn[None, :]
+        dn = d[:, None] * N + n[None, :]  # (BD, BN) offsets in a (Di, N) matrix
+        state = (b * tl.num_programs(2) + c) * Di * N + dn  # this chunk's (Di, N) slot in (B, nC, Di, N)
+        A = tl.load(A_ptr + dn, mask=m2, other=0.0)
+        if SUMMARY:
+            h = tl.zeros((BD, BN), dtype=tl.float32)
+        else:
+            h = tl.load(init_ptr + state, mask=m2, other=0.0)
+        for i in range(CH):
+            t = c * CH + i
+            ok_d, ok_n = md & (d * 0 + t < T), mn & (n * 0 + t < T)  # (BD,), (BN,): real position
+            row = (b * T + t) * Di  # (b, t) in the (B, T, Di) tensors
+            dt = tl.load(delta_ptr + row + d, mask=ok_d, other=0.0)
+            ut = tl.load(u_ptr + row + d, mask=ok_d, other=0.0)
+            Bt = tl.load(B_ptr + (b * T + t) * N + n, mask=ok_n, other=0.0)
+            h = tl.exp(dt[:, None] * A) * h + (dt * ut)[:, None] * Bt[None, :]
+            if not SUMMARY:
+                Ct = tl.load(C_ptr + (b * T + t) * N + n, mask=ok_n, other=0.0)
+                tl.store(y_ptr + row + d, tl.sum(h * Ct[None, :], axis=1), mask=ok_d)
+                if KEEP:
+                    tl.store(hs_ptr + row * N + dn, h, mask=ok_d[:, None] & mn[None, :])
+        tl.store(S_ptr + state, h, mask=m2)  # SUMMARY: S_c; else the state after the chunk
+
+    @triton.jit
+    def scan_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, hs_ptr, gy_ptr, init_ptr,
+                 du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, Q_ptr, T, Di, N, CH,
+                 SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        d = tl.program_id(1) * BD + tl.arange(0, BD)
+        c = tl.program_id(2)
+        n = tl.arange(0, BN)
+        md, mn = d < Di, n < N
+        m2 = md[:, None] & mn[None, :]
+        dn = d[:, None] * N + n[None, :]
+        state = (b * tl.num_programs(2) + c) * Di * N + dn
+        A = tl.load(A_ptr + dn, mask=m2, other=0.0)
+        if SUMMARY:
+            g = tl.zeros((BD, BN), dtype=tl.float32)
+        else:
+            g = tl.load(init_ptr + state, mask=m2, other=0.0)  # a_{t+1} g_{t+1} from the chunks after
+        dA = tl.zeros((BD, BN), dtype=tl.float32)
+        for i in range(CH):
+            t = c * CH + CH - 1 - i
+            ok_d, ok_n = md & (d * 0 + t < T), mn & (n * 0 + t < T)
+            row = (b * T + t) * Di
+            dt = tl.load(delta_ptr + row + d, mask=ok_d, other=0.0)
+            gyt = tl.load(gy_ptr + row + d, mask=ok_d, other=0.0)
+            Ct = tl.load(C_ptr + (b * T + t) * N + n, mask=ok_n, other=0.0)
+            g = g + gyt[:, None] * Ct[None, :]  # g_t
+            a = tl.exp(dt[:, None] * A)
+            if not SUMMARY:
+                ut = tl.load(u_ptr + row + d, mask=ok_d, other=0.0)
+                Bt = tl.load(B_ptr + (b * T + t) * N + n, mask=ok_n, other=0.0)
+                if t > 0:
+                    h_prev = tl.load(hs_ptr + (row - Di) * N + dn, mask=ok_d[:, None] & mn[None, :], other=0.0)
+                else:
+                    h_prev = tl.load(h0_ptr + b * Di * N + dn, mask=m2, other=0.0)
+                gla = g * a * h_prev  # dL/d(Δ_t A)
+                dA += gla * dt[:, None]
+                gdu = tl.sum(g * Bt[None, :], axis=1)  # dL/d(Δ_t u_t), (BD,)
+                tl.store(ddelta_ptr + row + d, tl.sum(gla * A, axis=1) + gdu * ut, mask=ok_d)
+                tl.store(du_ptr + row + d, gdu * dt, mask=ok_d)
+                tl.atomic_add(dB_ptr + (b * T + t) * N + n, tl.sum(g * (dt * ut)[:, None], axis=0), mask=ok_n)
+                h_t = tl.load(hs_ptr + row * N + dn, mask=ok_d[:, None] & mn[None, :], other=0.0)
+                tl.atomic_add(dC_ptr + (b * T + t) * N + n, tl.sum(h_t * gyt[:, None], axis=0), mask=ok_n)
+            g = g * a  # a_t g_t: what position t - 1 receives
+        tl.store(Q_ptr + state, g, mask=m2)  # SUMMARY: Q_c; else what leaves the chunk (chunk 0: dL/dh0)
+        if not SUMMARY:
+            tl.store(dA_ptr + state, dA, mask=m2)  # per (sequence, chunk); summed by the caller
+
+    return scan_fwd, scan_bwd
+
+
+# enough programs to fill a GPU: a sequence is cut into chunks when (sequences x channel blocks) is fewer
+TARGET_PROGRAMS = 1024
+MIN_CHUNK = 64
+
+
+def chunk_len(Bsz: int, T: int, Di: int) -> int:
+    """Positions per chunk: the whole sequence when the sequences and channel blocks alone give about
+    TARGET_PROGRAMS programs, else cut so they do (never below MIN_CHUNK positions). Chunking costs one
+    more walk (the summary pass), but keeps a GPU busy when a step holds few long sequences, so the
+    time per token stays flat in T at a fixed number of tokens per step."""
+    blocks = Bsz * triton.cdiv(Di, BLOCK_D)
+    n_chunks = max(1, min(triton.cdiv(T, MIN_CHUNK), triton.cdiv(TARGET_PROGRAMS, blocks)))
+    return triton.cdiv(T, n_chunks)
+
+
+def _carry(decay_sum: torch.Tensor, A: torch.Tensor, S: torch.Tensor, first: torch.Tensor,
+           reverse: bool) -> torch.Tensor:
+    """The state entering each chunk, (B, nC, Di, N), from the chunk summaries: a chunk maps a state h
+    passing through it to exp(A ΣΔ) h + S (products of decays commute: one exp of the summed Δ).
+    Forward: chunk 0 gets h0 and chunk c gets what chunk c-1 passes on; `reverse` (the adjoint) runs
+    from the last chunk, which gets dL/dh_T. A loop over the few chunks, on (B, Di, N) tensors."""
+    P = torch.exp(decay_sum[..., None] * A)  # (B, nC, Di, N)
+    init = torch.empty_like(S)
+    h = first
+    order = range(S.shape[1] - 1, -1, -1) if reverse else range(S.shape[1])
+    for c in order:
+        init[:, c] = h
+        h = P[:, c] * h + S[:, c]
+    return init
+
+
+class TritonScan(torch.autograd.Function):
+    """y (B, T, Di) and h_T (B, Di, N) of the scan, fp32; inputs as `selective_scan_reference`'s, fp32
+    and contiguous (the caller casts), h0 given. `chunk`: positions per chunk (None: `chunk_len`)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, chunk=None):
+        Bsz, T, Di = u.shape
+        N = A.shape[1]
+        CH = chunk or chunk_len(Bsz, T, Di)
+        nC = triton.cdiv(T, CH)
+        fwd, _ = _kernels(interpreting())
+        keep = any(ctx.needs_input_grad[:6])
+        grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
+        meta = dict(BD=BLOCK_D, BN=triton.next_power_of_2(N))
+        y = torch.empty_like(u)
+        hs = u.new_empty(Bsz, T, Di, N) if keep else u.new_empty(1)
+        out = u.new_empty(Bsz, nC, Di, N)
+        dsum = _chunk_sums(delta, CH, nC)  # (B, nC, Di)
+        if nC > 1:  # what each chunk adds to a state from zero, then the states entering the chunks
+            fwd[grid](u, delta, A, B, C, out, y, hs, out, T, Di, N, CH, KEEP=False, SUMMARY=True, **meta)
+            init = _carry(dsum, A, out, h0, reverse=False).contiguous()
+        else:
+            init = h0[:, None].contiguous()
+        fwd[grid](u, delta, A, B, C, init, y, hs, out, T, Di, N, CH, KEEP=keep, SUMMARY=False, **meta)
+        ctx.save_for_backward(u, delta, A, B, C, h0, hs, dsum)
+        ctx.CH = CH
+        return y, out[:, -1]
+
+    @staticmethod
+    def backward(ctx, gy, ghT):
+        u, delta, A, B, C, h0, hs, dsum = ctx.saved_tensors
+        Bsz, T, Di = u.shape
+        N = A.shape[1]
+        CH = ctx.CH
+        nC = triton.cdiv(T, CH)
+        _, bwd = _kernels(interpreting())
+        grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
+        meta = dict(BD=BLOCK_D, BN=triton.next_power_of_2(N))
+        gy = torch.zeros_like(u) if gy is None else gy.float().contiguous()
+        ghT = torch.zeros_like(h0) if ghT is None else ghT.float().contiguous()
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dA = u.new_empty(Bsz, nC, Di, N)
+        dB, dC = torch.zeros_like(B), torch.zeros_like(C)
+        out = u.new_empty(Bsz, nC, Di, N)
+        if nC > 1:  # the adjoint each chunk adds from zero, then the adjoint entering each chunk from the right
+            bwd[grid](u, delta, A, B, C, h0, hs, gy, out, du, ddelta, dA, dB, dC, out, T, Di, N, CH,
+                      SUMMARY=True, **meta)
+            init = _carry(dsum, A, out, ghT, reverse=True).contiguous()
+        else:
+            init = ghT[:, None].contiguous()
+        bwd[grid](u, delta, A, B, C, h0, hs, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH,
+                  SUMMARY=False, **meta)
+        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None
+
+
+def _chunk_sums(delta: torch.Tensor, CH: int, nC: int) -> torch.Tensor:
+    """(B, nC, Di): Σ Δ over each chunk's positions (the last chunk padded with Δ = 0)."""
+    Bsz, T, Di = delta.shape
+    pad = nC * CH - T
+    d = torch.nn.functional.pad(delta, (0, 0, 0, pad)) if pad else delta
+    return d.view(Bsz, nC, CH, Di).sum(2)

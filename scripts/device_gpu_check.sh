@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The GPU check inside a lent device machine's `run` (README: "GPU check"): install the carried wheels,
+# run the check's parts (arguments go to benchmarks.gpu_check, e.g. --parts cuda_tests,grid), and pack
+# its folder into $OUT, since a run returns at most 8 files. The folder (git-ignored runs/gpu_check by
+# default) stays on a warm machine, so a second command adds its parts to the same report.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+DEST="${GPU_CHECK_DIR:-runs/gpu_check}"
+bash scripts/gpu_check.sh --out "$DEST" "$@"
+rc=$?
+if [ -n "${OUT:-}" ] && [ -d "$DEST" ]; then
+    tar czf "$OUT/gpu_check.tgz" "$DEST"
+    cp "$DEST/README.md" "$OUT/README.md" 2>/dev/null || true
+fi
+exit $rc

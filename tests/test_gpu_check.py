@@ -1,0 +1,77 @@
+"""The GPU check's plan and report (benchmarks/gpu_check.py), checked on CPU without running its parts:
+the speed targets are measured first, every mixer is in the grid, the limits fit a lent GPU's command,
+and a check split over two commands still reports every part and every grid's cells."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mixers
+from benchmarks import gpu_check as gc
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _argv(parts, name) -> list[str]:
+    return next(p.argv for p in parts if p.name == name)
+
+
+def _after(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_path):
+    parts = gc.plan(tmp_path, tmp_path, dry=False, budget=None, eval_limit=None, cache_dir=tmp_path / "cache")
+    names = [p.name for p in parts]
+    assert names == ["cuda_tests", "grid", "grid_base", "grid_graphs", "bench_scaling", "bench_loss_memory"]
+    assert sum(p.timeout_s for p in parts) <= 600 - 25  # with start-up, under a lent GPU's 10-minute command
+    grid = _argv(parts, "grid")
+    order = _after(grid, "--mixers").split(",")
+    assert order[:2] == ["attention", "mamba"]  # issue 14's speed targets before the rest
+    assert sorted(order) == sorted(mixers.names())  # and every registered mixer
+    assert _after(grid, "--preset") == "small" and _after(grid, "--lr") == "preset"
+    assert "--compile-mode" not in grid and "--no-compile" not in grid  # the default command's compile
+    base = _argv(parts, "grid_base")
+    assert _after(base, "--preset") == "base" and _after(base, "--mixers") == "attention"
+    assert _after(base, "--grid") != _after(grid, "--grid")  # its own results file and report
+    graphs = _argv(parts, "grid_graphs")
+    assert _after(graphs, "--compile-mode") == "reduce-overhead" and _after(graphs, "--preset") == "small"
+    for argv in (grid, base, graphs):
+        assert _after(argv, "--cache-dir") == str(tmp_path / "cache")
+    dry = gc.plan(tmp_path, tmp_path, dry=True, budget=None, eval_limit=None)
+    assert all(_after(p.argv, "--preset") == "tiny" for p in dry if p.name.startswith("grid"))
+    assert all("--cache-dir" not in p.argv for p in dry)  # run_matrix's own default then
+
+
+def _env():
+    return {"device": "NVIDIA H200", "torch": "2.11", "cuda": "13.0", "python": "3.12", "git_commit": "abc",
+            "missing_packages": []}
+
+
+def test_a_check_split_over_two_commands_reports_every_part(tmp_path):
+    first = [gc.Part("cuda_tests", [], 1, status="ok", seconds=40.0, note="6 passed"),
+             gc.Part("grid", [], 1, status="timed out after 300 s", seconds=300.0)]
+    gc.record_parts(tmp_path, first)
+    second = [gc.Part("bench_scaling", [], 1, status="ok", seconds=20.0),
+              gc.Part("grid", [], 1, status="ok", seconds=90.0)]  # the rerun resumed the grid
+    merged = gc.record_parts(tmp_path, second)
+    assert [p["name"] for p in merged] == ["cuda_tests", "grid", "bench_scaling"]  # the plan's order
+    assert merged[1]["status"] == "ok" and merged[1]["seconds"] == 90.0  # a rerun replaces the record
+    text = gc.summary(tmp_path, _env(), merged, dry=False, wall=110.0)
+    assert "| cuda_tests | ok | 40.0 | 6 passed |" in text and "| bench_scaling | ok | 20.0 |" in text
+    assert "timed out" not in text
+
+
+def test_the_summary_reads_every_grids_rows_through_the_schema(tmp_path):
+    (tmp_path / "results").mkdir()
+    # an older (schema 1) row, as a check run at an older commit wrote it: upgraded on reading
+    shutil.copy(FIXTURES / "results_v1" / "g.jsonl", tmp_path / "results" / "gpu_check_base.jsonl")
+    text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    assert "| gpu_check_base | attention | autoregressive | tiny | ok |" in text
+    (tmp_path / "results" / "gpu_check.jsonl").write_text('{"key": "x"}\n', encoding="utf-8")
+    try:
+        gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    except Exception as e:  # a malformed row is named, not silently dropped
+        assert "gpu_check.jsonl:1" in str(e)
+    else:
+        raise AssertionError("a row without the schema's keys was accepted")

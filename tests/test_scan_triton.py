@@ -1,0 +1,179 @@
+"""Mamba's Triton scan (mixers/_scan_triton.py), the CUDA default without mamba-ssm, held to the step-by-
+step recurrence. On CPU the kernels run in Triton's interpreter: the same kernel code, executed with
+NumPy, so values, gradients, masking of partial channel / state blocks and the atomic sums are checked
+here; the CUDA tests (named *cuda*, run by the GPU check) repeat the check on the compiled kernels and in
+a bf16-autocast LM.
+
+The interpreter must be chosen before Triton is imported (its standard library is decorated then), so
+the tests named *interp* run in a subprocess with TRITON_INTERPRET=1 (`test_the_interpreter_suite`)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mixers
+import mixers._scan_triton as st
+import mixers.mamba as mm
+from test_mamba import _assert_grads_close, _build, _grads, scan_inputs
+
+# True in the subprocess that set TRITON_INTERPRET before anything imported Triton
+INTERP = st.triton is not None and st.interpreting()
+
+
+@pytest.fixture
+def interpreter():
+    if not INTERP:
+        pytest.skip("runs in the interpreter subprocess (test_the_interpreter_suite)")
+
+
+@pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton; the suite itself runs once")
+def test_the_interpreter_suite():
+    """Every *interp* test of this file in a fresh process under TRITON_INTERPRET=1: all must pass, none skip."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "interp and not suite",
+                        str(Path(__file__).resolve())], cwd=root, env={**os.environ, "TRITON_INTERPRET": "1"},
+                       capture_output=True, text=True, timeout=900)
+    last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", last)
+    assert passed and int(passed.group(1)) >= 14 and "skipped" not in last, last
+
+
+# Di = 40: a full block of 32 channels and a partial one; N = 5: a state block of 8 with 3 masked;
+# chunk: one walk (None at these sizes), or chunks of 4 / 8 positions with a ragged last one
+@pytest.mark.parametrize("T,chunk", [(1, None), (2, None), (13, None), (19, 4), (19, 8), (8, 4), (3, 8)])
+def test_interp_triton_scan_equals_reference(interpreter, T, chunk):
+    x = scan_inputs(T, seed=T, Bsz=2, Di=40, N=5)
+    y_ref, h_ref = mm.selective_scan_reference(**x, return_last_state=True)
+    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
+    _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=chunk), _grads(mm.selective_scan_reference, x),
+                        f"T={T} chunk={chunk}")
+
+
+def test_long_sequences_are_cut_into_chunks_that_fill_the_gpu():
+    if st.triton is None:
+        pytest.skip("Triton is not installed")
+    # small preset at 16,384 tokens per step: 32 x 512 needs no chunks; 2 x 8192 is cut so there are
+    # about TARGET_PROGRAMS programs again; a chunk never falls below MIN_CHUNK positions
+    assert st.chunk_len(32, 512, 512) == 512
+    ch = st.chunk_len(2, 8192, 512)
+    programs = 2 * (512 // st.BLOCK_D) * (-(-8192 // ch))
+    assert ch < 8192 and st.TARGET_PROGRAMS <= programs < 2 * st.TARGET_PROGRAMS
+    assert st.chunk_len(1, 100, 32) == 100 and st.chunk_len(1, 1000, 32) >= st.MIN_CHUNK
+
+
+@pytest.mark.parametrize("regime", ["near_zero", "large", "mixed", "exact_zero"])
+def test_interp_triton_scan_extreme_delta(interpreter, regime):
+    """As the PyTorch scans' test: Δ ≈ 0, Δ large (decays underflow to 0), both, and Δ = 0 (a pad)."""
+    T, Bsz, Di = 21, 2, 6
+    g = torch.Generator().manual_seed(11)
+    pick = torch.rand(Bsz, T, Di, generator=g) < 0.5
+    delta = {
+        "near_zero": torch.full((Bsz, T, Di), 1e-6),
+        "large": torch.full((Bsz, T, Di), 40.0),
+        "mixed": torch.where(pick, torch.tensor(1e-5), torch.tensor(30.0)),
+        "exact_zero": torch.where(pick, torch.tensor(0.0), torch.tensor(0.7)),
+    }[regime]
+    x = scan_inputs(T, seed=5, Bsz=Bsz, Di=Di, delta=delta)
+    x["A"] = -torch.arange(1, 6, dtype=torch.float32).expand(Di, -1).clone() * 4
+    torch.testing.assert_close(mm.selective_scan_triton(**x, chunk=8), mm.selective_scan_reference(**x),
+                               rtol=1e-5, atol=1e-5)
+    _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=8), _grads(mm.selective_scan_reference, x), regime)
+
+
+def test_interp_triton_scan_without_a_last_state_gradient(interpreter):
+    """Only y used (the mixer's case): the backward gets no gradient for h_T and must treat it as 0."""
+    x = {k: v.clone().requires_grad_(True) for k, v in scan_inputs(9, seed=2, Di=33).items()}
+    mm.selective_scan_triton(**x, chunk=4).square().sum().backward()
+    got = {k: v.grad for k, v in x.items()}
+    for v in x.values():
+        v.grad = None
+    mm.selective_scan_reference(**x).square().sum().backward()
+    _assert_grads_close(got, {k: v.grad for k, v in x.items()}, "y only")
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_interp_mamba_with_the_triton_scan_equals_the_reference_scan(interpreter, causal):
+    """The whole mixer, padding included (left pads causal, right pads bidirectional), by option."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 11, 32)
+    pad = torch.ones(2, 11, dtype=torch.bool)
+    pad[1, :3] = False if causal else pad[1, :3]
+    pad[1, -3:] = pad[1, -3:] if causal else False
+    ref = _build(causal, scan="reference")
+    tri = _build(causal, scan="triton")
+    y_ref, y = ref(x, pad), tri(x, pad)
+    assert tri.backend == "triton_scan"
+    torch.testing.assert_close(y[pad], y_ref[pad], rtol=1e-4, atol=1e-5)
+
+
+def test_auto_picks_triton_on_cuda_and_the_parallel_scan_elsewhere(monkeypatch):
+    m = _build(True)
+    assert m.opts.scan == "auto"
+    monkeypatch.setattr(st, "available", lambda device: device.type == "cuda")
+    assert m._scan_name(torch.device("cuda")) == "triton"
+    assert m._scan_name(torch.device("cpu")) == "parallel"
+    m(torch.randn(1, 4, 32))
+    assert m.backend == "torch_parallel_scan"  # what ran, for the row
+    monkeypatch.setattr(st, "available", lambda device: False)  # CUDA without Triton
+    assert m._scan_name(torch.device("cuda")) == "parallel"
+    assert _build(True, scan="chunked")._scan_name(torch.device("cuda")) == "chunked"  # an explicit choice stays
+
+
+@pytest.mark.skipif(INTERP or torch.cuda.is_available(), reason="the scan can run here")
+def test_the_triton_scan_says_where_it_cannot_run():
+    with pytest.raises(RuntimeError, match="needs CUDA and Triton"):
+        mm.selective_scan_triton(**scan_inputs(3))
+    with pytest.raises(ValueError, match="scan must be one of auto, triton"):
+        mixers.build("mamba", 32, True, scan="fast")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("T,chunk", [(1, None), (37, None), (600, None), (600, 64), (1000, 96)])
+def test_triton_scan_equals_reference_on_cuda(T, chunk):
+    x = {k: v.cuda() for k, v in scan_inputs(T, seed=T, Bsz=2, Di=70, N=16).items()}
+    ref = {k: v.double() for k, v in x.items()}  # float64 reference: the fp32 kernel's honest yardstick
+    y_ref, h_ref = mm.selective_scan_reference(**ref, return_last_state=True)
+    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h.double(), h_ref, rtol=1e-4, atol=1e-4)
+    got = _grads_cuda(mm.selective_scan_triton, x, chunk=chunk)
+    want = _grads_cuda(mm.selective_scan_reference, ref)
+    for k in want:
+        scale = float(want[k].abs().max().clamp_min(1.0))
+        torch.testing.assert_close(got[k].double(), want[k], rtol=1e-4, atol=1e-4 * scale, msg=f"gradient of {k}")
+
+
+def _grads_cuda(fn, x, **kw):
+    x = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    y, h = fn(**x, return_last_state=True, **kw)
+    g = torch.Generator(device=y.device).manual_seed(9)
+    w_y = torch.randn(y.shape, generator=g, device=y.device, dtype=y.dtype)
+    w_h = torch.randn(h.shape, generator=g, device=h.device, dtype=h.dtype)
+    ((y * w_y).sum() + (h * w_h).sum()).backward()
+    return {k: v.grad for k, v in x.items()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mamba_lm_trains_on_the_triton_scan_on_cuda_under_bf16_autocast():
+    from core.presets import PRESETS
+    from harness.model import LM, matched_config
+
+    if mm._selective_scan_fn is not None:
+        pytest.skip("mamba-ssm is installed: it runs instead of the Triton scan")
+    torch.manual_seed(0)
+    model = LM(matched_config(PRESETS["tiny"], "mamba", True, 100)).cuda()
+    ids = torch.randint(0, 100, (4, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        h = model(ids)
+    h.float().square().mean().backward()
+    assert set(model.backends().values()) == {"triton_scan"} if isinstance(model.backends(), dict) else True
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
