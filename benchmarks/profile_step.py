@@ -33,24 +33,26 @@ from harness.train import TrainConfig, _optimizer
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
 
 
-def fixed_batch(vocab: int, B: int, T: int, device: torch.device, seed: int = 0) -> Batch:
-    """B full-length rows (no padding), the last quarter of each marked as target (an 'answer')."""
+def fixed_batch(vocab: int, B: int, T: int, device: torch.device, seed: int = 0, answer_len: int = 0) -> Batch:
+    """B full-length rows (no padding), the last `answer_len` tokens of each (0: the last quarter) marked
+    as target (an 'answer'). `max_target` is filled as `SeqSet.batch` fills it."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(6, vocab, (B, T), generator=g)
+    n = min(answer_len, T) if answer_len > 0 else -(-T // 4)
     target = torch.zeros(B, T, dtype=torch.bool)
-    target[:, -T // 4 :] = True
-    return Batch(ids.to(device), torch.ones(B, T, dtype=torch.bool, device=device), target.to(device), B * T)
+    target[:, T - n :] = True
+    return Batch(ids.to(device), torch.ones(B, T, dtype=torch.bool, device=device), target.to(device), B * T, n)
 
 
 def make_step(mixer: str, objective: str, preset: str, B: int, T: int, device: torch.device, loss: str = "chunked",
-              compile: bool = False):
+              compile: bool = False, answer_len: int = 0):
     obj = objectives.build(objective, SPECIAL, loss)
     p = get_preset(preset)
     torch.manual_seed(0)
     model = LM(matched_config(p, mixer, obj.causal, p.vocab_size)).to(device)
     opt = _optimizer(model, TrainConfig(), device)
     fwd = torch.compile(model) if compile else model  # what train() does: the model compiled, loss eager
-    batch = fixed_batch(p.vocab_size, B, T, device)
+    batch = fixed_batch(p.vocab_size, B, T, device, answer_len=answer_len)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def forward_backward() -> torch.Tensor:
@@ -126,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--loss", default="chunked")
+    ap.add_argument("--answer-len", type=int, default=0,
+                    help="target tokens at the end of each row (0: the last quarter); diffusion's output layer sees "
+                         "only max(this, gen_length) columns per row")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
@@ -142,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| mixer | host ms/step (median of {a.steps}) | aten ops/step | of which forward + loss + backward |")
     print("|---|---:|---:|---:|")
     for m in [s.strip() for s in a.mixers.split(",") if s.strip()]:
-        r = profile(make_step(m, a.objective, a.preset, a.batch, a.seq_len, device, a.loss, a.compile), device, a.warmup, a.steps)
+        r = profile(make_step(m, a.objective, a.preset, a.batch, a.seq_len, device, a.loss, a.compile, a.answer_len),
+                    device, a.warmup, a.steps)
         print(f"| {m} | {r['ms_per_step']:.1f} | {r['aten_ops_per_step']:,} | {r['aten_ops_fwd_bwd']:,} |", flush=True)
     return 0
 

@@ -30,6 +30,9 @@ class Batch:
     pad_mask: torch.Tensor  # (B, T) bool, True on real tokens
     target: torch.Tensor  # (B, T) bool, True on scored tokens
     n_tokens: int  # real tokens in the batch (host-side: no device sync to read it)
+    # the most target tokens in one row (host-side, like n_tokens); -1: unknown. Lets an objective size
+    # a static gather of the target region without reading the count back from the device.
+    max_target: int = -1
 
 
 @dataclass
@@ -38,6 +41,12 @@ class SeqSet:
     target: torch.Tensor  # (N, Tmax) bool
     lengths: np.ndarray  # (N,) real lengths, kept on the host
     lengths_dev: torch.Tensor | None = field(default=None, repr=False)  # (N,) the same, on ids' device
+    # (N,) target tokens per row, kept on the host (counted once here, so no step reads it off the device)
+    target_lengths: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.target_lengths is None:  # counted once when the set is built (a device read only then)
+            self.target_lengths = self.target.sum(1).cpu().numpy().astype(np.int64)
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]], targets: list[list[bool]], pad_id: int) -> "SeqSet":
@@ -51,7 +60,8 @@ class SeqSet:
                 raise ValueError(f"sequence {i}: {len(s)} ids but {len(t)} target flags")
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             tgt[i, : len(t)] = torch.tensor(t, dtype=torch.bool)
-        return cls(ids, tgt, np.array([len(s) for s in seqs], dtype=np.int64))
+        return cls(ids, tgt, np.array([len(s) for s in seqs], dtype=np.int64),
+                   target_lengths=np.array([sum(map(bool, t)) for t in targets], dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -59,11 +69,13 @@ class SeqSet:
     def to(self, device: torch.device | str) -> "SeqSet":
         """Move once to the device: batches are then cut on-device with no host-to-device copies."""
         ids = self.ids.to(device)
-        return SeqSet(ids, self.target.to(device), self.lengths, torch.as_tensor(self.lengths, device=ids.device))
+        return SeqSet(ids, self.target.to(device), self.lengths, torch.as_tensor(self.lengths, device=ids.device),
+                      self.target_lengths)
 
     def subset(self, idx: np.ndarray) -> "SeqSet":
         t = torch.as_tensor(idx, device=self.ids.device)
-        return SeqSet(self.ids[t], self.target[t], self.lengths[idx], self._lengths_on_device()[t])
+        return SeqSet(self.ids[t], self.target[t], self.lengths[idx], self._lengths_on_device()[t],
+                      self.target_lengths[idx])
 
     def _lengths_on_device(self) -> torch.Tensor:
         if self.lengths_dev is None or self.lengths_dev.device != self.ids.device:
@@ -85,7 +97,7 @@ class SeqSet:
         ids = self.ids[t, :T]
         lengths = self._lengths_on_device()[t]
         pad_mask = torch.arange(T, device=ids.device)[None, :] < lengths[:, None]
-        return Batch(ids, pad_mask, self.target[t, :T], int(self.lengths[idx].sum()))
+        return Batch(ids, pad_mask, self.target[t, :T], int(self.lengths[idx].sum()), int(self.target_lengths[idx].max()))
 
     def iter_batches(self, batch_size: int, pad_to: int = 1):
         """Deterministic order, sorted by length so evaluation wastes little on padding."""

@@ -136,10 +136,11 @@ def pack(stream: np.ndarray, row_len: int) -> tuple[SeqSet, int]:
     n_rows = len(stream) // row_len
     if n_rows == 0:
         ids = torch.from_numpy(np.asarray(stream, dtype=np.int64))[None]
-        return SeqSet(ids, torch.ones_like(ids, dtype=torch.bool), np.array([ids.shape[1]], dtype=np.int64)), 0
+        n = np.array([ids.shape[1]], dtype=np.int64)
+        return SeqSet(ids, torch.ones_like(ids, dtype=torch.bool), n, target_lengths=n.copy()), 0
     ids = torch.from_numpy(np.asarray(stream[: n_rows * row_len], dtype=np.int64)).view(n_rows, row_len)
-    return SeqSet(ids, torch.ones_like(ids, dtype=torch.bool), np.full(n_rows, row_len, dtype=np.int64)), \
-        len(stream) - n_rows * row_len
+    n = np.full(n_rows, row_len, dtype=np.int64)  # every token is a target
+    return SeqSet(ids, torch.ones_like(ids, dtype=torch.bool), n, target_lengths=n.copy()), len(stream) - n_rows * row_len
 
 
 def prepare(spec: PretrainSpec, data, cache_dir: Path, row_len: int, log: Callable[[str], None] = print) -> Corpus:

@@ -190,7 +190,8 @@ def elimination_accuracy(cfg: MQARConfig) -> float:
 
 def _seqset(ids: np.ndarray, target: np.ndarray) -> SeqSet:
     n, T = ids.shape
-    return SeqSet(torch.from_numpy(ids), torch.from_numpy(target), np.full(n, T, dtype=np.int64))
+    return SeqSet(torch.from_numpy(ids), torch.from_numpy(target), np.full(n, T, dtype=np.int64),
+                  target_lengths=target.sum(1).astype(np.int64))
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:

@@ -1,6 +1,7 @@
 """Masked diffusion: forward process, ELBO loss, bidirectional learning, sampler, perplexity bound."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -13,7 +14,7 @@ import mixers
 from harness import objectives
 from harness.budget import Budget
 from core.data import SeqSet, SpecialTokens
-from harness.loss import plain_nll
+from harness.loss import plain_nll, token_nll
 from harness.model import LM, LMConfig
 from harness.objectives.diffusion import mask_independently, sample_mask_ratio, transfer_schedule
 from harness.train import TrainConfig, train
@@ -367,3 +368,79 @@ def test_nll_is_deterministic_and_leaves_the_global_rng_alone():
         a, b = obj.nll(model, batch), obj.nll(model, batch)
     assert torch.equal(state, torch.get_rng_state())
     assert a[0].item() == b[0].item() and a[1].item() == b[1].item() == 9
+
+
+# ----------------------------------------------------------------------------- output layer on the region only
+
+def _interleaved(rows):
+    """MQAR-like rows [BOS, k, v, k, v, ..., SEP]: the values are targets, none at the end (no suffix)."""
+    seqs = [[2] + [t for k, v in kv for t in (k, v)] + [4] for kv in rows]
+    tgts = [[False] + [f for _ in kv for f in (False, True)] + [False] for kv in rows]
+    return SeqSet.from_lists(seqs, tgts, SP.pad)
+
+
+LONG = ([2, 7, 4], [8, 9, 10, 11, 12, 13, 14, 15, 16])  # answer + EOS = 10 > gen_length
+KV = [[(6, 7), (8, 9), (10, 11)], [(12, 13)], [(14, 15), (16, 17), (18, 19), (6, 8), (9, 10)]]
+WIDTH_CASES = {  # name -> (data, options): suffix targets with and without filler, interleaved, and mixed rows
+    "suffix": (lambda: _qa(QA), {"gen_length": 6}),
+    "suffix_long_answer": (lambda: _qa(QA + [LONG]), {"gen_length": 6}),
+    "suffix_no_filler": (lambda: _qa(QA + [LONG]), {"eos_fill": False}),
+    "interleaved": (lambda: _interleaved(KV), {"gen_length": 4}),
+    "interleaved_no_filler": (lambda: _interleaved(KV), {"eos_fill": False}),
+    "mixed": (lambda: SeqSet.from_lists(
+        [p + a + [SP.eos] for p, a in QA] + [[2, 6, 7, 8, 9, 4], [2, 6, 7, 8, 4]],
+        [[False] * len(p) + [True] * (len(a) + 1) for p, a in QA] + [[False, False, True, False, True, False], [False] * 5],
+        SP.pad), {"gen_length": 3}),
+}
+
+
+def _loss_and_grads(obj, model, batch, seed):
+    model.zero_grad()
+    loss = obj.loss(model, batch, torch.Generator().manual_seed(seed))
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("case", list(WIDTH_CASES))
+def test_training_loss_on_the_region_columns_equals_the_full_width_loss(case):
+    """The same draws (mask ratio, masks) give the same loss and the same gradients whether the output
+    layer sees W region columns per row or all T' positions (max_target = -1: the full path). Several
+    seeds, so every region position (the widest row's last included) is masked in some draw."""
+    make, opts = WIDTH_CASES[case]
+    obj, model = _obj(**opts), _lm(seed=4).train()
+    data = make()
+    batch = data.batch(np.arange(len(data)))
+    full = dataclasses.replace(batch, max_target=-1)
+    for seed in range(6):
+        narrow_loss, narrow_grads = _loss_and_grads(obj, model, batch, seed)
+        full_loss, full_grads = _loss_and_grads(obj, model, full, seed)
+        torch.testing.assert_close(narrow_loss, full_loss, rtol=1e-5, atol=1e-6)
+        for g, r in zip(narrow_grads, full_grads):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", list(WIDTH_CASES))
+def test_the_output_layer_sees_only_the_region_columns(case, monkeypatch):
+    """B x W rows reach token_nll, W = max(most targets in a row, gen_length if filler) < T', known on the
+    host; mask_on="all" and an unknown bound (-1) keep all B x T' rows."""
+    import harness.objectives.diffusion as diff
+
+    rows = []
+    monkeypatch.setattr(diff, "token_nll", lambda h, w, y, impl: rows.append(h.shape[0]) or token_nll(h, w, y, impl))
+    make, opts = WIDTH_CASES[case]
+    obj, model = _obj(**opts), _lm()
+    data = make()
+    batch = data.batch(np.arange(len(data)))
+    B, T = batch.ids.shape
+    L = obj.opts.gen_length if obj.opts.eos_fill else 0
+    n_target = [int(t.sum()) for t in batch.target]
+    assert batch.max_target == max(n_target)
+    W = max(max(n_target), L)
+    region = obj.region(batch)
+    assert W == int(region.target.sum(1).max())  # the bound is tight here: one column less would drop one
+    obj.loss(model, batch, torch.Generator().manual_seed(0))
+    assert rows == [B * W] and W < T + L
+    rows.clear()
+    obj.loss(model, dataclasses.replace(batch, max_target=-1), torch.Generator().manual_seed(0))
+    _obj(**opts, mask_on="all").loss(model, batch, torch.Generator().manual_seed(0))
+    assert rows == [B * (T + L)] * 2

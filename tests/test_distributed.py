@@ -51,6 +51,22 @@ def test_shards_partition_every_global_batch_deterministically():
     assert all(torch.equal(next(again).ids, next(first).ids) for _ in range(6))  # same seed, same shards
 
 
+def test_each_rank_batch_carries_the_max_target_count_of_its_own_rows():
+    """A rank's batch is cut from its own rows, so its `max_target` (the bound masked diffusion sizes its
+    output-layer gather with) is that of its rows, not the global batch's (a stand-in row's included)."""
+    seqs = [[10 + i] + [6] * (2 + i % 5) for i in range(11)]
+    tgts = [[False] + [j < i % 4 for j in range(len(s) - 1)] for i, s in enumerate(seqs)]  # 0..3 targets
+    data = SeqSet.from_lists(seqs, tgts, 0)
+    ranks = [ddp.ShardedSampler(BatchSampler(data, 4, seed=1), r, 3) for r in range(3)]
+    maxes = set()
+    for _ in range(9):
+        for s in ranks:
+            b = next(s)
+            assert b.max_target == int(b.target.sum(1).max())
+            maxes.add(b.max_target)
+    assert len(maxes) > 1  # shards differ: each rank gets its own (tighter) bound
+
+
 def test_rank_losses_average_to_the_single_process_gradient(monkeypatch):
     """DDP averages gradients over ranks. Dividing each rank's summed NLL by the loss-token count of
     the whole batch (times the world size) makes that average the single-process gradient; the naive

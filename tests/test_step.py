@@ -82,6 +82,31 @@ def test_batches_are_cut_on_the_device_with_one_index_upload_per_epoch(monkeypat
     assert len(calls) == sampler.epoch and sampler.epoch >= 2
 
 
+def test_target_counts_are_kept_on_the_host_and_batches_carry_their_max():
+    """`SeqSet.target_lengths` (counted once) survives to() and subset(), and every batch's `max_target`
+    is the true largest target count among its rows: masked diffusion sizes its output-layer gather
+    with it instead of reading the count back from the device each step."""
+    rng = np.random.default_rng(3)
+    seqs = [[2] + rng.integers(6, 20, int(L)).tolist() for L in rng.integers(3, 15, 40)]
+    tgts = [(rng.random(len(s)) < rng.random()).tolist() for s in seqs]  # 0 .. len targets, anywhere
+    data = SeqSet.from_lists(seqs, tgts, 0)
+    want = np.array([sum(t) for t in tgts])
+    assert np.array_equal(data.target_lengths, want)
+    built = SeqSet(data.ids, data.target, data.lengths)  # a direct construction counts them itself
+    assert np.array_equal(built.target_lengths, want) and built.target_lengths.dtype == np.int64
+    moved = data.to("cpu")
+    idx = np.array([5, 0, 17, 33])
+    sub = moved.subset(idx)
+    assert np.array_equal(moved.target_lengths, want) and np.array_equal(sub.target_lengths, want[idx])
+    assert np.array_equal(sub.target_lengths, sub.target.sum(1).numpy())
+    sampler = BatchSampler(moved, 0, seed=0, batch_tokens=48)
+    for _ in range(30):
+        idx, _ = sampler.next_pair()
+        b = moved.batch(idx)
+        assert b.max_target == int(b.target.sum(1).max()) == want[idx].max()
+    assert sub.batch(np.array([1, 2])).max_target == max(want[0], want[17])
+
+
 class _ReadCounter:
     """Counts reads of tensor values into Python (item, float, int, bool, tolist, numpy, cpu).
 
@@ -125,6 +150,10 @@ def test_training_reads_no_device_value_between_evaluation_points(monkeypatch, o
             counter.paused -= 1
 
     monkeypatch.setattr(SingleProcess, "dev_loss", dev_loss)
+    from harness.objectives.diffusion import MaskedDiffusion
+
+    widths, real_width = [], MaskedDiffusion.region_width  # diffusion: the steps take the region-only path
+    monkeypatch.setattr(MaskedDiffusion, "region_width", lambda *a: widths.append(real_width(*a)) or widths[-1])
     rng = np.random.default_rng(0)
     seqs = [[2] + rng.integers(6, 20, int(L)).tolist() + [3] for L in rng.integers(4, 12, 48)]
     data = SeqSet.from_lists(seqs, [[False] * (len(s) - 2) + [True] * 2 for s in seqs], 0)
@@ -136,6 +165,8 @@ def test_training_reads_no_device_value_between_evaluation_points(monkeypatch, o
     assert res.steps >= 20
     assert counter.n <= 2 * cfg.eval_points, f"{counter.n} host reads in {res.steps} steps"
     assert res.padding_frac is not None and 0 <= res.padding_frac < 0.5
+    if objective == "diffusion":  # every step gathered W >= 1 region columns (a host bound, no read)
+        assert len(widths) == res.steps and min(widths) >= 1
 
 
 def test_autoregressive_loss_computes_logits_only_where_the_next_token_is_real(monkeypatch):

@@ -10,6 +10,13 @@ number of maskable positions, then the batch mean. `mask_on` says which position
 - "answer" (supervised form, LLaDA SFT): the task's target tokens only; the prompt (context and
   question) is never masked.
 - "all" (pre-training form): every real token, prompt included.
+Output layer (the tied head over V classes: the step's largest matmul). Only masked positions count,
+so in the "answer" form the step runs it on the answer region alone: W columns per row, the region's
+first, with W a bound the host already knows (`region_width`: max(the batch's most targets in a
+row, gen_length)), so no step reads the region size back from the device. On JSQuAD that is
+gen_length of a row's ~170 positions. Positions outside the gather are unmasked, which add 0 to the
+loss and its gradient in the full-width form too: the loss and gradients are the same numbers.
+"all" (every position maskable) and batches without the bound (`max_target` -1) run full width.
 
 EOS filler (`eos_fill`, the documented policy). A task's target that ends its sequence (a QA answer
 and its EOS) is extended *on device* with EOS tokens up to `gen_length` positions, as LLaDA's SFT
@@ -174,8 +181,9 @@ class MaskedDiffusion(Objective):
                     cols: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T') fp32 CE of the clean token at masked positions, 0 elsewhere (no boolean indexing).
 
-        With `cols` (B, W), only those columns go through the output layer and (B, W) comes back: the
-        evaluation path, which may read the region size back to the host, skips the prompt's logits.
+        With `cols` (B, W), only those columns go through the output layer and (B, W) comes back, so the
+        prompt gets no logits: the evaluation path sizes W from the region (one host read), the training
+        step from a host-side bound (`region_width`, no read). Every masked position must be in `cols`.
         """
         h = model(noisy, region.pad_mask, right_padded=True)  # (B, T', D)
         y = region.ids
@@ -186,10 +194,29 @@ class MaskedDiffusion(Objective):
         nll = token_nll(h.reshape(-1, h.shape[-1]), model.head_weight, y.reshape(-1), self.loss_impl)
         return nll.view_as(y) * masked
 
+    def region_width(self, batch: Batch, width: int) -> int:
+        """A host-side bound W on every row's answer-region size (targets + filler), at most `width` (T'):
+        what the training step gathers before the output layer. 0: unknown (`batch.max_target` < 0).
+
+        Why every region position fits. `extend_with_eos` makes a row's region either its targets alone
+        (a non-suffix target, or no filler): n_target <= max_target positions; or, for a suffix target
+        starting at `start` in a row of `len` tokens, positions start .. max(len, start + L) - 1, i.e.
+        max(n_target, L) positions (the targets are start .. len - 1, so len - start = n_target). Hence
+        n <= max(max_target, L), with L = gen_length when the filler is on and 0 otherwise. Known on the
+        host (`SeqSet.batch` fills max_target from counts made once), so no step reads the device."""
+        if batch.max_target < 0:
+            return 0
+        L = self.opts.gen_length if self.opts.eos_fill else 0
+        return max(1, min(width, max(batch.max_target, L)))  # >= 1: no empty head input (no targets)
+
     def loss(self, model, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         region = self.region(batch)
         noisy, masked, p, maskable = self.corrupt(region, generator)
-        nll = self._masked_nll(model, region, noisy, masked)
+        cols = None  # mask_on="all" (or an unknown bound): the output layer on every position
+        W = self.region_width(batch, region.ids.shape[1]) if self.opts.mask_on == "answer" else 0
+        if W:  # only region positions can be masked: their columns first (stable: in order), W per row
+            cols = (~region.target).int().argsort(dim=1, stable=True)[:, :W]  # (B, W)
+        nll = self._masked_nll(model, region, noisy, masked, cols)  # (B, T') or (B, W); 0 where unmasked
         per_seq = (nll / p[:, None]).sum(1) / maskable.sum(1).clamp_min(1)  # ELBO per maskable token
         return per_seq.mean()
 
