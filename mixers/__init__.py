@@ -23,8 +23,11 @@ Contract (tests in tests/test_mixers.py enforce it for every registered mixer):
   2 FLOPs per multiply-add, every add and multiply of the reference formula once; norms,
   activations and other transcendentals (exp, sqrt, sigmoid) are left out, and so is the extra work
   of an implementation (a log-depth scan's extra passes, recomputation): model FLOPs, not hardware
-  FLOPs. `matmul` is the contractions (matmul, einsum, conv) outside nn.Linear, which
-  tests/test_flops.py holds to torch's FlopCounterMode; `elementwise` the rest, counted by hand.
+  FLOPs. `matmul` is the contractions outside nn.Linear that the forward runs as matmul / einsum /
+  conv operators, which tests/test_flops.py holds to torch's FlopCounterMode; `elementwise` the
+  rest, counted by hand (depthwise filters written as shifted multiply-adds included). The tests
+  also bracket `elementwise` by the adds and multiplies the forward dispatches, so a new mixer that
+  declares only its matmuls while its forward does elementwise work fails them.
 - `backend`: which implementation ran last (e.g. "sdpa", "flash_attn", "torch_scan"), for results.
 - Decoding (causal mode only): `prefill(x, pad_mask) -> (y, state)` runs a prompt (left padding allowed)
   and returns its outputs and the mixer's memory of it; `step(x_t: (B, D), state) -> (y_t, state)`
@@ -61,8 +64,8 @@ class MixingFlops:
     """Training FLOPs per token (forward + backward) of a mixer's sequence mixing beyond its nn.Linear
     weights, split by kind so each part can be checked its own way (see the contract above)."""
 
-    matmul: float  # contractions outside nn.Linear (attention scores, Mamba's Δ projection and C read-out)
-    elementwise: float  # scans, running sums, complex products, filter taps, gates
+    matmul: float  # contractions run as matmul/einsum (attention scores, Mamba's Δ projection and C read-out)
+    elementwise: float  # scans, running sums, complex products, filter taps, depthwise convs, gates
 
     @property
     def total(self) -> float:
