@@ -2,12 +2,17 @@
 
 Counted (forward + backward = 3 x forward, 2 FLOPs per multiply-add, per token):
 - every `nn.Linear` weight and the tied LM head: 6 x (their parameter count)   (Kaplan et al.'s 6N)
-- each layer's sequence mixing as its mixer declares it (`Mixer.flops_per_token(T)`): attention's
-  scores and weighted values are 12 x T x d_model per layer (PaLM's appendix B, no causal discount)
-What is *not* counted: the sequence mixing of a mixer that declares none (wave sums, wavelet
-convolutions, scans today), norms, activations. With such a mixer MFU is a lower bound on
-utilisation and is labelled so (`mfu_basis` names what was counted). Peaks are dense bf16
-tensor-core TFLOP/s from the vendors' sheets.
+- each layer's sequence mixing as its mixer declares it (`Mixer.flops_per_token(T)`, split into
+  matmul and elementwise parts by `Mixer.mixing_flops`): contractions outside nn.Linear (attention's
+  scores and weighted values, 12 x T x d_model per layer, PaLM's appendix B, no causal discount;
+  Mamba's Δ projection and C read-out) and the elementwise arithmetic of the reference formula
+  (RoPE, scans, running sums, complex products, wavelet filter taps, gates), each add and multiply once.
+What is *not* counted: norms, activations and other transcendentals (softmax, exp, sqrt, sigmoid),
+and the extra work of an implementation (a log-depth scan's extra passes, recomputation in the
+backward): these are model FLOPs, not the operations the hardware ran. Every registered mixer
+declares its count; a mixer that declares none (None) has its sequence mixing not counted, and
+then MFU is a lower bound on utilisation and is labelled so (`mfu_basis` names what was counted).
+Peaks are dense bf16 tensor-core TFLOP/s from the vendors' sheets.
 """
 from __future__ import annotations
 
@@ -52,7 +57,7 @@ def flops_per_token(model: nn.Module, seq_len: float) -> tuple[float, str]:
     if missing:
         basis = f"lower bound: 6N (linear + head){counted}; {', '.join(sorted(missing))}'s sequence mixing not counted"
     else:
-        basis = f"exact for matmuls: 6N (linear + head){counted}"
+        basis = f"model FLOPs: 6N (linear + head){counted}; norms, activations not counted"
     return flops, basis
 
 

@@ -17,7 +17,17 @@ Contract (tests in tests/test_mixers.py enforce it for every registered mixer):
 - `flops_per_token(seq_len)`: training FLOPs (forward + backward) per token of the mixer's own
   sequence-mixing arithmetic at that length, *beyond* its `nn.Linear` weights (those are counted
   as 6 x parameters for every mixer); None (the default): not counted, and the row's MFU says it is
-  a lower bound. `harness/flops.py` sums the layers' declarations.
+  a lower bound. `harness/flops.py` sums the layers' declarations. A mixer declares it by returning
+  `MixingFlops(matmul, elementwise)` from `mixing_flops(seq_len)` (the base `flops_per_token` sums
+  the two), or by overriding `flops_per_token` itself. Convention: forward + backward = 3 x forward,
+  2 FLOPs per multiply-add, every add and multiply of the reference formula once; norms,
+  activations and other transcendentals (exp, sqrt, sigmoid) are left out, and so is the extra work
+  of an implementation (a log-depth scan's extra passes, recomputation): model FLOPs, not hardware
+  FLOPs. `matmul` is the contractions outside nn.Linear that the forward runs as matmul / einsum /
+  conv operators, which tests/test_flops.py holds to torch's FlopCounterMode; `elementwise` the
+  rest, counted by hand (depthwise filters written as shifted multiply-adds included). The tests
+  also bracket `elementwise` by the adds and multiplies the forward dispatches, so a new mixer that
+  declares only its matmuls while its forward does elementwise work fails them.
 - `backend`: which implementation ran last (e.g. "sdpa", "flash_attn", "torch_scan"), for results.
 - Decoding (causal mode only): `prefill(x, pad_mask) -> (y, state)` runs a prompt (left padding allowed)
   and returns its outputs and the mixer's memory of it; `step(x_t: (B, D), state) -> (y_t, state)`
@@ -47,6 +57,19 @@ names = REGISTRY.names
 get = REGISTRY.get
 options_of = REGISTRY.options_of
 UnknownMixerError = UnknownNameError
+
+
+@dataclass(frozen=True)
+class MixingFlops:
+    """Training FLOPs per token (forward + backward) of a mixer's sequence mixing beyond its nn.Linear
+    weights, split by kind so each part can be checked its own way (see the contract above)."""
+
+    matmul: float  # contractions run as matmul/einsum (attention scores, Mamba's Δ projection and C read-out)
+    elementwise: float  # scans, running sums, complex products, filter taps, depthwise convs, gates
+
+    @property
+    def total(self) -> float:
+        return self.matmul + self.elementwise
 
 
 @dataclass
@@ -117,10 +140,15 @@ class Mixer(nn.Module):
         """Numbers carried between positions at inference for a sequence of `seq_len` tokens."""
         raise NotImplementedError(f"{type(self).__name__} does not report its state size")
 
+    def mixing_flops(self, seq_len: float) -> MixingFlops | None:
+        """`flops_per_token` split into matmul and elementwise parts; None: not declared."""
+        return None
+
     def flops_per_token(self, seq_len: float) -> float | None:
         """Training FLOPs per token of the sequence mixing beyond the nn.Linear weights, at mean length
         `seq_len`; None: not counted (MFU is then a lower bound, and says so)."""
-        return None
+        f = self.mixing_flops(seq_len)
+        return None if f is None else f.total
 
 
 def build(name: str, d_model: int, causal: bool, proj_norm: bool = False, **opts: Any) -> Mixer:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mixers import Mixer, register
+from mixers import Mixer, MixingFlops, register
 from mixers._layers import apply_rope, positions_from_mask, rope_angles, rope_for
 
 try:  # optional CUDA-only package; any failure (not installed, no compiled extension) means "absent"
@@ -154,7 +154,10 @@ class Attention(Mixer):
         """A KV cache: keys and values of every past position, 2 * T * d_model."""
         return 2 * seq_len * self.d_model
 
-    def flops_per_token(self, seq_len: float) -> float:
-        """Scores QK^T and weighted values: 2 matmuls of 2*T*d FLOPs per token forward, x3 for forward +
-        backward = 12*T*d (PaLM's appendix B; no discount for the causal mask)."""
-        return 12.0 * seq_len * self.d_model
+    def mixing_flops(self, seq_len: float) -> MixingFlops:
+        """matmul: the scores QK^T and the weighted values, 2 matmuls of 2*T*d FLOPs per token forward,
+        x3 for forward + backward = 12*T*d (PaLM's appendix B; no discount for the causal mask, so the
+        same count in both modes). elementwise: RoPE on q and k, 4 multiplies and 2 adds per pair of
+        channels, 6*d per token forward, x3 = 18*d. Left out: the softmax and its 1/sqrt(hd) scale
+        (as PaLM does; like activations) and the mask."""
+        return MixingFlops(matmul=12.0 * seq_len * self.d_model, elementwise=18.0 * self.d_model)

@@ -37,7 +37,7 @@ import math
 import torch
 import torch.nn as nn
 
-from mixers import Mixer, register
+from mixers import Mixer, MixingFlops, register
 from mixers._layers import RMSNorm
 
 SCANS = ("pairwise", "loop")
@@ -164,6 +164,17 @@ class GatedContext(Mixer):
         a, b, o = self._gates(x_t[:, None], None)  # (B, 1, 1, N)
         c = b[:, 0, 0] if context is None else a[:, 0, 0] * context.float() + b[:, 0, 0]
         return self._read(c[:, None, None], o)[:, 0], c
+
+    def mixing_flops(self, seq_len: float) -> MixingFlops:
+        """All elementwise, constant in T: per token, direction and context channel, forward: the gate
+        bias (1 add), (1 − f)·u (2), the recurrence f·c + b (a multiply-add, 2), the output gate
+        σ(o)·norm(c) (1): 6, x3 for forward + backward = 18 * d_ctx * n_dir.
+
+        Left out: sigmoids and the RMSNorm (activations, norms), pad masking, and the pairwise scan's
+        extra products (it composes pairs of steps, about 5 FLOPs per element where the recurrence
+        needs 2): an implementation detail of a log-depth scan, not model FLOPs.
+        """
+        return MixingFlops(matmul=0.0, elementwise=18.0 * self.d_ctx * self.n_dir)
 
     def state_floats(self, seq_len: int) -> int:
         """The context vector(s): d_ctx numbers per direction, whatever the length."""

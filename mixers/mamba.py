@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from mixers import Mixer, _scan_triton, register
+from mixers import Mixer, MixingFlops, _scan_triton, register
 
 
 def load_fused_kernels() -> tuple[Callable | None, Callable | None]:
@@ -640,6 +640,34 @@ class Mamba(Mixer):
         self.decode_backend = "mamba_ssm_step" if fused else "torch_step"
         y, state = _direction_step(self.fwd, xs, z, state, fused)
         return self.out_proj(y.to(xs.dtype)), state
+
+    def mixing_flops(self, seq_len: float) -> MixingFlops:
+        """Constant in T. Per direction, per token, forward (Di = d_inner, N = d_state, R = dt_rank,
+        K = d_conv); x3 for forward + backward:
+
+        - matmul: the Δ projection dt @ W_Δᵀ (`dt_weight` is a plain parameter, not an nn.Linear, so
+          not in 6N): 2·Di·R; the read-out y = Σ_n C_n h_n (an einsum): 2·Di·N
+        - elementwise: the depthwise causal conv (an nn.Conv1d, not in 6N), K taps and the bias: 2K·Di;
+          the Δ bias: Di; Δ·u: Di; per channel and state, Δ·A, (Δu)·B and h = a·h + b: 4·Di·N;
+          the D skip (a multiply-add): 2·Di; the gate y·SiLU(z): Di
+
+        Bidirectional: both directions, plus their mean (2·Di); with `bidir_share` the one x_proj runs
+        on both directions but 6N counts its weights once, so its second run is added (matmul).
+        Left out: exp, softplus and SiLU (like activations), A = −exp(A_log) (per step, not per token),
+        pad masks, and the implementations' extra work, which is not model FLOPs: the log-depth scan's
+        ~3 multiply-adds per state where the recurrence needs 1, the states recomputed in the backward
+        (checkpointing), and the hand-written backward's einsums over broadcast axes (the gradients of
+        Δ·A and (Δu)·B, which FlopCounterMode sees as contractions).
+        """
+        Di, N, R, K = self.d_inner, self.opts.d_state, self.dt_rank, self.opts.d_conv
+        n_dir = 1 if self.causal else 2
+        matmul = n_dir * (2 * Di * R + 2 * Di * N)
+        elementwise = n_dir * (2 * K * Di + Di + Di + 4 * Di * N + 2 * Di + Di)
+        if not self.causal:
+            elementwise += 2 * Di  # the mean of the two directions
+            if self.bwd is None:  # shared x_proj: its second run is not in 6N
+                matmul += 2 * self.fwd.x_proj.weight.numel()
+        return MixingFlops(matmul=3.0 * matmul, elementwise=3.0 * elementwise)
 
     def state_floats(self, seq_len: int) -> int:
         """Per direction: the SSM state d_inner x d_state plus the conv history (d_conv - 1) x d_inner.

@@ -65,7 +65,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from mixers import Mixer, register
+from mixers import Mixer, MixingFlops, register
 from mixers._layers import rope_angles, rope_for
 
 Complex = tuple[torch.Tensor, torch.Tensor]  # (real part, imaginary part), each (B, T, D), fp32
@@ -271,6 +271,28 @@ class WaveCore(nn.Module):
         y = self._read(z1, z2, x_t.dtype)
         return y, WaveState(state.s1 + w1.float().square(), state.s2 + w2.float().square(), n + 1)
 
+    def forward_flops_per_channel(self) -> int:
+        """Forward FLOPs per token and channel of paper steps 2-6, all elementwise (the maps w¹, w² and
+        `out` are nn.Linear, in 6N). Each add and multiply of the reference formula counts once:
+
+        - per wave: w² (1); the window sum: causal, a running sum (1 add; Σ_{j<t} is the same sum one
+          position earlier); bidirectional, the total (1 add) and the others' energy G² − w² (1);
+          the scale: rms, Re and Im times 1/sqrt(n) (2); unit, the mean of G² over channels (1) and
+          the same 2; sum, 0; the RoPE phase: a complex rotation (4 multiplies, 2 adds)
+        - the combination: interference, 2 adds; modulation, a complex product (4 multiplies, 2 adds)
+        - the readout: cartesian and real, 0 (a concatenation, a slice); magnitude, Re² + Im² (3)
+
+        Left out: square roots (Im Z, |Z|) and rsqrt like activations; eps guards, clamps and pad masks;
+        per-position scalars (1/sqrt(n), the RoPE angles: O(1) per token, cached); and the implementation's
+        cancellation-free Σ_{j<t} + Σ_{j>t} (two more sums) in place of the bidirectional G² − w².
+        """
+        per_wave = 1 + (1 if self.causal else 2)
+        per_wave += {"rms": 2, "unit": 3, "sum": 0}[self.opts.scale]
+        per_wave += 6 if self.opts.rope_phase else 0
+        combine = {"interference": 2, "modulation": 6}[self.op]
+        readout = {"cartesian": 0, "real": 0, "magnitude": 3}[self.opts.readout]
+        return 2 * per_wave + combine + readout
+
     def state_floats(self) -> int:
         """Running sums of squares per dimension for both waves (2D), plus a token count when the
         scale or the RoPE phase needs the position. Independent of the sequence length."""
@@ -304,6 +326,11 @@ class WaveMixer(Mixer):
 
     def state_floats(self, seq_len: int) -> int:
         return self.core.state_floats()
+
+    def mixing_flops(self, seq_len: float) -> MixingFlops:
+        """All elementwise, constant in T: 3 x d_model x `WaveCore.forward_flops_per_channel` (its
+        docstring says what is counted); e.g. 78 * d_model for causal modulation with the defaults."""
+        return MixingFlops(matmul=0.0, elementwise=3.0 * self.d_model * self.core.forward_flops_per_channel())
 
 
 @register("wave_interference")

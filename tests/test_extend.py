@@ -151,7 +151,7 @@ def test_a_task_and_a_mixer_from_one_new_file_reach_the_report(toy, tmp_path, ca
     six_n = 6.0 * (sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)) + model.head_weight.numel())
     declared = cfg.n_layers * toy.FLOPS_PER_D * cfg.d_model
     assert r["metrics"]["flops_per_token"] == pytest.approx(six_n + declared)
-    assert declared > 0 and r["metrics"]["mfu_basis"].startswith("exact") and "toy's declared" in r["metrics"]["mfu_basis"]
+    assert declared > 0 and r["metrics"]["mfu_basis"].startswith("model FLOPs") and "toy's declared" in r["metrics"]["mfu_basis"]
 
     # the report: a column for the new metric, sorted by it in its own direction (lower first)
     text = (out / "reports" / "g" / "README.md").read_text()
