@@ -39,9 +39,10 @@ import mixers
 from mixers import mamba
 from core.env import device_name, git_commit, sync, versions
 
-SCANS = {  # variant -> mixer options
+SCANS = {  # variant -> mixer options ("triton" only where its kernels run: CUDA)
     "parallel": {"scan": "parallel"},
     "chunked": {"scan": "chunked", "chunk_size": 64, "checkpoint_chunks": True},
+    "triton": {"scan": "triton"},
 }
 
 
@@ -133,7 +134,9 @@ def main() -> None:
 
     # compare: the two scans back to back at one length
     x = torch.randn(1, a.length, a.d_model, device=dev)
-    models = {v: build(v, a.d_model, dev, ref_state) for v in SCANS}
+    from mixers import _scan_triton
+
+    models = {v: build(v, a.d_model, dev, ref_state) for v in SCANS if v != "triton" or _scan_triton.available(dev)}
     for train in (False, True) if "compare" in a.parts else ():
         ms = interleaved_ms({v: step_fn(m, x, train) for v, m in models.items()}, a.repeats)
         row = {"mode": "forward+backward" if train else "forward", "length": a.length, "batch": 1,

@@ -56,9 +56,12 @@ def _kernels(interpret: bool):
     chunk). Positions past T are identity steps (Δ = 0: no input, no decay) and store nothing. With
     SUMMARY the walk starts from zero and stores only what the chunk does to a state passing through
     it (the forward: the state it adds, S; the backward: the adjoint it adds, Q); otherwise it starts
-    from the state carried in (`init`) and stores the outputs."""
+    from the state carried in (`init`) and stores the outputs.
 
-    @triton.jit
+    T and CH are not specialised on: Triton would otherwise compile a variant per divisibility of each
+    by 16, i.e. again for new batch lengths, inside the budgeted clock. Di and N are fixed per model."""
+
+    @triton.jit(do_not_specialize=["T", "CH"])
     def scan_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, init_ptr, y_ptr, hs_ptr, S_ptr, T, Di, N, CH,
                  KEEP: tl.constexpr, SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
@@ -89,7 +92,7 @@ def _kernels(interpret: bool):
                     tl.store(hs_ptr + row * N + dn, h, mask=ok_d[:, None] & mn[None, :])
         tl.store(S_ptr + state, h, mask=m2)  # SUMMARY: S_c; else the state after the chunk
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T", "CH"])
     def scan_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, hs_ptr, gy_ptr, init_ptr,
                  du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, Q_ptr, T, Di, N, CH,
                  SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
@@ -150,7 +153,7 @@ def chunk_len(Bsz: int, T: int, Di: int) -> int:
     more walk (the summary pass), but keeps a GPU busy when a step holds few long sequences, so the
     time per token stays flat in T at a fixed number of tokens per step."""
     blocks = Bsz * triton.cdiv(Di, BLOCK_D)
-    n_chunks = max(1, min(triton.cdiv(T, MIN_CHUNK), triton.cdiv(TARGET_PROGRAMS, blocks)))
+    n_chunks = max(1, min(T // MIN_CHUNK, triton.cdiv(TARGET_PROGRAMS, blocks)))
     return triton.cdiv(T, n_chunks)
 
 
