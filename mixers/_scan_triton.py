@@ -157,6 +157,21 @@ def chunk_len(Bsz: int, T: int, Di: int) -> int:
     return triton.cdiv(T, n_chunks)
 
 
+# (kernel, device, Di, N) whose chunked (SUMMARY) variant has been compiled. A batch of few long rows
+# needs it, and Triton compiles a variant on its first launch: if that came at a later step it would be
+# seconds of compilation inside the budgeted clock, so the first launch of a kernel compiles both
+# variants (the warm-up steps are not budgeted). Compiled kernels are cached by Triton itself.
+_WARM: set[tuple] = set()
+
+
+def _warm(kind: str, kernel, args: tuple, device: torch.device, Di: int, N: int, meta: dict, grid: tuple) -> None:
+    """Launch the SUMMARY variant of `kernel` once (its output discarded: args write only scratch)."""
+    key = (kind, str(device), Di, N)
+    if key not in _WARM:
+        kernel[grid](*args, SUMMARY=True, **meta)
+        _WARM.add(key)
+
+
 def _carry(decay_sum: torch.Tensor, A: torch.Tensor, S: torch.Tensor, first: torch.Tensor,
            reverse: bool) -> torch.Tensor:
     """The state entering each chunk, (B, nC, Di, N), from the chunk summaries: a chunk maps a state h
@@ -196,6 +211,9 @@ class TritonScan(torch.autograd.Function):
             init = _carry(dsum, A, out, h0, reverse=False).contiguous()
         else:
             init = h0[:, None].contiguous()
+            scratch = u.new_empty(Bsz, 1, Di, N)
+            _warm("fwd", fwd, (u, delta, A, B, C, scratch, y, hs, scratch, T, Di, N, CH, False), u.device, Di, N,
+                  meta, grid)
         fwd[grid](u, delta, A, B, C, init, y, hs, out, T, Di, N, CH, KEEP=keep, SUMMARY=False, **meta)
         ctx.save_for_backward(u, delta, A, B, C, h0, hs, dsum)
         ctx.CH = CH
@@ -223,6 +241,9 @@ class TritonScan(torch.autograd.Function):
             init = _carry(dsum, A, out, ghT, reverse=True).contiguous()
         else:
             init = ghT[:, None].contiguous()
+            scratch = u.new_empty(Bsz, 1, Di, N)
+            _warm("bwd", bwd, (u, delta, A, B, C, h0, hs, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N, CH),
+                  u.device, Di, N, meta, grid)
         bwd[grid](u, delta, A, B, C, h0, hs, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH,
                   SUMMARY=False, **meta)
         return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None
