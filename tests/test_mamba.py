@@ -98,12 +98,13 @@ FAST = {
 }
 
 
-@pytest.mark.parametrize("scan", list(FAST))
-@pytest.mark.parametrize("regime", ["near_zero", "large", "mixed", "exact_zero"])
-def test_fast_scans_extreme_delta(regime, scan):
-    """Δ ≈ 0 (state kept, no input), Δ large (state wiped every step: decays exp(-Δ|A|) underflow to
-    0, where an exp(-cumsum) formulation would overflow), both interleaved, and Δ = 0 (a pad)."""
-    T, Bsz, Di = 37, 2, 6
+REGIMES = ("near_zero", "large", "mixed", "exact_zero")
+
+
+def extreme_inputs(regime: str, T: int, Bsz: int = 2, Di: int = 6) -> dict:
+    """Scan inputs with Δ ≈ 0 (state kept, no input), Δ large (state wiped every step: decays
+    exp(-Δ|A|) underflow to 0, where an exp(-cumsum) formulation would overflow), both interleaved, or
+    Δ = 0 (a pad), and strong decays (A down to -20)."""
     g = torch.Generator().manual_seed(11)
     pick = torch.rand(Bsz, T, Di, generator=g) < 0.5
     delta = {
@@ -113,7 +114,15 @@ def test_fast_scans_extreme_delta(regime, scan):
         "exact_zero": torch.where(pick, torch.tensor(0.0), torch.tensor(0.7)),
     }[regime]
     x = scan_inputs(T, seed=5, Bsz=Bsz, Di=Di, delta=delta)
-    x["A"] = -torch.arange(1, 6, dtype=torch.float32).expand(Di, -1).clone() * 4  # strong decays, to -20
+    x["A"] = -torch.arange(1, 6, dtype=torch.float32).expand(Di, -1).clone() * 4
+    return x
+
+
+@pytest.mark.parametrize("scan", list(FAST))
+@pytest.mark.parametrize("regime", REGIMES)
+def test_fast_scans_extreme_delta(regime, scan):
+    """Every fast scan against the step loop on `extreme_inputs`."""
+    x = extreme_inputs(regime, 37)
     fn, kw = FAST[scan]
     y_ref = mm.selective_scan_reference(**x)
     y = fn(**x, **kw)

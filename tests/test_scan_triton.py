@@ -20,7 +20,7 @@ import torch
 import mixers
 import mixers._scan_triton as st
 import mixers.mamba as mm
-from test_mamba import _assert_grads_close, _build, _grads, scan_inputs
+from test_mamba import REGIMES, _assert_grads_close, _build, _grads, extreme_inputs, scan_inputs
 
 # True in the subprocess that set TRITON_INTERPRET before anything imported Triton
 INTERP = st.triton is not None and st.interpreting()
@@ -72,20 +72,10 @@ def test_long_sequences_are_cut_into_chunks_that_fill_the_gpu():
     assert st.chunk_len(1, 100, 32) == 100 and min(st.chunk_len(1, T, 32) for T in range(64, 2000, 7)) >= st.MIN_CHUNK
 
 
-@pytest.mark.parametrize("regime", ["near_zero", "large", "mixed", "exact_zero"])
+@pytest.mark.parametrize("regime", REGIMES)
 def test_interp_triton_scan_extreme_delta(interpreter, regime):
     """As the PyTorch scans' test: Δ ≈ 0, Δ large (decays underflow to 0), both, and Δ = 0 (a pad)."""
-    T, Bsz, Di = 21, 2, 6
-    g = torch.Generator().manual_seed(11)
-    pick = torch.rand(Bsz, T, Di, generator=g) < 0.5
-    delta = {
-        "near_zero": torch.full((Bsz, T, Di), 1e-6),
-        "large": torch.full((Bsz, T, Di), 40.0),
-        "mixed": torch.where(pick, torch.tensor(1e-5), torch.tensor(30.0)),
-        "exact_zero": torch.where(pick, torch.tensor(0.0), torch.tensor(0.7)),
-    }[regime]
-    x = scan_inputs(T, seed=5, Bsz=Bsz, Di=Di, delta=delta)
-    x["A"] = -torch.arange(1, 6, dtype=torch.float32).expand(Di, -1).clone() * 4
+    x = extreme_inputs(regime, 21)
     torch.testing.assert_close(mm.selective_scan_triton(**x, chunk=8), mm.selective_scan_reference(**x),
                                rtol=1e-5, atol=1e-5)
     _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=8), _grads(mm.selective_scan_reference, x), regime)
