@@ -150,11 +150,9 @@ def environment() -> dict:
             importlib.import_module(mod)
         except Exception:
             env["missing_packages"].append(dist)
-    try:
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        env["git_commit"] = None
+    from core.env import git_commit
+
+    env["git_commit"] = git_commit(ROOT)  # $WAVEBENCH_COMMIT, "(declared)", on a copy without .git
     return env
 
 

@@ -1,6 +1,7 @@
 """What a results row says about where it ran: device, package versions, git commit."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -69,12 +70,17 @@ def versions() -> dict[str, str]:
 def git_commit(root: Path | None = None) -> str | None:
     """HEAD of the checkout this code runs from, '+dirty' when it has uncommitted changes: tracked files
     changed anywhere, or untracked files inside a package (a new mixer file changes what runs, a new
-    results file does not)."""
+    results file does not).
+
+    A copy of a checkout without its `.git` (a lent GPU machine receives the working tree only) names its
+    commit in $WAVEBENCH_COMMIT, recorded with "(declared)", since nothing here can check it."""
     here = Path(root) if root is not None else Path(__file__).resolve().parent
+    declared = os.environ.get("WAVEBENCH_COMMIT", "").strip()
+    declared = f"{declared} (declared)" if declared else None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
-            return None
+            return declared
         top = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
                                   timeout=10).stdout.strip())
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=top,
@@ -82,7 +88,7 @@ def git_commit(root: Path | None = None) -> str | None:
         dirty = any(not line.startswith("??") or _in_package(top, line[3:].strip().strip('"')) for line in status)
         return sha.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return declared
 
 
 def _in_package(top: Path, rel: str) -> bool:

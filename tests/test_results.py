@@ -98,3 +98,18 @@ def test_grid_manifest_is_a_union_written_whole(tmp_path):
     expected_path(results).write_text("{not json")
     with pytest.raises(ResultsFileError, match="g.expected.json: not a grid manifest"):
         read_expected(expected_path(results))
+
+
+def test_a_copy_without_git_records_the_declared_commit(tmp_path, monkeypatch):
+    """A lent GPU machine gets the working tree without .git: its rows name the commit the session
+    declared ($WAVEBENCH_COMMIT), marked as declared; with nothing declared, no commit (never a guess)."""
+    from core.env import git_commit
+
+    monkeypatch.delenv("WAVEBENCH_COMMIT", raising=False)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above tmp_path
+    git_commit.cache_clear()
+    assert git_commit(tmp_path) is None
+    monkeypatch.setenv("WAVEBENCH_COMMIT", "ad5ec21")
+    git_commit.cache_clear()
+    assert git_commit(tmp_path) == "ad5ec21 (declared)"
+    git_commit.cache_clear()
