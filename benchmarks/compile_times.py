@@ -31,7 +31,7 @@ from harness.model import LM, matched_config
 
 
 def measure(mixer: str, causal: bool, lengths: list[int], rows: int, preset: str, device: torch.device,
-            dynamic: bool | None = None) -> dict:
+            dynamic: bool | None = None, mark: bool = False) -> dict:
     """Wall seconds and graphs compiled so far, after each step of `mixer`'s compiled LM."""
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -42,13 +42,16 @@ def measure(mixer: str, causal: bool, lengths: list[int], rows: int, preset: str
     seconds, frames = [], []
     for T in lengths:
         ids = torch.randint(0, p.vocab_size, (rows, T), device=device)
+        if mark:  # rows and length symbolic from the first call, as the trainer does
+            torch._dynamo.maybe_mark_dynamic(ids, 0)
+            torch._dynamo.maybe_mark_dynamic(ids, 1)
         sync(device)
         t0 = time.perf_counter()
         step(ids).float().pow(2).mean().backward()
         sync(device)
         seconds.append(round(time.perf_counter() - t0, 3))
         frames.append(counter.frame_count)
-    return {"mixer": mixer, "causal": causal, "dynamic": dynamic, "lengths": lengths, "rows": rows, "seconds": seconds,
+    return {"mixer": mixer, "causal": causal, "dynamic": dynamic, "mark_dynamic": mark, "lengths": lengths, "rows": rows, "seconds": seconds,
             "graphs_compiled": frames, "after_second_step_s": round(sum(seconds[2:]), 3)}
 
 
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bidirectional", action="store_true", help="the masked-diffusion form of each mixer")
     ap.add_argument("--dynamic", action="store_true",
                     help="compile with dynamic=True (one symbolic graph from the first step, what training does)")
+    ap.add_argument("--mark-dynamic", action="store_true",
+                    help="mark the batch's rows and length dynamic before each call (what training does)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="runs/bench/compile_times.json")
     argv = sys.argv[1:] if argv is None else argv
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
            "rows": []}
     for name in names:
         row = measure(mixers.get(name).name, not a.bidirectional, lengths, a.rows, a.preset, device,
-                      True if a.dynamic else None)
+                      True if a.dynamic else None, a.mark_dynamic)
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
     path = Path(a.out)

@@ -143,7 +143,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
     return run.finish(stages, train_set, meter)
 
 
-# tokens/s counts the steps after this one: the first steps compile and warm up
+# tokens/s counts the steps after this one (and no stage's first steps): the first steps compile and warm up
 STEADY_FROM = 2
 
 
@@ -164,8 +164,11 @@ class _Run:
         # CUDA graph replays reuse their output memory: each step tells the graph tree a new step began
         self.graphs = cfg.compile and cfg.compile_mode in CUDAGRAPH_MODES
         # torch.compile compiles at step 1 and recompiles once at step 2 (the first new batch shape marks
-        # the lengths dynamic): neither is budgeted, and tokens/s counts from step 3 on
+        # the lengths dynamic): neither is budgeted, and tokens/s counts from step 3 on. The same holds at
+        # the start of every stage: the task stage after pretraining brings a new objective form and new
+        # shapes (packed rows were all alike), so it compiles again, and that is not budgeted either
         self.warm_steps = 2 if cfg.compile else 1
+        self.in_warm = False  # the step being taken is one of its stage's first `warm_steps`
         self.clock, self.steady_t, self.steady_tok = 0.0, 0.0, 0
         self.real_pos, self.computed_pos = 0, 0
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
@@ -176,7 +179,11 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(device)
 
     def step(self, stage: Stage, frac: float) -> None:
-        """One optimizer step on the stage's next batch at the LR of budget fraction `frac`, timed."""
+        """One optimizer step on the stage's next batch at the LR of budget fraction `frac`, timed (not
+        when it is one of its stage's first `warm_steps`: those compile, synced and off the clock)."""
+        warm = self.in_warm = stage.steps < self.warm_steps
+        if warm and self.res.steps:  # a later stage's first step: the steps queued before it are charged first
+            self.drain()
         t0 = time.perf_counter()
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -196,14 +203,13 @@ class _Run:
         res.tokens_seen += n_tok
         self.real_pos += batch.n_tokens
         self.computed_pos += batch.ids.numel()  # a host-side shape: no sync
-        warm = res.steps <= self.warm_steps
         if warm:
             device_sync(self.device)  # the first steps (compilation, allocator warm-up) are not budgeted
         dt = time.perf_counter() - t0
         if not warm:
             self.clock += dt
         stage.account(n_tok, 0.0 if warm else dt)
-        if res.steps > STEADY_FROM:
+        if not warm and res.steps > STEADY_FROM:
             self.steady_t += dt
             self.steady_tok += n_tok
 
@@ -228,7 +234,7 @@ class _Run:
             return self._loss_backward(self.step_fn, stage, batch)
         except Exception as e:
             eager = self.par.module
-            if self.step_fn is eager or self.res.steps >= self.warm_steps or isinstance(e, torch.cuda.OutOfMemoryError):
+            if self.step_fn is eager or not self.in_warm or isinstance(e, torch.cuda.OutOfMemoryError):
                 raise
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             self.res.compile_error = f"{type(e).__name__}: {first}"

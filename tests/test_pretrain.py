@@ -270,3 +270,39 @@ def test_missing_or_empty_corpus_is_one_clear_line(offline_dir, tmp_path, cache_
     err = capsys.readouterr().err.strip()
     assert err.startswith(match.format(tmp=tmp_path)) and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out" / "results").exists()
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_the_first_steps_of_every_stage_are_warm_up_not_budget(compiled, monkeypatch):
+    """The task stage after pretraining brings a new objective form and new batch shapes, so a compiled
+    model compiles again there, mid-run: those seconds must stay off the budget as the run's first
+    steps' do, and the steps queued before them must be charged. A virtual clock makes the first step
+    of each stage cost 1,000 s (as a compilation would); the budget never sees them."""
+    import types
+
+    import harness.train as ht
+
+    offset = [0.0]
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: __import__("time").perf_counter() + offset[0]))
+    seen, warm_steps = [], (2 if compiled else 1)
+    real = ht._Run._loss_backward
+
+    def compiling(self, fn, stage, batch):
+        if stage.steps < warm_steps:  # a stage's first steps: compilation
+            offset[0] += 1000.0
+            seen.append(stage.name)
+        return real(self, fn, stage, batch)
+
+    monkeypatch.setattr(ht._Run, "_loss_backward", compiling)
+    if compiled:  # the trainer's torch.compile stands in as the eager module: the test is about the clock
+        monkeypatch.setattr(ht.torch, "compile", lambda module, mode=None: module)
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    rows, _ = pt.pack(np.random.default_rng(2).integers(6, 20, 40 * 16), 16)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, progress=False, eval_points=2, compile=compiled)
+    res = train(model, obj, _toy(32, 12, 0), _toy(4, 12, 1), Budget.parse("tokens=1000"), cfg, torch.device("cpu"),
+                pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.5))
+    assert seen == ["pretrain"] * warm_steps + ["task"] * warm_steps  # both stages compiled
+    assert res.train_seconds < 1000.0  # none of it on the clock
+    assert all(s["seconds"] < 1000.0 for s in res.stages) and res.tokens_per_s > 1000 / 1000.0
