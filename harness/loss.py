@@ -97,6 +97,12 @@ class _ChunkedNLL(torch.autograd.Function):
         return gh, (gw.to(w.dtype) if gw is not None else None), None, None
 
 
+# The cce kernels are Triton kernels that specialise on the row count's divisibility by 16: a step whose
+# row count falls in the class not yet seen would compile new variants (seconds on a GPU) inside the
+# budgeted clock, at a random step. Rows are padded to a multiple of 16, so one variant serves every step.
+CCE_ROWS_MULTIPLE = 16
+
+
 def token_nll(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, impl: str, chunk: int = 4096) -> torch.Tensor:
     """h: (N, D) hidden states, w: (V, D) classifier, y: (N,) targets -> (N,) fp32 NLL.
 
@@ -110,8 +116,12 @@ def token_nll(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, impl: str, chun
         return _ChunkedNLL.apply(h, w, y, chunk)
     lce = _cce()
     kind = "cce" if impl == "cce" else "torch_compile"
+    N = h.shape[0]
+    pad = (-N) % CCE_ROWS_MULTIPLE if impl == "cce" else 0
+    if pad:  # padding rows (target 0): their NLL is cut off below, so they get no gradient and add none
+        h, y = F.pad(h, (0, 0, 0, pad)), F.pad(y, (0, pad))
     # filter_eps=None: no gradient filtering, so the gradients match the exact path
-    return lce(h, w, y, reduction="none", impl=kind, filter_eps=None).float()
+    return lce(h, w, y, reduction="none", impl=kind, filter_eps=None).float()[:N]
 
 
 def plain_nll(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
