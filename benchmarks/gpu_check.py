@@ -200,6 +200,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float) -> 
             comp = t.get("compile", "")
             if comp and t.get("compile_mode", "default") != "default":
                 comp = t["compile_mode"]
+            if t.get("late_compiles"):  # compilations after the warm-up (off the budget, but worth seeing)
+                comp = f"{comp} (+{t['late_compiles']} late)"
             lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {r.get('preset', '')} | {r['status']} | {tps} | "
                          f"{mfu} | {comp} | {(r.get('backend') or {}).get('loss', '')} | {t.get('padding_frac', '')} | "
                          f"{(r.get('error') or '')[:120]} |")

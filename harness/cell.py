@@ -314,6 +314,7 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
     return {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
             "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
             "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
+            **({"late_compiles": res.late_compiles} if compiled else {}),
             **({"compile_mode": tcfg.compile_mode} if compiled else {}),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
             "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve),

@@ -69,6 +69,7 @@ class TrainResult:
     dev_tokens: int = 0  # tokens in the dev sample each check scores
     padding_frac: float | None = None  # share of computed positions (rows x batch length) that were padding
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
+    late_compiles: int = 0  # steps after the warm-up in which torch.compile compiled (not budgeted either)
     budget_info: dict = field(default_factory=dict)  # the meter's describe(): the budget (and measured speed)
 
 
@@ -85,6 +86,13 @@ def device_sync(device: torch.device) -> None:
     stand in a slow device (tests/test_step.py)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def frames_compiled() -> int:
+    """Frames torch.compile has compiled (or tried to) in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["total"])
 
 
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
@@ -184,6 +192,7 @@ class _Run:
         warm = self.in_warm = stage.steps < self.warm_steps
         if warm and self.res.steps:  # a later stage's first step: the steps queued before it are charged first
             self.drain()
+        frames = frames_compiled() if self.cfg.compile else 0
         t0 = time.perf_counter()
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -203,6 +212,12 @@ class _Run:
         res.tokens_seen += n_tok
         self.real_pos += batch.n_tokens
         self.computed_pos += batch.ids.numel()  # a host-side shape: no sync
+        if self.cfg.compile and not warm and frames_compiled() > frames:
+            # torch.compile compiled during this step, after the warm-up: a shape its guards had not
+            # seen (automatic dynamic marks only the sizes that had changed by then; a stage or a task
+            # may bring others). Compilation is never budgeted: the step is warm-up too, and counted
+            warm = True
+            res.late_compiles += 1
         if warm:
             device_sync(self.device)  # the first steps (compilation, allocator warm-up) are not budgeted
         dt = time.perf_counter() - t0

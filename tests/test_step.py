@@ -349,3 +349,48 @@ def test_run_matrix_refuses_a_compile_mode_with_no_compile():
 
     with pytest.raises(ValueError, match="--compile-mode reduce-overhead compiles"):
         run_matrix.main(["--compile-mode", "reduce-overhead", "--no-compile", "--preset", "tiny"])
+
+
+def test_a_compilation_after_the_warm_up_is_not_budgeted_and_is_counted(monkeypatch):
+    """Automatic dynamic shapes mark only the sizes that had changed by the second step: batches of one
+    length and then a new number of rows (or a new length later) recompile mid-run. Any step in which
+    torch.compile compiled is warm-up: off the clock and out of tokens/s, and the row counts it. A
+    virtual clock makes every compilation cost 1,000 s."""
+    import types
+
+    import harness.train as ht
+    from harness.distributed import SingleProcess
+    from harness.pretrain import Stage
+
+    offset = [0.0]
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0]))
+    real_compile = torch.compile
+
+    def slow_backend(gm, example_inputs):
+        offset[0] += 1000.0  # a compilation
+        return gm.forward
+
+    monkeypatch.setattr(ht.torch, "compile", lambda module, mode=None: real_compile(module, backend=slow_backend))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    rng = np.random.default_rng(0)
+
+    def batch(rows: int, T: int):
+        seqs = [[2] + rng.integers(6, 20, T - 1).tolist() for _ in range(rows)]
+        return SeqSet.from_lists(seqs, [[False] * (T - 1) + [True]] * rows, 0).batch(np.arange(rows))
+
+    # (rows, length): the same shape twice (no recompile at step 2), then new rows, then a new length
+    shapes = [(4, 8), (4, 8), (4, 8), (3, 8), (3, 8), (3, 9), (2, 11), (4, 8)]
+    stage = Stage("task", 1.0, iter([batch(r, T) for r, T in shapes]), obj, ["toy"])
+    cfg = TrainConfig(progress=False, compile=True)
+    dev = SeqSet.from_lists([[2, 7, 3]], [[False, False, True]], 0)
+    run = ht._Run(model, obj, SingleProcess(model), dev, cfg, torch.device("cpu"), staged=False)
+    frames = []
+    for _ in shapes:
+        run.step(stage, 0.5)
+        frames.append(ht.frames_compiled())
+    assert frames[3] > frames[2] and frames[5] > frames[4]  # compiled after the warm-up: the test can fail
+    assert run.res.late_compiles == 2 and run.clock < 1000.0 and stage.seconds < 1000.0
+    assert run.steady_t < 1000.0
