@@ -49,6 +49,19 @@ PAD_TO = 1
 PAD_TO_GRAPHS = 64
 
 
+def fresh_compiler() -> None:
+    """Forget every graph torch.compile has made in this process, before a compiled cell trains.
+
+    A grid's cells run one after another in one process and all trace the same code (the LM's and its
+    blocks' `forward`); dynamo keeps each mixer's variants under that code's recompile limit (8) and
+    then silently runs it eagerly: on CPU the bidirectional half of a 6-mixer grid trained uncompiled
+    while its rows said compiled (tests/test_step.py). Kernels stay in inductor's on-disk cache, so a
+    cell like an earlier one (another seed) still compiles quickly."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+
+
 def enable_tf32(device: torch.device) -> bool:
     """Let fp32 matmuls (what autocast leaves in fp32) use TF32 tensor cores on CUDA; True if set."""
     if device.type != "cuda":
@@ -239,6 +252,8 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         row["mixer_options"] = mixers.options_of(cell.mixer) | cell.mixer_opts
 
         compiled = cell.compiles(ctx.device)
+        if compiled:
+            fresh_compiler()
         tf32 = enable_tf32(ctx.device)
         tcfg = _train_config(cell, ctx, preset, compiled)
         if cell.lr_sweep:  # short runs at each rate, the best by dev loss trains below (cost kept apart)

@@ -150,3 +150,25 @@ def test_a_kernel_the_driver_cannot_run_is_refused_locally_but_left_to_remote_wo
     remote = RunContext(device=torch.device("cpu"), data_dir=offline_dir, cache_dir=cache_dir, grid="t",
                         progress=False, remote=True)
     assert check_cell(cell, remote).model_cfg.mixer == "attention"
+
+
+def test_each_compiled_cell_starts_with_a_fresh_compiler(offline_dir, tmp_path, cache_dir, monkeypatch):
+    """run_cell forgets the previous cells' graphs before a compiled cell trains (harness.cell.fresh_compiler;
+    tests/test_step.py shows why: dynamo's recompile limit silently left later cells eager); an
+    uncompiled cell has nothing to forget."""
+    import harness.cell as hc
+    import harness.train as ht
+
+    resets: list = []
+    monkeypatch.setattr(hc, "fresh_compiler", lambda: resets.append(1))
+    monkeypatch.setattr(ht.torch, "compile", lambda module, mode=None: module)  # the clock's not the point
+    base = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--cache-dir",
+            str(cache_dir), "--no-progress", "--mixers", "attention", "--objectives", "autoregressive",
+            "--seeds", "0,1", "--task-opt", "eval_limit=2", "--no-report"]
+    assert run_matrix.main([*base, "--compile", "--grid", "c", "--out", str(tmp_path / "c")]) == 0
+    assert len(resets) == 2
+    rows = cell_rows(read_rows(tmp_path / "c" / "results" / "c.jsonl"))
+    assert [r["train"]["compile"] for r in rows] == [True, True] and rows[0]["train"]["late_compiles"] == 0
+    resets.clear()
+    assert run_matrix.main([*base, "--grid", "e", "--out", str(tmp_path / "e")]) == 0
+    assert resets == []

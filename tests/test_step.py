@@ -394,3 +394,34 @@ def test_a_compilation_after_the_warm_up_is_not_budgeted_and_is_counted(monkeypa
     assert frames[3] > frames[2] and frames[5] > frames[4]  # compiled after the warm-up: the test can fail
     assert run.res.late_compiles == 2 and run.clock < 1000.0 and stage.seconds < 1000.0
     assert run.steady_t < 1000.0
+
+
+def test_every_compiled_cell_of_a_grid_compiles(monkeypatch):
+    """Cells run one after another in one process and trace the same LM code: without a fresh compiler
+    per cell, dynamo's recompile limit (8 variants of one code object) made every cell after the first
+    few train eagerly, silently (on a 6-mixer grid: the whole bidirectional half). Each cell's training
+    must compile frames of its own."""
+    import harness.train as ht
+    import mixers
+    from harness.cell import fresh_compiler
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(ht.torch, "compile", lambda module, mode=None: real_compile(module, backend=counter))
+    rng = np.random.default_rng(0)
+    seqs = [[2] + rng.integers(6, 20, int(n)).tolist() + [3] for n in rng.integers(5, 12, 24)]
+    data = SeqSet.from_lists(seqs, [[False] * (len(q) - 2) + [True] * 2 for q in seqs], 0)
+    gained = {}
+    for causal in (True, False):
+        obj = objectives.build("autoregressive" if causal else "diffusion", SPECIAL, "chunked",
+                               **({} if causal else {"gen_length": 4, "steps": 4, "nll_samples": 1}))
+        for name in mixers.names():
+            fresh_compiler()  # what run_cell does before a compiled cell
+            torch.manual_seed(0)
+            model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer=name, causal=causal, mlp_hidden=32))
+            before = counter.frame_count
+            cfg = TrainConfig(batch_tokens=64, progress=False, eval_points=1, compile=True)
+            train(model, obj, data, data, Budget.parse("tokens=300"), cfg, torch.device("cpu"))
+            gained[(name, causal)] = counter.frame_count - before
+    assert all(n > 0 for n in gained.values()), gained
