@@ -54,8 +54,8 @@ def fresh_compiler() -> None:
 
     A grid's cells run one after another in one process and all trace the same code (the LM's and its
     blocks' `forward`); dynamo keeps each mixer's variants under that code's recompile limit (8) and
-    then silently runs it eagerly: on CPU the bidirectional half of a 6-mixer grid trained uncompiled
-    while its rows said compiled (tests/test_step.py). Kernels stay in inductor's on-disk cache, so a
+    then silently runs it eagerly: on CPU, after the 6 causal models, 5 of the 6 bidirectional ones
+    trained with no compiled frame (tests/test_step.py), while a grid's rows would say compiled. Kernels stay in inductor's on-disk cache, so a
     cell like an earlier one (another seed) still compiles quickly."""
     import torch._dynamo
 
