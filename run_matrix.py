@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = [
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
-             compile=args.compile, no_compile=args.no_compile, compile_mode=args.compile_mode, pretrain=pretrain, dev_tokens=args.dev_tokens,
-             lr=lr, lr_sweep=sweep_lr)
+             compile=args.compile, no_compile=args.no_compile, compile_mode=args.compile_mode, pretrain=pretrain,
+             dev_tokens=args.dev_tokens, lr=lr, lr_sweep=sweep_lr)
         for s in seeds for o in objective_names for m in mixer_names
     ]
     if args.sweep:

@@ -55,8 +55,9 @@ def fresh_compiler() -> None:
     A grid's cells run one after another in one process and all trace the same code (the LM's and its
     blocks' `forward`); dynamo keeps each mixer's variants under that code's recompile limit (8) and
     then silently runs it eagerly: on CPU, after the 6 causal models, 5 of the 6 bidirectional ones
-    trained with no compiled frame (tests/test_step.py), while a grid's rows would say compiled. Kernels stay in inductor's on-disk cache, so a
-    cell like an earlier one (another seed) still compiles quickly."""
+    trained with no compiled frame (tests/test_step.py), while a grid's rows would say compiled.
+    Kernels stay in inductor's on-disk cache, so a cell like an earlier one (another seed) still
+    compiles quickly."""
     import torch._dynamo
 
     torch._dynamo.reset()
@@ -329,8 +330,7 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
     return {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
             "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
             "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
-            **({"late_compiles": res.late_compiles} if compiled else {}),
-            **({"compile_mode": tcfg.compile_mode} if compiled else {}),
+            **({"compile_mode": tcfg.compile_mode, "late_compiles": res.late_compiles} if compiled else {}),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
             "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve),
             **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}

@@ -205,7 +205,7 @@ class TritonScan(torch.autograd.Function):
         y = torch.empty_like(u)
         hs = u.new_empty(Bsz, T, Di, N) if keep else u.new_empty(1)
         out = u.new_empty(Bsz, nC, Di, N)
-        dsum = _chunk_sums(delta, CH, nC)  # (B, nC, Di)
+        dsum = _chunk_sums(delta, CH, nC) if nC > 1 else delta.new_empty(0)  # (B, nC, Di): the carry's decays
         if nC > 1:  # what each chunk adds to a state from zero, then the states entering the chunks
             fwd[grid](u, delta, A, B, C, out, y, hs, out, T, Di, N, CH, KEEP=False, SUMMARY=True, **meta)
             init = _carry(dsum, A, out, h0, reverse=False).contiguous()

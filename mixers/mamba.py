@@ -598,13 +598,13 @@ class Mamba(Mixer):
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         fused = self._fused(x)
-        self.backend = "mamba_ssm" if fused else SCANS[self._scan_name(x.device)][1]
+        scan = self._scan_name(x.device)
+        self.backend = "mamba_ssm" if fused else SCANS[scan][1]
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # each (B, T, Di)
         xs, z = self.x_norm(xs), self.z_norm(z)
         mask = None if pad_mask is None else pad_mask[..., None].to(xs.dtype)  # (B, T, 1)
         if mask is not None:
             xs = xs * mask  # zero pads before the conv: real tokens see the zero history of an unpadded run
-        scan = self._scan_name(x.device)
         y = self.fwd(xs, z, mask, fused, scan)  # (B, T, Di) fp32, gated
         if not self.causal:
             bwd = self.fwd if self.bwd is None else self.bwd

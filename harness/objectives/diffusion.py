@@ -101,6 +101,12 @@ def extend_with_eos(batch: Batch, length: int, eos: int, pad: int) -> Region:
     return Region(ids, pos < new_len[:, None], target, n_target)
 
 
+def region_columns(region: Region, width: int) -> torch.Tensor:
+    """(B, width) column indices per row, the answer region's first and in order (a stable sort of the
+    non-region flags): what goes through the output layer when only region positions can be scored."""
+    return (~region.target).int().argsort(dim=1, stable=True)[:, :width]
+
+
 def sample_mask_ratio(n: int, eps: float, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
     """(n,) mask probabilities p = (1 - eps) t + eps, t ~ U(0, 1): never 0, so 1/p stays bounded."""
     t = torch.rand(n, device=device, generator=generator)
@@ -215,7 +221,7 @@ class MaskedDiffusion(Objective):
         cols = None  # mask_on="all" (or an unknown bound): the output layer on every position
         W = self.region_width(batch, region.ids.shape[1]) if self.opts.mask_on == "answer" else 0
         if W:  # only region positions can be masked: their columns first (stable: in order), W per row
-            cols = (~region.target).int().argsort(dim=1, stable=True)[:, :W]  # (B, W)
+            cols = region_columns(region, W)
         nll = self._masked_nll(model, region, noisy, masked, cols)  # (B, T') or (B, W); 0 where unmasked
         per_seq = (nll / p[:, None]).sum(1) / maskable.sum(1).clamp_min(1)  # ELBO per maskable token
         return per_seq.mean()
@@ -236,7 +242,7 @@ class MaskedDiffusion(Objective):
         gen = torch.Generator(device=dev).manual_seed(self.opts.nll_seed)
         n = region.target.sum(1)  # (B,) region size, filler included
         # the region's columns first (stable: in order), as many as the largest region (one host sync)
-        cols = (~region.target).int().argsort(dim=1, stable=True)[:, : max(int(n.max()), 1)]  # (B, W)
+        cols = region_columns(region, max(int(n.max()), 1))
         u = torch.rand(n.shape[0], device=dev, generator=gen)  # stratification offset per row
         total = torch.zeros((), device=dev)
         for k in range(K):
