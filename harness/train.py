@@ -95,6 +95,33 @@ def frames_compiled() -> int:
     return int(counters["frames"]["total"])
 
 
+class CompileWatch:
+    """Calls `on_start()` whenever torch.compile starts work that stops the host: tracing a frame, a
+    deferred backward compile, or recording a CUDA graph (the reduce-overhead modes record one per new
+    batch shape, and recording is not a dynamo frame, so the frame counter misses it). Through
+    dynamo's compile-start callbacks; where a torch lacks them, `frames_compiled()` still sees frames.
+    `torch._dynamo.reset()` clears the callbacks (a grid resets before each compiled cell), so the
+    watch registers when its run starts and removes itself when the run ends."""
+
+    def __init__(self, on_start: Callable[[], None]):
+        self.on_start = on_start
+        self._callback = lambda _args: self.on_start()
+        try:
+            from torch._dynamo import callback_handler
+        except ImportError:  # an old torch: the frame counter alone
+            callback_handler = None
+        self._handler = callback_handler
+
+    def __enter__(self) -> "CompileWatch":
+        if self._handler is not None:
+            self._handler.register_start_callback(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handler is not None and self._callback in self._handler.start_callbacks:
+            self._handler.remove_start_callback(self._callback)
+
+
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
     """LR multiplier at budget fraction `frac`: linear warmup, flat, linear decay to min_lr_frac."""
     if frac < cfg.warmup_frac:
@@ -139,14 +166,15 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
     bar = cfg.report or _progress(cfg.progress)
     frac = 0.0
     model.train()
-    while frac < 1.0 and run.res.steps < cfg.max_steps:
-        stage = stages.at(frac)
-        run.step(stage, frac)
-        frac = par.fraction(meter.fraction(run.res.tokens_seen, run.clock))  # [DDP] rank 0's clock decides
-        bar(frac)
-        while eval_at and (frac >= eval_at[0] or frac >= 1.0):
-            eval_at.pop(0)
-            run.eval_point(frac, stage)
+    with run.watch:
+        while frac < 1.0 and run.res.steps < cfg.max_steps:
+            stage = stages.at(frac)
+            run.step(stage, frac)
+            frac = par.fraction(meter.fraction(run.res.tokens_seen, run.clock))  # [DDP] rank 0's clock decides
+            bar(frac)
+            while eval_at and (frac >= eval_at[0] or frac >= 1.0):
+                eval_at.pop(0)
+                run.eval_point(frac, stage)
     bar(None)
     return run.finish(stages, train_set, meter)
 
@@ -177,6 +205,9 @@ class _Run:
         # shapes (packed rows were all alike), so it compiles again, and that is not budgeted either
         self.warm_steps = 2 if cfg.compile else 1
         self.in_warm = False  # the step being taken is one of its stage's first `warm_steps`
+        self.in_step = False  # a step is being taken (compile events outside steps are not the step's)
+        self.compiled_in_step = False  # torch.compile started work during the step being taken
+        self.watch = CompileWatch(self._on_compile)
         self.clock, self.steady_t, self.steady_tok = 0.0, 0.0, 0
         self.real_pos, self.computed_pos = 0, 0
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
@@ -193,6 +224,7 @@ class _Run:
         if warm and self.res.steps:  # a later stage's first step: the steps queued before it are charged first
             self.drain()
         frames = frames_compiled() if self.cfg.compile else 0
+        self.in_step, self.compiled_in_step = True, False
         t0 = time.perf_counter()
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -212,10 +244,12 @@ class _Run:
         res.tokens_seen += n_tok
         self.real_pos += batch.n_tokens
         self.computed_pos += batch.ids.numel()  # a host-side shape: no sync
-        if self.cfg.compile and not warm and frames_compiled() > frames:
-            # torch.compile compiled during this step, after the warm-up: a shape its guards had not
-            # seen (automatic dynamic marks only the sizes that had changed by then; a stage or a task
-            # may bring others). Compilation is never budgeted: the step is warm-up too, and counted
+        self.in_step = False
+        if self.cfg.compile and not warm and (self.compiled_in_step or frames_compiled() > frames):
+            # torch.compile compiled (or recorded a CUDA graph) during this step, after the warm-up: a
+            # shape its guards had not seen (automatic dynamic marks only the sizes that had changed by
+            # then; a stage or a task may bring others). Compilation is never budgeted: the step is
+            # warm-up too, and counted. The steps queued before it were charged when it began (_on_compile)
             warm = True
             res.late_compiles += 1
         if warm:
@@ -227,6 +261,17 @@ class _Run:
         if not warm and res.steps > STEADY_FROM:
             self.steady_t += dt
             self.steady_tok += n_tok
+
+    def _on_compile(self) -> None:
+        """torch.compile is about to stop the host (a compile, a CUDA graph recording) inside a step.
+        Meanwhile a GPU finishes the steps queued before this one: that is training time, and the step
+        that compiles is left off the clock. So wait for the queue now and charge the wait (a drain),
+        before the compilation starts: what the step then leaves out is compilation and its own work."""
+        if not self.in_step:
+            return
+        self.compiled_in_step = True
+        if not self.in_warm:  # a warm-up step began with nothing queued (the run's start, or a drain)
+            self.drain()
 
     def drain(self) -> None:
         """Wait for the steps still queued on the device and charge the wait to the budget. Steps are

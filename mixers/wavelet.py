@@ -101,6 +101,9 @@ class WaveWavelet(Mixer):
         gate = torch.zeros(self.opts.levels + 2, d_model)  # [identity, d_1 .. d_L, a_L] x channels
         gate[0] = 1.0
         self.gate = nn.Parameter(gate)
+        # a per-channel gain, like a norm's weight: weight decay would pull the identity path (1 at init)
+        # toward 0 for no reason but its shape, so it opts out (the trainer reads this flag)
+        self.gate._no_weight_decay = True  # type: ignore[attr-defined]
 
     @property
     def added_params(self) -> int:

@@ -50,6 +50,8 @@ this task: the tiny preset (d=64, MLP 824 wide, lr 3e-3) does not learn T=64 rec
 Metric: `accuracy` = correct values / queried values (micro-average over all queries of the eval
 set), from `objective.predict_targets` (teacher-forced argmax for autoregressive; one-step fill-in
 for diffusion). `gen_latency_ms`: one `predict_targets` call on one sequence (batch 1), averaged.
+`per_question`: each eval sequence's accuracy, by sequence index, so the report's paired bootstrap
+can say whether two mixers differ on the same sequences (as JSQuAD's per-question F1 does).
 """
 from __future__ import annotations
 
@@ -265,17 +267,26 @@ class MQAR(Task):
 
         model.eval()
         evals = data.eval.to(device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        hits = []  # (B,) correct values per sequence, per batch, on the device until the end
         done = 0
         with torch.no_grad(), autocast(device):
             for batch in evals.iter_batches(batch_size):
                 pred = objective.predict_targets(model, batch)  # (B, T); meaningful at targets only
-                correct += ((pred == batch.ids) & batch.target).sum()
+                hits.append(((pred == batch.ids) & batch.target).sum(1))
                 done += batch.ids.shape[0]
                 if progress:
                     progress(done, len(evals))
             latency = latency_ms(lambda i: objective.predict_targets(model, evals.batch(np.array([i]))),
                                  min(self.opts.latency_n, len(evals)), device)
-        total = int(data.eval.target.sum())
-        return {"accuracy": int(correct) / max(total, 1), "eval_n": len(data.eval), "eval_queries": total,
-                "gen_latency_ms": latency}
+        # iter_batches' row order (sorted by length, stable): which sequence each count belongs to
+        order = np.argsort(data.eval.lengths, kind="stable")
+        correct = torch.cat(hits).cpu().numpy() if hits else np.zeros(0, dtype=np.int64)
+        asked = data.eval.target_lengths[order]
+        total = int(asked.sum())
+        # per sequence (the unit the queries of one sample share): the paired bootstrap of the report
+        # compares two mixers on the same sequences. Every sequence asks `num_queries` values, so the
+        # mean of these equals `accuracy`
+        per_question = {"id": [int(i) for i in order],
+                        "accuracy": [round(float(c) / max(int(a), 1), 6) for c, a in zip(correct, asked)]}
+        return {"accuracy": int(correct.sum()) / max(total, 1), "eval_n": len(data.eval), "eval_queries": total,
+                "gen_latency_ms": latency, "per_question": per_question}

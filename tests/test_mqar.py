@@ -135,7 +135,20 @@ def test_accuracy_counts_only_queried_positions():
         first = b.target & (b.target.long().cumsum(1) == 1)
         return torch.where(first, b.ids, 0)
 
-    assert task.evaluate(model, _Fixed(first_query_only), data, dev, 8)["accuracy"] == 0.5
+    half = task.evaluate(model, _Fixed(first_query_only), data, dev, 8)
+    assert half["accuracy"] == 0.5
+    # per sequence, for the report's paired bootstrap: every sequence once, each half right
+    pq = half["per_question"]
+    assert sorted(pq["id"]) == list(range(20)) and pq["accuracy"] == [0.5] * 20
+
+    def only_even_rows(b):  # right on every query of the even sequences (ids come in row order)
+        rows = torch.arange(b.ids.shape[0])[:, None] + only_even_rows.seen
+        only_even_rows.seen += b.ids.shape[0]
+        return torch.where((rows % 2 == 0) & b.target, b.ids, 0)
+
+    only_even_rows.seen = 0
+    pq = task.evaluate(model, _Fixed(only_even_rows), data, dev, 8)["per_question"]
+    assert dict(zip(pq["id"], pq["accuracy"])) == {i: float(i % 2 == 0) for i in range(20)}
 
 
 def test_model_keeps_the_preset_body_and_scales_with_width():
@@ -211,6 +224,12 @@ def test_grid_rows_and_report_carry_recall_accuracy(tmp_path, capsys):
     m = row["metrics"]
     assert 0.0 <= m["accuracy"] <= 1.0 and m["eval_n"] == 16 and m["eval_queries"] == 64 and m["gen_latency_ms"] > 0
     assert row["model"]["vocab_size"] == 64 and "sweep" not in row
+    from reports import stats
+
+    pq = row["per_question"]  # the paired bootstrap's input, as a JSQuAD row carries F1
+    assert sorted(pq["id"]) == list(range(16)) and abs(sum(pq["accuracy"]) / 16 - m["accuracy"]) < 1e-6
+    a, b = stats.aligned_scores([row], [row], "accuracy")
+    assert a.shape == (1, 16) and (a == b).all()
     assert "accuracy=" in capsys.readouterr().out  # the declared metric, by its key
     report = (out / "reports" / "g" / "README.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| mixer |"))

@@ -396,6 +396,109 @@ def test_a_compilation_after_the_warm_up_is_not_budgeted_and_is_counted(monkeypa
     assert run.steady_t < 1000.0
 
 
+def _late_shape_run(monkeypatch, compile_fn, wait: float):
+    """A compiled `_Run` stepped through batch shapes that recompile after the warm-up (steps 4 and 6),
+    on a virtual clock whose stand-in device holds the last step's work queued: the first sync after a
+    step costs `wait` seconds, later ones nothing (the queue is empty). Returns the run."""
+    import types
+
+    import harness.train as ht
+    from harness.distributed import SingleProcess
+    from harness.pretrain import Stage
+
+    offset, queued = [0.0], [False]
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0]))
+
+    def queued_device(device):
+        if queued[0]:
+            offset[0] += wait
+        queued[0] = False
+
+    monkeypatch.setattr(ht, "device_sync", queued_device)
+    monkeypatch.setattr(ht.torch, "compile", lambda module, mode=None: compile_fn(module, offset))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    rng = np.random.default_rng(0)
+
+    def batch(rows: int, T: int):
+        seqs = [[2] + rng.integers(6, 20, T - 1).tolist() for _ in range(rows)]
+        return SeqSet.from_lists(seqs, [[False] * (T - 1) + [True]] * rows, 0).batch(np.arange(rows))
+
+    shapes = [(4, 8), (4, 8), (4, 8), (3, 8), (3, 8), (3, 9), (2, 11), (4, 8)]
+    stage = Stage("task", 1.0, iter([batch(r, T) for r, T in shapes]), obj, ["toy"])
+    dev = SeqSet.from_lists([[2, 7, 3]], [[False, False, True]], 0)
+    run = ht._Run(model, obj, SingleProcess(model), dev, TrainConfig(progress=False, compile=True),
+                  torch.device("cpu"), staged=False)
+    with run.watch:
+        for _ in shapes:
+            run.step(stage, 0.5)
+            queued[0] = True  # the step's kernels are queued on the stand-in device
+    run.stage_seconds = stage.seconds
+    return run
+
+
+def test_the_steps_queued_before_a_late_compilation_are_charged_to_the_budget(monkeypatch):
+    """A step that compiles after the warm-up is left off the clock, but while the host compiles a GPU
+    finishes the steps queued before it: training time, which the budget, the stage and tokens/s must
+    count. The trainer waits for that queue when the compilation starts and charges the wait. Virtual
+    clock: each compilation costs 1,000 s, the queued work 100 s."""
+    real_compile = torch.compile
+    WAIT = 100.0
+
+    def slow_compile(module, offset):
+        def backend(gm, example_inputs):
+            offset[0] += 1000.0
+            return gm.forward
+        return real_compile(module, backend=backend)
+
+    run = _late_shape_run(monkeypatch, slow_compile, WAIT)
+    assert run.res.late_compiles == 2  # steps 4 and 6 compiled after the warm-up
+    assert 2 * WAIT <= run.clock < 2 * WAIT + 100.0  # both queues charged; no compilation
+    assert 2 * WAIT <= run.stage_seconds < 2 * WAIT + 100.0
+    assert 2 * WAIT <= run.steady_t < 2 * WAIT + 100.0
+
+
+def test_a_cuda_graph_recording_after_the_warm_up_is_warm_up_too(monkeypatch):
+    """The reduce-overhead modes record a CUDA graph for each new batch shape: no dynamo frame is
+    compiled (the frame counter sees nothing), yet the host stops to record. Torch announces it through
+    the same compile-start callbacks; a step that records is warm-up, off the clock, and counted, and
+    the work queued before it is charged. A stand-in 'compiled' model announces a 1,000 s recording at
+    the steps with a new shape after the warm-up."""
+    from torch._dynamo.callback import CallbackTrigger
+
+    import harness.train as ht
+
+    WAIT = 100.0
+    seen = set()
+
+    def recording(module, offset):
+        class Graphs(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = module
+
+            @property
+            def head_weight(self):
+                return self.inner.head_weight
+
+            def forward(self, ids, *a, **k):
+                if len(seen) >= 1 and tuple(ids.shape) not in seen:  # a new shape after the first
+                    with torch._dynamo.callback_handler.install_callbacks(CallbackTrigger.CUDAGRAPH_RECORDING, "0"):
+                        offset[0] += 1000.0
+                seen.add(tuple(ids.shape))
+                return self.inner(ids, *a, **k)
+        return Graphs()
+
+    frames = ht.frames_compiled()
+    run = _late_shape_run(monkeypatch, recording, WAIT)
+    assert ht.frames_compiled() == frames  # no dynamo frame: only the callbacks can tell
+    assert run.res.late_compiles == 3  # (3, 8), (3, 9), (2, 11): new shapes after the warm-up
+    assert 3 * WAIT <= run.clock < 3 * WAIT + 100.0
+    assert not torch._dynamo.callback_handler.start_callbacks  # the watch removed itself
+
+
 def test_every_compiled_cell_of_a_grid_compiles(monkeypatch):
     """Cells run one after another in one process and trace the same LM code: without a fresh compiler
     per cell, dynamo's recompile limit (8 variants of one code object) made every cell after the first

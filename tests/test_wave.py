@@ -234,6 +234,20 @@ def test_wavelet_mixer_starts_as_the_wave_mixer_and_reports_added_params():
     assert n_core == 4 * D * D  # in_proj D->2D and out 2D->D (cartesian readout), as attention's 4 D^2
 
 
+def test_the_wavelet_gate_is_not_weight_decayed_and_the_projections_are():
+    """The gate is a (levels + 2, D) gain: a matrix by shape only. Decayed, its identity row (1 at init)
+    would shrink toward 0 every step whatever the loss wants."""
+    from harness.model import LM, LMConfig
+    from harness.train import TrainConfig, _optimizer
+
+    model = LM(LMConfig(vocab_size=50, d_model=D, n_layers=2, mixer="wave_wavelet", causal=True, mlp_hidden=D))
+    opt = _optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for blk in model.blocks:
+        assert id(blk.mixer.gate) not in decayed
+        assert all(id(p) in decayed for p in blk.mixer.core.parameters() if p.dim() >= 2)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("causal", CAUSAL)
 @pytest.mark.parametrize("name", ["wave_interference", "wave_modulation", "wave_wavelet"])
