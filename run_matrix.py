@@ -24,7 +24,7 @@ from harness import distributed, executors, lr_sweep, objectives
 from harness.budget import Budget, BudgetError
 from harness.cell import Cell, RunContext, check_cell
 from harness.loss import LOSS_IMPLS
-from harness.train import COMPILE_MODES
+from harness.compiling import COMPILE_MODES, COMPILE_SCOPES
 from harness.pretrain import DEFAULT_FRAC, PretrainSpec
 from harness.model import NORMS
 from core.presets import PRESETS, get_preset
@@ -100,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
                    help="torch.compile mode (implies compile): reduce-overhead replays CUDA graphs, one per batch "
                         "shape, with batch lengths rounded up to a multiple of 64 (default: default)")
+    p.add_argument("--compile-scope", default="blocks", choices=COMPILE_SCOPES,
+                   help="what torch.compile compiles: each block, one graph that every block reuses (quick to "
+                        "compile), or the whole model (implies compile; default: blocks)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--sweep", action="store_true",
                    help="every cell at each (sequence length x model width) below: the Zoology recall curves (mqar)")
@@ -245,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--compile and --no-compile contradict each other; give one")
     if args.no_compile and args.compile_mode != "default":
         raise ValueError(f"--compile-mode {args.compile_mode} compiles, and --no-compile says not to; give one")
+    if args.no_compile and args.compile_scope != "blocks":
+        raise ValueError(f"--compile-scope {args.compile_scope} compiles, and --no-compile says not to; give one")
     if args.list:
         print_list()
         return 0
@@ -274,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = [
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
-             compile=args.compile, no_compile=args.no_compile, compile_mode=args.compile_mode, pretrain=pretrain,
+             compile=args.compile, no_compile=args.no_compile, compile_mode=args.compile_mode,
+             compile_scope=args.compile_scope, pretrain=pretrain,
              dev_tokens=args.dev_tokens, lr=lr, lr_sweep=sweep_lr)
         for s in seeds for o in objective_names for m in mixer_names
     ]

@@ -27,18 +27,20 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import mixers
 from core.env import device_name, git_commit, resolve_device, sync, versions
 from core.presets import get_preset
+from harness.compiling import COMPILE_SCOPES, compile_for_training
 from harness.model import LM, matched_config
 
 
 def measure(mixer: str, causal: bool, lengths: list[int], rows: int, preset: str, device: torch.device,
-            dynamic: bool | None = None, mark: bool = False) -> dict:
-    """Wall seconds and graphs compiled so far, after each step of `mixer`'s compiled LM."""
+            dynamic: bool | None = None, mark: bool = False, scope: str = "blocks") -> dict:
+    """Wall seconds and graphs compiled so far, after each step of `mixer`'s compiled LM (compiled as
+    the trainer compiles it: each block, or the whole model, `harness.compiling`)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     p = get_preset(preset)
     model = LM(matched_config(p, mixer, causal, p.vocab_size)).to(device)
     counter = CompileCounterWithBackend("inductor")
-    step = torch.compile(model, backend=counter, dynamic=dynamic)
+    step, scope = compile_for_training(model, scope=scope, backend=counter, dynamic=dynamic)
     seconds, frames = [], []
     for T in lengths:
         ids = torch.randint(0, p.vocab_size, (rows, T), device=device)
@@ -51,7 +53,7 @@ def measure(mixer: str, causal: bool, lengths: list[int], rows: int, preset: str
         sync(device)
         seconds.append(round(time.perf_counter() - t0, 3))
         frames.append(counter.frame_count)
-    return {"mixer": mixer, "causal": causal, "dynamic": dynamic, "mark_dynamic": mark, "lengths": lengths, "rows": rows, "seconds": seconds,
+    return {"mixer": mixer, "causal": causal, "scope": scope, "dynamic": dynamic, "mark_dynamic": mark, "lengths": lengths, "rows": rows, "seconds": seconds,
             "graphs_compiled": frames, "after_second_step_s": round(sum(seconds[2:]), 3)}
 
 
@@ -63,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--bidirectional", action="store_true", help="the masked-diffusion form of each mixer")
     ap.add_argument("--dynamic", action="store_true",
-                    help="compile with dynamic=True (one symbolic graph from the first step, what training does)")
+                    help="compile with dynamic=True (one symbolic graph from the first step; training does not)")
     ap.add_argument("--mark-dynamic", action="store_true",
-                    help="mark the batch's rows and length dynamic before each call (what training does)")
+                    help="mark the batch's rows and length dynamic before each call (training does not)")
+    ap.add_argument("--scope", default="blocks", choices=COMPILE_SCOPES,
+                    help="compile each block (what training does by default) or the whole model")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="runs/bench/compile_times.json")
     argv = sys.argv[1:] if argv is None else argv
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
            "rows": []}
     for name in names:
         row = measure(mixers.get(name).name, not a.bidirectional, lengths, a.rows, a.preset, device,
-                      True if a.dynamic else None, a.mark_dynamic)
+                      True if a.dynamic else None, a.mark_dynamic, a.scope)
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
     path = Path(a.out)

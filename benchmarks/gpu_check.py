@@ -7,8 +7,8 @@ and a report folder to commit.
     python -m benchmarks.gpu_check --cpu-dry-run         # on CPU: tiny sizes, CUDA-only parts skipped
 
 Each part runs as its own process with a time limit, so one failure or hang never stops the others;
-the GPU limits add up to 575 s (`plan`). Where one command may run at most 10 minutes (a lent GPU),
-run it as two commands over the same `--out`, e.g. `--parts cuda_tests,grid` then the rest: each
+the GPU limits add up to 635 s (`plan`). Where one command may run at most 10 minutes (a lent GPU),
+run it as two commands over the same `--out`, `--parts cuda_tests,grid` (375 s) then the rest: each
 part's record is kept in `OUT/parts.json`, and the README lists every part run so far. What a part printed goes to
 `OUT/logs/<part>.log`; rows go to `OUT/results/`, the grid's report to `OUT/reports/`, and a summary
 (device, versions, each part's status and time, every cell's status and tokens/s) to `OUT/README.md`.
@@ -70,8 +70,8 @@ def grid_mixers() -> str:
 
 def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: int | None,
          cache_dir: Path | None = None) -> list[Part]:
-    """The parts and their time limits. The GPU limits sum to 575 s: on a lent GPU with a 10-minute
-    limit per command, run them as two commands (README: "GPU check"), `--parts` naming each half."""
+    """The parts and their time limits. The GPU limits sum to 635 s: on a lent GPU with a 10-minute
+    limit per command, run them as two commands (README: "GPU check", `SPLIT`)."""
     py = sys.executable
     if dry:
         # a small dev slice and few timed answers: the CPU check is about running, not about figures
@@ -80,14 +80,14 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         base_preset = "tiny"  # the dry run checks that the part runs, not the base preset's size
         scaling = ["--device", "cpu", "--lengths", "64,128", "--tokens", "128", "--reps", "1", "--warmup", "1"]
         loss = ["--device", "cpu", "--impls", "chunked,plain", "--vocab", "1000", "--tokens", "64", "--reps", "1"]
-        limits = {"tests": 600, "grid": 1500, "base": 600, "graphs": 900, "scaling": 600, "loss": 300}
+        limits = {"tests": 600, "grid": 1500, "base": 600, "graphs": 900, "scope": 900, "scaling": 600, "loss": 300}
     else:
         grid = ["--device", "cuda", "--preset", "small", "--budget", budget or "a100_seconds=10",
                 "--task-opt", f"eval_limit={eval_limit or 100}"]
         base_preset = "base"
         scaling = ["--device", "cuda", "--max-len", "8192", "--tokens", "16384", "--reps", "5", "--max-seconds", "5"]
         loss = ["--device", "cuda", "--vocab", "8000,32000", "--tokens", "4096,16384", "--reps", "5"]
-        limits = {"tests": 75, "grid": 300, "base": 60, "graphs": 60, "scaling": 40, "loss": 40}
+        limits = {"tests": 75, "grid": 300, "base": 60, "graphs": 60, "scope": 60, "scaling": 40, "loss": 40}
     # one rate per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and
     # miss the time limits; the sweep is tested on CPU (tests/test_lr_sweep.py), this checks the GPU path
     grid += ["--lr", "preset"]
@@ -114,9 +114,16 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # CUDA graphs (torch.compile mode reduce-overhead, lengths rounded up to 64) against the grid's default
         Part("grid_graphs", [*run, "--grid", "gpu_check_graphs", *attention_ar, "--compile-mode", "reduce-overhead",
                              *grid, *o], limits["graphs"]),
+        # the whole LM compiled (--compile-scope model) against the default, each block: step speed and compile time
+        Part("grid_model_scope", [*run, "--grid", "gpu_check_model_scope", *attention_ar, "--compile-scope", "model",
+                                  *grid, *o], limits["scope"]),
         Part("bench_scaling", [py, "-m", "benchmarks.scaling", *scaling, *o], limits["scaling"]),
         Part("bench_loss_memory", [py, "-m", "benchmarks.loss_memory", *loss, *o], limits["loss"]),
     ]
+
+
+# the two device commands of a lent GPU (at most 10 minutes each): the targets first, then the rest
+SPLIT = (["cuda_tests", "grid"], ["grid_base", "grid_graphs", "grid_model_scope", "bench_scaling", "bench_loss_memory"])
 
 
 def run_part(p: Part, logs: Path, cuda: bool) -> None:
@@ -156,7 +163,7 @@ def environment() -> dict:
     return env
 
 
-GRIDS = ("gpu_check", "gpu_check_base", "gpu_check_graphs")
+GRIDS = ("gpu_check", "gpu_check_base", "gpu_check_graphs", "gpu_check_model_scope")
 
 
 def _rows(path: Path) -> list[dict]:
@@ -200,6 +207,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float) -> 
             comp = t.get("compile", "")
             if comp and t.get("compile_mode", "default") != "default":
                 comp = t["compile_mode"]
+            if comp and t.get("compile_scope") == "model":  # the whole LM compiled, not each block
+                comp = f"{comp} (whole model)"
             if t.get("late_compiles"):  # compilations after the warm-up (off the budget, but worth seeing)
                 comp = f"{comp} (+{t['late_compiles']} late)"
             lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {r.get('preset', '')} | {r['status']} | {tps} | "
@@ -224,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on CPU; CUDA-only parts are skipped")
     ap.add_argument("--budget", default=None, help="grid budget per cell (default a100_seconds=10; dry run tokens=3000)")
     ap.add_argument("--eval-limit", type=int, default=None, help="questions scored per cell (default 100; dry run 10)")
-    ap.add_argument("--parts", default="", help="comma-separated subset of cuda_tests,grid,grid_base,grid_graphs,"
-                                                "bench_scaling,bench_loss_memory (default: all)")
+    ap.add_argument("--parts", default="", help="comma-separated subset of " + ",".join(SPLIT[0] + SPLIT[1])
+                                                + " (default: all)")
     ap.add_argument("--cache-dir", default=None,
                     help="tokenizer cache for the grids (default: ./data/cache if it exists, else run_matrix's)")
     ap.add_argument("--commit", action="store_true", help="git-commit the report folder at the end")

@@ -36,7 +36,8 @@ from harness.model import LM, LMConfig, count_params, matched_config
 from core.presets import Preset, get_preset
 from core.results import error_text
 from core.schema import new_row
-from harness.train import CUDAGRAPH_MODES, TrainConfig, TrainResult, train
+from harness.compiling import CUDAGRAPH_MODES
+from harness.train import TrainConfig, TrainResult, train
 from tasks import PrepareContext, TaskData
 
 # Batch lengths are not rounded up (the old 64 on CUDA made ~a quarter of computed positions padding:
@@ -88,7 +89,8 @@ class Cell:
     loss: str = "auto"
     compile: bool = False  # force torch.compile (it is on by default on CUDA; see `compiles`)
     no_compile: bool = False  # force eager execution, also on CUDA
-    compile_mode: str = "default"  # torch.compile mode (harness.train.COMPILE_MODES); not "default" implies compile
+    compile_mode: str = "default"  # torch.compile mode (harness.compiling.COMPILE_MODES); not "default" implies compile
+    compile_scope: str = "blocks"  # what torch.compile compiles (harness.compiling.COMPILE_SCOPES); "model" implies compile
     d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
     dev_tokens: int | None = None  # tokens a dev check scores (None: TrainConfig's default bound)
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
@@ -111,10 +113,12 @@ class Cell:
     def compiles(self, device: torch.device) -> bool:
         """torch.compile for training: on by default on CUDA (eager launch overhead dominates a small
         model's step there), off on CPU (compiling costs more than it saves in short CPU runs)."""
-        return self.compile or self.compile_mode != "default" or (device.type == "cuda" and not self.no_compile)
+        return (self.compile or self.compile_mode != "default" or self.compile_scope != "blocks"
+                or (device.type == "cuda" and not self.no_compile))
 
 
-_KEY_IF_SET = ("d_model", "sweep", "pretrain", "dev_tokens", "lr", "lr_sweep", "no_compile", "compile_mode")
+_KEY_IF_SET = ("d_model", "sweep", "pretrain", "dev_tokens", "lr", "lr_sweep", "no_compile", "compile_mode",
+              "compile_scope")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -317,7 +321,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
 
 def _train_config(cell: Cell, ctx: RunContext, preset: Preset, compiled: bool) -> TrainConfig:
     tcfg = TrainConfig(batch_size=preset.batch_size, batch_tokens=preset.batch_tokens, lr=cell.lr or preset.lr,
-                       seed=cell.seed, compile=compiled, compile_mode=cell.compile_mode,
+                       seed=cell.seed, compile=compiled, compile_mode=cell.compile_mode, compile_scope=cell.compile_scope,
                        pad_to=PAD_TO_GRAPHS if compiled and cell.compile_mode in CUDAGRAPH_MODES else PAD_TO,
                        report=lambda f: f is None or ctx.phase(f"train {min(int(100 * f), 100)}%", TRAIN_SHARE * f))
     if cell.dev_tokens is not None:
@@ -330,7 +334,8 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
     return {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
             "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
             "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
-            **({"compile_mode": tcfg.compile_mode, "late_compiles": res.late_compiles} if compiled else {}),
+            **({"compile_mode": tcfg.compile_mode, "compile_scope": res.compile_scope,
+                "late_compiles": res.late_compiles} if compiled else {}),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
             "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve),
             **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}

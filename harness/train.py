@@ -25,6 +25,7 @@ import torch
 from core.data import Batch, BatchSampler, SeqSet
 from core.env import autocast
 from harness.budget import Budget, BudgetMeter
+from harness.compiling import CUDAGRAPH_MODES, CompileWatch, compile_for_training, frames_compiled
 from harness.distributed import DistEnv, Parallel, data_parallel
 from harness.evaluate import dev_sample
 from harness.pretrain import Corpus, Stage, StagePlan, stage_plan
@@ -47,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs (see COMPILE_MODES)
+    compile_scope: str = "blocks"  # what torch.compile compiles: each block (one graph for all) or the whole LM
     pad_to: int = 1  # round batch lengths up to a multiple (a few shapes for torch.compile; costs padding)
     progress: bool = True
     report: Callable[[float | None], None] | None = None  # budget-fraction callback (replaces the bar)
@@ -70,15 +72,8 @@ class TrainResult:
     padding_frac: float | None = None  # share of computed positions (rows x batch length) that were padding
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
     late_compiles: int = 0  # steps after the warm-up in which torch.compile compiled (not budgeted either)
+    compile_scope: str | None = None  # what was compiled ("blocks", or "model" where blocks cannot be)
     budget_info: dict = field(default_factory=dict)  # the meter's describe(): the budget (and measured speed)
-
-
-# torch.compile modes a cell may ask for. The two "cudagraphs" modes record one CUDA graph per batch
-# shape and replay it (one launch per step instead of hundreds: a small model's step is launch-bound
-# on a GPU), so they want few shapes: their cells round batch lengths up (harness/cell.py, PAD_TO_GRAPHS).
-# Off CUDA, inductor skips the graphs and the modes compile like "default".
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def device_sync(device: torch.device) -> None:
@@ -86,40 +81,6 @@ def device_sync(device: torch.device) -> None:
     stand in a slow device (tests/test_step.py)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def frames_compiled() -> int:
-    """Frames torch.compile has compiled (or tried to) in this process so far."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["frames"]["total"])
-
-
-class CompileWatch:
-    """Calls `on_start()` whenever torch.compile starts work that stops the host: tracing a frame, a
-    deferred backward compile, or recording a CUDA graph (the reduce-overhead modes record one per new
-    batch shape, and recording is not a dynamo frame, so the frame counter misses it). Through
-    dynamo's compile-start callbacks; where a torch lacks them, `frames_compiled()` still sees frames.
-    `torch._dynamo.reset()` clears the callbacks (a grid resets before each compiled cell), so the
-    watch registers when its run starts and removes itself when the run ends."""
-
-    def __init__(self, on_start: Callable[[], None]):
-        self.on_start = on_start
-        self._callback = lambda _args: self.on_start()
-        try:
-            from torch._dynamo import callback_handler
-        except ImportError:  # an old torch: the frame counter alone
-            callback_handler = None
-        self._handler = callback_handler
-
-    def __enter__(self) -> "CompileWatch":
-        if self._handler is not None:
-            self._handler.register_start_callback(self._callback)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._handler is not None and self._callback in self._handler.start_callbacks:
-            self._handler.remove_start_callback(self._callback)
 
 
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:
@@ -193,10 +154,10 @@ class _Run:
         self.cfg, self.device, self.staged = cfg, device, staged
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed + par.seed_offset)
         self.opt = _optimizer(model, cfg, device)
-        if cfg.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"unknown compile mode {cfg.compile_mode!r}; choose from {', '.join(COMPILE_MODES)}")
-        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
-        self.step_fn = torch.compile(par.module, mode=mode) if cfg.compile else par.module
+        self.res = TrainResult(dev_tokens=dev_set.n_tokens)
+        self.step_fn = par.module
+        if cfg.compile:  # the step runs through compiled code; dev checks and decoding use the model eagerly
+            self.step_fn, self.res.compile_scope = compile_for_training(par.module, cfg.compile_mode, cfg.compile_scope)
         # CUDA graph replays reuse their output memory: each step tells the graph tree a new step began
         self.graphs = cfg.compile and cfg.compile_mode in CUDAGRAPH_MODES
         # torch.compile compiles at step 1 and recompiles once at step 2 (the first new batch shape marks
@@ -213,7 +174,6 @@ class _Run:
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
         self.best_state, self.best = None, math.inf
         self.stage: Stage | None = None  # the stage of the last step
-        self.res = TrainResult(dev_tokens=dev_set.n_tokens)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 

@@ -19,6 +19,7 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import mixers
+from harness.compiling import COMPILE_SCOPES, compile_for_training
 from harness.model import LM, LMConfig
 
 # (rows, length) of successive batches: rows and length both vary, as token-budget batches do
@@ -27,13 +28,15 @@ SHAPES = ((4, 57), (3, 64), (2, 91), (5, 122), (6, 33))
 V = 97
 
 
-def _frames_per_step(mixer: str, causal: bool) -> list[int]:
-    """Graphs compiled so far after each training step (forward + backward) of a small LM."""
+def _frames_per_step(mixer: str, causal: bool, scope: str = "blocks") -> list[int]:
+    """Graphs compiled so far after each training step (forward + backward) of a small LM, compiled as
+    the trainer compiles it (`scope`: each block, or the whole model)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=V, d_model=32, n_layers=2, mixer=mixer, causal=causal, mlp_hidden=64))
     counter = CompileCounter()
-    step = torch.compile(model, backend=counter)
+    step, got = compile_for_training(model, scope=scope, backend=counter)
+    assert got == scope
     seen = []
     for rows, T in SHAPES:
         ids = torch.randint(0, V, (rows, T))
@@ -45,10 +48,11 @@ def _frames_per_step(mixer: str, causal: bool) -> list[int]:
     return seen
 
 
+@pytest.mark.parametrize("scope", COMPILE_SCOPES)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("mixer", mixers.names())
-def test_a_compiled_model_stops_recompiling_after_the_second_batch_shape(mixer, causal):
-    frames = _frames_per_step(mixer, causal)
+def test_a_compiled_model_stops_recompiling_after_the_second_batch_shape(mixer, causal, scope):
+    frames = _frames_per_step(mixer, causal, scope)
     assert frames[0] >= 1, "nothing was compiled: the test would pass for any model"
     assert frames[-1] == frames[1], (
         f"{mixer} ({'causal' if causal else 'bidirectional'}) recompiled for new batch shapes: graphs after "
@@ -103,3 +107,86 @@ def test_the_causal_convolutions_compile_once_for_all_lengths_with_inductor(make
         conv(x).pow(2).sum().backward()
         frames.append(counter.frame_count)
     assert frames[0] == 1 and frames[-1] == frames[1], frames
+
+
+class _CallCounter:
+    """A dynamo backend that runs each graph as traced and counts compilations and graph calls."""
+
+    def __init__(self):
+        self.frames, self.calls = 0, 0
+
+    def __call__(self, gm, example_inputs):
+        self.frames += 1
+
+        def run(*args):
+            self.calls += 1
+            return gm.forward(*args)
+        return run
+
+
+@pytest.mark.parametrize("mixer", ["attention", "wave_interference"])
+def test_the_blocks_scope_traces_one_block_and_every_block_runs_its_graph(mixer):
+    """`blocks` (the default) compiles each block: the blocks share their code and shapes, so one
+    graph serves all of them, and compilation costs one block's tracing whatever the depth. Every
+    block call must run compiled code (a block that fell back to eager, e.g. at dynamo's recompile
+    limit, would not call a graph), and the numbers must be the eager model's."""
+    frames, calls = {}, {}
+    for layers in (1, 4):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = LM(LMConfig(vocab_size=V, d_model=32, n_layers=layers, mixer=mixer, causal=True, mlp_hidden=64))
+        counter = _CallCounter()
+        step, scope = compile_for_training(model, backend=counter)
+        assert scope == "blocks"
+        for rows, T in SHAPES:
+            ids = torch.randint(0, V, (rows, T))
+            before = counter.calls
+            out = step(ids)
+            assert counter.calls - before == layers  # each block through a compiled graph
+            torch.testing.assert_close(out, model(ids))  # the model itself, eager: the same numbers
+            out.float().pow(2).mean().backward()
+        frames[layers], calls[layers] = counter.frames, counter.calls
+    assert frames[4] == frames[1] >= 1  # four blocks, one block's compilations
+
+
+def test_the_blocks_scope_shares_the_model_and_leaves_it_eager():
+    """The compiled view shares every parameter with the model (the optimizer steps the model's), and
+    the model itself stays uncompiled: dev checks and decoding call it, and compile nothing."""
+    torch._dynamo.reset()
+    model = LM(LMConfig(vocab_size=V, d_model=32, n_layers=2, mixer="attention", causal=True, mlp_hidden=64))
+    keys = list(model.state_dict())
+    counter = _CallCounter()
+    step, _ = compile_for_training(model, backend=counter)
+    assert [id(p) for p in step.parameters()] == [id(p) for p in model.parameters()]
+    assert list(model.state_dict()) == keys and all(type(b).__name__ == "Block" for b in model.blocks)
+    model(torch.randint(0, V, (2, 9)))
+    assert counter.frames == 0
+    step(torch.randint(0, V, (2, 9))).sum().backward()
+    assert counter.frames >= 1 and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_wrapper_without_its_own_blocks_compiles_whole_and_bad_names_are_refused():
+    """A DistributedDataParallel wrapper forwards attribute reads to its module, but its own forward must
+    run (gradients all-reduce through it): it is compiled whole, and the returned scope says so."""
+    class Wrapper(torch.nn.Module):  # like harness.distributed._DDP: attribute reads reach the module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.module, name)
+
+        def forward(self, *a, **k):
+            return self.module(*a, **k)
+
+    model = LM(LMConfig(vocab_size=V, d_model=32, n_layers=2, mixer="attention", causal=True, mlp_hidden=64))
+    assert hasattr(Wrapper(model), "blocks")
+    step, scope = compile_for_training(Wrapper(model), backend=_CallCounter())
+    assert scope == "model" and isinstance(step, torch._dynamo.eval_frame.OptimizedModule)
+    with pytest.raises(ValueError, match="unknown compile scope 'layers'"):
+        compile_for_training(model, scope="layers")
+    with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
+        compile_for_training(model, mode="fast")

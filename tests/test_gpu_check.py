@@ -23,8 +23,13 @@ def _after(argv: list[str], flag: str) -> str:
 def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_path):
     parts = gc.plan(tmp_path, tmp_path, dry=False, budget=None, eval_limit=None, cache_dir=tmp_path / "cache")
     names = [p.name for p in parts]
-    assert names == ["cuda_tests", "grid", "grid_base", "grid_graphs", "bench_scaling", "bench_loss_memory"]
-    assert sum(p.timeout_s for p in parts) <= 600 - 25  # with start-up, under a lent GPU's 10-minute command
+    assert names == ["cuda_tests", "grid", "grid_base", "grid_graphs", "grid_model_scope", "bench_scaling",
+                     "bench_loss_memory"]
+    assert sorted(gc.SPLIT[0] + gc.SPLIT[1]) == sorted(names)  # the two device commands run every part
+    limit = {p.name: p.timeout_s for p in parts}
+    for half in gc.SPLIT:  # each, with start-up, under a lent GPU's 10-minute command
+        assert sum(limit[n] for n in half) <= 600 - 25
+    assert sum(limit.values()) <= 660  # and both with a machine start within a 15-minute device budget
     grid = _argv(parts, "grid")
     order = _after(grid, "--mixers").split(",")
     assert order[:2] == ["attention", "mamba"]  # issue 14's speed targets before the rest
@@ -36,7 +41,9 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     assert _after(base, "--grid") != _after(grid, "--grid")  # its own results file and report
     graphs = _argv(parts, "grid_graphs")
     assert _after(graphs, "--compile-mode") == "reduce-overhead" and _after(graphs, "--preset") == "small"
-    for argv in (grid, base, graphs):
+    scope = _argv(parts, "grid_model_scope")
+    assert _after(scope, "--compile-scope") == "model" and "--compile-scope" not in grid
+    for argv in (grid, base, graphs, scope):
         assert _after(argv, "--cache-dir") == str(tmp_path / "cache")
     dry = gc.plan(tmp_path, tmp_path, dry=True, budget=None, eval_limit=None)
     assert all(_after(p.argv, "--preset") == "tiny" for p in dry if p.name.startswith("grid"))

@@ -246,11 +246,12 @@ def test_run_matrix_refuses_compile_and_no_compile_together():
 def test_a_model_torch_compile_cannot_handle_trains_eagerly_and_says_so(monkeypatch):
     import harness.train as ht
 
-    def broken_compile(fn, **_kw):
-        def run(*a, **k):
+    class Broken(torch.nn.Module):  # what torch.compile returns for a module, failing at its first call
+        def forward(self, *a, **k):
             raise RuntimeError("BackendCompilerFailed: inductor cannot lower this")
 
-        return run
+    def broken_compile(fn, **_kw):
+        return Broken()
 
     monkeypatch.setattr(ht.torch, "compile", broken_compile)
     rng = np.random.default_rng(0)
@@ -342,6 +343,34 @@ def test_a_cuda_graph_compile_mode_compiles_pads_to_few_shapes_and_is_recorded()
     from harness.train import TrainResult
 
     assert _train_record(TrainResult(), tcfg, True, False)["compile_mode"] == "reduce-overhead"
+
+
+def test_the_compile_scope_is_a_cell_setting_recorded_in_the_row():
+    """`--compile-scope model` compiles the whole LM instead of each block: it implies compilation,
+    changes the cell's key (the default leaves older keys alone) and the row says what was compiled."""
+    from core.presets import get_preset
+    from harness.cell import _train_config, _train_record
+
+    cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="small", budget="tokens=1")
+    whole = Cell(**{**cell.__dict__, "compile_scope": "model"})
+    assert whole.compiles(torch.device("cpu")) and not cell.compiles(torch.device("cpu"))
+    assert whole.key() != cell.key()
+    assert Cell(**{**cell.__dict__, "compile_scope": "blocks"}).key() == cell.key()
+    ctx = type("Ctx", (), {"progress": False, "phase": lambda *a: None})()
+    tcfg = _train_config(whole, ctx, get_preset("small"), True)
+    assert tcfg.compile_scope == "model"
+    for scope in ("blocks", "model"):
+        res = _tiny_run(eval_points=1, compile=True, compile_scope=scope)
+        assert res.compile_scope == scope and res.compile_error is None
+        assert _train_record(res, tcfg, True, False)["compile_scope"] == scope
+    assert _tiny_run(eval_points=1).compile_scope is None  # eager: nothing compiled
+
+
+def test_run_matrix_refuses_a_compile_scope_with_no_compile():
+    import run_matrix
+
+    with pytest.raises(ValueError, match="--compile-scope model compiles"):
+        run_matrix.main(["--compile-scope", "model", "--no-compile", "--preset", "tiny"])
 
 
 def test_run_matrix_refuses_a_compile_mode_with_no_compile():
