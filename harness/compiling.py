@@ -7,8 +7,8 @@
 - **Scopes** (`COMPILE_SCOPES`): what is compiled. `blocks` (the default) compiles each transformer
   block, `model` the whole LM. The N blocks of an LM run the same code on parameters of the same
   shapes, so dynamo traces one block once and every block reuses that graph: compilation is about a
-  block's cost instead of N blocks' (on CPU: attention 57.9 → 28.9 s and wave_interference 62.8 →
-  31.5 s over the first two steps of the small preset, the same step time after). What it gives up is
+  block's cost instead of N blocks' (on CPU, the first two steps of the small preset: attention 56.6 →
+  26.5 s, wave_interference 35.0 → 13.1 s, Mamba 24.8 → 21.6 s; README "Compile scope"). It gives up
   fusion across a block boundary (one more read and write of the (B, T, D) stream per block). The
   embedding, the final norm and the loss stay eager, as they were.
 - **Watching** (`CompileWatch`, `frames_compiled`): a step in which torch.compile compiled is warm-up,
