@@ -28,6 +28,7 @@ from core.env import resolve_device, sync
 from harness.model import LM, matched_config
 from core.presets import get_preset
 from core.env import autocast
+from harness.compiling import COMPILE_SCOPES, compile_for_training
 from harness.train import TrainConfig, _optimizer
 
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
@@ -45,13 +46,14 @@ def fixed_batch(vocab: int, B: int, T: int, device: torch.device, seed: int = 0,
 
 
 def make_step(mixer: str, objective: str, preset: str, B: int, T: int, device: torch.device, loss: str = "chunked",
-              compile: bool = False, answer_len: int = 0):
+              compile: bool = False, answer_len: int = 0, scope: str = "blocks"):
     obj = objectives.build(objective, SPECIAL, loss)
     p = get_preset(preset)
     torch.manual_seed(0)
     model = LM(matched_config(p, mixer, obj.causal, p.vocab_size)).to(device)
     opt = _optimizer(model, TrainConfig(), device)
-    fwd = torch.compile(model) if compile else model  # what train() does: the model compiled, loss eager
+    # what train() does: the model (each block, or all of it: `scope`) compiled, the loss eager
+    fwd = compile_for_training(model, scope=scope)[0] if compile else model
     batch = fixed_batch(p.vocab_size, B, T, device, answer_len=answer_len)
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model, as training on CUDA does")
+    ap.add_argument("--compile-scope", default="blocks", choices=COMPILE_SCOPES,
+                    help="with --compile: each block (the trainer's default) or the whole model")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: host time without thread contention)")
     ap.add_argument("--padding", metavar="DATA_DIR", default=None,
                     help="instead: the padding fraction of the training batches on this JSQuAD data")
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| mixer | host ms/step (median of {a.steps}) | aten ops/step | of which forward + loss + backward |")
     print("|---|---:|---:|---:|")
     for m in [s.strip() for s in a.mixers.split(",") if s.strip()]:
-        r = profile(make_step(m, a.objective, a.preset, a.batch, a.seq_len, device, a.loss, a.compile, a.answer_len),
+        r = profile(make_step(m, a.objective, a.preset, a.batch, a.seq_len, device, a.loss, a.compile, a.answer_len,
+                              a.compile_scope),
                     device, a.warmup, a.steps)
         print(f"| {m} | {r['ms_per_step']:.1f} | {r['aten_ops_per_step']:,} | {r['aten_ops_fwd_bwd']:,} |", flush=True)
     return 0

@@ -142,7 +142,7 @@ def test_the_blocks_scope_traces_one_block_and_every_block_runs_its_graph(mixer)
             ids = torch.randint(0, V, (rows, T))
             before = counter.calls
             out = step(ids)
-            assert counter.calls - before == layers  # each block through a compiled graph
+            assert counter.calls - before == layers + 1  # each block (and the final norm) through a graph
             torch.testing.assert_close(out, model(ids))  # the model itself, eager: the same numbers
             out.float().pow(2).mean().backward()
         frames[layers], calls[layers] = counter.frames, counter.calls
@@ -159,6 +159,7 @@ def test_the_blocks_scope_shares_the_model_and_leaves_it_eager():
     step, _ = compile_for_training(model, backend=counter)
     assert [id(p) for p in step.parameters()] == [id(p) for p in model.parameters()]
     assert list(model.state_dict()) == keys and all(type(b).__name__ == "Block" for b in model.blocks)
+    assert type(model.norm).__name__ == "RMSNorm" and step.norm is not model.norm  # compiled in the view only
     model(torch.randint(0, V, (2, 9)))
     assert counter.frames == 0
     step(torch.randint(0, V, (2, 9))).sum().backward()
