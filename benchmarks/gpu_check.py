@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -75,7 +76,8 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
     py = sys.executable
     if dry:
         # a small dev slice and few timed answers: the CPU check is about running, not about figures
-        grid = ["--device", "cpu", "--preset", "tiny", "--budget", budget or "tokens=3000",
+        # (8,000 tokens: 4 steps of the tiny preset's 2,048, so a compiled cell times 2 after its warm-up)
+        grid = ["--device", "cpu", "--preset", "tiny", "--budget", budget or "tokens=8000",
                 "--task-opt", f"eval_limit={eval_limit or 10}", "--task-opt", "dev_frac=0.02", "--task-opt", "latency_n=2"]
         base_preset = "tiny"  # the dry run checks that the part runs, not the base preset's size
         scaling = ["--device", "cpu", "--lengths", "64,128", "--tokens", "128", "--reps", "1", "--warmup", "1"]
@@ -202,7 +204,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float) -> 
                   "|---|---|---|---|---|---:|---:|---|---|---:|---|"]
         for g, r in cells:
             m, t = r.get("metrics") or {}, r.get("train") or {}
-            tps = f"{m['tokens_per_s']:,.0f}" if isinstance(m.get("tokens_per_s"), (int, float)) else ""
+            tps = f"{m['tokens_per_s']:,.0f}" if isinstance(m.get("tokens_per_s"), (int, float)) \
+                and math.isfinite(m["tokens_per_s"]) else ""
             mfu = f"{100 * m['mfu']:.2f}%" if isinstance(m.get("mfu"), (int, float)) else ""
             comp = t.get("compile", "")
             if comp and t.get("compile_mode", "default") != "default":
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="gpu_check", help="report folder (results/, reports/, logs/, README.md)")
     ap.add_argument("--data-dir", default=None, help="JSQuAD files (see the module docstring for the default)")
     ap.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on CPU; CUDA-only parts are skipped")
-    ap.add_argument("--budget", default=None, help="grid budget per cell (default a100_seconds=10; dry run tokens=3000)")
+    ap.add_argument("--budget", default=None, help="grid budget per cell (default a100_seconds=10; dry run tokens=8000)")
     ap.add_argument("--eval-limit", type=int, default=None, help="questions scored per cell (default 100; dry run 10)")
     ap.add_argument("--parts", default="", help="comma-separated subset of " + ",".join(SPLIT[0] + SPLIT[1])
                                                 + " (default: all)")

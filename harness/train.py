@@ -297,8 +297,9 @@ class _Run:
         if self.device.type == "cuda":
             res.peak_mem_bytes = int(torch.cuda.max_memory_allocated(self.device))
         res.train_seconds = self.clock
+        # NaN (no figure) when every step was warm-up: a budget spent within the first steps timed nothing
         res.tokens_per_s = self.steady_tok / self.steady_t if self.steady_t > 0 \
-            else res.tokens_seen / max(self.clock, 1e-9)
+            else res.tokens_seen / self.clock if self.clock > 0 else float("nan")
         res.best_dev_loss = self.best if math.isfinite(self.best) else None
         res.epochs = stages.task.tokens / max(train_set.n_tokens, 1)
         res.stages = stages.describe()

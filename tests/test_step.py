@@ -366,6 +366,24 @@ def test_the_compile_scope_is_a_cell_setting_recorded_in_the_row():
     assert _tiny_run(eval_points=1).compile_scope is None  # eager: nothing compiled
 
 
+def test_a_budget_spent_in_the_warm_up_reports_no_speed_rather_than_an_absurd_one():
+    """A tiny budget can be used up by the unbudgeted warm-up steps alone (compiled: the first two). Then
+    nothing was timed: tokens/s is NaN (the report leaves it blank), not tokens / 1e-9 (a CPU dry run of
+    the GPU check printed 3,792,000,000,000 train tok/s)."""
+    import harness.train as ht
+
+    rng = np.random.default_rng(0)
+    seqs = [[2] + rng.integers(6, 20, 6).tolist() + [3] for _ in range(16)]
+    data = SeqSet.from_lists(seqs, [[False] * 6 + [True] * 2 for _ in seqs], 0)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    cfg = TrainConfig(batch_tokens=64, progress=False, eval_points=1, compile=True)
+    res = train(model, obj, data, data, Budget.parse("tokens=100"), cfg, torch.device("cpu"))
+    assert res.steps == 2 and res.train_seconds == 0.0  # both steps warm-up
+    assert math.isnan(res.tokens_per_s)
+    assert ht.TrainResult().tokens_per_s != ht.TrainResult().tokens_per_s  # the default is NaN too
+
+
 def test_run_matrix_refuses_a_compile_scope_with_no_compile():
     import run_matrix
 
