@@ -71,7 +71,7 @@ class CompileWatch:
 
     def __init__(self, on_start: Callable[[], None]):
         self.on_start = on_start
-        self._callback = lambda _args: self.on_start()
+        self._callback = lambda *_args: self.on_start()  # (older torch passes no arguments)
         try:
             from torch._dynamo import callback_handler
         except ImportError:  # an old torch: the frame counter alone
