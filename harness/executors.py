@@ -14,6 +14,12 @@ submitted) is the same for both. Ray workers prepare task data themselves (the t
 under --cache-dir), so --data-dir and --cache-dir must be paths every node can read, e.g. on a shared
 file system; the repository must sit at the same path on every node (or be shipped with
 `ray job submit --working-dir`).
+
+Progress under Ray: the driver makes a `PhaseBoard` actor (no CPU) and hands it to every task; a
+task's `ctx.phase` is a `PhaseReporter` that posts (cell key, phase, fraction) to it fire-and-forget,
+rate-limited. The driver drains the board while it waits for cells and draws a `PoolProgress` bar
+(harness/progress.py). A multi-GPU task's phases come from its rank 0 through a queue (`spawn_cell`).
+`--no-progress` makes no board: workers then report nothing.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import torch
 
 from harness import distributed as ddp
 from harness.cell import Cell, RunContext, base_row, run_cell
-from harness.progress import GridProgress
+from harness.progress import GridProgress, PhaseReporter, PoolProgress
 from harness.spawn import spawn_cell
 from core.env import resolve_device
 from core.results import error_text
@@ -103,6 +109,8 @@ class LocalExecutor(Executor):
 class RayExecutor(Executor):
     """Cells as Ray tasks; rows come back to this driver, which yields them as tasks finish."""
 
+    POLL_S = 1.0  # how often the driver drains the phase board and redraws while cells run
+
     def run(self, cells: list[Cell], ctx: RunContext) -> Iterator[tuple[Cell, dict[str, Any]]]:
         if not cells:
             return
@@ -123,8 +131,6 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
     def _run(self, ray, cells: list[Cell], ctx: RunContext) -> Iterator[tuple[Cell, dict[str, Any]]]:
-        from tqdm.auto import tqdm
-
         gpus = self.args.gpus_per_cell
         if gpus is None:  # one GPU per cell when there are GPUs (and --device does not say cpu)
             gpus = 1.0 if self.args.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
@@ -133,26 +139,79 @@ class RayExecutor(Executor):
                            data_dir=str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
                            cache_dir=str(Path(ctx.cache_dir).resolve()), grid=ctx.grid)
         task = ray.remote(num_gpus=gpus, num_cpus=self.args.cpus_per_cell, max_retries=0)(ray_cell)
-        pending = {task.remote(cell, spec, world): cell for cell in cells}
+        # the phase board: no CPU, so it never takes a cell's slot; none when nothing is shown
+        board = ray.remote(num_cpus=0)(PhaseBoard).remote() if ctx.progress else None
+        pending = {task.remote(cell, spec, world, board): cell for cell in cells}
         print(f"ray: {len(cells)} cells submitted ({gpus:g} GPU, {self.args.cpus_per_cell:g} CPU each"
               f"{f', {world} ranks per cell' if world > 1 else ''}); cluster: {_resources(ray)}")
-        bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not ctx.progress)
+        self.progress = PoolProgress({c.key(): c for c in cells}, _slots(ray, gpus, self.args.cpus_per_cell),
+                                     enabled=ctx.progress)
         try:
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                cell = pending.pop(done[0])
-                try:
-                    row = ray.get(done[0])
-                except Exception as e:  # the worker died (killed, out of host memory): a failed row
-                    row = base_row(cell, ctx)
-                    row["error"] = error_text(e)
-                    row["traceback"] = str(e)[-2000:]
-                bar.update(1)
-                yield cell, row
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=self.POLL_S if board else None)
+                board = _drain(ray, board, self.progress)  # before the finishes: a cell's last phases first
+                for ref in done:
+                    cell = pending.pop(ref)
+                    try:
+                        row = ray.get(ref)
+                    except Exception as e:  # the worker died (killed, out of host memory): a failed row
+                        row = base_row(cell, ctx)
+                        row["error"] = error_text(e)
+                        row["traceback"] = str(e)[-2000:]
+                    self.progress.finish(cell.key())
+                    self.progress.draw()
+                    yield cell, row
+                self.progress.draw()  # the elapsed time and the running cells' phases move between finishes
         finally:
-            bar.close()
+            self.progress.close()
             for ref in pending:  # interrupted: do not leave cells running on the cluster
                 ray.cancel(ref, force=True)
+            if board is not None:
+                try:
+                    ray.kill(board)
+                except Exception:  # noqa: BLE001 (already gone)
+                    pass
+
+
+class PhaseBoard:
+    """A Ray actor between the workers and the driver: workers post phases, the driver drains them.
+
+    A queue, not a table of latest phases, so the driver sees every stage a cell reported, also the
+    ones that a second later were overwritten."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[str, str, float]] = []
+
+    def update(self, key: str, text: str, frac: float) -> None:
+        self.updates.append((key, text, frac))
+
+    def drain(self) -> list[tuple[str, str, float]]:
+        out, self.updates = self.updates, []
+        return out
+
+
+def _drain(ray, board, progress: PoolProgress):
+    """Hand the board's queued phases to `progress`; the board, or None once it failed (the grid goes on
+    without phases: its bar still counts finished cells)."""
+    if board is None:
+        return None
+    try:
+        updates = ray.get(board.drain.remote(), timeout=10)
+    except Exception as e:  # noqa: BLE001 (the board died or hangs: progress is not worth a grid)
+        print(f"ray: phase board failed ({error_text(e)}); showing finished cells only")
+        return None
+    for key, text, frac in updates:
+        progress.update(key, text, frac)
+    return board
+
+
+def _slots(ray, gpus: float, cpus: float) -> int:
+    """Cells the cluster can run at once, from its resources now (PoolProgress raises it when it sees
+    more running: nodes can join)."""
+    r = ray.cluster_resources()
+    fits = [r.get("CPU", 0) / cpus] if cpus > 0 else []
+    fits += [r.get("GPU", 0) / gpus] if gpus > 0 else []
+    return max(int(min(fits) + 1e-9), 1) if fits else 1
 
 
 def ray_runtime_env() -> dict[str, Any]:
@@ -164,18 +223,35 @@ def ray_runtime_env() -> dict[str, Any]:
 _CONTEXTS: dict[ContextSpec, RunContext] = {}  # per worker process: prepared task data is reused
 
 
-def ray_cell(cell: Cell, spec: ContextSpec, world_size: int = 1) -> dict[str, Any]:
-    """The body of one Ray task (a plain function, so it also runs without Ray)."""
+def ray_cell(cell: Cell, spec: ContextSpec, world_size: int = 1, board=None) -> dict[str, Any]:
+    """The body of one Ray task (a plain function, so it also runs without Ray). `board`: the driver's
+    PhaseBoard actor, or None (no progress shown): the cell's phases go there."""
     t0 = time.time()
-    if world_size > 1:
-        row = spawn_cell(cell, spec, world_size)
+    report = PhaseReporter(lambda text, frac: board.update.remote(cell.key(), text, frac)) if board else None
+    if world_size > 1:  # the phases of rank 0, forwarded by this process
+        row = spawn_cell(cell, spec, world_size, phase=report)
     else:  # (Ray sets OMP_NUM_THREADS to the task's CPUs, so torch threads follow --cpus-per-cell)
         if spec not in _CONTEXTS:
             _CONTEXTS[spec] = spec.build()
         ctx = _CONTEXTS[spec]
+        ctx.phase = report or (lambda _text, _frac: None)  # (a worker runs one task at a time)
         row = run_cell(cell, ctx)
+    if report is not None and report.handle is not None and not report.broken:
+        _settle(report.handle)
     row["executor"] = _where("ray", t0)
     return row
+
+
+def _settle(ref, timeout: float = 1.0) -> None:
+    """Wait (briefly) until the board has taken this cell's last phase: a worker's calls to an actor run
+    in order, so the driver, which drains the board after the cell returned, has all of them. At most
+    `timeout` seconds once per cell, and none if the board is gone (an error, ignored)."""
+    import ray
+
+    try:
+        ray.get(ref, timeout=timeout)
+    except Exception:  # noqa: BLE001 (the display's failure, never the cell's)
+        pass
 
 
 def _where(kind: str, t0: float) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from harness import objectives
 from harness.cell import Cell
 from core.data import BatchSampler, SeqSet, SpecialTokens
 from harness.executors import ContextSpec
+from harness.progress import stage
 from harness.spawn import spawn_cell
 from harness.model import LM, LMConfig
 from core.results import cell_rows, read_rows
@@ -143,13 +144,17 @@ def test_torchrun_two_gloo_ranks_write_one_row_matching_one_process(offline_dir,
 
 def test_spawned_ranks_share_one_time_budget(offline_dir, cache_dir, monkeypatch):
     """The entry point a multi-GPU Ray task uses: 2 spawned gloo ranks, a *time* budget (rank 0's clock
-    decides for both), one row back."""
+    decides for both), one row back, and rank 0's phases forwarded to this process."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="seconds=1",
                 task_opts={"latency_n": 1})
     spec = ContextSpec(device="cpu", data_dir=str(offline_dir), cache_dir=str(cache_dir), grid="t")
-    row = spawn_cell(cell, spec, 2)
+    phases = []
+    row = spawn_cell(cell, spec, 2, phase=lambda text, frac: phases.append((stage(text), frac)))
     assert row["status"] == "ok", row.get("error")
+    stages = [s for i, (s, _) in enumerate(phases) if i == 0 or phases[i - 1][0] != s]
+    assert stages == ["prepare", "train", "evaluate answers", "evaluate ppl"]  # one rank's, each stage once
+    assert [f for _, f in phases] == sorted(f for _, f in phases)  # in order
     assert row["world_size"] == 2 and row["key"] == cell.key()
     assert row["loss_curve"][-1]["frac"] == 1.0 and row["train"]["seconds"] >= 1.0
     assert row["loss_curve"][-1]["step"] == row["train"]["steps"] > 1

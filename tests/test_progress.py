@@ -1,11 +1,12 @@
-"""The grid's progress line: the running cell's phase and the time the grid has left."""
+"""The grid's progress line: the running cell's phase and the time the grid has left; for cells running
+concurrently (Ray), the running cells' phases as workers report them (PoolProgress, PhaseReporter)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pytest
 
-from harness.progress import GridProgress, fmt_duration
+from harness.progress import GridProgress, PhaseReporter, PoolProgress, fmt_duration, stage
 
 
 @dataclass(eq=False)
@@ -54,3 +55,115 @@ def test_phases_show_in_the_bar(capsys):
 
 def test_durations_read_like_a_clock():
     assert fmt_duration(75) == "01:15" and fmt_duration(3725) == "1:02:05" and fmt_duration(-3) == "00:00"
+
+
+def test_pool_bar_counts_running_fractions_and_lists_running_phases():
+    now = [0.0]
+    cells = {k: FakeCell("autoregressive", f"attention x ar (seed {k})") for k in "abc"}
+    p = PoolProgress(cells, slots=2, enabled=False, clock=lambda: now[0])
+    assert p.postfix() == "? left]" and p.count() == 0
+    p.update("a", "prepare", 0.0)
+    p.update("b", "train 40%", 0.2)
+    p.update("a", "train 10%", 0.05)
+    assert p.count() == pytest.approx(0.25)
+    assert p.postfix() == "? left] 2 running: attention x ar (seed a): train 10%; attention x ar (seed b): train 40%"
+    p.update("b", "evaluate answers 3/4", 1.0)  # a running cell never counts whole: only its finish does
+    assert p.count() == pytest.approx(0.05 + 0.999)
+    now[0] = 10.0
+    p.finish("b")
+    p.update("b", "evaluate ppl 4/4", 0.99)  # a late update of a finished cell changes nothing shown
+    assert p.count() == pytest.approx(1.05) and "seed b" not in p.postfix()
+    assert p.stages["b"] == ["train", "evaluate answers", "evaluate ppl"]  # ... but its stage is on record
+    assert p.stages["a"] == ["prepare", "train"]
+    p.update("zzz", "train 1%", 0.0)  # a key not of this grid: ignored
+    assert "zzz" not in p.stages and len(p.running) == 1
+
+
+def test_pool_eta_plays_the_queue_forward_on_the_slots():
+    now = [0.0]
+    cells = {k: FakeCell("autoregressive", k) for k in "abcdef"}
+    p = PoolProgress(cells, slots=2, enabled=False, clock=lambda: now[0])
+    p.update("a", "prepare", 0.0)
+    p.update("b", "prepare", 0.0)
+    now[0] = 10.0
+    p.finish("a")  # 10 s per cell; b has run 10 s (0 left); c, d, e, f wait for 2 slots
+    assert p.remaining() == pytest.approx(20.0)  # 4 cells x 10 s / 2 slots, not 4 x 10 s
+    p.finish("b")
+    for k in "cde":
+        p.update(k, "train 0%", 0.0)  # 3 running: a node joined, the slots follow
+    assert p.slots == 3
+    now[0] = 14.0  # c, d, e have 6 s left each; f takes the first free slot: 6 + 10
+    assert p.remaining() == pytest.approx(16.0)
+    now[0] = 20.0  # each took 10 s
+    p.finish("c"), p.finish("d"), p.finish("e")
+    p.update("f", "train 50%", 0.25)
+    now[0] = 23.0  # the tail: one cell left on 3 slots, 10 - 3 s, not (10 - 3) / 3
+    assert p.remaining() == pytest.approx(7.0)
+    assert p.postfix().startswith("~00:07 left] 1 running: f: train 50%")
+    now[0] = 40.0
+    p.finish("f")
+    assert p.remaining() == 0.0 and p.count() == 6
+
+
+def test_pool_eta_per_objective_and_many_running_are_summarised():
+    now = [0.0]
+    cells = {"a": FakeCell("autoregressive", "a"), "d": FakeCell("diffusion", "d"),
+             **{str(i): FakeCell("diffusion", f"x{i}") for i in range(6)}}
+    p = PoolProgress(cells, slots=1, enabled=False, clock=lambda: now[0])
+    p.update("a", "prepare", 0.0)
+    now[0] = 5.0
+    p.finish("a")
+    p.update("d", "prepare", 0.0)
+    assert p.remaining() == pytest.approx(6 * 5.0 + 5.0)  # no diffusion cell finished: every cell's mean
+    now[0] = 45.0
+    p.finish("d")  # diffusion: 40 s
+    assert p.remaining() == pytest.approx(6 * 40.0)
+    for i in range(6):
+        p.update(str(i), "prepare", 0.0)
+    assert p.postfix().endswith("6 running: x0: prepare; x1: prepare; x2: prepare; x3: prepare; +2 more")
+
+
+def test_pool_cell_never_seen_running_still_counts_done():
+    p = PoolProgress({"a": FakeCell("autoregressive", "a")}, slots=4, enabled=False, clock=lambda: 0.0)
+    p.finish("a")  # no update came (the board failed): done, but no wall time learnt from it
+    assert p.count() == 1 and p.remaining() == 0.0 and not p.walls
+
+
+def test_pool_phases_show_in_the_bar():
+    p = PoolProgress({"a": FakeCell("autoregressive", "attention x ar (seed 0)")}, slots=1, enabled=True)
+    p.update("a", "evaluate answers 32/100", 0.6)
+    p.draw()
+    assert p.bar.n == pytest.approx(0.6) and "1 running: attention x ar (seed 0): evaluate answers 32/100" in str(p.bar)
+    p.close()
+
+
+def test_stage_drops_the_counts():
+    assert [stage(t) for t in ("prepare", "train 40%", "evaluate answers 32/100", "evaluate ppl 1/8")] == \
+        ["prepare", "train", "evaluate answers", "evaluate ppl"]
+
+
+def test_reporter_sends_each_stage_at_once_and_the_rest_rate_limited():
+    now, sent = [0.0], []
+    r = PhaseReporter(lambda text, frac: sent.append(text), interval=1.0, clock=lambda: now[0])
+    for i in range(100):  # a fast cell: 100 step reports in 0.1 s
+        now[0] = i / 1000
+        r(f"train {i}%", i / 200)
+    r("evaluate answers 1/4", 0.6)
+    r("evaluate answers 2/4", 0.7)
+    now[0] = 1.2
+    r("evaluate answers 3/4", 0.8)
+    r("evaluate ppl 1/2", 0.9)
+    assert sent == ["train 0%", "evaluate answers 1/4", "evaluate answers 3/4", "evaluate ppl 1/2"]
+
+
+def test_reporter_failure_never_reaches_the_cell():
+    calls = []
+
+    def gone(text, frac):  # the board is dead or Ray is down
+        calls.append(text)
+        raise RuntimeError("actor died")
+
+    r = PhaseReporter(gone)
+    r("prepare", 0.0)  # no exception: the cell goes on
+    r("train 1%", 0.0)
+    assert r.broken and calls == ["prepare"]  # and it stops trying
