@@ -264,7 +264,7 @@ def test_a_model_torch_compile_cannot_handle_trains_eagerly_and_says_so(monkeypa
     assert res.steps >= 5 and "BackendCompilerFailed" in res.compile_error
 
 
-def _tiny_run(**cfg_kw):
+def _tiny_run(budget: str = "tokens=400", **cfg_kw):
     rng = np.random.default_rng(0)
     seqs = [[2] + rng.integers(6, 20, 6).tolist() + [3] for _ in range(16)]
     data = SeqSet.from_lists(seqs, [[False] * 6 + [True] * 2 for _ in seqs], 0)
@@ -272,7 +272,7 @@ def _tiny_run(**cfg_kw):
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
     cfg = TrainConfig(batch_tokens=64, progress=False, **cfg_kw)
-    return train(model, obj, data, data, Budget.parse("tokens=400"), cfg, torch.device("cpu"))
+    return train(model, obj, data, data, Budget.parse(budget), cfg, torch.device("cpu"))
 
 
 def test_work_still_queued_on_the_device_is_charged_to_the_budget(monkeypatch):
@@ -373,13 +373,7 @@ def test_a_budget_spent_in_the_warm_up_reports_no_speed_rather_than_an_absurd_on
     the GPU check printed 3,792,000,000,000 train tok/s)."""
     import harness.train as ht
 
-    rng = np.random.default_rng(0)
-    seqs = [[2] + rng.integers(6, 20, 6).tolist() + [3] for _ in range(16)]
-    data = SeqSet.from_lists(seqs, [[False] * 6 + [True] * 2 for _ in seqs], 0)
-    obj = objectives.build("autoregressive", SPECIAL, "chunked")
-    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
-    cfg = TrainConfig(batch_tokens=64, progress=False, eval_points=1, compile=True)
-    res = train(model, obj, data, data, Budget.parse("tokens=100"), cfg, torch.device("cpu"))
+    res = _tiny_run(budget="tokens=100", eval_points=1, compile=True)
     assert res.steps == 2 and res.train_seconds == 0.0  # both steps warm-up
     assert math.isnan(res.tokens_per_s)
     assert ht.TrainResult().tokens_per_s != ht.TrainResult().tokens_per_s  # the default is NaN too
@@ -404,44 +398,22 @@ def test_a_compilation_after_the_warm_up_is_not_budgeted_and_is_counted(monkeypa
     length and then a new number of rows (or a new length later) recompile mid-run. Any step in which
     torch.compile compiled is warm-up: off the clock and out of tokens/s, and the row counts it. A
     virtual clock makes every compilation cost 1,000 s."""
-    import types
-
-    import harness.train as ht
-    from harness.distributed import SingleProcess
-    from harness.pretrain import Stage
-
-    offset = [0.0]
-    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0]))
-    real_compile = torch.compile
-
-    def slow_backend(gm, example_inputs):
-        offset[0] += 1000.0  # a compilation
-        return gm.forward
-
-    monkeypatch.setattr(ht.torch, "compile", lambda module, mode=None: real_compile(module, backend=slow_backend))
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
-    obj = objectives.build("autoregressive", SPECIAL, "chunked")
-    rng = np.random.default_rng(0)
-
-    def batch(rows: int, T: int):
-        seqs = [[2] + rng.integers(6, 20, T - 1).tolist() for _ in range(rows)]
-        return SeqSet.from_lists(seqs, [[False] * (T - 1) + [True]] * rows, 0).batch(np.arange(rows))
-
-    # (rows, length): the same shape twice (no recompile at step 2), then new rows, then a new length
-    shapes = [(4, 8), (4, 8), (4, 8), (3, 8), (3, 8), (3, 9), (2, 11), (4, 8)]
-    stage = Stage("task", 1.0, iter([batch(r, T) for r, T in shapes]), obj, ["toy"])
-    cfg = TrainConfig(progress=False, compile=True)
-    dev = SeqSet.from_lists([[2, 7, 3]], [[False, False, True]], 0)
-    run = ht._Run(model, obj, SingleProcess(model), dev, cfg, torch.device("cpu"), staged=False)
-    frames = []
-    for _ in shapes:
-        run.step(stage, 0.5)
-        frames.append(ht.frames_compiled())
+    run = _late_shape_run(monkeypatch, _slow_compile, 0.0)
+    frames = run.frames_after
     assert frames[3] > frames[2] and frames[5] > frames[4]  # compiled after the warm-up: the test can fail
-    assert run.res.late_compiles == 2 and run.clock < 1000.0 and stage.seconds < 1000.0
+    assert run.res.late_compiles == 2 and run.clock < 1000.0 and run.stage_seconds < 1000.0
     assert run.steady_t < 1000.0
+
+
+_REAL_COMPILE = torch.compile  # (tests patch torch.compile; their stand-ins call the real one)
+
+
+def _slow_compile(module, offset):
+    """torch.compile whose every compilation costs 1,000 s of the virtual clock `offset` (graphs run as traced)."""
+    def backend(gm, example_inputs):
+        offset[0] += 1000.0
+        return gm.forward
+    return _REAL_COMPILE(module, backend=backend)
 
 
 def _late_shape_run(monkeypatch, compile_fn, wait: float):
@@ -479,10 +451,12 @@ def _late_shape_run(monkeypatch, compile_fn, wait: float):
     dev = SeqSet.from_lists([[2, 7, 3]], [[False, False, True]], 0)
     run = ht._Run(model, obj, SingleProcess(model), dev, TrainConfig(progress=False, compile=True),
                   torch.device("cpu"), staged=False)
+    run.frames_after = []  # frames dynamo compiled so far, after each step
     with run.watch:
         for _ in shapes:
             run.step(stage, 0.5)
             queued[0] = True  # the step's kernels are queued on the stand-in device
+            run.frames_after.append(ht.frames_compiled())
     run.stage_seconds = stage.seconds
     return run
 
@@ -492,16 +466,8 @@ def test_the_steps_queued_before_a_late_compilation_are_charged_to_the_budget(mo
     finishes the steps queued before it: training time, which the budget, the stage and tokens/s must
     count. The trainer waits for that queue when the compilation starts and charges the wait. Virtual
     clock: each compilation costs 1,000 s, the queued work 100 s."""
-    real_compile = torch.compile
     WAIT = 100.0
-
-    def slow_compile(module, offset):
-        def backend(gm, example_inputs):
-            offset[0] += 1000.0
-            return gm.forward
-        return real_compile(module, backend=backend)
-
-    run = _late_shape_run(monkeypatch, slow_compile, WAIT)
+    run = _late_shape_run(monkeypatch, _slow_compile, WAIT)
     assert run.res.late_compiles == 2  # steps 4 and 6 compiled after the warm-up
     assert 2 * WAIT <= run.clock < 2 * WAIT + 100.0  # both queues charged; no compilation
     assert 2 * WAIT <= run.stage_seconds < 2 * WAIT + 100.0
