@@ -183,7 +183,7 @@ class _Run:
         warm = self.in_warm = stage.steps < self.warm_steps
         if warm and self.res.steps:  # a later stage's first step: the steps queued before it are charged first
             self.drain()
-        frames = frames_compiled() if self.cfg.compile else 0
+        frames = frames_compiled()
         self.in_step, self.compiled_in_step = True, False
         t0 = time.perf_counter()
         if self.graphs:
@@ -205,11 +205,12 @@ class _Run:
         self.real_pos += batch.n_tokens
         self.computed_pos += batch.ids.numel()  # a host-side shape: no sync
         self.in_step = False
-        if self.cfg.compile and not warm and (self.compiled_in_step or frames_compiled() > frames):
+        if not warm and (self.compiled_in_step or frames_compiled() > frames):
             # torch.compile compiled (or recorded a CUDA graph) during this step, after the warm-up: a
             # shape its guards had not seen (automatic dynamic marks only the sizes that had changed by
-            # then; a stage or a task may bring others). Compilation is never budgeted: the step is
-            # warm-up too, and counted. The steps queued before it were charged when it began (_on_compile)
+            # then; a stage or a task may bring others). Also in an eager model: a loss path may compile
+            # (`--loss cce_compile`). Compilation is never budgeted: the step is warm-up too, and
+            # counted. The steps queued before it were charged when it began (_on_compile)
             warm = True
             res.late_compiles += 1
         if warm:

@@ -416,10 +416,12 @@ def _slow_compile(module, offset):
     return _REAL_COMPILE(module, backend=backend)
 
 
-def _late_shape_run(monkeypatch, compile_fn, wait: float):
+def _late_shape_run(monkeypatch, compile_fn, wait: float, compiled: bool = True):
     """A compiled `_Run` stepped through batch shapes that recompile after the warm-up (steps 4 and 6),
     on a virtual clock whose stand-in device holds the last step's work queued: the first sync after a
-    step costs `wait` seconds, later ones nothing (the queue is empty). Returns the run."""
+    step costs `wait` seconds, later ones nothing (the queue is empty). Returns the run. With
+    `compiled=False` the model trains eagerly but its final norm is compiled by `compile_fn` (as a
+    compiled loss path is inside an eager model)."""
     import types
 
     import harness.train as ht
@@ -439,6 +441,8 @@ def _late_shape_run(monkeypatch, compile_fn, wait: float):
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    if not compiled:
+        model.norm = compile_fn(model.norm, offset)
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     rng = np.random.default_rng(0)
 
@@ -449,7 +453,7 @@ def _late_shape_run(monkeypatch, compile_fn, wait: float):
     shapes = [(4, 8), (4, 8), (4, 8), (3, 8), (3, 8), (3, 9), (2, 11), (4, 8)]
     stage = Stage("task", 1.0, iter([batch(r, T) for r, T in shapes]), obj, ["toy"])
     dev = SeqSet.from_lists([[2, 7, 3]], [[False, False, True]], 0)
-    run = ht._Run(model, obj, SingleProcess(model), dev, TrainConfig(progress=False, compile=True),
+    run = ht._Run(model, obj, SingleProcess(model), dev, TrainConfig(progress=False, compile=compiled),
                   torch.device("cpu"), staged=False)
     run.frames_after = []  # frames dynamo compiled so far, after each step
     with run.watch:
@@ -468,6 +472,19 @@ def test_the_steps_queued_before_a_late_compilation_are_charged_to_the_budget(mo
     clock: each compilation costs 1,000 s, the queued work 100 s."""
     WAIT = 100.0
     run = _late_shape_run(monkeypatch, _slow_compile, WAIT)
+    _assert_two_queues_and_no_compilation(run, WAIT)
+
+
+def test_an_eager_model_whose_loss_path_compiles_keeps_compilation_off_the_clock_too(monkeypatch):
+    """`--loss cce_compile` compiles inside an eager model: its recompilations at new shapes are
+    compilation all the same (off the clock), and the queue before them is charged once, not twice."""
+    WAIT = 100.0
+    run = _late_shape_run(monkeypatch, _slow_compile, WAIT, compiled=False)
+    _assert_two_queues_and_no_compilation(run, WAIT)
+
+
+def _assert_two_queues_and_no_compilation(run, wait: float) -> None:
+    WAIT = wait
     assert run.res.late_compiles == 2  # steps 4 and 6 compiled after the warm-up
     assert 2 * WAIT <= run.clock < 2 * WAIT + 100.0  # both queues charged; no compilation
     assert 2 * WAIT <= run.stage_seconds < 2 * WAIT + 100.0
