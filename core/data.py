@@ -99,9 +99,14 @@ class SeqSet:
         pad_mask = torch.arange(T, device=ids.device)[None, :] < lengths[:, None]
         return Batch(ids, pad_mask, self.target[t, :T], int(self.lengths[idx].sum()), int(self.target_lengths[idx].max()))
 
+    def eval_order(self) -> np.ndarray:
+        """The rows in `iter_batches`' order: sorted by length (stable), so evaluation wastes little on
+        padding. A scorer that keeps per-row results maps them back to rows through this."""
+        return np.argsort(self.lengths, kind="stable")
+
     def iter_batches(self, batch_size: int, pad_to: int = 1):
-        """Deterministic order, sorted by length so evaluation wastes little on padding."""
-        order = np.argsort(self.lengths, kind="stable")
+        """Deterministic order (`eval_order`)."""
+        order = self.eval_order()
         for s in range(0, len(order), batch_size):
             yield self.batch(order[s : s + batch_size], pad_to)
 

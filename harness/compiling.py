@@ -47,9 +47,8 @@ def compile_for_training(module: nn.Module, mode: str = "default", scope: str = 
         view._modules = {**module._modules, "blocks": nn.ModuleList([torch.compile(b, **kw) for b in blocks])}
         # the final norm as a graph of its own too: eager, its fp32 statistics and casts are ~60 more
         # operator calls per step than the whole-model graph makes (the embedding is one gather: eager)
-        norm = module._modules.get("norm")
-        if isinstance(norm, nn.Module) and any(True for _ in norm.parameters()):
-            view._modules["norm"] = torch.compile(norm, **kw)
+        if module._modules.get("norm") is not None:
+            view._modules["norm"] = torch.compile(module._modules["norm"], **kw)
         return view, "blocks"
     return torch.compile(module, **kw), "model"
 

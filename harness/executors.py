@@ -227,7 +227,8 @@ def ray_cell(cell: Cell, spec: ContextSpec, world_size: int = 1, board=None) -> 
     """The body of one Ray task (a plain function, so it also runs without Ray). `board`: the driver's
     PhaseBoard actor, or None (no progress shown): the cell's phases go there."""
     t0 = time.time()
-    report = PhaseReporter(lambda text, frac: board.update.remote(cell.key(), text, frac)) if board else None
+    key = cell.key()  # (a hash of the cell: once, not at every report)
+    report = PhaseReporter(lambda text, frac: board.update.remote(key, text, frac)) if board else None
     if world_size > 1:  # the phases of rank 0, forwarded by this process
         row = spawn_cell(cell, spec, world_size, phase=report)
     else:  # (Ray sets OMP_NUM_THREADS to the task's CPUs, so torch threads follow --cpus-per-cell)

@@ -31,6 +31,11 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
+def fmt_left(seconds: float | None) -> str:
+    """The bar's time left: '~MM:SS left', or '? left' before any estimate."""
+    return "? left" if seconds is None else f"~{fmt_duration(seconds)} left"
+
+
 def _bar(total: int):
     from tqdm.auto import tqdm
 
@@ -93,8 +98,7 @@ class GridProgress(WallEstimates):
         return total
 
     def eta_text(self) -> str:
-        left = self.remaining()
-        return "? left" if left is None else f"~{fmt_duration(left)} left"
+        return fmt_left(self.remaining())
 
     def close(self) -> None:
         if self.bar is not None:
@@ -219,9 +223,7 @@ class PoolProgress(WallEstimates):
 
     def postfix(self) -> str:
         """ "~MM:SS left] N running: label: phase; ..." (the bar's text after its elapsed time)."""
-        left = self.remaining()
-        text = "? left" if left is None else f"~{fmt_duration(left)} left"
-        text += "]"
+        text = fmt_left(self.remaining()) + "]"
         if self.running:
             shown = [f"{self.cells[k].label()}: {r.text}" for k, r in list(self.running.items())[: self.SHOWN]]
             more = len(self.running) - len(shown)

@@ -278,8 +278,7 @@ class MQAR(Task):
                     progress(done, len(evals))
             latency = latency_ms(lambda i: objective.predict_targets(model, evals.batch(np.array([i]))),
                                  min(self.opts.latency_n, len(evals)), device)
-        # iter_batches' row order (sorted by length, stable): which sequence each count belongs to
-        order = np.argsort(data.eval.lengths, kind="stable")
+        order = data.eval.eval_order()  # the sequence each count belongs to
         correct = torch.cat(hits).cpu().numpy() if hits else np.zeros(0, dtype=np.int64)
         asked = data.eval.target_lengths[order]
         total = int(asked.sum())
