@@ -142,14 +142,15 @@ class RayExecutor(Executor):
         # the phase board: no CPU, so it never takes a cell's slot; none when nothing is shown
         board = ray.remote(num_cpus=0)(PhaseBoard).remote() if ctx.progress else None
         pending = {task.remote(cell, spec, world, board): cell for cell in cells}
+        reader = BoardReader(ray, board)
         print(f"ray: {len(cells)} cells submitted ({gpus:g} GPU, {self.args.cpus_per_cell:g} CPU each"
               f"{f', {world} ranks per cell' if world > 1 else ''}); cluster: {_resources(ray)}")
         self.progress = PoolProgress({c.key(): c for c in cells}, _slots(ray, gpus, self.args.cpus_per_cell),
                                      enabled=ctx.progress)
         try:
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=self.POLL_S if board else None)
-                board = _drain(ray, board, self.progress)  # before the finishes: a cell's last phases first
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=self.POLL_S if reader.board else None)
+                reader.poll(self.progress)  # before the finishes: a cell's last phases first
                 for ref in done:
                     cell = pending.pop(ref)
                     try:
@@ -190,19 +191,44 @@ class PhaseBoard:
         return out
 
 
-def _drain(ray, board, progress: PoolProgress):
-    """Hand the board's queued phases to `progress`; the board, or None once it failed (the grid goes on
-    without phases: its bar still counts finished cells)."""
-    if board is None:
-        return None
-    try:
-        updates = ray.get(board.drain.remote(), timeout=10)
-    except Exception as e:  # noqa: BLE001 (the board died or hangs: progress is not worth a grid)
-        print(f"ray: phase board failed ({error_text(e)}); showing finished cells only")
-        return None
-    for key, text, frac in updates:
-        progress.update(key, text, frac)
-    return board
+class BoardReader:
+    """The driver's side of the phase board: hands the board's queued phases to a PoolProgress.
+
+    A slow answer is not a lost board: on a busy cluster (or while the actor process is still starting)
+    a drain can take longer than one poll, so the same drain stays in flight and is asked for again at
+    the next poll (a second one would only queue behind it). The board counts as lost when its actor
+    died, or after `PATIENCE_S` without an answer; the grid then goes on without phases (its bar still
+    counts finished cells). Before, a single drain slower than 10 s switched the phases off for good."""
+
+    WAIT_S = 2.0  # longest a poll waits for the drain in flight (the driver's loop waits meanwhile)
+    PATIENCE_S = 120.0
+
+    def __init__(self, ray, board, clock: Callable[[], float] = time.monotonic):
+        self.ray, self.board, self.clock = ray, board, clock
+        self.ref, self.asked = None, 0.0  # the drain in flight, and when it was asked for
+
+    def poll(self, progress: PoolProgress) -> None:
+        if self.board is None:
+            return
+        if self.ref is None:
+            self.ref, self.asked = self.board.drain.remote(), self.clock()
+        try:
+            updates = self.ray.get(self.ref, timeout=self.WAIT_S)
+        except Exception as e:  # noqa: BLE001 (the board died or hangs: progress is not worth a grid)
+            if _is_timeout(e) and self.clock() - self.asked < self.PATIENCE_S:
+                return  # slow, not gone: the same drain again at the next poll
+            why = f"no answer in {self.PATIENCE_S:.0f} s" if _is_timeout(e) else error_text(e)
+            print(f"ray: phase board failed ({why}); showing finished cells only")
+            self.board = self.ref = None
+            return
+        self.ref = None
+        for key, text, frac in updates:
+            progress.update(key, text, frac)
+
+
+def _is_timeout(e: BaseException) -> bool:
+    """Ray's GetTimeoutError (a TimeoutError in recent Ray; matched by name for older ones)."""
+    return isinstance(e, TimeoutError) or type(e).__name__ == "GetTimeoutError"
 
 
 def _slots(ray, gpus: float, cpus: float) -> int:

@@ -164,6 +164,12 @@ def chunk_len(Bsz: int, T: int, Di: int) -> int:
 _WARM: set[tuple] = set()
 
 
+def launch_meta(N: int) -> dict[str, int]:
+    """The kernels' block sizes for d_state N: BD channels per program, the state padded to a power of
+    two (Triton's blocks must be; the interpreter does not check it, the GPU compiler does)."""
+    return dict(BD=BLOCK_D, BN=triton.next_power_of_2(N))
+
+
 def _warm(kind: str, kernel, args: tuple, device: torch.device, Di: int, N: int, meta: dict, grid: tuple) -> None:
     """Launch the SUMMARY variant of `kernel` once (its output discarded: args write only scratch)."""
     key = (kind, str(device), Di, N)
@@ -201,7 +207,7 @@ class TritonScan(torch.autograd.Function):
         fwd, _ = _kernels(interpreting())
         keep = any(ctx.needs_input_grad[:6])
         grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
-        meta = dict(BD=BLOCK_D, BN=triton.next_power_of_2(N))
+        meta = launch_meta(N)
         y = torch.empty_like(u)
         hs = u.new_empty(Bsz, T, Di, N) if keep else u.new_empty(1)
         out = u.new_empty(Bsz, nC, Di, N)
@@ -228,7 +234,7 @@ class TritonScan(torch.autograd.Function):
         nC = triton.cdiv(T, CH)
         _, bwd = _kernels(interpreting())
         grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
-        meta = dict(BD=BLOCK_D, BN=triton.next_power_of_2(N))
+        meta = launch_meta(N)
         gy = torch.zeros_like(u) if gy is None else gy.float().contiguous()
         ghT = torch.zeros_like(h0) if ghT is None else ghT.float().contiguous()
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)

@@ -167,3 +167,72 @@ def test_reporter_failure_never_reaches_the_cell():
     r("prepare", 0.0)  # no exception: the cell goes on
     r("train 1%", 0.0)
     assert r.broken and calls == ["prepare"]  # and it stops trying
+
+
+class SlowBoardRay:
+    """A stand-in for `ray` and a board actor whose drains answer only after `late` polls, or never
+    (`dies`: the actor is gone). Counts the drains asked for."""
+
+    class GetTimeoutError(TimeoutError):
+        pass
+
+    def __init__(self, batches: list[list[tuple[str, str, float]]], late: int, dies: bool = False):
+        self.batches, self.late, self.dies, self.asked, self.gets = list(batches), late, dies, 0, 0
+        board = self
+
+        class Drain:
+            @staticmethod
+            def remote():
+                board.asked += 1
+                return board.asked
+
+        self.drain = Drain()
+
+    def get(self, ref, timeout=None):
+        self.gets += 1
+        if self.dies:
+            raise RuntimeError("ActorDiedError: the actor died unexpectedly")
+        if self.gets <= self.late:
+            raise self.GetTimeoutError("Get timed out: some object(s) not ready.")
+        return self.batches.pop(0) if self.batches else []
+
+
+def test_a_slow_phase_board_keeps_its_drain_and_is_read_when_it_answers(capsys):
+    from harness.executors import BoardReader
+
+    now = [0.0]
+    cells = {"a": FakeCell("autoregressive", "attention x ar (seed 0)")}
+    p = PoolProgress(cells, slots=1, enabled=False, clock=lambda: now[0])
+    fake = SlowBoardRay([[("a", "prepare", 0.0), ("a", "train 10%", 0.05)], [("a", "evaluate ppl 1/2", 0.9)]], late=3)
+    reader = BoardReader(fake, fake, clock=lambda: now[0])
+    for _ in range(3):  # a busy cluster: three polls without an answer (the board is slow, not lost)
+        now[0] += 2.0
+        reader.poll(p)
+        assert reader.board is fake and p.stages["a"] == []
+    assert fake.asked == 1  # the one drain in flight is asked for again, not a second queued behind it
+    reader.poll(p)
+    assert p.stages["a"] == ["prepare", "train"] and fake.asked == 1
+    reader.poll(p)  # the next poll asks for a new drain
+    assert fake.asked == 2 and p.stages["a"] == ["prepare", "train", "evaluate ppl"]
+    assert "failed" not in capsys.readouterr().out
+
+
+def test_a_phase_board_that_died_or_never_answers_is_dropped_with_one_line(capsys):
+    from harness.executors import BoardReader
+
+    p = PoolProgress({"a": FakeCell("autoregressive", "x")}, slots=1, enabled=False)
+    dead = SlowBoardRay([], late=0, dies=True)
+    reader = BoardReader(dead, dead)
+    reader.poll(p)
+    assert reader.board is None and "phase board failed (RuntimeError: ActorDiedError" in capsys.readouterr().out
+    reader.poll(p)  # then polling is a no-op
+    assert dead.gets == 1
+
+    now = [0.0]
+    mute = SlowBoardRay([], late=10**9)
+    reader = BoardReader(mute, mute, clock=lambda: now[0])
+    while reader.board is not None and now[0] < 1000:
+        reader.poll(p)
+        now[0] += 10.0
+    assert now[0] == BoardReader.PATIENCE_S + 10.0  # dropped at the first poll past its patience, not before
+    assert f"no answer in {BoardReader.PATIENCE_S:.0f} s" in capsys.readouterr().out

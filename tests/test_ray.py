@@ -9,7 +9,7 @@ ray = pytest.importorskip("ray")
 import run_matrix  # noqa: E402
 from harness import executors  # noqa: E402
 from harness.cell import Cell  # noqa: E402
-from harness.executors import ContextSpec, PhaseBoard, _drain, ray_cell, ray_runtime_env  # noqa: E402
+from harness.executors import BoardReader, ContextSpec, PhaseBoard, ray_cell, ray_runtime_env  # noqa: E402
 from harness.progress import PoolProgress  # noqa: E402
 from core.results import cell_rows, read_rows  # noqa: E402
 from core.schema import GRID_KEYS, ROW_KEYS  # noqa: E402
@@ -76,4 +76,6 @@ def test_ray_driver_sees_every_stage_of_every_cell_and_a_dead_board_fails_no_cel
     spec = ContextSpec(device="cpu", data_dir=str(offline_dir), cache_dir=str(cache_dir), grid="t")
     row = ray.get(ray.remote(num_cpus=1, max_retries=0)(ray_cell).remote(cell, spec, 1, board))
     assert row["status"] == "ok", row.get("error")
-    assert _drain(ray, board, PoolProgress({}, slots=1, enabled=False)) is None  # polling stops, no raise
+    reader = BoardReader(ray, board)
+    reader.poll(PoolProgress({}, slots=1, enabled=False))  # a dead actor: polling stops, no raise
+    assert reader.board is None

@@ -8,6 +8,7 @@ The interpreter must be chosen before Triton is imported (its standard library i
 the tests named *interp* run in a subprocess with TRITON_INTERPRET=1 (`test_the_interpreter_suite`)."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -36,6 +37,9 @@ def interpreter():
 def test_the_interpreter_suite():
     """Every *interp* test of this file in a fresh process under TRITON_INTERPRET=1: all must pass, none skip."""
     root = Path(__file__).resolve().parents[1]
+    broken = _interpreter_breakage()
+    if broken:
+        pytest.skip(broken)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "interp and not suite",
                         str(Path(__file__).resolve())], cwd=root, env={**os.environ, "TRITON_INTERPRET": "1"},
                        capture_output=True, text=True, timeout=900)
@@ -43,6 +47,65 @@ def test_the_interpreter_suite():
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     passed = re.search(r"(\d+) passed", last)
     assert passed and int(passed.group(1)) >= 16 and "skipped" not in last, last
+
+
+# a loop over a run-time integer, as the scan's `for i in range(CH)`: Triton's interpreter turns the
+# integer into a 1-element array and calls int() on it, which NumPy >= 2.4 refuses (Triton 3.6, the
+# CUDA image's, with NumPy 2.4; Triton 3.9 works)
+PROBE = """
+import torch, triton, triton.language as tl
+@triton.jit
+def count(x_ptr, n):
+    for i in range(n):
+        tl.store(x_ptr + i, i)
+x = torch.zeros(3)
+count[(1,)](x, 3)
+assert x.tolist() == [0.0, 1.0, 2.0], x
+"""
+
+
+def _interpreter_breakage() -> str:
+    """Why this Triton's interpreter cannot run the kernels here ('' if it can). Only that known
+    incompatibility skips: any other failure of the probe leaves the suite to run and say what broke."""
+    r = subprocess.run([sys.executable, "-c", PROBE], env={**os.environ, "TRITON_INTERPRET": "1"},
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 and "only 0-dimensional arrays can be converted" in r.stderr:
+        import numpy
+
+        return (f"Triton {st.triton.__version__}'s interpreter cannot loop over a run-time integer with NumPy "
+                f"{numpy.__version__} (NumPy < 2.4 or a newer Triton can); the kernels still compile in "
+                "test_the_scan_kernels_compile_to_gpu_code_without_a_gpu")
+    return ""
+
+
+# the kernel variants the autograd function launches: (KEEP, SUMMARY) forward, SUMMARY backward
+FWD_VARIANTS = [dict(KEEP=False, SUMMARY=True), dict(KEEP=True, SUMMARY=False), dict(KEEP=False, SUMMARY=False)]
+BWD_VARIANTS = [dict(SUMMARY=True), dict(SUMMARY=False)]
+
+
+@pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
+@pytest.mark.parametrize("arch", [80, 90])  # A100, H100 / H200
+def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
+    """The interpreter runs the kernels' code with NumPy; it never lowers them. Triton's ahead-of-time
+    compiler does, with the ptxas Triton ships, for a named GPU and no GPU present: every variant the
+    scan launches must compile to a cubin, so a kernel the GPU's compiler rejects fails here, on CPU,
+    not in a GPU machine's first minutes."""
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        pytest.skip(f"Triton {st.triton.__version__} has no ahead-of-time compile API here")
+    ptxas = Path(st.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not (ptxas.exists() or os.environ.get("TRITON_PTXAS_PATH")):
+        pytest.skip("this Triton ships no ptxas")
+    fwd, bwd = st._kernels(False)
+    for (kernel, variants), N in itertools.product(((fwd, FWD_VARIANTS), (bwd, BWD_VARIANTS)), (16, 5)):
+        for v in variants:  # d_state 16 (the presets') and 5 (the interpreter tests'), blocks as launched
+            consts = {**v, **st.launch_meta(N)}
+            sig = {a: "constexpr" if a in consts else "*fp32" if a.endswith("_ptr") else "i32" for a in kernel.arg_names}
+            compiled = st.triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                                         target=GPUTarget("cuda", arch, 32))
+            assert len(compiled.asm["cubin"]) > 0, (kernel.fn.__name__, v, N)
 
 
 # Di = 40: a full block of 32 channels and a partial one; N = 5: a state block of 8 with 3 masked;
