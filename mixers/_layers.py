@@ -19,7 +19,11 @@ class _RMSNormFn(torch.autograd.Function):
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
         r = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))  # (..., 1)
         ctx.save_for_backward(x, w, r)
-        return (xf * r * w).to(x.dtype)
+        y = xf * r * w
+        # no `.to(x.dtype)` when it would return `y` itself: torch 2.11's dynamo (the CUDA image's) then
+        # traces this Function's backward wrong, with zero weight gradients and wrong input gradients
+        # under torch.compile (2.13 does not; tests/test_compile.py compares compiled gradients to eager)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):

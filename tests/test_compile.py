@@ -124,6 +124,39 @@ class _CallCounter:
         return run
 
 
+@pytest.mark.parametrize("scope", COMPILE_SCOPES)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("mixer", mixers.names())
+def test_compiled_gradients_are_the_eager_gradients(mixer, causal, scope):
+    """What the optimizer steps on: every parameter's gradient through the compiled step must be the
+    eager model's. Equal outputs and gradients that exist are not enough: under torch 2.11 (the CUDA
+    image's) dynamo traced RMSNorm's autograd Function wrongly when its forward returned a no-op
+    `.to()`: the norm weights' gradients were all zero and the inputs' wrong, while outputs matched,
+    so every compiled model trained with frozen norms. Traced through AOTAutograd as the trainer's
+    compile is (`aot_eager`: the same graphs, without inductor's code generation)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=V, d_model=32, n_layers=2, mixer=mixer, causal=causal, mlp_hidden=64))
+    with torch.no_grad():  # gains and gates away from their init (ones, identities): every one matters
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ids = torch.randint(0, V, (3, 40))
+    pad_mask = torch.arange(40)[None, :] < torch.tensor([40, 31, 22])[:, None]
+    w = torch.randn(3, 40, 32)
+
+    def grads(fn) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        (fn(ids, pad_mask) * w).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager = grads(model)
+    step, _ = compile_for_training(model, scope=scope, backend="aot_eager")
+    compiled = grads(step)
+    assert compiled.keys() == eager.keys()
+    for name, g in eager.items():
+        torch.testing.assert_close(compiled[name], g, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize("mixer", ["attention", "wave_interference"])
 def test_the_blocks_scope_traces_one_block_and_every_block_runs_its_graph(mixer):
     """`blocks` (the default) compiles each block: the blocks share their code and shapes, so one
