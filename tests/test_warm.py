@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from torch._dynamo.utils import counters
 
 import run_matrix
 from core.results import cell_rows, read_rows
+from fixtures.jsquad_mini import EVAL_ARTICLES, TRAIN_ARTICLES, write_split
 from harness import executors, warm
 from harness.cell import Cell, RunContext, run_cell
 from harness.distributed import DistEnv
@@ -29,20 +31,32 @@ def _grid(offline_dir, cache_dir, out, *extra: str) -> list[dict]:
     return cell_rows(read_rows(out / "results" / "w.jsonl"))
 
 
-def test_a_warmed_cell_compiles_from_the_cache_the_worker_filled(offline_dir, cache_dir, tmp_path, monkeypatch,
-                                                                 capsys):
-    """A fresh inductor cache; the worker compiles the cell's warm-up steps into it; the grid's cell
-    then finds every graph there: FX-graph cache hits, no miss. (A worker that warms
-    anything else than the cell's own steps, another seed's batch shapes, another scope, another
-    thread count, leaves misses.)"""
+def _varied_dir(directory: Path) -> Path:
+    """The offline fixture's articles six times over, each paragraph lengthened by a different amount:
+    batches of different shapes, so a compiled cell recompiles at its second step (lengths dynamic),
+    as on real data (the plain fixture's 12 questions make one batch shape)."""
+    articles = [(f"{title}{i}", text + text[:(11 * i) % len(text)], qas)
+                for i, (title, text, qas) in enumerate(TRAIN_ARTICLES * 6)]
+    write_split(directory, "valid", articles, "v")
+    write_split(directory, "test", EVAL_ARTICLES, "e")
+    return directory
+
+
+def test_a_warmed_cell_compiles_from_the_cache_the_worker_filled(tmp_path, monkeypatch, capsys):
+    """A fresh inductor cache; the worker compiles the cell's warm-up steps (step 1's graphs, step 2's
+    dynamic-length recompile) into it; the grid's cell then finds every graph there: FX-graph cache
+    hits, no miss. A worker that warms anything else than the cell's own steps (one step, another
+    scope, another thread count) leaves misses."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # read by inductor at each lookup
     counters.clear()
-    rows = _grid(offline_dir, cache_dir, tmp_path / "out", "--compile", "--warm-compile", "1")
+    data = _varied_dir(tmp_path / "jsquad")
+    rows = _grid(data, tmp_path / "cache", tmp_path / "out", "--compile", "--warm-compile", "1")
     assert [r["status"] for r in rows] == ["ok"], [r.get("error") for r in rows]
     inductor, aot = counters["inductor"], counters["aot_autograd"]
     # (AOTAutograd's own cache may bypass a graph, as for this mixer: then its FX graph is still a hit)
     assert inductor["fxgraph_cache_hit"] > 0, (dict(inductor), dict(aot))
     assert inductor["fxgraph_cache_miss"] == 0 and aot["autograd_cache_miss"] == 0, (dict(inductor), dict(aot))
+    assert counters["frames"]["total"] >= 2 * 2  # (blocks and final norm) at steps 1 and 2: a recompile warmed too
     assert rows[0]["train"]["compile"] is True and rows[0]["train"]["compile_warmed"] is True
     assert (tmp_path / "inductor").is_dir()
     assert "warm [1/1] wave_interference x autoregressive (seed 0)" in capsys.readouterr().out
