@@ -68,7 +68,7 @@ def warm_up(cells: list[Cell], spec: Any, jobs: int, timeout_s: float = TIMEOUT_
     threads = worker_threads(jobs)
     env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    say(f"warm-compile: {len(cells)} cells, {jobs} at a time ({threads} compile threads each)")
+    say(f"warm-compile: {len(cells)} cells, {jobs} at a time ({threads} compile thread{'s' * (threads > 1)} each)")
     t_start = time.perf_counter()
     todo, running, warmed, n = list(cells), [], set(), 0
     with tempfile.TemporaryDirectory(prefix="wavebench-warm-") as tmp:
