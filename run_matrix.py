@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     pretrain = dataclasses.asdict(PretrainSpec(args.pretrain, args.pretrain_frac, args.pretrain_max_chars)) \
         if args.pretrain else None
     dist, device = distributed.init(args.device)  # under torchrun: this rank's device, process group up
+    executors.check_warm_compile(args, dist, device)
 
     lr, sweep_lr = lr_choice(args)
     cells = [

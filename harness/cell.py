@@ -136,6 +136,9 @@ class RunContext:
     # cells train elsewhere (Ray workers, on their own devices): the driver's plans only check them, and
     # device-bound choices (the loss kernel: `cce` needs CUDA) are resolved by the workers, not judged here
     remote: bool = False
+    # keys of the cells whose compilation a throwaway worker ran first (run_matrix --warm-compile,
+    # harness/warm.py): their graphs come from inductor's on-disk cache, and their rows say so
+    warmed: set[str] = field(default_factory=set)
     _tasks: dict[str, tasks.Task] = field(default_factory=dict)
     _data: dict[str, TaskData] = field(default_factory=dict)
     _corpora: dict[str, pt.Corpus] = field(default_factory=dict)
@@ -236,8 +239,13 @@ def check_cell(cell: Cell, ctx: RunContext) -> CellPlan:
     return plan
 
 
-def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
-    """The cell's results row; None on the non-zero ranks of a data-parallel cell (rank 0 evaluates)."""
+def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, Any] | None:
+    """The cell's results row; None on the non-zero ranks of a data-parallel cell (rank 0 evaluates).
+
+    `warm_only`: the same path up to each training stage's warm-up steps (compilation), then stop: no
+    learning-rate sweep (its short runs compile the same graphs), no dev check, no evaluation. Its only
+    product is inductor's on-disk cache (harness/warm.py); the row it returns says ok or why not, and
+    is written nowhere."""
     row = base_row(cell, ctx)
     t_start = time.perf_counter()
     timing = row["timing"] = {}  # wall seconds per phase: where a cell's time went
@@ -261,7 +269,8 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
             fresh_compiler()
         tf32 = enable_tf32(ctx.device)
         tcfg = _train_config(cell, ctx, preset, compiled)
-        if cell.lr_sweep:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
+        tcfg.warm_only = warm_only
+        if cell.lr_sweep and not warm_only:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
             row["lr_sweep"] = _lr_sweep(cell, ctx, plan, tcfg)
             tcfg.lr = row["lr_sweep"]["best_lr"]
         t_train = time.perf_counter()
@@ -272,12 +281,15 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any] | None:
         # training wall time (first step and checkpoint copies included) and the dev checks beside it
         timing["train_s"] = round(time.perf_counter() - t_train - res.dev_seconds, 2)
         timing["dev_s"] = round(res.dev_seconds, 2)
+        if warm_only:
+            row["status"] = "ok"
+            return row
         if not ctx.dist.is_main:  # [DDP] evaluation and the row are rank 0's
             return None
         row["tokens_seen"] = res.tokens_seen
         row["budget_info"] = res.budget_info
         row["loss_curve"] = res.loss_curve
-        row["train"] = _train_record(res, tcfg, compiled, tf32)
+        row["train"] = _train_record(res, tcfg, compiled, tf32, warmed=cell.key() in ctx.warmed)
         res.stages[-1]["sources"] = [data.protocol]  # the task stage trains on the protocol's training split
         if corpus is not None:
             row["pretrain"] = {**cell.pretrain, "corpus": corpus.info}
@@ -329,13 +341,16 @@ def _train_config(cell: Cell, ctx: RunContext, preset: Preset, compiled: bool) -
     return tcfg
 
 
-def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: bool) -> dict[str, Any]:
-    """The row's `train` record: how the cell trained."""
+def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: bool,
+                  warmed: bool = False) -> dict[str, Any]:
+    """The row's `train` record: how the cell trained. `compile_warmed` (compiled cells): a throwaway
+    worker compiled the cell's graphs first (--warm-compile), so its warm-up steps read inductor's cache."""
     return {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
             "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
             "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
+            "warm_seconds": round(res.warm_seconds, 2),
             **({"compile_mode": tcfg.compile_mode, "compile_scope": res.compile_scope,
-                "late_compiles": res.late_compiles} if compiled else {}),
+                "late_compiles": res.late_compiles, "compile_warmed": warmed} if compiled else {}),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
             "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve),
             **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}

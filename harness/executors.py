@@ -1,7 +1,9 @@
 """Executors: how a grid's cells are run.
 
 - "local": one cell after another in this process (under torchrun: every cell data-parallel on the
-  launched ranks, see harness/distributed.py). Needs nothing beyond the base install.
+  launched ranks, see harness/distributed.py). Needs nothing beyond the base install. With
+  `--warm-compile J` it first runs the compiled cells' compilations J at a time in throwaway worker
+  processes, so each cell then compiles from inductor's on-disk cache (harness/warm.py).
 - "ray":   every cell is a Ray task holding `--gpus-per-cell` GPUs (default: 1 when the cluster has
   GPUs, else 0) and `--cpus-per-cell` CPUs, so a machine with 8 GPUs runs 8 cells at once and every
   node that joins the cluster (`ray start --address=...`) adds its GPUs with no code change. A task
@@ -37,6 +39,7 @@ from harness import distributed as ddp
 from harness.cell import Cell, RunContext, base_row, run_cell
 from harness.progress import GridProgress, PhaseReporter, PoolProgress
 from harness.spawn import spawn_cell
+from harness.warm import warm_up
 from core.env import resolve_device
 from core.results import error_text
 
@@ -72,6 +75,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs each Ray task holds (default: 1 if the cluster has GPUs, else 0); an integer "
                         "G > 1 trains each cell data-parallel on G ranks; a fraction packs cells onto a GPU")
     g.add_argument("--cpus-per-cell", type=float, default=1.0, help="CPUs each Ray task holds (default: 1)")
+    g.add_argument("--warm-compile", type=int, default=0, metavar="J",
+                   help="local executor: before the grid, compile every pending compiled cell's warm-up steps "
+                        "J at a time in throwaway processes, so the cells then compile from inductor's cache "
+                        "(default 0: off; harness/warm.py)")
+
+
+def check_warm_compile(args: argparse.Namespace, dist: ddp.DistEnv, device: torch.device) -> None:
+    """Refuse --warm-compile where it cannot work, in one line, before anything runs. Refused, not
+    ignored: a flag that silently does nothing would leave a slow grid unexplained."""
+    if not args.warm_compile:
+        return
+    if args.warm_compile < 0:
+        raise ValueError(f"--warm-compile takes a number of worker processes >= 1 (0: off), got {args.warm_compile}")
+    if args.executor != "local":
+        raise ValueError(f"--warm-compile is for the local executor; under --executor {args.executor} every "
+                         "worker compiles its own cells")
+    if dist.active:
+        raise ValueError("--warm-compile is not for torchrun: its ranks compile each cell together")
+    if args.no_compile:
+        raise ValueError("--warm-compile warms compilation, and --no-compile says not to compile; give one")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--warm-compile runs on cpu or cuda, not {device.type}")
 
 
 def build(args: argparse.Namespace) -> "Executor":
@@ -90,6 +115,12 @@ class LocalExecutor(Executor):
     """Cells one after another in this process; under torchrun every rank runs this same loop."""
 
     def run(self, cells: list[Cell], ctx: RunContext) -> Iterator[tuple[Cell, dict[str, Any]]]:
+        jobs = getattr(self.args, "warm_compile", 0)
+        if jobs and not ctx.dist.active:  # (refused under torchrun: check_warm_compile)
+            spec = ContextSpec(device=str(ctx.device), data_dir=str(Path(ctx.data_dir).resolve()) if ctx.data_dir
+                               else None, cache_dir=str(Path(ctx.cache_dir).resolve()), grid=ctx.grid)
+            compiled = [c for c in cells if c.compiles(ctx.device)]
+            ctx.warmed |= warm_up(compiled, spec, jobs, say=lambda line: print(line, flush=True))
         progress = GridProgress(cells, enabled=ctx.progress)  # the running cell's phase, the grid's time left
         ctx.phase = progress.phase
         try:

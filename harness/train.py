@@ -53,6 +53,9 @@ class TrainConfig:
     progress: bool = True
     report: Callable[[float | None], None] | None = None  # budget-fraction callback (replaces the bar)
     max_steps: int = 10_000_000  # safety net
+    # stop once every stage has taken its warm-up steps, with no dev check: a run whose only product is
+    # inductor's on-disk compile cache, for the real run that follows (harness/warm.py)
+    warm_only: bool = False
 
 
 @dataclass
@@ -72,6 +75,7 @@ class TrainResult:
     padding_frac: float | None = None  # share of computed positions (rows x batch length) that were padding
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
     late_compiles: int = 0  # steps after the warm-up in which torch.compile compiled (not budgeted either)
+    warm_seconds: float = 0.0  # wall time of the steps left off the clock (warm-up, late compiles): mostly compiling
     compile_scope: str | None = None  # what was compiled ("blocks", or "model" where blocks cannot be)
     budget_info: dict = field(default_factory=dict)  # the meter's describe(): the budget (and measured speed)
 
@@ -130,10 +134,15 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
     with run.watch:
         while frac < 1.0 and run.res.steps < cfg.max_steps:
             stage = stages.at(frac)
+            if cfg.warm_only and stage.steps >= run.warm_steps:  # [warm] this stage has compiled
+                if stage is stages.task:
+                    break
+                frac = stage.until  # on to the next stage's warm-up
+                continue
             run.step(stage, frac)
             frac = par.fraction(meter.fraction(run.res.tokens_seen, run.clock))  # [DDP] rank 0's clock decides
             bar(frac)
-            while eval_at and (frac >= eval_at[0] or frac >= 1.0):
+            while eval_at and not cfg.warm_only and (frac >= eval_at[0] or frac >= 1.0):
                 eval_at.pop(0)
                 run.eval_point(frac, stage)
     bar(None)
@@ -218,6 +227,8 @@ class _Run:
         dt = time.perf_counter() - t0
         if not warm:
             self.clock += dt
+        else:
+            res.warm_seconds += dt
         stage.account(n_tok, 0.0 if warm else dt)
         if not warm and res.steps > STEADY_FROM:
             self.steady_t += dt

@@ -3,10 +3,12 @@ the speed targets are measured first, every mixer is in the grid, the limits fit
 and a check split over two commands still reports every part and every grid's cells."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import mixers
+from harness import objectives
 from benchmarks import gpu_check as gc
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -36,6 +38,8 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     assert sorted(order) == sorted(mixers.names())  # and every registered mixer
     assert _after(grid, "--preset") == "small" and _after(grid, "--lr") == "preset"
     assert "--compile-mode" not in grid and "--no-compile" not in grid  # the default command's compile
+    n_cells = len(order) * len(objectives.names())  # its cells' compilations warmed first, half the cores at a time
+    assert _after(grid, "--warm-compile") == str(min(n_cells, max(1, (os.cpu_count() or 2) // 2)))
     base = _argv(parts, "grid_base")
     assert _after(base, "--preset") == "base" and _after(base, "--mixers") == "attention"
     assert _after(base, "--grid") != _after(grid, "--grid")  # its own results file and report
@@ -48,6 +52,8 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     dry = gc.plan(tmp_path, tmp_path, dry=True, budget=None, eval_limit=None)
     assert all(_after(p.argv, "--preset") == "tiny" for p in dry if p.name.startswith("grid"))
     assert all("--cache-dir" not in p.argv for p in dry)  # run_matrix's own default then
+    assert _after(_argv(dry, "grid"), "--warm-compile") == "2"  # the dry run takes the warm-up path too
+    assert all("--warm-compile" not in p.argv for p in parts + dry if p.name != "grid")
 
 
 def _env():

@@ -1,0 +1,186 @@
+"""`run_matrix.py --warm-compile J` (harness/warm.py): a throwaway worker runs a compiled cell's warm-up
+steps first, so the real cell, run after it in the grid's process, compiles from inductor's on-disk
+cache; a warm-up that fails never stops the grid; the flag is refused where it cannot work; rows say
+whether their cell was warmed, and the cell key does not change."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import run_matrix
+from core.results import cell_rows, read_rows
+from fixtures.jsquad_mini import EVAL_ARTICLES, TRAIN_ARTICLES, write_split
+from harness import executors, warm
+from harness.cell import Cell, RunContext, run_cell
+from harness.distributed import DistEnv
+from harness.train import TrainConfig
+
+GRID = ["--preset", "tiny", "--budget", "tokens=6000", "--task-opt", "eval_limit=2", "--dev-tokens", "256",
+        "--no-progress", "--no-report", "--mixers", "wave_interference", "--objectives", "autoregressive"]
+
+
+def _grid(offline_dir, cache_dir, out, *extra: str) -> list[dict]:
+    assert run_matrix.main([*GRID, "--data-dir", str(offline_dir), "--cache-dir", str(cache_dir),
+                            "--out", str(out), "--grid", "w", *extra]) == 0
+    return cell_rows(read_rows(out / "results" / "w.jsonl"))
+
+
+def _varied_dir(directory: Path) -> Path:
+    """The offline fixture's articles six times over, each paragraph lengthened by a different amount:
+    batches of different shapes, so a compiled cell recompiles at its second step (lengths dynamic),
+    as on real data (the plain fixture's 12 questions make one batch shape)."""
+    articles = [(f"{title}{i}", text + text[:(11 * i) % len(text)], qas)
+                for i, (title, text, qas) in enumerate(TRAIN_ARTICLES * 6)]
+    write_split(directory, "valid", articles, "v")
+    write_split(directory, "test", EVAL_ARTICLES, "e")
+    return directory
+
+
+def test_a_warmed_cell_compiles_from_the_cache_the_worker_filled(tmp_path, monkeypatch, capsys):
+    """A fresh inductor cache; the worker compiles the cell's warm-up steps (step 1's graphs, step 2's
+    dynamic-length recompile) into it; the grid's cell then finds every graph there: FX-graph cache
+    hits, no miss. A worker that warms anything else than the cell's own steps (one step, another
+    scope, another thread count) leaves misses."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # read by inductor at each lookup
+    counters.clear()
+    data = _varied_dir(tmp_path / "jsquad")
+    rows = _grid(data, tmp_path / "cache", tmp_path / "out", "--compile", "--warm-compile", "1")
+    assert [r["status"] for r in rows] == ["ok"], [r.get("error") for r in rows]
+    inductor, aot = counters["inductor"], counters["aot_autograd"]
+    # (AOTAutograd's own cache may bypass a graph, as for this mixer: then its FX graph is still a hit)
+    assert inductor["fxgraph_cache_hit"] > 0, (dict(inductor), dict(aot))
+    assert inductor["fxgraph_cache_miss"] == 0 and aot["autograd_cache_miss"] == 0, (dict(inductor), dict(aot))
+    assert counters["frames"]["total"] >= 2 * 2  # (blocks and final norm) at steps 1 and 2: a recompile warmed too
+    assert rows[0]["train"]["compile"] is True and rows[0]["train"]["compile_warmed"] is True
+    assert (tmp_path / "inductor").is_dir()
+    assert "warm [1/1] wave_interference x autoregressive (seed 0)" in capsys.readouterr().out
+
+
+def test_a_warm_up_run_stops_after_each_stages_warm_up_steps(offline_dir, cache_dir, tmp_path, monkeypatch):
+    """warm_only: the cell's path up to its warm-up steps (2 when compiled), no dev check, no
+    evaluation; nothing is written (run_cell never writes, and the warm-up's row goes nowhere)."""
+    monkeypatch.setattr(torch, "compile", lambda module, **_kw: module)  # compilation is not the point here
+    import harness.cell as hc
+    import harness.train as ht
+
+    seen: list[TrainConfig] = []
+    real_train = ht.train
+    monkeypatch.setattr(hc, "train", lambda *a, **k: seen.append(a[5]) or _steps(real_train(*a, **k)))
+    cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=20000",
+                compile=True, task_opts={"eval_limit": "2"}, lr_sweep={"rates": [1e-3, 3e-3], "frac": 0.1})
+    ctx = RunContext(device=torch.device("cpu"), data_dir=offline_dir, cache_dir=tmp_path / "cache", grid="w",
+                     progress=False)
+    row = run_cell(cell, ctx, warm_only=True)
+    assert row["status"] == "ok", row["error"]
+    assert len(seen) == 1 and seen[0].warm_only  # one training run: the lr sweep's short runs are skipped
+    assert _STEPS == [(2, 0)]  # the two warm-up steps (compile, recompile), then stop: no dev check
+    assert row["metrics"] == {} and "train" not in row and "lr_sweep" not in row  # no evaluation
+    assert not (tmp_path / "results").exists()
+
+
+_STEPS: list[tuple[int, int]] = []
+
+
+def _steps(res):
+    _STEPS.append((res.steps, len(res.loss_curve)))
+    return res
+
+
+def test_warm_up_stops_after_each_stage_when_the_cell_pretrains(monkeypatch):
+    """With pretraining the run has two stages, each compiling its own graphs (another objective form,
+    other shapes): the warm-up takes the pretraining stage's warm-up steps, jumps to the task stage,
+    takes its warm-up steps, and stops."""
+    from core.data import SeqSet, SpecialTokens
+    from harness import objectives
+    from harness import pretrain as pt
+    from harness.budget import Budget
+    from harness.model import LM, LMConfig
+    from harness.train import train
+
+    monkeypatch.setattr(torch, "compile", lambda module, **_kw: module)
+    rng = np.random.default_rng(0)
+    seqs = [[2] + rng.integers(6, 20, 10).tolist() + [3] for _ in range(32)]
+    task = SeqSet.from_lists(seqs, [[i >= 9 for i in range(12)] for _ in seqs], 0)
+    rows, _ = pt.pack(rng.integers(6, 20, 40 * 16), 16)
+    special = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    obj = objectives.build("autoregressive", special, "chunked", loss_on="answer")
+    cfg = TrainConfig(batch_size=4, progress=False, eval_points=4, compile=True, warm_only=True)
+    res = train(model, obj, task, task, Budget.parse("tokens=1000"), cfg, torch.device("cpu"),
+                pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.6))
+    assert [(s["stage"], s["steps"]) for s in res.stages] == [("pretrain", 2), ("task", 2)]
+    assert res.loss_curve == []  # no dev check
+
+
+def _worker(monkeypatch, code: str) -> None:
+    """A stand-in warm-up worker (argv: job file, result file)."""
+    monkeypatch.setattr(warm, "WORKER", [sys.executable, "-c", code])
+
+
+def test_a_failed_warm_up_never_stops_the_grid(offline_dir, cache_dir, tmp_path, monkeypatch, capsys):
+    """A worker that crashes (no result), one that reports the cell failed, one that hangs past its
+    time limit: each is one line, and the real cells run, compile on their own and are ok."""
+    monkeypatch.setattr(torch, "compile", lambda module, **_kw: module)  # the real cells' compilation: not the point
+    _worker(monkeypatch, "raise MemoryError('planted crash')")
+    rows = _grid(offline_dir, cache_dir, tmp_path / "a", "--compile", "--warm-compile", "2")
+    assert [r["status"] for r in rows] == ["ok"] and rows[0]["train"]["compile_warmed"] is False
+    out = capsys.readouterr().out
+    assert out.count("FAILED") == 1 and "MemoryError: planted crash" in out and "0/1 cells warmed" in out
+
+    # the real worker, on a cell whose plan fails in it: the worker's own error, in one line
+    cell = Cell(task="jsquad", mixer="no_such_mixer", objective="autoregressive", preset="tiny", budget="tokens=6000")
+    spec = executors.ContextSpec(device="cpu", data_dir=str(offline_dir), cache_dir=str(cache_dir), grid="w")
+    lines: list[str] = []
+    monkeypatch.setattr(warm, "WORKER", [sys.executable, "-m", "harness.warm"])
+    assert warm.warm_up([cell], spec, 1, say=lines.append) == set()
+    assert any("FAILED" in line and "no_such_mixer" in line for line in lines), lines
+
+    _worker(monkeypatch, "import time; time.sleep(60)")
+    lines.clear()
+    assert warm.warm_up([cell], spec, 1, timeout_s=1.0, say=lines.append) == set()
+    assert any("timed out after 1 s" in line for line in lines), lines
+
+
+def test_rows_say_whether_their_cell_was_warmed_and_keys_do_not_change(offline_dir, cache_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    """A warmed cell's row says `compile_warmed: true`; the same cell unwarmed says false, an eager
+    cell has no such field; the key (resume) is the same either way."""
+    monkeypatch.setattr(torch, "compile", lambda module, **_kw: module)
+    _worker(monkeypatch, "import json, sys; open(sys.argv[2], 'w').write(json.dumps({'status': 'ok', 'error': None}))")
+    warmed = _grid(offline_dir, cache_dir, tmp_path / "a", "--compile", "--warm-compile", "1")
+    cold = _grid(offline_dir, cache_dir, tmp_path / "b", "--compile")
+    eager = _grid(offline_dir, cache_dir, tmp_path / "c")
+    assert warmed[0]["train"]["compile_warmed"] is True and cold[0]["train"]["compile_warmed"] is False
+    assert "compile_warmed" not in eager[0]["train"]
+    assert warmed[0]["key"] == cold[0]["key"]
+    capsys.readouterr()
+    # resumed: a warm-compile rerun finds the cell done and warms nothing
+    assert len(_grid(offline_dir, cache_dir, tmp_path / "a", "--compile", "--warm-compile", "1")) == 1
+    assert "nothing to warm" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--executor", "ray"], "for the local executor"),
+    (["--no-compile"], "--no-compile says not to compile"),
+    (["--warm-compile", "-1"], ">= 1"),
+])
+def test_warm_compile_is_refused_where_it_cannot_work(offline_dir, cache_dir, tmp_path, extra, message):
+    argv = [*GRID, "--data-dir", str(offline_dir), "--cache-dir", str(cache_dir), "--out", str(tmp_path),
+            "--warm-compile", "2", *extra]
+    with pytest.raises(ValueError, match=message):
+        run_matrix.main(argv)
+    assert not (tmp_path / "results").exists()  # refused before anything ran
+
+
+def test_warm_compile_is_refused_under_torchrun():
+    args = argparse.Namespace(warm_compile=2, executor="local", no_compile=False)
+    ranks = DistEnv(rank=0, world_size=2, local_rank=0, backend="gloo")
+    with pytest.raises(ValueError, match="torchrun"):
+        executors.check_warm_compile(args, ranks, torch.device("cpu"))
+    executors.check_warm_compile(args, DistEnv(), torch.device("cpu"))  # one process: fine
