@@ -60,6 +60,7 @@ def default_data_dir() -> Path:
 # the grid's mixers in this order: the issue's speed targets (attention, and Mamba against it) come first,
 # so a grid that runs out of time has measured them; the rest follow in registry order
 FIRST_MIXERS = ("attention", "mamba")
+WARM_S = 120  # the GPU grid's warm phase may take this much of its 300 s (the cells need the rest)
 
 
 def grid_mixers() -> str:
@@ -104,19 +105,21 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         return args[:i + 1] + [preset] + args[i + 2:]
 
     # the grid's cells compile one after another (12 cold compilations, mostly on one core): first their
-    # warm-up steps, half the cores' worth at a time, fill inductor's cache (harness/warm.py); the dry
-    # run warms 2 at a time, so it runs that path too
+    # warm-up steps, half the cores' worth at a time, fill inductor's cache (harness/warm.py), for at most
+    # WARM_S of the part's limit (then the rest compile on their own). The dry run compiles too (the
+    # CUDA default; on CPU it must be asked for), 2 warm-ups at a time: it runs the device's path
     from harness import objectives
 
     n_cells = len(grid_mixers().split(",")) * len(objectives.names())
-    warm = 2 if dry else min(n_cells, max(1, (os.cpu_count() or 2) // 2))
+    warm = ["--warm-compile", str(2 if dry else min(n_cells, max(1, (os.cpu_count() or 2) // 2)))]
+    warm += ["--compile"] if dry else ["--warm-timeout", str(WARM_S)]
     return [
         Part("cuda_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
                             "tests/test_loss.py", "tests/test_bench.py", "tests/test_mamba.py", "tests/test_mixers.py",
                             "tests/test_scan_triton.py"],
              limits["tests"], cuda_only=True),
         # every mixer x objective as the README's default command runs them (compiled on CUDA, --loss auto)
-        Part("grid", [*run, "--grid", "gpu_check", "--mixers", grid_mixers(), *grid, "--warm-compile", str(warm), *o],
+        Part("grid", [*run, "--grid", "gpu_check", "--mixers", grid_mixers(), *grid, *warm, *o],
              limits["grid"]),
         # the base preset's MFU beside the small preset's (issue 14)
         Part("grid_base", [*run, "--grid", "gpu_check_base", *attention_ar, *with_preset(grid, base_preset), *o],

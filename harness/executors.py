@@ -79,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local executor: before the grid, compile every pending compiled cell's warm-up steps "
                         "J at a time in throwaway processes, so the cells then compile from inductor's cache "
                         "(default 0: off; harness/warm.py)")
+    g.add_argument("--warm-timeout", type=float, default=900.0, metavar="S",
+                   help="--warm-compile's phase ends after S seconds: workers still compiling are stopped and "
+                        "their cells compile on their own (default 900)")
 
 
 def check_warm_compile(args: argparse.Namespace, dist: ddp.DistEnv, device: torch.device) -> None:
@@ -120,7 +123,8 @@ class LocalExecutor(Executor):
             spec = ContextSpec(device=str(ctx.device), data_dir=str(Path(ctx.data_dir).resolve()) if ctx.data_dir
                                else None, cache_dir=str(Path(ctx.cache_dir).resolve()), grid=ctx.grid)
             compiled = [c for c in cells if c.compiles(ctx.device)]
-            ctx.warmed |= warm_up(compiled, spec, jobs, say=lambda line: print(line, flush=True))
+            ctx.warmed |= warm_up(compiled, spec, jobs, getattr(self.args, "warm_timeout", 900.0),
+                                  say=lambda line: print(line, flush=True))
         progress = GridProgress(cells, enabled=ctx.progress)  # the running cell's phase, the grid's time left
         ctx.phase = progress.phase
         try:

@@ -38,7 +38,7 @@ import torch
 from harness.cell import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 900.0  # a warm-up worker running longer is killed (the real cell then compiles on its own)
+TIMEOUT_S = 900.0  # the warm phase's limit: then its workers are killed (their cells compile on their own)
 POLL_S = 0.2
 WORKER = [sys.executable, "-m", "harness.warm"]  # + job file, result file (tests stand in failing workers)
 
@@ -61,7 +61,11 @@ def warm_up(cells: list[Cell], spec: Any, jobs: int, timeout_s: float = TIMEOUT_
             say: Callable[[str], None] = print) -> set[str]:
     """Run the warm-up of each of `cells`, `jobs` worker processes at a time; the keys of those that
     finished. `spec`: an executors.ContextSpec (plain values) each worker builds its RunContext from.
-    Never raises for a worker's failure: `say` gets one line per finished warm-up, ok or not."""
+    Never raises for a worker's failure: `say` gets one line per finished warm-up, ok or not.
+
+    `timeout_s` bounds the whole phase, not each worker: a grid under a time limit (the GPU check's
+    part) must keep most of it for the cells themselves. At the limit the running workers are killed
+    and the cells not started are left to compile on their own."""
     if not cells:
         say("warm-compile: no pending cell compiles; nothing to warm")
         return set()
@@ -74,10 +78,16 @@ def warm_up(cells: list[Cell], spec: Any, jobs: int, timeout_s: float = TIMEOUT_
     with tempfile.TemporaryDirectory(prefix="wavebench-warm-") as tmp:
         try:
             while todo or running:
+                late = time.perf_counter() - t_start > timeout_s
+                if late and todo:
+                    n += len(todo)
+                    say(f"  warm: the phase's {timeout_s:.0f} s are up; not warmed: "
+                        + ", ".join(c.label() for c in todo) + " (they compile on their own)")
+                    todo = []
                 while todo and len(running) < jobs:
                     running.append(_start(todo.pop(0), spec, Path(tmp), len(cells) - len(todo), env))
                 time.sleep(POLL_S)
-                for w in [w for w in running if w.proc.poll() is not None or time.perf_counter() - w.t0 > timeout_s]:
+                for w in [w for w in running if w.proc.poll() is not None or late]:
                     running.remove(w)
                     n += 1
                     error = _outcome(w, timeout_s)
@@ -109,7 +119,7 @@ def _outcome(w: _Worker, timeout_s: float) -> str | None:
     """None when the worker warmed its cell, else why not (one line)."""
     if w.proc.poll() is None:
         _stop(w.proc)
-        return f"timed out after {timeout_s:.0f} s"
+        return f"stopped at the warm phase's limit of {timeout_s:.0f} s"
     if w.out.exists():
         result = json.loads(w.out.read_text(encoding="utf-8"))
         return None if result["status"] == "ok" else str(result["error"])

@@ -46,6 +46,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # traced by torch.compile: the textbook form, whose operators inductor fuses and whose
+            # backward it derives. The Function's fewer operator calls matter only eagerly, and a traced
+            # Function costs twice: AOTAutograd's cache passes over any graph holding one (every cell then
+            # recompiles from scratch), and torch 2.11's dynamo traced this one wrong (see above)
+            xf = x.to(torch.promote_types(x.dtype, torch.float32))
+            return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
         return _RMSNormFn.apply(x, self.weight, self.eps)
 
 

@@ -52,7 +52,9 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     dry = gc.plan(tmp_path, tmp_path, dry=True, budget=None, eval_limit=None)
     assert all(_after(p.argv, "--preset") == "tiny" for p in dry if p.name.startswith("grid"))
     assert all("--cache-dir" not in p.argv for p in dry)  # run_matrix's own default then
-    assert _after(_argv(dry, "grid"), "--warm-compile") == "2"  # the dry run takes the warm-up path too
+    assert _after(grid, "--warm-timeout") == str(gc.WARM_S) and gc.WARM_S <= limit["grid"] / 2  # cells keep most
+    assert _after(_argv(dry, "grid"), "--warm-compile") == "2"  # the dry run takes the warm-up path too ...
+    assert "--compile" in _argv(dry, "grid")  # ... compiled, as on CUDA (on CPU it must be asked for)
     assert all("--warm-compile" not in p.argv for p in parts + dry if p.name != "grid")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,11 @@ def test_a_warmed_cell_compiles_from_the_cache_the_worker_filled(tmp_path, monke
     rows = _grid(data, tmp_path / "cache", tmp_path / "out", "--compile", "--warm-compile", "1")
     assert [r["status"] for r in rows] == ["ok"], [r.get("error") for r in rows]
     inductor, aot = counters["inductor"], counters["aot_autograd"]
-    # (AOTAutograd's own cache may bypass a graph, as for this mixer: then its FX graph is still a hit)
-    assert inductor["fxgraph_cache_hit"] > 0, (dict(inductor), dict(aot))
+    # AOTAutograd's cache hits too (it bypasses a graph holding an autograd Function: RMSNorm keeps its
+    # Function out of traced code for that reason, mixers/_layers.py), so the cell skips AOT tracing
+    assert inductor["fxgraph_cache_hit"] > 0 and aot["autograd_cache_hit"] > 0, (dict(inductor), dict(aot))
     assert inductor["fxgraph_cache_miss"] == 0 and aot["autograd_cache_miss"] == 0, (dict(inductor), dict(aot))
+    assert aot["autograd_cache_bypass"] == 0, (dict(inductor), dict(aot))
     assert counters["frames"]["total"] >= 2 * 2  # (blocks and final norm) at steps 1 and 2: a recompile warmed too
     assert rows[0]["train"]["compile"] is True and rows[0]["train"]["compile_warmed"] is True
     assert (tmp_path / "inductor").is_dir()
@@ -143,8 +146,12 @@ def test_a_failed_warm_up_never_stops_the_grid(offline_dir, cache_dir, tmp_path,
 
     _worker(monkeypatch, "import time; time.sleep(60)")
     lines.clear()
-    assert warm.warm_up([cell], spec, 1, timeout_s=1.0, say=lines.append) == set()
-    assert any("timed out after 1 s" in line for line in lines), lines
+    other = Cell(task="jsquad", mixer="attention", objective="diffusion", preset="tiny", budget="tokens=6000")
+    t0 = time.perf_counter()
+    assert warm.warm_up([cell, other], spec, 1, timeout_s=1.0, say=lines.append) == set()
+    assert time.perf_counter() - t0 < 30  # the limit bounds the phase: not one worker's 60 s, nor two
+    assert any("stopped at the warm phase's limit of 1 s" in line for line in lines), lines
+    assert any("not warmed: attention x diffusion" in line for line in lines), lines  # never started
 
 
 def test_rows_say_whether_their_cell_was_warmed_and_keys_do_not_change(offline_dir, cache_dir, tmp_path,
