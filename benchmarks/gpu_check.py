@@ -7,8 +7,8 @@ and a report folder to commit.
     python -m benchmarks.gpu_check --cpu-dry-run         # on CPU: tiny sizes, CUDA-only parts skipped
 
 Each part runs as its own process with a time limit, so one failure or hang never stops the others;
-the GPU limits add up to 635 s (`plan`). Where one command may run at most 10 minutes (a lent GPU),
-run it as two commands over the same `--out`, `--parts cuda_tests,grid` (375 s) then the rest: each
+the GPU limits add up to 660 s (`plan`). Where one command may run at most 10 minutes (a lent GPU),
+run it as two commands over the same `--out`, `--parts cuda_tests,grid` (400 s) then the rest: each
 part's record is kept in `OUT/parts.json`, and the README lists every part run so far. What a part printed goes to
 `OUT/logs/<part>.log`; rows go to `OUT/results/`, the grid's report to `OUT/reports/`, and a summary
 (device, versions, each part's status and time, every cell's status and tokens/s) to `OUT/README.md`.
@@ -72,7 +72,7 @@ def grid_mixers() -> str:
 
 def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: int | None,
          cache_dir: Path | None = None) -> list[Part]:
-    """The parts and their time limits. The GPU limits sum to 635 s: on a lent GPU with a 10-minute
+    """The parts and their time limits. The GPU limits sum to 660 s: on a lent GPU with a 10-minute
     limit per command, run them as two commands (README: "GPU check", `SPLIT`)."""
     py = sys.executable
     if dry:
@@ -90,7 +90,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         base_preset = "base"
         scaling = ["--device", "cuda", "--max-len", "8192", "--tokens", "16384", "--reps", "5", "--max-seconds", "5"]
         loss = ["--device", "cuda", "--vocab", "8000,32000", "--tokens", "4096,16384", "--reps", "5"]
-        limits = {"tests": 75, "grid": 300, "base": 60, "graphs": 60, "scope": 60, "scaling": 40, "loss": 40}
+        limits = {"tests": 100, "grid": 300, "base": 60, "graphs": 60, "scope": 60, "scaling": 40, "loss": 40}
     # one rate per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and
     # miss the time limits; the sweep is tested on CPU (tests/test_lr_sweep.py), this checks the GPU path
     grid += ["--lr", "preset"]
@@ -116,7 +116,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
     return [
         Part("cuda_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
                             "tests/test_loss.py", "tests/test_bench.py", "tests/test_mamba.py", "tests/test_mixers.py",
-                            "tests/test_scan_triton.py"],
+                            "tests/test_scan_triton.py", "tests/test_compile.py"],
              limits["tests"], cuda_only=True),
         # every mixer x objective as the README's default command runs them (compiled on CUDA, --loss auto)
         Part("grid", [*run, "--grid", "gpu_check", "--mixers", grid_mixers(), *grid, *warm, *o],
