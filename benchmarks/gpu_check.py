@@ -110,7 +110,8 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
     # CUDA default; on CPU it must be asked for), 2 warm-ups at a time: it runs the device's path
     from harness import objectives
 
-    n_cells = len(grid_mixers().split(",")) * len(objectives.names())
+    order = grid_mixers()
+    n_cells = len(order.split(",")) * len(objectives.names())
     warm = ["--warm-compile", str(2 if dry else min(n_cells, max(1, (os.cpu_count() or 2) // 2)))]
     warm += ["--compile"] if dry else ["--warm-timeout", str(WARM_S)]
     return [
@@ -119,7 +120,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
                             "tests/test_scan_triton.py", "tests/test_compile.py"],
              limits["tests"], cuda_only=True),
         # every mixer x objective as the README's default command runs them (compiled on CUDA, --loss auto)
-        Part("grid", [*run, "--grid", "gpu_check", "--mixers", grid_mixers(), *grid, *warm, *o],
+        Part("grid", [*run, "--grid", "gpu_check", "--mixers", order, *grid, *warm, *o],
              limits["grid"]),
         # the base preset's MFU beside the small preset's (issue 14)
         Part("grid_base", [*run, "--grid", "gpu_check_base", *attention_ar, *with_preset(grid, base_preset), *o],

@@ -39,7 +39,7 @@ from harness import distributed as ddp
 from harness.cell import Cell, RunContext, base_row, run_cell
 from harness.progress import GridProgress, PhaseReporter, PoolProgress
 from harness.spawn import spawn_cell
-from harness.warm import warm_up
+from harness.warm import TIMEOUT_S as WARM_TIMEOUT_S, warm_up
 from core.env import resolve_device
 from core.results import error_text
 
@@ -54,6 +54,12 @@ class ContextSpec:
     data_dir: str | None  # absolute: workers do not share the driver's working directory
     cache_dir: str
     grid: str
+
+    @classmethod
+    def of(cls, ctx: RunContext, device: str) -> "ContextSpec":
+        """The spec of the driver's `ctx`, for workers on `device` (paths made absolute)."""
+        return cls(device=device, data_dir=str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
+                   cache_dir=str(Path(ctx.cache_dir).resolve()), grid=ctx.grid)
 
     def build(self, dist: ddp.DistEnv | None = None, device: torch.device | None = None) -> RunContext:
         dist = dist or ddp.DistEnv()
@@ -79,9 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local executor: before the grid, compile every pending compiled cell's warm-up steps "
                         "J at a time in throwaway processes, so the cells then compile from inductor's cache "
                         "(default 0: off; harness/warm.py)")
-    g.add_argument("--warm-timeout", type=float, default=900.0, metavar="S",
+    g.add_argument("--warm-timeout", type=float, default=WARM_TIMEOUT_S, metavar="S",
                    help="--warm-compile's phase ends after S seconds: workers still compiling are stopped and "
-                        "their cells compile on their own (default 900)")
+                        f"their cells compile on their own (default {WARM_TIMEOUT_S:.0f})")
 
 
 def check_warm_compile(args: argparse.Namespace, dist: ddp.DistEnv, device: torch.device) -> None:
@@ -120,11 +126,9 @@ class LocalExecutor(Executor):
     def run(self, cells: list[Cell], ctx: RunContext) -> Iterator[tuple[Cell, dict[str, Any]]]:
         jobs = getattr(self.args, "warm_compile", 0)
         if jobs and not ctx.dist.active:  # (refused under torchrun: check_warm_compile)
-            spec = ContextSpec(device=str(ctx.device), data_dir=str(Path(ctx.data_dir).resolve()) if ctx.data_dir
-                               else None, cache_dir=str(Path(ctx.cache_dir).resolve()), grid=ctx.grid)
             compiled = [c for c in cells if c.compiles(ctx.device)]
-            ctx.warmed |= warm_up(compiled, spec, jobs, getattr(self.args, "warm_timeout", 900.0),
-                                  say=lambda line: print(line, flush=True))
+            ctx.warmed |= warm_up(compiled, ContextSpec.of(ctx, str(ctx.device)), jobs,
+                                  getattr(self.args, "warm_timeout", WARM_TIMEOUT_S), say=lambda line: print(line, flush=True))
         progress = GridProgress(cells, enabled=ctx.progress)  # the running cell's phase, the grid's time left
         ctx.phase = progress.phase
         try:
@@ -170,9 +174,7 @@ class RayExecutor(Executor):
         if gpus is None:  # one GPU per cell when there are GPUs (and --device does not say cpu)
             gpus = 1.0 if self.args.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         world = int(gpus) if gpus >= 2 and float(gpus).is_integer() else 1
-        spec = ContextSpec(device="cuda" if gpus > 0 else "cpu",
-                           data_dir=str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
-                           cache_dir=str(Path(ctx.cache_dir).resolve()), grid=ctx.grid)
+        spec = ContextSpec.of(ctx, "cuda" if gpus > 0 else "cpu")
         task = ray.remote(num_gpus=gpus, num_cpus=self.args.cpus_per_cell, max_retries=0)(ray_cell)
         # the phase board: no CPU, so it never takes a cell's slot; none when nothing is shown
         board = ray.remote(num_cpus=0)(PhaseBoard).remote() if ctx.progress else None
