@@ -72,8 +72,9 @@ def test_passages_source_is_the_tasks_training_passages(offline_dir, cache_dir):
 
 
 def test_hf_source_streams_a_text_dataset(tmp_path, monkeypatch):
-    """A stand-in for the hub: `datasets.load_dataset` of local text files, as streaming gives them."""
-    import datasets
+    """A stand-in for the hub: `datasets.load_dataset` of local text files, as streaming gives them.
+    `datasets` is an optional extra (requirements-online.txt): without it the test skips."""
+    datasets = pytest.importorskip("datasets")
 
     f = _write(tmp_path / "wiki.txt", "ab\n\ncde\n")
     real = datasets.load_dataset

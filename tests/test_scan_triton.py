@@ -8,6 +8,7 @@ The interpreter must be chosen before Triton is imported (its standard library i
 the tests named *interp* run in a subprocess with TRITON_INTERPRET=1 (`test_the_interpreter_suite`)."""
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import re
@@ -83,6 +84,19 @@ FWD_VARIANTS = [dict(KEEP=False, SUMMARY=True), dict(KEEP=True, SUMMARY=False), 
 BWD_VARIANTS = [dict(SUMMARY=True), dict(SUMMARY=False)]
 
 
+def _ast_source(ASTSource, kernel, consts: dict):
+    """The kernel's source for Triton's ahead-of-time compiler, in either of its two APIs: Triton >= 3.2
+    names every argument (constexprs by name), Triton 3.0 / 3.1 (torch 2.4 / 2.5) numbers them and
+    leaves the constexprs out of the signature."""
+    ty = lambda a: "*fp32" if a.endswith("_ptr") else "i32"  # noqa: E731
+    if "constexprs" in inspect.signature(ASTSource).parameters:
+        sig = {a: "constexpr" if a in consts else ty(a) for a in kernel.arg_names}
+        return ASTSource(fn=kernel, signature=sig, constexprs=consts)
+    names = kernel.arg_names
+    sig = {i: ty(a) for i, a in enumerate(names) if a not in consts}
+    return ASTSource(fn=kernel, signature=sig, constants={names.index(a): c for a, c in consts.items()})
+
+
 @pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
 @pytest.mark.parametrize("arch", [80, 90])  # A100, H100 / H200
 def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
@@ -102,9 +116,7 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
     for (kernel, variants), N in itertools.product(((fwd, FWD_VARIANTS), (bwd, BWD_VARIANTS)), (16, 5)):
         for v in variants:  # d_state 16 (the presets') and 5 (the interpreter tests'), blocks as launched
             consts = {**v, **st.launch_meta(N)}
-            sig = {a: "constexpr" if a in consts else "*fp32" if a.endswith("_ptr") else "i32" for a in kernel.arg_names}
-            compiled = st.triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
-                                         target=GPUTarget("cuda", arch, 32))
+            compiled = st.triton.compile(_ast_source(ASTSource, kernel, consts), target=GPUTarget("cuda", arch, 32))
             assert len(compiled.asm["cubin"]) > 0, (kernel.fn.__name__, v, N)
 
 
