@@ -24,7 +24,7 @@ from harness import distributed, executors, lr_sweep, objectives
 from harness.budget import Budget, BudgetError
 from harness.cell import Cell, RunContext, check_cell
 from harness.loss import LOSS_IMPLS
-from harness.compiling import COMPILE_MODES, COMPILE_SCOPES
+from harness.compiling import COMPILE_MODES, COMPILE_SCOPES, check_torch
 from harness.pretrain import DEFAULT_FRAC, PretrainSpec
 from harness.model import NORMS
 from core.presets import PRESETS, get_preset
@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
              dev_tokens=args.dev_tokens, lr=lr, lr_sweep=sweep_lr)
         for s in seeds for o in objective_names for m in mixer_names
     ]
+    if any(c.compiles(device) for c in cells):  # (CUDA compiles by default)
+        check_torch()
     if args.sweep:
         cells = sweep_cells(cells, args.task, _ints(args.sweep_lengths, "--sweep-lengths"),
                             _ints(args.sweep_widths, "--sweep-widths"))

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Callable
 
 import torch
@@ -25,6 +26,23 @@ from torch import nn
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 COMPILE_SCOPES = ("blocks", "model")
+# the oldest torch whose torch.compile trains these models; older ones run eagerly only (`check_torch`)
+MIN_TORCH_TO_COMPILE = (2, 5)
+
+
+def check_torch(version: str | None = None) -> None:
+    """Refuse, in one line, to compile under a torch too old to compile these models right. Under torch
+    2.4 (the full suite run against 2.4.1, 2026-11-30): its inductor fails to generate code for the
+    RoPE angles with the sympy that pip installs beside it (>= 1.13: `Invalid NaN comparison`; torch
+    2.5 pins sympy 1.13.1), so every cell would train eagerly with only a `compile_error` in its row;
+    and the blocks scope compiles each block anew (dynamo inlines a module's parameters as guards
+    before 2.5), so past 8 blocks the rest would run eagerly. Eager training works there."""
+    version = version or torch.__version__
+    found = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", version).groups())
+    if found < MIN_TORCH_TO_COMPILE:
+        need = ".".join(map(str, MIN_TORCH_TO_COMPILE))
+        raise ValueError(f"torch.compile needs torch >= {need} here (this is {version}); upgrade torch, or pass "
+                         "--no-compile to train eagerly")
 
 
 def compile_for_training(module: nn.Module, mode: str = "default", scope: str = "blocks",

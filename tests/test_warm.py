@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch._functorch import config as aot_config
 
 import run_matrix
 from core.results import cell_rows, read_rows
@@ -54,11 +55,13 @@ def test_a_warmed_cell_compiles_from_the_cache_the_worker_filled(tmp_path, monke
     rows = _grid(data, tmp_path / "cache", tmp_path / "out", "--compile", "--warm-compile", "1")
     assert [r["status"] for r in rows] == ["ok"], [r.get("error") for r in rows]
     inductor, aot = counters["inductor"], counters["aot_autograd"]
+    assert inductor["fxgraph_cache_hit"] > 0 and inductor["fxgraph_cache_miss"] == 0, dict(inductor)
     # AOTAutograd's cache hits too (it bypasses a graph holding an autograd Function: RMSNorm keeps its
-    # Function out of traced code for that reason, mixers/_layers.py), so the cell skips AOT tracing
-    assert inductor["fxgraph_cache_hit"] > 0 and aot["autograd_cache_hit"] > 0, (dict(inductor), dict(aot))
-    assert inductor["fxgraph_cache_miss"] == 0 and aot["autograd_cache_miss"] == 0, (dict(inductor), dict(aot))
-    assert aot["autograd_cache_bypass"] == 0, (dict(inductor), dict(aot))
+    # Function out of traced code for that reason, mixers/_layers.py), so the cell skips AOT tracing;
+    # torch 2.5 has that cache off by default (then only inductor's code generation is saved)
+    if aot_config.enable_autograd_cache:
+        assert aot["autograd_cache_hit"] > 0 and aot["autograd_cache_miss"] == 0, dict(aot)
+        assert aot["autograd_cache_bypass"] == 0, dict(aot)
     assert counters["frames"]["total"] >= 2 * 2  # (blocks and final norm) at steps 1 and 2: a recompile warmed too
     assert rows[0]["train"]["compile"] is True and rows[0]["train"]["compile_warmed"] is True
     assert (tmp_path / "inductor").is_dir()
