@@ -1,4 +1,4 @@
-"""The selective scan as two Triton kernels: what Mamba runs on CUDA when mamba-ssm is not installed.
+"""The selective scan in Triton: what Mamba runs on CUDA when mamba-ssm is not installed.
 
 The recurrence (mixers/mamba.py), per sequence b, channel d and state n:
 
@@ -50,7 +50,7 @@ def available(device: torch.device) -> bool:
 
 @functools.lru_cache(maxsize=2)
 def _kernels(interpret: bool):
-    """(forward, backward) jitted on first use; the cache key is the interpreter flag, read when jitted.
+    """(forward, backward, carry) jitted on first use; the cache key is the interpreter flag, read when jitted.
 
     Both walk one chunk of CH positions of one sequence for BD channels: program (b, channel block,
     chunk). Positions past T are identity steps (Δ = 0: no input, no decay) and store nothing. With
@@ -139,7 +139,33 @@ def _kernels(interpret: bool):
         if not SUMMARY:
             tl.store(dA_ptr + state, dA, mask=m2)  # per (sequence, chunk); summed by the caller
 
-    return scan_fwd, scan_bwd
+    @triton.jit(do_not_specialize=["nC"])
+    def scan_carry(dsum_ptr, A_ptr, S_ptr, first_ptr, init_ptr, Di, N, nC,
+                   REVERSE: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+        """The state entering each chunk, from the chunk summaries: chunk c maps a state h passing
+        through it to exp(A ΣΔ_c) h + S_c (products of decays commute: one exp of the summed Δ).
+        Forward: chunk 0 gets `first` (h0), chunk c what chunk c-1 passes on; REVERSE (the adjoint)
+        runs from the last chunk, which gets dL/dh_T. Program (b, channel block); nC steps in registers:
+        one launch, where a PyTorch loop over the chunks was three per chunk."""
+        b = tl.program_id(0).to(tl.int64)
+        d = tl.program_id(1) * BD + tl.arange(0, BD)
+        n = tl.arange(0, BN)
+        md, mn = d < Di, n < N
+        m2 = md[:, None] & mn[None, :]
+        dn = d[:, None] * N + n[None, :]
+        A = tl.load(A_ptr + dn, mask=m2, other=0.0)
+        h = tl.load(first_ptr + b * Di * N + dn, mask=m2, other=0.0)
+        for i in range(nC):
+            if REVERSE:
+                c = nC - 1 - i
+            else:
+                c = i
+            state = (b * nC + c) * Di * N + dn
+            tl.store(init_ptr + state, h, mask=m2)
+            s = tl.load(dsum_ptr + (b * nC + c) * Di + d, mask=md, other=0.0)  # ΣΔ over chunk c, (BD,)
+            h = tl.exp(s[:, None] * A) * h + tl.load(S_ptr + state, mask=m2, other=0.0)
+
+    return scan_fwd, scan_bwd, scan_carry
 
 
 # enough programs to fill a GPU: a sequence is cut into chunks when (sequences x channel blocks) is fewer
@@ -170,28 +196,37 @@ def launch_meta(N: int) -> dict[str, int]:
     return dict(BD=BLOCK_D, BN=triton.next_power_of_2(N))
 
 
-def _warm(kind: str, kernel, args: tuple, device: torch.device, Di: int, N: int, meta: dict, grid: tuple) -> None:
-    """Launch the SUMMARY variant of `kernel` once (its output discarded: args write only scratch)."""
+def _warm(kind: str, kernel, args: tuple, device: torch.device, Di: int, N: int, meta: dict, grid: tuple,
+          **variant) -> None:
+    """Launch a chunked-path variant of `kernel` once (its output discarded: args write only scratch)."""
     key = (kind, str(device), Di, N)
     if key not in _WARM:
-        kernel[grid](*args, SUMMARY=True, **meta)
+        kernel[grid](*args, **variant, **meta)
         _WARM.add(key)
 
 
 def _carry(decay_sum: torch.Tensor, A: torch.Tensor, S: torch.Tensor, first: torch.Tensor,
            reverse: bool) -> torch.Tensor:
-    """The state entering each chunk, (B, nC, Di, N), from the chunk summaries: a chunk maps a state h
-    passing through it to exp(A ΣΔ) h + S (products of decays commute: one exp of the summed Δ).
-    Forward: chunk 0 gets h0 and chunk c gets what chunk c-1 passes on; `reverse` (the adjoint) runs
-    from the last chunk, which gets dL/dh_T. A loop over the few chunks, on (B, Di, N) tensors."""
-    P = torch.exp(decay_sum[..., None] * A)  # (B, nC, Di, N)
+    """The state entering each chunk, (B, nC, Di, N), from the chunk summaries S (B, nC, Di, N), the
+    chunks' summed Δ (B, nC, Di) and the state entering the first chunk walked (B, Di, N): `scan_carry`."""
+    Bsz, nC, Di, N = S.shape
     init = torch.empty_like(S)
-    h = first
-    order = range(S.shape[1] - 1, -1, -1) if reverse else range(S.shape[1])
-    for c in order:
-        init[:, c] = h
-        h = P[:, c] * h + S[:, c]
+    carry = _kernels(interpreting())[2]
+    carry[(Bsz, triton.cdiv(Di, BLOCK_D))](decay_sum, A, S, first, init, Di, N, nC, REVERSE=reverse,
+                                           **launch_meta(N))
     return init
+
+
+def _warm_carry(kind: str, A: torch.Tensor, first: torch.Tensor, reverse: bool) -> None:
+    """Compile `scan_carry`'s variant at the first single-chunk call, as `_warm` does the walks'
+    (checked first: the scratch is allocated once, not at every call)."""
+    Bsz, Di, N = first.shape
+    if (kind, str(first.device), Di, N) in _WARM:
+        return
+    scratch = first.new_zeros(Bsz, 1, Di, N)
+    _warm(kind, _kernels(interpreting())[2], (first.new_zeros(Bsz, 1, Di), A, scratch, first, scratch.clone(),
+                                              Di, N, 1), first.device, Di, N, launch_meta(N),
+          (Bsz, triton.cdiv(Di, BLOCK_D)), REVERSE=reverse)
 
 
 class TritonScan(torch.autograd.Function):
@@ -204,7 +239,7 @@ class TritonScan(torch.autograd.Function):
         N = A.shape[1]
         CH = chunk or chunk_len(Bsz, T, Di)
         nC = triton.cdiv(T, CH)
-        fwd, _ = _kernels(interpreting())
+        fwd = _kernels(interpreting())[0]
         keep = any(ctx.needs_input_grad[:6])
         grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
         meta = launch_meta(N)
@@ -219,7 +254,8 @@ class TritonScan(torch.autograd.Function):
             init = h0[:, None].contiguous()
             scratch = u.new_empty(Bsz, 1, Di, N)
             _warm("fwd", fwd, (u, delta, A, B, C, scratch, y, hs, scratch, T, Di, N, CH, False), u.device, Di, N,
-                  meta, grid)
+                  meta, grid, SUMMARY=True)
+            _warm_carry("carry", A, h0, reverse=False)
         fwd[grid](u, delta, A, B, C, init, y, hs, out, T, Di, N, CH, KEEP=keep, SUMMARY=False, **meta)
         ctx.save_for_backward(u, delta, A, B, C, h0, hs, dsum)
         ctx.CH = CH
@@ -232,7 +268,7 @@ class TritonScan(torch.autograd.Function):
         N = A.shape[1]
         CH = ctx.CH
         nC = triton.cdiv(T, CH)
-        _, bwd = _kernels(interpreting())
+        bwd = _kernels(interpreting())[1]
         grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
         meta = launch_meta(N)
         gy = torch.zeros_like(u) if gy is None else gy.float().contiguous()
@@ -249,7 +285,8 @@ class TritonScan(torch.autograd.Function):
             init = ghT[:, None].contiguous()
             scratch = u.new_empty(Bsz, 1, Di, N)
             _warm("bwd", bwd, (u, delta, A, B, C, h0, hs, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N, CH),
-                  u.device, Di, N, meta, grid)
+                  u.device, Di, N, meta, grid, SUMMARY=True)
+            _warm_carry("carry_reverse", A, ghT, reverse=True)
         bwd[grid](u, delta, A, B, C, h0, hs, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH,
                   SUMMARY=False, **meta)
         return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None

@@ -376,7 +376,7 @@ def selective_scan_triton(
     return_last_state: bool = False,
     chunk: int | None = None,
 ):
-    """The same function as `selective_scan_reference` as two Triton kernels (mixers/_scan_triton.py):
+    """The same function as `selective_scan_reference` as Triton kernels (mixers/_scan_triton.py):
     one walk over the sequence each way, the state in registers; long sequences in chunks of `chunk`
     positions (None: enough chunks to fill the GPU). CUDA (or Triton's interpreter) only.
     Runs eagerly inside a compiled model, like the PyTorch scans (a custom kernel is opaque to tracing)."""

@@ -79,9 +79,10 @@ def _interpreter_breakage() -> str:
     return ""
 
 
-# the kernel variants the autograd function launches: (KEEP, SUMMARY) forward, SUMMARY backward
+# the kernel variants the autograd function launches: (KEEP, SUMMARY) forward, SUMMARY backward, REVERSE carry
 FWD_VARIANTS = [dict(KEEP=False, SUMMARY=True), dict(KEEP=True, SUMMARY=False), dict(KEEP=False, SUMMARY=False)]
 BWD_VARIANTS = [dict(SUMMARY=True), dict(SUMMARY=False)]
+CARRY_VARIANTS = [dict(REVERSE=False), dict(REVERSE=True)]  # the chunks' carry, forward and adjoint
 
 
 def _ast_source(ASTSource, kernel, consts: dict):
@@ -112,8 +113,9 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
     ptxas = Path(st.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not (ptxas.exists() or os.environ.get("TRITON_PTXAS_PATH")):
         pytest.skip("this Triton ships no ptxas")
-    fwd, bwd = st._kernels(False)
-    for (kernel, variants), N in itertools.product(((fwd, FWD_VARIANTS), (bwd, BWD_VARIANTS)), (16, 5)):
+    fwd, bwd, carry = st._kernels(False)
+    kernels = ((fwd, FWD_VARIANTS), (bwd, BWD_VARIANTS), (carry, CARRY_VARIANTS))
+    for (kernel, variants), N in itertools.product(kernels, (16, 5)):
         for v in variants:  # d_state 16 (the presets') and 5 (the interpreter tests'), blocks as launched
             consts = {**v, **st.launch_meta(N)}
             compiled = st.triton.compile(_ast_source(ASTSource, kernel, consts), target=GPUTarget("cuda", arch, 32))
@@ -172,7 +174,7 @@ def test_interp_the_first_launch_compiles_the_chunked_variant_too(interpreter, m
     launch, which must not fall in a budgeted step: the first single-chunk call launches it too, once,
     and its outputs stay the reference's."""
     launches = []
-    fwd, bwd = st._kernels(True)
+    fwd, bwd, carry = st._kernels(True)
 
     class Recorder:
         def __init__(self, name, kernel):
@@ -180,17 +182,19 @@ def test_interp_the_first_launch_compiles_the_chunked_variant_too(interpreter, m
 
         def __getitem__(self, grid):
             def launch(*args, **kw):
-                launches.append((self.name, kw["SUMMARY"]))
+                launches.append((self.name, kw.get("SUMMARY", kw.get("REVERSE"))))
                 return self.kernel[grid](*args, **kw)
             return launch
 
-    monkeypatch.setattr(st, "_kernels", lambda interpret: (Recorder("fwd", fwd), Recorder("bwd", bwd)))
+    kernels = (Recorder("fwd", fwd), Recorder("bwd", bwd), Recorder("carry", carry))
+    monkeypatch.setattr(st, "_kernels", lambda interpret: kernels)
     monkeypatch.setattr(st, "_WARM", set())
     x = scan_inputs(9, seed=3, Di=33)
+    chunked = [("fwd", True), ("bwd", True), ("carry", False), ("carry", True)]  # what only few long rows run
     for first in (True, False):
         launches.clear()
         got = _grads(mm.selective_scan_triton, x)  # one chunk: T = 9
-        assert (("fwd", True) in launches and ("bwd", True) in launches) == first, launches
+        assert all(v in launches for v in chunked) == first and any(v in launches for v in chunked) == first, launches
         assert ("fwd", False) in launches and ("bwd", False) in launches
         _assert_grads_close(got, _grads(mm.selective_scan_reference, x), f"first={first}")
     torch.testing.assert_close(mm.selective_scan_triton(**x), mm.selective_scan_reference(**x), rtol=1e-5, atol=1e-5)
