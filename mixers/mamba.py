@@ -472,10 +472,14 @@ class SSMDirection(nn.Module):
                 y = _selective_scan_fn(tr(xc), tr(delta), A, tr(Bm), tr(Cm), self.D.float(), tr(z),
                                        delta_bias=None, delta_softplus=False)
                 return y.transpose(1, 2)
+            if scan == "triton":  # the casts and the D / SiLU(z) epilogue stay in the compiled graphs around
+                f32 = lambda t: t.float().contiguous()  # noqa: E731  the kernels (eager: a launch each)
+                u = f32(xc)
+                return _finish(selective_scan_triton(u, f32(delta), A, f32(Bm), f32(Cm)), u, self.D.float(), z.float())
             o = self.opts
             kw = {"parallel": dict(max_block_elems=o.scan_block_elems, keep_states=not o.checkpoint_chunks),
                   "chunked": dict(chunk_size=o.chunk_size, checkpoint=o.checkpoint_chunks),
-                  "reference": {}, "triton": {}}[scan]
+                  "reference": {}}[scan]
             return SCANS[scan][0](xc, delta, A, Bm, Cm, self.D, z, **kw)
 
 

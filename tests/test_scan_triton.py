@@ -240,6 +240,28 @@ def test_interp_a_compiled_mamba_on_the_triton_scan_stops_recompiling(interprete
     assert frames[0] >= 1 and frames[-1] == frames[1], frames
 
 
+def test_interp_a_compiled_mamba_runs_only_the_kernels_eagerly(interpreter):
+    """Inside a compiled Mamba the scan is a graph break, and what runs there runs eagerly, a GPU launch
+    per operation (the cause of issue 14's slow steps). The fp32 casts of the scan's inputs and the
+    D skip / SiLU(z) gate after it must be traced into the compiled graphs around the kernels: the
+    graphs hold both SiLUs of the direction (the conv's, and the gate's that ran eagerly before)."""
+    import torch._dynamo
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    m = _build(True, scan="triton")
+    x = torch.randn(2, 11, 32, requires_grad=True)
+    torch.compile(m, backend=record)(x).sum().backward()
+    calls = [n for g in graphs for n in g.graph.nodes if n.op in ("call_function", "call_method")]
+    silus = [n for n in calls if "silu" in str(n.target)]
+    assert m.backend == "triton_scan" and len(silus) == 2, [str(n.target) for n in calls]
+
+
 def test_auto_picks_triton_on_cuda_and_the_parallel_scan_elsewhere(monkeypatch):
     m = _build(True)
     assert m.opts.scan == "auto"
