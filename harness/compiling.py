@@ -54,6 +54,7 @@ def compile_for_training(module: nn.Module, mode: str = "default", scope: str = 
     and decoding keep using `module` itself, eagerly: nothing outside the training step compiles.
     A module without its own `blocks` list (a DistributedDataParallel wrapper, whose forward must stay
     the wrapper's so gradients all-reduce) gets the whole-model scope, and the scope returned says so."""
+    check_torch()  # every compiling path (the trainer, the benchmarks), not only run_matrix's plan
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; choose from {', '.join(COMPILE_MODES)}")
     if scope not in COMPILE_SCOPES:

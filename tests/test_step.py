@@ -249,7 +249,7 @@ def test_compiling_under_a_torch_too_old_to_compile_is_refused_in_one_line(monke
     eagerly with an `ok` row; compiling is refused there before anything runs, eager training is not.
     Versions compare as numbers: 2.15 is newer than 2.5."""
     import run_matrix
-    from harness.compiling import check_torch
+    from harness.compiling import check_torch, compile_for_training
 
     with pytest.raises(ValueError, match=r"needs torch >= 2\.5 here \(this is 2\.4\.1\+cu121\)") as e:
         check_torch("2.4.1+cu121")
@@ -257,6 +257,8 @@ def test_compiling_under_a_torch_too_old_to_compile_is_refused_in_one_line(monke
     for fine in ("2.5.1", "2.11.0+cu130", "2.15.0", "3.0.0.dev20270101"):
         check_torch(fine)
     monkeypatch.setattr(torch, "__version__", "2.4.1")
+    with pytest.raises(ValueError, match="torch.compile needs torch"):  # the benchmarks' and trainer's path too
+        compile_for_training(torch.nn.Linear(2, 2))
     argv = ["--preset", "tiny", "--budget", "tokens=2000", "--task-opt", "eval_limit=2", "--dev-tokens", "256",
             "--no-progress", "--no-report", "--mixers", "attention", "--objectives", "autoregressive",
             "--data-dir", str(offline_dir), "--cache-dir", str(cache_dir), "--out", str(tmp_path)]
