@@ -52,11 +52,11 @@ def available(device: torch.device) -> bool:
 def _kernels(interpret: bool):
     """(forward, backward, carry) jitted on first use; the cache key is the interpreter flag, read when jitted.
 
-    Both walk one chunk of CH positions of one sequence for BD channels: program (b, channel block,
-    chunk). Positions past T are identity steps (Δ = 0: no input, no decay) and store nothing. With
-    SUMMARY the walk starts from zero and stores only what the chunk does to a state passing through
-    it (the forward: the state it adds, S; the backward: the adjoint it adds, Q); otherwise it starts
-    from the state carried in (`init`) and stores the outputs.
+    The forward and the backward walk one chunk of CH positions of one sequence for BD channels: program
+    (b, channel block, chunk). Positions past T are identity steps (Δ = 0: no input, no decay) and
+    store nothing. With SUMMARY the walk starts from zero and stores only what the chunk does to a
+    state passing through it (the forward: the state it adds, S; the backward: the adjoint it adds, Q);
+    otherwise it starts from the state carried in (`init`, from the carry kernel) and stores the outputs.
 
     T and CH are not specialised on: Triton would otherwise compile a variant per divisibility of each
     by 16, i.e. again for new batch lengths, inside the budgeted clock. Di and N are fixed per model."""

@@ -472,10 +472,13 @@ class SSMDirection(nn.Module):
                 y = _selective_scan_fn(tr(xc), tr(delta), A, tr(Bm), tr(Cm), self.D.float(), tr(z),
                                        delta_bias=None, delta_softplus=False)
                 return y.transpose(1, 2)
-            if scan == "triton":  # the casts and the D / SiLU(z) epilogue stay in the compiled graphs around
-                f32 = lambda t: t.float().contiguous()  # noqa: E731  the kernels (eager: a launch each)
+            if scan == "triton":
+                # the casts and the D / SiLU(z) epilogue here, in the compiled graphs around the kernels, not
+                # inside the scan's graph break, where each would be an eager launch
+                f32 = lambda t: t.float().contiguous()  # noqa: E731
                 u = f32(xc)
-                return _finish(selective_scan_triton(u, f32(delta), A, f32(Bm), f32(Cm)), u, self.D.float(), z.float())
+                y = selective_scan_triton(u, f32(delta), A, f32(Bm), f32(Cm))  # (B, T, Di) fp32
+                return _finish(y, u, self.D.float(), z.float())
             o = self.opts
             kw = {"parallel": dict(max_block_elems=o.scan_block_elems, keep_states=not o.checkpoint_chunks),
                   "chunked": dict(chunk_size=o.chunk_size, checkpoint=o.checkpoint_chunks),
