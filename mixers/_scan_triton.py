@@ -13,10 +13,15 @@ y per position, as mamba-ssm's CUDA kernel does, in about 1 launch per layer and
 Backward (the adjoint of a linear recurrence is the same recurrence run backwards):
     g_t = C_t gy_t + a_{t+1} g_{t+1}   (g_{T-1} also gets dL/dh_T),     g_t = dL/dh_t
     dL/d(Δ_t A) = g_t a_t h_{t-1},  dL/d(Δ_t u_t) = <g_t, B_t>,  dL/dB_t = Σ_d g_t Δ_t u_t,  dL/dC_t = Σ_d h_t gy_t
-The forward stores every state h_t (B, T, Di, N) fp32 when a gradient is needed, so the backward walks
-the sequence once in reverse with no recomputation. Memory: 4 · B · T · Di · N bytes per layer and
-direction (small preset, 16,384 tokens, Di 512, N 16: 0.5 GiB), the price of one pass each way.
-dB and dC are sums over channels, so the programs of one sequence add into them atomically (fp32).
+The backward needs every state h_t. Keeping them all, (B, T, Di, N) fp32, would cost 0.5 GiB per layer
+and direction at the small preset's 16,384 tokens (1 GiB at base), held from the forward to the
+backward: a Mamba row's peak VRAM would then measure our kernel, not Mamba (mamba-ssm keeps none). So
+the forward stores only the state entering each stretch of CKPT = 16 positions (1/16 of that), and the
+backward, stretch by stretch from the last, first recomputes the stretch's 16 states from the stored
+one into a per-program scratch of (17, BD, N) floats (small enough to stay in the GPU's L2 cache), then
+walks them in reverse. The price: one more forward walk inside the backward (an exp and a few FMAs
+per state), the cost mamba-ssm pays too. dB and dC are sums over channels, so the programs of one
+sequence add into them atomically (fp32).
 
 Precision: fp32 throughout, as the PyTorch scans. Tests run these kernels on CPU through Triton's
 interpreter (TRITON_INTERPRET=1, tests/test_mamba.py) against `selective_scan_reference`; the kernels
@@ -53,88 +58,115 @@ def _kernels(interpret: bool):
     """(forward, backward, carry) jitted on first use; the cache key is the interpreter flag, read when jitted.
 
     The forward and the backward walk one chunk of CH positions of one sequence for BD channels: program
-    (b, channel block, chunk). Positions past T are identity steps (Δ = 0: no input, no decay) and
-    store nothing. With SUMMARY the walk starts from zero and stores only what the chunk does to a
+    (b, channel block, chunk), in stretches of K positions (a shorter last one; positions past T are
+    not walked). With SUMMARY the walk starts from zero and stores only what the chunk does to a
     state passing through it (the forward: the state it adds, S; the backward: the adjoint it adds, Q);
     otherwise it starts from the state carried in (`init`, from the carry kernel) and stores the outputs.
 
-    T and CH are not specialised on: Triton would otherwise compile a variant per divisibility of each
-    by 16, i.e. again for new batch lengths, inside the budgeted clock. Di and N are fixed per model."""
+    With KEEP the forward stores the state entering each stretch (`hk`, (B, nC · nK, Di, N)); the
+    backward's walk recomputes a stretch's states from it into its scratch `work` and reads them back in
+    reverse. Its threads hand those states to each other through memory, hence the two barriers.
 
-    @triton.jit(do_not_specialize=["T", "CH"])
-    def scan_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, init_ptr, y_ptr, hs_ptr, S_ptr, T, Di, N, CH,
+    T, CH and K are not specialised on: Triton would otherwise compile a variant per divisibility of
+    each by 16, i.e. again for new batch lengths, inside the budgeted clock. Di and N are fixed per model."""
+
+    @triton.jit(do_not_specialize=["T", "CH", "K"])
+    def scan_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, init_ptr, y_ptr, hk_ptr, S_ptr, T, Di, N, CH, K,
                  KEEP: tl.constexpr, SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         d = tl.program_id(1) * BD + tl.arange(0, BD)  # (BD,)
         c = tl.program_id(2)
+        nC = tl.num_programs(2)
         n = tl.arange(0, BN)  # (BN,)
         md, mn = d < Di, n < N
         m2 = md[:, None] & mn[None, :]
         dn = d[:, None] * N + n[None, :]  # (BD, BN) offsets in a (Di, N) matrix
-        state = (b * tl.num_programs(2) + c) * Di * N + dn  # this chunk's (Di, N) slot in (B, nC, Di, N)
+        state = (b * nC + c) * Di * N + dn  # this chunk's (Di, N) slot in (B, nC, Di, N)
+        nK = (CH + K - 1) // K  # stretches of K positions per chunk
         A = tl.load(A_ptr + dn, mask=m2, other=0.0)
         if SUMMARY:
             h = tl.zeros((BD, BN), dtype=tl.float32)
         else:
             h = tl.load(init_ptr + state, mask=m2, other=0.0)
-        for i in range(CH):
-            t = c * CH + i
-            ok_d, ok_n = md & (d * 0 + t < T), mn & (n * 0 + t < T)  # (BD,), (BN,): real position
-            row = (b * T + t) * Di  # (b, t) in the (B, T, Di) tensors
-            dt = tl.load(delta_ptr + row + d, mask=ok_d, other=0.0)
-            ut = tl.load(u_ptr + row + d, mask=ok_d, other=0.0)
-            Bt = tl.load(B_ptr + (b * T + t) * N + n, mask=ok_n, other=0.0)
-            h = tl.exp(dt[:, None] * A) * h + (dt * ut)[:, None] * Bt[None, :]
-            if not SUMMARY:
-                Ct = tl.load(C_ptr + (b * T + t) * N + n, mask=ok_n, other=0.0)
-                tl.store(y_ptr + row + d, tl.sum(h * Ct[None, :], axis=1), mask=ok_d)
-                if KEEP:
-                    tl.store(hs_ptr + row * N + dn, h, mask=ok_d[:, None] & mn[None, :])
+        for j in range(nK):
+            t0 = c * CH + j * K
+            L = tl.maximum(tl.minimum(tl.minimum(K, CH - j * K), T - t0), 0)  # its positions before T
+            if KEEP:  # the state entering the stretch: the backward recomputes the stretch's from it
+                tl.store(hk_ptr + ((b * nC + c) * nK + j) * Di * N + dn, h, mask=m2 & (dn * 0 + t0 < T))
+            for i in range(L):
+                t = t0 + i
+                row = (b * T + t) * Di  # (b, t) in the (B, T, Di) tensors
+                dt = tl.load(delta_ptr + row + d, mask=md, other=0.0)
+                ut = tl.load(u_ptr + row + d, mask=md, other=0.0)
+                Bt = tl.load(B_ptr + (b * T + t) * N + n, mask=mn, other=0.0)
+                h = tl.exp(dt[:, None] * A) * h + (dt * ut)[:, None] * Bt[None, :]
+                if not SUMMARY:
+                    Ct = tl.load(C_ptr + (b * T + t) * N + n, mask=mn, other=0.0)
+                    tl.store(y_ptr + row + d, tl.sum(h * Ct[None, :], axis=1), mask=md)
         tl.store(S_ptr + state, h, mask=m2)  # SUMMARY: S_c; else the state after the chunk
 
-    @triton.jit(do_not_specialize=["T", "CH"])
-    def scan_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, h0_ptr, hs_ptr, gy_ptr, init_ptr,
-                 du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, Q_ptr, T, Di, N, CH,
+    @triton.jit(do_not_specialize=["T", "CH", "K"])
+    def scan_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, hk_ptr, work_ptr, gy_ptr, init_ptr,
+                 du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, Q_ptr, T, Di, N, CH, K,
                  SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         d = tl.program_id(1) * BD + tl.arange(0, BD)
         c = tl.program_id(2)
+        nC = tl.num_programs(2)
         n = tl.arange(0, BN)
         md, mn = d < Di, n < N
         m2 = md[:, None] & mn[None, :]
         dn = d[:, None] * N + n[None, :]
-        state = (b * tl.num_programs(2) + c) * Di * N + dn
+        state = (b * nC + c) * Di * N + dn
+        nK = (CH + K - 1) // K
+        # this program's scratch: the K + 1 states of one stretch, work[i] = h_{t0 + i - 1}, (K + 1, BD, BN)
+        prog = (b * tl.num_programs(1) + tl.program_id(1)) * nC + c
+        work = work_ptr + prog * (K + 1) * BD * BN + tl.arange(0, BD)[:, None] * BN + n[None, :]
         A = tl.load(A_ptr + dn, mask=m2, other=0.0)
         if SUMMARY:
             g = tl.zeros((BD, BN), dtype=tl.float32)
         else:
             g = tl.load(init_ptr + state, mask=m2, other=0.0)  # a_{t+1} g_{t+1} from the chunks after
         dA = tl.zeros((BD, BN), dtype=tl.float32)
-        for i in range(CH):
-            t = c * CH + CH - 1 - i
-            ok_d, ok_n = md & (d * 0 + t < T), mn & (n * 0 + t < T)
-            row = (b * T + t) * Di
-            dt = tl.load(delta_ptr + row + d, mask=ok_d, other=0.0)
-            gyt = tl.load(gy_ptr + row + d, mask=ok_d, other=0.0)
-            Ct = tl.load(C_ptr + (b * T + t) * N + n, mask=ok_n, other=0.0)
-            g = g + gyt[:, None] * Ct[None, :]  # g_t
-            a = tl.exp(dt[:, None] * A)
+        for jj in range(nK):  # the stretches from the last
+            j = nK - 1 - jj
+            t0 = c * CH + j * K
+            L = tl.maximum(tl.minimum(tl.minimum(K, CH - j * K), T - t0), 0)
+            if not SUMMARY:  # recompute the stretch's states from the one the forward stored before it
+                h = tl.load(hk_ptr + ((b * nC + c) * nK + j) * Di * N + dn, mask=m2 & (dn * 0 + t0 < T), other=0.0)
+                tl.store(work, h)
+                for i in range(L):
+                    row = (b * T + t0 + i) * Di
+                    dt = tl.load(delta_ptr + row + d, mask=md, other=0.0)
+                    ut = tl.load(u_ptr + row + d, mask=md, other=0.0)
+                    Bt = tl.load(B_ptr + (b * T + t0 + i) * N + n, mask=mn, other=0.0)
+                    h = tl.exp(dt[:, None] * A) * h + (dt * ut)[:, None] * Bt[None, :]
+                    tl.store(work + (i + 1) * BD * BN, h)
+                tl.debug_barrier()  # every thread's states written before any thread reads them back
+                h_t = tl.load(work + L * BD * BN)
+            for i in range(L):
+                t = t0 + L - 1 - i
+                row = (b * T + t) * Di
+                dt = tl.load(delta_ptr + row + d, mask=md, other=0.0)
+                gyt = tl.load(gy_ptr + row + d, mask=md, other=0.0)
+                Ct = tl.load(C_ptr + (b * T + t) * N + n, mask=mn, other=0.0)
+                g = g + gyt[:, None] * Ct[None, :]  # g_t
+                a = tl.exp(dt[:, None] * A)
+                if not SUMMARY:
+                    ut = tl.load(u_ptr + row + d, mask=md, other=0.0)
+                    Bt = tl.load(B_ptr + (b * T + t) * N + n, mask=mn, other=0.0)
+                    h_prev = tl.load(work + (L - 1 - i) * BD * BN)  # h_{t-1}
+                    gla = g * a * h_prev  # dL/d(Δ_t A)
+                    dA += gla * dt[:, None]
+                    gdu = tl.sum(g * Bt[None, :], axis=1)  # dL/d(Δ_t u_t), (BD,)
+                    tl.store(ddelta_ptr + row + d, tl.sum(gla * A, axis=1) + gdu * ut, mask=md)
+                    tl.store(du_ptr + row + d, gdu * dt, mask=md)
+                    tl.atomic_add(dB_ptr + (b * T + t) * N + n, tl.sum(g * (dt * ut)[:, None], axis=0), mask=mn)
+                    tl.atomic_add(dC_ptr + (b * T + t) * N + n, tl.sum(h_t * gyt[:, None], axis=0), mask=mn)
+                    h_t = h_prev
+                g = g * a  # a_t g_t: what position t - 1 receives
             if not SUMMARY:
-                ut = tl.load(u_ptr + row + d, mask=ok_d, other=0.0)
-                Bt = tl.load(B_ptr + (b * T + t) * N + n, mask=ok_n, other=0.0)
-                if t > 0:
-                    h_prev = tl.load(hs_ptr + (row - Di) * N + dn, mask=ok_d[:, None] & mn[None, :], other=0.0)
-                else:
-                    h_prev = tl.load(h0_ptr + b * Di * N + dn, mask=m2, other=0.0)
-                gla = g * a * h_prev  # dL/d(Δ_t A)
-                dA += gla * dt[:, None]
-                gdu = tl.sum(g * Bt[None, :], axis=1)  # dL/d(Δ_t u_t), (BD,)
-                tl.store(ddelta_ptr + row + d, tl.sum(gla * A, axis=1) + gdu * ut, mask=ok_d)
-                tl.store(du_ptr + row + d, gdu * dt, mask=ok_d)
-                tl.atomic_add(dB_ptr + (b * T + t) * N + n, tl.sum(g * (dt * ut)[:, None], axis=0), mask=ok_n)
-                h_t = tl.load(hs_ptr + row * N + dn, mask=ok_d[:, None] & mn[None, :], other=0.0)
-                tl.atomic_add(dC_ptr + (b * T + t) * N + n, tl.sum(h_t * gyt[:, None], axis=0), mask=ok_n)
-            g = g * a  # a_t g_t: what position t - 1 receives
+                tl.debug_barrier()  # every read of this stretch's states done before the next overwrites them
         tl.store(Q_ptr + state, g, mask=m2)  # SUMMARY: Q_c; else what leaves the chunk (chunk 0: dL/dh0)
         if not SUMMARY:
             tl.store(dA_ptr + state, dA, mask=m2)  # per (sequence, chunk); summed by the caller
@@ -171,6 +203,8 @@ def _kernels(interpret: bool):
 # enough programs to fill a GPU: a sequence is cut into chunks when (sequences x channel blocks) is fewer
 TARGET_PROGRAMS = 1024
 MIN_CHUNK = 64
+# positions per stretch: the forward stores the state entering each, the backward recomputes the rest
+CKPT = 16
 
 
 def chunk_len(Bsz: int, T: int, Di: int) -> int:
@@ -231,65 +265,68 @@ def _warm_carry(kind: str, A: torch.Tensor, first: torch.Tensor, reverse: bool) 
 
 class TritonScan(torch.autograd.Function):
     """y (B, T, Di) and h_T (B, Di, N) of the scan, fp32; inputs as `selective_scan_reference`'s, fp32
-    and contiguous (the caller casts), h0 given. `chunk`: positions per chunk (None: `chunk_len`)."""
+    and contiguous (the caller casts), h0 given. `chunk`: positions per chunk (None: `chunk_len`);
+    `ckpt`: positions per stretch, whose first state the forward stores for the backward (None: CKPT)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk=None):
+    def forward(ctx, u, delta, A, B, C, h0, chunk=None, ckpt=None):
         Bsz, T, Di = u.shape
         N = A.shape[1]
         CH = chunk or chunk_len(Bsz, T, Di)
-        nC = triton.cdiv(T, CH)
+        K = ckpt or CKPT
+        nC, nK = triton.cdiv(T, CH), triton.cdiv(CH, K)
         fwd = _kernels(interpreting())[0]
         keep = any(ctx.needs_input_grad[:6])
         grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
         meta = launch_meta(N)
         y = torch.empty_like(u)
-        hs = u.new_empty(Bsz, T, Di, N) if keep else u.new_empty(1)
+        hk = u.new_empty(Bsz, nC * nK, Di, N) if keep else u.new_empty(1)  # the state entering each stretch
         out = u.new_empty(Bsz, nC, Di, N)
         dsum = _chunk_sums(delta, CH, nC) if nC > 1 else delta.new_empty(0)  # (B, nC, Di): the carry's decays
         if nC > 1:  # what each chunk adds to a state from zero, then the states entering the chunks
-            fwd[grid](u, delta, A, B, C, out, y, hs, out, T, Di, N, CH, KEEP=False, SUMMARY=True, **meta)
+            fwd[grid](u, delta, A, B, C, out, y, hk, out, T, Di, N, CH, K, KEEP=False, SUMMARY=True, **meta)
             init = _carry(dsum, A, out, h0, reverse=False).contiguous()
         else:
             init = h0[:, None].contiguous()
             scratch = u.new_empty(Bsz, 1, Di, N)
-            _warm("fwd", fwd, (u, delta, A, B, C, scratch, y, hs, scratch, T, Di, N, CH, False), u.device, Di, N,
+            _warm("fwd", fwd, (u, delta, A, B, C, scratch, y, hk, scratch, T, Di, N, CH, K, False), u.device, Di, N,
                   meta, grid, SUMMARY=True)
             _warm_carry("carry", A, h0, reverse=False)
-        fwd[grid](u, delta, A, B, C, init, y, hs, out, T, Di, N, CH, KEEP=keep, SUMMARY=False, **meta)
-        ctx.save_for_backward(u, delta, A, B, C, h0, hs, dsum)
-        ctx.CH = CH
+        fwd[grid](u, delta, A, B, C, init, y, hk, out, T, Di, N, CH, K, KEEP=keep, SUMMARY=False, **meta)
+        ctx.save_for_backward(u, delta, A, B, C, hk, dsum)
+        ctx.CH, ctx.K = CH, K
         return y, out[:, -1]
 
     @staticmethod
     def backward(ctx, gy, ghT):
-        u, delta, A, B, C, h0, hs, dsum = ctx.saved_tensors
+        u, delta, A, B, C, hk, dsum = ctx.saved_tensors
         Bsz, T, Di = u.shape
         N = A.shape[1]
-        CH = ctx.CH
+        CH, K = ctx.CH, ctx.K
         nC = triton.cdiv(T, CH)
         bwd = _kernels(interpreting())[1]
         grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
         meta = launch_meta(N)
         gy = torch.zeros_like(u) if gy is None else gy.float().contiguous()
-        ghT = torch.zeros_like(h0) if ghT is None else ghT.float().contiguous()
+        ghT = u.new_zeros(Bsz, Di, N) if ghT is None else ghT.float().contiguous()
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dA = u.new_empty(Bsz, nC, Di, N)
         dB, dC = torch.zeros_like(B), torch.zeros_like(C)
         out = u.new_empty(Bsz, nC, Di, N)
         if nC > 1:  # the adjoint each chunk adds from zero, then the adjoint entering each chunk from the right
-            bwd[grid](u, delta, A, B, C, h0, hs, gy, out, du, ddelta, dA, dB, dC, out, T, Di, N, CH,
+            bwd[grid](u, delta, A, B, C, hk, out, gy, out, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
                       SUMMARY=True, **meta)
             init = _carry(dsum, A, out, ghT, reverse=True).contiguous()
         else:
             init = ghT[:, None].contiguous()
             scratch = u.new_empty(Bsz, 1, Di, N)
-            _warm("bwd", bwd, (u, delta, A, B, C, h0, hs, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N, CH),
-                  u.device, Di, N, meta, grid, SUMMARY=True)
+            _warm("bwd", bwd, (u, delta, A, B, C, hk, scratch, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N,
+                               CH, K), u.device, Di, N, meta, grid, SUMMARY=True)
             _warm_carry("carry_reverse", A, ghT, reverse=True)
-        bwd[grid](u, delta, A, B, C, h0, hs, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH,
+        work = u.new_empty(grid[0] * grid[1] * grid[2], K + 1, meta["BD"], meta["BN"])  # one stretch per program
+        bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
                   SUMMARY=False, **meta)
-        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None
+        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None
 
 
 def _chunk_sums(delta: torch.Tensor, CH: int, nC: int) -> torch.Tensor:

@@ -375,10 +375,12 @@ def selective_scan_triton(
     h0: torch.Tensor | None = None,
     return_last_state: bool = False,
     chunk: int | None = None,
+    ckpt: int | None = None,
 ):
     """The same function as `selective_scan_reference` as Triton kernels (mixers/_scan_triton.py):
     one walk over the sequence each way, the state in registers; long sequences in chunks of `chunk`
-    positions (None: enough chunks to fill the GPU). CUDA (or Triton's interpreter) only.
+    positions (None: enough chunks to fill the GPU); for the backward the forward keeps the state
+    every `ckpt` positions (None: 16). CUDA (or Triton's interpreter) only.
     Runs eagerly inside a compiled model, like the PyTorch scans (a custom kernel is opaque to tracing)."""
     if not _scan_triton.available(u.device):
         raise RuntimeError("the triton scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=parallel")
@@ -389,7 +391,7 @@ def selective_scan_triton(
         if u.shape[1] == 0:
             y, h = u.new_zeros(u.shape), h0
         else:
-            y, h = _scan_triton.TritonScan.apply(u, delta, A, B, C, h0, chunk)
+            y, h = _scan_triton.TritonScan.apply(u, delta, A, B, C, h0, chunk, ckpt)
         y = _finish(y, u, D, z)
     return (y, h) if return_last_state else y
 

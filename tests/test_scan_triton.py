@@ -120,19 +120,49 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
             consts = {**v, **st.launch_meta(N)}
             compiled = st.triton.compile(_ast_source(ASTSource, kernel, consts), target=GPUTarget("cuda", arch, 32))
             assert len(compiled.asm["cubin"]) > 0, (kernel.fn.__name__, v, N)
+            # the backward's threads hand a stretch's recomputed states to each other through memory: a
+            # barrier after writing them, one after reading them (the interpreter runs no threads)
+            barriers = compiled.asm["ttir"].count("barrier")
+            assert barriers == (2 if kernel is bwd and not v["SUMMARY"] else 0), (kernel.fn.__name__, v, barriers)
 
 
 # Di = 40: a full block of 32 channels and a partial one; N = 5: a state block of 8 with 3 masked;
-# chunk: one walk (None at these sizes), or chunks of 4 / 8 positions with a ragged last one
-@pytest.mark.parametrize("T,chunk", [(1, None), (2, None), (13, None), (19, 4), (19, 8), (8, 4), (3, 8)])
-def test_interp_triton_scan_equals_reference(interpreter, T, chunk):
+# chunk: one walk (None at these sizes), or chunks of 4 / 8 positions with a ragged last one;
+# ckpt: stretches of 16 positions (None), or of 4 / 3 (several per chunk, a short last one, and
+# stretches wholly past T in the last chunk), each recomputed from its first state in the backward
+@pytest.mark.parametrize("T,chunk,ckpt", [(1, None, None), (2, None, None), (13, None, None), (19, 4, None),
+                                          (19, 8, None), (8, 4, None), (3, 8, None), (37, None, None),
+                                          (13, None, 4), (19, 8, 3), (8, 4, 4), (3, 8, 3)])
+def test_interp_triton_scan_equals_reference(interpreter, T, chunk, ckpt):
     x = scan_inputs(T, seed=T, Bsz=2, Di=40, N=5)
     y_ref, h_ref = mm.selective_scan_reference(**x, return_last_state=True)
-    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk)
+    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk, ckpt=ckpt)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
-    _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=chunk), _grads(mm.selective_scan_reference, x),
-                        f"T={T} chunk={chunk}")
+    _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt),
+                        _grads(mm.selective_scan_reference, x), f"T={T} chunk={chunk} ckpt={ckpt}")
+
+
+@pytest.mark.parametrize("T,chunk,ckpt", [(37, None, None), (19, 8, 3)])
+def test_interp_the_backward_keeps_one_state_per_stretch_not_every_state(interpreter, T, chunk, ckpt):
+    """What the forward saves for the backward: the state entering each stretch of `ckpt` positions
+    (B, chunks x stretches, Di, N), not every state (B, T, Di, N), which was 0.5 GiB per layer and
+    direction at the small preset's 16,384 tokens; the backward recomputes a stretch's states."""
+    x = scan_inputs(T, seed=1, Bsz=2, Di=40, N=5)
+    x = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    saved = []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = mm.selective_scan_triton(**x, chunk=chunk, ckpt=ckpt)
+    y.square().sum().backward()
+    K, CH = ckpt or st.CKPT, chunk or T
+    stretches = -(-T // CH) * -(-CH // K)
+    states = [s for s in saved if len(s) == 4]
+    assert states == [(2, stretches, 40, 5)], saved
 
 
 def test_long_sequences_are_cut_into_chunks_that_fill_the_gpu():
@@ -153,9 +183,10 @@ def test_long_sequences_are_cut_into_chunks_that_fill_the_gpu():
 def test_interp_triton_scan_extreme_delta(interpreter, regime):
     """As the PyTorch scans' test: Δ ≈ 0, Δ large (decays underflow to 0), both, and Δ = 0 (a pad)."""
     x = extreme_inputs(regime, 21)
-    torch.testing.assert_close(mm.selective_scan_triton(**x, chunk=8), mm.selective_scan_reference(**x),
+    torch.testing.assert_close(mm.selective_scan_triton(**x, chunk=8, ckpt=3), mm.selective_scan_reference(**x),
                                rtol=1e-5, atol=1e-5)
-    _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=8), _grads(mm.selective_scan_reference, x), regime)
+    _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=8, ckpt=3), _grads(mm.selective_scan_reference, x),
+                        regime)
 
 
 def test_interp_triton_scan_without_a_last_state_gradient(interpreter):
