@@ -314,16 +314,19 @@ def test_the_triton_scan_says_where_it_cannot_run():
         mixers.build("mamba", 32, True, scan="fast")
 
 
+# ckpt None: stretches of 16, a short one ending each chunk of 37 or 67 (T = 600 is cut into 9); 5 / 7
+# as well; on CUDA the backward's barriers between a stretch's recompute and its reverse walk run for real
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("T,chunk", [(1, None), (37, None), (600, None), (600, 64), (1000, 96)])
-def test_triton_scan_equals_reference_on_cuda(T, chunk):
+@pytest.mark.parametrize("T,chunk,ckpt", [(1, None, None), (37, None, None), (600, None, None), (600, 64, None),
+                                          (1000, 96, None), (1000, 96, 5), (600, None, 7)])
+def test_triton_scan_equals_reference_on_cuda(T, chunk, ckpt):
     x = {k: v.cuda() for k, v in scan_inputs(T, seed=T, Bsz=2, Di=70, N=16).items()}
     ref = {k: v.double() for k, v in x.items()}  # float64 reference: the fp32 kernel's honest yardstick
     y_ref, h_ref = mm.selective_scan_reference(**ref, return_last_state=True)
-    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk)
+    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk, ckpt=ckpt)
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(h.double(), h_ref, rtol=1e-4, atol=1e-4)
-    got = _grads_cuda(mm.selective_scan_triton, x, chunk=chunk)
+    got = _grads_cuda(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt)
     want = _grads_cuda(mm.selective_scan_reference, ref)
     for k in want:
         scale = float(want[k].abs().max().clamp_min(1.0))
