@@ -18,10 +18,12 @@ and direction at the small preset's 16,384 tokens (1 GiB at base), held from the
 backward: a Mamba row's peak VRAM would then measure our kernel, not Mamba (mamba-ssm keeps none). So
 the forward stores only the state entering each stretch of CKPT = 16 positions (1/16 of that), and the
 backward, stretch by stretch from the last, first recomputes the stretch's 16 states from the stored
-one into a per-program scratch of (17, BD, N) floats (small enough to stay in the GPU's L2 cache), then
-walks them in reverse. The price: one more forward walk inside the backward (an exp and a few FMAs
-per state), the cost mamba-ssm pays too. dB and dC are sums over channels, so the programs of one
-sequence add into them atomically (fp32).
+one into a scratch of 17 states per (sequence, chunk), then walks them in reverse. The scratch is
+reused by every stretch, so it is 17/16 of one chunk's states (36 MiB at the small preset), written
+and read back at once, where the kept states were written in the forward and read in the backward.
+The price: one more forward walk inside the backward (an exp and a few FMAs per state), the cost
+mamba-ssm pays too. Registers stay below spilling (the ahead-of-time compile test checks it). dB and
+dC are sums over channels, so the programs of one sequence add into them atomically (fp32).
 
 Precision: fp32 throughout, as the PyTorch scans. Tests run these kernels on CPU through Triton's
 interpreter (TRITON_INTERPRET=1, tests/test_mamba.py) against `selective_scan_reference`; the kernels
@@ -88,21 +90,19 @@ def _kernels(interpret: bool):
             h = tl.zeros((BD, BN), dtype=tl.float32)
         else:
             h = tl.load(init_ptr + state, mask=m2, other=0.0)
-        for j in range(nK):
-            t0 = c * CH + j * K
-            L = tl.maximum(tl.minimum(tl.minimum(K, CH - j * K), T - t0), 0)  # its positions before T
-            if KEEP:  # the state entering the stretch: the backward recomputes the stretch's from it
-                tl.store(hk_ptr + ((b * nC + c) * nK + j) * Di * N + dn, h, mask=m2 & (dn * 0 + t0 < T))
-            for i in range(L):
-                t = t0 + i
-                row = (b * T + t) * Di  # (b, t) in the (B, T, Di) tensors
-                dt = tl.load(delta_ptr + row + d, mask=md, other=0.0)
-                ut = tl.load(u_ptr + row + d, mask=md, other=0.0)
-                Bt = tl.load(B_ptr + (b * T + t) * N + n, mask=mn, other=0.0)
-                h = tl.exp(dt[:, None] * A) * h + (dt * ut)[:, None] * Bt[None, :]
-                if not SUMMARY:
-                    Ct = tl.load(C_ptr + (b * T + t) * N + n, mask=mn, other=0.0)
-                    tl.store(y_ptr + row + d, tl.sum(h * Ct[None, :], axis=1), mask=md)
+        for i in range(tl.maximum(tl.minimum(CH, T - c * CH), 0)):  # the chunk's positions before T
+            t = c * CH + i
+            if KEEP:  # the state entering each stretch of K: the backward recomputes the stretch's from it
+                if i % K == 0:
+                    tl.store(hk_ptr + ((b * nC + c) * nK + i // K) * Di * N + dn, h, mask=m2)
+            row = (b * T + t) * Di  # (b, t) in the (B, T, Di) tensors
+            dt = tl.load(delta_ptr + row + d, mask=md, other=0.0)
+            ut = tl.load(u_ptr + row + d, mask=md, other=0.0)
+            Bt = tl.load(B_ptr + (b * T + t) * N + n, mask=mn, other=0.0)
+            h = tl.exp(dt[:, None] * A) * h + (dt * ut)[:, None] * Bt[None, :]
+            if not SUMMARY:
+                Ct = tl.load(C_ptr + (b * T + t) * N + n, mask=mn, other=0.0)
+                tl.store(y_ptr + row + d, tl.sum(h * Ct[None, :], axis=1), mask=md)
         tl.store(S_ptr + state, h, mask=m2)  # SUMMARY: S_c; else the state after the chunk
 
     @triton.jit(do_not_specialize=["T", "CH", "K"])
@@ -119,9 +119,8 @@ def _kernels(interpret: bool):
         dn = d[:, None] * N + n[None, :]
         state = (b * nC + c) * Di * N + dn
         nK = (CH + K - 1) // K
-        # this program's scratch: the K + 1 states of one stretch, work[i] = h_{t0 + i - 1}, (K + 1, BD, BN)
-        prog = (b * tl.num_programs(1) + tl.program_id(1)) * nC + c
-        work = work_ptr + prog * (K + 1) * BD * BN + tl.arange(0, BD)[:, None] * BN + n[None, :]
+        # this program's scratch: the K + 1 states of one stretch, work[i] = h_{t0 + i - 1}, in (B, nC, K + 1, Di, N)
+        work = work_ptr + (b * nC + c) * (K + 1) * Di * N + dn
         A = tl.load(A_ptr + dn, mask=m2, other=0.0)
         if SUMMARY:
             g = tl.zeros((BD, BN), dtype=tl.float32)
@@ -134,16 +133,15 @@ def _kernels(interpret: bool):
             L = tl.maximum(tl.minimum(tl.minimum(K, CH - j * K), T - t0), 0)
             if not SUMMARY:  # recompute the stretch's states from the one the forward stored before it
                 h = tl.load(hk_ptr + ((b * nC + c) * nK + j) * Di * N + dn, mask=m2 & (dn * 0 + t0 < T), other=0.0)
-                tl.store(work, h)
+                tl.store(work, h, mask=m2)
                 for i in range(L):
                     row = (b * T + t0 + i) * Di
                     dt = tl.load(delta_ptr + row + d, mask=md, other=0.0)
                     ut = tl.load(u_ptr + row + d, mask=md, other=0.0)
                     Bt = tl.load(B_ptr + (b * T + t0 + i) * N + n, mask=mn, other=0.0)
                     h = tl.exp(dt[:, None] * A) * h + (dt * ut)[:, None] * Bt[None, :]
-                    tl.store(work + (i + 1) * BD * BN, h)
+                    tl.store(work + (i + 1) * Di * N, h, mask=m2)
                 tl.debug_barrier()  # every thread's states written before any thread reads them back
-                h_t = tl.load(work + L * BD * BN)
             for i in range(L):
                 t = t0 + L - 1 - i
                 row = (b * T + t) * Di
@@ -155,15 +153,15 @@ def _kernels(interpret: bool):
                 if not SUMMARY:
                     ut = tl.load(u_ptr + row + d, mask=md, other=0.0)
                     Bt = tl.load(B_ptr + (b * T + t) * N + n, mask=mn, other=0.0)
-                    h_prev = tl.load(work + (L - 1 - i) * BD * BN)  # h_{t-1}
+                    h_prev = tl.load(work + (L - 1 - i) * Di * N, mask=m2, other=0.0)  # h_{t-1}
                     gla = g * a * h_prev  # dL/d(Δ_t A)
                     dA += gla * dt[:, None]
                     gdu = tl.sum(g * Bt[None, :], axis=1)  # dL/d(Δ_t u_t), (BD,)
                     tl.store(ddelta_ptr + row + d, tl.sum(gla * A, axis=1) + gdu * ut, mask=md)
                     tl.store(du_ptr + row + d, gdu * dt, mask=md)
                     tl.atomic_add(dB_ptr + (b * T + t) * N + n, tl.sum(g * (dt * ut)[:, None], axis=0), mask=mn)
+                    h_t = tl.load(work + (L - i) * Di * N, mask=m2, other=0.0)
                     tl.atomic_add(dC_ptr + (b * T + t) * N + n, tl.sum(h_t * gyt[:, None], axis=0), mask=mn)
-                    h_t = h_prev
                 g = g * a  # a_t g_t: what position t - 1 receives
             if not SUMMARY:
                 tl.debug_barrier()  # every read of this stretch's states done before the next overwrites them
@@ -323,7 +321,7 @@ class TritonScan(torch.autograd.Function):
             _warm("bwd", bwd, (u, delta, A, B, C, hk, scratch, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N,
                                CH, K), u.device, Di, N, meta, grid, SUMMARY=True)
             _warm_carry("carry_reverse", A, ghT, reverse=True)
-        work = u.new_empty(grid[0] * grid[1] * grid[2], K + 1, meta["BD"], meta["BN"])  # one stretch per program
+        work = u.new_empty(Bsz, nC, K + 1, Di, N)  # one stretch's states per (sequence, chunk)
         bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
                   SUMMARY=False, **meta)
         return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -86,14 +87,16 @@ CARRY_VARIANTS = [dict(REVERSE=False), dict(REVERSE=True)]  # the chunks' carry,
 
 
 def _ast_source(ASTSource, kernel, consts: dict):
-    """The kernel's source for Triton's ahead-of-time compiler, in either of its two APIs: Triton >= 3.2
-    names every argument (constexprs by name), Triton 3.0 / 3.1 (torch 2.4 / 2.5) numbers them and
-    leaves the constexprs out of the signature."""
+    """The kernel's source for Triton's ahead-of-time compiler, in each of its three APIs: Triton >= 3.3
+    names every argument (constexprs by name, apart), 3.2 (torch 2.6) takes them as named constants,
+    3.0 / 3.1 (torch 2.4 / 2.5) number the arguments and leave the constexprs out of the signature."""
     ty = lambda a: "*fp32" if a.endswith("_ptr") else "i32"  # noqa: E731
-    if "constexprs" in inspect.signature(ASTSource).parameters:
-        sig = {a: "constexpr" if a in consts else ty(a) for a in kernel.arg_names}
-        return ASTSource(fn=kernel, signature=sig, constexprs=consts)
     names = kernel.arg_names
+    sig = {a: "constexpr" if a in consts else ty(a) for a in names}
+    if "constexprs" in inspect.signature(ASTSource).parameters:
+        return ASTSource(fn=kernel, signature=sig, constexprs=consts)
+    if tuple(int(p) for p in st.triton.__version__.split(".")[:2]) >= (3, 2):
+        return ASTSource(fn=kernel, signature=sig, constants=consts)
     sig = {i: ty(a) for i, a in enumerate(names) if a not in consts}
     return ASTSource(fn=kernel, signature=sig, constants={names.index(a): c for a, c in consts.items()})
 
@@ -124,6 +127,25 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
             # barrier after writing them, one after reading them (the interpreter runs no threads)
             barriers = compiled.asm["ttir"].count("barrier")
             assert barriers == (2 if kernel is bwd and not v["SUMMARY"] else 0), (kernel.fn.__name__, v, barriers)
+            # the design's premise: a program's (BD, N) states stay in registers. ptxas spills to the stack
+            # frame (0 or 8 bytes here under Triton 3.1 to 3.9); a thread's share of one (32, 16) state is
+            # 16 bytes. Carrying h_t in a register in the backward spilled 24 under Triton 3.6 (the H200's),
+            # 128 channels per program 96 under 3.9)
+            frame = _frame_bytes(compiled.asm["cubin"])
+            assert frame is None or frame < 16, (kernel.fn.__name__, v, f"{frame} bytes of stack and local memory")
+
+
+def _frame_bytes(cubin: bytes) -> int | None:
+    """Stack + local memory per thread of a cubin's kernel, from the cuobjdump Triton ships (None without)."""
+    tool = Path(st.triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        out = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True).stdout
+    found = re.search(r"STACK:(\d+).*LOCAL:(\d+)", out)
+    return int(found.group(1)) + int(found.group(2)) if found else None
 
 
 # Di = 40: a full block of 32 channels and a partial one; N = 5: a state block of 8 with 3 masked;
