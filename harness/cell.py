@@ -32,7 +32,7 @@ from harness.budget import Budget, BudgetMeter
 from harness.evaluate import dev_loss
 from harness.flops import mfu
 from harness.loss import resolve_impl
-from harness.model import LM, LMConfig, count_params, matched_config
+from harness.model import LM, LMConfig, count_params, matched_config, on_meta
 from core.presets import Preset, get_preset
 from core.results import error_text
 from core.schema import new_row
@@ -232,8 +232,7 @@ def check_cell(cell: Cell, ctx: RunContext) -> CellPlan:
     instead of failing when its cell comes up after others trained."""
     plan = ctx.plan(cell)
     try:
-        with torch.device("meta"):
-            LM(plan.model_cfg)
+        on_meta(plan.model_cfg)
     except Exception as e:
         raise ValueError(f"{cell.label()}: {error_text(e)}") from None
     return plan

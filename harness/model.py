@@ -192,9 +192,20 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _count_on_meta(cfg: LMConfig) -> int:
+def on_meta(cfg: LMConfig) -> LM:
+    """The model on the meta device: its shapes and parameter count, no memory, no time.
+
+    The mixer modules are imported first, outside the device context. The registry imports them on
+    first use, and import-time code run inside `torch.device("meta")` makes its tensors on meta: under
+    torch 2.6, `torch._dynamo`'s own import then failed (`Tensor.item() cannot be called on meta
+    tensors`), so the first cell of every fresh process failed: spawned ranks and warm-up workers."""
+    mixers.get(cfg.mixer)
     with torch.device("meta"):
-        return count_params(LM(cfg))
+        return LM(cfg)
+
+
+def _count_on_meta(cfg: LMConfig) -> int:
+    return count_params(on_meta(cfg))
 
 
 def matched_config(

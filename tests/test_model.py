@@ -51,3 +51,25 @@ def test_norm_placements_build_and_run(norm):
     has_qk_norm = any("q_norm" in n for n in names)
     assert has_qk_norm == (norm == "hybrid")
     assert any("norm1" in n for n in names) == (norm != "hybrid")
+
+
+def test_the_model_on_meta_imports_the_mixers_outside_the_meta_device(monkeypatch):
+    """The mixer registry imports its modules on first use. When that first use was inside
+    `torch.device("meta")` (counting parameters for matching), their import-time code ran on meta, and
+    under torch 2.6 `torch._dynamo`'s import failed there: the first cell of every fresh process (a
+    spawned rank, a warm-up worker) failed. The registry's load must see the ordinary device."""
+    from harness.model import LMConfig, on_meta
+
+    seen = []
+    load = type(mixers.REGISTRY)._load
+
+    def recording_load(self):
+        if not self._loaded:  # the call that imports
+            seen.append(torch.get_default_device().type)
+        load(self)
+
+    monkeypatch.setattr(type(mixers.REGISTRY), "_load", recording_load)
+    monkeypatch.setattr(mixers.REGISTRY, "_loaded", False)  # as in a fresh process
+    model = on_meta(LMConfig(vocab_size=50, d_model=64, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    assert seen and "meta" not in seen, seen
+    assert {p.device.type for p in model.parameters()} == {"meta"}
