@@ -68,7 +68,8 @@ def measure(preset: str, rows: int, length: int) -> dict:
 
     peak, how = peak_memory(step, torch.device("cpu"))
     return {"bench": "scan_memory", "scan": "triton_scan", "preset": preset, "rows": rows, "length": length,
-            "d_inner": d_inner, "d_state": d_state, "ckpt": getattr(st, "CKPT", 1),  # 1: every state (the code before CKPT)
+            "d_inner": d_inner, "d_state": d_state,
+            "ckpt": getattr(st, "CKPT", 1),  # 1: every state (the code before CKPT)
             "saved_states_bytes": states, "saved_bytes": kept, "peak_bytes": peak, "mem_measure": how,
             "kernels": "launches stubbed (CPU)"}
 
