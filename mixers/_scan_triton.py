@@ -19,7 +19,7 @@ backward: a Mamba row's peak VRAM would then measure our kernel, not Mamba (mamb
 the forward stores only the state entering each stretch of CKPT = 16 positions (1/16 of that), and the
 backward, stretch by stretch from the last, first recomputes the stretch's 16 states from the stored
 one into a scratch of 17 states per (sequence, chunk), then walks them in reverse. The scratch is
-reused by every stretch, so it is 17/16 of one chunk's states (36 MiB at the small preset), written
+reused by every stretch, so it is 17/16 of one chunk's states (34 MiB at the small preset), written
 and read back at once, where the kept states were written in the forward and read in the backward.
 The price: one more forward walk inside the backward (an exp and a few FMAs per state), the cost
 mamba-ssm pays too. Registers stay below spilling (the ahead-of-time compile test checks it). dB and
