@@ -19,14 +19,15 @@ backward: a Mamba row's peak VRAM would then measure our kernel, not Mamba (mamb
 the forward stores only the state entering each stretch of CKPT = 16 positions (1/16 of that), and the
 backward, stretch by stretch from the last, first recomputes the stretch's 16 states from the stored
 one into a scratch of 17 states per (sequence, chunk), then walks them in reverse. The scratch is
-reused by every stretch, so it is 17/16 of one chunk's states (34 MiB at the small preset), written
-and read back at once, where the kept states were written in the forward and read in the backward.
+reused by every stretch, so it holds one stretch (and the state before it) per program: 34 MiB at the
+small preset, written and read back at once, where the kept states were written in the forward and
+read in the backward.
 The price: one more forward walk inside the backward (an exp and a few FMAs per state), the cost
 mamba-ssm pays too. Registers stay below spilling (the ahead-of-time compile test checks it). dB and
 dC are sums over channels, so the programs of one sequence add into them atomically (fp32).
 
 Precision: fp32 throughout, as the PyTorch scans. Tests run these kernels on CPU through Triton's
-interpreter (TRITON_INTERPRET=1, tests/test_mamba.py) against `selective_scan_reference`; the kernels
+interpreter (TRITON_INTERPRET=1, tests/test_scan_triton.py) against `selective_scan_reference`; the kernels
 are built on first use, so the interpreter can be chosen after import.
 """
 from __future__ import annotations
