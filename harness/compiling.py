@@ -30,6 +30,12 @@ COMPILE_SCOPES = ("blocks", "model")
 MIN_TORCH_TO_COMPILE = (2, 5)
 
 
+def major_minor(version: str) -> tuple[int, int]:
+    """(2, 15) of "2.15.0+cu130" (or of Triton's "3.2.0"): release numbers compared as numbers, not text."""
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
 def check_torch(version: str | None = None) -> None:
     """Refuse, in one line, to compile under a torch too old to compile these models right. Under torch
     2.4 (the full suite run against 2.4.1, 2026-11-30): its inductor fails to generate code for the
@@ -38,8 +44,7 @@ def check_torch(version: str | None = None) -> None:
     and the blocks scope compiles each block anew (dynamo inlines a module's parameters as guards
     before 2.5), so past 8 blocks the rest would run eagerly. Eager training works there."""
     version = version or torch.__version__
-    found = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", version).groups())
-    if found < MIN_TORCH_TO_COMPILE:
+    if major_minor(version) < MIN_TORCH_TO_COMPILE:
         need = ".".join(map(str, MIN_TORCH_TO_COMPILE))
         raise ValueError(f"torch.compile needs torch >= {need} here (this is {version}); upgrade torch, or pass "
                          "--no-compile to train eagerly")

@@ -23,6 +23,7 @@ import torch
 import mixers
 import mixers._scan_triton as st
 import mixers.mamba as mm
+from harness.compiling import major_minor
 from test_mamba import REGIMES, _assert_grads_close, _build, _grads, extreme_inputs, scan_inputs
 
 # True in the subprocess that set TRITON_INTERPRET before anything imported Triton
@@ -95,7 +96,7 @@ def _ast_source(ASTSource, kernel, consts: dict):
     sig = {a: "constexpr" if a in consts else ty(a) for a in names}
     if "constexprs" in inspect.signature(ASTSource).parameters:
         return ASTSource(fn=kernel, signature=sig, constexprs=consts)
-    if tuple(int(p) for p in st.triton.__version__.split(".")[:2]) >= (3, 2):
+    if major_minor(st.triton.__version__) >= (3, 2):
         return ASTSource(fn=kernel, signature=sig, constants=consts)
     sig = {i: ty(a) for i, a in enumerate(names) if a not in consts}
     return ASTSource(fn=kernel, signature=sig, constants={names.index(a): c for a, c in consts.items()})
