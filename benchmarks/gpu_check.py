@@ -8,11 +8,15 @@ and a report folder to commit.
 
 Each part runs as its own process with a time limit, so one failure or hang never stops the others;
 the GPU limits add up to 660 s (`plan`). Where one command may run at most 10 minutes (a lent GPU),
-run it as two commands over the same `--out`, `--parts cuda_tests,grid` (400 s) then the rest: each
-part's record is kept in `OUT/parts.json`, and the README lists every part run so far. What a part printed goes to
-`OUT/logs/<part>.log`; rows go to `OUT/results/`, the grid's report to `OUT/reports/`, and a summary
-(device, versions, each part's status and time, every cell's status and tokens/s) to `OUT/README.md`.
-With `--commit` the folder is committed to the current git branch at the end.
+run it as two commands (`SPLIT`): the first measures every target of issue 14 (the CUDA tests, the
+grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second the two compile
+variants (120 s). Each part's record is its own file, `OUT/parts/<part>.json`, so two report folders
+merge by unpacking one over the other, also when the second command ran on a fresh machine (a lent
+machine goes back after a short idle wait); `--merge A.tgz B.tgz` unpacks the device's archives into
+`--out` and rewrites its README without running anything (`--report-only`: the README alone). What a
+part printed goes to `OUT/logs/<part>.log`; rows go to `OUT/results/`, the grid's report to
+`OUT/reports/`, and a summary (device, versions, each part's status and time, every cell's status and
+tokens/s) to `OUT/README.md`. With `--commit` the folder is committed to the current git branch at the end.
 
 A part that runs out of time is reported as such, with whatever rows it wrote (rerunning the same
 command resumes the grid: finished cells are skipped). Nothing here needs network: the data comes from
@@ -27,6 +31,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -136,8 +141,10 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
     ]
 
 
-# the two device commands of a lent GPU (at most 10 minutes each): the targets first, then the rest
-SPLIT = (["cuda_tests", "grid"], ["grid_base", "grid_graphs", "grid_model_scope", "bench_scaling", "bench_loss_memory"])
+# the two device commands of a lent GPU (at most 10 minutes each). The first measures every figure issue 14
+# asks for, so that a machine lost after it (it goes back after a short idle wait, and a fresh start costs a
+# minute or more of a 15-minute budget) loses only the second: the compile variants, which are comparisons
+SPLIT = (["cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory"], ["grid_graphs", "grid_model_scope"])
 
 
 def run_part(p: Part, logs: Path, cuda: bool) -> None:
@@ -188,26 +195,53 @@ def _rows(path: Path) -> list[dict]:
 
 
 def record_parts(out: Path, parts: list[Part]) -> list[dict]:
-    """Merge this invocation's parts into `OUT/parts.json` (a part run again replaces its record), so a
-    check split over several commands (`--parts`) still reports every part in one README."""
-    path = out / "parts.json"
-    done = {r["name"]: r for r in (json.loads(path.read_text(encoding="utf-8")) if path.exists() else [])}
+    """Write each part's record to `OUT/parts/<part>.json` (a part run again replaces its record) and return
+    every record in the folder, in the plan's order. One file per part, not one file for all, so that the
+    report folders of two commands merge by unpacking one over the other, even when they ran on two
+    machines (`--merge`); a check split over commands (`--parts`) still reports every part in one README."""
+    folder = out / "parts"
+    folder.mkdir(parents=True, exist_ok=True)
+    ran = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for p in parts:
-        done[p.name] = {"name": p.name, "status": p.status, "seconds": p.seconds, "note": p.note}
-    order = [p.name for p in plan(out, out, True, None, None)]  # the plan's order, whatever ran first
-    merged = sorted(done.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-    path.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
-    return merged
+        rec = {"name": p.name, "status": p.status, "seconds": p.seconds, "note": p.note, "ran": ran}
+        tmp = folder / f".{p.name}.json.tmp"  # whole or absent: a command killed mid-write leaves no half record
+        tmp.write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(folder / f"{p.name}.json")
+    return read_parts(out)
 
 
-def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float) -> str:
+def read_parts(out: Path) -> list[dict]:
+    """Every part record under `OUT/parts/`, in the plan's order, whatever ran first."""
+    done = [json.loads(f.read_text(encoding="utf-8")) for f in sorted((out / "parts").glob("*.json"))]
+    order = [p.name for p in plan(out, out, True, None, None)]
+    return sorted(done, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+
+
+def unpack(archive: Path, out: Path) -> None:
+    """Unpack a report folder's archive (what scripts/device_gpu_check.sh leaves in $OUT) into `out`. Files
+    of the same name are replaced: a part's record, log and rows by the later command's, the README
+    rewritten afterwards from all of them. Members that would land outside `out` are refused."""
+    with tarfile.open(archive, "r:gz") as tar:
+        for m in tar.getmembers():
+            dest = (out / m.name).resolve()
+            if not (m.isfile() or m.isdir()) or (dest != out and out not in dest.parents):
+                raise ValueError(f"{archive}: refusing member {m.name!r} (not a plain file or folder inside the report)")
+        tar.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+
+
+def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | None) -> str:
+    """The README of a report folder. `wall`: the seconds of the command that wrote it (None: rewritten
+    from the folder's records by `--report-only`/`--merge`, where each part's row says when it ran)."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = f"wall of the last command {wall:.0f} s" if wall is not None else "rewritten from the parts' records"
     lines = [f"# GPU check{' (CPU dry run: not GPU figures)' if dry else ''}", "",
-             f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; wall of the last command {wall:.0f} s",
+             f"- date: {now}; {when}",
              f"- device: {env['device']}; torch {env['torch']} (CUDA {env['cuda']}); python {env['python']}",
              f"- commit: {env['git_commit']}",
              f"- packages missing: {', '.join(env['missing_packages']) or 'none'}", "",
-             "| part | status | seconds | last lines of its log (`logs/<part>.log`) |", "|---|---|---:|---|"]
-    lines += [f"| {p['name']} | {p['status']} | {p['seconds']} | {p['note'].replace('|', '/')} |" for p in parts]
+             "| part | status | seconds | ran (UTC) | last lines of its log (`logs/<part>.log`) |", "|---|---|---:|---|---|"]
+    lines += [f"| {p['name']} | {p['status']} | {p['seconds']} | {p.get('ran', '')} | {p['note'].replace('|', '/')} |"
+              for p in parts]
     cells = [(g, r) for g in GRIDS for r in _rows(out / "results" / f"{g}.jsonl")
              if r.get("objective") not in (None, "none")]
     if cells:
@@ -253,7 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=None,
                     help="tokenizer cache for the grids (default: ./data/cache if it exists, else run_matrix's)")
     ap.add_argument("--commit", action="store_true", help="git-commit the report folder at the end")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run no part: rewrite OUT/README.md from the records, rows and environment in OUT")
+    ap.add_argument("--merge", nargs="+", type=Path, default=[], metavar="TGZ",
+                    help="unpack these archives of report folders (the device's gpu_check.tgz) into OUT, "
+                         "in order, then rewrite its README (implies --report-only)")
     a = ap.parse_args(argv)
+    if a.merge or a.report_only:
+        return report_only(Path(a.out).resolve(), a.merge, a.commit)
 
     import torch
 
@@ -287,10 +328,42 @@ def main(argv: list[str] | None = None) -> int:
     (out / "README.md").write_text(summary(out, env, merged, a.cpu_dry_run, time.perf_counter() - t0), encoding="utf-8")
     print(f"[gpu_check] report: {out / 'README.md'}")
     if a.commit:
-        subprocess.run(["git", "add", "-f", str(out)], cwd=ROOT, check=False)
-        subprocess.run(["git", "commit", "-q", "-m", f"GPU check report ({env['device']})", "--", str(out)], cwd=ROOT,
-                       check=False)
+        commit(out, env)
     return 0 if all(p.status in ("ok", "skipped") for p in parts) else 1
+
+
+def commit(out: Path, env: dict) -> None:
+    subprocess.run(["git", "add", "-f", str(out)], cwd=ROOT, check=False)
+    subprocess.run(["git", "commit", "-q", "-m", f"GPU check report ({env['device']})", "--", str(out)], cwd=ROOT,
+                   check=False)
+
+
+def report_only(out: Path, archives: list[Path], do_commit: bool) -> int:
+    """Merge the archives into `out` and rewrite its README from what the folder holds: the parts'
+    records, the rows, and the environment the last unpacked command recorded (the GPU's, not this
+    machine's). Nothing is run, so it works on a machine without CUDA."""
+    for arc in archives:
+        if not arc.is_file():
+            print(f"error: no archive at {arc}", file=sys.stderr)
+            return 2
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for arc in archives:
+            unpack(arc, out)
+    except (tarfile.TarError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    env_path, parts = out / "environment.json", read_parts(out)
+    if not env_path.is_file() or not parts:
+        print(f"error: {out} holds no GPU check (no environment.json or parts/*.json)", file=sys.stderr)
+        return 2
+    env = json.loads(env_path.read_text(encoding="utf-8"))
+    dry = not env.get("cuda_available", False)
+    (out / "README.md").write_text(summary(out, env, parts, dry, None), encoding="utf-8")
+    print(f"[gpu_check] report: {out / 'README.md'} ({len(parts)} parts)")
+    if do_commit:
+        commit(out, env)
+    return 0
 
 
 if __name__ == "__main__":

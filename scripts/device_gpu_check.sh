@@ -2,7 +2,9 @@
 # The GPU check inside a lent device machine's `run` (README: "GPU check"): install the carried wheels,
 # run the check's parts (arguments go to benchmarks.gpu_check, e.g. --parts cuda_tests,grid), and pack
 # its folder into $OUT, since a run returns at most 8 files. The folder (git-ignored runs/gpu_check by
-# default) stays on a warm machine, so a second command adds its parts to the same report.
+# default) stays on a warm machine, so a second command adds its parts to the same report; if the machine
+# went back in between, the second archive holds only its own parts, and `python -m benchmarks.gpu_check
+# --merge first.tgz second.tgz --out gpu_check` joins them here (each part's record is its own file).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -10,7 +12,7 @@ DEST="${GPU_CHECK_DIR:-runs/gpu_check}"
 bash scripts/gpu_check.sh --out "$DEST" "$@"
 rc=$?
 if [ -n "${OUT:-}" ] && [ -d "$DEST" ]; then
-    tar czf "$OUT/gpu_check.tgz" "$DEST"
+    tar czf "$OUT/gpu_check.tgz" -C "$DEST" .  # the folder's contents, unpacked by --merge into any --out
     cp "$DEST/README.md" "$OUT/README.md" 2>/dev/null || true
 fi
 exit $rc

@@ -28,6 +28,8 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     assert names == ["cuda_tests", "grid", "grid_base", "grid_graphs", "grid_model_scope", "bench_scaling",
                      "bench_loss_memory"]
     assert sorted(gc.SPLIT[0] + gc.SPLIT[1]) == sorted(names)  # the two device commands run every part
+    # the first measures every figure issue 14 asks for: a machine lost before the second loses no target
+    assert {"cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory"} <= set(gc.SPLIT[0])
     limit = {p.name: p.timeout_s for p in parts}
     for half in gc.SPLIT:  # each, with start-up, under a lent GPU's 10-minute command
         assert sum(limit[n] for n in half) <= 600 - 25
@@ -73,8 +75,74 @@ def test_a_check_split_over_two_commands_reports_every_part(tmp_path):
     assert [p["name"] for p in merged] == ["cuda_tests", "grid", "bench_scaling"]  # the plan's order
     assert merged[1]["status"] == "ok" and merged[1]["seconds"] == 90.0  # a rerun replaces the record
     text = gc.summary(tmp_path, _env(), merged, dry=False, wall=110.0)
-    assert "| cuda_tests | ok | 40.0 | 6 passed |" in text and "| bench_scaling | ok | 20.0 |" in text
+    assert "| cuda_tests | ok | 40.0 |" in text and "6 passed |" in text and "| bench_scaling | ok | 20.0 |" in text
     assert "timed out" not in text
+    assert sorted(f.name for f in (tmp_path / "parts").iterdir()) == ["bench_scaling.json", "cuda_tests.json",
+                                                                      "grid.json"]  # no temporary file left
+
+
+def _machine(root: Path, name: str, parts: list, rows: dict[str, str]) -> Path:
+    """A report folder as one device command leaves it (records, environment, rows, logs), packed the
+    way scripts/device_gpu_check.sh packs it into $OUT."""
+    import json
+    import tarfile
+
+    folder = root / name
+    (folder / "results").mkdir(parents=True)
+    (folder / "logs").mkdir()
+    (folder / "environment.json").write_text(json.dumps({**_env(), "cuda_available": True}), encoding="utf-8")
+    gc.record_parts(folder, parts)
+    for p in parts:
+        (folder / "logs" / f"{p.name}.log").write_text(p.note, encoding="utf-8")
+    for fname, text in rows.items():
+        (folder / "results" / fname).write_text(text, encoding="utf-8")
+    (folder / "README.md").write_text(f"only {name}'s parts\n", encoding="utf-8")
+    archive = root / f"{name}.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    return archive
+
+
+def test_two_commands_on_two_machines_merge_into_one_report(tmp_path):
+    """The lent machine went back between the two device commands: the second ran on a fresh machine,
+    so its archive holds only its own parts. --merge joins both archives into one folder and one README."""
+    v1 = (FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8")
+    first = _machine(tmp_path, "first", [gc.Part("cuda_tests", [], 1, status="ok", seconds=40.0, note="6 passed"),
+                                         gc.Part("grid_base", [], 1, status="ok", seconds=50.0, note="1 cell")],
+                     {"gpu_check_base.jsonl": v1})
+    second = _machine(tmp_path, "second", [gc.Part("grid_graphs", [], 1, status="failed (exit 1)", seconds=9.0,
+                                                   note="boom")], {})
+    out = tmp_path / "gpu_check"
+    assert gc.main(["--merge", str(first), str(second), "--out", str(out)]) == 0
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert "(CPU dry run" not in text and "NVIDIA H200" in text  # the GPU's environment, not this machine's
+    for row in ("| cuda_tests | ok | 40.0 |", "| grid_base | ok | 50.0 |", "| grid_graphs | failed (exit 1) | 9.0 |",
+                "| gpu_check_base | attention | autoregressive | tiny | ok |"):
+        assert row in text, row
+    assert (out / "logs" / "cuda_tests.log").read_text(encoding="utf-8") == "6 passed"
+    # the README alone, rewritten from the folder as it stands
+    (out / "README.md").unlink()
+    assert gc.main(["--report-only", "--out", str(out)]) == 0
+    assert "| grid_graphs | failed (exit 1) |" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_merge_refuses_what_is_not_a_report(tmp_path, capsys):
+    import io
+    import tarfile
+
+    out = tmp_path / "gpu_check"
+    assert gc.main(["--report-only", "--out", str(out)]) == 2  # an empty folder: no check in it
+    assert "holds no GPU check" in capsys.readouterr().err
+    assert gc.main(["--merge", str(tmp_path / "missing.tgz"), "--out", str(out)]) == 2
+    assert "no archive at" in capsys.readouterr().err
+    bad = tmp_path / "bad.tgz"
+    with tarfile.open(bad, "w:gz") as tar:  # a member that would land beside the report, not in it
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    assert gc.main(["--merge", str(bad), "--out", str(out)]) == 2
+    assert "refusing member '../escaped.txt'" in capsys.readouterr().err
+    assert not (tmp_path / "escaped.txt").exists()
 
 
 def test_the_summary_reads_every_grids_rows_through_the_schema(tmp_path):
