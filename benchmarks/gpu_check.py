@@ -29,6 +29,7 @@ import importlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -65,6 +66,7 @@ def default_data_dir() -> Path:
 # the grid's mixers in this order: the issue's speed targets (attention, and Mamba against it) come first,
 # so a grid that runs out of time has measured them; the rest follow in registry order
 FIRST_MIXERS = ("attention", "mamba")
+MIN_PART_S = 15  # with --deadline-at, a part is not started with less time left than this
 WARM_S = 120  # the GPU grid's warm phase may take this much of its 300 s (the cells need the rest)
 
 
@@ -156,15 +158,30 @@ def run_part(p: Part, logs: Path, cuda: bool) -> None:
     with open(log, "w", encoding="utf-8") as f:
         f.write("$ " + " ".join(p.argv) + "\n")
         f.flush()
+        # its own process group, so a part out of time is stopped with everything it started (a grid's
+        # warm-up workers, a benchmark's children): nothing of it runs on beside the next part
+        proc = subprocess.Popen(p.argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
         try:
-            rc = subprocess.run(p.argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=p.timeout_s).returncode
+            rc = proc.wait(timeout=p.timeout_s)
             p.status = "ok" if rc == 0 else f"failed (exit {rc})"
         except subprocess.TimeoutExpired:
             p.status = f"timed out after {p.timeout_s} s"
+        finally:  # also when this process is interrupted
+            _kill_group(proc)
     p.seconds = round(time.perf_counter() - t0, 1)
     lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     tail = [t for t in lines if t.strip() and not t.startswith("USDT:")][-3:]  # not the profiler's chatter
     p.note = " / ".join(t.strip() for t in tail)[:300]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the part's process group (a no-op once it has exited with all its children) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
 def environment() -> dict:
@@ -229,16 +246,20 @@ def unpack(archive: Path, out: Path) -> None:
         tar.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
 
 
-def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | None) -> str:
+def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | None,
+            unstarted: list[str] = ()) -> str:
     """The README of a report folder. `wall`: the seconds of the command that wrote it (None: rewritten
-    from the folder's records by `--report-only`/`--merge`, where each part's row says when it ran)."""
+    from the folder's records by `--report-only`/`--merge`, where each part's row says when it ran).
+    `unstarted`: parts the last command did not start for lack of time (they have no record of theirs)."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     when = f"wall of the last command {wall:.0f} s" if wall is not None else "rewritten from the parts' records"
     lines = [f"# GPU check{' (CPU dry run: not GPU figures)' if dry else ''}", "",
              f"- date: {now}; {when}",
              f"- device: {env['device']}; torch {env['torch']} (CUDA {env['cuda']}); python {env['python']}",
              f"- commit: {env['git_commit']}",
-             f"- packages missing: {', '.join(env['missing_packages']) or 'none'}", "",
+             f"- packages missing: {', '.join(env['missing_packages']) or 'none'}",
+             *([f"- not started by the last command, too little time left before its deadline: {', '.join(unstarted)}"]
+               if unstarted else []), "",
              "| part | status | seconds | ran (UTC) | last lines of its log (`logs/<part>.log`) |", "|---|---|---:|---|---|"]
     lines += [f"| {p['name']} | {p['status']} | {p['seconds']} | {p.get('ran', '')} | {p['note'].replace('|', '/')} |"
               for p in parts]
@@ -287,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=None,
                     help="tokenizer cache for the grids (default: ./data/cache if it exists, else run_matrix's)")
     ap.add_argument("--commit", action="store_true", help="git-commit the report folder at the end")
+    ap.add_argument("--deadline-at", type=float, default=None, metavar="UNIX_SECONDS",
+                    help="stop every part by this time (a lent GPU's command limit), leaving time to pack; a part "
+                         f"with under {MIN_PART_S} s left is not started")
     ap.add_argument("--report-only", action="store_true",
                     help="run no part: rewrite OUT/README.md from the records, rows and environment in OUT")
     ap.add_argument("--merge", nargs="+", type=Path, default=[], metavar="TGZ",
@@ -319,13 +343,27 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         parts = [p for p in parts if p.name in keep]
     t0 = time.perf_counter()
+    unstarted: list[str] = []
+    (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
     for p in parts:
+        left = None if a.deadline_at is None else a.deadline_at - time.time()
+        if left is not None and left < MIN_PART_S:
+            # not recorded: an earlier command's record of this part (if any) stays the truth
+            p.status = f"not run ({left:.0f} s left before --deadline-at)"
+            print(f"[gpu_check] {p.name}: {p.status}", flush=True)
+            unstarted.append(p.name)
+            continue
+        if left is not None and left < p.timeout_s:
+            p.timeout_s = int(left)  # stopped in time for the command to pack what it has
         print(f"[gpu_check] {p.name} (limit {p.timeout_s} s) ...", flush=True)
         run_part(p, out / "logs", cuda and not a.cpu_dry_run)
         print(f"[gpu_check] {p.name}: {p.status} in {p.seconds} s", flush=True)
-    (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
-    merged = record_parts(out, parts)
-    (out / "README.md").write_text(summary(out, env, merged, a.cpu_dry_run, time.perf_counter() - t0), encoding="utf-8")
+        # the report after every part: a command killed later still leaves what finished
+        merged = record_parts(out, [p])
+        (out / "README.md").write_text(summary(out, env, merged, a.cpu_dry_run, time.perf_counter() - t0),
+                                       encoding="utf-8")
+    (out / "README.md").write_text(summary(out, env, read_parts(out), a.cpu_dry_run, time.perf_counter() - t0,
+                                           unstarted), encoding="utf-8")
     print(f"[gpu_check] report: {out / 'README.md'}")
     if a.commit:
         commit(out, env)

@@ -158,3 +158,45 @@ def test_the_summary_reads_every_grids_rows_through_the_schema(tmp_path):
         assert "gpu_check.jsonl:1" in str(e)
     else:
         raise AssertionError("a row without the schema's keys was accepted")
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie waiting for its reaper counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_part_out_of_time_is_stopped_with_its_children_and_a_deadline_leaves_a_report(tmp_path, monkeypatch):
+    """A lent GPU's command that outlives its limit brings nothing back, so with --deadline-at every part
+    is cut to the time left, a part with too little left is not started (an earlier record of it stays),
+    and the report is written after each part. A part stopped takes what it started with it (a grid's
+    warm-up workers must not run on beside the next part)."""
+    import sys
+    import time
+
+    pidfile = tmp_path / "grandchild.pid"
+    spawn = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+             f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(120)")
+    parts = [gc.Part("grid", [sys.executable, "-c", spawn], 100), gc.Part("bench_scaling", [sys.executable, "-c", ""], 100)]
+    monkeypatch.setattr(gc, "plan", lambda *a, **k: [gc.Part(p.name, p.argv, p.timeout_s) for p in parts])
+    # seconds, not the GPU's: a part gets int(time left) and the next one then has under 1 s, so is not started
+    monkeypatch.setattr(gc, "MIN_PART_S", 1)
+    out = tmp_path / "check"
+    gc.record_parts(out, [gc.Part("bench_scaling", [], 1, status="ok", seconds=3.0)])  # an earlier command's
+    t0 = time.time()
+    rc = gc.main(["--cpu-dry-run", "--data-dir", str(tmp_path), "--out", str(out), "--deadline-at", str(t0 + 5)])
+    assert rc == 1 and time.time() - t0 < 30
+    recs = {r["name"]: r for r in gc.read_parts(out)}
+    assert recs["grid"]["status"].startswith("timed out after")
+    assert recs["bench_scaling"]["status"] == "ok" and recs["bench_scaling"]["seconds"] == 3.0  # kept, not "not run"
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert "| grid | timed out after" in text and "| bench_scaling | ok | 3.0 |" in text
+    assert "not started by the last command, too little time left before its deadline: bench_scaling" in text
+    grandchild = int(pidfile.read_text())
+    for _ in range(50):  # SIGKILL is delivered at once; its reaping by init may take a moment
+        if _gone(grandchild):
+            break
+        time.sleep(0.1)
+    assert _gone(grandchild), "the part's child outlived it"
