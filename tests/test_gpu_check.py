@@ -183,10 +183,11 @@ def test_a_part_out_of_time_is_stopped_with_its_children_and_a_deadline_leaves_a
     monkeypatch.setattr(gc, "plan", lambda *a, **k: [gc.Part(p.name, p.argv, p.timeout_s) for p in parts])
     # seconds, not the GPU's: a part gets int(time left) and the next one then has under 1 s, so is not started
     monkeypatch.setattr(gc, "MIN_PART_S", 1)
+    monkeypatch.setattr(gc, "environment", _env)  # not the seconds of importing every package
     out = tmp_path / "check"
     gc.record_parts(out, [gc.Part("bench_scaling", [], 1, status="ok", seconds=3.0)])  # an earlier command's
     t0 = time.time()
-    rc = gc.main(["--cpu-dry-run", "--data-dir", str(tmp_path), "--out", str(out), "--deadline-at", str(t0 + 5)])
+    rc = gc.main(["--cpu-dry-run", "--data-dir", str(tmp_path), "--out", str(out), "--deadline-at", str(t0 + 6)])
     assert rc == 1 and time.time() - t0 < 30
     recs = {r["name"]: r for r in gc.read_parts(out)}
     assert recs["grid"]["status"].startswith("timed out after")
