@@ -132,14 +132,15 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # the base preset's MFU beside the small preset's (issue 14)
         Part("grid_base", [*run, "--grid", "gpu_check_base", *attention_ar, *with_preset(grid, base_preset), *o],
              limits["base"]),
+        # the mixers alone (Mamba's flatness in L) and the loss paths: issue 14's last targets
+        Part("bench_scaling", [py, "-m", "benchmarks.scaling", *scaling, *o], limits["scaling"]),
+        Part("bench_loss_memory", [py, "-m", "benchmarks.loss_memory", *loss, *o], limits["loss"]),
         # CUDA graphs (torch.compile mode reduce-overhead, lengths rounded up to 64) against the grid's default
         Part("grid_graphs", [*run, "--grid", "gpu_check_graphs", *attention_ar, "--compile-mode", "reduce-overhead",
                              *grid, *o], limits["graphs"]),
         # the whole LM compiled (--compile-scope model) against the default, each block: step speed and compile time
         Part("grid_model_scope", [*run, "--grid", "gpu_check_model_scope", *attention_ar, "--compile-scope", "model",
                                   *grid, *o], limits["scope"]),
-        Part("bench_scaling", [py, "-m", "benchmarks.scaling", *scaling, *o], limits["scaling"]),
-        Part("bench_loss_memory", [py, "-m", "benchmarks.loss_memory", *loss, *o], limits["loss"]),
     ]
 
 
