@@ -202,3 +202,26 @@ def test_a_part_out_of_time_is_stopped_with_its_children_and_a_deadline_leaves_a
             break
         time.sleep(0.1)
     assert _gone(grandchild), "the part's child outlived it"
+
+
+def test_the_device_script_packs_a_report_that_merges_here(tmp_path):
+    """scripts/device_gpu_check.sh as a lent GPU's `run` calls it (a CPU dry run of one quick part): it
+    passes a deadline, packs the report folder into $OUT, and the archive merges into a folder here."""
+    import subprocess
+    import sys
+
+    root = Path(gc.__file__).resolve().parents[1]
+    out, dest = tmp_path / "OUT", tmp_path / "check"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "GPU_CHECK_DIR": str(dest),
+           "GPU_CHECK_SECONDS": "300", "WAVEBENCH_WHEEL_SITE": str(tmp_path / "site")}  # (.whl/, if any: not here)
+    proc = subprocess.run(["bash", "scripts/device_gpu_check.sh", "--cpu-dry-run", "--data-dir", str(tmp_path),
+                           "--parts", "bench_loss_memory"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "(limit 300 s)" not in proc.stdout and "bench_loss_memory: ok" in proc.stdout  # cut to the deadline
+    assert (out / "README.md").is_file()
+    merged = tmp_path / "here"
+    assert gc.main(["--merge", str(out / "gpu_check.tgz"), "--out", str(merged)]) == 0
+    text = (merged / "README.md").read_text(encoding="utf-8")
+    assert "| bench_loss_memory | ok |" in text and "| impl | vocab_size |" in text  # its record and its rows
