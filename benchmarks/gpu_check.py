@@ -7,7 +7,8 @@ and a report folder to commit.
     python -m benchmarks.gpu_check --cpu-dry-run         # on CPU: tiny sizes, CUDA-only parts skipped
 
 Each part runs as its own process with a time limit, so one failure or hang never stops the others;
-the GPU limits add up to 660 s (`plan`). Where one command may run at most 10 minutes (a lent GPU),
+the GPU limits add up to 660 s (`plan`), and a GPU check is boxed to 8 minutes (`--minutes`): the
+parts run in order of importance, each cut to the time left. Where one command may run at most 10 minutes (a lent GPU),
 run it as two commands (`SPLIT`): the first measures every target of issue 14 (the CUDA tests, the
 grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second the two compile
 variants (120 s). Each part's record is its own file, `OUT/parts/<part>.json`, so two report folders
@@ -66,7 +67,8 @@ def default_data_dir() -> Path:
 # the grid's mixers in this order: the issue's speed targets (attention, and Mamba against it) come first,
 # so a grid that runs out of time has measured them; the rest follow in registry order
 FIRST_MIXERS = ("attention", "mamba")
-MIN_PART_S = 15  # with --deadline-at, a part is not started with less time left than this
+MIN_PART_S = 15  # with a deadline, a part is not started with less time left than this
+MINUTES = 8.0  # a GPU check's default time box (issue 14: one command, under 8 minutes)
 WARM_S = 120  # the GPU grid's warm phase may take this much of its 300 s (the cells need the rest)
 
 
@@ -309,9 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=None,
                     help="tokenizer cache for the grids (default: ./data/cache if it exists, else run_matrix's)")
     ap.add_argument("--commit", action="store_true", help="git-commit the report folder at the end")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help=f"time box from the start: every part is cut to the time left, one with under {MIN_PART_S} s "
+                         f"left is not started (default {MINUTES:g} on a GPU, none in the dry run; 0: none)")
     ap.add_argument("--deadline-at", type=float, default=None, metavar="UNIX_SECONDS",
-                    help="stop every part by this time (a lent GPU's command limit), leaving time to pack; a part "
-                         f"with under {MIN_PART_S} s left is not started")
+                    help="the same as an absolute time (a lent GPU's command limit, leaving time to pack); "
+                         "the earlier of the two boxes wins")
     ap.add_argument("--report-only", action="store_true",
                     help="run no part: rewrite OUT/README.md from the records, rows and environment in OUT")
     ap.add_argument("--merge", nargs="+", type=Path, default=[], metavar="TGZ",
@@ -344,13 +349,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         parts = [p for p in parts if p.name in keep]
     t0 = time.perf_counter()
+    deadline = deadline_of(a.minutes, a.deadline_at, a.cpu_dry_run, time.time())
     unstarted: list[str] = []
     (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
     for p in parts:
-        left = None if a.deadline_at is None else a.deadline_at - time.time()
+        left = None if deadline is None else deadline - time.time()
         if left is not None and left < MIN_PART_S:
             # not recorded: an earlier command's record of this part (if any) stays the truth
-            p.status = f"not run ({left:.0f} s left before --deadline-at)"
+            p.status = f"not run ({left:.0f} s left before the deadline)"
             print(f"[gpu_check] {p.name}: {p.status}", flush=True)
             unstarted.append(p.name)
             continue
@@ -369,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.commit:
         commit(out, env)
     return 0 if all(p.status in ("ok", "skipped") for p in parts) else 1
+
+
+def deadline_of(minutes: float | None, deadline_at: float | None, dry: bool, now: float) -> float | None:
+    """When the check must be done (unix seconds; None: no box). `minutes` counts from `now`; by default a
+    GPU check is boxed to MINUTES and a dry run is not (on CPU it takes longer, and its figures are not
+    the point); 0 turns the box off. An absolute `deadline_at` also applies: the earlier wins."""
+    m = (None if dry else MINUTES) if minutes is None else (minutes or None)
+    ends = [t for t in (None if m is None else now + 60 * m, deadline_at) if t is not None]
+    return min(ends) if ends else None
 
 
 def commit(out: Path, env: dict) -> None:

@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 DEST="${GPU_CHECK_DIR:-runs/gpu_check}"
 # every part stops by this deadline, so the archive below is made before the device's command limit (run
-# it with timeout_s 600): a command killed at its limit would bring nothing back
+# it with timeout_s 600): a command killed at its limit would bring nothing back. It replaces the check's
+# default 8-minute box (--minutes 0), which would cut the first command's 540 s of parts short
 DEADLINE=$(( $(date +%s) + ${GPU_CHECK_SECONDS:-570} ))
-bash scripts/gpu_check.sh --out "$DEST" --deadline-at "$DEADLINE" "$@"
+bash scripts/gpu_check.sh --out "$DEST" --minutes 0 --deadline-at "$DEADLINE" "$@"
 rc=$?
 if [ -n "${OUT:-}" ] && [ -d "$DEST" ]; then
     tar czf "$OUT/gpu_check.tgz" -C "$DEST" .  # the folder's contents, unpacked by --merge into any --out

@@ -225,3 +225,15 @@ def test_the_device_script_packs_a_report_that_merges_here(tmp_path):
     assert gc.main(["--merge", str(out / "gpu_check.tgz"), "--out", str(merged)]) == 0
     text = (merged / "README.md").read_text(encoding="utf-8")
     assert "| bench_loss_memory | ok |" in text and "| impl | vocab_size |" in text  # its record and its rows
+
+
+def test_a_gpu_check_is_boxed_to_eight_minutes_unless_told_otherwise():
+    """Issue 14: one command, under 8 minutes. The box counts from the check's start; the device script's
+    absolute deadline (its command limit less time to pack) replaces it (`--minutes 0`); the earlier wins."""
+    now = 1000.0
+    assert gc.deadline_of(None, None, dry=False, now=now) == now + 480  # a GPU check, as a person runs it
+    assert gc.deadline_of(None, None, dry=True, now=now) is None  # the CPU dry run is not boxed
+    assert gc.deadline_of(0, None, dry=False, now=now) is None  # --minutes 0: no box
+    assert gc.deadline_of(0, now + 570, dry=False, now=now) == now + 570  # the device script's command
+    assert gc.deadline_of(None, now + 570, dry=False, now=now) == now + 480  # both: the earlier wins
+    assert gc.deadline_of(2, now + 570, dry=True, now=now) == now + 120
