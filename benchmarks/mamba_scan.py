@@ -15,6 +15,8 @@ Two measurements, each on the mixer alone (causal, no embedding / MLP / loss), f
   8192). `parallel_scan_alone` times `selective_scan_parallel` by itself at the mixer's shapes
   (d_inner = 2 d_model, d_state 16): on CPU, PyTorch's depthwise-conv backward (oneDNN) takes
   seconds at some shapes, erratically, which the mixer rows include and the scan rows do not.
+  `--sweep-scans` takes any of `SCANS`: on CUDA, `triton,triton_unpipelined --scan-alone 0` sets the
+  Triton scan's software-pipelined walks (the default) against walks that wait for each step's loads.
 
 Timing: one untimed warm-up call per (variant, length, mode) (allocations, oneDNN primitive
 creation: the first depthwise-conv backward on CPU takes seconds), then `--repeats` rounds in which
@@ -39,10 +41,13 @@ import mixers
 from mixers import mamba
 from core.env import device_name, git_commit, sync, versions
 
-SCANS = {  # variant -> mixer options ("triton" only where its kernels run: CUDA)
+SCANS = {  # variant -> mixer options ("triton*" only where its kernels run: CUDA)
     "parallel": {"scan": "parallel"},
     "chunked": {"scan": "chunked", "chunk_size": 64, "checkpoint_chunks": True},
     "triton": {"scan": "triton"},
+    # the Triton scan with each step waiting for its own loads, against the default pipelined walks (the GPU
+    # check's bench_scan_stages: `--parts sweep --sweep-scans triton,triton_unpipelined`)
+    "triton_unpipelined": {"scan": "triton", "triton_stages": 1},
 }
 
 
@@ -101,7 +106,7 @@ def build(variant: str, d_model: int, device: torch.device, state: dict | None) 
     return m
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench/mamba_scan.json")
     ap.add_argument("--d-model", type=int, default=128)
@@ -114,10 +119,14 @@ def main() -> None:
     ap.add_argument("--scan-alone", type=int, default=1, help="sweep: also time the parallel scan alone (1/0)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    unknown = [v for v in a.sweep_scans.split(",") if v and v not in SCANS]
+    if unknown:
+        raise SystemExit(f"error: unknown scan(s) {', '.join(unknown)}; choose from {', '.join(SCANS)}")
     dev = torch.device(a.device)
     meta = {"device": device_name(str(dev)), "threads": torch.get_num_threads(), "versions": versions(),
-            "commit": git_commit(), "command": " ".join(["python -m benchmarks.mamba_scan", *sys.argv[1:]]),
+            "commit": git_commit(),
+            "command": " ".join(["python -m benchmarks.mamba_scan", *(sys.argv[1:] if argv is None else argv)]),
             "d_model": a.d_model, "causal": True, "dtype": "float32", "repeats": a.repeats,
             "timing": "median of interleaved rounds after one untimed warm-up call per variant",
             "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
@@ -136,7 +145,8 @@ def main() -> None:
     x = torch.randn(1, a.length, a.d_model, device=dev)
     from mixers import _scan_triton
 
-    models = {v: build(v, a.d_model, dev, ref_state) for v in SCANS if v != "triton" or _scan_triton.available(dev)}
+    models = {v: build(v, a.d_model, dev, ref_state) for v in ("parallel", "chunked", "triton")
+              if v != "triton" or _scan_triton.available(dev)}
     for train in (False, True) if "compare" in a.parts else ():
         ms = interleaved_ms({v: step_fn(m, x, train) for v, m in models.items()}, a.repeats)
         row = {"mode": "forward+backward" if train else "forward", "length": a.length, "batch": 1,

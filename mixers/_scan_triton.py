@@ -75,7 +75,8 @@ def _kernels(interpret: bool):
 
     @triton.jit(do_not_specialize=["T", "CH", "K"])
     def scan_fwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, init_ptr, y_ptr, hk_ptr, S_ptr, T, Di, N, CH, K,
-                 KEEP: tl.constexpr, SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+                 KEEP: tl.constexpr, SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+                 STAGES: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         d = tl.program_id(1) * BD + tl.arange(0, BD)  # (BD,)
         c = tl.program_id(2)
@@ -91,7 +92,9 @@ def _kernels(interpret: bool):
             h = tl.zeros((BD, BN), dtype=tl.float32)
         else:
             h = tl.load(init_ptr + state, mask=m2, other=0.0)
-        for i in range(tl.maximum(tl.minimum(CH, T - c * CH), 0)):  # the chunk's positions before T
+        # the chunk's positions before T; STAGES > 1: the loads of the next positions are in flight (cp.async)
+        # while the state advances, which it cannot do before its inputs arrive
+        for i in tl.range(0, tl.maximum(tl.minimum(CH, T - c * CH), 0), num_stages=STAGES):
             t = c * CH + i
             if KEEP:  # the state entering each stretch of K: the backward recomputes the stretch's from it
                 if i % K == 0:
@@ -109,7 +112,7 @@ def _kernels(interpret: bool):
     @triton.jit(do_not_specialize=["T", "CH", "K"])
     def scan_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, hk_ptr, work_ptr, gy_ptr, init_ptr,
                  du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, Q_ptr, T, Di, N, CH, K,
-                 SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr):
+                 SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, STAGES: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         d = tl.program_id(1) * BD + tl.arange(0, BD)
         c = tl.program_id(2)
@@ -135,7 +138,9 @@ def _kernels(interpret: bool):
             if not SUMMARY:  # recompute the stretch's states from the one the forward stored before it
                 h = tl.load(hk_ptr + ((b * nC + c) * nK + j) * Di * N + dn, mask=m2 & (dn * 0 + t0 < T), other=0.0)
                 tl.store(work, h, mask=m2)
-                for i in range(L):
+                # pipelined as the forward's walk; the reverse walk below is not: its loads in flight took the
+                # sm_90 code to 144 registers under Triton 3.6 (spilling for sm_80)
+                for i in tl.range(0, L, num_stages=STAGES):
                     row = (b * T + t0 + i) * Di
                     dt = tl.load(delta_ptr + row + d, mask=md, other=0.0)
                     ut = tl.load(u_ptr + row + d, mask=md, other=0.0)
@@ -206,6 +211,9 @@ TARGET_PROGRAMS = 1024
 MIN_CHUNK = 64
 # positions per stretch: the forward stores the state entering each, the backward recomputes the rest
 CKPT = 16
+# software-pipelined stages of the forward walks (Triton's `tl.range(num_stages=...)`: the inputs of the next
+# positions load asynchronously while the state advances); 1: each step waits for its own loads
+STAGES = 3
 
 
 def chunk_len(Bsz: int, T: int, Di: int) -> int:
@@ -234,7 +242,7 @@ def launch_meta(N: int) -> dict[str, int]:
 def _warm(kind: str, kernel, args: tuple, device: torch.device, Di: int, N: int, meta: dict, grid: tuple,
           **variant) -> None:
     """Launch a chunked-path variant of `kernel` once (its output discarded: args write only scratch)."""
-    key = (kind, str(device), Di, N)
+    key = (kind, str(device), Di, N, meta.get("STAGES"))
     if key not in _WARM:
         kernel[grid](*args, **variant, **meta)
         _WARM.add(key)
@@ -267,10 +275,11 @@ def _warm_carry(kind: str, A: torch.Tensor, first: torch.Tensor, reverse: bool) 
 class TritonScan(torch.autograd.Function):
     """y (B, T, Di) and h_T (B, Di, N) of the scan, fp32; inputs as `selective_scan_reference`'s, fp32
     and contiguous (the caller casts), h0 given. `chunk`: positions per chunk (None: `chunk_len`);
-    `ckpt`: positions per stretch, whose first state the forward stores for the backward (None: CKPT)."""
+    `ckpt`: positions per stretch, whose first state the forward stores for the backward (None: CKPT);
+    `stages`: the forward walks' pipeline stages (None: STAGES)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk=None, ckpt=None):
+    def forward(ctx, u, delta, A, B, C, h0, chunk=None, ckpt=None, stages=None):
         Bsz, T, Di = u.shape
         N = A.shape[1]
         CH = chunk or chunk_len(Bsz, T, Di)
@@ -279,7 +288,7 @@ class TritonScan(torch.autograd.Function):
         fwd = _kernels(interpreting())[0]
         keep = any(ctx.needs_input_grad[:6])
         grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
-        meta = launch_meta(N)
+        meta = {**launch_meta(N), "STAGES": stages or STAGES}
         y = torch.empty_like(u)
         hk = u.new_empty(Bsz, nC * nK, Di, N) if keep else u.new_empty(1)  # the state entering each stretch
         out = u.new_empty(Bsz, nC, Di, N)
@@ -295,7 +304,7 @@ class TritonScan(torch.autograd.Function):
             _warm_carry("carry", A, h0, reverse=False)
         fwd[grid](u, delta, A, B, C, init, y, hk, out, T, Di, N, CH, K, KEEP=keep, SUMMARY=False, **meta)
         ctx.save_for_backward(u, delta, A, B, C, hk, dsum)
-        ctx.CH, ctx.K = CH, K
+        ctx.CH, ctx.K, ctx.meta = CH, K, meta
         return y, out[:, -1]
 
     @staticmethod
@@ -307,7 +316,7 @@ class TritonScan(torch.autograd.Function):
         nC = triton.cdiv(T, CH)
         bwd = _kernels(interpreting())[1]
         grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
-        meta = launch_meta(N)
+        meta = ctx.meta
         gy = torch.zeros_like(u) if gy is None else gy.float().contiguous()
         ghT = u.new_zeros(Bsz, Di, N) if ghT is None else ghT.float().contiguous()
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
@@ -327,7 +336,7 @@ class TritonScan(torch.autograd.Function):
         work = u.new_empty(Bsz, nC, K + 1, Di, N)  # one stretch's states per (sequence, chunk)
         bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
                   SUMMARY=False, **meta)
-        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None
+        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None, None
 
 
 def _chunk_sums(delta: torch.Tensor, CH: int, nC: int) -> torch.Tensor:

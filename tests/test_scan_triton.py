@@ -119,11 +119,17 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
         pytest.skip("this Triton ships no ptxas")
     fwd, bwd, carry = st._kernels(False)
     kernels = ((fwd, FWD_VARIANTS), (bwd, BWD_VARIANTS), (carry, CARRY_VARIANTS))
+    compile = lambda kernel, consts: st.triton.compile(_ast_source(ASTSource, kernel, consts),  # noqa: E731
+                                                       target=GPUTarget("cuda", arch, 32))
     for (kernel, variants), N in itertools.product(kernels, (16, 5)):
         for v in variants:  # d_state 16 (the presets') and 5 (the interpreter tests'), blocks as launched
-            consts = {**v, **st.launch_meta(N)}
-            compiled = st.triton.compile(_ast_source(ASTSource, kernel, consts), target=GPUTarget("cuda", arch, 32))
+            consts = {**v, **st.launch_meta(N), **({} if kernel is carry else {"STAGES": st.STAGES})}
+            compiled = compile(kernel, consts)
             assert len(compiled.asm["cubin"]) > 0, (kernel.fn.__name__, v, N)
+            # the forward walks' inputs load ahead, asynchronously (cp.async), while the state advances: the
+            # point of STAGES, and what Triton's pipeliner must do with `tl.range(num_stages=...)`
+            pipelined = "cp.async" in compiled.asm["ptx"]
+            assert pipelined == (kernel is fwd or (kernel is bwd and not v["SUMMARY"])), (kernel.fn.__name__, v)
             # the backward's threads hand a stretch's recomputed states to each other through memory: a
             # barrier after writing them, one after reading them (the interpreter runs no threads)
             barriers = compiled.asm["ttir"].count("barrier")
@@ -134,6 +140,9 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
             # 128 channels per program 96 under 3.9)
             frame = _frame_bytes(compiled.asm["cubin"])
             assert frame is None or frame < 16, (kernel.fn.__name__, v, f"{frame} bytes of stack and local memory")
+    # and with one stage, each step waits for its own loads: no asynchronous copy at all
+    plain = compile(fwd, {**FWD_VARIANTS[1], **st.launch_meta(16), "STAGES": 1})
+    assert "cp.async" not in plain.asm["ptx"]
 
 
 def _frame_bytes(cubin: bytes) -> int | None:
@@ -159,11 +168,14 @@ def _frame_bytes(cubin: bytes) -> int | None:
 def test_interp_triton_scan_equals_reference(interpreter, T, chunk, ckpt):
     x = scan_inputs(T, seed=T, Bsz=2, Di=40, N=5)
     y_ref, h_ref = mm.selective_scan_reference(**x, return_last_state=True)
-    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk, ckpt=ckpt)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
-    _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt),
-                        _grads(mm.selective_scan_reference, x), f"T={T} chunk={chunk} ckpt={ckpt}")
+    # the default pipelined walks, and unpipelined ones (stages 1) in two cases (the interpreter runs both
+    # the same way: what differs on a GPU, the compiled loop, is the AOT test's and the CUDA test's)
+    for stages in (None, 1) if T in (19, 37) else (None,):
+        y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk, ckpt=ckpt, stages=stages)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
+        _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt, stages=stages),
+                            _grads(mm.selective_scan_reference, x), f"T={T} chunk={chunk} ckpt={ckpt} stages={stages}")
 
 
 @pytest.mark.parametrize("T,chunk,ckpt", [(37, None, None), (19, 8, 3)])
@@ -340,16 +352,18 @@ def test_the_triton_scan_says_where_it_cannot_run():
 # ckpt None: stretches of 16, a short one ending each chunk of 37 or 67 (T = 600 is cut into 9); 5 / 7
 # as well; on CUDA the backward's barriers between a stretch's recompute and its reverse walk run for real
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("T,chunk,ckpt", [(1, None, None), (37, None, None), (600, None, None), (600, 64, None),
-                                          (1000, 96, None), (1000, 96, 5), (600, None, 7)])
-def test_triton_scan_equals_reference_on_cuda(T, chunk, ckpt):
+@pytest.mark.parametrize("T,chunk,ckpt,stages", [(1, None, None, None), (37, None, None, None),
+                                                 (600, None, None, None), (600, 64, None, None),
+                                                 (1000, 96, None, None), (1000, 96, 5, None), (600, None, 7, None),
+                                                 (600, 64, None, 1), (37, None, 5, 2)])
+def test_triton_scan_equals_reference_on_cuda(T, chunk, ckpt, stages):
     x = {k: v.cuda() for k, v in scan_inputs(T, seed=T, Bsz=2, Di=70, N=16).items()}
     ref = {k: v.double() for k, v in x.items()}  # float64 reference: the fp32 kernel's honest yardstick
     y_ref, h_ref = mm.selective_scan_reference(**ref, return_last_state=True)
-    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk, ckpt=ckpt)
+    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk, ckpt=ckpt, stages=stages)
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(h.double(), h_ref, rtol=1e-4, atol=1e-4)
-    got = _grads_cuda(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt)
+    got = _grads_cuda(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt, stages=stages)
     want = _grads_cuda(mm.selective_scan_reference, ref)
     for k in want:
         scale = float(want[k].abs().max().clamp_min(1.0))
@@ -381,3 +395,33 @@ def test_mamba_lm_trains_on_the_triton_scan_on_cuda_under_bf16_autocast():
     h.float().square().mean().backward()
     assert set(model.backends().values()) == {"triton_scan"} if isinstance(model.backends(), dict) else True
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_interp_the_mixer_hands_its_pipeline_stages_to_the_scan(interpreter, monkeypatch):
+    """`--mixer-opt mamba.triton_stages=1` (the way back if a GPU finds the pipelined walks slower) must
+    reach the kernels' launch, and the default must be the module's STAGES."""
+    seen = []
+    real = mm.selective_scan_triton
+    monkeypatch.setattr(mm, "selective_scan_triton", lambda *a, **k: seen.append(k.get("stages")) or real(*a, **k))
+    x = torch.randn(2, 9, 16)
+    for opts in ({}, {"triton_stages": 1}):
+        m = mixers.build("mamba", 16, True, use_mamba_ssm=False, scan="triton", **opts)
+        m(x).sum().backward()
+    assert seen == [st.STAGES, 1]
+
+
+def test_interp_the_stage_benchmark_times_both_walks(interpreter, tmp_path):
+    """The GPU check's bench_scan_stages (benchmarks.mamba_scan: the Mamba mixer on the Triton scan,
+    pipelined and not, interleaved), run here at toy sizes through the interpreter: every row written."""
+    import json
+
+    from benchmarks import mamba_scan
+
+    out = tmp_path / "stages.json"
+    mamba_scan.main(["--parts", "sweep", "--sweep-scans", "triton,triton_unpipelined", "--scan-alone", "0",
+                     "--d-model", "8", "--tokens", "32", "--min-length", "16", "--max-length", "32", "--repeats", "1",
+                     "--device", "cpu", "--out", str(out)])
+    rows = json.loads(out.read_text())["sweep"]
+    assert sorted((r["scan"], r["length"]) for r in rows) == [("triton", 16), ("triton", 32),
+                                                              ("triton_unpipelined", 16), ("triton_unpipelined", 32)]
+    assert mamba_scan.build("triton_unpipelined", 8, torch.device("cpu"), None).opts.triton_stages == 1
