@@ -7,11 +7,11 @@ and a report folder to commit.
     python -m benchmarks.gpu_check --cpu-dry-run         # on CPU: tiny sizes, CUDA-only parts skipped
 
 Each part runs as its own process with a time limit, so one failure or hang never stops the others;
-the GPU limits add up to 660 s (`plan`), and a GPU check is boxed to 8 minutes (`--minutes`): the
+the GPU limits add up to 700 s (`plan`), and a GPU check is boxed to 8 minutes (`--minutes`): the
 parts run in order of importance, each cut to the time left. Where one command may run at most 10 minutes (a lent GPU),
 run it as two commands (`SPLIT`): the first measures every target of issue 14 (the CUDA tests, the
-grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second the two compile
-variants (120 s). Each part's record is its own file, `OUT/parts/<part>.json`, so two report folders
+grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second the comparisons
+(the two compile variants, the Triton scan's pipelined walks against unpipelined ones: 160 s). Each part's record is its own file, `OUT/parts/<part>.json`, so two report folders
 merge by unpacking one over the other, also when the second command ran on a fresh machine (a lent
 machine goes back after a short idle wait); `--merge A.tgz B.tgz` unpacks the device's archives into
 `--out` and rewrites its README without running anything (`--report-only`: the README alone). What a
@@ -69,6 +69,7 @@ def default_data_dir() -> Path:
 FIRST_MIXERS = ("attention", "mamba")
 MIN_PART_S = 15  # with a deadline, a part is not started with less time left than this
 MINUTES = 8.0  # a GPU check's default time box (issue 14: one command, under 8 minutes)
+STAGES_FILE = "bench_mamba_scan_stages.json"  # bench_scan_stages' rows: benchmarks.mamba_scan's JSON
 WARM_S = 120  # the GPU grid's warm phase may take this much of its 300 s (the cells need the rest)
 
 
@@ -81,7 +82,7 @@ def grid_mixers() -> str:
 
 def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: int | None,
          cache_dir: Path | None = None) -> list[Part]:
-    """The parts and their time limits. The GPU limits sum to 660 s: on a lent GPU with a 10-minute
+    """The parts and their time limits. The GPU limits sum to 700 s: on a lent GPU with a 10-minute
     limit per command, run them as two commands (README: "GPU check", `SPLIT`)."""
     py = sys.executable
     if dry:
@@ -92,14 +93,16 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         base_preset = "tiny"  # the dry run checks that the part runs, not the base preset's size
         scaling = ["--device", "cpu", "--lengths", "64,128", "--tokens", "128", "--reps", "1", "--warmup", "1"]
         loss = ["--device", "cpu", "--impls", "chunked,plain", "--vocab", "1000", "--tokens", "64", "--reps", "1"]
-        limits = {"tests": 600, "grid": 1500, "base": 600, "graphs": 900, "scope": 900, "scaling": 600, "loss": 300}
+        limits = {"tests": 600, "grid": 1500, "base": 600, "graphs": 900, "scope": 900, "scaling": 600, "loss": 300,
+                  "stages": 300}
     else:
         grid = ["--device", "cuda", "--preset", "small", "--budget", budget or "a100_seconds=10",
                 "--task-opt", f"eval_limit={eval_limit or 100}"]
         base_preset = "base"
         scaling = ["--device", "cuda", "--max-len", "8192", "--tokens", "16384", "--reps", "5", "--max-seconds", "5"]
         loss = ["--device", "cuda", "--vocab", "8000,32000", "--tokens", "4096,16384", "--reps", "5"]
-        limits = {"tests": 100, "grid": 300, "base": 60, "graphs": 60, "scope": 60, "scaling": 40, "loss": 40}
+        limits = {"tests": 100, "grid": 300, "base": 60, "graphs": 60, "scope": 60, "scaling": 40, "loss": 40,
+                  "stages": 40}
     # one rate per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and
     # miss the time limits; the sweep is tested on CPU (tests/test_lr_sweep.py), this checks the GPU path
     grid += ["--lr", "preset"]
@@ -143,13 +146,20 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # the whole LM compiled (--compile-scope model) against the default, each block: step speed and compile time
         Part("grid_model_scope", [*run, "--grid", "gpu_check_model_scope", *attention_ar, "--compile-scope", "model",
                                   *grid, *o], limits["scope"]),
+        # Mamba on the Triton scan with software-pipelined walks (the default) against walks that wait for each
+        # step's loads, interleaved, at bench_scaling's shapes: which to keep is the GPU's call
+        Part("bench_scan_stages", [py, "-m", "benchmarks.mamba_scan", "--parts", "sweep", "--sweep-scans",
+                                   "triton,triton_unpipelined", "--scan-alone", "0", "--d-model", "256",
+                                   "--tokens", "16384", "--max-length", "8192", "--repeats", "5",
+                                   "--out", str(out / "results" / STAGES_FILE)], limits["stages"], cuda_only=True),
     ]
 
 
 # the two device commands of a lent GPU (at most 10 minutes each). The first measures every figure issue 14
 # asks for, so that a machine lost after it (it goes back after a short idle wait, and a fresh start costs a
 # minute or more of a 15-minute budget) loses only the second: the compile variants, which are comparisons
-SPLIT = (["cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory"], ["grid_graphs", "grid_model_scope"])
+SPLIT = (["cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory"],
+         ["grid_graphs", "grid_model_scope", "bench_scan_stages"])
 
 
 def run_part(p: Part, logs: Path, cuda: bool) -> None:
@@ -296,6 +306,16 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             for r in rows:
                 vals = [r.get(k) for k in fields]
                 lines.append("| " + " | ".join(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in vals) + " |")
+    stages = out / "results" / STAGES_FILE
+    sweep = json.loads(stages.read_text(encoding="utf-8")).get("sweep", []) if stages.is_file() else []
+    if sweep:
+        lines += ["", f"## bench_scan_stages (`results/{STAGES_FILE}`): Mamba on the Triton scan, "
+                  "pipelined walks (`triton`) or not", "", "| scan | seq_len | batch | ms | tokens_per_s |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['scan']} | {r['length']} | {r['batch']} | {r['ms']} | {r['tokens_per_s']:,} |" for r in sweep]
+        for v in dict.fromkeys(r["scan"] for r in sweep):
+            tps = [r["tokens_per_s"] for r in sweep if r["scan"] == v]
+            lines.append(f"\n{v}: tokens/s fastest / slowest length = {max(tps) / max(min(tps), 1):.2f}")
     return "\n".join(lines) + "\n"
 
 

@@ -27,14 +27,14 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     names = [p.name for p in parts]
     # issue 14's figures first (a check cut short by its deadline has measured them), the comparisons last
     assert names == ["cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory", "grid_graphs",
-                     "grid_model_scope"]
+                     "grid_model_scope", "bench_scan_stages"]
     assert gc.SPLIT[0] + gc.SPLIT[1] == names  # the two device commands run every part, in that order
     # the first measures every figure issue 14 asks for: a machine lost before the second loses no target
     assert {"cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory"} <= set(gc.SPLIT[0])
     limit = {p.name: p.timeout_s for p in parts}
     for half in gc.SPLIT:  # each, with start-up, under a lent GPU's 10-minute command
         assert sum(limit[n] for n in half) <= 600 - 25
-    assert sum(limit.values()) <= 660  # and both with a machine start within a 15-minute device budget
+    assert sum(limit.values()) <= 700  # and both with a machine start within a 15-minute device budget
     grid = _argv(parts, "grid")
     order = _after(grid, "--mixers").split(",")
     assert order[:2] == ["attention", "mamba"]  # issue 14's speed targets before the rest
@@ -59,6 +59,10 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     assert _after(_argv(dry, "grid"), "--warm-compile") == "2"  # the dry run takes the warm-up path too ...
     assert "--compile" in _argv(dry, "grid")  # ... compiled, as on CUDA (on CPU it must be asked for)
     assert all("--warm-compile" not in p.argv for p in parts + dry if p.name != "grid")
+    stages = _argv(parts, "bench_scan_stages")  # both walks, at bench_scaling's width and tokens per step
+    assert _after(stages, "--sweep-scans") == "triton,triton_unpipelined"
+    assert _after(stages, "--d-model") == "256" and _after(stages, "--tokens") == "16384"
+    assert _after(stages, "--out") == str(tmp_path / "results" / gc.STAGES_FILE)
 
 
 def _env():
@@ -237,3 +241,17 @@ def test_a_gpu_check_is_boxed_to_eight_minutes_unless_told_otherwise():
     assert gc.deadline_of(0, now + 570, dry=False, now=now) == now + 570  # the device script's command
     assert gc.deadline_of(None, now + 570, dry=False, now=now) == now + 480  # both: the earlier wins
     assert gc.deadline_of(2, now + 570, dry=True, now=now) == now + 120
+
+
+def test_the_summary_shows_the_scan_stages_rows(tmp_path):
+    import json
+
+    (tmp_path / "results").mkdir()
+    sweep = [{"scan": v, "length": L, "batch": 16384 // L, "tokens": 16384, "ms": ms, "tokens_per_s": round(16384 / ms * 1e3)}
+             for v, L, ms in (("triton", 256, 4.0), ("triton", 8192, 5.0), ("triton_unpipelined", 256, 8.0),
+                              ("triton_unpipelined", 8192, 12.0))]
+    (tmp_path / "results" / gc.STAGES_FILE).write_text(json.dumps({"meta": {}, "compare": [], "sweep": sweep}))
+    text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    assert "| triton_unpipelined | 8192 | 2 | 12.0 | 1,365,333 |" in text
+    assert "triton: tokens/s fastest / slowest length = 1.25" in text
+    assert "triton_unpipelined: tokens/s fastest / slowest length = 1.50" in text
