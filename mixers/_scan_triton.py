@@ -8,7 +8,10 @@ Why a kernel: in PyTorch the scan is many whole-tensor passes over (B, T, Di, N)
 parallel scan's sweeps, the exp, the products, the backward's second scan), each a kernel launch and
 a round trip through GPU memory. Here one program owns one sequence and a block of BD channels, keeps
 their (BD, N) state in registers and walks the sequence once: one read of the inputs and one write of
-y per position, as mamba-ssm's CUDA kernel does, in about 1 launch per layer and direction.
+y per position, as mamba-ssm's CUDA kernel does, in about 1 launch per layer and direction. A walk is
+sequential, so each step would wait for its own inputs' loads; its loop is software-pipelined instead
+(STAGES: the next positions' inputs load asynchronously while the state advances), as mamba-ssm loads a
+chunk of positions at a time.
 
 Backward (the adjoint of a linear recurrence is the same recurrence run backwards):
     g_t = C_t gy_t + a_{t+1} g_{t+1}   (g_{T-1} also gets dL/dh_T),     g_t = dL/dh_t
