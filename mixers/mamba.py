@@ -381,8 +381,8 @@ def selective_scan_triton(
     """The same function as `selective_scan_reference` as Triton kernels (mixers/_scan_triton.py):
     one walk over the sequence each way, the state in registers; long sequences in chunks of `chunk`
     positions (None: enough chunks to fill the GPU); for the backward the forward keeps the state
-    every `ckpt` positions (None: 16); `stages`: the forward walks' software-pipeline stages (None: 3; 1: none).
-    CUDA (or Triton's interpreter) only.
+    every `ckpt` positions (None: 16); `stages`: the walks' software-pipeline stages (None: `STAGES` there;
+    1: none). CUDA (or Triton's interpreter) only.
     Runs eagerly inside a compiled model, like the PyTorch scans (a custom kernel is opaque to tracing)."""
     if not _scan_triton.available(u.device):
         raise RuntimeError("the triton scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=parallel")
@@ -579,7 +579,7 @@ class Mamba(Mixer):
         scan_block_elems: int = 2**26  # parallel scan: max elements of one (B, T, d, N) channel block
         chunk_size: int = 64  # chunked scan: positions per parallel chunk
         checkpoint_chunks: bool = True  # PyTorch scans: recompute states in backward (bounded memory)
-        triton_stages: int = 3  # triton scan: software-pipeline stages of its forward walks (1: none)
+        triton_stages: int = _scan_triton.STAGES  # triton scan: software-pipeline stages of its walks (1: none)
         use_mamba_ssm: bool = True  # use the mamba-ssm kernels when they can run
 
     def __init__(self, d_model: int, causal: bool, opts=None, proj_norm: bool = False):
