@@ -123,7 +123,10 @@ def test_torchrun_two_gloo_ranks_write_one_row_matching_one_process(offline_dir,
     naive normalisation (each rank's own per-token mean, averaged by DDP) drifts by 1e-4 to 5e-4."""
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_matrix.main(_args(offline_dir, one, cache_dir)) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # the repository first, then whatever the caller's PYTHONPATH held (packages installed there, as the
+    # GPU check's wheels are, must still import in the ranks)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(ddp.free_port()),
            str(ROOT / "run_matrix.py"), *_args(offline_dir, two, cache_dir)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
