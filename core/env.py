@@ -27,6 +27,13 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
+def pythonpath_with(root: Path) -> str:
+    """PYTHONPATH for a child process (a warm-up worker, a Ray worker, a torchrun rank): `root` first, so
+    it imports this repository whatever its working directory, then the caller's PYTHONPATH, so packages
+    installed there (as the GPU check installs its wheels) still import."""
+    return os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

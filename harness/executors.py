@@ -40,7 +40,7 @@ from harness.cell import Cell, RunContext, base_row, run_cell
 from harness.progress import GridProgress, PhaseReporter, PoolProgress
 from harness.spawn import spawn_cell
 from harness.warm import TIMEOUT_S as WARM_TIMEOUT_S, warm_up
-from core.env import resolve_device
+from core.env import pythonpath_with, resolve_device
 from core.results import error_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,8 +279,7 @@ def _slots(ray, gpus: float, cpus: float) -> int:
 
 def ray_runtime_env() -> dict[str, Any]:
     """Workers import this repository from the same path as the driver, whatever their working directory."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {"env_vars": {"PYTHONPATH": path}}
+    return {"env_vars": {"PYTHONPATH": pythonpath_with(ROOT)}}
 
 
 _CONTEXTS: dict[ContextSpec, RunContext] = {}  # per worker process: prepared task data is reused

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import torch
 
+from core.env import pythonpath_with
 from harness.cell import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +71,7 @@ def warm_up(cells: list[Cell], spec: Any, jobs: int, timeout_s: float = TIMEOUT_
         say("warm-compile: no pending cell compiles; nothing to warm")
         return set()
     threads = worker_threads(jobs)
-    env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads), "PYTHONPATH": pythonpath_with(ROOT)}
     say(f"warm-compile: {len(cells)} cells, {jobs} at a time ({threads} compile thread{'s' * (threads > 1)} each)")
     t_start = time.perf_counter()
     todo, running, warmed, n = list(cells), [], set(), 0

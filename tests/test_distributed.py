@@ -17,6 +17,7 @@ from harness import distributed as ddp
 from harness import objectives
 from harness.cell import Cell
 from core.data import BatchSampler, SeqSet, SpecialTokens
+from core.env import pythonpath_with
 from harness.executors import ContextSpec
 from harness.progress import stage
 from harness.spawn import spawn_cell
@@ -123,10 +124,7 @@ def test_torchrun_two_gloo_ranks_write_one_row_matching_one_process(offline_dir,
     naive normalisation (each rank's own per-token mean, averaged by DDP) drifts by 1e-4 to 5e-4."""
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_matrix.main(_args(offline_dir, one, cache_dir)) == 0
-    # the repository first, then whatever the caller's PYTHONPATH held (packages installed there, as the
-    # GPU check's wheels are, must still import in the ranks)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath_with(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(ddp.free_port()),
            str(ROOT / "run_matrix.py"), *_args(offline_dir, two, cache_dir)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
