@@ -8,11 +8,12 @@ and a report folder to commit.
 
 Each part runs as its own process with a time limit, so one failure or hang never stops the others;
 the GPU limits add up to 700 s (`plan`), and a GPU check is boxed to 8 minutes (`--minutes`): the
-parts run in order of importance, each cut to the time left. Where one command may run at most 10 minutes (a lent GPU),
-run it as two commands (`SPLIT`): the first measures every target of issue 14 (the CUDA tests, the
-grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second the comparisons
-(the two compile variants, the Triton scan's pipelined walks against unpipelined ones: 160 s). Each part's record is its own file, `OUT/parts/<part>.json`, so two report folders
-merge by unpacking one over the other, also when the second command ran on a fresh machine (a lent
+parts run in order of importance, each cut to the time left. Where one command may run at most 10
+minutes (a lent GPU), run it as two commands (`SPLIT`): the first measures every target of issue 14
+(the CUDA tests, the grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second
+the comparisons (the two compile variants, the Triton scan's pipelined walks against unpipelined ones:
+160 s). Each part's record is its own file, `OUT/parts/<part>.json`, so two report folders merge by
+unpacking one over the other, also when the second command ran on a fresh machine (a lent
 machine goes back after a short idle wait); `--merge A.tgz B.tgz` unpacks the device's archives into
 `--out` and rewrites its README without running anything (`--report-only`: the README alone). What a
 part printed goes to `OUT/logs/<part>.log`; rows go to `OUT/results/`, the grid's report to
@@ -157,7 +158,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
 
 # the two device commands of a lent GPU (at most 10 minutes each). The first measures every figure issue 14
 # asks for, so that a machine lost after it (it goes back after a short idle wait, and a fresh start costs a
-# minute or more of a 15-minute budget) loses only the second: the compile variants, which are comparisons
+# minute or more of a 15-minute budget) loses only the second: the comparisons
 SPLIT = (["cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory"],
          ["grid_graphs", "grid_model_scope", "bench_scan_stages"])
 
@@ -374,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     deadline = deadline_of(a.minutes, a.deadline_at, a.cpu_dry_run, started)
     unstarted: list[str] = []
     (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
+
+    def report() -> None:  # every part recorded so far, this command's and earlier ones'
+        (out / "README.md").write_text(summary(out, env, read_parts(out), a.cpu_dry_run, time.perf_counter() - t0,
+                                               unstarted), encoding="utf-8")
+
     for p in parts:
         left = None if deadline is None else deadline - time.time()
         if left is not None and left < MIN_PART_S:
@@ -387,12 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu_check] {p.name} (limit {p.timeout_s} s) ...", flush=True)
         run_part(p, out / "logs", cuda and not a.cpu_dry_run)
         print(f"[gpu_check] {p.name}: {p.status} in {p.seconds} s", flush=True)
-        # the report after every part: a command killed later still leaves what finished
-        merged = record_parts(out, [p])
-        (out / "README.md").write_text(summary(out, env, merged, a.cpu_dry_run, time.perf_counter() - t0),
-                                       encoding="utf-8")
-    (out / "README.md").write_text(summary(out, env, read_parts(out), a.cpu_dry_run, time.perf_counter() - t0,
-                                           unstarted), encoding="utf-8")
+        record_parts(out, [p])
+        report()  # after every part: a command killed later still leaves what finished
+    report()  # and the parts not started
     print(f"[gpu_check] report: {out / 'README.md'}")
     if a.commit:
         commit(out, env)

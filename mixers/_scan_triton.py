@@ -214,8 +214,9 @@ TARGET_PROGRAMS = 1024
 MIN_CHUNK = 64
 # positions per stretch: the forward stores the state entering each, the backward recomputes the rest
 CKPT = 16
-# software-pipelined stages of the forward walks (Triton's `tl.range(num_stages=...)`: the inputs of the next
-# positions load asynchronously while the state advances); 1: each step waits for its own loads
+# software-pipelined stages of the forward walks and the backward's recompute walk (Triton's
+# `tl.range(num_stages=...)`: the inputs of the next positions load asynchronously while the state
+# advances); 1: each step waits for its own loads
 STAGES = 3
 
 
@@ -279,7 +280,7 @@ class TritonScan(torch.autograd.Function):
     """y (B, T, Di) and h_T (B, Di, N) of the scan, fp32; inputs as `selective_scan_reference`'s, fp32
     and contiguous (the caller casts), h0 given. `chunk`: positions per chunk (None: `chunk_len`);
     `ckpt`: positions per stretch, whose first state the forward stores for the backward (None: CKPT);
-    `stages`: the forward walks' pipeline stages (None: STAGES)."""
+    `stages`: the pipeline stages of the walks that run forward in time (None: STAGES)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0, chunk=None, ckpt=None, stages=None):
