@@ -29,7 +29,7 @@ from harness.pretrain import DEFAULT_FRAC, PretrainSpec
 from harness.model import NORMS
 from core.presets import PRESETS, get_preset
 from harness.references import write_references
-from core.registry import UnknownNameError, parse_kv
+from core.registry import UnknownNameError, parse_kv, scoped_opts
 from core.results import ResultsFileError, append_row, done_keys, write_expected
 from core.schema import declared_metrics
 from tasks import DataError, PrepareContext
@@ -189,23 +189,6 @@ def summary(row: dict) -> str:
                    if isinstance(m.get(d.key), (int, float)))
     ppl_name = "ppl" if "ppl" in m else "ppl_bound"
     return f"{head}{ppl_name}={m.get(ppl_name, float('nan')):.2f} tok/s={m['tokens_per_s']:.0f}"
-
-
-def scoped_opts(items: list[str] | None, flag: str, names: list[str], registry) -> dict[str, dict[str, str]]:
-    """--mixer-opt attention.head_dim=16 applies to one mixer; head_dim=16 to every selected mixer that
-    has that option (an option no selected mixer has is an error, not silently ignored)."""
-    per: dict[str, dict[str, str]] = {n: {} for n in names}
-    for key, val in parse_kv(items, flag).items():
-        scope, _, opt = key.rpartition(".")
-        targets = [scope] if scope else [n for n in names if opt in registry.options_of(n)]
-        if scope and scope not in names:
-            raise ValueError(f"{flag} {key}={val}: {scope!r} is not among the selected ({', '.join(names)})")
-        if not targets:
-            raise ValueError(f"{flag} {key}={val}: no selected entry has option {opt!r}")
-        for t in targets:
-            per[t][opt] = val
-            registry.make_options(t, per[t])  # validate now, not mid-grid
-    return per
 
 
 def print_list() -> None:

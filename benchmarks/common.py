@@ -149,3 +149,31 @@ def rebuild_reports(out_root) -> None:
 
     for path in write_reports(Path(out_root) / "results", Path(out_root) / "reports"):
         print(f"report: {path}")
+
+
+class _NoLaunch:
+    """A Triton kernel whose launch does nothing but record its grid: `kernel[grid](*args)` returns at once."""
+
+    def __init__(self, launches: list):
+        self.launches = launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.launches.append(grid)
+
+
+def stub_triton_launches() -> list:
+    """Count, on CPU, the PyTorch calls a GPU would issue around our Triton kernels (Mamba's scan,
+    gated_context's walk): the kernels' launches become no-ops that record their grid in the returned
+    list, and the kernels' CPU path (Triton's interpreter) is chosen, so the mixers' `scan=triton` runs.
+    The outputs are garbage; the counts do not depend on them. Running the kernels in the interpreter
+    instead would add its own argument copies (tens of calls per launch) to the count."""
+    import os
+
+    import mixers._linear_scan_triton as lst
+    import mixers._scan_triton as st
+
+    os.environ["TRITON_INTERPRET"] = "1"  # read at each call (`available`), not at import
+    launches: list = []
+    stub = _NoLaunch(launches)
+    st._kernels = lst._kernels = lambda interpret: (stub, stub, stub)
+    return launches

@@ -22,12 +22,15 @@ import time
 
 import torch
 
+import mixers
 from harness import objectives
 from core.data import Batch, SpecialTokens
 from core.env import resolve_device, sync
 from harness.model import LM, matched_config
 from core.presets import get_preset
 from core.env import autocast
+from core.registry import scoped_opts
+from benchmarks.common import stub_triton_launches
 from harness.compiling import COMPILE_SCOPES, compile_for_training
 from harness.train import TrainConfig, _optimizer
 
@@ -46,11 +49,11 @@ def fixed_batch(vocab: int, B: int, T: int, device: torch.device, seed: int = 0,
 
 
 def make_step(mixer: str, objective: str, preset: str, B: int, T: int, device: torch.device, loss: str = "chunked",
-              compile: bool = False, answer_len: int = 0, scope: str = "blocks"):
+              compile: bool = False, answer_len: int = 0, scope: str = "blocks", mixer_opts: dict | None = None):
     obj = objectives.build(objective, SPECIAL, loss)
     p = get_preset(preset)
     torch.manual_seed(0)
-    model = LM(matched_config(p, mixer, obj.causal, p.vocab_size)).to(device)
+    model = LM(matched_config(p, mixer, obj.causal, p.vocab_size, mixer_opts)).to(device)
     opt = _optimizer(model, TrainConfig(), device)
     # what train() does: the model (each block, or all of it: `scope`) compiled, the loss eager
     fwd = compile_for_training(model, scope=scope)[0] if compile else model
@@ -139,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model, as training on CUDA does")
     ap.add_argument("--compile-scope", default="blocks", choices=COMPILE_SCOPES,
                     help="with --compile: each block (the trainer's default) or the whole model")
+    ap.add_argument("--mixer-opt", action="append", metavar="[MIXER.]KEY=VALUE",
+                    help="mixer option, as run_matrix.py's (repeatable): e.g. gated_context.scan=triton")
+    ap.add_argument("--stub-kernels", action="store_true",
+                    help="run the mixers' Triton scans (scan=triton) with their launches stubbed out: exact host "
+                         "operator counts around the kernels on CPU, garbage outputs (benchmarks.common)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1: host time without thread contention)")
     ap.add_argument("--padding", metavar="DATA_DIR", default=None,
                     help="instead: the padding fraction of the training batches on this JSQuAD data")
@@ -146,15 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     if a.padding:
         padding_table(a.padding, a.preset)
         return 0
+    names = [s.strip() for s in a.mixers.split(",") if s.strip()]
+    opts = scoped_opts(a.mixer_opt, "--mixer-opt", names, mixers.REGISTRY)
+    launches = stub_triton_launches() if a.stub_kernels else None
     device = resolve_device(a.device)
     torch.set_num_threads(a.threads)
     print(f"| mixer | host ms/step (median of {a.steps}) | aten ops/step | of which forward + loss + backward |")
     print("|---|---:|---:|---:|")
-    for m in [s.strip() for s in a.mixers.split(",") if s.strip()]:
+    for m in names:
         r = profile(make_step(m, a.objective, a.preset, a.batch, a.seq_len, device, a.loss, a.compile, a.answer_len,
-                              a.compile_scope),
+                              a.compile_scope, opts[m]),
                     device, a.warmup, a.steps)
         print(f"| {m} | {r['ms_per_step']:.1f} | {r['aten_ops_per_step']:,} | {r['aten_ops_fwd_bwd']:,} |", flush=True)
+    if launches is not None:
+        print(f"(Triton kernel launches stubbed out: {len(launches)} in all the steps above, warm-ups included)")
     return 0
 
 

@@ -1,43 +1,37 @@
-"""PyTorch calls around the Triton scan in a compiled Mamba mixer: what a GPU would launch one by one.
+"""PyTorch calls around the Triton kernels in a compiled mixer (Mamba's scan, gated_context's walk): what a
+GPU would launch one by one.
 
-Not a test: a count, printed as one JSON line per direction setting.
+Not a test: a count, printed as one JSON line per mixer, scan and direction setting.
 
     python -m benchmarks.scan_eager_calls                  # causal and bidirectional, d_model 64
     python -m benchmarks.scan_eager_calls --d-model 256 --length 512
+    python -m benchmarks.scan_eager_calls --mixers gated_context --scans triton,pairwise
 
-Why: on CUDA the scan is a graph break inside the compiled model (mixers/mamba.py,
-`torch.compiler.disable`), and every PyTorch operation that runs at the break runs eagerly, one kernel
-launch each, where the compiled graphs around it fuse theirs. This counts the `aten::` calls of one
-compiled mixer step (forward and backward, under bf16 autocast as on a GPU), on CPU: the scan runs
-through Triton's interpreter path with its kernel launches replaced by no-ops, so what is counted is
+Why: on CUDA the scan is a graph break inside the compiled model (`torch.compiler.disable`), and every
+PyTorch operation that runs at the break runs eagerly, one kernel launch each, where the compiled
+graphs around it fuse theirs. This counts the `aten::` calls of one compiled mixer step (forward and
+backward, under bf16 autocast as on a GPU), on CPU: a Triton scan runs through its CPU path with its
+kernel launches replaced by no-ops (`benchmarks.common.stub_triton_launches`), so what is counted is
 exactly the PyTorch work around the kernels (the outputs are garbage; the count does not depend on
-them). `top_level` counts calls not made from inside another aten call: the ones a host issues.
+them), and `launches` counts the kernels. A PyTorch scan (`--scans pairwise`) runs as it is.
+`top_level` counts calls not made from inside another aten call: the ones a host issues.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before mixers._scan_triton reads it: the scan's CPU path
+import torch
 
-import torch  # noqa: E402
-
-import mixers  # noqa: E402
-import mixers._scan_triton as st  # noqa: E402
-from core.env import git_commit  # noqa: E402
+import mixers
+from benchmarks.common import stub_triton_launches
+from core.env import git_commit
 
 
-class _NoLaunch:
-    """A kernel whose launch does nothing: `kernel[grid](*args)` returns at once."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kw: None
-
-
-def count(d_model: int, causal: bool, batch: int, length: int) -> dict:
+def count(d_model: int, causal: bool, batch: int, length: int, mixer: str = "mamba", scan: str = "triton",
+          launches: list | None = None) -> dict:
     torch.manual_seed(0)
-    m = mixers.build("mamba", d_model, causal, scan="triton")
+    m = mixers.build(mixer, d_model, causal, scan=scan)
     step = torch.compile(m)
     x = torch.randn(batch, length, d_model, requires_grad=True)
     pad = torch.ones(batch, length, dtype=torch.bool)
@@ -50,12 +44,15 @@ def count(d_model: int, causal: bool, batch: int, length: int) -> dict:
 
     for _ in range(3):  # compile, and the recompile of a second call, off the count
         once()
+    launches = [] if launches is None else launches
+    launches.clear()
     with torch.profiler.profile() as prof:
         once()
     events = [e for e in prof.events() if e.name.startswith("aten::")]
     top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
-    return {"mixer": "mamba", "scan": m.backend, "causal": causal, "d_model": d_model, "batch": batch,
-            "length": length, "aten_calls": len(events), "top_level": len(top), "git_commit": git_commit()}
+    return {"mixer": mixer, "scan": m.backend, "causal": causal, "d_model": d_model, "batch": batch,
+            "length": length, "aten_calls": len(events), "top_level": len(top), "launches": len(launches),
+            "git_commit": git_commit()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,10 +60,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--length", type=int, default=40)
+    p.add_argument("--mixers", default="mamba", help="comma-separated: mamba, gated_context")
+    p.add_argument("--scans", default="triton", help="comma-separated scan options, each for the mixers that have it")
     a = p.parse_args(argv)
-    st._kernels = lambda interpret: (_NoLaunch(), _NoLaunch(), _NoLaunch())
-    for causal in (True, False):
-        print(json.dumps(count(a.d_model, causal, a.batch, a.length)))
+    launches = stub_triton_launches()
+    for mixer in [s.strip() for s in a.mixers.split(",") if s.strip()]:
+        for scan in [s.strip() for s in a.scans.split(",") if s.strip()]:
+            try:
+                mixers.build(mixer, a.d_model, True, scan=scan)
+            except ValueError:  # not one of this mixer's scans
+                continue
+            for causal in (True, False):
+                print(json.dumps(count(a.d_model, causal, a.batch, a.length, mixer, scan, launches)), flush=True)
 
 
 if __name__ == "__main__":

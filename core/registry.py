@@ -106,3 +106,21 @@ def parse_kv(items: list[str] | None, flag: str) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def scoped_opts(items: list[str] | None, flag: str, names: list[str],
+                registry: Registry) -> dict[str, dict[str, str]]:
+    """--mixer-opt attention.head_dim=16 applies to one mixer; head_dim=16 to every selected mixer that
+    has that option (an option no selected mixer has is an error, not silently ignored)."""
+    per: dict[str, dict[str, str]] = {n: {} for n in names}
+    for key, val in parse_kv(items, flag).items():
+        scope, _, opt = key.rpartition(".")
+        targets = [scope] if scope else [n for n in names if opt in registry.options_of(n)]
+        if scope and scope not in names:
+            raise ValueError(f"{flag} {key}={val}: {scope!r} is not among the selected ({', '.join(names)})")
+        if not targets:
+            raise ValueError(f"{flag} {key}={val}: no selected entry has option {opt!r}")
+        for t in targets:
+            per[t][opt] = val
+            registry.make_options(t, per[t])  # validate now, not mid-grid
+    return per

@@ -11,14 +11,16 @@ The token's output reads only from the context: everything this layer knows abou
 
 Why the gates see the token only, never the state: the update is then *linear in the state*,
 c_t = a_t c_{t-1} + b_t with a_t, b_t computed from x_t alone, and a first-order linear recurrence
-is an associative scan. Training runs it as a log-depth pairwise scan (`pairwise_scan`): O(T) work,
-log2(T) rounds of whole-tensor ops, no Python loop over time, exact fp32 products of gates in [0, 1].
-We prefer it to the alternatives:
+is an associative scan. On CUDA it runs as a Triton walk (mixers/_linear_scan_triton.py: the state in a
+register, a few launches per layer, long sequences cut into chunks walked in parallel); elsewhere as a
+log-depth pairwise scan (`pairwise_scan`): O(T) work, log2(T) rounds of whole-tensor ops, no Python
+loop over time. Both are exact fp32 products of gates in [0, 1]. We prefer them to the alternatives:
 - cumulative log-gates (c_t = e^{L_t} Σ_s e^{-L_s} b_s): e^{-L_s} overflows, and even in log space
   L_t reaches -10^3 over a few hundred tokens where fp32 keeps only ~1e-4 of absolute precision, so
   outputs drift by ~1e-4 relative; chunking fixes that but needs a (C × C × d_ctx) decay tensor per
   chunk for per-channel gates;
-- a loop fused with torch.compile: still T sequential steps, and a compile per sequence length.
+- a loop fused with torch.compile: still T sequential steps, and a compile per sequence length
+  (the Triton walk is that loop written once as a kernel, for any length).
 A norm *inside* the recurrence (norm(c_{t-1}) in the update, as some New-LLM variants do) would make
 it non-linear in the state and force a sequential loop; we normalise the read-out instead, which
 also undoes the small magnitude of the context in its first steps, when (1 - f) has admitted little.
@@ -38,9 +40,8 @@ import torch
 import torch.nn as nn
 
 from mixers import Mixer, MixingFlops, register
+from mixers import _linear_scan_triton
 from mixers._layers import RMSNorm
-
-SCANS = ("pairwise", "loop")
 
 
 @torch.compiler.disable
@@ -81,6 +82,10 @@ def loop_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
+# option `scan` -> the function; the row's backend is "<name>_scan"
+SCANS = {"pairwise": pairwise_scan, "loop": loop_scan, "triton": _linear_scan_triton.linear_scan_triton}
+
+
 @register("gated_context")
 class GatedContext(Mixer):
     @dataclasses.dataclass
@@ -88,13 +93,15 @@ class GatedContext(Mixer):
         d_ctx: int = 0  # context-vector size per direction; 0 means d_model
         tau_min: float = 2.0  # forget gates start with memory timescales 1/(1-f) log-spaced in
         tau_max: float = 256.0  # [tau_min, tau_max] tokens, one per context channel
-        scan: str = "pairwise"  # pairwise (parallel, default) | loop (step-by-step reference)
+        # auto: "triton" on CUDA when Triton imports (mixers/_linear_scan_triton.py: one walk, a few launches
+        # a layer), else "pairwise" (parallel, log-depth) | loop (step-by-step reference)
+        scan: str = "auto"
 
     def __init__(self, d_model: int, causal: bool, opts=None, proj_norm: bool = False):
         super().__init__(d_model, causal, opts, proj_norm)
         o = self.opts
-        if o.scan not in SCANS:
-            raise ValueError(f"gated_context: scan must be one of {', '.join(SCANS)}, got {o.scan!r}")
+        if o.scan not in ("auto", *SCANS):
+            raise ValueError(f"gated_context: scan must be one of auto, {', '.join(SCANS)}, got {o.scan!r}")
         if not 1.0 < o.tau_min <= o.tau_max:
             raise ValueError(f"gated_context: need 1 < tau_min <= tau_max, got {o.tau_min}, {o.tau_max}")
         self.n_dir = 1 if causal else 2
@@ -108,7 +115,13 @@ class GatedContext(Mixer):
         self.u_norm, self.f_norm, self.o_norm = (self.proj_norm_layer(N) for _ in range(3))
         self.c_norm = RMSNorm(N)  # read-out layer normalisation
         self.out = nn.Linear(self.n_dir * N, d_model, bias=False)
-        self.backend = f"{o.scan}_scan"
+        self.backend = f"{self._scan_name(torch.device('cpu'))}_scan"
+
+    def _scan_name(self, device: torch.device) -> str:
+        """The scan this call runs: "auto" is the Triton walk where it runs, else the pairwise scan."""
+        if self.opts.scan != "auto":
+            return self.opts.scan
+        return "triton" if device.type == "cuda" and _linear_scan_triton.available(device) else "pairwise"
 
     def _gates(self, x: torch.Tensor, pad_mask: torch.Tensor | None):
         """x (B, T, D) -> a, b (B, T, n_dir, N) fp32 recurrence coefficients; o (B, T, n_dir, N) gate."""
@@ -131,8 +144,8 @@ class GatedContext(Mixer):
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         a, b, o = self._gates(x, pad_mask)
-        scan = pairwise_scan if self.opts.scan == "pairwise" else loop_scan
-        self.backend = f"{self.opts.scan}_scan"
+        name = self._scan_name(x.device)
+        scan, self.backend = SCANS[name], f"{name}_scan"
         if not self.causal:  # backward context: the same scan on the reversed sequence, both in one call
             a, b = (torch.stack((t[:, :, 0], t[:, :, 1].flip(1)), dim=2) for t in (a, b))
         c = scan(a, b)  # contexts (B, T, n_dir, N)
@@ -148,8 +161,7 @@ class GatedContext(Mixer):
         """A prompt (B, T, D) (left pads pass the context through) -> (outputs (B, T, D), context (B, d_ctx))."""
         self._check_causal()
         a, b, o = self._gates(x, pad_mask)
-        scan = pairwise_scan if self.opts.scan == "pairwise" else loop_scan
-        c = scan(a[:, :, 0], b[:, :, 0])  # (B, T, N)
+        c = SCANS[self._scan_name(x.device)](a[:, :, 0], b[:, :, 0])  # (B, T, N)
         last = c[:, -1] if c.shape[1] else c.new_zeros(c.shape[0], self.d_ctx)
         return self._read(c[:, :, None], o), last
 

@@ -65,6 +65,24 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     assert _after(stages, "--out") == str(tmp_path / "results" / gc.STAGES_FILE)
 
 
+def test_the_cuda_tests_part_runs_every_cuda_only_test():
+    """A test that skips without CUDA runs nowhere but in the GPU check's `cuda_tests` part (`-k cuda` over
+    its files): its file must be listed and its name must say cuda, or it would never run at all."""
+    import ast
+
+    argv = _argv(gc.plan(Path("out"), Path("data"), dry=False, budget=None, eval_limit=None), "cuda_tests")
+    assert _after(argv, "-k") == "cuda"
+    cuda_only = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        src = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_") and any(
+                    "not torch.cuda.is_available()" in ast.get_source_segment(src, d) for d in node.decorator_list):
+                cuda_only.append((f"tests/{path.name}", node.name))
+    assert ("tests/test_linear_scan_triton.py", "test_linear_scan_equals_the_loop_on_cuda") in cuda_only
+    assert [t for t in cuda_only if t[0] not in argv or "cuda" not in t[1]] == []
+
+
 def _env():
     return {"device": "NVIDIA H200", "torch": "2.11", "cuda": "13.0", "python": "3.12", "git_commit": "abc",
             "missing_packages": []}

@@ -1,0 +1,293 @@
+"""gated_context's Triton walk (mixers/_linear_scan_triton.py), the CUDA default, held to the step-by-step
+loop. On CPU the kernels run in Triton's interpreter (the tests named *interp*, in a subprocess with
+TRITON_INTERPRET=1: `test_the_interpreter_suite`) and are compiled ahead of time for A100 and H100/H200
+code; the tests named *cuda* repeat the check on the compiled kernels (run by the GPU check)."""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mixers
+import mixers._linear_scan_triton as lst
+import mixers.gated_context as gc
+from test_scan_triton import _ast_source, _frame_bytes, _interpreter_breakage
+
+INTERP = lst.triton is not None and lst.interpreting()
+D = 32
+
+
+@pytest.fixture
+def interpreter():
+    if not INTERP:
+        pytest.skip("runs in the interpreter subprocess (test_the_interpreter_suite)")
+
+
+@pytest.mark.skipif(lst.triton is None or INTERP, reason="needs Triton; the suite itself runs once")
+def test_the_interpreter_suite():
+    """Every *interp* test of this file in a fresh process under TRITON_INTERPRET=1: all must pass, none skip."""
+    broken = _interpreter_breakage()
+    if broken:
+        pytest.skip(broken)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "interp and not suite",
+                        str(Path(__file__).resolve())], cwd=Path(__file__).resolve().parents[1],
+                       env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=900)
+    last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", last)
+    assert passed and int(passed.group(1)) >= 15 and "skipped" not in last, last
+
+
+@pytest.mark.skipif(lst.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
+@pytest.mark.parametrize("arch", [80, 90])  # A100, H100 / H200
+def test_the_linear_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
+    """Every variant the scan launches compiles to a cubin for the named GPU with the ptxas Triton ships
+    (the interpreter never lowers a kernel): the walks pipelined (cp.async), the state never spilled."""
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        pytest.skip(f"Triton {lst.triton.__version__} has no ahead-of-time compile API here")
+    ptxas = Path(lst.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not (ptxas.exists() or os.environ.get("TRITON_PTXAS_PATH")):
+        pytest.skip("this Triton ships no ptxas")
+    fwd, bwd, carry = lst._kernels(False)
+    for kernel, flag in ((fwd, "SUMMARY"), (bwd, "SUMMARY"), (carry, "REVERSE")):
+        for on, stages in itertools.product((True, False), (lst.STAGES, 1)):
+            consts = {flag: on, "BC": lst.BLOCK_C, **({} if kernel is carry else {"STAGES": stages})}
+            compiled = lst.triton.compile(_ast_source(ASTSource, kernel, consts), target=GPUTarget("cuda", arch, 32))
+            assert len(compiled.asm["cubin"]) > 0, (kernel.fn.__name__, consts)
+            # the walks' next positions load while the state advances; the carry's few steps are not pipelined
+            pipelined = "cp.async" in compiled.asm["ptx"]
+            assert pipelined == (kernel is not carry and stages > 1), (kernel.fn.__name__, consts)
+            frame = _frame_bytes(compiled.asm["cubin"])
+            assert frame is None or frame == 0, (kernel.fn.__name__, consts, f"{frame} bytes of stack")
+
+
+def _inputs(T: int, seed: int, Bsz: int = 3, C: int = 140, gates: str = "random"):
+    """a in [0, 1] (gates; 'extremes': 0 and 1 only, as closed and open gates and pads), b ~ N(0, 1):
+    (B, T, 2, C / 2), the mixer's (sequence, position, direction, channel) layout. C = 140: a full block of
+    128 channels and a partial one."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (Bsz, T, 2, C // 2)
+    a = torch.rand(shape, generator=g) if gates == "random" else torch.randint(0, 2, shape, generator=g).float()
+    return a.requires_grad_(), torch.randn(shape, generator=g).requires_grad_()
+
+
+def _check(a, b, **kw):
+    c, ref = lst.linear_scan_triton(a, b, **kw), gc.loop_scan(a, b)
+    assert c.shape == ref.shape and c.dtype == torch.float32
+    torch.testing.assert_close(c, ref, rtol=1e-5, atol=1e-5)
+    w = torch.randn_like(ref)
+    got = torch.autograd.grad((c * w).sum(), (a, b))
+    want = torch.autograd.grad((ref * w).sum(), (a, b))
+    for name, x, y in zip("ab", got, want):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=f"gradient of {name}")
+
+
+# chunk None: one walk (or, at T = 70, two chunks of 35: 3 x 2 programs are few); 4 / 8: chunks with a
+# ragged last one, a chunk longer than T, and equal chunks
+@pytest.mark.parametrize("T,chunk", [(1, None), (2, None), (13, None), (70, None), (19, 4), (19, 8), (8, 4),
+                                     (3, 8), (33, 1)])
+def test_interp_linear_scan_equals_the_loop(interpreter, T, chunk):
+    _check(*_inputs(T, seed=T), chunk=chunk)
+
+
+@pytest.mark.parametrize("gates", ["extremes", "random"])
+@pytest.mark.parametrize("stages", [1, 2])
+def test_interp_closed_and_open_gates_and_other_pipeline_depths(interpreter, gates, stages):
+    """Gates of exactly 0 (forget everything) and 1 (a pad: pass through), chunked, at 1 and 2 stages."""
+    _check(*_inputs(21, seed=5, gates=gates), chunk=6, stages=stages)
+
+
+def test_the_chunks_fill_the_gpu_and_never_get_short():
+    if lst.triton is None:
+        pytest.skip("Triton is not installed")
+    # the small preset's rows (32 x 512, 2 channel blocks = 64 programs) are cut into 16 chunks of 32; many
+    # short rows are not cut; 2 x 8192 into enough chunks for about TARGET_PROGRAMS programs
+    assert lst.chunk_len(32, 512, 256) == 32
+    assert lst.chunk_len(1024, 16, 256) == 16
+    ch = lst.chunk_len(2, 8192, 256)
+    programs = 2 * 2 * (-(-8192 // ch))
+    assert ch >= lst.MIN_CHUNK and lst.TARGET_PROGRAMS <= programs < 2 * lst.TARGET_PROGRAMS
+    assert min(lst.chunk_len(1, T, 256) for T in range(32, 3000, 7)) >= lst.MIN_CHUNK
+
+
+def test_interp_the_first_call_compiles_the_chunked_variants_too(interpreter, monkeypatch):
+    """A step of few long rows runs the chunked kernels (SUMMARY walks, the carry); Triton compiles a
+    variant at its first launch, which must not fall in a budgeted step: the first call, even with one
+    chunk, launches every variant once; later single-chunk calls launch only the main walks."""
+    launches = []
+
+    class Recorder:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launches.append((self.name, kw.get("SUMMARY", kw.get("REVERSE"))))
+                return self.kernel[grid](*args, **kw)
+            return launch
+
+    kernels = tuple(Recorder(n, k) for n, k in zip(("fwd", "bwd", "carry"), lst._kernels(True)))
+    monkeypatch.setattr(lst, "_kernels", lambda interpret: kernels)
+    monkeypatch.setattr(lst, "_WARM", set())
+    chunked = {("fwd", True), ("bwd", True), ("carry", False), ("carry", True)}
+    for first in (True, False):
+        launches.clear()
+        _check(*_inputs(9, seed=3))  # one chunk
+        assert chunked <= set(launches) if first else not chunked & set(launches), launches
+        assert {("fwd", False), ("bwd", False)} <= set(launches)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_interp_gated_context_on_the_triton_walk_equals_the_pairwise_scan(interpreter, causal):
+    """The whole mixer, padding included, by option: outputs and every parameter's gradient."""
+    torch.manual_seed(0)
+    tri = mixers.build("gated_context", D, causal, scan="triton")
+    ref = mixers.build("gated_context", D, causal, scan="pairwise")
+    ref.load_state_dict(tri.state_dict())
+    x = torch.randn(3, 41, D)
+    mask = torch.ones(3, 41, dtype=torch.bool)
+    mask[1, :9] = False  # left padding
+    mask[2, 30:] = False  # right padding
+    y, y_ref = tri(x, mask), ref(x, mask)
+    assert tri.backend == "triton_scan" and ref.backend == "pairwise_scan"
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    for (n, p), q in zip(tri.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_interp_decoding_on_the_triton_walk_equals_the_full_forward(interpreter):
+    """prefill (the prompt through the walk) then step: the same outputs as one forward over everything."""
+    torch.manual_seed(1)
+    m = mixers.build("gated_context", D, True, scan="triton").eval()
+    x = torch.randn(2, 12, D)
+    with torch.no_grad():
+        full = m(x)
+        y, ctx = m.prefill(x[:, :8])
+        steps = []
+        for t in range(8, 12):
+            y_t, ctx = m.step(x[:, t], ctx)
+            steps.append(y_t)
+    torch.testing.assert_close(y, full[:, :8], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 8:], rtol=1e-5, atol=1e-5)
+
+
+def test_interp_a_compiled_gated_context_on_the_triton_walk_stops_recompiling(interpreter):
+    """torch.compile (the CUDA default) around the walk: it runs eagerly inside the compiled model, so new
+    batch lengths (odd and even: what made a traced pairwise scan recompile) must not recompile."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    from harness.model import LM, LMConfig
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=97, d_model=16, n_layers=1, mixer="gated_context", causal=True, mlp_hidden=32,
+                        mixer_opts={"scan": "triton"}))
+    counter = CompileCounter()
+    step = torch.compile(model, backend=counter)
+    frames = []
+    for rows, T in ((3, 20), (2, 27), (4, 13), (3, 34), (2, 51)):
+        ids = torch.randint(0, 97, (rows, T))
+        pad_mask = torch.arange(T)[None, :] < torch.tensor([T] + [T - 3] * (rows - 1))[:, None]
+        step(ids, pad_mask).float().pow(2).mean().backward()
+        frames.append(counter.frame_count)
+    assert model.blocks[0].mixer.backend == "triton_scan"
+    assert frames[0] >= 1 and frames[-1] == frames[1], frames
+
+
+@pytest.mark.skipif(lst.triton is None, reason="needs Triton")
+def test_the_walk_issues_as_many_operator_calls_and_launches_at_any_length(monkeypatch):
+    """Issue 14's measure of a step's host cost: PyTorch operator calls, each a launch on a GPU. The pairwise
+    scan's grow as log2(T), forward and backward; the walk's are a fixed few allocations and kernel
+    launches whatever T. Counted here with the kernels stubbed out (on CPU they would run in the
+    interpreter, whose own argument copies would count as calls too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    launches = []
+
+    class Stub:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append(grid)
+
+    monkeypatch.setattr(lst, "_kernels", lambda interpret: (Stub(), Stub(), Stub()))
+    monkeypatch.setattr(lst, "available", lambda device: True)
+    lst.linear_scan_triton(*_inputs(4, seed=0, Bsz=2))  # the first call's compile launches, not counted
+
+    def calls(scan, T: int, **kw) -> tuple[int, int]:
+        a, b = _inputs(T, seed=0, Bsz=2)
+        w = torch.randn(a.shape)  # dL/dc, as a layer above would send it
+        launches.clear()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            scan(a, b, **kw).backward(w)
+        return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")), len(launches)
+
+    walk = [calls(lst.linear_scan_triton, T, chunk=8) for T in (64, 512)]  # 8 and 64 chunks
+    pairwise = [calls(gc.pairwise_scan, T)[0] for T in (64, 512)]
+    assert walk[0] == walk[1] and walk[0][1] == 6, walk  # summary walk, carry, walk; each way
+    assert pairwise[1] > pairwise[0] and walk[1][0] + walk[1][1] < pairwise[1] / 4, (walk, pairwise)
+
+
+def test_auto_picks_triton_on_cuda_and_the_pairwise_scan_elsewhere(monkeypatch):
+    m = mixers.build("gated_context", D, True)
+    assert m.opts.scan == "auto"
+    monkeypatch.setattr(lst, "available", lambda device: device.type == "cuda")
+    assert m._scan_name(torch.device("cuda")) == "triton"
+    assert m._scan_name(torch.device("cpu")) == "pairwise"
+    m(torch.randn(1, 4, D))
+    assert m.backend == "pairwise_scan"  # what ran, for the row
+    monkeypatch.setattr(lst, "available", lambda device: False)  # CUDA without Triton
+    assert m._scan_name(torch.device("cuda")) == "pairwise"
+    assert mixers.build("gated_context", D, True, scan="loop")._scan_name(torch.device("cuda")) == "loop"
+
+
+@pytest.mark.skipif(INTERP or torch.cuda.is_available(), reason="the walk can run here")
+def test_the_triton_walk_says_where_it_cannot_run():
+    with pytest.raises(RuntimeError, match="needs CUDA and Triton"):
+        lst.linear_scan_triton(*_inputs(3, seed=0))
+    with pytest.raises(ValueError, match="scan must be one of auto, pairwise, loop, triton"):
+        mixers.build("gated_context", D, True, scan="fast")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("T,chunk,stages", [(1, None, None), (37, None, None), (600, None, None), (600, 64, None),
+                                            (1000, 96, 1), (8192, None, None)])
+def test_linear_scan_equals_the_loop_on_cuda(T, chunk, stages):
+    a, b = (t.detach().cuda().requires_grad_() for t in _inputs(T, seed=T, Bsz=2, C=300))
+    c = lst.linear_scan_triton(a, b, chunk=chunk, stages=stages)
+    a64, b64 = (t.detach().double().requires_grad_() for t in (a, b))
+    ref = gc.pairwise_scan(a64, b64)  # float64: the fp32 kernel's honest yardstick (the loop is slow at 8192)
+    torch.testing.assert_close(c.double(), ref, rtol=1e-4, atol=1e-4)
+    w = torch.randn_like(ref)
+    got = torch.autograd.grad((c * w.float()).sum(), (a, b))
+    want = torch.autograd.grad((ref * w).sum(), (a64, b64))
+    for name, x, y in zip("ab", got, want):
+        scale = float(y.abs().max().clamp_min(1.0))
+        torch.testing.assert_close(x.double(), y, rtol=1e-4, atol=1e-4 * scale, msg=f"gradient of {name}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_gated_context_lm_trains_on_the_triton_walk_on_cuda_under_bf16_autocast(causal):
+    from core.presets import PRESETS
+    from harness.model import LM, matched_config
+
+    torch.manual_seed(0)
+    model = LM(matched_config(PRESETS["tiny"], "gated_context", causal, 100)).cuda()
+    ids = torch.randint(0, 100, (4, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        h = model(ids)
+    h.float().square().mean().backward()
+    assert {b.mixer.backend for b in model.blocks} == {"triton_scan"}
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
