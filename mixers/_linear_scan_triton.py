@@ -35,17 +35,12 @@ import functools
 
 import torch
 
-from mixers._scan_triton import interpreting, triton, tl
+from mixers._scan_triton import available, interpreting, triton, tl  # noqa: F401  (available: this scan's too)
 
 BLOCK_C = 128  # channels per program: one fp32 state each, one per thread at 4 warps
 TARGET_PROGRAMS = 1024  # a sequence is cut into chunks when (sequences x channel blocks) is fewer
 MIN_CHUNK = 32  # positions per chunk at the least: shorter walks would spend more on the carry
 STAGES = 3  # software-pipeline stages of the walks; 1: each step waits for its own loads
-
-
-def available(device: torch.device) -> bool:
-    """Whether the kernels can run on `device`: CUDA with Triton, or any device under the interpreter."""
-    return triton is not None and (device.type == "cuda" or interpreting())
 
 
 @functools.lru_cache(maxsize=2)

@@ -33,3 +33,13 @@ def official_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def interpreter():
+    """For the Triton tests named *interp*: they run only in the subprocess that chose Triton's interpreter
+    (TRITON_INTERPRET=1) before Triton was imported: each Triton test file's `test_the_interpreter_suite`."""
+    import mixers._scan_triton as st
+
+    if st.triton is None or not st.interpreting():
+        pytest.skip("runs in the interpreter subprocess (test_the_interpreter_suite)")

@@ -5,10 +5,6 @@ code; the tests named *cuda* repeat the check on the compiled kernels (run by th
 from __future__ import annotations
 
 import itertools
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,31 +13,16 @@ import torch
 import mixers
 import mixers._linear_scan_triton as lst
 import mixers.gated_context as gc
-from test_scan_triton import _ast_source, _frame_bytes, _interpreter_breakage
+from test_scan_triton import (_frame_bytes, compiled_lm_frames, gpu_compiler, recorded_launches,
+                              run_interpreter_suite)
 
 INTERP = lst.triton is not None and lst.interpreting()
 D = 32
 
 
-@pytest.fixture
-def interpreter():
-    if not INTERP:
-        pytest.skip("runs in the interpreter subprocess (test_the_interpreter_suite)")
-
-
 @pytest.mark.skipif(lst.triton is None or INTERP, reason="needs Triton; the suite itself runs once")
 def test_the_interpreter_suite():
-    """Every *interp* test of this file in a fresh process under TRITON_INTERPRET=1: all must pass, none skip."""
-    broken = _interpreter_breakage()
-    if broken:
-        pytest.skip(broken)
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "interp and not suite",
-                        str(Path(__file__).resolve())], cwd=Path(__file__).resolve().parents[1],
-                       env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=900)
-    last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    passed = re.search(r"(\d+) passed", last)
-    assert passed and int(passed.group(1)) >= 15 and "skipped" not in last, last
+    run_interpreter_suite(Path(__file__), min_passed=15)
 
 
 @pytest.mark.skipif(lst.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
@@ -49,19 +30,12 @@ def test_the_interpreter_suite():
 def test_the_linear_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
     """Every variant the scan launches compiles to a cubin for the named GPU with the ptxas Triton ships
     (the interpreter never lowers a kernel): the walks pipelined (cp.async), the state never spilled."""
-    try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
-    except ImportError:
-        pytest.skip(f"Triton {lst.triton.__version__} has no ahead-of-time compile API here")
-    ptxas = Path(lst.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not (ptxas.exists() or os.environ.get("TRITON_PTXAS_PATH")):
-        pytest.skip("this Triton ships no ptxas")
+    compile = gpu_compiler(arch)
     fwd, bwd, carry = lst._kernels(False)
     for kernel, flag in ((fwd, "SUMMARY"), (bwd, "SUMMARY"), (carry, "REVERSE")):
         for on, stages in itertools.product((True, False), (lst.STAGES, 1)):
             consts = {flag: on, "BC": lst.BLOCK_C, **({} if kernel is carry else {"STAGES": stages})}
-            compiled = lst.triton.compile(_ast_source(ASTSource, kernel, consts), target=GPUTarget("cuda", arch, 32))
+            compiled = compile(kernel, consts)
             assert len(compiled.asm["cubin"]) > 0, (kernel.fn.__name__, consts)
             # the walks' next positions load while the state advances; the carry's few steps are not pipelined
             pipelined = "cp.async" in compiled.asm["ptx"]
@@ -123,19 +97,7 @@ def test_interp_the_first_call_compiles_the_chunked_variants_too(interpreter, mo
     """A step of few long rows runs the chunked kernels (SUMMARY walks, the carry); Triton compiles a
     variant at its first launch, which must not fall in a budgeted step: the first call, even with one
     chunk, launches every variant once; later single-chunk calls launch only the main walks."""
-    launches = []
-
-    class Recorder:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                launches.append((self.name, kw.get("SUMMARY", kw.get("REVERSE"))))
-                return self.kernel[grid](*args, **kw)
-            return launch
-
-    kernels = tuple(Recorder(n, k) for n, k in zip(("fwd", "bwd", "carry"), lst._kernels(True)))
+    launches, kernels = recorded_launches(lst._kernels(True))
     monkeypatch.setattr(lst, "_kernels", lambda interpret: kernels)
     monkeypatch.setattr(lst, "_WARM", set())
     chunked = {("fwd", True), ("bwd", True), ("carry", False), ("carry", True)}
@@ -186,23 +148,7 @@ def test_interp_decoding_on_the_triton_walk_equals_the_full_forward(interpreter)
 def test_interp_a_compiled_gated_context_on_the_triton_walk_stops_recompiling(interpreter):
     """torch.compile (the CUDA default) around the walk: it runs eagerly inside the compiled model, so new
     batch lengths (odd and even: what made a traced pairwise scan recompile) must not recompile."""
-    import torch._dynamo
-    from torch._dynamo.testing import CompileCounter
-
-    from harness.model import LM, LMConfig
-
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=97, d_model=16, n_layers=1, mixer="gated_context", causal=True, mlp_hidden=32,
-                        mixer_opts={"scan": "triton"}))
-    counter = CompileCounter()
-    step = torch.compile(model, backend=counter)
-    frames = []
-    for rows, T in ((3, 20), (2, 27), (4, 13), (3, 34), (2, 51)):
-        ids = torch.randint(0, 97, (rows, T))
-        pad_mask = torch.arange(T)[None, :] < torch.tensor([T] + [T - 3] * (rows - 1))[:, None]
-        step(ids, pad_mask).float().pow(2).mean().backward()
-        frames.append(counter.frame_count)
+    model, frames = compiled_lm_frames("gated_context", ((3, 20), (2, 27), (4, 13), (3, 34), (2, 51)))
     assert model.blocks[0].mixer.backend == "triton_scan"
     assert frames[0] >= 1 and frames[-1] == frames[1], frames
 

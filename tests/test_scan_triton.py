@@ -30,26 +30,23 @@ from test_mamba import REGIMES, _assert_grads_close, _build, _grads, extreme_inp
 INTERP = st.triton is not None and st.interpreting()
 
 
-@pytest.fixture
-def interpreter():
-    if not INTERP:
-        pytest.skip("runs in the interpreter subprocess (test_the_interpreter_suite)")
-
-
 @pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton; the suite itself runs once")
 def test_the_interpreter_suite():
-    """Every *interp* test of this file in a fresh process under TRITON_INTERPRET=1: all must pass, none skip."""
-    root = Path(__file__).resolve().parents[1]
+    run_interpreter_suite(Path(__file__), min_passed=16)
+
+
+def run_interpreter_suite(test_file: Path, min_passed: int) -> None:
+    """Every *interp* test of `test_file` in a fresh process under TRITON_INTERPRET=1: all must pass, none skip."""
     broken = _interpreter_breakage()
     if broken:
         pytest.skip(broken)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "interp and not suite",
-                        str(Path(__file__).resolve())], cwd=root, env={**os.environ, "TRITON_INTERPRET": "1"},
-                       capture_output=True, text=True, timeout=900)
+                        str(test_file.resolve())], cwd=Path(__file__).resolve().parents[1],
+                       env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=900)
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     passed = re.search(r"(\d+) passed", last)
-    assert passed and int(passed.group(1)) >= 16 and "skipped" not in last, last
+    assert passed and int(passed.group(1)) >= min_passed and "skipped" not in last, last
 
 
 # a loop over a run-time integer, as the scan's `for i in range(CH)`: Triton's interpreter turns the
@@ -102,13 +99,9 @@ def _ast_source(ASTSource, kernel, consts: dict):
     return ASTSource(fn=kernel, signature=sig, constants={names.index(a): c for a, c in consts.items()})
 
 
-@pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
-@pytest.mark.parametrize("arch", [80, 90])  # A100, H100 / H200
-def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
-    """The interpreter runs the kernels' code with NumPy; it never lowers them. Triton's ahead-of-time
-    compiler does, with the ptxas Triton ships, for a named GPU and no GPU present: every variant the
-    scan launches must compile to a cubin, so a kernel the GPU's compiler rejects fails here, on CPU,
-    not in a GPU machine's first minutes."""
+def gpu_compiler(arch: int):
+    """`compile(kernel, constexprs)` -> Triton's compiled kernel for sm_<arch>, made on this machine with
+    Triton's ahead-of-time compiler and the ptxas it ships (no GPU needed); skips where there are none."""
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
@@ -117,10 +110,20 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
     ptxas = Path(st.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not (ptxas.exists() or os.environ.get("TRITON_PTXAS_PATH")):
         pytest.skip("this Triton ships no ptxas")
+    return lambda kernel, consts: st.triton.compile(_ast_source(ASTSource, kernel, consts),
+                                                    target=GPUTarget("cuda", arch, 32))
+
+
+@pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
+@pytest.mark.parametrize("arch", [80, 90])  # A100, H100 / H200
+def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
+    """The interpreter runs the kernels' code with NumPy; it never lowers them. Triton's ahead-of-time
+    compiler does, with the ptxas Triton ships, for a named GPU and no GPU present: every variant the
+    scan launches must compile to a cubin, so a kernel the GPU's compiler rejects fails here, on CPU,
+    not in a GPU machine's first minutes."""
+    compile = gpu_compiler(arch)
     fwd, bwd, carry = st._kernels(False)
     kernels = ((fwd, FWD_VARIANTS), (bwd, BWD_VARIANTS), (carry, CARRY_VARIANTS))
-    compile = lambda kernel, consts: st.triton.compile(_ast_source(ASTSource, kernel, consts),  # noqa: E731
-                                                       target=GPUTarget("cuda", arch, 32))
     for (kernel, variants), N in itertools.product(kernels, (16, 5)):
         for v in variants:  # d_state 16 (the presets') and 5 (the interpreter tests'), blocks as launched
             consts = {**v, **st.launch_meta(N), **({} if kernel is carry else {"STAGES": st.STAGES})}
@@ -235,12 +238,10 @@ def test_interp_triton_scan_without_a_last_state_gradient(interpreter):
     _assert_grads_close(got, {k: v.grad for k, v in x.items()}, "y only")
 
 
-def test_interp_the_first_launch_compiles_the_chunked_variant_too(interpreter, monkeypatch):
-    """A step of few long rows runs the chunked (SUMMARY) kernels; Triton compiles a variant at its first
-    launch, which must not fall in a budgeted step: the first single-chunk call launches it too, once,
-    and its outputs stay the reference's."""
+def recorded_launches(kernels: tuple) -> tuple[list, tuple]:
+    """(launches, the forward, backward and carry kernels wrapped): each launch runs and appends
+    (kernel name, its SUMMARY or REVERSE flag) to `launches`."""
     launches = []
-    fwd, bwd, carry = st._kernels(True)
 
     class Recorder:
         def __init__(self, name, kernel):
@@ -252,7 +253,14 @@ def test_interp_the_first_launch_compiles_the_chunked_variant_too(interpreter, m
                 return self.kernel[grid](*args, **kw)
             return launch
 
-    kernels = (Recorder("fwd", fwd), Recorder("bwd", bwd), Recorder("carry", carry))
+    return launches, tuple(Recorder(n, k) for n, k in zip(("fwd", "bwd", "carry"), kernels))
+
+
+def test_interp_the_first_launch_compiles_the_chunked_variant_too(interpreter, monkeypatch):
+    """A step of few long rows runs the chunked (SUMMARY) kernels; Triton compiles a variant at its first
+    launch, which must not fall in a budgeted step: the first single-chunk call launches it too, once,
+    and its outputs stay the reference's."""
+    launches, kernels = recorded_launches(st._kernels(True))
     monkeypatch.setattr(st, "_kernels", lambda interpret: kernels)
     monkeypatch.setattr(st, "_WARM", set())
     x = scan_inputs(9, seed=3, Di=33)
@@ -285,6 +293,14 @@ def test_interp_a_compiled_mamba_on_the_triton_scan_stops_recompiling(interprete
     """torch.compile (the CUDA default) around the Triton scan: the scan runs eagerly inside the compiled
     model (torch.compiler.disable), so new batch shapes must not recompile it (tests/test_compile.py's
     contract, here for the path CPU runs never take)."""
+    model, frames = compiled_lm_frames("mamba", ((3, 20), (2, 27), (4, 13), (3, 34)))
+    assert model.blocks[0].mixer.backend == "triton_scan"
+    assert frames[0] >= 1 and frames[-1] == frames[1], frames
+
+
+def compiled_lm_frames(mixer: str, shapes) -> tuple:
+    """(a one-block LM of `mixer` on its Triton scan, the frames compiled after each training step) for
+    batches of the given (rows, length), rows after the first padded on the left by 3."""
     import torch._dynamo
     from torch._dynamo.testing import CompileCounter
 
@@ -292,18 +308,17 @@ def test_interp_a_compiled_mamba_on_the_triton_scan_stops_recompiling(interprete
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=97, d_model=16, n_layers=1, mixer="mamba", causal=True, mlp_hidden=32,
+    model = LM(LMConfig(vocab_size=97, d_model=16, n_layers=1, mixer=mixer, causal=True, mlp_hidden=32,
                         mixer_opts={"scan": "triton"}))
     counter = CompileCounter()
     step = torch.compile(model, backend=counter)
     frames = []
-    for rows, T in ((3, 20), (2, 27), (4, 13), (3, 34)):
+    for rows, T in shapes:
         ids = torch.randint(0, 97, (rows, T))
         pad_mask = torch.arange(T)[None, :] < torch.tensor([T] + [T - 3] * (rows - 1))[:, None]
         step(ids, pad_mask).float().pow(2).mean().backward()
         frames.append(counter.frame_count)
-    assert model.blocks[0].mixer.backend == "triton_scan"
-    assert frames[0] >= 1 and frames[-1] == frames[1], frames
+    return model, frames
 
 
 def test_interp_a_compiled_mamba_runs_only_the_kernels_eagerly(interpreter):
