@@ -74,7 +74,7 @@ def _interpreter_breakage() -> str:
 
         return (f"Triton {st.triton.__version__}'s interpreter cannot loop over a run-time integer with NumPy "
                 f"{numpy.__version__} (NumPy < 2.4 or a newer Triton can); the kernels still compile in "
-                "test_the_scan_kernels_compile_to_gpu_code_without_a_gpu")
+                "the ahead-of-time compile tests (*_compile_to_gpu_code_without_a_gpu)")
     return ""
 
 
