@@ -281,10 +281,12 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
              if r.get("objective") not in (None, "none")]
     if cells:
         lines += ["", "## Grid cells (`results/<grid>.jsonl`, reports in `reports/<grid>/`)", "",
-                  "| grid | mixer | objective | preset | status | train tokens/s | MFU | compile | loss | padding | error |",
-                  "|---|---|---|---|---|---:|---:|---|---|---:|---|"]
+                  "| grid | mixer | objective | preset | status | train tokens/s | MFU | compile | loss | mixer kernel "
+                  "| padding | error |",
+                  "|---|---|---|---|---|---:|---:|---|---|---|---:|---|"]
         for g, r in cells:
-            m, t = r.get("metrics") or {}, r.get("train") or {}
+            # the mixer's kernel says which path ran: `triton_scan` (Mamba, gated_context), `sdpa` or `flash_attn`
+            m, t, backend = r.get("metrics") or {}, r.get("train") or {}, r.get("backend") or {}
             tps = f"{m['tokens_per_s']:,.0f}" if isinstance(m.get("tokens_per_s"), (int, float)) \
                 and math.isfinite(m["tokens_per_s"]) else ""
             mfu = f"{100 * m['mfu']:.2f}%" if isinstance(m.get("mfu"), (int, float)) else ""
@@ -296,9 +298,10 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             if t.get("late_compiles"):  # compilations after the warm-up (off the budget, but worth seeing)
                 comp = f"{comp} (+{t['late_compiles']} late)"
             lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {r.get('preset', '')} | {r['status']} | {tps} | "
-                         f"{mfu} | {comp} | {(r.get('backend') or {}).get('loss', '')} | {t.get('padding_frac', '')} | "
+                         f"{mfu} | {comp} | {backend.get('loss', '')} | {backend.get('mixer', '')} | "
+                         f"{t.get('padding_frac', '')} | "
                          f"{(r.get('error') or '')[:120]} |")
-    for name, fields in (("bench_scaling", ("mixer", "seq_len", "ms_per_step", "tokens_per_s", "status")),
+    for name, fields in (("bench_scaling", ("mixer", "backend", "seq_len", "ms_per_step", "tokens_per_s", "status")),
                          ("bench_loss_memory", ("impl", "vocab_size", "n_tokens", "ms_fwd_bwd", "peak_mem_bytes", "status"))):
         rows = _rows(out / "results" / f"{name}.jsonl")
         if rows:

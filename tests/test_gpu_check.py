@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 import mixers
 from harness import objectives
 from benchmarks import gpu_check as gc
@@ -166,6 +168,26 @@ def test_merge_refuses_what_is_not_a_report(tmp_path, capsys):
     assert gc.main(["--merge", str(bad), "--out", str(out)]) == 2
     assert "refusing member '../escaped.txt'" in capsys.readouterr().err
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_the_summary_names_the_kernel_each_mixer_ran(tmp_path):
+    """A Mamba or gated_context figure means one thing on the Triton kernels and another on a PyTorch
+    fallback: the grid's cells and the mixers-alone rows say which ran."""
+    import json
+
+    (tmp_path / "results").mkdir()
+    row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
+    row["backend"] = {"mixer": "triton_scan", "loss": "cce"}
+    (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    from benchmarks.common import bench_row
+
+    bench = bench_row("scaling", torch.device("cpu"), {"mixer": "gated_context", "seq_len": 256},
+                      backend="triton_scan", ms_per_step=1.5, tokens_per_s=1e7)
+    (tmp_path / "results" / "bench_scaling.jsonl").write_text(json.dumps(bench) + "\n", encoding="utf-8")
+    text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    assert "| gpu_check | gated_context | autoregressive | tiny | ok |" in text
+    assert "| cce | triton_scan |" in text
+    assert "| mixer | backend | seq_len |" in text and "| gated_context | triton_scan | 256 |" in text
 
 
 def test_the_summary_reads_every_grids_rows_through_the_schema(tmp_path):
