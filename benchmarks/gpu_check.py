@@ -287,6 +287,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
         for g, r in cells:
             # the mixer's kernel says which path ran: `triton_scan` (Mamba, gated_context), `sdpa` or `flash_attn`
             m, t, backend = r.get("metrics") or {}, r.get("train") or {}, r.get("backend") or {}
+            kernel = backend.get("mixer") or ""  # the blocks' kernels, a list (one name when all agree)
+            kernel = ", ".join(kernel) if isinstance(kernel, list) else kernel
             tps = f"{m['tokens_per_s']:,.0f}" if isinstance(m.get("tokens_per_s"), (int, float)) \
                 and math.isfinite(m["tokens_per_s"]) else ""
             mfu = f"{100 * m['mfu']:.2f}%" if isinstance(m.get("mfu"), (int, float)) else ""
@@ -298,7 +300,7 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             if t.get("late_compiles"):  # compilations after the warm-up (off the budget, but worth seeing)
                 comp = f"{comp} (+{t['late_compiles']} late)"
             lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {r.get('preset', '')} | {r['status']} | {tps} | "
-                         f"{mfu} | {comp} | {backend.get('loss', '')} | {backend.get('mixer', '')} | "
+                         f"{mfu} | {comp} | {backend.get('loss', '')} | {kernel} | "
                          f"{t.get('padding_frac', '')} | "
                          f"{(r.get('error') or '')[:120]} |")
     for name, fields in (("bench_scaling", ("mixer", "backend", "seq_len", "ms_per_step", "tokens_per_s", "status")),

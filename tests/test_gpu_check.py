@@ -177,7 +177,7 @@ def test_the_summary_names_the_kernel_each_mixer_ran(tmp_path):
 
     (tmp_path / "results").mkdir()
     row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
-    row["backend"] = {"mixer": "triton_scan", "loss": "cce"}
+    row["backend"] = {"mixer": ["triton_scan"], "loss": "cce"}  # as harness/cell.py writes it
     (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     from benchmarks.common import bench_row
 
