@@ -5,11 +5,12 @@
 Why a kernel: in PyTorch the recurrence is a log-depth pairwise scan (mixers/gated_context.py), about
 6 log2(T) whole-tensor calls forward and as many again in autograd's backward, per layer: at T = 512
 that is ~100 small launches a layer, and on a GPU a launch costs more than the arithmetic. The
-profiler counted 5,116 operator calls per compiled training step for gated_context at the small preset,
-against 844 for attention (benchmarks/profile_step.py, on CPU; README "Where a training step's time
-goes"), so the mixer would rank slow on a GPU for our scan, not for its design. Here one program walks
-one stretch of positions for a block of channels with the state in a register: one read of a and b and
-one write of c per position, 1 to 3 launches forward and as many backward, whatever T.
+profiler counted 5,116 operator calls in the forward + loss + backward of a compiled training step for
+gated_context at the small preset, against 844 for attention (benchmarks/profile_step.py, on CPU;
+README "Where a training step's time goes"), so the mixer would rank slow on a GPU for our scan, not
+for its design. Here one program walks one stretch of positions for a block of channels with the state
+in a register: one read of a and b and one write of c per position, 1 to 3 launches forward and as many
+backward, whatever T.
 
 Chunks: a walk is sequential in T, so when a step holds few long sequences, (sequences x channel
 blocks) alone would leave most of a GPU idle. A sequence is then cut into chunks walked in parallel:
