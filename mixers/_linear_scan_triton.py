@@ -36,10 +36,11 @@ import functools
 
 import torch
 
-from mixers._scan_triton import available, interpreting, triton, tl  # noqa: F401  (available: this scan's too)
+# `available` and TARGET_PROGRAMS (a sequence is cut into chunks when sequences x channel blocks are
+# fewer) are this scan's too
+from mixers._scan_triton import TARGET_PROGRAMS, available, fill_chunk_len, interpreting, triton, tl  # noqa: F401
 
 BLOCK_C = 128  # channels per program: one fp32 state each, one per thread at 4 warps
-TARGET_PROGRAMS = 1024  # a sequence is cut into chunks when (sequences x channel blocks) is fewer
 MIN_CHUNK = 32  # positions per chunk at the least: shorter walks would spend more on the carry
 STAGES = 3  # software-pipeline stages of the walks; 1: each step waits for its own loads
 
@@ -126,9 +127,7 @@ def _kernels(interpret: bool):
 def chunk_len(Bsz: int, T: int, C: int) -> int:
     """Positions per chunk: the whole sequence when (sequences x channel blocks) alone give about
     TARGET_PROGRAMS programs, else cut so they do (never below MIN_CHUNK positions)."""
-    blocks = Bsz * triton.cdiv(C, BLOCK_C)
-    n_chunks = max(1, min(T // MIN_CHUNK, triton.cdiv(TARGET_PROGRAMS, blocks)))
-    return triton.cdiv(T, n_chunks)
+    return fill_chunk_len(Bsz * triton.cdiv(C, BLOCK_C), T, MIN_CHUNK)
 
 
 def _forward(a: torch.Tensor, b: torch.Tensor, CH: int, stages: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -225,8 +225,14 @@ def chunk_len(Bsz: int, T: int, Di: int) -> int:
     TARGET_PROGRAMS programs, else cut so they do (never below MIN_CHUNK positions). Chunking costs one
     more walk (the summary pass), but keeps a GPU busy when a step holds few long sequences, so the
     time per token stays flat in T at a fixed number of tokens per step."""
-    blocks = Bsz * triton.cdiv(Di, BLOCK_D)
-    n_chunks = max(1, min(T // MIN_CHUNK, triton.cdiv(TARGET_PROGRAMS, blocks)))
+    return fill_chunk_len(Bsz * triton.cdiv(Di, BLOCK_D), T, MIN_CHUNK)
+
+
+def fill_chunk_len(programs: int, T: int, min_chunk: int) -> int:
+    """Positions per chunk when a walk over whole rows would launch `programs` programs (rows x channel
+    blocks): the whole row when that is about TARGET_PROGRAMS, else cut into enough chunks for about
+    TARGET_PROGRAMS, never shorter than `min_chunk` positions. Shared with gated_context's walk."""
+    n_chunks = max(1, min(T // min_chunk, triton.cdiv(TARGET_PROGRAMS, programs)))
     return triton.cdiv(T, n_chunks)
 
 

@@ -57,8 +57,14 @@ def test_pairwise_scan_equals_the_loop_values_and_gradients(T, gates):
 def test_mixer_parallel_path_equals_step_by_step_loop(causal):
     """Same weights, scan=pairwise vs scan=loop: outputs and every parameter gradient, with padding."""
     fast, ref = _build(causal), _build(causal, scan="loop")
-    ref.load_state_dict(fast.state_dict())
+    assert_same_mixer(fast, ref)
     assert fast.backend == "pairwise_scan" and ref.backend == "loop_scan"
+
+
+def assert_same_mixer(fast: mixers.Mixer, ref: mixers.Mixer) -> None:
+    """`ref` given `fast`'s weights: the same outputs and every parameter's gradient on a batch with left
+    and right padding (two scans of one mixer must be one function)."""
+    ref.load_state_dict(fast.state_dict())
     torch.manual_seed(3)
     x = torch.randn(3, 41, D)
     mask = torch.ones(3, 41, dtype=torch.bool)
