@@ -279,6 +279,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
               for p in parts]
     cells = [(g, r) for g in GRIDS for r in _rows(out / "results" / f"{g}.jsonl")
              if r.get("objective") not in (None, "none")]
+    lines += ["", "## Issue 14's targets (read off the rows below: `benchmarks/gpu_targets.py`)", "",
+              *targets(out, cells, parts)]
     if cells:
         lines += ["", "## Grid cells (`results/<grid>.jsonl`, reports in `reports/<grid>/`)", "",
                   "| grid | mixer | objective | preset | status | train tokens/s | MFU | compile | loss | mixer kernel "
@@ -323,6 +325,20 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             tps = [r["tokens_per_s"] for r in sweep if r["scan"] == v]
             lines.append(f"\n{v}: tokens/s fastest / slowest length = {max(tps) / max(min(tps), 1):.2f}")
     return "\n".join(lines) + "\n"
+
+
+def targets(out: Path, cells: list[tuple[str, dict]], parts: list[dict]) -> list[str]:
+    """The table of issue 14's done-when verdicts, from the grids' cells, bench_scaling's rows and the parts."""
+    import mixers
+    from harness import objectives
+
+    from benchmarks import gpu_targets
+
+    by_grid = lambda name: [r for g, r in cells if g == name]  # noqa: E731
+    vs = gpu_targets.verdicts(by_grid("gpu_check"), by_grid("gpu_check_base"),
+                              _rows(out / "results" / "bench_scaling.jsonl"), parts,
+                              mixers.names(), objectives.names())
+    return gpu_targets.table(vs)
 
 
 def main(argv: list[str] | None = None) -> int:

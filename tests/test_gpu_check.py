@@ -295,3 +295,113 @@ def test_the_summary_shows_the_scan_stages_rows(tmp_path):
     assert "| triton_unpipelined | 8192 | 2 | 12.0 | 1,365,333 |" in text
     assert "triton: tokens/s fastest / slowest length = 1.25" in text
     assert "triton_unpipelined: tokens/s fastest / slowest length = 1.50" in text
+
+
+# --- issue 14's targets, read off the rows (benchmarks/gpu_targets.py) ---
+
+H200 = "NVIDIA H200"
+OBJECTIVES = ["autoregressive", "diffusion"]
+
+
+def _grid_row(mixer, objective, tps, status="ok", preset="small", device=H200, kernel="sdpa", mfu=None, error=None):
+    return {"mixer": mixer, "objective": objective, "status": status, "preset": preset, "device": device,
+            "error": error, "metrics": {"tokens_per_s": tps, "mfu": mfu} if status == "ok" else None,
+            "backend": {"mixer": [kernel], "loss": "cce"} if status == "ok" else None}
+
+
+def _meeting_rows() -> tuple[list, list, list, list]:
+    """A GPU check that meets every target, each figure just past its bound (the bounds are inclusive)."""
+    speed = {"attention": 2_000_000, "mamba": 1_000_000}  # Mamba exactly 0.5x
+    grid = [_grid_row(m, o, speed.get(m, 1_500_000), kernel="triton_scan" if m == "mamba" else "sdpa")
+            for m in mixers.names() for o in OBJECTIVES]
+    base = [_grid_row("attention", "autoregressive", 900_000, preset="base", mfu=0.21)]
+    # Mamba alone: 0.70x and 1.30x of L = 256 are inside the band
+    scaling = [{"mixer": "mamba", "seq_len": L, "status": "ok", "tokens_per_s": t, "device": H200,
+                "backend": "triton_scan"}
+               for L, t in ((256, 1e6), (512, 1.3e6), (1024, 1.1e6), (2048, 1e6), (4096, 0.8e6), (8192, 0.7e6))]
+    scaling += [{"mixer": "attention", "seq_len": 8192, "status": "ok", "tokens_per_s": 1e3, "device": H200}]
+    parts = [{"name": "cuda_tests", "status": "ok", "note": "37 passed in 81.20s"}]
+    return grid, base, scaling, parts
+
+
+def _verdicts(grid, base, scaling, parts) -> list:
+    from benchmarks import gpu_targets
+
+    return [v.verdict for v in gpu_targets.verdicts(grid, base, scaling, parts, mixers.names(), OBJECTIVES)]
+
+
+def test_rows_that_meet_issue_14s_targets_are_reported_met():
+    """Every target at its bound is met: 12 cells ok, the CUDA tests ok, attention at 2,000,000 tokens/s,
+    the base preset's MFU, Mamba at 0.5x attention in both objectives, Mamba alone within 0.70-1.30x."""
+    assert _verdicts(*_meeting_rows()) == ["met"] * 6
+
+
+def test_each_target_missed_is_reported_not_met():
+    import copy
+
+    def missed(change) -> list[str]:
+        rows = copy.deepcopy(_meeting_rows())
+        change(*rows)
+        return _verdicts(*rows)
+
+    def slow(grid, mixer, objective, tps):
+        next(r for r in grid if r["mixer"] == mixer and r["objective"] == objective)["metrics"]["tokens_per_s"] = tps
+
+    # a failed cell, resumed and then ok, is ok: the newest row of a cell counts
+    assert missed(lambda g, b, s, p: g.insert(0, _grid_row("wave_wavelet", "diffusion", None, status="failed",
+                                                            error="OutOfMemoryError: x"))) == ["met"] * 6
+    assert missed(lambda g, b, s, p: g.append(_grid_row("wave_wavelet", "diffusion", None, status="failed",
+                                                         error="OutOfMemoryError: x")))[0] == "not met"
+    assert missed(lambda g, b, s, p: p[0].update(status="failed (exit 1)"))[1] == "not met"
+    assert missed(lambda g, b, s, p: slow(g, "attention", "autoregressive", 1_999_999))[2] == "not met"
+    # Mamba at 0.4999x attention in one objective only (attention's diffusion speed is not the target's)
+    assert missed(lambda g, b, s, p: slow(g, "mamba", "diffusion", 999_999)) == ["met"] * 4 + ["not met", "met"]
+    assert missed(lambda g, b, s, p: s.append({**s[3], "tokens_per_s": 0.69e6}))[5] == "not met"  # L = 2048, newest
+    assert missed(lambda g, b, s, p: s.append({**s[1], "tokens_per_s": 1.31e6}))[5] == "not met"  # faster counts too
+
+
+def test_a_target_the_rows_cannot_decide_is_reported_not_measured():
+    """Missing rows, a CPU dry run, a preset other than the target's, Mamba on mamba-ssm: never `met`."""
+    import copy
+
+    def undecided(change) -> list[str]:
+        rows = copy.deepcopy(_meeting_rows())
+        change(*rows)
+        return _verdicts(*rows)
+
+    assert _verdicts([], [], [], []) == ["not measured"] * 6
+    # a grid cut short by its time limit: no row for the last cell (and Mamba alone stopped before 8,192)
+    assert undecided(lambda g, b, s, p: g.pop())[0] == "not measured"
+    assert undecided(lambda g, b, s, p: s.pop(5))[5] == "not measured"
+    assert undecided(lambda g, b, s, p: p[0].update(status="skipped"))[1] == "not measured"
+    # the CPU dry run's rows: every figure target undecided (its cells ok say the command works)
+    cpu = "cpu: AMD EPYC (2 threads)"
+    assert undecided(lambda g, b, s, p: [r.update(device=cpu) for r in g + b + s]) == \
+        ["not measured", "met", "not measured", "not measured", "not measured", "not measured"]
+    assert undecided(lambda g, b, s, p: [r.update(preset="tiny") for r in g])[2::2] == ["not measured"] * 2
+    assert undecided(lambda g, b, s, p: [r["backend"].update(mixer=["mamba_ssm"]) for r in g
+                                         if r["mixer"] == "mamba"])[4] == "not measured"
+    assert undecided(lambda g, b, s, p: b[0]["metrics"].update(mfu=None))[3] == "not measured"  # no known peak
+
+
+def test_the_summary_opens_with_the_targets_verdicts(tmp_path):
+    """The report's first table after the parts: the verdicts, from the folder's rows and records."""
+    import json
+
+    (tmp_path / "results").mkdir()
+    grid, base, scaling, parts = _meeting_rows()
+    row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
+    for name, rows in (("gpu_check", grid), ("gpu_check_base", base)):
+        text = "".join(json.dumps({**row, **r, "key": f"{name}-{i}"}) + "\n" for i, r in enumerate(rows))
+        (tmp_path / "results" / f"{name}.jsonl").write_text(text, encoding="utf-8")
+    from benchmarks.common import bench_row
+
+    bench = [bench_row("scaling", torch.device("cpu"), {"mixer": r["mixer"], "seq_len": r["seq_len"]},
+                       tokens_per_s=r["tokens_per_s"], backend=r.get("backend")) | {"device": H200} for r in scaling]
+    (tmp_path / "results" / "bench_scaling.jsonl").write_text("".join(json.dumps(b) + "\n" for b in bench))
+    text = gc.summary(tmp_path, _env(), [{**parts[0], "seconds": 81.2}], dry=False, wall=1.0)
+    head = text.split("## Grid cells")[0]
+    assert "## Issue 14's targets" in head
+    assert head.count("| **met** |") == 6, head
+    assert "| 2,000,000 tokens/s (1.00x the target) on NVIDIA H200" in head
+    assert "autoregressive 0.50x (1,000,000 / 2,000,000, kernel triton_scan)" in head

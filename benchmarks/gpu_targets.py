@@ -1,0 +1,204 @@
+"""Issue 14's done-when figures, read off a GPU check's rows: each target, what was measured, and a
+verdict (`met`, `not met`, `not measured`).
+
+Why this exists: a lent GPU gives a session 15 device minutes, and the check's report holds four tables
+(parts, grid cells, mixers alone, loss paths). Whether attention reached 2M tokens/s, whether Mamba
+kept half of it, whether Mamba's mixer-alone speed stayed flat in L: each is a small computation over
+rows of two of those tables, easy to get wrong by hand under time pressure. Here it is written once,
+tested on made-up rows (tests/test_gpu_check.py), and printed at the top of the report. The rules
+are the issue's "Done when", stated in each verdict's `target`:
+
+- every cell of the default grid `ok`, and the CUDA-only tests pass (the `cuda_tests` part);
+- attention, small preset (T = 512), autoregressive: >= 2,000,000 train tokens/s (the grid row's);
+- the base preset's MFU reported beside it (the `grid_base` row);
+- Mamba without mamba-ssm: >= 0.5x attention's train tokens/s in the small-preset grid, per objective;
+- Mamba alone (`bench_scaling`): at every length from 256 to 8,192 (16,384 tokens per step), tokens/s
+  within +-30% of its tokens/s at 256.
+
+Rows only: nothing here imports torch, the trainer or a mixer, so a report merged on a CPU machine
+(`benchmarks.gpu_check --merge`) gets the same verdicts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+ATTENTION_TOKENS_PER_S = 2_000_000  # small preset, T = 512, H100/H200 (about 15% MFU)
+MAMBA_VS_ATTENTION = 0.5  # Mamba's train tokens/s over attention's, same grid, same objective
+FLAT_BAND = 0.30  # Mamba alone: every length's tokens/s within this of the shortest length's
+FLAT_LENGTHS = (256, 8192)  # the span the flatness target names
+TARGET_PRESET = "small"  # the grid's speed targets are the small preset's
+
+MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
+
+
+@dataclass
+class Verdict:
+    target: str  # the rule, in words
+    measured: str  # what the rows say, with the numbers the verdict rests on
+    verdict: str  # MET, NOT_MET or NOT_MEASURED
+
+
+def _tps(row: dict) -> float | None:
+    """A row's train tokens/s, or None (a failed cell, a NaN)."""
+    v = (row.get("metrics") or {}).get("tokens_per_s")
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None
+
+
+def _latest(rows: Iterable[dict], key) -> dict:
+    """The last row per key: a resumed grid or a rerun benchmark appends, and the newest row is the truth."""
+    out: dict = {}
+    for r in rows:
+        out[key(r)] = r
+    return out
+
+
+def _off_gpu(rows: Iterable[dict]) -> str | None:
+    """Why rows cannot decide a GPU target (a CPU dry run's: its verdicts say the command works), or None."""
+    cpus = sorted({str(r.get("device")) for r in rows if str(r.get("device", "")).startswith("cpu")})
+    return f"ran on {cpus[0]} (a dry run), not a GPU" if cpus else None
+
+
+def _cell(cells: dict, mixer: str, objective: str) -> dict | None:
+    r = cells.get((mixer, objective))
+    return r if r is not None and r.get("status") == "ok" else None
+
+
+def _kernel(row: dict) -> str:
+    k = (row.get("backend") or {}).get("mixer") or ""
+    return ", ".join(k) if isinstance(k, list) else str(k)
+
+
+def grid_cells(rows: list[dict], expected: list[tuple[str, str]]) -> Verdict:
+    target = "every cell of the default grid ends `ok`"
+    if not rows:
+        return Verdict(target, "no grid rows", NOT_MEASURED)
+    cells = _latest(rows, lambda r: (r.get("mixer"), r.get("objective")))
+    bad = [f"{m} x {o} ({cells[(m, o)].get('status')}: {(cells[(m, o)].get('error') or '')[:60]})"
+           for m, o in expected if (m, o) in cells and cells[(m, o)].get("status") != "ok"]
+    missing = [f"{m} x {o}" for m, o in expected if (m, o) not in cells]
+    ok = len(expected) - len(bad) - len(missing)
+    measured = f"{ok} of {len(expected)} cells ok"
+    if bad:
+        measured += "; not ok: " + "; ".join(bad)
+    if missing:
+        measured += "; no row: " + ", ".join(missing)
+    if bad:
+        return Verdict(target, measured, NOT_MET)
+    cpu = _off_gpu(cells.values())
+    if cpu:
+        return Verdict(target, f"{measured}; {cpu}", NOT_MEASURED)
+    return Verdict(target, measured, NOT_MEASURED if missing else MET)
+
+
+def cuda_tests(parts: list[dict]) -> Verdict:
+    target = "the CUDA-only tests pass (`cuda_tests`)"
+    rec = next((p for p in parts if p.get("name") == "cuda_tests"), None)
+    if rec is None or rec.get("status") in ("skipped", "not run"):
+        return Verdict(target, "not run" if rec is None else str(rec.get("status")), NOT_MEASURED)
+    measured = f"{rec['status']}: {rec.get('note', '')}".strip()
+    return Verdict(target, measured, MET if rec["status"] == "ok" else NOT_MET)
+
+
+def _small(rows: list[dict]) -> tuple[dict, str | None]:
+    """The grid's cells by (mixer, objective), and why the speed targets cannot be read off them (None: they can)."""
+    cells = _latest(rows, lambda r: (r.get("mixer"), r.get("objective")))
+    presets = sorted({str(r.get("preset")) for r in cells.values()})
+    if cells and presets != [TARGET_PRESET]:
+        return cells, f"the grid ran preset {', '.join(presets)}; the target is the {TARGET_PRESET} preset's"
+    return cells, _off_gpu(cells.values())
+
+
+def attention_speed(rows: list[dict]) -> Verdict:
+    target = (f"attention x autoregressive, {TARGET_PRESET} preset: >= {ATTENTION_TOKENS_PER_S:,} train tokens/s "
+              "(H100/H200)")
+    cells, why = _small(rows)
+    row = _cell(cells, "attention", "autoregressive")
+    if why or row is None or _tps(row) is None:
+        return Verdict(target, why or "no ok attention x autoregressive row", NOT_MEASURED)
+    tps = _tps(row)
+    mfu = (row.get("metrics") or {}).get("mfu")
+    measured = f"{tps:,.0f} tokens/s ({tps / ATTENTION_TOKENS_PER_S:.2f}x the target"
+    measured += f", MFU {100 * mfu:.1f}%)" if isinstance(mfu, (int, float)) else ")"
+    measured += f" on {row.get('device', '?')}"
+    diff = _cell(cells, "attention", "diffusion")
+    if diff is not None and _tps(diff) is not None:
+        measured += f"; diffusion {_tps(diff):,.0f}"
+    return Verdict(target, measured, MET if tps >= ATTENTION_TOKENS_PER_S else NOT_MET)
+
+
+def base_mfu(rows: list[dict]) -> Verdict:
+    target = "the base preset's MFU, reported beside the small one's (`grid_base`)"
+    row = _cell(_latest(rows, lambda r: (r.get("mixer"), r.get("objective"))), "attention", "autoregressive")
+    if row is None or _tps(row) is None:
+        return Verdict(target, "no ok base-preset row", NOT_MEASURED)
+    if _off_gpu([row]):
+        return Verdict(target, f"{_tps(row):,.0f} tokens/s; {_off_gpu([row])}", NOT_MEASURED)
+    mfu = (row.get("metrics") or {}).get("mfu")
+    if not isinstance(mfu, (int, float)):  # a device without a known peak (harness/flops.py)
+        return Verdict(target, f"{_tps(row):,.0f} tokens/s; no MFU (no peak FLOP/s known for {row.get('device')})",
+                       NOT_MEASURED)
+    return Verdict(target, f"MFU {100 * mfu:.1f}% ({_tps(row):,.0f} tokens/s, preset {row.get('preset')})", MET)
+
+
+def mamba_speed(rows: list[dict], objectives: list[str]) -> Verdict:
+    target = (f"Mamba without mamba-ssm: >= {MAMBA_VS_ATTENTION}x attention's train tokens/s, {TARGET_PRESET} "
+              "preset, each objective")
+    cells, why = _small(rows)
+    if why:
+        return Verdict(target, why, NOT_MEASURED)
+    ratios, notes = [], []
+    for o in objectives:
+        a, m = _cell(cells, "attention", o), _cell(cells, "mamba", o)
+        if a is None or m is None or _tps(a) is None or _tps(m) is None:
+            notes.append(f"{o}: no ok pair of rows")
+            continue
+        r = _tps(m) / _tps(a)
+        ratios.append(r)
+        notes.append(f"{o} {r:.2f}x ({_tps(m):,.0f} / {_tps(a):,.0f}, kernel {_kernel(m) or '?'})")
+    measured = "; ".join(notes)
+    kernels = {_kernel(_cell(cells, "mamba", o)) for o in objectives if _cell(cells, "mamba", o) is not None}
+    if any("mamba_ssm" in k for k in kernels):
+        return Verdict(target, measured + "; ran on mamba-ssm, not the fallback the target is about", NOT_MEASURED)
+    if any(r < MAMBA_VS_ATTENTION for r in ratios):
+        return Verdict(target, measured, NOT_MET)
+    return Verdict(target, measured, MET if len(ratios) == len(objectives) else NOT_MEASURED)
+
+
+def mamba_flat(scaling_rows: list[dict]) -> Verdict:
+    lo, hi = FLAT_LENGTHS
+    target = (f"Mamba alone (`bench_scaling`), L = {lo:,} to {hi:,} at a fixed tokens per step: every length's "
+              f"tokens/s within +-{FLAT_BAND:.0%} of L = {lo:,}'s")
+    rows = _latest([r for r in scaling_rows if r.get("mixer") == "mamba"], lambda r: r.get("seq_len"))
+    tps = {L: float(r["tokens_per_s"]) for L, r in rows.items()
+           if r.get("status") == "ok" and isinstance(r.get("tokens_per_s"), (int, float)) and lo <= L <= hi}
+    if lo not in tps:
+        return Verdict(target, f"no ok row at L = {lo:,}", NOT_MEASURED)
+    if _off_gpu(rows.values()):
+        return Verdict(target, _off_gpu(rows.values()), NOT_MEASURED)
+    rel = {L: tps[L] / tps[lo] for L in sorted(tps)}
+    backend = rows[lo].get("backend", "?")
+    measured = ", ".join(f"{L:,}: {rel[L]:.2f}x" for L in rel) + f" (L = {lo:,}: {tps[lo]:,.0f} tokens/s, {backend})"
+    outside = [L for L, r in rel.items() if abs(r - 1) > FLAT_BAND + 1e-9]  # 0.70x is inside the band
+    if outside:
+        return Verdict(target, measured, NOT_MET)
+    if hi not in tps:
+        return Verdict(target, measured + f"; no ok row at L = {hi:,}", NOT_MEASURED)
+    return Verdict(target, measured, MET)
+
+
+def verdicts(grid: list[dict], base: list[dict], scaling: list[dict], parts: list[dict],
+             mixer_names: list[str], objective_names: list[str]) -> list[Verdict]:
+    """Every target, in the issue's order. `grid`: the default grid's rows (`gpu_check`), `base`: the base
+    preset's (`gpu_check_base`), `scaling`: bench_scaling's, `parts`: the parts' records; the expected
+    cells are every registered mixer x objective."""
+    expected = [(m, o) for m in mixer_names for o in objective_names]
+    return [grid_cells(grid, expected), cuda_tests(parts), attention_speed(grid), base_mfu(base),
+            mamba_speed(grid, objective_names), mamba_flat(scaling)]
+
+
+def table(vs: list[Verdict]) -> list[str]:
+    """Markdown lines: one row per target."""
+    lines = ["| target | measured | verdict |", "|---|---|---|"]
+    return lines + [f"| {v.target} | {v.measured.replace('|', '/')} | **{v.verdict}** |" for v in vs]
