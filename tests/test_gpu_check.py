@@ -61,6 +61,8 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     assert _after(_argv(dry, "grid"), "--warm-compile") == "2"  # the dry run takes the warm-up path too ...
     assert "--compile" in _argv(dry, "grid")  # ... compiled, as on CUDA (on CPU it must be asked for)
     assert all("--warm-compile" not in p.argv for p in parts + dry if p.name != "grid")
+    scaling = _after(_argv(parts, "bench_scaling"), "--mixers").split(",")
+    assert scaling[0] == "mamba" and sorted(scaling) == sorted(mixers.names())  # its target's rows first
     stages = _argv(parts, "bench_scan_stages")  # both walks, at bench_scaling's width and tokens per step
     assert _after(stages, "--sweep-scans") == "triton,triton_unpipelined"
     assert _after(stages, "--d-model") == "256" and _after(stages, "--tokens") == "16384"
