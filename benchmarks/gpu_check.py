@@ -282,8 +282,7 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
               for p in parts]
     cells = [(g, r) for g in GRIDS for r in _rows(out / "results" / f"{g}.jsonl")
              if r.get("objective") not in (None, "none")]
-    lines += ["", "## Issue 14's targets (read off the rows below: `benchmarks/gpu_targets.py`)", "",
-              *targets(out, cells, parts)]
+    lines += verdicts(out, cells, parts)
     if cells:
         lines += ["", "## Grid cells (`results/<grid>.jsonl`, reports in `reports/<grid>/`)", "",
                   "| grid | mixer | objective | preset | status | train tokens/s | MFU | compile | loss | mixer kernel "
@@ -330,18 +329,26 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
     return "\n".join(lines) + "\n"
 
 
-def targets(out: Path, cells: list[tuple[str, dict]], parts: list[dict]) -> list[str]:
-    """The table of issue 14's done-when verdicts, from the grids' cells, bench_scaling's rows and the parts."""
+def verdicts(out: Path, cells: list[tuple[str, dict]], parts: list[dict]) -> list[str]:
+    """The report's verdicts, read off its rows (benchmarks/gpu_targets.py): issue 14's done-when targets,
+    then what the comparisons say about each default."""
     import mixers
     from harness import objectives
 
     from benchmarks import gpu_targets
 
     by_grid = lambda name: [r for g, r in cells if g == name]  # noqa: E731
-    vs = gpu_targets.verdicts(by_grid("gpu_check"), by_grid("gpu_check_base"),
-                              _rows(out / "results" / "bench_scaling.jsonl"), parts,
-                              mixers.names(), objectives.names())
-    return gpu_targets.table(vs)
+    targets = gpu_targets.verdicts(by_grid("gpu_check"), by_grid("gpu_check_base"),
+                                   _rows(out / "results" / "bench_scaling.jsonl"), parts,
+                                   mixers.names(), objectives.names())
+    stages = out / "results" / STAGES_FILE
+    sweep = json.loads(stages.read_text(encoding="utf-8")).get("sweep", []) if stages.is_file() else []
+    choices = gpu_targets.comparisons(by_grid("gpu_check"), by_grid("gpu_check_graphs"),
+                                      by_grid("gpu_check_model_scope"), sweep)
+    return ["", "## Issue 14's targets (read off the rows below: `benchmarks/gpu_targets.py`)", "",
+            *gpu_targets.table(targets), "",
+            f"## The defaults against their alternatives (faster: by more than {gpu_targets.MARGIN:.0%})", "",
+            *gpu_targets.comparison_table(choices)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """Issue 14's done-when figures, read off a GPU check's rows: each target, what was measured, and a
-verdict (`met`, `not met`, `not measured`).
+verdict (`met`, `not met`, `not measured`); then the check's comparisons, each default against its
+alternative (CUDA graphs, the whole-model compile scope, Mamba's pipelined walks), with the faster named.
 
 Why this exists: a lent GPU gives a session 15 device minutes, and the check's report holds four tables
 (parts, grid cells, mixers alone, loss paths). Whether attention reached 2M tokens/s, whether Mamba
@@ -14,6 +15,9 @@ are the issue's "Done when", stated in each verdict's `target`:
 - Mamba without mamba-ssm: >= 0.5x attention's train tokens/s in the small-preset grid, per objective;
 - Mamba alone (`bench_scaling`): at every length from 256 to 8,192 (16,384 tokens per step), tokens/s
   within +-30% of its tokens/s at 256.
+
+The comparisons call an alternative faster only by more than MARGIN (5%): a few seconds of training
+are noisy, and a default should not flip on noise. Rows from a CPU (the dry run) decide nothing.
 
 Rows only: nothing here imports torch, the trainer or a mixer, so a report merged on a CPU machine
 (`benchmarks.gpu_check --merge`) gets the same verdicts.
@@ -202,3 +206,68 @@ def table(vs: list[Verdict]) -> list[str]:
     """Markdown lines: one row per target."""
     lines = ["| target | measured | verdict |", "|---|---|---|"]
     return lines + [f"| {v.target} | {v.measured.replace('|', '/')} | **{v.verdict}** |" for v in vs]
+
+
+# --- the comparisons: each default against its alternative, the choices no CPU could make ---
+
+MARGIN = 0.05  # an alternative must be this much faster to be called faster (timings of a few seconds are noisy)
+
+
+@dataclass
+class Comparison:
+    question: str  # which choice, and the default's flag
+    measured: str  # the figures
+    answer: str  # "the default (...)", "the alternative (...): x1.23", "within 5%", or NOT_MEASURED
+
+
+def _faster(default: float, alternative: float, default_name: str, alt_name: str) -> str:
+    """Which of two speeds (higher is faster) wins, beyond MARGIN."""
+    r = alternative / default
+    if r >= 1 + MARGIN:
+        return f"{alt_name}: {r:.2f}x the default's speed"
+    if r <= 1 / (1 + MARGIN):
+        return f"{default_name} (the default): {1 / r:.2f}x the alternative's speed"
+    return f"within {MARGIN:.0%}: keep the default ({default_name})"
+
+
+def _grid_speed(grid: list[dict], other: list[dict], question: str, default_name: str, alt_name: str) -> Comparison:
+    """attention x autoregressive's train tokens/s in the default grid against a variant grid's."""
+    key = lambda r: (r.get("mixer"), r.get("objective"))  # noqa: E731
+    a, b = (_cell(_latest(rows, key), "attention", "autoregressive") for rows in (grid, other))
+    if a is None or b is None or _tps(a) is None or _tps(b) is None:
+        return Comparison(question, "no ok attention x autoregressive row in both grids", NOT_MEASURED)
+    warm = lambda r: (r.get("train") or {}).get("warm_seconds")  # noqa: E731
+    measured = (f"{_tps(b):,.0f} against {_tps(a):,.0f} train tokens/s; warm-up (compiling) {warm(b)} s against "
+                f"{warm(a)} s{' (the default warmed from the cache)' if (a.get('train') or {}).get('compile_warmed') else ''}")
+    if _off_gpu([a, b]):
+        return Comparison(question, f"{measured}; {_off_gpu([a, b])}", NOT_MEASURED)
+    return Comparison(question, measured, _faster(_tps(a), _tps(b), default_name, alt_name))
+
+
+def scan_stages(sweep: list[dict]) -> Comparison:
+    question = "Mamba's Triton walks software-pipelined (`triton`, the default) or not (`--mixer-opt mamba.triton_stages=1`)?"
+    ms = {(r.get("scan"), r.get("length")): r.get("ms") for r in sweep if isinstance(r.get("ms"), (int, float))}
+    lengths = sorted({L for v, L in ms if v == "triton" and ("triton_unpipelined", L) in ms})
+    if not lengths:
+        return Comparison(question, "no length timed with both walks", NOT_MEASURED)
+    ratios = [ms[("triton_unpipelined", L)] / ms[("triton", L)] for L in lengths]  # > 1: pipelined faster
+    gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    measured = "unpipelined / pipelined ms: " + ", ".join(f"{L:,}: {r:.2f}" for L, r in zip(lengths, ratios))
+    return Comparison(question, f"{measured} (geometric mean {gmean:.2f})",
+                      _faster(1.0, 1.0 / gmean, "pipelined", "unpipelined"))  # speeds: 1 / ms
+
+
+def comparisons(grid: list[dict], graphs: list[dict], model_scope: list[dict], sweep: list[dict]) -> list[Comparison]:
+    """The check's second command: CUDA graphs, the whole-model compile scope, the walks' pipelining."""
+    return [
+        _grid_speed(grid, graphs, "CUDA graphs (`--compile-mode reduce-overhead`) or the default compile mode?",
+                    "the default compile mode", "reduce-overhead"),
+        _grid_speed(grid, model_scope, "each block compiled (the default) or the whole LM (`--compile-scope model`)?",
+                    "each block", "the whole LM"),
+        scan_stages(sweep),
+    ]
+
+
+def comparison_table(cs: list[Comparison]) -> list[str]:
+    lines = ["| choice | measured | faster |", "|---|---|---|"]
+    return lines + [f"| {c.question} | {c.measured.replace('|', '/')} | {c.answer} |" for c in cs]

@@ -407,3 +407,43 @@ def test_the_summary_opens_with_the_targets_verdicts(tmp_path):
     assert head.count("| **met** |") == 6, head
     assert "| 2,000,000 tokens/s (1.00x the target) on NVIDIA H200" in head
     assert "autoregressive 0.50x (1,000,000 / 2,000,000, kernel triton_scan)" in head
+
+
+def test_the_comparisons_name_the_faster_choice_beyond_a_margin():
+    """The second command's comparisons, each a default against its alternative: faster means by more
+    than 5%; CPU rows or a missing half decide nothing."""
+    from benchmarks import gpu_targets as gt
+
+    default = [_grid_row("attention", "autoregressive", 2_000_000)]
+    answer = lambda tps: gt.comparisons(default, [_grid_row("attention", "autoregressive", tps)], [], [])[0].answer  # noqa: E731
+    assert answer(2_200_000).startswith("reduce-overhead: 1.10x")
+    assert answer(2_090_000).startswith("within 5%: keep the default")
+    assert answer(1_800_000).startswith("the default compile mode (the default): 1.11x")
+    scope = gt.comparisons(default, [], [_grid_row("attention", "autoregressive", 1e6)], [])[1]
+    assert scope.answer.startswith("each block (the default): 2.00x")
+    cpu = [_grid_row("attention", "autoregressive", 3e6, device="cpu: AMD EPYC (2 threads)")]
+    assert gt.comparisons(default, cpu, [], [])[0].answer == "not measured"
+    assert gt.comparisons(default, [], [], [])[1].answer == "not measured"
+
+    def stages(ms: dict) -> str:
+        sweep = [{"scan": v, "length": L, "ms": t} for (v, L), t in ms.items()]
+        return gt.comparisons([], [], [], sweep)[2].answer
+
+    # unpipelined 2.0x and 2.4x slower: pipelined wins by their geometric mean; a length timed once is left out
+    assert stages({("triton", 256): 4.0, ("triton_unpipelined", 256): 8.0, ("triton", 8192): 5.0,
+                   ("triton_unpipelined", 8192): 12.0, ("triton", 1024): 1.0}).startswith("pipelined (the default): 2.19x")
+    assert stages({("triton", 256): 8.0, ("triton_unpipelined", 256): 4.0}).startswith("unpipelined: 2.00x")
+    assert stages({("triton", 256): 8.0}) == "not measured"
+
+
+def test_the_summary_shows_the_comparisons(tmp_path):
+    import json
+
+    (tmp_path / "results").mkdir()
+    row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
+    for name, tps in (("gpu_check", 2e6), ("gpu_check_graphs", 3e6)):
+        r = {**row, **_grid_row("attention", "autoregressive", tps), "key": name}
+        (tmp_path / "results" / f"{name}.jsonl").write_text(json.dumps(r) + "\n", encoding="utf-8")
+    text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    assert "## The defaults against their alternatives" in text
+    assert "| 3,000,000 against 2,000,000 train tokens/s" in text and "| reduce-overhead: 1.50x" in text
