@@ -280,8 +280,7 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
              "| part | status | seconds | ran (UTC) | last lines of its log (`logs/<part>.log`) |", "|---|---|---:|---|---|"]
     lines += [f"| {p['name']} | {p['status']} | {p['seconds']} | {p.get('ran', '')} | {p['note'].replace('|', '/')} |"
               for p in parts]
-    cells = [(g, r) for g in GRIDS for r in _rows(out / "results" / f"{g}.jsonl")
-             if r.get("objective") not in (None, "none")]
+    cells = grid_cells(out)
     lines += verdicts(out, cells, parts)
     if cells:
         lines += ["", "## Grid cells (`results/<grid>.jsonl`, reports in `reports/<grid>/`)", "",
@@ -327,6 +326,12 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             tps = [r["tokens_per_s"] for r in sweep if r["scan"] == v]
             lines.append(f"\n{v}: tokens/s fastest / slowest length = {max(tps) / max(min(tps), 1):.2f}")
     return "\n".join(lines) + "\n"
+
+
+def grid_cells(out: Path) -> list[tuple[str, dict]]:
+    """(grid, row) for every cell row of the check's grids (not their reference rows)."""
+    return [(g, r) for g in GRIDS for r in _rows(out / "results" / f"{g}.jsonl")
+            if r.get("objective") not in (None, "none")]
 
 
 def verdicts(out: Path, cells: list[tuple[str, dict]], parts: list[dict]) -> list[str]:
@@ -427,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         record_parts(out, [p])
         report()  # after every part: a command killed later still leaves what finished
     report()  # and the parts not started
+    # the verdicts on stdout too: a lent GPU's command returns its output's tail before any file is unpacked
+    print("\n".join(verdicts(out, grid_cells(out), read_parts(out))))
     print(f"[gpu_check] report: {out / 'README.md'}")
     if a.commit:
         commit(out, env)
@@ -470,6 +477,7 @@ def report_only(out: Path, archives: list[Path], do_commit: bool) -> int:
     env = json.loads(env_path.read_text(encoding="utf-8"))
     dry = not env.get("cuda_available", False)
     (out / "README.md").write_text(summary(out, env, parts, dry, None), encoding="utf-8")
+    print("\n".join(verdicts(out, grid_cells(out), parts)))
     print(f"[gpu_check] report: {out / 'README.md'} ({len(parts)} parts)")
     if do_commit:
         commit(out, env)

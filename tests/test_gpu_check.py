@@ -215,7 +215,8 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_a_part_out_of_time_is_stopped_with_its_children_and_a_deadline_leaves_a_report(tmp_path, monkeypatch):
+def test_a_part_out_of_time_is_stopped_with_its_children_and_a_deadline_leaves_a_report(tmp_path, monkeypatch,
+                                                                                          capsys):
     """A lent GPU's command that outlives its limit brings nothing back, so with --deadline-at every part
     is cut to the time left, a part with too little left is not started (an earlier record of it stays),
     and the report is written after each part. A part stopped takes what it started with it (a grid's
@@ -242,6 +243,10 @@ def test_a_part_out_of_time_is_stopped_with_its_children_and_a_deadline_leaves_a
     text = (out / "README.md").read_text(encoding="utf-8")
     assert "| grid | timed out after" in text and "| bench_scaling | ok | 3.0 |" in text
     assert "not started by the last command, too little time left before its deadline: bench_scaling" in text
+    # the verdicts end the command's output (a device run returns its tail), as in the README
+    printed = capsys.readouterr().out
+    assert "## Issue 14's targets" in printed and "## The defaults against their alternatives" in printed
+    assert "| every cell of the default grid ends `ok` | no grid rows | **not measured** |" in printed
     grandchild = int(pidfile.read_text())
     for _ in range(50):  # SIGKILL is delivered at once; its reaping by init may take a moment
         if _gone(grandchild):
