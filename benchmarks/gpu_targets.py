@@ -175,8 +175,8 @@ def mamba_flat(scaling_rows: list[dict]) -> Verdict:
     target = (f"Mamba alone (`bench_scaling`), L = {lo:,} to {hi:,} at a fixed tokens per step: every length's "
               f"tokens/s within +-{FLAT_BAND:.0%} of L = {lo:,}'s")
     rows = _latest([r for r in scaling_rows if r.get("mixer") == "mamba"], lambda r: r.get("seq_len"))
-    tps = {L: float(r["tokens_per_s"]) for L, r in rows.items()
-           if r.get("status") == "ok" and isinstance(r.get("tokens_per_s"), (int, float)) and lo <= L <= hi}
+    tps = {L: float(r["tokens_per_s"]) for L, r in rows.items() if isinstance(L, int) and lo <= L <= hi
+           and r.get("status") == "ok" and isinstance(r.get("tokens_per_s"), (int, float))}
     if lo not in tps:
         return Verdict(target, f"no ok row at L = {lo:,}", NOT_MEASURED)
     if _off_gpu(rows.values()):
