@@ -11,8 +11,10 @@ the GPU limits add up to 700 s (`plan`), and a GPU check is boxed to 8 minutes (
 parts run in order of importance, each cut to the time left. Where one command may run at most 10
 minutes (a lent GPU), run it as two commands (`SPLIT`): the first measures every target of issue 14
 (the CUDA tests, the grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second
-the comparisons (the two compile variants, the Triton scan's pipelined walks against unpipelined ones:
-160 s). Each part's record is its own file, `OUT/parts/<part>.json`, so two report folders merge by
+resumes the grid if the first ran out of time on that machine (`grid_resume`), then the comparisons (the
+two compile variants, the Triton scan's pipelined walks against unpipelined ones: 160 s). Under a
+deadline the grid also takes the time earlier parts left unused, less the later parts' limits (`limit_for`);
+`--pack` rewrites an archive of the folder after every part. Each part's record is its own file, `OUT/parts/<part>.json`, so two report folders merge by
 unpacking one over the other, also when the second command ran on a fresh machine (a lent
 machine goes back after a short idle wait); `--merge A.tgz B.tgz` unpacks the device's archives into
 `--out` and rewrites its README without running anything (`--report-only`: the README alone). What a
@@ -39,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = {"fugashi": "fugashi", "unidic_lite": "unidic-lite", "pywt": "PyWavelets",
@@ -51,6 +54,10 @@ class Part:
     argv: list[str]
     timeout_s: int
     cuda_only: bool = False
+    # under a deadline, also the time the parts before it left unused, less the limits of the parts after it:
+    # the grid, whose length a CPU cannot predict, takes what a quick part (the CUDA tests) did not need
+    elastic: bool = False
+    skip_if: Callable[[], str | None] | None = None  # a reason not to run it now (None: run)
     status: str = "not run"
     seconds: float = 0.0
     note: str = ""
@@ -137,13 +144,18 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
              limits["tests"], cuda_only=True),
         # every mixer x objective as the README's default command runs them (compiled on CUDA, --loss auto)
         Part("grid", [*run, "--grid", "gpu_check", "--mixers", order, *grid, *warm, *o],
-             limits["grid"]),
+             limits["grid"], elastic=True),
         # the base preset's MFU beside the small preset's (issue 14)
         Part("grid_base", [*run, "--grid", "gpu_check_base", *attention_ar, *with_preset(grid, base_preset), *o],
              limits["base"]),
         # the mixers alone (Mamba's flatness in L) and the loss paths: issue 14's last targets
         Part("bench_scaling", [py, "-m", "benchmarks.scaling", *scaling, *o], limits["scaling"]),
         Part("bench_loss_memory", [py, "-m", "benchmarks.loss_memory", *loss, *o], limits["loss"]),
+        # the second command's first part: the grid again, when the first command's ran out of time on this
+        # machine (it resumes: finished cells are skipped). Not on a fresh machine (no rows: it would start over
+        # and its partial file would replace a complete one at --merge), nor when every cell is ok
+        Part("grid_resume", [*run, "--grid", "gpu_check", "--mixers", order, *grid, *warm, *o],
+             limits["grid"], elastic=True, skip_if=lambda: grid_incomplete(out)),
         # CUDA graphs (torch.compile mode reduce-overhead, lengths rounded up to 64) against the grid's default
         Part("grid_graphs", [*run, "--grid", "gpu_check_graphs", *attention_ar, "--compile-mode", "reduce-overhead",
                              *grid, *o], limits["graphs"]),
@@ -163,7 +175,29 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
 # asks for, so that a machine lost after it (it goes back after a short idle wait, and a fresh start costs a
 # minute or more of a 15-minute budget) loses only the second: the comparisons
 SPLIT = (["cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory"],
-         ["grid_graphs", "grid_model_scope", "bench_scan_stages"])
+         ["grid_resume", "grid_graphs", "grid_model_scope", "bench_scan_stages"])
+
+
+def grid_incomplete(out: Path) -> str | None:
+    """Why `grid_resume` has nothing to do (None: some cell of the grid here lacks an ok row, so resume it)."""
+    import mixers
+    from harness import objectives
+
+    rows = _rows(out / "results" / "gpu_check.jsonl")
+    if not rows:
+        return "no grid rows here to resume (a fresh machine, or the grid never ran): run `grid`"
+    latest = {(r.get("mixer"), r.get("objective")): r.get("status") for r in rows}
+    todo = [f"{m} x {o}" for m in mixers.names() for o in objectives.names() if latest.get((m, o)) != "ok"]
+    return None if todo else "the grid is complete: every cell ok"
+
+
+def limit_for(p: Part, later: list[Part], left: float | None) -> int:
+    """A part's time limit when `left` seconds remain before the deadline (None: no deadline): its own,
+    cut to the time left; an elastic part's also grown to what is left after the `later` parts' limits."""
+    if left is None:
+        return p.timeout_s
+    t = max(p.timeout_s, int(left - sum(q.timeout_s for q in later))) if p.elastic else p.timeout_s
+    return min(t, int(left))
 
 
 def run_part(p: Part, logs: Path, cuda: bool) -> None:
@@ -249,6 +283,15 @@ def read_parts(out: Path) -> list[dict]:
     done = [json.loads(f.read_text(encoding="utf-8")) for f in sorted((out / "parts").glob("*.json"))]
     order = [p.name for p in plan(out, out, True, None, None)]
     return sorted(done, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+
+
+def pack(out: Path, archive: Path) -> None:
+    """The report folder's contents as a .tgz that `unpack` (and `--merge`) reads, whole or absent: written
+    beside the target, then renamed over it."""
+    tmp = archive.with_name(f".{archive.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(out, arcname=".")
+    tmp.replace(archive)
 
 
 def unpack(archive: Path, out: Path) -> None:
@@ -374,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-at", type=float, default=None, metavar="UNIX_SECONDS",
                     help="the same as an absolute time (a lent GPU's command limit, leaving time to pack); "
                          "the earlier of the two boxes wins")
+    ap.add_argument("--pack", default=None, metavar="TGZ",
+                    help="after every part, archive the report folder into TGZ (what --merge reads): a lent GPU's "
+                         "$OUT/gpu_check.tgz, so a command stopped at the device's limit still returns the parts done")
     ap.add_argument("--report-only", action="store_true",
                     help="run no part: rewrite OUT/README.md from the records, rows and environment in OUT")
     ap.add_argument("--merge", nargs="+", type=Path, default=[], metavar="TGZ",
@@ -415,8 +461,18 @@ def main(argv: list[str] | None = None) -> int:
     def report() -> None:  # every part recorded so far, this command's and earlier ones'
         (out / "README.md").write_text(summary(out, env, read_parts(out), a.cpu_dry_run, time.perf_counter() - t0,
                                                unstarted), encoding="utf-8")
+        if a.pack:  # and the archive: a command killed at the device's limit still brings this back
+            pack(out, Path(a.pack))
 
-    for p in parts:
+    run_here = cuda and not a.cpu_dry_run
+    for i, p in enumerate(parts):
+        why = p.skip_if() if p.skip_if is not None else None
+        if why:
+            p.status, p.note = "skipped", why
+            print(f"[gpu_check] {p.name}: skipped ({why})", flush=True)
+            record_parts(out, [p])
+            report()
+            continue
         left = None if deadline is None else deadline - time.time()
         if left is not None and left < MIN_PART_S:
             # not recorded: an earlier command's record of this part (if any) stays the truth
@@ -424,10 +480,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[gpu_check] {p.name}: {p.status}", flush=True)
             unstarted.append(p.name)
             continue
-        if left is not None and left < p.timeout_s:
-            p.timeout_s = int(left)  # stopped in time for the command to pack what it has
+        # stopped in time for the command to pack what it has; the grid also takes what earlier parts left
+        later = [q for q in parts[i + 1:] if run_here or not q.cuda_only]
+        p.timeout_s = limit_for(p, later, left)
         print(f"[gpu_check] {p.name} (limit {p.timeout_s} s) ...", flush=True)
-        run_part(p, out / "logs", cuda and not a.cpu_dry_run)
+        run_part(p, out / "logs", run_here)
         print(f"[gpu_check] {p.name}: {p.status} in {p.seconds} s", flush=True)
         record_parts(out, [p])
         report()  # after every part: a command killed later still leaves what finished

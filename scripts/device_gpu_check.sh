@@ -11,9 +11,15 @@ export PYTHONUNBUFFERED=1
 DEST="${GPU_CHECK_DIR:-runs/gpu_check}"
 # every part stops by this deadline, so the archive below is made before the device's command limit (run
 # it with timeout_s 600): a command killed at its limit would bring nothing back. It replaces the check's
-# default 8-minute box (--minutes 0), which would cut the first command's 540 s of parts short
+# default 8-minute box (--minutes 0), which would cut the first command's 540 s of parts short. For a second
+# command, set GPU_CHECK_SECONDS below the device's time left (status: budget_left_s), which may be less
 DEADLINE=$(( $(date +%s) + ${GPU_CHECK_SECONDS:-570} ))
-bash scripts/gpu_check.sh --out "$DEST" --minutes 0 --deadline-at "$DEADLINE" "$@"
+# the archive is also rewritten after every part (--pack): stopped at the device's limit, a command still
+# returns the parts it finished (the device returns what is under $OUT)
+PACK=()
+[ -n "${OUT:-}" ] && PACK=(--pack "$OUT/gpu_check.tgz")
+echo "[device_gpu_check] deadline in ${GPU_CHECK_SECONDS:-570} s (GPU_CHECK_SECONDS)"
+bash scripts/gpu_check.sh --out "$DEST" --minutes 0 --deadline-at "$DEADLINE" ${PACK[@]+"${PACK[@]}"} "$@"
 rc=$?
 if [ -n "${OUT:-}" ] && [ -d "$DEST" ]; then
     tar czf "$OUT/gpu_check.tgz" -C "$DEST" .  # the folder's contents, unpacked by --merge into any --out

@@ -28,15 +28,19 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     parts = gc.plan(tmp_path, tmp_path, dry=False, budget=None, eval_limit=None, cache_dir=tmp_path / "cache")
     names = [p.name for p in parts]
     # issue 14's figures first (a check cut short by its deadline has measured them), the comparisons last
-    assert names == ["cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory", "grid_graphs",
-                     "grid_model_scope", "bench_scan_stages"]
+    assert names == ["cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory", "grid_resume",
+                     "grid_graphs", "grid_model_scope", "bench_scan_stages"]
     assert gc.SPLIT[0] + gc.SPLIT[1] == names  # the two device commands run every part, in that order
     # the first measures every figure issue 14 asks for: a machine lost before the second loses no target
     assert {"cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory"} <= set(gc.SPLIT[0])
     limit = {p.name: p.timeout_s for p in parts}
     for half in gc.SPLIT:  # each, with start-up, under a lent GPU's 10-minute command
         assert sum(limit[n] for n in half) <= 600 - 25
-    assert sum(limit.values()) <= 700  # and both with a machine start within a 15-minute device budget
+    # and both with a machine start within a 15-minute device budget (grid_resume runs only when the first
+    # command's grid ran out of time: then it spends the time the grid lacked)
+    assert sum(v for n, v in limit.items() if n != "grid_resume") <= 700
+    assert [p.name for p in parts if p.elastic] == ["grid", "grid_resume"]  # only the grid grows into slack
+    assert _argv(parts, "grid_resume") == _argv(parts, "grid")  # the same command: it resumes the same grid
     grid = _argv(parts, "grid")
     order = _after(grid, "--mixers").split(",")
     assert order[:2] == ["attention", "mamba"]  # issue 14's speed targets before the rest
@@ -60,7 +64,7 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     assert _after(grid, "--warm-timeout") == str(gc.WARM_S) and gc.WARM_S <= limit["grid"] / 2  # cells keep most
     assert _after(_argv(dry, "grid"), "--warm-compile") == "2"  # the dry run takes the warm-up path too ...
     assert "--compile" in _argv(dry, "grid")  # ... compiled, as on CUDA (on CPU it must be asked for)
-    assert all("--warm-compile" not in p.argv for p in parts + dry if p.name != "grid")
+    assert all("--warm-compile" not in p.argv for p in parts + dry if p.name not in ("grid", "grid_resume"))
     scaling = _after(_argv(parts, "bench_scaling"), "--mixers").split(",")
     assert scaling[0] == "mamba" and sorted(scaling) == sorted(mixers.names())  # its target's rows first
     stages = _argv(parts, "bench_scan_stages")  # both walks, at bench_scaling's width and tokens per step
@@ -452,3 +456,64 @@ def test_the_summary_shows_the_comparisons(tmp_path):
     text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
     assert "## The defaults against their alternatives" in text
     assert "| 3,000,000 against 2,000,000 train tokens/s" in text and "| reduce-overhead: 1.50x" in text
+
+
+def test_the_grid_takes_the_time_earlier_parts_left_and_later_parts_do_not_need():
+    """Under a deadline an elastic part (the grid) may run for what is left after the later parts' limits,
+    when that is more than its own limit; every part is cut to the time left."""
+    grid, later = gc.Part("grid", [], 300, elastic=True), [gc.Part("b", [], 60), gc.Part("c", [], 40)]
+    assert gc.limit_for(grid, later, left=480.0) == 380  # CUDA tests took 30 s of their 100: the grid gets it
+    assert gc.limit_for(grid, later, left=350.0) == 300  # never less than its own limit ...
+    assert gc.limit_for(grid, later, left=200.0) == 200  # ... unless the deadline is nearer
+    assert gc.limit_for(gc.Part("b", [], 60), later, left=480.0) == 60  # not elastic: its own limit
+    assert gc.limit_for(gc.Part("b", [], 60), later, left=20.0) == 20
+    assert gc.limit_for(grid, later, left=None) == 300  # no deadline (the dry run): the limits as planned
+
+
+def test_grid_resume_runs_only_where_the_grid_has_rows_and_a_cell_is_not_ok(tmp_path):
+    import json
+
+    assert "fresh machine" in gc.grid_incomplete(tmp_path)  # no rows: it would start over, so it does not run
+    (tmp_path / "results").mkdir()
+    rows = [{**_grid_row(m, o, 1e6), "key": f"{m}-{o}"} for m in mixers.names() for o in objectives.names()]
+    row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
+    path = tmp_path / "results" / "gpu_check.jsonl"
+
+    def write(rs):
+        path.write_text("".join(json.dumps({**row, **r}) + "\n" for r in rs), encoding="utf-8")
+
+    write(rows)
+    assert gc.grid_incomplete(tmp_path) == "the grid is complete: every cell ok"
+    write(rows[:-1])  # the first command ran out of time before the last cell
+    assert gc.grid_incomplete(tmp_path) is None
+    write(rows + [{**rows[0], "status": "failed", "error": "OutOfMemoryError: x", "metrics": None}])
+    assert gc.grid_incomplete(tmp_path) is None  # a cell whose newest row failed is retried
+
+
+def test_an_elastic_part_outlives_its_own_limit_a_skipped_part_says_why_and_each_part_is_packed(tmp_path, monkeypatch):
+    """The main loop: the grid stand-in needs 3 s with a 1 s limit of its own and finishes, since the parts
+    before it left time; a part whose skip_if gives a reason is recorded as skipped with it; and after the
+    first part the archive already exists (a command stopped later still returns it)."""
+    import sys
+    import tarfile
+    import time
+
+    archive = tmp_path / "OUT" / "gpu_check.tgz"
+    archive.parent.mkdir()
+    probe = f"import os, sys; sys.exit(0 if os.path.exists({str(archive)!r}) else 3)"
+    parts = [gc.Part("cuda_tests", [sys.executable, "-c", ""], 100),
+             gc.Part("grid", [sys.executable, "-c", "import time; time.sleep(3); " + probe], 1, elastic=True),
+             gc.Part("grid_resume", [sys.executable, "-c", "raise SystemExit(5)"], 100, skip_if=lambda: "nothing to do"),
+             gc.Part("bench_scaling", [sys.executable, "-c", ""], 2)]
+    monkeypatch.setattr(gc, "plan", lambda *a, **k: [gc.Part(p.name, p.argv, p.timeout_s, elastic=p.elastic,
+                                                             skip_if=p.skip_if) for p in parts])
+    monkeypatch.setattr(gc, "environment", _env)
+    out = tmp_path / "check"
+    rc = gc.main(["--cpu-dry-run", "--data-dir", str(tmp_path), "--out", str(out), "--pack", str(archive),
+                  "--deadline-at", str(time.time() + 150)])  # the grid may take 150 - 102 (the later limits)
+    recs = {r["name"]: r for r in gc.read_parts(out)}
+    assert recs["grid"]["status"] == "ok", recs["grid"]  # it ran 3 s past its own 1 s limit, and saw the archive
+    assert recs["grid_resume"]["status"] == "skipped" and recs["grid_resume"]["note"] == "nothing to do"
+    assert recs["bench_scaling"]["status"] == "ok" and rc == 0
+    with tarfile.open(archive) as tar:  # the last pack holds every part's record
+        assert {f"./parts/{n}.json" for n in recs} <= set(tar.getnames())
