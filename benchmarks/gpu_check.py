@@ -184,8 +184,8 @@ def grid_incomplete(out: Path) -> str | None:
     from harness import objectives
 
     rows = _rows(out / "results" / "gpu_check.jsonl")
-    if not rows:
-        return "no grid rows here to resume (a fresh machine, or the grid never ran): run `grid`"
+    if not rows and not (out / "results" / "gpu_check.expected.json").is_file():  # (written as a grid starts)
+        return "the grid never started here (a fresh machine?): nothing to resume; run `grid`"
     latest = {(r.get("mixer"), r.get("objective")): r.get("status") for r in rows}
     todo = [f"{m} x {o}" for m in mixers.names() for o in objectives.names() if latest.get((m, o)) != "ok"]
     return None if todo else "the grid is complete: every cell ok"

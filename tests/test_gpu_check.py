@@ -475,6 +475,8 @@ def test_grid_resume_runs_only_where_the_grid_has_rows_and_a_cell_is_not_ok(tmp_
 
     assert "fresh machine" in gc.grid_incomplete(tmp_path)  # no rows: it would start over, so it does not run
     (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "gpu_check.expected.json").write_text("{}", encoding="utf-8")
+    assert gc.grid_incomplete(tmp_path) is None  # the grid started here but was stopped before its first row
     rows = [{**_grid_row(m, o, 1e6), "key": f"{m}-{o}"} for m in mixers.names() for o in objectives.names()]
     row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
     path = tmp_path / "results" / "gpu_check.jsonl"
