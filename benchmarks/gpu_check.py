@@ -13,9 +13,9 @@ minutes (a lent GPU), run it as two commands (`SPLIT`): the first measures every
 (the CUDA tests, the grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second
 resumes the grid if the first ran out of time on that machine (`grid_resume`), then the comparisons (the
 two compile variants, the Triton scan's pipelined walks against unpipelined ones: 160 s). Under a
-deadline the grid also takes the time earlier parts left unused, less the later parts' limits (`limit_for`);
-`--pack` rewrites an archive of the folder after every part. Each part's record is its own file, `OUT/parts/<part>.json`, so two report folders merge by
-unpacking one over the other, also when the second command ran on a fresh machine (a lent
+deadline the grid also takes the time earlier parts left unused, less the later parts' limits
+(`limit_for`); `--pack` rewrites an archive of the folder after every part. Each part's record is its own
+file, `OUT/parts/<part>.json`, so two report folders merge by unpacking one over the other, also when the second command ran on a fresh machine (a lent
 machine goes back after a short idle wait); `--merge A.tgz B.tgz` unpacks the device's archives into
 `--out` and rewrites its README without running anything (`--report-only`: the README alone). What a
 part printed goes to `OUT/logs/<part>.log`; rows go to `OUT/results/`, the grid's report to
@@ -289,8 +289,9 @@ def pack(out: Path, archive: Path) -> None:
     """The report folder's contents as a .tgz that `unpack` (and `--merge`) reads, whole or absent: written
     beside the target, then renamed over it."""
     tmp = archive.with_name(f".{archive.name}.tmp")
+    skip = {archive.resolve(), tmp.resolve()}  # an archive inside the folder is not packed into itself
     with tarfile.open(tmp, "w:gz") as tar:
-        tar.add(out, arcname=".")
+        tar.add(out, arcname=".", filter=lambda m: None if (out / m.name).resolve() in skip else m)
     tmp.replace(archive)
 
 
@@ -464,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.pack:  # and the archive: a command killed at the device's limit still brings this back
             pack(out, Path(a.pack))
 
+    if a.pack:
+        report()  # an archive from the start: a command stopped in its first part returns the environment
     run_here = cuda and not a.cpu_dry_run
     for i, p in enumerate(parts):
         why = p.skip_if() if p.skip_if is not None else None

@@ -495,7 +495,7 @@ def test_grid_resume_runs_only_where_the_grid_has_rows_and_a_cell_is_not_ok(tmp_
 def test_an_elastic_part_outlives_its_own_limit_a_skipped_part_says_why_and_each_part_is_packed(tmp_path, monkeypatch):
     """The main loop: the grid stand-in needs 3 s with a 1 s limit of its own and finishes, since the parts
     before it left time; a part whose skip_if gives a reason is recorded as skipped with it; and after the
-    first part the archive already exists (a command stopped later still returns it)."""
+    first part, indeed before it, the archive already exists (a command stopped later still returns it)."""
     import sys
     import tarfile
     import time
@@ -503,7 +503,7 @@ def test_an_elastic_part_outlives_its_own_limit_a_skipped_part_says_why_and_each
     archive = tmp_path / "OUT" / "gpu_check.tgz"
     archive.parent.mkdir()
     probe = f"import os, sys; sys.exit(0 if os.path.exists({str(archive)!r}) else 3)"
-    parts = [gc.Part("cuda_tests", [sys.executable, "-c", ""], 100),
+    parts = [gc.Part("cuda_tests", [sys.executable, "-c", probe], 100),  # packed before the first part, too
              gc.Part("grid", [sys.executable, "-c", "import time; time.sleep(3); " + probe], 1, elastic=True),
              gc.Part("grid_resume", [sys.executable, "-c", "raise SystemExit(5)"], 100, skip_if=lambda: "nothing to do"),
              gc.Part("bench_scaling", [sys.executable, "-c", ""], 2)]
@@ -514,6 +514,7 @@ def test_an_elastic_part_outlives_its_own_limit_a_skipped_part_says_why_and_each
     rc = gc.main(["--cpu-dry-run", "--data-dir", str(tmp_path), "--out", str(out), "--pack", str(archive),
                   "--deadline-at", str(time.time() + 150)])  # the grid may take 150 - 102 (the later limits)
     recs = {r["name"]: r for r in gc.read_parts(out)}
+    assert recs["cuda_tests"]["status"] == "ok"  # it saw the archive made before it
     assert recs["grid"]["status"] == "ok", recs["grid"]  # it ran 3 s past its own 1 s limit, and saw the archive
     assert recs["grid_resume"]["status"] == "skipped" and recs["grid_resume"]["note"] == "nothing to do"
     assert recs["bench_scaling"]["status"] == "ok" and rc == 0
