@@ -15,12 +15,13 @@ resumes the grid if the first ran out of time on that machine (`grid_resume`), t
 two compile variants, the Triton scan's pipelined walks against unpipelined ones: 160 s). Under a
 deadline the grid also takes the time earlier parts left unused, less the later parts' limits
 (`limit_for`); `--pack` rewrites an archive of the folder after every part. Each part's record is its own
-file, `OUT/parts/<part>.json`, so two report folders merge by unpacking one over the other, also when the second command ran on a fresh machine (a lent
-machine goes back after a short idle wait); `--merge A.tgz B.tgz` unpacks the device's archives into
-`--out` and rewrites its README without running anything (`--report-only`: the README alone). What a
-part printed goes to `OUT/logs/<part>.log`; rows go to `OUT/results/`, the grid's report to
-`OUT/reports/`, and a summary (device, versions, each part's status and time, every cell's status and
-tokens/s) to `OUT/README.md`. With `--commit` the folder is committed to the current git branch at the end.
+file, `OUT/parts/<part>.json`, so two report folders merge by unpacking one over the other, also when the
+second command ran on a fresh machine (a lent machine goes back after a short idle wait); `--merge A.tgz
+B.tgz` unpacks the device's archives into `--out` and rewrites its README without running anything
+(`--report-only`: the README alone). What a part printed goes to `OUT/logs/<part>.log`; rows go to
+`OUT/results/`, the grid's report to `OUT/reports/`, and a summary (issue 14's targets with a verdict each,
+the comparisons' answers, device, versions, each part's status and time, every cell's status and tokens/s)
+to `OUT/README.md`, whose two verdict tables the command also prints last. With `--commit` the folder is committed to the current git branch at the end.
 
 A part that runs out of time is reported as such, with whatever rows it wrote (rerunning the same
 command resumes the grid: finished cells are skipped). Nothing here needs network: the data comes from
