@@ -388,9 +388,11 @@ def verdicts(out: Path, cells: list[tuple[str, dict]], parts: list[dict]) -> lis
     from benchmarks import gpu_targets
 
     by_grid = lambda name: [r for g, r in cells if g == name]  # noqa: E731
+    variants = {"`--compile-mode reduce-overhead`": by_grid("gpu_check_graphs"),
+                "`--compile-scope model`": by_grid("gpu_check_model_scope")}
     targets = gpu_targets.verdicts(by_grid("gpu_check"), by_grid("gpu_check_base"),
                                    _rows(out / "results" / "bench_scaling.jsonl"), parts,
-                                   mixers.names(), objectives.names())
+                                   mixers.names(), objectives.names(), variants)
     stages = out / "results" / STAGES_FILE
     sweep = json.loads(stages.read_text(encoding="utf-8")).get("sweep", []) if stages.is_file() else []
     choices = gpu_targets.comparisons(by_grid("gpu_check"), by_grid("gpu_check_graphs"),

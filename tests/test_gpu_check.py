@@ -456,6 +456,19 @@ def test_the_summary_shows_the_comparisons(tmp_path):
     text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
     assert "## The defaults against their alternatives" in text
     assert "| 3,000,000 against 2,000,000 train tokens/s" in text and "| reduce-overhead: 1.50x" in text
+    assert "on NVIDIA H200; with `--compile-mode reduce-overhead`: 3,000,000 | **met** |" in text  # beside the target
+
+
+def test_the_attention_target_shows_what_a_compile_flag_reached_but_is_decided_by_the_default():
+    """A default that misses the target stays `not met` when CUDA graphs would meet it: the verdict is the
+    default command's, and the figure beside it says which flag to try. CPU or other-preset rows are not shown."""
+    from benchmarks import gpu_targets as gt
+
+    grid = [_grid_row("attention", "autoregressive", 1_500_000)]
+    graphs = [_grid_row("attention", "autoregressive", 2_500_000)]
+    v = gt.attention_speed(grid, {"graphs": graphs, "cpu": [_grid_row("attention", "autoregressive", 9e6, device="cpu: x")],
+                                  "tiny": [_grid_row("attention", "autoregressive", 8e6, preset="tiny")]})
+    assert v.verdict == "not met" and v.measured.endswith("; with graphs: 2,500,000")
 
 
 def test_the_grid_takes_the_time_earlier_parts_left_and_later_parts_do_not_need():
