@@ -38,7 +38,8 @@ import torch
 
 # `available` and TARGET_PROGRAMS (a sequence is cut into chunks when sequences x channel blocks are
 # fewer) are this scan's too
-from mixers._scan_triton import TARGET_PROGRAMS, available, fill_chunk_len, interpreting, triton, tl  # noqa: F401
+from mixers._scan_triton import (OPTIONS, TARGET_PROGRAMS, available, fill_chunk_len, interpreting,  # noqa: F401
+                                 triton, tl)
 
 BLOCK_C = 128  # channels per program: one fp32 state each, one per thread at 4 warps
 MIN_CHUNK = 32  # positions per chunk at the least: shorter walks would spend more on the carry
@@ -139,13 +140,13 @@ def _forward(a: torch.Tensor, b: torch.Tensor, CH: int, stages: int) -> tuple[to
     c = torch.empty_like(b)
     if nC > 1:
         S, P = a.new_empty(Bsz, nC, C), a.new_empty(Bsz, nC, C)
-        fwd[grid](a, b, S, c, S, P, T, C, CH, SUMMARY=True, BC=BLOCK_C, STAGES=stages)
+        fwd[grid](a, b, S, c, S, P, T, C, CH, SUMMARY=True, BC=BLOCK_C, STAGES=stages, **OPTIONS)
         init = torch.empty_like(S)
-        carry[grid[:2]](S, P, init, C, nC, REVERSE=False, BC=BLOCK_C)
+        carry[grid[:2]](S, P, init, C, nC, REVERSE=False, BC=BLOCK_C, **OPTIONS)
     else:
         P = a.new_empty(0)
         init = a.new_zeros(Bsz, 1, C)
-    fwd[grid](a, b, init, c, init, init, T, C, CH, SUMMARY=False, BC=BLOCK_C, STAGES=stages)
+    fwd[grid](a, b, init, c, init, init, T, C, CH, SUMMARY=False, BC=BLOCK_C, STAGES=stages, **OPTIONS)
     return c, P
 
 
@@ -159,12 +160,12 @@ def _backward(a: torch.Tensor, c: torch.Tensor, P: torch.Tensor, gc: torch.Tenso
     da, db = torch.empty_like(a), torch.empty_like(a)
     if nC > 1:  # the adjoint each chunk passes left from zero, then what each chunk receives from the right
         Q = a.new_empty(Bsz, nC, C)
-        bwd[grid](a, gc, c, Q, da, db, Q, T, C, CH, SUMMARY=True, BC=BLOCK_C, STAGES=stages)
+        bwd[grid](a, gc, c, Q, da, db, Q, T, C, CH, SUMMARY=True, BC=BLOCK_C, STAGES=stages, **OPTIONS)
         init = torch.empty_like(Q)
-        carry[grid[:2]](Q, P, init, C, nC, REVERSE=True, BC=BLOCK_C)
+        carry[grid[:2]](Q, P, init, C, nC, REVERSE=True, BC=BLOCK_C, **OPTIONS)
     else:
         init = a.new_zeros(Bsz, 1, C)
-    bwd[grid](a, gc, c, init, da, db, init, T, C, CH, SUMMARY=False, BC=BLOCK_C, STAGES=stages)
+    bwd[grid](a, gc, c, init, da, db, init, T, C, CH, SUMMARY=False, BC=BLOCK_C, STAGES=stages, **OPTIONS)
     return da, db
 
 

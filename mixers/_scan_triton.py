@@ -218,6 +218,10 @@ CKPT = 16
 # `tl.range(num_stages=...)`: the inputs of the next positions load asynchronously while the state
 # advances); 1: each step waits for its own loads
 STAGES = 3
+# compile options of every launch (not constexprs). The walks' dependent chain, h = a h + b, is one fused
+# multiply-add per step; Triton 3.9 warns that its default turns that fusion off in 3.10 (a multiply, then
+# an add: a longer chain per step), so the scans ask for it rather than inherit a default
+OPTIONS = {"enable_fp_fusion": True}
 
 
 def chunk_len(Bsz: int, T: int, Di: int) -> int:
@@ -254,7 +258,7 @@ def _warm(kind: str, kernel, args: tuple, device: torch.device, Di: int, N: int,
     """Launch a chunked-path variant of `kernel` once (its output discarded: args write only scratch)."""
     key = (kind, str(device), Di, N, meta.get("STAGES"))
     if key not in _WARM:
-        kernel[grid](*args, **variant, **meta)
+        kernel[grid](*args, **variant, **meta, **OPTIONS)
         _WARM.add(key)
 
 
@@ -266,7 +270,7 @@ def _carry(decay_sum: torch.Tensor, A: torch.Tensor, S: torch.Tensor, first: tor
     init = torch.empty_like(S)
     carry = _kernels(interpreting())[2]
     carry[(Bsz, triton.cdiv(Di, BLOCK_D))](decay_sum, A, S, first, init, Di, N, nC, REVERSE=reverse,
-                                           **launch_meta(N))
+                                           **launch_meta(N), **OPTIONS)
     return init
 
 
@@ -304,7 +308,8 @@ class TritonScan(torch.autograd.Function):
         out = u.new_empty(Bsz, nC, Di, N)
         dsum = _chunk_sums(delta, CH, nC) if nC > 1 else delta.new_empty(0)  # (B, nC, Di): the carry's decays
         if nC > 1:  # what each chunk adds to a state from zero, then the states entering the chunks
-            fwd[grid](u, delta, A, B, C, out, y, hk, out, T, Di, N, CH, K, KEEP=False, SUMMARY=True, **meta)
+            fwd[grid](u, delta, A, B, C, out, y, hk, out, T, Di, N, CH, K, KEEP=False, SUMMARY=True, **meta,
+                      **OPTIONS)
             init = _carry(dsum, A, out, h0, reverse=False).contiguous()
         else:
             init = h0[:, None].contiguous()
@@ -312,7 +317,8 @@ class TritonScan(torch.autograd.Function):
             _warm("fwd", fwd, (u, delta, A, B, C, scratch, y, hk, scratch, T, Di, N, CH, K, False), u.device, Di, N,
                   meta, grid, SUMMARY=True)
             _warm_carry("carry", A, h0, reverse=False)
-        fwd[grid](u, delta, A, B, C, init, y, hk, out, T, Di, N, CH, K, KEEP=keep, SUMMARY=False, **meta)
+        fwd[grid](u, delta, A, B, C, init, y, hk, out, T, Di, N, CH, K, KEEP=keep, SUMMARY=False, **meta,
+                  **OPTIONS)
         ctx.save_for_backward(u, delta, A, B, C, hk, dsum)
         ctx.CH, ctx.K, ctx.meta = CH, K, meta
         return y, out[:, -1]
@@ -335,7 +341,7 @@ class TritonScan(torch.autograd.Function):
         out = u.new_empty(Bsz, nC, Di, N)
         if nC > 1:  # the adjoint each chunk adds from zero, then the adjoint entering each chunk from the right
             bwd[grid](u, delta, A, B, C, hk, out, gy, out, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
-                      SUMMARY=True, **meta)
+                      SUMMARY=True, **meta, **OPTIONS)
             init = _carry(dsum, A, out, ghT, reverse=True).contiguous()
         else:
             init = ghT[:, None].contiguous()
@@ -345,7 +351,7 @@ class TritonScan(torch.autograd.Function):
             _warm_carry("carry_reverse", A, ghT, reverse=True)
         work = u.new_empty(Bsz, nC, K + 1, Di, N)  # one stretch's states per (sequence, chunk)
         bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
-                  SUMMARY=False, **meta)
+                  SUMMARY=False, **meta, **OPTIONS)
         return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None, None
 
 

@@ -99,9 +99,10 @@ def _ast_source(ASTSource, kernel, consts: dict):
     return ASTSource(fn=kernel, signature=sig, constants={names.index(a): c for a, c in consts.items()})
 
 
-def gpu_compiler(arch: int):
+def gpu_compiler(arch: int, options: dict | None = None):
     """`compile(kernel, constexprs)` -> Triton's compiled kernel for sm_<arch>, made on this machine with
-    Triton's ahead-of-time compiler and the ptxas it ships (no GPU needed); skips where there are none."""
+    Triton's ahead-of-time compiler and the ptxas it ships (no GPU needed); skips where there are none.
+    `options`: the compile options, by default those the scans launch with (`st.OPTIONS`)."""
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
@@ -110,8 +111,9 @@ def gpu_compiler(arch: int):
     ptxas = Path(st.triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not (ptxas.exists() or os.environ.get("TRITON_PTXAS_PATH")):
         pytest.skip("this Triton ships no ptxas")
+    opts = dict(st.OPTIONS if options is None else options)
     return lambda kernel, consts: st.triton.compile(_ast_source(ASTSource, kernel, consts),
-                                                    target=GPUTarget("cuda", arch, 32))
+                                                    target=GPUTarget("cuda", arch, 32), options=opts)
 
 
 @pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
@@ -146,6 +148,51 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
     # and with one stage, each step waits for its own loads: no asynchronous copy at all
     plain = compile(fwd, {**FWD_VARIANTS[1], **st.launch_meta(16), "STAGES": 1})
     assert "cp.async" not in plain.asm["ptx"]
+
+
+@pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
+def test_the_walks_fuse_multiply_and_add_whatever_tritons_default(monkeypatch):
+    """A walk's dependent chain, h = a h + b, is one fused multiply-add per step (`fma.rn.f32` in the PTX).
+    Triton 3.9 warns that its default turns fusion off in 3.10: with that default already off
+    (TRITON_DEFAULT_FP_FUSION=0, read where Triton has it), the scans' compile options keep the FMAs, for
+    Mamba's scan and gated_context's walk alike; without the options they go (where the knob exists)."""
+    import mixers._linear_scan_triton as lst
+
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "0")
+    knob = hasattr(getattr(st.triton, "knobs", None), "language") and \
+        hasattr(st.triton.knobs.language, "default_fp_fusion")
+    walks = [(st._kernels(False)[0], {**FWD_VARIANTS[1], **st.launch_meta(16), "STAGES": st.STAGES}),
+             (lst._kernels(False)[0], {"SUMMARY": False, "BC": lst.BLOCK_C, "STAGES": lst.STAGES})]
+    for kernel, consts in walks:
+        assert "fma.rn.f32" in gpu_compiler(90)(kernel, consts).asm["ptx"], kernel.fn.__name__
+        if knob:  # the control: the default alone (off here) unfuses them, so the options are what keeps them
+            assert "fma.rn.f32" not in gpu_compiler(90, options={})(kernel, consts).asm["ptx"], kernel.fn.__name__
+
+
+def test_every_launch_of_both_scans_asks_for_fused_multiply_add(monkeypatch):
+    """The compile options reach every launch (forward, backward, carry, the first call's warm-ups), for
+    both scans, on single-chunk and chunked rows: counted with the launches stubbed (no Triton run)."""
+    import mixers._linear_scan_triton as lst
+
+    if st.triton is None:
+        pytest.skip("needs Triton")
+    seen = []
+
+    class Stub:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen.append({k: kw.get(k) for k in st.OPTIONS})
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the scans' CPU path (read at each call), never run here
+    monkeypatch.setattr(st, "_kernels", lambda interpret: (Stub(), Stub(), Stub()))
+    monkeypatch.setattr(lst, "_kernels", lambda interpret: (Stub(), Stub(), Stub()))
+    monkeypatch.setattr(st, "_WARM", set())
+    monkeypatch.setattr(lst, "_WARM", set())
+    for chunk in (None, 4):  # one chunk (with the first call's warm-ups), then 3 chunks
+        x = {k: v.requires_grad_() for k, v in scan_inputs(9, seed=1, Di=33).items()}
+        mm.selective_scan_triton(**x, chunk=chunk).sum().backward()
+        a = torch.rand(2, 9, 5, requires_grad=True)
+        lst.linear_scan_triton(a, torch.randn(2, 9, 5, requires_grad=True), chunk=chunk).sum().backward()
+    assert len(seen) >= 20 and all(o == st.OPTIONS for o in seen), seen
 
 
 def _frame_bytes(cubin: bytes) -> int | None:
