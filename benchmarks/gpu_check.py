@@ -21,7 +21,8 @@ B.tgz` unpacks the device's archives into `--out` and rewrites its README withou
 (`--report-only`: the README alone). What a part printed goes to `OUT/logs/<part>.log`; rows go to
 `OUT/results/`, the grid's report to `OUT/reports/`, and a summary (issue 14's targets with a verdict each,
 the comparisons' answers, device, versions, each part's status and time, every cell's status and tokens/s)
-to `OUT/README.md`, whose two verdict tables the command also prints last. With `--commit` the folder is committed to the current git branch at the end.
+to `OUT/README.md`, whose two verdict tables the command also prints last. With `--commit` the folder is
+committed to the current git branch at the end.
 
 A part that runs out of time is reported as such, with whatever rows it wrote (rerunning the same
 command resumes the grid: finished cells are skipped). Nothing here needs network: the data comes from
@@ -43,6 +44,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+
+from benchmarks import gpu_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = {"fugashi": "fugashi", "unidic_lite": "unidic-lite", "pywt": "PyWavelets",
@@ -138,14 +141,14 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
     n_cells = len(order.split(",")) * len(objectives.names())
     warm = ["--warm-compile", str(2 if dry else min(n_cells, max(1, (os.cpu_count() or 2) // 2)))]
     warm += ["--compile"] if dry else ["--warm-timeout", str(WARM_S)]
+    grid_cmd = [*run, "--grid", "gpu_check", "--mixers", order, *grid, *warm, *o]  # `grid`, and `grid_resume`
     return [
         Part("cuda_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
                             "tests/test_loss.py", "tests/test_bench.py", "tests/test_mamba.py", "tests/test_mixers.py",
                             "tests/test_scan_triton.py", "tests/test_linear_scan_triton.py", "tests/test_compile.py"],
              limits["tests"], cuda_only=True),
         # every mixer x objective as the README's default command runs them (compiled on CUDA, --loss auto)
-        Part("grid", [*run, "--grid", "gpu_check", "--mixers", order, *grid, *warm, *o],
-             limits["grid"], elastic=True),
+        Part("grid", grid_cmd, limits["grid"], elastic=True),
         # the base preset's MFU beside the small preset's (issue 14)
         Part("grid_base", [*run, "--grid", "gpu_check_base", *attention_ar, *with_preset(grid, base_preset), *o],
              limits["base"]),
@@ -155,8 +158,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # the second command's first part: the grid again, when the first command's ran out of time on this
         # machine (it resumes: finished cells are skipped). Not on a fresh machine (no rows: it would start over
         # and its partial file would replace a complete one at --merge), nor when every cell is ok
-        Part("grid_resume", [*run, "--grid", "gpu_check", "--mixers", order, *grid, *warm, *o],
-             limits["grid"], elastic=True, skip_if=lambda: grid_incomplete(out)),
+        Part("grid_resume", [*grid_cmd], limits["grid"], elastic=True, skip_if=lambda: grid_incomplete(out)),
         # CUDA graphs (torch.compile mode reduce-overhead, lengths rounded up to 64) against the grid's default
         Part("grid_graphs", [*run, "--grid", "gpu_check_graphs", *attention_ar, "--compile-mode", "reduce-overhead",
                              *grid, *o], limits["graphs"]),
@@ -187,9 +189,9 @@ def grid_incomplete(out: Path) -> str | None:
     rows = _rows(out / "results" / "gpu_check.jsonl")
     if not rows and not (out / "results" / "gpu_check.expected.json").is_file():  # (written as a grid starts)
         return "the grid never started here (a fresh machine?): nothing to resume; run `grid`"
-    latest = {(r.get("mixer"), r.get("objective")): r.get("status") for r in rows}
-    todo = [f"{m} x {o}" for m in mixers.names() for o in objectives.names() if latest.get((m, o)) != "ok"]
-    return None if todo else "the grid is complete: every cell ok"
+    latest = gpu_targets.by_cell(rows)
+    done = all((latest.get((m, o)) or {}).get("status") == "ok" for m in mixers.names() for o in objectives.names())
+    return "the grid is complete: every cell ok" if done else None
 
 
 def limit_for(p: Part, later: list[Part], left: float | None) -> int:
@@ -360,8 +362,7 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             for r in rows:
                 vals = [r.get(k) for k in fields]
                 lines.append("| " + " | ".join(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in vals) + " |")
-    stages = out / "results" / STAGES_FILE
-    sweep = json.loads(stages.read_text(encoding="utf-8")).get("sweep", []) if stages.is_file() else []
+    sweep = _sweep(out)
     if sweep:
         lines += ["", f"## bench_scan_stages (`results/{STAGES_FILE}`): Mamba on the Triton scan, "
                   "pipelined walks (`triton`) or not", "", "| scan | seq_len | batch | ms | tokens_per_s |",
@@ -371,6 +372,12 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             tps = [r["tokens_per_s"] for r in sweep if r["scan"] == v]
             lines.append(f"\n{v}: tokens/s fastest / slowest length = {max(tps) / max(min(tps), 1):.2f}")
     return "\n".join(lines) + "\n"
+
+
+def _sweep(out: Path) -> list[dict]:
+    """bench_scan_stages' rows (its JSON's `sweep`), none when the part has not run."""
+    stages = out / "results" / STAGES_FILE
+    return json.loads(stages.read_text(encoding="utf-8")).get("sweep", []) if stages.is_file() else []
 
 
 def grid_cells(out: Path) -> list[tuple[str, dict]]:
@@ -385,16 +392,13 @@ def verdicts(out: Path, cells: list[tuple[str, dict]], parts: list[dict]) -> lis
     import mixers
     from harness import objectives
 
-    from benchmarks import gpu_targets
-
     by_grid = lambda name: [r for g, r in cells if g == name]  # noqa: E731
     variants = {"`--compile-mode reduce-overhead`": by_grid("gpu_check_graphs"),
                 "`--compile-scope model`": by_grid("gpu_check_model_scope")}
     targets = gpu_targets.verdicts(by_grid("gpu_check"), by_grid("gpu_check_base"),
                                    _rows(out / "results" / "bench_scaling.jsonl"), parts,
                                    mixers.names(), objectives.names(), variants)
-    stages = out / "results" / STAGES_FILE
-    sweep = json.loads(stages.read_text(encoding="utf-8")).get("sweep", []) if stages.is_file() else []
+    sweep = _sweep(out)
     choices = gpu_targets.comparisons(by_grid("gpu_check"), by_grid("gpu_check_graphs"),
                                       by_grid("gpu_check_model_scope"), sweep)
     return ["", "## Issue 14's targets (read off the rows below: `benchmarks/gpu_targets.py`)", "",

@@ -58,6 +58,11 @@ def _latest(rows: Iterable[dict], key) -> dict:
     return out
 
 
+def by_cell(rows: Iterable[dict]) -> dict:
+    """A grid's newest row per (mixer, objective)."""
+    return _latest(rows, lambda r: (r.get("mixer"), r.get("objective")))
+
+
 def _off_gpu(rows: Iterable[dict]) -> str | None:
     """Why rows cannot decide a GPU target (a CPU dry run's: its verdicts say the command works), or None."""
     cpus = sorted({str(r.get("device")) for r in rows if str(r.get("device", "")).startswith("cpu")})
@@ -78,7 +83,7 @@ def grid_cells(rows: list[dict], expected: list[tuple[str, str]]) -> Verdict:
     target = "every cell of the default grid ends `ok`"
     if not rows:
         return Verdict(target, "no grid rows", NOT_MEASURED)
-    cells = _latest(rows, lambda r: (r.get("mixer"), r.get("objective")))
+    cells = by_cell(rows)
     bad = [f"{m} x {o} ({cells[(m, o)].get('status')}: {(cells[(m, o)].get('error') or '')[:60]})"
            for m, o in expected if (m, o) in cells and cells[(m, o)].get("status") != "ok"]
     missing = [f"{m} x {o}" for m, o in expected if (m, o) not in cells]
@@ -107,7 +112,7 @@ def cuda_tests(parts: list[dict]) -> Verdict:
 
 def _small(rows: list[dict]) -> tuple[dict, str | None]:
     """The grid's cells by (mixer, objective), and why the speed targets cannot be read off them (None: they can)."""
-    cells = _latest(rows, lambda r: (r.get("mixer"), r.get("objective")))
+    cells = by_cell(rows)
     presets = sorted({str(r.get("preset")) for r in cells.values()})
     if cells and presets != [TARGET_PRESET]:
         return cells, f"the grid ran preset {', '.join(presets)}; the target is the {TARGET_PRESET} preset's"
@@ -132,7 +137,7 @@ def attention_speed(rows: list[dict], variants: dict[str, list[dict]] | None = N
     if diff is not None and _tps(diff) is not None:
         measured += f"; diffusion {_tps(diff):,.0f}"
     for name, vrows in (variants or {}).items():
-        v = _cell(_latest(vrows, lambda r: (r.get("mixer"), r.get("objective"))), "attention", "autoregressive")
+        v = _cell(by_cell(vrows), "attention", "autoregressive")
         if v is not None and _tps(v) is not None and v.get("preset") == TARGET_PRESET and not _off_gpu([v]):
             measured += f"; with {name}: {_tps(v):,.0f}"
     return Verdict(target, measured, MET if tps >= ATTENTION_TOKENS_PER_S else NOT_MET)
@@ -140,11 +145,12 @@ def attention_speed(rows: list[dict], variants: dict[str, list[dict]] | None = N
 
 def base_mfu(rows: list[dict]) -> Verdict:
     target = "the base preset's MFU, reported beside the small one's (`grid_base`)"
-    row = _cell(_latest(rows, lambda r: (r.get("mixer"), r.get("objective"))), "attention", "autoregressive")
+    row = _cell(by_cell(rows), "attention", "autoregressive")
     if row is None or _tps(row) is None:
         return Verdict(target, "no ok base-preset row", NOT_MEASURED)
-    if _off_gpu([row]):
-        return Verdict(target, f"{_tps(row):,.0f} tokens/s; {_off_gpu([row])}", NOT_MEASURED)
+    cpu = _off_gpu([row])
+    if cpu:
+        return Verdict(target, f"{_tps(row):,.0f} tokens/s; {cpu}", NOT_MEASURED)
     mfu = (row.get("metrics") or {}).get("mfu")
     if not isinstance(mfu, (int, float)):  # a device without a known peak (harness/flops.py)
         return Verdict(target, f"{_tps(row):,.0f} tokens/s; no MFU (no peak FLOP/s known for {row.get('device')})",
@@ -185,8 +191,9 @@ def mamba_flat(scaling_rows: list[dict]) -> Verdict:
            and r.get("status") == "ok" and isinstance(r.get("tokens_per_s"), (int, float))}
     if lo not in tps:
         return Verdict(target, f"no ok row at L = {lo:,}", NOT_MEASURED)
-    if _off_gpu(rows.values()):
-        return Verdict(target, _off_gpu(rows.values()), NOT_MEASURED)
+    cpu = _off_gpu(rows.values())
+    if cpu:
+        return Verdict(target, cpu, NOT_MEASURED)
     rel = {L: tps[L] / tps[lo] for L in sorted(tps)}
     backend = rows[lo].get("backend", "?")
     measured = ", ".join(f"{L:,}: {rel[L]:.2f}x" for L in rel) + f" (L = {lo:,}: {tps[lo]:,.0f} tokens/s, {backend})"
@@ -240,20 +247,22 @@ def _faster(default: float, alternative: float, default_name: str, alt_name: str
 
 def _grid_speed(grid: list[dict], other: list[dict], question: str, default_name: str, alt_name: str) -> Comparison:
     """attention x autoregressive's train tokens/s in the default grid against a variant grid's."""
-    key = lambda r: (r.get("mixer"), r.get("objective"))  # noqa: E731
-    a, b = (_cell(_latest(rows, key), "attention", "autoregressive") for rows in (grid, other))
+    a, b = (_cell(by_cell(rows), "attention", "autoregressive") for rows in (grid, other))
     if a is None or b is None or _tps(a) is None or _tps(b) is None:
         return Comparison(question, "no ok attention x autoregressive row in both grids", NOT_MEASURED)
     warm = lambda r: (r.get("train") or {}).get("warm_seconds")  # noqa: E731
+    cached = " (the default warmed from the cache)" if (a.get("train") or {}).get("compile_warmed") else ""
     measured = (f"{_tps(b):,.0f} against {_tps(a):,.0f} train tokens/s; warm-up (compiling) {warm(b)} s against "
-                f"{warm(a)} s{' (the default warmed from the cache)' if (a.get('train') or {}).get('compile_warmed') else ''}")
-    if _off_gpu([a, b]):
-        return Comparison(question, f"{measured}; {_off_gpu([a, b])}", NOT_MEASURED)
+                f"{warm(a)} s{cached}")
+    cpu = _off_gpu([a, b])
+    if cpu:
+        return Comparison(question, f"{measured}; {cpu}", NOT_MEASURED)
     return Comparison(question, measured, _faster(_tps(a), _tps(b), default_name, alt_name))
 
 
 def scan_stages(sweep: list[dict]) -> Comparison:
-    question = "Mamba's Triton walks software-pipelined (`triton`, the default) or not (`--mixer-opt mamba.triton_stages=1`)?"
+    question = ("Mamba's Triton walks software-pipelined (`triton`, the default) or not "
+                "(`--mixer-opt mamba.triton_stages=1`)?")
     ms = {(r.get("scan"), r.get("length")): r.get("ms") for r in sweep if isinstance(r.get("ms"), (int, float))}
     lengths = sorted({L for v, L in ms if v == "triton" and ("triton_unpipelined", L) in ms})
     if not lengths:
