@@ -23,20 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "1"  # before mixers._scan_triton reads it: the scan's CPU path
+import torch
 
-import torch  # noqa: E402
-
-import mixers._scan_triton as st  # noqa: E402
-import mixers.mamba as mm  # noqa: E402
-from benchmarks.common import peak_memory  # noqa: E402
-from benchmarks.scan_eager_calls import _NoLaunch  # noqa: E402
-from core.env import device_name, git_commit, versions  # noqa: E402
-from core.presets import get_preset  # noqa: E402
+import mixers._scan_triton as st
+import mixers.mamba as mm
+from benchmarks.common import peak_memory, stub_triton_launches
+from core.env import device_name, git_commit, versions
+from core.presets import get_preset
 
 # the presets' token budget per step, as many short rows or as few long ones (the mixer-alone sweep's ends)
 SHAPES = ((32, 512), (2, 8192))
@@ -80,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="", help="write the rows and what measured them to this .json file")
     argv = sys.argv[1:] if argv is None else argv
     a = p.parse_args(argv)
-    st._kernels = lambda interpret: (_NoLaunch(), _NoLaunch(), _NoLaunch())
+    stub_triton_launches()  # the scan's CPU path, its launches no-ops: allocations as on a GPU
     meta = {"device": device_name("cpu"), "versions": versions(), "commit": git_commit(),
             "command": " ".join(["python -m benchmarks.scan_memory", *argv]), "unit": "bytes, one layer and direction"}
     rows = []

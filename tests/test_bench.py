@@ -103,3 +103,30 @@ def test_cce_uses_less_memory_than_plain_on_cuda(tmp_path):
     assert rows["cce"]["loss"] == pytest.approx(rows["plain"]["loss"], rel=1e-2)  # bf16 hidden states
     assert rows["cce"]["peak_mem_bytes"] < rows["plain"]["peak_mem_bytes"] / 4
     assert rows["plain"]["mem_measure"].startswith("cuda")
+
+
+def test_scan_memory_bench_runs_and_counts_the_states_the_forward_keeps(tmp_path, monkeypatch):
+    """benchmarks.scan_memory (the README's Mamba memory table) on stubbed launches: the states it reports
+    kept for the backward are one (Di, N) state per stretch of CKPT positions of every chunk. Its import
+    of the stub broke once when the stub moved (benchmarks.common); this runs the command."""
+    import json
+
+    st = pytest.importorskip("mixers._scan_triton")
+    if st.triton is None:
+        pytest.skip("needs Triton")
+    import mixers._linear_scan_triton as lst
+    from benchmarks import scan_memory
+
+    # the stub replaces the kernels and selects Triton's CPU path: restored after the test
+    monkeypatch.setattr(st, "_kernels", st._kernels)
+    monkeypatch.setattr(lst, "_kernels", lst._kernels)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    out = tmp_path / "m.json"
+    scan_memory.main(["--presets", "tiny", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["rows"], r["length"]) for r in rows] == list(scan_memory.SHAPES)
+    for r in rows:
+        ch = st.chunk_len(r["rows"], r["length"], r["d_inner"])
+        stretches = -(-r["length"] // ch) * -(-ch // st.CKPT)
+        assert r["saved_states_bytes"] == r["rows"] * stretches * r["d_inner"] * r["d_state"] * 4, r
+        assert r["saved_bytes"] > r["saved_states_bytes"] and r["peak_bytes"] > 0
