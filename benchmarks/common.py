@@ -151,20 +151,21 @@ def rebuild_reports(out_root) -> None:
         print(f"report: {path}")
 
 
-class _NoLaunch:
-    """A Triton kernel whose launch does nothing but record its grid: `kernel[grid](*args)` returns at once."""
+class NoLaunch:
+    """A Triton kernel whose launch does nothing but record (grid, keyword arguments) in `launches`:
+    `kernel[grid](*args, **kw)` returns at once."""
 
     def __init__(self, launches: list):
         self.launches = launches
 
     def __getitem__(self, grid):
-        return lambda *args, **kw: self.launches.append(grid)
+        return lambda *args, **kw: self.launches.append((grid, kw))
 
 
 def stub_triton_launches() -> list:
     """Count, on CPU, the PyTorch calls a GPU would issue around our Triton kernels (Mamba's scan,
-    gated_context's walk): the kernels' launches become no-ops that record their grid in the returned
-    list, and the kernels' CPU path (Triton's interpreter) is chosen, so the mixers' `scan=triton` runs.
+    gated_context's walk): the kernels' launches become no-ops that record theirs in the returned
+    list (`NoLaunch`), and the kernels' CPU path (Triton's interpreter) is chosen, so the mixers' `scan=triton` runs.
     The outputs are garbage; the counts do not depend on them. Running the kernels in the interpreter
     instead would add its own argument copies (tens of calls per launch) to the count."""
     import os
@@ -174,6 +175,6 @@ def stub_triton_launches() -> list:
 
     os.environ["TRITON_INTERPRET"] = "1"  # read at each call (`available`), not at import
     launches: list = []
-    stub = _NoLaunch(launches)
+    stub = NoLaunch(launches)
     st._kernels = lst._kernels = lambda interpret: (stub, stub, stub)
     return launches

@@ -150,13 +150,10 @@ def test_the_walk_issues_as_many_operator_calls_and_launches_at_any_length(monke
     interpreter, whose own argument copies would count as calls too)."""
     from torch.profiler import ProfilerActivity, profile
 
+    from benchmarks.common import NoLaunch
+
     launches = []
-
-    class Stub:
-        def __getitem__(self, grid):
-            return lambda *args, **kw: launches.append(grid)
-
-    monkeypatch.setattr(lst, "_kernels", lambda interpret: (Stub(), Stub(), Stub()))
+    monkeypatch.setattr(lst, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
     monkeypatch.setattr(lst, "available", lambda device: True)
     lst.linear_scan_triton(*_inputs(4, seed=0, Bsz=2))  # the first call's compile launches, not counted
 

@@ -176,15 +176,12 @@ def test_every_launch_of_both_scans_asks_for_fused_multiply_add(monkeypatch):
 
     if st.triton is None:
         pytest.skip("needs Triton")
-    seen = []
+    from benchmarks.common import NoLaunch
 
-    class Stub:
-        def __getitem__(self, grid):
-            return lambda *args, **kw: seen.append({k: kw.get(k) for k in st.OPTIONS})
-
+    launches = []
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the scans' CPU path (read at each call), never run here
-    monkeypatch.setattr(st, "_kernels", lambda interpret: (Stub(), Stub(), Stub()))
-    monkeypatch.setattr(lst, "_kernels", lambda interpret: (Stub(), Stub(), Stub()))
+    monkeypatch.setattr(st, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
+    monkeypatch.setattr(lst, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
     monkeypatch.setattr(st, "_WARM", set())
     monkeypatch.setattr(lst, "_WARM", set())
     for chunk in (None, 4):  # one chunk (with the first call's warm-ups), then 3 chunks
@@ -192,6 +189,7 @@ def test_every_launch_of_both_scans_asks_for_fused_multiply_add(monkeypatch):
         mm.selective_scan_triton(**x, chunk=chunk).sum().backward()
         a = torch.rand(2, 9, 5, requires_grad=True)
         lst.linear_scan_triton(a, torch.randn(2, 9, 5, requires_grad=True), chunk=chunk).sum().backward()
+    seen = [{k: kw.get(k) for k in st.OPTIONS} for _, kw in launches]
     assert len(seen) >= 20 and all(o == st.OPTIONS for o in seen), seen
 
 
