@@ -341,6 +341,13 @@ def _verdicts(grid, base, scaling, parts) -> list:
     return [v.verdict for v in gpu_targets.verdicts(grid, base, scaling, parts, mixers.names(), OBJECTIVES)]
 
 
+def _judged(change) -> list[str]:
+    """The verdicts of the meeting rows after `change(grid, base, scaling, parts)` edits them in place."""
+    rows = _meeting_rows()  # fresh rows each call
+    change(*rows)
+    return _verdicts(*rows)
+
+
 def test_rows_that_meet_issue_14s_targets_are_reported_met():
     """Every target at its bound is met: 12 cells ok, the CUDA tests ok, attention at 2,000,000 tokens/s,
     the base preset's MFU, Mamba at 0.5x attention in both objectives, Mamba alone within 0.70-1.30x."""
@@ -348,51 +355,36 @@ def test_rows_that_meet_issue_14s_targets_are_reported_met():
 
 
 def test_each_target_missed_is_reported_not_met():
-    import copy
-
-    def missed(change) -> list[str]:
-        rows = copy.deepcopy(_meeting_rows())
-        change(*rows)
-        return _verdicts(*rows)
-
     def slow(grid, mixer, objective, tps):
         next(r for r in grid if r["mixer"] == mixer and r["objective"] == objective)["metrics"]["tokens_per_s"] = tps
 
     # a failed cell, resumed and then ok, is ok: the newest row of a cell counts
-    assert missed(lambda g, b, s, p: g.insert(0, _grid_row("wave_wavelet", "diffusion", None, status="failed",
-                                                            error="OutOfMemoryError: x"))) == ["met"] * 6
-    assert missed(lambda g, b, s, p: g.append(_grid_row("wave_wavelet", "diffusion", None, status="failed",
-                                                         error="OutOfMemoryError: x")))[0] == "not met"
-    assert missed(lambda g, b, s, p: p[0].update(status="failed (exit 1)"))[1] == "not met"
-    assert missed(lambda g, b, s, p: slow(g, "attention", "autoregressive", 1_999_999))[2] == "not met"
+    oom = _grid_row("wave_wavelet", "diffusion", None, status="failed", error="OutOfMemoryError: x")
+    assert _judged(lambda g, b, s, p: g.insert(0, oom)) == ["met"] * 6
+    assert _judged(lambda g, b, s, p: g.append(oom))[0] == "not met"
+    assert _judged(lambda g, b, s, p: p[0].update(status="failed (exit 1)"))[1] == "not met"
+    assert _judged(lambda g, b, s, p: slow(g, "attention", "autoregressive", 1_999_999))[2] == "not met"
     # Mamba at 0.4999x attention in one objective only (attention's diffusion speed is not the target's)
-    assert missed(lambda g, b, s, p: slow(g, "mamba", "diffusion", 999_999)) == ["met"] * 4 + ["not met", "met"]
-    assert missed(lambda g, b, s, p: s.append({**s[3], "tokens_per_s": 0.69e6}))[5] == "not met"  # L = 2048, newest
-    assert missed(lambda g, b, s, p: s.append({**s[1], "tokens_per_s": 1.31e6}))[5] == "not met"  # faster counts too
+    assert _judged(lambda g, b, s, p: slow(g, "mamba", "diffusion", 999_999)) == ["met"] * 4 + ["not met", "met"]
+    assert _judged(lambda g, b, s, p: s.append({**s[3], "tokens_per_s": 0.69e6}))[5] == "not met"  # L = 2048, newest
+    assert _judged(lambda g, b, s, p: s.append({**s[1], "tokens_per_s": 1.31e6}))[5] == "not met"  # faster counts too
 
 
 def test_a_target_the_rows_cannot_decide_is_reported_not_measured():
     """Missing rows, a CPU dry run, a preset other than the target's, Mamba on mamba-ssm: never `met`."""
-    import copy
-
-    def undecided(change) -> list[str]:
-        rows = copy.deepcopy(_meeting_rows())
-        change(*rows)
-        return _verdicts(*rows)
-
     assert _verdicts([], [], [], []) == ["not measured"] * 6
     # a grid cut short by its time limit: no row for the last cell (and Mamba alone stopped before 8,192)
-    assert undecided(lambda g, b, s, p: g.pop())[0] == "not measured"
-    assert undecided(lambda g, b, s, p: s.pop(5))[5] == "not measured"
-    assert undecided(lambda g, b, s, p: p[0].update(status="skipped"))[1] == "not measured"
+    assert _judged(lambda g, b, s, p: g.pop())[0] == "not measured"
+    assert _judged(lambda g, b, s, p: s.pop(5))[5] == "not measured"
+    assert _judged(lambda g, b, s, p: p[0].update(status="skipped"))[1] == "not measured"
     # the CPU dry run's rows: every figure target undecided (its cells ok say the command works)
     cpu = "cpu: AMD EPYC (2 threads)"
-    assert undecided(lambda g, b, s, p: [r.update(device=cpu) for r in g + b + s]) == \
+    assert _judged(lambda g, b, s, p: [r.update(device=cpu) for r in g + b + s]) == \
         ["not measured", "met", "not measured", "not measured", "not measured", "not measured"]
-    assert undecided(lambda g, b, s, p: [r.update(preset="tiny") for r in g])[2::2] == ["not measured"] * 2
-    assert undecided(lambda g, b, s, p: [r["backend"].update(mixer=["mamba_ssm"]) for r in g
-                                         if r["mixer"] == "mamba"])[4] == "not measured"
-    assert undecided(lambda g, b, s, p: b[0]["metrics"].update(mfu=None))[3] == "not measured"  # no known peak
+    assert _judged(lambda g, b, s, p: [r.update(preset="tiny") for r in g])[2::2] == ["not measured"] * 2
+    assert _judged(lambda g, b, s, p: [r["backend"].update(mixer=["mamba_ssm"]) for r in g
+                                       if r["mixer"] == "mamba"])[4] == "not measured"
+    assert _judged(lambda g, b, s, p: b[0]["metrics"].update(mfu=None))[3] == "not measured"  # no known peak
 
 
 def test_the_summary_opens_with_the_targets_verdicts(tmp_path):
