@@ -1,0 +1,192 @@
+"""The README stays true to the code: every command it shows parses, with every flag it shows, and names
+mixers, objectives, tasks, presets, options and GPU-check parts that exist; every file and test it cites
+exists.
+
+Why: a researcher copies the README's commands rather than reading the code, and the README has some
+sixty of them, most of which no test runs (they train for minutes or need a GPU). A renamed flag or part
+would leave them failing at a user's first try. It happened once: session 28 moved a class, and
+`python -m benchmarks.scan_memory` failed with ImportError until a review found it. Here each command's
+module is imported and its `main` runs up to the end of argument parsing (argparse is stopped there),
+then the names it would look up are looked up.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import harness.objectives as objectives
+import mixers
+import tasks
+from benchmarks import gpu_check
+from core.presets import PRESETS
+from core.registry import parse_kv, scoped_opts
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+# the entry points a command may name, and the module whose `main(argv)` parses its arguments
+_START = re.compile(r"(python -m [\w.]+|python run_matrix\.py|bash scripts/(?:device_)?gpu_check\.sh)(?=\s|$)(.*)")
+_MODULE = {"python run_matrix.py": "run_matrix", "python -m reports": "reports.__main__",
+           "bash scripts/gpu_check.sh": "benchmarks.gpu_check", "bash scripts/device_gpu_check.sh": "benchmarks.gpu_check"}
+# paths the README names that a run creates (outputs, the example mixer file), or prefixes of a family
+_NOT_IN_TREE = ("gpu_check/", "mixers/my_mixer.py", "reports/jsquad-offline_tiny_tokens-20000",
+                "results/jsquad-offline_tiny_tokens-20000", "results/bench_")
+
+
+def readme_commands(text: str) -> list[str]:
+    """Every command the README shows, in fenced blocks (continuations joined, shell variables assigned in
+    a block substituted) and in inline code spans (which may wrap lines), its trailing comment cut."""
+    text = text.replace("\\\n", " ")
+    lines: list[str] = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+        assigned = dict(re.findall(r'^([A-Z]\w*)="([^"]*)"\s*$', block, re.M))
+        for line in block.splitlines():
+            for name, value in assigned.items():
+                line = line.replace(f"${name}", value)
+            lines.append(line)
+    prose = re.sub(r"```[a-z]*\n.*?```", "", text, flags=re.S)
+    lines += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
+    # a --mixer-opt / --task-opt / --objective-opt in prose is run_matrix's: its option must exist
+    lines += [f"python run_matrix.py {span}" for span in lines if re.fullmatch(r"--(mixer|task|objective)-opt \S+", span)]
+    found = []
+    for line in lines:
+        m = _START.search(line.split(" #")[0])
+        if m:
+            found.append(" ".join((m.group(1) + m.group(2)).split()))
+    return sorted(set(found))
+
+
+def variants(command: str) -> list[list[str]] | None:
+    """The argv lists a command stands for: `...` (the flags shown before) dropped, `[--flag X]` (optional)
+    kept as `--flag X`, and `a|b` (a choice) expanded into one argv each. None for a template (`KEY=VALUE`,
+    `eval_limit=N`): nothing to parse."""
+    if re.search(r"=[A-Z]+\b", command):
+        return None
+    words = [w for w in shlex.split(command.replace("[", " ").replace("]", " ")) if w != "..."]
+    return [list(w) for w in itertools.product(*[word.split("|") for word in words])]
+
+
+class _Parsed(Exception):
+    def __init__(self, namespace: argparse.Namespace):
+        self.namespace = namespace
+
+
+def parsed(argv: list[str], monkeypatch) -> tuple[str, argparse.Namespace]:
+    """(module, namespace) of one command's argv, by running its module's `main` up to its argparse. A command
+    with no arguments may be prose naming a tool whose real use needs some (`--data-dir`): its module's
+    `--help` must work (an empty namespace then)."""
+    head = " ".join(argv[:3] if argv[:2] == ["python", "-m"] else argv[:2])
+    module = _MODULE.get(head, head.removeprefix("python -m "))
+    rest = argv[3:] if argv[:2] == ["python", "-m"] else argv[2:]
+    original = argparse.ArgumentParser.parse_args
+
+    def stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    try:
+        importlib.import_module(module).main(rest or ["--help"])
+    except _Parsed as p:
+        return module, p.namespace
+    except SystemExit as e:
+        if rest or e.code not in (0, None):
+            raise
+        return module, argparse.Namespace()
+    finally:
+        monkeypatch.undo()
+    raise AssertionError(f"{module}.main returned without parsing its arguments")
+
+
+def names_in(value) -> list[str]:
+    return [v for v in (value.split(",") if isinstance(value, str) else value or []) if v]
+
+
+def check_names(module: str, ns: argparse.Namespace) -> None:
+    """Look up what the parsed arguments name; raises as the command would, a little later."""
+    selected = {}
+    for attr, registry in (("mixers", mixers), ("objectives", objectives)):
+        chosen = [n for n in names_in(getattr(ns, attr, None)) if n != "all"]
+        for n in chosen:
+            registry.get(n)
+        selected[attr] = chosen or registry.names()
+    if getattr(ns, "mixer_opt", None):
+        scoped_opts(ns.mixer_opt, "--mixer-opt", selected["mixers"], mixers.REGISTRY)
+    if getattr(ns, "objective_opt", None):
+        scoped_opts(ns.objective_opt, "--objective-opt", selected["objectives"], objectives.REGISTRY)
+    task = getattr(ns, "task", None)
+    if isinstance(task, str):
+        tasks.REGISTRY.make_options(task, parse_kv(getattr(ns, "task_opt", None), "--task-opt"))
+    preset = getattr(ns, "preset", None)
+    if isinstance(preset, str) and preset:  # '' (a benchmark's own default) names none
+        assert preset in PRESETS, f"no preset {preset!r}"
+    if module == "benchmarks.gpu_check":
+        unknown = set(names_in(ns.parts)) - set(gpu_check.SPLIT[0] + gpu_check.SPLIT[1])
+        assert not unknown, f"no GPU-check part(s) {sorted(unknown)}"
+
+
+def test_every_command_in_the_readme_parses_and_names_what_exists(monkeypatch, capsys):
+    commands = readme_commands(README.read_text(encoding="utf-8"))
+    checked, failures = 0, []
+    for command in commands:
+        if command.startswith(("python -m pip", "python -m pytest")):
+            continue  # not ours; the tests they name are checked below
+        for argv in variants(command) or []:
+            try:
+                check_names(*parsed(argv, monkeypatch))
+                checked += 1
+            except (SystemExit, Exception) as e:  # argparse exits 2 on a bad flag (its message on stderr)
+                why = capsys.readouterr().err.strip().splitlines()[-1:] if isinstance(e, SystemExit) else [e]
+                failures.append(f"{shlex.join(argv)}\n    -> {type(e).__name__}: {why[0] if why else e}")
+    assert not failures, "README commands that fail:\n" + "\n".join(failures)
+    # the extraction itself: the first screen's commands and the device procedure's are among those checked
+    assert checked >= 40, checked
+    for must in ("python run_matrix.py --data-dir ../shared/data/jsquad-v1.3 --quick",
+                 "python run_matrix.py --mixer-opt mamba.use_mamba_ssm=false",
+                 "bash scripts/device_gpu_check.sh --parts " + ",".join(gpu_check.SPLIT[1]),
+                 "python -m benchmarks.scan_memory --out results/bench_scan_memory_cpu.json"):
+        assert must in commands, must
+
+
+def test_the_readmes_two_device_commands_run_every_gpu_check_part_in_order():
+    """The device procedure is the README's two `device_gpu_check.sh --parts` commands: a part the plan
+    gains but the README does not name would never run on a lent GPU."""
+    device = [c for c in readme_commands(README.read_text(encoding="utf-8"))
+              if c.startswith("bash scripts/device_gpu_check.sh --parts")]
+    assert [names_in(c.split("--parts ", 1)[1].split()[0]) for c in device] == [list(h) for h in gpu_check.SPLIT]
+
+
+def test_every_file_and_test_the_readme_cites_exists():
+    text = README.read_text(encoding="utf-8")
+    missing = []
+    for m in re.finditer(r"(?<![\w/.])((?:core|mixers|tasks|harness|reports|benchmarks|results|tests|scripts)"
+                         r"/[\w./-]*\w)(::\w+)?", text):
+        path, test = m.group(1), (m.group(2) or "")[2:]
+        if path.startswith(_NOT_IN_TREE):
+            continue
+        if not (ROOT / path).exists() or (test and f"def {test}(" not in (ROOT / path).read_text(encoding="utf-8")):
+            missing.append(m.group(0))
+    sources = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("*.py"))
+    missing += [n for n in sorted(set(re.findall(r"\b(test_\w+)\b", text)))
+                if f"def {n}(" not in sources and not (ROOT / "tests" / f"{n}.py").exists()]
+    assert not missing, f"the README cites what is not in the tree: {missing}"
+
+
+@pytest.mark.parametrize("command, why", [
+    ("python -m benchmarks.scaling --lenghts 256", "a misspelt flag"),
+    ("python run_matrix.py --mixers attention,mambo", "an unknown mixer"),
+    ("python run_matrix.py --mixer-opt mamba.d_state=sixteen", "an option value of the wrong type"),
+    ("python run_matrix.py --task-opt eval_limt=5", "an unknown task option"),
+    ("bash scripts/device_gpu_check.sh --parts grid,grid_tests", "an unknown GPU-check part"),
+    ("python -m benchmarks.compile_times --scope model|block", "one bad alternative of a choice"),
+])
+def test_a_command_the_code_would_reject_is_caught(command, why, monkeypatch):
+    """The check can fail: each of these is wrong in one way the README could drift into."""
+    with pytest.raises((SystemExit, Exception)):
+        for argv in variants(command):
+            check_names(*parsed(argv, monkeypatch))
