@@ -66,8 +66,9 @@ def _kernels(interpret: bool):
     The forward and the backward walk one chunk of CH positions of one sequence for BD channels: program
     (b, channel block, chunk), in stretches of K positions (a shorter last one; positions past T are
     not walked). With SUMMARY the walk starts from zero and stores only what the chunk does to a
-    state passing through it (the forward: the state it adds, S; the backward: the adjoint it adds, Q);
-    otherwise it starts from the state carried in (`init`, from the carry kernel) and stores the outputs.
+    state passing through it (the forward: the state it adds, S; the backward: the adjoint it adds, Q),
+    except in the one chunk whose summary no carry reads (the last forward, the first backward), which it
+    does not walk; otherwise it starts from the state carried in (`init`, from the carry kernel) and stores the outputs.
 
     With KEEP the forward stores the state entering each stretch (`hk`, (B, nC · nK, Di, N)); the
     backward's walk recomputes a stretch's states from it into its scratch `work` and reads them back in
@@ -97,7 +98,10 @@ def _kernels(interpret: bool):
             h = tl.load(init_ptr + state, mask=m2, other=0.0)
         # the chunk's positions before T; STAGES > 1: the loads of the next positions are in flight (cp.async)
         # while the state advances, which it cannot do before its inputs arrive
-        for i in tl.range(0, tl.maximum(tl.minimum(CH, T - c * CH), 0), num_stages=STAGES):
+        steps = tl.maximum(tl.minimum(CH, T - c * CH), 0)
+        if SUMMARY:  # no carry reads what the last chunk adds (the state after it is the walk's): not walked
+            steps = tl.where(c == nC - 1, 0, steps)
+        for i in tl.range(0, steps, num_stages=STAGES):
             t = c * CH + i
             if KEEP:  # the state entering each stretch of K: the backward recomputes the stretch's from it
                 if i % K == 0:
@@ -138,6 +142,8 @@ def _kernels(interpret: bool):
             j = nK - 1 - jj
             t0 = c * CH + j * K
             L = tl.maximum(tl.minimum(tl.minimum(K, CH - j * K), T - t0), 0)
+            if SUMMARY:  # no carry reads what chunk 0 passes left (the adjoint before it is the walk's): not walked
+                L = tl.where(c == 0, 0, L)
             if not SUMMARY:  # recompute the stretch's states from the one the forward stored before it
                 h = tl.load(hk_ptr + ((b * nC + c) * nK + j) * Di * N + dn, mask=m2 & (dn * 0 + t0 < T), other=0.0)
                 tl.store(work, h, mask=m2)

@@ -248,6 +248,34 @@ def test_interp_the_backward_keeps_one_state_per_stretch_not_every_state(interpr
     assert states == [(2, stretches, 40, 5)], saved
 
 
+@pytest.mark.parametrize("T,chunk", [(19, 8), (8, 4), (64, 16)])
+def test_interp_the_summary_walks_skip_the_chunk_no_carry_reads(interpreter, monkeypatch, T, chunk):
+    """The carry over the chunks' summaries never uses what the last chunk adds to a state (forward) nor what
+    the first passes left (backward): the state after the last chunk and dL/dh0 come from the walks from the
+    true states. Those two summaries are therefore not walked, which at two chunks (the mixer-alone sweep's
+    L = 512) halves each summary pass's work; every other summary must be the chunk's true one."""
+    x = scan_inputs(T, seed=3, Bsz=2, Di=40, N=5)
+    seen = []
+    carry = st._carry
+
+    def spy(decay_sum, A, S, first, reverse):
+        seen.append((reverse, S.clone()))
+        return carry(decay_sum, A, S, first, reverse)
+
+    monkeypatch.setattr(st, "_carry", spy)
+    grads = _grads(mm.selective_scan_triton, x, chunk=chunk)
+    (forward, S), (backward, Q) = seen
+    nC = -(-T // chunk)
+    assert (forward, backward, S.shape[1], Q.shape[1]) == (False, True, nC, nC)
+    assert not S[:, -1].any() and not Q[:, 0].any()  # the two summaries no carry reads: not walked
+    for c in range(nC - 1):  # what chunk c adds to a state from zero: the reference scan over it alone
+        part = {k: x[k][:, c * chunk:(c + 1) * chunk] for k in ("u", "delta", "B", "C")}
+        _, h = mm.selective_scan_reference(**part, A=x["A"], return_last_state=True)
+        torch.testing.assert_close(S[:, c], h, rtol=1e-5, atol=1e-5)
+        assert Q[:, c + 1].abs().amin() > 0  # every chunk after the first passes an adjoint left
+    _assert_grads_close(grads, _grads(mm.selective_scan_reference, x), f"T={T} chunk={chunk}")
+
+
 def test_long_sequences_are_cut_into_chunks_that_fill_the_gpu():
     if st.triton is None:
         pytest.skip("Triton is not installed")
