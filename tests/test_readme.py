@@ -25,7 +25,7 @@ import mixers
 import tasks
 from benchmarks import gpu_check
 from core.presets import PRESETS
-from core.registry import parse_kv, scoped_opts
+from core.registry import UnknownNameError, parse_kv, scoped_opts
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -177,16 +177,16 @@ def test_every_file_and_test_the_readme_cites_exists():
     assert not missing, f"the README cites what is not in the tree: {missing}"
 
 
-@pytest.mark.parametrize("command, why", [
-    ("python -m benchmarks.scaling --lenghts 256", "a misspelt flag"),
-    ("python run_matrix.py --mixers attention,mambo", "an unknown mixer"),
-    ("python run_matrix.py --mixer-opt mamba.d_state=sixteen", "an option value of the wrong type"),
-    ("python run_matrix.py --task-opt eval_limt=5", "an unknown task option"),
-    ("bash scripts/device_gpu_check.sh --parts grid,grid_tests", "an unknown GPU-check part"),
-    ("python -m benchmarks.compile_times --scope model|block", "one bad alternative of a choice"),
+@pytest.mark.parametrize("command, error, why", [
+    ("python -m benchmarks.scaling --lenghts 256", SystemExit, "a misspelt flag"),
+    ("python run_matrix.py --mixers attention,mambo", UnknownNameError, "an unknown mixer"),
+    ("python run_matrix.py --mixer-opt mamba.d_state=sixteen", ValueError, "an option value of the wrong type"),
+    ("python run_matrix.py --task-opt eval_limt=5", ValueError, "an unknown task option"),
+    ("bash scripts/device_gpu_check.sh --parts grid,grid_tests", AssertionError, "an unknown GPU-check part"),
+    ("python -m benchmarks.compile_times --scope model|block", SystemExit, "one bad alternative of a choice"),
 ])
-def test_a_command_the_code_would_reject_is_caught(command, why, monkeypatch):
+def test_a_command_the_code_would_reject_is_caught(command, error, why, monkeypatch):
     """The check can fail: each of these is wrong in one way the README could drift into."""
-    with pytest.raises((SystemExit, Exception)):
+    with pytest.raises(error):
         for argv in variants(command):
             check_names(*parsed(argv, monkeypatch))
