@@ -161,6 +161,15 @@ def test_the_readmes_two_device_commands_run_every_gpu_check_part_in_order():
     assert [names_in(c.split("--parts ", 1)[1].split()[0]) for c in device] == [list(h) for h in gpu_check.SPLIT]
 
 
+def test_ci_runs_the_set_up_and_test_commands_of_the_readmes_first_screen():
+    """CI must prove what a researcher runs first: `.ci/run` runs exactly the README's first two commands."""
+    first = re.search(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S).group(1)
+    shown = [line.split(" #")[0].strip() for line in first.splitlines() if line.strip()]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line.startswith("python ")]
+    assert ci == shown[:2] and shown[1] == "python -m pytest -q", (ci, shown)
+
+
 def test_every_file_and_test_the_readme_cites_exists():
     text = README.read_text(encoding="utf-8")
     missing = []
