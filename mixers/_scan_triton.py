@@ -67,8 +67,9 @@ def _kernels(interpret: bool):
     (b, channel block, chunk), in stretches of K positions (a shorter last one; positions past T are
     not walked). With SUMMARY the walk starts from zero and stores only what the chunk does to a
     state passing through it (the forward: the state it adds, S; the backward: the adjoint it adds, Q),
-    except in the one chunk whose summary no carry reads (the last forward, the first backward), which it
-    does not walk; otherwise it starts from the state carried in (`init`, from the carry kernel) and stores the outputs.
+    except in the one chunk whose summary no carry reads (the last forward, the first backward), which
+    it does not walk; otherwise it starts from the state carried in (`init`, from the carry kernel) and
+    stores the outputs.
 
     With KEEP the forward stores the state entering each stretch (`hk`, (B, nC · nK, Di, N)); the
     backward's walk recomputes a stretch's states from it into its scratch `work` and reads them back in

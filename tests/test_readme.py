@@ -33,7 +33,8 @@ README = ROOT / "README.md"
 # the entry points a command may name, and the module whose `main(argv)` parses its arguments
 _START = re.compile(r"(python -m [\w.]+|python run_matrix\.py|bash scripts/(?:device_)?gpu_check\.sh)(?=\s|$)(.*)")
 _MODULE = {"python run_matrix.py": "run_matrix", "python -m reports": "reports.__main__",
-           "bash scripts/gpu_check.sh": "benchmarks.gpu_check", "bash scripts/device_gpu_check.sh": "benchmarks.gpu_check"}
+           "bash scripts/gpu_check.sh": "benchmarks.gpu_check",
+           "bash scripts/device_gpu_check.sh": "benchmarks.gpu_check"}
 # paths the README names that a run creates (outputs, the example mixer file), or prefixes of a family
 _NOT_IN_TREE = ("gpu_check/", "mixers/my_mixer.py", "reports/jsquad-offline_tiny_tokens-20000",
                 "results/jsquad-offline_tiny_tokens-20000", "results/bench_")
@@ -53,7 +54,8 @@ def readme_commands(text: str) -> list[str]:
     prose = re.sub(r"```[a-z]*\n.*?```", "", text, flags=re.S)
     lines += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
     # a --mixer-opt / --task-opt / --objective-opt in prose is run_matrix's: its option must exist
-    lines += [f"python run_matrix.py {span}" for span in lines if re.fullmatch(r"--(mixer|task|objective)-opt \S+", span)]
+    lines += [f"python run_matrix.py {span}" for span in lines
+              if re.fullmatch(r"--(mixer|task|objective)-opt \S+", span)]
     found = []
     for line in lines:
         m = _START.search(line.split(" #")[0])
