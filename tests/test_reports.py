@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +264,21 @@ def test_report_lists_expected_but_missing_cells_and_ties_and_gpu_speeds(tmp_pat
     assert rows["attention"]["ppl"] == "9.00"
     assert rows["mamba"]["train tok/s"] == "**7,000**"  # measured on a GPU: bold
     assert "state floats at T=158" in head
+
+
+def test_the_committed_reports_are_what_the_report_code_makes_of_the_committed_rows(tmp_path):
+    """The README links the committed reports as the project's results; they must not go stale when the report
+    code changes (rebuild them with `python -m reports`, which reads the rows only). Every committed report's
+    markdown is rebuilt from a copy of results/ and compared; the figures are not (PNG bytes vary with
+    matplotlib). Reports of a reader's own local runs, untracked, are not the project's: left out."""
+    tracked = subprocess.run(["git", "ls-files", "reports/*/README.md"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout: which reports are committed is unknown")
+    committed = [Path(line).relative_to("reports") for line in tracked.stdout.split()]
+    shutil.copytree(ROOT / "results", tmp_path / "results")
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    def text(root: Path, p: Path) -> str | None:
+        return (root / "reports" / p).read_text(encoding="utf-8") if (root / "reports" / p).is_file() else None
+
+    stale = [str(p) for p in committed if text(tmp_path, p) is None or text(tmp_path, p) != text(ROOT, p)]
+    assert len(committed) >= 4 and not stale, f"stale committed reports (run `python -m reports`): {stale}"
