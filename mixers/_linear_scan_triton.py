@@ -14,9 +14,9 @@ backward, whatever T.
 
 Chunks: a walk is sequential in T, so when a step holds few long sequences, (sequences x channel
 blocks) alone would leave most of a GPU idle. A sequence is then cut into chunks walked in parallel:
-each chunk first from zero (SUMMARY: the state it adds, S, and the product of its decays, P), then a
-short walk over the chunks gives the state entering each (`carry`), and a second walk from that state
-writes the outputs. The backward is the same recurrence run backwards (the adjoint of a linear
+each chunk first from zero (SUMMARY: the state it adds, S, and the product of its decays, P; all but the
+last chunk, whose summary no carry reads), then a short walk over the chunks gives the state entering each
+(`carry`), and a second walk from that state writes the outputs. The backward is the same recurrence run backwards (the adjoint of a linear
 recurrence):
 
     g_t = dL/dc_t + a_{t+1} g_{t+1},    dL/db_t = g_t,    dL/da_t = g_t c_{t-1}
@@ -67,7 +67,10 @@ def _kernels(interpret: bool):
             p = tl.full((BC,), 1.0, dtype=tl.float32)
         else:
             h = tl.load(init_ptr + slot, mask=m, other=0.0)
-        for i in tl.range(0, tl.maximum(tl.minimum(CH, T - k * CH), 0), num_stages=STAGES):
+        steps = tl.maximum(tl.minimum(CH, T - k * CH), 0)
+        if SUMMARY:  # no carry reads what the last chunk adds (the walk from its true state writes c): not walked
+            steps = tl.where(k == tl.num_programs(2) - 1, 0, steps)
+        for i in tl.range(0, steps, num_stages=STAGES):
             off = (b * T + k * CH + i) * C + ch
             at = tl.load(a_ptr + off, mask=m, other=1.0)
             h = at * h + tl.load(b_ptr + off, mask=m, other=0.0)
@@ -93,7 +96,10 @@ def _kernels(interpret: bool):
         else:
             r = tl.load(init_ptr + slot, mask=m, other=0.0)
         L = tl.maximum(tl.minimum(CH, T - k * CH), 0)
-        for i in tl.range(0, L, num_stages=STAGES):
+        steps = L
+        if SUMMARY:  # no carry reads what chunk 0 passes left (the walk from its true adjoint writes da, db)
+            steps = tl.where(k == 0, 0, L)
+        for i in tl.range(0, steps, num_stages=STAGES):
             t = k * CH + L - 1 - i  # from the chunk's last position
             off = (b * T + t) * C + ch
             g = tl.load(gc_ptr + off, mask=m, other=0.0) + r  # g_t
@@ -108,7 +114,9 @@ def _kernels(interpret: bool):
     @triton.jit(do_not_specialize=["nC"])
     def carry(S_ptr, P_ptr, init_ptr, C, nC, REVERSE: tl.constexpr, BC: tl.constexpr):
         """The state entering each chunk: chunk k maps a state h passing through it to P_k h + S_k.
-        Forward from the first chunk (which gets 0); REVERSE (the adjoint) from the last."""
+        Forward from the first chunk (which gets 0); REVERSE (the adjoint) from the last. The chunk met last
+        (the last forward, the first in REVERSE) is read only into the h after the last store: its summary
+        walk is skipped and leaves S = 0 (and P = 1 forward), finite, so that h stays finite."""
         b = tl.program_id(0).to(tl.int64)
         ch = tl.program_id(1) * BC + tl.arange(0, BC)
         m = ch < C
