@@ -10,6 +10,7 @@ import torch
 import mixers
 from benchmarks import loss_memory as blm
 from benchmarks import scaling as bs
+from core.registry import UnknownNameError
 from core.results import read_rows
 from reports.load import check_row
 
@@ -62,7 +63,7 @@ def test_scaling_cli_and_default_lengths(tmp_path):
     assert bs.main(["--out", str(tmp_path), "--mixers", "attention", "--lengths", "8,16", "--d-model", "32",
                     "--reps", "1"]) == 0
     assert [r["seq_len"] for r in read_rows(tmp_path / "results" / bs.RESULTS_NAME)] == [8, 16]
-    with pytest.raises(Exception, match="unknown mixer"):
+    with pytest.raises(UnknownNameError, match="^unknown mixer 'nope'"):
         bs.main(["--out", str(tmp_path), "--mixers", "nope"])
 
 

@@ -1,6 +1,8 @@
 """The per-cell learning-rate sweep: choice, cost in the row, caching, and the report's sections."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import run_matrix
@@ -47,8 +49,10 @@ def test_rates_parse_and_auto_follows_the_preset():
     assert lr_sweep.auto_rates(1e-3) == [3e-4, 1e-3, 3e-3]
     assert lr_sweep.auto_rates(6e-4) == [3e-4, 1e-3, 3e-3]
     assert lr_sweep.parse_rates("3e-4, 1e-3,1e-3", 1e-3) == [3e-4, 1e-3]
-    for bad in ("fast", "0", "-1e-3", ""):
-        with pytest.raises(ValueError):
+    for bad, says in (("fast", "takes comma-separated learning rates or 'auto', got 'fast'"),
+                      ("0", "must be positive numbers, got '0'"), ("-1e-3", "must be positive numbers, got '-1e-3'"),
+                      ("", "must be positive numbers, got ''")):
+        with pytest.raises(ValueError, match=f"^--lr-sweep.*{re.escape(says)}"):
             lr_sweep.parse_rates(bad, 1e-3)
 
 
@@ -88,13 +92,23 @@ def test_grid_with_sweep_trains_the_best_rate_and_reports_it(offline_dir, tmp_pa
     assert len(cell_rows(read_rows(out / "results" / "t.jsonl"))) == 2
 
 
-def test_lr_flags_are_checked():
+def test_lr_flags_are_checked(monkeypatch):
+    monkeypatch.delenv("WAVEBENCH_LR", raising=False)
     p = run_matrix.parser()
-    assert run_matrix.lr_choice(p.parse_args(["--preset", "tiny", "--lr", "preset"])) == (0.0, None)
-    assert run_matrix.lr_choice(p.parse_args(["--preset", "tiny", "--lr", "2e-3"])) == (2e-3, None)
-    lr, spec = run_matrix.lr_choice(p.parse_args(["--preset", "tiny", "--lr", "auto", "--lr-sweep-frac", "0.1"]))
+
+    def choice(*argv):  # as main() does: the defaults filled in first (--lr unset: DEFAULT_LR)
+        args = p.parse_args(["--preset", "tiny", *argv])
+        run_matrix.apply_defaults(args)
+        return run_matrix.lr_choice(args)
+
+    assert choice("--lr", "preset") == (0.0, None)
+    assert choice("--lr", "2e-3") == (2e-3, None)
+    lr, spec = choice("--lr", "auto", "--lr-sweep-frac", "0.1")
     assert lr == 0.0 and spec == {"rates": "auto", "frac": 0.1}  # resolved per cell, around its own rate
-    for bad in (["--lr", "2e-3", "--lr-sweep", "1e-3"], ["--lr", "fast"],
-                ["--lr-sweep", "auto", "--lr-sweep-frac", "2"]):
-        with pytest.raises(ValueError):
-            run_matrix.lr_choice(p.parse_args(["--preset", "tiny", *bad]))
+    assert choice("--lr-sweep", "1e-3,3e-3")[1]["rates"] == [1e-3, 3e-3]  # the default --lr sweeps too
+    for bad, says in ((["--lr", "2e-3", "--lr-sweep", "1e-3"], "--lr 2e-3 fixes the rate; it cannot be combined"),
+                      (["--lr", "fast"], "--lr takes a number, 'preset' or 'auto', got 'fast'"),
+                      (["--lr", "-1"], "--lr must be positive, got '-1'"),
+                      (["--lr-sweep", "auto", "--lr-sweep-frac", "2"], "--lr-sweep-frac must be in (0, 1], got 2.0")):
+        with pytest.raises(ValueError, match=f"^{re.escape(says)}"):
+            choice(*bad)

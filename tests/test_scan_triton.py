@@ -32,7 +32,7 @@ INTERP = st.triton is not None and st.interpreting()
 
 @pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton; the suite itself runs once")
 def test_the_interpreter_suite():
-    run_interpreter_suite(Path(__file__), min_passed=16)
+    run_interpreter_suite(Path(__file__), min_passed=29)
 
 
 def run_interpreter_suite(test_file: Path, min_passed: int) -> None:
@@ -481,8 +481,8 @@ def test_mamba_lm_trains_on_the_triton_scan_on_cuda_under_bf16_autocast():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         h = model(ids)
     h.float().square().mean().backward()
-    assert set(model.backends().values()) == {"triton_scan"} if isinstance(model.backends(), dict) else True
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.backends() == ["triton_scan"], model.backends()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_interp_the_mixer_hands_its_pipeline_stages_to_the_scan(interpreter, monkeypatch):
