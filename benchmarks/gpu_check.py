@@ -12,7 +12,8 @@ parts run in order of importance, each cut to the time left. Where one command m
 minutes (a lent GPU), run it as two commands (`SPLIT`): the first measures every target of issue 14
 (the CUDA tests, the grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second
 resumes the grid if the first ran out of time on that machine (`grid_resume`), then the comparisons (the
-two compile variants, the Triton scan's pipelined walks against unpipelined ones: 160 s). Under a
+two compile variants, the Triton scan's pipelined walks against unpipelined ones and its chunking
+target against a lower one: 160 s). Under a
 deadline the grid also takes the time earlier parts left unused, less the later parts' limits
 (`limit_for`); `--pack` rewrites an archive of the folder after every part. Each part's record is its own
 file, `OUT/parts/<part>.json`, so two report folders merge by unpacking one over the other, also when the
@@ -166,9 +167,11 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         Part("grid_model_scope", [*run, "--grid", "gpu_check_model_scope", *attention_ar, "--compile-scope", "model",
                                   *grid, *o], limits["scope"]),
         # Mamba on the Triton scan with software-pipelined walks (the default) against walks that wait for each
-        # step's loads, interleaved, at bench_scaling's shapes: which to keep is the GPU's call
+        # step's loads, and rows cut into chunks until ~1,024 programs (the default) against ~256, interleaved,
+        # at bench_scaling's shapes: which to keep is the GPU's call
         Part("bench_scan_stages", [py, "-m", "benchmarks.mamba_scan", "--parts", "sweep", "--sweep-scans",
-                                   "triton,triton_unpipelined", "--scan-alone", "0", "--d-model", "256",
+                                   "triton,triton_unpipelined,triton_programs_256", "--scan-alone", "0",
+                                   "--d-model", "256",
                                    "--tokens", "16384", "--max-length", "8192", "--repeats", "5",
                                    "--out", str(out / "results" / STAGES_FILE)], limits["stages"], cuda_only=True),
     ]
@@ -365,7 +368,7 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
     sweep = _sweep(out)
     if sweep:
         lines += ["", f"## bench_scan_stages (`results/{STAGES_FILE}`): Mamba on the Triton scan, "
-                  "pipelined walks (`triton`) or not", "", "| scan | seq_len | batch | ms | tokens_per_s |",
+                  "pipelined walks (`triton`) or not, and chunked for ~1,024 programs (`triton`) or ~256", "", "| scan | seq_len | batch | ms | tokens_per_s |",
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| {r['scan']} | {r['length']} | {r['batch']} | {r['ms']} | {r['tokens_per_s']:,} |" for r in sweep]
         for v in dict.fromkeys(r["scan"] for r in sweep):

@@ -274,14 +274,36 @@ def scan_stages(sweep: list[dict]) -> Comparison:
                       _faster(1.0, 1.0 / gmean, "pipelined", "unpipelined"))  # speeds: 1 / ms
 
 
+def scan_chunking(sweep: list[dict]) -> Comparison:
+    """The Triton scan cut into chunks until ~1,024 programs (`triton`) or ~256 (`triton_programs_256`). Up to
+    T = 1,024 at bench_scaling's shapes the second does not chunk at all, from 2,048 it cuts a quarter as
+    many chunks: fewer summary walks against fewer programs to fill the GPU. The lengths where both ran
+    decide by their geometric mean; the spread of each over the lengths (the flatness target) is shown."""
+    question = ("Mamba's Triton scan: rows cut into chunks until ~1,024 programs (`triton`, the default) or "
+                "~256 (`--mixer-opt mamba.triton_programs=256`)?")
+    ms = {(r.get("scan"), r.get("length")): r.get("ms") for r in sweep if isinstance(r.get("ms"), (int, float))}
+    lengths = sorted({L for v, L in ms if v == "triton" and ("triton_programs_256", L) in ms})
+    if not lengths:
+        return Comparison(question, "no length timed with both", NOT_MEASURED)
+    ratios = [ms[("triton_programs_256", L)] / ms[("triton", L)] for L in lengths]  # > 1: the default faster
+    gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    spread = lambda v: max(ms[(v, L)] for L in lengths) / min(ms[(v, L)] for L in lengths)  # noqa: E731  ms = 1 / speed
+    measured = ("256 / 1,024 programs, ms: " + ", ".join(f"{L:,}: {r:.2f}" for L, r in zip(lengths, ratios))
+                + f" (geometric mean {gmean:.2f}); slowest / fastest length: 1,024 {spread('triton'):.2f}, "
+                f"256 {spread('triton_programs_256'):.2f}")
+    return Comparison(question, measured, _faster(1.0, 1.0 / gmean, "1,024 programs", "256 programs"))
+
+
 def comparisons(grid: list[dict], graphs: list[dict], model_scope: list[dict], sweep: list[dict]) -> list[Comparison]:
-    """The check's second command: CUDA graphs, the whole-model compile scope, the walks' pipelining."""
+    """The check's second command: CUDA graphs, the whole-model compile scope, the walks' pipelining, the
+    scan's chunking."""
     return [
         _grid_speed(grid, graphs, "CUDA graphs (`--compile-mode reduce-overhead`) or the default compile mode?",
                     "the default compile mode", "reduce-overhead"),
         _grid_speed(grid, model_scope, "each block compiled (the default) or the whole LM (`--compile-scope model`)?",
                     "each block", "the whole LM"),
         scan_stages(sweep),
+        scan_chunking(sweep),
     ]
 
 

@@ -15,8 +15,9 @@ Two measurements, each on the mixer alone (causal, no embedding / MLP / loss), f
   8192). `parallel_scan_alone` times `selective_scan_parallel` by itself at the mixer's shapes
   (d_inner = 2 d_model, d_state 16): on CPU, PyTorch's depthwise-conv backward (oneDNN) takes
   seconds at some shapes, erratically, which the mixer rows include and the scan rows do not.
-  `--sweep-scans` takes any of `SCANS`: on CUDA, `triton,triton_unpipelined --scan-alone 0` sets the
-  Triton scan's software-pipelined walks (the default) against walks that wait for each step's loads.
+  `--sweep-scans` takes any of `SCANS`: on CUDA, `triton,triton_unpipelined,triton_programs_256
+  --scan-alone 0` sets the Triton scan's software-pipelined walks (the default) against walks that wait
+  for each step's loads, and its chunking until about 1,024 programs (the default) against 256.
 
 Timing: one untimed warm-up call per (variant, length, mode) (allocations, oneDNN primitive
 creation: the first depthwise-conv backward on CPU takes seconds), then `--repeats` rounds in which
@@ -48,6 +49,9 @@ SCANS = {  # variant -> mixer options ("triton*" only where its kernels run: CUD
     # the Triton scan with each step waiting for its own loads, against the default pipelined walks (the GPU
     # check's bench_scan_stages: `--parts sweep --sweep-scans triton,triton_unpipelined`)
     "triton_unpipelined": {"scan": "triton", "triton_stages": 1},
+    # rows cut into chunks only until about 256 programs, not 1,024: fewer chunks (none up to T = 1,024 at
+    # bench_scaling's 16,384 tokens, d_model 256), so less of the summary walk, against a busier GPU
+    "triton_programs_256": {"scan": "triton", "triton_programs": 256},
 }
 
 

@@ -231,19 +231,21 @@ STAGES = 3
 OPTIONS = {"enable_fp_fusion": True}
 
 
-def chunk_len(Bsz: int, T: int, Di: int) -> int:
+def chunk_len(Bsz: int, T: int, Di: int, target: int | None = None) -> int:
     """Positions per chunk: the whole sequence when the sequences and channel blocks alone give about
-    TARGET_PROGRAMS programs, else cut so they do (never below MIN_CHUNK positions). Chunking costs one
-    more walk (the summary pass), but keeps a GPU busy when a step holds few long sequences, so the
-    time per token stays flat in T at a fixed number of tokens per step."""
-    return fill_chunk_len(Bsz * triton.cdiv(Di, BLOCK_D), T, MIN_CHUNK)
+    `target` programs (None: TARGET_PROGRAMS), else cut so they do (never below MIN_CHUNK positions).
+    Chunking costs one more walk (the summary pass), but keeps a GPU busy when a step holds few long
+    sequences, so the time per token stays flat in T at a fixed number of tokens per step. Where the
+    balance lies (how many resident programs a GPU needs to be busy) is the GPU's to say: Mamba's
+    `triton_programs` option sets `target`, and the GPU check times 256 against the default."""
+    return fill_chunk_len(Bsz * triton.cdiv(Di, BLOCK_D), T, MIN_CHUNK, target)
 
 
-def fill_chunk_len(programs: int, T: int, min_chunk: int) -> int:
+def fill_chunk_len(programs: int, T: int, min_chunk: int, target: int | None = None) -> int:
     """Positions per chunk when a walk over whole rows would launch `programs` programs (rows x channel
-    blocks): the whole row when that is about TARGET_PROGRAMS, else cut into enough chunks for about
-    TARGET_PROGRAMS, never shorter than `min_chunk` positions. Shared with gated_context's walk."""
-    n_chunks = max(1, min(T // min_chunk, triton.cdiv(TARGET_PROGRAMS, programs)))
+    blocks): the whole row when that is about `target` (None: TARGET_PROGRAMS), else cut into enough
+    chunks for about `target`, never shorter than `min_chunk` positions. Shared with gated_context's walk."""
+    n_chunks = max(1, min(T // min_chunk, triton.cdiv(target or TARGET_PROGRAMS, programs)))
     return triton.cdiv(T, n_chunks)
 
 

@@ -377,12 +377,13 @@ def selective_scan_triton(
     chunk: int | None = None,
     ckpt: int | None = None,
     stages: int | None = None,
+    programs: int | None = None,
 ):
     """The same function as `selective_scan_reference` as Triton kernels (mixers/_scan_triton.py):
     one walk over the sequence each way, the state in registers; long sequences in chunks of `chunk`
-    positions (None: enough chunks to fill the GPU); for the backward the forward keeps the state
-    every `ckpt` positions (None: 16); `stages`: the walks' software-pipeline stages (None: `STAGES` there;
-    1: none). CUDA (or Triton's interpreter) only.
+    positions (None: enough chunks for about `programs` programs, None: `TARGET_PROGRAMS` there); for
+    the backward the forward keeps the state every `ckpt` positions (None: 16); `stages`: the walks'
+    software-pipeline stages (None: `STAGES` there; 1: none). CUDA (or Triton's interpreter) only.
     Runs eagerly inside a compiled model, like the PyTorch scans (a custom kernel is opaque to tracing)."""
     if not _scan_triton.available(u.device):
         raise RuntimeError("the triton scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=parallel")
@@ -392,7 +393,8 @@ def selective_scan_triton(
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else f32(h0)
         if u.shape[1] == 0:
             y, h = u.new_zeros(u.shape), h0
-        else:
+        else:  # the chunk length from the shapes here, eagerly: traced, it would guard on (specialise to) T
+            chunk = chunk or _scan_triton.chunk_len(*u.shape, programs)
             y, h = _scan_triton.TritonScan.apply(u, delta, A, B, C, h0, chunk, ckpt, stages)
         y = _finish(y, u, D, z)
     return (y, h) if return_last_state else y
@@ -481,7 +483,8 @@ class SSMDirection(nn.Module):
                 # inside the scan's graph break, where each would be an eager launch
                 f32 = lambda t: t.float().contiguous()  # noqa: E731
                 u = f32(xc)
-                y = selective_scan_triton(u, f32(delta), A, f32(Bm), f32(Cm), stages=self.opts.triton_stages)
+                y = selective_scan_triton(u, f32(delta), A, f32(Bm), f32(Cm), stages=self.opts.triton_stages,
+                                         programs=self.opts.triton_programs)
                 return _finish(y, u, self.D.float(), z.float())
             o = self.opts
             kw = {"parallel": dict(max_block_elems=o.scan_block_elems, keep_states=not o.checkpoint_chunks),
@@ -580,6 +583,9 @@ class Mamba(Mixer):
         chunk_size: int = 64  # chunked scan: positions per parallel chunk
         checkpoint_chunks: bool = True  # PyTorch scans: recompute states in backward (bounded memory)
         triton_stages: int = _scan_triton.STAGES  # triton scan: software-pipeline stages of its walks (1: none)
+        # triton scan: rows are cut into chunks until (rows x channel blocks x chunks) reaches about this many
+        # programs; fewer: fewer chunks, so less of the extra summary walk, and less to keep the GPU busy
+        triton_programs: int = _scan_triton.TARGET_PROGRAMS
         use_mamba_ssm: bool = True  # use the mamba-ssm kernels when they can run
 
     def __init__(self, d_model: int, causal: bool, opts=None, proj_norm: bool = False):
@@ -587,7 +593,8 @@ class Mamba(Mixer):
         o = self.opts
         if o.scan not in ("auto", *SCANS):
             raise ValueError(f"mamba: scan must be one of auto, {', '.join(SCANS)}, got {o.scan!r}")
-        if min(o.d_state, o.d_conv, o.expand, o.chunk_size, o.scan_block_elems, o.triton_stages) < 1 or o.dt_rank < 0:
+        if min(o.d_state, o.d_conv, o.expand, o.chunk_size, o.scan_block_elems, o.triton_stages,
+               o.triton_programs) < 1 or o.dt_rank < 0:
             raise ValueError(f"mamba: sizes must be positive, got {o}")
         self.d_inner = o.expand * d_model
         self.dt_rank = o.dt_rank or math.ceil(d_model / 16)

@@ -67,8 +67,8 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     assert all("--warm-compile" not in p.argv for p in parts + dry if p.name not in ("grid", "grid_resume"))
     scaling = _after(_argv(parts, "bench_scaling"), "--mixers").split(",")
     assert scaling[0] == "mamba" and sorted(scaling) == sorted(mixers.names())  # its target's rows first
-    stages = _argv(parts, "bench_scan_stages")  # both walks, at bench_scaling's width and tokens per step
-    assert _after(stages, "--sweep-scans") == "triton,triton_unpipelined"
+    stages = _argv(parts, "bench_scan_stages")  # both walks, both chunking targets, at bench_scaling's shapes
+    assert _after(stages, "--sweep-scans") == "triton,triton_unpipelined,triton_programs_256"
     assert _after(stages, "--d-model") == "256" and _after(stages, "--tokens") == "16384"
     assert _after(stages, "--out") == str(tmp_path / "results" / gc.STAGES_FILE)
 
@@ -435,6 +435,21 @@ def test_the_comparisons_name_the_faster_choice_beyond_a_margin():
                    ("triton_unpipelined", 8192): 12.0, ("triton", 1024): 1.0}).startswith("pipelined (the default): 2.19x")
     assert stages({("triton", 256): 8.0, ("triton_unpipelined", 256): 4.0}).startswith("unpipelined: 2.00x")
     assert stages({("triton", 256): 8.0}) == "not measured"
+
+    def chunking(ms: dict) -> tuple[str, str]:
+        sweep = [{"scan": v, "length": L, "ms": t} for (v, L), t in ms.items()]
+        c = gt.comparisons([], [], [], sweep)[3]
+        return c.answer, c.measured
+
+    # 256 programs: 0.8x and 0.5x the default's ms (faster by their geometric mean, 1.58x) and flatter
+    answer, measured = chunking({("triton", 256): 4.0, ("triton_programs_256", 256): 3.2, ("triton", 8192): 8.0,
+                                 ("triton_programs_256", 8192): 4.0, ("triton_unpipelined", 512): 1.0})
+    assert answer.startswith("256 programs: 1.58x the default's speed"), answer
+    assert "256: 0.80, 8,192: 0.50" in measured and "1,024 2.00, 256 1.25" in measured, measured
+    assert chunking({("triton", 256): 4.0, ("triton_programs_256", 256): 4.1})[0].startswith("within 5%")
+    assert chunking({("triton", 256): 4.0, ("triton_programs_256", 256): 6.0})[0].startswith(
+        "1,024 programs (the default): 1.50x")
+    assert chunking({("triton", 256): 4.0, ("triton_unpipelined", 256): 6.0})[0] == "not measured"
 
 
 def test_the_summary_shows_the_comparisons(tmp_path):

@@ -359,8 +359,9 @@ def test_dt_rank_default_and_options():
     assert mixers.build("mamba", 64, True, dt_rank="7").dt_rank == 7
     with pytest.raises(ValueError, match="scan must be one of"):
         mixers.build("mamba", 64, True, scan="loop")
-    with pytest.raises(ValueError, match="sizes must be positive"):
-        mixers.build("mamba", 64, True, scan_block_elems=0)
+    for bad in ({"scan_block_elems": 0}, {"triton_stages": 0}, {"triton_programs": 0}):
+        with pytest.raises(ValueError, match="sizes must be positive"):
+            mixers.build("mamba", 64, True, **bad)
 
 
 def test_mamba_init_survives_the_skeleton_and_A_log_is_not_decayed():

@@ -498,6 +498,35 @@ def test_interp_the_mixer_hands_its_pipeline_stages_to_the_scan(interpreter, mon
     assert seen == [st.STAGES, 1]
 
 
+def test_the_mixer_hands_its_chunking_target_to_the_scan(monkeypatch):
+    """`--mixer-opt mamba.triton_programs=N` (the GPU check times 256 against the default) must set the chunks
+    the kernels get: at one sequence of 512 and 2 channel blocks (2 programs a walk), the default's ~1,024
+    programs cut it into T / MIN_CHUNK = 8 chunks, ~8 programs into 4, and 2 (already there) not at all. The
+    kernels are stubbed: only the chunk length handed to them is checked, eagerly, as the scan computes it."""
+    if st.triton is None:
+        pytest.skip("Triton is not installed")
+    chunks = []
+
+    class Stub:
+        @staticmethod
+        def apply(u, delta, A, B, C, h0, chunk, ckpt, stages):
+            chunks.append(chunk)
+            return torch.zeros_like(u), h0
+
+    monkeypatch.setattr(st, "TritonScan", Stub)
+    monkeypatch.setattr(st, "available", lambda device: True)
+    x = torch.randn(1, 512, 32)  # d_inner 64: 2 blocks of BLOCK_D = 32
+    assert st.BLOCK_D == 32 and st.MIN_CHUNK == 64 and st.TARGET_PROGRAMS == 1024
+    for programs in (None, 8, 2):
+        opts = {} if programs is None else {"triton_programs": programs}
+        m = mixers.build("mamba", 32, True, use_mamba_ssm=False, scan="triton", **opts)
+        assert m.opts.triton_programs == (programs or st.TARGET_PROGRAMS)
+        with torch.no_grad():
+            m(x)
+    assert chunks == [64, 128, 512]
+    assert st.chunk_len(32, 512, 512) == 256 and st.chunk_len(32, 512, 512, target=256) == 512  # L = 512 of the sweep
+
+
 def test_interp_the_stage_benchmark_times_both_walks(interpreter, tmp_path):
     """The GPU check's bench_scan_stages (benchmarks.mamba_scan: the Mamba mixer on the Triton scan,
     pipelined and not, interleaved), run here at toy sizes through the interpreter: every row written."""
@@ -506,10 +535,12 @@ def test_interp_the_stage_benchmark_times_both_walks(interpreter, tmp_path):
     from benchmarks import mamba_scan
 
     out = tmp_path / "stages.json"
-    mamba_scan.main(["--parts", "sweep", "--sweep-scans", "triton,triton_unpipelined", "--scan-alone", "0",
+    mamba_scan.main(["--parts", "sweep", "--sweep-scans", "triton,triton_unpipelined,triton_programs_256", "--scan-alone", "0",
                      "--d-model", "8", "--tokens", "32", "--min-length", "16", "--max-length", "32", "--repeats", "1",
                      "--device", "cpu", "--out", str(out)])
     rows = json.loads(out.read_text())["sweep"]
-    assert sorted((r["scan"], r["length"]) for r in rows) == [("triton", 16), ("triton", 32),
-                                                              ("triton_unpipelined", 16), ("triton_unpipelined", 32)]
+    assert sorted((r["scan"], r["length"]) for r in rows) == [
+        ("triton", 16), ("triton", 32), ("triton_programs_256", 16), ("triton_programs_256", 32),
+        ("triton_unpipelined", 16), ("triton_unpipelined", 32)]
     assert mamba_scan.build("triton_unpipelined", 8, torch.device("cpu"), None).opts.triton_stages == 1
+    assert mamba_scan.build("triton_programs_256", 8, torch.device("cpu"), None).opts.triton_programs == 256
