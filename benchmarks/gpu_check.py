@@ -84,7 +84,7 @@ SCALING_FIRST = ("mamba",)  # the mixers alone: the target is Mamba's flat curve
 MIN_PART_S = 15  # with a deadline, a part is not started with less time left than this
 MINUTES = 8.0  # a GPU check's default time box (issue 14: one command, under 8 minutes)
 STAGES_FILE = "bench_mamba_scan_stages.json"  # bench_scan_stages' rows: benchmarks.mamba_scan's JSON
-WARM_S = 120  # the GPU grid's warm phase may take this much of its 300 s (the cells need the rest)
+WARM_S = 120  # the GPU grid's warm phase may take this much of its 250 s (the cells need the rest)
 
 
 def grid_mixers(first: tuple[str, ...] = FIRST_MIXERS) -> str:
@@ -116,7 +116,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         base_preset = "base"
         scaling = ["--device", "cuda", "--max-len", "8192", "--tokens", "16384", "--reps", "5", "--max-seconds", "5"]
         loss = ["--device", "cuda", "--vocab", "8000,32000", "--tokens", "4096,16384", "--reps", "5"]
-        limits = {"tests": 100, "grid": 300, "base": 60, "graphs": 60, "scope": 60, "scaling": 40, "loss": 40,
+        limits = {"tests": 150, "grid": 250, "base": 60, "graphs": 60, "scope": 60, "scaling": 40, "loss": 40,
                   "stages": 40}
     # one rate per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and
     # miss the time limits; the sweep is tested on CPU (tests/test_lr_sweep.py), this checks the GPU path
@@ -144,7 +144,9 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
     warm += ["--compile"] if dry else ["--warm-timeout", str(WARM_S)]
     grid_cmd = [*run, "--grid", "gpu_check", "--mixers", order, *grid, *warm, *o]  # `grid`, and `grid_resume`
     return [
-        Part("cuda_tests", [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
+        # --durations: the slowest tests' times in the log, for the part's limit (never measured on a GPU: its
+        # first compile of every Triton kernel variant, CCE's included, falls in this part)
+        Part("cuda_tests", [py, "-m", "pytest", "-q", "-rs", "--durations=15", "-p", "no:cacheprovider", "-k", "cuda",
                             "tests/test_loss.py", "tests/test_bench.py", "tests/test_mamba.py", "tests/test_mixers.py",
                             "tests/test_scan_triton.py", "tests/test_linear_scan_triton.py", "tests/test_compile.py"],
              limits["tests"], cuda_only=True),

@@ -461,7 +461,7 @@ def test_fused_path_matches_torch_path_on_cuda(causal):
     torch.manual_seed(0)
     dev = torch.device("cuda")
     fused = mixers.build("mamba", 64, causal).to(dev)
-    plain = mixers.build("mamba", 64, causal, use_mamba_ssm=False).to(dev)
+    plain = mixers.build("mamba", 64, causal, use_mamba_ssm=False, scan="parallel").to(dev)  # auto: triton on CUDA
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(3, 100, 64, device=dev)
     mask = torch.ones(3, 100, dtype=torch.bool, device=dev)

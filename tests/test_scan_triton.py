@@ -193,6 +193,31 @@ def test_every_launch_of_both_scans_asks_for_fused_multiply_add(monkeypatch):
     assert len(seen) >= 20 and all(o == st.OPTIONS for o in seen), seen
 
 
+def test_a_warm_scan_allocates_no_warm_up_scratch(monkeypatch):
+    """The first single-chunk call compiles the chunked variants too (`_warm`, below); later calls must skip
+    that whole path, the scratch tensors included. The carry's check once looked up a key that `_warm` never
+    stored, so every single-chunk call (the common one: many short rows) allocated and zero-filled three
+    scratch tensors each way, per layer and direction: launches on a GPU. Kernels stubbed (launches recorded)."""
+    if st.triton is None:
+        pytest.skip("needs Triton")
+    from benchmarks.common import NoLaunch
+
+    launches, warmed = [], []
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the scans' CPU path (read at each call), never run here
+    monkeypatch.setattr(st, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
+    monkeypatch.setattr(st, "_WARM", set())
+    real = st._warm
+    monkeypatch.setattr(st, "_warm", lambda kind, *a, **k: warmed.append(kind) or real(kind, *a, **k))
+    for call in range(3):
+        launches.clear(), warmed.clear()
+        x = {k: v.requires_grad_() for k, v in scan_inputs(9, seed=1, Di=33).items()}
+        mm.selective_scan_triton(**x).sum().backward()  # one chunk
+        if call == 0:  # each chunked variant once, and the two walks
+            assert sorted(warmed) == ["bwd", "carry", "carry_reverse", "fwd"] and len(launches) == 6, (warmed, launches)
+        else:  # the two walks, nothing else
+            assert warmed == [] and len(launches) == 2, (warmed, launches)
+
+
 def _frame_bytes(cubin: bytes) -> int | None:
     """Stack + local memory per thread of a cubin's kernel, from the cuobjdump Triton ships (None without)."""
     tool = Path(st.triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -461,9 +486,11 @@ def test_triton_scan_equals_reference_on_cuda(T, chunk, ckpt, stages):
 def _grads_cuda(fn, x, **kw):
     x = {k: v.clone().requires_grad_(True) for k, v in x.items()}
     y, h = fn(**x, return_last_state=True, **kw)
+    # the same weights for the fp32 kernel and the float64 reference: drawn in float64, then cast (a generator
+    # draws other numbers for another dtype, so drawing in each run's own dtype weighs two different losses)
     g = torch.Generator(device=y.device).manual_seed(9)
-    w_y = torch.randn(y.shape, generator=g, device=y.device, dtype=y.dtype)
-    w_h = torch.randn(h.shape, generator=g, device=h.device, dtype=h.dtype)
+    w_y = torch.randn(y.shape, generator=g, device=y.device, dtype=torch.float64).to(y.dtype)
+    w_h = torch.randn(h.shape, generator=g, device=h.device, dtype=torch.float64).to(h.dtype)
     ((y * w_y).sum() + (h * w_h).sum()).backward()
     return {k: v.grad for k, v in x.items()}
 
