@@ -8,6 +8,11 @@ One place decides the path, and the run records it:
                    in the backward pass, so at most `chunk x V` logits exist at once (not N x V).
 - "auto":          "cce" on CUDA when the package imports, else "chunked".
 
+The "cce" path calls the kernel's entry below the package's public function (`_cce_direct`: that
+function waits for the GPU at every step), pads rows to a multiple of 16 and, at the first call per
+classifier, compiles the variants every row count needs (`_warm_cce`): no Triton compilation, and no
+host sync, inside a budgeted step.
+
 All paths return fp32 per-token NLL (N,) so objectives can weight tokens (1/t in diffusion).
 
 Dtypes (mixed precision). The residual stream, and so the final hidden state, is fp32 under autocast
@@ -19,6 +24,8 @@ fp32 `w`, as the loss-memory benchmark feeds them, runs in bf16). Softmax statis
 gradients of the logits) are fp32 in every path; the returned NLL is fp32.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +40,74 @@ def _cce():
         return linear_cross_entropy
     except Exception:  # pragma: no cover - depends on the machine
         return None
+
+
+_CCE_PARAMS = {"targets", "valids", "softcap", "reduction", "filter_eps", "shift", "batch_shape"}
+
+
+def _cce_kernel():
+    """The `cce` path as call(e (N, D), c (V, D), targets (N,)) -> (N,) NLL: the kernel's entry below the
+    public function when it is the one this was written against, else the public function."""
+    direct = _cce_direct()
+    if direct is not None:
+        return direct
+    lce = _cce()
+    return lambda e, c, targets: lce(e, c, targets, reduction="none", impl="cce", filter_eps=None)
+
+
+@functools.lru_cache(maxsize=1)
+def _cce_direct():
+    """The `cce` kernel's entry below the public `linear_cross_entropy`, or None where it is not the one
+    this was written against (cut-cross-entropy 25.1: `cce.linear_cross_entropy_apply` and `CCEParams`).
+
+    Why: the public function first looks for ignored targets with `(targets != ignore_index).nonzero()`,
+    which on CUDA waits for the GPU, at every step: the host could no longer queue steps ahead of the GPU
+    (the trainer keeps no other sync in a step). Our targets are never ignored (padding rows have target
+    0 and are cut off), so the kernel is called with `valids=None`, as the public function itself passes
+    when every target is valid."""
+    try:
+        import dataclasses
+
+        from cut_cross_entropy.cce import CCEParams, linear_cross_entropy_apply
+
+        if {f.name for f in dataclasses.fields(CCEParams)} != _CCE_PARAMS:
+            return None
+    except Exception:  # pragma: no cover - depends on the package's version
+        return None
+
+    def call(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        params = CCEParams(targets=targets, valids=None, softcap=None, reduction="none", filter_eps=None,
+                           shift=False, batch_shape=targets.shape)
+        return linear_cross_entropy_apply(e.contiguous(), c, params)
+
+    return call
+
+
+# The cce kernels take integers that depend on the row count B (rows padded to a multiple of 16, below):
+# in 25.1 the forward's lock count cdiv(B, 128) and the backward's cdiv(B, cdiv(D, 64)). Triton compiles
+# a variant per class of each integer argument (1, a multiple of 16, other), so a step whose B first falls
+# in another class compiled again, inside the budgeted clock, at a random step. The first call per
+# classifier (device, shape, dtype) therefore runs forward and backward once at row counts that give
+# every class of both integers (it falls in the warm-up steps, which are off the clock).
+_CCE_WARM: set[tuple] = set()
+
+
+def cce_warm_rows(D: int) -> list[int]:
+    """Row counts (multiples of 16) whose cdiv(B, 128) and cdiv(B, cdiv(D, 64)) take every class."""
+    nd = -(-D // 64)
+    return sorted({16, 272, 2048, 16 * nd, 16 * nd + 16})
+
+
+def _warm_cce(kernel, w: torch.Tensor) -> None:
+    key = (str(w.device), tuple(w.shape), w.dtype)
+    if key in _CCE_WARM:
+        return
+    _CCE_WARM.add(key)
+    with torch.enable_grad():
+        for B in cce_warm_rows(w.shape[1]):
+            e = torch.zeros(B, w.shape[1], device=w.device, dtype=w.dtype, requires_grad=True)
+            c = w.detach().requires_grad_(True)
+            kernel(e, c, torch.zeros(B, dtype=torch.long, device=w.device)).sum().backward()
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -114,14 +189,16 @@ def token_nll(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, impl: str, chun
     h, w = h.to(dt), w.to(dt)  # differentiable casts: the fp32 parameter gets an fp32 gradient
     if impl == "chunked":
         return _ChunkedNLL.apply(h, w, y, chunk)
-    lce = _cce()
-    kind = "cce" if impl == "cce" else "torch_compile"
     N = h.shape[0]
     pad = (-N) % CCE_ROWS_MULTIPLE if impl == "cce" else 0
     if pad:  # padding rows (target 0): their NLL is cut off below, so they get no gradient and add none
         h, y = F.pad(h, (0, 0, 0, pad)), F.pad(y, (0, pad))
+    if impl == "cce":
+        kernel = _cce_kernel()
+        _warm_cce(kernel, w)
+        return kernel(h, w, y).float()[:N]
     # filter_eps=None: no gradient filtering, so the gradients match the exact path
-    return lce(h, w, y, reduction="none", impl=kind, filter_eps=None).float()[:N]
+    return _cce()(h, w, y, reduction="none", impl="torch_compile", filter_eps=None).float()[:N]
 
 
 def plain_nll(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

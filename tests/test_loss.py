@@ -93,14 +93,14 @@ def test_impl_resolution():
 
 
 def _kernel_stand_in(calls: list):
-    """A stand-in for cut_cross_entropy.linear_cross_entropy that asserts what its CUDA kernel asserts
-    (embeddings bf16/fp16, classifier of the same dtype), then computes the exact NLL."""
+    """A stand-in for the cce kernel (`harness.loss._cce_kernel`'s call) that asserts what its CUDA kernel
+    asserts (embeddings bf16/fp16, classifier of the same dtype), then computes the exact NLL."""
 
-    def lce(e, c, targets, reduction="none", impl="cce", filter_eps=None):
+    def lce(e, c, targets):
         assert e.dtype in (torch.bfloat16, torch.float16), f"Backwards requires embeddings to be bf16 or fp16 (got {e.dtype})"
         assert c.dtype == e.dtype, f"classifier {c.dtype} != embeddings {e.dtype}"
         calls.append((e.dtype, c.dtype))
-        return torch.nn.functional.cross_entropy((e @ c.t()).float(), targets, reduction=reduction)
+        return torch.nn.functional.cross_entropy((e @ c.t()).float(), targets, reduction="none")
 
     return lce
 
@@ -116,7 +116,7 @@ def test_lm_loss_under_bf16_autocast_gives_the_kernel_bf16_inputs(monkeypatch, o
     from harness.model import LM, LMConfig
 
     calls: list = []
-    monkeypatch.setattr(loss_mod, "_cce", lambda: _kernel_stand_in(calls))
+    monkeypatch.setattr(loss_mod, "_cce_kernel", lambda: _kernel_stand_in(calls))
     special = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
     obj = objectives.build(objective, special, "cce")
     torch.manual_seed(0)
@@ -182,11 +182,11 @@ def test_cce_rows_are_padded_to_one_kernel_variant_with_the_same_numbers(monkeyp
 
     seen: list = []
 
-    def lce(e, c, targets, reduction="none", impl="cce", filter_eps=None):
+    def lce(e, c, targets):
         seen.append(e.shape[0])
-        return torch.nn.functional.cross_entropy((e @ c.t()).float(), targets, reduction=reduction)
+        return torch.nn.functional.cross_entropy((e @ c.t()).float(), targets, reduction="none")
 
-    monkeypatch.setattr(loss_mod, "_cce", lambda: lce)
+    monkeypatch.setattr(loss_mod, "_cce_kernel", lambda: lce)
     for n in (1, 15, 16, 17, 40):
         h, w, y, g = _case(n=n, d=8, v=30)
         ref = _grads(plain_nll, h, w, y, g)
@@ -195,3 +195,73 @@ def test_cce_rows_are_padded_to_one_kernel_variant_with_the_same_numbers(monkeyp
         for r, t in zip(ref, got):
             assert t.shape == r.shape
             torch.testing.assert_close(t, r, rtol=1e-5, atol=1e-6)
+
+
+def test_the_cce_path_calls_the_kernel_without_the_public_functions_host_sync(monkeypatch):
+    """cut-cross-entropy's public function looks for ignored targets with `nonzero()`, which on CUDA waits
+    for the GPU at every step. Our targets are never ignored, so token_nll calls the kernel's entry below it
+    with valids=None. Here the autograd Function under it is a stand-in (the Triton kernel needs CUDA) that
+    checks what it is given, and the valids search raises: the public function would hit it, token_nll not."""
+    cce = pytest.importorskip("cut_cross_entropy.cce")
+    from harness import loss as loss_mod
+
+    def no_valids_search(*a, **k):
+        raise AssertionError("the valids search (nonzero: a host sync on CUDA) ran")
+
+    given = []
+
+    def apply(e, c, params):
+        given.append(params)
+        return torch.nn.functional.cross_entropy((e @ c.t()).float(), params.targets, reduction="none")
+
+    monkeypatch.setattr(cce, "_build_flat_valids", no_valids_search)
+    monkeypatch.setattr(cce.LinearCrossEntropyFunction, "apply", staticmethod(apply))
+    monkeypatch.setattr(loss_mod, "_CCE_WARM", set())
+    loss_mod._cce_direct.cache_clear()
+    monkeypatch.setattr(loss_mod, "_cce_direct", loss_mod._cce_direct.__wrapped__)  # no cached entry
+    with pytest.raises(AssertionError, match="valids search"):  # the seam is real: the public path syncs
+        cce.cce_linear_cross_entropy(torch.randn(16, 8), torch.randn(30, 8), torch.zeros(16, dtype=torch.long))
+    h, w, y, g = _case(n=40, d=8, v=30)
+    ref, got = _grads(plain_nll, h, w, y, g), _grads(lambda a, b, c: token_nll(a, b, c, "cce"), h, w, y, g)
+    for r, t in zip(ref, got):
+        torch.testing.assert_close(t, r, rtol=1e-5, atol=1e-6)
+    p = given[-1]
+    assert p.valids is None and p.reduction == "none" and p.filter_eps is None and not p.shift
+    assert p.softcap is None and tuple(p.batch_shape) == (48,)  # 40 rows padded to a multiple of 16
+
+
+def _lock_class(n: int) -> str:
+    """How Triton specialises an integer argument: 1, a multiple of 16, or neither."""
+    return "1" if n == 1 else "16" if n % 16 == 0 else "other"
+
+
+@pytest.mark.parametrize("D", [64, 256, 512, 1024, 2048])
+def test_the_first_cce_call_compiles_every_row_count_class(monkeypatch, D):
+    """The cce kernels (cut-cross-entropy 25.1) take cdiv(B, 128) (forward) and cdiv(B, cdiv(D, 64))
+    (backward) as integers, which Triton specialises: a step whose row count first gave another class
+    compiled inside the budget. The first call per classifier runs, forward and backward (even under
+    no_grad, as in a dev check), every class either integer takes at any padded row count; later calls
+    run only themselves."""
+    from harness import loss as loss_mod
+
+    calls = []
+
+    def kernel(e, c, targets):
+        calls.append((e.shape[0], torch.is_grad_enabled() and e.requires_grad))
+        return torch.nn.functional.cross_entropy((e @ c.t()).float(), targets, reduction="none")
+
+    monkeypatch.setattr(loss_mod, "_cce_kernel", lambda: kernel)
+    monkeypatch.setattr(loss_mod, "_CCE_WARM", set())
+    nd = -(-D // 64)
+    fwd_bwd = lambda B: (_lock_class(-(-B // 128)), _lock_class(-(-B // nd)))  # noqa: E731
+    every = {fwd_bwd(B) for B in range(16, 1 << 16, 16)}
+    for rows in (40, 100):
+        with torch.no_grad():
+            token_nll(torch.randn(rows, D), torch.randn(50, D), torch.zeros(rows, dtype=torch.long), "cce")
+        if rows == 40:
+            warm, last = calls[:-1], calls[-1]
+            assert last == (48, False) and all(grad for _, grad in warm), calls
+            covered = {fwd_bwd(B) for B, _ in warm}
+            assert {f for f, _ in every} <= {f for f, _ in covered} and {b for _, b in every} <= {b for _, b in covered}
+        else:
+            assert calls[-1] == (112, False) and len(calls) == len(warm) + 2, calls  # no second warm-up
