@@ -540,19 +540,27 @@ def _direction_prefill(d: "SSMDirection", x: torch.Tensor, mask: torch.Tensor | 
     if mask is not None:
         xc = xc * mask
     dt, Bm, _ = d.x_proj(xc).split([d.dt_rank, d.d_state, d.d_state], dim=-1)
-    delta = F.softplus(dt.float() @ d.dt_weight.float().t() + d.dt_bias.float())
-    if mask is not None:
-        delta = delta * mask
-    return MambaState(conv.contiguous(), _final_state(xc, delta, -torch.exp(d.A_log.float()), Bm))
+    with torch.autocast(x.device.type, enabled=False):  # Δ and the state in fp32, as the forward's scan
+        delta = F.softplus(dt.float() @ d.dt_weight.float().t() + d.dt_bias.float())
+        if mask is not None:
+            delta = delta * mask
+        return MambaState(conv.contiguous(), _final_state(xc, delta, -torch.exp(d.A_log.float()), Bm))
 
 
 def _direction_step(d: "SSMDirection", x_t: torch.Tensor, z_t: torch.Tensor, st: MambaState,
                     fused: bool) -> tuple[torch.Tensor, MambaState]:
     """One position of direction `d`: x_t, z_t (B, Di) -> gated y_t (B, Di) fp32, the new state."""
     window = torch.cat([st.conv, x_t[:, :, None]], dim=2)  # (B, Di, K)
-    xc = F.silu((window * d.conv1d.weight[:, 0]).sum(-1) + d.conv1d.bias)  # (B, Di)
+    # the forward's conv (causal_depthwise_conv) at one position: the same operations in the same order and
+    # dtype (bf16 under CUDA autocast), so that decoding a prefix gives the forward's numbers, not fp32 ones
+    w, dt_ = d.conv1d.weight[:, 0], window.dtype  # (Di, K)
+    xc = d.conv1d.bias.to(dt_) + window[:, :, 0] * w[:, 0].to(dt_)
+    for k in range(1, window.shape[2]):
+        xc = xc + window[:, :, k] * w[:, k].to(dt_)
+    xc = F.silu(xc)  # (B, Di)
     dt, Bm, Cm = d.x_proj(xc).split([d.dt_rank, d.d_state, d.d_state], dim=-1)
-    delta = F.softplus(dt.float() @ d.dt_weight.float().t() + d.dt_bias.float())  # (B, Di)
+    with torch.autocast(x_t.device.type, enabled=False):  # Δ in fp32, as the forward computes it (bf16 autocast
+        delta = F.softplus(dt.float() @ d.dt_weight.float().t() + d.dt_bias.float())  # (B, Di)  on CUDA)
     A = -torch.exp(d.A_log.float())
     if fused:  # updates h in place
         h = st.h.contiguous()
