@@ -19,9 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-PEAK_BF16_TFLOPS = {  # matched against torch.cuda.get_device_name, first hit wins
-    "H200": 989.0,
-    "H100": 989.0,
+PEAK_BF16_TFLOPS = {  # matched against torch.cuda.get_device_name, first hit wins (the lower-power forms first)
+    "H200 NVL": 835.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H200": 989.0,  # SXM ("NVIDIA H200")
+    "H100": 989.0,  # SXM ("NVIDIA H100 80GB HBM3")
     "A100": 312.0,
     "L40S": 362.0,
     "A10G": 70.0,

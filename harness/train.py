@@ -14,7 +14,6 @@ text for the first share of the budget, then the task; schedule, curve and check
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -300,7 +299,9 @@ class _Run:
         self.loss_sum, self.loss_n = torch.zeros((), device=self.device), 0
         if d < self.best:
             self.best, self.res.best_fraction = d, at
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            # kept in host memory: a copy on the GPU added two models' worth (old and new copy) to the row's
+            # peak VRAM, which is to measure training. Off the clock (the dev check has drained the queue)
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def finish(self, stages: StagePlan, train_set: SeqSet, meter: BudgetMeter) -> TrainResult:
         """The result, with the best checkpoint restored into the model."""
