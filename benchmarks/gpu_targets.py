@@ -260,38 +260,39 @@ def _grid_speed(grid: list[dict], other: list[dict], question: str, default_name
     return Comparison(question, measured, _faster(_tps(a), _tps(b), default_name, alt_name))
 
 
-def scan_stages(sweep: list[dict]) -> Comparison:
-    question = ("Mamba's Triton walks software-pipelined (`triton`, the default) or not "
-                "(`--mixer-opt mamba.triton_stages=1`)?")
+def _sweep_variants(sweep: list[dict], alt: str, question: str, label: str, names: tuple[str, str],
+                    flatness: bool = False) -> Comparison:
+    """The Triton scan's default (`triton`) against variant `alt` in bench_scan_stages' rows: per length where
+    both ran, alt's ms over the default's (> 1: the default faster), decided by their geometric mean;
+    `flatness`: also each one's slowest over fastest length (the flat-in-T target)."""
     ms = {(r.get("scan"), r.get("length")): r.get("ms") for r in sweep if isinstance(r.get("ms"), (int, float))}
-    lengths = sorted({L for v, L in ms if v == "triton" and ("triton_unpipelined", L) in ms})
+    lengths = sorted({L for v, L in ms if v == "triton" and (alt, L) in ms})
     if not lengths:
-        return Comparison(question, "no length timed with both walks", NOT_MEASURED)
-    ratios = [ms[("triton_unpipelined", L)] / ms[("triton", L)] for L in lengths]  # > 1: pipelined faster
+        return Comparison(question, "no length timed with both", NOT_MEASURED)
+    ratios = [ms[(alt, L)] / ms[("triton", L)] for L in lengths]
     gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    measured = "unpipelined / pipelined ms: " + ", ".join(f"{L:,}: {r:.2f}" for L, r in zip(lengths, ratios))
-    return Comparison(question, f"{measured} (geometric mean {gmean:.2f})",
-                      _faster(1.0, 1.0 / gmean, "pipelined", "unpipelined"))  # speeds: 1 / ms
+    measured = f"{label}, ms: " + ", ".join(f"{L:,}: {r:.2f}" for L, r in zip(lengths, ratios)) \
+        + f" (geometric mean {gmean:.2f})"
+    if flatness:  # ms at a fixed number of tokens: 1 / speed
+        spread = lambda v: max(ms[(v, L)] for L in lengths) / min(ms[(v, L)] for L in lengths)  # noqa: E731
+        measured += f"; slowest / fastest length: {names[0]} {spread('triton'):.2f}, {names[1]} {spread(alt):.2f}"
+    return Comparison(question, measured, _faster(1.0, 1.0 / gmean, *names))  # speeds: 1 / ms
+
+
+def scan_stages(sweep: list[dict]) -> Comparison:
+    return _sweep_variants(sweep, "triton_unpipelined",
+                           "Mamba's Triton walks software-pipelined (`triton`, the default) or not "
+                           "(`--mixer-opt mamba.triton_stages=1`)?", "unpipelined / pipelined", ("pipelined", "unpipelined"))
 
 
 def scan_chunking(sweep: list[dict]) -> Comparison:
     """The Triton scan cut into chunks until ~1,024 programs (`triton`) or ~256 (`triton_programs_256`). Up to
     T = 1,024 at bench_scaling's shapes the second does not chunk at all, from 2,048 it cuts a quarter as
-    many chunks: fewer summary walks against fewer programs to fill the GPU. The lengths where both ran
-    decide by their geometric mean; the spread of each over the lengths (the flatness target) is shown."""
-    question = ("Mamba's Triton scan: rows cut into chunks until ~1,024 programs (`triton`, the default) or "
-                "~256 (`--mixer-opt mamba.triton_programs=256`)?")
-    ms = {(r.get("scan"), r.get("length")): r.get("ms") for r in sweep if isinstance(r.get("ms"), (int, float))}
-    lengths = sorted({L for v, L in ms if v == "triton" and ("triton_programs_256", L) in ms})
-    if not lengths:
-        return Comparison(question, "no length timed with both", NOT_MEASURED)
-    ratios = [ms[("triton_programs_256", L)] / ms[("triton", L)] for L in lengths]  # > 1: the default faster
-    gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    spread = lambda v: max(ms[(v, L)] for L in lengths) / min(ms[(v, L)] for L in lengths)  # noqa: E731  ms = 1 / speed
-    measured = ("256 / 1,024 programs, ms: " + ", ".join(f"{L:,}: {r:.2f}" for L, r in zip(lengths, ratios))
-                + f" (geometric mean {gmean:.2f}); slowest / fastest length: 1,024 {spread('triton'):.2f}, "
-                f"256 {spread('triton_programs_256'):.2f}")
-    return Comparison(question, measured, _faster(1.0, 1.0 / gmean, "1,024 programs", "256 programs"))
+    many chunks: fewer summary walks against fewer programs to fill the GPU."""
+    return _sweep_variants(sweep, "triton_programs_256",
+                           "Mamba's Triton scan: rows cut into chunks until ~1,024 programs (`triton`, the default) "
+                           "or ~256 (`--mixer-opt mamba.triton_programs=256`)?", "256 / 1,024 programs",
+                           ("1,024 programs", "256 programs"), flatness=True)
 
 
 def comparisons(grid: list[dict], graphs: list[dict], model_scope: list[dict], sweep: list[dict]) -> list[Comparison]:
