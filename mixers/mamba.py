@@ -559,8 +559,9 @@ def _direction_step(d: "SSMDirection", x_t: torch.Tensor, z_t: torch.Tensor, st:
         xc = xc + window[:, :, k] * w[:, k].to(dt_)
     xc = F.silu(xc)  # (B, Di)
     dt, Bm, Cm = d.x_proj(xc).split([d.dt_rank, d.d_state, d.d_state], dim=-1)
-    with torch.autocast(x_t.device.type, enabled=False):  # Δ in fp32, as the forward computes it (bf16 autocast
-        delta = F.softplus(dt.float() @ d.dt_weight.float().t() + d.dt_bias.float())  # (B, Di)  on CUDA)
+    # Δ in fp32, as the forward computes it (under CUDA's bf16 autocast the matmul would run in bf16)
+    with torch.autocast(x_t.device.type, enabled=False):
+        delta = F.softplus(dt.float() @ d.dt_weight.float().t() + d.dt_bias.float())  # (B, Di)
     A = -torch.exp(d.A_log.float())
     if fused:  # updates h in place
         h = st.h.contiguous()
