@@ -173,8 +173,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # at bench_scaling's shapes: which to keep is the GPU's call
         Part("bench_scan_stages", [py, "-m", "benchmarks.mamba_scan", "--parts", "sweep", "--sweep-scans",
                                    "triton,triton_unpipelined,triton_programs_256", "--scan-alone", "0",
-                                   "--d-model", "256",
-                                   "--tokens", "16384", "--max-length", "8192", "--repeats", "5",
+                                   "--d-model", "256", "--tokens", "16384", "--max-length", "8192", "--repeats", "5",
                                    "--out", str(out / "results" / STAGES_FILE)], limits["stages"], cuda_only=True),
     ]
 
@@ -370,7 +369,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
     sweep = _sweep(out)
     if sweep:
         lines += ["", f"## bench_scan_stages (`results/{STAGES_FILE}`): Mamba on the Triton scan, "
-                  "pipelined walks (`triton`) or not, and chunked for ~1,024 programs (`triton`) or ~256", "", "| scan | seq_len | batch | ms | tokens_per_s |",
+                  "pipelined walks (`triton`) or not, and chunked for ~1,024 programs (`triton`) or ~256", "",
+                  "| scan | seq_len | batch | ms | tokens_per_s |",
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| {r['scan']} | {r['length']} | {r['batch']} | {r['ms']} | {r['tokens_per_s']:,} |" for r in sweep]
         for v in dict.fromkeys(r["scan"] for r in sweep):

@@ -282,7 +282,8 @@ def _sweep_variants(sweep: list[dict], alt: str, question: str, label: str, name
 def scan_stages(sweep: list[dict]) -> Comparison:
     return _sweep_variants(sweep, "triton_unpipelined",
                            "Mamba's Triton walks software-pipelined (`triton`, the default) or not "
-                           "(`--mixer-opt mamba.triton_stages=1`)?", "unpipelined / pipelined", ("pipelined", "unpipelined"))
+                           "(`--mixer-opt mamba.triton_stages=1`)?", "unpipelined / pipelined",
+                           ("pipelined", "unpipelined"))
 
 
 def scan_chunking(sweep: list[dict]) -> Comparison:

@@ -14,10 +14,10 @@ backward, whatever T.
 
 Chunks: a walk is sequential in T, so when a step holds few long sequences, (sequences x channel
 blocks) alone would leave most of a GPU idle. A sequence is then cut into chunks walked in parallel:
-each chunk first from zero (SUMMARY: the state it adds, S, and the product of its decays, P; all but the
-last chunk, whose summary no carry reads), then a short walk over the chunks gives the state entering each
-(`carry`), and a second walk from that state writes the outputs. The backward is the same recurrence run backwards (the adjoint of a linear
-recurrence):
+each chunk first from zero (SUMMARY: the state it adds, S, and the product of its decays, P; all but
+the last chunk, whose summary no carry reads), then a short walk over the chunks gives the state entering
+each (`carry`), and a second walk from that state writes the outputs. The backward is the same
+recurrence run backwards (the adjoint of a linear recurrence):
 
     g_t = dL/dc_t + a_{t+1} g_{t+1},    dL/db_t = g_t,    dL/da_t = g_t c_{t-1}
 

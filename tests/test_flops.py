@@ -60,7 +60,8 @@ def test_mfu_only_on_known_gpus():
     assert mfu(m, 1e5, 50, torch.device("cpu"), "cpu: x")["mfu"] is None
     assert peak_tflops("NVIDIA H200") == 989.0 and peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0  # SXM; the PCIe and NVL cards peak lower
-    assert (peak_tflops("NVIDIA H200 NVL"), peak_tflops("NVIDIA H100 NVL"), peak_tflops("NVIDIA H100 PCIe")) == (835.0, 835.0, 756.0)
+    lower = [peak_tflops(f"NVIDIA {name}") for name in ("H200 NVL", "H100 NVL", "H100 PCIe")]
+    assert lower == [835.0, 835.0, 756.0]
     assert peak_tflops("Some GPU") is None
     f, _ = flops_per_token(m, 50)
     got = mfu(m, 1e6, 50, torch.device("cuda"), "NVIDIA H100 80GB HBM3")["mfu"]

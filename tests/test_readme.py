@@ -191,8 +191,8 @@ def test_every_file_and_test_the_readme_cites_exists():
 @pytest.mark.parametrize("command, error, says, why", [
     ("python -m benchmarks.scaling --lenghts 256", SystemExit, "2", "a misspelt flag"),
     ("python run_matrix.py --mixers attention,mambo", UnknownNameError, "unknown mixer 'mambo'", "an unknown mixer"),
-    ("python run_matrix.py --mixer-opt mamba.d_state=sixteen", ValueError, "option d_state='sixteen' is not a valid int",
-     "an option value of the wrong type"),
+    ("python run_matrix.py --mixer-opt mamba.d_state=sixteen", ValueError,
+     "option d_state='sixteen' is not a valid int", "an option value of the wrong type"),
     ("python run_matrix.py --task-opt eval_limt=5", ValueError, "task 'jsquad' has no option 'eval_limt'",
      "an unknown task option"),
     ("bash scripts/device_gpu_check.sh --parts grid,grid_tests", AssertionError, "no GPU-check part(s) ['grid_tests']",

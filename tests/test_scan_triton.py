@@ -556,15 +556,16 @@ def test_the_mixer_hands_its_chunking_target_to_the_scan(monkeypatch):
 
 def test_interp_the_stage_benchmark_times_both_walks(interpreter, tmp_path):
     """The GPU check's bench_scan_stages (benchmarks.mamba_scan: the Mamba mixer on the Triton scan,
-    pipelined and not, interleaved), run here at toy sizes through the interpreter: every row written."""
+    pipelined and not, chunked for ~1,024 programs and ~256, interleaved), run here at toy sizes through
+    the interpreter: every row written."""
     import json
 
     from benchmarks import mamba_scan
 
     out = tmp_path / "stages.json"
-    mamba_scan.main(["--parts", "sweep", "--sweep-scans", "triton,triton_unpipelined,triton_programs_256", "--scan-alone", "0",
-                     "--d-model", "8", "--tokens", "32", "--min-length", "16", "--max-length", "32", "--repeats", "1",
-                     "--device", "cpu", "--out", str(out)])
+    mamba_scan.main(["--parts", "sweep", "--sweep-scans", "triton,triton_unpipelined,triton_programs_256",
+                     "--scan-alone", "0", "--d-model", "8", "--tokens", "32", "--min-length", "16",
+                     "--max-length", "32", "--repeats", "1", "--device", "cpu", "--out", str(out)])
     rows = json.loads(out.read_text())["sweep"]
     assert sorted((r["scan"], r["length"]) for r in rows) == [
         ("triton", 16), ("triton", 32), ("triton_programs_256", 16), ("triton_programs_256", 32),
