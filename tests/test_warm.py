@@ -5,6 +5,7 @@ whether their cell was warmed, and the cell key does not change."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -197,3 +198,36 @@ def test_warm_compile_is_refused_under_torchrun():
     with pytest.raises(ValueError, match="torchrun"):
         executors.check_warm_compile(args, ranks, torch.device("cpu"))
     executors.check_warm_compile(args, DistEnv(), torch.device("cpu"))  # one process: fine
+
+
+class _NoContext:
+    def build(self):
+        return None
+
+
+def test_a_worker_leaves_the_kernels_autotuning_to_the_real_cell(tmp_path, monkeypatch):
+    """J workers share one GPU: the Triton configs inductor benchmarks at a kernel's first launch would be
+    timed under contention and cached for the timed cell. A worker runs its cell with inductor's autotune
+    cache off (it is not part of the FX-graph cache key, so the graphs it writes still hit)."""
+    import pickle
+
+    import torch._inductor.config as inductor_config
+
+    from harness import cell as cell_mod
+
+    seen = []
+
+    def run_cell(cell, ctx, warm_only=False):
+        seen.append((warm_only, inductor_config.autotune_local_cache))
+        return {"status": "ok", "error": None, "wall_s": 0.0}
+
+    monkeypatch.setattr(cell_mod, "run_cell", run_cell)
+    monkeypatch.setattr(inductor_config, "autotune_local_cache", True)  # the default; restored after the test
+    monkeypatch.setattr(warm, "_exit_with_parent", lambda parent: None)
+    job = tmp_path / "job.pkl"
+    job.write_bytes(pickle.dumps({"parent": os.getppid(), "threads": torch.get_num_threads(), "spec": _NoContext(),
+                                  "cell": Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny",
+                                              budget="tokens=6000")}))
+    assert warm._worker(str(job), str(tmp_path / "out.json")) == 0
+    assert seen == [(True, False)]
+    assert "autotune_local_cache" in inductor_config._cache_config_ignore_prefix  # no FX-graph cache miss for it
