@@ -155,8 +155,8 @@ def _worker(job_path: str, out_path: str) -> int:
     torch.set_num_threads(job["threads"])  # the parent's: part of the cache key of CPU code
     # The Triton configs inductor benchmarks at a kernel's first launch are left to the real cell: J workers
     # share one GPU, and their timings, taken under contention, would be cached for the timed cell. The
-    # autotune cache is not in the FX-graph cache key, so the graphs still hit; the real cell benchmarks
-    # in its own warm-up steps, off the clock
+    # autotune cache is not in the FX-graph cache key (torch 2.11 and 2.13), so the graphs still hit; the
+    # kernels carry the setting, so the real cell benchmarks their configs in its own warm-up, off the clock
     inductor_config.autotune_local_cache = False
     ctx = job["spec"].build()
     row = run_cell(job["cell"], ctx, warm_only=True)
