@@ -5,7 +5,8 @@ Not a test (timings are never asserted): a measurement whose figures go to a JSO
     nice -n 10 python -m benchmarks.mamba_scan --out results/bench_mamba_scan_cpu.json
     nice -n 10 python -m benchmarks.mamba_scan --parts sweep --d-model 64 --out ...   # one part only
 
-Two measurements, each on the mixer alone (causal, no embedding / MLP / loss), fp32:
+Two measurements, each on the mixer alone (causal, no embedding / MLP / loss), fp32 (on CUDA under bf16
+autocast, as the grid runs it; the scan is fp32 inside):
 - `compare`: scan="parallel" vs scan="chunked" (chunk 64, checkpointed: the previous default) at one
   length (`--length`, 4096), forward (no grad) and forward + backward (gradients of the input and
   every parameter), with identical weights.
@@ -56,17 +57,21 @@ SCANS = {  # variant -> mixer options ("triton*" only where its kernels run: CUD
 
 
 def step_fn(m: torch.nn.Module, x: torch.Tensor, train: bool) -> Callable[[], None]:
-    """One call: forward without grad, or forward + backward to the input and every parameter."""
+    """One call: forward without grad, or forward + backward to the input and every parameter. Under bf16
+    autocast on CUDA, as the grid and benchmarks.scaling run the mixer (the scan itself is fp32 either way),
+    so that these figures and bench_scaling's are of the same computation; fp32 on CPU."""
     params = [p for p in m.parameters() if p.requires_grad]
+    cuda = x.device.type == "cuda"
 
     def once() -> None:
-        if train:
-            xi = x.detach().requires_grad_(True)
-            y = m(xi)
-            torch.autograd.grad(y, [xi, *params], torch.ones_like(y))
-        else:
-            with torch.no_grad():
-                m(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
+            if train:
+                xi = x.detach().requires_grad_(True)
+                y = m(xi)
+                torch.autograd.grad(y, [xi, *params], torch.ones_like(y))
+            else:
+                with torch.no_grad():
+                    m(x)
         sync(x.device)
 
     return once
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"device": device_name(str(dev)), "threads": torch.get_num_threads(), "versions": versions(),
             "commit": git_commit(),
             "command": " ".join(["python -m benchmarks.mamba_scan", *(sys.argv[1:] if argv is None else argv)]),
-            "d_model": a.d_model, "causal": True, "dtype": "float32", "repeats": a.repeats,
+            "d_model": a.d_model, "causal": True,
+            "dtype": "bf16 autocast" if dev.type == "cuda" else "float32", "repeats": a.repeats,
             "timing": "median of interleaved rounds after one untimed warm-up call per variant",
             "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
     out = Path(a.out)
