@@ -223,7 +223,8 @@ def mamba_flat(scaling_rows: list[dict]) -> Verdict:
     rows = _latest([r for r in scaling_rows if r.get("mixer") == "mamba"], lambda r: r.get("seq_len"))
     span = {L: r for L, r in rows.items() if isinstance(L, int) and lo <= L <= hi}
     ok = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0  # noqa: E731
-    tps = {L: float(r["tokens_per_s"]) for L, r in span.items() if r.get("status") == "ok" and ok(r.get("tokens_per_s"))}
+    tps = {L: float(r["tokens_per_s"]) for L, r in span.items()
+           if r.get("status") == "ok" and ok(r.get("tokens_per_s"))}
     failed = [f"{L:,}: {r.get('status')} {(r.get('error') or '')[:60]}".strip() for L, r in sorted(span.items())
               if r.get("status") != "ok"]
     if any("mamba_ssm" in str(r.get("backend", "")) for r in span.values()):
