@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Callable
 
 import torch
 
@@ -262,17 +263,13 @@ def launch_meta(N: int) -> dict[str, int]:
     return dict(BD=BLOCK_D, BN=triton.next_power_of_2(N))
 
 
-def _warm_key(kind: str, device: torch.device, Di: int, N: int, stages: int | None = None) -> tuple:
-    return kind, str(device), Di, N, stages
-
-
-def _warm(kind: str, kernel, args: tuple, device: torch.device, Di: int, N: int, meta: dict, grid: tuple,
-          **variant) -> None:
-    """Launch a chunked-path variant of `kernel` once (its output discarded: args write only scratch).
-    Callers check `_warm_key` in _WARM first, so that a warm kernel costs no scratch allocation either."""
-    key = _warm_key(kind, device, Di, N, meta.get("STAGES"))
+def _warm(kind: str, kernel, make_args: Callable[[], tuple], device: torch.device, Di: int, N: int, meta: dict,
+          grid: tuple, **variant) -> None:
+    """Launch a chunked-path variant of `kernel` once (its output discarded: the arguments `make_args`
+    builds write only scratch). The arguments are built only then: a warm kernel costs no allocation."""
+    key = (kind, str(device), Di, N, meta.get("STAGES"))
     if key not in _WARM:
-        kernel[grid](*args, **variant, **meta, **OPTIONS)
+        kernel[grid](*make_args(), **variant, **meta, **OPTIONS)
         _WARM.add(key)
 
 
@@ -289,14 +286,14 @@ def _carry(decay_sum: torch.Tensor, A: torch.Tensor, S: torch.Tensor, first: tor
 
 
 def _warm_carry(kind: str, A: torch.Tensor, first: torch.Tensor, reverse: bool) -> None:
-    """Compile `scan_carry`'s variant at the first single-chunk call, as `_warm` does the walks'
-    (checked first: the scratch is allocated once, not at every call)."""
+    """Compile `scan_carry`'s variant at the first single-chunk call, as `_warm` does the walks'."""
     Bsz, Di, N = first.shape
-    if _warm_key(kind, first.device, Di, N) in _WARM:  # the key `_warm` stores (the carry has no STAGES)
-        return
-    scratch = first.new_zeros(Bsz, 1, Di, N)
-    _warm(kind, _kernels(interpreting())[2], (first.new_zeros(Bsz, 1, Di), A, scratch, first, scratch.clone(),
-                                              Di, N, 1), first.device, Di, N, launch_meta(N),
+
+    def args() -> tuple:
+        scratch = first.new_zeros(Bsz, 1, Di, N)
+        return first.new_zeros(Bsz, 1, Di), A, scratch, first, scratch.clone(), Di, N, 1
+
+    _warm(kind, _kernels(interpreting())[2], args, first.device, Di, N, launch_meta(N),
           (Bsz, triton.cdiv(Di, BLOCK_D)), REVERSE=reverse)
 
 
@@ -327,10 +324,11 @@ class TritonScan(torch.autograd.Function):
             init = _carry(dsum, A, out, h0, reverse=False).contiguous()
         else:
             init = h0[:, None].contiguous()
-            if _warm_key("fwd", u.device, Di, N, meta["STAGES"]) not in _WARM:
+            def args() -> tuple:
                 scratch = u.new_empty(Bsz, 1, Di, N)
-                _warm("fwd", fwd, (u, delta, A, B, C, scratch, y, hk, scratch, T, Di, N, CH, K, False), u.device, Di,
-                      N, meta, grid, SUMMARY=True)
+                return u, delta, A, B, C, scratch, y, hk, scratch, T, Di, N, CH, K, False
+
+            _warm("fwd", fwd, args, u.device, Di, N, meta, grid, SUMMARY=True)
             _warm_carry("carry", A, h0, reverse=False)
         fwd[grid](u, delta, A, B, C, init, y, hk, out, T, Di, N, CH, K, KEEP=keep, SUMMARY=False, **meta,
                   **OPTIONS)
@@ -360,10 +358,11 @@ class TritonScan(torch.autograd.Function):
             init = _carry(dsum, A, out, ghT, reverse=True).contiguous()
         else:
             init = ghT[:, None].contiguous()
-            if _warm_key("bwd", u.device, Di, N, meta["STAGES"]) not in _WARM:
+            def args() -> tuple:
                 scratch = u.new_empty(Bsz, 1, Di, N)
-                _warm("bwd", bwd, (u, delta, A, B, C, hk, scratch, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di,
-                                   N, CH, K), u.device, Di, N, meta, grid, SUMMARY=True)
+                return u, delta, A, B, C, hk, scratch, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N, CH, K
+
+            _warm("bwd", bwd, args, u.device, Di, N, meta, grid, SUMMARY=True)
             _warm_carry("carry_reverse", A, ghT, reverse=True)
         work = u.new_empty(Bsz, nC, K + 1, Di, N)  # one stretch's states per (sequence, chunk)
         bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,

@@ -207,7 +207,11 @@ def test_a_warm_scan_allocates_no_warm_up_scratch(monkeypatch):
     monkeypatch.setattr(st, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
     monkeypatch.setattr(st, "_WARM", set())
     real = st._warm
-    monkeypatch.setattr(st, "_warm", lambda kind, *a, **k: warmed.append(kind) or real(kind, *a, **k))
+
+    def warm(kind, kernel, make_args, *a, **k):  # records each warm-up whose scratch is built
+        return real(kind, kernel, lambda: warmed.append(kind) or make_args(), *a, **k)
+
+    monkeypatch.setattr(st, "_warm", warm)
     for call in range(3):
         launches.clear(), warmed.clear()
         x = {k: v.requires_grad_() for k, v in scan_inputs(9, seed=1, Di=33).items()}
