@@ -551,13 +551,9 @@ def _direction_step(d: "SSMDirection", x_t: torch.Tensor, z_t: torch.Tensor, st:
                     fused: bool) -> tuple[torch.Tensor, MambaState]:
     """One position of direction `d`: x_t, z_t (B, Di) -> gated y_t (B, Di) fp32, the new state."""
     window = torch.cat([st.conv, x_t[:, :, None]], dim=2)  # (B, Di, K)
-    # the forward's conv (causal_depthwise_conv) at one position: the same operations in the same order and
-    # dtype (bf16 under CUDA autocast), so that decoding a prefix gives the forward's numbers, not fp32 ones
-    w, dt_ = d.conv1d.weight[:, 0], window.dtype  # (Di, K)
-    xc = d.conv1d.bias.to(dt_) + window[:, :, 0] * w[:, 0].to(dt_)
-    for k in range(1, window.shape[2]):
-        xc = xc + window[:, :, k] * w[:, k].to(dt_)
-    xc = F.silu(xc)  # (B, Di)
+    # the forward's own conv over the window, its last output: the same operations in the same order and dtype
+    # (bf16 under CUDA autocast), so that decoding a prefix gives the forward's numbers, not fp32 ones
+    xc = F.silu(causal_depthwise_conv(window.transpose(1, 2), d.conv1d.weight[:, 0], d.conv1d.bias)[:, -1])  # (B, Di)
     dt, Bm, Cm = d.x_proj(xc).split([d.dt_rank, d.d_state, d.d_state], dim=-1)
     # Δ in fp32, as the forward computes it (under CUDA's bf16 autocast the matmul would run in bf16)
     with torch.autocast(x_t.device.type, enabled=False):
