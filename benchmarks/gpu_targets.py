@@ -50,10 +50,14 @@ class Verdict:
     verdict: str  # MET, NOT_MET or NOT_MEASURED
 
 
+def _speed(v) -> float | None:
+    """A figure that can be a speed (a positive finite number), or None (missing, a NaN)."""
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None
+
+
 def _tps(row: dict) -> float | None:
     """A row's train tokens/s, or None (a failed cell, a NaN)."""
-    v = (row.get("metrics") or {}).get("tokens_per_s")
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else None
+    return _speed((row.get("metrics") or {}).get("tokens_per_s"))
 
 
 def _latest(rows: Iterable[dict], key) -> dict:
@@ -222,9 +226,7 @@ def mamba_flat(scaling_rows: list[dict]) -> Verdict:
               f"tokens/s within +-{FLAT_BAND:.0%} of L = {lo:,}'s")
     rows = _latest([r for r in scaling_rows if r.get("mixer") == "mamba"], lambda r: r.get("seq_len"))
     span = {L: r for L, r in rows.items() if isinstance(L, int) and lo <= L <= hi}
-    ok = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0  # noqa: E731
-    tps = {L: float(r["tokens_per_s"]) for L, r in span.items()
-           if r.get("status") == "ok" and ok(r.get("tokens_per_s"))}
+    tps = {L: v for L, r in span.items() if r.get("status") == "ok" and (v := _speed(r.get("tokens_per_s")))}
     failed = [f"{L:,}: {r.get('status')} {(r.get('error') or '')[:60]}".strip() for L, r in sorted(span.items())
               if r.get("status") != "ok"]
     if any("mamba_ssm" in str(r.get("backend", "")) for r in span.values()):
