@@ -100,7 +100,7 @@ def _kernel_stand_in(calls: list):
         assert e.dtype in (torch.bfloat16, torch.float16), f"Backwards requires embeddings to be bf16 or fp16 (got {e.dtype})"
         assert c.dtype == e.dtype, f"classifier {c.dtype} != embeddings {e.dtype}"
         calls.append((e.dtype, c.dtype))
-        return torch.nn.functional.cross_entropy((e @ c.t()).float(), targets, reduction="none")
+        return plain_nll(e, c, targets)
 
     return lce
 
@@ -184,7 +184,7 @@ def test_cce_rows_are_padded_to_one_kernel_variant_with_the_same_numbers(monkeyp
 
     def lce(e, c, targets):
         seen.append(e.shape[0])
-        return torch.nn.functional.cross_entropy((e @ c.t()).float(), targets, reduction="none")
+        return plain_nll(e, c, targets)
 
     monkeypatch.setattr(loss_mod, "_cce_kernel", lambda: lce)
     for n in (1, 15, 16, 17, 40):
@@ -212,7 +212,7 @@ def test_the_cce_path_calls_the_kernel_without_the_public_functions_host_sync(mo
 
     def apply(e, c, params):
         given.append(params)
-        return torch.nn.functional.cross_entropy((e @ c.t()).float(), params.targets, reduction="none")
+        return plain_nll(e, c, params.targets)
 
     monkeypatch.setattr(cce, "_build_flat_valids", no_valids_search)
     monkeypatch.setattr(cce.LinearCrossEntropyFunction, "apply", staticmethod(apply))
@@ -248,7 +248,7 @@ def test_the_first_cce_call_compiles_every_row_count_class(monkeypatch, D):
 
     def kernel(e, c, targets):
         calls.append((e.shape[0], torch.is_grad_enabled() and e.requires_grad))
-        return torch.nn.functional.cross_entropy((e @ c.t()).float(), targets, reduction="none")
+        return plain_nll(e, c, targets)
 
     monkeypatch.setattr(loss_mod, "_cce_kernel", lambda: kernel)
     monkeypatch.setattr(loss_mod, "_CCE_WARM", set())

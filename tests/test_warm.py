@@ -225,9 +225,9 @@ def test_a_worker_leaves_the_kernels_autotuning_to_the_real_cell(tmp_path, monke
     monkeypatch.setattr(inductor_config, "autotune_local_cache", True)  # the default; restored after the test
     monkeypatch.setattr(warm, "_exit_with_parent", lambda parent: None)
     job = tmp_path / "job.pkl"
+    cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=6000")
     job.write_bytes(pickle.dumps({"parent": os.getppid(), "threads": torch.get_num_threads(), "spec": _NoContext(),
-                                  "cell": Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny",
-                                              budget="tokens=6000")}))
+                                  "cell": cell}))
     assert warm._worker(str(job), str(tmp_path / "out.json")) == 0
     assert seen == [(True, False)]
     assert "autotune_local_cache" in inductor_config._cache_config_ignore_prefix  # no FX-graph cache miss for it
