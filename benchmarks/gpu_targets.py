@@ -89,12 +89,16 @@ def _kernel(row: dict) -> str:
     return ", ".join(k) if isinstance(k, list) else str(k)
 
 
+def _ran(rec: dict | None) -> bool:
+    """A part's record says it ran (not skipped, nor left unstarted before a deadline)."""
+    return bool(rec) and not str(rec.get("status", "")).startswith(("skipped", "not run"))
+
+
 def _grid_ended(parts: list[dict]) -> str | None:
     """How the grid's last command ended when it failed (its process died: a crash, a pre-flight error),
     else None (ok, timed out, or no record). `grid_resume`, when it ran, is the grid's last command."""
     rec = {p.get("name"): p for p in parts}
-    ran = lambda r: bool(r) and not str(r.get("status", "")).startswith(("skipped", "not run"))  # noqa: E731
-    last = rec.get("grid_resume") if ran(rec.get("grid_resume")) else rec.get("grid") or {}
+    last = rec.get("grid_resume") if _ran(rec.get("grid_resume")) else rec.get("grid") or {}
     status = str(last.get("status", ""))
     return f"the grid's command {status}: {last.get('note', '')[:120]}".strip() if status.startswith("failed") else None
 
@@ -130,7 +134,7 @@ def cuda_tests(parts: list[dict]) -> Verdict:
     target = "the CUDA-only tests pass (`cuda_tests`)"
     rec = next((p for p in parts if p.get("name") == "cuda_tests"), None)
     status = str((rec or {}).get("status", "not run"))
-    if rec is None or status == "skipped" or status.startswith("not run"):
+    if not _ran(rec):
         return Verdict(target, status, NOT_MEASURED)
     measured = f"{status}: {rec.get('note', '')}".strip()
     if status.startswith("timed out"):  # cut short by its limit: the tests not reached decide nothing

@@ -73,12 +73,12 @@ def device_speed(device: torch.device) -> dict:
         # understated the factor); ~1.4 ms each on an H100/H200, so the best of 5 rounds of 10 (~70 ms of
         # work, after 3 untimed): 20 calls of 4096^3 were ~4 ms, inside a GPU's clock ramp-up from idle,
         # and the factor sets every a100_seconds cell's wall-clock budget
-        n, dtype, reps, rounds = 8192, torch.bfloat16, 10, 5
+        n, dtype, warmup, reps, rounds = 8192, torch.bfloat16, 3, 10, 5
     else:
-        n, dtype, reps, rounds = 1024, torch.float32, 5, 1
+        n, dtype, warmup, reps, rounds = 1024, torch.float32, 2, 5, 1
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3 if device.type == "cuda" else 2):
+    for _ in range(warmup):
         a @ b
     best = float("inf")
     for _ in range(rounds):
