@@ -149,19 +149,21 @@ class BatchSampler:
     - `batch_tokens > 0`: a token budget per batch: at most `batch_tokens` computed positions (rows x
       padded length), so a batch of short rows holds more rows; rows are grouped by length within
       pools of `bucket` batches' worth of rows (`token_budget_batches`).
-    - else `batch_size` rows per batch, grouped by length within chunks of `bucket` batches.
+    - else `batch_size` rows per batch, grouped by length within chunks of `bucket` batches;
+      `drop_last` leaves out an epoch's last, short batch (packed pretraining rows: every batch then has
+      one shape, and a compiled model never meets a second one mid-run; the rows return next epoch).
 
     Each epoch's row order is uploaded to the data's device once; a batch is then a slice of it
     (`idx_dev`), so no step copies indices from the host."""
 
     def __init__(self, data: SeqSet, batch_size: int, seed: int, bucket: int = 16, pad_to: int = 1,
-                 batch_tokens: int = 0):
+                 batch_tokens: int = 0, drop_last: bool = False):
         if len(data) == 0:
             raise ValueError("no training sequences")
         if batch_tokens < 0 or (batch_tokens == 0 and batch_size < 1):
             raise ValueError(f"batch_tokens must be >= 0 and batch_size >= 1 (got {batch_tokens}, {batch_size})")
         self.data, self.bs, self.bucket, self.pad_to = data, min(max(batch_size, 1), len(data)), bucket, pad_to
-        self.batch_tokens = batch_tokens
+        self.batch_tokens, self.drop_last = batch_tokens, drop_last
         self.rng = np.random.default_rng(seed)
         self.epoch = 0
         self._queue: list[tuple[np.ndarray, torch.Tensor]] = []
@@ -180,6 +182,8 @@ class BatchSampler:
                 chunk = perm[s : s + span]
                 chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
                 batches += [chunk[i : i + self.bs] for i in range(0, len(chunk), self.bs)]
+            if self.drop_last and len(batches[-1]) < self.bs:
+                batches.pop()
         self.rng.shuffle(batches)
         return batches
 

@@ -211,7 +211,9 @@ def stage_plan(task_sampler, objective, pretrain: tuple[Corpus, float] | None, b
     if pretrain is None:
         return StagePlan([task])
     corpus, frac = pretrain
-    sampler = BatchSampler(corpus.data.to(device), batch_size, seed=seed + 1, pad_to=pad_to)
+    # every packed row has one length: batches of one shape (an epoch's short last batch left out), so a
+    # compiled model compiles once for the stage, in its warm-up, never again mid-budget at an epoch's end
+    sampler = BatchSampler(corpus.data.to(device), batch_size, seed=seed + 1, pad_to=pad_to, drop_last=True)
     sampler = shard(sampler) if shard else sampler
     pre = Stage("pretrain", frac, sampler, objective.pretraining(), [s["source"] for s in corpus.info["sources"]])
     return StagePlan([pre, task])

@@ -175,6 +175,43 @@ def test_budget_is_split_exactly_and_the_curve_spans_both_stages(objective, opts
     assert res.epochs == pytest.approx(task["tokens"] / _toy(32, 12, 0).n_tokens)
 
 
+def test_a_compiled_model_never_recompiles_mid_pretraining_at_an_epochs_end(monkeypatch):
+    """Packed rows all have one length, so every pretraining batch has one shape, except an epoch's
+    last when the rows do not fill it: 42 rows in batches of 4 end each epoch on 2. On a GPU that
+    short batch was a compilation in the middle of the budgeted stage, cold (the warm-up workers stop
+    after each stage's first steps), and an eager fallback no longer possible. The short batch is left
+    out (its rows come back next epoch), so the stage compiles in its warm-up only."""
+    from torch._dynamo.testing import CompileCounter
+
+    import harness.compiling as hc
+
+    real, counter = torch.compile, CompileCounter()
+    monkeypatch.setattr(hc.torch, "compile", lambda m, **k: real(m, backend=counter))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    rows, _ = pt.pack(np.random.default_rng(2).integers(6, 20, 42 * 16), 16)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, progress=False, eval_points=2, compile=True)
+    res = train(model, obj, _toy(32, 12, 0), _toy(4, 12, 1), Budget.parse("tokens=3000"), cfg, torch.device("cpu"),
+                pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.5))
+    torch._dynamo.reset()
+    pre = res.stages[0]
+    assert pre["tokens"] > 2 * 42 * 16  # the stage crossed epoch ends
+    assert pre["tokens"] % (4 * 16) == 0  # every batch whole
+    assert res.late_compiles == 0 and counter.frame_count > 0
+
+
+def test_the_packed_sampler_leaves_out_only_an_epochs_short_last_batch():
+    data, _ = pt.pack(np.arange(11 * 4) % 20 + 6, 4)  # 11 rows
+    sampler = pt.BatchSampler(data, 4, seed=0, drop_last=True)
+    for _ in range(3):
+        batches = sampler.epoch_batches()
+        assert [len(b) for b in batches] == [4, 4] and len(set(np.concatenate(batches).tolist())) == 8
+    assert [len(b) for b in pt.BatchSampler(data, 4, seed=0).epoch_batches()] in ([4, 4, 3], [4, 3, 4], [3, 4, 4])
+    assert [len(b) for b in pt.BatchSampler(data.subset(np.arange(3)), 4, seed=0, drop_last=True).epoch_batches()] == [3]
+
+
 def test_pretraining_form_of_each_objective():
     ar = objectives.build("autoregressive", SPECIAL, "chunked", loss_on="answer")
     assert ar.pretraining().opts.loss_on == "all" and ar.opts.loss_on == "answer"
