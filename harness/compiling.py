@@ -94,7 +94,10 @@ class CompileWatch:
 
     def __init__(self, on_start: Callable[[], None]):
         self.on_start = on_start
-        self._callback = lambda *_args: self.on_start()  # (older torch passes no arguments)
+        # (older torch passes no arguments). The callback closes over `on_start`, not over the watch: a
+        # watch reachable from its own callback is a reference cycle, freed (with the trainer's run that
+        # `on_start` belongs to, its model and optimizer) only when the cycle collector happens to run
+        self._callback = lambda *_args: on_start()
         try:
             from torch._dynamo import callback_handler
         except ImportError:  # an old torch: the frame counter alone

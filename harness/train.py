@@ -130,7 +130,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
     bar = cfg.report or _progress(cfg.progress)
     frac = 0.0
     model.train()
-    with run.watch:
+    with run.watch():
         while frac < 1.0 and run.res.steps < cfg.max_steps:
             stage = stages.at(frac)
             if cfg.warm_only and stage.steps >= run.warm_steps:  # [warm] this stage has compiled
@@ -176,7 +176,6 @@ class _Run:
         self.in_warm = False  # the step being taken is one of its stage's first `warm_steps`
         self.in_step = False  # a step is being taken (compile events outside steps are not the step's)
         self.compiled_in_step = False  # torch.compile started work during the step being taken
-        self.watch = CompileWatch(self._on_compile)
         self.clock, self.steady_t, self.steady_tok = 0.0, 0.0, 0
         self.real_pos, self.computed_pos = 0, 0
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
@@ -184,6 +183,14 @@ class _Run:
         self.stage: Stage | None = None  # the stage of the last step
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+
+    def watch(self) -> CompileWatch:
+        """The compile watch for the run's steps (`with run.watch():`). Made per use, never stored on the run:
+        the watch holds `_on_compile`, a method of the run, and a run holding its watch would be a reference
+        cycle that keeps the model, its gradients and the optimizer's states alive after `train` returns until
+        Python's cycle collector happens to run: on a GPU, in the full run's peak memory after each short run
+        of the learning-rate sweep."""
+        return CompileWatch(self._on_compile)
 
     def step(self, stage: Stage, frac: float) -> None:
         """One optimizer step on the stage's next batch at the LR of budget fraction `frac`, timed (not

@@ -392,6 +392,43 @@ def test_the_compile_scope_is_a_cell_setting_recorded_in_the_row():
     assert _tiny_run(eval_points=1).compile_scope is None  # eager: nothing compiled
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_finished_run_frees_its_model_and_optimizer_at_once(compiled, monkeypatch):
+    """The learning-rate sweep trains a fresh model per rate and drops it; on a GPU whatever a short run
+    leaves alive (model, gradients, AdamW's states) sits in the full run's peak memory. The run held a
+    compile watch that held the run (a reference cycle), so nothing was freed until Python's cycle
+    collector ran, at a moment nobody chooses. With the collector off, dropping the model frees it."""
+    import gc
+    import weakref
+
+    import harness.compiling as hc
+    import harness.train as ht
+
+    if compiled:
+        real = torch.compile
+        monkeypatch.setattr(hc.torch, "compile", lambda m, **k: real(m, backend="eager"))
+        torch._dynamo.reset()
+    opts = []
+    make_opt = ht._optimizer
+    monkeypatch.setattr(ht, "_optimizer", lambda *a: opts.append(make_opt(*a)) or opts[-1])
+    model = LM(LMConfig(vocab_size=32, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    data = _seqset(np.full(16, 12))
+    cfg = TrainConfig(batch_size=4, lr=1e-3, progress=False, eval_points=2, compile=compiled)
+    gc.collect()
+    gc.disable()
+    try:
+        res = train(model, obj, data, data, Budget.parse("tokens=2000"), cfg, torch.device("cpu"))
+        assert res.steps > 2
+        alive = weakref.ref(model), weakref.ref(opts.pop())
+        del model, res
+        if compiled:
+            torch._dynamo.reset()  # (dynamo's caches are the compiler's to keep, not the run's)
+        assert [r() is None for r in alive] == [True, True]
+    finally:
+        gc.enable()
+
+
 def test_a_budget_spent_in_the_warm_up_reports_no_speed_rather_than_an_absurd_one():
     """A tiny budget can be used up by the unbudgeted warm-up steps alone (compiled: the first two). Then
     nothing was timed: tokens/s is NaN (the report leaves it blank), not tokens / 1e-9 (a CPU dry run of
@@ -481,7 +518,7 @@ def _late_shape_run(monkeypatch, compile_fn, wait: float, compiled: bool = True)
     run = ht._Run(model, obj, SingleProcess(model), dev, TrainConfig(progress=False, compile=compiled),
                   torch.device("cpu"), staged=False)
     run.frames_after = []  # frames dynamo compiled so far, after each step
-    with run.watch:
+    with run.watch():
         for _ in shapes:
             run.step(stage, 0.5)
             queued[0] = True  # the step's kernels are queued on the stand-in device
