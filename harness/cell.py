@@ -307,6 +307,10 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
         metrics["state_T"], metrics["state_floats"] = _state_floats(model, data)
         mean_len = float(data.train.lengths.mean()) if len(data.train) else 0.0
         metrics.update(mfu(model, res.tokens_per_s, mean_len, ctx.device, row["device"]))
+        for st in res.stages if corpus is not None else ():  # the pretraining stage's MFU, at its packed length
+            if st["stage"] == "pretrain":
+                st["mfu"] = mfu(model, st["tokens_per_s"] or math.nan, corpus.info["row_len"], ctx.device,
+                                row["device"])["mfu"]
         row["metrics"] = metrics
         row["samples"] = samples
         if per_question:

@@ -172,15 +172,31 @@ class Stage:
     tokens: int = 0
     steps: int = 0
     seconds: float = 0.0
+    steady_tokens: int = 0  # tokens/s counts the steps after the warm-up (the trainer decides which)
+    steady_seconds: float = 0.0
+    real_pos: int = 0  # positions holding a token, of the `computed_pos` (rows x batch length) computed
+    computed_pos: int = 0
 
-    def account(self, tokens: int, seconds: float) -> None:
+    def account(self, tokens: int, seconds: float, real_pos: int = 0, computed_pos: int = 0) -> None:
         self.tokens += tokens
         self.steps += 1
         self.seconds += seconds
+        self.real_pos += real_pos
+        self.computed_pos += computed_pos
+
+    def padding_frac(self) -> float | None:
+        return round(1.0 - self.real_pos / self.computed_pos, 4) if self.computed_pos else None
+
+    def tokens_per_s(self) -> float:
+        """The stage's own speed: its shapes (packed full rows, or the task's padded length buckets) and its
+        loss form differ from the other stage's, so one figure over both would depend on the split."""
+        return self.steady_tokens / self.steady_seconds if self.steady_seconds > 0 else float("nan")
 
     def describe(self) -> dict[str, Any]:
+        tps = self.tokens_per_s()
         return {"stage": self.name, "sources": self.sources, "tokens": self.tokens, "steps": self.steps,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "tokens_per_s": round(tps, 1) if tps == tps else None,
+                "padding_frac": self.padding_frac()}
 
 
 class StagePlan:

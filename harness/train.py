@@ -62,16 +62,16 @@ class TrainResult:
     steps: int = 0
     tokens_seen: int = 0
     train_seconds: float = 0.0
-    tokens_per_s: float = float("nan")
+    tokens_per_s: float = float("nan")  # after the warm-up; with pretraining, the task stage's (see `stages`)
     peak_mem_bytes: int | None = None
     loss_curve: list[dict] = field(default_factory=list)
     best_fraction: float | None = None
     best_dev_loss: float | None = None
     epochs: float = 0.0  # of the task's training set, in the task stage
-    stages: list[dict] = field(default_factory=list)  # per stage: sources, tokens, steps, seconds
+    stages: list[dict] = field(default_factory=list)  # per stage: sources, tokens, steps, seconds, tokens/s, padding
     dev_seconds: float = 0.0  # wall time of the dev checks (outside the budget)
     dev_tokens: int = 0  # tokens in the dev sample each check scores
-    padding_frac: float | None = None  # share of computed positions (rows x batch length) that were padding
+    padding_frac: float | None = None  # share of the task stage's computed positions (rows x length) that were padding
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
     late_compiles: int = 0  # steps after the warm-up in which torch.compile compiled (not budgeted either)
     warm_seconds: float = 0.0  # wall time of the steps left off the clock (warm-up, late compiles): mostly compiling
@@ -177,7 +177,6 @@ class _Run:
         self.in_step = False  # a step is being taken (compile events outside steps are not the step's)
         self.compiled_in_step = False  # torch.compile started work during the step being taken
         self.clock, self.steady_t, self.steady_tok = 0.0, 0.0, 0
-        self.real_pos, self.computed_pos = 0, 0
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
         self.best_state, self.best = None, math.inf
         self.stage: Stage | None = None  # the stage of the last step
@@ -217,8 +216,6 @@ class _Run:
         res.steps += 1
         n_tok = self.par.step_tokens(stage.sampler, batch)  # [DDP] the budget counts the whole cell
         res.tokens_seen += n_tok
-        self.real_pos += batch.n_tokens
-        self.computed_pos += batch.ids.numel()  # a host-side shape: no sync
         self.in_step = False
         if not warm and (self.compiled_in_step or frames_compiled() > frames):
             # torch.compile compiled (or recorded a CUDA graph) during this step, after the warm-up: a
@@ -235,10 +232,12 @@ class _Run:
             self.clock += dt
         else:
             res.warm_seconds += dt
-        stage.account(n_tok, 0.0 if warm else dt)
+        stage.account(n_tok, 0.0 if warm else dt, batch.n_tokens, batch.ids.numel())  # (a host-side shape: no sync)
         if not warm and res.steps > STEADY_FROM:
             self.steady_t += dt
             self.steady_tok += n_tok
+            stage.steady_seconds += dt
+            stage.steady_tokens += n_tok
 
     def _on_compile(self) -> None:
         """torch.compile is about to stop the host (a compile, a CUDA graph recording) inside a step.
@@ -264,6 +263,7 @@ class _Run:
             self.stage.seconds += waited  # the stage of the last step queued
         if self.res.steps > STEADY_FROM:
             self.steady_t += waited
+            self.stage.steady_seconds += waited
 
     def _forward_backward(self, stage: Stage, batch: Batch) -> torch.Tensor:
         """The step's loss, backpropagated. A model torch.compile cannot handle (it fails in the first
@@ -320,10 +320,12 @@ class _Run:
         # NaN (no figure) when every step was warm-up: a budget spent within the first steps timed nothing
         res.tokens_per_s = self.steady_tok / self.steady_t if self.steady_t > 0 \
             else res.tokens_seen / self.clock if self.clock > 0 else float("nan")
+        if self.staged:  # the task stage's speed: comparable with a run that does not pretrain (the other
+            res.tokens_per_s = stages.task.tokens_per_s()  # stage's is in `stages`); NaN if none was timed
         res.best_dev_loss = self.best if math.isfinite(self.best) else None
         res.epochs = stages.task.tokens / max(train_set.n_tokens, 1)
         res.stages = stages.describe()
-        res.padding_frac = round(1.0 - self.real_pos / self.computed_pos, 4) if self.computed_pos else None
+        res.padding_frac = stages.task.padding_frac()  # the task's batching (packed pretraining rows have none)
         res.budget_info = meter.describe()
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)

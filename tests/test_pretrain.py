@@ -175,6 +175,42 @@ def test_budget_is_split_exactly_and_the_curve_spans_both_stages(objective, opts
     assert res.epochs == pytest.approx(task["tokens"] / _toy(32, 12, 0).n_tokens)
 
 
+def test_each_stage_has_its_own_speed_and_the_rows_is_the_task_stages(monkeypatch):
+    """Packed pretraining rows (full length, no padding, every token a target) and the task's length
+    buckets run at different speeds: one tokens/s over both would depend on the split, and a grid with
+    `--pretrain` could not be compared with one without. Each stage records its own tokens/s and
+    padding; the run's (the row's `tokens_per_s`, `padding_frac`, the MFU) is the task stage's. A virtual
+    clock makes a pretraining step cost 1 s and a task step 0.25 s."""
+    import types
+
+    import harness.train as ht
+
+    offset = [0.0]
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: __import__("time").perf_counter() + offset[0]))
+    real = ht._Run._loss_backward
+
+    def timed(self, fn, stage, batch):
+        offset[0] += 1.0 if stage.name == "pretrain" else 0.25
+        return real(self, fn, stage, batch)
+
+    monkeypatch.setattr(ht._Run, "_loss_backward", timed)
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    rows, _ = pt.pack(np.random.default_rng(2).integers(6, 20, 40 * 16), 16)
+    rng = np.random.default_rng(0)
+    seqs = [[2] + rng.integers(6, 20, L - 2).tolist() + [3] for L in [8, 9, 10, 11, 12] * 7]  # (batches straddle lengths: padding)
+    task = SeqSet.from_lists(seqs, [[i >= len(q) - 3 for i in range(len(q))] for q in seqs], 0)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, progress=False, eval_points=2)
+    res = train(model, obj, task, _toy(4, 12, 1), Budget.parse("tokens=2000"), cfg, torch.device("cpu"),
+                pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.5))
+    pre, tk = res.stages
+    assert pre["tokens_per_s"] == pytest.approx(4 * 16 / 1.0, rel=0.05)  # 64 tokens a step
+    assert 4 * 8 / 0.25 * 0.95 < tk["tokens_per_s"] < 4 * 12 / 0.25 * 1.05  # 32-48 tokens a step (both: ~90)
+    assert res.tokens_per_s == pytest.approx(tk["tokens_per_s"], rel=1e-3)
+    assert pre["padding_frac"] == 0.0 and 0.0 < tk["padding_frac"] == res.padding_frac
+
+
 def test_a_compiled_model_never_recompiles_mid_pretraining_at_an_epochs_end(monkeypatch):
     """Packed rows all have one length, so every pretraining batch has one shape, except an epoch's
     last when the rows do not fill it: 42 rows in batches of 4 end each epoch on 2. On a GPU that
@@ -289,6 +325,9 @@ def test_grid_with_pretraining_records_both_stages(offline_dir, tmp_path, cache_
         pre, task = r["train"]["stages"]
         assert pre["tokens"] >= 1500 and task["tokens"] > 0 and pre["seconds"] >= 0 and task["sources"] == ["jsquad-offline"]
         assert r["loss_curve"][0]["stage"] == "pretrain" and r["loss_curve"][-1]["stage"] == "task"
+        # each stage's speed; the row's is the task stage's, and the pretraining stage has its MFU (None: a CPU)
+        assert pre["tokens_per_s"] > 0 and r["metrics"]["tokens_per_s"] == pytest.approx(task["tokens_per_s"], abs=0.1)
+        assert "mfu" in pre and pre["mfu"] is None is r["metrics"]["mfu"] and pre["padding_frac"] == 0.0
     from reports import header
     from reports.tables import label
 
