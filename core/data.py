@@ -12,6 +12,31 @@ import numpy as np
 import torch
 
 
+def upload(host: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host array on `device`, without stalling a GPU: a copy from pageable host memory is synchronous
+    (the host waits until the copy is done, behind the kernels already queued), so every upload would
+    drain the queue the host keeps ahead of the GPU. From pinned memory with `non_blocking` the copy is
+    queued like a kernel (PyTorch's pinned-memory cache keeps the buffer until the copy has run)."""
+    t = torch.from_numpy(np.ascontiguousarray(host)) if isinstance(host, np.ndarray) else host
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def padded_rows(rows: list[list[int]], width: int, pad: int, device: torch.device | str,
+                left: bool = False) -> torch.Tensor:
+    """(len(rows), width) long ids, each row right-padded with `pad` (left-padded with `left`), built on
+    the host and uploaded once: a copy per row is a host-device round trip per row."""
+    out = np.full((len(rows), width), pad, dtype=np.int64)
+    for r, row in enumerate(rows):
+        if left:
+            out[r, width - len(row):] = row
+        else:
+            out[r, : len(row)] = row
+    return upload(out, device)
+
+
 @dataclass(frozen=True)
 class SpecialTokens:
     """Ids every task vocabulary reserves (MASK is the diffusion objective's noise token)."""
@@ -189,7 +214,7 @@ class BatchSampler:
 
     def _refill(self) -> None:
         batches = self.epoch_batches()
-        flat = torch.as_tensor(np.concatenate(batches), device=self.data.ids.device)  # one copy per epoch
+        flat = upload(np.concatenate(batches), self.data.ids.device)  # one copy per epoch, queued
         ends = np.cumsum([len(b) for b in batches])
         self._queue = [(b, flat[e - len(b) : e]) for b, e in zip(batches, ends)]  # served from the end
         self.epoch += 1

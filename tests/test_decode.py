@@ -274,3 +274,51 @@ def test_mamba_step_calls_the_fused_state_update_with_its_documented_contract(mo
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(st_new.h, st_ref.h)
     torch.testing.assert_close(st_new.conv, st_ref.conv)
+
+
+class _HostTensors:
+    """Counts tensors of more than one element built from host values (`torch.tensor(list)`,
+    `from_numpy`: aten.lift_fresh), i.e. the uploads a decoding loop makes on CUDA, each a host-device
+    round trip. (A Python scalar filled in, `x[..., i] = -inf`, is a 0-d value passed along, not a copy.)"""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.overloadpacket is torch.ops.aten.lift_fresh and args[0].numel() > 1:
+                    outer.n += 1
+                return func(*args, **(kwargs or {}))
+
+        self.n, self.mode = 0, Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("objective", ["autoregressive", "diffusion"])
+def test_decoding_uploads_per_batch_not_per_prompt_or_step(objective):
+    """On a GPU every tensor built from host values is a copy the host waits for: the decoders built each
+    prompt row with its own copy, and masked diffusion indexed MASK and PAD with a Python list (a tensor
+    uploaded) at every sampler step. A batch's prompts now go up as one array; the sampler's steps
+    upload nothing. So the count of host-built tensors does not grow with prompts or steps."""
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=VOCAB, d_model=D, n_layers=2, mixer="attention",
+                        causal=objective == "autoregressive", mlp_hidden=48)).eval()
+
+    def count(n_prompts: int, steps: int) -> int:
+        opts = {"steps": steps, "gen_length": 8} if objective == "diffusion" else {}
+        obj = build_objective(objective, SPECIAL, "chunked", **opts)
+        prompts = (_prompts() * 3)[:n_prompts]
+        with _HostTensors() as h:
+            obj.generate(model, prompts, max_new=8, batch_size=8)
+        return h.n
+
+    base = count(2, 2)
+    assert count(8, 2) == base and count(8, 8) == base  # one batch: more rows, more steps, no more copies

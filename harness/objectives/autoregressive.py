@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
-from core.data import Batch
+from core.data import Batch, padded_rows, upload
 from harness.loss import token_nll
 from harness.objectives import Objective, cut_at_eos, register
 
@@ -106,12 +107,10 @@ class Autoregressive(Objective):
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             T = max(len(prompts[i]) for i in idx)
-            ids = torch.full((len(idx), T), pad, dtype=torch.long, device=dev)
-            for r, i in enumerate(idx):
-                ids[r, T - len(prompts[i]) :] = torch.tensor(prompts[i], device=dev)
+            ids = padded_rows([prompts[i] for i in idx], T, pad, dev, left=True)  # one upload, queued
             pad_mask = None
             if any(len(prompts[i]) < T for i in idx):
-                lens = torch.tensor([len(prompts[i]) for i in idx], device=dev)
+                lens = upload(np.array([len(prompts[i]) for i in idx]), dev)
                 pad_mask = torch.arange(T, device=dev)[None] >= (T - lens)[:, None]  # (b, T) left padding
             h, states = model.prefill(ids, pad_mask)
             nxt = model.logits(h[:, -1]).argmax(-1)  # (b,)
@@ -139,10 +138,8 @@ class Autoregressive(Objective):
         dev = model.head_weight.device
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            lens = torch.tensor([len(prompts[i]) for i in idx], device=dev)
-            buf = torch.full((len(idx), int(lens.max()) + max_new), self.special.pad, dtype=torch.long, device=dev)
-            for r, i in enumerate(idx):
-                buf[r, : len(prompts[i])] = torch.tensor(prompts[i], device=dev)
+            lens = upload(np.array([len(prompts[i]) for i in idx]), dev)
+            buf = padded_rows([prompts[i] for i in idx], max(len(prompts[i]) for i in idx) + max_new, self.special.pad, dev)
             done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
             rows = torch.arange(len(idx), device=dev)
             for _ in range(max_new):

@@ -59,9 +59,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 
-from core.data import Batch
+from core.data import Batch, padded_rows, upload
 from harness.loss import token_nll
 from harness.objectives import Objective, cut_at_eos, register
 
@@ -257,7 +258,9 @@ class MaskedDiffusion(Objective):
     def _logits(self, model, h: torch.Tensor) -> torch.Tensor:
         """fp32 logits with MASK and PAD ruled out: a filled position is always a real token."""
         logits = model.logits(h).float()
-        logits[..., [self.special.mask, self.special.pad]] = float("-inf")
+        # (two integer indices, not a list: a list is a tensor uploaded at every sampler step)
+        logits[..., self.special.mask] = float("-inf")
+        logits[..., self.special.pad] = float("-inf")
         return logits
 
     @torch.no_grad()
@@ -276,10 +279,8 @@ class MaskedDiffusion(Objective):
         dev = model.head_weight.device
         L, block = o.gen_length, o.block_length or o.gen_length
         b = len(prompts)
-        lens = torch.tensor([len(p) for p in prompts], device=dev)
-        buf = torch.full((b, int(lens.max()) + L), sp.pad, dtype=torch.long, device=dev)
-        for r, p in enumerate(prompts):
-            buf[r, : len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
+        lens = upload(np.array([len(p) for p in prompts]), dev)
+        buf = padded_rows(prompts, max(len(p) for p in prompts) + L, sp.pad, dev)  # one upload, queued
         slots = lens[:, None] + torch.arange(L, device=dev)  # (b, L) region positions
         buf.scatter_(1, slots, sp.mask)
         pad_mask = torch.arange(buf.shape[1], device=dev)[None] < (lens + L)[:, None]
