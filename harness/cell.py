@@ -275,8 +275,11 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
         t_train = time.perf_counter()
         timing["prepare_s"] = round(t_train - t_start, 2)
         corpus = plan.corpus
+        # a warm-up repeats the cell's first training run, whose graphs the cell compiles first: with a sweep
+        # that is a short run, on the task alone (the sweep does not pretrain), and the full run reuses them
+        pretrain = (corpus, cell.pretrain["frac"]) if corpus and not (warm_only and cell.lr_sweep) else None
         res = train(model, objective, data.train.to(ctx.device), data.dev.to(ctx.device), plan.meter, tcfg,
-                    ctx.device, dist=ctx.dist, pretrain=(corpus, cell.pretrain["frac"]) if corpus else None)
+                    ctx.device, dist=ctx.dist, pretrain=pretrain)
         # training wall time (first step and checkpoint copies included) and the dev checks beside it
         timing["train_s"] = round(time.perf_counter() - t_train - res.dev_seconds, 2)
         timing["dev_s"] = round(res.dev_seconds, 2)

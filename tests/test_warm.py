@@ -94,6 +94,37 @@ def test_a_warm_up_run_stops_after_each_stages_warm_up_steps(offline_dir, cache_
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("sweep", [False, True])
+def test_a_warm_up_compiles_the_shapes_the_cell_compiles_first(offline_dir, cache_dir, tmp_path, monkeypatch, sweep):
+    """The worker's graphs help only if the cell asks for the same ones. A pretraining cell compiles
+    first for the packed rows, unless it sweeps learning rates: then its first training run is the
+    sweep's first short run, on the task alone, and the warm-up must compile that run's first batch
+    shape (it compiled the packed rows, a graph the cell never asked for: one cold compilation a cell)."""
+    monkeypatch.setattr(torch, "compile", lambda module, **_kw: module)
+    import harness.train as ht
+
+    first: list[tuple[int, ...]] = []
+    real = ht._Run._loss_backward
+
+    def record(self, fn, stage, batch):
+        if self.res.steps == 0:
+            first.append(tuple(batch.ids.shape))
+        return real(self, fn, stage, batch)
+
+    monkeypatch.setattr(ht._Run, "_loss_backward", record)
+    cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=12000",
+                compile=True, task_opts={"eval_limit": "1"}, pretrain={"sources": ["passages"], "frac": 0.5},
+                **({"lr_sweep": {"rates": [1e-3, 3e-3], "frac": 0.2}} if sweep else {}))
+    ctx = RunContext(device=torch.device("cpu"), data_dir=offline_dir, cache_dir=cache_dir, grid="w", progress=False)
+    assert run_cell(cell, ctx, warm_only=True)["status"] == "ok"
+    row = run_cell(cell, ctx)
+    assert row["status"] == "ok", row.get("error")
+    warm_first, cell_first = first[0], first[1]
+    assert warm_first == cell_first
+    packed = (ctx.plan(cell).corpus.data.ids.shape[1])
+    assert (warm_first[1] == packed) is not sweep  # (the packed rows first, unless the cell sweeps)
+
+
 _STEPS: list[tuple[int, int]] = []
 
 
