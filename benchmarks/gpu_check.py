@@ -102,8 +102,9 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
     py = sys.executable
     if dry:
         # a small dev slice and few timed answers: the CPU check is about running, not about figures
-        # (8,000 tokens: 4 steps of the tiny preset's 2,048, so a compiled cell times 2 after its warm-up)
-        grid = ["--device", "cpu", "--preset", "tiny", "--budget", budget or "tokens=8000",
+        # (16,000 tokens: half of it pretraining, each stage 4 steps of the tiny preset's 2,048, so a
+        # compiled cell times 2 of each after the stage's warm-up)
+        grid = ["--device", "cpu", "--preset", "tiny", "--budget", budget or "tokens=16000",
                 "--task-opt", f"eval_limit={eval_limit or 10}", "--task-opt", "dev_frac=0.02", "--task-opt", "latency_n=2"]
         base_preset = "tiny"  # the dry run checks that the part runs, not the base preset's size
         scaling = ["--device", "cpu", "--lengths", "64,128", "--tokens", "128", "--reps", "1", "--warmup", "1"]
@@ -111,16 +112,20 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         limits = {"tests": 600, "grid": 1500, "base": 600, "graphs": 900, "scope": 900, "scaling": 600, "loss": 300,
                   "stages": 300}
     else:
+        # 4 answers timed one at a time (gen_latency_ms), not 16: batch-1 decoding is launch-bound, and
+        # 16 took about as long as answering the 100 questions (a CPU count of its operator calls)
         grid = ["--device", "cuda", "--preset", "small", "--budget", budget or "a100_seconds=10",
-                "--task-opt", f"eval_limit={eval_limit or 100}"]
+                "--task-opt", f"eval_limit={eval_limit or 100}", "--task-opt", "latency_n=4"]
         base_preset = "base"
         scaling = ["--device", "cuda", "--max-len", "8192", "--tokens", "16384", "--reps", "5", "--max-seconds", "5"]
         loss = ["--device", "cuda", "--vocab", "8000,32000", "--tokens", "4096,16384", "--reps", "5"]
         limits = {"tests": 150, "grid": 250, "base": 60, "graphs": 60, "scope": 60, "scaling": 40, "loss": 40,
                   "stages": 40}
-    # one rate per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and
-    # miss the time limits; the sweep is tested on CPU (tests/test_lr_sweep.py), this checks the GPU path
-    grid += ["--lr", "preset"]
+    # the README's main command pretrains (half the budget on the packed training passages, then the task):
+    # every grid part does, so the check runs that stage, its packed rows and its switch, on the GPU. One rate
+    # per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and miss the time
+    # limits; the sweep is tested on CPU (tests/test_lr_sweep.py), this checks the GPU path
+    grid += ["--pretrain", "passages", "--lr", "preset"]
     if cache_dir is not None:
         grid += ["--cache-dir", str(cache_dir)]
     scaling += ["--mixers", grid_mixers(SCALING_FIRST)]
@@ -417,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="gpu_check", help="report folder (results/, reports/, logs/, README.md)")
     ap.add_argument("--data-dir", default=None, help="JSQuAD files (see the module docstring for the default)")
     ap.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on CPU; CUDA-only parts are skipped")
-    ap.add_argument("--budget", default=None, help="grid budget per cell (default a100_seconds=10; dry run tokens=8000)")
+    ap.add_argument("--budget", default=None, help="grid budget per cell (default a100_seconds=10; dry run tokens=16000)")
     ap.add_argument("--eval-limit", type=int, default=None, help="questions scored per cell (default 100; dry run 10)")
     ap.add_argument("--parts", default="", help="comma-separated subset of " + ",".join(SPLIT[0] + SPLIT[1])
                                                 + " (default: all)")

@@ -171,6 +171,7 @@ def attention_speed(rows: list[dict], variants: dict[str, list[dict]] | None = N
     measured += f", MFU {100 * mfu:.1f}%)" if isinstance(mfu, (int, float)) else ")"
     max_len = (row.get("data") or {}).get("max_len")
     measured += f" on {row.get('device', '?')}" + (f", rows up to T = {max_len}" if max_len else "")
+    measured += _pretraining_speed(row)
     diff = _cell(cells, "attention", "diffusion")
     if diff is not None and _tps(diff) is not None:
         measured += f"; diffusion {_tps(diff):,.0f}"
@@ -181,6 +182,19 @@ def attention_speed(rows: list[dict], variants: dict[str, list[dict]] | None = N
     if not any(gpu in str(row.get("device", "")) for gpu in TARGET_GPUS):  # the bound is an H100/H200's
         return Verdict(target, measured + f"; the target is for {' / '.join(TARGET_GPUS)}", NOT_MEASURED)
     return Verdict(target, measured, MET if tps >= ATTENTION_TOKENS_PER_S else NOT_MET)
+
+
+def _pretraining_speed(row: dict) -> str:
+    """A pretraining cell's other figure: its task stage decides (the row's tokens/s, comparable with a cell
+    that does not pretrain), its packed pretraining rows (every row full, T = the preset's length) beside."""
+    pre = next((s for s in (row.get("train") or {}).get("stages") or [] if s.get("stage") == "pretrain"), None)
+    tps = _speed((pre or {}).get("tokens_per_s"))
+    if tps is None:
+        return ""
+    T = ((row.get("pretrain") or {}).get("corpus") or {}).get("row_len")
+    mfu = pre.get("mfu")
+    return (f"; these are the task stage's (the pretraining stage's packed rows{f', T = {T}' if T else ''}: "
+            f"{tps:,.0f}" + (f", MFU {100 * mfu:.1f}%)" if isinstance(mfu, (int, float)) else ")"))
 
 
 def base_mfu(rows: list[dict]) -> Verdict:

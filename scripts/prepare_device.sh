@@ -3,7 +3,8 @@
 # (README: "GPU check"), all in git-ignored folders that travel with the checkout:
 #   .whl/        wheels of the packages a CUDA image lacks (fugashi, unidic-lite, PyWavelets, cut-cross-entropy)
 #   data/        the JSQuAD files, and data/cache/ with the tokenizers the check's presets use (trained here
-#                once, so the GPU's minutes are not spent on SentencePiece)
+#                once, so the GPU's minutes are not spent on SentencePiece) and the training passages
+#                tokenised for the check's pretraining stage (`--pretrain passages`, MeCab: a CPU's work)
 # Usage: bash scripts/prepare_device.sh [SHARED_DATA_DIR]   (default ../shared/data)
 # The GPU machine's Python is 3.12 by default; set GPU_PYTHON=3.11 (etc.) for another.
 set -euo pipefail
@@ -25,17 +26,21 @@ mkdir -p .whl data
 "$PY" -m pip wheel -q --no-deps -w .whl unidic-lite
 rm -rf data/jsquad-v1.3
 cp -r "$SHARED/jsquad-v1.3" data/
-# the tokenizers of the check's grids (small: 8k, base: 16k), trained on the offline protocol's training split
+# the tokenizers of the check's grids (small: 8k, base: 16k), trained on the offline protocol's training split,
+# and with each the passages the grids pretrain on, tokenised and cached (harness/pretrain.py)
 "$PY" - <<'PY'
 from pathlib import Path
 
 import tasks
 from core.presets import get_preset
+from harness import pretrain
 from tasks import PrepareContext
 
 for preset in ("small", "base"):
     p = get_preset(preset)
-    tasks.build("jsquad").prepare(PrepareContext(Path("data/jsquad-v1.3"), Path("data/cache"), p.vocab_size, p.max_len))
+    data = tasks.build("jsquad").prepare(PrepareContext(Path("data/jsquad-v1.3"), Path("data/cache"), p.vocab_size,
+                                                        p.max_len))
+    pretrain.prepare(pretrain.PretrainSpec(["passages"]), data, Path("data/cache"), p.max_len)
 PY
 du -sh .whl data
 ls .whl

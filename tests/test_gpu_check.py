@@ -511,6 +511,24 @@ def test_the_attention_target_shows_what_a_compile_flag_reached_but_is_decided_b
     assert v.verdict == "not met" and v.measured.endswith("; with graphs: 2,500,000")
 
 
+def test_a_pretraining_rows_task_stage_decides_and_its_packed_rows_are_shown_beside():
+    """The check's grid pretrains (as the README's main command does): the row's tokens/s is its task
+    stage's, which the bound judges; the pretraining stage's packed full-length rows run faster and are
+    shown beside, never judged (a cell's split between the stages would move the verdict)."""
+    from benchmarks import gpu_targets as gt
+
+    row = _grid_row("attention", "autoregressive", 1_800_000, mfu=0.13)
+    row["train"] = {"stages": [{"stage": "pretrain", "tokens_per_s": 2_600_000.0, "mfu": 0.19},
+                               {"stage": "task", "tokens_per_s": 1_800_000.0}]}
+    row["pretrain"] = {"sources": ["passages"], "corpus": {"row_len": 512}}
+    v = gt.attention_speed([row])
+    assert v.verdict == "not met"  # 1.8M (the task stage), though the packed rows reached 2.6M
+    assert "1,800,000 tokens/s" in v.measured
+    assert "the pretraining stage's packed rows, T = 512: 2,600,000, MFU 19.0%" in v.measured
+    del row["train"]
+    assert "pretraining" not in gt.attention_speed([row]).measured
+
+
 def test_the_grid_takes_the_time_earlier_parts_left_and_later_parts_do_not_need():
     """Under a deadline an elastic part (the grid) may run for what is left after the later parts' limits,
     when that is more than its own limit; every part is cut to the time left."""

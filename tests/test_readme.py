@@ -163,6 +163,30 @@ def test_the_readmes_two_device_commands_run_every_gpu_check_part_in_order():
     assert [names_in(c.split("--parts ", 1)[1].split()[0]) for c in device] == [list(h) for h in gpu_check.SPLIT]
 
 
+def test_the_gpu_checks_grids_run_the_readmes_main_command_but_for_its_size():
+    """Issue 14's first target is "the README's default grid command finishes every cell ok" on a GPU, and
+    the check can only afford a short version of it: the same flags, except the ones that set its size
+    (data folder, budget, seeds, preset; the learning-rate sweep, replaced by the preset's rate). A flag the main
+    command gains (as `--pretrain passages` was) must reach every grid of the check, or that path never
+    runs on a GPU and the verdict answers for another command."""
+    main = next(c for c in readme_commands(README.read_text(encoding="utf-8"))
+                if c.startswith("python run_matrix.py") and "--seeds 0,1,2" in c and "--preset small" in c)
+    sized = {"--data-dir", "--budget", "--seeds", "--preset"}  # (the grid part is small: tests/test_gpu_check.py)
+    words = main.split()[2:]
+    flags = [(w, v) for w, v in zip(words, words[1:] + [""]) if w.startswith("--") and w not in sized]
+    assert ("--pretrain", "passages") in flags  # (the main command this test reads)
+    parts = gpu_check.plan(Path("out"), Path("data"), dry=False, budget=None, eval_limit=None)
+    for part in parts:
+        if not part.name.startswith("grid"):
+            continue
+        argv = [str(a) for a in part.argv]
+        pairs = set(zip(argv, argv[1:] + [""]))
+        for flag, value in flags:
+            want = (flag, value) if not value.startswith("--") else None
+            assert (want in pairs) if want else flag in argv, f"{part.name} lacks {flag} {value}"
+        assert "--lr" not in main.split() and ("--lr", "preset") in pairs  # the one documented replacement
+
+
 def test_ci_runs_the_set_up_and_test_commands_of_the_readmes_first_screen():
     """CI must prove what a researcher runs first: `.ci/run` runs exactly the README's first two commands."""
     first = re.search(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S).group(1)

@@ -139,7 +139,8 @@ class Autoregressive(Objective):
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             lens = upload(np.array([len(prompts[i]) for i in idx]), dev)
-            buf = padded_rows([prompts[i] for i in idx], max(len(prompts[i]) for i in idx) + max_new, self.special.pad, dev)
+            width = max(len(prompts[i]) for i in idx) + max_new
+            buf = padded_rows([prompts[i] for i in idx], width, self.special.pad, dev)
             done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
             rows = torch.arange(len(idx), device=dev)
             for _ in range(max_new):
