@@ -341,8 +341,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
     if cells:
         lines += ["", "## Grid cells (`results/<grid>.jsonl`, reports in `reports/<grid>/`)", "",
                   "| grid | mixer | objective | preset | status | train tokens/s | MFU | compile | loss | mixer kernel "
-                  "| padding | error |",
-                  "|---|---|---|---|---|---:|---:|---|---|---|---:|---|"]
+                  "| padding | pretraining tokens/s | peak MiB (at start) | error |",
+                  "|---|---|---|---|---|---:|---:|---|---|---|---:|---:|---:|---|"]
         for g, r in cells:
             # the mixer's kernel says which path ran: `triton_scan` (Mamba, gated_context), `sdpa` or `flash_attn`
             m, t, backend = r.get("metrics") or {}, r.get("train") or {}, r.get("backend") or {}
@@ -358,9 +358,16 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
                 comp = f"{comp} (whole model)"
             if t.get("late_compiles"):  # compilations after the warm-up (off the budget, but worth seeing)
                 comp = f"{comp} (+{t['late_compiles']} late)"
+            # the packed pretraining rows' speed (the row's own is its task stage's) and the memory: the training
+            # peak beside what was allocated when training began (more than the model: an earlier cell's leftovers)
+            pre = next((s for s in t.get("stages") or [] if s.get("stage") == "pretrain"), {})
+            pre_tps = f"{pre['tokens_per_s']:,.0f}" if isinstance(pre.get("tokens_per_s"), (int, float)) else ""
+            mib = lambda b: f"{b / 2**20:,.0f}" if isinstance(b, (int, float)) else ""  # noqa: E731
+            mem = f"{mib(m.get('peak_mem_bytes'))} ({mib(t.get('start_mem_bytes'))})" \
+                if isinstance(m.get("peak_mem_bytes"), (int, float)) else ""
             lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {r.get('preset', '')} | {r['status']} | {tps} | "
                          f"{mfu} | {comp} | {backend.get('loss', '')} | {kernel} | "
-                         f"{t.get('padding_frac', '')} | "
+                         f"{t.get('padding_frac', '')} | {pre_tps} | {mem} | "
                          f"{(r.get('error') or '')[:120]} |")
     for name, fields in (("bench_scaling", ("mixer", "backend", "seq_len", "ms_per_step", "tokens_per_s", "status")),
                          ("bench_loss_memory", ("impl", "vocab_size", "n_tokens", "ms_fwd_bwd", "peak_mem_bytes", "status"))):

@@ -139,6 +139,8 @@ class RunContext:
     # keys of the cells whose compilation a throwaway worker ran first (run_matrix --warm-compile,
     # harness/warm.py): their graphs come from inductor's on-disk cache, and their rows say so
     warmed: set[str] = field(default_factory=set)
+    # set when a cell left the device unusable (a sticky CUDA error: `release`); the grid stops after its row
+    broken: str | None = None
     _tasks: dict[str, tasks.Task] = field(default_factory=dict)
     _data: dict[str, TaskData] = field(default_factory=dict)
     _corpora: dict[str, pt.Corpus] = field(default_factory=dict)
@@ -256,9 +258,6 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
         row["protocol"] = data.protocol
         row.update(plan.task.declarations(data.protocol))  # task_metrics, protocol_text: what reports show
         row["data"] = data.info
-        torch.manual_seed(cell.seed)
-        model = LM(plan.model_cfg).to(ctx.device)
-        row["params"] = count_params(model)
         row["model"] = {**dataclasses.asdict(plan.model_cfg), "target_params": preset.target_params}
         row["objective_info"] = objective.describe()
         row["mixer_options"] = mixers.options_of(cell.mixer) | cell.mixer_opts
@@ -272,6 +271,11 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
         if cell.lr_sweep and not warm_only:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
             row["lr_sweep"] = _lr_sweep(cell, ctx, plan, tcfg)
             tcfg.lr = row["lr_sweep"]["best_lr"]
+        # built after the sweep (each short run seeds and builds its own): on a GPU the full run's model and
+        # the short runs' are never allocated together, so a short run cannot run out of memory for it
+        torch.manual_seed(cell.seed)
+        model = LM(plan.model_cfg).to(ctx.device)
+        row["params"] = count_params(model)
         t_train = time.perf_counter()
         timing["prepare_s"] = round(t_train - t_start, 2)
         corpus = plan.corpus
@@ -325,16 +329,34 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
         if ctx.dist.active and not ddp.agreed_failure(e):
             raise  # [DDP] one rank's failure: stop the job (torchrun ends every rank); a rerun resumes
         row["error"] = error_text(e)
-        row["traceback"] = traceback.format_exc(limit=6)[-2000:]
+        row["traceback"] = traceback.format_exc(limit=-6)[-2000:]  # the innermost frames: where it failed
         if isinstance(e, torch.cuda.OutOfMemoryError):
             row["error"] = "OutOfMemoryError: " + row["error"].split(":", 1)[1][:200]
     finally:
         row["wall_s"] = round(time.perf_counter() - t_start, 2)
         del model
-        gc.collect()
-        if ctx.device.type == "cuda":
-            torch.cuda.empty_cache()
+        broken = release(ctx.device)
+        if broken:  # the GPU cannot run another cell in this process: this row says why, the grid stops
+            row["status"], row["error"] = "failed", row.get("error") or broken
+            ctx.broken = f"{cell.label()}: {broken}"
     return row if ctx.dist.is_main else None  # [DDP] one row per cell, from rank 0
+
+
+def release(device: torch.device) -> str | None:
+    """Free what a finished (or failed) cell left on the device, before the next cell's peak-memory
+    window opens. Returns why the device cannot be used any more, or None. A device-side assert or an
+    illegal address is sticky: the CUDA context is lost, every later call in this process fails (the
+    cache release itself raises), and the next cells would fail for this cell's error. The sync makes an
+    error still queued show now, in the cell that caused it."""
+    gc.collect()
+    if device.type != "cuda":
+        return None
+    try:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+    except Exception as e:  # noqa: BLE001 (whatever CUDA raised: the grid must stop with the row written)
+        return error_text(e)
+    return None
 
 
 def _train_config(cell: Cell, ctx: RunContext, preset: Preset, compiled: bool) -> TrainConfig:
@@ -354,7 +376,7 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
     return {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
             "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
             "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
-            "warm_seconds": round(res.warm_seconds, 2),
+            "warm_seconds": round(res.warm_seconds, 2), "start_mem_bytes": res.start_mem_bytes,
             **({"compile_mode": tcfg.compile_mode, "compile_scope": res.compile_scope,
                 "late_compiles": res.late_compiles, "compile_warmed": warmed} if compiled else {}),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,

@@ -140,6 +140,9 @@ class LocalExecutor(Executor):
                 if row is not None:  # None: a non-zero rank of a data-parallel cell
                     row["executor"] = _where("torchrun" if ctx.dist.active else "local", t0)
                     yield cell, row
+                if ctx.broken:  # (after its row is written) the device is lost to this process: a rerun resumes
+                    raise RuntimeError(f"the GPU cannot run another cell in this process after {ctx.broken}; "
+                                       "rerun the same command: finished cells are skipped")
                 ctx.dist.barrier()  # [DDP] the other ranks wait here while rank 0 evaluates and writes
         finally:
             progress.close()

@@ -102,12 +102,12 @@ def _warm_cce(kernel, w: torch.Tensor) -> None:
     key = (str(w.device), tuple(w.shape), w.dtype)
     if key in _CCE_WARM:
         return
-    _CCE_WARM.add(key)
     with torch.enable_grad():
         for B in cce_warm_rows(w.shape[1]):
             e = torch.zeros(B, w.shape[1], device=w.device, dtype=w.dtype, requires_grad=True)
             c = w.detach().requires_grad_(True)
             kernel(e, c, torch.zeros(B, dtype=torch.long, device=w.device)).sum().backward()
+    _CCE_WARM.add(key)  # only once it ran: a warm-up that failed (an OOM: its cell fails) is tried again
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:

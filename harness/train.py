@@ -64,6 +64,9 @@ class TrainResult:
     train_seconds: float = 0.0
     tokens_per_s: float = float("nan")  # after the warm-up; with pretraining, the task stage's (see `stages`)
     peak_mem_bytes: int | None = None
+    # allocated when the run started (CUDA): its model, data and optimizer-free state; more than a cell's
+    # own is what an earlier cell or run left behind (and it counts in the peak)
+    start_mem_bytes: int | None = None
     loss_curve: list[dict] = field(default_factory=list)
     best_fraction: float | None = None
     best_dev_loss: float | None = None
@@ -182,6 +185,7 @@ class _Run:
         self.stage: Stage | None = None  # the stage of the last step
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+            self.res.start_mem_bytes = int(torch.cuda.memory_allocated(device))
 
     def watch(self) -> CompileWatch:
         """The compile watch for the run's steps (`with run.watch():`). Made per use, never stored on the run:
@@ -272,13 +276,15 @@ class _Run:
             return self._loss_backward(self.step_fn, stage, batch)
         except Exception as e:
             eager = self.par.module
-            if self.step_fn is eager or not self.in_warm or isinstance(e, torch.cuda.OutOfMemoryError):
+            if self.step_fn is eager or not self.in_warm or out_of_memory(e):
                 raise
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             self.res.compile_error = f"{type(e).__name__}: {first}"
             self.step_fn = eager
-            self.opt.zero_grad(set_to_none=True)
-            return self._loss_backward(eager, stage, batch)
+        # the eager retry runs after the handler has ended: inside it, the exception's traceback holds the
+        # failed attempt's frames (its activations, its autograd graph), on a GPU beside the retry's own
+        self.opt.zero_grad(set_to_none=True)
+        return self._loss_backward(self.step_fn, stage, batch)
 
     def _loss_backward(self, fn, stage: Stage, batch: Batch) -> torch.Tensor:
         with autocast(self.device):  # [DDP] normalised by the global loss-token count
@@ -330,6 +336,19 @@ class _Run:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         return res
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether an out-of-memory error caused `e`: dynamo re-raises a failure inside compilation (inductor's
+    autotuning runs kernels) as `BackendCompilerFailed(...) from None`, the OOM in `inner_exception` and
+    the context. An OOM must never be taken for a model torch.compile cannot handle."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            return True
+        seen.add(id(e))
+        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
+    return False
 
 
 def _progress(enabled: bool):

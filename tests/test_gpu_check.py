@@ -196,6 +196,23 @@ def test_the_summary_names_the_kernel_each_mixer_ran(tmp_path):
     assert "| mixer | backend | seq_len |" in text and "| gated_context | triton_scan | 256 |" in text
 
 
+def test_the_cells_table_shows_the_pretraining_speed_and_the_memory_a_cell_started_with(tmp_path):
+    """A grid cell's table row shows its packed pretraining stage's tokens/s (the row's own figure is its
+    task stage's) and its training peak beside what was allocated when training began: more than the
+    model's own there is what an earlier cell left on the GPU."""
+    import json
+
+    (tmp_path / "results").mkdir()
+    row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
+    row["metrics"]["peak_mem_bytes"] = 3 * 2**30
+    row["train"] = {**(row.get("train") or {}), "padding_frac": 0.07, "start_mem_bytes": 200 * 2**20,
+                    "stages": [{"stage": "pretrain", "tokens_per_s": 2_345_678.9}, {"stage": "task", "tokens_per_s": 1.0}]}
+    (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    assert "| pretraining tokens/s | peak MiB (at start) |" in text
+    assert "| 0.07 | 2,345,679 | 3,072 (200) |" in text
+
+
 def test_the_summary_reads_every_grids_rows_through_the_schema(tmp_path):
     (tmp_path / "results").mkdir()
     # an older (schema 1) row, as a check run at an older commit wrote it: upgraded on reading

@@ -87,6 +87,35 @@ def test_a_failing_cell_does_not_stop_the_grid(offline_dir, tmp_path, cache_dir,
     assert [(r["seed"], r["status"]) for r in rows] == [(1, "failed"), (2, "ok"), (1, "ok")]
 
 
+def test_a_cell_that_leaves_the_gpu_unusable_is_written_and_stops_the_grid(offline_dir, tmp_path, cache_dir,
+                                                                           monkeypatch):
+    """A device-side assert or an illegal address is sticky: every later CUDA call in the process fails,
+    the cache release after the cell included (it raised in the cell's cleanup: the grid died and the
+    cell's row was lost). The cell's row is written, failed with the error, and the grid stops with one
+    line saying a rerun resumes, instead of failing every later cell for this one's error. The device's
+    release is stood in for (on a CPU it cannot fail)."""
+    import harness.cell as cell_mod
+
+    calls = []
+
+    def release(device):
+        calls.append(device)
+        return "RuntimeError: CUDA error: an illegal memory access was encountered" if len(calls) == 1 else None
+
+    monkeypatch.setattr(cell_mod, "release", release)
+    out = tmp_path / "out"
+    args = _args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive", "--seeds", "1,2")
+    with pytest.raises(RuntimeError, match=r"the GPU cannot run another cell in this process after attention .*"
+                                           r"illegal memory access.*rerun the same command"):
+        run_matrix.main(args)
+    rows = _cells(out / "results" / "t.jsonl")
+    assert [(r["seed"], r["status"]) for r in rows] == [(1, "failed")] and "illegal memory" in rows[0]["error"]
+    assert len(calls) == 1  # the second cell never started
+    monkeypatch.setattr(cell_mod, "release", lambda device: None)
+    assert run_matrix.main(args) == 0  # a rerun (a fresh process) resumes
+    assert [(r["seed"], r["status"]) for r in _cells(out / "results" / "t.jsonl")] == [(1, "failed"), (1, "ok"), (2, "ok")]
+
+
 def test_resume_after_a_kill(offline_dir, tmp_path, cache_dir):
     """Kill the grid mid-way: every line on disk is whole, and a rerun completes only what is missing."""
     out = tmp_path / "out"

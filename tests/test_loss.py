@@ -265,3 +265,27 @@ def test_the_first_cce_call_compiles_every_row_count_class(monkeypatch, D):
             assert {f for f, _ in every} <= {f for f, _ in covered} and {b for _, b in every} <= {b for _, b in covered}
         else:
             assert calls[-1] == (112, False) and len(calls) == len(warm) + 2, calls  # no second warm-up
+
+
+def test_a_cce_warm_up_that_failed_is_run_again(monkeypatch):
+    """The warm-up is remembered only once it ran: one that failed (an OOM fails its cell) marked the
+    classifier warm, and the next cell's steps compiled the kernel's variants inside their budget."""
+    from harness import loss as loss_mod
+
+    calls, fail = [], [True]
+
+    def kernel(e, c, targets):
+        calls.append(e.shape[0])
+        if fail[0] and len(calls) == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return plain_nll(e, c, targets)
+
+    monkeypatch.setattr(loss_mod, "_cce_kernel", lambda: kernel)
+    monkeypatch.setattr(loss_mod, "_CCE_WARM", set())
+    args = torch.randn(40, 64), torch.randn(50, 64), torch.zeros(40, dtype=torch.long)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        token_nll(*args, "cce")
+    fail[0] = False
+    calls.clear()
+    token_nll(*args, "cce")
+    assert calls[:-1] == loss_mod.cce_warm_rows(64) and calls[-1] == 48  # warmed in full, then the call

@@ -92,6 +92,49 @@ def test_grid_with_sweep_trains_the_best_rate_and_reports_it(offline_dir, tmp_pa
     assert len(cell_rows(read_rows(out / "results" / "t.jsonl"))) == 2
 
 
+def test_each_short_run_holds_the_only_model_alive(offline_dir, tmp_path, cache_dir, monkeypatch):
+    """On a GPU whatever is alive during a short run shares its memory: the full run's model was built
+    before the sweep (and each short run's stayed alive until the cycle collector ran), so a short run
+    could run out of memory for models that were not training. With the collector off, each training
+    run (short or full) sees exactly one model alive: its own. The full run's weights are the same
+    (seeded alike), so the row's figures do not change."""
+    import gc
+    import weakref
+
+    import harness.train as ht
+    from harness.model import LM
+
+    live, seen = weakref.WeakSet(), []
+    real_init, real_train = LM.__init__, ht.train
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        live.add(self)
+
+    def train(model, *a, **k):
+        seen.append(len(live))
+        return real_train(model, *a, **k)
+
+    monkeypatch.setattr(LM, "__init__", init)
+    import harness.cell as hc
+    monkeypatch.setattr(hc, "train", train)
+    monkeypatch.setattr(lr_sweep, "train", train)
+    import shutil
+
+    fresh = tmp_path / "cache"  # the tokenizers, but no short run cached by another test: these must train
+    shutil.copytree(cache_dir, fresh, ignore=shutil.ignore_patterns("lr_sweep"))
+    out = tmp_path / "out"
+    args = _args(offline_dir, out, fresh, "--mixers", "attention", "--lr-sweep", "1e-4,1e-2", "--lr-sweep-frac", "0.5")
+    gc.collect()
+    gc.disable()
+    try:
+        assert run_matrix.main(args) == 0
+    finally:
+        gc.enable()
+    assert seen == [1, 1, 1]  # two short runs, then the full run
+    assert cell_rows(read_rows(out / "results" / "t.jsonl"))[0]["status"] == "ok"
+
+
 def test_lr_flags_are_checked(monkeypatch):
     monkeypatch.delenv("WAVEBENCH_LR", raising=False)
     p = run_matrix.parser()

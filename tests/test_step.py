@@ -313,6 +313,71 @@ def test_a_model_torch_compile_cannot_handle_trains_eagerly_and_says_so(monkeypa
     assert res.steps >= 5 and "BackendCompilerFailed" in res.compile_error
 
 
+def test_the_eager_retry_runs_without_the_failed_compiled_attempts_memory(monkeypatch):
+    """When the compiled step fails in the warm-up, the step is retried eagerly. Retried inside the
+    exception handler, the traceback kept the failed attempt's frames alive (its activations, its
+    autograd graph): on a GPU beside the retry's own, in the row's peak memory, or an OOM of its own."""
+    import gc
+    import weakref
+
+    import harness.train as ht
+
+    class Broken(torch.nn.Module):  # what torch.compile returns, failing after building activations
+        def forward(self, *a, **k):
+            acts = torch.empty(1 << 20)
+            held.append(weakref.ref(acts))
+            raise RuntimeError("BackendCompilerFailed: inductor cannot lower this")
+
+    held, alive_at_retry = [], []
+    monkeypatch.setattr(ht.torch, "compile", lambda fn, **_kw: Broken())
+    real = ht._Run._loss_backward
+
+    def spy(self, fn, stage, batch):
+        if fn is self.par.module and held and not alive_at_retry:
+            alive_at_retry.append(held[0]() is not None)
+        return real(self, fn, stage, batch)
+
+    monkeypatch.setattr(ht._Run, "_loss_backward", spy)
+    gc.collect()
+    gc.disable()
+    try:
+        res = _tiny_run(budget="tokens=200", eval_points=1, compile=True)
+    finally:
+        gc.enable()
+    assert "BackendCompilerFailed" in res.compile_error and held  # (the failing attempt ran)
+    assert alive_at_retry == [False]
+
+
+def test_an_out_of_memory_error_is_never_taken_for_a_model_compile_cannot_handle(monkeypatch):
+    """An OOM in the compiled step must fail the cell (its row says OutOfMemoryError), not fall back to
+    eager training with an `ok` row: also when dynamo wraps it (an OOM in inductor's autotuning comes as
+    BackendCompilerFailed(...) from None, the OOM in `inner_exception`)."""
+    import harness.train as ht
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def wrapped():
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.cuda.OutOfMemoryError as oom:
+            raise BackendCompilerFailed(lambda *a: None, oom, None) from None
+
+    for make in (lambda: torch.cuda.OutOfMemoryError("CUDA out of memory"), wrapped):
+        class Broken(torch.nn.Module):
+            def forward(self, *a, **k):
+                e = make()
+                if isinstance(e, BaseException):
+                    raise e
+
+        monkeypatch.setattr(ht.torch, "compile", lambda fn, **_kw: Broken())
+        with pytest.raises((torch.cuda.OutOfMemoryError, BackendCompilerFailed)):
+            _tiny_run(eval_points=1, compile=True)
+    assert ht.out_of_memory(RuntimeError("x")) is False
+    try:
+        wrapped()
+    except BackendCompilerFailed as e:
+        assert ht.out_of_memory(e)
+
+
 def _tiny_run(budget: str = "tokens=400", **cfg_kw):
     rng = np.random.default_rng(0)
     seqs = [[2] + rng.integers(6, 20, 6).tolist() + [3] for _ in range(16)]
