@@ -100,13 +100,15 @@ def profile(step, device: torch.device, warmup: int, steps: int) -> dict[str, fl
 
 def padding_table(data_dir: str, preset: str, epochs: int = 3) -> None:
     """Padding fraction of the training batches on the real JSQuAD training split: the old batching
-    (32 rows per batch, lengths rounded up to 64 on CUDA, or not on CPU) versus the token budget."""
+    (32 rows per batch, lengths rounded up to 64 on CUDA, or not on CPU) versus the token budget, and the
+    CUDA-graph modes' batches (lengths rounded to 64, and since 2026-12-01 fixed shapes), with the number
+    of distinct batch shapes (under CUDA graphs, one recording each)."""
     from pathlib import Path
 
     import numpy as np
 
     import tasks
-    from core.data import BatchSampler, padding_fraction
+    from core.data import BatchSampler, padded_len
     from tasks import PrepareContext
 
     p = get_preset(preset)
@@ -114,15 +116,24 @@ def padding_table(data_dir: str, preset: str, epochs: int = 3) -> None:
     data = tasks.build("jsquad").prepare(PrepareContext(Path(data_dir), cache, p.vocab_size, p.max_len, print))
     train, L = data.train, data.train.lengths
     print(f"training split: {len(L)} sequences, {int(L.sum()):,} tokens, mean length {L.mean():.1f} (preset {preset})")
-    print("| batching | rows/batch (mean) | real tokens/batch (mean) | padding fraction |")
-    print("|---|---:|---:|---:|")
-    for label, bs, bt, pad in ((f"old: {p.batch_size} rows, lengths rounded up to 64 (CUDA)", p.batch_size, 0, 64),
-                               (f"old: {p.batch_size} rows, no rounding (CPU)", p.batch_size, 0, 1),
-                               (f"new: token budget {p.batch_tokens}, no rounding", p.batch_size, p.batch_tokens, 1)):
-        s = BatchSampler(train, bs, seed=0, pad_to=pad, batch_tokens=bt)
-        batches = [b for _ in range(epochs) for b in s.epoch_batches()]
+    print("| batching | rows/batch (mean) | real tokens/batch (mean) | padding fraction | batch shapes |")
+    print("|---|---:|---:|---:|---:|")
+    for label, bs, bt, pad, fixed in (
+            (f"old: {p.batch_size} rows, lengths rounded up to 64 (CUDA)", p.batch_size, 0, 64, False),
+            (f"old: {p.batch_size} rows, no rounding (CPU)", p.batch_size, 0, 1, False),
+            (f"new: token budget {p.batch_tokens}, no rounding (the default)", p.batch_size, p.batch_tokens, 1, False),
+            ("CUDA graphs until 2026-12-01: token budget, lengths rounded up to 64", p.batch_size, p.batch_tokens, 64,
+             False),
+            (f"CUDA graphs: fixed shapes ({p.batch_tokens} // W rows, W a multiple of 64)", p.batch_size,
+             p.batch_tokens, 64, True)):
+        s = BatchSampler(train, bs, seed=0, pad_to=pad, batch_tokens=bt, fixed_shapes=fixed)
+        plan = [bw for _ in range(epochs) for bw in s.epoch_plan()]
+        batches = [b for b, _ in plan]
+        widths = [w if w is not None else padded_len(int(L[b].max()), pad) for b, w in plan]
+        real = sum(int(L[b].sum()) for b in batches)
+        computed = sum(len(b) * w for b, w in zip(batches, widths))
         print(f"| {label} | {np.mean([len(b) for b in batches]):.1f} | {np.mean([L[b].sum() for b in batches]):,.0f} | "
-              f"{100 * padding_fraction(batches, L, pad):.1f}% |")
+              f"{100 * (1 - real / computed):.1f}% | {len({(len(b), w) for b, w in zip(batches, widths)})} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,7 +177,7 @@ class ShardedSampler:
         self.global_tokens = int(self.base.data.lengths[idx].sum())
         mine, self.live = self.shard(idx)
         mine_dev = idx_dev[self.rank :: self.world] if self.live else idx_dev[:1]  # sliced on the device
-        return self.base.data.batch(mine, self.base.pad_to, mine_dev)
+        return self.base.data.batch(mine, self.base.pad_to, mine_dev, self.base.width)
 
 
 # torch >= 2.13 renamed DDP's per-forward buffer broadcast; both spellings mean "do not".

@@ -78,6 +78,7 @@ class TrainResult:
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
     late_compiles: int = 0  # steps after the warm-up in which torch.compile compiled (not budgeted either)
     warm_seconds: float = 0.0  # wall time of the steps left off the clock (warm-up, late compiles): mostly compiling
+    warm_steps: int = 0  # steps left off the clock (each stage's first, late compiles, CUDA graphs' new shapes)
     compile_scope: str | None = None  # what was compiled ("blocks", or "model" where blocks cannot be)
     budget_info: dict = field(default_factory=dict)  # the meter's describe(): the budget (and measured speed)
 
@@ -124,7 +125,10 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
     par = data_parallel(model, dist, device, meter.budget)  # one process, or this rank of N
 
     torch.manual_seed(cfg.seed)
-    base = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to, batch_tokens=cfg.batch_tokens)
+    # CUDA graphs record a graph per batch shape: their batches come in a few fixed shapes (core/data.py)
+    graphs = cfg.compile and cfg.compile_mode in CUDAGRAPH_MODES
+    base = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to, batch_tokens=cfg.batch_tokens,
+                        fixed_shapes=graphs)
     # [pretrain] the stages this run trains in, in order (the task stage alone without pretraining)
     stages = stage_plan(par.sampler(base), objective, pretrain, cfg.batch_size, cfg.seed, cfg.pad_to, device,
                         par.sampler)
@@ -171,6 +175,7 @@ class _Run:
             self.step_fn, self.res.compile_scope = compile_for_training(par.module, cfg.compile_mode, cfg.compile_scope)
         # CUDA graph replays reuse their output memory: each step tells the graph tree a new step began
         self.graphs = cfg.compile and cfg.compile_mode in CUDAGRAPH_MODES
+        self.shapes_seen: dict[tuple[int, ...], int] = {}  # [graphs] steps per batch shape so far
         # torch.compile compiles at step 1 and recompiles once at step 2 (the first new batch shape marks
         # the lengths dynamic): neither is budgeted, and tokens/s counts from step 3 on. The same holds at
         # the start of every stage: the task stage after pretraining brings a new objective form and new
@@ -197,17 +202,30 @@ class _Run:
 
     def step(self, stage: Stage, frac: float) -> None:
         """One optimizer step on the stage's next batch at the LR of budget fraction `frac`, timed (not
-        when it is one of its stage's first `warm_steps`: those compile, synced and off the clock)."""
-        warm = self.in_warm = stage.steps < self.warm_steps
-        if warm and self.res.steps:  # a later stage's first step: the steps queued before it are charged first
+        when it is one of its stage's first `warm_steps`, nor under CUDA graphs one of a batch shape's
+        first two: those compile or record, synced and off the clock)."""
+        t_batch = time.perf_counter()
+        batch = next(stage.sampler)  # (queued slicing on the device: the batch's shape is known on the host)
+        t_batch = time.perf_counter() - t_batch
+        warm = stage.steps < self.warm_steps
+        if self.graphs:
+            # CUDA graph trees run a new shape eagerly once (their warm-up, unannounced), record it the second
+            # time (announced) and replay it from the third: a shape's first two steps are warm-up too, else
+            # the first ran ungraphed on the clock, with a sync per graph. Batches come in a few fixed
+            # shapes (core/data.py fixed_shape_batches), so this is a few steps per stage
+            shape = tuple(batch.ids.shape)
+            seen = self.shapes_seen.get(shape, 0)
+            self.shapes_seen[shape] = seen + 1
+            warm = warm or seen < 2
+        self.in_warm = warm
+        if warm and self.res.steps:  # the steps queued before a warm-up step are charged first
             self.drain()
         frames = frames_compiled()
         self.in_step, self.compiled_in_step = True, False
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - t_batch
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
         self.stage = stage
-        batch = next(stage.sampler)
         for g in self.opt.param_groups:
             g["lr"] = self.cfg.lr * wsd_multiplier(frac, self.cfg)
         loss = self._forward_backward(stage, batch)
@@ -236,6 +254,7 @@ class _Run:
             self.clock += dt
         else:
             res.warm_seconds += dt
+            res.warm_steps += 1
         stage.account(n_tok, 0.0 if warm else dt, batch.n_tokens, batch.ids.numel())  # (a host-side shape: no sync)
         if not warm and res.steps > STEADY_FROM:
             self.steady_t += dt
@@ -250,8 +269,9 @@ class _Run:
         before the compilation starts: what the step then leaves out is compilation and its own work."""
         if not self.in_step:
             return
+        first = not self.compiled_in_step  # (a step may announce several: a graph per block, say)
         self.compiled_in_step = True
-        if not self.in_warm:  # a warm-up step began with nothing queued (the run's start, or a drain)
+        if first and not self.in_warm:  # a warm-up step began with nothing queued (the run's start, or a drain)
             self.drain()
 
     def drain(self) -> None:
