@@ -363,8 +363,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             pre = next((s for s in t.get("stages") or [] if s.get("stage") == "pretrain"), {})
             pre_tps = f"{pre['tokens_per_s']:,.0f}" if isinstance(pre.get("tokens_per_s"), (int, float)) else ""
             mib = lambda b: f"{b / 2**20:,.0f}" if isinstance(b, (int, float)) else ""  # noqa: E731
-            mem = f"{mib(m.get('peak_mem_bytes'))} ({mib(t.get('start_mem_bytes'))})" \
-                if isinstance(m.get("peak_mem_bytes"), (int, float)) else ""
+            mem = mib(m.get("peak_mem_bytes")) + (f" ({mib(t['start_mem_bytes'])})"
+                                                  if isinstance(t.get("start_mem_bytes"), (int, float)) else "")
             lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {r.get('preset', '')} | {r['status']} | {tps} | "
                          f"{mfu} | {comp} | {backend.get('loss', '')} | {kernel} | "
                          f"{t.get('padding_frac', '')} | {pre_tps} | {mem} | "

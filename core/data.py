@@ -185,13 +185,14 @@ def fixed_shape_batches(order: np.ndarray, lengths: np.ndarray, batch_tokens: in
     carried into the next pool. The last chunk's rest is batched from its longest rows down, its lowest
     batch reaching below the rest into rows batched already (in the epoch's random order when the chunk
     is short): a few rows repeated once an epoch (fewer than a batch), rather than the rest left out,
-    which would be the longest rows every epoch. Data smaller than one batch of its width is that one
-    batch. Returns (rows, W) pairs."""
+    which would be the longest rows every epoch (widened when too few rows of the epoch fit its width).
+    Data smaller than one batch of any width is that one batch. Returns (rows, W) pairs."""
     def width(L: int) -> int:
         return padded_len(L, pad_to, cap)
 
     out: list[tuple[np.ndarray, int]] = []
     chunk = carry = order[:0]
+    start = 0
     for s in range(0, len(order), pool):
         chunk = np.concatenate([carry, order[s : s + pool]])
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
@@ -213,9 +214,16 @@ def fixed_shape_batches(order: np.ndarray, lengths: np.ndarray, batch_tokens: in
         W = width(int(lengths[chunk[end - 1]]))
         n = max(1, batch_tokens // W)
         rows = chunk[max(end - n, 0):end]
-        if len(rows) < n:  # the last chunk is short: rows of the epoch that fit W (in its random order)
-            fits = order[lengths[order] <= W]
-            rows = np.concatenate([rows, fits[~np.isin(fits, rows)][: n - len(rows)]])  # (all, in tiny data)
+        if len(rows) < n:  # the last chunk is short: rows of the epoch that fit W (in its random order),
+            # at a wider W (fewer rows) if too few rows fit this one; all of them in data under one batch
+            widths = sorted({width(int(L)) for L in lengths[order]} | {W})
+            for W in widths[widths.index(W):]:
+                n = max(1, batch_tokens // W)
+                fits = order[lengths[order] <= W]
+                if len(fits) >= n:
+                    break
+            rows = chunk[max(end - n, 0):end]
+            rows = np.concatenate([rows, fits[~np.isin(fits, rows)][: n - len(rows)]])
         out.append((rows, W))
         end -= n
     return out

@@ -178,7 +178,10 @@ class RayExecutor(Executor):
             gpus = 1.0 if self.args.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         world = int(gpus) if gpus >= 2 and float(gpus).is_integer() else 1
         spec = ContextSpec.of(ctx, "cuda" if gpus > 0 else "cpu")
-        task = ray.remote(num_gpus=gpus, num_cpus=self.args.cpus_per_cell, max_retries=0)(ray_cell)
+        # a GPU cell's worker exits after it (Ray's default for GPU tasks, stated: a cell that leaves the GPU
+        # unusable in its process, a sticky CUDA error, must not hand that process to the next cell)
+        task = ray.remote(num_gpus=gpus, num_cpus=self.args.cpus_per_cell, max_retries=0,
+                          **({"max_calls": 1} if gpus > 0 else {}))(ray_cell)
         # the phase board: no CPU, so it never takes a cell's slot; none when nothing is shown
         board = ray.remote(num_cpus=0)(PhaseBoard).remote() if ctx.progress else None
         pending = {task.remote(cell, spec, world, board): cell for cell in cells}

@@ -175,7 +175,10 @@ class _Run:
             self.step_fn, self.res.compile_scope = compile_for_training(par.module, cfg.compile_mode, cfg.compile_scope)
         # CUDA graph replays reuse their output memory: each step tells the graph tree a new step began
         self.graphs = cfg.compile and cfg.compile_mode in CUDAGRAPH_MODES
-        self.shapes_seen: dict[tuple[int, ...], int] = {}  # [graphs] steps per batch shape so far
+        # [graphs] steps per batch shape so far, over both stages: the graphs are the compiled blocks' (the
+        # loss, where the stages' objective forms differ, runs outside them), so a shape recorded in
+        # pretraining replays in the task stage (whose own first steps are warm-up anyway)
+        self.shapes_seen: dict[tuple[int, ...], int] = {}
         # torch.compile compiles at step 1 and recompiles once at step 2 (the first new batch shape marks
         # the lengths dynamic): neither is budgeted, and tokens/s counts from step 3 on. The same holds at
         # the start of every stage: the task stage after pretraining brings a new objective form and new
@@ -362,12 +365,15 @@ def out_of_memory(e: BaseException) -> bool:
     """Whether an out-of-memory error caused `e`: dynamo re-raises a failure inside compilation (inductor's
     autotuning runs kernels) as `BackendCompilerFailed(...) from None`, the OOM in `inner_exception` and
     the context. An OOM must never be taken for a model torch.compile cannot handle."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
+    todo, seen = [e], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
         if isinstance(e, torch.cuda.OutOfMemoryError):
             return True
         seen.add(id(e))
-        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
+        todo += [getattr(e, "inner_exception", None), e.__cause__, e.__context__]
     return False
 
 

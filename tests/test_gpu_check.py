@@ -211,6 +211,9 @@ def test_the_cells_table_shows_the_pretraining_speed_and_the_memory_a_cell_start
     text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
     assert "| pretraining tokens/s | peak MiB (at start) |" in text
     assert "| 0.07 | 2,345,679 | 3,072 (200) |" in text
+    del row["train"]["start_mem_bytes"]  # (older rows): the peak alone
+    (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    assert "| 2,345,679 | 3,072 |" in gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
 
 
 def test_the_summary_reads_every_grids_rows_through_the_schema(tmp_path):

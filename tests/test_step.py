@@ -372,6 +372,9 @@ def test_an_out_of_memory_error_is_never_taken_for_a_model_compile_cannot_handle
         with pytest.raises((torch.cuda.OutOfMemoryError, BackendCompilerFailed)):
             _tiny_run(eval_points=1, compile=True)
     assert ht.out_of_memory(RuntimeError("x")) is False
+    other = RuntimeError("wrapped")  # an OOM in the context while `inner_exception` holds another error
+    other.inner_exception, other.__context__ = ValueError("not it"), torch.cuda.OutOfMemoryError("it")
+    assert ht.out_of_memory(other)
     try:
         wrapped()
     except BackendCompilerFailed as e:
@@ -753,6 +756,13 @@ def test_cuda_graph_batches_come_in_a_few_fixed_shapes():
         assert set(rows.tolist()) == set(range(1500)) and len(rows) - 1500 < 16384 // 64  # a few repeated
     free = BatchSampler(data, 0, seed=0, batch_tokens=16384, pad_to=64)  # the default: rows vary
     assert len({tuple(next(free).ids.shape) for _ in range(400)}) > 2 * len(shapes)
+    from core.data import fixed_shape_batches
+
+    rng = np.random.default_rng(7)  # few rows, many short: the epoch's last batch widens rather than come short
+    for n in (140, 170, 200, 241):
+        L = rng.integers(1, 513, n)
+        for W_rows, W in fixed_shape_batches(rng.permutation(n), L, 2048, 64, 64, 512):
+            assert len(W_rows) == 2048 // W and L[W_rows].max() <= W
     tiny = BatchSampler(data.subset(np.arange(5)), 0, seed=0, batch_tokens=16384, pad_to=64, fixed_shapes=True)
     assert sorted(np.concatenate(tiny.epoch_batches()).tolist()) == [0, 1, 2, 3, 4]  # under one batch: all of it
 
