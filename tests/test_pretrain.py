@@ -156,17 +156,24 @@ def _toy(n: int, length: int, seed: int) -> SeqSet:
     return SeqSet.from_lists(seqs, [[i >= length - 3 for i in range(length)] for _ in seqs], 0)
 
 
+def _pretrain_run(budget: str, frac: float = 0.5, n_rows: int = 40, task: SeqSet | None = None,
+                  objective: str = "autoregressive", eval_points: int = 2, compile: bool = False, **opts):
+    """A toy run with pretraining: 1-layer attention, `n_rows` packed rows of 16 tokens, then the task
+    (default: 32 rows of 12 tokens), batches of 4."""
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention",
+                        causal=objective == "autoregressive", mlp_hidden=32))
+    obj = objectives.build(objective, SPECIAL, "chunked", **opts)
+    rows, _ = pt.pack(np.random.default_rng(2).integers(6, 20, n_rows * 16), 16)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, progress=False, eval_points=eval_points, compile=compile)
+    return train(model, obj, _toy(32, 12, 0) if task is None else task, _toy(4, 12, 1), Budget.parse(budget), cfg,
+                 torch.device("cpu"), pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), frac))
+
+
 @pytest.mark.parametrize("objective, opts", [("autoregressive", {"loss_on": "answer"}),
                                              ("diffusion", {"steps": 4, "gen_length": 4, "nll_samples": 1})])
 def test_budget_is_split_exactly_and_the_curve_spans_both_stages(objective, opts):
-    torch.manual_seed(0)
-    causal = objective == "autoregressive"
-    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=causal, mlp_hidden=32))
-    obj = objectives.build(objective, SPECIAL, "chunked", **opts)
-    rows, _ = pt.pack(np.random.default_rng(2).integers(6, 20, 40 * 16), 16)
-    cfg = TrainConfig(batch_size=4, lr=3e-3, progress=False, eval_points=4)
-    res = train(model, obj, _toy(32, 12, 0), _toy(4, 12, 1), Budget.parse("tokens=1000"), cfg, torch.device("cpu"),
-                pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.6))
+    res = _pretrain_run("tokens=1000", 0.6, objective=objective, eval_points=4, **opts)
     pre, task = res.stages
     assert pre["stage"] == "pretrain" and task["stage"] == "task" and pre["sources"] == ["toy"]
     assert 0.6 * 1000 <= pre["tokens"] < 0.6 * 1000 + 4 * 16  # within one pretraining batch
@@ -194,16 +201,10 @@ def test_each_stage_has_its_own_speed_and_the_rows_is_the_task_stages(monkeypatc
         return real(self, fn, stage, batch)
 
     monkeypatch.setattr(ht._Run, "_loss_backward", timed)
-    torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
-    obj = objectives.build("autoregressive", SPECIAL, "chunked")
-    rows, _ = pt.pack(np.random.default_rng(2).integers(6, 20, 40 * 16), 16)
     rng = np.random.default_rng(0)
     seqs = [[2] + rng.integers(6, 20, L - 2).tolist() + [3] for L in [8, 9, 10, 11, 12] * 7]  # (batches straddle lengths: padding)
     task = SeqSet.from_lists(seqs, [[i >= len(q) - 3 for i in range(len(q))] for q in seqs], 0)
-    cfg = TrainConfig(batch_size=4, lr=3e-3, progress=False, eval_points=2)
-    res = train(model, obj, task, _toy(4, 12, 1), Budget.parse("tokens=2000"), cfg, torch.device("cpu"),
-                pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.5))
+    res = _pretrain_run("tokens=2000", task=task)
     pre, tk = res.stages
     assert pre["tokens_per_s"] == pytest.approx(4 * 16 / 1.0, rel=0.05)  # 64 tokens a step
     assert 4 * 8 / 0.25 * 0.95 < tk["tokens_per_s"] < 4 * 12 / 0.25 * 1.05  # 32-48 tokens a step (both: ~90)
@@ -224,13 +225,7 @@ def test_a_compiled_model_never_recompiles_mid_pretraining_at_an_epochs_end(monk
     real, counter = torch.compile, CompileCounter()
     monkeypatch.setattr(hc.torch, "compile", lambda m, **k: real(m, backend=counter))
     torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
-    obj = objectives.build("autoregressive", SPECIAL, "chunked")
-    rows, _ = pt.pack(np.random.default_rng(2).integers(6, 20, 42 * 16), 16)
-    cfg = TrainConfig(batch_size=4, lr=3e-3, progress=False, eval_points=2, compile=True)
-    res = train(model, obj, _toy(32, 12, 0), _toy(4, 12, 1), Budget.parse("tokens=3000"), cfg, torch.device("cpu"),
-                pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.5))
+    res = _pretrain_run("tokens=3000", n_rows=42, compile=True)
     torch._dynamo.reset()
     pre = res.stages[0]
     assert pre["tokens"] > 2 * 42 * 16  # the stage crossed epoch ends
@@ -375,13 +370,7 @@ def test_the_first_steps_of_every_stage_are_warm_up_not_budget(compiled, monkeyp
     monkeypatch.setattr(ht._Run, "_loss_backward", compiling)
     if compiled:  # the trainer's torch.compile stands in as the eager module: the test is about the clock
         monkeypatch.setattr(ht.torch, "compile", lambda module, mode=None: module)
-    torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
-    obj = objectives.build("autoregressive", SPECIAL, "chunked")
-    rows, _ = pt.pack(np.random.default_rng(2).integers(6, 20, 40 * 16), 16)
-    cfg = TrainConfig(batch_size=4, lr=3e-3, progress=False, eval_points=2, compile=compiled)
-    res = train(model, obj, _toy(32, 12, 0), _toy(4, 12, 1), Budget.parse("tokens=1000"), cfg, torch.device("cpu"),
-                pretrain=(pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.5))
+    res = _pretrain_run("tokens=1000", compile=compiled)
     assert seen == ["pretrain"] * warm_steps + ["task"] * warm_steps  # both stages compiled
     assert res.train_seconds < 1000.0  # none of it on the clock
     assert all(s["seconds"] < 1000.0 for s in res.stages) and res.tokens_per_s > 1000 / 1000.0

@@ -646,6 +646,23 @@ def _assert_two_queues_and_no_compilation(run, wait: float) -> None:
     assert 2 * WAIT <= run.steady_t < 2 * WAIT + 100.0
 
 
+class _StandIn(torch.nn.Module):
+    """A stand-in for what torch.compile returns: the model itself, with `before(ids)` run first (where a
+    test makes its virtual clock advance or announces a CUDA graph recording)."""
+
+    def __init__(self, module, before):
+        super().__init__()
+        self.inner, self.before = module, before
+
+    @property
+    def head_weight(self):
+        return self.inner.head_weight
+
+    def forward(self, ids, *a, **k):
+        self.before(ids)
+        return self.inner(ids, *a, **k)
+
+
 def test_a_cuda_graph_recording_after_the_warm_up_is_warm_up_too(monkeypatch):
     """The reduce-overhead modes record a CUDA graph for each new batch shape: no dynamo frame is
     compiled (the frame counter sees nothing), yet the host stops to record. Torch announces it through
@@ -663,22 +680,12 @@ def test_a_cuda_graph_recording_after_the_warm_up_is_warm_up_too(monkeypatch):
     seen = set()
 
     def recording(module, offset):
-        class Graphs(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inner = module
-
-            @property
-            def head_weight(self):
-                return self.inner.head_weight
-
-            def forward(self, ids, *a, **k):
-                if len(seen) >= 1 and tuple(ids.shape) not in seen:  # a new shape after the first
-                    with torch._dynamo.callback_handler.install_callbacks(CallbackTrigger.CUDAGRAPH_RECORDING, "0"):
-                        offset[0] += 1000.0
-                seen.add(tuple(ids.shape))
-                return self.inner(ids, *a, **k)
-        return Graphs()
+        def before(ids):
+            if len(seen) >= 1 and tuple(ids.shape) not in seen:  # a new shape after the first
+                with torch._dynamo.callback_handler.install_callbacks(CallbackTrigger.CUDAGRAPH_RECORDING, "0"):
+                    offset[0] += 1000.0
+            seen.add(tuple(ids.shape))
+        return _StandIn(module, before)
 
     frames = ht.frames_compiled()
     run = _late_shape_run(monkeypatch, recording, WAIT)
@@ -706,25 +713,15 @@ def test_under_cuda_graphs_a_shapes_first_two_steps_are_warm_up(monkeypatch):
     runs: dict = {}
 
     def graph_tree(module, offset):
-        class Graphs(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inner = module
-
-            @property
-            def head_weight(self):
-                return self.inner.head_weight
-
-            def forward(self, ids, *a, **k):
-                n = runs[tuple(ids.shape)] = runs.get(tuple(ids.shape), 0) + 1
-                if n <= 2:
-                    offset[0] += 1000.0  # the eager warm-up run, then the recording
-                if n == 2:
-                    for _ in range(3):  # (a graph per block: announced three times, drained once)
-                        with torch._dynamo.callback_handler.install_callbacks(CallbackTrigger.CUDAGRAPH_RECORDING, "0"):
-                            pass
-                return self.inner(ids, *a, **k)
-        return Graphs()
+        def before(ids):
+            n = runs[tuple(ids.shape)] = runs.get(tuple(ids.shape), 0) + 1
+            if n <= 2:
+                offset[0] += 1000.0  # the eager warm-up run, then the recording
+            if n == 2:
+                for _ in range(3):  # (a graph per block: announced three times, drained once)
+                    with torch._dynamo.callback_handler.install_callbacks(CallbackTrigger.CUDAGRAPH_RECORDING, "0"):
+                        pass
+        return _StandIn(module, before)
 
     run = _late_shape_run(monkeypatch, graph_tree, WAIT, mode="reduce-overhead")
     # shapes (4, 8) x3, (3, 8) x2, (3, 9), (2, 11), (4, 8): every run but (4, 8)'s third and fourth is a
