@@ -25,7 +25,7 @@ from core.data import Batch, BatchSampler, SeqSet
 from core.env import autocast
 from harness.budget import Budget, BudgetMeter
 from harness.compiling import CUDAGRAPH_MODES, CompileWatch, compile_for_training, frames_compiled
-from harness.distributed import DistEnv, Parallel, data_parallel
+from harness.distributed import DistEnv, Parallel, SingleProcess, data_parallel
 from harness.evaluate import dev_sample
 from harness.pretrain import Corpus, Stage, StagePlan, stage_plan
 
@@ -157,6 +157,9 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
 
 # tokens/s counts the steps after this one (and no stage's first steps): the first steps compile and warm up
 STEADY_FROM = 2
+# steps between the asynchronous checks that the training loss is finite (between the dev checks, which
+# read the loss: one a tenth of the budget, and a short run of the learning-rate sweep has one, at its end)
+FINITE_EVERY = 8
 
 
 class _Run:
@@ -189,6 +192,14 @@ class _Run:
         self.compiled_in_step = False  # torch.compile started work during the step being taken
         self.clock, self.steady_t, self.steady_tok = 0.0, 0.0, 0
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
+        # [finite] a diverged run stops within a few dozen steps, not at the next dev check: every
+        # FINITE_EVERY steps the device copies isfinite(loss sum) into pinned host memory without waiting,
+        # and a later step reads it once the copy has landed (an event's query: no sync). Not under DDP:
+        # the ranks must agree when to stop (the dev checks' collective read decides there)
+        self.finite_check = isinstance(par, SingleProcess)
+        self._finite_host = torch.ones(1, dtype=torch.uint8, pin_memory=device.type == "cuda")
+        self._finite_view = self._finite_host.numpy()  # (made once: reading it reads host memory, no tensor)
+        self._finite_pending, self._finite_event = False, None
         self.best_state, self.best = None, math.inf
         self.stage: Stage | None = None  # the stage of the last step
         if device.type == "cuda":
@@ -239,6 +250,8 @@ class _Run:
         self.loss_n += 1
         res = self.res
         res.steps += 1
+        if self.finite_check:
+            self._check_finite()
         n_tok = self.par.step_tokens(stage.sampler, batch)  # [DDP] the budget counts the whole cell
         res.tokens_seen += n_tok
         self.in_step = False
@@ -264,6 +277,23 @@ class _Run:
             self.steady_tok += n_tok
             stage.steady_seconds += dt
             stage.steady_tokens += n_tok
+
+    def _check_finite(self) -> None:
+        """Raise FloatingPointError when a finite check that has landed says the loss sum went NaN or
+        infinite (it stays so until the next dev check); start the next check every FINITE_EVERY steps."""
+        if self._finite_pending:
+            if self._finite_event is not None and not self._finite_event.query():
+                return  # still in flight: a later step reads it
+            self._finite_pending = False
+            if not self._finite_view[0]:
+                raise FloatingPointError(f"training loss is not finite (found at step {self.res.steps}, between "
+                                         "dev checks)")
+        if self.res.steps % FINITE_EVERY == 0:
+            self._finite_host.copy_(torch.isfinite(self.loss_sum).to(torch.uint8).reshape(1), non_blocking=True)
+            if self.device.type == "cuda":
+                self._finite_event = torch.cuda.Event()
+                self._finite_event.record()
+            self._finite_pending = True
 
     def _on_compile(self) -> None:
         """torch.compile is about to stop the host (a compile, a CUDA graph recording) inside a step.

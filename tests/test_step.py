@@ -381,6 +381,32 @@ def test_an_out_of_memory_error_is_never_taken_for_a_model_compile_cannot_handle
         assert ht.out_of_memory(e)
 
 
+def test_a_diverged_run_stops_within_a_few_steps_not_at_the_next_dev_check(monkeypatch):
+    """The training loss is read at the dev checks only (a read is a GPU sync): a run whose loss went NaN
+    trained on to the next check, a tenth of the budget, and a short run of the learning-rate sweep
+    (one check, at its end) spent its whole budget on a diverged rate. Every FINITE_EVERY steps the
+    device now copies isfinite(loss sum) to pinned host memory without waiting, and a later step reads
+    it once landed: the run stops within two checks' worth of steps, with no read of a device value."""
+    import harness.train as ht
+
+    real = ht._Run._loss_backward
+    bad_from = 5
+
+    def diverging(self, fn, stage, batch):
+        loss = real(self, fn, stage, batch)
+        return loss * float("nan") if self.res.steps >= bad_from else loss
+
+    monkeypatch.setattr(ht._Run, "_loss_backward", diverging)
+    counter = _ReadCounter(monkeypatch)
+    with pytest.raises(FloatingPointError, match="not finite .*between dev checks") as e:
+        _tiny_run(budget="tokens=40000", eval_points=1)
+    step = int(__import__("re").search(r"at step (\d+)", str(e.value)).group(1))
+    assert bad_from < step <= bad_from + 2 * ht.FINITE_EVERY  # (the budget is ~800 steps)
+    assert counter.n <= 1  # (the host view of the flag, made once)
+    monkeypatch.setattr(ht._Run, "_loss_backward", real)
+    assert _tiny_run(budget="tokens=4000", eval_points=1).steps > 2 * ht.FINITE_EVERY  # a finite run trains on
+
+
 def _tiny_run(budget: str = "tokens=400", **cfg_kw):
     rng = np.random.default_rng(0)
     seqs = [[2] + rng.integers(6, 20, 6).tolist() + [3] for _ in range(16)]
