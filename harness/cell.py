@@ -301,6 +301,7 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
             row["pretrain"] = {**cell.pretrain, "corpus": corpus.info}
 
         t_eval = time.perf_counter()
+        reset_peak_memory(ctx.device)  # the evaluation's own peak (decoding's caches, a prefill's scan states)
         answers = lambda n, m: ctx.phase(f"evaluate answers {n}/{m}", TRAIN_SHARE + 0.3 * n / max(m, 1))  # noqa: E731
         metrics = plan.task.evaluate(model, objective, data, ctx.device, tcfg.eval_batch_size, progress=answers)
         samples = metrics.pop("samples", None)
@@ -311,6 +312,7 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
         metrics[objective.ppl_key] = math.exp(min(eval_nll, 50.0))
         metrics["tokens_per_s"] = res.tokens_per_s
         metrics["peak_mem_bytes"] = res.peak_mem_bytes  # None on CPU: never a made-up number
+        metrics["eval_peak_mem_bytes"] = peak_memory(ctx.device)  # answers, perplexity, latency (None: CPU)
         metrics["state_T"], metrics["state_floats"] = _state_floats(model, data)
         mean_len = float(data.train.lengths.mean()) if len(data.train) else 0.0
         metrics.update(mfu(model, res.tokens_per_s, mean_len, ctx.device, row["device"]))
@@ -340,6 +342,16 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
             row["status"], row["error"] = "failed", row.get("error") or broken
             ctx.broken = f"{cell.label()}: {broken}"
     return row if ctx.dist.is_main else None  # [DDP] one row per cell, from rank 0
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Bytes allocated at most since the last reset, on a GPU; None elsewhere (never a made-up number)."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
 
 
 def release(device: torch.device) -> str | None:

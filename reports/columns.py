@@ -83,6 +83,12 @@ def _peak_mem(r: dict[str, Any]) -> Any:
     return (r.get("metrics") or {}).get("peak_mem_bytes")
 
 
+def _eval_peak_mem(r: dict[str, Any]) -> Any:
+    if is_reference(r) or r.get("status") != "ok":
+        return None
+    return (r.get("metrics") or {}).get("eval_peak_mem_bytes")
+
+
 def _timing(*keys: str) -> Callable[[dict[str, Any]], Any]:
     """Seconds summed over phases of `row["timing"]` (None when the row has none of them)."""
     def get(r: dict[str, Any]) -> Any:
@@ -129,6 +135,9 @@ COLUMNS: list[Column] = [
            doc="primary metric minus the best non-neural baseline's, on the same evaluation items"),
     Column("peak_mem", "peak VRAM", _peak_mem, fmt_bytes, "min", show="always",
            doc="peak GPU memory in training (n/a: not measurable on CPU)"),
+    Column("eval_peak_mem", "eval VRAM", _eval_peak_mem, fmt_bytes, "min", show="any",
+           doc="peak GPU memory in the final evaluation (answers, perplexity, latency); rows from before "
+               "2026-12-01 and CPU rows have none"),
     Column("tokens_per_s", "train tok/s", _model_only(_metric("tokens_per_s")), fmt_rate, "max", show="always",
            doc="training throughput, real tokens per second (steady state)", speed=True),
     Column("latency", "answer ms", _model_only(_metric("gen_latency_ms")), fmt_ms, "min", show="always",

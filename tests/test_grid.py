@@ -116,6 +116,29 @@ def test_a_cell_that_leaves_the_gpu_unusable_is_written_and_stops_the_grid(offli
     assert [(r["seed"], r["status"]) for r in _cells(out / "results" / "t.jsonl")] == [(1, "failed"), (1, "ok"), (2, "ok")]
 
 
+def test_rows_record_the_evaluations_own_peak_memory_and_the_report_shows_it(offline_dir, tmp_path, cache_dir,
+                                                                             monkeypatch):
+    """`peak_mem_bytes` is training's; decoding's caches and a prefill's scan states may need more, and an
+    OOM there fails a trained cell. The evaluation's peak is measured on its own (the peak reset when it
+    starts, read when it ends) and reported beside training's. The GPU's probes are stood in (a CPU has
+    none): the reset must come after training, the reading after the evaluation."""
+    import harness.cell as cell_mod
+
+    events = []
+    real_evaluate = cell_mod.dev_loss
+    monkeypatch.setattr(cell_mod, "reset_peak_memory", lambda device: events.append("reset"))
+    monkeypatch.setattr(cell_mod, "peak_memory", lambda device: events.append("read") or 3 * 2**30)
+    monkeypatch.setattr(cell_mod, "dev_loss", lambda *a, **k: events.append("ppl") or real_evaluate(*a, **k))
+    out = tmp_path / "out"
+    assert run_matrix.main(_args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives",
+                                 "autoregressive")) == 0
+    row = _cells(out / "results" / "t.jsonl")[0]
+    assert row["metrics"]["eval_peak_mem_bytes"] == 3 * 2**30
+    assert events == ["reset", "ppl", "read"]  # (the dev checks in training call the trainer's own dev_loss)
+    report = (out / "reports" / "t" / "README.md").read_text()
+    assert "eval VRAM" in report and "3.0 GiB" in report
+
+
 def test_resume_after_a_kill(offline_dir, tmp_path, cache_dir):
     """Kill the grid mid-way: every line on disk is whole, and a rerun completes only what is missing."""
     out = tmp_path / "out"
