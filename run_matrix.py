@@ -178,7 +178,11 @@ def finished_line(cell: Cell, row: dict) -> str:
     secs = f" train {t.get('train_s', 0):.0f}s eval {t.get('dev_s', 0) + t.get('eval_s', 0):.0f}s" if t else ""
     sw = row.get("lr_sweep")
     picked = f" lr={sw['best_lr']:g} (sweep {sw['tokens']:,} tok, {sw['seconds']:.0f} s)" if sw else ""
-    return f"  ok     {cell.label()}: {summary(row)} params={row['params']:,}{secs}{picked}"
+    # passes over each stage's text (with pretraining: a small corpus may be seen hundreds of times)
+    stages = (row.get("train") or {}).get("stages") or []
+    passes = "".join(f" {s['stage']} {s['epochs']:g} epochs" for s in stages
+                     if len(stages) > 1 and isinstance(s.get("epochs"), (int, float)))
+    return f"  ok     {cell.label()}: {summary(row)} params={row['params']:,}{secs}{picked}{passes}"
 
 
 def summary(row: dict) -> str:

@@ -341,7 +341,7 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
     if cells:
         lines += ["", "## Grid cells (`results/<grid>.jsonl`, reports in `reports/<grid>/`)", "",
                   "| grid | mixer | objective | preset | status | train tokens/s | MFU | compile | loss | mixer kernel "
-                  "| padding | pretraining tokens/s | peak MiB (at start) | error |",
+                  "| padding | pretraining tokens/s (epochs) | peak MiB (at start) | error |",
                   "|---|---|---|---|---|---:|---:|---|---|---|---:|---:|---:|---|"]
         for g, r in cells:
             # the mixer's kernel says which path ran: `triton_scan` (Mamba, gated_context), `sdpa` or `flash_attn`
@@ -362,6 +362,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             # peak beside what was allocated when training began (more than the model: an earlier cell's leftovers)
             pre = next((s for s in t.get("stages") or [] if s.get("stage") == "pretrain"), {})
             pre_tps = f"{pre['tokens_per_s']:,.0f}" if isinstance(pre.get("tokens_per_s"), (int, float)) else ""
+            if isinstance(pre.get("epochs"), (int, float)):  # passes over the corpus (small: many at GPU speed)
+                pre_tps += f" ({pre['epochs']:g} epochs)"
             mib = lambda b: f"{b / 2**20:,.0f}" if isinstance(b, (int, float)) else ""  # noqa: E731
             mem = mib(m.get("peak_mem_bytes")) + (f" ({mib(t['start_mem_bytes'])})"
                                                   if isinstance(t.get("start_mem_bytes"), (int, float)) else "")

@@ -132,6 +132,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
     # [pretrain] the stages this run trains in, in order (the task stage alone without pretraining)
     stages = stage_plan(par.sampler(base), objective, pretrain, cfg.batch_size, cfg.seed, cfg.pad_to, device,
                         par.sampler)
+    stages.task.data_tokens = train_set.n_tokens
     run = _Run(model, objective, par, dev_sample(dev_set, cfg.dev_tokens), cfg, device, staged=pretrain is not None)
     eval_at = [(i + 1) / cfg.eval_points for i in range(cfg.eval_points)]
     bar = cfg.report or _progress(cfg.progress)

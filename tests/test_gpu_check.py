@@ -206,14 +206,15 @@ def test_the_cells_table_shows_the_pretraining_speed_and_the_memory_a_cell_start
     row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
     row["metrics"]["peak_mem_bytes"] = 3 * 2**30
     row["train"] = {**(row.get("train") or {}), "padding_frac": 0.07, "start_mem_bytes": 200 * 2**20,
-                    "stages": [{"stage": "pretrain", "tokens_per_s": 2_345_678.9}, {"stage": "task", "tokens_per_s": 1.0}]}
+                    "stages": [{"stage": "pretrain", "tokens_per_s": 2_345_678.9, "epochs": 812.5},
+                               {"stage": "task", "tokens_per_s": 1.0}]}
     (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
-    assert "| pretraining tokens/s | peak MiB (at start) |" in text
-    assert "| 0.07 | 2,345,679 | 3,072 (200) |" in text
+    assert "| pretraining tokens/s (epochs) | peak MiB (at start) |" in text
+    assert "| 0.07 | 2,345,679 (812.5 epochs) | 3,072 (200) |" in text
     del row["train"]["start_mem_bytes"]  # (older rows): the peak alone
     (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
-    assert "| 2,345,679 | 3,072 |" in gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    assert "| 2,345,679 (812.5 epochs) | 3,072 |" in gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
 
 
 def test_the_summary_reads_every_grids_rows_through_the_schema(tmp_path):

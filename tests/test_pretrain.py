@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -304,12 +305,13 @@ def _args(data_dir, out, cache, *extra):
             "--cache-dir", str(cache), "--no-progress", "--no-report", "--mixers", "attention", "--task-opt", "latency_n=1", *extra]
 
 
-def test_grid_with_pretraining_records_both_stages(offline_dir, tmp_path, cache_dir):
+def test_grid_with_pretraining_records_both_stages(offline_dir, tmp_path, cache_dir, capsys):
     out = tmp_path / "out"
     _write(tmp_path / "c" / "a.txt", "吾輩は猫である。名前はまだ無い。\n")
     args = _args(offline_dir, out, cache_dir, "--objectives", "autoregressive", "--pretrain", "passages",
                  "--pretrain", f"dir:{tmp_path / 'c'}", "--pretrain-frac", "0.5")
     assert run_matrix.main(args) == 0
+    assert re.search(r"ok .* pretrain [\d.]+ epochs task [\d.]+ epochs", capsys.readouterr().out)
     path = out / "results" / "jsquad-offline_pt-passages-c-f0.5_tiny_tokens-3000.jsonl"
     rows = cell_rows(read_rows(path))
     assert len(rows) == 1
@@ -323,6 +325,9 @@ def test_grid_with_pretraining_records_both_stages(offline_dir, tmp_path, cache_
         # each stage's speed; the row's is the task stage's, and the pretraining stage has its MFU (None: a CPU)
         assert pre["tokens_per_s"] > 0 and r["metrics"]["tokens_per_s"] == pytest.approx(task["tokens_per_s"], abs=0.1)
         assert "mfu" in pre and pre["mfu"] is None is r["metrics"]["mfu"] and pre["padding_frac"] == 0.0
+        # passes over each stage's text: the corpus's packed tokens, the task's training split
+        assert pre["epochs"] == round(pre["tokens"] / r["pretrain"]["corpus"]["tokens"], 2) > 0
+        assert task["epochs"] == round(r["train"]["epochs"], 2)
     from reports import header
     from reports.tables import label
 
