@@ -596,19 +596,21 @@ def _slow_compile(module, offset):
     return _REAL_COMPILE(module, backend=backend)
 
 
-def _late_shape_run(monkeypatch, compile_fn, wait: float, compiled: bool = True, mode: str = "default"):
+def _late_shape_run(monkeypatch, compile_fn, wait: float, compiled: bool = True, mode: str = "default",
+                    queued: list[bool] | None = None):
     """A compiled `_Run` stepped through batch shapes that recompile after the warm-up (steps 4 and 6),
     on a virtual clock whose stand-in device holds the last step's work queued: the first sync after a
     step costs `wait` seconds, later ones nothing (the queue is empty). Returns the run. With
     `compiled=False` the model trains eagerly but its final norm is compiled by `compile_fn` (as a
-    compiled loss path is inside an eager model)."""
+    compiled loss path is inside an eager model). `queued`: the stand-in device's queue flag, shared with
+    a test that queues work of its own (True: the next sync costs `wait`)."""
     import types
 
     import harness.train as ht
     from harness.distributed import SingleProcess
     from harness.pretrain import Stage
 
-    offset, queued = [0.0], [False]
+    offset, queued = [0.0], [False] if queued is None else queued
     monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0]))
 
     def queued_device(device):
@@ -694,8 +696,10 @@ def test_a_cuda_graph_recording_after_the_warm_up_is_warm_up_too(monkeypatch):
     compiled (the frame counter sees nothing), yet the host stops to record. Torch announces it through
     the same compile-start callbacks; a step that records is warm-up, off the clock, and counted, and
     the work queued before it is charged. A stand-in 'compiled' model announces a 1,000 s recording at
-    the steps with a new shape after the warm-up. (A torch whose callbacks carry no trigger, before
-    CUDA graph recordings were announced, cannot tell them: the test skips there.)"""
+    the steps with a new shape after the warm-up, three times (a graph per block), with work of the
+    step queued between them: only the first drains (the queue before the step; the step's own work is
+    not the budget's once the step is warm-up). (A torch whose callbacks carry no trigger, before CUDA
+    graph recordings were announced, cannot tell them: the test skips there.)"""
     CallbackTrigger = getattr(pytest.importorskip("torch._dynamo.callback"), "CallbackTrigger", None)
     if CallbackTrigger is None:
         pytest.skip(f"torch {torch.__version__} does not announce CUDA graph recordings to compile callbacks")
@@ -703,18 +707,20 @@ def test_a_cuda_graph_recording_after_the_warm_up_is_warm_up_too(monkeypatch):
     import harness.train as ht
 
     WAIT = 100.0
-    seen = set()
+    seen, queued = set(), [False]
 
     def recording(module, offset):
         def before(ids):
             if len(seen) >= 1 and tuple(ids.shape) not in seen:  # a new shape after the first
-                with torch._dynamo.callback_handler.install_callbacks(CallbackTrigger.CUDAGRAPH_RECORDING, "0"):
-                    offset[0] += 1000.0
+                for _ in range(3):
+                    with torch._dynamo.callback_handler.install_callbacks(CallbackTrigger.CUDAGRAPH_RECORDING, "0"):
+                        offset[0] += 1000.0 / 3
+                    queued[0] = True  # the step's own work between two recordings
             seen.add(tuple(ids.shape))
         return _StandIn(module, before)
 
     frames = ht.frames_compiled()
-    run = _late_shape_run(monkeypatch, recording, WAIT)
+    run = _late_shape_run(monkeypatch, recording, WAIT, queued=queued)
     assert ht.frames_compiled() == frames  # no dynamo frame: only the callbacks can tell
     assert run.res.late_compiles == 3  # (3, 8), (3, 9), (2, 11): new shapes after the warm-up
     # the queues of the timed steps 3 and 5 are charged (the recording step 6 synced at its end: step 7's
