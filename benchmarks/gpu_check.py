@@ -360,7 +360,7 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
                 comp = f"{comp} (+{t['late_compiles']} late)"
             # the packed pretraining rows' speed (the row's own is its task stage's) and the memory: the training
             # peak beside what was allocated when training began (more than the model: an earlier cell's leftovers)
-            pre = next((s for s in t.get("stages") or [] if s.get("stage") == "pretrain"), {})
+            pre = gpu_targets.pretrain_stage(r)
             pre_tps = f"{pre['tokens_per_s']:,.0f}" if isinstance(pre.get("tokens_per_s"), (int, float)) else ""
             if isinstance(pre.get("epochs"), (int, float)):  # passes over the corpus (small: many at GPU speed)
                 pre_tps += f" ({pre['epochs']:g} epochs)"

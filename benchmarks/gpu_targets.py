@@ -185,11 +185,16 @@ def attention_speed(rows: list[dict], variants: dict[str, list[dict]] | None = N
     return Verdict(target, measured, MET if tps >= ATTENTION_TOKENS_PER_S else NOT_MET)
 
 
+def pretrain_stage(row: dict) -> dict:
+    """A row's pretraining stage record (`train.stages`), or {} (a cell that does not pretrain)."""
+    return next((s for s in (row.get("train") or {}).get("stages") or [] if s.get("stage") == "pretrain"), {})
+
+
 def _pretraining_speed(row: dict) -> str:
     """A pretraining cell's other figure: its task stage decides (the row's tokens/s, comparable with a cell
     that does not pretrain), its packed pretraining rows (every row full, T = the preset's length) beside."""
-    pre = next((s for s in (row.get("train") or {}).get("stages") or [] if s.get("stage") == "pretrain"), None)
-    tps = _speed((pre or {}).get("tokens_per_s"))
+    pre = pretrain_stage(row)
+    tps = _speed(pre.get("tokens_per_s"))
     if tps is None:
         return ""
     T = ((row.get("pretrain") or {}).get("corpus") or {}).get("row_len")

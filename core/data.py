@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 
-def upload(host: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+def upload(host: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """A host array on `device`, without stalling a GPU: a copy from pageable host memory is synchronous
     (the host waits until the copy is done, behind the kernels already queued), so every upload would
     drain the queue the host keeps ahead of the GPU. From pinned memory with `non_blocking` the copy is
     queued like a kernel (PyTorch's pinned-memory cache keeps the buffer until the copy has run)."""
-    t = torch.from_numpy(np.ascontiguousarray(host)) if isinstance(host, np.ndarray) else host
+    t = torch.from_numpy(np.ascontiguousarray(host))
     device = torch.device(device)
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
@@ -266,15 +266,13 @@ class BatchSampler:
         """The next epoch's batches with their fixed widths (None: the longest row's, rounded to pad_to)."""
         perm = self.rng.permutation(len(self.data))
         lengths = self.data.lengths
-        if self.batch_tokens and self.fixed_shapes:
-            rows_per_batch = max(1, self.batch_tokens // max(1, int(lengths.mean())))
-            plan = fixed_shape_batches(perm, lengths, self.batch_tokens, rows_per_batch * self.bucket, self.pad_to,
-                                       self.data.ids.shape[1])
-            self.rng.shuffle(plan)
-            return plan
         if self.batch_tokens:
-            rows_per_batch = max(1, self.batch_tokens // max(1, int(lengths.mean())))
-            batches = token_budget_batches(perm, lengths, self.batch_tokens, rows_per_batch * self.bucket, self.pad_to)
+            pool = max(1, self.batch_tokens // max(1, int(lengths.mean()))) * self.bucket  # `bucket` batches' rows
+            if self.fixed_shapes:
+                plan = fixed_shape_batches(perm, lengths, self.batch_tokens, pool, self.pad_to, self.data.ids.shape[1])
+                self.rng.shuffle(plan)
+                return plan
+            batches = token_budget_batches(perm, lengths, self.batch_tokens, pool, self.pad_to)
         else:
             span = self.bs * self.bucket
             batches = []

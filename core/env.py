@@ -20,6 +20,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reset_peak_memory(device: torch.device) -> int | None:
+    """Start a peak-memory window on a GPU; returns the bytes allocated now (None elsewhere: never a
+    made-up number)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats(device)
+    return int(torch.cuda.memory_allocated(device))
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Bytes allocated at most since the window began, on a GPU; None elsewhere."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; plain fp32 elsewhere (CPU bf16 is slow and not what we measure)."""
     if device.type == "cuda":

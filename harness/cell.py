@@ -33,6 +33,7 @@ from harness.evaluate import dev_loss
 from harness.flops import mfu
 from harness.loss import resolve_impl
 from harness.model import LM, LMConfig, count_params, matched_config, on_meta
+from core.env import peak_memory, reset_peak_memory
 from core.presets import Preset, get_preset
 from core.results import error_text
 from core.schema import new_row
@@ -342,16 +343,6 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
             row["status"], row["error"] = "failed", row.get("error") or broken
             ctx.broken = f"{cell.label()}: {broken}"
     return row if ctx.dist.is_main else None  # [DDP] one row per cell, from rank 0
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory(device: torch.device) -> int | None:
-    """Bytes allocated at most since the last reset, on a GPU; None elsewhere (never a made-up number)."""
-    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
 
 
 def release(device: torch.device) -> str | None:

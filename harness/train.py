@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from core.data import Batch, BatchSampler, SeqSet
-from core.env import autocast
+from core.env import autocast, peak_memory, reset_peak_memory
 from harness.budget import Budget, BudgetMeter
 from harness.compiling import CUDAGRAPH_MODES, CompileWatch, compile_for_training, frames_compiled
 from harness.distributed import DistEnv, Parallel, SingleProcess, data_parallel
@@ -55,6 +55,12 @@ class TrainConfig:
     # stop once every stage has taken its warm-up steps, with no dev check: a run whose only product is
     # inductor's on-disk compile cache, for the real run that follows (harness/warm.py)
     warm_only: bool = False
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """A compile mode that records CUDA graphs: a graph per batch shape, so batches come in a few fixed
+        shapes and a shape's first steps are warm-up."""
+        return self.compile and self.compile_mode in CUDAGRAPH_MODES
 
 
 @dataclass
@@ -126,9 +132,8 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
 
     torch.manual_seed(cfg.seed)
     # CUDA graphs record a graph per batch shape: their batches come in a few fixed shapes (core/data.py)
-    graphs = cfg.compile and cfg.compile_mode in CUDAGRAPH_MODES
     base = BatchSampler(train_set, cfg.batch_size, seed=cfg.seed, pad_to=cfg.pad_to, batch_tokens=cfg.batch_tokens,
-                        fixed_shapes=graphs)
+                        fixed_shapes=cfg.cuda_graphs)
     # [pretrain] the stages this run trains in, in order (the task stage alone without pretraining)
     stages = stage_plan(par.sampler(base), objective, pretrain, cfg.batch_size, cfg.seed, cfg.pad_to, device,
                         par.sampler)
@@ -178,7 +183,7 @@ class _Run:
         if cfg.compile:  # the step runs through compiled code; dev checks and decoding use the model eagerly
             self.step_fn, self.res.compile_scope = compile_for_training(par.module, cfg.compile_mode, cfg.compile_scope)
         # CUDA graph replays reuse their output memory: each step tells the graph tree a new step began
-        self.graphs = cfg.compile and cfg.compile_mode in CUDAGRAPH_MODES
+        self.graphs = cfg.cuda_graphs
         # [graphs] steps per batch shape so far, over both stages: the graphs are the compiled blocks' (the
         # loss, where the stages' objective forms differ, runs outside them), so a shape recorded in
         # pretraining replays in the task stage (whose own first steps are warm-up anyway)
@@ -203,9 +208,7 @@ class _Run:
         self._finite_pending, self._finite_event = False, None
         self.best_state, self.best = None, math.inf
         self.stage: Stage | None = None  # the stage of the last step
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            self.res.start_mem_bytes = int(torch.cuda.memory_allocated(device))
+        self.res.start_mem_bytes = reset_peak_memory(device)
 
     def watch(self) -> CompileWatch:
         """The compile watch for the run's steps (`with run.watch():`). Made per use, never stored on the run:
@@ -374,8 +377,7 @@ class _Run:
         """The result, with the best checkpoint restored into the model."""
         res = self.res
         self.drain()
-        if self.device.type == "cuda":
-            res.peak_mem_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        res.peak_mem_bytes = peak_memory(self.device)
         res.train_seconds = self.clock
         # NaN (no figure) when every step was warm-up: a budget spent within the first steps timed nothing
         res.tokens_per_s = self.steady_tok / self.steady_t if self.steady_t > 0 \
