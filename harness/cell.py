@@ -38,7 +38,7 @@ from core.presets import Preset, get_preset
 from core.results import error_text
 from core.schema import new_row
 from harness.compiling import CUDAGRAPH_MODES
-from harness.train import TrainConfig, TrainResult, train
+from harness.train import TrainConfig, TrainResult, oom_cause, train
 from tasks import PrepareContext, TaskData
 
 # Batch lengths are not rounded up (the old 64 on CUDA made ~a quarter of computed positions padding:
@@ -333,8 +333,9 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
             raise  # [DDP] one rank's failure: stop the job (torchrun ends every rank); a rerun resumes
         row["error"] = error_text(e)
         row["traceback"] = traceback.format_exc(limit=-6)[-2000:]  # the innermost frames: where it failed
-        if isinstance(e, torch.cuda.OutOfMemoryError):
-            row["error"] = "OutOfMemoryError: " + row["error"].split(":", 1)[1][:200]
+        oom = oom_cause(e)  # also inside dynamo's BackendCompilerFailed: reports count a cell's OOMs by this label
+        if oom is not None:
+            row["error"] = error_text(oom, 300, "OutOfMemoryError")
     finally:
         row["wall_s"] = round(time.perf_counter() - t_start, 2)
         del model

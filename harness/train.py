@@ -395,19 +395,25 @@ class _Run:
 
 
 def out_of_memory(e: BaseException) -> bool:
-    """Whether an out-of-memory error caused `e`: dynamo re-raises a failure inside compilation (inductor's
-    autotuning runs kernels) as `BackendCompilerFailed(...) from None`, the OOM in `inner_exception` and
-    the context. An OOM must never be taken for a model torch.compile cannot handle."""
+    """Whether an out-of-memory error caused `e` (see `oom_cause`)."""
+    return oom_cause(e) is not None
+
+
+def oom_cause(e: BaseException) -> BaseException | None:
+    """The out-of-memory error that caused `e`, or None: dynamo re-raises a failure inside compilation
+    (inductor's autotuning runs kernels) as `BackendCompilerFailed(...) from None`, the OOM in
+    `inner_exception` and the context. An OOM must never be taken for a model torch.compile cannot
+    handle, and a cell's row must say OutOfMemoryError however deep the OOM was."""
     todo, seen = [e], set()
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         if isinstance(e, torch.cuda.OutOfMemoryError):
-            return True
+            return e
         seen.add(id(e))
         todo += [getattr(e, "inner_exception", None), e.__cause__, e.__context__]
-    return False
+    return None
 
 
 def _progress(enabled: bool):
