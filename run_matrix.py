@@ -27,6 +27,7 @@ from harness.loss import LOSS_IMPLS
 from harness.compiling import COMPILE_MODES, COMPILE_SCOPES, check_torch
 from harness.pretrain import DEFAULT_FRAC, PretrainSpec
 from harness.model import NORMS
+from core.env import device_name
 from core.presets import PRESETS, get_preset
 from harness.references import write_references
 from core.registry import UnknownNameError, parse_kv, scoped_opts
@@ -229,6 +230,16 @@ def write_report(out: Path, grid: str | None) -> None:
         print(f"report: {path}")
 
 
+def device_slug(device: torch.device, dist=None) -> str:
+    """'' on a CPU; '_h200' on an NVIDIA H200 ('_h200x8' for 8 data-parallel ranks): a GPU grid's default name
+    names its device (DESIGN.md), so a GPU run never takes a committed CPU grid's rows (same cells, same
+    keys) as its own, and grids from two GPUs never mix their speeds."""
+    if device.type != "cuda":
+        return ""
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(str(device)).lower().removeprefix("nvidia ")).strip("-")
+    return f"_{slug}" + (f"x{dist.world_size}" if dist is not None and dist.active else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.compile and args.no_compile:
@@ -292,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{args.task}-sweep" + "".join(f"-{k}{v}" for k, v in sorted(task_opts.items()) if k != "seq_len")
     else:
         name = data.protocol + (f"_{PretrainSpec(**pretrain).slug()}" if pretrain else "")
-    ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{name}_{args.preset}_{budget.slug}")
+    ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{name}_{args.preset}_{budget.slug}{device_slug(device, dist)}")
     results = out / "results" / f"{ctx.grid}.jsonl"
     done = dist.broadcast(done_keys(results) if dist.is_main else None)  # [DDP] rank 0's file decides
 

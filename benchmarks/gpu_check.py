@@ -351,8 +351,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             tps = f"{m['tokens_per_s']:,.0f}" if isinstance(m.get("tokens_per_s"), (int, float)) \
                 and math.isfinite(m["tokens_per_s"]) else ""
             mfu = f"{100 * m['mfu']:.2f}%" if isinstance(m.get("mfu"), (int, float)) else ""
-            comp = t.get("compile", "")
-            if comp and t.get("compile_mode", "default") != "default":
+            comp = "eager (compile failed)" if t.get("compile_error") else t.get("compile", "")
+            if comp is True and t.get("compile_mode", "default") != "default":
                 comp = t["compile_mode"]
             if comp and t.get("compile_scope") == "model":  # the whole LM compiled, not each block
                 comp = f"{comp} (whole model)"
@@ -364,12 +364,13 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
             pre_tps = f"{pre['tokens_per_s']:,.0f}" if isinstance(pre.get("tokens_per_s"), (int, float)) else ""
             if isinstance(pre.get("epochs"), (int, float)):  # passes over the corpus (small: many at GPU speed)
                 pre_tps += f" ({pre['epochs']:g} epochs)"
+            pct = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else ""  # noqa: E731
             mib = lambda b: f"{b / 2**20:,.0f}" if isinstance(b, (int, float)) else ""  # noqa: E731
             mem = mib(m.get("peak_mem_bytes")) + (f" ({mib(t['start_mem_bytes'])})"
                                                   if isinstance(t.get("start_mem_bytes"), (int, float)) else "")
             lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {r.get('preset', '')} | {r['status']} | {tps} | "
                          f"{mfu} | {comp} | {backend.get('loss', '')} | {kernel} | "
-                         f"{t.get('padding_frac', '')} | {pre_tps} | {mem} | "
+                         f"{pct(t.get('padding_frac'))} | {pre_tps} | {mem} | "
                          f"{(r.get('error') or '')[:120]} |")
     for name, fields in (("bench_scaling", ("mixer", "backend", "seq_len", "ms_per_step", "tokens_per_s", "status")),
                          ("bench_loss_memory", ("impl", "vocab_size", "n_tokens", "ms_fwd_bwd", "peak_mem_bytes", "status"))):

@@ -27,6 +27,7 @@ PEAK_BF16_TFLOPS = {  # matched against torch.cuda.get_device_name, first hit wi
     "H100": 989.0,  # SXM ("NVIDIA H100 80GB HBM3")
     "A100": 312.0,
     "L40S": 362.0,
+    "L40": 181.0,  # before "L4", which it contains
     "A10G": 70.0,
     "L4": 121.0,
     "V100": 125.0,

@@ -20,7 +20,7 @@ from typing import Any
 
 from reports import bench, figures, seeds
 from reports.load import Results, is_reference, load
-from reports.tables import (esc, full_split_table, grid_table, legend, primary_metric, reference_rules)
+from reports.tables import (esc, full_split_table, grid_table, label, legend, primary_metric, reference_rules)
 
 BENCH_DIR = "benchmarks"
 
@@ -158,13 +158,13 @@ def _run_details(rows: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["<details><summary>Run details per cell (backend, loss path, steps, checkpoint, seconds)</summary>", "",
              "| mixer | objective | seed | objective options | backend | loss path | steps | epochs | best ckpt at "
-             "| best dev loss | dev tokens | prepare s | train s | dev checks s | final eval s | wall s |",
+             "| best dev loss | dev tokens | prepare s | train wall s | dev checks s | final eval s | wall s |",
              "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(models, key=lambda r: (r["mixer"], r["objective"], str(r.get("seed")))):
+    for r in sorted(models, key=lambda r: (label(r), r["objective"], str(r.get("seed")))):
         b, t = r.get("backend") or {}, r.get("train") or {}
         best = t.get("best_fraction")
         opts = {k: v for k, v in (r.get("objective_info") or {}).items() if k != "loss_impl"}
-        cells = [esc(r["mixer"]), esc(r["objective"]), str(r.get("seed")),
+        cells = [esc(label(r)), esc(r["objective"]), str(r.get("seed")),
                  esc(", ".join(f"{k}={v}" for k, v in opts.items())) or "—", esc(",".join(b.get("mixer") or [])) or "—",
                  esc(b.get("loss") or "—"), _num(t.get("steps"), "d"), _num(t.get("epochs"), ".2f"),
                  f"{best:.0%} of budget" if isinstance(best, (int, float)) else "—",
@@ -203,6 +203,8 @@ def group_section(task: str, protocol: str, rows: list[dict[str, Any]], out_dir:
     if sweep:
         lines += ["### Learning-rate sweep", "", *sweep, ""]
     figs = []
+    devices = sorted({str(r["device"]) for r in models if r.get("device")})
+    title = f"{title} · {' / '.join(devices)}" if devices else title  # every figure names its device(s)
     if key:
         figs.append(("score by mixer", figures.score_by_mixer(rows, key, title, out_dir / f"{prefix}_{key}_by_mixer.png")))
     figs.append(("loss curves", figures.loss_curves(rows, title, out_dir / f"{prefix}_loss_curves.png")))

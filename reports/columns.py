@@ -98,6 +98,33 @@ def _timing(*keys: str) -> Callable[[dict[str, Any]], Any]:
     return get
 
 
+def _train(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda r: finite((r.get("train") or {}).get(key))
+
+
+def _compiled(r: dict[str, Any]) -> str | None:
+    """'compiled', 'eager', or 'eager (compile failed)': a fallback's speed is not a compiled cell's."""
+    t = r.get("train")
+    if is_reference(r) or r.get("status") != "ok" or not t:
+        return None
+    return "eager (compile failed)" if t.get("compile_error") else "compiled" if t.get("compile") else "eager"
+
+
+def _pretrain_stage(r: dict[str, Any]) -> str | None:
+    """The pretraining stage's tokens/s and passes over its text: '2,533,824 (151 epochs)'. A small corpus
+    at a GPU's speed is seen many times over; rows from before 2026-12-01 record neither."""
+    st = next((s for s in (r.get("train") or {}).get("stages") or [] if s.get("stage") == "pretrain"), None)
+    tps = finite((st or {}).get("tokens_per_s"))
+    if tps is None or is_reference(r):
+        return None
+    ep = finite(st.get("epochs"))
+    return f"{tps:,.0f}" + (f" ({ep:.3g} epochs)" if ep is not None else "")
+
+
+def fmt_pct(v: Any) -> str:
+    return f"{100 * v:.2f}%" if v < 0.1 else f"{100 * v:.1f}%"
+
+
 def on_cpu(row: dict[str, Any]) -> bool:
     return str(row.get("device") or "").startswith("cpu")
 
@@ -140,6 +167,16 @@ COLUMNS: list[Column] = [
                "2026-12-01 and CPU rows have none"),
     Column("tokens_per_s", "train tok/s", _model_only(_metric("tokens_per_s")), fmt_rate, "max", show="always",
            doc="training throughput, real tokens per second (steady state)", speed=True),
+    Column("mfu", "MFU", _model_only(_metric("mfu")), fmt_pct, "max",
+           doc="model FLOPs utilisation in training: FLOPs per token × train tok/s ÷ the GPU's dense bf16 peak "
+               "(harness/flops.py; a lower bound where a mixer's sequence mixing is not counted: the row's "
+               "`metrics.mfu_basis`); CPU rows have none", speed=True),
+    Column("compiled", "compiled", _compiled, show="varies", numeric=False,
+           doc="how the cell trained: torch.compile, eager, or eager because compiling failed (the row's "
+               "`train.compile_error`): a fallback's speed is not a compiled cell's"),
+    Column("pretrain_stage", "pretrain tok/s (epochs)", _pretrain_stage, numeric=False,
+           doc="the pretraining stage's throughput and its passes over the pretraining text (train tok/s and MFU "
+               "are the task stage's)"),
     Column("latency", "answer ms", _model_only(_metric("gen_latency_ms")), fmt_ms, "min", show="always",
            doc="time to generate one answer, batch 1, in milliseconds, on the decoding path listed below",
            speed=True),
@@ -149,8 +186,12 @@ COLUMNS: list[Column] = [
            doc="parameters (tied embedding counted once); cells of a preset are matched within ±5%"),
     Column("tokens_seen", "tokens seen", _model_only(_field("tokens_seen")), fmt_count, show="always",
            doc="training tokens consumed within the budget"),
-    Column("train_s", "train s", _model_only(_timing("train_s")), fmt_secs,
-           doc="wall seconds of training (what the budget meters; evaluation excluded)"),
+    Column("train_s", "train s", _model_only(_train("seconds")), fmt_secs,
+           doc="seconds on the budget's clock: the timed training steps (warm-up and compiling steps, dev checks "
+               "and the evaluation are off it; wall seconds in the run details)"),
+    Column("warm_s", "warm-up s", _model_only(_train("warm_seconds")), fmt_secs,
+           doc="wall seconds of the steps off the budget's clock: each stage's first (compiling, when compiled), "
+               "late compilations, CUDA graphs' recordings"),
     Column("eval_s", "eval s", _model_only(_timing("dev_s", "eval_s")), fmt_secs,
            doc="wall seconds of evaluation, outside the budget: dev checks during training (checkpoint "
                "selection) plus the final scoring (answers, perplexity, latency); split in the run details"),

@@ -123,7 +123,7 @@ def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path)
     report's table), references as lines."""
     models = [r for r in _ok_models(rows) if metric(r, key) is not None and not r.get("sweep")]
     norms = len({r.get("norm") for r in models}) > 1  # norm variants get their own bars, never averaged
-    data = pd.DataFrame([{"mixer": r["mixer"] + (f"\n{r.get('norm')}-norm" if norms else ""),
+    data = pd.DataFrame([{"mixer": _bar_name(r) + (f"\n{r.get('norm')}-norm" if norms else ""),
                           "objective": r["objective"], key: metric(r, key)} for r in models])
     if data.empty:
         return None
@@ -147,6 +147,16 @@ def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path)
     return _save(fig, path)
 
 
+def _bar_name(r: dict[str, Any]) -> str:
+    """A bar's tick: the mixer, and its pretraining on a second line, a folder source by its name alone
+    ('attention' / 'pretrain aozora-pd 0.5'): the table's full label overlaps its neighbours."""
+    p = r.get("pretrain")
+    if not p:
+        return str(r["mixer"])
+    src = "+".join(Path(s[4:]).name if s.startswith("dir:") else s for s in p["sources"])
+    return f"{r['mixer']}\npretrain {src} {p['frac']:g}"
+
+
 def _t_interval(values) -> tuple[float, float]:
     """seaborn errorbar callable: the 95% Student-t interval of the mean (none for one value)."""
     ci = mean_ci(list(values))
@@ -164,7 +174,7 @@ def loss_curves(rows: list[dict[str, Any]], title: str, path: Path) -> Path | No
     cells = [r for r in _ok_models(rows) if any(finite(p.get("dev_loss")) is not None for p in r.get("loss_curve") or [])]
     if not cells:
         return None
-    colors = palette([r["mixer"] for r in cells])
+    colors = palette([label(r) for r in cells])
     objectives = sorted({r["objective"] for r in cells})
     seeds = len({r.get("seed") for r in cells}) > 1
     norms = len({r.get("norm") for r in cells}) > 1
@@ -174,12 +184,12 @@ def loss_curves(rows: list[dict[str, Any]], title: str, path: Path) -> Path | No
         fig, axes = _figure(ncols=len(objectives), size=(4.6 * len(objectives) + 2.6, 4.8))
         for ax, objective in zip(axes[0], objectives):
             for r in sorted((r for r in cells if r["objective"] == objective),
-                            key=lambda r: (r["mixer"], str(r.get("seed")))):
+                            key=lambda r: (label(r), str(r.get("seed")))):
                 pts = [p for p in r["loss_curve"] if finite(p.get("dev_loss")) is not None]
                 xs = [p.get("tokens") or p.get("frac") for p in pts]
-                name = r["mixer"] + (f" · seed {r.get('seed')}" if seeds else "") \
+                name = label(r) + (f" · seed {r.get('seed')}" if seeds else "") \
                     + (f" · {r.get('norm')}-norm" if norms else "") + (f" · {_sweep_label(r)}" if r.get("sweep") else "")
-                ax.plot(xs, [p["dev_loss"] for p in pts], color=colors[r["mixer"]],
+                ax.plot(xs, [p["dev_loss"] for p in pts], color=colors[label(r)],
                         marker=markers[(str(r.get("seed")), str(r.get("norm")))], ms=4, lw=1.5, label=name)
             ax.set_xlabel("training tokens seen")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_count(v)))
@@ -199,10 +209,13 @@ def loss_curves(rows: list[dict[str, Any]], title: str, path: Path) -> Path | No
 
 
 def quality_vs_speed(rows: list[dict[str, Any]], key: str, title: str, path: Path) -> Path | None:
-    """Primary metric against training throughput: the trade-off each mixer offers."""
-    data = pd.DataFrame([{"mixer": r["mixer"], "objective": r["objective"], key: metric(r, key),
-                          "tokens_per_s": metric(r, "tokens_per_s")}
-                         for r in _ok_models(rows) if metric(r, key) is not None and metric(r, "tokens_per_s")])
+    """Primary metric against training throughput: the trade-off each mixer offers. Speeds measured on
+    different devices are not one population: with more than one device the marker names the device too."""
+    models = [r for r in _ok_models(rows) if metric(r, key) is not None and metric(r, "tokens_per_s")]
+    devices = len({r.get("device") for r in models}) > 1
+    data = pd.DataFrame([{"mixer": label(r), key: metric(r, key), "tokens_per_s": metric(r, "tokens_per_s"),
+                          "objective": r["objective"] + (f" · {r.get('device')}" if devices else "")}
+                         for r in models])
     if data.empty:
         return None
     with _style():

@@ -10,7 +10,7 @@ from typing import Any
 from core.schema import Metric, declared_metrics
 from reports import stats
 from reports.load import finite, is_reference
-from reports.tables import declared, esc, metric
+from reports.tables import declared, esc, label, metric, variant
 
 BASELINE_MIXER = "attention"  # the cell every mixer is compared with (same objective, norm, sweep point)
 # aggregated beside the task's declared metrics: the objectives' perplexities (lower is better)
@@ -18,12 +18,13 @@ PERPLEXITIES = (Metric("ppl", "ppl", "min", fmt=".2f"), Metric("ppl_bound", "ppl
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
-    """ok model rows by configuration (everything but the seed)."""
+    """ok model rows by configuration (everything but the seed): (mixer, objective, norm, sweep point,
+    variant: the pretraining, `tables.variant`)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if not is_reference(r) and r["status"] == "ok":
             sweep = tuple(sorted((r.get("sweep") or {}).items()))
-            groups[(r["mixer"], r["objective"], r.get("norm"), sweep)].append(r)
+            groups[(r["mixer"], r["objective"], r.get("norm"), sweep, variant(r))].append(r)
     return groups
 
 
@@ -82,12 +83,12 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
     s = -1.0 if declared(rows, key).better == "min" else 1.0
 
     def order(item):
-        (mixer, obj, norm, sweep), rs = item
+        (mixer, obj, norm, sweep, var), rs = item
         vals = [metric(r, key) for r in rs if metric(r, key) is not None] if key else []
-        return (obj, str(norm), sweep, -s * (sum(vals) / len(vals)) if vals else 0.0, mixer)
+        return (obj, str(norm), sweep, var, -s * (sum(vals) / len(vals)) if vals else 0.0, mixer)
 
-    for (mixer, obj, norm, sweep), rs in sorted(groups.items(), key=order):
-        cells = [esc(mixer), esc(obj), *([esc(norm)] if norms else []),
+    for (mixer, obj, norm, sweep, var), rs in sorted(groups.items(), key=order):
+        cells = [esc(label(rs[0])), esc(obj), *([esc(norm)] if norms else []),
                  *([", ".join(f"{k}={v}" for k, v in sweep) or "—"] if sweeps else []), str(len(rs))]
         for m in metrics:
             vals = [v for v in (metric(r, m.key) for r in rs) if v is not None]
@@ -99,14 +100,14 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
             if mixer == BASELINE_MIXER:
                 cells.append("(reference)")
             else:
-                cells.append(vs_baseline(rs, groups.get((BASELINE_MIXER, obj, norm, sweep)), key))
+                cells.append(vs_baseline(rs, groups.get((BASELINE_MIXER, obj, norm, sweep, var)), key))
         lines.append("| " + " | ".join(cells) + " |")
     legend = ["Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "
               "95% Student-t interval over seeds (n = seeds); *n=1, no interval* means a single run, whose "
               "seed-to-seed spread is unknown."]
     if compare:
         legend.append(f"Δ vs {BASELINE_MIXER}: the mean per-question {name} difference from the "
-                      f"{BASELINE_MIXER} cell of the same objective (same questions, same seeds), with its 95% "
+                      f"{BASELINE_MIXER} cell of the same objective and pretraining (same questions, same seeds), with its 95% "
                       f"paired-bootstrap interval ({stats.RESAMPLES:,} resamples of the questions, seed {stats.SEED}); "
                       "**yes** = the interval excludes 0 (significant at the 5% level, two-sided). It covers question "
                       "sampling for these seeds; the ± columns show the seed-to-seed spread.")
@@ -119,7 +120,7 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
 def lr_sweep_section(rows: list[dict[str, Any]]) -> list[str]:
     """Every cell's sweep: dev loss of the short run at each rate, the pick, and the cost."""
     swept = sorted((r for r in rows if not is_reference(r) and r["status"] == "ok" and r.get("lr_sweep")),
-                   key=lambda r: (r["objective"], r["mixer"], str(r.get("seed"))))
+                   key=lambda r: (r["objective"], label(r), str(r.get("seed"))))
     if not swept:
         return []
     rates = sorted({t["lr"] for r in swept for t in r["lr_sweep"]["table"]})
@@ -141,7 +142,7 @@ def lr_sweep_section(rows: list[dict[str, Any]]) -> list[str]:
             v = finite(t.get("dev_loss")) if t else None
             text = "—" if t is None else ("diverged" if v is None else f"{v:.3f}")
             cells.append(f"**{text}**" if lr == sw["best_lr"] else text)
-        lines.append(f"| {esc(r['mixer'])} | {esc(r['objective'])} | {r.get('seed')} | " + " | ".join(cells)
+        lines.append(f"| {esc(label(r))} | {esc(r['objective'])} | {r.get('seed')} | " + " | ".join(cells)
                      + f" | {sw['best_lr']:g} | {sw['tokens']:,} | {sw['seconds']:.0f} |")
         total_tok += sw["tokens"]
         total_s += sw["seconds"]

@@ -51,10 +51,16 @@ def label(row: dict[str, Any]) -> str:
     if is_reference(row):
         setting = (row.get("reference") or {}).get("setting")
         return f"{row_name(row)} ({setting})" if setting else row_name(row)
-    p = row.get("pretrain")  # cells that pretrain first are told apart from those that do not
-    if p:
-        return f"{row['mixer']} (pretrain {'+'.join(p['sources'])} {p['frac']:g})"
-    return str(row["mixer"])
+    v = variant(row)  # cells that pretrain first are told apart from those that do not
+    return f"{row['mixer']} ({v})" if v else str(row["mixer"])
+
+
+def variant(row: dict[str, Any]) -> str:
+    """What sets a model row apart from another of its mixer, objective and seed in one grid: its
+    pretraining ('pretrain passages 0.5'), or ''. Aggregates over seeds, comparisons with attention,
+    colours and legends key on it: pretraining variants are never averaged as if they were seeds."""
+    p = row.get("pretrain")
+    return f"pretrain {'+'.join(p['sources'])} {p['frac']:g}" if p else ""
 
 
 def best_baseline(rows: list[dict[str, Any]], key: str | None, eval_n: Any = None) -> dict[str, Any] | None:

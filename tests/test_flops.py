@@ -62,6 +62,7 @@ def test_mfu_only_on_known_gpus():
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0  # SXM; the PCIe and NVL cards peak lower
     lower = [peak_tflops(f"NVIDIA {name}") for name in ("H200 NVL", "H100 NVL", "H100 PCIe")]
     assert lower == [835.0, 835.0, 756.0]
+    assert peak_tflops("NVIDIA L40") == 181.0 and peak_tflops("NVIDIA L4") == 121.0  # L40 contains "L4"
     assert peak_tflops("Some GPU") is None
     f, _ = flops_per_token(m, 50)
     got = mfu(m, 1e6, 50, torch.device("cuda"), "NVIDIA H100 80GB HBM3")["mfu"]

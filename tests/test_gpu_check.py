@@ -211,10 +211,13 @@ def test_the_cells_table_shows_the_pretraining_speed_and_the_memory_a_cell_start
     (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
     assert "| pretraining tokens/s (epochs) | peak MiB (at start) |" in text
-    assert "| 0.07 | 2,345,679 (812.5 epochs) | 3,072 (200) |" in text
+    assert "| 7.0% | 2,345,679 (812.5 epochs) | 3,072 (200) |" in text
     del row["train"]["start_mem_bytes"]  # (older rows): the peak alone
     (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     assert "| 2,345,679 (812.5 epochs) | 3,072 |" in gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    row["train"].update(compile=False, compile_error="BackendCompilerFailed: x")  # a fallback is named as one
+    (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    assert "| eager (compile failed) |" in gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
 
 
 def test_the_summary_reads_every_grids_rows_through_the_schema(tmp_path):

@@ -278,3 +278,26 @@ def test_quick_trains_at_the_preset_rate_unless_lr_is_given(offline_dir, tmp_pat
     [row] = _cells(out / "results" / "q2.jsonl")
     assert row["train"]["lr"] == 2e-3
     assert run_matrix.DEFAULT_LR == "auto"
+
+
+def test_a_gpu_grids_default_name_names_its_gpu(monkeypatch):
+    """DESIGN.md: GPU runs are named by device. Without it the README's CPU command run on a GPU finds the
+    committed CPU grid's rows under the same cell keys, reports every cell done, and trains nothing."""
+    from types import SimpleNamespace
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    assert run_matrix.device_slug(torch.device("cpu")) == ""
+    assert run_matrix.device_slug(torch.device("cuda")) == "_h100-80gb-hbm3"
+    ranks = SimpleNamespace(active=True, world_size=8)
+    assert run_matrix.device_slug(torch.device("cuda:0"), ranks) == "_h100-80gb-hbm3x8"
+
+
+def test_the_default_grid_name_ends_with_the_device_slug(offline_dir, tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setattr(run_matrix, "device_slug", lambda device, dist=None: "_h200")  # the GPU's, stood in
+    out = tmp_path / "out"
+    args = [a for a in _args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive",
+                             "--no-report", "--task-opt", "latency_n=1") if a not in ("--grid", "t")]
+    assert run_matrix.main(args) == 0
+    assert [p.name for p in (out / "results").glob("*.jsonl")] == ["jsquad-offline_tiny_tokens-3000_h200.jsonl"]

@@ -29,6 +29,7 @@ def _row(mixer, objective, key=None, status="ok", task="jsquad", protocol="jsqua
         "git_commit": "abc123", "metrics": metrics or {}, "loss_curve": curve if status == "ok" else [],
         "world_size": 1, "started_at": "2026-01-01T00:00:00+00:00",
         "timing": {"prepare_s": 1.0, "train_s": 12.5, "dev_s": 3.25, "eval_s": 40.0} if status == "ok" else {},
+        "train": {"seconds": 11.5, "warm_seconds": 1.0} if status == "ok" else {},
         "data": {"train_questions": 4000, "dev_questions": 400, "train_tokens": 600000, "eval_questions": 500,
                  "eval_questions_total": 4420, "tokenizer": {"vocab_size": 4000, "normalization": "identity"},
                  "vocab_size": 4000, "max_len": 256},
@@ -183,8 +184,9 @@ def test_best_values_marked_failures_shown_references_sorted(report):
     assert by[("wave_modulation", "autoregressive", "0", "pre")]["train tok/s"] == "~9,100"
     assert by[("wave_modulation", "autoregressive", "0", "pre")]["answer ms"] == "~4.0"
     assert "`~`: a speed measured on a CPU, indicative only" in text
-    # where the time went: training and evaluation seconds per cell
-    assert best["train s"] == "12.5" and best["eval s"] == "43.2"
+    # where the time went: the budget's clock, the steps kept off it, and evaluation seconds per cell
+    assert best["train s"] == "11.5" and best["warm-up s"] == "1.0" and best["eval s"] == "43.2"
+    assert "| 12.5 |" in text.split("Run details per cell")[1]  # training's wall seconds, in the run details
     assert best["peak VRAM"] == "n/a"  # CPU rows: never a made-up number
     # the failed cell is shown, last, with its error (the "|" in it escaped)
     failed = rows[-1]
@@ -264,6 +266,49 @@ def test_report_lists_expected_but_missing_cells_and_ties_and_gpu_speeds(tmp_pat
     assert rows["attention"]["ppl"] == "9.00"
     assert rows["mamba"]["train tok/s"] == "**7,000**"  # measured on a GPU: bold
     assert "state floats at T=158" in head
+
+
+def test_gpu_rows_show_mfu_compiled_and_pretraining_and_never_average_pretraining_variants(tmp_path, monkeypatch):
+    """The columns a GPU row fills, and cells that differ only in pretraining: named apart everywhere (until
+    2026-12-01 the seed aggregates averaged attention with and without pretraining as three 'seeds')."""
+    import reports as rep
+
+    titles = []
+    for name in ("score_by_mixer", "loss_curves", "quality_vs_speed"):
+        real = getattr(rep.figures, name)
+        monkeypatch.setattr(rep.figures, name, lambda *a, _real=real, **k: titles.append(a[-2]) or _real(*a, **k))
+    pre = {"sources": ["passages"], "frac": 0.5, "max_chars": 0}
+    stages = [{"stage": "pretrain", "tokens_per_s": 2_500_000.0, "epochs": 151.2}, {"stage": "task"}]
+    gpu = {"device": "NVIDIA H200"}
+
+    def cell(mixer, f1, pretrain=None, mfu=0.1234, **train):
+        m = {**_qa(0.0, f1, ppl=9.0, tps=2_000_000.0), "mfu": mfu, "peak_mem_bytes": 3 * 2**30}
+        t = {"seconds": 20.0, "warm_seconds": 31.0, "compile": True, "compile_error": None, **train}
+        if pretrain:
+            t["stages"] = stages
+        return _row(mixer, "autoregressive", key=f"{mixer}-{bool(pretrain)}", metrics=m, pretrain=pretrain,
+                    train=t, **gpu)
+
+    rows = [cell("attention", 0.30), cell("attention", 0.40, pre), cell("gated_context", 0.20),
+            cell("gated_context", 0.25, pre, mfu=None, compile=False, compile_error="BackendCompilerFailed: x")]
+    for r in rows:
+        append_row(tmp_path / "results" / "g.jsonl", r)
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    text = (tmp_path / "reports" / "g" / "README.md").read_text()
+    qa = _table(text, "## jsquad")
+    head = _cells(qa[0])
+    by = {r["mixer"]: r for r in (dict(zip(head, _cells(ln))) for ln in qa[2:])}
+    assert by["attention"]["MFU"] == "12.3%" and by["gated_context (pretrain passages 0.5)"]["MFU"] == "—"
+    assert by["attention"]["compiled"] == "compiled"
+    assert by["gated_context (pretrain passages 0.5)"]["compiled"] == "eager (compile failed)"
+    assert by["attention (pretrain passages 0.5)"]["pretrain tok/s (epochs)"] == "2,500,000 (151 epochs)"
+    assert by["attention"]["train s"] == "20.0" and by["attention"]["warm-up s"] == "31.0"
+    agg = _table(text, "### Across seeds")
+    assert len(agg) == 2 + 4 and all("| 1 |" in ln for ln in agg[2:])  # four configurations, one run each
+    assert any(ln.startswith("| attention (pretrain passages 0.5) | autoregressive | 1 | 0.000 (n=1") for ln in agg)
+    details = text.split("Run details per cell")[1]
+    assert "| gated_context (pretrain passages 0.5) | autoregressive | 0 |" in details
+    assert titles and all("NVIDIA H200" in t for t in titles)  # every figure names its device
 
 
 def test_the_committed_reports_are_what_the_report_code_makes_of_the_committed_rows(tmp_path):
