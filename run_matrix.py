@@ -21,7 +21,7 @@ from pathlib import Path
 import mixers
 import tasks
 from harness import distributed, executors, lr_sweep, objectives
-from harness.budget import Budget, BudgetError
+from harness.budget import Budget, BudgetError, adopt_speed, recorded_speed
 from harness.cell import Cell, RunContext, check_cell
 from harness.loss import LOSS_IMPLS
 from harness.compiling import COMPILE_MODES, COMPILE_SCOPES, check_torch
@@ -31,7 +31,7 @@ from core.env import device_name
 from core.presets import PRESETS, get_preset
 from harness.references import write_references
 from core.registry import UnknownNameError, parse_kv, scoped_opts
-from core.results import ResultsFileError, append_row, done_keys, write_expected
+from core.results import ResultsFileError, append_row, done_keys, read_rows, write_expected
 from core.schema import declared_metrics
 from tasks import DataError, PrepareContext
 
@@ -306,6 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{name}_{args.preset}_{budget.slug}{device_slug(device, dist)}")
     results = out / "results" / f"{ctx.grid}.jsonl"
     done = dist.broadcast(done_keys(results) if dist.is_main else None)  # [DDP] rank 0's file decides
+    if budget.kind == "a100_seconds" and done:  # a resumed grid keeps the speed factor its first cells had
+        speed = dist.broadcast(recorded_speed(read_rows(results), device_name(str(device)), budget)
+                               if dist.is_main else None)
+        if speed:
+            now = adopt_speed(device, speed)
+            ctx.log(f"a100 speed factor {speed['a100_factor']:.4g} as in the grid's earlier rows"
+                    + (f" (measured now: {now:.4g})" if now is not None else "")
+                    + ": every cell of the grid gets the same wall-clock budget")
 
     todo = [c for c in cells if c.key() not in done]
     if dist.is_main:  # what the grid expects, beside its rows: the report lists cells that never wrote one

@@ -100,6 +100,31 @@ def device_speed(device: torch.device) -> dict:
     return info
 
 
+def recorded_speed(rows: list[dict], device_name: str, budget: "Budget") -> dict | None:
+    """The speed an a100_seconds grid's earlier ok rows on this device were metered with (the first such
+    row's), or None: a resumed grid meters its remaining cells with it (`adopt_speed`)."""
+    for r in rows:
+        speed = (r.get("budget_info") or {}).get("speed")
+        if (r.get("status") == "ok" and r.get("device") == device_name and r.get("budget") == str(budget)
+                and isinstance(speed, dict) and isinstance(speed.get("a100_factor"), (int, float))):
+            return speed
+    return None
+
+
+def adopt_speed(device: torch.device, speed: dict) -> float | None:
+    """Meter every a100_seconds budget of this process on `device` with `speed`, a factor recorded before
+    (a resumed grid's first rows), not this process's own measurement: the factor sets each cell's
+    wall-clock budget, and a remeasured one (a cold or a hot GPU) would give the cells trained after a
+    resume a different budget from those before it. Updates the cached dict in place, so meters built
+    already (a grid's plans) use it too. Returns the factor measured in this process, if any."""
+    cached = _FACTOR_CACHE.setdefault(str(device), {})
+    measured = cached.get("a100_factor")
+    kept = {k: v for k, v in speed.items() if k != "measured_now"}
+    cached.clear()
+    cached.update(kept, **({"measured_now": measured} if measured is not None else {}))
+    return measured
+
+
 def check_budget(budget: Budget, train_set: SeqSet, batch_size: int, batch_tokens: int = 0) -> None:
     """A token budget must cover at least one batch (a mean-length one), or nothing is learned."""
     mean = float(train_set.lengths.mean()) if len(train_set) else 1.0

@@ -301,3 +301,30 @@ def test_the_default_grid_name_ends_with_the_device_slug(offline_dir, tmp_path, 
                              "--no-report", "--task-opt", "latency_n=1") if a not in ("--grid", "t")]
     assert run_matrix.main(args) == 0
     assert [p.name for p in (out / "results").glob("*.jsonl")] == ["jsquad-offline_tiny_tokens-3000_h200.jsonl"]
+
+
+def test_a_resumed_a100_seconds_grid_meters_its_new_cells_with_the_factor_its_first_cells_had(
+        offline_dir, tmp_path, cache_dir, capsys):
+    """The a100 factor sets every cell's wall-clock budget; a rerun (the grid's resume) measured it again, so
+    cells trained after a resume (a cold or a hot GPU) had another budget than those before it."""
+    import json
+
+    import harness.budget as hb
+
+    out = tmp_path / "out"
+    base = _args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive",
+                 "--no-report", "--task-opt", "latency_n=1")
+    base[base.index("--budget") + 1] = "a100_seconds=0.0003"
+    assert run_matrix.main([*base, "--seeds", "0"]) == 0
+    path = out / "results" / "t.jsonl"
+    first = _cells(path)[0]
+    recorded = {**first["budget_info"]["speed"], "a100_factor": 1.25e-4}  # as if measured on a slower day
+    first["budget_info"]["speed"] = recorded
+    path.write_text(json.dumps(first) + "\n")
+    hb._FACTOR_CACHE.clear()  # a new process: it measures again
+    assert run_matrix.main([*base, "--seeds", "0,1"]) == 0
+    assert "a100 speed factor 0.000125 as in the grid's earlier rows (measured now: " in capsys.readouterr().out
+    new = [r for r in _cells(path) if r["seed"] == 1][0]
+    assert new["status"] == "ok" and new["budget_info"]["speed"]["a100_factor"] == 1.25e-4
+    assert new["budget_info"]["speed"]["measured_now"] != 1.25e-4
+    hb._FACTOR_CACHE.clear()
