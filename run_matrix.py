@@ -27,7 +27,7 @@ from harness.loss import LOSS_IMPLS
 from harness.compiling import COMPILE_MODES, COMPILE_SCOPES, check_torch
 from harness.pretrain import DEFAULT_FRAC, PretrainSpec
 from harness.model import NORMS
-from core.env import device_name
+from core.env import device_name, gpu_slug
 from core.presets import PRESETS, get_preset
 from harness.references import write_references
 from core.registry import UnknownNameError, parse_kv, scoped_opts
@@ -234,10 +234,8 @@ def device_slug(device: torch.device, dist=None) -> str:
     """'' on a CPU; '_h200' on an NVIDIA H200 ('_h200x8' for 8 data-parallel ranks): a GPU grid's default name
     names its device (DESIGN.md), so a GPU run never takes a committed CPU grid's rows (same cells, same
     keys) as its own, and grids from two GPUs never mix their speeds."""
-    if device.type != "cuda":
-        return ""
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name(str(device)).lower().removeprefix("nvidia ")).strip("-")
-    return f"_{slug}" + (f"x{dist.world_size}" if dist is not None and dist.active else "")
+    slug = gpu_slug(device)
+    return f"_{slug}" + (f"x{dist.world_size}" if dist is not None and dist.active else "") if slug else ""
 
 
 def main(argv: list[str] | None = None) -> int:

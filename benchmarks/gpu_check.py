@@ -358,6 +358,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
                 comp = f"{comp} (whole model)"
             if t.get("late_compiles"):  # compilations after the warm-up (off the budget, but worth seeing)
                 comp = f"{comp} (+{t['late_compiles']} late)"
+            if t.get("recompile_limit_hits"):  # a function dynamo then ran eagerly: partly eager training
+                comp = f"{comp} (recompile limit: {'; '.join(t['recompile_limit_hits'])[:80]})"
             # the packed pretraining rows' speed (the row's own is its task stage's) and the memory: the training
             # peak beside what was allocated when training began (more than the model: an earlier cell's leftovers)
             pre = gpu_targets.pretrain_stage(r)

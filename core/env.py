@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from functools import lru_cache
 from importlib import metadata
@@ -58,6 +59,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @lru_cache(maxsize=None)
+def gpu_slug(device: torch.device) -> str:
+    """'h200' for an NVIDIA H200, 'a100-sxm4-80gb', …; '' off CUDA: for names of files and grids that must
+    not mix one GPU's figures with another's."""
+    if device.type != "cuda":
+        return ""
+    return re.sub(r"[^a-z0-9]+", "-", device_name(str(device)).lower().removeprefix("nvidia ")).strip("-")
+
+
 def device_name(device: str) -> str:
     """'NVIDIA H200' or 'cpu: <processor> (N threads)': every figure names its device."""
     dev = torch.device(device)

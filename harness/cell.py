@@ -33,7 +33,7 @@ from harness.evaluate import dev_loss
 from harness.flops import mfu
 from harness.loss import resolve_impl
 from harness.model import LM, LMConfig, count_params, matched_config, on_meta
-from core.env import peak_memory, reset_peak_memory
+from core.env import gpu_slug, peak_memory, reset_peak_memory
 from core.presets import Preset, get_preset
 from core.results import error_text
 from core.schema import new_row
@@ -383,7 +383,8 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
             "warm_seconds": round(res.warm_seconds, 2), "warm_steps": res.warm_steps,
             "start_mem_bytes": res.start_mem_bytes,
             **({"compile_mode": tcfg.compile_mode, "compile_scope": res.compile_scope,
-                "late_compiles": res.late_compiles, "compile_warmed": warmed} if compiled else {}),
+                "late_compiles": res.late_compiles, "compile_warmed": warmed,
+                "recompile_limit_hits": res.recompile_limit_hits} if compiled else {}),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
             "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve),
             **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}
@@ -394,7 +395,9 @@ def _lr_sweep(cell: Cell, ctx: RunContext, plan: CellPlan, tcfg: TrainConfig) ->
         torch.manual_seed(cell.seed)
         return LM(plan.model_cfg).to(ctx.device)
 
-    where = ctx.cache_dir / "lr_sweep" / f"{cell.key()}-{ctx.device.type}.json"  # seconds budgets depend on the device
+    # a time budget's short runs depend on the GPU: an H100's trials are never reused on an H200
+    gpu = gpu_slug(ctx.device)
+    where = ctx.cache_dir / "lr_sweep" / f"{cell.key()}-{ctx.device.type}{'-' + gpu if gpu else ''}.json"
     cache = None if ctx.dist.active else lr_sweep.TrialCache(where)
     data = plan.data
     trial = lr_sweep.train_trial(fresh_model, plan.objective, data.train.to(ctx.device), data.dev.to(ctx.device),

@@ -70,6 +70,13 @@ def warm_up(cells: list[Cell], spec: Any, jobs: int, timeout_s: float = TIMEOUT_
     if not cells:
         say("warm-compile: no pending cell compiles; nothing to warm")
         return set()
+    if jobs > 1 and any(c.compile_mode.startswith("max-autotune") for c in cells):
+        # max-autotune picks its matmul templates by timing them while compiling, and the choice goes into the
+        # cached code the timed cell reuses: timed beside other workers on one GPU, it would be chosen under
+        # contention. One worker at a time times them alone (the autotune-cache setting below covers only
+        # the configs timed at a kernel's first launch)
+        say(f"warm-compile: max-autotune times its kernel choices while compiling: 1 worker at a time, not {jobs}")
+        jobs = 1
     threads = worker_threads(jobs)
     env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads), "PYTHONPATH": pythonpath_with(ROOT)}
     say(f"warm-compile: {len(cells)} cells, {jobs} at a time ({threads} compile thread{'s' * (threads > 1)} each)")

@@ -103,11 +103,16 @@ def _train(key: str) -> Callable[[dict[str, Any]], Any]:
 
 
 def _compiled(r: dict[str, Any]) -> str | None:
-    """'compiled', 'eager', or 'eager (compile failed)': a fallback's speed is not a compiled cell's."""
+    """'compiled', 'eager', 'eager (compile failed)' or 'compiled, partly eager (recompile limit)': a
+    fallback's speed is not a compiled cell's."""
     t = r.get("train")
     if is_reference(r) or r.get("status") != "ok" or not t:
         return None
-    return "eager (compile failed)" if t.get("compile_error") else "compiled" if t.get("compile") else "eager"
+    if t.get("compile_error"):
+        return "eager (compile failed)"
+    if t.get("recompile_limit_hits"):  # dynamo left a function eager at its recompile limit
+        return "compiled, partly eager (recompile limit)"
+    return "compiled" if t.get("compile") else "eager"
 
 
 def _pretrain_stage(r: dict[str, Any]) -> str | None:
@@ -172,8 +177,9 @@ COLUMNS: list[Column] = [
                "(harness/flops.py; a lower bound where a mixer's sequence mixing is not counted: the row's "
                "`metrics.mfu_basis`); CPU rows have none", speed=True),
     Column("compiled", "compiled", _compiled, show="varies", numeric=False,
-           doc="how the cell trained: torch.compile, eager, or eager because compiling failed (the row's "
-               "`train.compile_error`): a fallback's speed is not a compiled cell's"),
+           doc="how the cell trained: torch.compile, eager, eager because compiling failed (the row's "
+               "`train.compile_error`), or partly eager where dynamo hit its recompile limit "
+               "(`train.recompile_limit_hits`): a fallback's speed is not a compiled cell's"),
     Column("pretrain_stage", "pretrain tok/s (epochs)", _pretrain_stage, numeric=False,
            doc="the pretraining stage's throughput and its passes over the pretraining text (train tok/s and MFU "
                "are the task stage's)"),

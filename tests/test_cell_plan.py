@@ -72,6 +72,33 @@ def test_a_sweeping_cell_checks_its_short_budget_once_for_all_its_short_runs(off
     assert sorted(str(a[0]) for a in checked) == ["tokens=1500", "tokens=3000"]
 
 
+def test_an_lr_sweeps_cached_short_runs_are_never_reused_on_another_gpu(offline_dir, tmp_path, cache_dir,
+                                                                        monkeypatch):
+    """A time budget's short runs depend on the GPU: the sweep's cache is per GPU model, not per device type
+    (an H100's trials were reused on an H200). The cache's path is recorded; no short run trains."""
+    import harness.cell as hc
+
+    class Opened(Exception):
+        pass
+
+    paths = []
+
+    def cache(where):
+        paths.append(where.name)
+        raise Opened
+
+    monkeypatch.setattr(hc.lr_sweep, "TrialCache", cache)
+    for gpu in ("h100", "h200"):
+        monkeypatch.setattr(hc, "gpu_slug", lambda device, _g=gpu: _g, raising=False)  # the GPU's name, stood in
+        args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out",
+                str(tmp_path / gpu), "--cache-dir", str(cache_dir), "--no-progress", "--grid", "t", "--mixers",
+                "attention", "--objectives", "autoregressive", "--no-report", "--lr-sweep", "1e-3,3e-3"]
+        assert run_matrix.main(args) == 0
+        [row] = cell_rows(read_rows(tmp_path / gpu / "results" / "t.jsonl"))
+        assert row["status"] == "failed" and row["error"].startswith("Opened")
+    assert [p.rsplit("-", 1)[1] for p in paths] == ["h100.json", "h200.json"]
+
+
 def test_a_cells_plan_stops_a_too_small_sweep_budget_before_the_grid(offline_dir, tmp_path, cache_dir):
     """The lr sweep's short runs must cover a batch too: refused in the pre-flight plan, no rows."""
     args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(tmp_path),

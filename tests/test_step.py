@@ -3,6 +3,7 @@ padding, batches cut on the device, no host reads of device values between evalu
 only where a next token is real, and the cheaper RMSNorm / cached RoPE being exactly what they replace."""
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -825,3 +826,26 @@ def test_every_compiled_cell_of_a_grid_compiles(monkeypatch):
             train(model, obj, data, data, Budget.parse("tokens=300"), cfg, torch.device("cpu"))
             gained[(name, causal)] = counter.frame_count - before
     assert all(n > 0 for n in gained.values()), gained
+
+
+def test_a_function_dynamo_leaves_eager_at_its_recompile_limit_is_recorded(monkeypatch):
+    """At its recompile limit dynamo runs a function eagerly from then on, with a log line as the only sign:
+    the row said `compile: true` of a cell that trained partly eager. The trainer hears the warning and
+    records it (`recompile_limit_hits`); under the limit nothing is recorded."""
+    import harness.compiling as hc
+
+    real = torch.compile
+    monkeypatch.setattr(hc.torch, "compile", lambda m, **k: real(m, backend="eager"))
+    model = LM(LMConfig(vocab_size=32, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    data = _seqset(np.arange(16) % 8 + 4)  # lengths 4..11: batches of several shapes
+    cfg = TrainConfig(batch_size=4, lr=1e-3, progress=False, eval_points=1, compile=True)
+    hits = []
+    for limit in (8, 1):
+        torch._dynamo.reset()
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            res = train(model, obj, data, data, Budget.parse("tokens=250"), cfg, torch.device("cpu"))
+        hits.append(res.recompile_limit_hits)
+    torch._dynamo.reset()
+    assert hits[0] == [] and hits[1] and all(h.startswith("recompile_limit (1): ") for h in hits[1])
+    assert logging.getLogger(hc.LIMIT_LOGGER).handlers == []  # the watch removed its handler

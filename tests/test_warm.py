@@ -262,3 +262,17 @@ def test_a_worker_leaves_the_kernels_autotuning_to_the_real_cell(tmp_path, monke
     assert warm._worker(str(job), str(tmp_path / "out.json")) == 0
     assert seen == [(True, False)]
     assert "autotune_local_cache" in inductor_config._cache_config_ignore_prefix  # no FX-graph cache miss for it
+
+
+def test_max_autotune_cells_are_warmed_one_at_a_time(tmp_path, monkeypatch):
+    """max-autotune times its matmul templates while compiling and caches the choice for the timed cell:
+    J workers sharing a GPU would choose under contention. Its cells are warmed one worker at a time."""
+    _worker(monkeypatch, "import sys, json; open(sys.argv[2], 'w').write(json.dumps("
+                         "{'status': 'ok', 'error': None, 'wall_s': 0.0}))")
+    spec = executors.ContextSpec(device="cpu", data_dir=None, cache_dir=str(tmp_path), grid="w")
+    for mode, at_a_time in (("default", 2), ("max-autotune", 1), ("max-autotune-no-cudagraphs", 1)):
+        cells = [Cell(task="jsquad", mixer=m, objective="autoregressive", preset="tiny", budget="tokens=6000",
+                      compile_mode=mode) for m in ("attention", "mamba")]
+        lines: list[str] = []
+        assert len(warm.warm_up(cells, spec, 2, say=lines.append)) == 2
+        assert f"warm-compile: 2 cells, {at_a_time} at a time" in "\n".join(lines), (mode, lines)
