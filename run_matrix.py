@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{name}_{args.preset}_{budget.slug}{device_slug(device, dist)}")
     results = out / "results" / f"{ctx.grid}.jsonl"
     done = dist.broadcast(done_keys(results) if dist.is_main else None)  # [DDP] rank 0's file decides
-    if budget.kind == "a100_seconds" and done:  # a resumed grid keeps the speed factor its first cells had
+    # a resumed grid keeps the speed factor its first cells had (Ray's workers measure their own)
+    if budget.kind == "a100_seconds" and done and args.executor == "local":
         speed = dist.broadcast(recorded_speed(read_rows(results), device_name(str(device)), budget)
                                if dist.is_main else None)
         if speed:

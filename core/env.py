@@ -58,7 +58,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-@lru_cache(maxsize=None)
 def gpu_slug(device: torch.device) -> str:
     """'h200' for an NVIDIA H200, 'a100-sxm4-80gb', …; '' off CUDA: for names of files and grids that must
     not mix one GPU's figures with another's."""
@@ -67,6 +66,7 @@ def gpu_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device_name(str(device)).lower().removeprefix("nvidia ")).strip("-")
 
 
+@lru_cache(maxsize=None)
 def device_name(device: str) -> str:
     """'NVIDIA H200' or 'cpu: <processor> (N threads)': every figure names its device."""
     dev = torch.device(device)

@@ -37,7 +37,7 @@ from core.env import gpu_slug, peak_memory, reset_peak_memory
 from core.presets import Preset, get_preset
 from core.results import error_text
 from core.schema import new_row
-from harness.compiling import CUDAGRAPH_MODES
+from harness.compiling import CUDAGRAPH_MODES, clear_recompile_limit_hits, recompile_limit_hits
 from harness.train import TrainConfig, TrainResult, oom_cause, train
 from tasks import PrepareContext, TaskData
 
@@ -266,6 +266,7 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
         compiled = cell.compiles(ctx.device)
         if compiled:
             fresh_compiler()
+        clear_recompile_limit_hits()
         tf32 = enable_tf32(ctx.device)
         tcfg = _train_config(cell, ctx, preset, compiled)
         tcfg.warm_only = warm_only
@@ -333,9 +334,7 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
             raise  # [DDP] one rank's failure: stop the job (torchrun ends every rank); a rerun resumes
         row["error"] = error_text(e)
         row["traceback"] = traceback.format_exc(limit=-6)[-2000:]  # the innermost frames: where it failed
-        oom = oom_cause(e)  # also inside dynamo's BackendCompilerFailed: reports count a cell's OOMs by this label
-        if oom is not None:
-            row["error"] = error_text(oom, 300, "OutOfMemoryError")
+        row["error"] = _oom_error(e) or row["error"]  # reports count a cell's OOMs by this label
     finally:
         row["wall_s"] = round(time.perf_counter() - t_start, 2)
         del model
@@ -344,6 +343,15 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
             row["status"], row["error"] = "failed", row.get("error") or broken
             ctx.broken = f"{cell.label()}: {broken}"
     return row if ctx.dist.is_main else None  # [DDP] one row per cell, from rank 0
+
+
+def _oom_error(e: BaseException) -> str | None:
+    """The row's error for an out-of-memory error, also one inside dynamo's BackendCompilerFailed; None for
+    any other error. A function, not a local in run_cell: a local holding the exception past its `except`
+    keeps its traceback's frames (the failed run's model, optimizer and activations) alive through the
+    cell's cleanup, whose release() then frees nothing of it on the GPU."""
+    oom = oom_cause(e)
+    return None if oom is None else error_text(oom, 300, "OutOfMemoryError")
 
 
 def release(device: torch.device) -> str | None:
@@ -383,8 +391,9 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
             "warm_seconds": round(res.warm_seconds, 2), "warm_steps": res.warm_steps,
             "start_mem_bytes": res.start_mem_bytes,
             **({"compile_mode": tcfg.compile_mode, "compile_scope": res.compile_scope,
-                "late_compiles": res.late_compiles, "compile_warmed": warmed,
-                "recompile_limit_hits": res.recompile_limit_hits} if compiled else {}),
+                "late_compiles": res.late_compiles, "compile_warmed": warmed} if compiled else {}),
+            # the cell's runs (sweep included), compiled model or compiled loss path alike
+            "recompile_limit_hits": recompile_limit_hits(),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
             "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve),
             **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}

@@ -12,9 +12,10 @@
   fusion across a block boundary (one more read and write of the (B, T, D) stream per block). The
   final norm is compiled on its own; the embedding (one gather) and the loss (as before) stay eager.
 - **Watching** (`CompileWatch`, `frames_compiled`): a step in which torch.compile compiled is warm-up,
-  off the budget (harness/train.py). The watch also hears dynamo hit its recompile limit (8 variants of
-  a function): from then on that function runs eagerly, with one log line as the only sign, so a row
-  would say `compile: true` of a cell that trained partly eager (`train.recompile_limit_hits`).
+  off the budget (harness/train.py). The watch also has dynamo's recompile-limit warnings recorded (8
+  variants of a function): from then on that function runs eagerly, with one log line as the only sign,
+  so a row would say `compile: true` of a cell that trained partly eager (`recompile_limit_hits`, the
+  row's `train.recompile_limit_hits`).
 """
 from __future__ import annotations
 
@@ -95,9 +96,8 @@ class CompileWatch:
     `torch._dynamo.reset()` clears the callbacks (a grid resets before each compiled cell), so the
     watch registers when its run starts and removes itself when the run ends."""
 
-    def __init__(self, on_start: Callable[[], None], on_limit: Callable[[str], None] | None = None):
+    def __init__(self, on_start: Callable[[], None]):
         self.on_start = on_start
-        self._limit = _LimitHits(on_limit) if on_limit is not None else None
         # (older torch passes no arguments). The callback closes over `on_start`, not over the watch: a
         # watch reachable from its own callback is a reference cycle, freed (with the trainer's run that
         # `on_start` belongs to, its model and optimizer) only when the cycle collector happens to run
@@ -111,31 +111,50 @@ class CompileWatch:
     def __enter__(self) -> "CompileWatch":
         if self._handler is not None:
             self._handler.register_start_callback(self._callback)
-        if self._limit is not None:
-            logging.getLogger(LIMIT_LOGGER).addHandler(self._limit)
+        _listen_for_recompile_limits()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._handler is not None and self._callback in self._handler.start_callbacks:
             self._handler.remove_start_callback(self._callback)
-        if self._limit is not None:
-            logging.getLogger(LIMIT_LOGGER).removeHandler(self._limit)
 
 
 LIMIT_LOGGER = "torch._dynamo.convert_frame"  # where dynamo warns "torch._dynamo hit config.recompile_limit (8)"
+_LIMIT_HITS: list[str] = []  # this process's, since clear_recompile_limit_hits()
+
+
+def recompile_limit_hits() -> list[str]:
+    """Functions dynamo left eager at a recompile limit since the last clear, as 'recompile_limit (8):
+    forward (file:line)'. Per process, not per training run: dynamo warns once per function, and the
+    learning-rate sweep's short runs share the cell's dynamo caches, so a limit one of them hits leaves
+    the full run eager with no warning of its own."""
+    return list(_LIMIT_HITS)
+
+
+def clear_recompile_limit_hits() -> None:
+    """At a cell's start: its row lists the hits of its own runs only."""
+    _LIMIT_HITS.clear()
 
 
 class _LimitHits(logging.Handler):
-    """Passes on dynamo's warning that a function hit a recompile limit, as 'recompile_limit (8): forward
-    (file:line)'. The warning is the only sign: the function then runs eagerly (torch 2.11 and 2.13 alike)."""
-
-    def __init__(self, on_hit: Callable[[str], None]):
-        super().__init__(logging.WARNING)
-        self.on_hit = on_hit
+    """Records dynamo's warning that a function hit a recompile limit. The warning is the only sign: the
+    function then runs eagerly (torch 2.11 and 2.13 alike). Holds nothing but the module's list."""
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
         if msg.startswith("torch._dynamo hit config."):
             lines = msg.splitlines()
             fn = next((ln.split("function:", 1)[1].strip() for ln in lines if "function:" in ln), "?")
-            self.on_hit(f"{lines[0].removeprefix('torch._dynamo hit config.')}: {fn}")
+            hit = f"{lines[0].removeprefix('torch._dynamo hit config.')}: {fn}"
+            if hit not in _LIMIT_HITS:
+                _LIMIT_HITS.append(hit)
+
+
+_LIMIT_HANDLER = _LimitHits(logging.WARNING)
+
+
+def _listen_for_recompile_limits() -> None:
+    """Attach the recorder to dynamo's logger, once per process (it stays: it holds no model)."""
+    logger = logging.getLogger(LIMIT_LOGGER)
+    if _LIMIT_HANDLER not in logger.handlers:
+        logger.addHandler(_LIMIT_HANDLER)

@@ -83,7 +83,6 @@ class TrainResult:
     padding_frac: float | None = None  # share of the task stage's computed positions (rows x length) that were padding
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
     late_compiles: int = 0  # steps after the warm-up in which torch.compile compiled (not budgeted either)
-    recompile_limit_hits: list = field(default_factory=list)  # functions dynamo left eager at its limit
     warm_seconds: float = 0.0  # wall time of the steps left off the clock (warm-up, late compiles): mostly compiling
     warm_steps: int = 0  # steps left off the clock (each stage's first, late compiles, CUDA graphs' new shapes)
     compile_scope: str | None = None  # what was compiled ("blocks", or "model" where blocks cannot be)
@@ -217,11 +216,7 @@ class _Run:
         cycle that keeps the model, its gradients and the optimizer's states alive after `train` returns until
         Python's cycle collector happens to run: on a GPU, in the full run's peak memory after each short run
         of the learning-rate sweep."""
-        return CompileWatch(self._on_compile, self._on_recompile_limit)
-
-    def _on_recompile_limit(self, what: str) -> None:
-        if what not in self.res.recompile_limit_hits:
-            self.res.recompile_limit_hits.append(what)
+        return CompileWatch(self._on_compile)
 
     def step(self, stage: Stage, frac: float) -> None:
         """One optimizer step on the stage's next batch at the LR of budget fraction `frac`, timed (not

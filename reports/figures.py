@@ -154,7 +154,8 @@ def _bar_name(r: dict[str, Any]) -> str:
     if not p:
         return str(r["mixer"])
     src = "+".join(Path(s[4:]).name if s.startswith("dir:") else s for s in p["sources"])
-    return f"{r['mixer']}\npretrain {src} {p['frac']:g}"
+    cap = f" ≤{fmt_count(p['max_chars'])}" if p.get("max_chars") else ""
+    return f"{r['mixer']}\npretrain {src}{cap} {p['frac']:g}"
 
 
 def _t_interval(values) -> tuple[float, float]:

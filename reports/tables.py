@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from core.schema import Metric, declared_metrics, headline_metric, row_name
-from reports.columns import Column, columns, on_cpu
+from reports.columns import Column, columns, fmt_count, on_cpu
 from reports.load import finite, is_reference
 
 
@@ -60,7 +60,10 @@ def variant(row: dict[str, Any]) -> str:
     pretraining ('pretrain passages 0.5'), or ''. Aggregates over seeds, comparisons with attention,
     colours and legends key on it: pretraining variants are never averaged as if they were seeds."""
     p = row.get("pretrain")
-    return f"pretrain {'+'.join(p['sources'])} {p['frac']:g}" if p else ""
+    if not p:
+        return ""
+    cap = f" ≤{fmt_count(p['max_chars'])} chars" if p.get("max_chars") else ""
+    return f"pretrain {'+'.join(p['sources'])} {p['frac']:g}{cap}"
 
 
 def best_baseline(rows: list[dict[str, Any]], key: str | None, eval_n: Any = None) -> dict[str, Any] | None:

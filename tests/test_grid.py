@@ -287,7 +287,10 @@ def test_a_gpu_grids_default_name_names_its_gpu(monkeypatch):
 
     import torch
 
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    import core.env
+
+    # (core.env's own cached device_name is left alone: a real GPU's name must not be replaced for later tests)
+    monkeypatch.setattr(core.env, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
     assert run_matrix.device_slug(torch.device("cpu")) == ""
     assert run_matrix.device_slug(torch.device("cuda")) == "_h100-80gb-hbm3"
     ranks = SimpleNamespace(active=True, world_size=8)
@@ -304,7 +307,7 @@ def test_the_default_grid_name_ends_with_the_device_slug(offline_dir, tmp_path, 
 
 
 def test_a_resumed_a100_seconds_grid_meters_its_new_cells_with_the_factor_its_first_cells_had(
-        offline_dir, tmp_path, cache_dir, capsys):
+        offline_dir, tmp_path, cache_dir, capsys, monkeypatch):
     """The a100 factor sets every cell's wall-clock budget; a rerun (the grid's resume) measured it again, so
     cells trained after a resume (a cold or a hot GPU) had another budget than those before it."""
     import json
@@ -321,10 +324,83 @@ def test_a_resumed_a100_seconds_grid_meters_its_new_cells_with_the_factor_its_fi
     recorded = {**first["budget_info"]["speed"], "a100_factor": 1.25e-4}  # as if measured on a slower day
     first["budget_info"]["speed"] = recorded
     path.write_text(json.dumps(first) + "\n")
-    hb._FACTOR_CACHE.clear()  # a new process: it measures again
+    monkeypatch.setattr(hb, "_FACTOR_CACHE", {})  # a new process: it measures again (and later tests too)
     assert run_matrix.main([*base, "--seeds", "0,1"]) == 0
     assert "a100 speed factor 0.000125 as in the grid's earlier rows (measured now: " in capsys.readouterr().out
     new = [r for r in _cells(path) if r["seed"] == 1][0]
     assert new["status"] == "ok" and new["budget_info"]["speed"]["a100_factor"] == 1.25e-4
     assert new["budget_info"]["speed"]["measured_now"] != 1.25e-4
-    hb._FACTOR_CACHE.clear()
+
+
+def test_a_cells_row_lists_the_functions_dynamo_left_eager_also_when_its_sweep_hit_the_limit(
+        offline_dir, tmp_path, cache_dir, monkeypatch):
+    """Dynamo warns once per function at its recompile limit, then runs it eagerly. The sweep's short runs
+    share the cell's dynamo caches: a limit a short run hits leaves the full run eager, unannounced. The
+    row lists the cell's hits, sweep included. Dynamo's warning (its format in torch 2.11 and 2.13) is
+    logged at the end of the first cell's first short run; the full runs log none."""
+    import logging
+
+    import harness.compiling as hc
+    import harness.lr_sweep as ls
+
+    real, calls = ls.train, []
+
+    def short_run(*a, **k):
+        res = real(*a, **k)
+        calls.append(1)
+        if len(calls) == 1:  # the first cell's first short run hits the limit
+            logging.getLogger(hc.LIMIT_LOGGER).warning(
+                "torch._dynamo hit config.%s (%s)\n   function: %s\n   last reason: %s", "recompile_limit", 8,
+                "'forward' (mixers/attention.py:80)", "0/7: tensor 'x' size mismatch")
+        return res
+
+    monkeypatch.setattr(ls, "train", short_run)
+    hc.clear_recompile_limit_hits()
+    out = tmp_path / "out"
+    args = _args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive",
+                 "--no-report", "--task-opt", "latency_n=1", "--lr-sweep", "1e-3,3e-3", "--seeds", "0,1")
+    assert run_matrix.main(args) == 0
+    rows = _cells(out / "results" / "t.jsonl")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    # the first cell's row lists the hit of its sweep; the second cell's never carries an earlier cell's
+    assert [r["train"]["recompile_limit_hits"] for r in rows] == [
+        ["recompile_limit (8): 'forward' (mixers/attention.py:80)"], []]
+    hc.clear_recompile_limit_hits()
+
+
+def test_a_cell_that_ran_out_of_memory_leaves_nothing_alive_for_its_cleanup(offline_dir, tmp_path, cache_dir,
+                                                                             monkeypatch):
+    """The cleanup after a failed cell (release: on a GPU the allocator's cache emptied before the next cell)
+    can free the failed run's model only if nothing holds the exception: its traceback's frames hold the
+    model, the optimizer and the activations. Labelling the OOM must keep no reference to it."""
+    import gc
+    import weakref
+
+    import torch
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    import harness.cell as cell_mod
+
+    seen: list = []
+
+    def oom(model, *a, **k):
+        seen.append(weakref.ref(model))
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        except torch.cuda.OutOfMemoryError as e:
+            raise BackendCompilerFailed(lambda *a: None, e, None) from None
+
+    real_release = cell_mod.release
+
+    def release(device):
+        gc.collect()
+        seen.append(seen[0]() is None)  # the model, at the cleanup: freed?
+        return real_release(device)
+
+    monkeypatch.setattr(cell_mod, "train", oom)
+    monkeypatch.setattr(cell_mod, "release", release)
+    args = _args(offline_dir, tmp_path / "out", cache_dir, "--mixers", "attention", "--objectives",
+                 "autoregressive", "--no-report")
+    assert run_matrix.main(args) == 0
+    [row] = _cells(tmp_path / "out" / "results" / "t.jsonl")
+    assert row["error"].startswith("OutOfMemoryError") and seen[1:] == [True]

@@ -289,7 +289,8 @@ def test_gpu_rows_show_mfu_compiled_and_pretraining_and_never_average_pretrainin
         return _row(mixer, "autoregressive", key=f"{mixer}-{bool(pretrain)}", metrics=m, pretrain=pretrain,
                     train=t, **gpu)
 
-    rows = [cell("attention", 0.30), cell("attention", 0.40, pre), cell("gated_context", 0.20),
+    rows = [cell("attention", 0.30), cell("attention", 0.40, pre),
+            cell("gated_context", 0.20, recompile_limit_hits=["recompile_limit (8): forward (x.py:1)"]),
             cell("gated_context", 0.25, pre, mfu=None, compile=False, compile_error="BackendCompilerFailed: x")]
     for r in rows:
         append_row(tmp_path / "results" / "g.jsonl", r)
@@ -300,6 +301,7 @@ def test_gpu_rows_show_mfu_compiled_and_pretraining_and_never_average_pretrainin
     by = {r["mixer"]: r for r in (dict(zip(head, _cells(ln))) for ln in qa[2:])}
     assert by["attention"]["MFU"] == "12.3%" and by["gated_context (pretrain passages 0.5)"]["MFU"] == "—"
     assert by["attention"]["compiled"] == "compiled"
+    assert by["gated_context"]["compiled"] == "compiled, partly eager (recompile limit)"
     assert by["gated_context (pretrain passages 0.5)"]["compiled"] == "eager (compile failed)"
     assert by["attention (pretrain passages 0.5)"]["pretrain tok/s (epochs)"] == "2,500,000 (151 epochs)"
     assert by["attention"]["train s"] == "20.0" and by["attention"]["warm-up s"] == "31.0"
