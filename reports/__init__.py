@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from reports import bench, figures, seeds
+from core.results import ResultsFileError
 from reports.load import Results, is_reference, load
-from reports.tables import (esc, full_split_table, grid_table, label, legend, primary_metric, reference_rules)
+from reports.tables import (esc, full_split_table, grid_table, label, legend, mark_variants, primary_metric,
+                            reference_rules)
 
 BENCH_DIR = "benchmarks"
 
@@ -31,6 +33,10 @@ def write_reports(results_dir: Path, reports_dir: Path, grid: str | None = None)
     Raises `core.results.ResultsFileError` naming file and line for a malformed results file.
     """
     res = load(results_dir, grid)
+    if grid is not None and grid not in res.grids:  # a mistyped name must not pass for "nothing to do"
+        have = ", ".join(sorted(p.stem for p in Path(results_dir).glob("*.jsonl") if not p.stem.startswith("bench_")))
+        raise ResultsFileError(f"no grid {grid!r}: no {Path(results_dir) / (grid + '.jsonl')}"
+                               + (f" (grids there: {have})" if have else ""))
     written = [write_grid_report(name, rows, res, Path(reports_dir) / name) for name, rows in sorted(res.grids.items())]
     if res.bench and grid is None:
         written.append(write_bench_report(res, Path(reports_dir) / BENCH_DIR))
@@ -177,6 +183,7 @@ def _run_details(rows: list[dict[str, Any]]) -> list[str]:
 
 def group_section(task: str, protocol: str, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
     title = f"{task} · {protocol}"
+    mark_variants(rows)  # rows that differ in more than their seed are named apart
     prefix = bench.slug(f"{task}_{protocol}")
     key = primary_metric(rows)
     table, cols = grid_table(rows)

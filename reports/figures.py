@@ -8,6 +8,7 @@ of magnitude are on log scales.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +24,7 @@ from reports.columns import fmt_bytes, fmt_count
 from reports.load import finite, is_reference
 from reports.stats import mean_ci
 from core.schema import row_name
-from reports.tables import declared, label, metric, reference_kind
+from reports.tables import declared, label, metric, reference_kind, variant
 
 DPI = 130
 
@@ -148,14 +149,12 @@ def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path)
 
 
 def _bar_name(r: dict[str, Any]) -> str:
-    """A bar's tick: the mixer, and its pretraining on a second line, a folder source by its name alone
-    ('attention' / 'pretrain aozora-pd 0.5'): the table's full label overlaps its neighbours."""
-    p = r.get("pretrain")
-    if not p:
+    """A bar's tick: the mixer, and its variant on a second line, a folder source by its name alone
+    ('attention' / 'pretrain aozora-pd 0.5 ≤2M chars'): the table's full label overlaps its neighbours."""
+    v = variant(r)
+    if not v:
         return str(r["mixer"])
-    src = "+".join(Path(s[4:]).name if s.startswith("dir:") else s for s in p["sources"])
-    cap = f" ≤{fmt_count(p['max_chars'])}" if p.get("max_chars") else ""
-    return f"{r['mixer']}\npretrain {src}{cap} {p['frac']:g}"
+    return f"{r['mixer']}\n" + re.sub(r"dir:(\S+)", lambda m: Path(m.group(1)).name, v).replace(" · ", "\n").replace(" ≤", "\n≤")
 
 
 def _t_interval(values) -> tuple[float, float]:

@@ -57,13 +57,41 @@ def label(row: dict[str, Any]) -> str:
 
 def variant(row: dict[str, Any]) -> str:
     """What sets a model row apart from another of its mixer, objective and seed in one grid: its
-    pretraining ('pretrain passages 0.5'), or ''. Aggregates over seeds, comparisons with attention,
-    colours and legends key on it: pretraining variants are never averaged as if they were seeds."""
+    pretraining ('pretrain passages 0.5'), and, where rows of the grid differ in them, its learning-rate
+    setting and options (`mark_variants`), or ''. Aggregates over seeds, comparisons with attention,
+    colours and legends key on it: two configurations are never averaged as if they were seeds."""
+    if "_variant" in row:
+        return row["_variant"]
+    return settings(row).get("pretrain", "")
+
+
+def settings(row: dict[str, Any]) -> dict[str, str]:
+    """A model row's training settings beyond mixer, objective, seed, norm and sweep point, as text."""
+    out = {}
     p = row.get("pretrain")
-    if not p:
-        return ""
-    cap = f" ≤{fmt_count(p['max_chars'])} chars" if p.get("max_chars") else ""
-    return f"pretrain {'+'.join(p['sources'])} {p['frac']:g}{cap}"
+    if p:
+        cap = f" ≤{fmt_count(p['max_chars'])} chars" if p.get("max_chars") else ""
+        out["pretrain"] = f"pretrain {'+'.join(p['sources'])} {p['frac']:g}{cap}"
+    sw, lr = row.get("lr_sweep"), (row.get("train") or {}).get("lr")
+    if sw:  # the sweep's rates, not the rate it chose: seeds of one sweep may choose differently
+        out["lr"] = f"lr sweep {','.join(f'{x:g}' for x in sw.get('rates') or [])} ×{sw.get('frac', 0):g}"
+    elif isinstance(lr, (int, float)):
+        out["lr"] = f"lr {lr:g}"
+    for k in ("mixer_opts", "objective_opts"):
+        if row.get(k):
+            out[k] = ", ".join(f"{a}={b}" for a, b in sorted(row[k].items()))
+    return out
+
+
+def mark_variants(rows: list[dict[str, Any]]) -> None:
+    """Name each model row's variant (`row['_variant']`) within its table: its pretraining always (the
+    label's long-standing part), the other settings only where the rows differ in them (a grid resumed
+    with another --lr, a cell rerun with a --mixer-opt), so a grid of one setting keeps plain names."""
+    models = [r for r in rows if not is_reference(r)]
+    every = [settings(r) for r in models]
+    varying = {k for s in every for k in s if len({t.get(k) for t in every}) > 1}
+    for r, s in zip(models, every):
+        r["_variant"] = " · ".join(v for k, v in s.items() if k == "pretrain" or k in varying)
 
 
 def best_baseline(rows: list[dict[str, Any]], key: str | None, eval_n: Any = None) -> dict[str, Any] | None:

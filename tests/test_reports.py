@@ -313,6 +313,36 @@ def test_gpu_rows_show_mfu_compiled_and_pretraining_and_never_average_pretrainin
     assert titles and all("NVIDIA H200" in t for t in titles)  # every figure names its device
 
 
+def test_a_grid_resumed_with_another_learning_rate_setting_never_averages_the_two(tmp_path):
+    """One grid, attention seed 0 twice: at the preset's rate and with a rate sweep (a resume with another
+    --lr gives another cell key). They are two configurations of one run each, named apart; a grid of one
+    setting keeps plain names."""
+    sweep = {"rates": [1e-3, 3e-3, 1e-2], "frac": 0.25, "short_budget": "tokens=5000", "best_lr": 1e-2,
+             "best_dev_loss": 7.0, "tokens": 15000, "seconds": 3.0, "reused": 0,
+             "table": [{"lr": x, "dev_loss": 7.5 - x, "tokens": 5000, "seconds": 1.0} for x in (1e-3, 3e-3, 1e-2)]}
+    rows = [_row("attention", "autoregressive", key="a", metrics=_qa(0.0, 0.10, ppl=9.0), train={"lr": 3e-3}),
+            _row("attention", "autoregressive", key="b", metrics=_qa(0.0, 0.20, ppl=8.0), train={"lr": 1e-2},
+                 lr_sweep=sweep),
+            _row("mamba", "autoregressive", key="c", metrics=_qa(0.0, 0.15, ppl=8.5), train={"lr": 3e-3})]
+    for r in rows:
+        append_row(tmp_path / "results" / "g.jsonl", r)
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    text = (tmp_path / "reports" / "g" / "README.md").read_text()
+    agg = _table(text, "### Across seeds")
+    names = [_cells(ln)[0] for ln in agg[2:]]
+    assert sorted(names) == ["attention (lr 0.003)", "attention (lr sweep 0.001,0.003,0.01 ×0.25)", "mamba (lr 0.003)"]
+    assert all(_cells(ln)[2] == "1" for ln in agg[2:])  # one run each: no "n=2"
+    # one setting throughout: plain names
+    for r in rows:
+        r.update(train={"lr": 3e-3}, lr_sweep=None)
+    (tmp_path / "results" / "g.jsonl").unlink()
+    for r in rows[1:]:
+        append_row(tmp_path / "results" / "g.jsonl", r)
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    agg = _table((tmp_path / "reports" / "g" / "README.md").read_text(), "### Across seeds")
+    assert sorted(_cells(ln)[0] for ln in agg[2:]) == ["attention", "mamba"]
+
+
 def test_the_committed_reports_are_what_the_report_code_makes_of_the_committed_rows(tmp_path):
     """The README links the committed reports as the project's results; they must not go stale when the report
     code changes (rebuild them with `python -m reports`, which reads the rows only). Every committed report's
@@ -329,3 +359,12 @@ def test_the_committed_reports_are_what_the_report_code_makes_of_the_committed_r
 
     stale = [str(p) for p in committed if text(tmp_path, p) is None or text(tmp_path, p) != text(ROOT, p)]
     assert len(committed) >= 4 and not stale, f"stale committed reports (run `python -m reports`): {stale}"
+
+
+def test_a_report_of_a_grid_that_is_not_there_is_an_error_naming_the_grids_that_are(tmp_path):
+    append_row(tmp_path / "results" / "g.jsonl", _row("attention", "autoregressive", metrics=_qa(0.0, 0.1, ppl=9.0)))
+    with pytest.raises(ResultsFileError, match=r"no grid 'gg': no .*gg\.jsonl \(grids there: g\)"):
+        write_reports(tmp_path / "results", tmp_path / "reports", "gg")
+    r = subprocess.run([sys.executable, "run_matrix.py", "--report-only", "--grid", "gg", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: no grid 'gg'") and len(r.stderr.splitlines()) == 1
