@@ -301,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{args.task}-sweep" + "".join(f"-{k}{v}" for k, v in sorted(task_opts.items()) if k != "seq_len")
     else:
         name = data.protocol + (f"_{PretrainSpec(**pretrain).slug()}" if pretrain else "")
-    ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", f"{name}_{args.preset}_{budget.slug}{device_slug(device, dist)}")
+    default = f"{name}_{args.preset}_{budget.slug}{device_slug(device, dist)}"
+    ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", default)
     results = out / "results" / f"{ctx.grid}.jsonl"
     done = dist.broadcast(done_keys(results) if dist.is_main else None)  # [DDP] rank 0's file decides
     # a resumed grid keeps the speed factor its first cells had (Ray's workers measure their own)
