@@ -154,7 +154,8 @@ def _bar_name(r: dict[str, Any]) -> str:
     v = variant(r)
     if not v:
         return str(r["mixer"])
-    return f"{r['mixer']}\n" + re.sub(r"dir:(\S+)", lambda m: Path(m.group(1)).name, v).replace(" · ", "\n").replace(" ≤", "\n≤")
+    v = re.sub(r"dir:(\S+)", lambda m: Path(m.group(1)).name, v)
+    return f"{r['mixer']}\n" + v.replace(" · ", "\n").replace(" ≤", "\n≤")
 
 
 def _t_interval(values) -> tuple[float, float]:

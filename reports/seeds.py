@@ -19,7 +19,7 @@ PERPLEXITIES = (Metric("ppl", "ppl", "min", fmt=".2f"), Metric("ppl_bound", "ppl
 
 def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     """ok model rows by configuration (everything but the seed): (mixer, objective, norm, sweep point,
-    variant: the pretraining, `tables.variant`)."""
+    variant: the pretraining and the settings the table's rows differ in, `tables.variant`)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if not is_reference(r) and r["status"] == "ok":
