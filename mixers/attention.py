@@ -98,12 +98,16 @@ class Attention(Mixer):
         self.backend = "sdpa"
         if pad_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        elif not self.causal:
+            # (B, 1, 1, T), broadcast over queries: every query sees the real keys. A row has a real token,
+            # so no row is empty (no NaN); a pad query's output is unused and never reaches a real one.
+            # Not the (B, 1, T, T) mask of the causal case: SDPA would turn that into a (B, 1, T, T) bias
+            # per layer (bidirectional attention trains with padding: masked diffusion)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=pad_mask[:, None, None, :])
         else:
-            # (B, 1, T, T): query i may see key j when j is real (and j <= i if causal). Every query
-            # also sees itself, so a pad query's row is never empty (no NaN); its output is unused.
-            allowed = pad_mask[:, None, None, :].expand(B, 1, T, T)
-            if self.causal:
-                allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            # (B, 1, T, T): query i may see key j when j is real and j <= i (left padding: prefill). Every
+            # query also sees itself, so a pad query's row is never empty (no NaN); its output is unused.
+            allowed = pad_mask[:, None, None, :] & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             allowed = allowed | torch.eye(T, dtype=torch.bool, device=x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
