@@ -34,9 +34,11 @@ def write_reports(results_dir: Path, reports_dir: Path, grid: str | None = None)
     """
     res = load(results_dir, grid)
     if grid is not None and grid not in res.grids:  # a mistyped name must not pass for "nothing to do"
+        path = Path(results_dir) / f"{grid}.jsonl"
+        if path.exists():
+            raise ResultsFileError(f"no grid {grid!r}: {path} holds no grid rows")
         have = ", ".join(sorted(p.stem for p in Path(results_dir).glob("*.jsonl") if not p.stem.startswith("bench_")))
-        raise ResultsFileError(f"no grid {grid!r}: no {Path(results_dir) / (grid + '.jsonl')}"
-                               + (f" (grids there: {have})" if have else ""))
+        raise ResultsFileError(f"no grid {grid!r}: no {path}" + (f" (grids there: {have})" if have else ""))
     written = [write_grid_report(name, rows, res, Path(reports_dir) / name) for name, rows in sorted(res.grids.items())]
     if res.bench and grid is None:
         written.append(write_bench_report(res, Path(reports_dir) / BENCH_DIR))

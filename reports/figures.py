@@ -243,9 +243,12 @@ def _sweep_label(r: dict[str, Any]) -> str:
 
 def sweep_curves(rows: list[dict[str, Any]], key: str, x: str, facet: str, title: str, path: Path) -> Path | None:
     """The Zoology figure: metric against `x` (seq_len or d_model), one panel per `facet` value,
-    one line per mixer (mean over seeds)."""
-    pts = [{"mixer": r["mixer"], x: r["sweep"].get(x), facet: r["sweep"].get(facet), key: metric(r, key)}
-           for r in _ok_models(rows) if r.get("sweep") and metric(r, key) is not None and r["sweep"].get(x) is not None]
+    one line per mixer, and per objective and variant when the rows hold several (mean over seeds)."""
+    models = [r for r in _ok_models(rows)
+              if r.get("sweep") and metric(r, key) is not None and r["sweep"].get(x) is not None]
+    objectives = len({r["objective"] for r in models}) > 1
+    pts = [{"mixer": label(r) + (f" · {r['objective']}" if objectives else ""), x: r["sweep"].get(x),
+            facet: r["sweep"].get(facet), key: metric(r, key)} for r in models]
     if not pts:
         return None
     data = pd.DataFrame(pts).groupby(["mixer", x, facet], dropna=False, as_index=False)[key].mean()

@@ -87,6 +87,9 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
         vals = [metric(r, key) for r in rs if metric(r, key) is not None] if key else []
         return (obj, str(norm), sweep, var, -s * (sum(vals) / len(vals)) if vals else 0.0, mixer)
 
+    # attention's cell of the same objective, norm, sweep point and variant (a mixer's own options aside)
+    base_of = {(o, n, sw, rs[0].get("_shared_variant", v)): rs
+               for (m, o, n, sw, v), rs in groups.items() if m == BASELINE_MIXER}
     for (mixer, obj, norm, sweep, var), rs in sorted(groups.items(), key=order):
         cells = [esc(label(rs[0])), esc(obj), *([esc(norm)] if norms else []),
                  *([", ".join(f"{k}={v}" for k, v in sweep) or "—"] if sweeps else []), str(len(rs))]
@@ -100,7 +103,7 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
             if mixer == BASELINE_MIXER:
                 cells.append("(reference)")
             else:
-                cells.append(vs_baseline(rs, groups.get((BASELINE_MIXER, obj, norm, sweep, var)), key))
+                cells.append(vs_baseline(rs, base_of.get((obj, norm, sweep, rs[0].get("_shared_variant", var))), key))
         lines.append("| " + " | ".join(cells) + " |")
     legend = ["Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "
               "95% Student-t interval over seeds (n = seeds); *n=1, no interval* means a single run, whose "

@@ -83,15 +83,31 @@ def settings(row: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+# options are compared among the rows that can share them: one mixer's (one objective's) rows
+_SCOPE = {"mixer_opts": "mixer", "objective_opts": "objective"}
+
+
 def mark_variants(rows: list[dict[str, Any]]) -> None:
     """Name each model row's variant (`row['_variant']`) within its table: its pretraining always (the
-    label's long-standing part), the other settings only where the rows differ in them (a grid resumed
-    with another --lr, a cell rerun with a --mixer-opt), so a grid of one setting keeps plain names."""
+    label's long-standing part); its learning-rate setting where the table's ok rows differ in it (a
+    grid resumed with another --lr; a row that records none, an older or a failed one, differs from
+    none); its mixer's (objective's) options where that mixer's (objective's) ok rows differ in them (a
+    cell rerun with a --mixer-opt). A grid of one setting keeps plain names. `row['_shared_variant']`
+    leaves out the mixer's options: the comparison with attention pairs cells on it."""
     models = [r for r in rows if not is_reference(r)]
     every = [settings(r) for r in models]
-    varying = {k for s in every for k in s if len({t.get(k) for t in every}) > 1}
+    ok = [(r, s) for r, s in zip(models, every) if r.get("status") == "ok"]
+
+    def varies(k: str, row: dict[str, Any]) -> bool:
+        scope = _SCOPE.get(k)
+        peers = [s for r, s in ok if scope is None or r.get(scope) == row.get(scope)]
+        vals = {s.get(k, "") for s in peers} if scope else {s[k] for s in peers if k in s}
+        return len(vals) > 1
+
     for r, s in zip(models, every):
-        r["_variant"] = " · ".join(v for k, v in s.items() if k == "pretrain" or k in varying)
+        shown = {k: v for k, v in s.items() if k == "pretrain" or varies(k, r)}
+        r["_variant"] = " · ".join(shown.values())
+        r["_shared_variant"] = " · ".join(v for k, v in shown.items() if k != "mixer_opts")
 
 
 def best_baseline(rows: list[dict[str, Any]], key: str | None, eval_n: Any = None) -> dict[str, Any] | None:

@@ -332,15 +332,26 @@ def test_a_grid_resumed_with_another_learning_rate_setting_never_averages_the_tw
     names = [_cells(ln)[0] for ln in agg[2:]]
     assert sorted(names) == ["attention (lr 0.003)", "attention (lr sweep 0.001,0.003,0.01 ×0.25)", "mamba (lr 0.003)"]
     assert all(_cells(ln)[2] == "1" for ln in agg[2:])  # one run each: no "n=2"
-    # one setting throughout: plain names
+    # one setting throughout: plain names. A failed row (no `train`: no lr recorded) differs from none; a
+    # mixer's own options (every mamba row's) and an objective's defaults (autoregressive's loss_on) are
+    # compared within that mixer's and that objective's rows only, and the comparison with attention holds
     for r in rows:
         r.update(train={"lr": 3e-3}, lr_sweep=None)
-    (tmp_path / "results" / "g.jsonl").unlink()
+    rows[2]["mixer_opts"] = {"d_state": 32}
     for r in rows[1:]:
+        r["objective_opts"] = {"loss_on": "answer"}
+    diffusion = _row("attention", "diffusion", key="d", metrics=_qa(0.0, 0.05, ppl_bound=20.0), train={"lr": 3e-3})
+    failed = _row("gated_context", "autoregressive", key="f", status="failed", error="OutOfMemoryError: x")
+    (tmp_path / "results" / "g.jsonl").unlink()
+    for r in [*rows[1:], diffusion, failed]:
         append_row(tmp_path / "results" / "g.jsonl", r)
     write_reports(tmp_path / "results", tmp_path / "reports")
-    agg = _table((tmp_path / "reports" / "g" / "README.md").read_text(), "### Across seeds")
-    assert sorted(_cells(ln)[0] for ln in agg[2:]) == ["attention", "mamba"]
+    text = (tmp_path / "reports" / "g" / "README.md").read_text()
+    agg = _table(text, "### Across seeds")
+    assert sorted(_cells(ln)[0] for ln in agg[2:]) == ["attention", "attention", "mamba"]
+    mamba = next(ln for ln in agg if ln.startswith("| mamba |"))
+    assert "n/a: no per-question scores" in mamba  # paired with attention's cell (not "no attention cell")
+    assert "| gated_context | autoregressive |" in _table(text, "## jsquad")[-1]  # the failed row, plain
 
 
 def test_the_committed_reports_are_what_the_report_code_makes_of_the_committed_rows(tmp_path):
@@ -368,3 +379,19 @@ def test_a_report_of_a_grid_that_is_not_there_is_an_error_naming_the_grids_that_
     r = subprocess.run([sys.executable, "run_matrix.py", "--report-only", "--grid", "gg", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: no grid 'gg'") and len(r.stderr.splitlines()) == 1
+
+
+def test_sweep_curves_draw_each_objective_apart(tmp_path, monkeypatch):
+    """The Zoology curves average over seeds only: an MQAR sweep that runs both objectives draws a line
+    per mixer and objective (they were averaged together)."""
+    from reports import figures
+
+    lines = set()
+    real = figures.sns.lineplot
+    monkeypatch.setattr(figures.sns, "lineplot",
+                        lambda data=None, **k: lines.update(data["mixer"]) or real(data=data, **k))
+    rows = [_row("mamba", obj, task="mqar", protocol="mqar", key=f"{obj}-{L}", sweep={"seq_len": L, "d_model": 32},
+                 metrics={"accuracy": acc}) for obj, acc in (("autoregressive", 0.9), ("diffusion", 0.1))
+            for L in (64, 128)]
+    assert figures.sweep_curves(rows, "accuracy", "seq_len", "d_model", "t", tmp_path / "s.png") is not None
+    assert lines == {"mamba · autoregressive", "mamba · diffusion"}
