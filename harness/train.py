@@ -196,7 +196,7 @@ class _Run:
         self.in_warm = False  # the step being taken is one of its stage's first `warm_steps`
         self.in_step = False  # a step is being taken (compile events outside steps are not the step's)
         self.compiled_in_step = False  # torch.compile started work during the step being taken
-        self.clock, self.steady_t, self.steady_tok = 0.0, 0.0, 0
+        self.clock = 0.0
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
         # [finite] a diverged run stops within a few dozen steps, not at the next dev check: every
         # FINITE_EVERY steps the device copies isfinite(loss sum) into pinned host memory without waiting,
@@ -277,8 +277,6 @@ class _Run:
             res.warm_steps += 1
         stage.account(n_tok, 0.0 if warm else dt, batch.n_tokens, batch.ids.numel())  # (a host-side shape: no sync)
         if not warm and res.steps > STEADY_FROM:
-            self.steady_t += dt
-            self.steady_tok += n_tok
             stage.steady_seconds += dt
             stage.steady_tokens += n_tok
 
@@ -323,7 +321,6 @@ class _Run:
             self.clock += waited
             self.stage.seconds += waited  # the stage of the last step queued
         if self.res.steps > STEADY_FROM:
-            self.steady_t += waited
             self.stage.steady_seconds += waited
 
     def _forward_backward(self, stage: Stage, batch: Batch) -> torch.Tensor:
@@ -379,11 +376,12 @@ class _Run:
         self.drain()
         res.peak_mem_bytes = peak_memory(self.device)
         res.train_seconds = self.clock
-        # NaN (no figure) when every step was warm-up: a budget spent within the first steps timed nothing
-        res.tokens_per_s = self.steady_tok / self.steady_t if self.steady_t > 0 \
-            else res.tokens_seen / self.clock if self.clock > 0 else float("nan")
-        if self.staged:  # the task stage's speed: comparable with a run that does not pretrain (the other
-            res.tokens_per_s = stages.task.tokens_per_s()  # stage's is in `stages`); NaN if none was timed
+        # the task stage's steady speed: with pretraining comparable with a run that does not pretrain (the
+        # other stage's is in `stages`), NaN if none was timed. Without pretraining, a budget spent within
+        # the first steps falls back to tokens over the clock, and is NaN (no figure) when nothing was timed
+        res.tokens_per_s = stages.task.tokens_per_s()
+        if math.isnan(res.tokens_per_s) and not self.staged and self.clock > 0:
+            res.tokens_per_s = res.tokens_seen / self.clock
         res.best_dev_loss = self.best if math.isfinite(self.best) else None
         res.epochs = stages.task.tokens / max(train_set.n_tokens, 1)
         res.stages = stages.describe()

@@ -582,7 +582,7 @@ def test_a_compilation_after_the_warm_up_is_not_budgeted_and_is_counted(monkeypa
     frames = run.frames_after
     assert frames[3] > frames[2] and frames[5] > frames[4]  # compiled after the warm-up: the test can fail
     assert run.res.late_compiles == 2 and run.clock < 1000.0 and run.stage_seconds < 1000.0
-    assert run.steady_t < 1000.0
+    assert run.steady_seconds < 1000.0
 
 
 _REAL_COMPILE = torch.compile  # (tests patch torch.compile; their stand-ins call the real one)
@@ -645,6 +645,7 @@ def _late_shape_run(monkeypatch, compile_fn, wait: float, compiled: bool = True,
             queued[0] = run.res.warm_steps == was  # a timed step's kernels stay queued (a warm-up step synced)
             run.frames_after.append(ht.frames_compiled())
     run.stage_seconds = stage.seconds
+    run.steady_seconds = stage.steady_seconds  # the seconds tokens/s divides by (after the warm-up)
     return run
 
 
@@ -671,7 +672,7 @@ def _assert_two_queues_and_no_compilation(run, wait: float) -> None:
     assert run.res.late_compiles == 2  # steps 4 and 6 compiled after the warm-up
     assert 2 * WAIT <= run.clock < 2 * WAIT + 100.0  # both queues charged; no compilation
     assert 2 * WAIT <= run.stage_seconds < 2 * WAIT + 100.0
-    assert 2 * WAIT <= run.steady_t < 2 * WAIT + 100.0
+    assert 2 * WAIT <= run.steady_seconds < 2 * WAIT + 100.0
 
 
 class _StandIn(torch.nn.Module):
