@@ -66,7 +66,10 @@ def variant(row: dict[str, Any]) -> str:
 
 
 def settings(row: dict[str, Any]) -> dict[str, str]:
-    """A model row's training settings beyond mixer, objective, seed, norm and sweep point, as text."""
+    """A model row's training settings beyond mixer, objective, seed, norm and sweep point, as text: what
+    its cell key holds (pretraining, learning rate, options, budget, preset, loss path, compilation, task
+    options) and, under a `seconds` budget, its device. A setting a row does not record (an
+    older or a failed row) is left out."""
     out = {}
     p = row.get("pretrain")
     if p:
@@ -80,6 +83,29 @@ def settings(row: dict[str, Any]) -> dict[str, str]:
     for k in ("mixer_opts", "objective_opts"):
         if row.get(k):
             out[k] = ", ".join(f"{a}={b}" for a, b in sorted(row[k].items()))
+    train = row.get("train") or {}
+    if row.get("budget"):
+        out["budget"] = f"budget {row['budget']}"
+    if row.get("preset"):
+        out["preset"] = f"preset {row['preset']}"
+    loss = (row.get("backend") or {}).get("loss")
+    if loss:
+        out["loss"] = f"loss {loss}"
+    if train:  # the setting, not the outcome: a compile that fell back to eager is still a compiled cell
+        if train.get("compile") or train.get("compile_error"):
+            mode, scope = train.get("compile_mode", "default"), train.get("compile_scope", "blocks")
+            out["compile"] = " ".join(["compiled", *([mode] if mode != "default" else []),
+                                       *([f"scope {scope}"] if scope != "blocks" else [])])
+        elif "compile" in train:
+            out["compile"] = "eager"
+    point = row.get("sweep") or {}  # a sweep point's task options (MQAR's seq_len) are its own column
+    task = {a: b for a, b in (row.get("task_opts") or {}).items() if a not in point}
+    out["task_opts"] = ", ".join(f"{a}={b}" for a, b in sorted(task.items()))
+    # where it ran, under a budget of the device's own seconds only: there the device decides how much is
+    # trained (a token budget trains the same tokens anywhere, an A100-seconds budget is normalised)
+    if str(row.get("budget", "")).startswith("seconds=") and row.get("device"):
+        ranks = row.get("world_size") or 1
+        out["device"] = str(row["device"]) + (f" ×{ranks}" if ranks > 1 else "")
     return out
 
 
@@ -89,11 +115,13 @@ _SCOPE = {"mixer_opts": "mixer", "objective_opts": "objective"}
 
 def mark_variants(rows: list[dict[str, Any]]) -> None:
     """Name each model row's variant (`row['_variant']`) within its table: its pretraining always (the
-    label's long-standing part); its learning-rate setting where the table's ok rows differ in it (a
-    grid resumed with another --lr; a row that records none, an older or a failed one, differs from
-    none); its mixer's (objective's) options where that mixer's (objective's) ok rows differ in them (a
-    cell rerun with a --mixer-opt). A grid of one setting keeps plain names. `row['_shared_variant']`
-    leaves out the mixer's options: the comparison with attention pairs cells on it."""
+    label's long-standing part); any other setting (`settings`: learning rate, budget, preset, loss,
+    compilation, task options, ...) where the table's ok rows differ in it (a grid resumed under its
+    name with another --lr, --budget or --no-compile trains cells of other keys beside the first ones; a
+    row that records a setting not at all, an older or a failed one, differs from none); its mixer's
+    (objective's) options where that mixer's (objective's) ok rows differ in them (a cell rerun with a
+    --mixer-opt). A grid of one setting keeps plain names. `row['_shared_variant']` leaves out
+    the mixer's options: the comparison with attention pairs cells on it."""
     models = [r for r in rows if not is_reference(r)]
     every = [settings(r) for r in models]
     ok = [(r, s) for r, s in zip(models, every) if r.get("status") == "ok"]
@@ -105,7 +133,7 @@ def mark_variants(rows: list[dict[str, Any]]) -> None:
         return len(vals) > 1
 
     for r, s in zip(models, every):
-        shown = {k: v for k, v in s.items() if k == "pretrain" or varies(k, r)}
+        shown = {k: v for k, v in s.items() if v and (k == "pretrain" or varies(k, r))}
         r["_variant"] = " · ".join(shown.values())
         r["_shared_variant"] = " · ".join(v for k, v in shown.items() if k != "mixer_opts")
 

@@ -354,6 +354,59 @@ def test_a_grid_resumed_with_another_learning_rate_setting_never_averages_the_tw
     assert "| gated_context | autoregressive |" in _table(text, "## jsquad")[-1]  # the failed row, plain
 
 
+@pytest.mark.parametrize("change, names", [
+    ({"budget": "tokens=40000"}, ["attention (budget tokens=20000)", "attention (budget tokens=40000)"]),
+    ({"preset": "small"}, ["attention (preset small)", "attention (preset tiny)"]),
+    ({"backend": {"loss": "cce"}}, ["attention (loss cce)", "attention (loss chunked)"]),
+    ({"train": {"lr": 3e-3, "compile": False}}, ["attention (compiled)", "attention (eager)"]),
+    ({"train": {"lr": 3e-3, "compile": True, "compile_mode": "reduce-overhead"}},
+     ["attention (compiled reduce-overhead)", "attention (compiled)"]),
+    ({"task_opts": {"eval_limit": "200"}}, ["attention (eval_limit=200)", "attention (eval_limit=500)"]),
+    ({"device": "cuda: NVIDIA H100", "budget": "seconds=60"},
+     ["attention (cuda: NVIDIA H100)", "attention (cuda: NVIDIA H200)"]),
+])
+def test_a_grid_resumed_with_another_budget_preset_loss_compilation_or_evaluation_never_averages_them(
+        tmp_path, change, names):
+    """Each of these settings is in the cell key, so a grid resumed under its --grid name with another one
+    trains new cells beside the first: two configurations, named apart and never averaged as seeds, while
+    the first configuration's second seed still is. Where a cell ran counts only under a budget of the
+    device's own seconds (there the device decides how much is trained)."""
+    def row(seed, **kw):
+        base = {"budget": "seconds=60" if "seconds" in change.get("budget", "") else "tokens=20000",
+                "device": "cuda: NVIDIA H200", "backend": {"mixer": ["sdpa"], "loss": "chunked"},
+                "train": {"lr": 3e-3, "compile": True, "compile_mode": "default", "compile_scope": "blocks"},
+                "task_opts": {"eval_limit": "500"}, "seed": seed}
+        return _row("attention", "autoregressive", key=f"k{seed}{bool(kw)}",
+                    metrics=_qa(0.0, 0.1 + 0.1 * seed + 0.05 * bool(kw), ppl=9.0), **{**base, **kw})
+    for r in (row(0), row(1), row(0, **change)):
+        append_row(tmp_path / "results" / "g.jsonl", r)
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    agg = _table((tmp_path / "reports" / "g" / "README.md").read_text(), "### Across seeds")
+    got = sorted((_cells(ln)[0], _cells(ln)[2]) for ln in agg[2:])
+    assert [n for n, _ in got] == names
+    seeds = dict(got)
+    assert sorted(seeds.values()) == ["1", "2"]  # the first configuration's two seeds, averaged; the other alone
+
+
+def test_a_device_or_a_sweep_points_task_options_never_name_a_variant(tmp_path):
+    """A token budget trains the same tokens on any device: seeds run on two GPUs are still averaged. An MQAR
+    sweep's points differ in the task's seq_len (the sweep column says so), not in a setting."""
+    for seed, dev in ((0, "cuda: NVIDIA H200"), (1, "cuda: NVIDIA H100")):
+        append_row(tmp_path / "results" / "g.jsonl",
+                   _row("attention", "autoregressive", key=f"k{seed}", seed=seed, device=dev,
+                        metrics=_qa(0.0, 0.1, ppl=9.0)))
+    rows = [_row("mamba", "autoregressive", task="mqar", protocol="mqar", key=f"m{L}", grid="s",
+                 task_opts={"seq_len": L, "n_pairs": 8}, sweep={"seq_len": L, "d_model": 32},
+                 metrics={"accuracy": 0.5}) for L in (64, 128)]
+    for r in rows:
+        append_row(tmp_path / "results" / "s.jsonl", r)
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    agg = _table((tmp_path / "reports" / "g" / "README.md").read_text(), "### Across seeds")
+    assert [(_cells(ln)[0], _cells(ln)[2]) for ln in agg[2:]] == [("attention", "2")]
+    text = (tmp_path / "reports" / "s" / "README.md").read_text()
+    assert "mamba (" not in text and "| mamba |" in text
+
+
 def test_the_committed_reports_are_what_the_report_code_makes_of_the_committed_rows(tmp_path):
     """The README links the committed reports as the project's results; they must not go stale when the report
     code changes (rebuild them with `python -m reports`, which reads the rows only). Every committed report's
