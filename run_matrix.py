@@ -58,9 +58,12 @@ def _names(arg: str, registry, what: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print tasks, mixers, objectives, presets and their options")
-    p.add_argument("--task", default="jsquad")
-    p.add_argument("--mixers", default="all", help="comma-separated mixer names, or 'all'")
-    p.add_argument("--objectives", default="all", help="comma-separated objective names, or 'all'")
+    # the registries' names, so a mixer (objective, task) file added later is listed with no edit here
+    p.add_argument("--task", default="jsquad", help=f"one of: {', '.join(tasks.names())} (default: jsquad)")
+    p.add_argument("--mixers", default="all", help=f"comma-separated mixer names ({', '.join(mixers.names())}), "
+                                                   "or 'all'")
+    p.add_argument("--objectives", default="all",
+                   help=f"comma-separated objective names ({', '.join(objectives.names())}), or 'all'")
     p.add_argument("--preset", default=None, choices=list(PRESETS), help="model size (default: small)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run in CPU minutes: --preset {QUICK['preset']} --budget {QUICK['budget']} "

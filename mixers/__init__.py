@@ -9,6 +9,11 @@ Contract (tests in tests/test_mixers.py enforce it for every registered mixer):
 - `forward(x: (B, T, D), pad_mask: (B, T) bool | None) -> (B, T, D)`; `pad_mask` is True on real
   tokens. Padding (left or right) never changes a real token's output.
 - `causal=True`: the output at t depends on inputs at positions <= t only.
+- `causal=False` (masked diffusion): the mixer must know positions. The skeleton adds no position
+  embedding, and the sampler starts from a run of identical MASK inputs: a mixer that sees the
+  sequence as a set (one global mean, say) gives them all one prediction (tests/test_diffusion.py).
+  A causal mixer knows positions by what it has seen; a bidirectional one can rotate by RoPE
+  angles (`mixers._layers.rope_for` / `apply_rope`, as attention does) or scan each direction.
 - `state_floats(seq_len)`: how many numbers the mixer carries between positions at inference for a
   sequence of that length (per sequence, per layer): the size of its memory of the past (L2M, arXiv
   2503.04725). A bidirectional mixer counts the state of both directions. `LM.state_floats` sums the

@@ -167,7 +167,9 @@ def test_every_mixer_tells_masked_positions_apart_in_bidirectional_mode(name):
     for row, start in ((0, 5), (1, 3)):
         region = h[row, start : start + 6]  # (6, D)
         dist = torch.cdist(region, region) / region.norm(dim=-1).mean()
-        assert dist[~torch.eye(6, dtype=torch.bool)].min() > 1e-4, name
+        assert dist[~torch.eye(6, dtype=torch.bool)].min() > 1e-4, (
+            f"{name}: bidirectional outputs at a run of MASK inputs are all alike: the mixer is blind to position "
+            "(the skeleton adds no position embedding; see the contract in mixers/__init__.py)")
 
 
 # ----------------------------------------------------------------------------- sampler
