@@ -162,6 +162,10 @@ def test_a_task_and_a_mixer_from_one_new_file_reach_the_report(toy, tmp_path, ca
     assert grid[0]["mixer"] == "*oracle*" and grid[-1]["mixer"] == "*always_miss*"
     assert "Sorted by miss rate (best first)" in text and "`miss rate`: fraction of answers the model gets wrong" in text
     assert "`toy-first`: toy: recall the first token" in text
+
+    # --help names what the registries hold: the new file's mixer and task too
+    helps = {a.dest: " ".join(a.help.split()) for a in run_matrix.parser()._actions if a.help}
+    assert re.search(r"\btoy\b", helps["mixers"]) and re.search(r"\btoy\b", helps["task"]), helps
     best = [t for t in grid if t["mixer"] == "toy"]
     assert all(re.match(r"(beats|below) always_miss \(miss rate [+-]\d\.\d{3}\)", t["vs best baseline"]) for t in best)
     assert all(t["vs best baseline"].startswith("beats") == (float(t["miss rate"].strip("*")) < 1.0) for t in best)
