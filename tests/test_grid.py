@@ -93,6 +93,45 @@ def test_a_failing_cell_does_not_stop_the_grid(offline_dir, tmp_path, cache_dir,
     assert [(r["seed"], r["status"]) for r in rows] == [(1, "failed"), (2, "ok"), (1, "ok")]
 
 
+def test_checkpoints_are_chosen_on_the_dev_slice_and_a_row_is_ok_only_once_evaluated(offline_dir, tmp_path, cache_dir,
+                                                                                     monkeypatch):
+    """The trainer's dev checks (checkpoint selection) read the dev slice of the training file, never the
+    evaluation split. And a cell that trained but failed in its evaluation (here the perplexity pass runs
+    out of memory) is a failed row with no metrics, retried by a rerun: never an ok row of half a result."""
+    import torch
+
+    import harness.cell as cell_mod
+
+    seen = {}
+    real_train, real_dev_loss = cell_mod.train, cell_mod.dev_loss
+
+    def rows_of(seqs):  # each sequence's real tokens, as a set: no order, no padding
+        return {tuple(r[:n].tolist()) for r, n in zip(seqs.ids, seqs.lengths)}
+
+    def train(model, objective, train_set, dev_set, *a, **k):
+        seen["train"], seen["dev"] = rows_of(train_set), rows_of(dev_set)
+        return real_train(model, objective, train_set, dev_set, *a, **k)
+
+    def dev_loss(model, objective, data, *a, **k):  # the cell's own call: the perplexity on the evaluation split
+        seen["eval"] = rows_of(data)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+
+    monkeypatch.setattr(cell_mod, "train", train)
+    monkeypatch.setattr(cell_mod, "dev_loss", dev_loss)
+    out = tmp_path / "out"
+    args = _args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive")
+    assert run_matrix.main(args) == 0
+    [row] = _cells(out / "results" / "t.jsonl")
+    assert row["status"] == "failed" and row["error"] == "OutOfMemoryError: CUDA out of memory. Tried to allocate 1 GiB"
+    assert not row.get("metrics")
+    dev = seen["dev"]
+    assert len(dev) == row["data"]["dev_questions"] and dev.isdisjoint(seen["eval"]) and dev.isdisjoint(seen["train"])
+
+    monkeypatch.setattr(cell_mod, "dev_loss", real_dev_loss)
+    assert run_matrix.main(args) == 0  # retried
+    assert [r["status"] for r in _cells(out / "results" / "t.jsonl")] == ["failed", "ok"]
+
+
 def test_a_cell_that_leaves_the_gpu_unusable_is_written_and_stops_the_grid(offline_dir, tmp_path, cache_dir,
                                                                            monkeypatch):
     """A device-side assert or an illegal address is sticky: every later CUDA call in the process fails,
@@ -330,6 +369,23 @@ def test_a_resumed_a100_seconds_grid_meters_its_new_cells_with_the_factor_its_fi
     new = [r for r in _cells(path) if r["seed"] == 1][0]
     assert new["status"] == "ok" and new["budget_info"]["speed"]["a100_factor"] == 1.25e-4
     assert new["budget_info"]["speed"]["measured_now"] != 1.25e-4
+
+
+def test_a_resumed_grid_adopts_only_a_factor_its_own_device_and_budget_measured():
+    """The factor a resume adopts is an ok row's on this device under this budget: another GPU's (a --grid
+    reused on an H100 after an H200), another budget's or a failed row's would meter the new cells wrong."""
+    from harness.budget import Budget, recorded_speed
+
+    budget = Budget.parse("a100_seconds=60")
+
+    def row(factor, device="cuda: NVIDIA H200", status="ok", b="a100_seconds=60"):
+        return {"status": status, "device": device, "budget": b,
+                "budget_info": {"budget": b, "speed": {"a100_factor": factor, "basis": "matmul"}}}
+
+    others = [row(1.0, device="cuda: NVIDIA H100"), row(2.0, b="a100_seconds=30"), row(3.0, status="failed"),
+              {"status": "ok", "device": "cuda: NVIDIA H200", "budget": "a100_seconds=60", "budget_info": {}}]
+    assert recorded_speed(others, "cuda: NVIDIA H200", budget) is None
+    assert recorded_speed([*others, row(0.4), row(0.5)], "cuda: NVIDIA H200", budget)["a100_factor"] == 0.4
 
 
 def test_a_cells_row_lists_the_functions_dynamo_left_eager_also_when_its_sweep_hit_the_limit(

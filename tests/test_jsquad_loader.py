@@ -119,3 +119,46 @@ def test_shared_offline_files_parse():
     root = Path(__file__).resolve().parents[2] / "shared/data/jsquad-v1.3"
     assert len(jsq.load_file(root / "valid-v1.3.json")) == 4442
     assert len(jsq.load_file(root / "test-v1.3.json")) == 4420
+
+
+class _Oracle:
+    """A stand-in objective that answers each prompt with its own question's gold answer, encoded, and
+    records the batches `generate` was given."""
+
+    def __init__(self, data, wrong_for=()):
+        self.gold = {tuple(p): data.tokenizer.encode(it.answers[0]) for p, it in data.items}
+        self.wrong = {tuple(p) for p, it in data.items if it.qid in wrong_for}  # these get an empty answer
+        self.batches: list[int] = []
+
+    def generate(self, model, prompts, max_new, batch_size):
+        self.batches.append(len(prompts))
+        return [[] if tuple(p) in self.wrong else self.gold[tuple(p)] for p in prompts]
+
+    def decode_path(self, model):
+        return "oracle"
+
+
+def test_each_answer_is_scored_against_its_own_question(offline_dir, cache_dir):
+    """`evaluate` generates in batches of prompts sorted by length and must put every answer back at its
+    own question: an answer kept in sorted order is scored against another question's gold. The oracle
+    answers every question right except two chosen ones; the scores must say exactly that, by id."""
+    import torch
+
+    from tasks.jsquad_metric import score
+
+    task = tasks.build("jsquad", latency_n=0)
+    d = task.prepare(PrepareContext(offline_dir, cache_dir, 300, 256, log=lambda s: None))
+    lengths = [len(p) for p, _ in d.items]
+    assert lengths != sorted(lengths) and len(set(lengths)) == len(lengths)  # the sort moves the questions
+    # what the oracle's right answer scores after the tokenizer's round trip (1.0 where it is lossless)
+    best = {it.qid: score(d.decode(d.tokenizer.encode(it.answers[0])), it.answers) for _, it in d.items}
+    wrong = {d.items[0][1].qid, d.items[3][1].qid}
+    oracle = _Oracle(d, wrong_for=wrong)
+    got = task.evaluate(torch.nn.Linear(1, 1), oracle, d, torch.device("cpu"), batch_size=2)
+    assert oracle.batches == [2, 2, 1]
+    pq = got["per_question"]
+    assert pq["id"] == [it.qid for _, it in d.items]
+    expect = {q: (0, 0.0) if q in wrong else (int(em), round(f1, 4)) for q, (em, f1) in best.items()}
+    assert dict(zip(pq["id"], zip(pq["em"], pq["f1"]))) == expect
+    assert all(best[q] == (1.0, 1.0) for q in best if q not in wrong)  # the fixture's answers round-trip
+    assert got["eval_n"] == 5 and got["em"] == pytest.approx(3 / 5)

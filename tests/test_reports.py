@@ -354,6 +354,27 @@ def test_a_grid_resumed_with_another_learning_rate_setting_never_averages_the_tw
     assert "| gated_context | autoregressive |" in _table(text, "## jsquad")[-1]  # the failed row, plain
 
 
+def test_a_cell_rerun_with_its_mixers_or_objectives_options_is_named_apart_within_that_mixer_or_objective(tmp_path):
+    """A --mixer-opt (--objective-opt) rerun gives a cell of another key beside the first: the two are named
+    by their options and never averaged as seeds. Options are compared within the mixer (objective) only:
+    mamba's d_state says nothing about attention, diffusion's steps nothing about autoregressive rows."""
+    rows = [_row("mamba", "autoregressive", key="m0", seed=0, metrics=_qa(0.0, 0.10, ppl=9.0), mixer_opts={"d_state": 32}),
+            _row("mamba", "autoregressive", key="m1", seed=1, metrics=_qa(0.0, 0.20, ppl=8.0)),
+            _row("attention", "autoregressive", key="a0", seed=0, metrics=_qa(0.0, 0.15, ppl=8.5)),
+            _row("attention", "autoregressive", key="a1", seed=1, metrics=_qa(0.0, 0.16, ppl=8.4)),
+            _row("attention", "diffusion", key="d0", seed=0, metrics=_qa(0.0, 0.05, ppl_bound=20.0),
+                 objective_opts={"steps": 8}),
+            _row("attention", "diffusion", key="d1", seed=1, metrics=_qa(0.0, 0.06, ppl_bound=19.0))]
+    for r in rows:
+        append_row(tmp_path / "results" / "g.jsonl", r)
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    agg = _table((tmp_path / "reports" / "g" / "README.md").read_text(), "### Across seeds")
+    got = sorted((_cells(ln)[0], _cells(ln)[1], _cells(ln)[2]) for ln in agg[2:])
+    assert got == [("attention", "autoregressive", "2"), ("attention", "diffusion", "1"),
+                   ("attention (steps=8)", "diffusion", "1"), ("mamba", "autoregressive", "1"),
+                   ("mamba (d_state=32)", "autoregressive", "1")]
+
+
 @pytest.mark.parametrize("change, names", [
     ({"budget": "tokens=40000"}, ["attention (budget tokens=20000)", "attention (budget tokens=40000)"]),
     ({"preset": "small"}, ["attention (preset small)", "attention (preset tiny)"]),
