@@ -77,12 +77,74 @@ def test_token_budget_is_respected_and_curve_recorded():
     assert res.tokens_per_s > 0
 
 
+def _mixed_lengths(n=64, seed=0):
+    """Copy-the-first-token sequences (like _toy_data) of lengths 5..12: batches carry padding."""
+    rng = np.random.default_rng(seed)
+    seqs, tgts = [], []
+    for _ in range(n):
+        L = int(rng.integers(5, 13))
+        a = int(rng.integers(6, 20))
+        seqs.append([2, a, *rng.integers(6, 20, size=L - 5).tolist(), 4, a, 3])
+        tgts.append([False] * (L - 2) + [True, True])
+    return SeqSet.from_lists(seqs, tgts, 0)
+
+
+def test_token_budget_counts_real_tokens_not_padded_positions(monkeypatch):
+    """A tokens= budget is a count of real tokens: padding is the batching's cost, not data seen. With
+    rows of equal length (the toy data) nothing is padded, so counting ids.numel() went unnoticed; here
+    the lengths differ, and tokens_seen is the non-pad tokens of the batches trained, which is also what
+    the recorded padding fraction (1 - real / computed positions) implies."""
+    from harness.distributed import SingleProcess
+
+    real, computed = [], []
+    loss = SingleProcess.loss
+
+    def recording(self, objective, model, batch, *a):
+        real.append(int((batch.ids != SPECIAL.pad).sum()))  # (the data has no pad id inside a row)
+        computed.append(batch.ids.numel())
+        return loss(self, objective, model, batch, *a)
+
+    monkeypatch.setattr(SingleProcess, "loss", recording)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    cfg = TrainConfig(batch_size=8, progress=False, eval_points=1)
+    res = train(_model(), obj, _mixed_lengths(), _mixed_lengths(8, seed=1), Budget.parse("tokens=1500"), cfg,
+                torch.device("cpu"))
+    assert len(real) == res.steps and res.padding_frac > 0
+    assert res.tokens_seen == sum(real) < sum(computed)
+    assert 1 - res.tokens_seen / sum(computed) == pytest.approx(res.padding_frac, abs=1e-4)
+    assert 1500 <= res.tokens_seen < 1500 + 8 * 12
+
+
 def test_time_budget_stops_on_time():
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     cfg = TrainConfig(batch_size=8, progress=False, eval_points=2)
     res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
     assert 0.5 <= res.train_seconds < 5
     assert res.steps > 2
+
+
+def test_dev_checks_are_off_the_training_clock(monkeypatch):
+    """A seconds= budget times training only: a dev check pauses the clock (its time is dev_seconds), else
+    a cell with a slow dev set or more eval points would train less. Every check here sleeps 0.25 s: four
+    of them, twice the budget. The clock passes the budget by at most one step (far below a sleep: the
+    final check, at the budget's end, alone would put it 0.25 s over), and dev_seconds holds every sleep."""
+    import time
+
+    import harness.distributed
+
+    nap, real_dev_loss = 0.25, harness.distributed.dev_loss
+
+    def slow_dev_loss(*a, **kw):
+        time.sleep(nap)
+        return real_dev_loss(*a, **kw)
+
+    monkeypatch.setattr(harness.distributed, "dev_loss", slow_dev_loss)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    cfg = TrainConfig(batch_size=8, progress=False, eval_points=4)
+    res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
+    assert len(res.loss_curve) == 4
+    assert res.dev_seconds >= 4 * nap
+    assert 0.5 <= res.train_seconds < 0.5 + nap
 
 
 def test_budget_smaller_than_a_batch_is_refused():

@@ -66,6 +66,20 @@ def test_causal_mode_ignores_the_future(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_causal_output_on_a_prefix_is_the_full_outputs_prefix(name):
+    """Causal means the output at t depends on x[:t+1] only, so also not on the total length T: running
+    the prefix alone gives the full run's first t+1 outputs. Changing future values at a fixed T (the test
+    above) misses a mixer that scales by T or pads T to a block size; decoding token by token would not."""
+    m = _build(name, causal=True)
+    torch.manual_seed(1)
+    x = torch.randn(2, 24, D)
+    y = m(x)
+    for t in (0, 6, 11, 15, 22):  # prefix lengths 1, 7, 12, 16 (a power of two), 23
+        torch.testing.assert_close(m(x[:, : t + 1]), y[:, : t + 1], rtol=1e-5, atol=1e-5,
+                                   msg=f"{name}: the output on x[:, :{t + 1}] differs from the full output's prefix")
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_causal_lm_ignores_future_tokens(name):
     """The same guard one level up: the whole skeleton, token ids in, hidden states out."""
     torch.manual_seed(0)

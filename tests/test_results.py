@@ -56,6 +56,43 @@ def test_concurrent_writers_never_interleave(tmp_path):
     assert len(rows) == 40 and len({r["key"] for r in rows}) == 40
 
 
+def test_a_row_is_one_write_under_an_exclusive_lock(tmp_path, monkeypatch):
+    """What makes appends atomic, checked call by call (the concurrent test above is timing-dependent: it
+    passed with the lock removed and the line written in two parts): the file is opened O_APPEND, and the
+    whole line, newline included, goes out in ONE os.write between flock(LOCK_EX) and flock(LOCK_UN),
+    fsync'd before the unlock. So concurrent writers never interleave and a killed one leaves no half line."""
+    import fcntl
+    import os
+
+    calls = []
+    real_open, real_write, real_fsync, real_flock = os.open, os.write, os.fsync, fcntl.flock
+
+    def rec(name, real):
+        def f(*args, **kw):
+            calls.append((name, *args))
+            return real(*args, **kw)
+        return f
+
+    monkeypatch.setattr(os, "open", rec("open", real_open))
+    monkeypatch.setattr(os, "write", rec("write", real_write))
+    monkeypatch.setattr(os, "fsync", rec("fsync", real_fsync))
+    monkeypatch.setattr(fcntl, "flock", rec("flock", real_flock))
+    p = tmp_path / "r.jsonl"
+    row = _row("a", pad="x" * 100_000)  # far larger than a pipe buffer or a page
+    append_row(p, row)
+    monkeypatch.undo()
+
+    [(_, path, flags, *_)] = [c for c in calls if c[0] == "open"]
+    assert path == p and flags & os.O_APPEND
+    ops = [c for c in calls if c[0] != "open"]
+    assert [c[0] for c in ops] == ["flock", "write", "fsync", "flock"]
+    assert len({c[1] for c in ops}) == 1  # all on the one descriptor
+    assert (ops[0][2], ops[-1][2]) == (fcntl.LOCK_EX, fcntl.LOCK_UN)
+    line = bytes(ops[1][2])
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and json.loads(line) == row
+    assert p.read_bytes() == line
+
+
 def test_untracked_files_in_a_package_make_the_commit_dirty(tmp_path):
     """A new, uncommitted mixer file changes what runs: the row's commit must say +dirty. A new file
     outside the packages (a results file) does not."""
