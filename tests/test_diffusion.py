@@ -243,6 +243,64 @@ def test_low_confidence_remasking_commits_the_most_confident_first():
     assert rec.masks == [[6], [5], [4], [3], [2], [1]]
 
 
+class ScriptedConfidence(nn.Module):
+    """Answer-region position j (after the prompt's last SEP) proposes token 6 + j with confidence
+    `conf[j]` (hidden states are log-probabilities, the head is the identity), whatever else is filled
+    in, and records which region positions each forward pass was given as MASK (batch row 0)."""
+
+    def __init__(self, conf):
+        super().__init__()
+        self.register_buffer("w", torch.eye(V))
+        self.conf, self.masked = torch.tensor(conf), []
+
+    @property
+    def head_weight(self):
+        return self.w
+
+    def logits(self, h):
+        return h @ self.w.t()
+
+    def forward(self, ids, pad_mask=None, right_padded=True):
+        B, T = ids.shape
+        start = (T - 1 - (ids == SP.sep).flip(1).int().argmax(1)) + 1  # (B,) first position after the last SEP
+        j = torch.arange(T)[None] - start[:, None]  # (B, T) region offset
+        L = len(self.conf)
+        self.masked.append({int(i) for i in j[0][(ids[0] == SP.mask) & (j[0] >= 0)]})
+        jc = j.clamp(0, L - 1)
+        probs = torch.full((B, T, V), 1e-3)
+        probs.scatter_(2, (6 + jc)[..., None], self.conf[jc][..., None])
+        return probs.log()
+
+    def commit_order(self, region):
+        """The region positions committed at each step: those MASK in one input and not in the next (the
+        last step's commits are what is still MASK in the last input, as the final `region` has none)."""
+        assert not (region == SP.mask).any()
+        after = self.masked[1:] + [set()]
+        return [sorted(before - now) for before, now in zip(self.masked, after)]
+
+
+def test_low_confidence_remasking_commits_in_descending_confidence_whatever_the_position():
+    """One commit per step, in order of confidence, not of position: a sampler that committed the least
+    confident position first (or went left to right) would fill the same tokens but in another order."""
+    conf = [0.5, 0.9, 0.6, 0.95, 0.7, 0.8]
+    model = ScriptedConfidence(conf)
+    region = _obj(gen_length=6, steps=6).sample(model, [[2, 7, 4]], early_stop=False)
+    assert region.tolist() == [[6, 7, 8, 9, 10, 11]]
+    assert model.commit_order(region) == [[3], [1], [5], [4], [2], [0]]  # descending confidence
+
+
+def test_semi_autoregressive_blocks_commit_left_block_first_even_against_confidence():
+    """Confidence rises with position, so an unrestricted sampler would commit 5, 4, 3 first; with
+    blocks of 3 the first three steps may only commit in positions 0-2 (most confident first within the
+    block) and the next three in positions 3-5."""
+    model = ScriptedConfidence([0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+    region = _obj(gen_length=6, block_length=3, steps=6).sample(model, [[2, 7, 4]], early_stop=False)
+    order = model.commit_order(region)
+    assert sorted(p for step in order[:3] for p in step) == [0, 1, 2]
+    assert sorted(p for step in order[3:] for p in step) == [3, 4, 5]
+    assert order == [[2], [1], [0], [5], [4], [3]]
+
+
 def test_sampler_respects_eos_and_stops_once_the_answer_is_settled():
     model = ScriptedAnswer()
     obj = _obj(gen_length=8, steps=8)

@@ -33,6 +33,20 @@ def test_max_over_golds_and_empty_handling():
     assert score("", ["東京"]) == (0.0, 0.0)
 
 
+def test_golds_empty_after_normalisation_are_dropped_before_scoring():
+    """JGLUE (transformers' squad_metrics) keeps only golds whose normalised text is non-empty, so a
+    stray "。" or blank gold beside a real one cannot let an empty prediction match it; "" is the gold
+    only when nothing else remains."""
+    for blank in ("", "。", "。。", "  ", " 。", "\u3000"):
+        assert score("", [blank, "東京"]) == (0.0, 0.0), repr(blank)  # not 1 via the blank gold
+        assert score("", ["東京", blank]) == (0.0, 0.0), repr(blank)
+        assert score("東京", [blank, "東京"]) == (1.0, 1.0), repr(blank)
+        assert score("", [blank]) == (1.0, 1.0), repr(blank)  # nothing left: the gold is ""
+    em, f = score("東", ["。", "東京"])  # scored against "東京" alone: P = 1, R = 1/2
+    assert em == 0.0 and f == pytest.approx(2 / 3)
+    assert corpus_scores(["", "東京"], [["。", "東京"], ["  ", "東京"]]) == {"em": 0.5, "f1": 0.5}
+
+
 def test_partial_overlap_bag_of_characters():
     # pred 3 chars, gold 5 chars, 2 in common: P=2/3, R=2/5
     assert f1("京都府", "東京都庁舎") == pytest.approx(2 * (2 / 3) * (2 / 5) / ((2 / 3) + (2 / 5)))
