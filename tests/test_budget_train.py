@@ -125,14 +125,15 @@ def test_time_budget_stops_on_time():
 
 def test_dev_checks_are_off_the_training_clock(monkeypatch):
     """A seconds= budget times training only: a dev check pauses the clock (its time is dev_seconds), else
-    a cell with a slow dev set or more eval points would train less. Every check here sleeps 0.25 s: four
-    of them, twice the budget. The clock passes the budget by at most one step (far below a sleep: the
-    final check, at the budget's end, alone would put it 0.25 s over), and dev_seconds holds every sleep."""
+    a cell with a slow dev set or more eval points would train less. Every check here sleeps 0.75 s: two of
+    them, three times the budget. The clock passes the budget by at most one step (a tiny model's step: far
+    below a sleep even on a loaded CPU, where a 0.25 s margin once failed; the final check, at the budget's
+    end, alone would put it 0.75 s over), and dev_seconds holds every sleep."""
     import time
 
     import harness.distributed
 
-    nap, real_dev_loss = 0.25, harness.distributed.dev_loss
+    nap, real_dev_loss = 0.75, harness.distributed.dev_loss
 
     def slow_dev_loss(*a, **kw):
         time.sleep(nap)
@@ -140,10 +141,10 @@ def test_dev_checks_are_off_the_training_clock(monkeypatch):
 
     monkeypatch.setattr(harness.distributed, "dev_loss", slow_dev_loss)
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
-    cfg = TrainConfig(batch_size=8, progress=False, eval_points=4)
+    cfg = TrainConfig(batch_size=8, progress=False, eval_points=2)
     res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
-    assert len(res.loss_curve) == 4
-    assert res.dev_seconds >= 4 * nap
+    assert len(res.loss_curve) == 2
+    assert res.dev_seconds >= 2 * nap
     assert 0.5 <= res.train_seconds < 0.5 + nap
 
 
@@ -191,6 +192,56 @@ def test_greedy_generation_stops_at_eos_and_is_batch_invariant():
     one_by_one = [obj.generate(m, [p], max_new=6, batch_size=1)[0] for p in prompts]
     assert batched == one_by_one
     assert all(len(g) <= 6 and SPECIAL.eos not in g for g in batched)
+
+
+class _Scripted(torch.nn.Module):
+    """A stand-in LM whose greedy answer to a prompt [BOS, a, ..., SEP] is a+1, a+2, ..., a+k, then EOS,
+    with k = a % 3 + 1: rows of one batch finish at different steps. Its hidden state is (a, tokens
+    generated so far), for both decoding paths; it counts its calls."""
+
+    V = 32
+
+    def __init__(self):
+        super().__init__()
+        self.head_weight = torch.zeros(self.V, 1)
+        self.calls = {"forward": 0, "step": 0}
+
+    def logits(self, h):  # h (..., 2): (a, n generated) -> one-hot logits of the next token
+        a, n = h[..., 0].long(), h[..., 1].long()
+        nxt = torch.where(n < a % 3 + 1, a + 1 + n, torch.full_like(a, SPECIAL.eos))
+        return torch.nn.functional.one_hot(nxt, self.V).float()
+
+    def forward(self, ids, pad_mask=None, right_padded=True):  # the rerun path: right-padded rows
+        self.calls["forward"] += 1
+        T = ids.shape[1]
+        sep = (ids == SPECIAL.sep).float().argmax(1)  # (b,) the prompt's last position
+        n = (torch.arange(T)[None] - sep[:, None]).clamp(min=0)  # tokens generated up to t
+        return torch.stack([ids[:, 1:2].expand(-1, T), n], -1).float()
+
+    def prefill(self, ids, pad_mask=None):  # the state path: left-padded rows
+        a = ids.gather(1, (ids == SPECIAL.bos).float().argmax(1, keepdim=True) + 1)  # (b, 1)
+        h = torch.stack([a.expand(-1, ids.shape[1]), torch.zeros_like(ids)], -1).float()
+        return h, h[:, -1]
+
+    def step(self, ids_t, state):
+        self.calls["step"] += 1
+        state = state + torch.tensor([0.0, 1.0])
+        return state, state
+
+
+@pytest.mark.parametrize("decode", ["state", "rerun"])
+def test_greedy_generation_returns_the_tokens_before_eos_and_stops_when_every_row_has_ended(decode):
+    """What a prediction is: the tokens before the first EOS (never the EOS, never what a finished row is
+    fed afterwards), and a batch stops as soon as its last row has ended, not after max_new tokens (the
+    toy LM above never ends a row, so neither was seen)."""
+    obj = objectives.build("autoregressive", SPECIAL, "chunked", decode=decode)
+    m = _Scripted()
+    prompts = [[2, 9, 7, 4], [2, 10, 4], [2, 11, 7, 7, 7, 4]]  # k = 1, 2, 3
+    got = obj.generate(m, prompts, max_new=8, batch_size=3)
+    assert got == [[10], [11, 12], [12, 13, 14]]
+    # the longest answer is 3 tokens and its EOS: 4 tokens, 1 from the prefill and 3 steps (state), or
+    # 4 forward passes (rerun); a batch run to max_new would take 7 steps or 8 passes
+    assert m.calls == ({"forward": 0, "step": 3} if decode == "state" else {"forward": 4, "step": 0})
 
 
 def test_predict_targets_is_teacher_forced_next_token_argmax():
