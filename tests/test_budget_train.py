@@ -64,6 +64,30 @@ def _model():
     return LM(LMConfig(vocab_size=20, d_model=32, n_layers=2, mixer="attention", causal=True, mlp_hidden=64))
 
 
+def test_training_follows_the_wsd_schedule_by_budget_fraction(monkeypatch):
+    """The schedule above is what the optimizer is given, step by step: a warm-up from ~0, the full rate
+    through the middle of the budget, a decay towards min_lr_frac at its end (a trainer that set the rate
+    once, or never, would pass the schedule's own test)."""
+    lrs = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    cfg = TrainConfig(batch_size=8, lr=1e-2, progress=False, eval_points=1, warmup_frac=0.1, decay_frac=0.2,
+                      min_lr_frac=0.1)
+    res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("tokens=4000"), cfg, torch.device("cpu"))
+    assert len(lrs) == res.steps > 30
+    assert lrs[0] < 1e-4  # the first step: fraction 0
+    assert max(lrs) == lrs[len(lrs) // 2] == pytest.approx(1e-2)  # the stable middle
+    assert lrs[-1] < 0.3 * 1e-2 and lrs[-1] >= 0.1 * 1e-2  # decayed, not below the floor
+    assert lrs[: len(lrs) // 10] == sorted(lrs[: len(lrs) // 10])  # rising through the warm-up
+    assert lrs[-len(lrs) // 10 :] == sorted(lrs[-len(lrs) // 10 :], reverse=True)  # falling through the decay
+
+
 def test_token_budget_is_respected_and_curve_recorded():
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     data = _toy_data()
