@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
+import torch
 
 import run_matrix
 from harness import lr_sweep
 from harness.budget import Budget
+from harness.train import TrainConfig, TrainResult
+from core.data import SeqSet
 from core.results import cell_rows, read_rows
 
 
@@ -42,6 +46,58 @@ def test_sweep_reuses_cached_short_runs(tmp_path):
                              lr_sweep.TrialCache(path))
     assert calls == [1e-3, 3e-3, 1e-2]  # the second sweep ran only the new rate
     assert rec["reused"] == 2 and rec["best_lr"] == 3e-3  # cached 1.5 beats the new 1.7
+
+
+def test_a_tie_goes_to_the_first_rate_listed():
+    """Equal dev losses pick the first rate listed (lr_sweep's documented rule), whatever its size: the pick
+    is then fixed by the losses and the order given, the same for every mixer of a grid."""
+    rec = lr_sweep.run_sweep([1e-3, 3e-3], 0.5, Budget("tokens", 4000), _fake({1e-3: 2.0, 3e-3: 2.0}, []))
+    assert rec["best_lr"] == 1e-3 and rec["best_dev_loss"] == 2.0
+    rec = lr_sweep.run_sweep([3e-3, 1e-3, 1e-2], 0.5, Budget("tokens", 4000),
+                             _fake({3e-3: 2.0, 1e-3: 2.0, 1e-2: 2.0}, []))
+    assert rec["best_lr"] == 3e-3  # first listed, not the smallest rate
+
+
+def test_the_cache_key_holds_the_short_budget(tmp_path):
+    """A short run at tokens=2000 is not a short run at tokens=4000: a cache reused across budgets (a cell
+    rerun with a larger --budget) must rerun every rate, not hand back the shorter runs' dev losses."""
+    calls: list[float] = []
+    cache = lr_sweep.TrialCache(tmp_path / "c.json")
+    lr_sweep.run_sweep([1e-3, 3e-3], 0.5, Budget("tokens", 4000), _fake({1e-3: 2.0, 3e-3: 1.5}, calls), cache)
+    rec = lr_sweep.run_sweep([1e-3, 3e-3], 0.5, Budget("tokens", 8000), _fake({1e-3: 1.0, 3e-3: 1.5}, calls),
+                             lr_sweep.TrialCache(tmp_path / "c.json"))
+    assert rec["reused"] == 0 and calls == [1e-3, 3e-3, 1e-3, 3e-3]
+    assert rec["best_lr"] == 1e-3 and [t["tokens"] for t in rec["table"]] == [4000, 4000]
+
+
+def test_a_short_run_is_judged_once_on_the_first_dev_sequences(monkeypatch):
+    """The real TrialFn trains on a dev slice cut to its first SHORT_DEV_SEQS (128) rows, the same rows for
+    every rate, and with at most SHORT_EVAL_POINTS (1) dev check: dev checks, not training, dominated the
+    cost of short runs (lr_sweep.py's notes). The cell's other settings pass through at the trial's rate."""
+    seen = []
+
+    def train(model, objective, train_set, dev_set, budget, cfg, device, dist=None):
+        seen.append((model, dev_set, budget, cfg))
+        return TrainResult(tokens_seen=123, best_dev_loss=1.5, best_fraction=1.0)
+
+    monkeypatch.setattr(lr_sweep, "train", train)
+    n = 300
+    ids = torch.arange(n).repeat_interleave(4).view(n, 4)  # row i is all i: the rows kept are visible
+    dev = SeqSet(ids, torch.ones(n, 4, dtype=torch.bool), np.full(n, 4))
+    cfg = TrainConfig(lr=9.0, eval_points=10, batch_size=3, progress=True)
+    run = lr_sweep.train_trial(lambda: "model", None, None, dev, cfg, "cpu")
+    t = run(3e-3, Budget("tokens", 500))
+    assert t.lr == 3e-3 and t.dev_loss == 1.5 and t.tokens == 123
+    model, dev_set, budget, tcfg = seen[0]
+    assert model == "model" and budget == Budget("tokens", 500)
+    assert lr_sweep.SHORT_DEV_SEQS == 128 and len(dev_set) == 128
+    assert dev_set.ids[:, 0].tolist() == list(range(128))  # the first 128 rows, in order
+    assert tcfg.eval_points == 1 and tcfg.lr == 3e-3 and not tcfg.progress and tcfg.batch_size == 3
+    run(1e-2, Budget("tokens", 500))
+    assert seen[1][1].ids[:, 0].tolist() == list(range(128))  # the same rows for every rate
+    small = SeqSet(ids[:40], torch.ones(40, 4, dtype=torch.bool), np.full(40, 4))  # under 128 rows: all of them
+    lr_sweep.train_trial(lambda: "model", None, None, small, cfg, "cpu")(1e-3, Budget("tokens", 500))
+    assert seen[2][1].ids[:, 0].tolist() == list(range(40))
 
 
 def test_rates_parse_and_auto_follows_the_preset():

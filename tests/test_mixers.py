@@ -1,6 +1,8 @@
 """The mixer contract, checked for every registered mixer (new mixers are covered automatically)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -146,9 +148,13 @@ def test_bf16_and_zero_inputs_stay_finite(name):
 
 
 def test_unknown_mixer_and_option_are_clear_errors():
+    """A misspelt name or option fails at once and says what would have been valid: the registered
+    mixers, or the mixer's own options (sorted), so a --mixer-opt typo is fixed without reading code."""
     with pytest.raises(ValueError, match="unknown mixer 'nope'; registered: .*attention"):
         mixers.build("nope", D, True)
-    with pytest.raises(ValueError, match="has no option 'bogus'"):
+    options = ", ".join(sorted(mixers.options_of("attention")))  # every option, e.g. head_dim, rope_base
+    assert "head_dim" in options
+    with pytest.raises(ValueError, match=f"^mixer 'attention' has no option 'bogus'; options: {re.escape(options)}$"):
         mixers.build("attention", D, True, bogus=1)
     with pytest.raises(ValueError, match="not a valid int"):
         mixers.build("attention", D, True, head_dim="x")

@@ -63,6 +63,51 @@ def test_a_row_longer_than_the_budget_is_a_batch_of_its_own():
     assert all(len(b) * lengths[b].max() <= 16 for b in batches if 2 not in b)
 
 
+# the sampler's three ways of cutting an epoch: a token budget, fixed shapes (CUDA graphs), a row count;
+# each with one pool / chunk holding every row, so an epoch that is not shuffled is sorted by length
+SAMPLERS = [pytest.param(dict(batch_size=0, batch_tokens=2048, bucket=64), id="tokens"),
+            pytest.param(dict(batch_size=0, batch_tokens=2048, bucket=64, pad_to=64, fixed_shapes=True), id="fixed"),
+            pytest.param(dict(batch_size=4, bucket=64), id="rows")]
+
+
+def _order(batches: list[np.ndarray]) -> list[int]:
+    return np.concatenate(batches).tolist()
+
+
+@pytest.mark.parametrize("kw", SAMPLERS)
+def test_the_sampler_seed_decides_the_epoch_order(kw):
+    """Two seeds give two different epochs (and one seed the same one): a sampler that ignored its seed
+    would train every seed of a cell on the same batches, and seeds would stop measuring that noise."""
+    data = _seqset(_lengths_fixture(150, seed=5))
+    a, b, a2 = (BatchSampler(data, seed=s, **kw).epoch_batches() for s in (1, 2, 1))
+    assert _order(a) != _order(b)
+    assert _order(a) == _order(a2)
+
+
+@pytest.mark.parametrize("kw", SAMPLERS)
+def test_each_epoch_of_a_sampler_is_a_fresh_shuffle(kw):
+    """One sampler's consecutive epochs differ (the rng carries on, it is not reseeded per epoch): every
+    epoch in one order would replay the same batch sequence, and a long run would see no reshuffle."""
+    sampler = BatchSampler(_seqset(_lengths_fixture(150, seed=5)), seed=0, **kw)
+    epochs = [_order(sampler.epoch_batches()) for _ in range(3)]
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
+
+
+@pytest.mark.parametrize("kw", SAMPLERS)
+def test_length_grouped_batches_are_served_in_random_order(kw):
+    """Rows are grouped by length into batches, but the batches are served shuffled: on varied lengths an
+    epoch's batch lengths neither only rise nor only fall (served sorted, training would run short rows,
+    then long ones, a length curriculum every epoch). One pool holds every row here, so without the
+    shuffle the epoch would be sorted."""
+    data = _seqset(_lengths_fixture(150, seed=5))
+    sampler = BatchSampler(data, seed=0, **kw)
+    served = [sampler.next_indices() for _ in range(len(BatchSampler(data, seed=0, **kw).epoch_batches()))]
+    assert sampler.epoch == 1 and set(_order(served)) == set(range(len(data)))  # one whole epoch
+    longest = np.array([int(data.lengths[b].max()) for b in served])
+    steps = np.diff(longest)
+    assert len(served) > 5 and (steps > 0).any() and (steps < 0).any(), longest
+
+
 def test_batches_are_cut_on_the_device_with_one_index_upload_per_epoch(monkeypatch):
     """No per-step host-to-device copy of indices (a pageable copy synchronises the CUDA stream):
     the sampler uploads each epoch's order once and a batch is a slice of it."""
