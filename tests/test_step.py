@@ -501,14 +501,39 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graph_modes_mark_each_step(
 
     monkeypatch.setattr(ht.torch, "compile", fake_compile)
     monkeypatch.setattr(ht.torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    fixed, sampler = [], ht.BatchSampler
+    monkeypatch.setattr(ht, "BatchSampler", lambda *a, **k: fixed.append(k["fixed_shapes"]) or sampler(*a, **k))
     res = _tiny_run(eval_points=1, compile=True, compile_mode="reduce-overhead")
-    # each compiled region (the block, the final norm) gets the mode; a new graph step per step
-    assert modes == ["reduce-overhead"] * 2 and len(marks) == res.steps > 1
-    modes.clear(), marks.clear()
+    # each compiled region (the block, the final norm) gets the mode; a new graph step per step; the batches
+    # come in a few fixed shapes (a graph is recorded per shape)
+    assert modes == ["reduce-overhead"] * 2 and len(marks) == res.steps > 1 and fixed == [True]
+    modes.clear(), marks.clear(), fixed.clear()
     _tiny_run(eval_points=1, compile=True)
-    assert modes == [None] * 2 and marks == []  # the default mode replays no graphs: nothing to mark
+    assert modes == [None] * 2 and marks == [] and fixed == [False]  # no graphs: nothing to mark, no fixed shapes
     with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
         _tiny_run(eval_points=1, compile=True, compile_mode="fast")
+
+
+def test_adamw_is_the_fused_kernel_on_cuda_only():
+    """On a GPU the fused AdamW is one launch per parameter group instead of several per tensor (the
+    optimizer step is launch-bound for a small model); on CPU the plain one. No GPU is needed to check
+    what the trainer asks for: AdamW is stood in for."""
+    import harness.train as ht
+
+    asked = []
+
+    class Recorder(torch.optim.AdamW):
+        def __init__(self, params, **kw):
+            asked.append(kw.get("fused"))
+            super().__init__(params, **{**kw, "fused": None})
+
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ht.torch.optim, "AdamW", Recorder)
+        ht._optimizer(model, TrainConfig(), torch.device("cuda"))
+        ht._optimizer(model, TrainConfig(), torch.device("cpu"))
+    assert asked == [True, False]
 
 
 def test_reduce_overhead_trains_on_cpu_where_inductor_skips_the_graphs():
