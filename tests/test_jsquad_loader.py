@@ -33,6 +33,46 @@ def test_dev_slice_is_whole_articles_from_the_training_file(offline_dir, cache_d
     assert jsq.split_dev(train_items, 0.2)[1] == dev  # same slice every time
 
 
+@pytest.mark.parametrize("dev_frac", [0.2, 0.3, 0.5])
+def test_dev_slice_takes_every_question_of_its_articles(offline_dir, dev_frac):
+    """The dev slice is whole articles: each dev title brings all its questions, and the number of
+    dev articles is `dev_frac` of the titles. At 0.2 on this fixture the first questions in file order
+    happen to be one whole article; 0.3 and 0.5 cut through an article, so a slice taken question by
+    question (a paragraph shared between training and dev) cannot pass."""
+    items = jsq.load_file(offline_dir / "valid-v1.3.json")
+    tr, dev = jsq.split_dev(items, dev_frac)
+    dev_titles = {i.title for i in dev}
+    n_titles = len({i.title for i in items})
+    assert len(dev_titles) == max(1, round(dev_frac * n_titles))
+    assert [i.qid for i in dev] == [i.qid for i in items if i.title in dev_titles]  # every question of each
+    assert [i.qid for i in tr] == [i.qid for i in items if i.title not in dev_titles]
+
+
+def test_tokenizer_trains_on_the_training_split_only(offline_dir, cache_dir, monkeypatch):
+    """SentencePiece learns its pieces from the training articles left after the dev slice is held out:
+    never from the evaluation split (its pieces would fit the scored text) nor from the dev slice
+    (checkpoint selection would see text the tokenizer was fitted to). Every training paragraph and
+    question is in it. The texts the task hands to `train_or_load` are captured."""
+    seen: list[list[str]] = []
+    real = jsq.train_or_load
+
+    def capture(texts, settings, cache):
+        seen.append(list(texts))
+        return real(texts, settings, cache)
+
+    monkeypatch.setattr(jsq, "train_or_load", capture)
+    _prepare(offline_dir, cache_dir, dev_frac=0.3)
+    assert len(seen) == 1
+    corpus = "\n".join(seen[0])
+    train, dev = jsq.split_dev(jsq.load_file(offline_dir / "valid-v1.3.json"), 0.3)
+    held = dev + jsq.load_file(offline_dir / "test-v1.3.json")
+    assert dev and train
+    for it in held:
+        assert it.paragraph not in corpus and it.question not in corpus, it.qid
+    for it in train:
+        assert it.paragraph in seen[0] and it.question in seen[0], it.qid
+
+
 def test_official_protocol_from_a_directory(official_dir, cache_dir):
     d = _prepare(official_dir, cache_dir)
     assert d.protocol == "jsquad"
@@ -72,7 +112,9 @@ def test_example_format_and_targets(offline_dir, cache_dir):
 
 
 def test_training_truncation_keeps_the_answer(offline_dir, cache_dir):
-    """A max_len far below the paragraph length windows the paragraph around the answer."""
+    """A max_len far below the paragraph length windows the paragraph around the answer: in every kept
+    row the answer is inside the windowed paragraph (a window elsewhere teaches copying text that is not
+    there), and no question of this fixture is dropped to hide one."""
     d = _prepare(offline_dir, cache_dir, max_len=64, max_answer_tokens=6)
     assert d.info["train_truncated"] > 0
     assert d.train.lengths.max() <= 64
@@ -83,9 +125,11 @@ def test_training_truncation_keeps_the_answer(offline_dir, cache_dir):
         ids = d.train.ids[i, :n]
         ans = d.decode(ids[d.train.target[i, :n]].tolist())
         assert ans in items
-        # the answer text is still inside the (windowed) context part of the prompt
-        prompt = d.decode(ids[~d.train.target[i, :n]].tolist())
-        assert ans in prompt or d.info["train_dropped"] > 0
+        # the answer text is still inside the (windowed) paragraph: between the prompt's first two SEPs
+        sep = (ids == d.special.sep).nonzero().flatten().tolist()
+        assert ans in d.decode(ids[sep[0] + 1 : sep[1]].tolist()), (i, ans)
+    # every question fits with its answer at this length: each one is a kept row checked above
+    assert d.info["train_dropped"] == 0 and d.info["train_questions"] == len(d.train) == 12
 
 
 @pytest.mark.parametrize("content, match", [

@@ -1,6 +1,7 @@
 """The pretraining stage: sources, the token cache, packing, the budget split, JaQuAD's overlap filter."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -62,14 +63,22 @@ def test_dir_source_reads_paragraph_lines_and_blank_line_separated_documents(tmp
 
 
 def test_passages_source_is_the_tasks_training_passages(offline_dir, cache_dir):
+    """`passages` pretrains on the training articles' paragraphs, each once: never a paragraph of the
+    evaluation split (scored text the model would have read) nor of the dev slice (checkpoint selection
+    on text it was pretrained on). The held-out paragraphs are read from the files, and the dev slice
+    is the one the task's own `dev_frac` picks."""
     import tasks
+    from tasks.jsquad import load_file, split_dev
 
-    data = tasks.build("jsquad").prepare(PrepareContext(offline_dir, cache_dir, 300, 128, lambda _m: None))
+    task = tasks.build("jsquad")
+    data = task.prepare(PrepareContext(offline_dir, cache_dir, 300, 128, lambda _m: None))
     docs = list(corpus.documents(Source.parse("passages"), data.passages, cache_dir))
     assert docs == data.passages and len(docs) == len(set(docs)) >= 3  # each distinct paragraph once
-    assert not any(d.startswith(("桜は", "新幹線は", "囲碁は")) for d in docs)  # never the evaluation split's text
-    dev_text = data.decode(data.dev.ids[0].tolist())
-    assert not any(d in dev_text for d in docs)  # nor the dev slice's
+    train, dev = split_dev(load_file(offline_dir / "valid-v1.3.json"), task.opts.dev_frac)
+    evaluation = load_file(offline_dir / "test-v1.3.json")
+    assert dev and set(docs).isdisjoint(it.paragraph for it in dev)  # nor the dev slice's
+    assert set(docs).isdisjoint(it.paragraph for it in evaluation)  # never the evaluation split's
+    assert set(docs) == {it.paragraph for it in train}  # and every training paragraph
 
 
 def test_hf_source_streams_a_text_dataset(tmp_path, monkeypatch):
@@ -252,6 +261,27 @@ def test_pretraining_form_of_each_objective():
     assert (p.opts.mask_on, p.opts.eos_fill, p.opts.steps) == ("all", False, 4) and dif.opts.mask_on == "answer"
 
 
+@pytest.mark.parametrize("name, opts, task_form, lm_form", [
+    ("autoregressive", {"loss_on": "answer"}, {"loss_on": "answer"}, {"loss_on": "all"}),
+    ("diffusion", {"steps": 4, "gen_length": 4}, {"mask_on": "answer", "eos_fill": True},
+     {"mask_on": "all", "eos_fill": False}),
+], ids=["autoregressive", "diffusion"])
+def test_the_pretraining_stage_trains_the_objectives_language_modelling_form(name, opts, task_form, lm_form):
+    """Packed unlabeled rows have no answer: the task objective on them would train on the EOS targets
+    alone (answer-only loss) or mask only the answer region and pad it with EOS filler (diffusion). The
+    stage plan gives the pretraining stage `objective.pretraining()` (loss or masking over every token,
+    no filler) and keeps the task objective, as configured, for the task stage."""
+    obj = objectives.build(name, SPECIAL, "chunked", **opts)
+    rows, _ = pt.pack(np.arange(8 * 16) % 14 + 6, 16)
+    plan = pt.stage_plan(object(), obj, (pt.Corpus(rows, {"sources": [{"source": "toy"}]}), 0.5), 4, 0, 1,
+                         torch.device("cpu"))
+    pre, task = plan.stages
+    assert (pre.name, task.name) == ("pretrain", "task") and task.objective is obj
+    assert {k: getattr(task.objective.opts, k) for k in task_form} == task_form
+    assert type(pre.objective) is type(obj) and {k: getattr(pre.objective.opts, k) for k in lm_form} == lm_form
+    assert pre.objective.opts == dataclasses.replace(obj.opts, **lm_form)  # every other option as configured
+
+
 # ----------------------------------------------------------------------------- JaQuAD and its overlap filter
 
 def _squad(articles):
@@ -261,12 +291,12 @@ def _squad(articles):
             for i, (q, a) in enumerate(qas)]} for c, qas in pars]} for t, pars in articles]}
 
 
-def _jaquad_dir(root: Path) -> Path:
+def _jaquad_dir(root: Path, extra=()) -> Path:
     """A planted shared title, a planted shared paragraph (half-width digits, an edited ending, its own
-    title), and one clean article."""
+    title), and one clean article; `extra` articles join the train file."""
     train = [("囲碁", [("囲碁は黒と白の石を使う。", [("何色の石か。", "黒と白")])]),
              ("碁盤の話", [("囲碁は黒と白の石を交互に置いて陣地を争うゲームである。正式な盤は19路盤で、初心者には9路盤が勧められている。",
-                            [("正式な盤は。", "19路盤")])])]
+                            [("正式な盤は。", "19路盤")])]), *extra]
     dev = [("天の川", [("天の川は夜空に見える星の帯である。", [("天の川は何の帯か。", "星")])])]
     _write(root / "train" / "jaquad_train_0000.json", json.dumps(_squad(train), ensure_ascii=False))
     _write(root / "dev" / "jaquad_dev_0000.json", json.dumps(_squad(dev), ensure_ascii=False))
@@ -280,20 +310,31 @@ def test_overlap_filter_drops_planted_shared_articles(tmp_path):
     assert info == {"articles_dropped": 2, "dropped_by_title": 1, "dropped_by_paragraph": 1, "questions_dropped": 2}
 
 
-def test_jaquad_joins_training_without_the_evaluation_splits_articles(tmp_path, offline_dir, cache_dir):
-    import tasks
+def test_jaquad_joins_training_without_the_held_out_articles(tmp_path, offline_dir, cache_dir):
+    """JaQuAD joins the training data minus every article it shares with the held-out text: the
+    evaluation split (囲碁 by title, 碁盤の話 by paragraph) and the dev slice too (an article titled
+    like the dev slice's, half-width as JaQuAD writes it), since training on the dev slice's article
+    would make checkpoint selection favour memorising it. The tokenizer stays JSQuAD's: the same model
+    with JaQuAD as without."""
+    import unicodedata
 
-    jq = _jaquad_dir(tmp_path / "jq")
+    import tasks
+    from tasks.jsquad import load_file, split_dev
+
+    dev = split_dev(load_file(offline_dir / "valid-v1.3.json"), tasks.build("jsquad").opts.dev_frac)[1]
+    title = unicodedata.normalize("NFKC", dev[0].title)  # ＡＩ研究所 -> AI研究所
+    jq = _jaquad_dir(tmp_path / "jq", [(title, [(f"{title}には百人の研究員が所属している。", [("研究員は何人か。", "百人")])])])
     ctx = PrepareContext(offline_dir, cache_dir, 300, 128, lambda _m: None)
     base = tasks.build("jsquad").prepare(ctx)
     data = tasks.build("jsquad", extra_train="jaquad", jaquad_dir=str(jq)).prepare(ctx)
     assert data.protocol == "jsquad-offline+jaquad"
     x = data.info["extra_train"]
-    assert (x["articles"], x["articles_kept"], x["dropped_by_title"], x["dropped_by_paragraph"]) == (3, 1, 1, 1)
+    assert (x["articles"], x["articles_kept"], x["dropped_by_title"], x["dropped_by_paragraph"]) == (4, 1, 2, 1)
     assert data.info["train_questions"] == base.info["train_questions"] + 1
     assert "天の川は夜空に見える星の帯である。" in data.passages
-    assert not any("陣地を争う" in p for p in data.passages)
-    assert len(data.dev) == len(base.dev) and data.vocab_size == base.vocab_size  # same dev slice, same tokenizer
+    assert not any("陣地を争う" in p or "百人の研究員" in p for p in data.passages)
+    assert len(data.dev) == len(base.dev)  # the same dev slice
+    assert pt.tokenizer_id(data.tokenizer) == pt.tokenizer_id(base.tokenizer)  # the same tokenizer
     with pytest.raises(DataError, match="no JaQuAD files"):
         tasks.build("jsquad", extra_train="jaquad", jaquad_dir=str(tmp_path / "absent")).prepare(ctx)
 
