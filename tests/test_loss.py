@@ -81,12 +81,56 @@ def test_chunked_matches_the_exact_loss_under_bf16_autocast():
     _bf16_case_against_exact("cpu", "chunked")
 
 
+def test_chunked_sums_the_classifier_gradient_over_many_chunks_in_fp32():
+    """The grid's chunked loss on CUDA: bf16 autocast, and a batch of many chunks (chunk=4096 rows of a
+    batch of tens of thousands of tokens). Each chunk's classifier gradient comes out of a bf16 matmul; the
+    sum over chunks must be kept in fp32, since a bf16 running sum rounds at every chunk, by a step that
+    grows with the sum (the test above has one chunk, where the two agree).
+
+    Here the same 16 rows fill all 32 chunks, so every chunk adds the same bf16 contribution c: an fp32
+    sum is exactly 32 c (13 significant bits), a bf16 one is off by ~1-3%. The reference is the fp32 sum
+    of the chunks' contributions, 32 x the gradient of one chunk by the same path; the exact fp32 loss of
+    the bf16-rounded operands checks that contribution itself to bf16 precision."""
+    torch.manual_seed(0)
+    chunk, n_chunks, d, v = 16, 32, 32, 64
+    h1, y1 = torch.randn(chunk, d), torch.randint(0, v, (chunk,))
+    w = torch.randn(v, d, requires_grad=True)
+
+    def w_grad(h, y):
+        w.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            token_nll(h, w, y, "chunked", chunk=chunk).sum().backward()
+        assert w.grad.dtype == torch.float32
+        return w.grad.clone()
+
+    got = w_grad(h1.repeat(n_chunks, 1), y1.repeat(n_chunks))
+    torch.testing.assert_close(got, n_chunks * w_grad(h1, y1), rtol=1e-6, atol=0)  # bf16 sum: ~2e-2 off
+
+    wr = w.detach().bfloat16().float().requires_grad_()
+    F.cross_entropy(h1.bfloat16().float() @ wr.t(), y1, reduction="sum").backward()
+    torch.testing.assert_close(got, n_chunks * wr.grad, rtol=3e-2, atol=3e-2 * float(got.abs().max()))
+
+
 def test_impl_resolution():
     assert resolve_impl("auto", torch.device("cpu")) == "chunked"
     with pytest.raises(ValueError, match="unknown loss"):
         resolve_impl("magic", torch.device("cpu"))
     with pytest.raises(RuntimeError, match="needs CUDA"):
         resolve_impl("cce", torch.device("cpu"))
+
+
+def test_auto_resolves_to_the_cce_kernel_on_cuda_only_when_the_package_imports(monkeypatch):
+    """The grid's default `--loss auto` on a GPU: the cce kernel where cut-cross-entropy imports (the
+    row's memory and speed figures assume it), the exact chunked path where it does not, and chunked on
+    CPU even with the package. The import probe is stood in for; a cuda device object needs no GPU."""
+    from harness import loss as loss_mod
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(loss_mod, "_cce", lambda: object())  # the package imports
+    assert resolve_impl("auto", cuda) == "cce"
+    assert resolve_impl("auto", cpu) == "chunked"
+    monkeypatch.setattr(loss_mod, "_cce", lambda: None)  # it does not
+    assert resolve_impl("auto", cuda) == "chunked"
 
 
 # --- mixed precision: what the CUDA kernel demands, checked on CPU -------------------------------------

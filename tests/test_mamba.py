@@ -199,6 +199,31 @@ def test_scan_ignores_bf16_autocast(scan):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-6, atol=1e-6)
 
 
+def test_delta_reaches_the_scan_computed_in_fp32_under_bf16_autocast(monkeypatch):
+    """The mixer's own precision policy under the grid's bf16 autocast (CPU autocast stands in for CUDA's):
+    Δ = softplus(dt_proj(dt) + dt_bias) and A are computed in fp32 from what x_proj gave, not by a bf16
+    matmul (Δ sets the decay exp(Δ A) over the whole sequence: bf16 scans drift). A dtype check is not
+    enough: a bf16 matmul plus the fp32 bias comes out fp32 too, so Δ is held to the fp32 computation."""
+    seen, dts = [], []
+
+    def spy(u, delta, A, *args, **kw):
+        seen.append((delta.detach(), A.detach()))
+        return mm.selective_scan_parallel(u, delta, A, *args, **kw)
+
+    monkeypatch.setitem(mm.SCANS, "parallel", (spy, "torch_parallel_scan"))
+    m = _build(True, seed=3)
+    m.fwd.x_proj.register_forward_hook(lambda mod, inp, out: dts.append(out[..., : m.dt_rank].detach()))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        m(torch.randn(2, 24, D_MODEL))
+    (delta, A), dt = seen[0], dts[0]
+    assert dt.dtype == torch.bfloat16  # x_proj did run under autocast: Δ's input is bf16
+    d = m.fwd
+    want = F.softplus(dt.float() @ d.dt_weight.float().t() + d.dt_bias.float())
+    assert delta.dtype == A.dtype == torch.float32
+    torch.testing.assert_close(delta, want, rtol=1e-6, atol=1e-6)  # a bf16 dt_proj: ~1e-2 off
+    torch.testing.assert_close(A, -torch.exp(d.A_log.float()), rtol=0, atol=0)
+
+
 def test_bad_chunk_or_block_size_is_an_error():
     with pytest.raises(ValueError, match="chunk_size"):
         mm.selective_scan_chunked(**scan_inputs(4), chunk_size=0)

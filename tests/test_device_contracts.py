@@ -1,0 +1,149 @@
+"""CUDA-only paths held on CPU: what the grid's cells, the peak-memory figures and attention do on a GPU,
+simulated with stand-ins for the CUDA calls (the CI has no GPU; a change green on CPU once broke every GPU
+cell). Each test names the GPU behaviour it holds; a `torch.device("cuda")` object needs no GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import harness.cell as cell_mod
+import mixers
+import mixers.attention as attn_mod
+from core import env
+
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+def _recorder(calls: list, name: str, result=None):
+    """A stand-in for a torch.cuda function: records (name, args) and returns `result`."""
+
+    def fn(*args, **kwargs):
+        calls.append((name, *args))
+        return result
+
+    return fn
+
+
+# --- harness/cell.py --------------------------------------------------------------------------------
+
+
+def test_tf32_is_enabled_on_cuda_only(monkeypatch):
+    """On a GPU a cell lets fp32 matmuls (what autocast leaves in fp32) use TF32 tensor cores, precision
+    "high", and its row records tf32=True; on CPU nothing is set and the row says False."""
+    calls: list = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", _recorder(calls, "precision"))
+    assert cell_mod.enable_tf32(CPU) is False and calls == []
+    assert cell_mod.enable_tf32(CUDA) is True
+    assert calls == [("precision", "high")]
+
+
+def test_release_syncs_and_empties_the_cache_and_returns_a_sticky_error(monkeypatch):
+    """After each cell on a GPU: wait for the queued work (an error still queued shows in the cell that
+    caused it), then hand the allocator's cache back before the next cell's peak-memory window. A sticky
+    CUDA error (illegal address, device-side assert) is returned as the row's error, never raised: raised,
+    it killed the grid in the cell's cleanup and lost the row (tests/test_grid.py holds what the grid does
+    with the text). On CPU nothing CUDA is called."""
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "synchronize", _recorder(calls, "synchronize"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", _recorder(calls, "empty_cache"))
+    assert cell_mod.release(CPU) is None and calls == []
+    assert cell_mod.release(CUDA) is None
+    assert calls == [("synchronize", CUDA), ("empty_cache",)]
+
+    def sticky(device=None):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be ...")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", sticky)
+    assert cell_mod.release(CUDA) == "RuntimeError: CUDA error: an illegal memory access was encountered"
+
+
+# --- core/env.py ------------------------------------------------------------------------------------
+
+
+def test_peak_memory_window_on_cuda_reads_the_allocators_peak(monkeypatch):
+    """A row's peak VRAM: the window opens by resetting CUDA's peak statistics (else the figure is the
+    process's peak, an earlier cell's included) and returns the bytes allocated at that moment; the peak is
+    the allocator's max_memory_allocated, not what is allocated when it is read. On CPU both are None,
+    never a made-up number, and nothing CUDA is called."""
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", _recorder(calls, "reset"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", _recorder(calls, "allocated", 1_000))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", _recorder(calls, "max", 7_000))
+    assert env.reset_peak_memory(CPU) is None and env.peak_memory(CPU) is None and calls == []
+    assert env.reset_peak_memory(CUDA) == 1_000
+    assert calls[0] == ("reset", CUDA)
+    assert env.peak_memory(CUDA) == 7_000
+    assert calls[-1] == ("max", CUDA)
+
+
+# --- mixers/attention.py ----------------------------------------------------------------------------
+
+
+def _sdpa_spy(monkeypatch) -> list:
+    """Records the attn_mask of every F.scaled_dot_product_attention call (then runs the real one)."""
+    masks: list = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        masks.append(attn_mask)
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    return masks
+
+
+def test_padded_bidirectional_attention_gives_sdpa_a_key_padding_mask(monkeypatch):
+    """Masked diffusion trains bidirectional attention on padded batches: the mask SDPA gets is the
+    (B, 1, 1, T) key-padding mask, broadcast over queries. A (B, 1, T, T) mask gives the same numbers, but
+    on CUDA SDPA turns it into a (B, 1, T, T) bias per layer (memory quadratic in T, another kernel)."""
+    masks = _sdpa_spy(monkeypatch)
+    torch.manual_seed(0)
+    m = mixers.build("attention", 64, False)
+    B, T = 2, 7
+    pad_mask = torch.ones(B, T, dtype=torch.bool)
+    pad_mask[0, :3] = pad_mask[1, 5:] = False
+    m(torch.randn(B, T, 64), pad_mask)
+    assert len(masks) == 1 and m.backend == "sdpa"
+    assert masks[0].dtype == torch.bool and tuple(masks[0].shape) == (B, 1, 1, T)
+    assert torch.equal(masks[0][:, 0, 0], pad_mask)
+
+
+class _OnCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA (what `Attention.forward` checks before flash-attn), and so
+    does every tensor computed from it."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+def test_flash_attn_path_gets_its_layout_and_the_causal_flag(monkeypatch):
+    """On CUDA, with flash-attn installed, bf16 (the grid's autocast) and no padding, attention runs
+    `flash_attn_func`: q, k, v in its (B, T, H, hd) layout, bf16 with a contiguous last dimension (what its
+    kernel demands), `causal` as the mixer's, and its output gives the SDPA path's numbers. With padding it
+    falls back to SDPA (flash_attn_func takes no mask). The package is stood in for by SDPA in its layout."""
+    calls: list = []
+
+    def flash_attn_func(q, k, v, causal=False):
+        calls.append(causal)
+        assert q.shape == k.shape == v.shape == (B, T, m.n_heads, m.opts.head_dim)
+        assert {q.dtype, k.dtype, v.dtype} == {torch.bfloat16} and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        bhtd = lambda t: t.transpose(1, 2)  # noqa: E731
+        return bhtd(F.scaled_dot_product_attention(bhtd(q), bhtd(k), bhtd(v), is_causal=causal))
+
+    monkeypatch.setattr(attn_mod, "_flash_attn_func", flash_attn_func)
+    B, T = 2, 5  # T != heads, so a missed transpose cannot pass
+    for causal in (True, False):
+        torch.manual_seed(0)
+        m = mixers.build("attention", 64, causal)
+        x = torch.randn(B, T, 64)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            want = m(x)
+            assert m.backend == "sdpa" and not calls  # a CPU tensor: never flash-attn
+            got = m(x.as_subclass(_OnCuda))
+            assert m.backend == "flash_attn" and calls == [causal]
+            m(x.as_subclass(_OnCuda), torch.ones(B, T, dtype=torch.bool))
+            assert m.backend == "sdpa" and calls == [causal]  # padding: SDPA
+        torch.testing.assert_close(got.as_subclass(torch.Tensor), want, rtol=0, atol=0)
+        calls.clear()
