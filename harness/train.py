@@ -168,6 +168,36 @@ STEADY_FROM = 2
 FINITE_EVERY = 8
 
 
+class FiniteCheck:
+    """Whether the loss sum went NaN or infinite, asked of the device without waiting for it: every
+    `every` steps the device copies isfinite(loss sum) into pinned host memory (non_blocking: queued
+    behind the step, no sync), and a later step reads it once the copy has landed (a CUDA event's query,
+    which never waits). A blocking copy or a read of the device value would stall the host every few
+    steps, and the host could no longer queue steps ahead of a GPU (tests/test_step.py simulates CUDA)."""
+
+    def __init__(self, device: torch.device, every: int = FINITE_EVERY):
+        self.cuda, self.every = device.type == "cuda", every
+        self.host = torch.ones(1, dtype=torch.uint8, pin_memory=self.cuda)
+        self.view = self.host.numpy()  # (made once: reading it reads host memory, no tensor)
+        self.pending, self.event = False, None
+
+    def poll(self, loss_sum: torch.Tensor, steps: int) -> None:
+        """Raise FloatingPointError when a check that has landed says the loss sum was not finite (it stays
+        so until the next dev check resets the sum); start the next check every `every` steps."""
+        if self.pending:
+            if self.event is not None and not self.event.query():
+                return  # still in flight: a later step reads it
+            self.pending = False
+            if not self.view[0]:
+                raise FloatingPointError(f"training loss is not finite (found at step {steps}, between dev checks)")
+        if steps % self.every == 0:
+            self.host.copy_(torch.isfinite(loss_sum).to(torch.uint8).reshape(1), non_blocking=True)
+            if self.cuda:
+                self.event = torch.cuda.Event()
+                self.event.record()
+            self.pending = True
+
+
 class _Run:
     """One training run's state between steps: the optimizer, the budgeted clock, the train loss summed
     on the device since the last eval point, the best checkpoint so far, and the result being filled."""
@@ -198,14 +228,9 @@ class _Run:
         self.compiled_in_step = False  # torch.compile started work during the step being taken
         self.clock = 0.0
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
-        # [finite] a diverged run stops within a few dozen steps, not at the next dev check: every
-        # FINITE_EVERY steps the device copies isfinite(loss sum) into pinned host memory without waiting,
-        # and a later step reads it once the copy has landed (an event's query: no sync). Not under DDP:
+        # [finite] a diverged run stops within a few dozen steps, not at the next dev check. Not under DDP:
         # the ranks must agree when to stop (the dev checks' collective read decides there)
-        self.finite_check = isinstance(par, SingleProcess)
-        self._finite_host = torch.ones(1, dtype=torch.uint8, pin_memory=device.type == "cuda")
-        self._finite_view = self._finite_host.numpy()  # (made once: reading it reads host memory, no tensor)
-        self._finite_pending, self._finite_event = False, None
+        self.finite = FiniteCheck(device) if isinstance(par, SingleProcess) else None
         self.best_state, self.best = None, math.inf
         self.stage: Stage | None = None  # the stage of the last step
         self.res.start_mem_bytes = reset_peak_memory(device)
@@ -254,8 +279,8 @@ class _Run:
         self.loss_n += 1
         res = self.res
         res.steps += 1
-        if self.finite_check:
-            self._check_finite()
+        if self.finite is not None:
+            self.finite.poll(self.loss_sum, res.steps)
         n_tok = self.par.step_tokens(stage.sampler, batch)  # [DDP] the budget counts the whole cell
         res.tokens_seen += n_tok
         self.in_step = False
@@ -279,23 +304,6 @@ class _Run:
         if not warm and res.steps > STEADY_FROM:
             stage.steady_seconds += dt
             stage.steady_tokens += n_tok
-
-    def _check_finite(self) -> None:
-        """Raise FloatingPointError when a finite check that has landed says the loss sum went NaN or
-        infinite (it stays so until the next dev check); start the next check every FINITE_EVERY steps."""
-        if self._finite_pending:
-            if self._finite_event is not None and not self._finite_event.query():
-                return  # still in flight: a later step reads it
-            self._finite_pending = False
-            if not self._finite_view[0]:
-                raise FloatingPointError(f"training loss is not finite (found at step {self.res.steps}, between "
-                                         "dev checks)")
-        if self.res.steps % FINITE_EVERY == 0:
-            self._finite_host.copy_(torch.isfinite(self.loss_sum).to(torch.uint8).reshape(1), non_blocking=True)
-            if self.device.type == "cuda":
-                self._finite_event = torch.cuda.Event()
-                self._finite_event.record()
-            self._finite_pending = True
 
     def _on_compile(self) -> None:
         """torch.compile is about to stop the host (a compile, a CUDA graph recording) inside a step.

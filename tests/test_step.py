@@ -490,6 +490,48 @@ def test_work_still_queued_on_the_device_is_charged_to_the_budget(monkeypatch):
     assert res.tokens_per_s <= res.tokens_seen / (drains * WAIT)  # and in the measured speed
 
 
+def test_the_finite_check_on_cuda_never_waits_for_the_device(monkeypatch):
+    """On a GPU the check must not stall the host: the flag lands in pinned host memory through a
+    non_blocking copy, and is read only once a CUDA event says the copy has landed (query, never
+    synchronize). Simulated on CPU: the pinned allocation, the copy's flag and the event are stood in
+    for, and the event lands two polls late; the NaN is reported then, not before."""
+    import harness.train as ht
+
+    asked, copies, polls = [], [], iter([False, False, True])
+    real_ones = torch.ones
+
+    def ones(*a, pin_memory=False, **k):
+        asked.append(pin_memory)
+        t = real_ones(*a, **k)
+        copy = t.copy_
+        t.copy_ = lambda src, non_blocking=False: copies.append(non_blocking) or copy(src)
+        return t
+
+    class Event:
+        def record(self):
+            copies.append("recorded")
+
+        def query(self):
+            return next(polls)
+
+    monkeypatch.setattr(ht.torch, "ones", ones)
+    monkeypatch.setattr(ht.torch.cuda, "Event", Event)
+    check = ht.FiniteCheck(torch.device("cuda"), every=2)
+    nan = torch.tensor(float("nan"))
+    check.poll(nan, 1)  # not a checking step
+    check.poll(nan, 2)  # the copy is queued
+    assert asked == [True] and copies == [True, "recorded"]
+    check.poll(nan, 3)  # the event has not landed: nothing is read
+    check.poll(nan, 4)
+    with pytest.raises(FloatingPointError, match="found at step 5"):
+        check.poll(nan, 5)
+    monkeypatch.undo()
+    cpu = ht.FiniteCheck(torch.device("cpu"), every=2)  # on CPU the copy is done when it returns
+    cpu.poll(nan, 2)
+    with pytest.raises(FloatingPointError, match="found at step 3"):
+        cpu.poll(nan, 3)
+
+
 def test_compile_mode_reaches_torch_compile_and_cuda_graph_modes_mark_each_step(monkeypatch):
     import harness.train as ht
 
