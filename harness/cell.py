@@ -390,12 +390,15 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
             "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
             "warm_seconds": round(res.warm_seconds, 2), "warm_steps": res.warm_steps,
             "start_mem_bytes": res.start_mem_bytes,
+            # compile_scope: what was compiled (under DDP the whole model, whatever was asked); the setting
+            # (compile_scope_asked) is what names a variant in the reports
             **({"compile_mode": tcfg.compile_mode, "compile_scope": res.compile_scope,
+                "compile_scope_asked": tcfg.compile_scope,
                 "late_compiles": res.late_compiles, "compile_warmed": warmed} if compiled else {}),
             # the cell's runs (sweep included), compiled model or compiled loss path alike
             "recompile_limit_hits": recompile_limit_hits(),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
-            "dev_tokens": res.dev_tokens, "dev_checks": len(res.loss_curve),
+            "dev_tokens": res.dev_tokens, "dev_tokens_bound": tcfg.dev_tokens, "dev_checks": len(res.loss_curve),
             **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}
 
 

@@ -67,8 +67,8 @@ def variant(row: dict[str, Any]) -> str:
 
 def settings(row: dict[str, Any]) -> dict[str, str]:
     """A model row's training settings beyond mixer, objective, seed, norm and sweep point, as text: what
-    its cell key holds (pretraining, learning rate, options, budget, preset, loss path, compilation, task
-    options) and, under a `seconds` budget, its device. A setting a row does not record (an
+    its cell key holds (pretraining, learning rate, options, budget, preset, loss path as resolved,
+    compilation as asked, dev-check tokens, task options) and, under a `seconds` budget, its device. A setting a row does not record (an
     older or a failed row) is left out."""
     out = {}
     p = row.get("pretrain")
@@ -93,11 +93,14 @@ def settings(row: dict[str, Any]) -> dict[str, str]:
         out["loss"] = f"loss {loss}"
     if train:  # the setting, not the outcome: a compile that fell back to eager is still a compiled cell
         if train.get("compile") or train.get("compile_error"):
-            mode, scope = train.get("compile_mode", "default"), train.get("compile_scope", "blocks")
+            mode = train.get("compile_mode", "default")
+            scope = train.get("compile_scope_asked", train.get("compile_scope", "blocks"))  # (older rows: what ran)
             out["compile"] = " ".join(["compiled", *([mode] if mode != "default" else []),
                                        *([f"scope {scope}"] if scope != "blocks" else [])])
         elif "compile" in train:
             out["compile"] = "eager"
+    if train.get("dev_tokens_bound") is not None:  # the setting (--dev-tokens), not the sample's size
+        out["dev_tokens"] = f"dev ≤{fmt_count(train['dev_tokens_bound'])} tok"
     point = row.get("sweep") or {}  # a sweep point's task options (MQAR's seq_len) are its own column
     task = {a: b for a, b in (row.get("task_opts") or {}).items() if a not in point}
     out["task_opts"] = ", ".join(f"{a}={b}" for a, b in sorted(task.items()))

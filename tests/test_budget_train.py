@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -149,27 +151,28 @@ def test_time_budget_stops_on_time():
 
 def test_dev_checks_are_off_the_training_clock(monkeypatch):
     """A seconds= budget times training only: a dev check pauses the clock (its time is dev_seconds), else
-    a cell with a slow dev set or more eval points would train less. Every check here sleeps 0.75 s: two of
-    them, three times the budget. The clock passes the budget by at most one step (a tiny model's step: far
-    below a sleep even on a loaded CPU, where a 0.25 s margin once failed; the final check, at the budget's
-    end, alone would put it 0.75 s over), and dev_seconds holds every sleep."""
-    import time
+    a cell with a slow dev set or more eval points would train less. Every check here costs 1,000 s of a
+    virtual clock (the trainer's perf_counter plus what the checks add): the budget's 0.5 s must never see
+    them, and dev_seconds holds them all. No real time is asserted."""
+    import types
 
     import harness.distributed
+    import harness.train as ht
 
-    nap, real_dev_loss = 0.75, harness.distributed.dev_loss
+    offset, real_dev_loss = [0.0], harness.distributed.dev_loss
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0]))
 
     def slow_dev_loss(*a, **kw):
-        time.sleep(nap)
+        offset[0] += 1000.0
         return real_dev_loss(*a, **kw)
 
     monkeypatch.setattr(harness.distributed, "dev_loss", slow_dev_loss)
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
-    cfg = TrainConfig(batch_size=8, progress=False, eval_points=2)
+    cfg = TrainConfig(batch_size=8, progress=False, eval_points=3)
     res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
-    assert len(res.loss_curve) == 2
-    assert res.dev_seconds >= 2 * nap
-    assert 0.5 <= res.train_seconds < 0.5 + nap
+    assert len(res.loss_curve) == 3 and res.steps > 3
+    assert res.dev_seconds >= 3000.0
+    assert 0.5 <= res.train_seconds < 1000.0  # a check on the clock would be a 1,000 s step
 
 
 def test_budget_smaller_than_a_batch_is_refused():

@@ -164,8 +164,9 @@ def test_a_task_and_a_mixer_from_one_new_file_reach_the_report(toy, tmp_path, ca
     assert "`toy-first`: toy: recall the first token" in text
 
     # --help names what the registries hold: the new file's mixer and task too
-    helps = {a.dest: " ".join(a.help.split()) for a in run_matrix.parser()._actions if a.help}
-    assert re.search(r"\btoy\b", helps["mixers"]) and re.search(r"\btoy\b", helps["task"]), helps
+    helps = " ".join(run_matrix.parser().format_help().split())
+    assert re.search(r"--task TASK one of: [^()]*\btoy\b", helps), helps
+    assert re.search(r"--mixers MIXERS comma-separated mixer names \([^)]*\btoy\b", helps), helps
     best = [t for t in grid if t["mixer"] == "toy"]
     assert all(re.match(r"(beats|below) always_miss \(miss rate [+-]\d\.\d{3}\)", t["vs best baseline"]) for t in best)
     assert all(t["vs best baseline"].startswith("beats") == (float(t["miss rate"].strip("*")) < 1.0) for t in best)

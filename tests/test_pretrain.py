@@ -219,7 +219,7 @@ def test_each_stage_has_its_own_speed_and_the_rows_is_the_task_stages(monkeypatc
     pre, tk = res.stages
     assert pre["tokens_per_s"] == pytest.approx(4 * 16 / 10.0, rel=0.05)  # 64 tokens a step
     assert 4 * 8 / 2.5 * 0.95 < tk["tokens_per_s"] < 4 * 12 / 2.5 * 1.05  # 32-48 tokens a step (both: ~9)
-    assert res.tokens_per_s == pytest.approx(tk["tokens_per_s"], rel=1e-3)
+    assert res.tokens_per_s == pytest.approx(tk["tokens_per_s"], abs=0.05)  # (the stage record rounds to 0.1)
     assert pre["padding_frac"] == 0.0 and 0.0 < tk["padding_frac"] == res.padding_frac
 
 

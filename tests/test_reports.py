@@ -382,9 +382,15 @@ def test_a_cell_rerun_with_its_mixers_or_objectives_options_is_named_apart_withi
     ({"train": {"lr": 3e-3, "compile": False}}, ["attention (compiled)", "attention (eager)"]),
     ({"train": {"lr": 3e-3, "compile": True, "compile_mode": "reduce-overhead"}},
      ["attention (compiled reduce-overhead)", "attention (compiled)"]),
+    ({"train": {"lr": 3e-3, "compile": True, "compile_scope": "model", "compile_scope_asked": "model"}},
+     ["attention (compiled scope model)", "attention (compiled)"]),
+    ({"train": {"lr": 3e-3, "compile": True, "dev_tokens_bound": 4096}},
+     ["attention (dev ≤32.8k tok)", "attention (dev ≤4.1k tok)"]),
     ({"task_opts": {"eval_limit": "200"}}, ["attention (eval_limit=200)", "attention (eval_limit=500)"]),
     ({"device": "cuda: NVIDIA H100", "budget": "seconds=60"},
      ["attention (cuda: NVIDIA H100)", "attention (cuda: NVIDIA H200)"]),
+    ({"world_size": 8, "budget": "seconds=60"},
+     ["attention (cuda: NVIDIA H200 ×8)", "attention (cuda: NVIDIA H200)"]),
 ])
 def test_a_grid_resumed_with_another_budget_preset_loss_compilation_or_evaluation_never_averages_them(
         tmp_path, change, names):
@@ -395,7 +401,8 @@ def test_a_grid_resumed_with_another_budget_preset_loss_compilation_or_evaluatio
     def row(seed, **kw):
         base = {"budget": "seconds=60" if "seconds" in change.get("budget", "") else "tokens=20000",
                 "device": "cuda: NVIDIA H200", "backend": {"mixer": ["sdpa"], "loss": "chunked"},
-                "train": {"lr": 3e-3, "compile": True, "compile_mode": "default", "compile_scope": "blocks"},
+                "train": {"lr": 3e-3, "compile": True, "compile_mode": "default", "compile_scope": "blocks",
+                          "dev_tokens_bound": 32768},
                 "task_opts": {"eval_limit": "500"}, "seed": seed}
         return _row("attention", "autoregressive", key=f"k{seed}{bool(kw)}",
                     metrics=_qa(0.0, 0.1 + 0.1 * seed + 0.05 * bool(kw), ppl=9.0), **{**base, **kw})
@@ -409,13 +416,17 @@ def test_a_grid_resumed_with_another_budget_preset_loss_compilation_or_evaluatio
     assert sorted(seeds.values()) == ["1", "2"]  # the first configuration's two seeds, averaged; the other alone
 
 
-def test_a_device_or_a_sweep_points_task_options_never_name_a_variant(tmp_path):
-    """A token budget trains the same tokens on any device: seeds run on two GPUs are still averaged. An MQAR
-    sweep's points differ in the task's seq_len (the sweep column says so), not in a setting."""
-    for seed, dev in ((0, "cuda: NVIDIA H200"), (1, "cuda: NVIDIA H100")):
+@pytest.mark.parametrize("budget", ["tokens=20000", "a100_seconds=60"])
+def test_a_device_or_a_sweep_points_task_options_never_name_a_variant(tmp_path, budget):
+    """A token budget trains the same tokens on any device, an A100-seconds budget is normalised across
+    devices: seeds run on two GPUs, one of them under torchrun (which compiles the whole model whatever
+    was asked), are still averaged. An MQAR sweep's points differ in the task's seq_len (the sweep column
+    says so), not in a setting."""
+    for seed, dev, ranks, scope in ((0, "cuda: NVIDIA H200", 1, "blocks"), (1, "cuda: NVIDIA H100", 8, "model")):
         append_row(tmp_path / "results" / "g.jsonl",
-                   _row("attention", "autoregressive", key=f"k{seed}", seed=seed, device=dev,
-                        metrics=_qa(0.0, 0.1, ppl=9.0)))
+                   _row("attention", "autoregressive", key=f"k{seed}", seed=seed, device=dev, world_size=ranks,
+                        budget=budget, metrics=_qa(0.0, 0.1, ppl=9.0),
+                        train={"lr": 3e-3, "compile": True, "compile_scope": scope, "compile_scope_asked": "blocks"}))
     rows = [_row("mamba", "autoregressive", task="mqar", protocol="mqar", key=f"m{L}", grid="s",
                  task_opts={"seq_len": L, "n_pairs": 8}, sweep={"seq_len": L, "d_model": 32},
                  metrics={"accuracy": 0.5}) for L in (64, 128)]

@@ -83,7 +83,7 @@ def test_a_row_is_one_write_under_an_exclusive_lock(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     [(_, path, flags, *_)] = [c for c in calls if c[0] == "open"]
-    assert path == p and flags & os.O_APPEND
+    assert os.fspath(path) == str(p) and flags & os.O_APPEND
     ops = [c for c in calls if c[0] != "open"]
     assert [c[0] for c in ops] == ["flock", "write", "fsync", "flock"]
     assert len({c[1] for c in ops}) == 1  # all on the one descriptor

@@ -517,14 +517,14 @@ def test_the_finite_check_on_cuda_never_waits_for_the_device(monkeypatch):
     monkeypatch.setattr(ht.torch, "ones", ones)
     monkeypatch.setattr(ht.torch.cuda, "Event", Event)
     check = ht.FiniteCheck(torch.device("cuda"), every=2)
-    nan = torch.tensor(float("nan"))
+    nan, fine = torch.tensor(float("nan")), torch.tensor(1.0)
     check.poll(nan, 1)  # not a checking step
-    check.poll(nan, 2)  # the copy is queued
+    check.poll(nan, 2)  # the copy of "not finite" is queued
     assert asked == [True] and copies == [True, "recorded"]
-    check.poll(nan, 3)  # the event has not landed: nothing is read
-    check.poll(nan, 4)
-    with pytest.raises(FloatingPointError, match="found at step 5"):
-        check.poll(nan, 5)
+    check.poll(fine, 3)  # the event has not landed: nothing is read
+    check.poll(fine, 4)
+    with pytest.raises(FloatingPointError, match="found at step 5"):  # the host copy is read, not the device's
+        check.poll(fine, 5)                                          # sum of now (which is finite)
     monkeypatch.undo()
     cpu = ht.FiniteCheck(torch.device("cpu"), every=2)  # on CPU the copy is done when it returns
     cpu.poll(nan, 2)
@@ -618,7 +618,11 @@ def test_the_compile_scope_is_a_cell_setting_recorded_in_the_row():
     for scope in ("blocks", "model"):
         res = _tiny_run(eval_points=1, compile=True, compile_scope=scope)
         assert res.compile_scope == scope and res.compile_error is None
-        assert _train_record(res, tcfg, True, False)["compile_scope"] == scope
+        record = _train_record(res, tcfg, True, False)
+        # what was compiled, and what was asked (under DDP the whole model, whatever was asked: the reports
+        # name a variant by the setting); the dev checks' token bound beside it
+        assert record["compile_scope"] == scope and record["compile_scope_asked"] == "model"
+        assert record["dev_tokens_bound"] == tcfg.dev_tokens
     assert _tiny_run(eval_points=1).compile_scope is None  # eager: nothing compiled
 
 
