@@ -193,14 +193,12 @@ class Recorder(nn.Module):
         return self.model.logits(h)
 
 
-class ScriptedAnswer(nn.Module):
-    """Answer-region position j (after the prompt's last SEP) predicts 6 + j for j < 3 and EOS after,
-    with confidences 0.95 - 0.01 j: hidden states are log-probabilities, the head is the identity."""
+class _IdentityHead(nn.Module):
+    """A stand-in LM whose hidden states are already log-probabilities: its head is the identity."""
 
     def __init__(self):
         super().__init__()
         self.register_buffer("w", torch.eye(V))
-        self.calls = 0
 
     @property
     def head_weight(self):
@@ -208,6 +206,15 @@ class ScriptedAnswer(nn.Module):
 
     def logits(self, h):
         return h @ self.w.t()
+
+
+class ScriptedAnswer(_IdentityHead):
+    """Answer-region position j (after the prompt's last SEP) predicts 6 + j for j < 3 and EOS after,
+    with confidences 0.95 - 0.01 j: hidden states are log-probabilities, the head is the identity."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
 
     def forward(self, ids, pad_mask=None, right_padded=True):
         self.calls += 1
@@ -243,22 +250,14 @@ def test_low_confidence_remasking_commits_the_most_confident_first():
     assert rec.masks == [[6], [5], [4], [3], [2], [1]]
 
 
-class ScriptedConfidence(nn.Module):
+class ScriptedConfidence(_IdentityHead):
     """Answer-region position j (after the prompt's last SEP) proposes token 6 + j with confidence
     `conf[j]` (hidden states are log-probabilities, the head is the identity), whatever else is filled
     in, and records which region positions each forward pass was given as MASK (batch row 0)."""
 
     def __init__(self, conf):
         super().__init__()
-        self.register_buffer("w", torch.eye(V))
         self.conf, self.masked = torch.tensor(conf), []
-
-    @property
-    def head_weight(self):
-        return self.w
-
-    def logits(self, h):
-        return h @ self.w.t()
 
     def forward(self, ids, pad_mask=None, right_padded=True):
         B, T = ids.shape
@@ -330,21 +329,13 @@ def test_stochastic_sampler_is_deterministic_with_a_seed():
 
 # ----------------------------------------------------------------------------- perplexity bound
 
-class Denoiser(nn.Module):
+class Denoiser(_IdentityHead):
     """A hand-made denoiser over a 2-token answer region [BOS, SEP, x0, x1]: `table(ids)` gives the
     probability of token 6 at each region slot; the rest of the mass goes to token 7."""
 
     def __init__(self, table):
         super().__init__()
         self.table = table
-        self.register_buffer("w", torch.eye(V))
-
-    @property
-    def head_weight(self):
-        return self.w
-
-    def logits(self, h):
-        return h @ self.w.t()
 
     def forward(self, ids, pad_mask=None, right_padded=True):
         B, T = ids.shape
