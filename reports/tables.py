@@ -68,8 +68,8 @@ def variant(row: dict[str, Any]) -> str:
 def settings(row: dict[str, Any]) -> dict[str, str]:
     """A model row's training settings beyond mixer, objective, seed, norm and sweep point, as text: what
     its cell key holds (pretraining, learning rate, options, budget, preset, loss path as resolved,
-    compilation as asked, dev-check tokens, task options) and, under a `seconds` budget, its device. A setting a row does not record (an
-    older or a failed row) is left out."""
+    compilation as asked, dev-check tokens, task options) and, under a `seconds` budget, its device.
+    A setting a row does not record (an older or a failed row) is left out."""
     out = {}
     p = row.get("pretrain")
     if p:
