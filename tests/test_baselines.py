@@ -100,3 +100,19 @@ def test_grid_writes_reference_rows_once_and_reports_them(offline_dir, tmp_path,
     assert run_matrix.main(args) == 0  # resumed: neither the cell nor the references run again
     assert len(read_rows(out / "results" / "t.jsonl")) == len(rows)
     assert model["status"] == "ok"
+
+
+def test_a_references_resume_key_is_its_name_and_everything_its_score_depends_on():
+    """Two settings of one reference (another tokenizer, another split) are two rows, each computed once."""
+    from harness.references import reference_key
+    from tasks import Reference
+
+    def ref(name, **identity):
+        return Reference(name, "baseline", "rule", identity, score=lambda: {})
+
+    a = reference_key(ref("overlap_span", protocol="p", eval_n=10))
+    assert a == reference_key(ref("overlap_span", eval_n=10, protocol="p"))  # order-free, deterministic
+    assert a.startswith("ref-")
+    assert a != reference_key(ref("overlap_span", protocol="p", eval_n=11))
+    assert a != reference_key(ref("overlap_span", protocol="q", eval_n=10))
+    assert a != reference_key(ref("title", protocol="p", eval_n=10))

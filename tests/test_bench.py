@@ -131,3 +131,26 @@ def test_scan_memory_bench_runs_and_counts_the_states_the_forward_keeps(tmp_path
         stretches = -(-r["length"] // ch) * -(-ch // st.CKPT)
         assert r["saved_states_bytes"] == r["rows"] * stretches * r["d_inner"] * r["d_state"] * 4, r
         assert r["saved_bytes"] > r["saved_states_bytes"] and r["peak_bytes"] > 0
+
+
+def test_measured_row_keeps_only_the_failures_keep_accepts(tmp_path):
+    """A failure `keep` accepts (an OOM at this size) is a failed row, appended; any other error is raised,
+    never written as if it were a measurement."""
+    from benchmarks import common
+
+    cpu = torch.device("cpu")
+
+    def oom():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def bug():
+        raise KeyError("a bug, not a result")
+
+    out = tmp_path / "b.jsonl"
+    row = common.measured_row("t", cpu, {"n": 1}, oom, out, keep=common.is_oom)
+    assert row["status"] == "failed" and row["error"].startswith("OutOfMemoryError: CUDA out of memory")
+    with pytest.raises(KeyError, match="a bug"):
+        common.measured_row("t", cpu, {"n": 2}, bug, out, keep=common.is_oom)
+    assert [r["n"] for r in read_rows(out)] == [1]  # the raised one wrote nothing
+    ok = common.measured_row("t", cpu, {"n": 3}, lambda: {"ms": 1.5}, None, keep=common.is_oom)
+    assert ok["status"] == "ok" and ok["ms"] == 1.5 and ok["error"] is None

@@ -62,3 +62,17 @@ def test_loss_memory_bench_excludes_warm_up_calls(tmp_path, monkeypatch):
     cfg = blm.LossMemoryConfig(impls=["chunked"], vocab_sizes=[50], tokens=[16], d_model=8, reps=3, warmup=2)
     (row,) = blm.run(cfg, torch.device("cpu"), tmp_path / "l.jsonl", log=lambda s: None)
     assert row["status"] == "ok" and abs(row["ms_fwd_bwd"] - 1.0) < 1e-6 and row["warmup"] == 2
+
+
+def test_time_ms_is_the_median_of_its_calls(monkeypatch):
+    """One slow call among the timed ones (a GC pause, a context switch) moves the median, not the figure."""
+    clock = {"t": 0.0}
+    durations = iter([0.001, 0.100, 0.001, 0.002, 0.500])  # seconds per call
+    monkeypatch.setattr(bench_common.time, "perf_counter", lambda: clock["t"])
+
+    def fn():
+        clock["t"] += next(durations)
+
+    cpu = torch.device("cpu")
+    assert abs(bench_common.time_ms(fn, cpu, 3) - 1.0) < 1e-9  # median of 1, 100, 1 ms
+    assert abs(bench_common.time_ms(fn, cpu, 2, first=[3.0]) - 3.0) < 1e-9  # median of 3 (given), 2, 500 ms

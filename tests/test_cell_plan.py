@@ -199,3 +199,23 @@ def test_each_compiled_cell_starts_with_a_fresh_compiler(offline_dir, tmp_path, 
     resets.clear()
     assert run_matrix.main([*base, "--grid", "e", "--out", str(tmp_path / "e")]) == 0
     assert resets == []
+
+
+def test_mixer_opts_apply_to_their_scope_or_to_every_selected_mixer_that_has_the_option():
+    """--mixer-opt KEY=VALUE reaches every selected mixer with option KEY (and no other); MIXER.KEY=VALUE
+    reaches MIXER only; a scope that is not selected, or an option none has, is an error."""
+    import mixers
+    from core.registry import scoped_opts
+
+    names = ["attention", "mamba", "wave_modulation"]
+    have = [n for n in names if "rope_base" in mixers.REGISTRY.options_of(n)]
+    assert len(have) == 2  # the test's premise: two selected mixers have it, one does not
+    per = scoped_opts(["rope_base=5000"], "--mixer-opt", names, mixers.REGISTRY)
+    assert per == {n: ({"rope_base": "5000"} if n in have else {}) for n in names}
+    first = have[0]
+    per = scoped_opts([f"{first}.rope_base=4000", "mamba.d_state=8"], "--mixer-opt", names, mixers.REGISTRY)
+    assert per == {"attention": {"rope_base": "4000"}, "mamba": {"d_state": "8"}, "wave_modulation": {}}
+    with pytest.raises(ValueError, match="not among the selected"):
+        scoped_opts([f"{first}.rope_base=4000"], "--mixer-opt", [n for n in names if n != first], mixers.REGISTRY)
+    with pytest.raises(ValueError, match="no selected entry has option 'bogus'"):
+        scoped_opts(["bogus=1"], "--mixer-opt", names, mixers.REGISTRY)

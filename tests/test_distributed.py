@@ -160,3 +160,19 @@ def test_spawned_ranks_share_one_time_budget(offline_dir, cache_dir, monkeypatch
     assert row["loss_curve"][-1]["frac"] == 1.0 and row["train"]["seconds"] >= 1.0
     assert row["loss_curve"][-1]["step"] == row["train"]["steps"] > 1
     json.dumps(row)  # a plain JSON row
+
+
+def test_only_global_rank_0_is_main_and_only_agreed_failures_let_the_grid_go_on():
+    """Rank 0 of the whole job writes the row: on a second node, local rank 0 is not the main rank.
+    A budget or NaN failure is met by every rank alike (a failed row, the grid goes on); anything else
+    (an OOM on one GPU) must stop the job."""
+    assert ddp.DistEnv().is_main and not ddp.DistEnv().active
+    assert ddp.DistEnv(world_size=4, rank=0, local_rank=0).is_main
+    assert not ddp.DistEnv(world_size=4, rank=2, local_rank=0).is_main  # node 2's first process
+    assert not ddp.DistEnv(world_size=4, rank=1, local_rank=1).is_main
+    from harness.budget import BudgetError
+
+    assert ddp.agreed_failure(BudgetError("too small"))
+    assert ddp.agreed_failure(FloatingPointError("loss is nan"))
+    assert not ddp.agreed_failure(RuntimeError("CUDA out of memory"))
+    assert not ddp.agreed_failure(ValueError("bad option"))

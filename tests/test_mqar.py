@@ -265,3 +265,14 @@ def test_sweep_rows_carry_their_point_and_resume(tmp_path, capsys):
 def test_sweep_needs_a_task_with_a_length(tmp_path):
     with pytest.raises(ValueError, match="seq_len"):
         run_matrix.sweep_cells([Cell("jsquad", "attention", "autoregressive", "tiny", "tokens=1")], "jsquad", [64], [32])
+
+
+def test_a_query_region_with_exactly_as_many_slots_as_queries_is_valid():
+    """seq_len 17, 4 pairs: (17 - 1 - 8) // 2 = 4 slots for 4 queries, every slot a query."""
+    cfg = MQARConfig(seq_len=17, num_kv_pairs=4, num_queries=4, vocab_size=64)
+    assert cfg.query_slots == cfg.num_queries
+    cfg.check()
+    ids, target = generate(cfg, 20, np.random.default_rng(0))
+    assert (target[:, 10::2]).all() and target.sum() == 20 * 4  # every value slot of the region is queried
+    with pytest.raises(ValueError, match="query slots"):
+        MQARConfig(seq_len=16, num_kv_pairs=4, num_queries=4, vocab_size=64).check()

@@ -79,3 +79,70 @@ def test_ray_driver_sees_every_stage_of_every_cell_and_a_dead_board_fails_no_cel
     reader = BoardReader(ray, board)
     reader.poll(PoolProgress({}, slots=1, enabled=False))  # a dead actor: polling stops, no raise
     assert reader.board is None
+
+
+from types import SimpleNamespace  # noqa: E402
+
+
+class _Ref:
+    """A task's result reference: hashable by identity, like Ray's ObjectRef."""
+
+    def __init__(self, cell):
+        self.cell = cell
+
+
+class _FakeRay:
+    """Just enough of Ray for RayExecutor._run: tasks finish in submission order; `ray.get` of a cell whose
+    seed is in `dead` raises as it does when the worker process died."""
+
+    def __init__(self, dead: set[int]):
+        self.dead, self.cancelled = dead, []
+
+    def remote(self, **_kw):
+        def wrap(fn):
+            class _Remote:
+                @staticmethod
+                def remote(cell, *args):
+                    return _Ref(cell)
+            return _Remote
+        return wrap
+
+    def cluster_resources(self):
+        return {"CPU": 2.0}
+
+    def nodes(self):
+        return [{"Alive": True}]
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref, timeout=None):
+        cell = ref.cell
+        if cell.seed in self.dead:
+            raise RuntimeError("The worker died unexpectedly while executing this task (SIGKILL)")
+        return {"key": cell.key(), "status": "ok", "error": None}
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append(ref)
+
+
+def test_a_cell_whose_ray_worker_died_gets_one_failed_row_and_the_grid_goes_on(tmp_path):
+    from pathlib import Path
+
+    from harness.distributed import DistEnv
+
+    cells = [Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=3000",
+                  seed=s) for s in range(3)]
+    ctx = SimpleNamespace(device="cpu", data_dir=None, cache_dir=Path(tmp_path), grid="t", progress=False,
+                          dist=DistEnv())
+    args = SimpleNamespace(gpus_per_cell=None, cpus_per_cell=1.0, device="cpu", no_progress=True)
+    fake = _FakeRay(dead={1})
+    out = list(executors.RayExecutor(args)._run(fake, cells, ctx))
+    assert [c.seed for c, _ in out] == [0, 1, 2]  # one row per cell, the dead one's included
+    rows = {c.seed: r for c, r in out}
+    assert rows[0]["status"] == rows[2]["status"] == "ok"
+    dead = rows[1]
+    assert dead["status"] == "failed" and dead["key"] == cells[1].key() and dead["seed"] == 1
+    assert dead["error"].startswith("RuntimeError: The worker died unexpectedly")
+    assert all(k in dead for k in REQUIRED)  # a whole grid row, written like any other
+    assert fake.cancelled == []  # nothing left pending

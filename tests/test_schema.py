@@ -155,3 +155,36 @@ def test_metric_declarations_round_trip_and_pick_the_headline():
     rows.append({"task_metrics": rows[0]["task_metrics"], "metrics": {"miss": 0.1}})
     assert headline_metric(rows).key == "miss"
     assert headline_metric([{"metrics": {"f1": 0.3}}]) is None  # nothing declared: no headline
+
+
+def test_a_schema_below_1_is_refused_naming_file_and_line(tmp_path):
+    p = tmp_path / "r.jsonl"
+    row = json.loads((V1 / "g.jsonl").read_text().splitlines()[0])
+    append_row(p, row)
+    append_row(p, {**row, "schema": 0})
+    with pytest.raises(ResultsFileError, match=r"r\.jsonl:2: schema 0 is not one this code reads"):
+        read_rows(p)
+
+
+def test_read_errors_count_blank_lines_in_the_line_number(tmp_path):
+    """The line number is the file's (an editor's), blank lines included."""
+    p = tmp_path / "r.jsonl"
+    row = json.loads((V1 / "g.jsonl").read_text().splitlines()[0])
+    p.write_text(json.dumps(row) + "\n\n\n" + '{"torn": \n', encoding="utf-8")
+    with pytest.raises(ResultsFileError, match=r"r\.jsonl:4: not a JSON object"):
+        read_rows(p)
+
+
+def test_done_keys_follow_each_cells_latest_row(tmp_path):
+    """Resume skips a cell whose *latest* row is ok: a rerun that failed after an ok makes it pending
+    again, a rerun that succeeded after a failure makes it done; latest_by_key keeps the last row."""
+    from core.results import done_keys
+
+    p = tmp_path / "r.jsonl"
+    assert done_keys(p) == set()  # no file yet
+    base = {"mixer": "m", "objective": "o", "schema": SCHEMA_VERSION}
+    for key, status in (("a", "ok"), ("b", "failed"), ("a", "failed"), ("b", "ok"), ("c", "failed")):
+        append_row(p, {**base, "key": key, "status": status, "n": len(key)})
+    assert done_keys(p) == {"b"}
+    latest = latest_by_key(read_rows(p))
+    assert {k: r["status"] for k, r in latest.items()} == {"a": "failed", "b": "ok", "c": "failed"}
