@@ -147,3 +147,61 @@ def test_bad_options_are_clear_errors():
         mixers.build("gated_context", D, True, scan="fft")
     with pytest.raises(ValueError, match="tau_min"):
         mixers.build("gated_context", D, True, tau_min=1.0)
+
+
+def test_forget_gates_are_log_spaced_between_the_timescales():
+    """τ_i = τ_min (τ_max / τ_min)^(i / (N - 1)): geometric, not linear (the endpoints alone cannot tell)."""
+    N = 16
+    m = mixers.build("gated_context", D, False, d_ctx=N, tau_min=2.0, tau_max=512.0)
+    want = 2.0 * (512.0 / 2.0) ** (torch.arange(N, dtype=torch.float64) / (N - 1))
+    for half in m.gate_bias.detach().double().view(2, N):  # both directions start alike
+        torch.testing.assert_close(1 / (1 - torch.sigmoid(half)), want, rtol=1e-4, atol=1e-4)
+
+
+def _reference(m: mixers.Mixer, x: torch.Tensor) -> torch.Tensor:
+    """The module docstring's equations, one token at a time in float64:
+    c_t = f_t c_{t-1} + (1 - f_t) u_t, f_t = σ(W_f x_t + b_f), u_t = W_u x_t; y_t = W_out(σ(W_o x_t) ⊙ RMSNorm(c_t)).
+    Bidirectional: a second context from the end with its own rows of in_proj, concatenated after the first."""
+    N, eps = m.d_ctx, m.c_norm.eps
+    W = m.in_proj.weight.double().view(m.n_dir, 3, N, -1)
+    bias = m.gate_bias.double().view(m.n_dir, N)
+    xd = x.double()
+    B, T, _ = x.shape
+    reads = []
+    for d in range(m.n_dir):
+        u, f, o = (xd @ W[d, i].t() for i in range(3))
+        f = torch.sigmoid(f + bias[d])
+        c, ctx = torch.zeros(B, N, dtype=torch.float64), [None] * T
+        for t in (range(T) if d == 0 else reversed(range(T))):
+            c = f[:, t] * c + (1 - f[:, t]) * u[:, t]
+            ctx[t] = c
+        c = torch.stack(ctx, 1)
+        normed = c / (c.pow(2).mean(-1, keepdim=True) + eps).sqrt() * m.c_norm.weight.double()
+        reads.append(torch.sigmoid(o) * normed)
+    return (torch.cat(reads, -1) @ m.out.weight.double().t()).float()
+
+
+@pytest.mark.parametrize("causal", MODES)
+def test_mixer_equals_the_documented_recurrence(causal):
+    """The coupled gate ((1 - f) admits what f forgets) and the backward context's alignment, against
+    a literal loop of the docstring's equations rather than the module's own scan."""
+    m = _build(causal, seed=2, d_ctx=8)
+    with torch.no_grad():
+        m.c_norm.weight.copy_(torch.rand(8) + 0.5)
+    torch.manual_seed(4)
+    x = torch.randn(2, 13, D)
+    torch.testing.assert_close(m(x), _reference(m, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", MODES)
+def test_a_pad_inside_the_sequence_is_an_identity_step(causal):
+    """At a pad f = 1 and the input is 0: the context passes through unchanged, so real tokens see exactly
+    the sequence with the pad removed (a reset, f = 0 at pads, would look the same for edge pads only)."""
+    m = _build(causal, seed=1)
+    torch.manual_seed(6)
+    x = torch.randn(1, 12, D)
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    mask[0, [4, 5, 8]] = False
+    y = m(x, mask)[mask]
+    want = m(x[mask][None])[0]
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
 """The mixer contract, checked for every registered mixer (new mixers are covered automatically)."""
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -192,3 +193,62 @@ def test_adding_a_file_registers_a_mixer(tmp_path, monkeypatch):
         for k in [k for k in sys.modules if k == "mixers" or k.startswith("mixers.")]:
             del sys.modules[k]
         sys.modules.update(saved)
+
+
+# ---------------------------------------------------------------- attention and the shared layers, by hand
+
+
+def _attention_reference(m: mixers.Mixer, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention written out in float64: q, k, v from qkv (rows [q | k | v], each split into
+    heads of head_dim); RoPE on q and k only, rotating channel pairs (2i, 2i+1) by pos·base^(-2i/hd);
+    softmax(q kᵀ / sqrt(hd)) with the causal mask when causal; heads concatenated; the output map."""
+    B, T, Dm = x.shape
+    hd, base = m.opts.head_dim, m.opts.rope_base
+    H = Dm // hd
+    q, k, v = (x.double() @ m.qkv.weight.double().t()).view(B, T, 3, H, hd).unbind(2)  # (B, T, H, hd)
+    theta = torch.arange(T, dtype=torch.float64)[:, None] * base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+
+    def rope(t):
+        z = torch.complex(t[..., 0::2], t[..., 1::2]) * torch.exp(1j * theta)[None, :, None, :]
+        return torch.stack([z.real, z.imag], -1).flatten(-2)
+
+    q, k = rope(q), rope(k)
+    scores = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(hd)
+    if m.causal:
+        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    y = torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v).reshape(B, T, Dm)
+    return (y @ m.out.weight.double().t()).float()
+
+
+@pytest.mark.parametrize("causal", MODES)
+def test_attention_equals_multi_head_attention_with_rope_on_q_and_k(causal):
+    """RoPE rotates q and k (never v), the scale is 1/sqrt(head_dim), heads are contiguous head_dim slices."""
+    m = _build("attention", causal, seed=3)
+    m.opts.use_flash_attn = False
+    torch.manual_seed(1)
+    x = torch.randn(2, 11, D)
+    torch.testing.assert_close(m(x), _attention_reference(m, x), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_scores_depend_only_on_relative_positions():
+    """RoPE on q and k makes q·k a function of the offset: a sequence of identical tokens gives identical
+    outputs at every position in bidirectional mode (RoPE on v, or on q alone, breaks that)."""
+    m = _build("attention", False, seed=2)
+    x = torch.randn(1, 1, D).expand(1, 9, D)
+    y = m(x)
+    torch.testing.assert_close(y, y[:, :1].expand_as(y), rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_is_x_over_root_mean_square_plus_1e_6_times_weight():
+    """The default RMSNorm: y = x / sqrt(mean(x²) + 1e-6) ⊙ weight, weight initialised to ones. Inputs of
+    size ~1e-3 (mean square ~1e-6), where the eps matters as much as the signal."""
+    from mixers._layers import RMSNorm
+
+    norm = RMSNorm(16)
+    torch.testing.assert_close(norm.weight.detach(), torch.ones(16))
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16, dtype=torch.float64) * 1e-3
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(16) + 0.5)
+    want = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight.double()
+    torch.testing.assert_close(norm(x), want, rtol=1e-6, atol=1e-9)

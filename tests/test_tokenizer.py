@@ -64,3 +64,23 @@ def test_nfkc_normaliser_rewrites_full_width(tmp_path):
     """Why identity is the default: NFKC changes answers the official metric compares verbatim."""
     nfkc = train_or_load(TEXTS, TokenizerSettings(vocab_size=300, normalization="nmt_nfkc"), tmp_path)
     assert nfkc.decode(nfkc.encode("ＪＲ東日本（１９６４年）")) == "JR東日本(1964年)"
+
+
+def test_special_ids_are_the_documented_ones(tok):
+    """0 <pad>, 1 <unk>, 2 <s> (BOS), 3 </s> (EOS), then the control symbols <sep> and <mask>."""
+    s, sp = tok.special, tok.sp
+    assert (s.pad, s.unk, s.bos, s.eos) == (0, 1, 2, 3)
+    assert [sp.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
+    assert sp.id_to_piece(s.sep) == "<sep>" and sp.id_to_piece(s.mask) == "<mask>"
+    assert min(s.sep, s.mask) >= 4 and sp.is_control(s.sep) and sp.is_control(s.mask)
+
+
+def test_mecab_boundaries_hold_where_plain_sentencepiece_would_cross_them(tok):
+    """"所長" is a piece (learned from the word 所長), but in 研究所長 MeCab splits 研究/所/長: encoding must
+    go word by word (SentencePiece on the raw text would emit the piece 所長 across that boundary)."""
+    text = "研究所長"
+    assert tok.sp.piece_to_id("所長") != tok.sp.unk_id()  # preconditions of this case (fixture vocabulary)
+    assert tok.words(text) == ["研究", "所", "長"]
+    pieces = [tok.sp.id_to_piece(i) for i in tok.encode(text)]
+    assert "所長" not in pieces and "".join(pieces) == text
+    assert pieces == [p for w in tok.words(text) for p in tok.sp.encode(w, out_type=str)]

@@ -88,7 +88,7 @@ def test_representation_is_finite_at_zero_prefix_and_at_abs_w_equal_G(causal, dt
 # ---------------------------------------------------------------- the mixers against a literal reference
 
 
-def _reference(m: mixers.Mixer, x: torch.Tensor, op: str) -> torch.Tensor:
+def _reference(m: mixers.Mixer, x: torch.Tensor, op: str, readout: str = "cartesian") -> torch.Tensor:
     """The paper written out with complex numbers and trigonometry, then this module's choices
     (scale, RoPE as phase, cartesian readout). No padding."""
     B, T, _ = x.shape
@@ -111,7 +111,7 @@ def _reference(m: mixers.Mixer, x: torch.Tensor, op: str) -> torch.Tensor:
         return z
 
     z = wave(w1) + wave(w2) if op == "interference" else wave(w1) * wave(w2)
-    feats = torch.cat([z.real, z.imag], -1)
+    feats = {"cartesian": torch.cat([z.real, z.imag], -1), "magnitude": z.abs(), "real": z.real}[readout]
     return (feats @ m.core.out.weight.double().t()).float()
 
 
@@ -124,6 +124,19 @@ def test_mixer_equals_the_papers_formulas(name, op, causal, rope, scale):
     torch.manual_seed(1)
     x = torch.randn(2, 9, D)
     torch.testing.assert_close(m(x), _reference(m, x, op), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("name,op,readout", [("wave_interference", "interference", "magnitude"),
+                                             ("wave_modulation", "modulation", "magnitude"),
+                                             ("wave_modulation", "modulation", "real")])
+def test_non_default_readouts_equal_the_complex_reference(name, op, readout, causal):
+    """readout="magnitude" is |Z| (the modulus of the combined complex token), "real" is Re Z: checked
+    against numpy-style complex arithmetic, not the module's own READOUT table."""
+    m = _random_weights(mixers.build(name, D, causal, readout=readout, eps=1e-12))
+    torch.manual_seed(5)
+    x = torch.randn(2, 9, D)
+    torch.testing.assert_close(m(x), _reference(m, x, op, readout), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("causal", CAUSAL)
@@ -208,6 +221,52 @@ def test_wavelet_mixer_bands_are_the_hand_computed_cascade():
     a1_lag2 = torch.tensor([0.0, 0.0, 1.0, 3.0]) / S2  # a1 two steps back (dilation 2)
     torch.testing.assert_close(a2, (a1 + a1_lag2) / S2)
     torch.testing.assert_close(d2, (a1_lag2 - a1) / S2)
+
+
+def _undecimated_cascade(h: np.ndarray, name: str, levels: int, causal: bool) -> list[np.ndarray]:
+    """The à trous cascade by its definition, one position at a time (h: (T,)): level k filters a_k at
+    dilation 2^k with pywt's dec_lo / dec_hi, y_t = Σ_i f[i] a_{t - i·2^k} (zeros outside); the
+    bidirectional level is the mean of that and its mirror Σ_i f[i] a_{t + i·2^k}."""
+    w = pywt.Wavelet(name)
+    T = len(h)
+
+    def filt(a, f, dil):
+        at = lambda j: a[j] if 0 <= j < T else 0.0  # noqa: E731
+        back = np.array([sum(f[i] * at(t - i * dil) for i in range(len(f))) for t in range(T)])
+        if causal:
+            return back
+        fwd = np.array([sum(f[i] * at(t + i * dil) for i in range(len(f))) for t in range(T)])
+        return 0.5 * (back + fwd)
+
+    a, out = h, [h]
+    for k in range(levels):
+        d, a = filt(a, w.dec_hi, 2**k), filt(a, w.dec_lo, 2**k)
+        out.append(d)
+    return out + [a]
+
+
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("name,levels", [("haar", 3), ("db2", 3), ("haar", 4)])
+def test_wavelet_mixer_every_level_uses_dilation_two_to_the_k(name, levels, causal):
+    """Levels >= 3 (dilation 4, 8): the hand-computed level-2 test cannot tell 2^k from k + 1. The mix
+    is Σ_b gate_b ⊙ band_b over [h, d_1, ..., d_L, a_L], checked with a random gate."""
+    m = mixers.build("wave_wavelet", D, causal, wavelet=name, levels=levels)
+    rng = np.random.default_rng(0)
+    T = 19
+    h = torch.zeros(1, T, D)
+    h[0, :, 0] = torch.tensor(rng.normal(size=T), dtype=torch.float32)
+    want = _undecimated_cascade(h[0, :, 0].double().numpy(), name, levels, causal)
+    got = m.bands(h)
+    assert len(got) == levels + 2
+    for k, (g, w) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(g[0, :, 0].double().numpy(), w, rtol=1e-5, atol=1e-5, err_msg=f"band {k}")
+    with torch.no_grad():
+        m.gate.copy_(torch.randn(levels + 2, D))
+    torch.manual_seed(0)
+    x = torch.randn(1, T, D)
+    hx = m.core(x)
+    mix = sum(m.gate[b] * band for b, band in enumerate(m.bands(hx)))
+    torch.testing.assert_close(m(x), mix, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["haar", "db2", "sym3"])
