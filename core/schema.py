@@ -3,8 +3,9 @@
 Three writers build rows (a model cell: harness/cell.py, a task's reference: harness/references.py,
 a benchmark: benchmarks/common.py) and every one starts from `new_row`, so the version and the
 provenance (device, package versions, git commit, start time) are spelled once. Every reader goes
-through `core.results.read_rows`, which applies `upgrade` and then `check_required`: a report
-only ever sees rows of the current version, and older files keep loading.
+through `core.results.read_rows`, which applies `upgrade` and checks the keys every row has
+(`ROW_KEYS`); reports then check the rest (`missing_keys`): a report only ever sees rows of the
+current version, and older files keep loading.
 
 A row carries its task's declarations, so a report needs nothing but rows (it never imports a task):
 - `task_metrics`: a list of `Metric` dicts (key, header, which way is better, which is the

@@ -230,9 +230,10 @@ def test_attention_equals_multi_head_attention_with_rope_on_q_and_k(causal):
     torch.testing.assert_close(m(x), _attention_reference(m, x), rtol=1e-4, atol=1e-5)
 
 
-def test_attention_scores_depend_only_on_relative_positions():
-    """RoPE on q and k makes q·k a function of the offset: a sequence of identical tokens gives identical
-    outputs at every position in bidirectional mode (RoPE on v, or on q alone, breaks that)."""
+def test_attention_values_carry_no_position():
+    """RoPE rotates q and k only: the values carry no position, so in bidirectional mode a sequence of
+    identical tokens gives identical outputs at every position, whatever the attention weights (RoPE on
+    v breaks that; where q and k are rotated is held by the reference test above)."""
     m = _build("attention", False, seed=2)
     x = torch.randn(1, 1, D).expand(1, 9, D)
     y = m(x)
