@@ -280,3 +280,37 @@ def test_predict_targets_is_teacher_forced_next_token_argmax():
     assert pred.shape == b.ids.shape
     logits = m.logits(m(b.ids))
     assert torch.equal(pred[:, 5], logits[:, 4].argmax(-1))
+
+
+def test_a100_factor_is_the_timed_matmuls_tflops_over_252_with_the_warm_up_untimed(monkeypatch):
+    """A fake clock: a timed matmul takes DT, the first (cold) call 100 s. The factor must be
+    2 n^3 / DT / 1e12 / 252: the warm-up untimed, every timed call counted in the FLOPs."""
+    import types
+
+    import harness.budget as hb
+
+    clock, DT, shapes = [0.0], 1e-3, []
+
+    class Fake:
+        def __init__(self, n):
+            self.n = n
+
+        def __matmul__(self, other):
+            clock[0] += 100.0 if clock[0] == 0.0 else DT
+            return None
+
+    def randn(*size, **kw):
+        shapes.append(size)
+        return Fake(size[0])
+
+    monkeypatch.setattr(hb, "_FACTOR_CACHE", {})
+    monkeypatch.setattr(hb, "torch", types.SimpleNamespace(randn=randn, bfloat16=torch.bfloat16, float32=torch.float32))
+    monkeypatch.setattr(hb, "sync", lambda device: None)
+    monkeypatch.setattr(hb, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    info = hb.device_speed(torch.device("cpu"))
+    n = shapes[0][0]
+    assert shapes == [(n, n), (n, n)]
+    tflops = 2 * n**3 / DT / 1e12
+    assert info["matmul_tflops"] == pytest.approx(tflops, abs=1e-3)
+    assert info["a100_factor"] == pytest.approx(tflops / 252, rel=1e-6)
+    assert info["a100_ref_tflops"] == 252

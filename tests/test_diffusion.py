@@ -495,3 +495,33 @@ def test_the_output_layer_sees_only_the_region_columns(case, monkeypatch):
     obj.loss(model, dataclasses.replace(batch, max_target=-1), torch.Generator().manual_seed(0))
     _obj(**opts, mask_on="all").loss(model, batch, torch.Generator().manual_seed(0))
     assert rows == [B * (T + L)] * 2
+
+
+def test_bound_is_the_mean_over_samples_of_n_over_m_times_the_masked_ce():
+    """Every region token costs the same CE c whatever is revealed: each sample's (n/m) x (m c) is n c,
+    so the bound, the mean over K samples, is exactly n c for any K, in either form (reported, selection)."""
+    c = -math.log(0.3)
+    model = Denoiser(lambda ids: torch.full(ids.shape, 0.3))
+    data = SeqSet.from_lists([[2, 4, 6, 6], [2, 4, 6, 6, 6], [2, 4, 6]],
+                             [[False, False, True, True], [False, False, True, True, True], [False, False, True]], SP.pad)
+    batch = data.batch(np.arange(3))
+    for K in (1, 2, 3, 8):
+        obj = _obj(eos_fill=False, nll_samples=K, dev_nll_samples=K)
+        for s, n in (obj.nll(model, batch), obj.selection_nll(model, batch)):
+            assert n.item() == 6
+            assert s.item() == pytest.approx(6 * c, rel=1e-5), K
+
+
+def test_bound_samples_one_mask_count_per_stratum(monkeypatch):
+    """m ~ U{1..n} stratified over the K samples: sample k draws m from the k-th of K equal slices of 1..n."""
+    import harness.objectives.diffusion as D
+
+    seen = []
+    orig = D.mask_exactly
+    monkeypatch.setattr(D, "mask_exactly", lambda mk, m, g: (seen.append(m.clone()), orig(mk, m, g))[1])
+    model = _lm()
+    n = 8
+    batch = SeqSet.from_lists([[2, 4] + [6] * n], [[False, False] + [True] * n], SP.pad).batch(np.arange(1))
+    with torch.no_grad():
+        _obj(eos_fill=False, nll_samples=4).nll(model, batch)
+    assert tuple(int(m[0]) for m in seen) in itertools.product([1, 2], [3, 4], [5, 6], [7, 8])

@@ -2,6 +2,8 @@
 tokens with the objective's cheap selection estimator, and the time they take is recorded."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,71 @@ def test_diffusion_selection_uses_fewer_mask_samples_than_the_reported_bound():
         assert len(calls) == 2 + 8
         assert torch.equal(obj.selection_nll(model, batch)[0], sel[0])  # fixed seed: the same number
     assert sel[1] == full[1] and torch.isfinite(sel[0])
+
+
+# ----------------------------------------------------------------------------- dev_loss against references
+
+class _SumIds:
+    """A stub objective: a batch's "NLL" is the sum of its target ids (reported form) or twice that
+    (selection form), the count its target tokens: dev_loss must add every batch up."""
+
+    causal = True
+
+    def nll(self, model, batch):
+        t = batch.target & batch.pad_mask
+        return (batch.ids * t).sum().float(), t.sum()
+
+    def selection_nll(self, model, batch):
+        s, c = self.nll(model, batch)
+        return 2 * s, c
+
+
+def _ragged(n: int = 7) -> SeqSet:
+    rng = np.random.default_rng(1)
+    seqs, tgts = [], []
+    for i in range(n):
+        L = 4 + (i * 3) % 5
+        seqs.append(rng.integers(6, 20, size=L).tolist())
+        tgts.append([j >= L - 1 - i % 3 for j in range(L)])  # 1..3 targets, a suffix
+    return SeqSet.from_lists(seqs, tgts, 0)
+
+
+def test_dev_loss_adds_every_batch_and_divides_by_target_tokens():
+    from harness.evaluate import dev_loss
+
+    data = _ragged(7)
+    ids = [data.ids[i, : data.lengths[i]].tolist() for i in range(len(data))]
+    tg = [data.target[i, : data.lengths[i]].tolist() for i in range(len(data))]
+    total = sum(x for r, t in zip(ids, tg) for x, f in zip(r, t) if f)
+    count = sum(sum(t) for t in tg)
+    model = torch.nn.Linear(1, 1)
+    seen = []
+    for bs in (1, 3, 7, 100):  # 3 does not divide 7: a short last batch
+        got = dev_loss(model, _SumIds(), data, bs, torch.device("cpu"), progress=lambda d, n: seen.append((d, n)))
+        assert got == pytest.approx(total / count)
+        assert seen[-1] == (7, 7)
+    assert dev_loss(model, _SumIds(), data, 3, torch.device("cpu"), selection=True) == pytest.approx(2 * total / count)
+    assert model.training  # the model's mode is restored
+
+
+def test_dev_loss_of_an_lm_is_the_mean_next_token_nll_per_target_token():
+    """Row by row, unpadded, with F.cross_entropy: the reference for the batched, padded dev_loss."""
+    from harness.evaluate import dev_loss
+
+    data = _ragged(7)
+    model = _model(causal=True).eval()
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    tot, cnt = 0.0, 0
+    with torch.no_grad():
+        for i in range(len(data)):
+            L = int(data.lengths[i])
+            ids = data.ids[i : i + 1, :L]
+            logits = model.logits(model(ids))[0, :-1].float()
+            ce = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+            use = data.target[i, 1:L]
+            tot += float(ce[use].sum())
+            cnt += int(use.sum())
+    ref = tot / cnt
+    for bs in (2, 3, 7):
+        assert dev_loss(model, obj, data, bs, torch.device("cpu")) == pytest.approx(ref, rel=1e-5)
+    assert math.exp(dev_loss(model, obj, data, 3, torch.device("cpu"))) == pytest.approx(math.exp(ref), rel=1e-5)

@@ -421,3 +421,38 @@ def test_the_first_steps_of_every_stage_are_warm_up_not_budget(compiled, monkeyp
     assert seen == ["pretrain"] * warm_steps + ["task"] * warm_steps  # both stages compiled
     assert res.train_seconds < 1000.0  # none of it on the clock
     assert all(s["seconds"] < 1000.0 for s in res.stages) and res.tokens_per_s > 1000 / 1000.0
+
+
+def test_jaquad_articles_parse_to_items_with_the_articles_title_and_answer_spans(tmp_path):
+    """SQuAD format without JSQuAD's "title [SEP]" prefix: the title is the article's, the paragraph the
+    whole context, and each answer start indexes its text in the paragraph (a start of 0 included)."""
+    from tasks.jsquad_files import parse_articles
+
+    arts = [("富士山", [("富士山は日本で最も高い山である。標高は3776mである。",
+                         [("日本で最も高い山は。", "富士山"), ("標高は。", "3776m")])]),
+            ("琵琶湖", [("琵琶湖は滋賀県にある湖である。", [("どこにある湖か。", "滋賀県")])])]
+    root = tmp_path / "jq"
+    _write(root / "train" / "a.json", json.dumps(_squad(arts[:1]), ensure_ascii=False))
+    _write(root / "dev" / "b.json", json.dumps(_squad(arts[1:]), ensure_ascii=False))
+    items = parse_articles(jaquad.load_articles(root), "jq")
+    want = [(t, c, q, a) for t, pars in arts for c, qas in pars for q, a in qas]
+    assert [(it.title, it.paragraph, it.question, it.answers[0]) for it in items] == want
+    for it in items:
+        assert it.starts == [it.paragraph.index(it.answers[0])]
+        assert it.paragraph[it.starts[0] : it.starts[0] + len(it.answers[0])] == it.answers[0]
+    assert items[0].starts == [0]
+
+
+@pytest.mark.parametrize("n_tokens, row_len", [(11, 4), (12, 4), (3, 8)])
+def test_packed_rows_count_every_token_as_a_target(n_tokens, row_len):
+    """The host-side counts (lengths, target_lengths: what batches' max_target is read from) agree with
+    the rows' own masks; full rows cut in stream order, the tail counted (a short stream: one short row)."""
+    stream = np.arange(10, 10 + n_tokens)
+    rows, tail = pt.pack(stream, row_len)
+    full = n_tokens // row_len
+    assert tail == (n_tokens - full * row_len if full else 0)
+    want_rows = [stream[i * row_len : (i + 1) * row_len].tolist() for i in range(full)] or [stream.tolist()]
+    assert rows.ids.tolist() == want_rows
+    assert rows.lengths.tolist() == [len(r) for r in want_rows]
+    assert rows.target_lengths.tolist() == rows.target.sum(1).tolist() == [len(r) for r in want_rows]
+    assert rows.batch(np.arange(len(rows))).max_target == len(want_rows[0])
