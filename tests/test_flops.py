@@ -280,3 +280,10 @@ def test_registered_mixers_give_model_flops_basis(name):
         pytest.skip(f"{name} declares no FLOPs (optional): test_undeclared_mixer_gives_a_lower_bound covers it")
     _, basis = flops_per_token(m, 50)
     assert basis.startswith("model FLOPs") and f"{name}'s declared sequence mixing" in basis
+
+
+def test_mfu_needs_a_cuda_device_whatever_the_name_says():
+    """A CPU run (the GPU check's dry run) has no MFU, even when the name it records is a known GPU's."""
+    m = _lm()
+    got = mfu(m, 1e6, 50, torch.device("cpu"), "NVIDIA H100 80GB HBM3")
+    assert got["mfu"] is None and got["peak_tflops"] is None

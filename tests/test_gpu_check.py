@@ -615,3 +615,15 @@ def test_an_elastic_part_outlives_its_own_limit_a_skipped_part_says_why_and_each
     assert recs["bench_scaling"]["status"] == "ok" and rc == 0
     with tarfile.open(archive) as tar:  # the last pack holds every part's record
         assert {f"./parts/{n}.json" for n in recs} <= set(tar.getnames())
+
+
+def test_merge_lets_the_later_archive_replace_the_earlier_ones_part(tmp_path):
+    """`--merge A B`: B is the later command (a rerun of a part), so its record of a part both ran wins."""
+    first = _machine(tmp_path, "first", [gc.Part("grid", [], 1, status="timed out after 300 s", seconds=300.0,
+                                                 note="cut")], {})
+    second = _machine(tmp_path, "second", [gc.Part("grid", [], 1, status="ok", seconds=90.0, note="done")], {})
+    out = tmp_path / "gpu_check"
+    assert gc.main(["--merge", str(first), str(second), "--out", str(out)]) == 0
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert "| grid | ok | 90.0 |" in text and "timed out after 300 s" not in text
+    assert (out / "logs" / "grid.log").read_text(encoding="utf-8") == "done"

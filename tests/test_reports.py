@@ -480,3 +480,40 @@ def test_sweep_curves_draw_each_objective_apart(tmp_path, monkeypatch):
             for L in (64, 128)]
     assert figures.sweep_curves(rows, "accuracy", "seq_len", "d_model", "t", tmp_path / "s.png") is not None
     assert lines == {"mamba · autoregressive", "mamba · diffusion"}
+
+
+def test_score_figure_draws_ok_model_rows_only_and_seeds_with_a_t_interval(tmp_path, monkeypatch):
+    """The bars are ok model rows (a failed row's leftover metric and a reference are not bars: references
+    are lines across the axis); several seeds of a cell are one bar with the 95% t-interval."""
+    from reports import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures.sns, "barplot", lambda data=None, **k: drawn.update(data=data, **k))
+    monkeypatch.setattr(figures, "_save", lambda fig, path: path)
+    lines = []
+    monkeypatch.setattr(figures, "_reference_lines", lambda ax, rows, key: lines.extend(
+        r["mixer"] for r in rows if r.get("reference")))
+    rows = [_row("attention", "autoregressive", key=f"a{s}", seed=s, metrics=_qa(0.2 + 0.1 * s, 0.5)) for s in (0, 1, 2)]
+    rows += [_row("mamba", "autoregressive", key="m-failed", status="failed", metrics=_qa(0.9, 0.9)),
+             _ref("majority", "baseline", 0.3, 0.4)]
+    assert figures.score_by_mixer(rows, "em", "t", tmp_path / "s.png") is not None
+    data = drawn["data"]
+    assert sorted(set(data["mixer"])) == ["attention"] and len(data) == 3
+    assert sorted(data["em"].round(6)) == [0.2, 0.3, 0.4]
+    assert drawn["errorbar"] is figures._t_interval and lines == ["majority"]
+    lo, hi = figures._t_interval([0.2, 0.3, 0.4])
+    assert lo < 0.3 < hi and hi - 0.3 == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3)
+
+
+def test_speed_columns_are_model_cells_only():
+    """A reference row shows no train tok/s, MFU, answer ms, state floats or params, even if it carries them."""
+    from reports.columns import COLUMNS
+
+    ref = _ref("majority", "baseline", 0.3, 0.4)
+    ref["metrics"].update(tokens_per_s=5e5, mfu=0.3, gen_latency_ms=2.0, state_floats=10)
+    ref["params"] = 10
+    model = _row("attention", "autoregressive", metrics={**_qa(0.2, 0.5), "mfu": 0.3})
+    cols = {c.key: c for c in COLUMNS}
+    for key in ("tokens_per_s", "mfu", "latency", "state_floats", "params"):
+        assert cols[key].get(ref) is None, key
+        assert cols[key].get(model) is not None, key
