@@ -517,3 +517,32 @@ def test_speed_columns_are_model_cells_only():
     for key in ("tokens_per_s", "mfu", "latency", "state_floats", "params"):
         assert cols[key].get(ref) is None, key
         assert cols[key].get(model) is not None, key
+
+
+def test_vs_best_baseline_reads_a_lower_is_better_metric_the_right_way():
+    """With a metric where lower is better, the best baseline is the lowest and a model below it beats it."""
+    from reports.tables import annotate_vs_baseline
+
+    decl = [{"key": "err", "header": "error", "better": "min", "headline": True}]
+    model = _row("attention", "autoregressive", metrics={"err": 0.2, "eval_n": 500}, task_metrics=decl)
+    worse = _row("mamba", "autoregressive", key="m", metrics={"err": 0.5, "eval_n": 500}, task_metrics=decl)
+    refs = [_ref(n, "baseline", 0, 0) for n in ("lo", "hi")]
+    for ref, v in zip(refs, (0.3, 0.6)):
+        ref["metrics"] = {"err": v, "eval_n": 500}
+        ref["task_metrics"] = decl
+    out = {r["key"]: r.get("_vs_baseline") for r in annotate_vs_baseline([model, worse, *refs], "err")}
+    assert out["jsquad-attention-autoregressive-0-pre"] == "beats lo (error -0.100)"
+    assert out["m"] == "below lo (error +0.200)"
+
+
+def test_peak_vram_is_shown_for_ok_model_rows_only():
+    """A failed cell's peak memory (an OOM's high-water mark) is no figure of the model: the column shows none."""
+    from reports.columns import COLUMNS
+
+    cols = {c.key: c for c in COLUMNS}
+    ok = _row("attention", "autoregressive", metrics={**_qa(0.2, 0.5), "peak_mem_bytes": 3 * 2**30,
+                                                    "eval_peak_mem_bytes": 2**30})
+    failed = _row("mamba", "autoregressive", key="f", status="failed",
+                  metrics={"peak_mem_bytes": 80 * 2**30, "eval_peak_mem_bytes": 2**30})
+    assert cols["peak_mem"].fmt(cols["peak_mem"].get(ok)) == "3.0 GiB" and cols["eval_peak_mem"].get(ok) == 2**30
+    assert cols["peak_mem"].get(failed) is None and cols["eval_peak_mem"].get(failed) is None
