@@ -627,3 +627,97 @@ def test_merge_lets_the_later_archive_replace_the_earlier_ones_part(tmp_path):
     text = (out / "README.md").read_text(encoding="utf-8")
     assert "| grid | ok | 90.0 |" in text and "timed out after 300 s" not in text
     assert (out / "logs" / "grid.log").read_text(encoding="utf-8") == "done"
+
+
+def test_parts_runs_the_named_parts_in_the_plans_order_and_refuses_an_unknown_one(tmp_path, monkeypatch):
+    """`--parts` (the device's two commands): only the parts named, spaces allowed, in the plan's order
+    whatever the order given; a misspelt name stops the command (exit 2) before any part runs."""
+    ran: list[str] = []
+
+    def fake_run(p, logs, cuda):
+        ran.append(p.name)
+        p.status = "ok"
+
+    monkeypatch.setattr(gc, "run_part", fake_run)
+    monkeypatch.setattr(gc, "environment", _env)
+    args = ["--cpu-dry-run", "--data-dir", str(tmp_path), "--out", str(tmp_path / "check")]
+    assert gc.main([*args, "--parts", "bench_loss_memory, grid_base,cuda_tests"]) == 0
+    assert ran == ["cuda_tests", "grid_base", "bench_loss_memory"]
+    assert [r["name"] for r in gc.read_parts(tmp_path / "check")] == ran
+    ran.clear()
+    assert gc.main([*args, "--parts", "cuda_tests,grid_bsae"]) == 2 and ran == []
+
+
+def _fake_python(tmp_path: Path, pip_rc: int = 0) -> tuple[Path, Path]:
+    """A copy of the two scripts in a tree of their own, with a wheel in its .whl/, and a `python` that logs
+    each call (its arguments and PYTHONPATH) instead of installing or running anything."""
+    import stat
+
+    root = Path(gc.__file__).resolve().parents[1]
+    tree = tmp_path / "tree"
+    (tree / "scripts").mkdir(parents=True)
+    for name in ("device_gpu_check.sh", "gpu_check.sh"):
+        shutil.copy(root / "scripts" / name, tree / "scripts" / name)
+    (tree / ".whl").mkdir()
+    (tree / ".whl" / "fugashi-1.0-py3-none-any.whl").write_bytes(b"")
+    log = tmp_path / "calls.log"
+    py = tmp_path / "python"
+    py.write_text("#!/usr/bin/env bash\n"
+                  "IFS='|'\n"  # arguments joined by |: one with a space stays one
+                  f'printf "%s\\n" "ARGS|$*" "PYTHONPATH ${{PYTHONPATH:-}}" >> {str(log)!r}\n'
+                  f'if [ "$2" = pip ]; then exit {pip_rc}; fi\nexit 0\n')
+    py.chmod(py.stat().st_mode | stat.S_IEXEC)
+    return tree, py
+
+
+def test_the_device_script_passes_its_deadline_and_arguments_and_installs_the_wheels(tmp_path):
+    """scripts/device_gpu_check.sh's command line, checked with a stand-in python (nothing runs): the carried
+    wheels are installed offline into the private site, which goes first on PYTHONPATH; the check runs with
+    the 8-minute box off (--minutes 0), an absolute deadline GPU_CHECK_SECONDS from now, the archive in $OUT,
+    and the caller's arguments last, as given."""
+    import subprocess
+    import time
+
+    tree, py = _fake_python(tmp_path)
+    out, site = tmp_path / "OUT", tmp_path / "site"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": str(py), "OUT": str(out), "GPU_CHECK_DIR": str(tmp_path / "check"),
+           "GPU_CHECK_SECONDS": "123", "WAVEBENCH_WHEEL_SITE": str(site), "PYTHONPATH": "/keep"}
+    env.pop("WAVEBENCH_CHECK_STARTED", None)
+    t0 = int(time.time())
+    proc = subprocess.run(["bash", "scripts/device_gpu_check.sh", "--cpu-dry-run", "--parts", "a, b"], cwd=tree,
+                          env=env, capture_output=True, text=True, timeout=60)
+    t1 = int(time.time())
+    assert proc.returncode == 0, proc.stderr
+    assert "deadline in 123 s" in proc.stdout
+    lines = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(lines) == 4, lines  # pip, then the check
+    pip, check = lines[0].split("|")[1:], lines[2].split("|")[1:]
+    assert pip[:3] == ["-m", "pip", "install"] and "--no-index" in pip and "--no-deps" in pip
+    assert _after(pip, "--target") == str(site) and pip[-1] == ".whl/fugashi-1.0-py3-none-any.whl"
+    assert lines[3] == f"PYTHONPATH {site}:/keep"  # the wheels first, what was there kept
+    assert check[:2] == ["-m", "benchmarks.gpu_check"] and _after(check, "--out") == str(tmp_path / "check")
+    assert _after(check, "--minutes") == "0" and _after(check, "--pack") == str(out / "gpu_check.tgz")
+    assert t0 + 123 <= int(_after(check, "--deadline-at")) <= t1 + 123
+    assert check[-3:] == ["--cpu-dry-run", "--parts", "a, b"]  # the caller's, untouched (the space too)
+
+
+def test_wheels_that_do_not_install_leave_the_path_alone_and_the_check_still_runs(tmp_path):
+    """Wheels built for another Python: a warning, PYTHONPATH unchanged, and the check runs all the same;
+    without $OUT or GPU_CHECK_SECONDS, no --pack and the 570 s default deadline."""
+    import subprocess
+    import time
+
+    tree, py = _fake_python(tmp_path, pip_rc=1)
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "GPU_CHECK_SECONDS", "PYTHONPATH",
+                                                            "WAVEBENCH_CHECK_STARTED")}
+    env |= {"PYTHON": str(py), "GPU_CHECK_DIR": str(tmp_path / "check"), "WAVEBENCH_WHEEL_SITE": str(tmp_path / "site")}
+    t0 = int(time.time())
+    proc = subprocess.run(["bash", "scripts/device_gpu_check.sh"], cwd=tree, env=env, capture_output=True,
+                          text=True, timeout=60)
+    t1 = int(time.time())
+    assert proc.returncode == 0 and "did not install" in proc.stderr
+    lines = (tmp_path / "calls.log").read_text().splitlines()
+    check = lines[2].split("|")[1:]
+    assert check[:2] == ["-m", "benchmarks.gpu_check"] and lines[3] == "PYTHONPATH "
+    assert "--pack" not in check and t0 + 570 <= int(_after(check, "--deadline-at")) <= t1 + 570

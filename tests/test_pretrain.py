@@ -456,3 +456,60 @@ def test_packed_rows_count_every_token_as_a_target(n_tokens, row_len):
     assert rows.lengths.tolist() == [len(r) for r in want_rows]
     assert rows.target_lengths.tolist() == rows.target.sum(1).tolist() == [len(r) for r in want_rows]
     assert rows.batch(np.arange(len(rows))).max_target == len(want_rows[0])
+
+
+# ----------------------------------------------------------------------------- corpus building: keys, nesting, sources
+
+def test_the_token_cache_key_holds_the_cap_and_the_files_modification_time(tmp_path):
+    """A capped corpus is its own file (never the uncapped tokens read back, nor the reverse); a file
+    rewritten to the same size is tokenised again (its modification time is in the key)."""
+    import os
+
+    d = tmp_path / "c"
+    f = _write(d / "a.txt", "abc\n\nde\n")
+    src, cache, tok = Source.parse(f"dir:{d}"), tmp_path / "cache", CharTok(ALPHA)
+    whole, _ = pt.tokenize_cached(src, [], tok, cache)
+    capped, m = pt.tokenize_cached(src, [], tok, cache, max_chars=3)
+    assert not m["cached"] and m["max_chars"] == 3 and tok.decode(capped) == "abc|"
+    assert tok.decode(pt.tokenize_cached(src, [], tok, cache)[0]) == tok.decode(whole) == "abc|de|"
+    st = f.stat()
+    _write(f, "abc\n\nfg\n")  # same size, new text
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    again, m2 = pt.tokenize_cached(src, [], tok, cache)
+    assert not m2["cached"] and tok.decode(again) == "abc|fg|"
+
+
+def test_dir_source_reads_nested_folders_in_path_order(tmp_path):
+    """dir:PATH takes every *.txt under PATH, sub-folders included (an author's works in their folder)."""
+    d = tmp_path / "aozora"
+    _write(d / "b" / "c.txt", "gh\n")
+    _write(d / "a.txt", "ab\n")
+    _write(d / "b" / "a" / "x.txt", "ef\n")
+    _write(d / "b" / "notes.md", "ij\n")  # not text of the corpus
+    assert list(corpus.documents(Source.parse(f"dir:{d}"), [], tmp_path)) == ["ab", "ef", "gh"]
+
+
+def test_prepare_packs_every_source_in_order_each_capped_on_its_own(tmp_path):
+    """Two sources: each tokenised (and capped) on its own, concatenated in the order given, then packed."""
+    d = _write(tmp_path / "c" / "a.txt", "hij\n\nhh\n").parent
+    data = type("Data", (), {"tokenizer": CharTok(ALPHA), "passages": ["abcd", " ", "ef"]})()
+    spec = pt.PretrainSpec(["passages", f"dir:{d}"], frac=0.5, max_chars=5)
+    got = pt.prepare(spec, data, tmp_path / "cache", row_len=3, log=lambda _m: None)
+    text = "".join(data.tokenizer.decode(r) for r in got.data.ids.tolist())
+    assert text == "abcd|e|hij|h"  # "abcd|e|" (5 chars) + "hij|hh|" (5): 4 full rows
+    assert [s["source"] for s in got.info["sources"]] == ["passages", f"dir:{d}"]
+    assert got.info["rows"] == 4 and got.info["tail_dropped"] == 2 and got.info["tokens"] == 12
+
+
+def test_the_pretraining_stage_is_sharded_like_the_task_stage():
+    """Data-parallel ranks: the packed corpus's sampler goes through the same `shard` as the task's."""
+    ids = torch.arange(12).view(4, 3)
+    n = np.full(4, 3, dtype=np.int64)
+    packed = pt.Corpus(SeqSet(ids, torch.ones_like(ids, dtype=torch.bool), n, target_lengths=n.copy()),
+                       {"sources": [{"source": "passages"}]})
+    objective = type("Obj", (), {"pretraining": lambda self: "lm form"})()
+    plan = pt.stage_plan("task sampler", objective, (packed, 0.5), batch_size=2, seed=0, pad_to=1,
+                         device=torch.device("cpu"), shard=lambda s: ("shard", s))
+    pre = plan.stages[0]
+    assert pre.sampler[0] == "shard" and isinstance(pre.sampler[1], pt.BatchSampler)
+    assert pre.objective == "lm form" and pre.until == 0.5 and pre.data_tokens == 12 and plan.task.sampler == "task sampler"
