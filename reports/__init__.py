@@ -37,7 +37,7 @@ def write_reports(results_dir: Path, reports_dir: Path, grid: str | None = None)
         path = Path(results_dir) / f"{grid}.jsonl"
         if path.exists():
             raise ResultsFileError(f"no grid {grid!r}: {path} holds no grid rows")
-        have = ", ".join(sorted(p.stem for p in Path(results_dir).glob("*.jsonl") if not p.stem.startswith("bench_")))
+        have = ", ".join(res.every_grid)  # (load's own rule for a grid file: rows without 'bench')
         raise ResultsFileError(f"no grid {grid!r}: no {path}" + (f" (grids there: {have})" if have else ""))
     written = [write_grid_report(name, rows, res, Path(reports_dir) / name) for name, rows in sorted(res.grids.items())]
     if res.bench and grid is None:

@@ -29,6 +29,7 @@ class Results:
     bench: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # bench kind -> latest row per key
     files: dict[str, Path] = field(default_factory=dict)  # grid name -> its file
     expected: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # grid -> cells it was asked to run
+    every_grid: list[str] = field(default_factory=list)  # every grid file's name, also those `load(grid=...)` left out
 
 
 def _line_numbers(path: Path) -> list[int]:
@@ -84,10 +85,12 @@ def load(results_dir: Path | str, grid: str | None = None) -> Results:
             for kind in benches:
                 latest = latest_by_key(r for r in rows if r["bench"] == kind)
                 out.bench.setdefault(kind, []).extend(latest.values())
-        elif grid is None or path.stem == grid:
-            out.grids[path.stem] = list(latest_by_key(rows).values())
-            out.files[path.stem] = path
-            out.expected[path.stem] = read_expected(expected_path(path))
+        else:
+            out.every_grid.append(path.stem)
+            if grid is None or path.stem == grid:
+                out.grids[path.stem] = list(latest_by_key(rows).values())
+                out.files[path.stem] = path
+                out.expected[path.stem] = read_expected(expected_path(path))
     return out
 
 
