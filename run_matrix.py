@@ -238,7 +238,9 @@ def device_slug(device: torch.device, dist=None) -> str:
     names its device (DESIGN.md), so a GPU run never takes a committed CPU grid's rows (same cells, same
     keys) as its own, and grids from two GPUs never mix their speeds."""
     slug = gpu_slug(device)
-    return f"_{slug}" + (f"x{dist.world_size}" if dist is not None and dist.active else "") if slug else ""
+    if not slug:
+        return ""
+    return f"_{slug}" + (f"x{dist.world_size}" if dist is not None and dist.active else "")
 
 
 def main(argv: list[str] | None = None) -> int:
