@@ -388,7 +388,9 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
     return {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
             "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
             "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
-            "warm_seconds": round(res.warm_seconds, 2), "warm_steps": res.warm_steps,
+            "warm_seconds": round(res.warm_seconds, 2), "warm_steps": res.warm_steps, "warm_tokens": res.warm_tokens,
+            # a time budget's seconds are `seconds` (the clock) + this: the warm-up steps' training, charged
+            "warm_charged_seconds": round(res.warm_charged_seconds, 3),
             "start_mem_bytes": res.start_mem_bytes,
             # compile_scope: what was compiled (under DDP the whole model, whatever was asked); the setting
             # (compile_scope_asked) is what names a variant in the reports

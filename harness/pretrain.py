@@ -177,13 +177,23 @@ class Stage:
     real_pos: int = 0  # positions holding a token, of the `computed_pos` (rows x batch length) computed
     computed_pos: int = 0
     data_tokens: int = 0  # tokens in the stage's text (the packed corpus, the task's training split)
+    warm_tokens: int = 0  # tokens trained in the stage's steps off the clock (warm-up, late compiles)
 
-    def account(self, tokens: int, seconds: float, real_pos: int = 0, computed_pos: int = 0) -> None:
+    def account(self, tokens: int, seconds: float, real_pos: int = 0, computed_pos: int = 0,
+                warm: bool = False) -> None:
         self.tokens += tokens
         self.steps += 1
         self.seconds += seconds
         self.real_pos += real_pos
         self.computed_pos += computed_pos
+        if warm:
+            self.warm_tokens += tokens
+
+    def clocked_rate(self) -> float | None:
+        """Seconds per token of the stage's steps on the clock (the drains charged to it included), None
+        before one was timed: what a token of this stage's shapes and loss form costs to train."""
+        clocked = self.tokens - self.warm_tokens
+        return self.seconds / clocked if clocked > 0 and self.seconds > 0 else None
 
     def padding_frac(self) -> float | None:
         return round(1.0 - self.real_pos / self.computed_pos, 4) if self.computed_pos else None
@@ -196,7 +206,8 @@ class Stage:
     def describe(self) -> dict[str, Any]:
         tps = self.tokens_per_s()
         return {"stage": self.name, "sources": self.sources, "tokens": self.tokens, "steps": self.steps,
-                "seconds": round(self.seconds, 3), "tokens_per_s": round(tps, 1) if tps == tps else None,
+                "seconds": round(self.seconds, 3), "warm_tokens": self.warm_tokens,
+                "tokens_per_s": round(tps, 1) if tps == tps else None,
                 "padding_frac": self.padding_frac(),
                 # passes over the stage's text: at a GPU's speed a small corpus (the passages: ~123k tokens at
                 # the small preset) is seen hundreds of times in a budget chosen on CPU, where it was half a pass
@@ -218,6 +229,16 @@ class StagePlan:
     @property
     def task(self) -> Stage:
         return self.stages[-1]
+
+    def warm_charge(self, clock: float) -> float:
+        """Seconds a time budget charges for the training done off the clock: each stage's warm tokens at
+        that stage's clocked rate (a stage not timed yet: the run's, `clock` over every clocked token; 0
+        before any step was timed). The warm-up steps are off the clock because they compile, but they
+        train all the same: left uncharged, a cell with more of them (compiled: 2 a stage, eager: 1;
+        CUDA graphs: 2 per batch shape) would train for free what another cell pays for."""
+        clocked = sum(s.tokens - s.warm_tokens for s in self.stages)
+        run_rate = clock / clocked if clocked > 0 and clock > 0 else 0.0
+        return sum(s.warm_tokens * (s.clocked_rate() or run_rate) for s in self.stages)
 
     def describe(self) -> list[dict[str, Any]]:
         return [s.describe() for s in self.stages]

@@ -7,7 +7,10 @@ end (checkpoint selection never looks at the evaluation split). A dev check cost
 whatever the dev set's size: a fixed sample of at most `dev_tokens` tokens, scored with the
 objective's cheap selection estimator (`Objective.selection_nll`; e.g. 2 fixed-seed mask samples for
 masked diffusion instead of the final bound's 8). Its wall time is recorded (`dev_seconds`) beside
-the budgeted training time, never inside the budget. The loss curve keeps train and dev
+the budgeted training time, never inside the budget. The first steps of a stage (and any step that
+compiles) are off the clock, since they mostly compile, but they train: a time budget charges what
+they trained at the stage's clocked seconds per token (`StagePlan.warm_charge`), so a cell with more
+warm-up steps gets no free training. The loss curve keeps train and dev
 loss at every evaluation point, so overfitting on a small training set shows up in the results.
 With `pretrain` the run has two stages (harness/pretrain.py): language modelling on packed unlabeled
 text for the first share of the budget, then the task; schedule, curve and checkpointing span both.
@@ -85,6 +88,10 @@ class TrainResult:
     late_compiles: int = 0  # steps after the warm-up in which torch.compile compiled (not budgeted either)
     warm_seconds: float = 0.0  # wall time of the steps left off the clock (warm-up, late compiles): mostly compiling
     warm_steps: int = 0  # steps left off the clock (each stage's first, late compiles, CUDA graphs' new shapes)
+    warm_tokens: int = 0  # the tokens those steps trained
+    # what a time budget charged for them: their tokens at their stage's clocked rate (StagePlan.warm_charge);
+    # the budget's seconds are train_seconds + this
+    warm_charged_seconds: float = 0.0
     compile_scope: str | None = None  # what was compiled ("blocks", or "model" where blocks cannot be)
     budget_info: dict = field(default_factory=dict)  # the meter's describe(): the budget (and measured speed)
 
@@ -152,7 +159,9 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
                 frac = stage.until  # on to the next stage's warm-up
                 continue
             run.step(stage, frac)
-            frac = par.fraction(meter.fraction(run.res.tokens_seen, run.clock))  # [DDP] rank 0's clock decides
+            # a time budget charges the clock and, at the clocked rate, what the off-clock steps trained
+            charged = run.clock + stages.warm_charge(run.clock)
+            frac = par.fraction(meter.fraction(run.res.tokens_seen, charged))  # [DDP] rank 0's clock decides
             bar(frac)
             while eval_at and not cfg.warm_only and (frac >= eval_at[0] or frac >= 1.0):
                 eval_at.pop(0)
@@ -300,7 +309,7 @@ class _Run:
         else:
             res.warm_seconds += dt
             res.warm_steps += 1
-        stage.account(n_tok, 0.0 if warm else dt, batch.n_tokens, batch.ids.numel())  # (a host-side shape: no sync)
+        stage.account(n_tok, 0.0 if warm else dt, batch.n_tokens, batch.ids.numel(), warm=warm)  # (host-side: no sync)
         if not warm and res.steps > STEADY_FROM:
             stage.steady_seconds += dt
             stage.steady_tokens += n_tok
@@ -384,6 +393,8 @@ class _Run:
         self.drain()
         res.peak_mem_bytes = peak_memory(self.device)
         res.train_seconds = self.clock
+        res.warm_tokens = sum(s.warm_tokens for s in stages.stages)
+        res.warm_charged_seconds = stages.warm_charge(self.clock)
         # the task stage's steady speed: with pretraining comparable with a run that does not pretrain (the
         # other stage's is in `stages`), NaN if none was timed. Without pretraining, a budget spent within
         # the first steps falls back to tokens over the clock, and is NaN (no figure) when nothing was timed

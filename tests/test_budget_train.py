@@ -145,7 +145,7 @@ def test_time_budget_stops_on_time():
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     cfg = TrainConfig(batch_size=8, progress=False, eval_points=2)
     res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
-    assert 0.5 <= res.train_seconds < 5
+    assert 0.5 <= res.train_seconds + res.warm_charged_seconds < 5
     assert res.steps > 2
 
 
@@ -172,7 +172,43 @@ def test_dev_checks_are_off_the_training_clock(monkeypatch):
     res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
     assert len(res.loss_curve) == 3  # (under load the budget may end within two steps: all three checks at its end)
     assert res.dev_seconds >= 3000.0
-    assert 0.5 <= res.train_seconds < 1000.0  # a check on the clock would be a 1,000 s step
+    assert 0.5 <= res.train_seconds + res.warm_charged_seconds < 1000.0  # a check on the clock: a 1,000 s step
+
+
+def test_a_time_budget_charges_what_the_warm_up_steps_trained(monkeypatch):
+    """The warm-up steps are off the clock (they compile) but they train: a seconds= budget charges their
+    tokens at the clocked rate, so a cell with more of them (CUDA graphs: two per batch shape) gets no
+    free training. A virtual clock where a step costs 0.01 s per token, and a warm-up step 1,000 s more
+    (a compilation); five warm-up steps. The budget must end at the first step whose tokens, all at
+    0.01 s, reach it: uncharged, the run would go on for the warm-up's tokens again. No real time."""
+    import types
+
+    import harness.train as ht
+
+    clock, per_step = [0.0], []
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    real_step, real_init = ht._Run._loss_backward, ht._Run.__init__
+
+    def costed(self, fn, stage, batch):
+        clock[0] += 0.01 * batch.n_tokens + (1000.0 if self.in_warm else 0.0)
+        per_step.append(batch.n_tokens)
+        return real_step(self, fn, stage, batch)
+
+    def five_warm(self, *a, **kw):
+        real_init(self, *a, **kw)
+        self.warm_steps = 5
+
+    monkeypatch.setattr(ht._Run, "_loss_backward", costed)
+    monkeypatch.setattr(ht._Run, "__init__", five_warm)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    cfg = TrainConfig(batch_size=8, progress=False, eval_points=1)
+    res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=20"), cfg, torch.device("cpu"))
+    warm = sum(per_step[:5])
+    assert res.warm_steps == 5 and res.warm_tokens == warm == res.stages[0]["warm_tokens"]
+    assert res.train_seconds == pytest.approx(0.01 * (res.tokens_seen - warm))  # the clock: no compilation
+    assert res.warm_charged_seconds == pytest.approx(0.01 * warm)
+    charged = 0.01 * res.tokens_seen
+    assert charged >= 20 - 1e-9 and charged - 0.01 * per_step[-1] < 20  # the last step was the one that reached it
 
 
 def test_budget_smaller_than_a_batch_is_refused():

@@ -300,6 +300,8 @@ def test_quick_sets_the_smoke_defaults_and_explicit_flags_win(offline_dir, tmp_p
     assert row["task_opts"] == {"eval_limit": "3"} and row["metrics"]["eval_n"] == 3
     assert 0 < row["train"]["dev_tokens"] <= run_matrix.QUICK["dev_tokens"]
     assert {"prepare_s", "train_s", "dev_s", "eval_s"} <= set(row["timing"])
+    t = row["train"]  # the warm-up steps' training, and what a time budget would charge for it
+    assert t["warm_tokens"] == sum(s["warm_tokens"] for s in t["stages"]) > 0 and t["warm_charged_seconds"] > 0
 
 
 def test_quick_trains_at_the_preset_rate_unless_lr_is_given(offline_dir, tmp_path, cache_dir, monkeypatch):
