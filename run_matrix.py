@@ -119,6 +119,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_order(seeds: list[int], objectives: list[str], mixers: list[str]) -> list[tuple[int, str, str]]:
+    """(seed, objective, mixer) in the order the grid runs its cells: seed by seed, objective by objective,
+    the mixers rotated one place further in each seed (seed i starts at mixer i).
+
+    Why: cells run one after another, and a cell's speed can depend on when it runs (a GPU heating up and
+    throttling, what the earlier cells left in the process: allocator, caches). One fixed order in every
+    seed would put that drift on the same mixer each time, and averaging seeds would keep it as a
+    difference between mixers; rotated, each mixer runs at a new place in each seed (with as many seeds
+    as mixers, at every place once). The order changes no cell's key, so a resumed grid is unaffected."""
+    n = len(mixers)
+    return [(s, o, mixers[(i + j) % n]) for i, s in enumerate(seeds) for o in objectives for j in range(n)]
+
+
 def sweep_cells(cells: list[Cell], task: str, lengths: list[int], widths: list[int]) -> list[Cell]:
     """Each cell at every (seq_len, d_model) point: an ordinary cell (its own resume key) whose row
     carries `sweep = {"seq_len": L, "d_model": D}` for the accuracy-vs-length/width curves."""
@@ -284,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
              compile=args.compile, no_compile=args.no_compile, compile_mode=args.compile_mode,
              compile_scope=args.compile_scope, pretrain=pretrain,
              dev_tokens=args.dev_tokens, lr=lr, lr_sweep=sweep_lr)
-        for s in seeds for o in objective_names for m in mixer_names
+        for s, o, m in run_order(seeds, objective_names, mixer_names)
     ]
     if any(c.compiles(device) for c in cells):  # (CUDA compiles by default)
         check_torch()

@@ -219,3 +219,30 @@ def test_mixer_opts_apply_to_their_scope_or_to_every_selected_mixer_that_has_the
         scoped_opts([f"{first}.rope_base=4000"], "--mixer-opt", [n for n in names if n != first], mixers.REGISTRY)
     with pytest.raises(ValueError, match="no selected entry has option 'bogus'"):
         scoped_opts(["bogus=1"], "--mixer-opt", names, mixers.REGISTRY)
+
+
+def test_the_grid_rotates_the_mixer_order_from_seed_to_seed(offline_dir, tmp_path, cache_dir, monkeypatch):
+    """Cells run one after another; one fixed mixer order in every seed would put any drift with the
+    running order (a GPU heating up, what earlier cells left in the process) on the same mixer in every
+    seed. Seed i starts at the i-th mixer: with as many seeds as mixers each runs at every place once,
+    and within a seed both objectives keep that seed's order."""
+    ran: list = []
+
+    class Recording:
+        def run(self, todo, ctx):
+            ran.extend((c.seed, c.objective, c.mixer) for c in todo)
+            return iter(())
+
+    monkeypatch.setattr(run_matrix.executors, "build", lambda args: Recording())
+    mixers = ["attention", "wave_interference", "gated_context"]
+    args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out",
+            str(tmp_path / "out"), "--cache-dir", str(cache_dir), "--no-progress", "--grid", "r", "--mixers",
+            ",".join(mixers), "--objectives", "autoregressive,diffusion", "--seeds", "5,6,7",
+            "--task-opt", "eval_limit=2", "--no-report"]
+    assert run_matrix.main(args) == 0
+    assert len(ran) == len(set(ran)) == 18
+    for i, seed in enumerate((5, 6, 7)):
+        want = mixers[i:] + mixers[:i]
+        for obj in ("autoregressive", "diffusion"):
+            assert [m for s, o, m in ran if (s, o) == (seed, obj)] == want
+    assert [o for s, o, m in ran[:6]] == ["autoregressive"] * 3 + ["diffusion"] * 3  # objectives: seed by seed
