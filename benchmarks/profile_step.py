@@ -30,7 +30,7 @@ from harness.model import LM, matched_config
 from core.presets import get_preset
 from core.env import autocast
 from core.registry import scoped_opts
-from benchmarks.common import stub_triton_launches
+from benchmarks.common import no_profiler_chatter, stub_triton_launches
 from harness.compiling import COMPILE_SCOPES, compile_for_training
 from harness.train import TrainConfig, _optimizer
 
@@ -91,7 +91,7 @@ def profile(step, device: torch.device, warmup: int, steps: int) -> dict[str, fl
 
     counts = []
     for fn in (step, step.forward_backward):
-        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        with no_profiler_chatter(), tprofile(activities=[ProfilerActivity.CPU]) as prof:
             fn()
             sync(device)
         counts.append(sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")))

@@ -24,7 +24,7 @@ import json
 import torch
 
 import mixers
-from benchmarks.common import stub_triton_launches
+from benchmarks.common import no_profiler_chatter, stub_triton_launches
 from core.env import git_commit
 
 
@@ -46,7 +46,7 @@ def count(d_model: int, causal: bool, batch: int, length: int, mixer: str = "mam
         once()
     launches = [] if launches is None else launches
     launches.clear()
-    with torch.profiler.profile() as prof:
+    with no_profiler_chatter(), torch.profiler.profile() as prof:
         once()
     events = [e for e in prof.events() if e.name.startswith("aten::")]
     top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]

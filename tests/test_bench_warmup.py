@@ -4,6 +4,7 @@ allocator) are run untimed, so a slow first call neither enters a figure nor end
 A fake clock makes this exact: every fake step advances it by 10 s while warming up and by 1 ms after."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks import common as bench_common
@@ -76,3 +77,28 @@ def test_time_ms_is_the_median_of_its_calls(monkeypatch):
     cpu = torch.device("cpu")
     assert abs(bench_common.time_ms(fn, cpu, 3) - 1.0) < 1e-9  # median of 1, 100, 1 ms
     assert abs(bench_common.time_ms(fn, cpu, 2, first=[3.0]) - 3.0) < 1e-9  # median of 3 (given), 2, 500 ms
+
+
+def test_profiled_calls_pass_on_stderr_but_the_profilers_own_chatter(capfd):
+    """torch's profiler prints `USDT:` start and stop lines from C++ for every profiled call (torch 2.13),
+    straight to file descriptor 2: the benchmarks' tables came out buried in them. Inside
+    `no_profiler_chatter` those lines go, and whatever else reaches descriptor 2 (C++ or Python, a real
+    warning) comes out after the body, in order, also when the body raises."""
+    import os
+    import sys
+
+    with bench_common.no_profiler_chatter():
+        os.write(2, b"USDT:2026-12-01 18:45:00 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"from C++\n")
+        print("from Python", file=sys.stderr)  # (under capfd Python's stderr is pytest's, not descriptor 2)
+        with torch.profiler.profile():
+            torch.ones(3).sum()
+        os.write(2, b"USDT: profiler_stop\nfrom C++ again\n")
+    err = capfd.readouterr().err
+    assert "USDT" not in err and [ln for ln in err.splitlines() if "C++" in ln] == ["from C++", "from C++ again"]
+    assert "from Python" in err
+    with pytest.raises(RuntimeError, match="boom"), bench_common.no_profiler_chatter():
+        os.write(2, b"USDT: profiler_stop\nbefore the error\n")
+        raise RuntimeError("boom")
+    os.write(2, b"after\n")  # descriptor 2 is stderr again
+    assert capfd.readouterr().err == "before the error\nafter\n"
