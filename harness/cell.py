@@ -375,7 +375,10 @@ def _train_config(cell: Cell, ctx: RunContext, preset: Preset, compiled: bool) -
     tcfg = TrainConfig(batch_size=preset.batch_size, batch_tokens=preset.batch_tokens, lr=cell.lr or preset.lr,
                        seed=cell.seed, compile=compiled, compile_mode=cell.compile_mode, compile_scope=cell.compile_scope,
                        pad_to=PAD_TO_GRAPHS if compiled and cell.compile_mode in CUDAGRAPH_MODES else PAD_TO,
-                       report=lambda f: f is None or ctx.phase(f"train {min(int(100 * f), 100)}%", TRAIN_SHARE * f))
+                       # a time budget's last step overshoots (f > 1): the train phase ends at TRAIN_SHARE, where
+                       # the evaluation starts, not past it (a progress fraction never goes back)
+                       report=lambda f: f is None or ctx.phase(f"train {min(int(100 * f), 100)}%",
+                                                               TRAIN_SHARE * min(f, 1.0)))
     if cell.dev_tokens is not None:
         tcfg.dev_tokens = cell.dev_tokens
     return tcfg
