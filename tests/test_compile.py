@@ -253,3 +253,86 @@ def test_a_wrapper_without_its_own_blocks_compiles_whole_and_bad_names_are_refus
         compile_for_training(model, scope="layers")
     with pytest.raises(ValueError, match="unknown compile mode 'fast'"):
         compile_for_training(model, mode="fast")
+
+
+def test_the_cuda_graph_modes_are_those_torch_records_graphs_in():
+    """CUDAGRAPH_MODES decides which cells pad their batches to a few shapes and mark a graph step per step
+    (harness/cell.py, harness/train.py): it must be the modes whose inductor options turn CUDA graphs on.
+    max-autotune records graphs as reduce-overhead does (left out, its cells would record a graph for
+    nearly every batch shape); its no-cudagraphs variant does not."""
+    from torch._inductor import list_mode_options
+
+    from harness.compiling import COMPILE_MODES, CUDAGRAPH_MODES
+    from harness.train import TrainConfig
+
+    for mode in COMPILE_MODES:
+        graphs = bool(list_mode_options(mode).get("triton.cudagraphs", False))
+        assert (mode in CUDAGRAPH_MODES) is graphs, mode
+        assert TrainConfig(compile=True, compile_mode=mode).cuda_graphs is graphs, mode
+    assert set(CUDAGRAPH_MODES) == {"reduce-overhead", "max-autotune"}  # (torch 2.5 - 2.13)
+
+
+def test_a_model_with_no_blocks_is_compiled_whole():
+    """The blocks scope compiles each block; a module whose `blocks` list is empty has none to compile,
+    and a view compiling nothing but its final norm would leave the model's own layers eager under a
+    row that says it was compiled. It is compiled whole, and the scope returned says so."""
+    class NoBlocks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList()
+            self.proj = torch.nn.Linear(4, 4)
+            self.norm = torch.nn.LayerNorm(4)
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return self.norm(self.proj(x))
+
+    torch._dynamo.reset()
+    counter = _CallCounter()
+    step, scope = compile_for_training(NoBlocks(), backend=counter)
+    assert scope == "model" and isinstance(step, torch._dynamo.eval_frame.OptimizedModule)
+    step(torch.randn(2, 4))
+    assert counter.frames == 1 and counter.calls == 1  # the projection too ran in the graph
+
+
+def test_frames_compiled_counts_a_frame_whose_compilation_failed():
+    """frames_compiled() tells the trainer that a step compiled (off the clock, counted): a frame whose
+    compilation failed (dynamo then runs it eagerly) stopped the host all the same, and counts."""
+    from harness.compiling import frames_compiled
+
+    def failing_backend(gm, example_inputs):
+        raise RuntimeError("planted backend failure")
+
+    torch._dynamo.reset()
+    before = frames_compiled()
+    with torch._dynamo.config.patch(suppress_errors=True):
+        out = torch.compile(lambda x: x * 2 + 1, backend=failing_backend)(torch.ones(3))
+    assert torch.equal(out, torch.full((3,), 3.0))  # ran eagerly
+    assert frames_compiled() == before + 1
+    torch._dynamo.reset()
+
+
+def test_a_recompile_limit_warning_is_recorded_once_by_limit_and_function():
+    """The row lists each function dynamo left eager once, as 'limit (n): function' (dynamo warns once per
+    function, but a learning-rate sweep's runs share a process and may each see it), and nothing of the
+    logger's other warnings; the list handed out is a copy, which the next cell's clear leaves alone."""
+    import logging
+
+    import harness.compiling as hc
+
+    hc.clear_recompile_limit_hits()
+    with hc.CompileWatch(lambda: None):  # (the watch attaches the recorder to dynamo's logger)
+        pass
+    logger = logging.getLogger(hc.LIMIT_LOGGER)
+    try:
+        for name in ("'forward' (mixers/attention.py:80)", "'forward' (mixers/attention.py:80)", "'scan' (x.py:3)"):
+            logger.warning("torch._dynamo hit config.%s (%s)\n   function: %s\n   last reason: %s",
+                           "recompile_limit", 8, name, "0/7: tensor 'x' size mismatch")
+        logger.warning("torch._dynamo: some other warning")
+        hits = hc.recompile_limit_hits()
+        assert hits == ["recompile_limit (8): 'forward' (mixers/attention.py:80)",
+                        "recompile_limit (8): 'scan' (x.py:3)"]
+    finally:
+        hc.clear_recompile_limit_hits()
+    assert len(hits) == 2 and hc.recompile_limit_hits() == []

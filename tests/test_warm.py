@@ -276,3 +276,155 @@ def test_max_autotune_cells_are_warmed_one_at_a_time(tmp_path, monkeypatch):
         lines: list[str] = []
         assert len(warm.warm_up(cells, spec, 2, say=lines.append)) == 2
         assert f"warm-compile: 2 cells, {at_a_time} at a time" in "\n".join(lines), (mode, lines)
+
+
+def test_each_worker_gets_a_share_of_the_cpus_and_never_none(monkeypatch):
+    """TORCHINDUCTOR_COMPILE_THREADS is the machine's CPUs shared among the J workers, at least one:
+    more workers than CPUs must not ask inductor for a pool of 0 threads."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [warm.worker_threads(j) for j in (1, 2, 3, 16, 40)] == [16, 8, 5, 1, 1]
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # (os.cpu_count() may not know)
+    assert warm.worker_threads(4) == 1
+
+
+class _FakeWorker:
+    """A stand-in for a worker's Popen on a virtual clock: it 'runs' RUN_S seconds, then reads its job file
+    (as late as a real worker may: after the next workers started) and writes an ok result."""
+    RUN_S = 10.0
+
+    def __init__(self, pool: "_FakePool", argv, cwd, env, stdout, stderr, stdin):
+        self.pool, self.job, self.out, self.env = pool, Path(argv[-2]), Path(argv[-1]), env
+        self.t0, self.returncode, self.killed = pool.clock[0], None, False
+        pool.started.append(self)
+        pool.most = max(pool.most, sum(w.returncode is None for w in pool.started))
+
+    def poll(self):
+        import json
+        import pickle
+
+        if self.returncode is None and self.pool.clock[0] - self.t0 >= self.RUN_S:
+            job = pickle.loads(self.job.read_bytes())
+            self.pool.jobs.append(job)
+            self.out.write_text(json.dumps({"status": "ok", "error": None, "wall_s": 0.0}), encoding="utf-8")
+            self.returncode = 0
+        return self.returncode
+
+    def kill(self):
+        self.killed, self.returncode = True, -9
+
+    def wait(self):
+        return self.returncode
+
+
+class _FakePool:
+    """The workers warm_up starts (warm.subprocess.Popen and warm.time stood in for): a virtual clock that
+    `time.sleep` advances, each worker's job as it read it, and the most workers alive at once."""
+
+    def __init__(self, monkeypatch, sleep=None):
+        import types
+
+        self.clock, self.started, self.jobs, self.most = [0.0], [], [], 0
+
+        def advance(s: float) -> None:
+            self.clock[0] += s
+        monkeypatch.setattr(warm, "time", types.SimpleNamespace(perf_counter=lambda: self.clock[0],
+                                                                sleep=sleep or advance))
+        monkeypatch.setattr(warm.subprocess, "Popen", lambda *a, **k: _FakeWorker(self, *a, **k))
+
+
+def _cells(*modes: str) -> list[Cell]:
+    """One cell per compile mode, each of another mixer (other keys)."""
+    mixer_names = ("attention", "mamba", "wave_interference", "gated_context", "wave_modulation")
+    return [Cell(task="jsquad", mixer=mixer_names[i], objective="autoregressive", preset="tiny",
+                 budget="tokens=6000", compile_mode=mode) for i, mode in enumerate(modes)]
+
+
+def test_warm_up_runs_j_workers_at_a_time_each_on_its_own_cell(monkeypatch):
+    """Five cells, J = 2: never more than two workers alive at once (each starts a compile pool of its
+    share of the CPUs), every cell warmed by a worker that read that cell's own job (two workers
+    started together must not share a job file), each with the parent's torch threads and pid; the
+    workers' environment is the grid's (TORCHINDUCTOR_CACHE_DIR: the cache the real cells read) plus
+    their compile threads and the repository on PYTHONPATH."""
+    pool = _FakePool(monkeypatch)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/the/grids/cache")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: warm.worker_threads(2) + 5)  # not the compile threads
+    cells = _cells(*["default"] * 5)
+    lines: list[str] = []
+    assert warm.warm_up(cells, None, 2, say=lines.append) == {c.key() for c in cells}
+    assert pool.most == 2 and len(pool.started) == 5
+    assert sorted(j["cell"].key() for j in pool.jobs) == sorted(c.key() for c in cells)
+    assert {(j["threads"], j["parent"]) for j in pool.jobs} == {(warm.worker_threads(2) + 5, os.getpid())}
+    for w in pool.started:
+        assert w.env["TORCHINDUCTOR_COMPILE_THREADS"] == str(warm.worker_threads(2))
+        assert w.env["TORCHINDUCTOR_CACHE_DIR"] == "/the/grids/cache"
+        assert w.env["PYTHONPATH"].split(os.pathsep)[0] == str(warm.ROOT)
+    assert lines[-1].startswith("warm-compile: 5/5 cells warmed")
+
+
+def test_one_max_autotune_cell_among_others_warms_them_one_at_a_time(monkeypatch):
+    """max-autotune times its kernel choices while compiling: beside another worker it would time them
+    under contention, whatever the other worker compiles. One such cell in the grid makes it one
+    worker at a time."""
+    pool = _FakePool(monkeypatch)
+    cells = _cells("default", "max-autotune", "default")
+    lines: list[str] = []
+    assert len(warm.warm_up(cells, None, 2, say=lines.append)) == 3
+    assert pool.most == 1 and "1 worker at a time, not 2" in lines[0]
+
+
+def test_an_interrupted_warm_up_leaves_no_worker_running(monkeypatch):
+    """Ctrl-C (KeyboardInterrupt, not an Exception) during the warm phase: it propagates, and every
+    worker still running is killed first (a worker outliving the grid holds its CPUs and GPU memory)."""
+    calls = []
+
+    def interrupted(s: float) -> None:
+        calls.append(s)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+    pool = _FakePool(monkeypatch, sleep=interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        warm.warm_up(_cells("default", "default", "default"), None, 2, say=lambda line: None)
+    assert len(pool.started) == 2 and all(w.killed for w in pool.started)
+
+
+def test_a_worker_runs_with_the_parents_torch_threads_and_watches_its_parent(tmp_path, monkeypatch):
+    """The worker sets the parent's torch thread count (part of the FX-graph cache key of CPU code: other
+    threads, another key, a cache the real cell misses) and starts the watch that ends it with its
+    parent, before it runs the cell."""
+    import pickle
+
+    import torch._inductor.config as inductor_config
+
+    from harness import cell as cell_mod
+
+    # (the worker turns inductor's autotune cache off: restored after the test)
+    monkeypatch.setattr(inductor_config, "autotune_local_cache", inductor_config.autotune_local_cache)
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(warm, "_exit_with_parent", lambda parent: calls.append(("parent", parent)))
+    monkeypatch.setattr(cell_mod, "run_cell", lambda cell, ctx, warm_only=False: calls.append(("run", warm_only))
+                        or {"status": "ok", "error": None, "wall_s": 0.0})
+    job = tmp_path / "job.pkl"
+    cell = _cells("default")[0]
+    job.write_bytes(pickle.dumps({"parent": 4242, "threads": 7, "spec": _NoContext(), "cell": cell}))
+    assert warm._worker(str(job), str(tmp_path / "out.json")) == 0
+    assert calls == [("parent", 4242), ("threads", 7), ("run", True)]
+
+
+def test_a_worker_ends_itself_when_its_parent_is_gone(monkeypatch):
+    """The watch polls its parent's pid once a second and, when the parent is gone (the worker was
+    re-parented), ends the whole process: os._exit from the watch thread (sys.exit would end the
+    thread only, and the worker would compile on for a grid that no longer exists)."""
+    import threading
+    import types
+
+    parent, exited, sleeps = 4242, threading.Event(), []
+    codes: list[int] = []
+    ppids = iter([parent, parent, 1])  # the parent dies after two polls: the worker now belongs to init
+    monkeypatch.setattr(warm, "os", types.SimpleNamespace(getppid=lambda: next(ppids),
+                                                          _exit=lambda code: codes.append(code) or exited.set()))
+    monkeypatch.setattr(warm, "time", types.SimpleNamespace(sleep=sleeps.append))
+    warm._exit_with_parent(parent)
+    assert exited.wait(2.0), "the watch did not end the process"
+    assert codes == [3] and sleeps == [1.0, 1.0]
