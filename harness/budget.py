@@ -14,6 +14,7 @@ cells (small widths, scans) less, so the factor is recorded with every row and c
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class Budget:
             raise BudgetError(f"budget amount is not a number: {text!r}") from None
         if amount <= 0:
             raise BudgetError(f"budget must be positive: {text!r}")
+        if not math.isfinite(amount):  # 1e400 parses as inf: a budget that never ends, and str() would raise
+            raise BudgetError(f"budget must be a finite number: {text!r}")
         return cls(m.group(1), amount)
 
     def __str__(self) -> str:

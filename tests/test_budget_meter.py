@@ -123,3 +123,15 @@ def test_adopting_a_speed_reaches_meters_built_before_and_keeps_what_this_proces
     monkeypatch.setattr(hb, "_FACTOR_CACHE", {})  # a process that has measured nothing: no measured_now at all
     assert adopt_speed(device, recorded) is None
     assert hb._FACTOR_CACHE[str(device)] == {"a100_factor": 0.001, "matmul_tflops": 0.25}
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize("text", ["tokens=1e400", "seconds=1e999", "a100_seconds=9e9999"])
+def test_an_infinite_budget_is_refused_when_parsed(text):
+    """A number too large for a float parses as inf: a budget that never ends training, and whose str()
+    (the cell key, the grid's file name) raised OverflowError later instead of one clear error now."""
+    with pytest.raises(BudgetError, match="budget must be a finite"):
+        Budget.parse(text)
+    assert str(Budget.parse("tokens=1e20")) == "tokens=100000000000000000000"  # large but finite: fine
