@@ -287,3 +287,22 @@ def test_mfu_needs_a_cuda_device_whatever_the_name_says():
     m = _lm()
     got = mfu(m, 1e6, 50, torch.device("cpu"), "NVIDIA H100 80GB HBM3")
     assert got["mfu"] is None and got["peak_tflops"] is None
+
+
+def test_the_count_is_at_the_mean_length_unrounded_and_its_basis_says_per_layer_what_it_added():
+    """seq_len is the data's mean row length, rarely whole: attention's scores cost 12 x T x d at T = 50.5,
+    not at 50. The basis a row records names the sum over the mixer's layers, their number and the T used,
+    so the figure can be checked from the row alone."""
+    m = _lm()  # 2 attention layers, d_model 64
+    n = 2 * (64 * 192 + 64 * 64 + 2 * 64 * 128) + 100 * 64
+    mixing = 2 * (12 * 50.5 * 64 + 18 * 64)  # 79,872
+    f, basis = flops_per_token(m, 50.5)
+    assert f == 6 * n + mixing
+    assert "attention's declared sequence mixing (79,872 per token, 2 layers, T=50.5)" in basis
+
+
+def test_mfu_of_an_unmeasured_throughput_is_none_not_nan():
+    """A stage with no clocked steps has tokens_per_s NaN (harness/cell.py passes NaN for it): its MFU is
+    None, absent, as off CUDA, not a NaN that a JSON row and the report's averages would carry."""
+    got = mfu(_lm(), float("nan"), 50, torch.device("cuda"), "NVIDIA H100 80GB HBM3")
+    assert got["mfu"] is None and got["peak_tflops"] == 989.0 and got["flops_per_token"] > 0
