@@ -236,3 +236,79 @@ def test_a_phase_board_that_died_or_never_answers_is_dropped_with_one_line(capsy
         now[0] += 10.0
     assert now[0] == BoardReader.PATIENCE_S + 10.0  # dropped at the first poll past its patience, not before
     assert f"no answer in {BoardReader.PATIENCE_S:.0f} s" in capsys.readouterr().out
+
+
+def test_durations_round_to_the_nearest_second():
+    """59.6 s reads 01:00, not 00:59: the bar's estimate is rounded, never cut down."""
+    assert fmt_duration(59.6) == "01:00" and fmt_duration(89.4) == "01:29" and fmt_duration(3599.7) == "1:00:00"
+
+
+def test_a_cells_estimate_is_the_mean_of_its_objectives_walls():
+    """The expected wall of a cell is the mean of the finished walls (10, 10 and 40 s: 20 s), not their
+    median (10 s) nor the last: one slow cell raises the estimate for the cells still to come."""
+    now = [0.0]
+    cells = [FakeCell("autoregressive", k) for k in "abcd"]
+    p = GridProgress(cells, enabled=False, clock=lambda: now[0])
+    for cell, wall in zip(cells, (10.0, 10.0, 40.0)):
+        p.start(cell)
+        now[0] += wall
+        p.finish(cell)
+    assert p.remaining() == pytest.approx(20.0)
+
+
+def test_a_running_cell_never_fills_the_bar_before_it_finishes(capsys):
+    """A phase at fraction 1 (the last evaluation batch) leaves the running cell just short of whole, and
+    a negative fraction counts 0: only finish() moves the count to the next cell."""
+    cells = [FakeCell("autoregressive", "a"), FakeCell("autoregressive", "b")]
+    p = GridProgress(cells, enabled=True)
+    p.start(cells[0])
+    p.phase("evaluate ppl 8/8", 1.0)
+    assert p.bar.n == pytest.approx(0.999)
+    p.phase("prepare", -0.5)
+    assert p.bar.n == 0.0
+    p.finish(cells[0])
+    assert p.bar.n == 1
+    p.close()
+
+
+def test_reporter_sends_a_steady_stream_once_per_interval():
+    """Reports every 0.5 s within one stage go out once a second (at 0, 1 and 2 s): the interval runs from
+    the last update *sent*, so a stream of skipped reports never holds the next one back for ever."""
+    now, sent = [0.0], []
+    r = PhaseReporter(lambda text, frac: sent.append(text), interval=1.0, clock=lambda: now[0])
+    for i in range(5):
+        now[0] = 0.5 * i
+        r(f"train {10 * i}%", i / 10)
+    assert sent == ["train 0%", "train 20%", "train 40%"]
+
+
+def test_pool_eta_frees_the_slot_of_a_cell_that_overran_its_estimate_now_not_in_the_past():
+    """b was expected to take 10 s and has run 25: its slot frees at once (0 s from now), not 15 s ago, so
+    the waiting c still needs its full 10 s."""
+    now = [0.0]
+    cells = {k: FakeCell("autoregressive", k) for k in "abc"}
+    p = PoolProgress(cells, slots=2, enabled=False, clock=lambda: now[0])
+    p.update("a", "prepare", 0.0)
+    p.update("b", "prepare", 0.0)
+    now[0] = 10.0
+    p.finish("a")  # 10 s per cell
+    now[0] = 25.0
+    assert p.remaining() == pytest.approx(10.0)
+
+
+def test_pool_eta_gives_a_waiting_cell_the_slot_that_frees_first_whatever_order_the_cells_started_in():
+    """The running cells' slots free at 40 s (a diffusion cell, seen first) and 10 s (an AR cell, seen
+    second); the waiting AR cell takes the one free at 10 s, so the grid ends at 40 s, not 50 s."""
+    now = [0.0]
+    cells = {"p": FakeCell("autoregressive", "p"), "q": FakeCell("diffusion", "q"), "b": FakeCell("diffusion", "b"),
+             "a": FakeCell("autoregressive", "a"), "c": FakeCell("autoregressive", "c")}
+    p = PoolProgress(cells, slots=2, enabled=False, clock=lambda: now[0])
+    p.update("p", "prepare", 0.0)
+    p.update("q", "prepare", 0.0)
+    now[0] = 10.0
+    p.finish("p")  # AR: 10 s
+    now[0] = 40.0
+    p.finish("q")  # diffusion: 40 s
+    p.update("b", "prepare", 0.0)
+    p.update("a", "prepare", 0.0)
+    assert p.remaining() == pytest.approx(40.0)
