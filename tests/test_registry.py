@@ -1,0 +1,153 @@
+"""The name -> class registry shared by mixers, objectives and tasks (core/registry.py), on a toy package
+of its own written to a temporary directory: discovery, a name claimed twice, listing, forgetting, and
+the coercion of CLI option strings. No real mixer or task is touched."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pathlib
+import sys
+import textwrap
+
+import pytest
+
+from core.registry import UnknownNameError, coerce_options, parse_kv
+
+PKG = "registry_toy_pkg"
+
+MODULES = {
+    "__init__.py": """
+        from core.registry import Registry
+        REGISTRY = Registry("gadget", __name__)
+        register = REGISTRY.register
+        """,
+    # registered in file order (a_zeta.py first): names() must not depend on it
+    "a_zeta.py": """
+        import dataclasses
+        from registry_toy_pkg import register
+
+        @register("zeta")
+        class Zeta:
+            @dataclasses.dataclass
+            class Options:
+                width: int = 4
+                scale: float = 1.0
+                fast: bool = False
+                label: str = "z"
+        """,
+    "b_alpha.py": """
+        from registry_toy_pkg import register
+
+        @register("alpha")
+        class Alpha:
+            pass
+        """,
+    # a private helper module: discovery must leave it alone (it would fail if imported)
+    "_helper.py": """
+        raise ImportError("a private module was imported by discovery")
+        """,
+}
+
+
+@pytest.fixture
+def pkg(tmp_path, monkeypatch):
+    root = tmp_path / PKG
+    root.mkdir()
+    for name, text in MODULES.items():
+        (root / name).write_text(textwrap.dedent(text))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        yield importlib.import_module(PKG)
+    finally:
+        for k in [k for k in sys.modules if k == PKG or k.startswith(PKG + ".")]:
+            del sys.modules[k]
+
+
+def _module(pkg, name: str, text: str):
+    """A further module of the toy package, imported."""
+    (pathlib.Path(pkg.__path__[0]) / f"{name}.py").write_text(textwrap.dedent(text))
+    return importlib.import_module(f"{PKG}.{name}")
+
+
+def test_discovery_imports_the_public_modules_and_lists_names_sorted(pkg):
+    """Every module not starting with `_` registers on first use; names() is sorted, not in the order the
+    files happened to register (a_zeta.py registers 'zeta' before b_alpha.py's 'alpha'): --list and the
+    grid's default mixer order must not change when a file is renamed."""
+    assert list(pkg.REGISTRY._classes) == []  # nothing imported before first use
+    assert pkg.REGISTRY.names() == ["alpha", "zeta"]
+    assert list(pkg.REGISTRY._classes) == ["zeta", "alpha"]  # the premise: registered out of order
+    assert f"{PKG}._helper" not in sys.modules
+    assert pkg.REGISTRY.get("zeta").name == "zeta"  # the class learns its registered name
+
+
+def test_a_name_claimed_by_a_second_class_is_an_error_naming_both_modules(pkg):
+    """Two different classes under one name: the later must not silently replace the earlier (which mixer a
+    grid ran would depend on import order)."""
+    pkg.REGISTRY.names()
+    with pytest.raises(ValueError, match=rf"gadget 'zeta' registered twice \({PKG}.a_zeta, {PKG}.c_other\)"):
+        _module(pkg, "c_other", """
+            from registry_toy_pkg import register
+
+            @register("zeta")
+            class Other:
+                pass
+            """)
+    assert pkg.REGISTRY.get("zeta").__name__ == "Zeta"
+
+
+def test_reimporting_a_module_re_registers_its_class(pkg):
+    """A module executed again (importlib.reload, a notebook cell run twice) makes a new class object of the
+    same module and name: that is the same entry, not a clash, and the new class is the one served."""
+    old = pkg.REGISTRY.get("zeta")
+    mod = importlib.reload(sys.modules[f"{PKG}.a_zeta"])
+    assert mod.Zeta is not old and pkg.REGISTRY.get("zeta") is mod.Zeta
+
+
+def test_unregister_forgets_a_name_and_refuses_one_it_never_had(pkg):
+    """A test's temporary entry is forgotten; forgetting a name never registered (a misspelt cleanup) is an
+    error, not a silent no-op that leaves the real entry behind."""
+    pkg.REGISTRY.names()
+    pkg.REGISTRY.unregister("alpha")
+    assert pkg.REGISTRY.names() == ["zeta"]
+    with pytest.raises(UnknownNameError, match="unknown gadget 'alpha'; registered: zeta"):
+        pkg.REGISTRY.get("alpha")
+    with pytest.raises(UnknownNameError, match="unknown gadget 'alhpa'"):
+        pkg.REGISTRY.unregister("alhpa")
+
+
+def test_cli_option_strings_are_coerced_to_the_options_types(pkg):
+    """--mixer-opt values arrive as strings: ints and floats are parsed, bools read the usual spellings
+    of true and false, strs stay as given, and non-strings pass through."""
+    opts = pkg.REGISTRY.make_options("zeta", {"width": "8", "scale": "1e-3", "fast": "On", "label": "007"})
+    assert opts == pkg.REGISTRY.get("zeta").Options(width=8, scale=1e-3, fast=True, label="007")
+    for text, value in (("1", True), ("true", True), ("YES", True), ("0", False), ("False", False),
+                        ("no", False), ("off", False)):
+        assert pkg.REGISTRY.make_options("zeta", {"fast": text}).fast is value, text
+    assert pkg.REGISTRY.make_options("zeta", {"fast": True, "width": 3}).width == 3
+    assert pkg.REGISTRY.options_of("zeta") == {"width": 4, "scale": 1.0, "fast": False, "label": "z"}
+
+
+@pytest.mark.parametrize("key, text, typ", [("fast", "flase", "bool"), ("fast", "", "bool"),
+                                            ("width", "8.5", "int"), ("scale", "fast", "float")])
+def test_an_option_string_that_is_not_of_its_type_is_an_error(pkg, key, text, typ):
+    """A misspelt bool ('flase') must not quietly mean False (or True): it is refused, as a bad int is."""
+    with pytest.raises(ValueError, match=rf"option {key}='{text}' is not a valid {typ}"):
+        pkg.REGISTRY.make_options("zeta", {key: text})
+
+
+def test_coerce_options_names_the_options_there_are():
+    @dataclasses.dataclass
+    class Opts:
+        b: int = 1
+        a: str = "x"
+
+    with pytest.raises(ValueError, match=r"^toy has no option 'c'; options: a, b$"):
+        coerce_options(Opts, {"c": "1"}, "toy")
+
+
+def test_key_value_pairs_split_at_the_first_equals_sign():
+    """KEY=VALUE splits once: a value may itself hold '=' (a path, an expression); spaces around are dropped."""
+    assert parse_kv(["path=a=b", " head_dim = 16 "], "--mixer-opt") == {"path": "a=b", "head_dim": "16"}
+    assert parse_kv(None, "--mixer-opt") == {}
+    with pytest.raises(ValueError, match="--task-opt takes KEY=VALUE, got 'seq_len'"):
+        parse_kv(["seq_len"], "--task-opt")
