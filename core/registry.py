@@ -26,7 +26,9 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
         def deco(cls: type[T]) -> type[T]:
             old = self._classes.get(name)
-            if old is not None and old.__qualname__ != cls.__qualname__:
+            # the same module and class again (a module executed twice) is the same entry; any other class is
+            # a clash, also one that shares the class name (a file copied from another, `class` line and all)
+            if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
                 raise ValueError(f"{self.kind} {name!r} registered twice ({old.__module__}, {cls.__module__})")
             cls.name = name  # type: ignore[attr-defined]
             self._classes[name] = cls

@@ -95,6 +95,22 @@ def test_a_name_claimed_by_a_second_class_is_an_error_naming_both_modules(pkg):
     assert pkg.REGISTRY.get("zeta").__name__ == "Zeta"
 
 
+def test_a_copied_file_whose_class_keeps_its_name_cannot_take_over_a_registered_name(pkg):
+    """A new file copied from an existing one, class name and all (`class Zeta` in another module), that
+    forgot to change the registered name: the same clash as any other class's, not a silent replacement
+    because the two classes happen to share a name."""
+    pkg.REGISTRY.names()
+    with pytest.raises(ValueError, match=rf"gadget 'zeta' registered twice \({PKG}.a_zeta, {PKG}.d_copy\)"):
+        _module(pkg, "d_copy", """
+            from registry_toy_pkg import register
+
+            @register("zeta")
+            class Zeta:
+                pass
+            """)
+    assert pkg.REGISTRY.get("zeta").__module__ == f"{PKG}.a_zeta"
+
+
 def test_reimporting_a_module_re_registers_its_class(pkg):
     """A module executed again (importlib.reload, a notebook cell run twice) makes a new class object of the
     same module and name: that is the same entry, not a clash, and the new class is the one served."""
