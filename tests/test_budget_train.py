@@ -141,12 +141,29 @@ def test_token_budget_counts_real_tokens_not_padded_positions(monkeypatch):
     assert 1500 <= res.tokens_seen < 1500 + 8 * 12
 
 
-def test_time_budget_stops_on_time():
+def test_time_budget_stops_on_time(monkeypatch):
+    """A seconds= budget ends at the first step that reaches it. On a virtual clock where every step costs
+    0.1 s (the first, warm-up step 1,000 s more, never budgeted), a 0.5 s budget is exactly 5 steps,
+    whatever the machine's load (on the real clock, a busy machine ended it within two steps)."""
+    import types
+
+    import harness.train as ht
+
+    clock = [0.0]
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    real = ht._Run._loss_backward
+
+    def costed(self, fn, stage, batch):
+        clock[0] += 0.1 + (1000.0 if self.in_warm else 0.0)
+        return real(self, fn, stage, batch)
+
+    monkeypatch.setattr(ht._Run, "_loss_backward", costed)
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     cfg = TrainConfig(batch_size=8, progress=False, eval_points=2)
     res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
-    assert 0.5 <= res.train_seconds + res.warm_charged_seconds < 5
-    assert res.steps > 2
+    assert res.steps == 5 and res.warm_steps == 1  # 4 on the clock, the warm-up charged at their rate
+    assert res.train_seconds == pytest.approx(0.4) and res.warm_charged_seconds == pytest.approx(0.1)
+    assert [p["frac"] for p in res.loss_curve] == [0.6, 1.0]  # the two dev checks, at the steps past 0.5, 1
 
 
 def test_dev_checks_are_off_the_training_clock(monkeypatch):
