@@ -194,7 +194,8 @@ COLUMNS: list[Column] = [
            doc="training tokens consumed within the budget"),
     Column("train_s", "train s", _model_only(_train("seconds")), fmt_secs,
            doc="seconds on the budget's clock: the timed training steps (warm-up and compiling steps, dev checks "
-               "and the evaluation are off it; wall seconds in the run details)"),
+               "and the evaluation are off it; wall seconds in the run details; a time budget also charges what "
+               "the warm-up steps trained, at the clocked rate: `train.warm_charged_seconds` in the rows)"),
     Column("warm_s", "warm-up s", _model_only(_train("warm_seconds")), fmt_secs,
            doc="wall seconds of the steps off the budget's clock: each stage's first (compiling, when compiled), "
                "late compilations, CUDA graphs' recordings"),
