@@ -79,14 +79,20 @@ def test_pool_bar_counts_running_fractions_and_lists_running_phases():
     assert "zzz" not in p.stages and len(p.running) == 1
 
 
-def test_pool_eta_plays_the_queue_forward_on_the_slots():
+def _pool_after_a_10s_cell(keys: str) -> tuple[PoolProgress, list[float]]:
+    """A 2-slot pool of autoregressive cells `keys`, of which a and b started at 0 s and a finished at
+    10 s (so a cell takes 10 s); returns the pool and its clock."""
     now = [0.0]
-    cells = {k: FakeCell("autoregressive", k) for k in "abcdef"}
-    p = PoolProgress(cells, slots=2, enabled=False, clock=lambda: now[0])
+    p = PoolProgress({k: FakeCell("autoregressive", k) for k in keys}, slots=2, enabled=False, clock=lambda: now[0])
     p.update("a", "prepare", 0.0)
     p.update("b", "prepare", 0.0)
     now[0] = 10.0
-    p.finish("a")  # 10 s per cell; b has run 10 s (0 left); c, d, e, f wait for 2 slots
+    p.finish("a")
+    return p, now
+
+
+def test_pool_eta_plays_the_queue_forward_on_the_slots():
+    p, now = _pool_after_a_10s_cell("abcdef")  # 10 s per cell; b has run 10 s (0 left); c, d, e, f wait for 2 slots
     assert p.remaining() == pytest.approx(20.0)  # 4 cells x 10 s / 2 slots, not 4 x 10 s
     p.finish("b")
     for k in "cde":
@@ -285,13 +291,7 @@ def test_reporter_sends_a_steady_stream_once_per_interval():
 def test_pool_eta_frees_the_slot_of_a_cell_that_overran_its_estimate_now_not_in_the_past():
     """b was expected to take 10 s and has run 25: its slot frees at once (0 s from now), not 15 s ago, so
     the waiting c still needs its full 10 s."""
-    now = [0.0]
-    cells = {k: FakeCell("autoregressive", k) for k in "abc"}
-    p = PoolProgress(cells, slots=2, enabled=False, clock=lambda: now[0])
-    p.update("a", "prepare", 0.0)
-    p.update("b", "prepare", 0.0)
-    now[0] = 10.0
-    p.finish("a")  # 10 s per cell
+    p, now = _pool_after_a_10s_cell("abc")  # 10 s per cell
     now[0] = 25.0
     assert p.remaining() == pytest.approx(10.0)
 

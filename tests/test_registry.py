@@ -80,32 +80,18 @@ def test_discovery_imports_the_public_modules_and_lists_names_sorted(pkg):
     assert pkg.REGISTRY.get("zeta").name == "zeta"  # the class learns its registered name
 
 
-def test_a_name_claimed_by_a_second_class_is_an_error_naming_both_modules(pkg):
+@pytest.mark.parametrize("module, cls", [("c_other", "Other"), ("d_copy", "Zeta")], ids=["another-class", "same-class-name"])
+def test_a_name_claimed_by_a_second_class_is_an_error_naming_both_modules(pkg, module, cls):
     """Two different classes under one name: the later must not silently replace the earlier (which mixer a
-    grid ran would depend on import order)."""
+    grid ran would depend on import order). Also when the second shares the first's class name: a new
+    file copied from an existing one, `class` line and all, that forgot to change the registered name."""
     pkg.REGISTRY.names()
-    with pytest.raises(ValueError, match=rf"gadget 'zeta' registered twice \({PKG}.a_zeta, {PKG}.c_other\)"):
-        _module(pkg, "c_other", """
+    with pytest.raises(ValueError, match=rf"gadget 'zeta' registered twice \({PKG}.a_zeta, {PKG}.{module}\)"):
+        _module(pkg, module, f"""
             from registry_toy_pkg import register
 
             @register("zeta")
-            class Other:
-                pass
-            """)
-    assert pkg.REGISTRY.get("zeta").__name__ == "Zeta"
-
-
-def test_a_copied_file_whose_class_keeps_its_name_cannot_take_over_a_registered_name(pkg):
-    """A new file copied from an existing one, class name and all (`class Zeta` in another module), that
-    forgot to change the registered name: the same clash as any other class's, not a silent replacement
-    because the two classes happen to share a name."""
-    pkg.REGISTRY.names()
-    with pytest.raises(ValueError, match=rf"gadget 'zeta' registered twice \({PKG}.a_zeta, {PKG}.d_copy\)"):
-        _module(pkg, "d_copy", """
-            from registry_toy_pkg import register
-
-            @register("zeta")
-            class Zeta:
+            class {cls}:
                 pass
             """)
     assert pkg.REGISTRY.get("zeta").__module__ == f"{PKG}.a_zeta"
