@@ -189,11 +189,15 @@ class Stage:
         if warm:
             self.warm_tokens += tokens
 
+    @property
+    def clocked_tokens(self) -> int:
+        """Tokens of the stage's steps on the clock (its `seconds` are theirs, drains included)."""
+        return self.tokens - self.warm_tokens
+
     def clocked_rate(self) -> float | None:
         """Seconds per token of the stage's steps on the clock (the drains charged to it included), None
         before one was timed: what a token of this stage's shapes and loss form costs to train."""
-        clocked = self.tokens - self.warm_tokens
-        return self.seconds / clocked if clocked > 0 and self.seconds > 0 else None
+        return self.seconds / self.clocked_tokens if self.clocked_tokens > 0 and self.seconds > 0 else None
 
     def padding_frac(self) -> float | None:
         return round(1.0 - self.real_pos / self.computed_pos, 4) if self.computed_pos else None
@@ -230,14 +234,15 @@ class StagePlan:
     def task(self) -> Stage:
         return self.stages[-1]
 
-    def warm_charge(self, clock: float) -> float:
+    def warm_charge(self) -> float:
         """Seconds a time budget charges for the training done off the clock: each stage's warm tokens at
-        that stage's clocked rate (a stage not timed yet: the run's, `clock` over every clocked token; 0
-        before any step was timed). The warm-up steps are off the clock because they compile, but they
-        train all the same: left uncharged, a cell with more of them (compiled: 2 a stage, eager: 1;
-        CUDA graphs: 2 per batch shape) would train for free what another cell pays for."""
-        clocked = sum(s.tokens - s.warm_tokens for s in self.stages)
-        run_rate = clock / clocked if clocked > 0 and clock > 0 else 0.0
+        that stage's clocked rate (a stage not timed yet: the run's, every stage's seconds over every
+        clocked token, the stages' seconds adding up to the run's clock; 0 before any step was timed).
+        The warm-up steps are off the clock because they compile, but they train all the same: left
+        uncharged, a cell with more of them (compiled: 2 a stage, eager: 1; CUDA graphs: 2 per batch
+        shape) would train for free what another cell pays for."""
+        seconds, clocked = sum(s.seconds for s in self.stages), sum(s.clocked_tokens for s in self.stages)
+        run_rate = seconds / clocked if clocked > 0 and seconds > 0 else 0.0
         return sum(s.warm_tokens * (s.clocked_rate() or run_rate) for s in self.stages)
 
     def describe(self) -> list[dict[str, Any]]:

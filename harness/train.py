@@ -160,7 +160,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
                 continue
             run.step(stage, frac)
             # a time budget charges the clock and, at the clocked rate, what the off-clock steps trained
-            charged = run.clock + stages.warm_charge(run.clock)
+            charged = run.clock + stages.warm_charge()
             frac = par.fraction(meter.fraction(run.res.tokens_seen, charged))  # [DDP] rank 0's clock decides
             bar(frac)
             while eval_at and not cfg.warm_only and (frac >= eval_at[0] or frac >= 1.0):
@@ -394,7 +394,7 @@ class _Run:
         res.peak_mem_bytes = peak_memory(self.device)
         res.train_seconds = self.clock
         res.warm_tokens = sum(s.warm_tokens for s in stages.stages)
-        res.warm_charged_seconds = stages.warm_charge(self.clock)
+        res.warm_charged_seconds = stages.warm_charge()
         # the task stage's steady speed: with pretraining comparable with a run that does not pretrain (the
         # other stage's is in `stages`), NaN if none was timed. Without pretraining, a budget spent within
         # the first steps falls back to tokens over the clock, and is NaN (no figure) when nothing was timed
