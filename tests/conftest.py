@@ -43,3 +43,27 @@ def interpreter():
 
     if st.triton is None or not st.interpreting():
         pytest.skip("runs in the interpreter subprocess (test_the_interpreter_suite)")
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    """A virtual clock for the trainer, so a test of a time budget asserts no real time: `install(cost)`
+    makes harness.train's perf_counter read the clock (returned, a one-item list) and advances it by
+    `cost(run, stage, batch)` seconds at every training step, before the step's own work."""
+    import types
+
+    import harness.train as ht
+
+    clock = [0.0]
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    real = ht._Run._loss_backward
+
+    def install(cost):
+        def costed(self, fn, stage, batch):
+            clock[0] += cost(self, stage, batch)
+            return real(self, fn, stage, batch)
+
+        monkeypatch.setattr(ht._Run, "_loss_backward", costed)
+        return clock
+
+    return install

@@ -141,23 +141,11 @@ def test_token_budget_counts_real_tokens_not_padded_positions(monkeypatch):
     assert 1500 <= res.tokens_seen < 1500 + 8 * 12
 
 
-def test_time_budget_stops_on_time(monkeypatch):
+def test_time_budget_stops_on_time(step_clock):
     """A seconds= budget ends at the first step that reaches it. On a virtual clock where every step costs
     0.1 s (the first, warm-up step 1,000 s more, never budgeted), a 0.5 s budget is exactly 5 steps,
     whatever the machine's load (on the real clock, a busy machine ended it within two steps)."""
-    import types
-
-    import harness.train as ht
-
-    clock = [0.0]
-    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    real = ht._Run._loss_backward
-
-    def costed(self, fn, stage, batch):
-        clock[0] += 0.1 + (1000.0 if self.in_warm else 0.0)
-        return real(self, fn, stage, batch)
-
-    monkeypatch.setattr(ht._Run, "_loss_backward", costed)
+    step_clock(lambda run, stage, batch: 0.1 + (1000.0 if run.in_warm else 0.0))
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     cfg = TrainConfig(batch_size=8, progress=False, eval_points=2)
     res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
@@ -192,30 +180,25 @@ def test_dev_checks_are_off_the_training_clock(monkeypatch):
     assert 0.5 <= res.train_seconds + res.warm_charged_seconds < 1000.0  # a check on the clock: a 1,000 s step
 
 
-def test_a_time_budget_charges_what_the_warm_up_steps_trained(monkeypatch):
+def test_a_time_budget_charges_what_the_warm_up_steps_trained(monkeypatch, step_clock):
     """The warm-up steps are off the clock (they compile) but they train: a seconds= budget charges their
     tokens at the clocked rate, so a cell with more of them (CUDA graphs: two per batch shape) gets no
     free training. A virtual clock where a step costs 0.01 s per token, and a warm-up step 1,000 s more
     (a compilation); five warm-up steps. The budget must end at the first step whose tokens, all at
     0.01 s, reach it: uncharged, the run would go on for the warm-up's tokens again. No real time."""
-    import types
-
     import harness.train as ht
 
-    clock, per_step = [0.0], []
-    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    real_step, real_init = ht._Run._loss_backward, ht._Run.__init__
+    per_step, real_init = [], ht._Run.__init__
 
-    def costed(self, fn, stage, batch):
-        clock[0] += 0.01 * batch.n_tokens + (1000.0 if self.in_warm else 0.0)
+    def cost(run, stage, batch):
         per_step.append(batch.n_tokens)
-        return real_step(self, fn, stage, batch)
+        return 0.01 * batch.n_tokens + (1000.0 if run.in_warm else 0.0)
 
     def five_warm(self, *a, **kw):
         real_init(self, *a, **kw)
         self.warm_steps = 5
 
-    monkeypatch.setattr(ht._Run, "_loss_backward", costed)
+    step_clock(cost)
     monkeypatch.setattr(ht._Run, "__init__", five_warm)
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     cfg = TrainConfig(batch_size=8, progress=False, eval_points=1)

@@ -423,27 +423,19 @@ def test_the_first_steps_of_every_stage_are_warm_up_not_budget(compiled, monkeyp
     assert all(s["seconds"] < 1000.0 for s in res.stages) and res.tokens_per_s > 1000 / 1000.0
 
 
-def test_each_stages_warm_up_is_charged_at_that_stages_own_rate(monkeypatch):
+def test_each_stages_warm_up_is_charged_at_that_stages_own_rate(step_clock):
     """Under a time budget the warm-up steps' tokens are charged at their own stage's clocked seconds per
     token: a pretraining token (packed rows) and a task token (another loss form, padded buckets) cost
     different times, so one rate over the run would charge either stage's warm-up wrongly. A virtual
     clock: 0.01 s per pretraining token, 0.03 s per task token, 1,000 s more per warm-up step."""
-    import types
+    warm, rate = {"pretrain": 0, "task": 0}, {"pretrain": 0.01, "task": 0.03}
 
-    import harness.train as ht
-
-    clock, warm = [0.0], {"pretrain": 0, "task": 0}
-    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    real = ht._Run._loss_backward
-    rate = {"pretrain": 0.01, "task": 0.03}
-
-    def costed(self, fn, stage, batch):
-        clock[0] += rate[stage.name] * batch.n_tokens + (1000.0 if self.in_warm else 0.0)
-        if self.in_warm:
+    def cost(run, stage, batch):
+        if run.in_warm:
             warm[stage.name] += batch.n_tokens
-        return real(self, fn, stage, batch)
+        return rate[stage.name] * batch.n_tokens + (1000.0 if run.in_warm else 0.0)
 
-    monkeypatch.setattr(ht._Run, "_loss_backward", costed)
+    step_clock(cost)
     res = _pretrain_run("seconds=20", frac=0.5)
     pre, task = res.stages
     assert (pre["warm_tokens"], task["warm_tokens"]) == (warm["pretrain"], warm["task"]) and min(warm.values()) > 0
