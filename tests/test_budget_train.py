@@ -234,6 +234,13 @@ def test_checkpoint_selection_restores_the_best_dev_state():
     assert dev_loss(model, obj, dev, 32, torch.device("cpu")) == pytest.approx(res.best_dev_loss, rel=1e-5)
 
 
+def test_autoregressive_loss_on_is_checked():
+    """A misspelt `--objective-opt autoregressive.loss_on=answers` is an error naming the two choices, not
+    a silent fall back to the loss on every token."""
+    with pytest.raises(ValueError, match="loss_on must be 'all' or 'answer', got 'answers'"):
+        objectives.build("autoregressive", SPECIAL, "chunked", loss_on="answers")
+
+
 def test_autoregressive_answer_only_loss_ignores_the_prompt():
     obj_all = objectives.build("autoregressive", SPECIAL, "chunked")
     obj_ans = objectives.build("autoregressive", SPECIAL, "chunked", loss_on="answer")

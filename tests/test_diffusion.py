@@ -120,7 +120,8 @@ def test_loss_is_the_1_over_t_weighted_masked_ce_per_region_token():
 
 def test_options_are_validated():
     for bad in ({"mask_on": "prompt"}, {"remasking": "top_p"}, {"gen_length": 6, "block_length": 4},
-                {"gen_length": 6, "block_length": 3, "steps": 3}, {"eps": 1.0}):
+                {"gen_length": 6, "block_length": 3, "steps": 3}, {"eps": 1.0}, {"steps": 0},
+                {"nll_samples": 0}, {"dev_nll_samples": 0}, {"temperature": -0.5}):
         with pytest.raises(ValueError, match="diffusion"):
             _obj(**bad)
 

@@ -133,6 +133,52 @@ def test_auto_resolves_to_the_cce_kernel_on_cuda_only_when_the_package_imports(m
     assert resolve_impl("auto", cuda) == "chunked"
 
 
+@pytest.mark.parametrize("impl", ["cce", "cce_compile"])
+def test_asking_for_cce_without_the_package_is_a_one_line_error(monkeypatch, impl):
+    """`--loss cce` or `cce_compile` where cut-cross-entropy does not import: an error that says what to
+    pass instead, before any cell trains (not an ImportError deep in the first step)."""
+    from harness import loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "_cce", lambda: None)
+    with pytest.raises(RuntimeError, match="not importable here; use --loss chunked"):
+        resolve_impl(impl, torch.device("cuda"))
+
+
+def test_the_cce_path_falls_back_to_the_public_function_on_another_package_version(monkeypatch):
+    """Where the kernel's entry is not the one this was written against (`_cce_direct` gives None), the cce
+    path calls the package's public function: per-token NLL (reduction none) on the cce kernel, with no
+    gradient filtering, so values and gradients stay exact."""
+    from harness import loss as loss_mod
+
+    seen = []
+
+    def public(e, c, targets, **kw):
+        seen.append(kw)
+        return plain_nll(e, c, targets)
+
+    monkeypatch.setattr(loss_mod, "_cce_direct", lambda: None)
+    monkeypatch.setattr(loss_mod, "_cce", lambda: public)
+    kernel = loss_mod._cce_kernel()
+    h, w, y, _ = _case(n=12, d=8, v=30)
+    torch.testing.assert_close(kernel(h, w, y), plain_nll(h, w, y))
+    assert seen == [{"reduction": "none", "impl": "cce", "filter_eps": None}]
+
+
+def test_no_rows_give_an_empty_fp32_loss_without_calling_the_kernel(monkeypatch):
+    """A batch whose rows hold no target token (every answer cut off, say) has no loss to compute: an
+    empty fp32 vector, which sums to 0. The cce kernel (a stand-in here: the Triton kernel needs CUDA) is
+    not launched on zero rows, nor warmed up for them."""
+    from harness import loss as loss_mod
+
+    calls = []
+    monkeypatch.setattr(loss_mod, "_cce_kernel", lambda: lambda e, c, t: calls.append(e.shape) or plain_nll(e, c, t))
+    monkeypatch.setattr(loss_mod, "_CCE_WARM", set())
+    for impl in ("cce", "chunked"):
+        out = token_nll(torch.randn(0, 8, dtype=torch.bfloat16), torch.randn(30, 8), torch.zeros(0, dtype=torch.long), impl)
+        assert out.shape == (0,) and out.dtype == torch.float32
+    assert calls == []
+
+
 # --- mixed precision: what the CUDA kernel demands, checked on CPU -------------------------------------
 
 

@@ -97,6 +97,8 @@ def test_power_law_prefers_short_gaps_and_power_one_is_uniform():
     (dict(num_queries=5), "num_queries=5 > num_kv_pairs=4"),
     (dict(seq_len=16, num_kv_pairs=4), "query slots"),
     (dict(vocab_size=12, num_kv_pairs=4), "fewer than num_kv_pairs"),
+    (dict(num_queries=-1), "at least one pair and one query"),  # (0 means: every pair)
+    (dict(power_a=0.0), "power_a must be > 0"),
 ])
 def test_impossible_configurations_are_clear_errors(bad, match):
     opts = {"seq_len": 64, "num_kv_pairs": 4, "vocab_size": 64, **bad}

@@ -62,6 +62,16 @@ def test_cell_records_the_state_at_the_mean_evaluation_length():
     assert _state_floats(model, data) == (20, 2 * (2 * 20 * D))
 
 
+def test_a_mixer_that_does_not_report_its_state_leaves_the_figure_empty(monkeypatch):
+    """Adding a mixer is adding one file: one without `state_floats` (the base class raises
+    NotImplementedError) still gets its row, with no state figure (None), rather than a failed cell."""
+    model = LM(LMConfig(vocab_size=50, d_model=D, n_layers=2, mixer="attention", causal=True, mlp_hidden=32))
+    for blk in model.blocks:
+        monkeypatch.setattr(blk.mixer, "state_floats", types.MethodType(mixers.Mixer.state_floats, blk.mixer))
+    data = types.SimpleNamespace(eval=SeqSet.from_lists([[5] * 8], [[False] * 8], 0))
+    assert _state_floats(model, data) == (8, None)
+
+
 def test_grid_rows_carry_norm_and_state_size(offline_dir, tmp_path, cache_dir):
     """The issue's done-when, on the hand-made fixture: gated_context and attention under --norm hybrid."""
     out = tmp_path / "out"

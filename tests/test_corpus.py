@@ -1,0 +1,98 @@
+"""The pretraining corpora's sources (tasks/corpus.py) on inputs the other tests do not reach: a stand-in
+`datasets` module (the optional package is absent from CI, where tests/test_pretrain.py's hub test skips),
+a file that is not UTF-8, a task with no passages, and what the token cache's key depends on."""
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import pytest
+
+from tasks import DataError, corpus
+from tasks.corpus import Source
+
+
+def _fake_datasets(monkeypatch, rows=None, error: Exception | None = None) -> dict:
+    """Install a stand-in `datasets` whose streamed `load_dataset` yields `rows` (or raises `error`)."""
+    seen: dict = {}
+
+    def load_dataset(name, config=None, **kw):
+        seen.update(name=name, config=config, **kw)
+        if error is not None:
+            raise error
+        return iter(rows)
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr(corpus, "_reachable", lambda host: True)
+    return seen
+
+
+def _docs(spec: str, tmp_path) -> list[str]:
+    return list(corpus.documents(Source.parse(spec), [], tmp_path))
+
+
+def test_hf_rows_are_read_from_the_text_column_blank_rows_skipped(tmp_path, monkeypatch):
+    seen = _fake_datasets(monkeypatch, [{"id": "1", "text": "ab"}, {"id": "2", "text": "  "}, {"id": "3", "text": "cd"}])
+    assert _docs("hf:someone/wiki:ja", tmp_path) == ["ab", "cd"]  # not the id column, which is a string too
+    assert seen["name"] == "someone/wiki" and seen["config"] == "ja" and seen["split"] == "train"
+    assert seen["streaming"] is True  # never the whole corpus downloaded before the first document
+
+
+def test_hf_rows_without_a_text_column_use_the_first_string_column(tmp_path, monkeypatch):
+    _fake_datasets(monkeypatch, [{"n": 1, "body": "ab", "title": "t"}, {"n": 2, "body": "cd", "title": "u"}])
+    assert _docs("hf:someone/books", tmp_path) == ["ab", "cd"]
+
+
+def test_hf_rows_with_no_string_column_are_one_clear_line(tmp_path, monkeypatch):
+    _fake_datasets(monkeypatch, [{"n": 1, "ids": [1, 2]}])
+    with pytest.raises(DataError, match=r"hf:someone/nums: no text column"):
+        _docs("hf:someone/nums", tmp_path)
+
+
+def test_a_hub_error_is_one_line_naming_the_source(tmp_path, monkeypatch):
+    """Hub errors come in many types (missing repo, gated, connection reset): whichever, one line that
+    names the source and the error's type, not a traceback from inside `datasets`."""
+    _fake_datasets(monkeypatch, error=ConnectionError("503 Service Unavailable\nretry later"))
+    with pytest.raises(DataError, match=r"hf:someone/wiki: could not load it \(ConnectionError: 503") as e:
+        _docs("hf:someone/wiki", tmp_path)
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    (d / "a.txt").write_text("ok\n", encoding="utf-8")
+    (d / "b.txt").write_bytes("日本語\n".encode("shift_jis"))
+    with pytest.raises(DataError, match=r"b\.txt: not UTF-8 text"):
+        _docs(f"dir:{d}", tmp_path)
+
+
+def test_passages_of_a_task_without_text_fail_before_tokenising():
+    """`--pretrain passages` on a task with no training passages (MQAR's are generated ids): the check run
+    before any tokenising stops with one line; a task with passages passes it."""
+    with pytest.raises(DataError, match="this task has no training passages"):
+        corpus.check(Source.parse("passages"), ["", "  "])
+    corpus.check(Source.parse("passages"), ["本文"])
+
+
+def test_the_cache_key_follows_the_text_a_source_gives(tmp_path):
+    """The token cache is keyed by `identity`: a directory's key changes when a file's content changes
+    (size, modification time), a dataset's with its name and config, the passages' with the passages."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    f = d / "a.txt"
+    f.write_text("ab\n", encoding="utf-8")
+    src = Source.parse(f"dir:{d}")
+    os.utime(f, ns=(1, 1))
+    before = corpus.identity(src, [])
+    assert corpus.identity(src, []) == before  # stable
+    f.write_text("cd\n", encoding="utf-8")  # the same size, edited later
+    assert corpus.identity(src, []) != before
+    f.write_text("abcd\n", encoding="utf-8")
+    os.utime(f, ns=(1, 1))  # another size, the first modification time
+    assert corpus.identity(src, []) != before
+    hf = [corpus.identity(Source.parse(s), []) for s in ("hf:a/wiki:ja", "hf:a/wiki:en", "hf:b/wiki:ja")]
+    assert len(set(hf)) == 3
+    p = Source.parse("passages")
+    assert corpus.identity(p, ["x"]) != corpus.identity(p, ["y"])
