@@ -220,6 +220,55 @@ def test_the_cells_table_shows_the_pretraining_speed_and_the_memory_a_cell_start
     assert "| eager (compile failed) |" in gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
 
 
+def test_the_cells_table_names_how_each_cell_compiled(tmp_path):
+    """The compile column says what a speed figure was measured under: a compile mode other than the
+    default, the whole LM compiled as one (not each block), compilations after the warm-up, and a
+    recompile limit hit (dynamo then ran that function eagerly: training partly eager)."""
+    import json
+
+    (tmp_path / "results").mkdir()
+    row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
+    row["train"] = {**(row.get("train") or {}), "compile": True, "compile_mode": "reduce-overhead",
+                    "compile_scope": "model", "late_compiles": 2, "recompile_limit_hits": ["forward", "step"]}
+
+    def compile_cell() -> str:
+        (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+        table = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0).split("## Grid cells")[1]
+        header, *rows = [line for line in table.splitlines() if line.startswith("| ")]
+        return rows[0].split(" | ")[header.split(" | ").index("compile")]
+
+    assert compile_cell() == "reduce-overhead (whole model) (+2 late) (recompile limit: forward; step)"
+    row["train"].update(compile_mode="default", compile_scope="blocks", late_compiles=0, recompile_limit_hits=[])
+    assert compile_cell() == "True"
+
+
+def test_the_check_refuses_to_start_without_cuda_or_without_data(tmp_path, monkeypatch, capsys):
+    """On a machine without CUDA the check only runs as a dry run, and without JSQuAD data it does not
+    start: exit 2 with one line saying what to do, no part run and no report folder made."""
+    ran = []
+    monkeypatch.setattr(gc, "run_part", lambda p, logs, cuda: ran.append(p.name))
+    monkeypatch.setattr(gc, "environment", _env)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "check"
+    assert gc.main(["--data-dir", str(tmp_path), "--out", str(out)]) == 2
+    assert "no CUDA device here; run with --cpu-dry-run" in capsys.readouterr().err
+    assert gc.main(["--cpu-dry-run", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert f"no JSQuAD data at {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    assert ran == [] and not out.exists()
+
+
+def test_a_cuda_only_part_is_skipped_on_cpu_without_starting_it(tmp_path):
+    """A dry run on CPU skips the CUDA-only parts (the CUDA tests, the scan-stage benchmark) and says why:
+    the part's command never starts, so it writes no log."""
+    marker = tmp_path / "ran"
+    p = gc.Part("cuda_tests", ["touch", str(marker)], timeout_s=5, cuda_only=True)
+    gc.run_part(p, tmp_path, cuda=False)
+    assert p.status == "skipped" and "needs CUDA" in p.note
+    assert not marker.exists() and not (tmp_path / "cuda_tests.log").exists()
+    gc.run_part(p, tmp_path, cuda=True)  # on a GPU it runs
+    assert p.status == "ok" and marker.exists()
+
+
 def test_the_summary_reads_every_grids_rows_through_the_schema(tmp_path):
     (tmp_path / "results").mkdir()
     # an older (schema 1) row, as a check run at an older commit wrote it: upgraded on reading
