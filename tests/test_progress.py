@@ -312,3 +312,33 @@ def test_pool_eta_gives_a_waiting_cell_the_slot_that_frees_first_whatever_order_
     p.update("b", "prepare", 0.0)
     p.update("a", "prepare", 0.0)
     assert p.remaining() == pytest.approx(40.0)
+
+
+def test_a_training_run_outside_the_grid_draws_a_bar_redrawn_once_per_percent(monkeypatch):
+    """`train(..., TrainConfig(progress=True))` called directly (a notebook, a script) gets a tqdm bar over
+    the budget's fraction: redrawn only when the whole percent changes (a redraw per step would cost more
+    than a small model's step), never past 100% (a time budget's last step overshoots), closed at the end."""
+    import tqdm.auto
+
+    from harness.train import _progress
+
+    class Bar:
+        def __init__(self, **kw):
+            self.kw, self.n, self.drawn, self.closed = kw, 0, [], False
+
+        def refresh(self):
+            self.drawn.append(self.n)
+
+        def close(self):
+            self.closed = True
+
+    bars = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda **kw: bars.append(Bar(**kw)) or bars[-1])
+    update = _progress(True)
+    for frac in (0.001, 0.004, 0.25, 0.253, 0.5, 1.07):
+        update(frac)
+    (bar,) = bars
+    assert bar.kw["total"] == 100 and bar.drawn == [25, 50, 100] and not bar.closed
+    update(None)
+    assert bar.closed
+    assert _progress(False)(0.5) is None and len(bars) == 1  # off: no bar at all
