@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from core.data import SeqSet, padded_rows
+from core.data import BatchSampler, SeqSet, padded_rows
 
 SEQS = [[7, 8, 9], [10], [11, 12, 13, 14, 15], [16, 17]]
 TGTS = [[False, True, True], [True], [False, False, False, True, False], [False, False]]
@@ -48,3 +49,28 @@ def test_padded_rows_right_and_left():
     left = padded_rows(rows, 4, 0, "cpu", left=True)
     assert right.dtype == torch.long and right.tolist() == [[1, 2, 0, 0], [3, 4, 5, 0], [0, 0, 0, 0]]
     assert left.tolist() == [[0, 0, 1, 2], [0, 3, 4, 5], [0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("seqs,targets,message", [
+    (SEQS, TGTS[:3], r"^one target mask per sequence$"),
+    (SEQS, TGTS[:2] + [TGTS[2][:-1]] + TGTS[3:], r"^sequence 2: 5 ids but 4 target flags$"),
+], ids=["a_mask_missing", "a_mask_short"])
+def test_from_lists_refuses_targets_that_do_not_match_the_sequences(seqs, targets, message):
+    """One target mask per sequence, one flag per id: otherwise the pairing silently drops a row or
+    leaves ids unflagged (unscored), so building the set fails and names the sequence and both counts."""
+    with pytest.raises(ValueError, match=message):
+        SeqSet.from_lists(seqs, targets, pad_id=0)
+
+
+@pytest.mark.parametrize("data,kwargs,message", [
+    (SeqSet.from_lists([], [], pad_id=0), {"batch_size": 2}, r"^no training sequences$"),
+    (SeqSet.from_lists(SEQS, TGTS, pad_id=0), {"batch_size": 2, "batch_tokens": -1},
+     r"^batch_tokens must be >= 0 and batch_size >= 1 \(got -1, 2\)$"),
+    (SeqSet.from_lists(SEQS, TGTS, pad_id=0), {"batch_size": 0},
+     r"^batch_tokens must be >= 0 and batch_size >= 1 \(got 0, 0\)$"),
+], ids=["no_rows", "negative_token_budget", "no_rows_per_batch"])
+def test_batch_sampler_refuses_empty_data_and_empty_batches(data, kwargs, message):
+    """No training rows, no rows per batch or a negative token budget leave the sampler no batch to
+    serve: it refuses at construction and names the values it got, not later inside the training loop."""
+    with pytest.raises(ValueError, match=message):
+        BatchSampler(data, seed=0, **kwargs)

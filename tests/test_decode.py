@@ -24,20 +24,23 @@ LENGTHS = [12, 10, 7]  # real tokens per row; rows are left-padded to 12
 T0 = 6  # prompt columns run by prefill; the rest go through step one at a time
 
 
-def _left_padded(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_padded(seed: int = 0, lengths: list[int] = LENGTHS) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    T = max(LENGTHS)
-    x = torch.randn(len(LENGTHS), T, D, generator=g)  # pads hold noise: it must not matter
-    pad_mask = torch.arange(T)[None] >= torch.tensor([T - n for n in LENGTHS])[:, None]
+    T = max(lengths)
+    x = torch.randn(len(lengths), T, D, generator=g)  # pads hold noise: it must not matter
+    pad_mask = torch.arange(T)[None] >= torch.tensor([T - n for n in lengths])[:, None]
     return x, pad_mask
 
 
-def _check_prefill_then_steps(m: Mixer, bf16: bool = False, tol: float = 1e-5) -> None:
+def _check_prefill_then_steps(m: Mixer, bf16: bool = False, tol: float = 1e-5, lengths: list[int] = LENGTHS):
+    """Prefill T0 columns, step through the rest, compare with the forward; returns the final state.
+    Rows of equal `lengths` have no padding and run with no mask at all, as an unpadded batch does."""
     m.eval()
-    x, pad_mask = _left_padded()
+    x, pad_mask = _left_padded(lengths=lengths)
+    mask = None if pad_mask.all() else pad_mask
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        ref = m(x, pad_mask).float()  # (B, T, D)
-        y0, state = m.prefill(x[:, :T0], pad_mask[:, :T0])
+        ref = m(x, mask).float()  # (B, T, D)
+        y0, state = m.prefill(x[:, :T0], None if mask is None else mask[:, :T0])
         ys = [y0.float()]
         for t in range(T0, x.shape[1]):
             y_t, state = m.step(x[:, t], state)
@@ -45,6 +48,7 @@ def _check_prefill_then_steps(m: Mixer, bf16: bool = False, tol: float = 1e-5) -
     got = torch.cat(ys, 1)
     scale = float(ref[pad_mask].abs().max()) if bf16 else 1.0
     torch.testing.assert_close(got[pad_mask], ref[pad_mask], rtol=tol, atol=tol * scale)
+    return state
 
 
 @pytest.mark.parametrize("name", mixers.names())
@@ -72,6 +76,24 @@ def test_step_equals_forward_for_other_options(name, opts):
     """Longer wavelet filters wrap the ring buffer several times; other scales and readouts; a short conv."""
     torch.manual_seed(0)
     _check_prefill_then_steps(mixers.build(name, D, causal=True, **opts))
+
+
+@pytest.mark.parametrize("lengths", [[T0 + 140, T0 + 137, T0 + 135], [T0 + 140] * 3], ids=["left_padded", "unpadded"])
+def test_attention_decoding_past_the_kv_caches_first_capacity_equals_the_forward(lengths):
+    """The KV cache starts with room for the prompt and 128 more positions; the 129th step doubles its
+    key and value buffers and, when the batch has left padding, its mask of real slots. Decoding on
+    past the doubling must still give the forward's outputs (a growth that moved or dropped a cached
+    key, or left the mask short, would change every later token), with pads masked or no mask at all.
+    Every row's pads lie in the prompt (fewer than T0): a step appends a real token."""
+    torch.manual_seed(0)
+    state = _check_prefill_then_steps(mixers.build("attention", D, causal=True), lengths=lengths)
+    first_capacity = T0 + 128
+    assert state.length == T0 + 140 and state.k.shape[2] == state.v.shape[2] == 2 * first_capacity  # it grew
+    padded = len(set(lengths)) > 1
+    assert (state.keep is not None) == padded
+    if padded:
+        assert state.keep.shape == (3, 2 * first_capacity)
+        assert state.keep[:, : state.length].sum(1).tolist() == lengths and not state.keep[:, state.length:].any()
 
 
 @pytest.mark.parametrize("name", mixers.names())
@@ -106,6 +128,21 @@ def test_a_mixer_without_step_decodes_by_rerunning_its_prefix():
     _, state = m.prefill(x[:, :T0], pad_mask[:, :T0])
     _, state = m.step(x[:, T0], state)
     assert isinstance(state, RerunState) and state.x.shape[1] == T0 + 1
+
+
+def test_the_rerun_fallback_steps_from_an_empty_state():
+    """`step(x_t, None)` with no prefill (an empty prefix) starts the fallback's prefix
+    from nothing, with no pad mask: the first output is the forward of a one-token sequence, and each
+    step after it gives the forward's output at that position, its state the inputs so far, unmasked."""
+    m = _CumulativeMean(D, causal=True)
+    x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(2))
+    state, ys = None, []
+    for t in range(x.shape[1]):
+        y, state = m.step(x[:, t], state)
+        ys.append(y)
+        assert state.x.shape == (3, t + 1, D) and state.pad_mask is None
+    torch.testing.assert_close(ys[0], m(x[:, :1])[:, 0])
+    torch.testing.assert_close(torch.stack(ys, 1), m(x))
 
 
 @pytest.mark.parametrize("name", mixers.names())

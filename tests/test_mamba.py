@@ -225,6 +225,24 @@ def test_delta_reaches_the_scan_computed_in_fp32_under_bf16_autocast(monkeypatch
     torch.testing.assert_close(A, -torch.exp(d.A_log.float()), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("scan", ["parallel", "triton"])
+@pytest.mark.parametrize("given_h0", [True, False], ids=["h0", "no_h0"])
+def test_fast_scans_of_an_empty_sequence_return_no_outputs_and_the_initial_state(scan, given_h0, monkeypatch):
+    """T = 0 has no positions to scan: the fast scans return an empty output and
+    the state they started from (zeros when none is given), as the reference recurrence does, rather
+    than launching a scan over nothing. The triton scan's empty case runs no kernel, so it is checked
+    here on any machine with its device check bypassed."""
+    monkeypatch.setattr(mm._scan_triton, "available", lambda device: True)
+    x = scan_inputs(0)
+    if not given_h0:
+        x["h0"] = None
+    y, h = mm.SCANS[scan][0](**x, return_last_state=True)
+    y_ref, h_ref = mm.selective_scan_reference(**x, return_last_state=True)
+    assert y.shape == y_ref.shape == (2, 0, 6) and h.shape == (2, 6, 5)
+    torch.testing.assert_close(h, x["h0"] if given_h0 else torch.zeros(2, 6, 5), rtol=0, atol=0)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=0)
+
+
 def test_bad_chunk_or_block_size_is_an_error():
     with pytest.raises(ValueError, match="chunk_size"):
         mm.selective_scan_chunked(**scan_inputs(4), chunk_size=0)

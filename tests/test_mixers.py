@@ -161,6 +161,14 @@ def test_unknown_mixer_and_option_are_clear_errors():
         mixers.build("attention", D, True, head_dim="x")
 
 
+def test_attention_head_dim_must_divide_d_model():
+    """Heads are d_model // head_dim slices of d_model: a head_dim that does not divide it would drop
+    channels or misshape the heads, so building fails at once and names both numbers."""
+    with pytest.raises(ValueError, match=r"^attention: d_model=64 is not a multiple of head_dim=24$"):
+        mixers.build("attention", D, True, head_dim=24)
+    assert mixers.build("attention", D, True, head_dim=16).n_heads == 4
+
+
 def test_attention_state_is_a_kv_cache():
     m = mixers.build("attention", D, True)
     assert m.state_floats(100) == 2 * 100 * D

@@ -53,6 +53,25 @@ def test_norm_placements_build_and_run(norm):
     assert any("norm1" in n for n in names) == (norm != "hybrid")
 
 
+def test_an_unknown_norm_placement_is_a_clear_error():
+    """A misspelt --norm fails before any layer is built, naming the placements there are."""
+    from harness.model import LMConfig
+
+    cfg = LMConfig(vocab_size=50, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32, norm="pree")
+    with pytest.raises(ValueError, match=r"^unknown norm placement 'pree'; choose from pre, post, hybrid$"):
+        LM(cfg)
+
+
+def test_prefill_refuses_a_bidirectional_model():
+    """Decoding left to right needs a causal model; a bidirectional one (masked diffusion) would see
+    the future of the prompt, so `LM.prefill` says so instead of returning states."""
+    from harness.model import LMConfig
+
+    model = LM(LMConfig(vocab_size=50, d_model=32, n_layers=1, mixer="attention", causal=False, mlp_hidden=32))
+    with pytest.raises(RuntimeError, match="LM.prefill: decoding needs a causal model"):
+        model.prefill(torch.randint(0, 50, (2, 4)))
+
+
 def test_the_model_on_meta_imports_the_mixers_outside_the_meta_device(monkeypatch):
     """The mixer registry imports its modules on first use. When that first use was inside
     `torch.device("meta")` (counting parameters for matching), their import-time code ran on meta, and
