@@ -137,6 +137,7 @@ def test_training_truncation_keeps_the_answer(offline_dir, cache_dir):
     ('{"version": 1}', "no top-level 'data'"),
     ('{"data": [{"title": "x", "paragraphs": [{"context": "x"}]}]}', "bad or missing field"),
     ('{"data": []}', "no questions"),
+    ('{"data": {"title": "x", "paragraphs": []}}', "expected a 'data' list of articles"),
 ])
 def test_malformed_files_name_the_file(tmp_path, cache_dir, content, match):
     d = tmp_path / "bad"
@@ -146,6 +147,12 @@ def test_malformed_files_name_the_file(tmp_path, cache_dir, content, match):
     with pytest.raises(DataError, match=match) as e:
         _prepare(d, cache_dir)
     assert "valid-v1.3.json" in str(e.value)
+
+
+def test_load_file_of_a_missing_file_names_it(tmp_path):
+    """A file that is not there is one DataError naming it, not a FileNotFoundError traceback."""
+    with pytest.raises(DataError, match=r"valid-v1\.3\.json: file not found"):
+        jsq.load_file(tmp_path / "valid-v1.3.json")
 
 
 def test_missing_files_and_directories(tmp_path, cache_dir):
@@ -206,3 +213,103 @@ def test_each_answer_is_scored_against_its_own_question(offline_dir, cache_dir):
     assert dict(zip(pq["id"], zip(pq["em"], pq["f1"]))) == expect
     assert all(best[q] == (1.0, 1.0) for q in best if q not in wrong)  # the fixture's answers round-trip
     assert got["eval_n"] == 5 and got["em"] == pytest.approx(3 / 5)
+
+
+# ----------------------------------------------------------------------------- options and protocols
+
+def test_dev_slice_needs_two_articles(offline_dir):
+    """With one article the dev slice would have to be all of it (or nothing): a clear error instead of
+    training without checkpoint selection."""
+    one = [it for it in jsq.load_file(offline_dir / "valid-v1.3.json") if it.title == "富士山"]
+    with pytest.raises(DataError, match="fewer than 2 articles: cannot hold out a dev slice"):
+        jsq.split_dev(one, 0.5)
+
+
+@pytest.mark.parametrize("opts, match", [
+    ({"max_answer_tokens": 0}, "max_answer_tokens must be >= 1"),
+    ({"vocab_size": -1}, r"vocab_size >= 0 \(0: the preset's\)"),
+    ({"dev_frac": 0.0}, r"dev_frac must be in \(0, 1\); got 0.0"),
+    ({"dev_frac": 1.0}, r"dev_frac must be in \(0, 1\); got 1.0"),
+    ({"protocol": "online"}, "protocol must be auto, offline or official; got 'online'"),
+    ({"order": "answer_first"}, "order must be context_first or question_first; got 'answer_first'"),
+    ({"extra_train": "squad"}, "extra_train must be '' or 'jaquad'; got 'squad'"),
+])
+def test_bad_options_are_one_clear_error(offline_dir, cache_dir, opts, match):
+    """Each out-of-range or unknown option value stops the run with one line naming the option, before
+    any data is prepared with it (an unknown protocol would silently pick one; an unknown order would
+    silently build context-first prompts; dev_frac 0 would still hold out an article)."""
+    with pytest.raises(ValueError, match=match) as e:
+        _prepare(offline_dir, cache_dir, **opts)
+    assert "\n" not in str(e.value) and str(e.value).startswith("jsquad: ")
+
+
+def test_offline_protocol_without_a_directory_does_not_download(cache_dir, monkeypatch):
+    """protocol=offline reads local files: without a data directory it says how to pass one, and never
+    falls back to downloading the official splits (which would be the other protocol)."""
+    monkeypatch.setattr(jsq, "fetch_official", lambda *a, **k: pytest.fail("the offline protocol downloaded"))
+    with pytest.raises(DataError, match="the offline protocol reads local files: pass --data-dir"):
+        _prepare(None, cache_dir, protocol="offline")
+
+
+def test_official_protocol_needs_the_train_file(offline_dir, cache_dir):
+    """protocol=official on a directory with only valid + test names the two files it needs instead of
+    quietly running the offline protocol."""
+    with pytest.raises(DataError, match=r"the official protocol needs train-v1\.3\.json and valid-v1\.3\.json"):
+        _prepare(offline_dir, cache_dir, protocol="official")
+
+
+# ----------------------------------------------------------------------------- extra_train=jaquad: where its files are
+
+def _write_jaquad(root: Path, train: str | None = None) -> Path:
+    """A tiny JaQuAD directory: one article in train (or the text `train`), one in dev (SQuAD format,
+    no "title [SEP]" prefix)."""
+    import json
+
+    def squad(title, context, question, answer):
+        qa = {"id": f"{title}-0", "question": question, "answers": [{"text": answer, "answer_start": context.index(answer)}]}
+        return json.dumps({"data": [{"title": title, "paragraphs": [{"context": context, "qas": [qa]}]}]}, ensure_ascii=False)
+
+    files = {"train/jaquad_train_0000.json": squad("天の川", "天の川は夜空に見える星の帯である。", "天の川は何の帯か。", "星")
+             if train is None else train,
+             "dev/jaquad_dev_0000.json": squad("金閣寺", "金閣寺は京都にある寺院である。", "金閣寺はどこにあるか。", "京都")}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "dot"])
+def test_jaquad_dir_defaults_to_jaquad_beside_the_data_directory(offline_dir, cache_dir, monkeypatch, relative):
+    """Without `jaquad_dir`, JaQuAD is read from `jaquad-v0.1.0` beside the JSQuAD directory (as in
+    ../shared/data): also when the data directory is given as `.`, whose parent is only found once the
+    path is resolved. Its questions join the training data and the directory is recorded."""
+    jq = _write_jaquad(offline_dir.parent / "jaquad-v0.1.0")
+    if relative:
+        monkeypatch.chdir(offline_dir)
+    d = _prepare(Path(".") if relative else offline_dir, cache_dir, extra_train="jaquad")
+    assert d.protocol == "jsquad-offline+jaquad"
+    assert d.info["files"]["extra_train"] == str(jq.resolve())
+    assert d.info["extra_train"]["questions"] == 2
+    assert {"天の川は夜空に見える星の帯である。", "金閣寺は京都にある寺院である。"} <= set(d.passages)
+
+
+def test_jaquad_without_any_directory_says_how_to_give_one(official_dir, cache_dir, monkeypatch):
+    """Online JSQuAD (no data directory) has no directory for JaQuAD to sit beside: one error naming
+    the option to set."""
+    got = {s: jsq.load_file(official_dir / f"{s}-v1.3.json") for s in ("train", "valid")}
+    monkeypatch.setattr(jsq, "fetch_official", lambda cache, base=jsq.OFFICIAL_BASE: got)
+    with pytest.raises(DataError, match="extra_train=jaquad reads local files: pass --task-opt jaquad_dir=DIR"):
+        _prepare(None, cache_dir, extra_train="jaquad")
+
+
+@pytest.mark.parametrize("content, error", [
+    ("{not json", "JSONDecodeError"),
+    ('{"version": "0.1.0"}', "KeyError"),
+    ("[1, 2]", "TypeError"),
+])
+def test_malformed_jaquad_file_names_it(tmp_path, offline_dir, cache_dir, content, error):
+    """A JaQuAD file that is not SQuAD-format JSON is one DataError naming the file and what was wrong."""
+    jq = _write_jaquad(tmp_path / "jq", train=content)
+    with pytest.raises(DataError, match=rf"jaquad_train_0000\.json: not SQuAD-format JaQuAD JSON \({error}") as e:
+        _prepare(offline_dir, cache_dir, extra_train="jaquad", jaquad_dir=str(jq))
+    assert "\n" not in str(e.value)

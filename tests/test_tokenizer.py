@@ -84,3 +84,20 @@ def test_mecab_boundaries_hold_where_plain_sentencepiece_would_cross_them(tok):
     pieces = [tok.sp.id_to_piece(i) for i in tok.encode(text)]
     assert "所長" not in pieces and "".join(pieces) == text
     assert pieces == [p for w in tok.words(text) for p in tok.sp.encode(w, out_type=str)]
+
+
+def test_unknown_normalization_is_a_clear_error(tmp_path):
+    """A normaliser SentencePiece does not ship (a typo, or NFD) is named with the valid choices,
+    and no model is cached under it."""
+    with pytest.raises(ValueError, match=r"unknown normalization 'nfd'; choose from identity, nmt_nfkc, nfkc"):
+        train_or_load(TEXTS, TokenizerSettings(vocab_size=300, normalization="nfd"), tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("texts", [[], ["", " \n\t　"]], ids=["none", "whitespace"])
+def test_training_on_no_words_is_a_clear_error(tmp_path, texts):
+    """No text, or only whitespace (MeCab finds no word), leaves nothing to learn pieces from: one
+    clear error rather than a SentencePiece failure, and no model is cached."""
+    with pytest.raises(ValueError, match="cannot train a tokenizer on empty text"):
+        train_or_load(texts, TokenizerSettings(vocab_size=300), tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,166 @@
+"""How JSQuAD questions become token sequences (tasks/jsquad.py `_Encoder`): the two prompt layouts,
+the evaluation prompt's length limit, and the training window around the answer, with the questions
+it has to drop."""
+from __future__ import annotations
+
+import pytest
+
+import tasks
+from fixtures.jsquad_mini import TRAIN_ARTICLES
+from tasks import DataError, PrepareContext
+from tasks import jsquad as jsq
+from tasks.jsquad_files import QAItem
+from tasks.tokenizer import TokenizerSettings, train_or_load
+
+TEXTS = [t for art in TRAIN_ARTICLES for t in (art[0], art[1], *(q for q, _ in art[2]))]
+FUJI, TOKYO = TRAIN_ARTICLES[0][1], TRAIN_ARTICLES[1][1]
+RARE = "鬱躑躅薔薇檸檬"  # characters the fixture tokenizer never saw: 3 byte-fallback tokens each
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return train_or_load(TEXTS, TokenizerSettings(vocab_size=300), tmp_path_factory.mktemp("tok"))
+
+
+def _item(paragraph, answers, starts, qid="q0", title="東京駅", question="東京駅の駅舎を設計したのは誰か。"):
+    return QAItem(qid, title, paragraph, question, list(answers), list(starts))
+
+
+def _segments(ids, sep):
+    """The parts of a sequence between BOS and its SEPs (the last part: what follows the last SEP)."""
+    parts, cur = [], []
+    for i in ids[1:]:
+        if i == sep:
+            parts.append(cur)
+            cur = []
+        else:
+            cur.append(i)
+    return parts + [cur]
+
+
+# ----------------------------------------------------------------------------- the two layouts
+
+@pytest.mark.parametrize("order", ["context_first", "question_first"])
+def test_prompt_layout_follows_the_order_option(tok, order):
+    """`order=question_first` puts the question before the title and paragraph; `context_first` (the
+    default) after them. Both the evaluation prompt and the training row use the layout, and the
+    training row is the prompt followed by the answer and EOS."""
+    it = _item(TOKYO, ["辰野金吾"], [TOKYO.index("辰野金吾")])
+    enc = jsq._Encoder(tok, 256, order)
+    s, t, p, q = tok.special, tok.encode(it.title), tok.encode(it.paragraph), tok.encode(it.question)
+    expect = ([s.bos, *q, s.sep, *t, s.sep, *p, s.sep] if order == "question_first"
+              else [s.bos, *t, s.sep, *p, s.sep, *q, s.sep])
+    prompt, kept = enc.prompt(it, reserve=8)
+    assert prompt == expect and kept == len(TOKYO)
+    rows, truncated, dropped = enc.training_set([it])
+    n = int(rows.lengths[0])
+    assert rows.ids[0, :n].tolist() == expect + tok.encode("辰野金吾") + [s.eos]
+    assert rows.target[0, :n].tolist() == [False] * len(expect) + [True] * (n - len(expect))
+    assert (truncated, dropped) == (0, 0)
+
+
+def test_question_first_prepare_keeps_answers_inside_their_paragraphs(offline_dir, cache_dir):
+    """End to end with `order=question_first` and a max_len that windows the training paragraphs:
+    every training row reads question, title, paragraph window, answer, and the answer is a gold answer
+    of *that* question and lies inside its window; every evaluation prompt starts with its own question
+    and keeps the first tokens of its own paragraph, and its scored target is its own first gold answer (cut to max_answer_tokens)."""
+    d = tasks.build("jsquad", order="question_first", max_answer_tokens=12).prepare(
+        PrepareContext(offline_dir, cache_dir, 300, 64, log=lambda s: None))
+    sep = d.special.sep
+    by_question = {it.question: it for it in jsq.load_file(offline_dir / "valid-v1.3.json")}
+    assert d.info["train_truncated"] > 0 and d.info["train_dropped"] == 0
+    for i in range(len(d.train)):
+        n = int(d.train.lengths[i])
+        ids, tgt = d.train.ids[i, :n].tolist(), d.train.target[i, :n].tolist()
+        q, title, par, ans = (d.decode(x) for x in _segments(ids, sep))
+        gold = by_question[q]
+        assert title == gold.title and par in gold.paragraph
+        assert d.decode([x for x, m in zip(ids, tgt) if m]) == ans == gold.answers[0]
+        assert ans in par, (i, ans, par)
+    for k, (prompt, it) in enumerate(d.items):
+        q, title, par, rest = _segments(prompt, sep)
+        assert (d.decode(q), d.decode(title), rest) == (it.question, it.title, [])
+        assert par and par == d.tokenizer.encode(it.paragraph)[: len(par)]  # its paragraph's first tokens
+        n = int(d.eval.lengths[k])
+        target = d.eval.ids[k, :n][d.eval.target[k, :n]].tolist()
+        assert target == d.tokenizer.encode(it.answers[0])[:12] + [d.special.eos]
+
+
+# ----------------------------------------------------------------------------- evaluation prompt length
+
+def test_eval_prompt_without_room_for_any_context_is_a_clear_error(tok):
+    """When max_len minus the answer reserve, the title, the question and the four special tokens
+    leaves no paragraph token, the prompt would carry no context at all: a DataError naming the
+    question and max_len. One token more and the prompt keeps the paragraph's first token."""
+    it = _item(TOKYO, ["辰野金吾"], [TOKYO.index("辰野金吾")], qid="v1p0q1")
+    fixed = 5 + 4 + len(tok.encode(it.title)) + len(tok.encode(it.question))  # reserve 5
+    with pytest.raises(DataError, match=rf"question v1p0q1: max_len {fixed} leaves no room for the context"):
+        jsq._Encoder(tok, fixed, "context_first").prompt(it, reserve=5)
+    enc = jsq._Encoder(tok, fixed + 1, "context_first")
+    prompt, kept = enc.prompt(it, reserve=5)
+    first = tok.encode(TOKYO)[:1]
+    assert _segments(prompt, tok.special.sep)[1] == first and kept == len(tok.decode(first))
+    assert enc.eval_truncated == 1
+
+
+# ----------------------------------------------------------------------------- training window
+
+@pytest.mark.parametrize("start", [-1, 0], ids=["unknown", "wrong"])
+def test_window_finds_the_answer_when_its_start_is_unknown_or_wrong(tok, start):
+    """A recorded answer start that is missing (-1) or does not point at the answer text must not
+    centre the window elsewhere: the window is found by the answer text, so the training row still
+    contains its answer (a window around position 0 here would hold only the first article)."""
+    par = FUJI + TOKYO
+    ids = jsq._Encoder(tok, 256, "context_first")._window(_item(par, ["辰野金吾"], [start]), room=20)
+    assert ids is not None and len(ids) <= 20
+    window = tok.decode(ids)
+    assert "辰野金吾" in window and window in par
+
+
+def test_window_shrinks_until_it_fits(tok):
+    """The first window width comes from the paragraph's average characters per token; where the text
+    around the answer is denser in tokens (byte-fallback characters here), that width does not fit
+    and the window shrinks until it does, still around the answer."""
+    par, room = FUJI + RARE + TOKYO, 15
+    start = par.index("薔薇")
+    width = int(len(par) * room / len(tok.encode(par)))  # the first try, as _window computes it
+    lo = max(0, min(start - (width - 2) // 2, len(par) - width))
+    assert len(tok.encode(par[lo : lo + width])) > room  # precondition: the first try does not fit
+    ids = jsq._Encoder(tok, 256, "context_first")._window(_item(par, ["薔薇"], [start]), room)
+    assert ids is not None and len(ids) <= room
+    window = tok.decode(ids)
+    assert "薔薇" in window and window in par and len(window) < width
+
+
+@pytest.mark.parametrize("answer, start, room", [
+    ("大阪城", -1, 20),  # not in the paragraph
+    ("大阪城", 5, 20),  # not in the paragraph, with a start pointing at other text
+    (RARE, None, 15),  # in the paragraph, but its own 21 tokens exceed the room
+    ("辰野金吾", None, 0),  # no room at all
+], ids=["absent", "absent-with-start", "too-long", "no-room"])
+def test_window_gives_up_when_the_answer_cannot_be_kept(tok, answer, start, room):
+    """No window: the caller drops the question rather than train on a paragraph without its answer."""
+    par = FUJI + RARE + TOKYO
+    it = _item(par, [answer], [par.index(answer) if start is None else start])
+    assert jsq._Encoder(tok, 256, "context_first")._window(it, room) is None
+
+
+def test_training_set_drops_and_counts_questions_it_cannot_use(tok):
+    """Questions without an answer, and questions whose answer no window can keep (absent from the
+    paragraph, or too long for the room), are dropped and counted in `dropped`; a windowed question is
+    kept and counted in `truncated`. The kept rows are exactly the usable questions, in order."""
+    par = FUJI + RARE + TOKYO
+    q = "東京駅の駅舎を設計したのは誰か。"
+    fixed = 4 + len(tok.encode("東京駅")) + len(tok.encode(q))
+    max_len = fixed + 20  # room = 20 minus the answer and EOS: the paragraph needs a window
+    items = [_item(TOKYO[:10], ["東京駅"], [0], qid="fits"),  # short paragraph: kept whole
+             _item(par, [], [], qid="no-answer"),
+             _item(par, ["大阪城"], [-1], qid="absent"),
+             _item(par, [RARE], [par.index(RARE)], qid="too-long"),
+             _item(par, ["辰野金吾"], [par.index("辰野金吾")], qid="windowed")]
+    rows, truncated, dropped = jsq._Encoder(tok, max_len, "context_first").training_set(items)
+    assert (len(rows), truncated, dropped) == (2, 1, 3)
+    answers = [tok.decode(rows.ids[i, : int(rows.lengths[i])][rows.target[i, : int(rows.lengths[i])]].tolist())
+               for i in range(2)]
+    assert answers == ["東京駅", "辰野金吾"]
+    assert int(rows.lengths.max()) <= max_len
