@@ -332,7 +332,8 @@ class _Encoder:
             return self._assemble(title, par, q), len(it.paragraph)
         self.eval_truncated += 1
         kept = par[:room]
-        return self._assemble(title, kept, q), len(self.tok.decode(kept))
+        # a cut through a character's byte tokens decodes its bytes kept as U+FFFD: not a character kept
+        return self._assemble(title, kept, q), len(self.tok.decode(kept).rstrip("\ufffd"))
 
     def training_set(self, items: list[QAItem]) -> tuple[SeqSet, int, int]:
         seqs, tgts, truncated, dropped = [], [], 0, 0

@@ -164,3 +164,17 @@ def test_training_set_drops_and_counts_questions_it_cannot_use(tok):
                for i in range(2)]
     assert answers == ["東京駅", "辰野金吾"]
     assert int(rows.lengths.max()) <= max_len
+
+
+def test_a_character_cut_in_half_is_not_counted_as_kept(tok):
+    """The evaluation prompt is cut in tokens, and a rare character is several byte tokens: a cut through
+    one keeps part of its bytes. The characters kept (what `eval_answer_cut` compares each gold answer's
+    end with) count whole characters only, so an answer whose last character was cut is counted as cut,
+    not as kept."""
+    par = "東京駅は薔薇である。"  # 薔薇: unseen by the fixture tokenizer, byte tokens
+    it = _item(par, ["薔薇"], [4])
+    fixed = 1 + 4 + len(tok.encode(it.title)) + len(tok.encode(it.question))  # BOS, 3 SEPs, the reserve
+    for keep, whole in ((len(tok.encode("東京駅は薔")) + 1, 5), (len(tok.encode("東京駅は薔薇")), 6)):
+        assert tok.decode(tok.encode(par)[:keep]).startswith(par[:whole])
+        _, kept_chars = jsq._Encoder(tok, fixed + keep, "context_first").prompt(it, reserve=1)
+        assert kept_chars == whole  # one byte into 薇: 5 whole characters; all of 薇: 6
