@@ -3,6 +3,7 @@ factor is measured on a GPU (best of its rounds), and which recorded factor a re
 Fake clocks and fake tensors throughout: no real matmul is timed and nothing sleeps."""
 from __future__ import annotations
 
+import re
 import types
 
 import pytest
@@ -135,3 +136,12 @@ def test_an_infinite_budget_is_refused_when_parsed(text):
     with pytest.raises(BudgetError, match="budget must be a finite"):
         Budget.parse(text)
     assert str(Budget.parse("tokens=1e20")) == "tokens=100000000000000000000"  # large but finite: fine
+
+
+@pytest.mark.parametrize("text", ["tokens=1.2.3", "seconds=e", "tokens=1e", "a100_seconds=+", "tokens=_"])
+def test_an_amount_of_number_characters_that_is_no_number_is_one_clear_error(text):
+    """The pattern admits any run of digits, dots, e, + and _ (so 1e5 and 3_000 parse); a run that is
+    still no number is refused as a BudgetError naming the text, not a bare float() ValueError."""
+    with pytest.raises(BudgetError, match=f"^budget amount is not a number: {re.escape(repr(text))}$"):
+        Budget.parse(text)
+    assert Budget.parse("tokens=3_000") == Budget("tokens", 3000.0)  # the underscore form is a number

@@ -462,3 +462,51 @@ def test_a_cell_that_ran_out_of_memory_leaves_nothing_alive_for_its_cleanup(offl
     assert run_matrix.main(args) == 0
     [row] = _cells(tmp_path / "out" / "results" / "t.jsonl")
     assert row["error"].startswith("OutOfMemoryError") and seen[1:] == [True]
+
+
+def test_report_only_rebuilds_the_report_from_the_rows_and_runs_no_cell(tmp_path, capsys, monkeypatch):
+    """`--report-only` writes the grid's report from the rows already in results/ and stops: no data is
+    loaded and no cell runs (a report rebuilt after a code change must never append rows)."""
+    import shutil
+
+    from harness import executors
+    from reports import figures
+
+    def no_cells(args):
+        raise AssertionError("--report-only ran cells")
+
+    monkeypatch.setattr(executors, "build", no_cells)
+    monkeypatch.setattr(figures, "_save", lambda fig, path: path)  # drawn, not encoded (test_reports checks PNGs)
+    out = tmp_path / "out"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "results_v1", out / "results")
+    before = (out / "results" / "g.jsonl").read_bytes()
+    # a data directory that is not there: --report-only reads none (a cell would stop on it)
+    assert run_matrix.main(["--report-only", "--grid", "g", "--out", str(out), "--data-dir", str(tmp_path / "absent"),
+                            "--cache-dir", str(tmp_path / "cache")]) == 0
+    report = out / "reports" / "g" / "README.md"
+    assert f"report: {report}" in capsys.readouterr().out
+    text = report.read_text()
+    assert "| gated_context |" in text and "| attention |" in text  # the fixture's model rows
+    assert (out / "results" / "g.jsonl").read_bytes() == before  # no row appended
+    assert sorted(p.name for p in (out / "results").iterdir()) == ["bench_decode.jsonl", "g.jsonl"]
+    assert not (tmp_path / "cache").exists()  # no tokenizer trained, nothing downloaded
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--seeds", ""], "error: --seeds needs at least one integer, e.g. --seeds 0,1,2"),
+    (["--seeds", " , "], "error: --seeds needs at least one integer, e.g. --seeds 0,1,2"),
+    (["--task", "mqar", "--sweep", "--sweep-lengths", ""],
+     "error: --sweep needs at least one length (--sweep-lengths) and one width (--sweep-widths)"),
+    (["--task", "mqar", "--sweep", "--sweep-widths", ","],
+     "error: --sweep needs at least one length (--sweep-lengths) and one width (--sweep-widths)"),
+], ids=["no-seeds", "blank-seeds", "no-lengths", "no-widths"])
+def test_an_empty_list_flag_is_one_clear_line(tmp_path, cache_dir, monkeypatch, capsys, extra, match):
+    """A list flag given but empty (`--seeds ''`, a sweep with no lengths or no widths) would make a grid of
+    no cells that reports success having done nothing: it is refused in one line, before anything runs.
+    In this process (cli() as the script runs it): the checks come before any data is read."""
+    monkeypatch.setattr(sys, "argv", ["run_matrix.py", *_args(tmp_path / "absent", tmp_path / "out", cache_dir),
+                                      "--mixers", "attention", *extra])
+    assert run_matrix.cli() == 2
+    err = capsys.readouterr().err.strip()
+    assert err == match
+    assert not (tmp_path / "out").exists()

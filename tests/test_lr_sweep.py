@@ -70,6 +70,51 @@ def test_the_cache_key_holds_the_short_budget(tmp_path):
     assert rec["best_lr"] == 1e-3 and [t["tokens"] for t in rec["table"]] == [4000, 4000]
 
 
+@pytest.mark.parametrize("damage", ["", '{"0.001@tokens=2000@end', "not json"], ids=["empty", "truncated", "garbage"])
+def test_a_damaged_cache_file_only_costs_a_rerun(tmp_path, damage):
+    """A cache file that is not JSON (a disk full mid-write, a hand edit) is read as empty: every short run
+    runs again and the cell goes on, rather than the cell failing on every retry. The file is then
+    rewritten whole, so the next retry reuses the runs."""
+    path = tmp_path / "c.json"
+    path.write_text(damage)
+    calls: list[float] = []
+    rec = lr_sweep.run_sweep([1e-3, 3e-3], 0.5, Budget("tokens", 4000), _fake({1e-3: 2.0, 3e-3: 1.5}, calls),
+                             lr_sweep.TrialCache(path))
+    assert calls == [1e-3, 3e-3] and rec["reused"] == 0 and rec["best_lr"] == 3e-3
+    rec = lr_sweep.run_sweep([1e-3, 3e-3], 0.5, Budget("tokens", 4000), _fake({1e-3: 2.0, 3e-3: 1.5}, calls),
+                             lr_sweep.TrialCache(path))
+    assert calls == [1e-3, 3e-3] and rec["reused"] == 2  # the rewritten file is read back
+
+
+def test_a_sweep_without_rates_is_refused():
+    """No rates is a clear error before any short run, not an "every short run diverged" of nothing."""
+    calls: list[float] = []
+    with pytest.raises(ValueError, match="^learning-rate sweep: no rates$"):
+        lr_sweep.run_sweep([], 0.5, Budget("tokens", 4000), _fake({}, calls))
+    assert calls == []
+
+
+def test_a_diverged_rate_is_a_result_of_the_sweep_not_a_failed_cell(monkeypatch):
+    """A rate whose training raises FloatingPointError (a non-finite loss) becomes a trial with no dev loss,
+    no tokens and the error's one line: it loses, and the sweep picks the best of the other rates (the
+    largest rate of a grid diverging is an expected outcome, not a reason to lose the whole cell)."""
+    def train(model, objective, train_set, dev_set, budget, cfg, device, dist=None):
+        if cfg.lr == 1e-2:
+            raise FloatingPointError("non-finite loss at step 3\n(more detail)")
+        return TrainResult(tokens_seen=500, best_dev_loss={1e-3: 2.5, 3e-3: 2.2}[cfg.lr], best_fraction=1.0)
+
+    monkeypatch.setattr(lr_sweep, "train", train)
+    dev = SeqSet(torch.ones(4, 4, dtype=torch.long), torch.ones(4, 4, dtype=torch.bool), np.full(4, 4))
+    run = lr_sweep.train_trial(lambda: "model", None, None, dev, TrainConfig(lr=9.0), "cpu")
+    t = run(1e-2, Budget("tokens", 500))
+    assert (t.lr, t.dev_loss, t.tokens) == (1e-2, None, 0)
+    assert t.error == "FloatingPointError: non-finite loss at step 3"
+    rec = lr_sweep.run_sweep([1e-3, 3e-3, 1e-2], 0.5, Budget("tokens", 1000), run)
+    assert rec["best_lr"] == 3e-3 and rec["best_dev_loss"] == 2.2
+    assert rec["table"][2]["error"] == "FloatingPointError: non-finite loss at step 3"
+    assert rec["table"][2]["dev_loss"] is None and "error" not in rec["table"][0]
+
+
 def test_a_short_run_is_judged_once_on_the_first_dev_sequences(monkeypatch):
     """The real TrialFn trains on a dev slice cut to its first SHORT_DEV_SEQS (128) rows, the same rows for
     every rate, and with at most SHORT_EVAL_POINTS (1) dev check: dev checks, not training, dominated the
@@ -105,6 +150,7 @@ def test_rates_parse_and_auto_follows_the_preset():
     assert lr_sweep.auto_rates(1e-3) == [3e-4, 1e-3, 3e-3]
     assert lr_sweep.auto_rates(6e-4) == [3e-4, 1e-3, 3e-3]
     assert lr_sweep.parse_rates("3e-4, 1e-3,1e-3", 1e-3) == [3e-4, 1e-3]
+    assert lr_sweep.parse_rates(" auto ", 3e-3) == [1e-3, 3e-3, 1e-2]  # `auto`: around the preset's rate
     for bad, says in (("fast", "takes comma-separated learning rates or 'auto', got 'fast'"),
                       ("0", "must be positive numbers, got '0'"), ("-1e-3", "must be positive numbers, got '-1e-3'"),
                       ("", "must be positive numbers, got ''")):

@@ -393,6 +393,59 @@ def test_missing_or_empty_corpus_is_one_clear_line(offline_dir, tmp_path, cache_
     assert not (tmp_path / "out" / "results").exists()
 
 
+@pytest.mark.parametrize("flags, match", [
+    (["--pretrain-frac", "0"], "error: --pretrain-frac must be in (0, 1), got 0.0"),
+    (["--pretrain-frac", "1"], "error: --pretrain-frac must be in (0, 1), got 1.0"),  # nothing left for the task
+    (["--pretrain-frac", "-0.5"], "error: --pretrain-frac must be in (0, 1), got -0.5"),
+    (["--pretrain-max-chars", "-1"], "error: --pretrain-max-chars must be >= 0, got -1"),
+], ids=["frac-0", "frac-1", "frac-negative", "max-chars-negative"])
+def test_a_bad_pretraining_setting_is_one_clear_line(tmp_path, cache_dir, capsys, monkeypatch, flags, match):
+    """A share of the budget outside (0, 1) (0: no pretraining, 1: no task training) or a negative
+    character cap is refused in one line before anything runs, not trained on."""
+    monkeypatch.setattr(sys, "argv", ["run_matrix.py", *_args(tmp_path / "absent", tmp_path / "out", cache_dir,
+                                                                "--pretrain", "passages", *flags)])
+    assert run_matrix.cli() == 2
+    assert capsys.readouterr().err.strip() == match
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pretraining_spec_needs_a_source_and_takes_the_edges_of_its_ranges():
+    """No source is refused (a cell would pretrain on nothing); a cap of 0 (no cap) and shares just inside
+    (0, 1) are accepted."""
+    with pytest.raises(DataError, match="^--pretrain needs at least one source$"):
+        pt.PretrainSpec([])
+    assert pt.PretrainSpec(["passages"], frac=0.01, max_chars=0).slug() == "pt-passages-f0.01"
+    assert pt.PretrainSpec(["passages"], frac=0.99, max_chars=5).slug() == "pt-passages-c5-f0.99"
+
+
+def test_pretraining_a_task_without_a_text_tokenizer_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    """MQAR's sequences are synthetic ids: there is no tokenizer to encode a text corpus with, so
+    `--pretrain` on it is refused in one line (when the cells are planned, before any trains)."""
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [
+        "run_matrix.py", "--task", "mqar", "--preset", "tiny", "--budget", "tokens=2000", "--mixers", "attention",
+        "--objectives", "autoregressive", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+        "--task-opt", "vocab_size=64", "--task-opt", "train_tokens=4000", "--task-opt", "eval_seqs=16",
+        "--task-opt", "dev_seqs=8", "--pretrain", "passages"])
+    assert run_matrix.cli() == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --pretrain needs a task with a text tokenizer (e.g. jsquad)"
+    assert not (out / "results").exists()
+
+
+def test_tokenising_a_large_source_logs_its_progress_every_5000_documents(tmp_path):
+    """A corpus of many documents takes minutes to tokenise on first use: a line every 5,000 documents
+    (with the characters so far) shows it is moving; the count is of documents, each logged once."""
+    lines: list[str] = []
+    passages = ["ab"] * 10_001
+    _, meta = pt.tokenize_cached(Source.parse("passages"), passages, CharTok(ALPHA), tmp_path / "cache",
+                                 log=lines.append)
+    assert meta["docs"] == 10_001
+    assert lines[:-1] == ["[pretrain] passages: 10,000 characters tokenised ...",
+                          "[pretrain] passages: 20,000 characters tokenised ..."]
+    assert lines[-1].startswith("[pretrain] passages: 10,001 documents, 20,002 characters -> 30,003 tokens")
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_the_first_steps_of_every_stage_are_warm_up_not_budget(compiled, monkeypatch):
     """The task stage after pretraining brings a new objective form and new batch shapes, so a compiled

@@ -231,6 +231,17 @@ def test_warm_compile_is_refused_under_torchrun():
     executors.check_warm_compile(args, DistEnv(), torch.device("cpu"))  # one process: fine
 
 
+@pytest.mark.parametrize("device", ["meta", "mps", "xpu"])
+def test_warm_compile_is_refused_on_a_device_other_than_cpu_or_cuda(device):
+    """Its workers warm inductor's cpu or cuda cache only: on any other device the flag would do nothing
+    and leave a slow grid unexplained, so it is refused in one line naming the device."""
+    args = argparse.Namespace(warm_compile=2, executor="local", no_compile=False)
+    with pytest.raises(ValueError, match=f"^--warm-compile runs on cpu or cuda, not {device}$"):
+        executors.check_warm_compile(args, DistEnv(), torch.device(device))
+    for fine in ("cpu", "cuda:0"):  # a cuda device object needs no GPU to be checked
+        executors.check_warm_compile(args, DistEnv(), torch.device(fine))
+
+
 class _NoContext:
     def build(self):
         return None
