@@ -35,10 +35,12 @@ def reference_row(ref: Reference, task: Task, data: TaskData, grid: str, task_op
         reference={"name": ref.name, "kind": ref.kind, "rule": ref.rule, "setting": ref.setting,
                    "identity": ref.identity},
     )
-    try:
-        row["metrics"] = ref.score()
-        if ref.score_full is not None:
-            row["reference"]["full_split"] = ref.score_full()
+    try:  # all or nothing: a failed row holds no figures of the half that ran
+        metrics = ref.score()
+        full = ref.score_full() if ref.score_full is not None else None
+        row["metrics"] = metrics
+        if full is not None:
+            row["reference"]["full_split"] = full
         row["status"] = "ok"
     except Exception as e:  # a broken reference is shown as failed, like a cell; the grid goes on
         row["error"] = error_text(e)
@@ -56,8 +58,10 @@ def write_references(task: Task, data: TaskData, ctx: PrepareContext, results: P
         row = reference_row(ref, task, data, grid, task_opts)
         append_row(results, row)
         written.append(row)
-        m = row["metrics"]
+        m, name = row["metrics"], f"{ref.name}{' (' + ref.setting + ')' if ref.setting else ''}"
+        if row["status"] != "ok":
+            log(f"  ref    {name}: failed: {row['error']}")
+            continue
         shown = " ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float))
-        log(f"  ref    {ref.name}{' (' + ref.setting + ')' if ref.setting else ''}: "
-            f"{shown or row['error']} on {m.get('eval_n', '?')} items")
+        log(f"  ref    {name}: {shown} on {m.get('eval_n', '?')} items")
     return written

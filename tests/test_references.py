@@ -49,8 +49,9 @@ def test_a_reference_that_fails_to_score_is_a_failed_row_and_the_others_go_on(mq
     assert rows[1]["error"] == "RuntimeError: no answers to score"
     assert rows[0]["error"] is None and rows[2]["metrics"] == {"accuracy": 1.0, "eval_n": 2}
     assert len(lines) == 3 and "ref    ceiling: accuracy=1.000 on 2 items" in lines[2]
-    if broken == "score":
-        assert rows[1]["metrics"] == {} and lines[1] == "  ref    middle: RuntimeError: no answers to score on ? items"
+    # all or nothing: no figures from the half that ran, and the line says failed (not the half's figures)
+    assert rows[1]["metrics"] == {} and "full_split" not in rows[1]["reference"]
+    assert lines[1] == "  ref    middle: failed: RuntimeError: no answers to score"
 
     monkeypatch.setattr(task, "references", lambda data, ctx: _refs(None))  # fixed: the rerun scores it alone
     again = write_references(task, data, ctx, results, done_keys(results), "g", {}, log=lines.append)
