@@ -546,3 +546,175 @@ def test_peak_vram_is_shown_for_ok_model_rows_only():
                   metrics={"peak_mem_bytes": 80 * 2**30, "eval_peak_mem_bytes": 2**30})
     assert cols["peak_mem"].fmt(cols["peak_mem"].get(ok)) == "3.0 GiB" and cols["eval_peak_mem"].get(ok) == 2**30
     assert cols["peak_mem"].get(failed) is None and cols["eval_peak_mem"].get(failed) is None
+
+
+_BENCH_OK = {"bench": "scaling", "key": "s", "mixer": "attention", "objective": None, "status": "ok", "error": None,
+             "device": "cpu: test"}
+_GOOD = _row("attention", "autoregressive", metrics=_qa(0.3, 0.5, ppl=8.0))
+
+
+@pytest.mark.parametrize("name, second, message", [
+    ("bench_x.jsonl", {**_BENCH_OK, "key": "t", "bench": "speed"},
+     r"bench_x\.jsonl:2: unknown bench 'speed' \(known: scaling, loss_memory, decode\)"),
+    ("g.jsonl", {**_GOOD, "key": "b", "metrics": [0.3, 0.5]}, r"g\.jsonl:2: metrics must be an object, got list"),
+    ("g.jsonl", {**_GOOD, "key": "b", "loss_curve": [6.0, 5.5]}, r"g\.jsonl:2: loss_curve must be a list of objects"),
+    ("g.jsonl", {**_GOOD, "key": "b", "loss_curve": {"frac": 1.0}}, r"g\.jsonl:2: loss_curve must be a list of objects"),
+    ("g.jsonl", {**_GOOD, "key": "b", "metrics": {}}, r"g\.jsonl:2: an ok row has no metrics"),
+    ("bench_x.jsonl", _GOOD, r"bench_x\.jsonl:2: a grid row in a benchmark file \(rows with and without 'bench'\)"),
+])
+def test_a_row_a_report_cannot_use_is_refused_naming_file_and_line(tmp_path, name, second, message):
+    """Each row a report would misread (a benchmark it has no section for, metrics or a loss curve of the
+    wrong shape, an ok cell with no numbers, a file mixing benchmark and grid rows) is a one-line error
+    naming the file and the line (the second; the first is a good row of the file's kind), never a
+    report built from a part of the file or a traceback from deep in the figures."""
+    first = _BENCH_OK if name.startswith("bench_") else _GOOD
+    for row in (first, second):
+        append_row(tmp_path / "results" / name, row)
+    with pytest.raises(ResultsFileError, match=message):
+        write_reports(tmp_path / "results", tmp_path / "reports")
+    assert not (tmp_path / "reports").exists()  # nothing written from a file that was refused
+
+
+@pytest.mark.parametrize("grid, rows", [("bench_scaling", [_BENCH_OK]), ("g", [])])
+def test_a_report_of_a_file_with_no_grid_rows_says_so(tmp_path, grid, rows):
+    """--grid naming a file that is there but holds no grid rows (a benchmark file, an empty grid file) is
+    an error saying just that, not 'no such file' and not an empty success."""
+    path = tmp_path / "results" / f"{grid}.jsonl"
+    path.parent.mkdir()
+    path.touch()
+    for r in rows:
+        append_row(path, r)
+    with pytest.raises(ResultsFileError, match=rf"no grid '{grid}': .*{grid}\.jsonl holds no grid rows$"):
+        write_reports(tmp_path / "results", tmp_path / "reports", grid)
+
+
+def test_python_m_reports_prints_what_it_wrote_or_that_there_was_nothing(tmp_path, capsys):
+    """`python -m reports` exits 0 and prints each README it wrote, one per line on stdout; with no results
+    files it writes nothing and says so on stderr (a wrong --out must not look like a silent success)."""
+    from reports.__main__ import main
+
+    assert main(["--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"no results files in {tmp_path / 'results'}\n"
+    assert not (tmp_path / "reports").exists()
+    append_row(tmp_path / "results" / "g.jsonl", _ref("title", "baseline", 0.11, 0.19))
+    assert main(["--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{tmp_path / 'reports' / 'g' / 'README.md'}\n" and err == ""
+    assert (tmp_path / "reports" / "g" / "README.md").is_file()
+
+
+def test_the_header_says_n_a_for_what_no_row_records(tmp_path):
+    """A grid whose cells have not run yet (only its references are written): the header's per-cell fields
+    (budget, preset) and a commit no row recorded say n/a, never an empty cell or 'None'."""
+    ref = _ref("title", "baseline", 0.11, 0.19)
+    ref["git_commit"] = None
+    append_row(tmp_path / "results" / "g.jsonl", ref)
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    text = (tmp_path / "reports" / "g" / "README.md").read_text()
+    for field in ("budget (per cell)", "preset", "git commit"):
+        assert f"| {field} | n/a |" in text, field
+    assert "| device | `cpu: test` |" in text  # (a field the reference does record is shown)
+
+
+def test_vs_best_baseline_is_n_a_for_a_cell_scored_on_other_items():
+    """A cell scored on another number of questions than every baseline is not compared with them (the
+    difference would mix items): 'n/a (other eval items)'; a cell on the baselines' items is compared."""
+    from reports.tables import annotate_vs_baseline
+
+    sample = _row("attention", "autoregressive", key="s", metrics=_qa(0.3, 0.5, eval_n=200))
+    same = _row("mamba", "autoregressive", key="m", metrics=_qa(0.3, 0.5, eval_n=500))
+    out = {r["key"]: r.get("_vs_baseline")
+           for r in annotate_vs_baseline([sample, same, _ref("title", "baseline", 0.1, 0.2, eval_n=500)], "f1")}
+    assert out["s"] == "n/a (other eval items)"
+    assert out["m"] == "beats title (f1 +0.300)"  # (rows without declarations: the metric by its key)
+
+
+def _failed_bench(kind: str, **kw) -> dict:
+    return {**_BENCH_OK, "bench": kind, "key": f"{kind}-failed", "status": "failed",
+            "error": "OutOfMemoryError: CUDA out of memory", **kw}
+
+
+@pytest.mark.parametrize("name, args, row", [
+    ("sweep_curves", ("accuracy", "seq_len", "d_model", "t"),
+     _row("mamba", "autoregressive", task="mqar", protocol="mqar", status="failed", sweep={"seq_len": 64, "d_model": 32},
+          metrics={"accuracy": 0.5})),
+    ("scaling", (), _failed_bench("scaling", seq_len=2048, d_model=64)),
+    ("loss_memory", (), _failed_bench("loss_memory", impl="plain", vocab_size=8000, n_tokens=1024)),
+    ("decode", (), _failed_bench("decode", context=1024, batch=1)),
+])
+def test_a_figure_with_no_ok_row_is_not_drawn(tmp_path, name, args, row):
+    """Rows that all failed (a leftover metric included) give no figure: None, and no empty PNG on disk
+    for the report to link."""
+    from reports import figures
+
+    path = tmp_path / "f.png"
+    assert getattr(figures, name)([row], *args, path) is None
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("kind, rows", [
+    ("scaling", [_failed_bench("scaling", seq_len=2048, d_model=64)]),
+    ("loss_memory", [_failed_bench("loss_memory", impl="plain", vocab_size=8000, n_tokens=1024, d_model=64)]),
+    ("decode", [_failed_bench("decode", context=1024, batch=1, preset="tiny")]),
+])
+def test_a_benchmark_section_whose_rows_all_failed_links_no_figure(tmp_path, kind, rows):
+    """The section still shows its table (the failures, named) but links no figure."""
+    from reports import bench
+
+    text = "\n".join(getattr(bench, f"{kind}_section")(rows, tmp_path))
+    assert "**OOM**" in text and "![" not in text and not list(tmp_path.glob("*.png"))
+
+
+def test_scaling_figure_says_n_a_where_no_row_measured_memory(tmp_path, monkeypatch):
+    """On a device without a memory measure the memory panel says n/a (an empty panel would read as
+    'no memory used'), and its title says why."""
+    from reports import figures
+
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: figs.append(fig) or path)
+    rows = [{**_BENCH_OK, "key": f"s{L}", "seq_len": L, "d_model": 64, "tokens_per_step": 1024, "ms_per_seq": L / 100,
+             "tokens_per_s": 1e5, "peak_mem_bytes": None} for L in (256, 512)]
+    assert figures.scaling(rows, tmp_path / "s.png") is not None
+    a_mem = figs[0].axes[2]
+    assert [t.get_text() for t in a_mem.texts] == ["n/a"]
+    assert a_mem.get_title() == "peak memory: n/a on this device"
+    rows[0]["peak_mem_bytes"], rows[0]["mem_measure"] = 2**20, "allocator peak"
+    assert figures.scaling(rows, tmp_path / "s.png") is not None
+    assert list(figs[1].axes[2].texts) == [] and figs[1].axes[2].get_title() == "peak memory\n(allocator peak)"
+
+
+def test_loss_memory_table_leaves_a_path_not_run_blank_and_names_a_failed_one(tmp_path, monkeypatch):
+    """A (vocab, tokens) point one path was not run at is a blank cell; one it failed at says OOM (or
+    failed); the loss spread needs two paths' losses."""
+    from reports import bench
+
+    monkeypatch.setattr(bench.figures, "loss_memory", lambda rows, path: None)
+    base = {**_BENCH_OK, "bench": "loss_memory", "vocab_size": 8000, "d_model": 64, "dtype": "fp32",
+            "mem_measure": "m", "loss": 9.0}
+    rows = [{**base, "key": "c1", "impl": "chunked", "n_tokens": 1024, "peak_mem_bytes": 2**20, "ms_fwd_bwd": 2.0},
+            {**base, "key": "p0", "impl": "plain", "n_tokens": 256, "peak_mem_bytes": 2**21, "ms_fwd_bwd": 1.0},
+            {**base, "key": "p1", "impl": "plain", "n_tokens": 1024, "status": "failed",
+             "error": "OutOfMemoryError: x"},
+            {**base, "key": "x1", "impl": "other", "n_tokens": 1024, "status": "failed", "error": "RuntimeError: y"}]
+    lines = bench.loss_memory_section(rows, tmp_path)
+    assert "| vocab | tokens | fp32 logits | chunked | plain | other | loss spread |" in lines
+    assert "| 8,000 | 256 | 7.8 MiB |  | 2.0 MiB · 1.0 ms |  | — |" in lines
+    assert "| 8,000 | 1,024 | 31.2 MiB | 1.0 MiB · 2.0 ms | **OOM** | **failed** | — |" in lines
+
+
+def test_decode_table_tail_is_dashes_where_the_longest_context_failed(tmp_path, monkeypatch):
+    """The columns at the longest context (rerun, speed-up, prefill, state) come from that context's row:
+    where it failed they are dashes, never another context's numbers."""
+    from reports import bench
+
+    monkeypatch.setattr(bench.figures, "decode", lambda rows, path: None)
+    base = {**_BENCH_OK, "bench": "decode", "batch": 1, "preset": "tiny", "d_model": 64, "n_layers": 2,
+            "prefill_ms": 3.0, "rerun_ms": 8.0, "speedup": 8.0, "state_floats": 4096, "state_bytes": 2**14,
+            "decode_path": "state", "backend": "sdpa_kv_cache"}
+    rows = [{**base, "key": f"{m}{T}", "mixer": m, "context": T, "step_ms": 1.0} for m in ("attention", "mamba")
+            for T in (256, 1024)]
+    rows[1].update(status="failed", error="OutOfMemoryError: x")  # attention at 1,024
+    lines = bench.decode_section(rows, tmp_path)
+    assert "| attention | 1 | 1.000 | **OOM** | — | — | — | — | — | — |" in lines
+    assert "| mamba | 1 | 1.000 | 1.000 | 8.00 | 8x | 3.0 | 4.1k | 16.0 KiB | state (sdpa_kv_cache) |" in lines

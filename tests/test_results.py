@@ -150,3 +150,47 @@ def test_a_copy_without_git_records_the_declared_commit(tmp_path, monkeypatch):
     git_commit.cache_clear()
     assert git_commit(tmp_path) == "ad5ec21 (declared)"
     git_commit.cache_clear()
+
+
+def test_values_json_cannot_write_are_written_as_numbers_lists_or_text(tmp_path):
+    """Rows carry tensors and numpy scalars (a metric straight from a model), sets, and objects such as
+    paths: a tensor or numpy scalar is written as its number, a set or tuple as a list, anything else as
+    its text, so a row never fails to be written at the end of a cell."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from core.results import jsonable
+
+    p = tmp_path / "r.jsonl"
+    append_row(p, _row("a", metrics={"em": torch.tensor(0.5), "n": np.int64(7), "f1": np.float32(0.25)},
+                       mixers={"mamba"}, where=Path("/data/x")))
+    [row] = read_rows(p)
+    assert row["metrics"] == {"em": 0.5, "n": 7, "f1": 0.25} and type(row["metrics"]["n"]) is int
+    assert row["mixers"] == ["mamba"] and row["where"] == "/data/x"
+    assert jsonable((1, 2)) == [1, 2] and jsonable(torch.tensor(3)) == 3
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", '"ok"', "3"])
+def test_a_json_line_that_is_not_an_object_is_named(tmp_path, line):
+    """Valid JSON that is not an object (a list, a string, a number) is no row: an error naming the file
+    and line, not an AttributeError from the schema upgrade."""
+    p = tmp_path / "r.jsonl"
+    append_row(p, _row("a"))
+    with open(p, "a") as f:
+        f.write(line + "\n")
+    with pytest.raises(ResultsFileError, match=r"r\.jsonl:2: not a JSON object$"):
+        read_rows(p)
+
+
+@pytest.mark.parametrize("cells", [[{"key": "a"}, {"label": "no key"}], [{"key": "a"}, "a"]])
+def test_a_grid_manifest_with_a_cell_without_a_key_is_refused(tmp_path, cells):
+    """A manifest cell without a key (or not an object) could never be matched with a row: the report
+    would list it as missing forever. It is a one-line error naming the manifest."""
+    from core.results import read_expected
+
+    p = tmp_path / "g.expected.json"
+    p.write_text(json.dumps({"cells": cells}))
+    with pytest.raises(ResultsFileError, match=r"g\.expected\.json: not a grid manifest \(a cell without a key\)"):
+        read_expected(p)

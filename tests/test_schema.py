@@ -194,3 +194,10 @@ def test_done_keys_follow_each_cells_latest_row(tmp_path):
     assert done_keys(p) == {"b"}
     latest = latest_by_key(read_rows(p))
     assert {k: r["status"] for k, r in latest.items()} == {"a": "failed", "b": "ok", "c": "failed"}
+
+
+def test_missing_keys_names_the_keys_every_row_has_first():
+    """A row without the keys every row has is no row: `missing_keys` names those, not the grid keys a
+    row of no known kind would also lack (which would send the reader after the wrong fields)."""
+    assert missing_keys({"key": "k", "status": "ok"}) == ["mixer", "objective"]
+    assert missing_keys({"key": "k", "status": "ok", "mixer": None, "objective": None, "bench": "decode"}) == ["device"]

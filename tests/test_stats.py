@@ -135,3 +135,41 @@ def test_seed_section_compares_each_mixer_with_attention_of_its_own_objective():
         assert "+0.100 [+0.100, +0.100] **yes**" in line[("better", "autoregressive")]
         assert "-0.200 [-0.200, -0.200] **yes**" in line[("better", "diffusion")]
         assert "(reference)" in line[("attention", "diffusion")] and "(reference)" in line[("attention", "autoregressive")]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: stats.t975(0), r"t quantile needs df >= 1"),
+    (lambda: stats.mean_ci([]), r"mean_ci of no values"),
+    (lambda: stats.mean_ci([None, float("nan")]), r"mean_ci of no values"),  # nothing finite is nothing
+    (lambda: stats.paired_bootstrap(np.zeros((2, 3)), np.zeros((1, 3))),
+     r"paired_bootstrap needs equal, non-empty shapes, got \(2, 3\) and \(1, 3\)"),
+    (lambda: stats.paired_bootstrap([], []), r"needs equal, non-empty shapes, got \(1, 0\) and \(1, 0\)"),
+], ids=["t975-df0", "mean_ci-empty", "mean_ci-nothing-finite", "bootstrap-shapes", "bootstrap-empty"])
+def test_statistics_of_inputs_they_cannot_describe_are_errors(call, message):
+    """No interval of zero values or of misaligned cells: a clear ValueError, not a NaN or an index
+    error (a quantile of df 0 would read the table's last entry; unequal shapes would broadcast)."""
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_aligned_scores_refuses_per_question_scores_that_do_not_match_their_ids():
+    """A row whose per-question scores are not one per question id cannot be paired: its cell's Δ says
+    'malformed per-question scores' (zip would silently drop the unmatched questions)."""
+    bad = _row("m", 0, [0.1, 0.2], ["x", "y"])
+    bad["per_question"]["f1"] = [0.1]
+    good = [_row("attention", 0, [0.5, 0.6], ["x", "y"])]
+    assert stats.aligned_scores([bad], good, "f1") == "malformed per-question scores"
+    assert stats.aligned_scores(good, [bad], "f1") == "malformed per-question scores"
+
+
+def test_seed_section_lists_each_seeds_rate_when_a_sweep_chose_differently():
+    """The seeds of one swept configuration may each choose a different rate: the lr column lists them
+    by seed, not the first seed's rate as if all had trained at it."""
+    rows = []
+    for s, lr in ((2, 3e-3), (0, 1e-3), (1, 3e-3)):
+        r = _row("attention", s, [0.2, 0.3])
+        r["train"] = {"lr": lr}
+        r["lr_sweep"] = {"rates": [1e-3, 3e-3], "frac": 0.25, "tokens": 1000, "seconds": 2.0}
+        rows.append(r)
+    line = _lines_by_cell(rows)[("attention", "autoregressive")]
+    assert " | 3 | " in line and " | 0.001, 0.003, 0.003 | " in line
