@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import types
 import typing
 from typing import Any, Callable, Generic, TypeVar
 
@@ -84,6 +85,17 @@ def coerce_options(opts_cls: type, values: dict[str, Any], what: str) -> Any:
 def _coerce(key: str, val: Any, typ: Any) -> Any:
     if not isinstance(val, str) or typ is str:
         return val
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # `int | None`: "none" or an int
+        args = typing.get_args(typ)
+        if type(None) in args and val.strip().lower() in ("none", "null"):
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _coerce(key, val, rest[0])
+        if str in rest:
+            return val
+    if typ not in (bool, int, float):  # never a CLI string passed on as, say, a tuple's value
+        raise ValueError(f"option {key}={val!r}: an option of type {typ} cannot be given as text")
     try:
         if typ is bool:
             low = val.lower()
@@ -92,11 +104,9 @@ def _coerce(key: str, val: Any, typ: Any) -> Any:
             if low in ("0", "false", "no", "off"):
                 return False
             raise ValueError
-        if typ in (int, float):
-            return typ(val)
+        return typ(val)
     except ValueError:
         raise ValueError(f"option {key}={val!r} is not a valid {typ.__name__}") from None
-    return val
 
 
 def parse_kv(items: list[str] | None, flag: str) -> dict[str, str]:

@@ -76,10 +76,6 @@ def read_rows(path: Path | str) -> list[dict[str, Any]]:
     return rows
 
 
-def read_all(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
-    return [r for p in paths for r in read_rows(p)]
-
-
 def latest_by_key(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The last row written for each cell key: a rerun of a failed cell supersedes its failure."""
     out: dict[str, dict[str, Any]] = {}

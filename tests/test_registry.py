@@ -8,6 +8,7 @@ import importlib
 import pathlib
 import sys
 import textwrap
+import typing
 
 import pytest
 
@@ -135,6 +136,30 @@ def test_an_option_string_that_is_not_of_its_type_is_an_error(pkg, key, text, ty
     """A misspelt bool ('flase') must not quietly mean False (or True): it is refused, as a bad int is."""
     with pytest.raises(ValueError, match=rf"option {key}='{text}' is not a valid {typ}"):
         pkg.REGISTRY.make_options("zeta", {key: text})
+
+
+@dataclasses.dataclass
+class _Later:
+    """Options a future mixer may declare: optional numbers, an optional text, a tuple."""
+    window: int | None = None
+    rate: typing.Optional[float] = 0.5
+    tag: str | None = None
+    sizes: tuple[int, ...] = (1, 2)
+
+
+def test_optional_options_take_none_or_their_type_and_other_types_refuse_text():
+    """Adding a mixer is adding one file, and its options may be `int | None`: "16" must become 16 (not
+    the string "16", which a mixer would only trip over later, or treat as true), "none" None, and a bad
+    number the usual error. A type text cannot be turned into (a tuple) refuses text instead of passing
+    the string on."""
+    got = coerce_options(_Later, {"window": "16", "rate": "NONE", "tag": "none"}, "toy")
+    assert got == _Later(window=16, rate=None, tag=None) and isinstance(got.window, int)
+    assert coerce_options(_Later, {"rate": "2e-1", "tag": "x"}, "toy") == _Later(rate=0.2, tag="x")
+    with pytest.raises(ValueError, match=r"option window='16x' is not a valid int"):
+        coerce_options(_Later, {"window": "16x"}, "toy")
+    with pytest.raises(ValueError, match=r"option sizes='3,4': an option of type .* cannot be given as text"):
+        coerce_options(_Later, {"sizes": "3,4"}, "toy")
+    assert coerce_options(_Later, {"sizes": (3, 4)}, "toy").sizes == (3, 4)  # (not text: as given)
 
 
 def test_coerce_options_names_the_options_there_are():
