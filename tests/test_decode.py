@@ -71,6 +71,8 @@ def test_decoding_under_bf16_autocast_gives_the_forwards_numbers(name):
 
 @pytest.mark.parametrize("name,opts", [("wave_wavelet", {"wavelet": "db2", "levels": 3}),
                                        ("wave_interference", {"scale": "unit", "readout": "magnitude"}),
+                                       ("wave_interference", {"scale": "sum", "rope_phase": False}),
+                                       ("wave_modulation", {"scale": "sum", "rope_phase": False, "readout": "real"}),
                                        ("mamba", {"d_conv": 2, "scan": "reference"})])
 def test_step_equals_forward_for_other_options(name, opts):
     """Longer wavelet filters wrap the ring buffer several times; other scales and readouts; a short conv."""

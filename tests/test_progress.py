@@ -64,7 +64,8 @@ def test_pool_bar_counts_running_fractions_and_lists_running_phases():
     assert p.postfix() == "? left]" and p.count() == 0
     p.update("a", "prepare", 0.0)
     p.update("b", "train 40%", 0.2)
-    p.update("a", "train 10%", 0.05)
+    p.update("a", "train 5%", 0.025)
+    p.update("a", "train 10%", 0.05)  # (the same stage again: on record once)
     assert p.count() == pytest.approx(0.25)
     assert p.postfix() == "? left] 2 running: attention x ar (seed a): train 10%; attention x ar (seed b): train 40%"
     p.update("b", "evaluate answers 3/4", 1.0)  # a running cell never counts whole: only its finish does
