@@ -246,3 +246,35 @@ def test_the_grid_rotates_the_mixer_order_from_seed_to_seed(offline_dir, tmp_pat
         for obj in ("autoregressive", "diffusion"):
             assert [m for s, o, m in ran if (s, o) == (seed, obj)] == want
     assert [o for s, o, m in ran[:6]] == ["autoregressive"] * 3 + ["diffusion"] * 3  # objectives: seed by seed
+
+
+def test_cells_share_a_pretraining_corpus_exactly_when_its_text_is_the_same(tmp_path, monkeypatch):
+    """A grid packs each pretraining corpus once and hands it to every cell that asks for the same text:
+    another mixer, objective, seed or pretraining fraction reuses it (the fraction splits the budget, not
+    the text). Another cap on characters, another source, preset (its max_len packs the rows) or task
+    option must get a corpus of its own: a shared one would pretrain that cell on the wrong text."""
+    import dataclasses
+
+    from harness import cell as hc
+
+    prepared = []
+
+    def prepare(spec, data, cache_dir, max_len, log):
+        prepared.append((spec.sources, spec.max_chars, max_len))
+        return object()  # a distinct corpus per preparation
+
+    monkeypatch.setattr(hc.pt, "prepare", prepare)
+    ctx = hc.RunContext(torch.device("cpu"), None, tmp_path, "g")
+    base = hc.Cell("jsquad", "attention", "autoregressive", "tiny", "tokens=1000",
+                   pretrain={"sources": ["passages"], "frac": 0.5, "max_chars": 0})
+    first = ctx.pretrain_corpus(base, data=None)
+    same_text = [dataclasses.replace(base, mixer="mamba", objective="diffusion", seed=3),
+                 dataclasses.replace(base, pretrain={**base.pretrain, "frac": 0.3})]
+    assert all(ctx.pretrain_corpus(c, data=None) is first for c in same_text) and len(prepared) == 1
+    other_text = [dataclasses.replace(base, pretrain={**base.pretrain, "max_chars": 1000}),
+                  dataclasses.replace(base, pretrain={**base.pretrain, "sources": ["dir:/corpus"]}),
+                  dataclasses.replace(base, preset="small"),
+                  dataclasses.replace(base, task_opts={"extra_train": "jaquad"})]
+    corpora = [ctx.pretrain_corpus(c, data=None) for c in other_text]
+    assert len({id(first), *map(id, corpora)}) == 5 and len(prepared) == 5
+    assert ctx.pretrain_corpus(dataclasses.replace(base, pretrain=None), data=None) is None
