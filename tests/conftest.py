@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fixtures.jsquad_mini import write_offline, write_official  # noqa: E402
+from fixtures.jsquad_mini import TRAIN_TEXTS, write_offline, write_official  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 # grids in tests train at the preset's rate unless a test asks for a sweep (tests/test_lr_sweep.py does)
@@ -33,6 +33,15 @@ def official_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tok(tmp_path_factory):
+    """The fixture tokenizer (MeCab + SentencePiece, vocabulary 300) trained on the hand-made training
+    articles, once for the whole session."""
+    from tasks.tokenizer import TokenizerSettings, train_or_load
+
+    return train_or_load(TRAIN_TEXTS, TokenizerSettings(vocab_size=300), tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ import unicodedata
 
 import pytest
 
-from fixtures.jsquad_mini import EVAL_ARTICLES, TRAIN_ARTICLES, to_jgle
+from fixtures.jsquad_mini import EVAL_ARTICLES, TRAIN_ARTICLES, TRAIN_TEXTS, to_jgle
 from tasks import jsquad_baselines as jb
 from tasks.jsquad import QAItem, parse_articles
 from tasks.tokenizer import TokenizerSettings, train_or_load
 
 ITEMS = parse_articles(to_jgle(TRAIN_ARTICLES + EVAL_ARTICLES, "x")["data"], "fixture")
-TEXTS = [t for art in TRAIN_ARTICLES for t in (art[0], art[1], *(q for q, _ in art[2]))]
 # hand-made: the answer is the article's title; full-width letters and digits in the answers
 TITLE_ITEM = QAItem("q1", "富士山", "富士山は日本で最も高い山である。", "日本で最も高い山は何か。", ["富士山"], [0])
 FULL_WIDTH = [
@@ -60,7 +59,7 @@ def test_roundtrip_ceiling_counts_what_normalisation_loses():
 @pytest.fixture(scope="module")
 def toks(tmp_path_factory):
     cache = tmp_path_factory.mktemp("tok")
-    return {n: train_or_load(TEXTS, TokenizerSettings(vocab_size=300, normalization=n), cache)
+    return {n: train_or_load(TRAIN_TEXTS, TokenizerSettings(vocab_size=300, normalization=n), cache)
             for n in ("identity", "nmt_nfkc")}
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import tasks
+from fixtures.jsquad_mini import to_squad
 from tasks import DataError, PrepareContext
 from tasks import jsquad as jsq
 
@@ -266,8 +267,7 @@ def _write_jaquad(root: Path, train: str | None = None) -> Path:
     import json
 
     def squad(title, context, question, answer):
-        qa = {"id": f"{title}-0", "question": question, "answers": [{"text": answer, "answer_start": context.index(answer)}]}
-        return json.dumps({"data": [{"title": title, "paragraphs": [{"context": context, "qas": [qa]}]}]}, ensure_ascii=False)
+        return json.dumps(to_squad([(title, [(context, [(question, answer)])])]), ensure_ascii=False)
 
     files = {"train/jaquad_train_0000.json": squad("天の川", "天の川は夜空に見える星の帯である。", "天の川は何の帯か。", "星")
              if train is None else train,

@@ -10,16 +10,9 @@ from fixtures.jsquad_mini import TRAIN_ARTICLES
 from tasks import DataError, PrepareContext
 from tasks import jsquad as jsq
 from tasks.jsquad_files import QAItem
-from tasks.tokenizer import TokenizerSettings, train_or_load
 
-TEXTS = [t for art in TRAIN_ARTICLES for t in (art[0], art[1], *(q for q, _ in art[2]))]
 FUJI, TOKYO = TRAIN_ARTICLES[0][1], TRAIN_ARTICLES[1][1]
 RARE = "鬱躑躅薔薇檸檬"  # characters the fixture tokenizer never saw: 3 byte-fallback tokens each
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return train_or_load(TEXTS, TokenizerSettings(vocab_size=300), tmp_path_factory.mktemp("tok"))
 
 
 def _item(paragraph, answers, starts, qid="q0", title="東京駅", question="東京駅の駅舎を設計したのは誰か。"):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import run_matrix
+from fixtures.jsquad_mini import to_squad
 from harness import objectives
 from harness import pretrain as pt
 from harness.budget import Budget
@@ -285,13 +286,6 @@ def test_the_pretraining_stage_trains_the_objectives_language_modelling_form(nam
 
 # ----------------------------------------------------------------------------- JaQuAD and its overlap filter
 
-def _squad(articles):
-    return {"version": "test", "data": [
-        {"title": t, "paragraphs": [{"context": c, "qas": [
-            {"id": f"{t}-{i}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}
-            for i, (q, a) in enumerate(qas)]} for c, qas in pars]} for t, pars in articles]}
-
-
 def _jaquad_dir(root: Path, extra=()) -> Path:
     """A planted shared title, a planted shared paragraph (half-width digits, an edited ending, its own
     title), and one clean article; `extra` articles join the train file."""
@@ -299,8 +293,8 @@ def _jaquad_dir(root: Path, extra=()) -> Path:
              ("碁盤の話", [("囲碁は黒と白の石を交互に置いて陣地を争うゲームである。正式な盤は19路盤で、初心者には9路盤が勧められている。",
                             [("正式な盤は。", "19路盤")])]), *extra]
     dev = [("天の川", [("天の川は夜空に見える星の帯である。", [("天の川は何の帯か。", "星")])])]
-    _write(root / "train" / "jaquad_train_0000.json", json.dumps(_squad(train), ensure_ascii=False))
-    _write(root / "dev" / "jaquad_dev_0000.json", json.dumps(_squad(dev), ensure_ascii=False))
+    _write(root / "train" / "jaquad_train_0000.json", json.dumps(to_squad(train), ensure_ascii=False))
+    _write(root / "dev" / "jaquad_dev_0000.json", json.dumps(to_squad(dev), ensure_ascii=False))
     return root
 
 
@@ -507,8 +501,8 @@ def test_jaquad_articles_parse_to_items_with_the_articles_title_and_answer_spans
                          [("日本で最も高い山は。", "富士山"), ("標高は。", "3776m")])]),
             ("琵琶湖", [("琵琶湖は滋賀県にある湖である。", [("どこにある湖か。", "滋賀県")])])]
     root = tmp_path / "jq"
-    _write(root / "train" / "a.json", json.dumps(_squad(arts[:1]), ensure_ascii=False))
-    _write(root / "dev" / "b.json", json.dumps(_squad(arts[1:]), ensure_ascii=False))
+    _write(root / "train" / "a.json", json.dumps(to_squad(arts[:1]), ensure_ascii=False))
+    _write(root / "dev" / "b.json", json.dumps(to_squad(arts[1:]), ensure_ascii=False))
     items = parse_articles(jaquad.load_articles(root), "jq")
     want = [(t, c, q, a) for t, pars in arts for c, qas in pars for q, a in qas]
     assert [(it.title, it.paragraph, it.question, it.answers[0]) for it in items] == want

@@ -2,15 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures.jsquad_mini import TRAIN_ARTICLES
+from fixtures.jsquad_mini import TRAIN_TEXTS
 from tasks.tokenizer import TokenizerSettings, train_or_load
-
-TEXTS = [t for art in TRAIN_ARTICLES for t in (art[0], art[1], *(q for q, _ in art[2]))]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return train_or_load(TEXTS, TokenizerSettings(vocab_size=300), tmp_path_factory.mktemp("tok"))
 
 
 @pytest.mark.parametrize("text", [
@@ -51,18 +44,18 @@ def test_pieces_do_not_cross_mecab_words(tok):
 
 
 def test_cache_is_keyed_by_data_and_settings(tmp_path):
-    a = train_or_load(TEXTS, TokenizerSettings(vocab_size=300), tmp_path)
+    a = train_or_load(TRAIN_TEXTS, TokenizerSettings(vocab_size=300), tmp_path)
     assert len(list(tmp_path.glob("spm-*.model"))) == 1
-    b = train_or_load(TEXTS, TokenizerSettings(vocab_size=300), tmp_path)
+    b = train_or_load(TRAIN_TEXTS, TokenizerSettings(vocab_size=300), tmp_path)
     assert a.sp.serialized_model_proto() == b.sp.serialized_model_proto()
-    train_or_load(TEXTS, TokenizerSettings(vocab_size=280), tmp_path)
-    train_or_load(TEXTS + ["別の文"], TokenizerSettings(vocab_size=300), tmp_path)
+    train_or_load(TRAIN_TEXTS, TokenizerSettings(vocab_size=280), tmp_path)
+    train_or_load(TRAIN_TEXTS + ["別の文"], TokenizerSettings(vocab_size=300), tmp_path)
     assert len(list(tmp_path.glob("spm-*.model"))) == 3
 
 
 def test_nfkc_normaliser_rewrites_full_width(tmp_path):
     """Why identity is the default: NFKC changes answers the official metric compares verbatim."""
-    nfkc = train_or_load(TEXTS, TokenizerSettings(vocab_size=300, normalization="nmt_nfkc"), tmp_path)
+    nfkc = train_or_load(TRAIN_TEXTS, TokenizerSettings(vocab_size=300, normalization="nmt_nfkc"), tmp_path)
     assert nfkc.decode(nfkc.encode("ＪＲ東日本（１９６４年）")) == "JR東日本(1964年)"
 
 
@@ -90,7 +83,7 @@ def test_unknown_normalization_is_a_clear_error(tmp_path):
     """A normaliser SentencePiece does not ship (a typo, or NFD) is named with the valid choices,
     and no model is cached under it."""
     with pytest.raises(ValueError, match=r"unknown normalization 'nfd'; choose from identity, nmt_nfkc, nfkc"):
-        train_or_load(TEXTS, TokenizerSettings(vocab_size=300, normalization="nfd"), tmp_path)
+        train_or_load(TRAIN_TEXTS, TokenizerSettings(vocab_size=300, normalization="nfd"), tmp_path)
     assert not list(tmp_path.iterdir())
 
 
