@@ -1,6 +1,8 @@
 """EM/F1 on hand-computed cases (JGLUE's JSQuAD definitions)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tasks.jsquad_metric import corpus_scores, exact_match, f1, normalize_answer, score
@@ -57,3 +59,9 @@ def test_corpus_average():
     assert s == {"em": 0.5, "f1": 0.5}
     with pytest.raises(ValueError):
         corpus_scores(["a"], [])
+
+
+def test_no_questions_score_nan_not_zero():
+    """An empty evaluation has no score: NaN under the usual keys, never a 0.0 a table would rank."""
+    s = corpus_scores([], [])
+    assert set(s) == {"em", "f1"} and all(math.isnan(v) for v in s.values())

@@ -24,6 +24,24 @@ def test_mean_ci_n3_is_the_student_t_interval():
     assert stats.t975(1000) == pytest.approx(1.962, abs=2e-3)  # large df: close to the normal quantile
 
 
+@pytest.mark.parametrize("df, t", [(1, 12.706), (2, 4.303), (30, 2.042), (31, 2.0395), (40, 2.0211),
+                                   (60, 2.0003), (120, 1.9799)])
+def test_t975_matches_published_quantiles_at_both_edges_of_its_table(df, t):
+    """Seed intervals use t_{0.975, n-1}: df 1 (two seeds) and 30 end the table, 31 on use the expansion
+    (published two-sided 95% values; the expansion is within 1e-4 of them). A quantile read one row
+    off, or a wrong expansion term, widens or narrows every interval in the reports."""
+    assert stats.t975(df) == pytest.approx(t, abs=1e-4)
+
+
+def test_paired_bootstrap_of_a_constant_difference_is_that_difference_in_every_resample():
+    """Every resampled mean of a constant per-question difference is that constant, so the interval is a
+    point: a resample left unfilled (the buffer is np.empty) would show as a bound off the constant."""
+    a = np.full((2, 7), 0.75)
+    d = stats.paired_bootstrap(a, a - 0.25, resamples=10)
+    assert (d.diff, d.lo, d.hi) == (pytest.approx(0.25), pytest.approx(0.25), pytest.approx(0.25))
+    assert d.significant and (d.n_questions, d.n_seeds, d.resamples) == (7, 2, 10)
+
+
 def _planted(rng, q: int, n_seeds: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-question F1-like scores of two cells: shared question difficulty, independent noise, and a
     planted mean difference `delta` (a - b)."""

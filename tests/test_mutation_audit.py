@@ -1,0 +1,73 @@
+"""The mutation audit plants exactly one bug at a time, tells killed from survived, and restores the file."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("mutation_audit", ROOT / "scripts" / "mutation_audit.py")
+audit = importlib.util.module_from_spec(_spec)
+sys.modules["mutation_audit"] = audit  # dataclasses look their module up while the class is built
+_spec.loader.exec_module(audit)
+
+TOY = '''"""A docstring: 1 < 2 is not mutated."""
+from __future__ import annotations
+
+
+def clip(x: int, limit: int = 3) -> int:
+    """Also a docstring."""
+    if x > limit and not x == 0:
+        return limit
+    print(f"{x + 1}")
+    return x - 1
+'''
+
+
+def test_each_site_is_one_mutation_and_docstrings_annotations_and_fstrings_are_left_alone():
+    found = audit.sites(TOY)
+    kinds = sorted(s.kind for s in found)
+    assert kinds == sorted(["Gt->GtE", "And->Or", "drop not", "Eq->NotEq", "const 0->1",
+                            "const 3->4", "drop call", "Sub->Add", "const 1->2"])
+    original = ast.unparse(ast.parse(TOY))
+    mutants = [audit.mutate(TOY, s.index) for s in found]
+    assert original not in mutants and len(set(mutants)) == len(found)  # one distinct bug each
+    for s, mutated in zip(found, mutants):  # and only one: the mutant differs on one line
+        diff = [a for a, b in zip(original.splitlines(), mutated.splitlines()) if a != b]
+        assert len(diff) == 1, s
+    with pytest.raises(IndexError):
+        audit.mutate(TOY, len(found))
+
+
+def test_a_dropped_not_and_a_dropped_call_mean_what_they_say(capsys):
+    found = {s.kind: s.index for s in audit.sites(TOY)}
+    ns: dict = {}
+    exec(audit.mutate(TOY, found["drop not"]), ns)
+    assert ns["clip"](5) == 4  # `not x == 0` became `x == 0`: false for 5, so no clipping
+    assert capsys.readouterr().out == "6\n"
+    exec(audit.mutate(TOY, found["drop call"]), ns)
+    assert ns["clip"](1) == 0 and capsys.readouterr().out == ""  # the print is gone
+
+
+def test_a_run_counts_killed_and_survived_and_restores_the_module(tmp_path):
+    module = tmp_path / "toy.py"
+    module.write_text(TOY, encoding="utf-8")
+    # the toy's test asks 5 and 2, never the threshold 3 itself
+    (tmp_path / "test_toy.py").write_text(
+        "from toy import clip\n\ndef test_clip():\n    assert clip(5) == 3\n    assert clip(2) == 1\n",
+        encoding="utf-8")
+    (tmp_path / "conftest.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n", encoding="utf-8")
+    out = tmp_path / "rows.jsonl"
+    index = {s.kind: s.index for s in audit.sites(TOY)}
+    picked = [index[k] for k in ("Gt->GtE", "const 3->4")]  # one pytest run each
+    rc = audit.main([str(module), str(tmp_path / "test_toy.py"), "--out", str(out),
+                     "--only", ",".join(map(str, picked))])
+    assert rc == 0
+    assert module.read_text(encoding="utf-8") == TOY
+    rows = {r["kind"]: r["result"] for r in map(json.loads, out.read_text().splitlines())}
+    assert rows == {"Gt->GtE": "survived", "const 3->4": "killed"}  # clip(3) is never asked
