@@ -99,6 +99,37 @@ def test_eos_filler_extends_suffix_targets_to_gen_length():
     assert r.ids.shape[1] == 10 and torch.equal(r.target.sum(1), r.n_target)
 
 
+def test_eos_filler_goes_only_after_a_suffix_target_and_spans_exactly_gen_length():
+    """Only a row whose targets end it gets filler: a row with no target (nothing to generate) and a row
+    with interleaved targets (MQAR) keep their length even when `gen_length` reaches past their end,
+    and an empty answer (its EOS the whole target) is filled out to `gen_length`."""
+    rows = SeqSet.from_lists([[2, 7, 8, 9, 10, 3], [2, 7, 8, 4, 3], [2, 7, 4, 3]],
+                             [[False, False, True, False, True, False], [False] * 5, [False] * 3 + [True]], SP.pad)
+    r = _obj(gen_length=8).region(rows.batch(np.arange(3)))
+    assert r.pad_mask.sum(1).tolist() == [6, 5, 3 + 8]  # the EOS target at 3, then filler to 3 + 8
+    assert r.target.sum(1).tolist() == [2, 0, 8] and r.n_target.tolist() == [2, 0, 1]
+    r = _obj(gen_length=2).region(_qa([([2, 7, 4], [])]).batch(np.arange(1)))
+    assert r.ids[0].tolist()[:5] == [2, 7, 4, 3, 3] and r.target[0].sum() == 2
+
+
+@pytest.mark.parametrize("name, sees_the_future", [("autoregressive", False), ("diffusion", True)])
+def test_each_objective_gets_the_model_its_training_needs(name, sees_the_future):
+    """The cell builds its model with `objective.causal`: a diffusion model must see both sides of a
+    masked position (its loss and sampler assume it), an autoregressive one must not see the future.
+    Built as the grid builds it (matched_config on a preset); a future token changes position 0 or not."""
+    from core.presets import get_preset
+    from harness.model import matched_config
+    obj = objectives.build(name, SP, "chunked")
+    torch.manual_seed(0)
+    model = LM(matched_config(get_preset("tiny"), "attention", obj.causal, vocab_size=V)).eval()
+    x = torch.tensor([[2, 7, 8, 9, 10, 11]])
+    y = x.clone()
+    y[0, -1] = 12
+    mask = torch.ones_like(x, dtype=torch.bool)
+    moved = (model(x, mask)[0, 0] - model(y, mask)[0, 0]).abs().max().item()
+    assert (moved > 1e-6) == sees_the_future
+
+
 def test_loss_is_the_1_over_t_weighted_masked_ce_per_region_token():
     """Against a reference written out with plain cross-entropy on the same draws."""
     obj = _obj(gen_length=6)
