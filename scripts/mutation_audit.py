@@ -43,6 +43,7 @@ class Site:
     """One place a one-token bug can be planted."""
     index: int
     line: int
+    col: int  # where on the line: two sites of one kind on one line differ here
     kind: str  # e.g. "Lt->LtE", "const 3->4", "drop not"
 
 
@@ -102,7 +103,7 @@ def sites(source: str) -> list[Site]:
         if id(node) in skip:
             continue
         for label, _ in _mutations(node):
-            found.append(Site(len(found), getattr(node, "lineno", 0), label))
+            found.append(Site(len(found), getattr(node, "lineno", 0), getattr(node, "col_offset", 0), label))
     return found
 
 
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         lines = original.splitlines()
         for s in all_sites:
-            print(f"{s.index:4d} L{s.line:<4d} {s.kind:14s} {lines[s.line - 1].strip()[:90]}")
+            where = f"L{s.line}:{s.col}"
+            print(f"{s.index:4d} {where:9s} {s.kind:14s} {lines[s.line - 1].strip()[:90]}")
         return 0
     chosen = all_sites
     if args.only:
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 mark = "SURVIVED" if result == "survived" else result
-                print(f"{s.index:4d} L{s.line:<4d} {s.kind:14s} {mark}", flush=True)
+                print(f"{s.index:4d} L{s.line}:{s.col:<4d} {s.kind:14s} {mark}", flush=True)
     finally:
         args.module.write_text(original, encoding="utf-8")
         _drop_bytecode(args.module)

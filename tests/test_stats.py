@@ -42,6 +42,13 @@ def test_paired_bootstrap_of_a_constant_difference_is_that_difference_in_every_r
     assert d.significant and (d.n_questions, d.n_seeds, d.resamples) == (7, 2, 10)
 
 
+def test_paired_bootstrap_resamples_every_question():
+    """A difference carried by the first question alone: resampling that never drew it (an index range
+    off by one) would put the whole interval at 0, below the observed mean difference 0.25."""
+    d = stats.paired_bootstrap(np.array([1.0, 0.0, 0.0, 0.0]), np.zeros(4), resamples=2000)
+    assert d.diff == 0.25 and d.lo == 0.0 and d.hi >= 0.5
+
+
 def _planted(rng, q: int, n_seeds: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-question F1-like scores of two cells: shared question difficulty, independent noise, and a
     planted mean difference `delta` (a - b)."""
@@ -102,6 +109,8 @@ def test_aligned_scores_pairs_by_seed_and_question_id_and_explains_failures():
     del old["per_question"]
     assert "no per-question scores" in stats.aligned_scores([old], b, "f1")
     assert "same questions" in stats.aligned_scores([_row("m", 0, [0.1, 0.2], ["x", "z"])], b[1:], "f1")
+    # one cell scored on more questions: not paired on the common part either (its mean is not comparable)
+    assert "same questions" in stats.aligned_scores([_row("m", 0, [0.1], ["x"])], b[1:], "f1")
     assert "no seed in common" in stats.aligned_scores([_row("m", 5, [0.1, 0.2], ["x", "y"])], b, "f1")
 
 
