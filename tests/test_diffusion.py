@@ -353,6 +353,20 @@ def test_greedy_sampler_is_batch_invariant():
     assert all(len(g) <= 6 and SP.eos not in g and SP.mask not in g for g in batched)
 
 
+def test_the_sampler_shows_each_row_its_prompt_and_region_and_never_the_padding_after_them():
+    """A bidirectional model attends to every position its mask lets through: a shorter prompt batched
+    with a longer one must not see the pad after its own region (greedy answers hide such a leak: it
+    nudges the logits, rarely the argmax)."""
+    model = _lm(seed=1)
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
+    prompts = [p for p, _ in QA]
+    _obj(gen_length=4, steps=2).sample(model, prompts, early_stop=False)
+    lens = [len(p) + 4 for p in prompts]
+    assert len(seen) == 2 and all(m.sum(1).tolist() == lens and m.shape[1] == max(lens) for m in seen)
+    assert all(m[i, :n].all() for m in seen for i, n in enumerate(lens))
+
+
 def test_stochastic_sampler_is_deterministic_with_a_seed():
     model = _lm(seed=2)
     prompts = [p for p, _ in QA] * 3
