@@ -10,7 +10,7 @@ passed), timeout (counted as killed: the tests noticed something) or skipped (di
 
 A survivor is a bug no test sees, or an equivalent mutation (one that changes nothing observable);
 a person reads each. Run it in a scratch worktree: the module file is rewritten while it runs (it is
-restored afterwards, also on Ctrl-C).
+restored afterwards, also on Ctrl-C or `kill`).
 
     python scripts/mutation_audit.py tasks/jsquad_metric.py tests/test_metric.py \
         --out runs/mutation/jsquad_metric.jsonl
@@ -22,6 +22,7 @@ import ast
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(chosen)} mutants of {args.module}; tests take {base:.1f} s unmutated", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
+    # a background job ignores Ctrl-C; `kill` (SIGTERM) must still restore the module
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         with args.out.open("w", encoding="utf-8") as f:
             for s in chosen:

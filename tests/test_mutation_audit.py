@@ -71,3 +71,34 @@ def test_a_run_counts_killed_and_survived_and_restores_the_module(tmp_path):
     assert module.read_text(encoding="utf-8") == TOY
     rows = {r["kind"]: r["result"] for r in map(json.loads, out.read_text().splitlines())}
     assert rows == {"Gt->GtE": "survived", "const 3->4": "killed"}  # clip(3) is never asked
+
+
+def test_a_killed_run_restores_the_module(tmp_path):
+    """The audit rewrites a source file in place: `kill` (what stops a background job, which ignores
+    Ctrl-C) in the middle of a mutant's tests must leave the original behind, not the mutant."""
+    import subprocess
+    import time
+
+    module = tmp_path / "toy.py"
+    module.write_text(TOY, encoding="utf-8")
+    started = tmp_path / "started"
+    (tmp_path / "test_toy.py").write_text(  # passes fast unmutated; under a mutant it waits to be killed
+        "import pathlib, time\nfrom toy import clip\n\ndef test_clip():\n"
+        f"    if clip(5) != 3:\n        pathlib.Path({str(started)!r}).touch()\n        time.sleep(60)\n",
+        encoding="utf-8")
+    (tmp_path / "conftest.py").write_text(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n", encoding="utf-8")
+    index = {s.kind: s.index for s in audit.sites(TOY)}["const 3->4"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "mutation_audit.py"), str(module),
+                             str(tmp_path / "test_toy.py"), "--out", str(tmp_path / "rows.jsonl"), "--only", str(index)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():  # the mutant is in place and its tests are running
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert module.read_text(encoding="utf-8") != TOY
+        proc.terminate()
+        assert proc.wait(timeout=30) != 0
+    finally:
+        proc.kill()
+    assert module.read_text(encoding="utf-8") == TOY

@@ -5,7 +5,8 @@ import multiprocessing as mp
 
 import pytest
 
-from core.results import ResultsFileError, append_row, done_keys, latest_by_key, read_rows
+from core.results import (ResultsFileError, append_row, cell_rows, done_keys, error_text, latest_by_key,
+                          read_rows, write_expected)
 
 
 def _row(key, status="ok", **kw):
@@ -19,6 +20,28 @@ def test_append_and_read_back(tmp_path):
     rows = read_rows(p)
     assert [r["key"] for r in rows] == ["a", "b"]
     assert done_keys(p) == {"a"}
+
+
+def test_writers_make_their_folder_and_leave_no_file_open(tmp_path):
+    """`--out` may name a folder that does not exist yet; a grid of hundreds of cells appends a row per
+    cell and must not leak a file descriptor per row."""
+    import os
+    p = tmp_path / "new" / "results" / "r.jsonl"
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(20):
+        append_row(p, _row(f"k{i}"))
+    assert len(os.listdir("/proc/self/fd")) == before and len(read_rows(p)) == 20
+    from harness.cell import Cell
+    cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=1")
+    assert write_expected(tmp_path / "other" / "results" / "g.jsonl", [cell]).is_file()
+
+
+def test_an_error_is_one_line_of_bounded_length_and_reference_rows_are_not_cells():
+    assert error_text(ValueError("first line\nsecond line")) == "ValueError: first line"
+    assert error_text(RuntimeError(""), kind="OOM") == "OOM: "
+    assert len(error_text(ValueError("x" * 2000))) == 500
+    rows = [_row("a"), {**_row("b"), "reference": {"name": "title"}, "objective": "none"}]
+    assert [r["key"] for r in cell_rows(rows)] == ["a"]
 
 
 def test_rerun_of_failed_cell_supersedes_it(tmp_path):
