@@ -36,6 +36,19 @@ def test_chunked_passes_gradcheck_in_float64():
     assert torch.autograd.gradcheck(lambda a, b: token_nll(a, b, y, "chunked", chunk=4), (h, w))
 
 
+@pytest.mark.parametrize("frozen", ["hidden", "classifier"])
+def test_chunked_gives_the_one_gradient_asked_when_the_other_input_is_frozen(frozen):
+    """A frozen classifier (or frozen features) still trains the other side: the backward must key each
+    gradient on its own input's flag, not on the other's."""
+    h, w, y, g = _case()
+    (h if frozen == "hidden" else w).requires_grad_(False)
+    trained = w if frozen == "hidden" else h
+    (plain_nll(h, w, y) * g).sum().backward()
+    ref, trained.grad = trained.grad.clone(), None
+    (token_nll(h, w, y, "chunked", chunk=8) * g).sum().backward()
+    torch.testing.assert_close(trained.grad, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_cut_cross_entropy_torch_compile_matches_fallback():
     """CCE (its CPU-capable torch_compile impl) and the fallback: same loss, same gradients."""
     pytest.importorskip("cut_cross_entropy")
@@ -113,6 +126,7 @@ def test_chunked_sums_the_classifier_gradient_over_many_chunks_in_fp32():
 
 def test_impl_resolution():
     assert resolve_impl("auto", torch.device("cpu")) == "chunked"
+    assert resolve_impl("chunked", torch.device("cpu")) == "chunked"  # only cce itself needs CUDA
     with pytest.raises(ValueError, match="unknown loss"):
         resolve_impl("magic", torch.device("cpu"))
     with pytest.raises(RuntimeError, match="needs CUDA"):
@@ -325,19 +339,20 @@ def _lock_class(n: int) -> str:
     return "1" if n == 1 else "16" if n % 16 == 0 else "other"
 
 
-@pytest.mark.parametrize("D", [64, 256, 512, 1024, 2048])
+@pytest.mark.parametrize("D", [64, 96, 129, 200, 256, 320, 448, 512, 1000, 1024, 2048])
 def test_the_first_cce_call_compiles_every_row_count_class(monkeypatch, D):
     """The cce kernels (cut-cross-entropy 25.1) take cdiv(B, 128) (forward) and cdiv(B, cdiv(D, 64))
     (backward) as integers, which Triton specialises: a step whose row count first gave another class
     compiled inside the budget. The first call per classifier runs, forward and backward (even under
-    no_grad, as in a dev check), every class either integer takes at any padded row count; later calls
-    run only themselves."""
+    no_grad, as in a dev check, with both inputs needing their gradient), every class either integer
+    takes at any padded row count; later calls run only themselves. Widths whose cdiv(D, 64) is no
+    power of two (96, 129, 200, 320, 448, 1000) are where a row count's class is easy to miss."""
     from harness import loss as loss_mod
 
     calls = []
 
     def kernel(e, c, targets):
-        calls.append((e.shape[0], torch.is_grad_enabled() and e.requires_grad))
+        calls.append((e.shape[0], torch.is_grad_enabled() and e.requires_grad and c.requires_grad))
         return plain_nll(e, c, targets)
 
     monkeypatch.setattr(loss_mod, "_cce_kernel", lambda: kernel)
@@ -351,6 +366,7 @@ def test_the_first_cce_call_compiles_every_row_count_class(monkeypatch, D):
         if rows == 40:
             warm, last = calls[:-1], calls[-1]
             assert last == (48, False) and all(grad for _, grad in warm), calls
+            assert all(B > 0 and B % 16 == 0 for B, _ in warm), warm  # row counts a real step can have
             covered = {fwd_bwd(B) for B, _ in warm}
             assert {f for f, _ in every} <= {f for f, _ in covered} and {b for _, b in every} <= {b for _, b in covered}
         else:
