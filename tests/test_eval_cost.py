@@ -116,7 +116,7 @@ def _ragged(n: int = 7) -> SeqSet:
 
 
 def test_dev_loss_adds_every_batch_and_divides_by_target_tokens():
-    from harness.evaluate import dev_loss
+    from harness.evaluate import dev_loss, nll_sums
 
     data = _ragged(7)
     ids = [data.ids[i, : data.lengths[i]].tolist() for i in range(len(data))]
@@ -135,7 +135,7 @@ def test_dev_loss_adds_every_batch_and_divides_by_target_tokens():
 
 def test_dev_loss_of_an_lm_is_the_mean_next_token_nll_per_target_token():
     """Row by row, unpadded, with F.cross_entropy: the reference for the batched, padded dev_loss."""
-    from harness.evaluate import dev_loss
+    from harness.evaluate import dev_loss, nll_sums
 
     data = _ragged(7)
     model = _model(causal=True).eval()
@@ -154,3 +154,43 @@ def test_dev_loss_of_an_lm_is_the_mean_next_token_nll_per_target_token():
     for bs in (2, 3, 7):
         assert dev_loss(model, obj, data, bs, torch.device("cpu")) == pytest.approx(ref, rel=1e-5)
     assert math.exp(dev_loss(model, obj, data, 3, torch.device("cpu"))) == pytest.approx(math.exp(ref), rel=1e-5)
+
+
+class _Counted:
+    """A stand-in objective: each batch adds 3.0 of NLL per target token under `nll`, 5.0 under
+    `selection_nll`, so the sums say which estimator ran and over how many tokens; it records the mode
+    the model was scored in."""
+
+    def __init__(self):
+        self.modes: list[bool] = []
+
+    def nll(self, model, batch):
+        self.modes.append(model.training)
+        n = batch.target.sum()
+        return 3.0 * n.float(), n
+
+    def selection_nll(self, model, batch):
+        n = batch.target.sum()
+        return 5.0 * n.float(), n
+
+
+def test_dev_loss_is_the_reported_estimator_per_target_token_unless_selection_is_asked():
+    """The reported perplexity uses the objective's own bound; only checkpoint selection may take the
+    cheap estimator. A set with a single target token is that token's NLL (the count is a divisor, not a
+    floor); the model is scored in eval mode and comes back in the mode it went in."""
+    from harness.evaluate import dev_loss, nll_sums
+    one = SeqSet.from_lists([[2, 7, 3]], [[False, False, True]], 0)
+    model = _model().train()
+    cpu = torch.device("cpu")
+    obj = _Counted()
+    assert dev_loss(model, obj, one, 4, cpu) == 3.0 and obj.modes == [False] and model.training
+    assert dev_loss(model, _Counted(), _data(5), 2, cpu) == 3.0
+    assert dev_loss(model, _Counted(), one, 4, cpu, selection=True) == 5.0
+    tot, n = nll_sums(model, _Counted(), _data(3), 2, cpu)  # the data-parallel sums: the same default
+    assert (tot.item(), n.item()) == (18.0, 6)
+
+
+def test_a_dev_sample_of_one_token_is_one_sequence_not_the_whole_set():
+    dev = _data(10)
+    assert len(dev_sample(dev, 1)) == 1 and len(dev_sample(dev, 0)) == 10
+    assert len(dev_sample(dev, dev.n_tokens)) == 10 and len(dev_sample(dev, 2 * 12 + 5)) == 2
