@@ -6,7 +6,8 @@ to `or`, a `not` dropped, an integer constant moved by one, a boolean constant n
 augmented assignment reversed, a short string constant (a separator, a suffix) emptied, a call
 statement (`f.flush()`) dropped. It applies them one at a time to the module's file, runs the given
 test files (`pytest -x`), and writes one JSON line per mutant: killed (a test failed), survived (all
-passed), timeout (counted as killed: the tests noticed something) or skipped (did not compile).
+passed), timeout (past 4x the unmutated time, at least 60 s: a loop that never ends, or a loaded
+machine; read apart) or skipped (did not compile).
 
 A survivor is a bug no test sees, or an equivalent mutation (one that changes nothing observable);
 a person reads each. Run it in a scratch worktree: the module file is rewritten while it runs (it is
@@ -95,32 +96,28 @@ def _mutations(node: ast.AST) -> list[tuple[str, object]]:
     return out
 
 
-def sites(source: str) -> list[Site]:
-    """Every mutation site of a module, in a fixed order (the walk order of its AST)."""
-    tree = ast.parse(source)
+def _walk(tree: ast.AST):
+    """(node, label, how) for every mutation of a parsed module, in a fixed order (its AST's walk)."""
     skip = _skipped_nodes(tree)
-    found: list[Site] = []
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        for label, _ in _mutations(node):
-            found.append(Site(len(found), getattr(node, "lineno", 0), getattr(node, "col_offset", 0), label))
-    return found
+        if id(node) not in skip:
+            for label, how in _mutations(node):
+                yield node, label, how
+
+
+def sites(source: str) -> list[Site]:
+    """Every mutation site of a module, numbered in walk order."""
+    return [Site(i, getattr(node, "lineno", 0), getattr(node, "col_offset", 0), label)
+            for i, (node, label, _) in enumerate(_walk(ast.parse(source)))]
 
 
 def mutate(source: str, index: int) -> str:
     """The module's source with only mutation `index` applied."""
     tree = ast.parse(source)
-    skip = _skipped_nodes(tree)
-    k = 0
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        for _, how in _mutations(node):
-            if k == index:
-                _apply(node, how)
-                return ast.unparse(tree)
-            k += 1
+    for k, (node, _, how) in enumerate(_walk(tree)):
+        if k == index:
+            _apply(node, how)
+            return ast.unparse(tree)
     raise IndexError(f"no mutation site {index}")
 
 

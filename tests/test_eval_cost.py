@@ -116,7 +116,7 @@ def _ragged(n: int = 7) -> SeqSet:
 
 
 def test_dev_loss_adds_every_batch_and_divides_by_target_tokens():
-    from harness.evaluate import dev_loss, nll_sums
+    from harness.evaluate import dev_loss
 
     data = _ragged(7)
     ids = [data.ids[i, : data.lengths[i]].tolist() for i in range(len(data))]
@@ -135,7 +135,7 @@ def test_dev_loss_adds_every_batch_and_divides_by_target_tokens():
 
 def test_dev_loss_of_an_lm_is_the_mean_next_token_nll_per_target_token():
     """Row by row, unpadded, with F.cross_entropy: the reference for the batched, padded dev_loss."""
-    from harness.evaluate import dev_loss, nll_sums
+    from harness.evaluate import dev_loss
 
     data = _ragged(7)
     model = _model(causal=True).eval()

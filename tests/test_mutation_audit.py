@@ -28,6 +28,16 @@ def clip(x: int, limit: int = 3) -> int:
 '''
 
 
+def _toy_project(tmp_path: Path, test_source: str) -> tuple[Path, Path]:
+    """The toy module and a test file importing it, in tmp_path: (module, test file)."""
+    module = tmp_path / "toy.py"
+    module.write_text(TOY, encoding="utf-8")
+    (tmp_path / "conftest.py").write_text(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n", encoding="utf-8")
+    test = tmp_path / "test_toy.py"
+    test.write_text(test_source, encoding="utf-8")
+    return module, test
+
+
 def test_each_site_is_one_mutation_and_docstrings_annotations_and_fstrings_are_left_alone():
     found = audit.sites(TOY)
     kinds = sorted(s.kind for s in found)
@@ -54,18 +64,13 @@ def test_a_dropped_not_and_a_dropped_call_mean_what_they_say(capsys):
 
 
 def test_a_run_counts_killed_and_survived_and_restores_the_module(tmp_path):
-    module = tmp_path / "toy.py"
-    module.write_text(TOY, encoding="utf-8")
     # the toy's test asks 5 and 2, never the threshold 3 itself
-    (tmp_path / "test_toy.py").write_text(
-        "from toy import clip\n\ndef test_clip():\n    assert clip(5) == 3\n    assert clip(2) == 1\n",
-        encoding="utf-8")
-    (tmp_path / "conftest.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n", encoding="utf-8")
+    module, test = _toy_project(
+        tmp_path, "from toy import clip\n\ndef test_clip():\n    assert clip(5) == 3\n    assert clip(2) == 1\n")
     out = tmp_path / "rows.jsonl"
     index = {s.kind: s.index for s in audit.sites(TOY)}
     picked = [index[k] for k in ("Gt->GtE", "const 3->4")]  # one pytest run each
-    rc = audit.main([str(module), str(tmp_path / "test_toy.py"), "--out", str(out),
+    rc = audit.main([str(module), str(test), "--out", str(out),
                      "--only", ",".join(map(str, picked))])
     assert rc == 0
     assert module.read_text(encoding="utf-8") == TOY
@@ -79,17 +84,13 @@ def test_a_killed_run_restores_the_module(tmp_path):
     import subprocess
     import time
 
-    module = tmp_path / "toy.py"
-    module.write_text(TOY, encoding="utf-8")
     started = tmp_path / "started"
-    (tmp_path / "test_toy.py").write_text(  # passes fast unmutated; under a mutant it waits to be killed
-        "import pathlib, time\nfrom toy import clip\n\ndef test_clip():\n"
-        f"    if clip(5) != 3:\n        pathlib.Path({str(started)!r}).touch()\n        time.sleep(60)\n",
-        encoding="utf-8")
-    (tmp_path / "conftest.py").write_text(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n", encoding="utf-8")
+    module, test = _toy_project(  # passes fast unmutated; under a mutant it waits to be killed
+        tmp_path, "import pathlib, time\nfrom toy import clip\n\ndef test_clip():\n"
+        f"    if clip(5) != 3:\n        pathlib.Path({str(started)!r}).touch()\n        time.sleep(60)\n")
     index = {s.kind: s.index for s in audit.sites(TOY)}["const 3->4"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "mutation_audit.py"), str(module),
-                             str(tmp_path / "test_toy.py"), "--out", str(tmp_path / "rows.jsonl"), "--only", str(index)],
+                             str(test), "--out", str(tmp_path / "rows.jsonl"), "--only", str(index)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
