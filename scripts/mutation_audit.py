@@ -7,7 +7,9 @@ augmented assignment reversed, a short string constant (a separator, a suffix) e
 statement (`f.flush()`) dropped. It applies them one at a time to the module's file, runs the given
 test files (`pytest -x`), and writes one JSON line per mutant: killed (a test failed), survived (all
 passed), timeout (past 4x the unmutated time, at least 60 s: a loop that never ends, or a loaded
-machine; read apart) or skipped (did not compile).
+machine; read apart) or skipped (did not compile). Each test run is held to an address-space limit
+(`--max-memory`, 8 GiB by default): a mutant that inflates a size fails its tests with a MemoryError
+(killed, marked `memory` in its row) instead of taking the machine's memory.
 
 A survivor is a bug no test sees, or an equivalent mutation (one that changes nothing observable);
 a person reads each. Run it in a scratch worktree: the module file is rewritten while it runs (it is
@@ -23,6 +25,7 @@ import ast
 import copy
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -136,16 +139,33 @@ def _apply(node: ast.AST, how: tuple) -> None:
         node.value = how[1]
 
 
-def _run_tests(tests: list[str], timeout: float) -> tuple[str, float]:
+MEMORY_ERRORS = ("MemoryError", "can't allocate memory", "std::bad_alloc")
+
+
+def _run_tests(tests: list[str], timeout: float, max_memory_gib: float = 0.0) -> tuple[str, float, bool]:
+    """(killed | survived | timeout, seconds, whether the tests ran out of memory) for one pytest run.
+
+    max_memory_gib > 0 caps the run's address space (RLIMIT_AS, inherited by its children): a mutant
+    that turns `// 64` into `* 64` in a buffer size gets a MemoryError, not tens of GB of RAM."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    limit = int(max_memory_gib * (1 << 30))
+
+    def cap() -> None:  # runs in the child, before pytest starts
+        if limit > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     t0 = time.perf_counter()
     try:
-        rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            timeout=timeout).returncode
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=timeout, preexec_fn=cap)
     except subprocess.TimeoutExpired:
-        return "timeout", time.perf_counter() - t0
-    return ("survived" if rc == 0 else "killed"), time.perf_counter() - t0
+        return "timeout", time.perf_counter() - t0, False
+    secs = time.perf_counter() - t0
+    if done.returncode == 0:
+        return "survived", secs, False
+    text = done.stdout.decode("utf-8", "replace")
+    return "killed", secs, limit > 0 and any(m in text for m in MEMORY_ERRORS)
 
 
 def _drop_bytecode(path: Path) -> None:
@@ -161,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="one JSON line per mutant")
     p.add_argument("--only", default="", help="site indexes to run, e.g. 3,7,10-12 (default: all)")
     p.add_argument("--list", action="store_true", help="print the sites and stop")
+    p.add_argument("--max-memory", type=float, default=8.0, metavar="GIB",
+                   help="address-space limit of each test run in GiB; 0: none (default: 8)")
     args = p.parse_args(argv)
 
     original = args.module.read_text(encoding="utf-8")
@@ -179,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             want.update(range(int(lo), int(hi or lo) + 1))
         chosen = [s for s in all_sites if s.index in want]
 
-    status, base = _run_tests(args.tests, timeout=3600)
+    status, base, oom = _run_tests(args.tests, 3600, args.max_memory)
     if status != "survived":
-        print(f"the tests fail on the unmutated module ({status}): fix that first", file=sys.stderr)
+        why = f"out of memory under --max-memory {args.max_memory:g}" if oom else status
+        print(f"the tests fail on the unmutated module ({why}): fix that first", file=sys.stderr)
         return 2
     timeout = max(60.0, 4 * base)  # generous: a loaded machine is not an infinite loop
     print(f"{len(chosen)} mutants of {args.module}; tests take {base:.1f} s unmutated", flush=True)
@@ -196,16 +219,18 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     compile(mutated, str(args.module), "exec")
                 except SyntaxError:
-                    result, secs = "skipped", 0.0
+                    result, secs, oom = "skipped", 0.0, False
                 else:
                     args.module.write_text(mutated, encoding="utf-8")
                     _drop_bytecode(args.module)
-                    result, secs = _run_tests(args.tests, timeout)
+                    result, secs, oom = _run_tests(args.tests, timeout, args.max_memory)
                 counts[result] = counts.get(result, 0) + 1
                 row = {**asdict(s), "module": str(args.module), "result": result, "seconds": round(secs, 1)}
+                if oom:
+                    row["memory"] = True
                 f.write(json.dumps(row) + "\n")
                 f.flush()
-                mark = "SURVIVED" if result == "survived" else result
+                mark = "SURVIVED" if result == "survived" else result + (" (memory)" if oom else "")
                 print(f"{s.index:4d} L{s.line}:{s.col:<4d} {s.kind:14s} {mark}", flush=True)
     finally:
         args.module.write_text(original, encoding="utf-8")

@@ -28,10 +28,10 @@ def clip(x: int, limit: int = 3) -> int:
 '''
 
 
-def _toy_project(tmp_path: Path, test_source: str) -> tuple[Path, Path]:
+def _toy_project(tmp_path: Path, test_source: str, module_source: str = TOY) -> tuple[Path, Path]:
     """The toy module and a test file importing it, in tmp_path: (module, test file)."""
     module = tmp_path / "toy.py"
-    module.write_text(TOY, encoding="utf-8")
+    module.write_text(module_source, encoding="utf-8")
     (tmp_path / "conftest.py").write_text(f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\n", encoding="utf-8")
     test = tmp_path / "test_toy.py"
     test.write_text(test_source, encoding="utf-8")
@@ -103,3 +103,20 @@ def test_a_killed_run_restores_the_module(tmp_path):
     finally:
         proc.kill()
     assert module.read_text(encoding="utf-8") == TOY
+
+
+
+def test_a_mutant_that_inflates_a_size_runs_out_of_memory_instead_of_taking_the_machines(tmp_path):
+    """Session 37's loss mutant `-(-D // 64)` -> `-(-D * 64)` took one pytest to 17.7 GB. Under
+    `--max-memory` such a mutant fails its tests with a MemoryError: killed, its row marked `memory`.
+    Here the mutant (`0 * 3` -> `1 * 3`) asks 3 GiB, which the test would get without the cap, and pass."""
+    toy = "def gib():\n    return 0 * 3\n"
+    module, test = _toy_project(
+        tmp_path, "from toy import gib\n\ndef test_buffer():\n    assert len(bytearray(gib() << 30)) == gib() << 30\n",
+        module_source=toy)
+    out = tmp_path / "rows.jsonl"
+    index = {s.kind: s.index for s in audit.sites(toy)}["const 0->1"]
+    rc = audit.main([str(module), str(test), "--out", str(out), "--only", str(index), "--max-memory", "1"])
+    assert rc == 0 and module.read_text(encoding="utf-8") == toy
+    (row,) = map(json.loads, out.read_text().splitlines())
+    assert (row["result"], row.get("memory")) == ("killed", True)
