@@ -218,6 +218,41 @@ def test_greedy_decoding_covers_the_fallback_and_says_so(monkeypatch):
     assert with_state == obj.generate(model, _prompts(1), max_new=6, batch_size=2)
 
 
+def test_the_decoding_path_is_named_for_the_row():
+    """The results row says how answers were decoded: carried state when every mixer has a step, the
+    rerun fallback when one lacks it (above), the reference when asked."""
+    model = _lm("attention")
+    obj = build_objective("autoregressive", SPECIAL, "chunked")
+    assert model.decode_paths() == ["state"]
+    assert obj.decode_path(model) == "state: prefill, then one token per step (KV cache / carried state)"
+    obj.opts = dataclasses.replace(obj.opts, decode="rerun")
+    assert obj.decode_path(model) == "rerun: the whole prefix through the model per token"
+
+
+@pytest.mark.parametrize("decode", ["state", "rerun"])
+def test_decoding_stops_as_soon_as_every_row_has_ended(monkeypatch, decode):
+    """A row that has emitted EOS is done; once every row is, the batch stops. A model that answers
+    EOS at once costs one pass over the prompts, not `max_new` of them (gen_latency_ms and the
+    evaluation's cost count on it): no step after the prefill, one forward per batch when rerunning."""
+    model = _lm("attention")
+    calls = {"step": 0, "forward": 0}
+    step, forward = model.step, model.forward
+
+    def counted(name, fn):
+        def run(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(model, "step", counted("step", step))
+    monkeypatch.setattr(model, "forward", counted("forward", forward))
+    monkeypatch.setattr(model, "logits", lambda h: torch.nn.functional.one_hot(
+        torch.full(h.shape[:-1], SPECIAL.eos), VOCAB).float())  # EOS, whatever the prefix
+    obj = build_objective("autoregressive", SPECIAL, "chunked", decode=decode)
+    assert obj.generate(model, _prompts(), max_new=8, batch_size=2) == [[], [], [], []]
+    assert calls == ({"step": 0, "forward": 0} if decode == "state" else {"step": 0, "forward": 2})
+
+
 def test_decode_option_is_checked():
     with pytest.raises(ValueError, match="decode must be one of"):
         build_objective("autoregressive", SPECIAL, "chunked", decode="beam")

@@ -10,6 +10,7 @@ import tasks
 from fixtures.jsquad_mini import to_squad
 from tasks import DataError, PrepareContext
 from tasks import jsquad as jsq
+from tasks import jsquad_baselines as jb
 
 
 def _prepare(data_dir, cache_dir, max_len=256, **opts):
@@ -24,6 +25,11 @@ def test_offline_protocol_trains_on_valid_and_evaluates_on_test(offline_dir, cac
     assert train_titles == {"桜", "新幹線", "囲碁"}
     assert len(d.items) == 5 and d.info["dev_questions"] > 0
     assert d.info["train_questions"] + d.info["dev_questions"] == 14
+    assert d.info["tokenizer"]["vocab_size"] == 300  # vocab_size=0 (the default) asks the preset's, here 300
+    assert (d.info["eval_truncated"], d.info["eval_answer_cut"]) == (0, 0)  # max_len 256 keeps every paragraph
+    assert len(d.dev) == d.info["dev_questions"] and len(d.train) == d.info["train_questions"]
+    asked = _prepare(offline_dir, cache_dir, vocab_size=350)  # an explicit size wins over the preset's
+    assert asked.info["tokenizer"]["vocab_size"] == 350
 
 
 def test_dev_slice_is_whole_articles_from_the_training_file(offline_dir, cache_dir):
@@ -100,6 +106,24 @@ def test_online_without_network_is_one_clear_line(cache_dir, monkeypatch):
     assert "\n" not in str(e.value)
 
 
+def test_the_network_probe_waits_5_s_at_most_and_leaves_no_timeout_behind(cache_dir, monkeypatch):
+    """Before downloading, the loader asks DNS for JGLUE's host under a 5 s socket timeout (an offline
+    machine answers in seconds, not minutes), and sets the process-wide default back afterwards: a
+    5 s timeout left behind would cut every later download and connection short."""
+    asked: list[tuple[str, int, float | None]] = []
+
+    def no_dns(host, port, *a, **k):
+        asked.append((host, port, jsq.socket.getdefaulttimeout()))
+        raise OSError("no network")
+
+    monkeypatch.setattr(jsq.socket, "getaddrinfo", no_dns)
+    assert jsq.socket.getdefaulttimeout() is None
+    with pytest.raises(DataError, match="cannot reach raw.githubusercontent.com"):
+        jsq.fetch_official(cache_dir)
+    assert asked == [("raw.githubusercontent.com", 443, 5)]
+    assert jsq.socket.getdefaulttimeout() is None
+
+
 def test_example_format_and_targets(offline_dir, cache_dir):
     d = _prepare(offline_dir, cache_dir)
     s = d.special
@@ -164,6 +188,15 @@ def test_missing_files_and_directories(tmp_path, cache_dir):
         _prepare(tmp_path / "empty", cache_dir)
 
 
+@pytest.mark.parametrize("present, missing", [("valid", "test"), ("test", "valid")])
+def test_an_offline_directory_missing_one_file_names_that_file(offline_dir, cache_dir, present, missing):
+    """The offline protocol needs both files; a directory with only one is one clear error naming the
+    other, not a crash inside the loader."""
+    (offline_dir / f"{missing}-v1.3.json").unlink()
+    with pytest.raises(DataError, match=rf"no {missing}-v1\.3\.json \(the offline protocol"):
+        _prepare(offline_dir, cache_dir)
+
+
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/jsquad-v1.3/test-v1.3.json").exists(),
                     reason="shared JSQuAD files not present")
 def test_shared_offline_files_parse():
@@ -181,9 +214,11 @@ class _Oracle:
         self.gold = {tuple(p): data.tokenizer.encode(it.answers[0]) for p, it in data.items}
         self.wrong = {tuple(p) for p, it in data.items if it.qid in wrong_for}  # these get an empty answer
         self.batches: list[int] = []
+        self.training_seen: set[bool] = set()  # the model's mode at each call
 
     def generate(self, model, prompts, max_new, batch_size):
         self.batches.append(len(prompts))
+        self.training_seen.add(model.training)
         return [[] if tuple(p) in self.wrong else self.gold[tuple(p)] for p in prompts]
 
     def decode_path(self, model):
@@ -206,8 +241,12 @@ def test_each_answer_is_scored_against_its_own_question(offline_dir, cache_dir):
     best = {it.qid: score(d.decode(d.tokenizer.encode(it.answers[0])), it.answers) for _, it in d.items}
     wrong = {d.items[0][1].qid, d.items[3][1].qid}
     oracle = _Oracle(d, wrong_for=wrong)
-    got = task.evaluate(torch.nn.Linear(1, 1), oracle, d, torch.device("cpu"), batch_size=2)
+    shown: list[tuple[int, int]] = []
+    got = task.evaluate(torch.nn.Linear(1, 1), oracle, d, torch.device("cpu"), batch_size=2,
+                        progress=lambda i, n: shown.append((i, n)))
     assert oracle.batches == [2, 2, 1]
+    assert shown == [(0, 5), (2, 5), (4, 5), (5, 5)]  # the progress line starts at 0 and counts answers
+    assert oracle.training_seen == {False}  # answers come from the model in eval mode (no dropout)
     pq = got["per_question"]
     assert pq["id"] == [it.qid for _, it in d.items]
     expect = {q: (0, 0.0) if q in wrong else (int(em), round(f1, 4)) for q, (em, f1) in best.items()}
@@ -224,6 +263,25 @@ def test_dev_slice_needs_two_articles(offline_dir):
     one = [it for it in jsq.load_file(offline_dir / "valid-v1.3.json") if it.title == "富士山"]
     with pytest.raises(DataError, match="fewer than 2 articles: cannot hold out a dev slice"):
         jsq.split_dev(one, 0.5)
+
+
+@pytest.mark.parametrize("dev_frac", [0.01, 0.5, 0.99])
+def test_two_articles_are_enough_and_one_always_stays_for_training(offline_dir, dev_frac):
+    """Two articles is the least a dev slice can be cut from: one for dev, one for training, whatever
+    `dev_frac` asks (0.99 of 2 rounds to 2, which would leave nothing to train on)."""
+    items = jsq.load_file(offline_dir / "valid-v1.3.json")
+    two = sorted({it.title for it in items})[:2]
+    tr, dev = jsq.split_dev([it for it in items if it.title in two], dev_frac)
+    assert len({it.title for it in tr}) == 1 and len({it.title for it in dev}) == 1
+
+
+@pytest.mark.parametrize("opts", [{"max_answer_tokens": 1}, {"vocab_size": 0}, {"eval_limit": 0, "latency_n": 0}],
+                         ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_the_least_allowed_option_values_are_accepted(opts):
+    """The other side of each bound below: one answer token, the preset's vocabulary, no limit and no
+    timing are settings a user may ask for."""
+    o = tasks.build("jsquad", **opts).opts
+    assert all(getattr(o, k) == v for k, v in opts.items())
 
 
 @pytest.mark.parametrize("opts, match", [
@@ -313,3 +371,21 @@ def test_malformed_jaquad_file_names_it(tmp_path, offline_dir, cache_dir, conten
     with pytest.raises(DataError, match=rf"jaquad_train_0000\.json: not SQuAD-format JaQuAD JSON \({error}") as e:
         _prepare(offline_dir, cache_dir, extra_train="jaquad", jaquad_dir=str(jq))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("eval_limit, full", [(0, False), (5, False), (4, True)])
+def test_references_score_the_whole_split_only_when_the_models_saw_a_sample(offline_dir, cache_dir,
+                                                                           eval_limit, full):
+    """The fixture's evaluation split has 5 questions. Scored on all of them (no limit, or a limit of
+    exactly 5) a reference's figures are already the whole split's: a second, "full split" scoring would
+    cost as much again and say nothing new. Only a sample (4 of 5) gets one."""
+    task = tasks.build("jsquad", eval_limit=eval_limit)
+    ctx = PrepareContext(offline_dir, cache_dir, 300, 256, log=lambda s: None)
+    refs = task.references(task.prepare(ctx), ctx)
+    assert {r.name for r in refs} == {*jb.BASELINES, "tokenizer_ceiling"}
+    assert {r.score_full is not None for r in refs} == {full}
+    if full:  # the whole split is read once, for all the references
+        reads = []
+        splits = task._splits
+        task._splits = lambda c: reads.append(1) or splits(c)
+        assert {r.score_full()["eval_n"] for r in refs} == {5} and reads == [1]

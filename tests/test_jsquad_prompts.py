@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import tasks
+from core.data import SpecialTokens
 from fixtures.jsquad_mini import TRAIN_ARTICLES
 from tasks import DataError, PrepareContext
 from tasks import jsquad as jsq
@@ -171,3 +172,80 @@ def test_a_character_cut_in_half_is_not_counted_as_kept(tok):
         assert tok.decode(tok.encode(par)[:keep]).startswith(par[:whole])
         _, kept_chars = jsq._Encoder(tok, fixed + keep, "context_first").prompt(it, reserve=1)
         assert kept_chars == whole  # one byte into 薇: 5 whole characters; all of 薇: 6
+
+
+# ----------------------------------------------------------------------------- exact fits
+
+def test_a_paragraph_that_exactly_fits_is_kept_whole_and_one_token_more_is_cut(tok):
+    """The boundaries of both limits: an evaluation prompt (reserve + 4 specials + title + question +
+    paragraph) of exactly max_len, and a training row (4 specials + title + question + paragraph + answer
+    + EOS) of exactly max_len, keep the whole paragraph and count nothing as truncated; one token less of
+    max_len cuts (evaluation) or windows (training) it, and counts it."""
+    it = _item(TOKYO, ["辰野金吾"], [TOKYO.index("辰野金吾")])
+    title, q, par = (len(tok.encode(s)) for s in (it.title, it.question, it.paragraph))
+    ans = len(tok.encode("辰野金吾")) + 1  # and EOS
+    exact_eval, exact_train = 5 + 4 + title + q + par, 4 + title + q + par + ans
+    for max_len, cut in ((exact_eval, 0), (exact_eval - 1, 1)):
+        enc = jsq._Encoder(tok, max_len, "context_first")
+        prompt, kept = enc.prompt(it, reserve=5)
+        assert (enc.eval_truncated, len(prompt) + 5) == (cut, max_len)
+        assert (kept == len(TOKYO)) == (cut == 0)
+    for max_len, windowed in ((exact_train, 0), (exact_train - 1, 1)):
+        rows, truncated, dropped = jsq._Encoder(tok, max_len, "context_first").training_set([it])
+        assert (truncated, dropped) == (windowed, 0)
+        assert int(rows.lengths[0]) <= max_len
+
+
+def test_an_answer_at_the_paragraphs_first_character_is_windowed_not_dropped(tok):
+    """A start of 0 is a real start (the answer opens the paragraph), not "unknown": the window keeps it."""
+    par = FUJI + TOKYO
+    ids = jsq._Encoder(tok, 256, "context_first")._window(_item(par, [FUJI[:3]], [0]), room=20)
+    assert ids is not None and len(ids) <= 20 and tok.decode(ids).startswith(FUJI[:3])
+
+
+class _CharTokenizer:
+    """One token per character (its code point): the window's arithmetic becomes exact, since its first
+    width, characters per token times the room, is the room itself."""
+
+    special = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(map(chr, ids))
+
+
+@pytest.mark.parametrize("room", [4, 9, 20])
+def test_the_window_fills_the_room_exactly_when_it_can(room):
+    """With one token per character, the first window tried is `room` characters, `room` tokens: it
+    fits (a fit is `<=`, not `<`), so the training paragraph uses the whole room, around its answer.
+    At a room of the answer's own length (4), the window is the answer itself."""
+    par = FUJI + TOKYO
+    start = par.index("辰野金吾")
+    ids = jsq._Encoder(_CharTokenizer(), 256, "context_first")._window(_item(par, ["辰野金吾"], [start]), room)
+    assert ids is not None and len(ids) == room
+    window = _CharTokenizer().decode(ids)
+    assert "辰野金吾" in window and window in par
+    if room == 4:
+        assert window == "辰野金吾"
+
+
+def test_an_answer_counts_as_cut_only_when_its_paragraph_was_cut_before_the_answer_ends(offline_dir, cache_dir):
+    """`eval_answer_cut` counts evaluation questions no model could answer from its prompt: the paragraph
+    was cut and every gold answer ends after the cut. A cut paragraph that still holds an answer is not
+    one, nor is a whole one. At max_len 100 the fixture has both kinds of cut paragraph; the count is
+    checked against the prompts themselves (the paragraph between the first two SEPs, decoded)."""
+    d = tasks.build("jsquad", max_answer_tokens=4).prepare(
+        PrepareContext(offline_dir, cache_dir, 300, 100, log=lambda s: None))
+    tok, expect, kinds = d.tokenizer, 0, set()
+    for prompt, it in d.items:
+        par = _segments(prompt, tok.special.sep)[1]  # [BOS, title, SEP, paragraph, SEP, question, SEP]
+        kept = tok.decode(par).rstrip("\ufffd")
+        assert it.paragraph.startswith(kept)
+        cut = len(kept) < len(it.paragraph)
+        holds_answer = any(0 <= s and s + len(a) <= len(kept) for a, s in zip(it.answers, it.starts))
+        kinds.add((cut, holds_answer))
+        expect += cut and not holds_answer
+    assert {(True, True), (True, False)} <= kinds
+    assert d.info["eval_answer_cut"] == expect > 0

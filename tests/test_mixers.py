@@ -138,6 +138,17 @@ def test_state_floats_is_reported(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_a_mixer_class_built_directly_is_the_registrys_default(name):
+    """`MixerClass(d_model, causal)` (how a notebook or a new mixer's own test builds one) has the
+    parameters `mixers.build` gives with default options: one default, not two (e.g. HybridNorm's
+    projection norms on in the class but off in the registry)."""
+    built = mixers.build(name, D, True)
+    direct = type(built)(D, True)
+    assert direct.proj_norm is False and direct.opts == built.opts
+    assert [(k, v.shape) for k, v in direct.named_parameters()] == [(k, v.shape) for k, v in built.named_parameters()]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_bf16_and_zero_inputs_stay_finite(name):
     m = _build(name, causal=True)
     for x in (torch.zeros(2, 9, D), torch.randn(2, 9, D)):

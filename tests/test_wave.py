@@ -155,13 +155,13 @@ def test_interference_and_modulation_differ_from_each_other_and_from_identity(ca
 @pytest.mark.parametrize("name", ["wave_interference", "wave_modulation"])
 def test_rope_phase_is_the_only_position_signal_in_bidirectional_mode(name):
     """Without RoPE the global G makes the bidirectional mixer permutation-equivariant; the phase
-    rotation θ_t is what tells positions apart."""
+    rotation θ_t is what tells positions apart, and it is on by default (the mixer as the grid builds it)."""
     torch.manual_seed(0)
     x = torch.randn(1, 8, D)
     perm = torch.randperm(8)
     plain = _random_weights(mixers.build(name, D, False, rope_phase=False))
     torch.testing.assert_close(plain(x[:, perm]), plain(x)[:, perm], rtol=1e-5, atol=1e-5)
-    roped = _random_weights(mixers.build(name, D, False, rope_phase=True))
+    roped = _random_weights(mixers.build(name, D, False))  # the default: rope_phase=True
     assert not torch.allclose(roped(x[:, perm]), roped(x)[:, perm], atol=1e-4)
 
 

@@ -17,7 +17,6 @@ from core.data import Batch, padded_rows, upload
 from harness.loss import token_nll
 from harness.objectives import Objective, cut_at_eos, register
 
-IGNORE = -100
 DECODES = ("state", "rerun")
 
 
