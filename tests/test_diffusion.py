@@ -149,12 +149,32 @@ def test_loss_is_the_1_over_t_weighted_masked_ce_per_region_token():
     assert model.embed.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("rows", [[([2, 7, 4], [])], [([2, 7, 4], []), ([2, 8, 9, 4], [10, 11])], QA],
+                         ids=["one-target", "one-and-three", "qa"])
+def test_the_training_loss_is_the_nll_per_maskable_token_down_to_one(rows):
+    """With every maskable position masked (p -> 1) and a model that knows nothing (all weights zero:
+    uniform logits over the V tokens), the ELBO per maskable token is log V, whatever the region
+    size; a row with a single answer token (its EOS) included."""
+    model = _lm()
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.zero_()
+    obj = _obj(mask_on="answer", eos_fill=False, eps=1 - 1e-7)
+    batch = _qa(rows).batch(np.arange(len(rows)))
+    loss = obj.loss(model, batch, torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(math.log(V), rel=1e-5)
+
+
 def test_options_are_validated():
     for bad in ({"mask_on": "prompt"}, {"remasking": "top_p"}, {"gen_length": 6, "block_length": 4},
                 {"gen_length": 6, "block_length": 3, "steps": 3}, {"eps": 1.0}, {"steps": 0},
                 {"nll_samples": 0}, {"dev_nll_samples": 0}, {"temperature": -0.5}):
         with pytest.raises(ValueError, match="diffusion"):
             _obj(**bad)
+    # the other side of each bound: no floor on the mask ratio, one step, one sample, greedy
+    for edge in ({"eps": 0.0}, {"gen_length": 1, "steps": 1, "nll_samples": 1, "dev_nll_samples": 1},
+                 {"temperature": 0.0}, {"gen_length": 6, "block_length": 3, "steps": 2}):
+        assert all(getattr(_obj(**edge).opts, k) == v for k, v in edge.items())
 
 
 # ----------------------------------------------------------------------------- bidirectional learning

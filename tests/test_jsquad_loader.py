@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import tasks
-from fixtures.jsquad_mini import to_squad
+from fixtures.jsquad_mini import TRAIN_ARTICLES, to_squad, write_split
 from tasks import DataError, PrepareContext
 from tasks import jsquad as jsq
 from tasks import jsquad_baselines as jb
@@ -253,6 +253,10 @@ def test_each_answer_is_scored_against_its_own_question(offline_dir, cache_dir):
     assert dict(zip(pq["id"], zip(pq["em"], pq["f1"]))) == expect
     assert all(best[q] == (1.0, 1.0) for q in best if q not in wrong)  # the fixture's answers round-trip
     assert got["eval_n"] == 5 and got["em"] == pytest.approx(3 / 5)
+    # a few predictions for the row, by id, with their own scores (no question or gold text)
+    assert got["samples"] == [{"qid": it.qid, "pred": "" if it.qid in wrong else d.decode(oracle.gold[tuple(p)]),
+                               "em": expect[it.qid][0], "f1": pytest.approx(expect[it.qid][1], abs=1e-4)}
+                              for p, it in d.items]  # the first 5: all of them here
 
 
 # ----------------------------------------------------------------------------- options and protocols
@@ -381,7 +385,9 @@ def test_references_score_the_whole_split_only_when_the_models_saw_a_sample(offl
     cost as much again and say nothing new. Only a sample (4 of 5) gets one."""
     task = tasks.build("jsquad", eval_limit=eval_limit)
     ctx = PrepareContext(offline_dir, cache_dir, 300, 256, log=lambda s: None)
-    refs = task.references(task.prepare(ctx), ctx)
+    data = task.prepare(ctx)
+    assert len({it.qid for _, it in data.items}) == (eval_limit or 5)  # a sample of distinct questions
+    refs = task.references(data, ctx)
     assert {r.name for r in refs} == {*jb.BASELINES, "tokenizer_ceiling"}
     assert {r.score_full is not None for r in refs} == {full}
     if full:  # the whole split is read once, for all the references
@@ -389,3 +395,23 @@ def test_references_score_the_whole_split_only_when_the_models_saw_a_sample(offl
         splits = task._splits
         task._splits = lambda c: reads.append(1) or splits(c)
         assert {r.score_full()["eval_n"] for r in refs} == {5} and reads == [1]
+
+
+def test_a_sample_is_distinct_questions_in_file_order(tmp_path, cache_dir):
+    """`eval_limit` scores a seeded sample of the evaluation split: distinct questions (drawn without
+    replacement), kept in file order. 10 of 14 here: a draw with replacement repeats one almost surely."""
+    data = tmp_path / "jsquad"
+    write_split(data, "valid", TRAIN_ARTICLES, "v")
+    write_split(data, "test", TRAIN_ARTICLES, "e")  # 14 questions to sample from
+    d = _prepare(data, cache_dir, eval_limit=10)
+    ids = [it.qid for _, it in d.items]
+    order = [it.qid for it in jsq.load_file(data / "test-v1.3.json")]
+    assert len(set(ids)) == 10 and ids == [q for q in order if q in ids]
+    assert (d.info["eval_questions"], d.info["eval_questions_total"]) == (10, 14)
+
+
+def test_the_task_declares_em_and_f1_with_f1_the_headline():
+    """The rows' metric keys and the report's labels: JGLUE reports EM and F1, and F1 is the figure the
+    grid ranks cells by."""
+    task = tasks.build("jsquad")
+    assert [(m.key, m.header, m.headline) for m in task.metrics] == [("em", "EM", False), ("f1", "F1", True)]

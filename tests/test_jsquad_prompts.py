@@ -7,7 +7,7 @@ import pytest
 
 import tasks
 from core.data import SpecialTokens
-from fixtures.jsquad_mini import TRAIN_ARTICLES
+from fixtures.jsquad_mini import TRAIN_ARTICLES, write_split
 from tasks import DataError, PrepareContext
 from tasks import jsquad as jsq
 from tasks.jsquad_files import QAItem
@@ -216,19 +216,27 @@ class _CharTokenizer:
         return "".join(map(chr, ids))
 
 
-@pytest.mark.parametrize("room", [4, 9, 20])
-def test_the_window_fills_the_room_exactly_when_it_can(room):
+@pytest.mark.parametrize("answer, room", [("辰", 1), ("辰野金吾", 4), ("辰野金吾", 9), ("辰野金吾", 20)])
+def test_the_window_fills_the_room_exactly_centred_on_the_answer(answer, room):
     """With one token per character, the first window tried is `room` characters, `room` tokens: it
-    fits (a fit is `<=`, not `<`), so the training paragraph uses the whole room, around its answer.
-    At a room of the answer's own length (4), the window is the answer itself."""
+    fits (a fit is `<=`, not `<`), so the training paragraph uses the whole room, with the answer in
+    its middle (as much context before it as after). At a room of the answer's own length the window
+    is the answer itself, down to a room of one token."""
     par = FUJI + TOKYO
-    start = par.index("辰野金吾")
-    ids = jsq._Encoder(_CharTokenizer(), 256, "context_first")._window(_item(par, ["辰野金吾"], [start]), room)
+    start = par.index(answer)
+    ids = jsq._Encoder(_CharTokenizer(), 256, "context_first")._window(_item(par, [answer], [start]), room)
     assert ids is not None and len(ids) == room
-    window = _CharTokenizer().decode(ids)
-    assert "辰野金吾" in window and window in par
-    if room == 4:
-        assert window == "辰野金吾"
+    lo = start - (room - len(answer)) // 2
+    assert _CharTokenizer().decode(ids) == par[lo : lo + room]
+
+
+def test_the_window_is_around_the_recorded_answer_not_an_earlier_copy_of_its_text():
+    """An answer text can occur more than once in a paragraph; the gold start says which one the
+    question is about, and the window is cut around that one, not the first occurrence."""
+    par = "東京駅は" + FUJI + "東京駅の" + TOKYO
+    second = par.index("東京駅の")
+    ids = jsq._Encoder(_CharTokenizer(), 256, "context_first")._window(_item(par, ["東京駅"], [second]), 9)
+    assert _CharTokenizer().decode(ids) == par[second - 3 : second + 6]
 
 
 def test_an_answer_counts_as_cut_only_when_its_paragraph_was_cut_before_the_answer_ends(offline_dir, cache_dir):
@@ -249,3 +257,30 @@ def test_an_answer_counts_as_cut_only_when_its_paragraph_was_cut_before_the_answ
         expect += cut and not holds_answer
     assert {(True, True), (True, False)} <= kinds
     assert d.info["eval_answer_cut"] == expect > 0
+    # a cut prompt leaves exactly the answer tokens and EOS of room: the scored rows fit in max_len
+    for (prompt, _), n in zip(d.items, d.eval.lengths.tolist()):
+        assert len(prompt) <= 100 - 5 and n <= 100
+    assert max(len(p) for p, _ in d.items) == 100 - 5
+
+
+def test_an_answer_ending_exactly_at_the_cut_is_kept_and_one_token_less_is_cut(tmp_path, cache_dir):
+    """The boundary of `eval_answer_cut`: an answer opening the paragraph (start 0, a real start) whose
+    last character is the prompt's last kept character is in the prompt, so not counted; one paragraph
+    token less and it is counted. The limits are found from the run's own tokenizer."""
+    data = tmp_path / "jsquad"
+    write_split(data, "valid", TRAIN_ARTICLES, "v")
+    write_split(data, "test", [("フジ", FUJI, [("標高3776メートルの山は何か。", ["富士山"])])], "e")
+
+    def prepare(max_len):
+        return tasks.build("jsquad", max_answer_tokens=4).prepare(
+            PrepareContext(data, cache_dir, 300, max_len, log=lambda s: None))
+
+    whole = prepare(256)
+    tok, ((_, it),) = whole.tokenizer, whole.items  # the same tokenizer at any max_len (the same split)
+    ids = tok.encode(FUJI)
+    k = next(k for k in range(1, len(ids)) if tok.decode(ids[:k]) == "富士山")  # tokens up to the answer's end
+    fixed = 5 + 4 + len(tok.encode("フジ")) + len(tok.encode(it.question))  # reserve 5, BOS and 3 SEPs
+    assert it.starts == [0]
+    for keep, cut in ((k, 0), (k - 1, 1)):
+        d = prepare(fixed + keep)
+        assert (d.info["eval_truncated"], d.info["eval_answer_cut"]) == (1, cut)

@@ -309,9 +309,16 @@ def test_the_wavelet_gate_is_not_weight_decayed_and_the_projections_are():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("name", ["wave_interference", "wave_modulation", "wave_wavelet"])
-def test_all_zero_inputs_stay_finite_with_gradients(name, causal, dtype):
-    m = _random_weights(mixers.build(name, D, causal)).to(dtype)
+@pytest.mark.parametrize("name, opts", [("wave_interference", {}), ("wave_modulation", {}), ("wave_wavelet", {}),
+                                        ("wave_interference", {"readout": "magnitude", "scale": "unit"}),
+                                        ("wave_modulation", {"readout": "magnitude", "scale": "unit"})],
+                         ids=["interference", "modulation", "wavelet", "interference-magnitude-unit",
+                              "modulation-magnitude-unit"])
+def test_all_zero_inputs_stay_finite_with_gradients(name, opts, causal, dtype):
+    """An all-zero input (a zero-initialised layer, a padded prefix) has zero energy: every square root
+    and reciprocal root (|Z| in the magnitude readout, the unit scale's 1/sqrt(mean G²)) is kept finite,
+    in value and gradient, by its `eps`."""
+    m = _random_weights(mixers.build(name, D, causal, **opts)).to(dtype)
     x = torch.zeros(2, 6, D, dtype=dtype, requires_grad=True)
     y = m(x)
     assert y.dtype == dtype and torch.isfinite(y.float()).all()
