@@ -594,3 +594,8 @@ def test_bound_samples_one_mask_count_per_stratum(monkeypatch):
     with torch.no_grad():
         _obj(eos_fill=False, nll_samples=4).nll(model, batch)
     assert tuple(int(m[0]) for m in seen) in itertools.product([1, 2], [3, 4], [5, 6], [7, 8])
+    # K = n: one sample per count, whatever the offset u: m = 1, 2, ..., n (a single masked token included)
+    seen.clear()
+    with torch.no_grad():
+        _obj(eos_fill=False, nll_samples=n).nll(model, batch)
+    assert [int(m[0]) for m in seen] == list(range(1, n + 1))
