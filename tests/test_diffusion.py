@@ -112,14 +112,17 @@ def test_eos_filler_goes_only_after_a_suffix_target_and_spans_exactly_gen_length
     assert r.ids[0].tolist()[:5] == [2, 7, 4, 3, 3] and r.target[0].sum() == 2
 
 
-@pytest.mark.parametrize("name, sees_the_future", [("autoregressive", False), ("diffusion", True)])
-def test_each_objective_gets_the_model_its_training_needs(name, sees_the_future):
+@pytest.mark.parametrize("name, sees_the_future, ppl_key", [("autoregressive", False, "ppl"),
+                                                             ("diffusion", True, "ppl_bound")])
+def test_each_objective_gets_the_model_its_training_needs(name, sees_the_future, ppl_key):
     """The cell builds its model with `objective.causal`: a diffusion model must see both sides of a
     masked position (its loss and sampler assume it), an autoregressive one must not see the future.
-    Built as the grid builds it (matched_config on a preset); a future token changes position 0 or not."""
+    Built as the grid builds it (matched_config on a preset); a future token changes position 0 or not.
+    And each names its perplexity for the row: exact (`ppl`) or an upper bound (`ppl_bound`)."""
     from core.presets import get_preset
     from harness.model import matched_config
     obj = objectives.build(name, SP, "chunked")
+    assert obj.ppl_key == ppl_key
     torch.manual_seed(0)
     model = LM(matched_config(get_preset("tiny"), "attention", obj.causal, vocab_size=V)).eval()
     x = torch.tensor([[2, 7, 8, 9, 10, 11]])
