@@ -284,3 +284,19 @@ def test_an_answer_ending_exactly_at_the_cut_is_kept_and_one_token_less_is_cut(t
     for keep, cut in ((k, 0), (k - 1, 1)):
         d = prepare(fixed + keep)
         assert (d.info["eval_truncated"], d.info["eval_answer_cut"]) == (1, cut)
+
+
+def test_an_answer_without_a_recorded_start_is_not_counted_cut_in_a_whole_paragraph(tmp_path, cache_dir):
+    """`eval_answer_cut` counts prompts whose paragraph was cut; a gold answer with no `answer_start`
+    (start -1: nothing to locate) in a paragraph kept whole is not one."""
+    import json
+
+    data = tmp_path / "jsquad"
+    write_split(data, "valid", TRAIN_ARTICLES, "v")
+    test = write_split(data, "test", [("フジ", FUJI, [("標高3776メートルの山は何か。", ["富士山"])])], "e")
+    doc = json.loads(test.read_text(encoding="utf-8"))
+    del doc["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"]
+    test.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    d = tasks.build("jsquad").prepare(PrepareContext(data, cache_dir, 300, 256, log=lambda s: None))
+    (_, it), = d.items
+    assert it.starts == [-1] and (d.info["eval_truncated"], d.info["eval_answer_cut"]) == (0, 0)
