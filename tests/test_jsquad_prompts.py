@@ -216,17 +216,19 @@ class _CharTokenizer:
         return "".join(map(chr, ids))
 
 
-@pytest.mark.parametrize("answer, room", [("辰", 1), ("辰野金吾", 4), ("辰野金吾", 9), ("辰野金吾", 20)])
+@pytest.mark.parametrize("answer, room", [("辰", 1), ("辰野金吾", 4), ("辰野金吾", 9), ("辰野金吾", 20),
+                                          ("富士山", 20), ("発着する", 20)])
 def test_the_window_fills_the_room_exactly_centred_on_the_answer(answer, room):
     """With one token per character, the first window tried is `room` characters, `room` tokens: it
     fits (a fit is `<=`, not `<`), so the training paragraph uses the whole room, with the answer in
     its middle (as much context before it as after). At a room of the answer's own length the window
-    is the answer itself, down to a room of one token."""
+    is the answer itself, down to a room of one token. An answer near the paragraph's start or end
+    moves the window inward, still the whole room."""
     par = FUJI + TOKYO
     start = par.index(answer)
     ids = jsq._Encoder(_CharTokenizer(), 256, "context_first")._window(_item(par, [answer], [start]), room)
     assert ids is not None and len(ids) == room
-    lo = start - (room - len(answer)) // 2
+    lo = min(max(0, start - (room - len(answer)) // 2), len(par) - room)
     assert _CharTokenizer().decode(ids) == par[lo : lo + room]
 
 

@@ -246,7 +246,7 @@ def _undecimated_cascade(h: np.ndarray, name: str, levels: int, causal: bool) ->
 
 
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("name,levels", [("haar", 3), ("db2", 3), ("haar", 4)])
+@pytest.mark.parametrize("name,levels", [("haar", 1), ("haar", 3), ("db2", 3), ("haar", 4)])
 def test_wavelet_mixer_every_level_uses_dilation_two_to_the_k(name, levels, causal):
     """Levels >= 3 (dilation 4, 8): the hand-computed level-2 test cannot tell 2^k from k + 1. The mix
     is Σ_b gate_b ⊙ band_b over [h, d_1, ..., d_L, a_L], checked with a random gate."""
