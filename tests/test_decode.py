@@ -149,9 +149,13 @@ def test_the_rerun_fallback_steps_from_an_empty_state():
 
 @pytest.mark.parametrize("name", mixers.names())
 def test_bidirectional_mixers_refuse_to_step(name):
+    """Decoding runs left to right: a bidirectional mixer's prefill would hand a state built from a
+    prompt its positions saw both ways, so neither prefill nor step runs."""
     m = mixers.build(name, D, causal=False)
     with pytest.raises(RuntimeError, match="bidirectional"):
         m.step(torch.randn(1, D), None)
+    with pytest.raises(RuntimeError, match="bidirectional"):
+        m.prefill(torch.randn(1, 3, D))
 
 
 # ----------------------------------------------------------------------------------------------

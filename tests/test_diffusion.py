@@ -412,6 +412,17 @@ def test_a_temperature_draw_follows_softmax_of_the_logits_over_the_temperature(t
     torch.testing.assert_close(freq, want / want.sum(), rtol=0, atol=0.015)
 
 
+def test_low_confidence_is_the_models_probability_of_its_proposed_token():
+    """The remasking score of a position is the softmax probability, over the vocabulary, of the token
+    proposed there. Position 0 is peaked on a small logit (0.98), position 1 nearly flat on large ones
+    (0.58): the peaked one is the more confident, whatever the logits' scale across positions."""
+    logits = torch.tensor([[[5.0, 0.0, 0.0], [10.0, 9.0, 9.0]]])  # (b, L, V)
+    x0, conf = _obj()._propose(logits, torch.Generator().manual_seed(0))
+    assert x0.tolist() == [[0, 0]]
+    torch.testing.assert_close(conf, logits.softmax(-1)[..., 0])
+    assert conf[0, 0] > 0.97 and conf[0, 1] < 0.6
+
+
 def test_a_one_token_answer_is_sampled():
     """gen_length 1, one step: the smallest region the sampler is asked for still gives one token per prompt."""
     out = _obj(gen_length=1, steps=1).generate(_lm(), [p for p, _ in QA], max_new=1, batch_size=2)

@@ -291,6 +291,8 @@ def test_wavelet_mixer_starts_as_the_wave_mixer_and_reports_added_params():
     n_core = sum(p.numel() for p in m.core.parameters())
     assert sum(p.numel() for p in m.parameters()) == n_core + m.added_params
     assert n_core == 4 * D * D  # in_proj D->2D and out 2D->D (cartesian readout), as attention's 4 D^2
+    # the filters are the wavelet's (from its name), not weights: a checkpoint holds the gate and the core only
+    assert set(m.state_dict()) == {"gate"} | {f"core.{k}" for k in m.core.state_dict()}
 
 
 def test_the_wavelet_gate_is_not_weight_decayed_and_the_projections_are():
