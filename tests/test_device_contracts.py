@@ -3,7 +3,6 @@ simulated with stand-ins for the CUDA calls (the CI has no GPU; a change green o
 cell). Each test names the GPU behaviour it holds; a `torch.device("cuda")` object needs no GPU."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 

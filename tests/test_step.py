@@ -856,7 +856,6 @@ def test_under_cuda_graphs_a_shapes_first_two_steps_are_warm_up(monkeypatch):
     CallbackTrigger = getattr(pytest.importorskip("torch._dynamo.callback"), "CallbackTrigger", None)
     if CallbackTrigger is None:
         pytest.skip(f"torch {torch.__version__} does not announce CUDA graph recordings to compile callbacks")
-    import harness.train as ht
 
     WAIT = 100.0
     runs: dict = {}
