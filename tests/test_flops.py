@@ -213,6 +213,8 @@ def test_wavelet_stage_counted_op_for_op():
         ("wave_interference", True, {}, 2 * 10 + 2),
         # unit scale: the mean over channels 1 + 2; no RoPE; magnitude readout Re² + Im² 3
         ("wave_interference", True, {"scale": "unit", "rope_phase": False, "readout": "magnitude"}, 2 * 5 + 2 + 3),
+        # the paper's raw G (scale sum): no scaling, 2 per wave fewer; real readout 0
+        ("wave_modulation", True, {"scale": "sum", "readout": "real"}, 2 * 8 + 6),
         # wave modulation 26, 2 Haar levels x 2 filters x 3, gate over 4 bands 7
         ("wave_wavelet", True, {}, 26 + 12 + 7),
         # bidirectional Haar level: one symmetric 3-tap filter, 5 FLOPs
