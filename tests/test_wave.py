@@ -312,10 +312,12 @@ def test_the_wavelet_gate_is_not_weight_decayed_and_the_projections_are():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("causal", CAUSAL)
 @pytest.mark.parametrize("name, opts", [("wave_interference", {}), ("wave_modulation", {}), ("wave_wavelet", {}),
+                                        ("wave_interference", {"readout": "magnitude"}),
+                                        ("wave_modulation", {"readout": "magnitude"}),
                                         ("wave_interference", {"readout": "magnitude", "scale": "unit"}),
-                                        ("wave_modulation", {"readout": "magnitude", "scale": "unit"})],
-                         ids=["interference", "modulation", "wavelet", "interference-magnitude-unit",
-                              "modulation-magnitude-unit"])
+                                        ("wave_modulation", {"scale": "unit"})],
+                         ids=["interference", "modulation", "wavelet", "interference-magnitude",
+                              "modulation-magnitude", "interference-magnitude-unit", "modulation-unit"])
 def test_all_zero_inputs_stay_finite_with_gradients(name, opts, causal, dtype):
     """An all-zero input (a zero-initialised layer, a padded prefix) has zero energy: every square root
     and reciprocal root (|Z| in the magnitude readout, the unit scale's 1/sqrt(mean G²)) is kept finite,
