@@ -321,7 +321,7 @@ def test_the_wavelet_gate_is_not_weight_decayed_and_the_projections_are():
 def test_all_zero_inputs_stay_finite_with_gradients(name, opts, causal, dtype):
     """An all-zero input (a zero-initialised layer, a padded prefix) has zero energy: every square root
     and reciprocal root (|Z| in the magnitude readout, the unit scale's 1/sqrt(mean G²)) is kept finite,
-    in value and gradient, by its `eps`."""
+    in value and gradient, by its `eps`; and so is decoding, one step at a time from an empty state."""
     m = _random_weights(mixers.build(name, D, causal, **opts)).to(dtype)
     x = torch.zeros(2, 6, D, dtype=dtype, requires_grad=True)
     y = m(x)
@@ -329,6 +329,11 @@ def test_all_zero_inputs_stay_finite_with_gradients(name, opts, causal, dtype):
     y.float().sum().backward()
     assert torch.isfinite(x.grad.float()).all()
     assert all(torch.isfinite(p.grad.float()).all() for p in m.parameters() if p.grad is not None)
+    if causal:
+        state = None
+        for _ in range(3):
+            y_t, state = m.step(torch.zeros(2, D, dtype=dtype), state)
+            assert torch.isfinite(y_t.float()).all()
 
 
 # ---------------------------------------------------------------- state sizes and options
