@@ -178,6 +178,10 @@ def test_attention_head_dim_must_divide_d_model():
     with pytest.raises(ValueError, match=r"^attention: d_model=64 is not a multiple of head_dim=24$"):
         mixers.build("attention", D, True, head_dim=24)
     assert mixers.build("attention", D, True, head_dim=16).n_heads == 4
+    # RoPE rotates pairs of a head's channels: an odd head_dim (even one dividing d_model) is refused too
+    for hd in (0, 1):
+        with pytest.raises(ValueError, match=rf"^attention: head_dim must be a positive even number .*got {hd}$"):
+            mixers.build("attention", D, True, head_dim=hd)
 
 
 def test_attention_state_is_a_kv_cache():
