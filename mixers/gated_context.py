@@ -58,7 +58,7 @@ def pairwise_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ~6 log2(T) whole-tensor calls, and the layers around it still compile once for all lengths.
     """
     T = a.shape[1]
-    if T == 1:
+    if T <= 1:  # c_0 = b_0; and an empty prompt (T = 0) has no context: folding it would never end
         return b
     if T % 2:  # an identity step (a=1, b=0) at the end makes the length even; dropped afterwards
         a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
@@ -74,12 +74,12 @@ def pairwise_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def loop_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The same recurrence one step at a time: the reference the fast path is tested against."""
-    c = torch.zeros_like(b[:, 0])
-    out = []
+    c = b.new_zeros(b.shape[:1] + b.shape[2:])  # c_{-1} = 0
+    out = [b[:, :0]]  # (B, 0, ...): an empty prompt gives an empty context
     for t in range(a.shape[1]):
         c = a[:, t] * c + b[:, t]
-        out.append(c)
-    return torch.stack(out, dim=1)
+        out.append(c[:, None])
+    return torch.cat(out, dim=1)
 
 
 # option `scan` -> the function; the row's backend is "<name>_scan"

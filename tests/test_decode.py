@@ -112,6 +112,24 @@ def test_steps_from_an_empty_state_equal_the_forward(name):
     torch.testing.assert_close(torch.stack(ys, 1), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", mixers.names())
+def test_an_empty_prompts_prefill_then_steps_equal_the_forward(name):
+    """A prefill of no tokens (B, 0, D) gives no outputs and the empty state: the steps after it are the
+    forward's. (gated_context's pairwise scan folded an empty sequence forever: a RecursionError.)"""
+    torch.manual_seed(1)
+    m = mixers.build(name, D, causal=True).eval()
+    x = torch.randn(2, 5, D)
+    with torch.no_grad():
+        ref = m(x)
+        y0, state = m.prefill(x[:, :0])
+        ys = []
+        for t in range(x.shape[1]):
+            y, state = m.step(x[:, t], state)
+            ys.append(y)
+    assert y0.shape == (2, 0, D)
+    torch.testing.assert_close(torch.stack(ys, 1), ref, rtol=1e-5, atol=1e-5)
+
+
 class _CumulativeMean(Mixer):
     """A causal mixer with no step of its own (never registered): the mean of the real inputs so far."""
 

@@ -30,6 +30,8 @@ def test_scan_on_a_hand_computed_case():
     expected = torch.tensor([1.0, 1.5, 2.0, 5.0, 5.25]).view(1, 5, 1)
     torch.testing.assert_close(pairwise_scan(a, b), expected)
     torch.testing.assert_close(loop_scan(a, b), expected)
+    for scan in (pairwise_scan, loop_scan):  # an empty sequence (an empty prompt's prefill): no contexts
+        assert scan(a[:, :0], b[:, :0]).shape == (1, 0, 1)
 
 
 @pytest.mark.parametrize("T", [1, 2, 3, 7, 16, 33, 100])
