@@ -24,6 +24,16 @@ LENGTHS = [12, 10, 7]  # real tokens per row; rows are left-padded to 12
 T0 = 6  # prompt columns run by prefill; the rest go through step one at a time
 
 
+def _causal(name: str, **opts) -> Mixer:
+    """A causal mixer whose every part shows in its output: the wavelet mixer's gate starts as the
+    identity (its bands weighted 0, so a wrong band in `step` would be invisible); here it is random."""
+    m = mixers.build(name, D, causal=True, **opts)
+    if name == "wave_wavelet":
+        with torch.no_grad():
+            m.gate.copy_(torch.randn(m.gate.shape))
+    return m
+
+
 def _left_padded(seed: int = 0, lengths: list[int] = LENGTHS) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     T = max(lengths)
@@ -54,7 +64,7 @@ def _check_prefill_then_steps(m: Mixer, bf16: bool = False, tol: float = 1e-5, l
 @pytest.mark.parametrize("name", mixers.names())
 def test_prefill_and_steps_equal_the_full_forward_with_left_padding(name):
     torch.manual_seed(0)
-    _check_prefill_then_steps(mixers.build(name, D, causal=True))
+    _check_prefill_then_steps(_causal(name))
 
 
 @pytest.mark.parametrize("name", mixers.names())
@@ -66,7 +76,7 @@ def test_decoding_under_bf16_autocast_gives_the_forwards_numbers(name):
     mixer is within 1e-3 (attention, whose single-query step is another SDPA kernel: 5e-4 unpadded; the
     others matched the forward to the bit in an unpadded check)."""
     torch.manual_seed(0)
-    _check_prefill_then_steps(mixers.build(name, D, causal=True), bf16=True, tol=1e-3)
+    _check_prefill_then_steps(_causal(name), bf16=True, tol=1e-3)
 
 
 @pytest.mark.parametrize("name,opts", [("wave_wavelet", {"wavelet": "db2", "levels": 3}),
@@ -77,7 +87,7 @@ def test_decoding_under_bf16_autocast_gives_the_forwards_numbers(name):
 def test_step_equals_forward_for_other_options(name, opts):
     """Longer wavelet filters wrap the ring buffer several times; other scales and readouts; a short conv."""
     torch.manual_seed(0)
-    _check_prefill_then_steps(mixers.build(name, D, causal=True, **opts))
+    _check_prefill_then_steps(_causal(name, **opts))
 
 
 @pytest.mark.parametrize("lengths", [[T0 + 140, T0 + 137, T0 + 135], [T0 + 140] * 3], ids=["left_padded", "unpadded"])
@@ -101,7 +111,7 @@ def test_attention_decoding_past_the_kv_caches_first_capacity_equals_the_forward
 @pytest.mark.parametrize("name", mixers.names())
 def test_steps_from_an_empty_state_equal_the_forward(name):
     torch.manual_seed(1)
-    m = mixers.build(name, D, causal=True).eval()
+    m = _causal(name).eval()
     x = torch.randn(2, 5, D)
     with torch.no_grad():
         ref = m(x)
@@ -117,7 +127,7 @@ def test_an_empty_prompts_prefill_then_steps_equal_the_forward(name):
     """A prefill of no tokens (B, 0, D) gives no outputs and the empty state: the steps after it are the
     forward's. (gated_context's pairwise scan folded an empty sequence forever: a RecursionError.)"""
     torch.manual_seed(1)
-    m = mixers.build(name, D, causal=True).eval()
+    m = _causal(name).eval()
     x = torch.randn(2, 5, D)
     with torch.no_grad():
         ref = m(x)
@@ -336,7 +346,7 @@ def test_the_decoding_state_is_the_state_the_mixer_claims(name):
     tokens (one sequence), KV caches counted by the positions in use."""
     from benchmarks.decode import tensors
 
-    m = mixers.build(name, D, causal=True).eval()
+    m = _causal(name).eval()
     if m.decode_path != "state":
         pytest.skip("rerun fallback: its state is the prefix itself")
     T = 11
