@@ -123,6 +123,8 @@ def test_padding_never_changes_real_tokens(name, causal, side):
         x[i, sl] = s
         mask[i, sl] = True
     y = m(x, mask)
+    # a pad's output is unused, but finite: a NaN there turns into a NaN everywhere in the next layer (0 x NaN)
+    assert torch.isfinite(y).all(), f"{name}: a non-finite output at a pad"
     for i, s in enumerate(seqs):
         alone = m(s[None])[0]
         sl = slice(0, len(s)) if side == "right" else slice(T - len(s), T)
