@@ -108,6 +108,29 @@ def test_attention_decoding_past_the_kv_caches_first_capacity_equals_the_forward
         assert state.keep[:, : state.length].sum(1).tolist() == lengths and not state.keep[:, state.length:].any()
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_kv_cache_grows_by_doubling_whenever_it_is_full_and_keeps_every_slot(padded):
+    """Appending past the capacity doubles the buffers, every time they fill (2 -> 4 -> 8 -> 16 here),
+    keeping each position in its slot; the mask of real slots grows with them; `length` and the RoPE
+    position `n_real` count the appends. (Decoding past one doubling is checked against the forward above.)"""
+    from mixers.attention import KVCache
+
+    B, H, hd = 2, 1, 3  # hd != capacity: a growth test keyed on the wrong axis cannot pass
+    # a full cache of two slots (row 0's first one a pad when padded): keys -1, values -2
+    keep = torch.tensor([[False, True], [True, True]]) if padded else None
+    cache = KVCache(torch.full((B, H, 2, hd), -1.0), torch.full((B, H, 2, hd), -2.0), keep, 2,
+                    torch.tensor([1, 2]) if padded else torch.tensor([2, 2]))
+    for i in range(2, 11):
+        cache.append(torch.full((B, H, 1, hd), float(i)), torch.full((B, H, 1, hd), -float(i)))
+    assert cache.length == 11 and cache.k.shape == cache.v.shape == (B, H, 16, hd)
+    assert cache.k[0, 0, :11, 0].tolist() == [-1.0, -1.0] + [float(i) for i in range(2, 11)]
+    assert cache.v[1, 0, :11, 2].tolist() == [-2.0, -2.0] + [-float(i) for i in range(2, 11)]
+    assert cache.n_real.tolist() == ([10, 11] if padded else [11, 11])
+    if padded:
+        assert cache.keep.shape == (B, 16)
+        assert cache.keep[:, :11].tolist() == [[False] + [True] * 10, [True] * 11] and not cache.keep[:, 11:].any()
+
+
 @pytest.mark.parametrize("name", mixers.names())
 def test_steps_from_an_empty_state_equal_the_forward(name):
     torch.manual_seed(1)
