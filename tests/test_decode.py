@@ -133,34 +133,22 @@ def test_the_kv_cache_grows_by_doubling_whenever_it_is_full_and_keeps_every_slot
 
 @pytest.mark.parametrize("name", mixers.names())
 def test_steps_from_an_empty_state_equal_the_forward(name):
+    """Decoding from nothing: no state at all, or the state of an empty prompt's prefill ((B, 0, D) in, no
+    outputs). The steps after either are the forward's. (gated_context's pairwise scan folded an empty
+    prompt forever: a RecursionError.)"""
     torch.manual_seed(1)
     m = _causal(name).eval()
     x = torch.randn(2, 5, D)
     with torch.no_grad():
         ref = m(x)
-        state, ys = None, []
-        for t in range(x.shape[1]):
-            y, state = m.step(x[:, t], state)
-            ys.append(y)
-    torch.testing.assert_close(torch.stack(ys, 1), ref, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", mixers.names())
-def test_an_empty_prompts_prefill_then_steps_equal_the_forward(name):
-    """A prefill of no tokens (B, 0, D) gives no outputs and the empty state: the steps after it are the
-    forward's. (gated_context's pairwise scan folded an empty sequence forever: a RecursionError.)"""
-    torch.manual_seed(1)
-    m = _causal(name).eval()
-    x = torch.randn(2, 5, D)
-    with torch.no_grad():
-        ref = m(x)
-        y0, state = m.prefill(x[:, :0])
-        ys = []
-        for t in range(x.shape[1]):
-            y, state = m.step(x[:, t], state)
-            ys.append(y)
-    assert y0.shape == (2, 0, D)
-    torch.testing.assert_close(torch.stack(ys, 1), ref, rtol=1e-5, atol=1e-5)
+        y0, empty = m.prefill(x[:, :0])
+        assert y0.shape == (2, 0, D)
+        for state in (None, empty):
+            ys = []
+            for t in range(x.shape[1]):
+                y, state = m.step(x[:, t], state)
+                ys.append(y)
+            torch.testing.assert_close(torch.stack(ys, 1), ref, rtol=1e-5, atol=1e-5)
 
 
 class _CumulativeMean(Mixer):

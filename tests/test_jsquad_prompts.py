@@ -265,13 +265,19 @@ def test_an_answer_counts_as_cut_only_when_its_paragraph_was_cut_before_the_answ
     assert max(len(p) for p, _ in d.items) == 100 - 5
 
 
+def _one_question_split(tmp_path):
+    """An offline data directory whose evaluation split is one question, its answer opening the paragraph
+    (富士山 at 0, under another title): (the directory, its test file)."""
+    data = tmp_path / "jsquad"
+    write_split(data, "valid", TRAIN_ARTICLES, "v")
+    return data, write_split(data, "test", [("フジ", FUJI, [("標高3776メートルの山は何か。", ["富士山"])])], "e")
+
+
 def test_an_answer_ending_exactly_at_the_cut_is_kept_and_one_token_less_is_cut(tmp_path, cache_dir):
     """The boundary of `eval_answer_cut`: an answer opening the paragraph (start 0, a real start) whose
     last character is the prompt's last kept character is in the prompt, so not counted; one paragraph
     token less and it is counted. The limits are found from the run's own tokenizer."""
-    data = tmp_path / "jsquad"
-    write_split(data, "valid", TRAIN_ARTICLES, "v")
-    write_split(data, "test", [("フジ", FUJI, [("標高3776メートルの山は何か。", ["富士山"])])], "e")
+    data, _ = _one_question_split(tmp_path)
 
     def prepare(max_len):
         return tasks.build("jsquad", max_answer_tokens=4).prepare(
@@ -293,9 +299,7 @@ def test_an_answer_without_a_recorded_start_is_not_counted_cut_in_a_whole_paragr
     (start -1: nothing to locate) in a paragraph kept whole is not one."""
     import json
 
-    data = tmp_path / "jsquad"
-    write_split(data, "valid", TRAIN_ARTICLES, "v")
-    test = write_split(data, "test", [("フジ", FUJI, [("標高3776メートルの山は何か。", ["富士山"])])], "e")
+    data, test = _one_question_split(tmp_path)
     doc = json.loads(test.read_text(encoding="utf-8"))
     del doc["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"]
     test.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")

@@ -105,7 +105,6 @@ def test_a_killed_run_restores_the_module(tmp_path):
     assert module.read_text(encoding="utf-8") == TOY
 
 
-
 def test_a_mutant_that_inflates_a_size_runs_out_of_memory_instead_of_taking_the_machines(tmp_path):
     """Session 37's loss mutant `-(-D // 64)` -> `-(-D * 64)` took one pytest to 17.7 GB. Under
     `--max-memory` such a mutant fails its tests with a MemoryError: killed, its row marked `memory`.

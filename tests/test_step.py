@@ -239,7 +239,9 @@ def test_training_reads_no_device_value_between_evaluation_points(monkeypatch, o
 
 
 def test_autoregressive_loss_computes_logits_only_where_the_next_token_is_real(monkeypatch):
-    """Pads get no logits (n = real tokens - rows), and the loss is the one over the full padded grid."""
+    """Pads get no logits (n = real tokens - rows), and the loss is the one over the full padded grid:
+    `loss_terms` its (sum, count), `loss` their mean, and the dev/eval `nll` the answer's tokens only
+    whatever `loss_on` trains."""
     import harness.objectives.autoregressive as ar
     from harness.loss import token_nll
 
@@ -250,17 +252,22 @@ def test_autoregressive_loss_computes_logits_only_where_the_next_token_is_real(m
     batch = data.batch(np.arange(3))
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=16))
+    # the reference: logits everywhere, masked
+    h = model(batch.ids, batch.pad_mask)[:, :-1]
+    ce = torch.nn.functional.cross_entropy(model.logits(h).reshape(-1, 20), batch.ids[:, 1:].reshape(-1),
+                                           reduction="none").view(3, -1)
+    answer = batch.pad_mask[:, 1:] & batch.target[:, 1:]
     for loss_on in ("all", "answer"):
         obj = objectives.build("autoregressive", SPECIAL, "chunked", loss_on=loss_on)
         s, n = obj.loss_terms(model, batch)
-        # the reference: logits everywhere, masked
-        h = model(batch.ids, batch.pad_mask)[:, :-1]
-        use = batch.pad_mask[:, 1:] & (batch.target[:, 1:] if loss_on == "answer" else True)
-        ref = torch.nn.functional.cross_entropy(model.logits(h).reshape(-1, 20), batch.ids[:, 1:].reshape(-1),
-                                                reduction="none").view_as(use)[use].sum()
-        torch.testing.assert_close(s, ref, rtol=1e-5, atol=1e-5)
+        use = answer if loss_on == "answer" else batch.pad_mask[:, 1:]
+        torch.testing.assert_close(s, ce[use].sum(), rtol=1e-5, atol=1e-5)
         assert int(n) == int(use.sum())
-    assert seen == [batch.n_tokens - 3] * 2 == [10, 10]
+        torch.testing.assert_close(obj.loss(model, batch), ce[use].mean(), rtol=1e-5, atol=1e-5)
+        s, n = obj.nll(model, batch)
+        torch.testing.assert_close(s, ce[answer].sum(), rtol=1e-5, atol=1e-5)
+        assert int(n) == int(answer.sum())
+    assert seen == [batch.n_tokens - 3] * 6 == [10] * 6  # loss_terms, loss and nll, for each loss_on
 
 
 def test_rms_norm_function_is_the_textbook_rms_norm_with_exact_gradients():
