@@ -26,7 +26,11 @@ T0 = 6  # prompt columns run by prefill; the rest go through step one at a time
 
 def _causal(name: str, **opts) -> Mixer:
     """A causal mixer whose every part shows in its output: the wavelet mixer's gate starts as the
-    identity (its bands weighted 0, so a wrong band in `step` would be invisible); here it is random."""
+    identity (its bands weighted 0, so a wrong band in `step` would be invisible); here it is random.
+    Attention gets 4 heads: at its default head_dim, D = 32 is one head, and a step that mixed up heads
+    and features (transposing the wrong axes of its read-out) gave the forward's numbers."""
+    if name == "attention":
+        opts = {"head_dim": D // 4, **opts}
     m = mixers.build(name, D, causal=True, **opts)
     if name == "wave_wavelet":
         with torch.no_grad():
@@ -98,7 +102,7 @@ def test_attention_decoding_past_the_kv_caches_first_capacity_equals_the_forward
     key, or left the mask short, would change every later token), with pads masked or no mask at all.
     Every row's pads lie in the prompt (fewer than T0): a step appends a real token."""
     torch.manual_seed(0)
-    state = _check_prefill_then_steps(mixers.build("attention", D, causal=True), lengths=lengths)
+    state = _check_prefill_then_steps(_causal("attention"), lengths=lengths)
     first_capacity = T0 + 128
     assert state.length == T0 + 140 and state.k.shape[2] == state.v.shape[2] == 2 * first_capacity  # it grew
     padded = len(set(lengths)) > 1
