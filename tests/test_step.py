@@ -268,6 +268,10 @@ def test_autoregressive_loss_computes_logits_only_where_the_next_token_is_real(m
         torch.testing.assert_close(s, ce[answer].sum(), rtol=1e-5, atol=1e-5)
         assert int(n) == int(answer.sum())
     assert seen == [batch.n_tokens - 3] * 6 == [10] * 6  # loss_terms, loss and nll, for each loss_on
+    # one loss token: the mean is that token's NLL (the count is clamped at 1 only so that 0 divides safely)
+    one = SeqSet.from_lists([[2, 7, 3]], [[0, 0, 1]], 0).batch(np.arange(1))
+    ce_one = torch.nn.functional.cross_entropy(model.logits(model(one.ids, one.pad_mask)[0, 1]), one.ids[0, 2])
+    torch.testing.assert_close(obj.loss(model, one), ce_one, rtol=1e-5, atol=1e-5)
 
 
 def test_rms_norm_function_is_the_textbook_rms_norm_with_exact_gradients():
@@ -284,7 +288,10 @@ def test_rms_norm_function_is_the_textbook_rms_norm_with_exact_gradients():
     assert y.dtype == torch.bfloat16 and xb.grad.dtype == torch.bfloat16 and norm.weight.grad.dtype == torch.float32
 
 
-def test_cached_rope_angles_equal_the_recomputed_ones():
+def test_cached_rope_angles_equal_the_recomputed_ones(monkeypatch):
+    import mixers._layers as layers
+
+    monkeypatch.setattr(layers, "_ROPE_TABLES", {})  # start from no table, whatever ran before
     B, T, dim = 2, 7, 16
     pad = torch.tensor([[True] * 7, [False, False, True, True, True, True, True]])
     for mask in (None, pad):
@@ -301,6 +308,10 @@ def test_cached_rope_angles_equal_the_recomputed_ones():
     from mixers._layers import apply_rope
 
     apply_rope(q, *rope_for(None, 1, 3000, dim, 10000.0, "cpu")).sum().backward()
+    for n in (4097, 8192, 8193):  # the table grows to the next power of two: one past it, and exactly at it
+        got = rope_for(None, 1, n, dim, 10000.0, "cpu")
+        want = rope_angles(positions_from_mask(None, 1, n, "cpu"), dim, 10000.0)
+        assert all(g.shape == (1, n, dim // 2) and torch.equal(g, r) for g, r in zip(got, want))
 
 
 def test_compile_is_on_by_default_on_cuda_only():
