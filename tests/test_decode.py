@@ -280,7 +280,9 @@ def test_the_decoding_path_is_named_for_the_row():
 def test_decoding_stops_as_soon_as_every_row_has_ended(monkeypatch, decode):
     """A row that has emitted EOS is done; once every row is, the batch stops. A model that answers
     EOS at once costs one pass over the prompts, not `max_new` of them (gen_latency_ms and the
-    evaluation's cost count on it): no step after the prefill, one forward per batch when rerunning."""
+    evaluation's cost count on it): no step after the prefill, one forward per batch when rerunning.
+    A model that never ends costs exactly `max_new` tokens: max_new - 1 steps after the prefill (the
+    last token needs no step), or max_new forwards when rerunning."""
     model = _lm("attention")
     calls = {"step": 0, "forward": 0}
     step, forward = model.step, model.forward
@@ -298,6 +300,11 @@ def test_decoding_stops_as_soon_as_every_row_has_ended(monkeypatch, decode):
     obj = build_objective("autoregressive", SPECIAL, "chunked", decode=decode)
     assert obj.generate(model, _prompts(), max_new=8, batch_size=2) == [[], [], [], []]
     assert calls == ({"step": 0, "forward": 0} if decode == "state" else {"step": 0, "forward": 2})
+    calls.update(step=0, forward=0)
+    monkeypatch.setattr(model, "logits", lambda h: torch.nn.functional.one_hot(
+        torch.full(h.shape[:-1], 7), VOCAB).float())  # never EOS
+    assert obj.generate(model, _prompts(), max_new=5, batch_size=2) == [[7] * 5] * 4
+    assert calls == ({"step": 2 * 4, "forward": 0} if decode == "state" else {"step": 0, "forward": 2 * 5})
 
 
 def test_decode_option_is_checked():
