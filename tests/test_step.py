@@ -268,6 +268,13 @@ def test_autoregressive_loss_computes_logits_only_where_the_next_token_is_real(m
         torch.testing.assert_close(s, ce[answer].sum(), rtol=1e-5, atol=1e-5)
         assert int(n) == int(answer.sum())
     assert seen == [batch.n_tokens - 3] * 6 == [10] * 6  # loss_terms, loss and nll, for each loss_on
+    # the rows are right-padded, so a causal model's mixers get no mask: their unmasked fast path (SDPA's
+    # is_causal) computes the same numbers, since no real token sees a pad after it
+    masks, mix = [], model.blocks[0].mixer
+    fwd = mix.forward
+    monkeypatch.setattr(mix, "forward", lambda x, pad_mask=None: masks.append(pad_mask) or fwd(x, pad_mask))
+    obj.loss(model, batch), obj.nll(model, batch)
+    assert masks == [None, None]
     # one loss token: the mean is that token's NLL (the count is clamped at 1 only so that 0 divides safely)
     one = SeqSet.from_lists([[2, 7, 3]], [[0, 0, 1]], 0).batch(np.arange(1))
     ce_one = torch.nn.functional.cross_entropy(model.logits(model(one.ids, one.pad_mask)[0, 1]), one.ids[0, 2])
