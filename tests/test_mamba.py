@@ -243,11 +243,27 @@ def test_fast_scans_of_an_empty_sequence_return_no_outputs_and_the_initial_state
     torch.testing.assert_close(h, h_ref, rtol=0, atol=0)
 
 
-def test_bad_chunk_or_block_size_is_an_error():
+def test_bad_chunk_or_block_size_is_an_error_and_the_smallest_good_one_is_exact():
     with pytest.raises(ValueError, match="chunk_size"):
         mm.selective_scan_chunked(**scan_inputs(4), chunk_size=0)
     with pytest.raises(ValueError, match="max_block_elems"):
         mm.selective_scan_parallel(**scan_inputs(4), max_block_elems=0)
+    # one position per chunk, one channel per block (a block of 1 element is smaller than one channel)
+    x = scan_inputs(4)
+    ref = mm.selective_scan_reference(**x)
+    torch.testing.assert_close(mm.selective_scan_chunked(**x, chunk_size=1), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mm.selective_scan_parallel(**x, max_block_elems=1), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_channel_blocks_are_the_largest_that_fit_the_element_bound():
+    """Each block of d channels holds (B, T, d, N) = d * per_channel elements: at most max_elems, and as
+    many channels as fit (fewer, larger blocks: fewer kernel launches); at least one channel a block,
+    even when one channel alone is over the bound."""
+    cover = lambda Di, per, cap: [(s.start, s.stop) for s in mm._channel_blocks(Di, per, cap)]  # noqa: E731
+    assert cover(10, 7, 30) == [(0, 4), (4, 8), (8, 10)]  # 4 * 7 = 28 <= 30 < 35
+    assert cover(10, 7, 28) == [(0, 4), (4, 8), (8, 10)]  # exactly at the bound
+    assert cover(6, 7, 1000) == [(0, 6)]
+    assert cover(3, 7, 5) == [(0, 1), (1, 2), (2, 3)]
 
 
 class _OpCounter(TorchDispatchMode):
