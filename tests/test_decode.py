@@ -35,6 +35,9 @@ def _causal(name: str, **opts) -> Mixer:
     if name == "wave_wavelet":
         with torch.no_grad():
             m.gate.copy_(torch.randn(m.gate.shape))
+    if name == "mamba":  # D (the skip term) starts at ones: a step that divided by it gave the same numbers
+        with torch.no_grad():
+            m.fwd.D.normal_()
     return m
 
 

@@ -146,3 +146,61 @@ def test_flash_attn_path_gets_its_layout_and_the_causal_flag(monkeypatch):
             assert m.backend == "sdpa" and calls == [causal]  # padding: SDPA
         torch.testing.assert_close(got.as_subclass(torch.Tensor), want, rtol=0, atol=0)
         calls.clear()
+
+
+def test_mamba_fused_kernels_get_their_layouts_and_give_the_pytorch_scans_numbers(monkeypatch):
+    """On CUDA with mamba-ssm (and causal-conv1d) installed, the forward runs `causal_conv1d_fn(x (B, C, T),
+    weight (C, K), bias, activation="silu")` and `selective_scan_fn(u, delta (B, Di, T), A (Di, N), B, C
+    (B, N, T), D, z (B, Di, T), delta_bias=None, delta_softplus=False)` (Δ is already softplus'd), channels
+    before time, and says so in `backend`. Stand-ins with those layouts, built from the PyTorch conv and
+    reference scan, must give the PyTorch path's numbers, causal and bidirectional, with and without pads."""
+    import mixers.mamba as mm
+
+    B, T = 2, 5  # T differs from d_inner (128), d_state (16) and d_conv (4): a missed transpose cannot pass
+    seen: list[str] = []
+
+    def causal_conv1d_fn(x, weight, bias, activation=None):
+        assert x.shape == (B, 128, T) and weight.shape == (128, 4) and activation == "silu" and x.is_contiguous()
+        seen.append("conv")
+        return F.silu(mm.causal_depthwise_conv(x.transpose(1, 2), weight, bias)).transpose(1, 2)
+
+    def selective_scan_fn(u, delta, A, Bm, Cm, D, z, delta_bias=None, delta_softplus=True):
+        assert u.shape == delta.shape == z.shape == (B, 128, T) and Bm.shape == Cm.shape == (B, 16, T)
+        assert A.shape == (128, 16) and D.shape == (128,) and delta_bias is None and not delta_softplus
+        seen.append("scan")
+        t = lambda v: v.transpose(1, 2)  # noqa: E731
+        return t(mm.selective_scan_reference(t(u), t(delta), A, t(Bm), t(Cm), D, t(z)))
+
+    monkeypatch.setattr(mm, "_causal_conv1d_fn", causal_conv1d_fn)
+    monkeypatch.setattr(mm, "_selective_scan_fn", selective_scan_fn)
+    pads = torch.tensor([[True] * T, [False, False] + [True] * (T - 2)])
+    for causal in (True, False):
+        torch.manual_seed(0)
+        m = mixers.build("mamba", 64, causal)
+        with torch.no_grad():
+            for d in (m.fwd, m.bwd):  # D starts at ones: random, so that a misplaced D would show
+                if d is not None:
+                    d.D.normal_()
+        x = torch.randn(B, T, 64)
+        for mask in (None, pads):
+            with torch.no_grad():
+                want = m(x, mask)
+                assert m.backend == "torch_parallel_scan" and not seen  # a CPU tensor: never the kernels
+                got = m(x.as_subclass(_OnCuda), mask)
+            assert m.backend == "mamba_ssm" and seen == ["conv", "scan"] * (1 if causal else 2)
+            real = torch.ones(B, T, dtype=torch.bool) if mask is None else mask
+            torch.testing.assert_close(got.as_subclass(torch.Tensor)[real], want[real], rtol=1e-5, atol=1e-5)
+            seen.clear()
+
+
+def test_mamba_auto_scan_is_triton_only_on_cuda_where_triton_runs(monkeypatch):
+    """`scan=auto` (the default) takes the Triton scan on a CUDA device where it runs, the parallel scan
+    everywhere else (a CPU, even with Triton's interpreter; a GPU without Triton); a named scan is kept."""
+    import mixers.mamba as mm
+
+    m = mixers.build("mamba", 64, True)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for runs in (True, False):
+        monkeypatch.setattr(mm._scan_triton, "available", lambda device, runs=runs: runs)
+        assert m._scan_name(cuda) == ("triton" if runs else "parallel") and m._scan_name(cpu) == "parallel"
+    assert mixers.build("mamba", 64, True, scan="chunked")._scan_name(cuda) == "chunked"

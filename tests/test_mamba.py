@@ -255,6 +255,17 @@ def test_bad_chunk_or_block_size_is_an_error_and_the_smallest_good_one_is_exact(
     torch.testing.assert_close(mm.selective_scan_parallel(**x, max_block_elems=1), ref, rtol=1e-6, atol=1e-6)
 
 
+def test_the_prefills_closed_form_state_equals_the_scans_last_state_across_chunks():
+    """`_final_state` (what a Mamba prefill carries into decoding) sums the state in closed form a chunk at a
+    time (256 positions by default); over several chunks, the odd last one included, it must be the scan's
+    last state. A prompt longer than one chunk (a JSQuAD prompt runs to 384 tokens) crosses a chunk edge."""
+    x = scan_inputs(23, seed=5)
+    _, h_ref = mm.selective_scan_reference(**{**x, "h0": None}, return_last_state=True)
+    for chunk in (4, 23, 256):
+        torch.testing.assert_close(mm._final_state(x["u"], x["delta"], x["A"], x["B"], chunk=chunk), h_ref,
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_channel_blocks_are_the_largest_that_fit_the_element_bound():
     """Each block of d channels holds (B, T, d, N) = d * per_channel elements: at most max_elems, and as
     many channels as fit (fewer, larger blocks: fewer kernel launches); at least one channel a block,
