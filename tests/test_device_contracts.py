@@ -160,7 +160,8 @@ def test_mamba_fused_kernels_get_their_layouts_and_give_the_pytorch_scans_number
     seen: list[str] = []
 
     def causal_conv1d_fn(x, weight, bias, activation=None):
-        assert x.shape == (B, 128, T) and weight.shape == (128, 4) and activation == "silu" and x.is_contiguous()
+        assert x.shape == (B, 128, T) and weight.shape[0] == 128 and activation == "silu" and x.is_contiguous()
+        assert 2 <= weight.shape[1] <= 4  # the widths causal-conv1d takes
         seen.append("conv")
         return F.silu(mm.causal_depthwise_conv(x.transpose(1, 2), weight, bias)).transpose(1, 2)
 
@@ -191,6 +192,12 @@ def test_mamba_fused_kernels_get_their_layouts_and_give_the_pytorch_scans_number
             real = torch.ones(B, T, dtype=torch.bool) if mask is None else mask
             torch.testing.assert_close(got.as_subclass(torch.Tensor)[real], want[real], rtol=1e-5, atol=1e-5)
             seen.clear()
+    for K in (2, 3, 5):  # causal-conv1d's widths are 2 to 4; a wider conv runs in PyTorch beside the fused scan
+        m = mixers.build("mamba", 64, True, d_conv=K)
+        with torch.no_grad():
+            m(torch.randn(B, T, 64).as_subclass(_OnCuda))
+        assert seen == (["conv", "scan"] if K <= 4 else ["scan"])
+        seen.clear()
 
 
 def test_mamba_auto_scan_is_triton_only_on_cuda_where_triton_runs(monkeypatch):
