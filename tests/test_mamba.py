@@ -181,12 +181,12 @@ def test_parallel_scan_long_sequence_is_stable_and_exact():
     assert all(torch.isfinite(v).all() for v in got.values())
 
 
-@pytest.mark.parametrize("scan", ["chunked", "parallel"])
+@pytest.mark.parametrize("scan", ["reference", "chunked", "parallel"])
 def test_scan_ignores_bf16_autocast(scan):
     """The scan and its reductions stay fp32 under autocast (bf16 scans drift: mamba #6); the
     parallel scan's backward too, even when run inside the autocast region (the chunk loop's
     checkpoint recomputation is not: the trainer calls backward outside autocast)."""
-    fn, kw = FAST[scan]
+    fn, kw = FAST.get(scan, (mm.selective_scan_reference, {}))
     x = scan_inputs(40, seed=8)
     y32 = fn(**x, **kw)
     ref = _grads(fn, x, **kw)
@@ -275,6 +275,7 @@ def test_channel_blocks_are_the_largest_that_fit_the_element_bound():
     assert cover(10, 7, 28) == [(0, 4), (4, 8), (8, 10)]  # exactly at the bound
     assert cover(6, 7, 1000) == [(0, 6)]
     assert cover(3, 7, 5) == [(0, 1), (1, 2), (2, 3)]
+    assert cover(5, 1, 3) == [(0, 3), (3, 5)]  # one element a channel (B = T = N = 1)
 
 
 class _OpCounter(TorchDispatchMode):
