@@ -153,7 +153,8 @@ def test_mamba_fused_kernels_get_their_layouts_and_give_the_pytorch_scans_number
     weight (C, K), bias, activation="silu")` and `selective_scan_fn(u, delta (B, Di, T), A (Di, N), B, C
     (B, N, T), D, z (B, Di, T), delta_bias=None, delta_softplus=False)` (Δ is already softplus'd), channels
     before time, and says so in `backend`. Stand-ins with those layouts, built from the PyTorch conv and
-    reference scan, must give the PyTorch path's numbers, causal and bidirectional, with and without pads."""
+    reference scan, must give the PyTorch path's numbers, causal and bidirectional, with and without pads.
+    A decoding step takes `selective_state_update` on CUDA only (its contract: tests/test_decode.py)."""
     import mixers.mamba as mm
 
     B, T = 2, 5  # T differs from d_inner (128), d_state (16) and d_conv (4): a missed transpose cannot pass
@@ -198,6 +199,12 @@ def test_mamba_fused_kernels_get_their_layouts_and_give_the_pytorch_scans_number
             m(torch.randn(B, T, 64).as_subclass(_OnCuda))
         assert seen == (["conv", "scan"] if K <= 4 else ["scan"])
         seen.clear()
+    monkeypatch.setattr(mm, "_selective_state_update", lambda h, x, *a, **k: seen.append("step") or torch.zeros_like(x))
+    x_t = torch.randn(B, 64)
+    for x_t, backend in ((x_t, "torch_step"), (x_t.as_subclass(_OnCuda), "mamba_ssm_step")):
+        with torch.no_grad():
+            m.step(x_t)
+        assert m.decode_backend == backend and seen == ([] if backend == "torch_step" else ["step"])
 
 
 def test_mamba_auto_scan_is_triton_only_on_cuda_where_triton_runs(monkeypatch):
