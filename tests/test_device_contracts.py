@@ -205,16 +205,3 @@ def test_mamba_fused_kernels_get_their_layouts_and_give_the_pytorch_scans_number
         with torch.no_grad():
             m.step(x_t)
         assert m.decode_backend == backend and seen == ([] if backend == "torch_step" else ["step"])
-
-
-def test_mamba_auto_scan_is_triton_only_on_cuda_where_triton_runs(monkeypatch):
-    """`scan=auto` (the default) takes the Triton scan on a CUDA device where it runs, the parallel scan
-    everywhere else (a CPU, even with Triton's interpreter; a GPU without Triton); a named scan is kept."""
-    import mixers.mamba as mm
-
-    m = mixers.build("mamba", 64, True)
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    for runs in (True, False):
-        monkeypatch.setattr(mm._scan_triton, "available", lambda device, runs=runs: runs)
-        assert m._scan_name(cuda) == ("triton" if runs else "parallel") and m._scan_name(cpu) == "parallel"
-    assert mixers.build("mamba", 64, True, scan="chunked")._scan_name(cuda) == "chunked"

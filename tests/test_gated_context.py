@@ -155,18 +155,6 @@ def test_bad_options_are_clear_errors():
     torch.testing.assert_close(torch.sigmoid(one.gate_bias), torch.full((D,), 1 - 1 / 8))
 
 
-@pytest.mark.parametrize("device, triton_runs, scan", [("cuda", True, "triton"), ("cuda", False, "pairwise"),
-                                                      ("cpu", True, "pairwise"), ("cpu", False, "pairwise")])
-def test_auto_scan_is_triton_only_on_cuda_where_it_runs(monkeypatch, device, triton_runs, scan):
-    """scan=auto picks the Triton walk on a CUDA device whose Triton works, the pairwise scan anywhere
-    else (Triton's CPU backend, where a build has one, is not what the kernel was written for)."""
-    import mixers.gated_context as gc
-
-    monkeypatch.setattr(gc._linear_scan_triton, "available", lambda dev: triton_runs)
-    assert _build(True)._scan_name(torch.device(device)) == scan
-    assert _build(True, scan="loop")._scan_name(torch.device(device)) == "loop"  # asked: always that one
-
-
 def test_forget_gates_are_log_spaced_between_the_timescales():
     """τ_i = τ_min (τ_max / τ_min)^(i / (N - 1)): geometric, not linear (the endpoints alone cannot tell)."""
     N = 16

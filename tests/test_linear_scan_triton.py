@@ -221,6 +221,9 @@ def test_auto_picks_triton_on_cuda_and_the_pairwise_scan_elsewhere(monkeypatch):
     assert m._scan_name(torch.device("cpu")) == "pairwise"
     m(torch.randn(1, 4, D))
     assert m.backend == "pairwise_scan"  # what ran, for the row
+    # a CPU where Triton runs (its interpreter, a CPU backend): not what the kernel was written for
+    monkeypatch.setattr(lst, "available", lambda device: True)
+    assert m._scan_name(torch.device("cpu")) == "pairwise"
     monkeypatch.setattr(lst, "available", lambda device: False)  # CUDA without Triton
     assert m._scan_name(torch.device("cuda")) == "pairwise"
     assert mixers.build("gated_context", D, True, scan="loop")._scan_name(torch.device("cuda")) == "loop"

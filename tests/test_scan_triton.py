@@ -453,6 +453,8 @@ def test_auto_picks_triton_on_cuda_and_the_parallel_scan_elsewhere(monkeypatch):
     assert m._scan_name(torch.device("cpu")) == "parallel"
     m(torch.randn(1, 4, 32))
     assert m.backend == "torch_parallel_scan"  # what ran, for the row
+    monkeypatch.setattr(st, "available", lambda device: True)  # a CPU where Triton runs (its interpreter)
+    assert m._scan_name(torch.device("cpu")) == "parallel"
     monkeypatch.setattr(st, "available", lambda device: False)  # CUDA without Triton
     assert m._scan_name(torch.device("cuda")) == "parallel"
     assert _build(True, scan="chunked")._scan_name(torch.device("cuda")) == "chunked"  # an explicit choice stays
