@@ -19,7 +19,8 @@ from core.presets import PRESETS
 from core.results import read_rows
 from harness.train import TrainConfig, train
 from tasks import PrepareContext
-from tasks.mqar import MQAR, N_SPECIAL, SPECIAL, MQARConfig, elimination_accuracy, generate, split_rng
+from tasks.mqar import (MQAR, N_SPECIAL, SPECIAL, MQARConfig, _distinct, _is_key, elimination_accuracy, generate,
+                        split_rng)
 
 CONFIGS = [
     MQARConfig(seq_len=64, num_kv_pairs=4, num_queries=4, vocab_size=1024),
@@ -28,8 +29,8 @@ CONFIGS = [
 ]
 
 
-def _ctx() -> PrepareContext:
-    return PrepareContext(None, Path("/nonexistent"), 4000, 256, log=lambda s: None)
+def _ctx(log=lambda s: None) -> PrepareContext:
+    return PrepareContext(None, Path("/nonexistent"), 4000, 256, log=log)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.protocol)
@@ -65,12 +66,45 @@ def test_seeds_reproduce_and_streams_differ():
     c = generate(cfg, 50, split_rng(7, "eval"))
     d = generate(cfg, 50, split_rng(8, "train"))
     assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[0], d[0])
+    # the documented spawn keys: a seed's splits stay the sequences that earlier rows were scored on (the
+    # report pairs rows by sequence index), and no two splits share a stream
+    for split, key in (("train", 0), ("dev", 1), ("eval", 2)):
+        want = np.random.default_rng(np.random.SeedSequence(7, spawn_key=(key,))).random(4)
+        assert np.array_equal(split_rng(7, split).random(4), want), split
+
+
+def test_the_defaults_are_zoologys_smallest_point_for_the_task_and_the_generator():
+    cfg = tasks.build("mqar").config()
+    assert cfg == MQARConfig() and cfg.protocol == "mqar-T64-kv4-V1024" and cfg.noise
+
+
+def test_keys_and_values_use_their_whole_halves_of_the_vocabulary():
+    """Keys [6, 6+K), values [6+K, V), noise anything but specials: no id is left unused."""
+    cfg = MQARConfig(seq_len=64, num_kv_pairs=4, num_queries=4, vocab_size=32)
+    assert cfg.key_range == (6, 19) and cfg.value_range == (19, 32)
+    ids, _ = generate(cfg, 500, np.random.default_rng(0))
+    pairs = ids[:, 1 : 1 + 2 * cfg.num_kv_pairs]
+    assert set(pairs[:, 0::2].ravel()) == set(range(6, 19)) and set(pairs[:, 1::2].ravel()) == set(range(19, 32))
+    assert set(ids[:, 1:].ravel()) == set(range(6, 32))  # the query region's noise too
+
+
+def test_key_lookup_matches_a_plain_comparison():
+    """`_is_key`'s sorted search over all rows at once, against the (n, L, N) comparison it avoids; the last
+    row's largest key is the last entry of the sorted array (the search's edge)."""
+    rng = np.random.default_rng(3)
+    keys = _distinct(rng, 50, 4, 6, 40)
+    tokens = rng.integers(6, 40, size=(50, 30))
+    tokens[-1, -1] = keys[-1].max()
+    want = (tokens[:, :, None] == keys[:, None, :]).any(-1)
+    assert want[-1, -1] and np.array_equal(_is_key(tokens, keys, 40), want)
 
 
 def test_prepared_splits_are_disjoint_and_named():
     task = tasks.build("mqar", seq_len=32, vocab_size=64, train_tokens=32 * 500, dev_seqs=40, eval_seqs=60)
-    data = task.prepare(_ctx())
+    logged = []
+    data = task.prepare(_ctx(logged.append))
     assert data.protocol == "mqar-T32-kv2-V64"  # kv = seq_len // 16 by default
+    assert logged == ["[mqar] mqar-T32-kv2-V64: 500 train / 40 dev / 60 eval sequences"]
     assert data.vocab_size == 64 and len(data.train) == 500 and len(data.dev) == 40 and len(data.eval) == 60
     sp = dataclasses.asdict(data.special)
     assert len(set(sp.values())) == 6 and max(sp.values()) < N_SPECIAL
@@ -101,9 +135,15 @@ def test_power_law_prefers_short_gaps_and_power_one_is_uniform():
     (dict(power_a=0.0), "power_a must be > 0"),
 ])
 def test_impossible_configurations_are_clear_errors(bad, match):
+    """Refused by the task before anything is generated, and by the generator called directly."""
     opts = {"seq_len": 64, "num_kv_pairs": 4, "vocab_size": 64, **bad}
     with pytest.raises(ValueError, match=match):
+        tasks.build("mqar", **opts).config()
+    with pytest.raises(ValueError, match=match):
         tasks.build("mqar", **opts).prepare(_ctx())
+    cfg = {"seq_len": 64, "num_kv_pairs": 4, "num_queries": 4, "vocab_size": 64, **bad}
+    with pytest.raises(ValueError, match=match):
+        generate(MQARConfig(**cfg), 2, np.random.default_rng(0))
 
 
 def test_elimination_accuracy():
@@ -112,22 +152,26 @@ def test_elimination_accuracy():
 
 
 class _Fixed:
-    """A stand-in objective whose predictions are chosen by the test."""
+    """A stand-in objective whose predictions are chosen by the test (it records the model's mode)."""
 
     def __init__(self, fn):
-        self.fn = fn
+        self.fn, self.training_seen = fn, set()
 
     def predict_targets(self, model, batch):
+        self.training_seen.add(model.training)
         return self.fn(batch)
 
 
 def test_accuracy_counts_only_queried_positions():
     task = tasks.build("mqar", seq_len=32, vocab_size=64, train_tokens=320, dev_seqs=4, eval_seqs=20, latency_n=2)
     data = task.prepare(_ctx())
-    model = torch.nn.Linear(1, 1)  # never called by the stand-ins
+    model = torch.nn.Linear(1, 1)  # never called by the stand-ins; in training mode, as after training
     dev = torch.device("cpu")
-    oracle = task.evaluate(model, _Fixed(lambda b: b.ids.clone()), data, dev, 8)
+    fixed, seen = _Fixed(lambda b: b.ids.clone()), []
+    oracle = task.evaluate(model, fixed, data, dev, 8, progress=lambda done, of: seen.append((done, of)))
     assert oracle["accuracy"] == 1.0 and oracle["eval_n"] == 20 and oracle["eval_queries"] == 40
+    assert fixed.training_seen == {False}  # predictions (and their latency) come from the model in eval mode
+    assert seen == [(8, 20), (16, 20), (20, 20)]  # sequences done after each batch
     assert oracle["gen_latency_ms"] >= 0
     # right everywhere except the targets -> 0; right only on the targets -> 1
     assert task.evaluate(model, _Fixed(lambda b: torch.where(b.target, 0, b.ids)), data, dev, 8)["accuracy"] == 0.0
@@ -278,3 +322,14 @@ def test_a_query_region_with_exactly_as_many_slots_as_queries_is_valid():
     assert (target[:, 10::2]).all() and target.sum() == 20 * 4  # every value slot of the region is queried
     with pytest.raises(ValueError, match="query slots"):
         MQARConfig(seq_len=16, num_kv_pairs=4, num_queries=4, vocab_size=64).check()
+
+
+def test_the_other_bounds_admit_their_edges():
+    """One pair is enough; a vocabulary with exactly as many keys and values as pairs is enough; a training
+    set smaller than one sequence still has one."""
+    for cfg in (MQARConfig(seq_len=8, num_kv_pairs=1, num_queries=1, vocab_size=8),
+                MQARConfig(seq_len=32, num_kv_pairs=4, num_queries=4, vocab_size=N_SPECIAL + 8)):
+        ids, target = generate(cfg, 10, np.random.default_rng(0))
+        assert (target.sum(1) == cfg.num_queries).all()
+    data = tasks.build("mqar", seq_len=32, vocab_size=64, train_tokens=10, dev_seqs=2, eval_seqs=2).prepare(_ctx())
+    assert len(data.train) == 1
