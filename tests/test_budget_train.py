@@ -93,14 +93,59 @@ def test_training_follows_the_wsd_schedule_by_budget_fraction(monkeypatch):
 def test_token_budget_is_respected_and_curve_recorded():
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     data = _toy_data()
-    cfg = TrainConfig(batch_size=8, lr=3e-3, progress=False, eval_points=4)
+    reported = []  # the budget fraction after each step, then None (the bar closes): a cell's progress line
+    cfg = TrainConfig(batch_size=8, lr=3e-3, progress=False, eval_points=4, report=reported.append)
     res = train(_model(), obj, data, _toy_data(16, seed=1), Budget.parse("tokens=2000"), cfg, torch.device("cpu"))
     per_batch = 8 * 12
     assert 2000 <= res.tokens_seen < 2000 + per_batch
+    assert len(reported) == res.steps + 1 and reported[-1] is None
+    assert reported[:-1] == sorted(reported[:-1]) and reported[-2] >= 1.0 > reported[-3]
     assert [p["frac"] for p in res.loss_curve][-1] >= 1.0 and len(res.loss_curve) == 4
     assert res.loss_curve[-1]["train_loss"] < res.loss_curve[0]["train_loss"]
     assert res.best_fraction is not None and res.peak_mem_bytes is None  # CPU: no fake number
     assert res.tokens_per_s > 0
+
+
+@pytest.mark.parametrize("grad_clip", [1e9, 0.05])
+def test_each_step_applies_its_own_clipped_gradient_in_training_mode(monkeypatch, grad_clip):
+    """At every step the optimizer is handed that step's gradient alone (not added to the last step's),
+    its norm clipped to grad_clip (1e9: never clipped; 0.05: always, the toy's gradients are larger), from
+    the model in training mode even when it came in eval mode (dropout in a new mixer must drop). A curve
+    point's train loss is the mean of the losses of the steps since the point before. Adam hides a missing
+    clip or a missing zero_grad from the loss (its step is scale-free), so these are read off the step."""
+    from harness.distributed import SingleProcess
+
+    own, losses, modes, seen = [], [], [], []
+    loss = SingleProcess.loss
+
+    def recording(self, objective, model, batch, *a):
+        out = loss(self, objective, model, batch, *a)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(out, params, retain_graph=True, allow_unused=True)
+        own.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads if g is not None]))))
+        losses.append(float(out.detach()))
+        modes.append(model.training)
+        return out
+
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(SingleProcess, "loss", recording)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    cfg = TrainConfig(batch_size=8, lr=3e-3, progress=False, eval_points=2, grad_clip=grad_clip)
+    res = train(_model().eval(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("tokens=1500"), cfg,
+                torch.device("cpu"))
+    assert len(seen) == len(own) == res.steps > 10 and modes == [True] * res.steps
+    assert min(own) > 0.05  # (so 0.05 clips every step)
+    assert seen == pytest.approx([min(n, grad_clip) for n in own], rel=1e-4)
+    k = res.loss_curve[0]["step"]
+    assert [p["train_loss"] for p in res.loss_curve] == pytest.approx(
+        [np.mean(losses[:k]), np.mean(losses[k:])], abs=1e-5)
 
 
 def _mixed_lengths(n=64, seed=0):

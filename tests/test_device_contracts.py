@@ -57,6 +57,20 @@ def test_release_syncs_and_empties_the_cache_and_returns_a_sticky_error(monkeypa
     assert cell_mod.release(CUDA) == "RuntimeError: CUDA error: an illegal memory access was encountered"
 
 
+def test_a_training_wait_on_cuda_synchronizes_that_device_and_on_cpu_calls_nothing(monkeypatch):
+    """`harness.train.device_sync` is how the budget waits for queued GPU work (a warm-up step, a drain
+    before a dev check): on CUDA it must synchronize the device it is given, else the host's clock stops
+    while the GPU still works and the budget undercounts. (tests/test_step.py stands in the whole function.)"""
+    import harness.train as train_mod
+
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "synchronize", _recorder(calls, "synchronize"))
+    train_mod.device_sync(CPU)
+    assert calls == []
+    train_mod.device_sync(CUDA)
+    assert calls == [("synchronize", CUDA)]
+
+
 # --- core/env.py ------------------------------------------------------------------------------------
 
 
