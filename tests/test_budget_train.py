@@ -148,6 +148,21 @@ def test_each_step_applies_its_own_clipped_gradient_in_training_mode(monkeypatch
         [np.mean(losses[:k]), np.mean(losses[k:])], abs=1e-5)
 
 
+def test_matrices_decay_and_gains_and_biases_never_do():
+    """AdamW's weight decay pulls a parameter to 0: right for a matrix, wrong for a norm's gain (1 at init)
+    or a bias, which are 1-D and decay-free whatever their module says; a matrix opts out only by flag
+    (`_no_weight_decay`, e.g. Mamba's A_log: tests/test_mamba.py)."""
+    from harness.train import _optimizer
+
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=2, mixer="attention", causal=True, mlp_hidden=64))
+    opt = _optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    free = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    params = list(model.parameters())
+    assert any(p.dim() == 1 for p in params) and len(decay) + len(free) == len(params)
+    assert all((id(p) in decay) == (p.dim() >= 2) and (id(p) in free) == (p.dim() < 2) for p in params)
+
+
 def _mixed_lengths(n=64, seed=0):
     """Copy-the-first-token sequences (like _toy_data) of lengths 5..12: batches carry padding."""
     rng = np.random.default_rng(seed)

@@ -418,6 +418,49 @@ def test_the_eager_retry_runs_without_the_failed_compiled_attempts_memory(monkey
     assert alive_at_retry == [False]
 
 
+def test_the_eager_retry_steps_on_its_own_gradient_not_the_failed_attempts(monkeypatch):
+    """A compiled step may fail after its backward ran (a backward graph that fails late, a kernel that
+    fails after the first blocks' gradients landed): the eager retry must start from zero gradients, or
+    the first step applies the failed attempt's gradient too. Read off the optimizer's step, since Adam's
+    first step hides a gradient's scale from the loss."""
+    import harness.train as ht
+    from harness.distributed import SingleProcess
+
+    class FailsAfterBackward(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *a, **k):
+            self.module(*a, **k).float().square().sum().backward()  # gradients land, then the step fails
+            raise RuntimeError("BackendCompilerFailed: the backward failed late")
+
+    monkeypatch.setattr(ht, "compile_for_training", lambda module, *a: (FailsAfterBackward(module), "model"))
+    own, seen = [], []
+    loss = SingleProcess.loss
+
+    def recording(self, objective, model, batch, *a):
+        out = loss(self, objective, model, batch, *a)  # (the failing attempt raises here: nothing recorded)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(out, params, retain_graph=True, allow_unused=True)
+        own.append([torch.zeros_like(p) if g is None else g.clone() for p, g in zip(params, grads)])
+        return out
+
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        seen.append([p.grad.clone() for g in self.param_groups for p in g["params"] if p.grad is not None])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(SingleProcess, "loss", recording)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    res = _tiny_run(budget="tokens=100", eval_points=1, compile=True, grad_clip=1e9)
+    assert "BackendCompilerFailed" in res.compile_error
+    want = torch.cat([g.flatten() for g in own[0]])
+    got = torch.cat([g.flatten() for g in seen[0]])
+    torch.testing.assert_close(got.norm(), want.norm())
+
+
 def test_an_out_of_memory_error_is_never_taken_for_a_model_compile_cannot_handle(monkeypatch):
     """An OOM in the compiled step must fail the cell (its row says OutOfMemoryError), not fall back to
     eager training with an `ok` row: also when dynamo wraps it (an OOM in inductor's autotuning comes as
@@ -449,6 +492,9 @@ def test_an_out_of_memory_error_is_never_taken_for_a_model_compile_cannot_handle
         wrapped()
     except BackendCompilerFailed as e:
         assert ht.out_of_memory(e)
+    a, b = RuntimeError("a"), RuntimeError("b")  # a chain that loops back on itself ends (no OOM in it)
+    a.__cause__, b.__context__ = b, a
+    assert ht.out_of_memory(a) is False
 
 
 def test_a_diverged_run_stops_within_a_few_steps_not_at_the_next_dev_check(monkeypatch):
