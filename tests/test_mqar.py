@@ -76,6 +76,8 @@ def test_seeds_reproduce_and_streams_differ():
 def test_the_defaults_are_zoologys_smallest_point_for_the_task_and_the_generator():
     cfg = tasks.build("mqar").config()
     assert cfg == MQARConfig() and cfg.protocol == "mqar-T64-kv4-V1024" and cfg.noise
+    assert tasks.build("mqar", seq_len=16).config().num_kv_pairs == 1  # seq_len // 16, at least one pair
+    assert [m.key for m in MQAR.metrics if m.headline] == ["accuracy"]  # what the report's main table shows
 
 
 def test_keys_and_values_use_their_whole_halves_of_the_vocabulary():
@@ -122,7 +124,10 @@ def test_power_law_prefers_short_gaps_and_power_one_is_uniform():
         return (np.argwhere(t)[:, 1] - 1 - 2 * cfg.num_kv_pairs) // 2  # slot index of the one query
 
     s = slots(0.01)
-    assert (s == 0).mean() > 0.1 and (s < 8).mean() > 0.4  # 1/i weights: ~0.18 and ~0.5 of 60 slots
+    assert (s == 0).mean() > 0.1 and (s < 8).mean() > 0.4  # 1/i weights: ~0.21 and ~0.57 of 60 slots
+    want = np.arange(1, 61) ** (0.01 - 1.0)  # P(slot i) ∝ i^(a-1), i = 1..60: the law itself, slot by slot
+    freq = np.bincount(s, minlength=60) / len(s)
+    assert np.abs(freq[:8] - want[:8] / want.sum()).max() < 0.03  # (4000 draws: sd <= 0.007)
     u = np.bincount(slots(1.0), minlength=60)
     assert u.min() > 30 and u.max() < 110  # uniform: ~67 per slot
 
@@ -131,6 +136,7 @@ def test_power_law_prefers_short_gaps_and_power_one_is_uniform():
     (dict(num_queries=5), "num_queries=5 > num_kv_pairs=4"),
     (dict(seq_len=16, num_kv_pairs=4), "query slots"),
     (dict(vocab_size=12, num_kv_pairs=4), "fewer than num_kv_pairs"),
+    (dict(vocab_size=13, num_kv_pairs=4), "leaves 3 keys / 4 values"),  # the key half is the smaller one
     (dict(num_queries=-1), "at least one pair and one query"),  # (0 means: every pair)
     (dict(power_a=0.0), "power_a must be > 0"),
 ])
@@ -195,6 +201,11 @@ def test_accuracy_counts_only_queried_positions():
     only_even_rows.seen = 0
     pq = task.evaluate(model, _Fixed(only_even_rows), data, dev, 8)["per_question"]
     assert dict(zip(pq["id"], pq["accuracy"])) == {i: float(i % 2 == 0) for i in range(20)}
+    # the smallest count: one sequence asking one value
+    one = tasks.build("mqar", seq_len=32, vocab_size=64, num_kv_pairs=1, train_tokens=32, dev_seqs=1, eval_seqs=1,
+                      latency_n=1)
+    got = one.evaluate(model, _Fixed(lambda b: b.ids.clone()), one.prepare(_ctx()), dev, 8)
+    assert got["eval_queries"] == 1 and got["accuracy"] == 1.0 and got["per_question"]["accuracy"] == [1.0]
 
 
 def test_model_keeps_the_preset_body_and_scales_with_width():
@@ -212,6 +223,8 @@ def test_model_keeps_the_preset_body_and_scales_with_width():
         n = count_params(LM(cfg))
     assert abs(n - wide.target_params) / wide.target_params <= 0.05
     assert task.model_preset(p, 1024).lr == p.lr and MQAR(MQAR.Options(lr=3e-4)).model_preset(p, 1024).lr == 3e-4
+    # batches in sequences (Zoology's), never the preset's token budget per step
+    assert mq.batch_tokens == 0 and mq.batch_size == p.batch_size
 
 
 def test_objective_defaults_put_the_loss_on_the_targets_only():
