@@ -561,6 +561,33 @@ def test_work_still_queued_on_the_device_is_charged_to_the_budget(monkeypatch):
     assert res.tokens_per_s <= res.tokens_seen / (drains * WAIT)  # and in the measured speed
 
 
+def test_cutting_a_batch_is_part_of_its_steps_time(monkeypatch):
+    """A step's time starts before its batch is cut (slicing and moving rows, on the host and the device):
+    a batching that got slower must cost the budget and tokens/s, not vanish between two clock reads. A
+    virtual clock that advances CUT seconds per batch stands in for a slow batching."""
+    import types
+
+    import harness.train as ht
+    from core.data import BatchSampler
+
+    CUT, cuts = 1000.0, []
+    offset = [0.0]
+    monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0]))
+    real_next = BatchSampler.__next__
+
+    def slow_next(self):
+        cuts.append(1)
+        offset[0] += CUT
+        return real_next(self)
+
+    monkeypatch.setattr(BatchSampler, "__next__", slow_next)
+    res = _tiny_run(eval_points=1)
+    clocked = res.steps - res.warm_steps
+    assert len(cuts) == res.steps and clocked >= 3
+    assert clocked * CUT <= res.train_seconds < (clocked + 1) * CUT  # each clocked step's cut on the clock
+    assert res.warm_steps * CUT <= res.warm_seconds < (res.warm_steps + 1) * CUT  # the warm-up's off it
+
+
 def test_the_finite_check_on_cuda_never_waits_for_the_device(monkeypatch):
     """On a GPU the check must not stall the host: the flag lands in pinned host memory through a
     non_blocking copy, and is read only once a CUDA event says the copy has landed (query, never
