@@ -561,31 +561,50 @@ def test_work_still_queued_on_the_device_is_charged_to_the_budget(monkeypatch):
     assert res.tokens_per_s <= res.tokens_seen / (drains * WAIT)  # and in the measured speed
 
 
-def test_cutting_a_batch_is_part_of_its_steps_time(monkeypatch):
-    """A step's time starts before its batch is cut (slicing and moving rows, on the host and the device):
-    a batching that got slower must cost the budget and tokens/s, not vanish between two clock reads. A
-    virtual clock that advances CUT seconds per batch stands in for a slow batching."""
+def _slow_batches(monkeypatch, cost) -> list:
+    """A virtual clock (harness.train's perf_counter) that advances cost(n) seconds when the n-th batch
+    (from 1) is cut: a slow batching, or a slow step, with no sleep. Returns the cut log."""
     import types
 
     import harness.train as ht
     from core.data import BatchSampler
 
-    CUT, cuts = 1000.0, []
-    offset = [0.0]
+    cuts, offset = [], [0.0]
     monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0]))
     real_next = BatchSampler.__next__
 
     def slow_next(self):
         cuts.append(1)
-        offset[0] += CUT
+        offset[0] += cost(len(cuts))
         return real_next(self)
 
     monkeypatch.setattr(BatchSampler, "__next__", slow_next)
+    return cuts
+
+
+def test_cutting_a_batch_is_part_of_its_steps_time(monkeypatch):
+    """A step's time starts before its batch is cut (slicing and moving rows, on the host and the device):
+    a batching that got slower must cost the budget and tokens/s, not vanish between two clock reads."""
+    CUT = 1000.0
+    cuts = _slow_batches(monkeypatch, lambda n: CUT)
     res = _tiny_run(eval_points=1)
     clocked = res.steps - res.warm_steps
     assert len(cuts) == res.steps and clocked >= 3
     assert clocked * CUT <= res.train_seconds < (clocked + 1) * CUT  # each clocked step's cut on the clock
     assert res.warm_steps * CUT <= res.warm_seconds < (res.warm_steps + 1) * CUT  # the warm-up's off it
+
+
+def test_tokens_per_s_leaves_out_the_first_steps_of_a_stage(monkeypatch):
+    """The budget clocks every step after the warm-up, but tokens/s counts from step STEADY_FROM + 1 on:
+    the step after the warm-up still recompiles under torch.compile (its new batch shape marks lengths
+    dynamic). Here step 2, clocked, takes 1000 s: the budget pays it, the speed does not see it."""
+    import harness.train as ht
+
+    _slow_batches(monkeypatch, lambda n: 1000.0 if n == ht.STEADY_FROM else 0.0)
+    res = _tiny_run(eval_points=1)
+    assert res.warm_steps == 1 and res.steps > ht.STEADY_FROM + 2
+    assert res.train_seconds >= 1000.0
+    assert res.tokens_per_s > res.tokens_seen / 100  # steady steps took under 100 s in all: not the 1000 s one
 
 
 def test_the_finite_check_on_cuda_never_waits_for_the_device(monkeypatch):
