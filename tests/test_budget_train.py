@@ -236,7 +236,7 @@ def test_dev_checks_are_off_the_training_clock(monkeypatch):
     cfg = TrainConfig(batch_size=8, progress=False, eval_points=3)
     res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("seconds=0.5"), cfg, torch.device("cpu"))
     assert len(res.loss_curve) == 3  # (under load the budget may end within two steps: all three checks at its end)
-    assert res.dev_seconds >= 3000.0
+    assert 3000.0 <= res.dev_seconds < 4000.0  # the three checks' time, and nothing else
     assert 0.5 <= res.train_seconds + res.warm_charged_seconds < 1000.0  # a check on the clock: a 1,000 s step
 
 

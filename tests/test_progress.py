@@ -340,6 +340,7 @@ def test_a_training_run_outside_the_grid_draws_a_bar_redrawn_once_per_percent(mo
         update(frac)
     (bar,) = bars
     assert bar.kw["total"] == 100 and bar.drawn == [25, 50, 100] and not bar.closed
+    assert bar.kw["unit"] == "%" and bar.kw["leave"] is False  # gone when the run ends: the grid's lines stay
     update(None)
     assert bar.closed
     assert _progress(False)(0.5) is None and len(bars) == 1  # off: no bar at all
