@@ -163,6 +163,25 @@ def test_matrices_decay_and_gains_and_biases_never_do():
     assert all((id(p) in decay) == (p.dim() >= 2) and (id(p) in free) == (p.dim() < 2) for p in params)
 
 
+def test_a_budget_met_exactly_ends_there_with_its_dev_checks_on_the_steps_that_reach_them():
+    """96 tokens a step (8 rows of 12, no padding), a 960-token budget: exactly 10 steps, the dev checks
+    on the steps that reach half and all of it (not one step later), 1.25 passes over the 768-token
+    training set, and no gradient kept when it ends (freed, not zeroed: memory for what runs next). A step
+    cap ends a run early."""
+    obj = objectives.build("autoregressive", SPECIAL, "chunked")
+    cfg = TrainConfig(batch_size=8, progress=False, eval_points=2)
+    model = _model()
+    res = train(model, obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("tokens=960"), cfg, torch.device("cpu"))
+    assert res.steps == 10 and res.tokens_seen == 960
+    assert [(p["frac"], p["step"]) for p in res.loss_curve] == [(0.5, 5), (1.0, 10)]
+    assert "stage" not in res.loss_curve[0]  # (a run with pretraining names each point's stage)
+    assert res.epochs == 1.25
+    assert all(p.grad is None for p in model.parameters())
+    cfg.max_steps = 3
+    assert train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("tokens=960"), cfg,
+                 torch.device("cpu")).steps == 3
+
+
 def _mixed_lengths(n=64, seed=0):
     """Copy-the-first-token sequences (like _toy_data) of lengths 5..12: batches carry padding."""
     rng = np.random.default_rng(seed)
