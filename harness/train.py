@@ -163,8 +163,11 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
             charged = run.clock + stages.warm_charge()
             frac = par.fraction(meter.fraction(run.res.tokens_seen, charged))  # [DDP] rank 0's clock decides
             bar(frac)
-            while eval_at and not cfg.warm_only and (frac >= eval_at[0] or frac >= 1.0):
-                eval_at.pop(0)
+            # one dev check however many points this step passed (a step longer than a tenth of the budget):
+            # a check per point repeated the dev loss, and the train loss of no steps, as 0
+            passed = len(eval_at) if frac >= 1.0 else sum(at <= frac for at in eval_at)
+            if passed and not cfg.warm_only:
+                del eval_at[:passed]
                 run.eval_point(frac, stage)
     bar(None)
     return run.finish(stages, train_set, meter)
