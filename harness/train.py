@@ -44,7 +44,7 @@ class TrainConfig:
     warmup_frac: float = 0.05
     decay_frac: float = 0.2  # the last 20% of the budget decays linearly
     min_lr_frac: float = 0.1
-    eval_points: int = 10  # dev evaluations along the budget
+    eval_points: int = 10  # dev checks at i / eval_points of the budget (one per step however many it passes)
     dev_tokens: int = 32_768  # a dev check scores a fixed sample of at most this many tokens (0: all)
     eval_batch_size: int = 32
     seed: int = 0
