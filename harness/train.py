@@ -165,7 +165,7 @@ def train(model, objective, train_set: SeqSet, dev_set: SeqSet, budget: Budget |
             bar(frac)
             # one dev check however many points this step passed (a step longer than a tenth of the budget):
             # a check per point repeated the dev loss, and the train loss of no steps, as 0
-            passed = len(eval_at) if frac >= 1.0 else sum(at <= frac for at in eval_at)
+            passed = sum(at <= frac for at in eval_at)  # (the last point is 1.0: a finished budget passes all)
             if passed and not cfg.warm_only:
                 del eval_at[:passed]
                 run.eval_point(frac, stage)
