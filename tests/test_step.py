@@ -711,8 +711,10 @@ def test_a_cuda_graph_compile_mode_compiles_pads_to_few_shapes_and_is_recorded()
     from core.presets import get_preset
 
     tcfg = _train_config(graphs, ctx, get_preset("small"), True)
-    assert tcfg.compile_mode == "reduce-overhead" and tcfg.pad_to == PAD_TO_GRAPHS > 1
-    assert _train_config(cell, ctx, get_preset("small"), True).pad_to == PAD_TO
+    # multiples of 64 (the README's padding table), and no rounding at all without CUDA graphs
+    assert tcfg.compile_mode == "reduce-overhead" and tcfg.pad_to == PAD_TO_GRAPHS == 64
+    assert _train_config(cell, ctx, get_preset("small"), True).pad_to == PAD_TO == 1
+    assert _train_config(cell, ctx, get_preset("small"), False).pad_to == 1
     from harness.train import TrainResult
 
     assert _train_record(TrainResult(), tcfg, True, False)["compile_mode"] == "reduce-overhead"
