@@ -76,3 +76,37 @@ def step_clock(monkeypatch):
         return clock
 
     return install
+
+
+@pytest.fixture
+def step_gradients(monkeypatch):
+    """Per training step (single process): `own`, the norm of the gradient of that step's loss alone (taken
+    from the loss as the trainer computes it; a step that raises records nothing), and `seen`, the norm
+    of the gradient the optimizer is handed; with the step's `losses` and the model's `modes` (training or
+    not). Adam's step does not depend on a gradient's scale, so a missing clip or zero_grad shows here, not
+    in the loss."""
+    import types
+
+    from harness.distributed import SingleProcess
+
+    rec = types.SimpleNamespace(own=[], seen=[], losses=[], modes=[])
+    loss, real_step = SingleProcess.loss, torch.optim.AdamW.step
+
+    def norm(grads) -> float:
+        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads if g is not None])))
+
+    def recording(self, objective, model, batch, *a):
+        out = loss(self, objective, model, batch, *a)
+        params = [p for p in model.parameters() if p.requires_grad]
+        rec.own.append(norm(torch.autograd.grad(out, params, retain_graph=True, allow_unused=True)))
+        rec.losses.append(float(out.detach()))
+        rec.modes.append(model.training)
+        return out
+
+    def step(self, *a, **k):
+        rec.seen.append(norm([p.grad for g in self.param_groups for p in g["params"]]))
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(SingleProcess, "loss", recording)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return rec

@@ -107,45 +107,22 @@ def test_token_budget_is_respected_and_curve_recorded():
 
 
 @pytest.mark.parametrize("grad_clip", [1e9, 0.05])
-def test_each_step_applies_its_own_clipped_gradient_in_training_mode(monkeypatch, grad_clip):
+def test_each_step_applies_its_own_clipped_gradient_in_training_mode(step_gradients, grad_clip):
     """At every step the optimizer is handed that step's gradient alone (not added to the last step's),
     its norm clipped to grad_clip (1e9: never clipped; 0.05: always, the toy's gradients are larger), from
     the model in training mode even when it came in eval mode (dropout in a new mixer must drop). A curve
-    point's train loss is the mean of the losses of the steps since the point before. Adam hides a missing
-    clip or a missing zero_grad from the loss (its step is scale-free), so these are read off the step."""
-    from harness.distributed import SingleProcess
-
-    own, losses, modes, seen = [], [], [], []
-    loss = SingleProcess.loss
-
-    def recording(self, objective, model, batch, *a):
-        out = loss(self, objective, model, batch, *a)
-        params = [p for p in model.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(out, params, retain_graph=True, allow_unused=True)
-        own.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads if g is not None]))))
-        losses.append(float(out.detach()))
-        modes.append(model.training)
-        return out
-
-    real_step = torch.optim.AdamW.step
-
-    def step(self, *a, **k):
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(SingleProcess, "loss", recording)
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    point's train loss is the mean of the losses of the steps since the point before."""
+    rec = step_gradients
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     cfg = TrainConfig(batch_size=8, lr=3e-3, progress=False, eval_points=2, grad_clip=grad_clip)
     res = train(_model().eval(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("tokens=1500"), cfg,
                 torch.device("cpu"))
-    assert len(seen) == len(own) == res.steps > 10 and modes == [True] * res.steps
-    assert min(own) > 0.05  # (so 0.05 clips every step)
-    assert seen == pytest.approx([min(n, grad_clip) for n in own], rel=1e-4)
+    assert len(rec.seen) == len(rec.own) == res.steps > 10 and rec.modes == [True] * res.steps
+    assert min(rec.own) > 0.05  # (so 0.05 clips every step)
+    assert rec.seen == pytest.approx([min(n, grad_clip) for n in rec.own], rel=1e-4)
     k = res.loss_curve[0]["step"]
     assert [p["train_loss"] for p in res.loss_curve] == pytest.approx(
-        [np.mean(losses[:k]), np.mean(losses[k:])], abs=1e-5)
+        [np.mean(rec.losses[:k]), np.mean(rec.losses[k:])], abs=1e-5)
 
 
 def test_matrices_decay_and_gains_and_biases_never_do():
@@ -183,10 +160,10 @@ def test_a_budget_met_exactly_ends_there_with_its_dev_checks_on_the_steps_that_r
 
 
 def test_a_step_that_passes_several_evaluation_points_checks_the_dev_set_once():
-    """4 steps and 10 evaluation points: every step passes two or three. One dev check per step, each with
-    the mean train loss of its step: a check per point repeated the dev loss at no cost to anyone but the
-    curve, whose extra points recorded a train loss of 0 (the mean over no steps) that a plot reads as a
-    collapse. The row's dev_checks counts checks made."""
+    """4 steps and 10 evaluation points: every step passes two or three. One dev check per step, with the
+    train loss of its step. A check per point computed the same dev loss again, and its extra points
+    recorded a train loss of 0 (the mean over no steps), which a plot reads as a collapse; the row's
+    dev_checks counted them."""
     obj = objectives.build("autoregressive", SPECIAL, "chunked")
     cfg = TrainConfig(batch_size=8, progress=False, eval_points=10)
     res = train(_model(), obj, _toy_data(), _toy_data(8, seed=1), Budget.parse("tokens=384"), cfg, torch.device("cpu"))

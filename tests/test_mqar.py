@@ -124,8 +124,7 @@ def test_power_law_prefers_short_gaps_and_power_one_is_uniform():
         return (np.argwhere(t)[:, 1] - 1 - 2 * cfg.num_kv_pairs) // 2  # slot index of the one query
 
     s = slots(0.01)
-    assert (s == 0).mean() > 0.1 and (s < 8).mean() > 0.4  # 1/i weights: ~0.21 and ~0.57 of 60 slots
-    want = np.arange(1, 61) ** (0.01 - 1.0)  # P(slot i) ∝ i^(a-1), i = 1..60: the law itself, slot by slot
+    want = np.arange(1, 61) ** (0.01 - 1.0)  # P(slot i) ∝ i^(a-1), i = 1..60 (slot 1: ~0.21, the first 8: ~0.57)
     freq = np.bincount(s, minlength=60) / len(s)
     assert np.abs(freq[:8] - want[:8] / want.sum()).max() < 0.03  # (4000 draws: sd <= 0.007)
     u = np.bincount(slots(1.0), minlength=60)

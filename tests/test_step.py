@@ -418,13 +418,11 @@ def test_the_eager_retry_runs_without_the_failed_compiled_attempts_memory(monkey
     assert alive_at_retry == [False]
 
 
-def test_the_eager_retry_steps_on_its_own_gradient_not_the_failed_attempts(monkeypatch):
+def test_the_eager_retry_steps_on_its_own_gradient_not_the_failed_attempts(monkeypatch, step_gradients):
     """A compiled step may fail after its backward ran (a backward graph that fails late, a kernel that
     fails after the first blocks' gradients landed): the eager retry must start from zero gradients, or
-    the first step applies the failed attempt's gradient too. Read off the optimizer's step, since Adam's
-    first step hides a gradient's scale from the loss."""
+    the first step applies the failed attempt's gradient too."""
     import harness.train as ht
-    from harness.distributed import SingleProcess
 
     class FailsAfterBackward(torch.nn.Module):
         def __init__(self, module):
@@ -436,29 +434,9 @@ def test_the_eager_retry_steps_on_its_own_gradient_not_the_failed_attempts(monke
             raise RuntimeError("BackendCompilerFailed: the backward failed late")
 
     monkeypatch.setattr(ht, "compile_for_training", lambda module, *a: (FailsAfterBackward(module), "model"))
-    own, seen = [], []
-    loss = SingleProcess.loss
-
-    def recording(self, objective, model, batch, *a):
-        out = loss(self, objective, model, batch, *a)  # (the failing attempt raises here: nothing recorded)
-        params = [p for p in model.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(out, params, retain_graph=True, allow_unused=True)
-        own.append([torch.zeros_like(p) if g is None else g.clone() for p, g in zip(params, grads)])
-        return out
-
-    real_step = torch.optim.AdamW.step
-
-    def step(self, *a, **k):
-        seen.append([p.grad.clone() for g in self.param_groups for p in g["params"] if p.grad is not None])
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(SingleProcess, "loss", recording)
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     res = _tiny_run(budget="tokens=100", eval_points=1, compile=True, grad_clip=1e9)
     assert "BackendCompilerFailed" in res.compile_error
-    want = torch.cat([g.flatten() for g in own[0]])
-    got = torch.cat([g.flatten() for g in seen[0]])
-    torch.testing.assert_close(got.norm(), want.norm())
+    assert step_gradients.seen[0] == pytest.approx(step_gradients.own[0], rel=1e-5)
 
 
 def test_an_out_of_memory_error_is_never_taken_for_a_model_compile_cannot_handle(monkeypatch):
@@ -561,32 +539,25 @@ def test_work_still_queued_on_the_device_is_charged_to_the_budget(monkeypatch):
     assert res.tokens_per_s <= res.tokens_seen / (drains * WAIT)  # and in the measured speed
 
 
-def _slow_batches(monkeypatch, cost) -> list:
-    """A virtual clock (harness.train's perf_counter) that advances cost(n) seconds when the n-th batch
-    (from 1) is cut: a slow batching, or a slow step, with no sleep. Returns the cut log."""
+def test_cutting_a_batch_is_part_of_its_steps_time(monkeypatch):
+    """A step's time starts before its batch is cut (slicing and moving rows, on the host and the device):
+    a batching that got slower must cost the budget and tokens/s, not vanish between two clock reads. A
+    virtual clock that advances CUT seconds whenever a batch is cut stands in for a slow batching."""
     import types
 
     import harness.train as ht
     from core.data import BatchSampler
 
-    cuts, offset = [], [0.0]
+    CUT, cuts, offset = 1000.0, [], [0.0]
     monkeypatch.setattr(ht, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0]))
     real_next = BatchSampler.__next__
 
     def slow_next(self):
         cuts.append(1)
-        offset[0] += cost(len(cuts))
+        offset[0] += CUT
         return real_next(self)
 
     monkeypatch.setattr(BatchSampler, "__next__", slow_next)
-    return cuts
-
-
-def test_cutting_a_batch_is_part_of_its_steps_time(monkeypatch):
-    """A step's time starts before its batch is cut (slicing and moving rows, on the host and the device):
-    a batching that got slower must cost the budget and tokens/s, not vanish between two clock reads."""
-    CUT = 1000.0
-    cuts = _slow_batches(monkeypatch, lambda n: CUT)
     res = _tiny_run(eval_points=1)
     clocked = res.steps - res.warm_steps
     assert len(cuts) == res.steps and clocked >= 3
@@ -594,17 +565,19 @@ def test_cutting_a_batch_is_part_of_its_steps_time(monkeypatch):
     assert res.warm_steps * CUT <= res.warm_seconds < (res.warm_steps + 1) * CUT  # the warm-up's off it
 
 
-def test_tokens_per_s_leaves_out_the_first_steps_of_a_stage(monkeypatch):
+def test_tokens_per_s_leaves_out_the_first_steps_of_a_stage(step_clock):
     """The budget clocks every step after the warm-up, but tokens/s counts from step STEADY_FROM + 1 on:
     the step after the warm-up still recompiles under torch.compile (its new batch shape marks lengths
-    dynamic). Here step 2, clocked, takes 1000 s: the budget pays it, the speed does not see it."""
+    dynamic). Here step 2, clocked, takes 1000 s and the others 1 s: the budget pays it, the speed does
+    not see it."""
     import harness.train as ht
 
-    _slow_batches(monkeypatch, lambda n: 1000.0 if n == ht.STEADY_FROM else 0.0)
+    step_clock(lambda run, stage, batch: 1000.0 if run.res.steps + 1 == ht.STEADY_FROM else 1.0)
     res = _tiny_run(eval_points=1)
-    assert res.warm_steps == 1 and res.steps > ht.STEADY_FROM + 2
-    assert res.train_seconds >= 1000.0
-    assert res.tokens_per_s > res.tokens_seen / 100  # steady steps took under 100 s in all: not the 1000 s one
+    steady = res.steps - ht.STEADY_FROM
+    assert res.warm_steps == 1 and steady >= 2
+    assert res.train_seconds == 1000.0 + steady  # (a virtual clock: exact)
+    assert res.tokens_per_s == 64.0  # 8 rows of 8 tokens a step, 1 s each: the 1000 s step is not in it
 
 
 def test_the_finite_check_on_cuda_never_waits_for_the_device(monkeypatch):
