@@ -764,12 +764,12 @@ def test_a_budget_spent_in_the_warm_up_reports_no_speed_rather_than_an_absurd_on
     res = _tiny_run(budget="tokens=100", eval_points=1, compile=True)
     assert res.steps == 2 and res.train_seconds == 0.0  # both steps warm-up
     assert math.isnan(res.tokens_per_s)
+    assert ht.TrainResult().tokens_per_s != ht.TrainResult().tokens_per_s  # the default is NaN too
     # eagerly the second step is clocked but not steady (STEADY_FROM): with no steady step the figure falls
     # back to the tokens over the clock
     eager = _tiny_run(budget="tokens=100", eval_points=1)
     assert eager.steps == 2 and eager.train_seconds > 0
     assert eager.tokens_per_s == pytest.approx(eager.tokens_seen / eager.train_seconds)
-    assert ht.TrainResult().tokens_per_s != ht.TrainResult().tokens_per_s  # the default is NaN too
 
 
 def test_run_matrix_refuses_a_compile_scope_with_no_compile():
