@@ -1,0 +1,131 @@
+"""One cell run in this process (`harness.cell.run_cell`): the row's bookkeeping beside its metrics.
+
+The grid tests (tests/test_grid.py) run whole grids on the JSQuAD fixture; a run there takes tens of
+seconds and reads the row through the report. These run one tiny MQAR cell (generated data, no
+tokenizer: a few seconds) and read what run_cell itself writes: where the cell's time went (on a
+virtual clock, so the split is exact), the progress fractions the grid's line shows, how the cell
+trained (compiled or not, warmed or not, at which rate), and the pretraining stage's MFU."""
+from __future__ import annotations
+
+import re
+import types
+
+import pytest
+import torch
+
+import harness.cell as hc
+from harness.cell import TRAIN_SHARE, Cell, RunContext, run_cell
+
+MQAR = {"seq_len": "32", "train_tokens": "2048", "dev_seqs": "4", "eval_seqs": "40", "latency_n": "1"}
+
+
+def _cell(**kw) -> Cell:
+    return Cell(task="mqar", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=1024",
+                task_opts=MQAR, **kw)
+
+
+def _ctx(tmp_path, phases: list | None = None, **kw) -> RunContext:
+    record = (lambda text, frac: phases.append((text, frac))) if phases is not None else (lambda _t, _f: None)
+    return RunContext(torch.device("cpu"), None, tmp_path, "g", progress=False, log=lambda _m: None, phase=record,
+                      **kw)
+
+
+def test_a_cells_timing_splits_its_wall_time_into_its_phases(tmp_path, monkeypatch):
+    """`timing`: prepare (plan, model), train (without the dev checks), dev (the checks), eval; the four add
+    up to the cell's wall time. A virtual clock for run_cell: preparing takes 1 s, training 10 s of which
+    the dev checks took 3 s, each answers progress call 0.5 s and each perplexity call 0.25 s."""
+    clock = [100.0]
+    monkeypatch.setattr(hc, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    cost = {"prepare": 1.0, "evaluate answers": 0.5, "evaluate ppl": 0.25}
+    calls: list[str] = []
+
+    def phase(text: str, _frac: float) -> None:
+        kind = next((k for k in cost if text.startswith(k)), None)
+        if kind:
+            calls.append(kind)
+            clock[0] += cost[kind]
+
+    real_train = hc.train
+
+    def train(*a, **k):
+        res = real_train(*a, **k)
+        clock[0] += 10.0
+        res.dev_seconds = 3.0
+        return res
+
+    monkeypatch.setattr(hc, "train", train)
+    ctx = RunContext(torch.device("cpu"), None, tmp_path, "g", progress=False, log=lambda _m: None, phase=phase)
+    row = run_cell(_cell(), ctx)
+    assert row["status"] == "ok", row.get("error")
+    n_answers, n_ppl = calls.count("evaluate answers"), calls.count("evaluate ppl")
+    assert calls[0] == "prepare" and n_answers >= 2 and n_ppl >= 2
+    assert row["timing"] == {"prepare_s": 1.0, "train_s": 7.0, "dev_s": 3.0, "eval_s": 0.5 * n_answers + 0.25 * n_ppl}
+    assert row["wall_s"] == 1.0 + 10.0 + 0.5 * n_answers + 0.25 * n_ppl
+
+
+def test_a_cells_progress_goes_from_prepare_through_training_and_evaluation_to_the_end(tmp_path):
+    """The grid's progress line: prepare at 0, training up to TRAIN_SHARE (its percent in the text), the
+    answers up to 0.8, the perplexity pass up to 1.0, each at its n/m; never backwards."""
+    phases: list[tuple[str, float]] = []
+    row = run_cell(_cell(), _ctx(tmp_path, phases))
+    assert row["status"] == "ok", row.get("error")
+    assert phases[0] == ("prepare", 0.0)
+    fracs = [f for _t, f in phases]
+    assert fracs == sorted(fracs) and fracs[-1] == pytest.approx(1.0)
+    trains = [(int(re.fullmatch(r"train (\d+)%", t).group(1)), f) for t, f in phases if t.startswith("train")]
+    assert len(trains) >= 2 and trains[-1] == (100, TRAIN_SHARE)
+    for pct, f in trains:
+        assert 0 < f <= TRAIN_SHARE and pct == pytest.approx(100 * f / TRAIN_SHARE, abs=1)
+    evals = [(t, f) for t, f in phases if t.startswith("evaluate")]
+    kinds = [t.split()[1] for t, _f in evals]
+    assert kinds == sorted(kinds) and kinds.count("answers") >= 2 and kinds.count("ppl") >= 2  # answers first
+    for text, f in evals:
+        kind, n, m = re.fullmatch(r"evaluate (answers|ppl) (\d+)/(\d+)", text).groups()
+        start, share = (TRAIN_SHARE, 0.3) if kind == "answers" else (0.8, 0.2)
+        assert f == pytest.approx(start + share * int(n) / int(m))
+    assert evals[0][1] >= TRAIN_SHARE and [f for t, f in evals if "answers" in t][-1] == pytest.approx(0.8)
+
+
+def test_a_cells_train_record_says_how_it_trained(tmp_path, monkeypatch):
+    """An eager cell: not compiled, no compile fields, at the preset's rate (or the cell's own), its task
+    stage trained on the protocol's training split. A compiled one (torch.compile stood in: compilation
+    is not the point) says compiled, not warmed (no worker compiled it first), and its mode and scope."""
+    row = run_cell(_cell(), _ctx(tmp_path))
+    assert row["status"] == "ok", row.get("error")
+    tr = row["train"]
+    assert tr["compile"] is False and "compile_warmed" not in tr and "compile_mode" not in tr
+    assert tr["lr"] == hc.get_preset("tiny").lr and tr["pad_to"] == 1 and tr["dev_checks"] == len(row["loss_curve"])
+    assert [st["stage"] for st in tr["stages"]] == ["task"] and tr["stages"][-1]["sources"] == [row["protocol"]]
+    assert row["protocol"].startswith("mqar-T32")
+
+    assert run_cell(_cell(lr=0.02), _ctx(tmp_path))["train"]["lr"] == 0.02
+
+    monkeypatch.setattr(torch, "compile", lambda module, **_kw: module)
+    compiled = run_cell(_cell(compile=True), _ctx(tmp_path))
+    assert compiled["status"] == "ok", compiled.get("error")
+    tr = compiled["train"]
+    assert tr["compile"] is True and tr["compile_error"] is None and tr["compile_warmed"] is False
+    assert (tr["compile_mode"], tr["compile_scope_asked"]) == ("default", "blocks")
+
+
+def test_a_pretraining_cells_stage_mfu_is_at_its_packed_row_length(offline_dir, cache_dir, monkeypatch):
+    """The pretraining stage's MFU is computed at the corpus's packed row length and its own tokens/s (the
+    headline MFU at the task's mean length); the task stage gets none. MFU is None on a CPU, so it is
+    stood in by a function that returns what it was asked."""
+    monkeypatch.setattr(hc, "mfu", lambda model, tps, seq_len, device, name: {
+        "flops_per_token": 1, "mfu": ("mfu", tps, seq_len), "mfu_basis": "stand-in", "peak_tflops": None})
+    cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=12000",
+                task_opts={"eval_limit": "1"}, pretrain={"sources": ["passages"], "frac": 0.5})
+    ctx = RunContext(torch.device("cpu"), offline_dir, cache_dir, "g", progress=False, log=lambda _m: None)
+    row = run_cell(cell, ctx)
+    assert row["status"] == "ok", row.get("error")
+    pre, task = row["train"]["stages"]
+    assert (pre["stage"], task["stage"]) == ("pretrain", "task")
+    assert pre["mfu"] == ("mfu", pre["tokens_per_s"], row["pretrain"]["corpus"]["row_len"])
+    assert "mfu" not in task
+    assert row["metrics"]["mfu"][:2] == ("mfu", row["metrics"]["tokens_per_s"])
+
+
+def test_a_cells_label_names_its_sweep_point():
+    assert _cell(seed=2).label() == "attention x autoregressive (seed 2)"
+    assert _cell(sweep={"seq_len": 64, "d_model": 32}).label() == "attention x autoregressive (seed 0 seq_len=64 d_model=32)"
