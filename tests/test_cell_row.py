@@ -89,11 +89,17 @@ def test_a_cells_progress_goes_from_prepare_through_training_and_evaluation_to_t
 def test_a_cells_train_record_says_how_it_trained(tmp_path, monkeypatch):
     """An eager cell: not compiled, no compile fields, at the preset's rate (or the cell's own), its task
     stage trained on the protocol's training split. A compiled one (torch.compile stood in: compilation
-    is not the point) says compiled, not warmed (no worker compiled it first), and its mode and scope."""
+    is not the point) says compiled, not warmed (no worker compiled it first), and its mode and scope.
+    Functions dynamo left eager are the cell's own: an earlier cell's hit in this process is not listed."""
+    import harness.compiling as hcomp
+
+    monkeypatch.setattr(hcomp, "_LIMIT_HITS", ["recompile_limit (8): forward (an earlier cell's)"])
     row = run_cell(_cell(), _ctx(tmp_path))
     assert row["status"] == "ok", row.get("error")
+    assert [m["key"] for m in row["task_metrics"]] == ["accuracy"] and "associative recall" in row["protocol_text"]
     tr = row["train"]
     assert tr["compile"] is False and "compile_warmed" not in tr and "compile_mode" not in tr
+    assert tr["recompile_limit_hits"] == []
     assert tr["lr"] == hc.get_preset("tiny").lr and tr["pad_to"] == 1 and tr["dev_checks"] == len(row["loss_curve"])
     assert [st["stage"] for st in tr["stages"]] == ["task"] and tr["stages"][-1]["sources"] == [row["protocol"]]
     assert row["protocol"].startswith("mqar-T32")
@@ -129,3 +135,15 @@ def test_a_pretraining_cells_stage_mfu_is_at_its_packed_row_length(offline_dir, 
 def test_a_cells_label_names_its_sweep_point():
     assert _cell(seed=2).label() == "attention x autoregressive (seed 2)"
     assert _cell(sweep={"seq_len": 64, "d_model": 32}).label() == "attention x autoregressive (seed 0 seq_len=64 d_model=32)"
+
+
+def test_a_cell_trains_from_its_seeds_initialisation_whatever_ran_before_it(tmp_path):
+    """run_cell seeds the model's initialisation with the cell's seed: a cell run again in the same process
+    (a retry, or after other cells drew from the global generator) trains the same model from the same
+    start; another seed does not."""
+    first = run_cell(_cell(), _ctx(tmp_path))
+    torch.rand(7)  # what an earlier cell leaves of the global generator
+    again = run_cell(_cell(), _ctx(tmp_path))
+    other = run_cell(_cell(seed=1), _ctx(tmp_path))
+    assert first["loss_curve"] == again["loss_curve"] and first["metrics"]["accuracy"] == again["metrics"]["accuracy"]
+    assert [p["train_loss"] for p in other["loss_curve"]] != [p["train_loss"] for p in first["loss_curve"]]
