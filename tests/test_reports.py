@@ -718,3 +718,27 @@ def test_decode_table_tail_is_dashes_where_the_longest_context_failed(tmp_path, 
     lines = bench.decode_section(rows, tmp_path)
     assert "| attention | 1 | 1.000 | **OOM** | — | — | — | — | — | — |" in lines
     assert "| mamba | 1 | 1.000 | 1.000 | 8.00 | 8x | 3.0 | 4.1k | 16.0 KiB | state (sdpa_kv_cache) |" in lines
+
+
+def test_numbers_change_format_at_their_documented_thresholds():
+    """From 1,000 on a perplexity or a latency drops its decimals for thousands separators (1,000, not
+    1000.00), seconds from 100 on; counts and bytes change unit exactly at each unit (1k, 1.0 KiB);
+    a percentage keeps two decimals below 10% only."""
+    from reports.columns import fmt_bytes, fmt_count, fmt_ms, fmt_pct, fmt_ppl, fmt_secs
+
+    assert [fmt_ppl(v) for v in (999.99, 1000, 12345.6)] == ["999.99", "1,000", "12,346"]
+    assert [fmt_ms(v) for v in (999.94, 1000, 1234.6)] == ["999.9", "1,000", "1,235"]
+    assert [fmt_secs(v) for v in (99.94, 100, 1234.4)] == ["99.9", "100", "1,234"]
+    assert [fmt_count(v) for v in (999, 1e3, 1e6, 1e9, 10_400_000, 2.5e9)] == ["999", "1k", "1M", "1B", "10.4M", "2.5B"]
+    assert [fmt_bytes(v) for v in (1023, 2**10, 2**20, 2**30, 1.5 * 2**30, -2048)] == [
+        "1023 B", "1.0 KiB", "1.0 MiB", "1.0 GiB", "1.5 GiB", "-2.0 KiB"]
+    assert [fmt_pct(v) for v in (0.0999, 0.1, 0.153, 0.00123)] == ["9.99%", "10.0%", "15.3%", "0.12%"]
+
+
+def test_a_grid_tables_number_columns_are_right_aligned_and_its_text_columns_left():
+    from reports.tables import grid_table
+
+    head, rule = grid_table(grid_rows())[0].splitlines()[:2]
+    align = dict(zip((h.strip() for h in head.strip("|").split("|")), rule.strip("|").split("|")))
+    assert {align[h] for h in ("ppl", "eval n", "params", "train tok/s")} == {"---:"}
+    assert {align[h] for h in ("mixer", "norm", "budget", "device", "status")} == {"---"}
