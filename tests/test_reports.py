@@ -290,7 +290,7 @@ def test_gpu_rows_show_mfu_compiled_and_pretraining_and_never_average_pretrainin
                     train=t, **gpu)
 
     rows = [cell("attention", 0.30), cell("attention", 0.40, pre),
-            cell("gated_context", 0.20, recompile_limit_hits=["recompile_limit (8): forward (x.py:1)"]),
+            cell("gated_context", 0.20, mfu=0.2, recompile_limit_hits=["recompile_limit (8): forward (x.py:1)"]),
             cell("gated_context", 0.25, pre, mfu=None, compile=False, compile_error="BackendCompilerFailed: x")]
     for r in rows:
         append_row(tmp_path / "results" / "g.jsonl", r)
@@ -300,6 +300,7 @@ def test_gpu_rows_show_mfu_compiled_and_pretraining_and_never_average_pretrainin
     head = _cells(qa[0])
     by = {r["mixer"]: r for r in (dict(zip(head, _cells(ln))) for ln in qa[2:])}
     assert by["attention"]["MFU"] == "12.3%" and by["gated_context (pretrain passages 0.5)"]["MFU"] == "—"
+    assert by["gated_context"]["MFU"] == "**20.0%**"  # a GPU's speed: the highest is bold
     assert by["attention"]["compiled"] == "compiled"
     assert by["gated_context"]["compiled"] == "compiled, partly eager (recompile limit)"
     assert by["gated_context (pretrain passages 0.5)"]["compiled"] == "eager (compile failed)"
