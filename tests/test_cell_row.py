@@ -147,3 +147,29 @@ def test_a_cell_trains_from_its_seeds_initialisation_whatever_ran_before_it(tmp_
     other = run_cell(_cell(seed=1), _ctx(tmp_path))
     assert first["loss_curve"] == again["loss_curve"] and first["metrics"]["accuracy"] == again["metrics"]["accuracy"]
     assert [p["train_loss"] for p in other["loss_curve"]] != [p["train_loss"] for p in first["loss_curve"]]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_ddp_a_failure_every_rank_meets_is_a_row_and_any_other_stops_the_job(tmp_path, monkeypatch, rank):
+    """A data-parallel cell (a two-rank DistEnv stood in; its training stood in by a failure). A NaN loss
+    or a budget error is met by every rank at the same step: the cell is a failed row (rank 0's; the other
+    ranks return None) and the grid goes on. Any other failure may be one rank's: it is raised, so torchrun
+    stops every rank instead of leaving the healthy ones hanging in their next collective."""
+    from harness import distributed as ddp
+
+    def failing(error: Exception):
+        def train(*_a, **_k):
+            raise error
+        return train
+
+    ctx = _ctx(tmp_path, dist=ddp.DistEnv(world_size=2, rank=rank))
+    monkeypatch.setattr(hc, "train", failing(FloatingPointError("loss is nan at step 3")))
+    row = run_cell(_cell(), ctx)
+    if rank == 0:
+        assert row["status"] == "failed" and row["error"] == "FloatingPointError: loss is nan at step 3"
+        assert row["world_size"] == 2
+    else:
+        assert row is None
+    monkeypatch.setattr(hc, "train", failing(RuntimeError("one rank's own failure")))
+    with pytest.raises(RuntimeError, match="one rank's own failure"):
+        run_cell(_cell(), ctx)
