@@ -4,7 +4,9 @@ The grid tests (tests/test_grid.py) run whole grids on the JSQuAD fixture; a run
 seconds and reads the row through the report. These run one tiny MQAR cell (generated data, no
 tokenizer: a few seconds) and read what run_cell itself writes: where the cell's time went (on a
 virtual clock, so the split is exact), the progress fractions the grid's line shows, how the cell
-trained (compiled or not, warmed or not, at which rate), and the pretraining stage's MFU."""
+trained (compiled or not, warmed or not, at which rate), the initialisation its seed gives, and which
+failures of a data-parallel cell are a row. The pretraining stage's MFU needs a task with passages:
+that one test runs a JSQuAD fixture cell."""
 from __future__ import annotations
 
 import re
