@@ -175,3 +175,20 @@ def test_under_ddp_a_failure_every_rank_meets_is_a_row_and_any_other_stops_the_j
     monkeypatch.setattr(hc, "train", failing(RuntimeError("one rank's own failure")))
     with pytest.raises(RuntimeError, match="one rank's own failure"):
         run_cell(_cell(), ctx)
+
+
+def test_a_sweeps_short_runs_start_from_the_full_runs_initialisation(tmp_path, monkeypatch):
+    """The learning-rate sweep compares rates, not initialisations: each short run builds its model from the
+    cell's seed, as the full run does, so all start from the same weights."""
+    inits: list[torch.Tensor] = []
+
+    class Recorded(hc.LM):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            inits.append(torch.cat([p.detach().flatten() for p in self.parameters()]).clone())
+
+    monkeypatch.setattr(hc, "LM", Recorded)
+    row = run_cell(_cell(lr_sweep={"rates": [1e-3, 3e-3], "frac": 0.5}), _ctx(tmp_path))
+    assert row["status"] == "ok", row.get("error")
+    assert len(row["lr_sweep"]["table"]) == 2 and len(inits) == 3  # two short runs, then the full run
+    assert all(torch.equal(w, inits[-1]) for w in inits)
