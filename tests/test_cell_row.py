@@ -26,10 +26,9 @@ def _cell(**kw) -> Cell:
                 task_opts=MQAR, **kw)
 
 
-def _ctx(tmp_path, phases: list | None = None, **kw) -> RunContext:
-    record = (lambda text, frac: phases.append((text, frac))) if phases is not None else (lambda _t, _f: None)
-    return RunContext(torch.device("cpu"), None, tmp_path, "g", progress=False, log=lambda _m: None, phase=record,
-                      **kw)
+def _ctx(cache_dir, data_dir=None, **kw) -> RunContext:
+    """A quiet CPU context (no progress bar, no log); `kw` as RunContext's (phase, dist)."""
+    return RunContext(torch.device("cpu"), data_dir, cache_dir, "g", progress=False, log=lambda _m: None, **kw)
 
 
 def test_a_cells_timing_splits_its_wall_time_into_its_phases(tmp_path, monkeypatch):
@@ -56,8 +55,7 @@ def test_a_cells_timing_splits_its_wall_time_into_its_phases(tmp_path, monkeypat
         return res
 
     monkeypatch.setattr(hc, "train", train)
-    ctx = RunContext(torch.device("cpu"), None, tmp_path, "g", progress=False, log=lambda _m: None, phase=phase)
-    row = run_cell(_cell(), ctx)
+    row = run_cell(_cell(), _ctx(tmp_path, phase=phase))
     assert row["status"] == "ok", row.get("error")
     n_answers, n_ppl = calls.count("evaluate answers"), calls.count("evaluate ppl")
     assert calls[0] == "prepare" and n_answers >= 2 and n_ppl >= 2
@@ -69,7 +67,7 @@ def test_a_cells_progress_goes_from_prepare_through_training_and_evaluation_to_t
     """The grid's progress line: prepare at 0, training up to TRAIN_SHARE (its percent in the text), the
     answers up to 0.8, the perplexity pass up to 1.0, each at its n/m; never backwards."""
     phases: list[tuple[str, float]] = []
-    row = run_cell(_cell(), _ctx(tmp_path, phases))
+    row = run_cell(_cell(), _ctx(tmp_path, phase=lambda text, frac: phases.append((text, frac))))
     assert row["status"] == "ok", row.get("error")
     assert phases[0] == ("prepare", 0.0)
     fracs = [f for _t, f in phases]
@@ -124,8 +122,7 @@ def test_a_pretraining_cells_stage_mfu_is_at_its_packed_row_length(offline_dir, 
         "flops_per_token": 1, "mfu": ("mfu", tps, seq_len), "mfu_basis": "stand-in", "peak_tflops": None})
     cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=12000",
                 task_opts={"eval_limit": "1"}, pretrain={"sources": ["passages"], "frac": 0.5})
-    ctx = RunContext(torch.device("cpu"), offline_dir, cache_dir, "g", progress=False, log=lambda _m: None)
-    row = run_cell(cell, ctx)
+    row = run_cell(cell, _ctx(cache_dir, offline_dir))
     assert row["status"] == "ok", row.get("error")
     pre, task = row["train"]["stages"]
     assert (pre["stage"], task["stage"]) == ("pretrain", "task")
