@@ -467,6 +467,21 @@ def test_a_report_of_a_grid_that_is_not_there_is_an_error_naming_the_grids_that_
     assert r.returncode == 2 and r.stderr.strip().startswith("error: no grid 'gg'") and len(r.stderr.splitlines()) == 1
 
 
+def test_a_report_of_one_named_grid_writes_that_grid_only(tmp_path):
+    """`--grid h` (what `run_matrix.py` passes after running grid h) reports grid h, with the benchmark
+    sections every grid report carries, and leaves the other grids' reports and the benchmarks' own
+    report as they were: none of them is read for it, so none can fail it."""
+    res = tmp_path / "results"
+    append_row(res / "g.jsonl", _row("attention", "autoregressive", metrics=_qa(0.0, 0.1, ppl=9.0)))
+    append_row(res / "h.jsonl", _row("mamba", "autoregressive", grid="h", metrics=_qa(0.2, 0.3, ppl=7.0)))
+    for r in bench_rows()[0]:
+        append_row(res / "bench_scaling.jsonl", r)
+    assert write_reports(res, tmp_path / "reports", "h") == [tmp_path / "reports" / "h" / "README.md"]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["h"]
+    text = (tmp_path / "reports" / "h" / "README.md").read_text()
+    assert "| mamba |" in text and "| attention |" not in text and "## Cost versus sequence length" in text
+
+
 def test_sweep_curves_draw_each_objective_apart(tmp_path, monkeypatch):
     """The Zoology curves average over seeds only: an MQAR sweep that runs both objectives draws a line
     per mixer and objective (they were averaged together)."""
@@ -561,11 +576,17 @@ _GOOD = _row("attention", "autoregressive", metrics=_qa(0.3, 0.5, ppl=8.0))
     ("g.jsonl", {**_GOOD, "key": "b", "loss_curve": [6.0, 5.5]}, r"g\.jsonl:2: loss_curve must be a list of objects"),
     ("g.jsonl", {**_GOOD, "key": "b", "loss_curve": {"frac": 1.0}}, r"g\.jsonl:2: loss_curve must be a list of objects"),
     ("g.jsonl", {**_GOOD, "key": "b", "metrics": {}}, r"g\.jsonl:2: an ok row has no metrics"),
+    # a metric every model row has, beyond the task's declared ones: a report divides and ranks by them
+    ("g.jsonl", {**_GOOD, "key": "b", "metrics": {**_GOOD["metrics"], "ppl": "8.0"}},
+     r"g\.jsonl:2: metric 'ppl' is not a number: '8\.0'"),
+    ("g.jsonl", {**_GOOD, "key": "b", "metrics": {**_GOOD["metrics"], "tokens_per_s": True}},
+     r"g\.jsonl:2: metric 'tokens_per_s' is not a number: True"),
     ("bench_x.jsonl", _GOOD, r"bench_x\.jsonl:2: a grid row in a benchmark file \(rows with and without 'bench'\)"),
 ])
 def test_a_row_a_report_cannot_use_is_refused_naming_file_and_line(tmp_path, name, second, message):
     """Each row a report would misread (a benchmark it has no section for, metrics or a loss curve of the
-    wrong shape, an ok cell with no numbers, a file mixing benchmark and grid rows) is a one-line error
+    wrong shape, an ok cell with no numbers, a perplexity or a speed that is text or a boolean, a file
+    mixing benchmark and grid rows) is a one-line error
     naming the file and the line (the second; the first is a good row of the file's kind), never a
     report built from a part of the file or a traceback from deep in the figures."""
     first = _BENCH_OK if name.startswith("bench_") else _GOOD
