@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from core.results import ResultsFileError, append_row, latest_by_key, read_rows
-from core.schema import (BENCH_KEYS, GRID_KEYS, ROW_KEYS, SCHEMA_VERSION, Metric, headline_metric, missing_keys,
-                         upgrade)
+from core.schema import (BENCH_KEYS, GRID_KEYS, ROW_KEYS, SCHEMA_VERSION, Metric, declared_metrics, headline_metric,
+                         missing_keys, upgrade)
 from reports import write_reports
 from fixtures.markdown import table
 
@@ -41,6 +41,21 @@ def test_v1_rows_are_upgraded_on_reading():
     assert bench["schema"] == SCHEMA_VERSION and bench["upgraded_from"] == 1 and bench["mixer"] == "attention"
     # a current row is returned as it is
     assert upgrade(rows[0]) is rows[0]
+
+
+def test_a_row_is_upgraded_through_every_version_between_its_own_and_the_codes(monkeypatch):
+    """The day a version 3 is added, a version-1 row must take both steps, 1 -> 2 -> 3, in order, and a
+    version-2 row only the last: with one step registered today, skipping a version goes unseen."""
+    from core import schema
+
+    raw = json.loads((V1 / "g.jsonl").read_text().splitlines()[0])
+    to_v3 = lambda r: {**r, "v3_saw": r.get("protocol_text") is not None}  # noqa: E731  (after 1 -> 2's field)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(schema.UPGRADES, SCHEMA_VERSION, to_v3)
+    v3 = schema.upgrade(raw)
+    assert v3["schema"] == SCHEMA_VERSION + 1 and v3["upgraded_from"] == 1 and v3["v3_saw"] is True
+    v2 = schema.upgrade({**raw, "schema": SCHEMA_VERSION})
+    assert v2["upgraded_from"] == SCHEMA_VERSION and v2["v3_saw"] is False  # not upgraded as if it were v1
 
 
 def test_v1_fixture_builds_the_report_with_references_named(tmp_path, no_png):
@@ -161,6 +176,18 @@ def test_metric_declarations_round_trip_and_pick_the_headline():
     rows.append({"task_metrics": rows[0]["task_metrics"], "metrics": {"miss": 0.1}})
     assert headline_metric(rows).key == "miss"
     assert headline_metric([{"metrics": {"f1": 0.3}}]) is None  # nothing declared: no headline
+
+
+def test_declared_metrics_keep_each_keys_first_declaration_and_skip_what_is_no_declaration():
+    """Rows of one grid may carry different declarations of a metric (a task's wording changed between
+    runs): the first row's wins, so every table and figure of the report uses one header and one
+    direction. A declaration that is no object, or has no key, is no metric."""
+    f1_new, f1_old = Metric("f1", "F1", doc="new"), Metric("f1", "F1 (old)", "min")
+    rows = [{"task_metrics": [f1_new.to_dict()]},
+            {"task_metrics": ["f1", {"header": "no key"}, {"key": "", "header": "empty"}, f1_old.to_dict(),
+                              Metric("em", "EM").to_dict()]},
+            {}]
+    assert declared_metrics(rows) == [f1_new, Metric("em", "EM")]
 
 
 def test_a_schema_below_1_is_refused_naming_file_and_line(tmp_path):
