@@ -90,6 +90,58 @@ def test_peak_memory_window_on_cuda_reads_the_allocators_peak(monkeypatch):
     assert calls[-1] == ("max", CUDA)
 
 
+def test_sync_waits_for_the_cuda_stream_on_cuda_only(monkeypatch):
+    """Every timed span ends with `sync`: on a GPU the wall clock would otherwise stop while kernels are
+    still queued (the step times of a row would be launch times). On CPU there is nothing to wait for and
+    nothing CUDA is called (a CPU-only torch would raise)."""
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "synchronize", _recorder(calls, "sync"))
+    env.sync(CPU)
+    assert calls == []
+    env.sync(CUDA)
+    assert calls == [("sync", CUDA)]
+
+
+def test_autocast_is_bf16_on_cuda_and_off_on_cpu(monkeypatch):
+    """The grid trains and evaluates under CUDA's bf16 autocast (the cce kernel and the MFU figures assume
+    it); on CPU in plain fp32 (CPU bf16 is slow and not what the figures measure). Recorded, not entered:
+    torch.autocast("cuda") on a machine without CUDA disables itself."""
+    calls: list = []
+    monkeypatch.setattr(torch, "autocast", lambda device_type, **kw: calls.append((device_type, kw)) or "ctx")
+    assert env.autocast(CUDA) == "ctx" and env.autocast(CPU) == "ctx"
+    assert calls == [("cuda", {"dtype": torch.bfloat16}), ("cpu", {"enabled": False})]
+
+
+def test_gpu_slug_and_device_names_name_the_processor(monkeypatch):
+    """File and grid names carry the GPU's slug (an H200's figures never land in an A100's file): lower
+    case, runs of other characters one dash, none at either end, without the vendor; '' off CUDA. A CPU is
+    named by /proc/cpuinfo's first model name (else the platform's), with the threads torch uses."""
+    names = iter(["NVIDIA H200", "NVIDIA A100-SXM4-80GB (MIG 1g.10gb)"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev: next(names))
+    env.device_name.cache_clear()  # cached per device string: clear before and after the stand-ins
+    try:
+        assert env.gpu_slug(CUDA) == "h200" and env.device_name("cuda") == "NVIDIA H200"
+        env.device_name.cache_clear()
+        assert env.gpu_slug(CUDA) == "a100-sxm4-80gb-mig-1g-10gb"
+        assert env.gpu_slug(CPU) == ""
+
+        threads = torch.get_num_threads()
+        cpuinfo = "processor\t: 0\nmodel name\t: Test CPU: rev 2\nprocessor\t: 1\nmodel name\t: Other CPU\n"
+        monkeypatch.setattr(env.Path, "read_text", lambda self, *a, **k: cpuinfo)
+        assert env.device_name("cpu") == f"cpu: Test CPU: rev 2 ({threads} threads)"
+        env.device_name.cache_clear()
+
+        def unreadable(self, *a, **k):
+            raise OSError("no /proc here")
+
+        monkeypatch.setattr(env.Path, "read_text", unreadable)
+        monkeypatch.setattr(env.platform, "processor", lambda: "")
+        monkeypatch.setattr(env.platform, "machine", lambda: "x86_64")
+        assert env.device_name("cpu") == f"cpu: x86_64 ({threads} threads)"
+    finally:
+        env.device_name.cache_clear()
+
+
 # --- mixers/attention.py ----------------------------------------------------------------------------
 
 
