@@ -117,8 +117,9 @@ def test_a_row_is_one_write_under_an_exclusive_lock(tmp_path, monkeypatch):
 
 
 def test_untracked_files_in_a_package_make_the_commit_dirty(tmp_path):
-    """A new, uncommitted mixer file changes what runs: the row's commit must say +dirty. A new file
-    outside the packages (a results file) does not."""
+    """A new, uncommitted mixer file changes what runs: the row's commit must say +dirty, also when git
+    quotes its name (a space in it). A new file outside the packages (a results file) does not; a change
+    to a tracked file anywhere does."""
     import subprocess
 
     from core.env import git_commit
@@ -128,6 +129,7 @@ def test_untracked_files_in_a_package_make_the_commit_dirty(tmp_path):
 
     (tmp_path / "mixers").mkdir()
     (tmp_path / "mixers" / "__init__.py").write_text("")
+    (tmp_path / "run_matrix.py").write_text("")
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
@@ -138,6 +140,13 @@ def test_untracked_files_in_a_package_make_the_commit_dirty(tmp_path):
     git_commit.cache_clear()
     assert git_commit(tmp_path) == clean
     (tmp_path / "mixers" / "my_mixer.py").write_text("x = 1\n")
+    git_commit.cache_clear()
+    assert git_commit(tmp_path) == clean + "+dirty"
+    (tmp_path / "mixers" / "my_mixer.py").rename(tmp_path / "mixers" / "my mixer.py")  # ?? "mixers/my mixer.py"
+    git_commit.cache_clear()
+    assert git_commit(tmp_path) == clean + "+dirty"
+    (tmp_path / "mixers" / "my mixer.py").unlink()
+    (tmp_path / "run_matrix.py").write_text("x = 2\n")  # tracked, in no package
     git_commit.cache_clear()
     assert git_commit(tmp_path) == clean + "+dirty"
     git_commit.cache_clear()
