@@ -78,7 +78,9 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
     head = ["mixer", "objective", *(["norm"] if norms else []), *(["sweep"] if sweeps else []), "seeds",
             *(m.header for m in metrics), "lr", *(["LR sweep cost (per seed)"] if swept else []),
             *([f"Δ {name} vs {BASELINE_MIXER} [95% CI] significant?"] if compare else [])]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|"]
+    n_text = 2 + norms + sweeps  # mixer, objective, norm, sweep: text, left-aligned; the numbers right
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if i < n_text else "---:" for i in range(len(head))) + "|"]
 
     s = -1.0 if declared(rows, key).better == "min" else 1.0
 

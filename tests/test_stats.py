@@ -200,3 +200,79 @@ def test_seed_section_lists_each_seeds_rate_when_a_sweep_chose_differently():
         rows.append(r)
     line = _lines_by_cell(rows)[("attention", "autoregressive")]
     assert " | 3 | " in line and " | 0.001, 0.003, 0.003 | " in line
+
+
+def _swept(row, lr, tokens, seconds):
+    row["train"] = {"lr": lr}
+    row["lr_sweep"] = {"tokens": tokens, "seconds": seconds, "table": []}
+    return row
+
+
+def test_seed_section_in_full_over_two_seeds():
+    """The whole table for two mixers over two seeds, each number worked by hand: gated_context's F1 per
+    seed 0.40 and 0.45, mean 0.425 ± t(0.975, 1) · 0.0354 / √2 = 0.318; its per-question differences from
+    attention 0.1, 0.1 (seed 0) and 0.2, 0.1 (seed 1), mean +0.125; attention's sweep cost, the mean over
+    its seeds of 1,000 and 2,000 tokens, 2 and 4 s; gated_context ran no sweep. Sorted best first. A grid
+    of one mixer has nothing to compare: no Δ column."""
+    rows = []
+    for s in (0, 1):
+        rows += [_swept(_row("attention", s, [0.2, 0.4]), 1e-3, 1000 + 1000 * s, 2.0 + 2 * s),
+                 {**_row("gated_context", s, [0.3 + 0.1 * s, 0.5]), "train": {"lr": 3e-3}}]
+    assert seeds.seed_section(rows, "f1")[:4] == [
+        "| mixer | objective | seeds | f1 | lr | LR sweep cost (per seed) | Δ f1 vs attention [95% CI] significant? |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        "| gated_context | autoregressive | 2 | 0.425 ± 0.318 (n=2) | 0.003 (2/2 seeds) | — "
+        "| +0.125 [+0.100, +0.150] **yes** (2 q, 2 seeds) |",
+        "| attention | autoregressive | 2 | 0.300 ± 0.000 (n=2) | 0.001 (2/2 seeds) | 1.5k tok, 3 s | (reference) |"]
+    alone = seeds.seed_section([r for r in rows if r["mixer"] == "attention"], "f1")
+    assert alone[0] == "| mixer | objective | seeds | f1 | lr | LR sweep cost (per seed) |"
+
+
+def test_seed_section_of_a_lower_is_better_metric_with_norms_and_sweep_points():
+    """A task whose headline is lower-is-better (a miss rate): within each norm and sweep point the lowest
+    comes first, and its header and format are the task's. Norm and sweep point get columns of their own,
+    text left-aligned ('—': no sweep point); perplexity joins the metrics; one seed gives no interval, and
+    the Δ names no seed count (mamba post: differences 0.2 and 0.0, an interval that holds 0)."""
+    decl = [{"key": "miss", "header": "miss rate", "better": "min", "headline": True, "fmt": ".2f"}]
+
+    def row(mixer, norm, sweep, miss):
+        return {"key": f"{mixer}{norm}", "mixer": mixer, "objective": "autoregressive", "seed": 0, "status": "ok",
+                "norm": norm, "sweep": sweep, "task_metrics": decl,
+                "metrics": {"miss": sum(miss) / 2, "ppl": 9.5}, "per_question": {"id": ["a", "b"], "miss": miss}}
+
+    rows = [row("attention", "pre", {"seq_len": 64}, [0.5, 0.3]), row("mamba", "pre", {"seq_len": 64}, [0.1, 0.1]),
+            row("attention", "post", None, [0.4, 0.4]), row("mamba", "post", None, [0.6, 0.4])]
+    one = "(n=1, no interval)"
+    assert seeds.seed_section(rows, "miss")[:6] == [
+        "| mixer | objective | norm | sweep | seeds | miss rate | ppl | lr "
+        "| Δ miss rate vs attention [95% CI] significant? |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        f"| attention | autoregressive | post | — | 1 | 0.40 {one} | 9.50 {one} | — | (reference) |",
+        f"| mamba | autoregressive | post | — | 1 | 0.50 {one} | 9.50 {one} | — | +0.100 [+0.000, +0.200] no (2 q) |",
+        f"| mamba | autoregressive | pre | seq_len=64 | 1 | 0.10 {one} | 9.50 {one} | — "
+        "| -0.300 [-0.400, -0.200] **yes** (2 q) |",
+        f"| attention | autoregressive | pre | seq_len=64 | 1 | 0.40 {one} | 9.50 {one} | — | (reference) |"]
+
+
+def test_lr_sweep_section_in_full():
+    """Every swept ok cell, by objective then mixer: its short runs' dev losses under the union of the
+    rates (a diverged run says so, a rate it did not try is '—'), the chosen one bold, its cost; then the
+    cost of all sweeps against the full runs' tokens. A failed cell is not listed."""
+    a = _row("attention", 1, [0.2])
+    a["tokens_seen"] = 20000
+    a["lr_sweep"] = {"table": [{"lr": 1e-3, "dev_loss": 5.1234}, {"lr": 3e-3, "dev_loss": float("nan")}],
+                     "best_lr": 1e-3, "tokens": 3000, "seconds": 12.4, "short_budget": "tokens=1500", "frac": 0.25}
+    b = _row("mamba", 0, [0.2], objective="diffusion")
+    b["lr_sweep"] = {"table": [{"lr": 1e-3, "dev_loss": 6.0}, {"lr": 1e-2, "dev_loss": 5.5}], "best_lr": 1e-2,
+                     "tokens": 2000, "seconds": 7.6, "short_budget": "tokens=1000", "frac": 0.5}
+    failed = {**_row("gated_context", 0, [0.2]), "status": "failed", "lr_sweep": a["lr_sweep"]}
+    assert seeds.lr_sweep_section([b, failed, a]) == [
+        "Each cell first trained a short run at every rate (tokens=1500 each, 0.25 of the cell's budget), then its "
+        "full budget at the rate with the lowest short-run dev loss (criterion: lowest dev loss). Dev loss in nats "
+        "per target token; bold: the rate chosen.", "",
+        "| mixer | objective | seed | lr 0.001 | lr 0.003 | lr 0.01 | chosen | sweep tokens | sweep s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| attention | autoregressive | 1 | **5.123** | diverged | — | 0.001 | 3,000 | 12 |",
+        "| mamba | diffusion | 0 | 6.000 | — | **5.500** | 0.01 | 2,000 | 8 |", "",
+        "The sweeps cost 5,000 training tokens (25% of the full runs' 20,000 tokens) and 20 s of wall time in all "
+        "(dev evaluations included), on top of the per-cell budget."]
