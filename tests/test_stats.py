@@ -212,13 +212,16 @@ def test_seed_section_in_full_over_two_seeds():
     """The whole table for two mixers over two seeds, each number worked by hand: gated_context's F1 per
     seed 0.40 and 0.45, mean 0.425 ± t(0.975, 1) · 0.0354 / √2 = 0.318; its per-question differences from
     attention 0.1, 0.1 (seed 0) and 0.2, 0.1 (seed 1), mean +0.125; attention's sweep cost, the mean over
-    its seeds of 1,000 and 2,000 tokens, 2 and 4 s; gated_context ran no sweep. Sorted best first. A grid
-    of one mixer has nothing to compare: no Δ column."""
+    its seeds of 1,000 and 2,000 tokens, 2 and 4 s; gated_context ran no sweep. Sorted best first. A failed
+    seed is no seed of its cell. A grid of one mixer has nothing to compare: no Δ column."""
     rows = []
     for s in (0, 1):
         rows += [_swept(_row("attention", s, [0.2, 0.4]), 1e-3, 1000 + 1000 * s, 2.0 + 2 * s),
                  {**_row("gated_context", s, [0.3 + 0.1 * s, 0.5]), "train": {"lr": 3e-3}}]
-    assert seeds.seed_section(rows, "f1")[:4] == [
+    rows.append({**_row("gated_context", 2, [0.0, 0.0]), "status": "failed"})
+    text = seeds.seed_section(rows, "f1")
+    assert "lr: the rate each cell trained at, chosen by its learning-rate sweep (below)" in text[-1]
+    assert text[:4] == [
         "| mixer | objective | seeds | f1 | lr | LR sweep cost (per seed) | Δ f1 vs attention [95% CI] significant? |",
         "|---|---|---:|---:|---:|---:|---:|",
         "| gated_context | autoregressive | 2 | 0.425 ± 0.318 (n=2) | 0.003 (2/2 seeds) | — "
@@ -231,8 +234,9 @@ def test_seed_section_in_full_over_two_seeds():
 def test_seed_section_of_a_lower_is_better_metric_with_norms_and_sweep_points():
     """A task whose headline is lower-is-better (a miss rate): within each norm and sweep point the lowest
     comes first, and its header and format are the task's. Norm and sweep point get columns of their own,
-    text left-aligned ('—': no sweep point); perplexity joins the metrics; one seed gives no interval, and
-    the Δ names no seed count (mamba post: differences 0.2 and 0.0, an interval that holds 0)."""
+    text left-aligned ('—': no sweep point); the perplexity and its bound join the metrics ('—' where a
+    cell has none); one seed gives no interval, and the Δ names no seed count (mamba post: differences
+    0.2 and 0.0, an interval that holds 0)."""
     decl = [{"key": "miss", "header": "miss rate", "better": "min", "headline": True, "fmt": ".2f"}]
 
     def row(mixer, norm, sweep, miss):
@@ -242,16 +246,18 @@ def test_seed_section_of_a_lower_is_better_metric_with_norms_and_sweep_points():
 
     rows = [row("attention", "pre", {"seq_len": 64}, [0.5, 0.3]), row("mamba", "pre", {"seq_len": 64}, [0.1, 0.1]),
             row("attention", "post", None, [0.4, 0.4]), row("mamba", "post", None, [0.6, 0.4])]
+    rows[3]["metrics"]["ppl_bound"] = 12.5
     one = "(n=1, no interval)"
     assert seeds.seed_section(rows, "miss")[:6] == [
-        "| mixer | objective | norm | sweep | seeds | miss rate | ppl | lr "
+        "| mixer | objective | norm | sweep | seeds | miss rate | ppl | ppl bound | lr "
         "| Δ miss rate vs attention [95% CI] significant? |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
-        f"| attention | autoregressive | post | — | 1 | 0.40 {one} | 9.50 {one} | — | (reference) |",
-        f"| mamba | autoregressive | post | — | 1 | 0.50 {one} | 9.50 {one} | — | +0.100 [+0.000, +0.200] no (2 q) |",
-        f"| mamba | autoregressive | pre | seq_len=64 | 1 | 0.10 {one} | 9.50 {one} | — "
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| attention | autoregressive | post | — | 1 | 0.40 {one} | 9.50 {one} | — | — | (reference) |",
+        f"| mamba | autoregressive | post | — | 1 | 0.50 {one} | 9.50 {one} | 12.50 {one} | — "
+        "| +0.100 [+0.000, +0.200] no (2 q) |",
+        f"| mamba | autoregressive | pre | seq_len=64 | 1 | 0.10 {one} | 9.50 {one} | — | — "
         "| -0.300 [-0.400, -0.200] **yes** (2 q) |",
-        f"| attention | autoregressive | pre | seq_len=64 | 1 | 0.40 {one} | 9.50 {one} | — | (reference) |"]
+        f"| attention | autoregressive | pre | seq_len=64 | 1 | 0.40 {one} | 9.50 {one} | — | — | (reference) |"]
 
 
 def test_lr_sweep_section_in_full():
