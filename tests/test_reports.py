@@ -706,6 +706,40 @@ def test_scaling_figure_says_n_a_where_no_row_measured_memory(tmp_path, monkeypa
     assert list(figs[1].axes[2].texts) == [] and figs[1].axes[2].get_title() == "peak memory\n(allocator peak)"
 
 
+def test_scaling_section_in_full_one_sub_section_per_device(tmp_path, monkeypatch):
+    """Each device its own sub-section, in name order, each ending in a blank line: its setting and how
+    its memory was measured ('n/a on this device' where no row measured any), then three tables by mixer
+    and length: a length a mixer did not reach is blank, a failure is named and its error listed below,
+    a row's note too. A mixer's backend follows its name. Figure names are slugs of at most 60 characters."""
+    from reports import bench
+
+    monkeypatch.setattr(bench.figures, "scaling", lambda rows, path: None)
+    ok = {**_BENCH_OK, "d_model": 64, "tokens_per_step": 1024, "dtype": "fp32", "causal": True, "peak_mem_bytes": None}
+    cpu, gpu = {**ok, "device": "cpu: Test"}, {**ok, "device": "NVIDIA H200", "causal": False}
+    rows = [{**cpu, "key": "a256", "seq_len": 256, "ms_per_seq": 1.5, "tokens_per_s": 2e5, "backend": "sdpa"},
+            {**cpu, "key": "a512", "seq_len": 512, "ms_per_seq": 4.0, "tokens_per_s": 1.3e5, "note": "fallback path"},
+            {**cpu, "key": "m256", "mixer": "mamba", "seq_len": 256, "ms_per_seq": 2.0, "tokens_per_s": 1.3e5},
+            {**gpu, "key": "g256", "mixer": "mamba", "seq_len": 256, "ms_per_seq": 0.1, "tokens_per_s": 2.6e6,
+             "peak_mem_bytes": 2**20, "mem_measure": "allocator peak"},
+            {**gpu, "key": "g512", "mixer": "mamba", "seq_len": 512, "status": "failed", "error": "RuntimeError: boom"}]
+    assert bench.scaling_section(rows, tmp_path)[4:] == [
+        "**NVIDIA H200**: d_model=64, 1024 tokens per step, fp32, bidirectional. Peak memory: allocator peak.", "",
+        "| fwd+bwd ms per sequence | N=256 | N=512 |", "|---|---:|---:|", "| mamba | 0.10 | **failed** |", "",
+        "| tokens / s | N=256 | N=512 |", "|---|---:|---:|", "| mamba | 2.6M | **failed** |", "",
+        "| peak memory | N=256 | N=512 |", "|---|---:|---:|", "| mamba | 1.0 MiB | **failed** |", "",
+        "- mamba at N=512: RuntimeError: boom", "",
+        "**cpu: Test**: d_model=64, 1024 tokens per step, fp32, causal. Peak memory: n/a on this device.", "",
+        "| fwd+bwd ms per sequence | N=256 | N=512 |", "|---|---:|---:|",
+        "| attention (sdpa) | 1.50 | 4.00 |", "| mamba | 2.00 |  |", "",
+        "| tokens / s | N=256 | N=512 |", "|---|---:|---:|",
+        "| attention (sdpa) | 200k | 130k |", "| mamba | 130k |  |", "",
+        "| peak memory | N=256 | N=512 |", "|---|---:|---:|",
+        "| attention (sdpa) | n/a | n/a |", "| mamba | n/a |  |", "",
+        "- attention at N=512: fallback path", ""]
+    assert bench.slug("NVIDIA A100-SXM4-80GB") == "nvidia-a100-sxm4-80gb"
+    assert len(bench.slug("cpu: " + "x" * 100)) == 60
+
+
 def test_loss_memory_table_leaves_a_path_not_run_blank_and_names_a_failed_one(tmp_path, monkeypatch):
     """A (vocab, tokens) point one path was not run at is a blank cell; one it failed at says OOM (or
     failed); the loss spread needs two paths' losses."""
@@ -723,6 +757,7 @@ def test_loss_memory_table_leaves_a_path_not_run_blank_and_names_a_failed_one(tm
     assert "| vocab | tokens | fp32 logits | chunked | plain | other | loss spread |" in lines
     assert "| 8,000 | 256 | 7.8 MiB |  | 2.0 MiB · 1.0 ms |  | — |" in lines
     assert "| 8,000 | 1,024 | 31.2 MiB | 1.0 MiB · 2.0 ms | **OOM** | **failed** | — |" in lines
+    assert lines[-1] == ""  # a device's table ends in a blank line: the next device's line is no table row
 
 
 def test_decode_table_tail_is_dashes_where_the_longest_context_failed(tmp_path, monkeypatch):
@@ -740,6 +775,7 @@ def test_decode_table_tail_is_dashes_where_the_longest_context_failed(tmp_path, 
     lines = bench.decode_section(rows, tmp_path)
     assert "| attention | 1 | 1.000 | **OOM** | — | — | — | — | — | — |" in lines
     assert "| mamba | 1 | 1.000 | 1.000 | 8.00 | 8x | 3.0 | 4.1k | 16.0 KiB | state (sdpa_kv_cache) |" in lines
+    assert lines[-1] == ""
 
 
 def test_numbers_change_format_at_their_documented_thresholds():
