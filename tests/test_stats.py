@@ -247,6 +247,7 @@ def test_seed_section_of_a_lower_is_better_metric_with_norms_and_sweep_points():
     rows = [row("attention", "pre", {"seq_len": 64}, [0.5, 0.3]), row("mamba", "pre", {"seq_len": 64}, [0.1, 0.1]),
             row("attention", "post", None, [0.4, 0.4]), row("mamba", "post", None, [0.6, 0.4])]
     rows[3]["metrics"]["ppl_bound"] = 12.5
+    rows[0]["train"] = {"lr": 1e-3}  # one seed's rate: no "(1/1 seeds)"
     one = "(n=1, no interval)"
     assert seeds.seed_section(rows, "miss")[:6] == [
         "| mixer | objective | norm | sweep | seeds | miss rate | ppl | ppl bound | lr "
@@ -257,7 +258,17 @@ def test_seed_section_of_a_lower_is_better_metric_with_norms_and_sweep_points():
         "| +0.100 [+0.000, +0.200] no (2 q) |",
         f"| mamba | autoregressive | pre | seq_len=64 | 1 | 0.10 {one} | 9.50 {one} | — | — "
         "| -0.300 [-0.400, -0.200] **yes** (2 q) |",
-        f"| attention | autoregressive | pre | seq_len=64 | 1 | 0.40 {one} | 9.50 {one} | — | — | (reference) |"]
+        f"| attention | autoregressive | pre | seq_len=64 | 1 | 0.40 {one} | 9.50 {one} | — | 0.001 | (reference) |"]
+    one_norm = seeds.seed_section([{**r, "norm": "pre"} for r in rows], "miss")  # sweep points alone
+    assert one_norm[0].startswith("| mixer | objective | sweep | seeds |") and one_norm[1].startswith("|---|---|---|---:|")
+
+
+def test_seed_section_ranks_cells_by_their_mean_over_seeds():
+    """Best first by the mean over a cell's seeds, whatever its number of seeds: one seed at 0.5 ranks
+    above three at 0.3 (their sum, 0.9, would not)."""
+    rows = [_row("three", s, [0.3]) for s in range(3)] + [_row("one", 0, [0.5])]
+    table = [ln for ln in seeds.seed_section(rows, "f1") if ln.startswith("| ")][1:]
+    assert [ln.split(" | ")[0] for ln in table] == ["| one", "| three"]
 
 
 def test_lr_sweep_section_in_full():
