@@ -244,7 +244,8 @@ def test_seed_section_of_a_lower_is_better_metric_with_norms_and_sweep_points():
                 "norm": norm, "sweep": sweep, "task_metrics": decl,
                 "metrics": {"miss": sum(miss) / 2, "ppl": 9.5}, "per_question": {"id": ["a", "b"], "miss": miss}}
 
-    rows = [row("attention", "pre", {"seq_len": 64}, [0.5, 0.3]), row("mamba", "pre", {"seq_len": 64}, [0.1, 0.1]),
+    point = {"seq_len": 64, "d_model": 32}
+    rows = [row("attention", "pre", point, [0.5, 0.3]), row("mamba", "pre", point, [0.1, 0.1]),
             row("attention", "post", None, [0.4, 0.4]), row("mamba", "post", None, [0.6, 0.4])]
     rows[3]["metrics"]["ppl_bound"] = 12.5
     rows[0]["train"] = {"lr": 1e-3}  # one seed's rate: no "(1/1 seeds)"
@@ -256,11 +257,13 @@ def test_seed_section_of_a_lower_is_better_metric_with_norms_and_sweep_points():
         f"| attention | autoregressive | post | — | 1 | 0.40 {one} | 9.50 {one} | — | — | (reference) |",
         f"| mamba | autoregressive | post | — | 1 | 0.50 {one} | 9.50 {one} | 12.50 {one} | — "
         "| +0.100 [+0.000, +0.200] no (2 q) |",
-        f"| mamba | autoregressive | pre | seq_len=64 | 1 | 0.10 {one} | 9.50 {one} | — | — "
+        f"| mamba | autoregressive | pre | d_model=32, seq_len=64 | 1 | 0.10 {one} | 9.50 {one} | — | — "
         "| -0.300 [-0.400, -0.200] **yes** (2 q) |",
-        f"| attention | autoregressive | pre | seq_len=64 | 1 | 0.40 {one} | 9.50 {one} | — | 0.001 | (reference) |"]
+        f"| attention | autoregressive | pre | d_model=32, seq_len=64 | 1 | 0.40 {one} | 9.50 {one} | — | 0.001 "
+        "| (reference) |"]
     one_norm = seeds.seed_section([{**r, "norm": "pre"} for r in rows], "miss")  # sweep points alone
-    assert one_norm[0].startswith("| mixer | objective | sweep | seeds |") and one_norm[1].startswith("|---|---|---|---:|")
+    assert one_norm[0].startswith("| mixer | objective | sweep | seeds |")
+    assert one_norm[1].startswith("|---|---|---|---:|")
 
 
 def test_seed_section_ranks_cells_by_their_mean_over_seeds():
