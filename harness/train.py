@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from core.data import Batch, BatchSampler, SeqSet
-from core.env import autocast, peak_memory, reset_peak_memory
+from core.env import autocast, peak_memory, reset_peak_memory, sync
 from harness.budget import Budget, BudgetMeter
 from harness.compiling import CUDAGRAPH_MODES, CompileWatch, compile_for_training, frames_compiled
 from harness.distributed import DistEnv, Parallel, SingleProcess, data_parallel
@@ -97,10 +97,9 @@ class TrainResult:
 
 
 def device_sync(device: torch.device) -> None:
-    """Wait for the work queued on `device` (a no-op off CUDA). A module-level function so a test can
-    stand in a slow device (tests/test_step.py)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """Wait for the work queued on `device` (`core.env.sync`: a no-op off CUDA). A function of this module
+    so a test can stand in a slow device for the training loop alone (tests/test_step.py)."""
+    sync(device)
 
 
 def wsd_multiplier(frac: float, cfg: TrainConfig) -> float:

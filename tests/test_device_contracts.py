@@ -60,15 +60,19 @@ def test_release_syncs_and_empties_the_cache_and_returns_a_sticky_error(monkeypa
 def test_a_training_wait_on_cuda_synchronizes_that_device_and_on_cpu_calls_nothing(monkeypatch):
     """`harness.train.device_sync` is how the budget waits for queued GPU work (a warm-up step, a drain
     before a dev check): on CUDA it must synchronize the device it is given, else the host's clock stops
-    while the GPU still works and the budget undercounts. (tests/test_step.py stands in the whole function.)"""
+    while the GPU still works and the budget undercounts. (tests/test_step.py stands in the whole function.)
+    Beneath it, `core.env.sync`, with which every timed span ends (the budget's clock, the benchmarks): on
+    CPU nothing CUDA is called (a CPU-only torch would raise)."""
     import harness.train as train_mod
 
     calls: list = []
     monkeypatch.setattr(torch.cuda, "synchronize", _recorder(calls, "synchronize"))
-    train_mod.device_sync(CPU)
-    assert calls == []
-    train_mod.device_sync(CUDA)
-    assert calls == [("synchronize", CUDA)]
+    for wait in (train_mod.device_sync, env.sync):
+        calls.clear()
+        wait(CPU)
+        assert calls == []
+        wait(CUDA)
+        assert calls == [("synchronize", CUDA)]
 
 
 # --- core/env.py ------------------------------------------------------------------------------------
@@ -88,18 +92,6 @@ def test_peak_memory_window_on_cuda_reads_the_allocators_peak(monkeypatch):
     assert calls[0] == ("reset", CUDA)
     assert env.peak_memory(CUDA) == 7_000
     assert calls[-1] == ("max", CUDA)
-
-
-def test_sync_waits_for_the_cuda_stream_on_cuda_only(monkeypatch):
-    """Every timed span ends with `sync`: on a GPU the wall clock would otherwise stop while kernels are
-    still queued (the step times of a row would be launch times). On CPU there is nothing to wait for and
-    nothing CUDA is called (a CPU-only torch would raise)."""
-    calls: list = []
-    monkeypatch.setattr(torch.cuda, "synchronize", _recorder(calls, "sync"))
-    env.sync(CPU)
-    assert calls == []
-    env.sync(CUDA)
-    assert calls == [("sync", CUDA)]
 
 
 def test_autocast_is_bf16_on_cuda_and_off_on_cpu(monkeypatch):
