@@ -25,6 +25,7 @@ import ast
 import copy
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -139,7 +140,10 @@ def _apply(node: ast.AST, how: tuple) -> None:
         node.value = how[1]
 
 
-MEMORY_ERRORS = ("MemoryError", "can't allocate memory", "std::bad_alloc")
+# how an allocation past the cap fails: Python's MemoryError (numpy's _ArrayMemoryError), torch's CPU
+# allocator, C++. Not a bare substring: a test whose output merely names torch's OutOfMemoryError (a row's
+# error text, a GPU stand-in) failed on an assertion, not on memory.
+MEMORY_ERRORS = re.compile(r"(?<![A-Za-z])MemoryError|_ArrayMemoryError|can't allocate memory|std::bad_alloc")
 
 
 def _run_tests(tests: list[str], timeout: float, max_memory_gib: float = 0.0) -> tuple[str, float, bool]:
@@ -165,7 +169,7 @@ def _run_tests(tests: list[str], timeout: float, max_memory_gib: float = 0.0) ->
     if done.returncode == 0:
         return "survived", secs, False
     text = done.stdout.decode("utf-8", "replace")
-    return "killed", secs, limit > 0 and any(m in text for m in MEMORY_ERRORS)
+    return "killed", secs, limit > 0 and MEMORY_ERRORS.search(text) is not None
 
 
 def _drop_bytecode(path: Path) -> None:
