@@ -776,6 +776,9 @@ def test_decode_table_tail_is_dashes_where_the_longest_context_failed(tmp_path, 
     assert "| attention | 1 | 1.000 | **OOM** | — | — | — | — | — | — |" in lines
     assert "| mamba | 1 | 1.000 | 1.000 | 8.00 | 8x | 3.0 | 4.1k | 16.0 KiB | state (sdpa_kv_cache) |" in lines
     assert lines[-1] == ""
+    # the device's setting comes from a row that ran, not from a failed one listed first
+    first_failed = [{**rows[1], "d_model": None, "n_layers": None}, rows[0], *rows[2:]]
+    assert bench.decode_section(first_failed, tmp_path)[4].startswith("**cpu: test**: tiny preset (d_model=64, 2 layers)")
 
 
 def test_numbers_change_format_at_their_documented_thresholds():
