@@ -742,7 +742,7 @@ def test_scaling_section_in_full_one_sub_section_per_device(tmp_path, monkeypatc
 
 def test_loss_memory_table_leaves_a_path_not_run_blank_and_names_a_failed_one(tmp_path, monkeypatch):
     """A (vocab, tokens) point one path was not run at is a blank cell; one it failed at says OOM (or
-    failed); the loss spread needs two paths' losses."""
+    failed); the loss spread needs two paths' losses (cce and plain at 256 tokens)."""
     from reports import bench
 
     monkeypatch.setattr(bench.figures, "loss_memory", lambda rows, path: None)
@@ -752,11 +752,13 @@ def test_loss_memory_table_leaves_a_path_not_run_blank_and_names_a_failed_one(tm
             {**base, "key": "p0", "impl": "plain", "n_tokens": 256, "peak_mem_bytes": 2**21, "ms_fwd_bwd": 1.0},
             {**base, "key": "p1", "impl": "plain", "n_tokens": 1024, "status": "failed",
              "error": "OutOfMemoryError: x"},
-            {**base, "key": "x1", "impl": "other", "n_tokens": 1024, "status": "failed", "error": "RuntimeError: y"}]
+            {**base, "key": "x1", "impl": "other", "n_tokens": 1024, "status": "failed", "error": "RuntimeError: y"},
+            {**base, "key": "k0", "impl": "cce", "n_tokens": 256, "peak_mem_bytes": 2**19, "ms_fwd_bwd": 0.5}]
     lines = bench.loss_memory_section(rows, tmp_path)
-    assert "| vocab | tokens | fp32 logits | chunked | plain | other | loss spread |" in lines
-    assert "| 8,000 | 256 | 7.8 MiB |  | 2.0 MiB · 1.0 ms |  | — |" in lines
-    assert "| 8,000 | 1,024 | 31.2 MiB | 1.0 MiB · 2.0 ms | **OOM** | **failed** | — |" in lines
+    # the four paths of harness/loss.py in their order, then any other
+    assert "| vocab | tokens | fp32 logits | cce | chunked | plain | other | loss spread |" in lines
+    assert "| 8,000 | 256 | 7.8 MiB | 512.0 KiB · 0.5 ms |  | 2.0 MiB · 1.0 ms |  | 0.0e+00 |" in lines
+    assert "| 8,000 | 1,024 | 31.2 MiB |  | 1.0 MiB · 2.0 ms | **OOM** | **failed** | — |" in lines
     assert lines[-1] == ""  # a device's table ends in a blank line: the next device's line is no table row
 
 
