@@ -109,30 +109,30 @@ def test_a_mutant_that_inflates_a_size_runs_out_of_memory_instead_of_taking_the_
     """Session 37's loss mutant `-(-D // 64)` -> `-(-D * 64)` took one pytest to 17.7 GB. Under
     `--max-memory` such a mutant fails its tests with a MemoryError: killed, its row marked `memory`.
     Here the mutant (`0 * 3` -> `1 * 3`) asks 3 GiB, which the test would get without the cap, and pass."""
-    toy = "def gib():\n    return 0 * 3\n"
-    module, test = _toy_project(
-        tmp_path, "from toy import gib\n\ndef test_buffer():\n    assert len(bytearray(gib() << 30)) == gib() << 30\n",
-        module_source=toy)
-    out = tmp_path / "rows.jsonl"
-    index = {s.kind: s.index for s in audit.sites(toy)}["const 0->1"]
-    rc = audit.main([str(module), str(test), "--out", str(out), "--only", str(index), "--max-memory", "1"])
-    assert rc == 0 and module.read_text(encoding="utf-8") == toy
-    (row,) = map(json.loads, out.read_text().splitlines())
+    row = _audit_one(tmp_path, "def gib():\n    return 0 * 3\n",
+                     "from toy import gib\n\ndef test_buffer():\n    assert len(bytearray(gib() << 30)) == gib() << 30\n",
+                     "const 0->1", "--max-memory", "1")
     assert (row["result"], row.get("memory")) == ("killed", True)
+
+
+def _audit_one(tmp_path, toy: str, test_source: str, kind: str, *flags: str) -> dict:
+    """Audit the one mutant of `kind` in a toy module against one test; its row (the module restored)."""
+    module, test = _toy_project(tmp_path, test_source, module_source=toy)
+    out = tmp_path / "rows.jsonl"
+    index = {s.kind: s.index for s in audit.sites(toy)}[kind]
+    assert audit.main([str(module), str(test), "--out", str(out), "--only", str(index), *flags]) == 0
+    assert module.read_text(encoding="utf-8") == toy
+    (row,) = map(json.loads, out.read_text().splitlines())
+    return row
 
 
 def test_a_test_that_names_an_out_of_memory_error_fails_on_its_assertion_not_on_memory(tmp_path):
     """Report and benchmark tests carry rows whose error is torch's `OutOfMemoryError`: a mutant that fails
     such a test on an assertion is killed, not marked `memory` (the word inside another name is no
     MemoryError)."""
-    toy = 'def error():\n    return "OutOfMemoryError: " + str(0 * 3)\n'
-    module, test = _toy_project(
-        tmp_path, "from toy import error\n\ndef test_error():\n    assert error() == 'OutOfMemoryError: 0'\n",
-        module_source=toy)
-    out = tmp_path / "rows.jsonl"
-    index = {s.kind: s.index for s in audit.sites(toy)}["const 0->1"]
-    assert audit.main([str(module), str(test), "--out", str(out), "--only", str(index), "--max-memory", "1"]) == 0
-    (row,) = map(json.loads, out.read_text().splitlines())
+    row = _audit_one(tmp_path, 'def error():\n    return "OutOfMemoryError: " + str(0 * 3)\n',
+                     "from toy import error\n\ndef test_error():\n    assert error() == 'OutOfMemoryError: 0'\n",
+                     "const 0->1", "--max-memory", "1")
     assert row["result"] == "killed" and not row.get("memory")
     assert audit.MEMORY_ERRORS.search("E   MemoryError") and audit.MEMORY_ERRORS.search("_ArrayMemoryError: Unable")
     assert not audit.MEMORY_ERRORS.search("torch.OutOfMemoryError: CUDA out of memory")
