@@ -721,12 +721,17 @@ def test_scaling_section_in_full_one_sub_section_per_device(tmp_path, monkeypatc
             {**cpu, "key": "m256", "mixer": "mamba", "seq_len": 256, "ms_per_seq": 2.0, "tokens_per_s": 1.3e5},
             {**gpu, "key": "g256", "mixer": "mamba", "seq_len": 256, "ms_per_seq": 0.1, "tokens_per_s": 2.6e6,
              "peak_mem_bytes": 2**20, "mem_measure": "allocator peak"},
-            {**gpu, "key": "g512", "mixer": "mamba", "seq_len": 512, "status": "failed", "error": "RuntimeError: boom"}]
+            {**gpu, "key": "g512", "mixer": "mamba", "seq_len": 512, "status": "failed", "error": "RuntimeError: boom"},
+            # out of memory is said in its cell and never listed below: the table already names it
+            {**gpu, "key": "o512", "mixer": "attention", "seq_len": 512, "status": "failed",
+             "error": "OutOfMemoryError: CUDA out of memory"}]
     assert bench.scaling_section(rows, tmp_path)[4:] == [
         "**NVIDIA H200**: d_model=64, 1024 tokens per step, fp32, bidirectional. Peak memory: allocator peak.", "",
-        "| fwd+bwd ms per sequence | N=256 | N=512 |", "|---|---:|---:|", "| mamba | 0.10 | **failed** |", "",
-        "| tokens / s | N=256 | N=512 |", "|---|---:|---:|", "| mamba | 2.6M | **failed** |", "",
-        "| peak memory | N=256 | N=512 |", "|---|---:|---:|", "| mamba | 1.0 MiB | **failed** |", "",
+        "| fwd+bwd ms per sequence | N=256 | N=512 |", "|---|---:|---:|",
+        "| attention |  | **OOM** |", "| mamba | 0.10 | **failed** |", "",
+        "| tokens / s | N=256 | N=512 |", "|---|---:|---:|", "| attention |  | **OOM** |", "| mamba | 2.6M | **failed** |", "",
+        "| peak memory | N=256 | N=512 |", "|---|---:|---:|",
+        "| attention |  | **OOM** |", "| mamba | 1.0 MiB | **failed** |", "",
         "- mamba at N=512: RuntimeError: boom", "",
         "**cpu: Test**: d_model=64, 1024 tokens per step, fp32, causal. Peak memory: n/a on this device.", "",
         "| fwd+bwd ms per sequence | N=256 | N=512 |", "|---|---:|---:|",
