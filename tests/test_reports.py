@@ -758,11 +758,13 @@ def test_loss_memory_table_leaves_a_path_not_run_blank_and_names_a_failed_one(tm
             {**base, "key": "p1", "impl": "plain", "n_tokens": 1024, "status": "failed",
              "error": "OutOfMemoryError: x"},
             {**base, "key": "x1", "impl": "other", "n_tokens": 1024, "status": "failed", "error": "RuntimeError: y"},
-            {**base, "key": "k0", "impl": "cce", "n_tokens": 256, "peak_mem_bytes": 2**19, "ms_fwd_bwd": 0.5}]
+            {**base, "key": "k0", "impl": "cce", "n_tokens": 256, "peak_mem_bytes": 2**19, "ms_fwd_bwd": 0.5},
+            # a path that ran where nothing measures memory (a CPU) says so in its cell, with its time
+            {**base, "key": "c0", "impl": "chunked", "n_tokens": 256, "peak_mem_bytes": None, "ms_fwd_bwd": 1.5}]
     lines = bench.loss_memory_section(rows, tmp_path)
     # the four paths of harness/loss.py in their order, then any other
     assert "| vocab | tokens | fp32 logits | cce | chunked | plain | other | loss spread |" in lines
-    assert "| 8,000 | 256 | 7.8 MiB | 512.0 KiB · 0.5 ms |  | 2.0 MiB · 1.0 ms |  | 0.0e+00 |" in lines
+    assert "| 8,000 | 256 | 7.8 MiB | 512.0 KiB · 0.5 ms | n/a · 1.5 ms | 2.0 MiB · 1.0 ms |  | 0.0e+00 |" in lines
     assert "| 8,000 | 1,024 | 31.2 MiB |  | 1.0 MiB · 2.0 ms | **OOM** | **failed** | — |" in lines
     assert lines[-1] == ""  # a device's table ends in a blank line: the next device's line is no table row
 
@@ -779,8 +781,12 @@ def test_decode_table_tail_is_dashes_where_the_longest_context_failed(tmp_path, 
     rows = [{**base, "key": f"{m}{T}", "mixer": m, "context": T, "step_ms": 1.0} for m in ("attention", "mamba")
             for T in (256, 1024)]
     rows[1].update(status="failed", error="OutOfMemoryError: x")  # attention at 1,024
+    # a mixer whose longest context ran without the rerun path (no rerun time, so no speed-up): dashes there only
+    rows += [{**base, "key": "g1024", "mixer": "gated_context", "context": 1024, "step_ms": 2.0, "rerun_ms": None,
+              "speedup": None}]
     lines = bench.decode_section(rows, tmp_path)
     assert "| attention | 1 | 1.000 | **OOM** | — | — | — | — | — | — |" in lines
+    assert "| gated_context | 1 |  | 2.000 | — | — | 3.0 | 4.1k | 16.0 KiB | state (sdpa_kv_cache) |" in lines
     assert "| mamba | 1 | 1.000 | 1.000 | 8.00 | 8x | 3.0 | 4.1k | 16.0 KiB | state (sdpa_kv_cache) |" in lines
     assert lines[-1] == ""
     # the device's setting comes from a row that ran, not from a failed one listed first
