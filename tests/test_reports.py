@@ -816,3 +816,96 @@ def test_a_grid_tables_number_columns_are_right_aligned_and_its_text_columns_lef
     align = dict(zip((h.strip() for h in head.strip("|").split("|")), rule.strip("|").split("|")))
     assert {align[h] for h in ("ppl", "eval n", "params", "train tok/s")} == {"---:"}
     assert {align[h] for h in ("mixer", "norm", "budget", "device", "status")} == {"---"}
+
+
+# ---- the grid table's helpers, one by one (the mutation audit of reports/tables.py found each unheld) ----
+
+def test_state_floats_at_differing_lengths_name_each_rows_length_in_its_cell():
+    """Where rows measured their state at different T the header cannot name one T: each cell does."""
+    from reports.tables import grid_table
+
+    a = _row("attention", "autoregressive", metrics={**_qa(0.3, 0.5), "state_T": 256})
+    b = _row("mamba", "autoregressive", metrics={**_qa(0.2, 0.4, state=64), "state_T": 512})
+    lines = grid_table([a, b])[0].splitlines()
+    head = [h.strip() for h in lines[0].strip("|").split("|")]
+    col = head.index("state floats at T")
+    assert [_cells(line)[col] for line in lines[2:]] == ["1k (T=256)", "**64 (T=512)**"]
+    # one shared T: the header names it and the cells do not repeat it
+    b["metrics"]["state_T"] = 256
+    lines = grid_table([a, b])[0].splitlines()
+    head = [h.strip() for h in lines[0].strip("|").split("|")]
+    assert [_cells(line)[head.index("state floats at T=256")] for line in lines[2:]] == ["1k", "**64**"]
+
+
+def test_the_legend_explains_cpu_speeds_and_decoding_paths_only_where_the_table_has_them():
+    """`~` is explained when a model's speed was measured on a CPU (not for a GPU grid); the decoding
+    paths when the table shows `answer ms` (a grid table always does; a table of other columns does not)."""
+    from reports.tables import grid_table, legend
+
+    rows = [_row(m, "autoregressive", device="NVIDIA H200", metrics=_qa(0.3, 0.5)) for m in ("attention", "mamba")]
+    cols = grid_table(rows)[1]
+    text = legend(cols, rows)
+    assert "`train tok/s`" in text and "`~`" not in text and "- decoding path of `answer ms`" in text
+    assert "- decoding path" not in legend([c for c in cols if c.key != "latency"], rows)
+    rows[0]["device"] = "cpu: test"  # one speed measured on a CPU: the line that says what `~` means
+    assert "- `~`: a speed measured on a CPU" in legend(grid_table(rows)[1], rows)
+
+
+def test_settings_name_every_option_and_the_ranks_of_a_device_seconds_budget():
+    from reports.tables import settings
+
+    row = _row("attention", "autoregressive", budget="seconds=60", device="NVIDIA H200",
+               mixer_opts={"window": 8, "heads": 2}, task_opts={"eval_limit": 500, "max_len": 256})
+    del row["world_size"]  # an older row: one rank
+    s = settings(row)
+    assert (s["mixer_opts"], s["task_opts"], s["device"]) == ("heads=2, window=8", "eval_limit=500, max_len=256",
+                                                              "NVIDIA H200")
+    assert settings({**row, "world_size": 1})["device"] == "NVIDIA H200"
+    assert settings({**row, "world_size": 2})["device"] == "NVIDIA H200 ×2"
+
+
+def test_a_variant_joins_its_settings_and_the_shared_one_leaves_out_the_mixers_options():
+    from reports.tables import mark_variants
+
+    rows = [_row("attention", "autoregressive", key="a", train={"lr": 1e-3}, budget="tokens=1",
+                 mixer_opts={"heads": 2}),
+            _row("attention", "autoregressive", key="b", train={"lr": 3e-3}, budget="tokens=2",
+                 mixer_opts={"heads": 4})]
+    mark_variants(rows)
+    assert rows[0]["_variant"] == "lr 0.001 · heads=2 · budget tokens=1"
+    assert rows[0]["_shared_variant"] == "lr 0.001 · budget tokens=1"
+
+
+def test_failed_rows_sort_last_even_with_a_metric_and_rows_without_the_metric_after_those_with():
+    from reports.tables import sort_rows
+
+    rows = [_row("mamba", "autoregressive", key="failed", status="failed", metrics={"f1": 0.9}),
+            _row("wave_modulation", "autoregressive", key="none", metrics={"em": 0.1}),
+            _row("attention", "autoregressive", key="half", metrics={"f1": 0.5})]
+    assert [r["key"] for r in sort_rows(rows, "f1")] == ["half", "none", "failed"]
+
+
+def test_full_split_table_sorts_by_the_first_metric_it_has_when_the_headline_is_missing():
+    """Sorted by the headline metric when the full-split scores hold it, else by their first metric; a
+    reference without that metric sorts last and shows a dash."""
+    from reports.tables import full_split_table
+
+    decl = [{"key": "f1", "header": "F1", "better": "max", "headline": True},
+            {"key": "em", "header": "EM", "better": "max"}, {"key": "acc", "header": "acc", "better": "max"}]
+    refs = []
+    for n, full in (("c", {"acc": 0.99, "eval_n": 10}), ("b", {"em": 0.3, "acc": 0.9, "eval_n": 10}),
+                    ("a", {"em": 0.5, "acc": 0.1, "eval_n": 10})):
+        refs.append({**_ref(n, "baseline", 0, 0, full=full), "task_metrics": decl})
+    assert full_split_table(refs).splitlines()[2:] == ["| *a* | baseline | 0.500 | 0.100 | 10 |",
+                                                       "| *b* | baseline | 0.300 | 0.900 | 10 |",
+                                                       "| *c* | baseline | — | 0.990 | 10 |"]
+
+
+def test_reference_rules_name_each_reference_once_and_no_decoding_path_reads_n_a():
+    from reports.tables import decode_paths_line, esc, reference_rules
+
+    refs = [_ref("title", "baseline", 0, 0), _ref("overlap", "baseline", 0, 0)]
+    assert reference_rules(refs + refs) == ["- *title* (baseline): rule of title",
+                                            "- *overlap* (baseline): rule of overlap"]
+    assert decode_paths_line([]).startswith("- decoding path of `answer ms`: n/a. ")
+    assert esc("a|b\nc") == "a\\|b c"
