@@ -826,15 +826,14 @@ def test_state_floats_at_differing_lengths_name_each_rows_length_in_its_cell():
 
     a = _row("attention", "autoregressive", metrics={**_qa(0.3, 0.5), "state_T": 256})
     b = _row("mamba", "autoregressive", metrics={**_qa(0.2, 0.4, state=64), "state_T": 512})
-    lines = grid_table([a, b])[0].splitlines()
-    head = [h.strip() for h in lines[0].strip("|").split("|")]
-    col = head.index("state floats at T")
-    assert [_cells(line)[col] for line in lines[2:]] == ["1k (T=256)", "**64 (T=512)**"]
+    head, _, *body = grid_table([a, b])[0].splitlines()
+    col = _cells(head).index("state floats at T")
+    assert [_cells(line)[col] for line in body] == ["1k (T=256)", "**64 (T=512)**"]
     # one shared T: the header names it and the cells do not repeat it
     b["metrics"]["state_T"] = 256
-    lines = grid_table([a, b])[0].splitlines()
-    head = [h.strip() for h in lines[0].strip("|").split("|")]
-    assert [_cells(line)[head.index("state floats at T=256")] for line in lines[2:]] == ["1k", "**64**"]
+    head, _, *body = grid_table([a, b])[0].splitlines()
+    col = _cells(head).index("state floats at T=256")
+    assert [_cells(line)[col] for line in body] == ["1k", "**64**"]
 
 
 def test_the_legend_explains_cpu_speeds_and_decoding_paths_only_where_the_table_has_them():
@@ -901,7 +900,7 @@ def test_full_split_table_sorts_by_the_first_metric_it_has_when_the_headline_is_
                                                        "| *c* | baseline | — | 0.990 | 10 |"]
 
 
-def test_reference_rules_name_each_reference_once_and_no_decoding_path_reads_n_a():
+def test_reference_rules_once_no_decoding_path_n_a_and_a_cell_kept_on_one_line():
     from reports.tables import decode_paths_line, esc, reference_rules
 
     refs = [_ref("title", "baseline", 0, 0), _ref("overlap", "baseline", 0, 0)]
