@@ -24,13 +24,14 @@ def test_mean_ci_n3_is_the_student_t_interval():
     assert stats.t975(1000) == pytest.approx(1.962, abs=2e-3)  # large df: close to the normal quantile
 
 
-@pytest.mark.parametrize("df, t", [(1, 12.706), (2, 4.303), (30, 2.042), (31, 2.0395), (40, 2.0211),
-                                   (60, 2.0003), (120, 1.9799)])
-def test_t975_matches_published_quantiles_at_both_edges_of_its_table(df, t):
-    """Seed intervals use t_{0.975, n-1}: df 1 (two seeds) and 30 end the table, 31 on use the expansion
-    (published two-sided 95% values; the expansion is within 1e-4 of them). A quantile read one row
-    off, or a wrong expansion term, widens or narrows every interval in the reports."""
-    assert stats.t975(df) == pytest.approx(t, abs=1e-4)
+@pytest.mark.parametrize("df, t, tol", [(1, 12.706, 1e-4), (2, 4.303, 1e-4), (30, 2.042, 1e-4), (31, 2.039513, 5e-6),
+                                        (40, 2.021075, 5e-6), (60, 2.000298, 5e-6), (120, 1.979930, 5e-6)])
+def test_t975_matches_published_quantiles_at_both_edges_of_its_table(df, t, tol):
+    """Seed intervals use t_{0.975, n-1}: df 1 (two seeds) and 30 end the table (3 decimals), 31 on use
+    the expansion (published two-sided 95% values to 6 decimals; the third-order expansion is within
+    2e-6 of them). A quantile read one row off, or a wrong expansion term, widens or narrows every
+    interval in the reports."""
+    assert stats.t975(df) == pytest.approx(t, abs=tol)
 
 
 def test_paired_bootstrap_of_a_constant_difference_is_that_difference_in_every_resample():
@@ -47,6 +48,37 @@ def test_paired_bootstrap_resamples_every_question():
     off by one) would put the whole interval at 0, below the observed mean difference 0.25."""
     d = stats.paired_bootstrap(np.array([1.0, 0.0, 0.0, 0.0]), np.zeros(4), resamples=2000)
     assert d.diff == 0.25 and d.lo == 0.0 and d.hi >= 0.5
+
+
+def test_paired_bootstrap_by_default_is_seeded_with_0_so_a_reports_interval_can_be_reproduced():
+    """A report's intervals are the default call's: the same numbers as an explicit seed 0 (what the
+    module's docstring promises a reader rerunning them), not another seed's."""
+    a, b = _planted(np.random.default_rng(3), q=50, n_seeds=2, delta=0.02)
+    d, d0, d1 = (stats.paired_bootstrap(a, b, resamples=500), stats.paired_bootstrap(a, b, resamples=500, seed=0),
+                 stats.paired_bootstrap(a, b, resamples=500, seed=1))
+    assert (d.lo, d.hi) == (d0.lo, d0.hi) and (d.lo, d.hi) != (d1.lo, d1.hi)
+
+
+@pytest.mark.parametrize("q, resamples", [(3, 700_000), (3_000_000, 3)])
+def test_paired_bootstrap_draws_its_resample_indices_in_blocks_of_at_most_2m(monkeypatch, q, resamples):
+    """Memory stays bounded whatever the counts: indices are drawn at most 2,000,000 at a time (one
+    resample, q indices, when q alone is more), and the blocks cover every resample exactly once.
+    q = 3 sits where 2,000,000 // q rounds down (666,666 resamples a block, not 666,667)."""
+    blocks = []
+    real = np.random.default_rng
+
+    class Recording:
+        def __init__(self, seed):
+            self.rng = real(seed)
+
+        def integers(self, lo, hi, size):
+            blocks.append(size)
+            return np.zeros(size, dtype=np.int64)  # question 0 every time: the values do not matter here
+
+    monkeypatch.setattr(stats.np.random, "default_rng", Recording)
+    stats.paired_bootstrap(np.ones(q), np.zeros(q), resamples=resamples)
+    assert all(n * width <= max(width, 2_000_000) and width == q for n, width in blocks), blocks[:3]
+    assert sum(n for n, _ in blocks) == resamples
 
 
 def _planted(rng, q: int, n_seeds: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +144,10 @@ def test_aligned_scores_pairs_by_seed_and_question_id_and_explains_failures():
     # one cell scored on more questions: not paired on the common part either (its mean is not comparable)
     assert "same questions" in stats.aligned_scores([_row("m", 0, [0.1], ["x"])], b[1:], "f1")
     assert "no seed in common" in stats.aligned_scores([_row("m", 5, [0.1, 0.2], ["x", "y"])], b, "f1")
+    # one seed's two cells scored other questions, the other seed's the same: refused, whatever the union is
+    a2 = [_row("m", 0, [0.1, 0.2], ["x", "y"]), _row("m", 1, [0.3, 0.4], ["x", "y"])]
+    b2 = [_row("attention", 0, [0.5, 0.6], ["x", "z"]), _row("attention", 1, [0.7, 0.8], ["x", "y"])]
+    assert "same questions" in stats.aligned_scores(a2, b2, "f1")
 
 
 def test_seed_section_aggregates_n1_and_n3_and_marks_significance():
