@@ -462,6 +462,9 @@ def test_a_report_of_a_grid_that_is_not_there_is_an_error_naming_the_grids_that_
     append_row(tmp_path / "results" / "g.jsonl", _row("attention", "autoregressive", metrics=_qa(0.0, 0.1, ppl=9.0)))
     with pytest.raises(ResultsFileError, match=r"no grid 'gg': no .*gg\.jsonl \(grids there: g\)"):
         write_reports(tmp_path / "results", tmp_path / "reports", "gg")
+    append_row(tmp_path / "results" / "h.jsonl", _row("attention", "autoregressive", metrics=_qa(0.0, 0.1, ppl=9.0)))
+    with pytest.raises(ResultsFileError, match=r"\(grids there: g, h\)$"):
+        write_reports(tmp_path / "results", tmp_path / "reports", "gg")
     r = subprocess.run([sys.executable, "run_matrix.py", "--report-only", "--grid", "gg", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: no grid 'gg'") and len(r.stderr.splitlines()) == 1
@@ -628,13 +631,15 @@ def test_python_m_reports_prints_what_it_wrote_or_that_there_was_nothing(tmp_pat
 
 def test_the_header_says_n_a_for_what_no_row_records(tmp_path):
     """A grid whose cells have not run yet (only its references are written): the header's per-cell fields
-    (budget, preset) and a commit no row recorded say n/a, never an empty cell or 'None'."""
+    (budget, preset) and a commit, package versions or times no row recorded say n/a, never an empty cell or 'None'."""
     ref = _ref("title", "baseline", 0.11, 0.19)
     ref["git_commit"] = None
+    ref["versions"] = {}
+    ref["started_at"] = None
     append_row(tmp_path / "results" / "g.jsonl", ref)
     write_reports(tmp_path / "results", tmp_path / "reports")
     text = (tmp_path / "reports" / "g" / "README.md").read_text()
-    for field in ("budget (per cell)", "preset", "git commit"):
+    for field in ("budget (per cell)", "preset", "git commit", "packages", "rows written"):
         assert f"| {field} | n/a |" in text, field
     assert "| device | `cpu: test` |" in text  # (a field the reference does record is shown)
 
@@ -908,3 +913,79 @@ def test_reference_rules_once_no_decoding_path_n_a_and_a_cell_kept_on_one_line()
                                             "- *overlap* (baseline): rule of overlap"]
     assert decode_paths_line([]).startswith("- decoding path of `answer ms`: n/a. ")
     assert esc("a|b\nc") == "a\\|b c"
+
+
+def test_a_new_report_drops_the_figures_of_the_last_one_in_the_grid_and_the_benchmark_folders(tmp_path):
+    """Figures are redrawn on every run: a PNG left from an earlier report (a mixer since dropped, a
+    renamed figure) must not sit beside the new README as if it were current; other files stay."""
+    results = tmp_path / "results"
+    append_row(results / "g.jsonl", _row("attention", "autoregressive", metrics=_qa(0.3, 0.5, ppl=8.0)))
+    for r in bench_rows()[0]:
+        append_row(results / "bench_scaling.jsonl", r)
+    for folder in ("g", "benchmarks"):
+        (tmp_path / "reports" / folder).mkdir(parents=True)
+        (tmp_path / "reports" / folder / "stale.png").write_bytes(PNG_MAGIC)
+        (tmp_path / "reports" / folder / "notes.txt").write_text("kept")
+    written = write_reports(results, tmp_path / "reports")
+    assert [p.parent.name for p in written] == ["g", "benchmarks"]
+    for folder in ("g", "benchmarks"):
+        pngs = {p.name for p in (tmp_path / "reports" / folder).glob("*.png")}
+        assert pngs and "stale.png" not in pngs, (folder, pngs)
+        assert (tmp_path / "reports" / folder / "notes.txt").read_text() == "kept"
+
+
+def test_the_data_line_describes_the_model_cells_data_and_a_references_only_where_no_model_has_any():
+    """A reference row can carry the data of another preparation (its own tokenizer, a full split): the
+    line above a table describes what the models were trained and scored on, and falls back to a
+    reference's only when no model row records its data. A sample of the evaluation split says so; the
+    whole split, or a row that does not record the split's size, does not."""
+    from reports import _data_line
+
+    ref = _ref("title", "baseline", 0.1, 0.2)
+    ref["data"] = {"eval_questions": 4420}
+    model = _row("attention", "autoregressive", metrics=_qa(0.3, 0.5))
+    line = _data_line([ref, model])
+    assert line.startswith("Data: 4,000 training / 400 dev questions") and "500 evaluation questions" in line
+    del model["data"]
+    assert _data_line([ref, model]) == "Data: 4,420 evaluation questions."
+    assert _data_line([model]) is None
+    model["data"] = {"train_questions": 10}  # a count the row does not record: n/a, not 0 and not 'None'
+    assert _data_line([model]) == "Data: 10 training / 0 dev questions (n/a training tokens)."
+    whole = _row("attention", "autoregressive", metrics=_qa(0.3, 0.5))  # scored on the whole split: no sample
+    whole["data"].update(eval_questions=4420, eval_questions_total=4420)
+    assert "; 4,420 evaluation questions; tokenizer" in _data_line([whole])
+    whole["data"]["eval_questions"] = 500
+    assert "; 500 evaluation questions (a seeded sample of 4,420); tokenizer" in _data_line([whole])
+
+
+@pytest.mark.parametrize("seeds, warned", [((0,), True), ((0, 1), False), ((0, 1, 2), False)])
+def test_a_section_warns_that_one_seed_is_no_evidence_only_when_its_cells_ran_one_seed(tmp_path, monkeypatch, seeds,
+                                                                                      warned):
+    """Two seeds already give each cell a spread (the seed table's interval): the one-seed warning is for
+    a section whose model cells all ran the same single seed."""
+    import reports as rep
+
+    for name in ("score_by_mixer", "loss_curves", "quality_vs_speed", "sweep_curves"):
+        monkeypatch.setattr(rep.figures, name, lambda *a, **k: None)
+    rows = [_row("attention", "autoregressive", seed=s, metrics=_qa(0.3, 0.5 + s / 100, ppl=8.0)) for s in seeds]
+    text = "\n".join(rep.group_section("jsquad", "jsquad-offline", rows, tmp_path))
+    assert ("One seed per cell" in text) is warned
+
+
+def test_run_details_write_each_field_of_a_cell_and_a_dash_for_each_one_it_does_not_record():
+    """The run details are the place a reader checks how a cell ran (its backends, loss path, where its best
+    checkpoint was, its seconds): every recorded field in its cell, the objective's options without the
+    loss path (its own column), and a dash, never 'None' or an empty cell, where a row records nothing."""
+    from reports import _run_details
+
+    full = _row("mamba", "diffusion", seed=2, metrics=_qa(0.1, 0.2), wall_s=70.04,
+                backend={"mixer": ["torch_parallel_scan", "triton"], "loss": "cce"},
+                train={"steps": 12, "epochs": 1.5, "best_fraction": 0.75, "best_dev_loss": 2.3456, "dev_tokens": 4096},
+                objective_info={"steps": 16, "length": 24, "loss_impl": "cce"})
+    bare = _row("attention", "autoregressive", metrics=_qa(0.1, 0.2), train={}, timing={})
+    lines = _run_details([full, bare, _row("gated_context", "autoregressive", status="failed")])
+    assert lines[-3:] == ["", "</details>", ""] and len(lines) == 4 + 2 + 3  # the failed cell has no line
+    assert lines[4] == ("| attention | autoregressive | 0 | — | — | — | — | — | — | — | — | — | — | — | — | — |")
+    assert lines[5] == ("| mamba | diffusion | 2 | steps=16, length=24 | torch_parallel_scan,triton | cce | 12 | 1.50 "
+                        "| 75% of budget | 2.346 | 4,096 | 1.0 | 12.5 | 3.2 | 40.0 | 70.0 |")
+    assert _run_details([_row("mamba", "diffusion", status="failed")]) == []
