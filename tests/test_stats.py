@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -65,17 +66,12 @@ def test_paired_bootstrap_draws_its_resample_indices_in_blocks_of_at_most_2m(mon
     resample, q indices, when q alone is more), and the blocks cover every resample exactly once.
     q = 3 sits where 2,000,000 // q rounds down (666,666 resamples a block, not 666,667)."""
     blocks = []
-    real = np.random.default_rng
 
-    class Recording:
-        def __init__(self, seed):
-            self.rng = real(seed)
+    def integers(lo, hi, size):  # records each block's (resamples, questions); the values do not matter here
+        blocks.append(size)
+        return np.zeros(size, dtype=np.int64)
 
-        def integers(self, lo, hi, size):
-            blocks.append(size)
-            return np.zeros(size, dtype=np.int64)  # question 0 every time: the values do not matter here
-
-    monkeypatch.setattr(stats.np.random, "default_rng", Recording)
+    monkeypatch.setattr(stats.np.random, "default_rng", lambda seed: SimpleNamespace(integers=integers))
     stats.paired_bootstrap(np.ones(q), np.zeros(q), resamples=resamples)
     assert all(n * width <= max(width, 2_000_000) and width == q for n, width in blocks), blocks[:3]
     assert sum(n for n, _ in blocks) == resamples
