@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from tasks import DataError
+from tasks.net import reachable
 
 KINDS = ("passages", "dir", "hf")
 HF_HOST = "huggingface.co"
@@ -96,20 +96,9 @@ def _dir_documents(path: Path) -> Iterator[str]:
             yield "\n".join(lines)
 
 
-def _reachable(host: str) -> bool:
-    try:
-        socket.setdefaulttimeout(5)
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
-    finally:
-        socket.setdefaulttimeout(None)
-
-
 def _hf_documents(spec: str, cache_dir: Path) -> Iterator[str]:
     name, _, config = spec.partition(":")
-    if not _reachable(HF_HOST):
+    if not reachable(HF_HOST):
         raise DataError(f"hf:{spec}: cannot reach {HF_HOST} to stream it (offline?); use dir:PATH with local text "
                         "files (e.g. dir:../shared/data/aozora-pd) or passages")
     import datasets

@@ -31,7 +31,6 @@ Truncation policy, applied when a sequence exceeds `max_len`:
 from __future__ import annotations
 
 import dataclasses
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from tasks import DataError, Metric, PrepareContext, Reference, Task, TaskData, 
 from tasks import jsquad_baselines as jb
 from tasks.jsquad_files import VERSION, QAItem, find_split, load_file, parse_articles
 from tasks.jsquad_metric import corpus_scores, score
+from tasks.net import reachable
 from tasks.tokenizer import JaTokenizer, TokenizerSettings, train_or_load
 
 OFFICIAL_BASE = "https://raw.githubusercontent.com/yahoojapan/JGLUE/main/datasets/jsquad-v1.3"
@@ -59,13 +59,8 @@ def fetch_official(cache_dir: Path, base: str = OFFICIAL_BASE) -> dict[str, list
     """The official train and valid splits, downloaded and cached by `datasets`."""
     if base.startswith("http"):
         host = base.split("/")[2]
-        try:
-            socket.setdefaulttimeout(5)
-            socket.getaddrinfo(host, 443)
-        except OSError:
-            raise DataError(f"cannot reach {host} to download JSQuAD (offline?): {_online_hint()}") from None
-        finally:
-            socket.setdefaulttimeout(None)
+        if not reachable(host):
+            raise DataError(f"cannot reach {host} to download JSQuAD (offline?): {_online_hint()}")
     try:
         import datasets
     except ImportError:

@@ -78,6 +78,27 @@ class JaTokenizer:
         return self.sp.decode([int(i) for i in ids if int(i) not in drop])
 
 
+def _size_and_coverage(chars: Counter[str], vocab_size: int) -> tuple[int, float]:
+    """The vocabulary size and SentencePiece `character_coverage` to train with, from character counts.
+
+    Japanese has thousands of characters: a small vocabulary keeps the most frequent ones as pieces (at
+    most half the vocabulary, but SentencePiece insists on >= 98% character coverage) and byte_fallback
+    covers the rest. A vocabulary too small even for that is raised to fit: the characters that reach
+    98% of the text, + 6 specials, 256 bytes and 64 merges (the size actually trained is what the
+    results record). The coverage sits just below the kept characters' share, so SentencePiece keeps
+    exactly those."""
+    freqs = sorted(chars.values(), reverse=True)
+    total, cum, need98 = sum(freqs), 0, 0
+    for need98, f in enumerate(freqs, 1):
+        cum += f
+        if cum >= 0.98 * total:
+            break
+    vocab_size = max(vocab_size, need98 + 6 + 256 + 64)
+    keep = min(len(freqs), vocab_size // 2)
+    coverage = 1.0 if keep == len(freqs) else max(0.98, sum(freqs[:keep]) / total - 1e-9)
+    return vocab_size, coverage
+
+
 def _train_proto(texts: list[str], settings: TokenizerSettings) -> bytes:
     import fugashi
     import sentencepiece as spm
@@ -92,23 +113,11 @@ def _train_proto(texts: list[str], settings: TokenizerSettings) -> bytes:
                 counts[w.surface.replace("\t", " ")] += 1
     if not counts:
         raise ValueError("cannot train a tokenizer on empty text")
-    # Japanese has thousands of characters: a small vocabulary keeps the most frequent ones as pieces
-    # (at most half the vocabulary, but SentencePiece insists on >= 98% character coverage) and
-    # byte_fallback covers the rest. A vocabulary too small even for that is raised to fit (the
-    # size actually trained is what the results record).
     chars: Counter[str] = Counter()
     for w, c in counts.items():
         for ch in w:
             chars[ch] += c
-    freqs = sorted(chars.values(), reverse=True)
-    total, cum, need98 = sum(freqs), 0, 0
-    for need98, f in enumerate(freqs, 1):
-        cum += f
-        if cum >= 0.98 * total:
-            break
-    vocab_size = max(settings.vocab_size, need98 + 6 + 256 + 64)  # + specials, bytes, some merges
-    keep = min(len(freqs), vocab_size // 2)
-    coverage = 1.0 if keep == len(freqs) else max(0.98, sum(freqs[:keep]) / total - 1e-9)
+    vocab_size, coverage = _size_and_coverage(chars, settings.vocab_size)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(f"{w}\t{c}" for w, c in counts.most_common()),

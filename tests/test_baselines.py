@@ -115,3 +115,78 @@ def test_a_references_resume_key_is_its_name_and_everything_its_score_depends_on
     assert a != reference_key(ref("overlap_span", protocol="p", eval_n=11))
     assert a != reference_key(ref("overlap_span", protocol="q", eval_n=10))
     assert a != reference_key(ref("title", protocol="p", eval_n=10))
+
+
+# ----------------------------------------------------------------------------- the rule, step by step
+# Each case below is worked by hand from `overlap_span`'s docstring. With the question 東京は誰か the
+# question's bigrams are {東京, 京は}: a candidate's `near` counts the characters of 東京 within 4
+# positions of it. The report cites this baseline as the floor a model must beat, so its rule is held
+# exactly, not only by its score on the fixture.
+
+def _span(question: str, paragraph: str) -> str:
+    return jb.overlap_span(QAItem("x", "t", paragraph, question, ["-"], [0]))
+
+
+def test_describe_is_the_first_line_of_the_baselines_docstring():
+    assert jb.describe("title") == "Always answer the article title (JSQuAD contexts start with it)."
+
+
+def test_character_bigrams_skip_punctuation_and_end_at_the_last_pair():
+    assert jb._bigrams("東京、大阪") == {"東京", "大阪"}
+    assert jb._bigrams("東京駅") == {"東京", "京駅"}
+    assert jb._bigrams("東") == set()
+
+
+@pytest.mark.parametrize("wh", ["何", "誰", "いつ", "どこ", "どの", "どれ", "どう", "どんな", "いくつ", "いくら", "なぜ"])
+def test_each_wh_word_is_masked_out_of_the_question_bigrams(wh):
+    """The wh-word and both bigrams touching it go; its neighbours do not join into a new bigram."""
+    assert jb._question_bigrams(f"東京は{wh}か") == {"東京", "京は"}
+
+
+def test_overlap_sentence_answers_one_sentence_of_the_paragraph():
+    it = QAItem("x", "t", "富士山は高い。東京駅は辰野金吾が設計した。大阪", "東京駅を設計したのは誰か。", ["-"], [0])
+    assert jb.overlap_sentence(it) == "東京駅は辰野金吾が設計した。"
+
+
+def test_overlap_span_reads_a_candidate_at_either_end_of_the_sentence():
+    assert _span("東京駅を設計したのは誰か。", "辰野金吾が東京駅を設計した。") == "辰野金吾"  # from position 0
+    assert _span("東京駅を設計したのは誰か。", "東京駅を設計したのは辰野金吾") == "辰野金吾"  # to the last character
+    # every character covered (the last bigram too): no candidate, so the whole sentence
+    assert _span("東京駅は何か。", "東京駅") == "東京駅"
+
+
+def test_overlap_span_ties_go_to_the_leftmost_candidate():
+    assert _span("東京は誰か。", "山田と東京と川口") == "山田"  # 山田 2, 川口 2
+
+
+def test_a_hiragana_run_between_question_words_is_no_candidate():
+    # とても (near 3) is all hiragana: dropped; 山田 (near 2) answers, not the whole sentence
+    assert _span("東京は誰か。", "東京とても東京山田") == "山田"
+
+
+def test_the_number_bonus_is_3_and_only_for_a_number_question():
+    n = "東京は何年か。"  # 何 + a counter: a number question
+    assert _span(n, "東京山田東京とかの1") == "山田"  # 山田 4, "1" 1 + 3: a tie, the leftmost wins
+    assert _span(n, "東京山田東京と1") == "1"  # 山田 4, "1" 2 + 3
+    assert _span("東京は誰か。", "山田東京とかの1") == "山田"  # not a number question: 山田 2, "1" 1, no bonus
+
+
+def test_length_penalty_starts_past_8_characters():
+    # 9 characters: 2 - 0.1 loses to 山田's 2; 8 characters: 2, a tie, the leftmost wins
+    assert _span("東京は誰か。", "阿部伊藤宇野江藤尾東京山田。") == "山田"
+    assert _span("東京は誰か。", "阿部伊藤宇野江藤東京山田。") == "阿部伊藤宇野江藤"
+
+
+def test_near_counts_covered_characters_4_either_side_from_the_sentence_start():
+    # 山田 counts 東京 at positions 0-1 (near 2) and ties 川口 (near 2) on the left
+    assert _span("東京は誰か。", "東京山田、のののの川口東京") == "山田"
+    # 山田's window ends 4 after it, short of 東 (near 0); 川口 sees 京 (near 1)
+    assert _span("東京は誰か。", "山田のののの東京ののの川口") == "川口"
+
+
+def test_the_ceiling_of_no_questions_is_nan_with_eval_n_0():
+    import math
+
+    r = jb.roundtrip_scores([], list, "".join, 3)
+    assert set(r) == {"em", "f1", "eval_n"} and r["eval_n"] == 0
+    assert math.isnan(r["em"]) and math.isnan(r["f1"])

@@ -145,3 +145,52 @@ def test_an_amount_of_number_characters_that_is_no_number_is_one_clear_error(tex
     with pytest.raises(BudgetError, match=f"^budget amount is not a number: {re.escape(repr(text))}$"):
         Budget.parse(text)
     assert Budget.parse("tokens=3_000") == Budget("tokens", 3000.0)  # the underscore form is a number
+
+
+def test_a_budgets_slug_is_its_text_with_a_dash_for_the_file_names():
+    assert Budget.parse("tokens=3000").slug == "tokens-3000"
+    assert Budget.parse("a100_seconds=0.5").slug == "a100_seconds-0.5"
+
+
+def test_a_batch_of_fewer_tokens_than_a_row_still_holds_one_row():
+    """batch_tokens below the mean length (6 of 12) is one row per batch, 12 tokens, never zero rows."""
+    data = _rows(20, 12)
+    check_budget(Budget.parse("tokens=12"), data, batch_size=8, batch_tokens=6)
+    with pytest.raises(BudgetError, match=r"~12 tokens"):
+        check_budget(Budget.parse("tokens=11"), data, batch_size=8, batch_tokens=6)
+
+
+def test_a_meters_check_counts_rows_unless_told_a_token_batch():
+    data = _rows(20, 12)
+    meter = BudgetMeter(Budget.parse("tokens=95"), torch.device("cpu"))
+    with pytest.raises(BudgetError, match=r"~96 tokens"):  # 8 rows of 12
+        meter.check(data, 8)
+    assert meter.check(data, 8, batch_tokens=48) is meter  # 4 rows of 12
+
+
+def test_each_timed_round_waits_for_the_gpu_before_and_after(monkeypatch):
+    """CUDA calls return before the GPU has run them: a round's clock must start after a sync (the warm-up
+    done) and stop after one (its own calls done), or it times the launches, not the matmuls."""
+    events: list[str] = []
+
+    class Fake:
+        def __matmul__(self, other):
+            events.append("mm")
+
+    monkeypatch.setattr(hb, "_FACTOR_CACHE", {})
+    monkeypatch.setattr(hb, "torch", types.SimpleNamespace(randn=lambda *s, **k: Fake(), bfloat16=torch.bfloat16,
+                                                           float32=torch.float32))
+    monkeypatch.setattr(hb, "sync", lambda device: events.append("sync"))
+    monkeypatch.setattr(hb, "time", types.SimpleNamespace(perf_counter=lambda: events.append("clock") or float(len(events))))
+    hb.device_speed(torch.device("cuda"))
+    assert events == ["mm"] * 3 + (["sync", "clock"] + ["mm"] * 10 + ["sync", "clock"]) * 5
+
+
+def test_an_adopted_speed_replaces_the_measured_one_whole(monkeypatch):
+    """A recorded speed (an older row may carry fewer fields) replaces this process's measurement field by
+    field: none of the measured fields stays behind beside it, except as measured_now."""
+    device = torch.device("cpu")
+    monkeypatch.setattr(hb, "_FACTOR_CACHE", {str(device): {"a100_factor": 0.002, "matmul_tflops": 0.5,
+                                                            "matmul": "float32 1024^3, best of 1 x 5"}})
+    adopt_speed(device, {"a100_factor": 0.001})
+    assert hb._FACTOR_CACHE[str(device)] == {"a100_factor": 0.001, "measured_now": 0.002}

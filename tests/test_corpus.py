@@ -24,7 +24,7 @@ def _fake_datasets(monkeypatch, rows=None, error: Exception | None = None) -> di
         return iter(rows)
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    monkeypatch.setattr(corpus, "_reachable", lambda host: True)
+    monkeypatch.setattr(corpus, "reachable", lambda host: True)
     return seen
 
 
@@ -96,3 +96,53 @@ def test_the_cache_key_follows_the_text_a_source_gives(tmp_path):
     assert len(set(hf)) == 3
     p = Source.parse("passages")
     assert corpus.identity(p, ["x"]) != corpus.identity(p, ["y"])
+
+
+@pytest.mark.parametrize("answers", [True, False], ids=["online", "offline"])
+def test_the_network_probe_asks_dns_under_5_s_and_leaves_no_timeout_behind(monkeypatch, answers):
+    """One probe (tasks/net.py) serves the corpora and the JSQuAD download: DNS for the host on port 443
+    under a 5 s socket timeout, the process default set back afterwards either way."""
+    import socket
+
+    from tasks.net import reachable
+
+    asked = []
+
+    def dns(host, port, *a, **k):
+        asked.append((host, port, socket.getdefaulttimeout()))
+        if not answers:
+            raise OSError("no network")
+        return [("addr",)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    assert socket.getdefaulttimeout() is None
+    assert reachable(corpus.HF_HOST) is answers
+    assert asked == [("huggingface.co", 443, 5)]
+    assert socket.getdefaulttimeout() is None
+
+
+def test_checking_a_dir_source_fails_fast_on_a_missing_or_empty_directory(tmp_path):
+    with pytest.raises(DataError, match="no such directory"):
+        corpus.check(Source.parse(f"dir:{tmp_path / 'missing'}"), [])
+    with pytest.raises(DataError, match=r"no \*\.txt files"):
+        corpus.check(Source.parse(f"dir:{tmp_path}"), [])
+    (tmp_path / "a.txt").write_text("本文\n", encoding="utf-8")
+    corpus.check(Source.parse(f"dir:{tmp_path}"), [])  # a directory with text passes
+
+
+def test_a_dir_document_is_its_lines_joined_by_newlines_also_at_the_end_of_a_file(tmp_path):
+    (tmp_path / "a.txt").write_text("一\n二\n\n\n三\n四", encoding="utf-8")  # no blank line, no newline at the end
+    assert list(corpus.documents(Source.parse(f"dir:{tmp_path}"), [], tmp_path)) == ["一\n二", "三\n四"]
+
+
+def test_a_cap_of_one_character_is_a_cap():
+    assert list(corpus.documents(Source.parse("passages"), ["ab", "cd"], None, max_chars=1)) == ["a"]
+    assert list(corpus.documents(Source.parse("passages"), ["ab", "cd"], None, max_chars=0)) == ["ab", "cd"]
+
+
+def test_a_sources_short_name_for_grids_and_tables():
+    assert Source.parse("hf:someone/wiki:ja").short == "someone-wiki"  # no config, no slash
+    assert Source.parse("hf:wiki").short == "wiki"
+    assert Source.parse("passages").short == "passages"
+    assert Source.parse("dir:/").short == "dir"  # the root has no base name
+    assert Source.parse("dir:../shared/data/aozora-pd/").short == "aozora-pd"

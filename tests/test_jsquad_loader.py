@@ -2,6 +2,7 @@
 pointed at local files), and one clear error for bad input."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,7 @@ def test_online_without_network_is_one_clear_line(cache_dir, monkeypatch):
     def no_dns(*a, **k):
         raise OSError("no network")
 
-    monkeypatch.setattr(jsq.socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     with pytest.raises(DataError, match="--data-dir") as e:
         _prepare(None, cache_dir)
     assert "\n" not in str(e.value)
@@ -113,15 +114,15 @@ def test_the_network_probe_waits_5_s_at_most_and_leaves_no_timeout_behind(cache_
     asked: list[tuple[str, int, float | None]] = []
 
     def no_dns(host, port, *a, **k):
-        asked.append((host, port, jsq.socket.getdefaulttimeout()))
+        asked.append((host, port, socket.getdefaulttimeout()))
         raise OSError("no network")
 
-    monkeypatch.setattr(jsq.socket, "getaddrinfo", no_dns)
-    assert jsq.socket.getdefaulttimeout() is None
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    assert socket.getdefaulttimeout() is None
     with pytest.raises(DataError, match="cannot reach raw.githubusercontent.com"):
         jsq.fetch_official(cache_dir)
     assert asked == [("raw.githubusercontent.com", 443, 5)]
-    assert jsq.socket.getdefaulttimeout() is None
+    assert socket.getdefaulttimeout() is None
 
 
 def test_example_format_and_targets(offline_dir, cache_dir):
@@ -415,3 +416,29 @@ def test_the_task_declares_em_and_f1_with_f1_the_headline():
     grid ranks cells by."""
     task = tasks.build("jsquad")
     assert [(m.key, m.header, m.headline) for m in task.metrics] == [("em", "EM", False), ("f1", "F1", True)]
+
+
+# ----------------------------------------------------------------------------- the files' format, edge by edge
+
+def test_only_the_first_sep_splits_title_from_paragraph_and_a_start_of_0_is_a_start():
+    from tasks.jsquad_files import parse_articles
+
+    arts = [{"title": "T", "paragraphs": [
+        {"context": "題 [SEP] 前 [SEP] 後", "qas": [{"id": 1, "question": "q", "answers": [{"text": "後", "answer_start": 16}]}]},
+        {"context": "京都は古都。", "qas": [{"id": 2, "question": "q", "answers": [{"text": "京都", "answer_start": 0},
+                                                                             {"text": "古都"}]}]}]}]
+    a, b = parse_articles(arts, "x")
+    assert (a.title, a.paragraph, a.starts) == ("題", "前 [SEP] 後", [8])  # 16 - len("題 [SEP] ")
+    assert a.paragraph[a.starts[0]] == "後"
+    assert (b.title, b.paragraph, b.starts) == ("T", "京都は古都。", [0, -1])  # SQuAD style: the article's title
+
+
+def test_a_split_without_its_v13_file_is_read_from_its_newest_version(tmp_path):
+    from tasks.jsquad_files import find_split
+
+    for v in ("v1.1", "v1.2"):
+        (tmp_path / f"valid-{v}.json").write_text("{}", encoding="utf-8")
+    assert find_split(tmp_path, "valid") == tmp_path / "valid-v1.2.json"
+    assert find_split(tmp_path, "test") is None
+    (tmp_path / "valid.json").write_text("{}", encoding="utf-8")
+    assert find_split(tmp_path, "valid") == tmp_path / "valid.json"  # an unversioned name before a guess

@@ -92,3 +92,78 @@ def test_the_model_on_meta_imports_the_mixers_outside_the_meta_device(monkeypatc
     model = on_meta(LMConfig(vocab_size=50, d_model=64, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
     assert seen and "meta" not in seen, seen
     assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("name", ["attention", "wave_interference", "mamba"])
+def test_the_matched_mlp_width_is_the_multiple_of_8_nearest_the_target(name):
+    """Widths 8 apart bracket the target: the solved one must be the closer of its two neighbours, not
+    one step off (a ±5% tolerance alone lets a width 8 too narrow through)."""
+    import dataclasses
+
+    from harness.model import _count_on_meta
+
+    p = PRESETS["small"]
+    cfg = matched_config(p, name, True)
+    assert cfg.mlp_hidden % 8 == 0
+    gap = lambda h: abs(_count_on_meta(dataclasses.replace(cfg, mlp_hidden=h)) - p.target_params)  # noqa: E731
+    assert gap(cfg.mlp_hidden) <= min(gap(cfg.mlp_hidden - 8), gap(cfg.mlp_hidden + 8))
+
+
+def test_the_narrowest_mlp_is_8_wide_and_a_smaller_target_is_refused():
+    import dataclasses
+
+    from harness.model import LMConfig, _count_on_meta
+
+    p = PRESETS["tiny"]
+    base = LMConfig(p.vocab_size, p.d_model, p.n_layers, "attention", True, mlp_hidden=8)
+    n8, n16 = _count_on_meta(base), _count_on_meta(dataclasses.replace(base, mlp_hidden=16))
+    assert matched_config(dataclasses.replace(p, target_params=n8), "attention", True).mlp_hidden == 8
+    with pytest.raises(ValueError, match="more than the target"):  # the nearest width would be 0
+        matched_config(dataclasses.replace(p, target_params=n8 - (n16 - n8)), "attention", True)
+
+
+def test_a_causal_model_called_with_a_mask_reads_the_batch_as_right_padded(monkeypatch):
+    """`model(ids, pad_mask)` on a causal model: no real token sees a pad after it, so the mixers get no
+    mask (their fast path, e.g. SDPA is_causal); `right_padded=False` (a left-padded prompt) keeps it.
+    A bidirectional model always keeps it."""
+    from harness.model import LMConfig
+
+    def masks_seen(causal, **kw):
+        model = LM(LMConfig(vocab_size=50, d_model=32, n_layers=2, mixer="attention", causal=causal, mlp_hidden=32))
+        seen = []
+        for blk in model.blocks:
+            forward = blk.mixer.forward
+            monkeypatch.setattr(blk.mixer, "forward", lambda x, m, f=forward: seen.append(m) or f(x, m))
+        pad = torch.tensor([[True, True, False]])
+        model(torch.randint(0, 50, (1, 3)), pad, **kw)
+        return [m is None for m in seen]
+
+    assert masks_seen(True) == [True, True]
+    assert masks_seen(True, right_padded=False) == [False, False]
+    assert masks_seen(False) == [False, False]
+
+
+def test_initialisation_scales_the_residual_outputs_by_depth():
+    """GPT-2's init: every linear and the embedding N(0, 0.02), biases zero; the projections that write
+    into the residual stream (MLP down, mixer out) N(0, 0.02 / sqrt(2 n_layers)), so 8 layers give 0.005."""
+    import torch.nn as nn
+
+    from harness.model import LMConfig
+
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=512, d_model=128, n_layers=8, mixer="attention", causal=True, mlp_hidden=512))
+    stds = {n: p.std().item() for n, p in model.named_parameters() if p.dim() == 2}
+    scaled = [n for n in stds if n.endswith(("out.weight", "down.weight", "out_proj.weight"))]
+    assert len(scaled) == 16  # one mixer output and one MLP down per layer
+    for n, s in stds.items():
+        assert s == pytest.approx(0.005 if n in scaled else 0.02, rel=0.05), n
+
+    lin = nn.Linear(64, 64, bias=True)  # a mixer may bring a biased projection
+    LM._init(lin)
+    assert torch.all(lin.bias == 0) and lin.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_the_mlp_has_two_bias_free_projections():
+    from harness.model import MLP
+
+    assert [n for n, _ in MLP(16, 64).named_parameters()] == ["up.weight", "down.weight"]

@@ -95,14 +95,14 @@ def test_hf_source_streams_a_text_dataset(tmp_path, monkeypatch):
         seen.update(name=name, config=config, streaming=kw.get("streaming"))
         return real("text", data_files=str(f), split="train", streaming=True)
 
-    monkeypatch.setattr(corpus, "_reachable", lambda host: True)
+    monkeypatch.setattr(corpus, "reachable", lambda host: True)
     monkeypatch.setattr(datasets, "load_dataset", fake)
     assert list(corpus.documents(Source.parse("hf:someone/wiki:ja"), [], tmp_path)) == ["ab", "cde"]
     assert seen == {"name": "someone/wiki", "config": "ja", "streaming": True}
 
 
 def test_hf_source_offline_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "_reachable", lambda host: False)
+    monkeypatch.setattr(corpus, "reachable", lambda host: False)
     with pytest.raises(DataError, match="cannot reach huggingface.co") as e:
         list(corpus.documents(Source.parse("hf:wikipedia:20231101.ja"), [], tmp_path))
     assert "\n" not in str(e.value)
@@ -582,3 +582,21 @@ def test_the_pretraining_stage_is_sharded_like_the_task_stage():
     pre = plan.stages[0]
     assert pre.sampler[0] == "shard" and isinstance(pre.sampler[1], pt.BatchSampler)
     assert pre.objective == "lm form" and pre.until == 0.5 and pre.data_tokens == 12 and plan.task.sampler == "task sampler"
+
+
+def test_overlap_matches_the_first_40_characters_without_whitespace():
+    """Two Wikipedia snapshots differ in later edits and in spacing: a JaQuAD paragraph whose first 40
+    characters (NFKC, whitespace removed) equal a held-out paragraph's is the same paragraph; 39 equal
+    characters are not enough, and a title differing only in spaces is the same title."""
+    head = "あいうえおかきくけこさしすせそたちつてとなにぬねのはひふへほまみむめもやゆよらり"  # 40 characters
+    assert len(head) == jaquad.PREFIX_CHARS == 40
+
+    def art(title, context):
+        return {"title": title, "paragraphs": [{"context": context, "qas": [{"id": "q"}]}]}
+
+    held = {head + "る。"}
+    arts = [art("一", head + "れ。"), art("二", head[:39] + "ん" + "る。"), art("三", " ".join(head) + "\nる。")]
+    kept, info = jaquad.filter_overlap(arts, set(), held)
+    assert [a["title"] for a in kept] == ["二"] and info["dropped_by_paragraph"] == 2
+    kept, info = jaquad.filter_overlap([art("オスマン 帝国", "別の本文。")], {"オスマン帝国"}, set())
+    assert kept == [] and info["dropped_by_title"] == 1

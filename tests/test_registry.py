@@ -178,3 +178,28 @@ def test_key_value_pairs_split_at_the_first_equals_sign():
     assert parse_kv(None, "--mixer-opt") == {}
     with pytest.raises(ValueError, match="--task-opt takes KEY=VALUE, got 'seq_len'"):
         parse_kv(["seq_len"], "--task-opt")
+
+
+def test_a_union_with_str_keeps_the_text_and_one_without_refuses_it():
+    """`int | str` (a number or a name) cannot guess which is meant: the text stays text. `int | float`
+    has no single type to parse with: refused, as a tuple is."""
+
+    @dataclasses.dataclass
+    class Mixed:
+        size: int | str = 1
+        step: int | float = 1
+
+    assert coerce_options(Mixed, {"size": "16"}, "toy").size == "16"
+    with pytest.raises(ValueError, match=r"option step='2': an option of type .* cannot be given as text"):
+        coerce_options(Mixed, {"step": "2"}, "toy")
+
+
+def test_a_scoped_option_is_validated_when_parsed_not_when_its_cell_runs():
+    """A bad value fails while the grid is being planned, naming the option, before any cell trains."""
+    import mixers
+    from core.registry import scoped_opts
+
+    with pytest.raises(ValueError, match=r"option head_dim='sixteen' is not a valid int"):
+        scoped_opts(["attention.head_dim=sixteen"], "--mixer-opt", ["attention"], mixers.REGISTRY)
+    with pytest.raises(ValueError, match=r"option head_dim='sixteen' is not a valid int"):
+        scoped_opts(["head_dim=sixteen"], "--mixer-opt", ["attention", "mamba"], mixers.REGISTRY)

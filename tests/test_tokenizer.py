@@ -94,3 +94,63 @@ def test_training_on_no_words_is_a_clear_error(tmp_path, texts):
     with pytest.raises(ValueError, match="cannot train a tokenizer on empty text"):
         train_or_load(texts, TokenizerSettings(vocab_size=300), tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_cached_model_is_loaded_not_trained_again_and_its_folder_is_made(tmp_path, monkeypatch):
+    import tasks.tokenizer as tk
+
+    cache = tmp_path / "not" / "yet"  # a --cache-dir that does not exist yet, two levels deep
+    a = train_or_load(TRAIN_TEXTS, TokenizerSettings(vocab_size=300), cache)
+    assert len(list(cache.glob("spm-*.model"))) == 1
+
+    def no_training(*args):
+        raise AssertionError("trained again although the model is cached")
+
+    monkeypatch.setattr(tk, "_train_proto", no_training)
+    b = train_or_load(TRAIN_TEXTS, TokenizerSettings(vocab_size=300), cache)
+    assert a.sp.serialized_model_proto() == b.sp.serialized_model_proto()
+
+
+def _chars(*counts: int):
+    from collections import Counter
+
+    return Counter({chr(0x4E00 + i): c for i, c in enumerate(counts)})
+
+
+def test_a_small_vocabulary_is_raised_to_the_characters_of_98_percent_plus_326():
+    from tasks.tokenizer import _size_and_coverage
+
+    # counts sorted high to low: 50, 80, 98 of 100 reach 98% at the 3rd character -> 3 + 6 + 256 + 64
+    assert _size_and_coverage(_chars(1, 30, 50, 1, 18), 10) == (329, 1.0)
+    assert _size_and_coverage(_chars(50, 30, 17, 2, 1), 10) == (330, 1.0)  # 50, 80, 97, 99: the 4th
+    assert _size_and_coverage(_chars(50, 30, 18, 1, 1), 8000) == (8000, 1.0)  # a size that fits is kept
+
+
+def test_character_coverage_keeps_half_the_vocabulary_of_characters_but_at_least_98_percent():
+    from tasks.tokenizer import _size_and_coverage
+
+    chars = _chars(*([100] * 400 + [1] * 600))  # 1,000 characters, 40,600 in all; 98% at the 398th
+    size, coverage = _size_and_coverage(chars, 1800)  # keeps 900: 40,000 + 500 of 40,600
+    assert size == 1800
+    assert coverage < 40500 / 40600 and coverage == pytest.approx(40500 / 40600, abs=1e-8)  # just below
+    assert _size_and_coverage(chars, 10) == (724, 0.98)  # keeps 362 (89%): SentencePiece's floor
+    assert _size_and_coverage(chars, 2000) == (2000, 1.0)  # room for every character
+
+
+def test_sentencepiece_is_trained_on_each_mecab_words_count(monkeypatch):
+    """SentencePiece sees MeCab words with their counts (TSV `word<TAB>count`, most frequent first), not
+    the raw text: the counts weigh which pieces it keeps, so each must be the word's true count."""
+    import sentencepiece as spm
+
+    import tasks.tokenizer as tk
+
+    seen = {}
+
+    def train(**kw):
+        seen.update(kw, lines=list(kw.pop("sentence_iterator")))
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", train)
+    tk._train_proto(["東京と東京。", "大阪"], TokenizerSettings(vocab_size=300))
+    assert seen["lines"][0] == "東京\t2" and sorted(seen["lines"][1:]) == ["。\t1", "と\t1", "大阪\t1"]
+    # 8 characters, 6 distinct: 98% needs all 6, so 300 is raised to 6 + 326; all 6 fit in half of it
+    assert seen["input_format"] == "tsv" and seen["vocab_size"] == 332 and seen["character_coverage"] == 1.0
