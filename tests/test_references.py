@@ -57,3 +57,21 @@ def test_a_reference_that_fails_to_score_is_a_failed_row_and_the_others_go_on(mq
     again = write_references(task, data, ctx, results, done_keys(results), "g", {}, log=lines.append)
     assert [r["reference"]["name"] for r in again] == ["middle"] and again[0]["status"] == "ok"
     assert done_keys(results) == {reference_key(r) for r in _refs(None)}
+
+
+def test_a_reference_row_records_its_time_and_no_training(mqar, tmp_path, monkeypatch):
+    """A reference trains nothing (no parameters, no tokens, one process) and its wall time is the time its
+    scoring took, on the clock read around it; its log line names its setting and every float metric."""
+    import harness.references as hr
+
+    task, data, ctx = mqar
+    clock = iter([100.0, 101.256])
+    monkeypatch.setattr(hr.time, "perf_counter", lambda: next(clock))
+    ref = tasks.Reference("floor", "baseline", "always wrong", {"r": 1}, setting="identity",
+                          score=lambda: {"em": 0.25, "f1": 0.5, "eval_n": 4})
+    monkeypatch.setattr(task, "references", lambda data, ctx: [ref])
+    lines: list[str] = []
+    (row,) = write_references(task, data, ctx, tmp_path / "g.jsonl", set(), "g", {}, log=lines.append)
+    assert row["wall_s"] == 1.26
+    assert (row["params"], row["tokens_seen"], row["world_size"], row["loss_curve"]) == (0, 0, 1, [])
+    assert lines == ["  ref    floor (identity): em=0.250 f1=0.500 on 4 items"]
