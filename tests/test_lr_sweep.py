@@ -158,6 +158,54 @@ def test_rates_parse_and_auto_follows_the_preset():
             lr_sweep.parse_rates(bad, 1e-3)
 
 
+def test_auto_rates_at_the_ends_of_the_log_grid_keep_the_one_neighbour_there_is():
+    assert lr_sweep.auto_rates(1e-4) == [1e-4, 3e-4] and lr_sweep.auto_rates(3e-2) == [1e-2, 3e-2]
+
+
+def test_a_short_budget_is_a_fraction_in_0_1_of_the_cells_in_whole_tokens():
+    """Tokens round up to a whole token; seconds stay as they are; the whole budget (1) is a fraction, 0 is not."""
+    assert lr_sweep.short_budget(Budget("tokens", 1001), 0.5) == Budget("tokens", 501.0)
+    assert lr_sweep.short_budget(Budget("seconds", 45), 0.5) == Budget("seconds", 22.5)
+    assert lr_sweep.short_budget(Budget("a100_seconds", 45), 1.0) == Budget("a100_seconds", 45)
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=rf"^--lr-sweep-frac must be in \(0, 1\], got {bad}$"):
+            lr_sweep.short_budget(Budget("tokens", 1000), bad)
+
+
+def test_the_record_rounds_seconds_to_hundredths():
+    rec = lr_sweep.run_sweep([1e-3, 3e-3], 0.5, Budget("tokens", 100),
+                             lambda lr, b: lr_sweep.Trial(lr, 2.0, 10, 1.23456, 0.98765))
+    assert [(t["seconds"], t["train_seconds"]) for t in rec["table"]] == [(1.23, 0.99)] * 2
+    assert rec["seconds"] == 2.47  # the total of the unrounded times, rounded
+
+
+def test_a_short_runs_seconds_are_its_wall_time_whether_it_diverged_or_not(monkeypatch):
+    """A trial costs the wall time around its training (dev checks included: the real cost of the sweep),
+    read from the clock before and after; a diverged run's time counts too."""
+    now = [1000.0]
+
+    def train(model, objective, train_set, dev_set, budget, cfg, device, dist=None):
+        now[0] += 7.0
+        if cfg.lr == 1e-2:
+            raise FloatingPointError("non-finite loss")
+        return TrainResult(tokens_seen=5, train_seconds=6.0, best_dev_loss=1.0, best_fraction=1.0)
+
+    monkeypatch.setattr(lr_sweep, "train", train)
+    monkeypatch.setattr(lr_sweep.time, "perf_counter", lambda: now[0])
+    dev = SeqSet(torch.ones(4, 4, dtype=torch.long), torch.ones(4, 4, dtype=torch.bool), np.full(4, 4))
+    run = lr_sweep.train_trial(lambda: "model", None, None, dev, TrainConfig(lr=9.0), "cpu")
+    ok, diverged = run(1e-3, Budget("tokens", 500)), run(1e-2, Budget("tokens", 500))
+    assert (ok.seconds, ok.train_seconds) == (7.0, 6.0) and diverged.seconds == 7.0
+
+
+def test_the_cache_makes_its_folder(tmp_path):
+    """The grid's cache is `<cache>/lr_sweep/<cell key>.json`: the first short run of a grid makes the folders."""
+    path = tmp_path / "cache" / "lr_sweep" / "k.json"
+    trial = lr_sweep.Trial(1e-3, 2.0, 10, 1.0)
+    lr_sweep.TrialCache(path).put(trial, Budget("tokens", 5))
+    assert lr_sweep.TrialCache(path).get(1e-3, Budget("tokens", 5)) == trial
+
+
 def _args(data_dir, out, cache, *extra):
     return ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(data_dir), "--out", str(out),
             "--cache-dir", str(cache), "--no-progress", "--grid", "t", "--objectives", "autoregressive", *extra]

@@ -344,3 +344,45 @@ def test_a_training_run_outside_the_grid_draws_a_bar_redrawn_once_per_percent(mo
     update(None)
     assert bar.closed
     assert _progress(False)(0.5) is None and len(bars) == 1  # off: no bar at all
+
+
+def test_the_bar_redraws_each_change_at_once_and_closes(capsys):
+    """The grid's bar is written the moment a cell starts, changes phase or finishes (a slow cell's new phase
+    must show as it begins, not at the next tqdm tick); the same phase text again is no change (its count
+    stays); a phase with no cell running is ignored; close() ends the bar. On by default, it follows the
+    terminal's width."""
+    cells = [FakeCell("autoregressive", "attention x ar (seed 0)"), FakeCell("autoregressive", "b")]
+    p = GridProgress(cells)
+    assert p.bar is not None and p.bar.dynamic_ncols
+    capsys.readouterr()
+    p.start(cells[0])
+    assert "attention x ar (seed 0): start" in capsys.readouterr().err
+    p.phase("train 10%", 0.1)
+    assert "attention x ar (seed 0): train 10%" in capsys.readouterr().err
+    p.phase("train 10%", 0.5)
+    assert p.bar.n == pytest.approx(0.1) and capsys.readouterr().err == ""
+    p.finish(cells[0])
+    err = capsys.readouterr().err
+    assert "left]" in err and "train" not in err and "train" not in str(p.bar)
+    p.phase("evaluate answers 1/4", 0.5)
+    assert p.text == "" and p.bar.n == 1 and capsys.readouterr().err == ""
+    p.close()
+    assert p.bar.disable
+
+
+def test_no_bar_when_disabled_or_when_there_are_no_cells():
+    cell = FakeCell("autoregressive", "a")
+    assert GridProgress([cell], enabled=False).bar is None and GridProgress([], enabled=True).bar is None
+    assert PoolProgress({"a": cell}, slots=1, enabled=False).bar is None
+    assert PoolProgress({}, slots=1, enabled=True).bar is None
+
+
+def test_the_pool_bar_is_on_by_default_draws_at_once_and_closes(capsys):
+    p = PoolProgress({"a": FakeCell("autoregressive", "attention x ar (seed 0)")}, slots=1)
+    assert p.bar is not None
+    capsys.readouterr()
+    p.update("a", "train 40%", 0.4)
+    p.draw()
+    assert "1 running: attention x ar (seed 0): train 40%" in capsys.readouterr().err
+    p.close()
+    assert p.bar.disable
