@@ -106,16 +106,19 @@ def tokenize_cached(src: Source, passages: list[str], tok, cache_dir: Path, max_
     n_docs = n_chars = n_tok = 0
     tok_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tok_path.with_suffix(f".tmp{os.getpid()}")
-    with tmp.open("wb") as fh:
-        for doc in documents(src, passages, Path(cache_dir), max_chars):
-            ids = _encode_doc(tok, doc, newline) + [eos]
-            fh.write(np.asarray(ids, dtype=dtype).tobytes())
-            n_docs, n_chars, n_tok = n_docs + 1, n_chars + len(doc), n_tok + len(ids)
-            if n_docs % 5000 == 0:
-                log(f"[pretrain] {src}: {n_chars:,} characters tokenised ...")
-    if n_tok == 0:
-        tmp.unlink()
-        raise DataError(f"--pretrain {src}: empty corpus (no text in it)")
+    try:  # a source that fails part-way (a file not UTF-8, Ctrl-C) leaves no partial file in the cache
+        with tmp.open("wb") as fh:
+            for doc in documents(src, passages, Path(cache_dir), max_chars):
+                ids = _encode_doc(tok, doc, newline) + [eos]
+                fh.write(np.asarray(ids, dtype=dtype).tobytes())
+                n_docs, n_chars, n_tok = n_docs + 1, n_chars + len(doc), n_tok + len(ids)
+                if n_docs % 5000 == 0:
+                    log(f"[pretrain] {src}: {n_chars:,} characters tokenised ...")
+        if n_tok == 0:
+            raise DataError(f"--pretrain {src}: empty corpus (no text in it)")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     meta = {"source": str(src), "docs": n_docs, "chars": n_chars, "tokens": n_tok, "max_chars": max_chars,
             "tokens_per_char": round(n_tok / max(n_chars, 1), 4), "tokenizer": tokenizer_id(tok),
             "dtype": np.dtype(dtype).name, "tokenize_s": round(time.perf_counter() - t0, 2)}

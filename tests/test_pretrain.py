@@ -112,6 +112,8 @@ def test_hf_source_offline_is_one_clear_line(tmp_path, monkeypatch):
 def test_bad_source_names_are_refused(text):
     with pytest.raises(DataError, match="a source is 'passages'"):
         Source.parse(text)
+    with pytest.raises(DataError, match="a source is 'passages'"):  # when the cell's spec is made, before any work
+        pt.PretrainSpec(["passages", text])
 
 
 # ----------------------------------------------------------------------------- token cache and packing
@@ -157,6 +159,62 @@ def test_missing_or_empty_corpus_is_a_data_error(tmp_path, make, says):
     with pytest.raises(DataError) as e:
         pt.tokenize_cached(Source.parse(f"dir:{make(tmp_path)}"), [], CharTok(ALPHA), tmp_path / "cache")
     assert "\n" not in str(e.value) and says in str(e.value), str(e.value)
+
+
+
+@pytest.mark.parametrize("bad", ["empty", "not-utf8", "interrupted"])
+def test_a_source_that_fails_part_way_leaves_nothing_in_the_cache(tmp_path, monkeypatch, bad):
+    """An empty corpus, a file that is not UTF-8 after a good one, or Ctrl-C mid-way: the error reaches the
+    user and the token cache holds no partial file (a temporary file left per failed try would pile up)."""
+    d = tmp_path / "c"
+    _write(d / "a.txt", "abc\n" if bad != "empty" else "\n \n")
+    if bad == "not-utf8":
+        (d / "b.txt").write_bytes(b"\xff\xfe\n")
+    tok, cache = CharTok(ALPHA), tmp_path / "cache"
+    if bad == "interrupted":
+        def encode(text, encode=tok.encode):
+            if text == "abc":  # the first document (the newline's ids are asked for before any file is opened)
+                raise KeyboardInterrupt
+            return encode(text)
+        monkeypatch.setattr(tok, "encode", encode)
+    with pytest.raises(KeyboardInterrupt if bad == "interrupted" else DataError):
+        pt.tokenize_cached(Source.parse(f"dir:{d}"), [], tok, cache)
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+
+
+def test_a_task_without_passages_is_told_so_before_anything_is_tokenised(tmp_path):
+    """`passages` of a task with none (only blank ones) fails on the source's own check, which says why,
+    not as an empty corpus after a tokenising pass over nothing."""
+    with pytest.raises(DataError, match=r"^--pretrain passages: this task has no training passages"):
+        pt.tokenize_cached(Source.parse("passages"), [" ", ""], CharTok(ALPHA), tmp_path / "cache")
+
+
+def test_a_token_file_without_its_meta_or_a_meta_without_its_tokens_is_tokenised_again(tmp_path):
+    """The meta is written last: a token file with none was never finished (a kill between the two
+    writes), and a meta alone has lost its tokens. Either is rebuilt, not read."""
+    d = _write(tmp_path / "c" / "a.txt", "abc\n").parent
+    src, cache = Source.parse(f"dir:{d}"), tmp_path / "cache"
+    pt.tokenize_cached(src, [], CharTok(ALPHA), cache)
+    (tok_file,) = (cache / "pretrain").glob("*.tok")
+    (meta_file,) = (cache / "pretrain").glob("*.json")
+    for gone in (meta_file, tok_file):
+        gone.unlink()
+        stream, meta = pt.tokenize_cached(src, [], CharTok(ALPHA), cache)
+        assert not meta["cached"] and CharTok(ALPHA).decode(stream) == "abc|"
+
+
+
+@pytest.mark.parametrize("vocab, dtype", [(65_536, "uint16"), (65_537, "uint32")])
+def test_the_token_file_is_16_bit_while_every_id_fits(tmp_path, vocab, dtype):
+    """Ids run 0..vocab-1: a vocabulary of 65,536 still fits uint16 (half the disk and memory of uint32)."""
+    tok = CharTok(ALPHA)
+    tok.vocab_size = vocab
+    stream, meta = pt.tokenize_cached(Source.parse("passages"), ["ab"], tok, tmp_path / "cache")
+    assert meta["dtype"] == dtype and stream.dtype == np.dtype(dtype) and tok.decode(stream) == "ab|"
+    _, meta = pt.tokenize_cached(Source.parse("passages"), ["abcdef"], tok, tmp_path / "cache")
+    assert meta["tokens_per_char"] == 1.1667  # 7 tokens (EOS included) over 6 characters, to 4 places
+    _, meta = pt.tokenize_cached(Source.parse("passages"), ["a"], tok, tmp_path / "cache")
+    assert meta["tokens_per_char"] == 2.0  # one character: 2 tokens over 1
 
 
 # ----------------------------------------------------------------------------- the stages in training
@@ -410,6 +468,8 @@ def test_a_pretraining_spec_needs_a_source_and_takes_the_edges_of_its_ranges():
         pt.PretrainSpec([])
     assert pt.PretrainSpec(["passages"], frac=0.01, max_chars=0).slug() == "pt-passages-f0.01"
     assert pt.PretrainSpec(["passages"], frac=0.99, max_chars=5).slug() == "pt-passages-c5-f0.99"
+    spec = pt.PretrainSpec(["passages"])
+    assert spec.max_chars == 0 and spec.frac == pt.DEFAULT_FRAC == 0.5  # by default: all the text, half the budget
 
 
 def test_pretraining_a_task_without_a_text_tokenizer_is_one_clear_line(tmp_path, capsys, monkeypatch):
@@ -600,3 +660,97 @@ def test_overlap_matches_the_first_40_characters_without_whitespace():
     assert [a["title"] for a in kept] == ["二"] and info["dropped_by_paragraph"] == 2
     kept, info = jaquad.filter_overlap([art("オスマン 帝国", "別の本文。")], {"オスマン帝国"}, set())
     assert kept == [] and info["dropped_by_title"] == 1
+
+
+def test_a_new_stage_has_counted_nothing_and_a_step_without_positions_adds_none():
+    """A stage's counters start at 0 (a stage that never ran reports no tokens, speed, padding or epochs), and
+    `account` without positions (a caller that does not count them) leaves the padding unknown, not made up."""
+    s = pt.Stage("task", 1.0, None, None, ["task"])
+    assert s.describe() == {"stage": "task", "sources": ["task"], "tokens": 0, "steps": 0, "seconds": 0.0,
+                            "warm_tokens": 0, "tokens_per_s": None, "padding_frac": None, "epochs": None}
+    assert (s.steady_tokens, s.steady_seconds, s.real_pos, s.computed_pos, s.data_tokens) == (0, 0.0, 0, 0, 0)
+    s.account(100, 0.5)
+    s.account(100, 0.5)
+    assert (s.tokens, s.steps, s.real_pos, s.computed_pos, s.warm_tokens) == (200, 2, 0, 0, 0)
+    assert s.padding_frac() is None
+
+
+def test_the_plan_moves_forward_only_and_a_step_at_the_budgets_end_is_the_tasks():
+    """A stage ends at the first step whose fraction reaches its `until`; the plan never goes back to
+    pretraining (a later step is never earlier in the budget), and the last step, at fraction 1 or past
+    it (a time budget's last step overshoots), is the task's."""
+    ids = torch.arange(12).view(4, 3)
+    n = np.full(4, 3, dtype=np.int64)
+    packed = pt.Corpus(SeqSet(ids, torch.ones_like(ids, dtype=torch.bool), n, target_lengths=n.copy()),
+                       {"sources": [{"source": "passages"}]})
+    objective = type("Obj", (), {"pretraining": lambda self: "lm form"})()
+    plan = pt.stage_plan("task sampler", objective, (packed, 0.5), batch_size=2, seed=0, pad_to=1,
+                         device=torch.device("cpu"), task_sources=["jsquad"])
+    pre, task = plan.stages
+    assert [plan.at(f) for f in (0.0, 0.49, 0.5, 0.2, 1.0, 1.3)] == [pre, pre, task, task, task, task]
+    assert task.sources == ["jsquad"]
+    alone = pt.stage_plan("task sampler", objective, None, batch_size=2, seed=0, pad_to=1, device=torch.device("cpu"))
+    assert [s.name for s in alone.stages] == ["task"] and alone.task.sources == ["task"] and alone.at(1.3) is alone.task
+
+
+def test_no_warm_charge_before_a_token_was_clocked():
+    """Warm-up tokens are charged at a clocked rate; a run whose stages have seconds (a drain) but no clocked
+    token yet has no rate to charge them at: 0, not a division by zero."""
+    s = pt.Stage("task", 1.0, None, None, ["task"])
+    s.account(100, 0.0, warm=True)
+    s.seconds = 0.2
+    assert s.clocked_tokens == 0 and pt.StagePlan([s]).warm_charge() == 0.0
+    s.account(50, 0.3)
+    assert pt.StagePlan([s]).warm_charge() == pytest.approx(100 * 0.5 / 50)
+
+
+def test_a_stage_not_timed_yet_is_charged_at_the_runs_rate_and_a_stage_reports_rounded():
+    """One clocked token is a rate (0.5 s a token here): the pretraining stage's 100 warm tokens, never
+    clocked themselves, are charged at the run's rate, and the task's at its own. A stage's record rounds
+    its seconds to 3 places, its speed to 1 and its passes over its text to 2."""
+    pre = pt.Stage("pretrain", 0.5, None, None, ["passages"])
+    pre.account(100, 0.0, warm=True)
+    task = pt.Stage("task", 1.0, None, None, ["task"], data_tokens=300)
+    task.account(1, 0.5)
+    assert task.clocked_rate() == 0.5 and pre.clocked_rate() is None
+    assert pt.StagePlan([pre, task]).warm_charge() == pytest.approx(100 * 0.5)
+    task.account(999, 0.73456)
+    task.steady_tokens, task.steady_seconds = 1000, 0.81
+    d = task.describe()
+    assert (d["seconds"], d["tokens_per_s"], d["epochs"]) == (1.235, 1234.6, 3.33)
+
+
+def test_one_source_is_packed_on_its_own_and_logged_and_its_tokenising_timed(tmp_path, monkeypatch):
+    """The common case, one source: its stream packed as it is; one line says how many rows; the meta
+    records the tokenising time from the clock read around it, to hundredths."""
+    import types
+
+    clock = iter([10.0, 12.3456])
+    monkeypatch.setattr(pt, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    data = type("Data", (), {"tokenizer": CharTok(ALPHA), "passages": ["abcd", "ef"]})()
+    lines: list[str] = []
+    got = pt.prepare(pt.PretrainSpec(["passages"]), data, tmp_path / "cache", row_len=3, log=lines.append)
+    assert "".join(data.tokenizer.decode(r) for r in got.data.ids.tolist()) == "abcd|ef|"[:6]
+    assert got.info["rows"] == 2 and got.info["tail_dropped"] == 2 and got.info["sources"][0]["tokenize_s"] == 2.35
+    assert lines[-1] == "[pretrain] passages: 2 rows of 3 tokens"
+
+
+def test_a_stage_with_tokens_but_no_seconds_has_no_rate_and_its_padding_is_to_4_places():
+    s = pt.Stage("task", 1.0, None, None, ["task"])
+    s.account(10, 0.0, real_pos=1, computed_pos=3)
+    assert s.clocked_rate() is None and s.padding_frac() == 0.6667
+
+
+def test_a_token_file_that_cannot_be_opened_fails_with_the_systems_error(tmp_path, monkeypatch):
+    """The cleanup of a failed tokenising pass must not hide why it failed: a file the cache cannot open
+    (a full disk, a read-only folder) raises that error, not the cleanup's FileNotFoundError."""
+    real_open = Path.open
+
+    def open_(self, mode="r", *a, **k):
+        if ".tmp" in self.name:
+            raise OSError(28, "No space left on device")
+        return real_open(self, mode, *a, **k)
+
+    monkeypatch.setattr(Path, "open", open_)
+    with pytest.raises(OSError, match="No space left on device"):
+        pt.tokenize_cached(Source.parse("passages"), ["ab"], CharTok(ALPHA), tmp_path / "cache")

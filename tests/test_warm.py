@@ -5,7 +5,9 @@ whether their cell was warmed, and the cell key does not change."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -294,8 +296,8 @@ def test_each_worker_gets_a_share_of_the_cpus_and_never_none(monkeypatch):
     more workers than CPUs must not ask inductor for a pool of 0 threads."""
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert [warm.worker_threads(j) for j in (1, 2, 3, 16, 40)] == [16, 8, 5, 1, 1]
-    monkeypatch.setattr(os, "cpu_count", lambda: None)  # (os.cpu_count() may not know)
-    assert warm.worker_threads(4) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # (os.cpu_count() may not know): one CPU assumed
+    assert warm.worker_threads(4) == 1 and warm.worker_threads(1) == 1
 
 
 class _FakeWorker:
@@ -421,6 +423,17 @@ def test_a_worker_runs_with_the_parents_torch_threads_and_watches_its_parent(tmp
     job.write_bytes(pickle.dumps({"parent": 4242, "threads": 7, "spec": _NoContext(), "cell": cell}))
     assert warm._worker(str(job), str(tmp_path / "out.json")) == 0
     assert calls == [("parent", 4242), ("threads", 7), ("run", True)]
+    # its one product for the parent: the result file, whole (written aside, then moved into place)
+    assert json.loads((tmp_path / "out.json").read_text()) == {"status": "ok", "error": None, "wall_s": 0.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.pkl", "out.json"]
+
+
+def test_a_stopped_worker_is_killed_and_reaped():
+    """A worker stopped at the phase's limit is killed and waited for: no zombie process is left, and its
+    exit code (killed: -9) is known."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    warm._stop(proc)
+    assert proc.returncode == -9
 
 
 def test_a_worker_ends_itself_when_its_parent_is_gone(monkeypatch):
@@ -439,3 +452,26 @@ def test_a_worker_ends_itself_when_its_parent_is_gone(monkeypatch):
     warm._exit_with_parent(parent)
     assert exited.wait(2.0), "the watch did not end the process"
     assert codes == [3] and sleeps == [1.0, 1.0]
+
+
+def test_at_the_phases_limit_the_running_worker_is_killed_and_the_count_runs_on(monkeypatch):
+    """Four cells, one worker at a time, 10 s each, a 15 s phase: the first is warmed, the second is
+    killed at the limit (not left compiling beside the grid's cells), the last two are never started
+    (named in one line); the lines count the cells as they are settled, 1 to 4, each with its own time."""
+    pool = _FakePool(monkeypatch)
+    cells = _cells("default", "default", "default", "default")
+    lines: list[str] = []
+    assert warm.warm_up(cells, None, 1, timeout_s=15.0, say=lines.append) == {cells[0].key()}
+    assert len(pool.started) == 2 and not pool.started[0].killed and pool.started[1].killed
+    assert [line.split(" ")[3] for line in lines[1:-1]] == ["[1/4]", "the", "[4/4]"], lines
+    assert lines[1] == f"  warm [1/4] {cells[0].label()}: 10.2 s"  # its own wall time (polled every 0.2 s)
+    assert lines[2].endswith(f"not warmed: {cells[2].label()}, {cells[3].label()} (they compile on their own)")
+    assert lines[3].startswith(f"  warm [4/4] FAILED {cells[1].label()} after 5.2 s") and "limit of 15 s" in lines[3]
+
+
+def test_one_worker_for_max_autotune_cells_is_not_news(monkeypatch):
+    """With one worker already, a max-autotune cell changes nothing: no line about it."""
+    _FakePool(monkeypatch)
+    lines: list[str] = []
+    assert len(warm.warm_up(_cells("max-autotune"), None, 1, say=lines.append)) == 1
+    assert not any("worker at a time" in line for line in lines) and lines[0].startswith("warm-compile: 1 cells, 1 at")
