@@ -630,15 +630,20 @@ def test_prepare_packs_every_source_in_order_each_capped_on_its_own(tmp_path):
     assert got.info["rows"] == 4 and got.info["tail_dropped"] == 2 and got.info["tokens"] == 12
 
 
-def test_the_pretraining_stage_is_sharded_like_the_task_stage():
-    """Data-parallel ranks: the packed corpus's sampler goes through the same `shard` as the task's."""
+def _toy_plan(pretrain: bool = True, **kw) -> pt.StagePlan:
+    """A plan over a packed corpus of 4 rows of 3 tokens until fraction 0.5 (or no pretraining), then the task."""
     ids = torch.arange(12).view(4, 3)
     n = np.full(4, 3, dtype=np.int64)
     packed = pt.Corpus(SeqSet(ids, torch.ones_like(ids, dtype=torch.bool), n, target_lengths=n.copy()),
                        {"sources": [{"source": "passages"}]})
     objective = type("Obj", (), {"pretraining": lambda self: "lm form"})()
-    plan = pt.stage_plan("task sampler", objective, (packed, 0.5), batch_size=2, seed=0, pad_to=1,
-                         device=torch.device("cpu"), shard=lambda s: ("shard", s))
+    return pt.stage_plan("task sampler", objective, (packed, 0.5) if pretrain else None, batch_size=2, seed=0,
+                         pad_to=1, device=torch.device("cpu"), **kw)
+
+
+def test_the_pretraining_stage_is_sharded_like_the_task_stage():
+    """Data-parallel ranks: the packed corpus's sampler goes through the same `shard` as the task's."""
+    plan = _toy_plan(shard=lambda s: ("shard", s))
     pre = plan.stages[0]
     assert pre.sampler[0] == "shard" and isinstance(pre.sampler[1], pt.BatchSampler)
     assert pre.objective == "lm form" and pre.until == 0.5 and pre.data_tokens == 12 and plan.task.sampler == "task sampler"
@@ -679,17 +684,11 @@ def test_the_plan_moves_forward_only_and_a_step_at_the_budgets_end_is_the_tasks(
     """A stage ends at the first step whose fraction reaches its `until`; the plan never goes back to
     pretraining (a later step is never earlier in the budget), and the last step, at fraction 1 or past
     it (a time budget's last step overshoots), is the task's."""
-    ids = torch.arange(12).view(4, 3)
-    n = np.full(4, 3, dtype=np.int64)
-    packed = pt.Corpus(SeqSet(ids, torch.ones_like(ids, dtype=torch.bool), n, target_lengths=n.copy()),
-                       {"sources": [{"source": "passages"}]})
-    objective = type("Obj", (), {"pretraining": lambda self: "lm form"})()
-    plan = pt.stage_plan("task sampler", objective, (packed, 0.5), batch_size=2, seed=0, pad_to=1,
-                         device=torch.device("cpu"), task_sources=["jsquad"])
+    plan = _toy_plan(task_sources=["jsquad"])
     pre, task = plan.stages
     assert [plan.at(f) for f in (0.0, 0.49, 0.5, 0.2, 1.0, 1.3)] == [pre, pre, task, task, task, task]
     assert task.sources == ["jsquad"]
-    alone = pt.stage_plan("task sampler", objective, None, batch_size=2, seed=0, pad_to=1, device=torch.device("cpu"))
+    alone = _toy_plan(pretrain=False)
     assert [s.name for s in alone.stages] == ["task"] and alone.task.sources == ["task"] and alone.at(1.3) is alone.task
 
 
