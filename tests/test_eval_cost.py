@@ -67,6 +67,7 @@ def test_dev_sample_is_fixed_whole_sequences_within_the_bound():
     assert a.n_tokens <= 1200 and len(a) == 100
     assert torch.equal(a.ids, b.ids)  # the same sample every check, every cell
     assert dev_sample(dev, 0) is dev and dev_sample(dev, 10**9) is dev  # 0: no bound; under the bound: all
+    assert dev_sample(dev, dev.n_tokens) is dev  # exactly at the bound: all of it, not a sampled copy
     assert len(dev_sample(dev, 5)) == 1  # never empty
 
 

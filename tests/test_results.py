@@ -226,3 +226,38 @@ def test_a_grid_manifest_with_a_cell_without_a_key_is_refused(tmp_path, cells):
     p.write_text(json.dumps({"cells": cells}))
     with pytest.raises(ResultsFileError, match=r"g\.expected\.json: not a grid manifest \(a cell without a key\)"):
         read_expected(p)
+
+
+def test_results_files_are_readable_by_all_and_writable_by_their_owner(tmp_path):
+    """A results file is shared (a report run by another user, a synced folder): mode 0644 under the
+    process's umask, like any file a tool writes, never executable."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        append_row(tmp_path / "r.jsonl", _row("a"))
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(os.stat(tmp_path / "r.jsonl").st_mode) == 0o644
+
+
+def test_a_rows_japanese_is_written_as_is(tmp_path):
+    """A row's text (sample answers, an error from MeCab) stays UTF-8 as written, so `grep 東京 results/*`
+    finds it, and it reads back the same."""
+    append_row(tmp_path / "r.jsonl", _row("a", error="DataError: 東京"))
+    assert "東京" in (tmp_path / "r.jsonl").read_text(encoding="utf-8")
+    assert read_rows(tmp_path / "r.jsonl")[0]["error"] == "DataError: 東京"
+
+
+def test_the_grid_manifest_is_text_a_person_can_read(tmp_path):
+    """UTF-8 as written (a label in Japanese stays legible, not \\u escapes) and a final newline."""
+    import types
+
+    from core.results import expected_path
+
+    cell = types.SimpleNamespace(key=lambda: "k1", label=lambda: "波 x autoregressive (seed 0)", mixer="波",
+                                 objective="autoregressive", seed=0, sweep=None)
+    write_expected(tmp_path / "g.jsonl", [cell])
+    text = expected_path(tmp_path / "g.jsonl").read_text(encoding="utf-8")
+    assert '"label": "波 x autoregressive (seed 0)"' in text and text.endswith("}\n")

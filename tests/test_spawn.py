@@ -157,13 +157,14 @@ class _Ranks:
     """What mp.start_processes returns, for a stand-in that runs no process: joined on the second try,
     when the ranks' last phases (put by then) are in the queue."""
 
-    def __init__(self, args, last: list):
-        self.args, self.last, self.joins = args, last, 0
+    def __init__(self, args, last: list, on_last_join=lambda: None):
+        self.args, self.last, self.joins, self.on_last_join = args, last, 0, on_last_join
 
     def join(self, timeout=None):
         self.joins += 1
         if self.joins < 2:
             return False
+        self.on_last_join()
         for item in self.last:  # the ranks' final reports land as they exit
             self.args[5].put(item)
         return True
@@ -172,22 +173,24 @@ class _Ranks:
 def test_spawn_cell_forwards_every_phase_and_returns_rank_0s_row(monkeypatch):
     """spawn_cell starts world_size ranks with their arguments, forwards rank 0's phases while they run
     and, once they are done, the phases that arrived at the end (the evaluation's last one among them),
-    and returns the row rank 0 wrote."""
-    started = {}
+    and returns the row rank 0 wrote. A phase is forwarded while the ranks run, not held until they end
+    (the grid's progress line would stand still for the whole cell)."""
+    started, got, while_running = {}, [], []
 
     def start_processes(fn, args, nprocs, start_method, join):
         started.update(fn=fn, args=args, nprocs=nprocs, start_method=start_method, join=join)
         Path(args[4]).write_text(json.dumps({"status": "ok", "key": CELL.key()}), encoding="utf-8")
         args[5].put(("prepare", 0.0))
-        return _Ranks(args, [("evaluate answers 5/5", 0.8), ("evaluate ppl 5/5", 1.0)])
+        return _Ranks(args, [("evaluate answers 5/5", 0.8), ("evaluate ppl 5/5", 1.0)],
+                      on_last_join=lambda: while_running.extend(got))
 
     monkeypatch.setattr(spawn, "mp", types.SimpleNamespace(get_context=lambda method: types.SimpleNamespace(
         Queue=queue.Queue), start_processes=start_processes))
     monkeypatch.setattr(spawn.ddp, "free_port", lambda: 29517)
     spec = object()
-    got: list[tuple[str, float]] = []
     row = spawn.spawn_cell(CELL, spec, 3, phase=lambda text, frac: got.append((text, frac)))
     assert row == {"status": "ok", "key": CELL.key()}
+    assert while_running == [("prepare", 0.0)]
     assert got == [("prepare", 0.0), ("evaluate answers 5/5", 0.8), ("evaluate ppl 5/5", 1.0)]
     assert started["fn"] is spawn._spawned_rank and started["nprocs"] == 3 and started["start_method"] == "spawn"
     assert started["args"][:4] == (3, 29517, CELL, spec) and started["join"] is False
