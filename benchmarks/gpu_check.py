@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks import gpu_targets
+from core.files import temp_path, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = {"fugashi": "fugashi", "unidic_lite": "unidic-lite", "pywt": "PyWavelets",
@@ -284,9 +285,8 @@ def record_parts(out: Path, parts: list[Part]) -> list[dict]:
     ran = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for p in parts:
         rec = {"name": p.name, "status": p.status, "seconds": p.seconds, "note": p.note, "ran": ran}
-        tmp = folder / f".{p.name}.json.tmp"  # whole or absent: a command killed mid-write leaves no half record
-        tmp.write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(folder / f"{p.name}.json")
+        # whole or absent: a command killed mid-write leaves no half record
+        write_atomic(folder / f"{p.name}.json", json.dumps(rec, indent=1) + "\n")
     return read_parts(out)
 
 
@@ -300,11 +300,15 @@ def read_parts(out: Path) -> list[dict]:
 def pack(out: Path, archive: Path) -> None:
     """The report folder's contents as a .tgz that `unpack` (and `--merge`) reads, whole or absent: written
     beside the target, then renamed over it."""
-    tmp = archive.with_name(f".{archive.name}.tmp")
+    tmp = temp_path(archive)  # streamed, so not `write_atomic`; the same name and the same cleanup
     skip = {archive.resolve(), tmp.resolve()}  # an archive inside the folder is not packed into itself
-    with tarfile.open(tmp, "w:gz") as tar:
-        tar.add(out, arcname=".", filter=lambda m: None if (out / m.name).resolve() in skip else m)
-    tmp.replace(archive)
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(out, arcname=".", filter=lambda m: None if (out / m.name).resolve() in skip else m)
+        tmp.replace(archive)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def unpack(archive: Path, out: Path) -> None:

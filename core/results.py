@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from core.files import write_atomic
 from core.schema import ROW_KEYS, SchemaError, upgrade
 
 
@@ -113,11 +114,7 @@ def write_expected(results: Path | str, cells: Iterable[Any]) -> Path:
     for c in cells:
         known.setdefault(c.key(), {"key": c.key(), "label": c.label(), "mixer": c.mixer, "objective": c.objective,
                                    "seed": c.seed, **({"sweep": c.sweep} if c.sweep else {})})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"cells": list(known.values())}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps({"cells": list(known.values())}, ensure_ascii=False, indent=1) + "\n")
 
 
 def read_expected(path: Path | str) -> list[dict[str, Any]]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core.results import error_text
+from core.files import write_atomic
 from harness.budget import Budget, BudgetMeter
 from harness.train import train
 
@@ -116,10 +116,7 @@ class TrialCache:
         self.trials[self._k(trial.lr, budget)] = dataclasses.asdict(trial)
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.trials))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.trials))
 
 
 def best_trial(trials: list[Trial]) -> Trial:

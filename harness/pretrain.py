@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from core.data import BatchSampler, SeqSet
+from core.files import write_atomic
 from tasks import DataError
 from tasks.corpus import Source, check, documents, identity
 
@@ -116,16 +117,14 @@ def tokenize_cached(src: Source, passages: list[str], tok, cache_dir: Path, max_
                     log(f"[pretrain] {src}: {n_chars:,} characters tokenised ...")
         if n_tok == 0:
             raise DataError(f"--pretrain {src}: empty corpus (no text in it)")
+        os.replace(tmp, tok_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     meta = {"source": str(src), "docs": n_docs, "chars": n_chars, "tokens": n_tok, "max_chars": max_chars,
             "tokens_per_char": round(n_tok / max(n_chars, 1), 4), "tokenizer": tokenizer_id(tok),
             "dtype": np.dtype(dtype).name, "tokenize_s": round(time.perf_counter() - t0, 2)}
-    os.replace(tmp, tok_path)
-    mtmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    mtmp.write_text(json.dumps(meta))
-    os.replace(mtmp, meta_path)  # written last: a file without its meta is never read
+    write_atomic(meta_path, json.dumps(meta))  # written last: a file without its meta is never read
     log(f"[pretrain] {src}: {n_docs:,} documents, {n_chars:,} characters -> {n_tok:,} tokens "
         f"in {meta['tokenize_s']:.0f}s (cached)")
     return np.memmap(tok_path, dtype=dtype, mode="r"), {**meta, "cached": False}

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch.multiprocessing as mp
 
 from core.results import jsonable
+from core.files import write_atomic
 from harness import distributed as ddp
 from harness.cell import Cell, run_cell
 from harness.progress import PhaseReporter
@@ -64,9 +65,7 @@ def _spawned_rank(rank: int, world_size: int, port: int, cell: Cell, spec, out: 
         env.check_same(ddp.data_fingerprint(plan.data.train), "the tokenised training data")
         row = run_cell(cell, ctx)  # finds the cell's plan in ctx
         if row is not None:
-            tmp = Path(out).with_suffix(".tmp")
-            tmp.write_text(json.dumps(row, ensure_ascii=False, default=jsonable), encoding="utf-8")
-            os.replace(tmp, out)
+            write_atomic(out, json.dumps(row, ensure_ascii=False, default=jsonable))
         env.barrier()
     finally:
         ddp.shutdown()

@@ -36,6 +36,7 @@ from typing import Any, Callable
 import torch
 
 from core.env import pythonpath_with
+from core.files import write_atomic
 from harness.cell import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,9 +169,7 @@ def _worker(job_path: str, out_path: str) -> int:
     ctx = job["spec"].build()
     row = run_cell(job["cell"], ctx, warm_only=True)
     result = {"status": row["status"], "error": row["error"], "wall_s": row.get("wall_s")}
-    tmp = Path(out_path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(tmp, out_path)
+    write_atomic(out_path, json.dumps(result))
     return 0
 
 

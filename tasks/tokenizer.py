@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable
 
 from core.data import SpecialTokens
+from core.files import write_atomic
 
 NORMALIZERS = ("identity", "nmt_nfkc", "nfkc")
 
@@ -148,8 +149,5 @@ def train_or_load(texts: list[str], settings: TokenizerSettings, cache_dir: Path
         return JaTokenizer(path.read_bytes(), settings)
     proto = _train_proto(texts, settings)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(proto)
-        os.replace(tmp, path)  # atomic: a concurrent reader sees all or nothing
+        write_atomic(path, proto)  # a concurrent reader sees all or nothing
     return JaTokenizer(proto, settings)

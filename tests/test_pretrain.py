@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -161,10 +162,11 @@ def test_missing_or_empty_corpus_is_a_data_error(tmp_path, make, says):
     assert "\n" not in str(e.value) and says in str(e.value), str(e.value)
 
 
-@pytest.mark.parametrize("bad", ["empty", "not-utf8", "interrupted"])
+@pytest.mark.parametrize("bad", ["empty", "not-utf8", "interrupted", "rename-fails"])
 def test_a_source_that_fails_part_way_leaves_nothing_in_the_cache(tmp_path, monkeypatch, bad):
-    """An empty corpus, a file that is not UTF-8 after a good one, or Ctrl-C mid-way: the error reaches the
-    user and the token cache holds no partial file (a temporary file left per failed try would pile up)."""
+    """An empty corpus, a file that is not UTF-8 after a good one, Ctrl-C mid-way, or a full disk at the
+    rename into place: the error reaches the user and the token cache holds no partial file (a temporary
+    file left per failed try would pile up)."""
     d = tmp_path / "c"
     _write(d / "a.txt", "abc\n" if bad != "empty" else "\n \n")
     if bad == "not-utf8":
@@ -176,7 +178,11 @@ def test_a_source_that_fails_part_way_leaves_nothing_in_the_cache(tmp_path, monk
                 raise KeyboardInterrupt
             return encode(text)
         monkeypatch.setattr(tok, "encode", encode)
-    with pytest.raises(KeyboardInterrupt if bad == "interrupted" else DataError):
+    if bad == "rename-fails":
+        def no_space(a, b):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises({"interrupted": KeyboardInterrupt, "rename-fails": OSError}.get(bad, DataError)):
         pt.tokenize_cached(Source.parse(f"dir:{d}"), [], tok, cache)
     assert not [p for p in cache.rglob("*") if p.is_file()]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.files import temp_path
 from harness import spawn
 from harness.cell import TRAIN_SHARE, Cell, _train_config
 
@@ -127,7 +128,7 @@ def test_a_spawned_rank_plans_first_on_local_rank_0_checks_the_data_and_waits_fo
                    "check_same hash(tokens) (the tokenised training data)", "run attention", "barrier", "shutdown"]
     assert json.loads((tmp_path / "row.json").read_text(encoding="utf-8")) == {"status": "ok", "rank": 0,
                                                                                 "text": "日本語"}
-    assert not (tmp_path / "row.tmp").exists()  # written whole, then moved into place
+    assert not temp_path(tmp_path / "row.json").exists()  # written whole, then moved into place
     (tmp_path / "row.json").unlink()
     _, log, _ = _rank(monkeypatch, tmp_path, 1, 2)
     assert log[-2:] == ["barrier", "shutdown"] and not (tmp_path / "row.json").exists()
