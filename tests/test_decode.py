@@ -332,6 +332,10 @@ def test_decoding_stops_as_soon_as_every_row_has_ended(monkeypatch, decode):
         torch.full(h.shape[:-1], 7), VOCAB).float())  # never EOS
     assert obj.generate(model, _prompts(), max_new=5, batch_size=2) == [[7] * 5] * 4
     assert calls == ({"step": 2 * 4, "forward": 0} if decode == "state" else {"step": 0, "forward": 2 * 5})
+    calls.update(step=0, forward=0)
+    monkeypatch.setattr(model, "prefill", counted("forward", model.prefill))
+    assert obj.generate(model, _prompts(), max_new=0, batch_size=2) == [[], [], [], []]
+    assert calls == {"step": 0, "forward": 0}  # no token asked for: no prefill, no forward
 
 
 def test_decode_option_is_checked():

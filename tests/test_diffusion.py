@@ -365,6 +365,9 @@ def test_sampler_respects_eos_and_stops_once_the_answer_is_settled():
     assert out == [[6, 7, 8], [6, 7, 8]]  # cut before the first EOS
     assert model.calls == 4  # 3 answer tokens then the EOS after them: the rest cannot change the answer
     assert obj.generate(model, [[2, 7, 4]], max_new=2, batch_size=1) == [[6, 7]]
+    model.calls = 0
+    assert obj.generate(model, [[2, 7, 4]], max_new=0, batch_size=1) == [[]]
+    assert model.calls == 0  # no token asked for: nothing sampled
 
 
 def test_greedy_sampler_is_batch_invariant():

@@ -90,7 +90,10 @@ class Autoregressive(Objective):
 
     @torch.no_grad()
     def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
-        """Greedy decoding, batched; the path is `opts.decode` (see the module doc)."""
+        """Greedy decoding, batched; the path is `opts.decode` (see the module doc). No new token (`max_new`
+        0) is no answer, with no pass over the prompts (the state path would otherwise prefill for nothing)."""
+        if max_new < 1:
+            return [[] for _ in prompts]
         if self.opts.decode == "rerun":
             return self.generate_rerun(model, prompts, max_new, batch_size)
         return self.generate_state(model, prompts, max_new, batch_size)

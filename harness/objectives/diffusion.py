@@ -330,8 +330,11 @@ class MaskedDiffusion(Objective):
 
     @torch.no_grad()
     def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
-        """Answers cut before the first EOS and to `max_new` tokens; batched by prompt length."""
+        """Answers cut before the first EOS and to `max_new` tokens; batched by prompt length. No new token
+        (`max_new` 0) is no answer, with no sampling (the whole region would be denoised, then cut away)."""
         out: list[list[int]] = [[] for _ in prompts]
+        if max_new < 1:
+            return out
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
