@@ -281,3 +281,74 @@ def test_padding_fraction_on_a_hand_counted_case(pad_to, want):
 def test_padding_fraction_of_a_single_one_token_row_is_zero():
     """The smallest batch, one row of one token, computes exactly its one real position: no padding."""
     assert padding_fraction([np.array([0])], np.array([1])) == 0.0
+
+
+def test_a_set_built_without_its_target_counts_counts_them_itself():
+    """`SeqSet(ids, target, lengths)` made directly (a task's own builder, a subset of it) counts its
+    target tokens per row once, at build time, so a batch knows its bound without reading the device."""
+    full = SeqSet.from_lists(SEQS, TGTS, pad_id=0)
+    s = SeqSet(full.ids, full.target, full.lengths)
+    assert s.target_lengths.tolist() == [2, 1, 1, 0] and s.target_lengths.dtype == np.int64
+    assert s.batch(np.array([0, 1])).max_target == 2
+
+
+def _distinct_lengths(n: int) -> SeqSet:
+    return SeqSet.from_lists([[1] * (i + 1) for i in range(n)], [[False] * (i + 1) for i in range(n)], 0)
+
+
+def test_rows_are_grouped_by_length_within_16_batches_and_the_batches_served_in_random_order():
+    """The grid's sampler passes no `bucket`: the default pools 16 batches' rows (2 x 16 = 32 here) out of
+    the epoch's seeded permutation and sorts each pool by length, so a batch holds rows of one pool that
+    are next in length. The grid's padding figure (README) was measured with this pool. The batches are
+    then served in random order, not shortest first within each pool."""
+    s, seed = _distinct_lengths(64), 3
+    perm = np.random.default_rng(seed).permutation(64)  # the sampler's first draw of the epoch
+    pools = [sorted(perm[:32].tolist()), sorted(perm[32:].tolist())]  # row i has length i + 1
+    built = [tuple(p[i : i + 2]) for p in pools for i in range(0, 32, 2)]
+    served = [tuple(sorted(b.tolist())) for b in BatchSampler(s, 2, seed=seed).epoch_batches()]
+    assert sorted(served) == sorted(built)
+    assert served != built
+
+
+@pytest.mark.parametrize("lengths, budget, bucket, pool", [
+    (np.arange(1, 41), 64, None, 48),  # the default: 16 batches' rows, a batch 64 // 20 = 3 rows of mean length
+    (np.arange(1, 41), 16, 2, 2),  # a budget under the mean length: still one row a batch, so `bucket` rows
+    (np.array([1, 2] * 5 + [1] * 30), 4, 1, 4),  # a mean under 2 tokens (int: 1): 4 rows of it a batch
+], ids=["default", "budget-under-mean", "mean-under-2"])
+def test_token_budget_batches_are_cut_in_pools_not_fixed_unless_asked_and_served_shuffled(lengths, budget, bucket,
+                                                                                         pool):
+    """A token budget cuts `token_budget_batches` over pools of `bucket` batches' worth of rows (a batch:
+    the budget over the mean row length, at least one row); no width is fixed. `fixed_shapes` (CUDA
+    graphs) cuts `fixed_shape_batches` over the same pools. Both are served in random order, not in the
+    order they were cut (longest rows last)."""
+    s = SeqSet.from_lists([[1] * int(L) for L in lengths], [[False] * int(L) for L in lengths], 0)
+    seed, kw = 5, ({} if bucket is None else {"bucket": bucket})
+    perm = np.random.default_rng(seed).permutation(len(lengths))  # the sampler's first draw of the epoch
+    plain = BatchSampler(s, 0, seed=seed, batch_tokens=budget, **kw).epoch_plan()
+    assert {w for _, w in plain} == {None}
+    cut = [b.tolist() for b in token_budget_batches(perm, s.lengths, budget, pool)]
+    assert sorted(b.tolist() for b, _ in plain) == sorted(cut) and [b.tolist() for b, _ in plain] != cut
+    fixed = BatchSampler(s, 0, seed=seed, batch_tokens=budget, pad_to=2, fixed_shapes=True, **kw).epoch_plan()
+    assert all(w % 2 == 0 and len(b) == max(1, budget // w) for b, w in fixed)
+    cut = [(b.tolist(), w) for b, w in fixed_shape_batches(perm, s.lengths, budget, pool, 2, s.ids.shape[1])]
+    assert sorted((b.tolist(), w) for b, w in fixed) == sorted(cut) and [(b.tolist(), w) for b, w in fixed] != cut
+
+
+def test_an_upload_to_cuda_goes_through_pinned_memory_without_blocking(monkeypatch):
+    """A copy from pageable host memory blocks the host until the GPU has run everything queued before it;
+    from pinned memory with `non_blocking` it is queued like a kernel. Checked on a stand-in for the pinned
+    tensor (this machine may have no GPU); on the CPU the array is copied as it is."""
+    calls = []
+
+    class Pinned:
+        def to(self, device, non_blocking=False):
+            calls.append(("to", str(device), non_blocking))
+            return "on the GPU"
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append(("pin", self.tolist())) or Pinned())
+    from core.data import upload
+    assert upload(np.arange(3)[::-1], "cuda:1") == "on the GPU"  # a reversed view: made contiguous first
+    assert calls == [("pin", [2, 1, 0]), ("to", "cuda:1", True)]
+    calls.clear()
+    t = upload(np.arange(3), "cpu")
+    assert calls == [] and t.tolist() == [0, 1, 2] and t.device.type == "cpu"
