@@ -1,7 +1,9 @@
 """Data-parallel cells on CPU (gloo): sharding, exact loss normalisation, torchrun and spawned ranks."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import os
 import subprocess
 import sys
@@ -53,6 +55,20 @@ def test_shards_partition_every_global_batch_deterministically():
     assert all(torch.equal(next(again).ids, next(first).ids) for _ in range(6))  # same seed, same shards
 
 
+def test_a_rank_left_without_rows_holds_exactly_one_stand_in_row():
+    """6 rows in batches of 4 on 3 ranks: each epoch's 2-row batch leaves rank 2 without a row; it runs the
+    batch's first row as a zero-weight stand-in, one row on the host and on the device alike (a shard of
+    the device indices wider than the host's would train on a row the token count never saw)."""
+    data = _numbered(6)
+    rank2 = ddp.ShardedSampler(BatchSampler(data, 4, seed=0), 2, 3)
+    idle = []
+    for _ in range(4):
+        b = next(rank2)
+        if not rank2.live:
+            idle.append((b.ids.shape[0], b.n_tokens == int(data.lengths[int(b.ids[0, 0]) - 10])))
+    assert idle == [(1, True), (1, True)]  # two epochs, one short batch each: one row, counted as that row
+
+
 def test_each_rank_batch_carries_the_max_target_count_of_its_own_rows():
     """A rank's batch is cut from its own rows, so its `max_target` (the bound masked diffusion sizes its
     output-layer gather with) is that of its rows, not the global batch's (a stand-in row's included)."""
@@ -88,8 +104,11 @@ def test_rank_losses_average_to_the_single_process_gradient(monkeypatch):
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
     full = grad(lambda: obj.loss(model, data.batch(idx)))
-    # two ranks in one process: the all-reduce of the token count is the sum over both shards
-    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: t.copy_(sum(counts).float().reshape(t.shape)))
+    # two ranks in one process: the all-reduce of the token count is the sum over both shards; what each
+    # rank puts in is recorded (a stand-in row must add 0: anything else shifts every rank's loss)
+    sent: list[float] = []
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: sent.append(float(t.reshape(()))) or
+                        t.copy_(sum(counts).float().reshape(t.shape)))
     par = object.__new__(ddp.DataParallel)
     par.env = ddp.DistEnv(world_size=2)
     live, idle = SimpleNamespace(live=True), SimpleNamespace(live=False)  # a ShardedSampler's flag
@@ -97,8 +116,16 @@ def test_rank_losses_average_to_the_single_process_gradient(monkeypatch):
     naive = sum(grad(lambda b=b: obj.loss(model, b)) for b in shards) / 2
     torch.testing.assert_close(ddp_avg, full, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(naive, full, rtol=1e-3, atol=1e-6)
+    assert sent[:2] == [float(c) for c in counts]  # each rank its own shard's count
+    sent.clear()
     dead = grad(lambda: par.loss(obj, model, shards[0], idle, None))
-    assert torch.count_nonzero(dead) == 0  # a stand-in row contributes nothing
+    assert torch.count_nonzero(dead) == 0 and sent == [0.0]  # a stand-in row contributes nothing, nor to the count
+    # a global batch with one loss token is divided by 1; one with none (only stand-in rows) by 1, not 0
+    num = obj.loss_terms(model, shards[0])[0].detach()
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: t.fill_(1.0))
+    torch.testing.assert_close(par.loss(obj, model, shards[0], live, None).detach(), num * 2)  # W x num / 1
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, *a, **k: t.fill_(0.0))
+    assert par.loss(obj, model, shards[0], idle, None).item() == 0.0  # 0 / max(0, 1): no NaN
 
 
 @pytest.fixture
@@ -173,9 +200,174 @@ def test_only_global_rank_0_is_main_and_only_agreed_failures_let_the_grid_go_on(
     assert ddp.DistEnv(world_size=4, rank=0, local_rank=0).is_main
     assert not ddp.DistEnv(world_size=4, rank=2, local_rank=0).is_main  # node 2's first process
     assert not ddp.DistEnv(world_size=4, rank=1, local_rank=1).is_main
+    with pytest.raises(dataclasses.FrozenInstanceError):  # where a process sits never changes under a cell
+        ddp.DistEnv(world_size=4, rank=1).rank = 0
     from harness.budget import BudgetError
 
     assert ddp.agreed_failure(BudgetError("too small"))
     assert ddp.agreed_failure(FloatingPointError("loss is nan"))
     assert not ddp.agreed_failure(RuntimeError("CUDA out of memory"))
     assert not ddp.agreed_failure(ValueError("bad option"))
+
+
+def test_the_data_fingerprint_covers_ids_and_lengths():
+    """Ranks compare a hash of their tokenised training data. Two sets with the same padded ids but other
+    lengths (a row whose last real token is the pad id) train on different tokens: other hashes. The same
+    data gives the same 12 hex digits on every rank."""
+    a = SeqSet(torch.tensor([[7, 0], [8, 9]]), torch.zeros(2, 2, dtype=torch.bool), np.array([1, 2]))
+    b = SeqSet(a.ids.clone(), a.target, np.array([2, 2]))
+    c = SeqSet(torch.tensor([[7, 0], [8, 8]]), a.target, np.array([1, 2]))
+    fa = ddp.data_fingerprint(a)
+    assert re.fullmatch(r"[0-9a-f]{12}", fa) and fa == ddp.data_fingerprint(SeqSet(a.ids.clone(), a.target, a.lengths))
+    assert len({fa, ddp.data_fingerprint(b), ddp.data_fingerprint(c)}) == 3
+
+
+def test_ranks_that_disagree_on_their_data_are_told_so_in_one_line(monkeypatch):
+    """`check_same` gathers every rank's value on the host group; one differing value is an error that
+    names them all, the same values pass, and a single process gathers nothing."""
+    gathered: list[list[str]] = []
+
+    def all_gather_object(out, value, group=None):
+        assert group == "cpu-group"
+        out[:] = gathered[0]
+
+    monkeypatch.setattr(ddp.dist, "all_gather_object", all_gather_object)
+    env = ddp.DistEnv(world_size=3, rank=1, local_rank=1, backend="gloo", cpu_group="cpu-group")
+    gathered.append(["ab12", "ab12", "ab12"])
+    env.check_same("ab12", "the tokenised training data")
+    gathered[0] = ["ab12", "ff00", "ab12"]
+    with pytest.raises(RuntimeError) as e:
+        env.check_same("ff00", "the tokenised training data")
+    assert str(e.value) == ("ranks disagree on the tokenised training data (ab12, ff00, ab12); "
+                            "give every node the same data and --cache-dir")
+    gathered.clear()  # a single process: no collective (the stand-in would fail on an empty list)
+    ddp.DistEnv().check_same("x", "anything")
+
+
+@pytest.mark.parametrize("local_rank, order", [(None, ["block", "barrier"]), (1, ["barrier", "block"])],
+                         ids=["local-rank-0-by-default", "local-rank-1"])
+def test_local_rank_0_runs_the_block_first_and_the_others_wait_for_it(monkeypatch, local_rank, order):
+    """`local_main_first`: local rank 0 (the default) fills the node's caches, then releases the others at
+    a barrier on the host group; the others wait at that barrier first."""
+    log: list[str] = []
+    monkeypatch.setattr(ddp.dist, "barrier", lambda group=None: log.append("barrier"))
+    kw = {} if local_rank is None else {"local_rank": local_rank}
+    env = ddp.DistEnv(world_size=2, rank=kw.get("local_rank", 0), **kw)
+    with env.local_main_first():
+        log.append("block")
+    assert log == order
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_a_launched_rank_joins_its_group_on_its_own_gpu(monkeypatch, device):
+    """Under torchrun a rank takes GPU LOCAL_RANK whatever --device said, makes it current (NCCL's
+    collectives run on the current device), joins with NCCL on CUDA and gloo on CPU under the collective
+    timeout, registers the group's shutdown at exit, and makes the host group for long waits (gloo,
+    hours). Checked on stand-ins for torch.distributed and CUDA (no GPU, no rendezvous needed)."""
+    calls: list[tuple] = []
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(ddp, "resolve_device", lambda arg: torch.device(device))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", str(d))))
+    monkeypatch.setattr(ddp.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(ddp.dist, "init_process_group", lambda backend, timeout: calls.append(("init", backend, timeout)))
+    monkeypatch.setattr(ddp.atexit, "register", lambda fn: calls.append(("atexit", fn)))
+    monkeypatch.setattr(ddp.dist, "new_group", lambda backend, timeout: calls.append(("group", backend, timeout)) or "g")
+    env, dev = ddp.init("auto")
+    assert env == ddp.DistEnv(4, 3, 1, "nccl" if device == "cuda" else "gloo") and env.cpu_group == "g"
+    first = [("set_device", "cuda:1")] if device == "cuda" else []
+    assert str(dev) == ("cuda:1" if device == "cuda" else "cpu")
+    assert calls == first + [("init", env.backend, ddp.COLLECTIVE_TIMEOUT), ("atexit", ddp.shutdown),
+                             ("group", "gloo", ddp.WAIT_TIMEOUT)]
+
+
+def test_shutdown_leaves_a_group_that_is_up_and_is_a_no_op_without_one(monkeypatch):
+    """`shutdown` runs at exit and after every spawned rank: without a process group (a single process,
+    a rank that failed before joining) it does nothing and raises nothing; with one it destroys it."""
+    assert not ddp.dist.is_initialized()
+    ddp.shutdown()
+    destroyed = []
+    monkeypatch.setattr(ddp.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(ddp.dist, "destroy_process_group", lambda: destroyed.append(True))
+    ddp.shutdown()
+    assert destroyed == [True]
+
+
+@pytest.mark.parametrize("budget, synced", [("seconds=5", True), ("a100_seconds=5", True), ("tokens=500", False)])
+def test_a_time_budgets_fraction_is_rank_0s_and_a_token_budgets_needs_no_collective(monkeypatch, budget, synced):
+    """Seconds differ per rank, so under a time budget every rank takes rank 0's fraction (a host float
+    broadcast on the gloo group: no device sync) and all stop at the same step; a token fraction is the
+    same on every rank by construction and costs no collective."""
+    from harness.budget import Budget
+    sent = []
+
+    def broadcast(t, src, group=None):
+        assert src == 0 and group == "cpu-group" and t.dtype == torch.float64 and t.device.type == "cpu"
+        sent.append(float(t[0]))
+        t[0] = 0.625  # rank 0's fraction
+
+    monkeypatch.setattr(ddp.dist, "broadcast", broadcast)
+    monkeypatch.setattr(ddp, "_DDP", lambda model, **kw: model)  # no process group needed for the fraction
+    env = ddp.DistEnv(world_size=2, rank=1, local_rank=1, cpu_group="cpu-group")
+    par = ddp.DataParallel(torch.nn.Linear(1, 1), env, torch.device("cpu"), Budget.parse(budget))
+    got = par.fraction(0.5)
+    assert (got, sent) == ((0.625, [0.5]) if synced else (0.5, []))
+
+
+def test_a_data_parallel_model_is_wrapped_without_a_buffer_sync_and_without_a_deprecation_warning():
+    """DDP is told not to broadcast buffers every forward (the LM has none to sync), under the keyword this
+    torch names it: torch 2.13 renamed `broadcast_buffers` to `forward_sync_buffers` and warns on the old
+    one. One real gloo rank in this process (a hash store: no rendezvous)."""
+    import warnings
+
+    from harness.budget import Budget
+    model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=1, mixer="attention", causal=True, mlp_hidden=32))
+    ddp.dist.init_process_group("gloo", store=ddp.dist.HashStore(), rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            par = ddp.DataParallel(model, ddp.DistEnv(world_size=1), torch.device("cpu"), Budget.parse("tokens=1"))
+        assert par.module.module is model and par.module.head_weight is model.head_weight  # attributes pass through
+        assert par.module.gradient_as_bucket_view is True  # gradients live in the all-reduce buckets: no copy
+        sync = getattr(par.module, "forward_sync_buffers", None)
+        assert (par.module.broadcast_buffers is False) if sync is None else (sync is False)
+    finally:
+        ddp.dist.destroy_process_group()
+
+
+def test_dev_loss_selects_checkpoints_with_the_cheap_estimator_and_shards_rows_over_ranks(monkeypatch):
+    """Checkpoint selection uses the objective's selection estimator (diffusion: fewer samples of its
+    bound), alone or on N ranks; on N ranks rank r scores rows r::N and the sums are all-reduced, so every
+    rank gets the same float: the total NLL over the total count."""
+    seen = []
+    monkeypatch.setattr(ddp, "dev_loss", lambda *a, **k: seen.append(("dev_loss", k)) or 1.5)
+    from harness.budget import Budget
+    data = _numbered(5)
+    assert ddp.SingleProcess(None).dev_loss(None, "obj", data, 4, torch.device("cpu")) == 1.5
+    assert seen == [("dev_loss", {"selection": True})]
+
+    def nll_sums(model, objective, shard, batch_size, device, selection=False):
+        seen.append(("nll_sums", shard.ids[:, 0].tolist(), selection))
+        return torch.tensor(3.0, dtype=torch.float64), torch.tensor(4)
+
+    monkeypatch.setattr(ddp, "nll_sums", nll_sums)
+    monkeypatch.setattr(ddp.dist, "all_reduce", lambda t, *a, **k: t.mul_(2))  # two ranks, the same sums each
+    monkeypatch.setattr(ddp, "_DDP", lambda model, **kw: model)
+    par = ddp.DataParallel(torch.nn.Linear(1, 1), ddp.DistEnv(world_size=2, rank=1, local_rank=1),
+                           torch.device("cpu"), Budget.parse("tokens=1"))
+    assert par.dev_loss(None, "obj", data, 4, torch.device("cpu")) == 0.75  # (3 + 3) / (4 + 4)
+    assert seen[1] == ("nll_sums", [11, 13], True)  # rows 1 and 3 of 0..4 (a row's first id is 10 + i)
+    seen.clear()  # a rank whose shard is empty (one dev row, two ranks): rank 0's sums are the whole
+    monkeypatch.setattr(ddp, "nll_sums", lambda *a, **k: (torch.tensor(0.0, dtype=torch.float64), torch.tensor(0)))
+    monkeypatch.setattr(ddp.dist, "all_reduce", lambda t, *a, **k: t.add_(torch.tensor([0.7, 1.0])))
+    assert par.dev_loss(None, "obj", _numbered(1), 4, torch.device("cpu")) == pytest.approx(0.7)
+
+
+def test_a_free_port_is_an_unprivileged_port_nothing_holds():
+    """The rendezvous port the OS hands out: above the privileged range and free to bind once returned."""
+    import socket
+    port = ddp.free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
