@@ -37,7 +37,7 @@ import inspect
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -180,10 +180,14 @@ class ShardedSampler:
         return self.base.data.batch(mine, self.base.pad_to, mine_dev, self.base.width)
 
 
-# torch >= 2.13 renamed DDP's per-forward buffer broadcast; both spellings mean "do not".
-_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
-                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
-                   else {"broadcast_buffers": False})
+def no_buffer_sync(ddp_params: Iterable[str]) -> dict[str, bool]:
+    """DDP's keyword for "no buffer broadcast every forward", given the names its `__init__` takes: torch
+    2.13 renamed `broadcast_buffers` to `forward_sync_buffers` and warns on the old name; older torch
+    (the device's 2.11) knows only the old one."""
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in ddp_params else {"broadcast_buffers": False}
+
+
+_NO_BUFFER_SYNC = no_buffer_sync(inspect.signature(DistributedDataParallel.__init__).parameters)
 
 
 class _DDP(DistributedDataParallel):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from core.data import BatchSampler, SeqSet
-from core.files import write_atomic
+from core.files import temp_path, write_atomic
 from tasks import DataError
 from tasks.corpus import Source, check, documents, identity
 
@@ -106,7 +106,7 @@ def tokenize_cached(src: Source, passages: list[str], tok, cache_dir: Path, max_
     t0 = time.perf_counter()
     n_docs = n_chars = n_tok = 0
     tok_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tok_path.with_suffix(f".tmp{os.getpid()}")
+    tmp = temp_path(tok_path)  # streamed, so not `write_atomic`; the same name and the same cleanup
     try:  # a source that fails part-way (a file not UTF-8, Ctrl-C) leaves no partial file in the cache
         with tmp.open("wb") as fh:
             for doc in documents(src, passages, Path(cache_dir), max_chars):

@@ -315,6 +315,13 @@ def test_a_time_budgets_fraction_is_rank_0s_and_a_token_budgets_needs_no_collect
     assert (got, sent) == ((0.625, [0.5]) if synced else (0.5, []))
 
 
+def test_the_no_buffer_sync_keyword_follows_the_torch_at_hand():
+    """torch 2.13 (CI) takes `forward_sync_buffers`; older torch (the device's 2.11) only `broadcast_buffers`.
+    Either way the buffers are not broadcast every forward."""
+    assert ddp.no_buffer_sync(["module", "broadcast_buffers", "forward_sync_buffers"]) == {"forward_sync_buffers": False}
+    assert ddp.no_buffer_sync(["module", "broadcast_buffers", "static_graph"]) == {"broadcast_buffers": False}
+
+
 def test_a_data_parallel_model_is_wrapped_without_a_buffer_sync_and_without_a_deprecation_warning():
     """DDP is told not to broadcast buffers every forward (the LM has none to sync), under the keyword this
     torch names it: torch 2.13 renamed `broadcast_buffers` to `forward_sync_buffers` and warns on the old
