@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks import gpu_targets
-from core.files import temp_path, write_atomic
+from core.files import replacing, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = {"fugashi": "fugashi", "unidic_lite": "unidic-lite", "pywt": "PyWavelets",
@@ -300,15 +300,10 @@ def read_parts(out: Path) -> list[dict]:
 def pack(out: Path, archive: Path) -> None:
     """The report folder's contents as a .tgz that `unpack` (and `--merge`) reads, whole or absent: written
     beside the target, then renamed over it."""
-    tmp = temp_path(archive)  # streamed, so not `write_atomic`; the same name and the same cleanup
-    skip = {archive.resolve(), tmp.resolve()}  # an archive inside the folder is not packed into itself
-    try:
+    with replacing(archive) as tmp:  # streamed
+        skip = {archive.resolve(), tmp.resolve()}  # an archive inside the folder is not packed into itself
         with tarfile.open(tmp, "w:gz") as tar:
             tar.add(out, arcname=".", filter=lambda m: None if (out / m.name).resolve() in skip else m)
-        tmp.replace(archive)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def unpack(archive: Path, out: Path) -> None:

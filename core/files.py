@@ -11,14 +11,31 @@ collect `.tmp` debris from failed runs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 
 def temp_path(path: Path | str) -> Path:
     """Where `write_atomic(path, ...)` writes before the rename: `dir/.name.<pid>.tmp`."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def replacing(path: Path | str) -> Iterator[Path]:
+    """The temporary path to write `path`'s new contents to, for a writer that streams (a token file, a
+    tar archive): renamed over `path` when the block ends, removed if the block (or the rename) fails, the
+    original error raised. `path`'s folder must exist."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_atomic(path: Path | str, data: str | bytes, encoding: str = "utf-8") -> Path:
@@ -28,14 +45,9 @@ def write_atomic(path: Path | str, data: str | bytes, encoding: str = "utf-8") -
     removed, and the original error is raised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
+    with replacing(path) as tmp:
         if isinstance(data, bytes):
             tmp.write_bytes(data)
         else:
             tmp.write_text(data, encoding=encoding)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from core.data import BatchSampler, SeqSet
-from core.files import temp_path, write_atomic
+from core.files import replacing, write_atomic
 from tasks import DataError
 from tasks.corpus import Source, check, documents, identity
 
@@ -106,8 +105,8 @@ def tokenize_cached(src: Source, passages: list[str], tok, cache_dir: Path, max_
     t0 = time.perf_counter()
     n_docs = n_chars = n_tok = 0
     tok_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(tok_path)  # streamed, so not `write_atomic`; the same name and the same cleanup
-    try:  # a source that fails part-way (a file not UTF-8, Ctrl-C) leaves no partial file in the cache
+    # streamed: a source that fails part-way (a file not UTF-8, Ctrl-C) leaves no partial file in the cache
+    with replacing(tok_path) as tmp:
         with tmp.open("wb") as fh:
             for doc in documents(src, passages, Path(cache_dir), max_chars):
                 ids = _encode_doc(tok, doc, newline) + [eos]
@@ -117,10 +116,6 @@ def tokenize_cached(src: Source, passages: list[str], tok, cache_dir: Path, max_
                     log(f"[pretrain] {src}: {n_chars:,} characters tokenised ...")
         if n_tok == 0:
             raise DataError(f"--pretrain {src}: empty corpus (no text in it)")
-        os.replace(tmp, tok_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     meta = {"source": str(src), "docs": n_docs, "chars": n_chars, "tokens": n_tok, "max_chars": max_chars,
             "tokens_per_char": round(n_tok / max(n_chars, 1), 4), "tokenizer": tokenizer_id(tok),
             "dtype": np.dtype(dtype).name, "tokenize_s": round(time.perf_counter() - t0, 2)}
