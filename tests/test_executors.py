@@ -4,8 +4,10 @@ answers to a lost GPU. A stand-in for Ray records what the driver asks of it (no
 where Ray is not installed; tests/test_ray.py runs the real thing)."""
 from __future__ import annotations
 
+import argparse
 import os
 import socket
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,8 @@ from harness import executors
 from harness.cell import Cell
 from harness.distributed import DistEnv
 from harness.executors import ContextSpec, LocalExecutor, RayExecutor, _resources, _slots, _where
+from harness.warm import TIMEOUT_S
+from core.schema import GRID_KEYS, ROW_KEYS
 
 
 def _cells(n: int = 2) -> list[Cell]:
@@ -160,14 +164,23 @@ def test_the_phase_board_takes_no_cpu_and_is_killed_when_the_grid_ends(tmp_path)
     assert ray.killed == [_Board("PhaseBoard")]
 
 
-def test_a_dead_workers_row_keeps_the_last_2000_characters_of_its_error(tmp_path):
-    """The end of a long error is where Ray names the cause; the row keeps that end, not its start."""
-    message = "x" * 3000 + "the worker died (SIGKILL)"
+def test_a_cell_whose_ray_worker_died_gets_one_failed_row_and_the_grid_goes_on(tmp_path):
+    """A worker that died (killed, out of host memory) makes `ray.get` raise: its cell gets one whole failed
+    row, the other cells their own, and nothing is left pending. The row's error is the message's first
+    line; its traceback the last 2,000 characters, where a long Ray error names the cause."""
+    message = "The worker died unexpectedly while executing this task (SIGKILL)\n" + "x" * 3000 + " the cause"
     ray = _RecordingRay({"CPU": 2.0}, fail={1: RuntimeError(message)})
-    _, out = _run(ray, tmp_path)
-    row = out[1][1]
-    assert row["status"] == "failed" and row["traceback"] == message[-2000:]
-    assert len(row["traceback"]) == 2000
+    cells = _cells(3)
+    out = list(RayExecutor(_args(device="cpu"))._run(ray, cells, _ctx(tmp_path)))
+    assert [c.seed for c, _ in out] == [0, 1, 2]  # one row per cell, the dead one's included
+    rows = {c.seed: r for c, r in out}
+    assert rows[0]["status"] == rows[2]["status"] == "ok"
+    dead = rows[1]
+    assert dead["status"] == "failed" and dead["key"] == cells[1].key() and dead["seed"] == 1
+    assert dead["error"] == "RuntimeError: The worker died unexpectedly while executing this task (SIGKILL)"
+    assert dead["traceback"] == message[-2000:] and len(dead["traceback"]) == 2000
+    assert all(k in dead for k in ROW_KEYS + GRID_KEYS + ("world_size",))  # a whole grid row, like any other
+    assert ray.cancelled == []  # nothing left pending
 
 
 @pytest.mark.parametrize("resources, gpus, cpus, slots", [
@@ -247,10 +260,6 @@ def test_a_lost_gpu_stops_the_local_grid_after_that_cells_row(tmp_path, monkeypa
 
 
 def test_the_executor_flags_parse_with_their_defaults_and_metavars():
-    import argparse
-
-    from harness.warm import TIMEOUT_S
-
     p = argparse.ArgumentParser()
     executors.add_arguments(p)
     a = p.parse_args([])
@@ -300,8 +309,6 @@ def test_the_ray_executor_starts_and_stops_only_a_ray_it_started(tmp_path, monke
     """No cluster yet: it joins `--ray-address` with the repository on the workers' path, forwards the
     workers' logs unless --no-progress asks for a quiet run, and shuts Ray down after the grid. A Ray
     the caller started (a notebook, tests/test_ray.py) is left running."""
-    import sys
-
     fake = _FakeRayModule(initialized)
     monkeypatch.setitem(sys.modules, "ray", fake)
     seen = []
@@ -318,8 +325,6 @@ def test_the_ray_executor_starts_and_stops_only_a_ray_it_started(tmp_path, monke
 
 
 def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
-    import sys
-
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(RuntimeError, match=r"needs Ray: pip install -r requirements-ray.txt"):
         list(RayExecutor(_args()).run(_cells(), _ctx(tmp_path)))
@@ -338,8 +343,6 @@ def test_a_timeout_is_told_from_a_lost_board(exc, timeout):
 def worker(monkeypatch):
     """ray_cell's surroundings: a fresh context cache, `import ray` answered by a recording stand-in, a
     cell body that reports two phases, and a board whose `update.remote` records what it is sent."""
-    import sys
-
     fake = _FakeRayModule(initialized=True)
     monkeypatch.setitem(sys.modules, "ray", fake)
     monkeypatch.setattr(executors, "_CONTEXTS", {})
@@ -391,8 +394,6 @@ def test_a_multi_gpu_ray_task_spawns_its_ranks_and_forwards_rank_0s_phases(worke
 
 
 def test_waiting_for_the_board_never_fails_the_cell(monkeypatch):
-    import sys
-
     fake = _FakeRayModule(get_raises=RuntimeError("ActorDiedError"))
     monkeypatch.setitem(sys.modules, "ray", fake)
     executors._settle("ref")
@@ -494,8 +495,6 @@ def test_the_local_grid_warms_its_compiled_cells_first(monkeypatch, jobs, active
 def test_one_warm_up_worker_is_a_valid_warm_compile(jobs, refused):
     """`--warm-compile 1` (one worker, compilations one after another) is the smallest valid value; 0 is
     off; a negative count is refused in one line naming it."""
-    import argparse
-
     args = argparse.Namespace(warm_compile=jobs, executor="local", no_compile=False)
     if refused:
         with pytest.raises(ValueError, match=r"^--warm-compile takes a number of worker processes >= 1 \(0: off\), "
