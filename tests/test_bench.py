@@ -154,3 +154,59 @@ def test_measured_row_keeps_only_the_failures_keep_accepts(tmp_path):
     assert [r["n"] for r in read_rows(out)] == [1]  # the raised one wrote nothing
     ok = common.measured_row("t", cpu, {"n": 3}, lambda: {"ms": 1.5}, None, keep=common.is_oom)
     assert ok["status"] == "ok" and ok["ms"] == 1.5 and ok["error"] is None
+
+
+def test_only_an_out_of_memory_error_is_an_oom():
+    """A benchmark keeps an OOM at one size as a failed row and goes on; any other error is a bug and
+    stops it. CUDA's and Python's memory errors and the allocators' messages are OOMs; a RuntimeError
+    about anything else, or another type that mentions memory, is not."""
+    from benchmarks import common
+
+    oom = [torch.cuda.OutOfMemoryError("x"), MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"),
+           RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")]
+    not_oom = [RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("out of memory"), KeyError("x")]
+    assert [common.is_oom(e) for e in oom] == [True] * 4
+    assert [common.is_oom(e) for e in not_oom] == [False] * 3
+
+
+def test_a_benchmarks_end_runs_it_into_its_results_and_redraws_the_reports_when_asked(tmp_path, monkeypatch, capsys):
+    from benchmarks import common
+    import reports
+
+    runs, drawn = [], []
+    monkeypatch.setattr(reports, "write_reports", lambda res, rep: drawn.append((res, rep)) or [rep / "r.md"])
+    cpu = torch.device("cpu")
+    assert common.run_and_report("Scaling", "bench_x.jsonl", lambda *a: runs.append(a), "cfg", cpu, tmp_path,
+                                 report=False) == 0
+    assert runs == [("cfg", cpu, tmp_path / "results" / "bench_x.jsonl")] and drawn == []
+    assert capsys.readouterr().out == f"Scaling benchmark on cpu: rows -> {tmp_path / 'results' / 'bench_x.jsonl'}\n"
+    common.run_and_report("Scaling", "bench_x.jsonl", lambda *a: runs.append(a), "cfg", cpu, str(tmp_path), report=True)
+    assert drawn == [(tmp_path / "results", tmp_path / "reports")]
+    assert capsys.readouterr().out.splitlines()[-1] == f"report: {tmp_path / 'reports' / 'r.md'}"
+
+
+def test_the_cpu_peak_is_the_most_bytes_held_at_once():
+    """On CPU the peak is read off the profiler's allocation events: two tensors held together count both,
+    a tensor freed before the next is allocated counts once."""
+    from benchmarks import common
+
+    cpu = torch.device("cpu")
+
+    def one_after_the_other():
+        a = torch.empty(1000)
+        del a
+        return torch.empty(300)
+
+    assert common.peak_memory(lambda: [torch.empty(1000), torch.empty(500)], cpu) == (6000, common.CPU_MEASURE)
+    assert common.peak_memory(one_after_the_other, cpu) == (4000, common.CPU_MEASURE)
+
+
+def test_a_benchmark_rows_key_is_its_configuration_in_any_order():
+    """A rerun of a configuration supersedes its old row by key, however the caller ordered its fields."""
+    from benchmarks import common
+
+    cpu = torch.device("cpu")
+    a = common.bench_row("scaling", cpu, {"mixer": "mamba", "seq_len": 256})
+    b = common.bench_row("scaling", cpu, {"seq_len": 256, "mixer": "mamba"})
+    c = common.bench_row("scaling", cpu, {"mixer": "mamba", "seq_len": 512})
+    assert a["key"] == b["key"] != c["key"] and a["key"].startswith("scaling-")

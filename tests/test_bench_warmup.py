@@ -102,3 +102,17 @@ def test_profiled_calls_pass_on_stderr_but_the_profilers_own_chatter(capfd):
         raise RuntimeError("boom")
     os.write(2, b"after\n")  # descriptor 2 is stderr again
     assert capfd.readouterr().err == "before the error\nafter\n"
+
+
+def test_filtering_the_profilers_chatter_leaves_no_descriptor_open():
+    """Each profiled call duplicates descriptor 2 to restore it after: a benchmark profiles once per
+    configuration, and a duplicate left open per call would run a long sweep out of descriptors."""
+    import os
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd to count descriptors in")
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with bench_common.no_profiler_chatter():
+            pass
+    assert len(os.listdir("/proc/self/fd")) == fds

@@ -263,3 +263,70 @@ def test_mamba_fused_kernels_get_their_layouts_and_give_the_pytorch_scans_number
         with torch.no_grad():
             m.step(x_t)
         assert m.decode_backend == backend and seen == ([] if backend == "torch_step" else ["step"])
+
+
+# --- benchmarks/common.py ---------------------------------------------------------------------------
+
+
+def test_a_benchmarks_warm_up_and_timed_calls_wait_for_the_gpu(monkeypatch):
+    """CUDA calls return before the GPU has run them: the warm-up waits for its queued work (else it lands
+    in the first timed call), and each timed call starts and ends on a sync (else the clock measures the
+    launch, not the work). On CPU nothing CUDA is called."""
+    from benchmarks import common
+
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "synchronize", _recorder(calls, "synchronize"))
+    fn = _recorder(calls, "fn")
+    common.warm_up(fn, CUDA, 2)
+    assert calls == [("fn",), ("fn",), ("synchronize", CUDA)]
+    calls.clear()
+    common.time_ms(fn, CUDA, 2)
+    assert calls == [("synchronize", CUDA), ("fn",), ("synchronize", CUDA)] * 2
+    calls.clear()
+    common.time_ms(fn, CUDA, 0)  # no repetition asked: one call all the same, a median needs one time
+    assert calls.count(("fn",)) == 1
+    calls.clear()
+    assert common.time_ms(fn, CUDA, 0, first=[3.0]) == 3.0 and calls == []  # the given time suffices
+    common.warm_up(fn, CPU, 1)
+    common.time_ms(fn, CPU, 1)
+    assert calls == [("fn",), ("fn",)]
+
+
+def test_a_benchmarks_peak_on_cuda_is_the_allocators_peak_above_what_the_call_started_with(monkeypatch):
+    """The loss-memory table's figure on a GPU: the queue drained, the peak statistics reset (else an earlier
+    configuration's peak is read), what is allocated before the call (inputs, parameters) subtracted from
+    the allocator's peak after it, read once the call's work has run."""
+    from benchmarks import common
+
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "synchronize", _recorder(calls, "synchronize"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", _recorder(calls, "reset"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", _recorder(calls, "allocated", 1_000))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", _recorder(calls, "max", 7_000))
+    assert common.peak_memory(_recorder(calls, "fn"), CUDA) == (6_000, common.CUDA_MEASURE)
+    assert calls == [("synchronize", CUDA), ("reset", CUDA), ("allocated", CUDA), ("fn",), ("synchronize", CUDA),
+                     ("max", CUDA)]
+
+
+def test_each_benchmark_configuration_hands_the_gpus_cache_back_ok_or_failed(monkeypatch):
+    """After each configuration (a length, a loss path) the cached blocks go back: an OOM at one size must
+    not leave the next size's peak, or its chance to fit, to the allocator's leftovers. On CPU nothing
+    CUDA is called."""
+    from benchmarks import common
+
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", _recorder(calls, "empty_cache"))
+    common.free(CPU)
+    assert calls == []
+    common.free(CUDA)
+    assert calls == [("empty_cache",)]
+
+    freed: list = []
+    monkeypatch.setattr(common, "free", freed.append)
+
+    def oom():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    assert common.measured_row("t", CPU, {"n": 1}, lambda: {"ms": 1.0})["status"] == "ok"
+    assert common.measured_row("t", CPU, {"n": 2}, oom, keep=common.is_oom)["status"] == "failed"
+    assert freed == [CPU, CPU]

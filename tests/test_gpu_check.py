@@ -493,6 +493,85 @@ def test_the_verdicts_hold_at_their_edges():
     assert _judged(lambda g, b, s, p: [r.update(backend="mamba_ssm") for r in s])[5] == "not measured"
 
 
+def test_each_verdict_shows_the_figures_it_rests_on():
+    """A reader checks a verdict against the figures printed beside it: the count of ok cells, attention's
+    MFU and its diffusion speed, each objective's Mamba ratio or why there is none, the scan's kernel, and a
+    pretraining stage's figure without an MFU."""
+    from benchmarks import gpu_targets as gt
+
+    grid, base, scaling, parts = _meeting_rows()
+    n = len(grid)
+    ooms = [_grid_row(m, "diffusion", None, status="failed", error=f"OutOfMemoryError: {m}")
+            for m in ("wave_wavelet", "wave_modulation")]
+    cells = [r for r in grid if r["mixer"] != "gated_context"] + ooms
+    v = gt.grid_cells(cells, [(r["mixer"], r["objective"]) for r in grid])
+    assert v.verdict == "not met"
+    assert v.measured == (f"{n - 4} of {n} cells ok; not ok: wave_modulation x diffusion (failed: OutOfMemoryError: "
+                          "wave_modulation); wave_wavelet x diffusion (failed: OutOfMemoryError: wave_wavelet); no row: "
+                          "gated_context x autoregressive, gated_context x diffusion")
+
+    att = next(r for r in grid if (r["mixer"], r["objective"]) == ("attention", "autoregressive"))
+    att["metrics"]["mfu"] = 0.153
+    v = gt.attention_speed(grid)
+    assert v.measured == "2,000,000 tokens/s (1.00x the target, MFU 15.3%) on NVIDIA H200; diffusion 2,000,000"
+    att["train"] = {"stages": [{"stage": "pretrain", "tokens_per_s": 2_500_000.0}]}
+    assert gt.attention_speed(grid).measured.endswith("(the pretraining stage's packed rows: 2,500,000); "
+                                                      "diffusion 2,000,000")
+
+    no_pair = [r for r in grid if (r["mixer"], r["objective"]) != ("mamba", "diffusion")]
+    v = gt.mamba_speed(no_pair, OBJECTIVES)
+    assert v.verdict == "not measured"
+    assert v.measured == "autoregressive 0.50x (1,000,000 / 2,000,000, kernel triton_scan); diffusion: no ok pair of rows"
+
+    for r in grid:
+        if r["mixer"] == "mamba":
+            r["backend"]["mixer"] = ["triton_scan", "causal_conv1d"]
+    assert "kernel triton_scan, causal_conv1d" in gt.mamba_speed(grid, OBJECTIVES).measured
+
+    failed = [{**r, "status": "failed", "error": f"OutOfMemoryError: {r['seq_len']}"} if r["seq_len"] in (2048, 4096)
+              else r for r in scaling]
+    assert gt.mamba_flat(failed).measured == ("failed at L = 2,048: failed OutOfMemoryError: 2048; "
+                                              "4,096: failed OutOfMemoryError: 4096")
+    gaps = [r for r in scaling if r["seq_len"] not in (1024, 2048)]
+    assert gt.mamba_flat(gaps).measured.endswith("; no ok row at L = 1,024, 2,048")
+    del scaling[0]["backend"]
+    assert gt.mamba_flat(scaling).measured == ("256: 1.00x, 512: 1.30x, 1,024: 1.10x, 2,048: 1.00x, 4,096: 0.80x, "
+                                               "8,192: 0.70x (L = 256: 1,000,000 tokens/s, ?; fastest / slowest "
+                                               "length 1.86)")
+
+
+def test_mamba_alone_is_judged_on_its_span_only():
+    """Lengths outside 256..8,192 (a longer probe, a shorter warm-up) neither fail nor widen the target."""
+    def outside(g, b, s, p):
+        s.append({**s[0], "seq_len": 16_384, "status": "failed", "error": "OutOfMemoryError"})
+        s.append({**s[0], "seq_len": 128, "tokens_per_s": 0.1e6})
+    assert _judged(outside)[5] == "met"
+
+
+def test_a_speed_of_zero_and_a_test_run_with_none_passed_decide_nothing():
+    """0 tokens/s is no speed (a cell that trained no token): it would divide Mamba's ratio by zero or
+    meet nothing honestly. "0 passed" is a CUDA test run in which nothing passed."""
+    zero_attention = lambda g, b, s, p: [r["metrics"].update(tokens_per_s=0) for r in g  # noqa: E731
+                                         if r["mixer"] == "attention"]
+    assert _judged(zero_attention)[2::2] == ["not measured", "not measured"]
+    assert _judged(lambda g, b, s, p: s[0].update(tokens_per_s=0.0))[5] == "not measured"
+    assert _judged(lambda g, b, s, p: p[0].update(note="0 passed, 37 skipped in 2.1s"))[1] == "not measured"
+    assert _judged(lambda g, b, s, p: p[0].update(note="1 passed, 36 skipped in 2.1s"))[1] == "met"
+
+
+def test_an_alternative_exactly_at_the_margin_is_called_faster_and_only_the_chunking_shows_flatness():
+    """The margin is inclusive both ways: 5% faster names the alternative, 5% slower the default. The
+    pipelining comparison is per length only; the chunking one adds each variant's spread over lengths."""
+    from benchmarks import gpu_targets as gt
+
+    assert gt._faster(1.0, 1 + gt.MARGIN, "d", "a") == "a: 1.05x the default's speed"
+    assert gt._faster(1 + gt.MARGIN, 1.0, "d", "a") == "d (the default): 1.05x the alternative's speed"
+    sweep = [{"scan": v, "length": 256, "ms": 4.0} for v in ("triton", "triton_unpipelined", "triton_programs_256")]
+    stages, chunking = gt.comparisons([], [], [], sweep)[2:]
+    assert stages.measured == "unpipelined / pipelined, ms: 256: 1.00 (geometric mean 1.00)"
+    assert chunking.measured.endswith("; slowest / fastest length: 1,024 programs 1.00, 256 programs 1.00")
+
+
 def test_the_summary_opens_with_the_targets_verdicts(tmp_path):
     """The report's first table after the parts: the verdicts, from the folder's rows and records."""
     import json
