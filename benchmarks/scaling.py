@@ -81,7 +81,8 @@ def measure(name: str, seq_len: int, cfg: ScalingConfig, device: torch.device) -
         sync(device)
         return {
             "ms_per_step": ms, "ms_per_seq": ms / batch, "tokens_per_s": batch * seq_len / (ms / 1000),
-            "peak_mem_bytes": peak, "mem_measure": how, "reps": 0 if slow else cfg.reps,
+            # reps: the timed steps behind the figure (a step past --max-seconds is the figure alone)
+            "peak_mem_bytes": peak, "mem_measure": how, "reps": 1 if slow else cfg.reps,
             "backend": module.backend, "params": sum(p.numel() for p in module.parameters()),
             "warmup": cfg.warmup,
             "note": f"one step took {first / 1000:.1f} s > {cfg.max_seconds} s: longer lengths skipped" if slow else None,

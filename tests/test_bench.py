@@ -210,3 +210,128 @@ def test_a_benchmark_rows_key_is_its_configuration_in_any_order():
     b = common.bench_row("scaling", cpu, {"seq_len": 256, "mixer": "mamba"})
     c = common.bench_row("scaling", cpu, {"mixer": "mamba", "seq_len": 512})
     assert a["key"] == b["key"] != c["key"] and a["key"].startswith("scaling-")
+
+
+def _bench_cli(monkeypatch, module, argv: list[str], device: torch.device):
+    """`module.main(argv)` up to the run: the configuration, device, root and --report it would run with."""
+    got = []
+    monkeypatch.setattr(module, "resolve_device", lambda name: device)
+    monkeypatch.setattr(module, "run_and_report",
+                        lambda label, name, run, cfg, dev, out, report: got.append((cfg, dev, out, report)) or 0)
+    assert module.main(argv) == 0
+    return got[0]
+
+
+def test_the_gpu_checks_benchmark_commands_give_the_sizes_the_issue_names(tmp_path, monkeypatch):
+    """The GPU check runs both benchmarks by their command lines (benchmarks/gpu_check.py's plan): every flag
+    must reach the configuration, which on CUDA resolves to issue 14's sizes: Mamba alone first, 256 ... 8,192
+    at 16,384 tokens a step, 5 timed steps after 2 warm-ups; every loss path the GPU runs at 8k/32k vocabulary
+    and 4,096/16,384 tokens, in bf16 hidden states."""
+    from benchmarks import gpu_check as gc
+
+    cuda = torch.device("cuda")
+    parts = {p.name: p.argv for p in gc.plan(tmp_path, tmp_path, dry=False, budget=None, eval_limit=None)}
+    argv = parts["bench_scaling"][parts["bench_scaling"].index("benchmarks.scaling") + 1:]
+    cfg, dev, out, report = _bench_cli(monkeypatch, bs, argv, cuda)
+    assert (dev, out, report) == (cuda, str(tmp_path), False)
+    r = cfg.resolved(cuda)
+    assert r.mixers[0] == "mamba" and sorted(r.mixers) == mixers.names()
+    assert (r.lengths, r.tokens, r.reps, r.warmup, r.max_seconds, r.causal, r.d_model) == \
+        ([256, 512, 1024, 2048, 4096, 8192], 16384, 5, 2, 5.0, True, 256)
+
+    argv = parts["bench_loss_memory"][parts["bench_loss_memory"].index("benchmarks.loss_memory") + 1:]
+    cfg, dev, out, report = _bench_cli(monkeypatch, blm, argv, cuda)
+    monkeypatch.setattr(blm, "runnable_impls", lambda device: list(blm.IMPLS))  # (cce needs a real GPU to resolve)
+    r = cfg.resolved(cuda)
+    assert (r.impls, r.vocab_sizes, r.tokens, r.reps, r.warmup, r.d_model) == \
+        (list(blm.IMPLS), [8000, 32000], [4096, 16384], 5, 2, 512)
+
+
+def test_the_benchmarks_flags_reach_their_configuration_and_default_as_the_dataclass_does(tmp_path, monkeypatch):
+    """Each flag of the two benchmarks' command lines sets its field; without flags, the command line and the
+    configuration's own defaults agree (a script building the configuration gets what the command runs),
+    and on a GPU the defaults are the CUDA sizes, on CPU the quick ones."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cfg, _, _, report = _bench_cli(monkeypatch, bs, ["--mixers", "mamba,attention", "--d-model", "64", "--max-len",
+                                                     "1024", "--tokens", "2048", "--bidirectional", "--reps", "4",
+                                                     "--warmup", "0", "--max-seconds", "1.5", "--report"], cpu)
+    assert report is True and cfg == bs.ScalingConfig(mixers=["mamba", "attention"], d_model=64,
+                                                      lengths=[256, 512, 1024], tokens=2048, causal=False, reps=4,
+                                                      warmup=0, max_seconds=1.5)
+    assert _bench_cli(monkeypatch, bs, [], cpu)[0] == bs.ScalingConfig(mixers=mixers.names())
+    cfg = _bench_cli(monkeypatch, bs, ["--lengths", "64,32"], cpu)[0]
+    assert cfg == bs.ScalingConfig(mixers=mixers.names(), lengths=[64, 32]) and cfg.resolved(cpu).lengths == [32, 64]
+    default = bs.ScalingConfig()
+    assert (default.resolved(cuda).lengths[-1], default.resolved(cuda).reps) == (16384, 10)
+    assert (default.resolved(cpu).lengths, default.resolved(cpu).reps, default.resolved(cpu).tokens) == \
+        ([256, 512, 1024, 2048], 3, 2048)
+
+    cfg, _, _, report = _bench_cli(monkeypatch, blm, ["--impls", "plain,chunked", "--vocab", "8e3,512", "--tokens",
+                                                      "64", "--d-model", "16", "--reps", "2", "--warmup", "1",
+                                                      "--report"], cpu)
+    assert report is True and cfg == blm.LossMemoryConfig(impls=["plain", "chunked"], vocab_sizes=[8000, 512],
+                                                          tokens=[64], d_model=16, reps=2, warmup=1)
+    assert _bench_cli(monkeypatch, blm, [], cpu)[0] == blm.LossMemoryConfig()
+    monkeypatch.setattr(blm, "runnable_impls", lambda device: ["chunked", "plain"])
+    default = blm.LossMemoryConfig()
+    assert (default.resolved(cuda).tokens, default.resolved(cuda).reps) == ([4096, 16384, 32768], 10)
+    assert (default.resolved(cpu).tokens, default.resolved(cpu).reps) == ([256, 1024], 3)
+
+
+def test_a_scaling_run_with_an_unknown_mixer_runs_nothing(tmp_path):
+    """The names are checked before the first row: a typo in the last name must not cost the others' run."""
+    with pytest.raises(UnknownNameError, match="^unknown mixer 'nope'"):
+        bs.main(["--out", str(tmp_path), "--mixers", "attention,nope", "--lengths", "8", "--d-model", "8"])
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_benchmark_rows_on_cpu_say_fp32_and_their_derived_figures_follow_their_times(monkeypatch):
+    """On CPU both benchmarks run in fp32 (the CUDA rows: bf16 autocast, bf16 hidden states) and say so; a
+    row's tokens/s and fp32 logit bytes are computed from its own time and sizes, and each row has its log
+    line."""
+    cpu = torch.device("cpu")
+    lines: list[str] = []
+    seen = []
+    real = blm._loss_fn
+    monkeypatch.setattr(blm, "_loss_fn",
+                        lambda impl: lambda h, w, y: seen.append((h.dtype, w.dtype)) or real(impl)(h, w, y))
+    rows = bs.run(bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8], tokens=16, reps=1), cpu,
+                  log=lines.append)
+    assert rows[0]["dtype"] == "fp32" and len(lines) == 1
+    assert lines[0].startswith("  attention            L=     8 B=  2 ") and " ms/step " in lines[0]
+    lines.clear()
+    rows = blm.run(blm.LossMemoryConfig(impls=["plain"], vocab_sizes=[64], tokens=[32], d_model=8, reps=1), cpu,
+                   log=lines.append)
+    r = rows[0]
+    assert r["dtype"] == "fp32" and len(lines) == 1
+    assert lines[0].startswith("  V=     64 N=    32 plain ") and f" loss {r['loss']:.5f}" in lines[0]
+    assert math.isclose(r["tokens_per_s"], 32 / (r["ms_fwd_bwd"] / 1000)) and r["logits_bytes_fp32"] == 4 * 32 * 64
+    assert set(seen) == {(torch.float32, torch.float32)}
+    lines.clear()
+    monkeypatch.setattr(blm, "peak_memory", lambda fn, device: (None, "no events"))  # the profiler gave none
+    blm.run(blm.LossMemoryConfig(impls=["plain"], vocab_sizes=[64], tokens=[32], d_model=8, reps=1), cpu,
+            log=lines.append)
+    assert " peak n/a  loss " in lines[0]
+
+    def fails(*a):
+        raise RuntimeError("CUDA out of memory")
+
+    lines.clear()
+    monkeypatch.setattr(bs, "peak_memory", lambda fn, device: (None, "no events"))  # the profiler gave none
+    bs.run(bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8], tokens=16, reps=1), cpu, log=lines.append)
+    assert lines[0].endswith(" tok/s  peak n/a")
+    lines.clear()
+    monkeypatch.setattr(bs, "measure", fails)
+    bs.run(bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8], tokens=16, reps=1), cpu, log=lines.append)
+    assert lines == ["  attention            L=     8 FAILED OutOfMemoryError: CUDA out of memory"]
+    lines.clear()
+    monkeypatch.setattr(bs, "measure", lambda *a: {}[0])  # a bug, not a size too big: said so
+    bs.run(bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8, 16], tokens=16, reps=1), cpu,
+           log=lines.append)
+    assert lines == ["  attention            L=     8 FAILED KeyError: 0", "  attention: stopped (not an out-of-memory error)"]
+    lines.clear()
+    monkeypatch.setattr(blm, "measure", fails)
+    rows = blm.run(blm.LossMemoryConfig(impls=["plain"], vocab_sizes=[64], tokens=[32], d_model=8, reps=1), cpu,
+                   log=lines.append)
+    assert rows[0]["status"] == "failed"
+    assert lines == ["  V=     64 N=    32 plain        FAILED OutOfMemoryError: CUDA out of memory"]

@@ -48,6 +48,7 @@ def test_scaling_bench_still_stops_after_a_slow_warmed_up_step(tmp_path, monkeyp
                            max_seconds=5.0)
     rows = bs.run(cfg, torch.device("cpu"), tmp_path / "s.jsonl", log=lambda s: None)
     assert [r["seq_len"] for r in rows] == [8] and "longer lengths skipped" in rows[0]["note"]
+    assert rows[0]["reps"] == 1  # its figure is that one timed step
 
 
 def test_loss_memory_bench_excludes_warm_up_calls(tmp_path, monkeypatch):
@@ -116,3 +117,40 @@ def test_filtering_the_profilers_chatter_leaves_no_descriptor_open():
         with bench_common.no_profiler_chatter():
             pass
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_scaling_row_times_exactly_its_reps_after_its_warm_up_on_the_seeds_inputs(monkeypatch):
+    """warmup untimed steps, then `reps` timed ones (the first of them also decides the stop rule: it is not
+    timed twice), then one for the peak; the module and inputs are the seed's, so a rerun measures the same
+    step and another seed another."""
+    seen = []
+    real_step = bs._step
+
+    def step(module, x, g, device):
+        seen.append((x.detach().sum().item(), next(module.parameters()).detach().sum().item()))
+        return real_step(module, x, g, device)
+
+    monkeypatch.setattr(bs, "_step", step)
+    cpu = torch.device("cpu")
+    cfg = bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8], tokens=16, reps=3, warmup=2).resolved(cpu)
+    row = bs.measure("attention", 8, cfg, cpu)
+    assert len(seen) == 2 + 3 + 1 and row["reps"] == 3 and row["warmup"] == 2
+    first = seen[0]
+    seen.clear()
+    bs.measure("attention", 8, cfg, cpu)
+    assert seen[0] == first
+    seen.clear()
+    cfg.seed = 1
+    bs.measure("attention", 8, cfg, cpu)
+    assert seen[0][0] != first[0] and seen[0][1] != first[1]
+
+
+def test_a_mixer_alone_runs_in_fp32_on_cpu():
+    """bf16 autocast is the CUDA rows' precision (as the grid trains); a CPU row is fp32, as its `dtype`
+    says: CPU bf16 autocast would time another, slower path."""
+    dtypes = []
+    module = torch.nn.Linear(4, 4)
+    module.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    grads = bs._step(module, x, torch.randn(2, 3, 4), torch.device("cpu"))
+    assert dtypes == [torch.float32] and [g.shape for g in grads] == [x.shape, (4, 4), (4,)]
