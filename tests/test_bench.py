@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mixers
+from benchmarks import common
 from benchmarks import loss_memory as blm
 from benchmarks import scaling as bs
 from core.registry import UnknownNameError
@@ -136,8 +137,6 @@ def test_scan_memory_bench_runs_and_counts_the_states_the_forward_keeps(tmp_path
 def test_measured_row_keeps_only_the_failures_keep_accepts(tmp_path):
     """A failure `keep` accepts (an OOM at this size) is a failed row, appended; any other error is raised,
     never written as if it were a measurement."""
-    from benchmarks import common
-
     cpu = torch.device("cpu")
 
     def oom():
@@ -160,8 +159,6 @@ def test_only_an_out_of_memory_error_is_an_oom():
     """A benchmark keeps an OOM at one size as a failed row and goes on; any other error is a bug and
     stops it. CUDA's and Python's memory errors and the allocators' messages are OOMs; a RuntimeError
     about anything else, or another type that mentions memory, is not."""
-    from benchmarks import common
-
     oom = [torch.cuda.OutOfMemoryError("x"), MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"),
            RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")]
     not_oom = [RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("out of memory"), KeyError("x")]
@@ -170,7 +167,6 @@ def test_only_an_out_of_memory_error_is_an_oom():
 
 
 def test_a_benchmarks_end_runs_it_into_its_results_and_redraws_the_reports_when_asked(tmp_path, monkeypatch, capsys):
-    from benchmarks import common
     import reports
 
     runs, drawn = [], []
@@ -188,8 +184,6 @@ def test_a_benchmarks_end_runs_it_into_its_results_and_redraws_the_reports_when_
 def test_the_cpu_peak_is_the_most_bytes_held_at_once():
     """On CPU the peak is read off the profiler's allocation events: two tensors held together count both,
     a tensor freed before the next is allocated counts once."""
-    from benchmarks import common
-
     cpu = torch.device("cpu")
 
     def one_after_the_other():
@@ -203,8 +197,6 @@ def test_the_cpu_peak_is_the_most_bytes_held_at_once():
 
 def test_a_benchmark_rows_key_is_its_configuration_in_any_order():
     """A rerun of a configuration supersedes its old row by key, however the caller ordered its fields."""
-    from benchmarks import common
-
     cpu = torch.device("cpu")
     a = common.bench_row("scaling", cpu, {"mixer": "mamba", "seq_len": 256})
     b = common.bench_row("scaling", cpu, {"seq_len": 256, "mixer": "mamba"})
@@ -231,16 +223,18 @@ def test_the_gpu_checks_benchmark_commands_give_the_sizes_the_issue_names(tmp_pa
 
     cuda = torch.device("cuda")
     parts = {p.name: p.argv for p in gc.plan(tmp_path, tmp_path, dry=False, budget=None, eval_limit=None)}
-    argv = parts["bench_scaling"][parts["bench_scaling"].index("benchmarks.scaling") + 1:]
-    cfg, dev, out, report = _bench_cli(monkeypatch, bs, argv, cuda)
+
+    def flags(part: str, module: str) -> list[str]:  # what follows `python -m <module>` in the part's command
+        return parts[part][parts[part].index(module) + 1:]
+
+    cfg, dev, out, report = _bench_cli(monkeypatch, bs, flags("bench_scaling", "benchmarks.scaling"), cuda)
     assert (dev, out, report) == (cuda, str(tmp_path), False)
     r = cfg.resolved(cuda)
     assert r.mixers[0] == "mamba" and sorted(r.mixers) == mixers.names()
     assert (r.lengths, r.tokens, r.reps, r.warmup, r.max_seconds, r.causal, r.d_model) == \
         ([256, 512, 1024, 2048, 4096, 8192], 16384, 5, 2, 5.0, True, 256)
 
-    argv = parts["bench_loss_memory"][parts["bench_loss_memory"].index("benchmarks.loss_memory") + 1:]
-    cfg, dev, out, report = _bench_cli(monkeypatch, blm, argv, cuda)
+    cfg, dev, out, report = _bench_cli(monkeypatch, blm, flags("bench_loss_memory", "benchmarks.loss_memory"), cuda)
     monkeypatch.setattr(blm, "runnable_impls", lambda device: list(blm.IMPLS))  # (cce needs a real GPU to resolve)
     r = cfg.resolved(cuda)
     assert (r.impls, r.vocab_sizes, r.tokens, r.reps, r.warmup, r.d_model) == \
@@ -285,6 +279,16 @@ def test_a_scaling_run_with_an_unknown_mixer_runs_nothing(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def _tiny_scaling(**kw) -> bs.ScalingConfig:
+    """attention alone at L = 8, two rows a step, one timed step."""
+    return bs.ScalingConfig(**{"mixers": ["attention"], "d_model": 32, "lengths": [8], "tokens": 16, "reps": 1, **kw})
+
+
+def _tiny_loss() -> blm.LossMemoryConfig:
+    """the plain loss path at V = 64, 32 tokens, one timed call."""
+    return blm.LossMemoryConfig(impls=["plain"], vocab_sizes=[64], tokens=[32], d_model=8, reps=1)
+
+
 def test_the_benchmark_rows_on_cpu_say_fp32_and_their_derived_figures_follow_their_times(monkeypatch):
     """On CPU both benchmarks run in fp32 (the CUDA rows: bf16 autocast, bf16 hidden states) and say so; a
     row's tokens/s and fp32 logit bytes are computed from its own time and sizes, and each row has its log
@@ -295,43 +299,41 @@ def test_the_benchmark_rows_on_cpu_say_fp32_and_their_derived_figures_follow_the
     real = blm._loss_fn
     monkeypatch.setattr(blm, "_loss_fn",
                         lambda impl: lambda h, w, y: seen.append((h.dtype, w.dtype)) or real(impl)(h, w, y))
-    rows = bs.run(bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8], tokens=16, reps=1), cpu,
-                  log=lines.append)
+    rows = bs.run(_tiny_scaling(), cpu, log=lines.append)
     assert rows[0]["dtype"] == "fp32" and len(lines) == 1
     assert lines[0].startswith("  attention            L=     8 B=  2 ") and " ms/step " in lines[0]
     lines.clear()
-    rows = blm.run(blm.LossMemoryConfig(impls=["plain"], vocab_sizes=[64], tokens=[32], d_model=8, reps=1), cpu,
-                   log=lines.append)
-    r = rows[0]
+    r = blm.run(_tiny_loss(), cpu, log=lines.append)[0]
     assert r["dtype"] == "fp32" and len(lines) == 1
     assert lines[0].startswith("  V=     64 N=    32 plain ") and f" loss {r['loss']:.5f}" in lines[0]
     assert math.isclose(r["tokens_per_s"], 32 / (r["ms_fwd_bwd"] / 1000)) and r["logits_bytes_fp32"] == 4 * 32 * 64
     assert set(seen) == {(torch.float32, torch.float32)}
-    lines.clear()
-    monkeypatch.setattr(blm, "peak_memory", lambda fn, device: (None, "no events"))  # the profiler gave none
-    blm.run(blm.LossMemoryConfig(impls=["plain"], vocab_sizes=[64], tokens=[32], d_model=8, reps=1), cpu,
-            log=lines.append)
-    assert " peak n/a  loss " in lines[0]
+
+
+def test_the_benchmarks_log_a_row_without_a_peak_a_failed_row_and_a_stop_that_was_no_oom(monkeypatch):
+    """A row whose profiler gave no memory events logs `n/a`; a failed row logs its error; a mixer stopped by an
+    error that is not an OOM (a bug, not a size too big) says so."""
+    cpu = torch.device("cpu")
+    lines: list[str] = []
+    for module in (bs, blm):
+        monkeypatch.setattr(module, "peak_memory", lambda fn, device: (None, "no events"))
+    bs.run(_tiny_scaling(), cpu, log=lines.append)
+    blm.run(_tiny_loss(), cpu, log=lines.append)
+    assert lines[0].endswith(" tok/s  peak n/a") and " peak n/a  loss " in lines[1]
 
     def fails(*a):
         raise RuntimeError("CUDA out of memory")
 
     lines.clear()
-    monkeypatch.setattr(bs, "peak_memory", lambda fn, device: (None, "no events"))  # the profiler gave none
-    bs.run(bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8], tokens=16, reps=1), cpu, log=lines.append)
-    assert lines[0].endswith(" tok/s  peak n/a")
-    lines.clear()
-    monkeypatch.setattr(bs, "measure", fails)
-    bs.run(bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8], tokens=16, reps=1), cpu, log=lines.append)
-    assert lines == ["  attention            L=     8 FAILED OutOfMemoryError: CUDA out of memory"]
-    lines.clear()
-    monkeypatch.setattr(bs, "measure", lambda *a: {}[0])  # a bug, not a size too big: said so
-    bs.run(bs.ScalingConfig(mixers=["attention"], d_model=32, lengths=[8, 16], tokens=16, reps=1), cpu,
-           log=lines.append)
-    assert lines == ["  attention            L=     8 FAILED KeyError: 0", "  attention: stopped (not an out-of-memory error)"]
-    lines.clear()
-    monkeypatch.setattr(blm, "measure", fails)
-    rows = blm.run(blm.LossMemoryConfig(impls=["plain"], vocab_sizes=[64], tokens=[32], d_model=8, reps=1), cpu,
-                   log=lines.append)
+    for module in (bs, blm):
+        monkeypatch.setattr(module, "measure", fails)
+    bs.run(_tiny_scaling(), cpu, log=lines.append)
+    rows = blm.run(_tiny_loss(), cpu, log=lines.append)
     assert rows[0]["status"] == "failed"
-    assert lines == ["  V=     64 N=    32 plain        FAILED OutOfMemoryError: CUDA out of memory"]
+    assert lines == ["  attention            L=     8 FAILED OutOfMemoryError: CUDA out of memory",
+                     "  V=     64 N=    32 plain        FAILED OutOfMemoryError: CUDA out of memory"]
+    lines.clear()
+    monkeypatch.setattr(bs, "measure", lambda *a: {}[0])
+    bs.run(_tiny_scaling(lengths=[8, 16]), cpu, log=lines.append)
+    assert lines == ["  attention            L=     8 FAILED KeyError: 0",
+                     "  attention: stopped (not an out-of-memory error)"]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import harness.cell as cell_mod
 import mixers
 import mixers.attention as attn_mod
+from benchmarks import common
 from core import env
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -272,8 +273,6 @@ def test_a_benchmarks_warm_up_and_timed_calls_wait_for_the_gpu(monkeypatch):
     """CUDA calls return before the GPU has run them: the warm-up waits for its queued work (else it lands
     in the first timed call), and each timed call starts and ends on a sync (else the clock measures the
     launch, not the work). On CPU nothing CUDA is called."""
-    from benchmarks import common
-
     calls: list = []
     monkeypatch.setattr(torch.cuda, "synchronize", _recorder(calls, "synchronize"))
     fn = _recorder(calls, "fn")
@@ -296,8 +295,6 @@ def test_a_benchmarks_peak_on_cuda_is_the_allocators_peak_above_what_the_call_st
     """The loss-memory table's figure on a GPU: the queue drained, the peak statistics reset (else an earlier
     configuration's peak is read), what is allocated before the call (inputs, parameters) subtracted from
     the allocator's peak after it, read once the call's work has run."""
-    from benchmarks import common
-
     calls: list = []
     monkeypatch.setattr(torch.cuda, "synchronize", _recorder(calls, "synchronize"))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", _recorder(calls, "reset"))
@@ -312,8 +309,6 @@ def test_each_benchmark_configuration_hands_the_gpus_cache_back_ok_or_failed(mon
     """After each configuration (a length, a loss path) the cached blocks go back: an OOM at one size must
     not leave the next size's peak, or its chance to fit, to the allocator's leftovers. On CPU nothing
     CUDA is called."""
-    from benchmarks import common
-
     calls: list = []
     monkeypatch.setattr(torch.cuda, "empty_cache", _recorder(calls, "empty_cache"))
     common.free(CPU)
