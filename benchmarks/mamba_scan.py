@@ -42,6 +42,7 @@ import torch.nn.functional as F
 import mixers
 from mixers import mamba
 from core.env import device_name, git_commit, sync, versions
+from core.files import write_atomic
 
 SCANS = {  # variant -> mixer options ("triton*" only where its kernels run: CUDA)
     "parallel": {"scan": "parallel"},
@@ -140,14 +141,15 @@ def main(argv: list[str] | None = None) -> None:
             "dtype": "bf16 autocast" if dev.type == "cuda" else "float32", "repeats": a.repeats,
             "timing": "median of interleaved rounds after one untimed warm-up call per variant",
             "loadavg_start": [round(v, 2) for v in os.getloadavg()]}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(a.out)  # (its folder is made by write_atomic)
     compare: list[dict] = []
     sweep: list[dict] = []
 
     def save() -> None:  # after every row: a run cut short by a time limit keeps what it measured
         meta["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-        out.write_text(json.dumps({"meta": meta, "compare": compare, "sweep": sweep}, indent=1) + "\n")
+        # whole or absent (the GPU check's part writes into its results/ and is killed at its time limit;
+        # its report reads this file)
+        write_atomic(out, json.dumps({"meta": meta, "compare": compare, "sweep": sweep}, indent=1) + "\n")
 
     ref_state = build("parallel", a.d_model, dev, None).state_dict()
 

@@ -96,9 +96,19 @@ def _gpu_check_archive(folder: Path) -> None:
     gc.pack(folder.parent / "src", folder / "report.tgz")  # the report folder packed, beside `folder`
 
 
-@pytest.mark.parametrize("write", [_trial_cache, _manifest, _tokenizer, _gpu_check_parts, _gpu_check_archive],
+def _scan_stages(folder: Path) -> None:
+    """benchmarks.mamba_scan: the GPU check's bench_scan_stages writes into its results/ and is killed at its
+    time limit, while the report reads the file."""
+    from benchmarks import mamba_scan
+    mamba_scan.main(["--parts", "sweep", "--sweep-scans", "parallel", "--scan-alone", "0", "--d-model", "8",
+                     "--tokens", "16", "--min-length", "16", "--max-length", "16", "--repeats", "1", "--device", "cpu",
+                     "--out", str(folder / "results" / "stages.json")])
+
+
+@pytest.mark.parametrize("write", [_trial_cache, _manifest, _tokenizer, _gpu_check_parts, _gpu_check_archive,
+                                   _scan_stages],
                          ids=["lr-trial-cache", "grid-manifest", "tokenizer-cache", "gpu-check-part",
-                              "gpu-check-archive"])
+                              "gpu-check-archive", "scan-stages"])
 def test_every_writer_leaves_no_temporary_file_when_the_rename_fails(tmp_path, monkeypatch, write):
     """The writers that other processes read (caches shared by cells, the manifest a report reads, the
     records a later device command merges) go through one helper; a failure at the last step (a full disk

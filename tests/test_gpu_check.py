@@ -850,3 +850,239 @@ def test_wheels_that_do_not_install_leave_the_path_alone_and_the_check_still_run
     check = lines[2].split("|")[1:]
     assert check[:2] == ["-m", "benchmarks.gpu_check"] and lines[3] == "PYTHONPATH "
     assert "--pack" not in check and t0 + 570 <= int(_after(check, "--deadline-at")) <= t1 + 570
+
+
+def _git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_commit_adds_the_report_folder_alone_even_where_git_ignores_it(tmp_path, monkeypatch):
+    """`--commit`: the report folder is committed to the current branch, under a message naming the device,
+    though the default folder (runs/gpu_check) is git-ignored, and nothing else a person has staged goes
+    into that commit."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "config", "user.email", "t@example.org")
+    _git(repo, "config", "user.name", "t")
+    (repo / ".gitignore").write_text("runs/\n")
+    (repo / "notes.md").write_text("draft\n")
+    _git(repo, "add", ".gitignore", "notes.md")
+    _git(repo, "commit", "-q", "-m", "start")
+    (repo / "notes.md").write_text("staged, not the report's\n")
+    _git(repo, "add", "notes.md")
+    out = repo / "runs" / "gpu_check"
+    (out / "parts").mkdir(parents=True)
+    (out / "README.md").write_text("# GPU check\n")
+    (out / "parts" / "grid.json").write_text("{}\n")
+    monkeypatch.setattr(gc, "ROOT", repo)
+    gc.commit(out, {"device": "NVIDIA H200"})
+    assert _git(repo, "log", "-1", "--format=%s").strip() == "GPU check report (NVIDIA H200)"
+    assert sorted(_git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [
+        "runs/gpu_check/README.md", "runs/gpu_check/parts/grid.json"]
+    assert _git(repo, "diff", "--cached", "--name-only").split() == ["notes.md"]  # still staged, not committed
+
+
+def test_commit_is_asked_for_by_a_flag_after_a_run_and_after_a_merge(tmp_path, monkeypatch):
+    committed = []
+    monkeypatch.setattr(gc, "commit", lambda out, env: committed.append((out, env["device"])))
+    monkeypatch.setattr(gc, "run_part", lambda p, logs, cuda: setattr(p, "status", "ok"))
+    monkeypatch.setattr(gc, "environment", _env)
+    out = tmp_path / "check"
+    args = ["--cpu-dry-run", "--data-dir", str(tmp_path), "--out", str(out), "--parts", "cuda_tests"]
+    assert gc.main(args) == 0 and committed == []
+    assert gc.main([*args, "--commit"]) == 0 and committed == [(out.resolve(), "NVIDIA H200")]
+    assert gc.main(["--report-only", "--out", str(out)]) == 0 and len(committed) == 1
+    assert gc.main(["--report-only", "--out", str(out), "--commit"]) == 0
+    assert committed[-1] == (out.resolve(), "NVIDIA H200") and len(committed) == 2
+
+
+def test_a_parts_log_opens_with_its_command_and_its_note_is_the_last_lines_it_printed(tmp_path):
+    """The log's first line is the command (written before the part starts, so the part's own output follows
+    it); the note in the report is its last three lines that say something, the profiler's `USDT:` chatter
+    left out, joined by ` / `, at most 300 characters; a part's exit code is its status."""
+    import sys
+
+    code = ("import sys; print('first'); print('second'); print(); print('third'); print('last'); "
+            "print('USDT:2026 profiler_stop'); sys.exit(3)")
+    p = gc.Part("grid", [sys.executable, "-c", code], 30)
+    gc.run_part(p, tmp_path, cuda=False)
+    lines = (tmp_path / "grid.log").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "$ " + " ".join(p.argv) and lines[1:3] == ["first", "second"]
+    assert p.note == "second / third / last" and p.status == "failed (exit 3)" and 0 <= p.seconds < 60
+    long = gc.Part("grid", [sys.executable, "-c", "print('a'); print('b'); print('x' * 400)"], 30)
+    gc.run_part(long, tmp_path, cuda=False)
+    assert long.note == ("a / b / " + "x" * 400)[:300] and long.status == "ok"
+
+
+def test_commit_outside_a_git_checkout_does_not_stop_the_check(tmp_path, monkeypatch):
+    """A rented machine may hold a copy without .git: `--commit` then commits nothing, and the check, whose
+    report is already written, ends as its parts did rather than with git's error."""
+    out = tmp_path / "gpu_check"
+    out.mkdir()
+    (out / "README.md").write_text("# GPU check\n")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above tmp_path either
+    monkeypatch.setattr(gc, "ROOT", tmp_path)
+    gc.commit(out, {"device": "NVIDIA H200"})  # no exception
+    assert (out / "README.md").read_text() == "# GPU check\n"
+
+
+def test_every_parts_command_is_well_formed_in_both_plans():
+    """No empty argument (an option without its value, a flag lost), every `-m` names a module that imports
+    from the repository root, and a run_matrix part names the script that is there. The dry run's parts are
+    the device's at CPU sizes: its benchmarks on CPU, one timed rep, the loss on the two paths that run there."""
+    import importlib.util
+    import sys
+
+    assert (gc.ROOT / "run_matrix.py").is_file() and (gc.ROOT / "benchmarks" / "gpu_check.py").is_file()
+    for dry in (False, True):
+        parts = gc.plan(Path("out"), Path("data"), dry=dry, budget=None, eval_limit=None)
+        for p in parts:
+            assert all(isinstance(a, str) and a for a in p.argv), (p.name, p.argv)
+            assert p.argv[0] == sys.executable
+            if p.argv[1] == "-m":
+                assert importlib.util.find_spec(p.argv[2]) is not None, p.argv[2]
+            else:
+                assert p.argv[1] == "run_matrix.py"
+        # CUDA only: the CUDA tests and the Triton scan's stages; the rest run on CPU too
+        assert {p.name for p in parts if p.cuda_only} == {"cuda_tests", "bench_scan_stages"}
+        assert _argv(parts, "cuda_tests")[1:3] == ["-m", "pytest"]
+    dry = gc.plan(Path("out"), Path("data"), dry=True, budget=None, eval_limit=None)
+    scaling, loss = _argv(dry, "bench_scaling"), _argv(dry, "bench_loss_memory")
+    assert [_after(scaling, f) for f in ("--device", "--lengths", "--tokens", "--reps", "--warmup")] == \
+        ["cpu", "64,128", "128", "1", "1"]
+    assert [_after(loss, f) for f in ("--device", "--impls", "--vocab", "--tokens", "--reps")] == \
+        ["cpu", "chunked,plain", "1000", "64", "1"]
+    grid = _argv(dry, "grid")
+    assert [_after(grid, f) for f in ("--device", "--preset", "--budget")] == ["cpu", "tiny", "tokens=16000"]
+    assert _after(_argv(gc.plan(Path("out"), Path("data"), dry=True, budget="tokens=5", eval_limit=None), "grid"),
+                  "--budget") == "tokens=5"
+    assert _after(_argv(gc.plan(Path("out"), Path("data"), dry=False, budget="tokens=5", eval_limit=None), "grid"),
+                  "--budget") == "tokens=5"
+
+
+def test_the_base_preset_grid_is_the_grid_but_for_its_preset():
+    for dry in (False, True):
+        parts = gc.plan(Path("out"), Path("data"), dry=dry, budget=None, eval_limit=None)
+        grid, base = _argv(parts, "grid"), _argv(parts, "grid_base")
+        i = base.index("--preset")
+        assert base[i + 1] == ("tiny" if dry else "base")
+        j = base.index("--grid")
+        assert base[j + 1] == "gpu_check_base"
+        assert base[j + 2:j + 6] == ["--mixers", "attention", "--objectives", "autoregressive"]
+        # the grid's own size and flags, the preset replaced, nothing dropped or doubled
+        start = grid.index("--device")
+        size = grid[start:grid.index("--warm-compile")]
+        k = size.index("--preset")
+        assert base[j + 6:] == [*size[:k + 1], base[i + 1], *size[k + 2:], "--out", "out"]
+
+
+def test_the_warm_up_compiles_half_the_cores_worth_of_cells_at_a_time(monkeypatch):
+    """The GPU grid's warm-up workers: half the cores, at least 1, at most one per cell; the dry run 2."""
+    import os
+
+    n_cells = len(mixers.names()) * len(objectives.names())
+
+    def warm(cpus, dry=False):
+        monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+        return int(_after(_argv(gc.plan(Path("o"), Path("d"), dry=dry, budget=None, eval_limit=None), "grid"),
+                          "--warm-compile"))
+
+    assert warm(16) == min(8, n_cells) == 8
+    assert warm(1) == 1 and warm(None) == 1  # os.cpu_count() may say None
+    assert warm(4 * n_cells) == n_cells
+    assert warm(64, dry=True) == 2
+
+
+def test_the_data_folder_defaults_to_the_environment_then_the_checkouts_data_then_the_shared_one(tmp_path,
+                                                                                                 monkeypatch):
+    root = tmp_path / "repo"
+    root.mkdir()
+    monkeypatch.setattr(gc, "ROOT", root)
+    monkeypatch.delenv("WAVEBENCH_DATA_DIR", raising=False)
+    assert gc.default_data_dir() == root / "data" / "jsquad-v1.3"  # none there: the place the error names
+    shared = tmp_path / "shared" / "data" / "jsquad-v1.3"
+    shared.mkdir(parents=True)
+    assert gc.default_data_dir() == shared
+    own = root / "data" / "jsquad-v1.3"
+    own.mkdir(parents=True)
+    assert gc.default_data_dir() == own
+    monkeypatch.setenv("WAVEBENCH_DATA_DIR", str(tmp_path / "missing"))  # a folder that is not there is passed over
+    assert gc.default_data_dir() == own
+    env = tmp_path / "elsewhere"
+    env.mkdir()
+    monkeypatch.setenv("WAVEBENCH_DATA_DIR", str(env))
+    assert gc.default_data_dir() == env
+
+
+def test_the_environment_names_the_python_the_device_and_each_missing_package(monkeypatch):
+    import platform
+
+    monkeypatch.setattr(gc, "NEEDED", {"json": "json", "no_such_module_xyz": "no-such-dist"})
+    env = gc.environment()
+    assert env["python"] == platform.python_version() and env["torch"] == torch.__version__
+    assert env["missing_packages"] == ["no-such-dist"]
+    if not torch.cuda.is_available():
+        assert env["device"] == "cpu" and env["cuda_available"] is False
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: asked.append(i) or "NVIDIA H200")
+    env = gc.environment()
+    assert env["device"] == "NVIDIA H200" and env["cuda_available"] is True and asked == [0]
+
+
+def test_the_tables_render_every_cell_and_benchmark_row_even_a_failed_one(tmp_path):
+    """A failed cell has no speed (nor a finite one): its tokens/s and MFU are blank, not an error; an ok one
+    shows its MFU and every kernel its blocks ran. The benchmarks' rows are markdown tables, and each part's
+    row says when it ran."""
+    import json
+
+    (tmp_path / "results").mkdir()
+    base = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
+    ok = dict(base, metrics=dict(base.get("metrics") or {}, tokens_per_s=2.5e6, mfu=0.152),
+              backend={"mixer": ["triton_scan", "torch_parallel_scan"], "loss": "cce"})
+    failed = dict(base, mixer="mamba", status="failed", metrics={}, error="CUDA error: out of memory")
+    inf = dict(base, mixer="attention", metrics=dict(base.get("metrics") or {}, tokens_per_s=float("inf")))
+    (tmp_path / "results" / "gpu_check.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in (ok, failed, inf)), encoding="utf-8")
+    from benchmarks.common import bench_row
+
+    bench = bench_row("scaling", torch.device("cpu"), {"mixer": "mamba", "seq_len": 512}, backend="torch_parallel_scan",
+                      ms_per_step=1.25, tokens_per_s=2e6)
+    (tmp_path / "results" / "bench_scaling.jsonl").write_text(json.dumps(bench) + "\n", encoding="utf-8")
+    parts = [{"name": "grid", "status": "ok", "seconds": 3.0, "note": "a | b", "ran": "2026-12-03T19:00:00+00:00"}]
+    text = gc.summary(tmp_path, _env(), parts, dry=False, wall=1.0)
+    assert text.endswith("|\n")
+    assert "| grid | ok | 3.0 | 2026-12-03T19:00:00+00:00 | a / b |" in text  # a `|` in a note would split the cell
+    lines = text.splitlines()
+    row = next(ln for ln in lines if ln.startswith("| gpu_check | gated_context |"))
+    assert "| 2,500,000 | 15.20% |" in row and "| cce | triton_scan, torch_parallel_scan |" in row
+    row = next(ln for ln in lines if ln.startswith("| gpu_check | mamba |"))
+    assert "| failed |  |  |" in row and row.endswith("| CUDA error: out of memory |")
+    row = next(ln for ln in lines if ln.startswith("| gpu_check | attention |"))
+    assert "| ok |  |" in row  # an infinite speed is no figure
+    i = lines.index("| mixer | backend | seq_len | ms_per_step | tokens_per_s | status |")
+    assert lines[i + 1] == "|---|---|---|---|---|---|"
+    assert lines[i + 2] == "| mamba | torch_parallel_scan | 512 | 1.25 | 2,000,000.00 | ok |"
+
+
+def test_a_merge_into_a_report_folder_that_exists_adds_to_it_and_a_folder_without_parts_is_refused(tmp_path, capsys):
+    """Merging is done again and again into one folder (the device's archives as they come back); a folder
+    holding an environment but no part record is no GPU check."""
+    import json
+
+    first = _machine(tmp_path, "first", [gc.Part("grid", [], 1, status="ok", seconds=90.0, note="done")], {})
+    second = _machine(tmp_path, "second", [gc.Part("bench_scaling", [], 1, status="ok", seconds=9.0, note="ok")], {})
+    out = tmp_path / "gpu_check"
+    assert gc.main(["--merge", str(first), "--out", str(out)]) == 0
+    assert gc.main(["--merge", str(second), "--out", str(out)]) == 0  # the folder exists by now
+    assert [r["name"] for r in gc.read_parts(out)] == ["grid", "bench_scaling"]
+    printed = capsys.readouterr().out
+    assert "## Issue 14's targets" in printed and f"[gpu_check] report: {out / 'README.md'} (2 parts)" in printed
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "environment.json").write_text(json.dumps(_env()), encoding="utf-8")
+    assert gc.main(["--report-only", "--out", str(bare)]) == 2
+    assert "holds no GPU check" in capsys.readouterr().err
