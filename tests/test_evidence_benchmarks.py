@@ -17,6 +17,7 @@ import torch
 from benchmarks import mamba_scan as ms
 from benchmarks import profile_step as ps
 from core.data import SeqSet
+from fixtures.markdown import table
 
 
 class Clock:
@@ -130,26 +131,34 @@ def test_profile_times_only_the_steps_after_the_warmups_each_closed_by_a_sync_an
     assert (r["aten_ops_per_step"], r["aten_ops_fwd_bwd"]) == (5, 2)  # aten::add_ each; nothing else counted
 
 
-def test_the_padding_table_counts_what_each_batching_computes(monkeypatch, capsys, tmp_path):
-    """40 rows of 33 tokens (a length no rounding fits) in a set 128 wide: rounded up to 64, every batch
-    computes 64 columns for 33 real ones; unrounded, none is padding; a token budget of 2,048 takes all 40
-    rows at once (1,320 tokens), or 32 when each is 64 wide."""
+def _padding_table(monkeypatch, capsys, data_dir, lengths: list[int]) -> tuple[dict, list[str], dict[str, list[str]]]:
+    """profile_step's padding table on a training split of rows of these lengths, 128 wide: what the task was
+    asked for, the lines printed, and each batching's cells (rows/batch, real tokens/batch, padding, shapes)."""
     seen = {}
 
     class Task:
         def prepare(self, ctx):
             seen.update(data_dir=ctx.data_dir, vocab=ctx.vocab_size, max_len=ctx.max_len)
-            train = SeqSet(torch.full((40, 128), 7), torch.zeros(40, 128, dtype=torch.bool), np.full(40, 33))
+            n = len(lengths)
+            train = SeqSet(torch.full((n, 128), 7), torch.zeros(n, 128, dtype=torch.bool), np.array(lengths))
             return types.SimpleNamespace(train=train)
 
     import tasks
 
     monkeypatch.setattr(tasks, "build", lambda name: Task() if name == "jsquad" else None)
-    ps.padding_table(str(tmp_path), "tiny")
+    ps.padding_table(str(data_dir), "tiny")
+    text = capsys.readouterr().out
+    header, rows = table(text, "training split:", first="batching")
+    return seen, text.splitlines(), {r["batching"]: [r[h] for h in header[1:]] for r in rows}
+
+
+def test_the_padding_table_counts_what_each_batching_computes(monkeypatch, capsys, tmp_path):
+    """40 rows of 33 tokens (a length no rounding fits) in a set 128 wide: rounded up to 64, every batch
+    computes 64 columns for 33 real ones; unrounded, none is padding; a token budget of 2,048 takes all 40
+    rows at once (1,320 tokens), or 32 when each is 64 wide."""
+    seen, lines, rows = _padding_table(monkeypatch, capsys, tmp_path, [33] * 40)
     assert seen == {"data_dir": tmp_path, "vocab": 4000, "max_len": 256}  # the tiny preset's sizes
-    lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "training split: 40 sequences, 1,320 tokens, mean length 33.0 (preset tiny)"
-    rows = {ln.split(" | ")[0].lstrip("| "): ln.strip("| ").split(" | ")[1:] for ln in lines[3:]}
     # rows/batch, real tokens/batch, padding, distinct batch shapes (over the table's three epochs)
     assert rows == {
         "old: 8 rows, lengths rounded up to 64 (CUDA)": ["8.0", "264", "48.4%", "1"],
@@ -159,12 +168,7 @@ def test_the_padding_table_counts_what_each_batching_computes(monkeypatch, capsy
         "CUDA graphs: fixed shapes (2048 // W rows, W a multiple of 64)": ["32.0", "1,056", "48.4%", "1"]}
     # mixed lengths (20, 33, 90): the default batches are cut to their rows (several shapes), and pad less than
     # any batching that rounds widths up to 64
-    mixed = np.array([33] * 30 + [90] * 10 + [20] * 24)
-    Task.prepare = lambda self, ctx: types.SimpleNamespace(
-        train=SeqSet(torch.full((64, 128), 7), torch.zeros(64, 128, dtype=torch.bool), mixed))
-    ps.padding_table(str(tmp_path), "tiny")
-    rows = {ln.split(" | ")[0].lstrip("| "): ln.strip("| ").split(" | ")[1:]
-            for ln in capsys.readouterr().out.splitlines()[3:]}
+    _, _, rows = _padding_table(monkeypatch, capsys, tmp_path, [33] * 30 + [90] * 10 + [20] * 24)
     pad = {k: float(v[2].rstrip("%")) for k, v in rows.items()}
     default = "new: token budget 2048, no rounding (the default)"
     assert int(rows[default][3]) > 1 and all(pad[default] < v for k, v in pad.items() if "rounded up to 64" in k
@@ -348,8 +352,9 @@ def test_the_comparison_rows_derive_the_speedup_from_both_scans_times(tmp_path, 
     assert [(s, t) for _, s, t in models] == [((1, 40, 8), False)] * 2 + [((1, 40, 8), True)] * 2
     a, b = models[0][0], models[1][0]
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-    assert data["meta"]["d_model"] == 8 and data["meta"]["causal"] is True and data["meta"]["dtype"] == "float32" and data["meta"]["repeats"] == 4
-    assert data["meta"]["command"].startswith("python -m benchmarks.mamba_scan --parts compare --length 40")
+    meta = data["meta"]
+    assert meta["d_model"] == 8 and meta["causal"] is True and meta["dtype"] == "float32" and meta["repeats"] == 4
+    assert meta["command"].startswith("python -m benchmarks.mamba_scan --parts compare --length 40")
     printed = capsys.readouterr().out.splitlines()
     assert [json.loads(p)["mode"] for p in printed[:2]] == ["forward", "forward+backward"]
     assert printed[-1] == f"wrote {tmp_path / 'sub' / 'scan.json'}"
