@@ -68,13 +68,21 @@ def positions_from_mask(pad_mask: torch.Tensor | None, B: int, T: int, device) -
 
 
 def rope_angles(pos: torch.Tensor, dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin for rotary embeddings, always fp32 (bf16 angles lose whole radians at long T).
+    """cos/sin for rotary embeddings, returned in fp32 (bf16 angles lose whole radians at long T).
+
+    Angles and their cos/sin are computed in float64, then rounded once to fp32: fp32 `sin`/`cos` are
+    not the same function on every CPU (a vectorised kernel over a long tensor and the scalar one over a
+    short tail may differ; on one CI machine the cached table and the per-step angles disagreed by
+    ~1e-4 and every RoPE test against a float64 reference failed). In float64 both round to the same
+    fp32 value, so the table, the decode step and the compiled graph agree on any machine, and the
+    table costs nothing per step (one (T, dim/2) tensor). MPS has no float64: fp32 there.
 
     pos: (B, T) -> cos, sin: (B, T, dim // 2)
     """
-    inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim))
-    ang = pos.float()[..., None] * inv  # (B, T, dim/2)
-    return ang.cos(), ang.sin()
+    dt = torch.float32 if pos.device.type == "mps" else torch.float64
+    inv = base ** -(torch.arange(0, dim, 2, device=pos.device, dtype=dt) / dim)  # (dim/2,)
+    ang = pos.to(dt)[..., None] * inv  # (B, T, dim/2)
+    return ang.cos().float(), ang.sin().float()
 
 
 _ROPE_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -83,7 +91,7 @@ _ROPE_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 def rope_table(T: int, dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of positions 0..T-1, (T, dim // 2) fp32, computed once per (dim, base, device) and grown
     by doubling: every layer and every step reads the same table instead of recomputing the angles.
-    Bit-identical to `rope_angles` of the same positions (same fp32 expression)."""
+    Bit-identical to `rope_angles` of the same positions (same float64 expression, rounded once)."""
     key = (dim, float(base), str(torch.device(device)))
     tab = _ROPE_TABLES.get(key)
     if tab is None or tab[0].shape[0] < T:

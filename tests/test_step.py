@@ -321,6 +321,37 @@ def test_cached_rope_angles_equal_the_recomputed_ones(monkeypatch):
         assert all(g.shape == (1, n, dim // 2) and torch.equal(g, r) for g, r in zip(got, want))
 
 
+def test_rope_angles_do_not_depend_on_the_machines_fp32_sin_and_cos(monkeypatch):
+    """fp32 sin/cos are not the same function on every CPU: on one CI machine the cached table (one long
+    vectorised call) and a decode step's few angles disagreed by ~1e-4, and every RoPE test against a
+    float64 reference failed there while passing here. Simulated: fp32 cos/sin off by 1e-3. The table,
+    a left-padded batch's gather and the per-step angles must still be float64's cos/sin of
+    pos·base^(-2i/dim), rounded once to fp32 (within one fp32 ulp)."""
+    import math
+
+    import mixers._layers as layers
+
+    monkeypatch.setattr(layers, "_ROPE_TABLES", {})
+    for fn in ("cos", "sin"):
+        real = getattr(torch.Tensor, fn)
+        monkeypatch.setattr(torch.Tensor, fn, lambda t, _f=real: _f(t) + 1e-3 if t.dtype == torch.float32 else _f(t))
+    assert torch.ones(1).cos().item() > math.cos(1.0) + 5e-4  # the simulation is on
+    dim, base, T = 8, 10000.0, 40
+    ang = [[t * base ** (-i / dim) for i in range(0, dim, 2)] for t in range(T)]
+    want = (torch.tensor([[math.cos(a) for a in row] for row in ang]),
+            torch.tensor([[math.sin(a) for a in row] for row in ang]))  # (T, dim/2) each, fp32
+    pad = torch.ones(2, T, dtype=torch.bool)
+    pad[1, :5] = False  # left padding: row 1's real tokens sit at positions 0..T-6
+    steps = rope_angles(torch.arange(T)[:, None], dim, base)  # one decode step per position: (T, 1, dim/2)
+    for g, w in zip(rope_for(None, 1, T, dim, base, "cpu"), want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g[0], w, rtol=0, atol=1e-7)
+    for g, w in zip(rope_for(pad, 2, T, dim, base, "cpu"), want):
+        torch.testing.assert_close(g[1, 5:], w[: T - 5], rtol=0, atol=1e-7)
+    for g, w in zip(steps, want):
+        torch.testing.assert_close(g[:, 0], w, rtol=0, atol=1e-7)
+
+
 def test_compile_is_on_by_default_on_cuda_only():
     cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="small", budget="tokens=1")
     assert cell.compiles(torch.device("cuda")) and not cell.compiles(torch.device("cpu"))
