@@ -1081,8 +1081,49 @@ def test_a_merge_into_a_report_folder_that_exists_adds_to_it_and_a_folder_withou
     assert [r["name"] for r in gc.read_parts(out)] == ["grid", "bench_scaling"]
     printed = capsys.readouterr().out
     assert "## Issue 14's targets" in printed and f"[gpu_check] report: {out / 'README.md'} (2 parts)" in printed
+    assert any(t.startswith("| every cell of the default grid ends `ok` |") for t in printed.splitlines())  # a line each
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "environment.json").write_text(json.dumps(_env()), encoding="utf-8")
     assert gc.main(["--report-only", "--out", str(bare)]) == 2
     assert "holds no GPU check" in capsys.readouterr().err
+
+
+def test_a_dry_run_reserves_time_for_the_later_parts_it_runs_and_prints_one_line_each(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """Under a deadline the grid (elastic) gets what is left after the limits of the later parts this command
+    will run: in a CPU dry run the CUDA-only parts are skipped, so their limits are not held back. The README
+    gives the command's wall time (perf_counter's difference, a fake clock here); stdout has one line per
+    part started, per part not started, and per verdict."""
+    import types
+
+    seen: dict[str, int] = {}
+
+    now = [1_800_000_000.0]  # a fake wall clock: the deadline is 500 s after it; bench_scaling takes 480 s
+
+    def fake_run(p, logs, cuda):
+        seen[p.name] = p.timeout_s
+        p.status, p.seconds = "ok", 1.0
+        now[0] += 480.0 if p.name == "bench_scaling" else 0.0
+
+    parts = [gc.Part("grid", [], 1, elastic=True), gc.Part("cuda_tests", [], 100, cuda_only=True),
+             gc.Part("bench_scaling", [], 60), gc.Part("bench_loss_memory", [], 30)]
+    monkeypatch.setattr(gc, "plan", lambda *a, **k: [gc.Part(p.name, p.argv, p.timeout_s, elastic=p.elastic,
+                                                             cuda_only=p.cuda_only) for p in parts])
+    monkeypatch.setattr(gc, "run_part", fake_run)
+    monkeypatch.setattr(gc, "environment", _env)
+    monkeypatch.setattr(gc, "MIN_PART_S", 45)  # the last part (30 s) is then left unstarted
+    clock = iter([1000.0])
+    monkeypatch.setattr(gc, "time", types.SimpleNamespace(time=lambda: now[0], perf_counter=lambda: next(clock, 1042.0)))
+    monkeypatch.delenv("WAVEBENCH_CHECK_STARTED", raising=False)
+    out = tmp_path / "check"
+    rc = gc.main(["--cpu-dry-run", "--data-dir", str(tmp_path), "--out", str(out), "--deadline-at", str(now[0] + 500)])
+    assert rc == 1  # a part not run is no success
+    assert seen["grid"] == 500 - 60 - 30, seen  # bench_scaling's and bench_loss_memory's limits held back, not cuda_tests'
+    assert seen["cuda_tests"] == 100 and "bench_loss_memory" not in seen
+    assert "wall of the last command 42 s" in (out / "README.md").read_text(encoding="utf-8")
+    lines = capsys.readouterr().out.splitlines()
+    assert f"[gpu_check] grid (limit {seen['grid']} s) ..." in lines and "[gpu_check] grid: ok in 1.0 s" in lines
+    assert any(t.startswith("[gpu_check] bench_loss_memory: not run (") and t.endswith(" s left before the deadline)")
+               for t in lines)
+    assert any(t.startswith("## Issue 14's targets") for t in lines) and "| every cell of the default grid ends `ok` | no grid rows | **not measured** |" in lines
