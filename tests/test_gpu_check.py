@@ -1075,7 +1075,7 @@ def test_a_merge_into_a_report_folder_that_exists_adds_to_it_and_a_folder_withou
 
     first = _machine(tmp_path, "first", [gc.Part("grid", [], 1, status="ok", seconds=90.0, note="done")], {})
     second = _machine(tmp_path, "second", [gc.Part("bench_scaling", [], 1, status="ok", seconds=9.0, note="ok")], {})
-    out = tmp_path / "gpu_check"
+    out = tmp_path / "reports" / "gpu_check"  # made with its parents
     assert gc.main(["--merge", str(first), "--out", str(out)]) == 0
     assert gc.main(["--merge", str(second), "--out", str(out)]) == 0  # the folder exists by now
     assert [r["name"] for r in gc.read_parts(out)] == ["grid", "bench_scaling"]
