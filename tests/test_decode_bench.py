@@ -42,9 +42,10 @@ class FakeLM:
 
     def __call__(self, ids, pad_mask):
         self.events.append(("rerun", tuple(ids.shape), pad_mask))
-        return torch.zeros(ids.shape[0], ids.shape[1], 3)
+        return torch.arange(ids.shape[1], dtype=torch.float32)[None, :, None].expand(ids.shape[0], -1, 3)  # h[:, t] = t
 
     def logits(self, h):
+        self.events.append(("logits", h[0, 0].item()))  # which position the head reads
         return h
 
     def state_floats(self, T):
@@ -98,8 +99,9 @@ def test_each_step_is_timed_alone_after_an_untimed_warm_up_and_prefill(bench):
     rep = ["prefill"] + ["sync", "step", "sync"] * 3
     assert events[6:6 + 2 * len(rep)] == rep + rep
     # the peak of one more step; the rerun path (the whole context + 1) once untimed, then timed
-    rerun = ("rerun", (2, 9), None)
-    assert events[6 + 2 * len(rep):] == ["peak", "step", rerun, ("time_ms", 2), rerun]
+    # the rerun path: the whole context + 1 through the model, then the head on its last position
+    rerun = [("rerun", (2, 9), None), ("logits", 8.0)]
+    assert events[6 + 2 * len(rep):] == ["peak", "step", *rerun, ("time_ms", 2), *rerun]
     assert row["step_ms"] == pytest.approx(3.5) and row["step_ms_min"] == pytest.approx(1.0)  # median of six
     assert row["tokens_per_s"] == pytest.approx(2 / 3.5 * 1000)  # a step makes one token for each of B sequences
     assert row["prefill_ms"] == 40.0 and row["rerun_ms"] == 900.0 and row["speedup"] == pytest.approx(900 / 3.5)
@@ -148,9 +150,12 @@ def test_a_batch_stops_at_its_first_out_of_memory_context_and_the_next_mixer_sti
         return {"prefill_ms": 1.0, "step_ms": 2.0, "state_bytes": 2**20, "rerun_ms": 8.0, "speedup": 4.0}
 
     monkeypatch.setattr(bd, "measure", fake_measure)
+    freed: list = []
+    monkeypatch.setattr(bd, "free", freed.append)  # after each mixer (each row frees in measured_row too)
     lines: list[str] = []
     cfg = _cfg(mixers=["attention", "gated_context"], contexts=[8, 16, 32], batches=[1, 4])
     rows = bd.run(cfg, torch.device("cpu"), None, log=lines.append)
+    assert freed == [torch.device("cpu")] * 2
     names = [c[0] for c in calls]
     att, gc = names[0], names[-1]
     assert calls == [(att, 1, 8), (att, 1, 16), (att, 4, 8), (att, 4, 16), (att, 4, 32),
@@ -191,7 +196,10 @@ def _main_cfg(monkeypatch, argv, device="cpu") -> bd.DecodeConfig:
 
 
 def test_the_command_lines_defaults_are_the_cpus_and_the_gpus_sizes(monkeypatch):
+    set_threads: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", set_threads.append)
     cpu = _main_cfg(monkeypatch, [])
+    assert set_threads == []  # torch's own thread count unless --threads says otherwise
     assert cpu["cfg"] == bd.DecodeConfig(mixers=mixers.names(), contexts=default_lengths(2048), batches=[1, 8],
                                          preset="tiny", steps=16, reps=3, rerun=True)
     assert cpu["cfg"].contexts == [256, 512, 1024, 2048] and cpu["out"] == "." and cpu["report"] is False
