@@ -72,8 +72,8 @@ def rope_angles(pos: torch.Tensor, dim: int, base: float = 10000.0) -> tuple[tor
 
     Angles and their cos/sin are computed in float64, then rounded once to fp32: fp32 `sin`/`cos` are
     not the same function on every CPU (a vectorised kernel over a long tensor and the scalar one over a
-    short tail may differ; on one CI machine the cached table and the per-step angles disagreed by
-    ~1e-4 and every RoPE test against a float64 reference failed). In float64 both round to the same
+    short tail may differ; on one CI machine (2026-12-03) every test comparing RoPE outputs, the
+    table's or a step's, with a float64 reference failed, by up to 4e-3). In float64 both round to the same
     fp32 value, so the table, the decode step and the compiled graph agree on any machine, and the
     table costs nothing per step (one (T, dim/2) tensor). MPS has no float64: fp32 there.
 
