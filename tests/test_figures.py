@@ -122,3 +122,156 @@ def test_the_palette_gives_each_name_one_colour_whatever_the_order():
     assert list(many.values()) == list(sns.color_palette("husl", 11))
     ten = fg.palette([f"m{i}" for i in range(10)])
     assert list(ten.values()) == list(sns.color_palette("tab10", 10))
+
+
+# ---------------------------------------------------------------- the figures themselves, read before saving
+
+
+@pytest.fixture
+def drawn(monkeypatch, tmp_path):
+    """Calls a figure function and returns its Figure (saving is recorded, not done), or None."""
+    figs: list = []
+    monkeypatch.setattr(fg, "_save", lambda fig, path: figs.append(fig) or path)
+
+    def draw(fn, *args):
+        path = fn(*args, tmp_path / "f.png")
+        assert (path is None) == (not figs)
+        return figs.pop() if figs else None
+
+    return draw
+
+
+def _series(ax) -> dict[str, tuple[list, list]]:
+    return {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()}
+
+
+def _scale_row(mixer, L, ms, tps, mem=None, status="ok", error=None):
+    return {"mixer": mixer, "seq_len": L, "ms_per_seq": ms, "tokens_per_s": tps, "peak_mem_bytes": mem,
+            "status": status, "error": error, "mem_measure": "cuda max_memory_allocated" if mem else None,
+            "tokens_per_step": 4096, "d_model": 64, "dtype": "bfloat16", "causal": True, "device": "NVIDIA H200"}
+
+
+def test_the_scaling_figure_draws_each_mixers_costs_the_guides_and_an_x_at_an_oom(drawn):
+    rows = [_scale_row("mamba", 512, 4.0, 2000.0, 2**20), _scale_row("attention", 256, 1.0, 4000.0, 2**19),
+            _scale_row("attention", 512, 3.0, 3000.0, 2**21), _scale_row("mamba", 256, 2.0, 3500.0, 2**18),
+            _scale_row("attention", 1024, None, None, status="failed", error="OutOfMemoryError: CUDA out of memory")]
+    fig = drawn(fg.scaling, rows)
+    a_time, a_tps, a_mem = fig.axes[:3]
+    t = _series(a_time)
+    assert t["attention"] == ([256, 512], [1.0, 3.0]) and t["mamba"] == ([256, 512], [2.0, 4.0])  # by length
+    assert _series(a_tps)["mamba"] == ([256, 512], [3500.0, 2000.0])
+    assert _series(a_mem)["attention"] == ([256, 512], [2**19, 2**21])
+    # guides through the cheapest mixer at the shortest length, over every length asked for
+    assert t["O(N) guide"] == ([256, 512, 1024], [1.0, 2.0, 4.0])
+    assert t["O(N²) guide"] == ([256, 512, 1024], [1.0, 4.0, 16.0])
+    oom = [ln for ln in a_time.get_lines() if ln.get_marker() == "x"]
+    assert len(oom) == 1 and list(oom[0].get_xdata()) == [1024] and list(oom[0].get_ydata()) == [6.0]
+    assert [tx.get_text() for tx in a_time.texts] == ["OOM"]
+    assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in (a_time, a_tps, a_mem))
+    assert list(a_time.get_xticks()) == [256, 512, 1024]
+    assert a_mem.yaxis.get_major_locator()._base == 2 and a_time.yaxis.get_major_locator()._base == 10
+    assert a_tps.get_title() == "throughput (4096 tokens per step)"
+    assert a_mem.get_title() == "peak memory\n(cuda max_memory_allocated)"
+    assert [tx.get_text() for tx in a_time.get_legend().get_texts()] == ["O(N) guide", "O(N²) guide"]
+    assert [tx.get_text() for tx in a_mem.get_legend().get_texts()] == ["attention", "mamba"]
+    assert fig._suptitle.get_text() == ("Mixer cost vs sequence length: forward + backward, d_model=64, bfloat16, "
+                                        "causal; NVIDIA H200")
+    failed = [{**rows[4], "error": "RuntimeError: boom"}]
+    assert [tx.get_text() for tx in drawn(fg.scaling, rows[:4] + failed).axes[0].texts] == ["failed"]
+    assert drawn(fg.scaling, rows[4:]) is None  # nothing ok: no figure
+
+
+def test_without_memory_figures_the_scaling_figures_memory_panel_says_n_a(drawn):
+    rows = [_scale_row("attention", 256, 1.0, 4000.0), _scale_row("attention", 512, 3.0, 3000.0)]
+    fig = drawn(fg.scaling, rows)
+    a_time, a_tps, a_mem = fig.axes[:3]
+    assert a_mem.get_title() == "peak memory: n/a on this device" and [t.get_text() for t in a_mem.texts] == ["n/a"]
+    assert a_mem.get_yscale() == "linear" and a_mem.get_lines() == [] and a_mem.get_legend() is None
+    assert [tx.get_text() for tx in a_tps.get_legend().get_texts()] == ["attention"]
+
+
+def _loss_row(impl, V, N, ms, mem):
+    return {"impl": impl, "vocab_size": V, "n_tokens": N, "ms_fwd_bwd": ms, "peak_mem_bytes": mem, "status": "ok",
+            "mem_measure": "cpu rss", "d_model": 32, "dtype": "float32", "device": "cpu"}
+
+
+def test_the_loss_memory_figure_has_a_time_and_a_memory_panel_per_vocabulary_and_the_logits_size(drawn):
+    rows = [_loss_row("plain", 8, 64, 2.0, 4096), _loss_row("cce", 8, 64, 3.0, 1024), _loss_row("plain", 8, 16, 1.0, 2048),
+            _loss_row("plain", 16, 16, 5.0, 8192)]
+    fig = drawn(fg.loss_memory, rows)
+    axes = fig.axes
+    assert len(axes) == 4  # 2 rows (time, memory) x 2 vocabularies
+    t8, t16, m8, m16 = axes
+    assert _series(t8)["plain"] == ([16, 64], [1.0, 2.0]) and _series(t8)["cce"] == ([64], [3.0])
+    assert _series(m8)["fp32 logits N×V"] == ([16, 64], [4 * 16 * 8, 4 * 64 * 8])
+    assert _series(m16)["plain"] == ([16], [8192])
+    assert t8.get_title() == "vocabulary 8" and t16.get_title() == "vocabulary 16"
+    assert t8.get_ylabel() == "fwd+bwd time (ms, log)" and m8.get_ylabel() == "peak memory (log)"
+    assert m8.yaxis.get_major_locator()._base == 2 and t8.get_yscale() == "log"
+    assert [tx.get_text() for tx in m16.get_legend().get_texts()] == ["plain", "fp32 logits N×V"]
+    assert fig._suptitle.get_text() == "Output loss: forward + backward, d_model=32, float32; cpu\npeak memory: cpu rss"
+    no_mem = drawn(fg.loss_memory, [{**r, "peak_mem_bytes": None} for r in rows])
+    assert len(no_mem.axes) == 2 and no_mem._suptitle.get_text().endswith("peak memory: n/a")
+
+
+def _dec_row(mixer, B, T, step, pre, state, rerun=None):
+    return {"mixer": mixer, "batch": B, "context": T, "step_ms": step, "prefill_ms": pre, "state_bytes": state,
+            "rerun_ms": rerun, "status": "ok", "preset": "tiny", "d_model": 64, "n_layers": 2, "dtype": "float32",
+            "device": "cpu"}
+
+
+def test_the_decode_figure_draws_latency_prefill_and_state_per_mixer_and_batch(drawn):
+    rows = [_dec_row("attention", 1, 512, 2.0, 20.0, 4096, rerun=30.0), _dec_row("attention", 1, 256, 1.0, 10.0, 2048),
+            _dec_row("gated_context", 8, 256, 0.5, 5.0, 512), {**_dec_row("mamba", 1, 256, None, 1.0, 1), "status": "failed"}]
+    fig = drawn(fg.decode, rows)
+    a_step, a_pre, a_mem = fig.axes[:3]
+    s = _series(a_step)
+    assert s["attention (batch 1)"] == ([256, 512], [1.0, 2.0]) and s["gated_context (batch 8)"] == ([256], [0.5])
+    rerun = [ln for ln in a_step.get_lines() if ln.get_linestyle() == ":"]
+    assert len(rerun) == 1 and list(rerun[0].get_xdata()) == [512] and list(rerun[0].get_ydata()) == [30.0]
+    assert _series(a_pre)["attention (batch 1)"][1] == [10.0, 20.0]
+    assert _series(a_mem)["gated_context (batch 8)"] == ([256], [512])
+    markers = {ln.get_label(): ln.get_marker() for ln in a_pre.get_lines()}
+    assert markers == {"attention (batch 1)": "o", "gated_context (batch 8)": "s"}  # one marker per batch size
+    assert list(a_step.get_xticks()) == [256, 512] and a_mem.yaxis.get_major_locator()._base == 2
+    assert a_pre.get_ylabel() == "prefill time (ms, log)" and a_pre.get_title() == "prefill of the prompt"
+    assert fig._suptitle.get_text() == "Stateful decoding vs context: tiny preset (d_model=64, 2 layers), float32; cpu"
+    assert drawn(fg.decode, rows[3:]) is None
+
+
+def _model(mixer, objective, f1, tps=1000.0, seed=0, **kw):
+    return {"mixer": mixer, "objective": objective, "status": "ok", "seed": seed, "norm": "pre",
+            "metrics": {"f1": f1, "tokens_per_s": tps}, **kw}
+
+
+def test_the_score_figure_has_a_bar_per_mixer_and_objective_and_the_references_as_lines(drawn):
+    rows = [_model("wave", "autoregressive", 0.2), _model("attention", "autoregressive", 0.4),
+            _model("attention", "diffusion", 0.1), {**_model("mamba", "diffusion", 0.9), "status": "failed"},
+            _ref("overlap", 0.465)]
+    fig = drawn(fg.score_by_mixer, rows, "f1", "JSQuAD")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["attention", "wave"]  # sorted; a failed row is no bar
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches if p.get_height() > 0)
+    assert heights == [0.1, 0.2, 0.4]
+    assert [ln.get_label() for ln in ax.get_lines()] == ["baseline: overlap = 0.465"]
+    assert ax.get_ylim() == pytest.approx((-0.02, 0.465 * 1.12))  # room above the highest bar or line
+    assert ax.get_xlabel() == "token mixer" and ax.get_ylabel() == "f1" and ax.get_title() == "JSQuAD: f1 by mixer"
+    assert "objective / reference" == ax.get_legend().get_title().get_text()
+    seeds = rows + [_model("attention", "autoregressive", 0.5, seed=1)]
+    title = drawn(fg.score_by_mixer, seeds, "f1", "JSQuAD").axes[0].get_title()
+    assert title == "JSQuAD: f1 by mixer (bars: mean ± 95% t-interval over seeds, n=1/2)"
+    assert drawn(fg.score_by_mixer, rows[3:], "f1", "JSQuAD") is None
+
+
+def test_quality_against_speed_is_on_a_log_throughput_axis_with_room_around_the_points(drawn):
+    rows = [_model("wave", "autoregressive", 0.2, tps=8000.0), _model("attention", "autoregressive", 0.4, tps=2000.0),
+            _ref("overlap", 0.465)]
+    fig = drawn(fg.quality_vs_speed, rows, "f1", "JSQuAD")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlim() == pytest.approx((2000 / 1.25, 8000 * 1.25))
+    assert ax.get_xlabel() == "training throughput (tokens / s, log scale)" and ax.get_ylabel() == "f1"
+    assert ax.get_title() == "JSQuAD: quality vs speed (up and right is better)"
+    pts = sorted(tuple(xy) for c in ax.collections for xy in c.get_offsets().tolist())
+    assert pts == [(2000.0, 0.4), (8000.0, 0.2)]
+    assert ax.get_ylim() == pytest.approx((-0.02, 0.465 * 1.12))
+    assert drawn(fg.quality_vs_speed, [_model("wave", "autoregressive", 0.2, tps=None)], "f1", "JSQuAD") is None
