@@ -77,11 +77,16 @@ def _reference_lines(ax, rows: list[dict[str, Any]], key: str) -> None:
                    lw=1.3, zorder=1, label=f"{reference_kind(r)}: {name} = {v:.3f}")
 
 
-def _legend_outside(ax, title: str | None = None) -> None:
-    handles, labels = ax.get_legend_handles_labels()
+def _legend_outside(ax, title: str | None = None, axes: Sequence[Any] = ()) -> None:
+    """One legend right of `ax`, naming what `ax` draws, or, given `axes`, everything any of those
+    panels draws (first artist of each label): a name drawn only in another panel is still named."""
+    handles: dict[str, Any] = {}
+    for a in list(axes) or [ax]:
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
     if handles:
-        ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
-                  fontsize="small", title_fontsize="small")
+        ax.legend(list(handles.values()), list(handles), title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  frameon=False, fontsize="small", title_fontsize="small")
 
 
 def _log_scale(ax, fmt, binary: bool = False, axis: str = "y") -> None:
@@ -197,13 +202,7 @@ def loss_curves(rows: list[dict[str, Any]], title: str, path: Path) -> Path | No
             bound = any(metric(r, "ppl_bound") is not None for r in cells if r["objective"] == objective)
             ax.set_ylabel("dev loss bound (nats / target token)" if bound else "dev loss (nats / target token)")
             ax.set_title(objective + (" (a bound: not comparable across panels)" if bound else ""), fontsize="medium")
-        # one legend: every mixer, whichever panel it is in
-        handles = {}
-        for ax in axes[0]:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(lab, h)
-        axes[0][-1].legend(list(handles.values()), list(handles), title="mixer", loc="upper left",
-                           bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize="small", title_fontsize="small")
+        _legend_outside(axes[0, -1], "mixer", axes=axes[0])  # every mixer, whichever panel it is in
         fig.suptitle(f"{title}: dev loss over the budget, every cell (colour = mixer"
                      + (", marker = seed / norm" if seeds or norms else "") + ")", fontsize="medium")
     return _save(fig, path)
@@ -259,13 +258,15 @@ def sweep_curves(rows: list[dict[str, Any]], key: str, x: str, facet: str, title
         fig, axes = _figure(ncols=len(panels), size=(max(5.0, 3.6 * len(panels) + 2.0), 4.2), sharey=True)
         for ax, pv in zip(axes[0], panels):
             sub = data[data[facet] == pv] if pv is not None else data
-            sns.lineplot(data=sub, x=x, y=key, hue="mixer", palette=colors, marker="o", ax=ax, legend=ax is axes[0, -1])
+            for mixer, line in sub.groupby("mixer"):
+                line = line.sort_values(x)
+                ax.plot(line[x].tolist(), line[key].tolist(), marker="o", color=colors[mixer], label=mixer)
             _log2_axis(ax, sub[x].tolist())
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel(names.get(x, x))
             ax.set_ylabel(_axis(rows, key))
             ax.set_title(f"{facet} = {pv}" if pv is not None else "")
-        _legend_outside(axes[0, -1], "mixer")
+        _legend_outside(axes[0, -1], "mixer", axes=axes[0])  # a mixer missing from the last panel is still named
         fig.suptitle(f"{title}: {declared(rows, key).header} vs {names.get(x, x)}")
     return _save(fig, path)
 
@@ -322,7 +323,7 @@ def scaling(rows: list[dict[str, Any]], path: Path) -> Path | None:
         a_mem.set_title("peak memory" + (f"\n({measure})" if measure else ": n/a on this device"), fontsize="small")
         if not has_mem:
             a_mem.text(0.5, 0.5, "n/a", transform=a_mem.transAxes, ha="center", va="center", fontsize="x-large")
-        _legend_outside(a_mem if has_mem else a_tps, "mixer")
+        _legend_outside(a_mem if has_mem else a_tps, "mixer", axes=[a_tps])  # every mixer, with memory or not
         handles, labels = a_time.get_legend_handles_labels()
         guides = [(h, l) for h, l in zip(handles, labels) if "guide" in l]
         a_time.legend(*zip(*guides), loc="upper left", fontsize="x-small", frameon=False)
@@ -343,7 +344,7 @@ def loss_memory(rows: list[dict[str, Any]], path: Path) -> Path | None:
     has_mem = any(r.get("peak_mem_bytes") for r in ok)
     nrows = 2 if has_mem else 1
     with _style():
-        fig, axes = _figure(ncols=len(vocabs), nrows=nrows, size=(4.2 * len(vocabs) + 2.0, 3.6 * nrows), sharex=True)
+        fig, axes = _figure(ncols=len(vocabs), nrows=nrows, size=(4.2 * len(vocabs) + 2.0, 3.6 * nrows), sharex="col")
         for j, V in enumerate(vocabs):
             sub = sorted((r for r in ok if r["vocab_size"] == V), key=lambda r: r["n_tokens"])
             tokens = sorted({r["n_tokens"] for r in rows if r["vocab_size"] == V})
@@ -362,7 +363,7 @@ def loss_memory(rows: list[dict[str, Any]], path: Path) -> Path | None:
                 _log2_axis(ax, tokens)
                 _log_y(ax, fmt_bytes if field == "peak_mem_bytes" else fmt_num, binary=field == "peak_mem_bytes")
                 ax.set_xlabel("tokens per batch N")
-        _legend_outside(axes[-1, -1], "loss path")
+        _legend_outside(axes[-1, -1], "loss path", axes=axes.ravel())  # a path that ran at one vocabulary only too
         measure = next((r.get("mem_measure") for r in ok if r.get("peak_mem_bytes") is not None), "n/a")
         fig.suptitle(f"Output loss: forward + backward, d_model={ok[0].get('d_model')}, {ok[0].get('dtype')}; "
                      f"{ok[0]['device']}\npeak memory: {measure}", fontsize="medium")
