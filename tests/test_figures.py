@@ -40,8 +40,13 @@ def test_references_are_grey_lines_named_with_their_value_ceilings_dotted_and_da
             {**_ref("broken", 0.7), "status": "failed"},  # not ok: no line
             {**_ref("nothing", 0.1), "metrics": {}},  # no value: no line
             {"mixer": "attention", "objective": "autoregressive", "status": "ok", "metrics": {"f1": 0.5}}]  # a model
+    styles = []  # the line style each reference line is drawn with, as asked of matplotlib
+    axhline = ax.axhline
+    ax.axhline = lambda *a, **k: styles.append(k["ls"]) or axhline(*a, **k)
     fg._reference_lines(ax, rows, "f1")
     lines = ax.get_lines()
+    assert styles == [":"] + fg.REF_DASHES[1:5]  # baselines: a dash pattern each, in turn
+    assert len({str(d) for d in fg.REF_DASHES}) == len(fg.REF_DASHES)
     # highest first; a name shared by two rows gets its setting, a lone one does not
     assert [ln.get_label() for ln in lines] == ["ceiling: oracle = 0.900", "baseline: overlap = 0.465",
                                                 "baseline: lone = 0.300", "baseline: first (k=2) = 0.250",
@@ -180,10 +185,10 @@ def test_the_scaling_figure_draws_each_mixers_costs_the_guides_and_an_x_at_an_oo
     # guides through the cheapest mixer at the shortest length, over every length asked for
     assert t["O(N) guide"] == ([256, 512, 1024], [1.0, 2.0, 4.0])
     assert t["O(N²) guide"] == ([256, 512, 1024], [1.0, 4.0, 16.0])
-    styles = {ln.get_label(): (ln.get_marker(), ln.get_linestyle()) for ln in a_time.get_lines() + a_tps.get_lines()
-              + a_mem.get_lines() if not ln.get_label().startswith("_")}
-    assert styles == {"attention": ("o", "-"), "mamba": ("o", "-"), "O(N) guide": ("None", ":"),
-                      "O(N²) guide": ("None", "--")}
+    styles = [[(ln.get_label(), ln.get_marker(), ln.get_linestyle()) for ln in ax.get_lines() if ln.get_marker() != "x"]
+              for ax in (a_time, a_tps, a_mem)]
+    mixers = [("attention", "o", "-"), ("mamba", "o", "-")]
+    assert styles == [mixers + [("O(N) guide", "None", ":"), ("O(N²) guide", "None", "--")], mixers, mixers]
     guides = [ln for ln in a_time.get_lines() if "guide" in ln.get_label()]
     assert all(ln.get_color() == "0.5" and ln.get_linewidth() == 1 for ln in guides)
     oom = [ln for ln in a_time.get_lines() if ln.get_marker() == "x"]
