@@ -8,7 +8,10 @@ profiler, the compiler and the clock."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks import compile_times as ct
@@ -45,7 +48,7 @@ def test_eager_calls_count_the_profiled_step_only_nested_calls_apart_and_its_lau
               _Event("aten::mul", _Event("autograd::engine::evaluate_function: MulBackward0")),  # the backward's
               _Event("aten::add"), _Event("cudaLaunchKernel"), _Event("autograd::engine::evaluate_function")]
     launches: list = [("stale", {})]
-    calls, seen = [], {}
+    calls, backwards, seen = [], [], {}
 
     class Mixer(torch.nn.Module):
         backend = "triton_scan"
@@ -55,7 +58,9 @@ def test_eager_calls_count_the_profiled_step_only_nested_calls_apart_and_its_lau
                         autocast=torch.is_autocast_enabled("cpu"), dtype=torch.get_autocast_dtype("cpu"))
             calls.append(_FakeProfile.active)
             launches.append(("grid", {"profiled": _FakeProfile.active}))
-            return x * 2
+            y = x * 2
+            y.register_hook(lambda g: backwards.append(_FakeProfile.active))
+            return y
 
     def build(name, d_model, causal, **kw):
         seen.update(build=(name, d_model, causal, kw), seed=torch.initial_seed())
@@ -68,6 +73,7 @@ def test_eager_calls_count_the_profiled_step_only_nested_calls_apart_and_its_lau
     assert seen["build"] == ("gated_context", 16, False, {"scan": "pairwise"}) and seen["seed"] == 0
     assert isinstance(seen["compiled"], Mixer)  # the step counted is the compiled mixer's
     assert calls == [False, False, False, True]  # compile and recompile warm-ups off the count, then one step
+    assert backwards == calls  # each a forward and a backward
     assert launches == [("grid", {"profiled": True})]  # the counted step's launches only
     assert seen["autocast"] and seen["dtype"] == torch.bfloat16 and seen["grad"]  # as on a GPU, with a backward
     assert seen["shape"] == (3, 12, 16)
@@ -106,6 +112,23 @@ def test_eager_calls_run_each_mixer_and_scan_it_has_both_ways_and_skip_the_rest(
     assert counted == [("mamba", "triton", True, 64, 2, 40), ("mamba", "triton", False, 64, 2, 40)]
 
 
+@pytest.mark.parametrize("module", [sec, ct])
+def test_each_script_says_what_it_measures_in_its_help(module, capsys):
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0 and module.__doc__.splitlines()[0] in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("module", [sec, ct])
+def test_each_script_runs_as_a_module(module):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", module.__name__, "--help"], capture_output=True, text=True, timeout=120,
+                         cwd=root)
+    assert out.returncode == 0 and module.__doc__.splitlines()[0] in " ".join(out.stdout.split())
+
+
 class _Clock:
     def __init__(self):
         self.now = 0.0
@@ -116,12 +139,13 @@ class _Clock:
 
 def test_compile_times_time_each_step_between_syncs_and_count_the_graphs_after_it(monkeypatch):
     clock, events, marked = _Clock(), [], []
-    step_s = iter([30.0, 12.0, 0.25, 0.5])  # compile, recompile, then two compiled steps
+    step_s = iter([30.0, 12.0, 0.2504, 0.5])  # compile, recompile, then two compiled steps
     frames = iter([1, 2, 2, 3])
     asked = {}
 
     def compile_for_training(model, scope, backend, dynamic):
-        asked.update(model=model, scope=scope, dynamic=dynamic, backend=backend)
+        asked.update(model=model, scope=scope, dynamic=dynamic, backend=backend, seed=torch.initial_seed(),
+                     reset=list(events))
 
         def step(ids):
             events.append(("step", tuple(ids.shape)))
@@ -135,9 +159,13 @@ def test_compile_times_time_each_step_between_syncs_and_count_the_graphs_after_i
     monkeypatch.setattr(ct, "time", clock)
     monkeypatch.setattr(ct, "sync", lambda device: events.append("sync"))
     monkeypatch.setattr(ct.torch._dynamo, "maybe_mark_dynamic", lambda t, dim: marked.append((tuple(t.shape), dim)))
+    monkeypatch.setattr(ct.torch._dynamo, "reset", lambda: events.append("reset"))
+    torch.manual_seed(123)
     row = ct.measure("gated_context", False, [57, 64, 91, 122], 3, "tiny", torch.device("cpu"), dynamic=True,
                      mark=True, scope="model")
-    assert events == ["sync", ("step", (3, 57)), "sync", "sync", ("step", (3, 64)), "sync",
+    # dynamo's caches emptied and the weights seeded before this mixer compiles
+    assert asked["reset"] == ["reset"] and asked["seed"] == 0
+    assert events[1:] == ["sync", ("step", (3, 57)), "sync", "sync", ("step", (3, 64)), "sync",
                       "sync", ("step", (3, 91)), "sync", "sync", ("step", (3, 122)), "sync"]
     assert row["seconds"] == [30.0, 12.0, 0.25, 0.5] and row["graphs_compiled"] == [1, 2, 2, 3]
     assert row["after_second_step_s"] == 0.75  # the steps after the two warm-ups a budget does not charge
@@ -161,17 +189,24 @@ def test_compile_times_measure_every_mixer_asked_with_its_flags_and_write_the_fi
         return {"mixer": mixer}
 
     monkeypatch.setattr(ct, "measure", measure)
-    out = tmp_path / "deep" / "ct.json"
+    out = tmp_path / "deep" / "er" / "ct.json"  # its folders made
     argv = ["--mixers", "attention, mamba", "--lengths", "33,48,", "--rows", "2", "--preset", "small", "--bidirectional",
             "--dynamic", "--mark-dynamic", "--scope", "model", "--device", "cpu", "--out", str(out)]
     assert ct.main(argv) == 0
     assert got == [(name, False, [33, 48], 2, "small", "cpu", True, True, "model") for name in ("attention", "mamba")]
-    data = json.loads(out.read_text())
+    text = out.read_text()
+    data = json.loads(text)
+    assert text.startswith('{\n "meta"') and text.endswith("}\n")  # indented, a last newline
     assert data["rows"] == [{"mixer": "attention"}, {"mixer": "mamba"}]
     assert data["meta"]["preset"] == "small" and data["meta"]["command"] == "python -m benchmarks.compile_times " + " ".join(argv)
     assert {"device", "versions", "git_commit"} <= set(data["meta"])
     printed = capsys.readouterr().out.splitlines()
     assert printed == ['{"mixer": "attention"}', '{"mixer": "mamba"}', f"-> {out}"]
+    got.clear()
+    monkeypatch.setattr(sys, "argv", ["compile_times.py", "--mixers", "mamba", "--out", str(out)])
+    ct.main()  # run as a script: its command line
+    assert [g[0] for g in got] == ["mamba"]
+    assert json.loads(out.read_text())["meta"]["command"].endswith(f"--mixers mamba --out {out}")
     got.clear()
     ct.main(["--out", str(out)])  # the defaults: every mixer, causal, the trainer's compilation
     import mixers
