@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,95 @@ def test_compile_times_measure_every_mixer_asked_with_its_flags_and_write_the_fi
     assert [g[0] for g in got] == mixers.names()
     auto = ct.resolve_device("auto").type  # cuda where there is one
     assert all(g[1:] == (True, [57, 64, 91, 122, 33], 4, "tiny", auto, None, False, "blocks") for g in got)
+
+
+# ---------------------------------------------------------------- measure_lr_sweep
+
+
+def test_the_lr_measurement_runs_every_rate_at_the_full_budget_and_each_fraction_and_says_which_agree(
+        monkeypatch, capsys, tmp_path):
+    """benchmarks.measure_lr_sweep (the sweep defaults' evidence): per mixer, a fresh seeded model for every
+    run, the grid's plan and training settings, full runs with the grid's dev checks and short runs with the
+    sweep's, one JSON line per run, then the best rate of each and whether the short runs agree."""
+    from benchmarks import measure_lr_sweep as mls
+    from core.presets import get_preset
+    from harness.lr_sweep import SHORT_EVAL_POINTS, Trial
+
+    preset = get_preset("tiny")
+    losses = {  # (mixer, budget, lr) -> dev loss; None: diverged
+        ("attention", "tokens=1000", 1e-3): 3.0, ("attention", "tokens=1000", 3e-3): 2.5,
+        ("attention", "tokens=1000", 1e-2): None,
+        ("attention", "tokens=100", 1e-3): 4.0, ("attention", "tokens=100", 3e-3): 4.5,
+        ("attention", "tokens=100", 1e-2): 5.0,
+        ("mamba", "tokens=1000", 1e-3): 2.0, ("mamba", "tokens=1000", 3e-3): 2.2, ("mamba", "tokens=1000", 1e-2): 2.4,
+        ("mamba", "tokens=100", 1e-3): 4.0, ("mamba", "tokens=100", 3e-3): 4.4, ("mamba", "tokens=100", 1e-2): 4.8}
+    clock, plans, trainings, models = _Clock(), [], [], []
+
+    class Context:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def plan(self, cell):
+            plans.append((cell, self.kw))
+            return types.SimpleNamespace(data=types.SimpleNamespace(train="TRAIN", dev="DEV"), preset=preset,
+                                         objective="OBJECTIVE", model_cfg=f"cfg-{cell.mixer}")
+
+    class LM:
+        def __init__(self, cfg):
+            self.cfg, self.seed = cfg, torch.initial_seed()
+            torch.rand(1)  # the generator moves on: a model not seeded again would differ
+
+        def to(self, device):
+            self.device = device
+            return self
+
+    def train_trial(make_model, objective, train_set, dev_set, tcfg, device, eval_points):
+        trainings.append((objective, train_set, dev_set, tcfg, device.type, eval_points))
+
+        def trial(lr, budget):
+            models.append(make_model())
+            clock.now += 1.25
+            return Trial(lr=lr, dev_loss=losses.get((models[-1].cfg[4:], str(budget), lr), 9.0), tokens=int(budget.amount),
+                         seconds=1.25)
+
+        return trial
+
+    monkeypatch.setattr(mls, "RunContext", Context)
+    monkeypatch.setattr(mls, "LM", LM)
+    monkeypatch.setattr(mls, "resolve_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(mls, "time", clock)
+    monkeypatch.setattr(mls.lr_sweep, "train_trial", train_trial)
+    argv = ["--data-dir", str(tmp_path / "jsquad"), "--cache-dir", str(tmp_path / "cache"), "--budget", "tokens=1000",
+            "--rates", "1e-3,3e-3,1e-2", "--fracs", "0.1,0.5", "--mixers", "attention,mamba", "--objective", "diffusion",
+            "--seed", "7"]
+    assert mls.main(argv) == 0
+    cells = [c for c, _ in plans]
+    assert [(c.task, c.mixer, c.objective, c.preset, c.budget, c.seed) for c in cells] == [
+        ("jsquad", m, "diffusion", "tiny", "tokens=1000", 7) for m in ("attention", "mamba")]
+    assert plans[0][1] == {"device": torch.device("cpu"), "data_dir": tmp_path / "jsquad", "cache_dir": tmp_path / "cache",
+                           "grid": "", "progress": False}
+    # the full runs with the grid's dev checks, then the short ones with the sweep's
+    assert [t[5] for t in trainings] == [10, SHORT_EVAL_POINTS, SHORT_EVAL_POINTS] * 2
+    assert all(t[:3] == ("OBJECTIVE", "TRAIN", "DEV") and t[4] == "cpu" for t in trainings)
+    tcfg = trainings[0][3]
+    assert (tcfg.batch_size, tcfg.lr, tcfg.seed, tcfg.progress) == (preset.batch_size, preset.lr, 7, False)
+    assert len(models) == 18 and all(m.seed == 7 and m.device.type == "cpu" for m in models)  # each run fresh
+    out = capsys.readouterr().out.splitlines()
+    runs = [json.loads(ln) for ln in out[:18]]
+    assert runs[0] == {"mixer": "attention", "frac": 1.0, "lr": 1e-3, "dev_loss": 3.0, "tokens": 1000, "seconds": 1.2}
+    assert [(r["mixer"], r["frac"], r["lr"]) for r in runs] == [
+        (m, f, lr) for m in ("attention", "mamba") for f in (1.0, 0.1, 0.5) for lr in (1e-3, 3e-3, 1e-2)]
+    assert runs[5]["tokens"] == 100 and runs[8]["tokens"] == 500  # a tenth, a half of the budget
+    assert {r["seconds"] for r in runs} == {1.2}  # each run's own wall time
+    assert out[18:] == ["", "mixer | best rate (full budget) | short runs at 0.1 | short runs at 0.5 | full-run dev loss by rate",
+                        "attention | 0.003 | 0.001 (differs) | 0.001 (differs) | 0.001: 3.000, 0.003: 2.500, 0.01: diverged",
+                        "mamba | 0.001 | 0.001 | 0.001 | 0.001: 2.000, 0.003: 2.200, 0.01: 2.400"]
+    plans.clear()
+    mls.main(["--data-dir", str(tmp_path)])  # the defaults: every mixer, autoregressive, seed 0, 4 rates, 2 fractions
+    assert [c.mixer for c, _ in plans] == ["attention", "gated_context", "mamba", "wave_interference",
+                                           "wave_modulation", "wave_wavelet"]
+    assert {(c.objective, c.preset, c.budget, c.seed) for c, _ in plans} == {("autoregressive", "tiny", "tokens=100000", 0)}
+    assert plans[0][1]["cache_dir"] == Path.home() / ".cache" / "wavebench"
+    assert "short runs at 0.1 | short runs at 0.25 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mls.main([])  # the data folder is required
