@@ -1,10 +1,11 @@
-"""Two evidence scripts the README quotes but no test ran: `benchmarks.scan_eager_calls` (the PyTorch calls
-around the Triton kernels in one compiled mixer step) and `benchmarks.compile_times` (torch.compile's cost
-per training step over successive batch lengths). Their figures are never asserted; what is tested is that
-they count and time what they say: warm-ups off the count, launches of the counted step only, nested aten
-calls counted but not as a host's, the bf16 autocast a GPU step runs under, each step between two syncs,
-the graphs compiled after each step, and every flag reaching the measurement. Stand-ins replace the
-profiler, the compiler and the clock."""
+"""Three evidence scripts the README quotes but no test ran: `benchmarks.scan_eager_calls` (the PyTorch calls
+around the Triton kernels in one compiled mixer step), `benchmarks.compile_times` (torch.compile's cost per
+training step over successive batch lengths) and `benchmarks.measure_lr_sweep` (whether short runs pick the
+full budget's learning rate). Their figures are never asserted; what is tested is that they count, time and
+compare what they say: warm-ups off the count, launches of the counted step only, nested aten calls counted
+but not as a host's, the bf16 autocast a GPU step runs under, each step between two syncs, the graphs
+compiled after each step, a fresh seeded model for every run, and every flag reaching the measurement.
+Stand-ins replace the profiler, the compiler, the trainer and the clock."""
 from __future__ import annotations
 
 import json
