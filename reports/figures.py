@@ -264,7 +264,7 @@ def sweep_curves(rows: list[dict[str, Any]], key: str, x: str, facet: str, title
             _log2_axis(ax, sub[x].tolist())
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel(names.get(x, x))
-            ax.set_ylabel(_axis(rows, key))
+            ax.set_ylabel(_axis(rows, key) if ax is axes[0, 0] else "")  # one shared y axis, labelled once
             ax.set_title(f"{facet} = {pv}" if pv is not None else "")
         _legend_outside(axes[0, -1], "mixer", axes=axes[0])  # a mixer missing from the last panel is still named
         fig.suptitle(f"{title}: {declared(rows, key).header} vs {names.get(x, x)}")

@@ -453,6 +453,7 @@ def test_sweep_curves_draw_a_line_per_mixer_in_a_panel_per_facet_value_averaging
     assert a32.get_shared_y_axes().joined(a32, a64) and a32.get_ylim() == pytest.approx((-0.02, 1.02))
     assert a32.get_xscale() == "log" and list(a32.get_xticks()) == [64, 128] and list(a64.get_xticks()) == [64]
     assert a32.get_xlabel() == "sequence length (tokens)" and a32.get_ylabel() == "recall accuracy"
+    assert a64.get_ylabel() == ""  # the shared axis labelled once
     # one legend right of the last panel, naming mamba too though it has no point there
     assert a32.get_legend() is None and [t.get_text() for t in a64.get_legend().get_texts()] == ["attention", "mamba"]
     assert a64.get_legend().get_title().get_text() == "mixer"
