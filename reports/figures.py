@@ -89,6 +89,15 @@ def _legend_outside(ax, title: str | None = None, axes: Sequence[Any] = ()) -> N
                   frameon=False, fontsize="small", title_fontsize="small")
 
 
+def _mark_failed(ax, failed: list[dict[str, Any]], x: str, name: str, y: float, colors: dict[str, Any]) -> None:
+    """An x at height `y` (above the data) at each failed row's `x`, in its `name`'s colour, labelled OOM or
+    failed: a configuration that did not fit is a result, not a missing point."""
+    for r in failed:
+        ax.plot([r[x]], [y], "x", ms=9, mew=2, color=colors[r[name]])
+        ax.annotate("OOM" if str(r.get("error", "")).startswith("OutOfMemory") else "failed", (r[x], y),
+                    textcoords="offset points", xytext=(4, 4), fontsize="x-small", color=colors[r[name]])
+
+
 def _log_scale(ax, fmt, binary: bool = False, axis: str = "y") -> None:
     """Log axis (call after plotting) with readable labels: decades (or powers of 2/4/16 for
     `binary` quantities such as bytes) for wide ranges, 1-2-5 steps for narrower ones, a few rounded
@@ -296,13 +305,9 @@ def scaling(rows: list[dict[str, Any]], path: Path) -> Path | None:
             mem = [(r["seq_len"], r["peak_mem_bytes"]) for r in rs if r.get("peak_mem_bytes")]
             if mem:
                 a_mem.plot(*zip(*mem), "o-", color=colors[name], label=name)
-        for r in rows:  # out-of-memory: an x at the length that failed, on top of the time panel
-            if r["status"] != "ok":
-                a_time.plot([r["seq_len"]], [max(x["ms_per_seq"] for x in ok) * 1.5], "x", ms=9, mew=2,
-                            color=colors[r["mixer"]])
-                a_time.annotate("OOM" if str(r.get("error", "")).startswith("OutOfMemory") else "failed",
-                                (r["seq_len"], max(x["ms_per_seq"] for x in ok) * 1.5), textcoords="offset points",
-                                xytext=(4, 4), fontsize="x-small", color=colors[r["mixer"]])
+        # out-of-memory: an x at the length that failed, on top of the time panel
+        _mark_failed(a_time, [r for r in rows if r["status"] != "ok"], "seq_len", "mixer",
+                     max(x["ms_per_seq"] for x in ok) * 1.5, colors)
         # guides: slopes 1 and 2 through the cheapest mixer's shortest length
         L0 = min(lengths)
         y0 = min(r["ms_per_seq"] for r in ok if r["seq_len"] == min(x["seq_len"] for x in ok))
@@ -334,7 +339,7 @@ def scaling(rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 def loss_memory(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Peak memory and time of the output loss per path, against tokens per batch, one panel per
-    vocabulary size; the fp32 logits size is drawn for scale."""
+    vocabulary size; the fp32 logits size is drawn for scale, and an x marks a size a path failed at."""
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         return None
@@ -360,6 +365,9 @@ def loss_memory(rows: list[dict[str, Any]], path: Path) -> Path | None:
                 else:
                     ax.set_ylabel("fwd+bwd time (ms, log)")
                     ax.set_title(f"vocabulary {V:,}")
+                    top = max((r["ms_fwd_bwd"] for r in (sub or ok) if r.get("ms_fwd_bwd")), default=1.0)
+                    _mark_failed(ax, [r for r in rows if r["vocab_size"] == V and r["status"] != "ok"], "n_tokens",
+                                 "impl", top * 1.5, colors)  # a size that failed: an x above the times
                 _log2_axis(ax, tokens)
                 _log_y(ax, fmt_bytes if field == "peak_mem_bytes" else fmt_num, binary=field == "peak_mem_bytes")
                 ax.set_xlabel("tokens per batch N")

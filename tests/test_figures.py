@@ -235,19 +235,26 @@ def _loss_row(impl, V, N, ms, mem):
 
 def test_the_loss_memory_figure_has_a_time_and_a_memory_panel_per_vocabulary_and_the_logits_size(drawn):
     rows = [_loss_row("plain", 8, 64, 2.0, 4096), _loss_row("cce", 8, 64, 3.0, 1024), _loss_row("plain", 8, 16, 1.0, 2048),
-            _loss_row("plain", 16, 16, 5.0, 8192)]
+            _loss_row("plain", 16, 16, 5.0, 8192),
+            {**_loss_row("plain", 16, 64, None, None), "status": "failed", "error": "OutOfMemoryError: CUDA out of memory"}]
     fig = drawn(fg.loss_memory, rows)
     axes = fig.axes
     assert len(axes) == 4  # 2 rows (time, memory) x 2 vocabularies
     t8, t16, m8, m16 = axes
     assert _series(t8)["plain"] == ([16, 64], [1.0, 2.0]) and _series(t8)["cce"] == ([64], [3.0])
     assert _series(m8)["fp32 logits N×V"] == ([16, 64], [4 * 16 * 8, 4 * 64 * 8])
+    assert not any(ln.get_marker() == "x" for ln in m16.get_lines())  # on the time panel only
     assert _series(m16)["plain"] == ([16], [8192])
     assert t8.get_title() == "vocabulary 8" and t16.get_title() == "vocabulary 16"
     assert tuple(fig.get_size_inches()) == pytest.approx((4.2 * 2 + 2.0, 3.6 * 2))
     assert m8.get_shared_x_axes().joined(t8, m8) and not t8.get_shared_x_axes().joined(t8, t16)  # per vocabulary
     assert [(ln.get_marker(), ln.get_linestyle()) for ln in m8.get_lines()] == [("o", "-"), ("o", "-"), ("None", ":")]
-    assert list(t8.get_xticks()) == [16, 64] and list(m16.get_xticks()) == [16]
+    assert list(t8.get_xticks()) == [16, 64] and list(m16.get_xticks()) == [16, 64]  # the failed size too
+    # an x above the vocabulary's times where plain ran out of memory, in plain's colour
+    (oom,) = [ln for ln in t16.get_lines() if ln.get_marker() == "x"]
+    assert (list(oom.get_xdata()), list(oom.get_ydata())) == ([64], [7.5])
+    assert oom.get_color() == t16.get_lines()[0].get_color() and t16.get_lines()[0].get_label() == "plain"
+    assert [t.get_text() for t in t16.texts] == ["OOM"] and t16.texts[0].xy == (64, 7.5) and not t8.texts
     assert {ax.get_xlabel() for ax in axes} == {"tokens per batch N"}
     # time in plain numbers, memory in bytes
     assert t8.yaxis.get_major_formatter()(12.0, 0) == "12" and m8.yaxis.get_major_formatter()(2048, 0) == fg.fmt_bytes(2048)
