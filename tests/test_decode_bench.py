@@ -14,12 +14,13 @@ import torch
 import mixers
 from benchmarks import decode as bd
 from benchmarks.scaling import default_lengths
+from fixtures.clock import Clock
 
 
 class FakeLM:
     """A decoding LM that logs every call and advances a fake clock: a step takes the next of `step_ms`."""
 
-    def __init__(self, clock: types.SimpleNamespace, events: list, step_ms: list[float]):
+    def __init__(self, clock: Clock, events: list, step_ms: list[float]):
         self.cfg = types.SimpleNamespace(vocab_size=50)
         self.clock, self.events, self.step_ms = clock, events, list(step_ms)
         self.blocks = [types.SimpleNamespace(mixer=types.SimpleNamespace(decode_backend=b)) for b in ("b2", "b1", "b2")]
@@ -58,8 +59,8 @@ class FakeLM:
 @pytest.fixture
 def bench(monkeypatch):
     """The fake clock, the event log (steps, syncs, timed calls) and the patched benchmark."""
-    clock = types.SimpleNamespace(now=0.0, timing=False)
-    clock.perf_counter = lambda: clock.now
+    clock = Clock()
+    clock.timing = False  # whether a sync has opened a timed window
     events: list = []
 
     def fake_time_ms(fn, device, reps, first=None):

@@ -17,17 +17,8 @@ import torch
 from benchmarks import mamba_scan as ms
 from benchmarks import profile_step as ps
 from core.data import SeqSet
+from fixtures.clock import Clock
 from fixtures.markdown import table
-
-
-class Clock:
-    """A fake `time` module: perf_counter returns `now`, which the fakes advance by hand."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        return self.now
 
 
 # ---------------------------------------------------------------- profile_step

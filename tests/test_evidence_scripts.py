@@ -18,6 +18,7 @@ import torch
 
 from benchmarks import compile_times as ct
 from benchmarks import scan_eager_calls as sec
+from fixtures.clock import Clock
 
 
 class _Event:
@@ -131,16 +132,8 @@ def test_each_script_runs_as_a_module(module):
     assert out.returncode == 0 and module.__doc__.splitlines()[0] in " ".join(out.stdout.split())
 
 
-class _Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
 def test_compile_times_time_each_step_between_syncs_and_count_the_graphs_after_it(monkeypatch):
-    clock, events, marked = _Clock(), [], []
+    clock, events, marked = Clock(), [], []
     step_s = iter([30.0, 12.0, 0.2504, 0.5])  # compile, recompile, then two compiled steps
     frames = iter([1, 2, 2, 3])
     asked = {}
@@ -238,7 +231,7 @@ def test_the_lr_measurement_runs_every_rate_at_the_full_budget_and_each_fraction
         ("attention", "tokens=100", 1e-2): 5.0,
         ("mamba", "tokens=1000", 1e-3): 2.0, ("mamba", "tokens=1000", 3e-3): 2.2, ("mamba", "tokens=1000", 1e-2): 2.4,
         ("mamba", "tokens=100", 1e-3): 4.0, ("mamba", "tokens=100", 3e-3): 4.4, ("mamba", "tokens=100", 1e-2): 4.8}
-    clock, plans, trainings, models = _Clock(), [], [], []
+    clock, plans, trainings, models = Clock(), [], [], []
 
     class Context:
         def __init__(self, **kw):
