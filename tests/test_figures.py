@@ -304,14 +304,16 @@ def test_the_decode_figure_draws_latency_prefill_and_state_per_mixer_and_batch(d
     assert drawn(fg.decode, rows[1:2]).get_suptitle().endswith("float32; cpu")  # a single row is enough
 
 
+F1_DECLARED = [{"key": "f1", "header": "F1", "axis": "F1 (token overlap)"}]  # a task's declaration, on one row
+
+
 def _model(mixer, objective, f1, tps=1000.0, seed=0, **kw):
     return {"mixer": mixer, "objective": objective, "status": "ok", "seed": seed, "norm": "pre",
             "metrics": {"f1": f1, "tokens_per_s": tps}, **kw}
 
 
 def test_the_score_figure_has_a_bar_per_mixer_and_objective_and_the_references_as_lines(drawn):
-    f1 = [{"key": "f1", "header": "F1", "axis": "F1 (token overlap)"}]
-    rows = [_model("wave", "autoregressive", 0.2, task_metrics=f1), _model("attention", "autoregressive", 0.4),
+    rows = [_model("wave", "autoregressive", 0.2, task_metrics=F1_DECLARED), _model("attention", "autoregressive", 0.4),
             _model("attention", "diffusion", 0.1), {**_model("mamba", "diffusion", 0.9), "status": "failed"},
             _model("mamba", "autoregressive", 0.9, sweep={"seq_len": 64}),  # a sweep point: the sweep figure's
             _model("gated", "autoregressive", None),  # no value: no bar
@@ -336,7 +338,7 @@ def test_the_score_figure_has_a_bar_per_mixer_and_objective_and_the_references_a
     assert tuple(many.get_size_inches()) == pytest.approx((1.3 * 4 + 6.0, 4.5))  # wider with more bars
 
 
-def test_score_bars_name_norms_and_variants_on_their_own_lines():
+def test_a_bars_variant_goes_on_lines_of_its_own_under_the_mixer():
     r = {"mixer": "attention", "_variant": "pretrain dir:/data/aozora-pd 0.5 ≤2M chars · lr 3e-4"}
     assert fg._bar_name(r) == "attention\npretrain aozora-pd 0.5\n≤2M chars\nlr 3e-4"
     assert fg._bar_name({"mixer": "wave"}) == "wave"
@@ -349,8 +351,7 @@ def test_norm_variants_get_their_own_score_bars(drawn):
 
 
 def test_quality_against_speed_is_on_a_log_throughput_axis_with_room_around_the_points(drawn):
-    f1 = [{"key": "f1", "header": "F1", "axis": "F1 (token overlap)"}]
-    rows = [_model("wave", "autoregressive", 0.2, tps=8000.0, device="cpu", task_metrics=f1),
+    rows = [_model("wave", "autoregressive", 0.2, tps=8000.0, device="cpu", task_metrics=F1_DECLARED),
             _model("attention", "autoregressive", 0.4, tps=2000.0, device="cpu"),
             _ref("overlap", 0.465), {**_ref("nothing", 0.9), "metrics": {}}]
     fig = drawn(fg.quality_vs_speed, rows, "f1", "JSQuAD")
