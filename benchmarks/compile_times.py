@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch._dynamo
@@ -26,6 +25,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import mixers
 from core.env import device_name, git_commit, resolve_device, sync, versions
+from core.files import write_atomic
 from core.presets import get_preset
 from harness.compiling import COMPILE_SCOPES, compile_for_training
 from harness.model import LM, matched_config
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                       True if a.dynamic else None, a.mark_dynamic, a.scope)
         out["rows"].append(row)
         print(json.dumps(row), flush=True)
-    path = Path(a.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    path = write_atomic(a.out, json.dumps(out, indent=1) + "\n")  # whole or not at all: it lands in results/
     print(f"-> {path}")
     return 0
 

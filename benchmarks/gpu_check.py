@@ -485,11 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     started = float(os.environ.get("WAVEBENCH_CHECK_STARTED") or time.time())
     deadline = deadline_of(a.minutes, a.deadline_at, a.cpu_dry_run, started)
     unstarted: list[str] = []
-    (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out / "environment.json", json.dumps(env, indent=2) + "\n")
 
     def report() -> None:  # every part recorded so far, this command's and earlier ones'
-        (out / "README.md").write_text(summary(out, env, read_parts(out), a.cpu_dry_run, time.perf_counter() - t0,
-                                               unstarted), encoding="utf-8")
+        # whole or not at all: `--commit` commits it and a kill at the device's limit may come mid-write
+        write_atomic(out / "README.md", summary(out, env, read_parts(out), a.cpu_dry_run, time.perf_counter() - t0,
+                                                unstarted))
         if a.pack:  # and the archive: a command killed at the device's limit still brings this back
             pack(out, Path(a.pack))
 
@@ -564,7 +565,7 @@ def report_only(out: Path, archives: list[Path], do_commit: bool) -> int:
         return 2
     env = json.loads(env_path.read_text(encoding="utf-8"))
     dry = not env.get("cuda_available", False)
-    (out / "README.md").write_text(summary(out, env, parts, dry, None), encoding="utf-8")
+    write_atomic(out / "README.md", summary(out, env, parts, dry, None))
     print("\n".join(verdicts(out, grid_cells(out), parts)))
     print(f"[gpu_check] report: {out / 'README.md'} ({len(parts)} parts)")
     if do_commit:

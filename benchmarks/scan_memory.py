@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -32,6 +31,7 @@ import mixers._scan_triton as st
 import mixers.mamba as mm
 from benchmarks.common import peak_memory, stub_triton_launches
 from core.env import device_name, git_commit, versions
+from core.files import write_atomic
 from core.presets import get_preset
 
 # the presets' token budget per step, as many short rows or as few long ones (the mixer-alone sweep's ends)
@@ -57,7 +57,8 @@ def measure(preset: str, rows: int, length: int) -> dict:
         y = mm.selective_scan_triton(**x)
     states = sum(t.numel() * t.element_size() for t in saved if t.dim() == 4)
     kept = sum(t.numel() * t.element_size() for t in saved)
-    del y, saved
+    del y
+    saved.clear()  # the kept tensors freed before the peak is measured
 
     def step() -> None:
         mm.selective_scan_triton(**x).sum().backward()
@@ -85,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(measure(preset, n_rows, length))
             print(json.dumps(rows[-1]))
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        write_atomic(a.out, json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")  # whole or not at all
         print(f"wrote {a.out}")
 
 

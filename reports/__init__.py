@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reports import bench, figures, seeds
+from core.files import write_atomic
 from core.results import ResultsFileError
 from reports.load import Results, is_reference, load
 from reports.tables import (esc, full_split_table, grid_table, label, legend, mark_variants, primary_metric,
@@ -244,7 +245,7 @@ def write_grid_report(name: str, rows: list[dict[str, Any]], res: Results, out_d
         lines += group_section(task, protocol, rs, out_dir)
     lines += _bench_sections(res, out_dir)
     out = out_dir / "README.md"
-    out.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    write_atomic(out, "\n".join(lines).rstrip() + "\n")
     return out
 
 
@@ -268,5 +269,5 @@ def write_bench_report(res: Results, out_dir: Path) -> Path:
              f"| git commit | {_values(rows, lambda r: r.get('git_commit'))} |", f"| packages | {_versions(rows)} |", ""]
     lines += _bench_sections(res, out_dir)
     out = out_dir / "README.md"
-    out.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    write_atomic(out, "\n".join(lines).rstrip() + "\n")
     return out

@@ -105,13 +105,47 @@ def _scan_stages(folder: Path) -> None:
                      "--out", str(folder / "results" / "stages.json")])
 
 
+def _compile_times(folder: Path) -> None:
+    """benchmarks.compile_times: its file lands in results/ (the README's compile table reads it)."""
+    from unittest import mock
+
+    from benchmarks import compile_times
+    with mock.patch.object(compile_times, "measure", lambda mixer, *a: {"mixer": mixer}):
+        compile_times.main(["--mixers", "attention", "--device", "cpu", "--out", str(folder / "results" / "ct.json")])
+
+
+def _scan_memory(folder: Path) -> None:
+    """benchmarks.scan_memory: its file lands in results/ too (measurements stubbed: the write is the point)."""
+    from unittest import mock
+
+    from benchmarks import scan_memory
+    with mock.patch.object(scan_memory, "measure", lambda preset, rows, length: {"rows": rows, "length": length}), \
+            mock.patch.object(scan_memory, "stub_triton_launches", lambda: None):
+        scan_memory.main(["--presets", "tiny", "--out", str(folder / "results" / "sm.json")])
+
+
+def _grid_report(folder: Path) -> None:
+    """A grid's report README (`python -m reports`, also run at the end of every grid)."""
+    import reports
+    from reports.load import Results
+    reports.write_grid_report("g", [], Results(), folder / "reports" / "g")
+
+
+def _bench_report(folder: Path) -> None:
+    import reports
+    from reports.load import Results
+    reports.write_bench_report(Results(), folder / "reports" / "benchmarks")
+
+
 @pytest.mark.parametrize("write", [_trial_cache, _manifest, _tokenizer, _gpu_check_parts, _gpu_check_archive,
-                                   _scan_stages],
+                                   _scan_stages, _compile_times, _scan_memory, _grid_report, _bench_report],
                          ids=["lr-trial-cache", "grid-manifest", "tokenizer-cache", "gpu-check-part",
-                              "gpu-check-archive", "scan-stages"])
+                              "gpu-check-archive", "scan-stages", "compile-times", "scan-memory", "grid-report",
+                              "bench-report"])
 def test_every_writer_leaves_no_temporary_file_when_the_rename_fails(tmp_path, monkeypatch, write):
     """The writers that other processes read (caches shared by cells, the manifest a report reads, the
-    records a later device command merges) go through one helper; a failure at the last step (a full disk
+    records a later device command merges, the benchmark files under results/, the reports) go through one
+    helper; a failure at the last step (a full disk
     at the rename, a read-only folder) leaves the folder as it was, bar the folders it made."""
     src = tmp_path / "src"
     src.mkdir()

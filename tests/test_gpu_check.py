@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 import mixers
@@ -155,6 +156,37 @@ def test_two_commands_on_two_machines_merge_into_one_report(tmp_path):
     (out / "README.md").unlink()
     assert gc.main(["--report-only", "--out", str(out)]) == 0
     assert "| grid_graphs | failed (exit 1) |" in (out / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ["README.md", "environment.json"])
+def test_the_report_and_its_environment_are_written_whole_or_not_at_all(tmp_path, monkeypatch, name):
+    """`--commit` commits the README, `--merge` reads environment.json back, and a device command may be
+    killed at its limit mid-write: a failure at the rename (a full disk) leaves the file a run or a
+    `--report-only` rewrite had, with no temporary file beside it."""
+    import sys
+
+    monkeypatch.setattr(gc, "plan", lambda *a, **k: [gc.Part("bench_scaling", [sys.executable, "-c", ""], 30)])
+    monkeypatch.setattr(gc, "environment", _env)
+    out = tmp_path / "check"
+    args = ["--cpu-dry-run", "--data-dir", str(tmp_path), "--out", str(out)]
+    assert gc.main(args) == 0
+    before = (out / name).read_text(encoding="utf-8")
+    real = os.replace
+
+    def full_disk(a, b):
+        if Path(b).name == name:
+            raise OSError(28, "No space left on device")
+        return real(a, b)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    monkeypatch.setattr(gc, "environment", lambda: {**_env(), "device": "NVIDIA H100"})  # what would be new
+    with pytest.raises(OSError, match="No space left"):
+        gc.main(args)
+    if name == "README.md":  # the README alone, rewritten from the folder
+        with pytest.raises(OSError, match="No space left"):
+            gc.main(["--report-only", "--out", str(out)])
+    assert (out / name).read_text(encoding="utf-8") == before and "NVIDIA H200" in before
+    assert not [f for f in out.rglob("*") if f.name.endswith(".tmp")]
 
 
 def test_merge_refuses_what_is_not_a_report(tmp_path, capsys):
