@@ -29,10 +29,14 @@ from core.registry import UnknownNameError, parse_kv, scoped_opts
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# the README and the documents it links (docs/testing.md: the audits' record), checked alike
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 # the entry points a command may name, and the module whose `main(argv)` parses its arguments
-_START = re.compile(r"(python -m [\w.]+|python run_matrix\.py|bash scripts/(?:device_)?gpu_check\.sh)(?=\s|$)(.*)")
+_START = re.compile(r"(python -m [\w.]+|python run_matrix\.py|python scripts/mutation_audit\.py"
+                    r"|bash scripts/(?:device_)?gpu_check\.sh)(?=\s|$)(.*)")
 _MODULE = {"python run_matrix.py": "run_matrix", "python -m reports": "reports.__main__",
+           "python scripts/mutation_audit.py": "scripts.mutation_audit",
            "bash scripts/gpu_check.sh": "benchmarks.gpu_check",
            "bash scripts/device_gpu_check.sh": "benchmarks.gpu_check"}
 # paths the README names that a run creates (outputs, the example mixer file), or prefixes of a family
@@ -133,7 +137,7 @@ def check_names(module: str, ns: argparse.Namespace) -> None:
 
 
 def test_every_command_in_the_readme_parses_and_names_what_exists(monkeypatch, capsys):
-    commands = readme_commands(README.read_text(encoding="utf-8"))
+    commands = [c for doc in DOCS for c in readme_commands(doc.read_text(encoding="utf-8"))]
     checked, failures = 0, []
     for command in commands:
         if command.startswith(("python -m pip", "python -m pytest")):
@@ -149,6 +153,8 @@ def test_every_command_in_the_readme_parses_and_names_what_exists(monkeypatch, c
     # the extraction itself: the first screen's commands and the device procedure's are among those checked
     assert checked >= 40, checked
     for must in ("python run_matrix.py --data-dir ../shared/data/jsquad-v1.3 --quick",
+                 "python scripts/mutation_audit.py tasks/jsquad_metric.py tests/test_metric.py --out "
+                 "runs/mutation/jsquad_metric.jsonl",  # docs/testing.md's
                  "python run_matrix.py --mixer-opt mamba.use_mamba_ssm=false",
                  "bash scripts/device_gpu_check.sh --parts " + ",".join(gpu_check.SPLIT[1]),
                  "python -m benchmarks.scan_memory --out results/bench_scan_memory_cpu.json"):
@@ -196,8 +202,9 @@ def test_ci_runs_the_set_up_and_test_commands_of_the_readmes_first_screen():
     assert ci == shown[:2] and shown[1] == "python -m pytest -q", (ci, shown)
 
 
-def test_every_file_and_test_the_readme_cites_exists():
-    text = README.read_text(encoding="utf-8")
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
+def test_every_file_and_test_the_readme_cites_exists(doc):
+    text = doc.read_text(encoding="utf-8")
     missing = []
     for m in re.finditer(r"(?<![\w/.])((?:core|mixers|tasks|harness|reports|benchmarks|results|tests|scripts)"
                          r"/[\w./-]*\w)(::\w+)?", text):
@@ -209,7 +216,41 @@ def test_every_file_and_test_the_readme_cites_exists():
     sources = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("*.py"))
     missing += [n for n in sorted(set(re.findall(r"\b(test_\w+)\b", text)))
                 if f"def {n}(" not in sources and not (ROOT / "tests" / f"{n}.py").exists()]
-    assert not missing, f"the README cites what is not in the tree: {missing}"
+    assert not missing, f"{doc.name} cites what is not in the tree: {missing}"
+
+
+def anchor(heading: str) -> str:
+    """GitHub's id for a heading: lower case, punctuation dropped (letters, digits, `_`, `-` and spaces
+    kept), each space a hyphen."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(doc: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)  # a `# comment` is no heading
+    return {anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
+def test_every_link_between_the_documents_reaches_a_file_and_a_heading(doc):
+    """The README's table of contents and its links to docs/ (and back): a renamed heading or a moved file
+    leaves a link that goes nowhere, which no reader reports."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, frag = target.partition("#")
+        dest = (doc.parent / path).resolve() if path else doc
+        if not dest.exists() or (frag and (dest.suffix != ".md" or frag not in anchors(dest))):
+            broken.append(target)
+    assert not broken, f"{doc.name} links to what is not there: {broken}"
+    assert (ROOT / "docs" / "testing.md") in DOCS  # the glob found the documents
+
+
+def test_a_heading_is_linked_by_githubs_anchor():
+    """The check above can fail: GitHub's rule on headings of the README's kind."""
+    assert anchor("Mamba, gated_context and flash-attn on CUDA") == "mamba-gated_context-and-flash-attn-on-cuda"
+    assert anchor("Where a training step's time goes (CPU evidence)") == "where-a-training-steps-time-goes-cpu-evidence"
+    assert anchor("GPU check: one command on a lent or rented GPU") == "gpu-check-one-command-on-a-lent-or-rented-gpu"
 
 
 @pytest.mark.parametrize("command, error, says, why", [
