@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mixers
 import tasks
@@ -34,6 +35,9 @@ from core.registry import UnknownNameError, parse_kv, scoped_opts
 from core.results import ResultsFileError, append_row, done_keys, read_rows, write_expected
 from core.schema import declared_metrics
 from tasks import DataError, PrepareContext
+
+if TYPE_CHECKING:  # for annotations only
+    import torch
 
 DEFAULT_BUDGET = "tokens=2000000"
 # --lr default: every cell picks its own rate by a short sweep (README, "Learning rate": measured);
