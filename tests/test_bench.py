@@ -134,6 +134,80 @@ def test_scan_memory_bench_runs_and_counts_the_states_the_forward_keeps(tmp_path
         assert r["saved_bytes"] > r["saved_states_bytes"] and r["peak_bytes"] > 0
 
 
+def test_scan_memory_measures_the_presets_step_both_ways_and_says_what_measured_it(tmp_path, monkeypatch, capsys):
+    """benchmarks.scan_memory's command (measurements stubbed; the test above runs one for real): the shapes
+    are the presets' 16,384 tokens per step as many short rows and as few long ones, every preset asked is
+    measured, on the scan's CPU path with its launches stubbed, and the file says what measured it."""
+    import json
+    import sys
+
+    from benchmarks import scan_memory
+    asked, stubbed = [], []
+    monkeypatch.setattr(scan_memory, "measure", lambda preset, rows, length: asked.append((preset, rows, length))
+                        or {"preset": preset, "rows": rows, "length": length})
+    monkeypatch.setattr(scan_memory, "stub_triton_launches", lambda: stubbed.append(True))
+    assert scan_memory.SHAPES == ((32, 512), (2, 8192))  # the mixer-alone sweep's ends at the grid's budget
+    assert {rows * length for rows, length in scan_memory.SHAPES} == {16384}
+    out = tmp_path / "r" / "sm.json"
+    scan_memory.main(["--presets", "small,tiny", "--out", str(out)])
+    assert asked == [("small", 32, 512), ("small", 2, 8192), ("tiny", 32, 512), ("tiny", 2, 8192)] and stubbed
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith('{\n "meta"') and text.endswith("}\n")  # indented, a last newline
+    data = json.loads(text)
+    assert data["rows"] == [{"preset": p, "rows": r, "length": n} for p, r, n in asked]
+    meta = data["meta"]
+    assert meta["command"] == f"python -m benchmarks.scan_memory --presets small,tiny --out {out}"
+    assert meta["device"].startswith("cpu") and meta["unit"] == "bytes, one layer and direction"
+    assert {"versions", "commit"} <= set(meta)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [json.dumps(r) for r in data["rows"]] + [f"wrote {out}"]
+    asked.clear()
+    monkeypatch.setattr(sys, "argv", ["scan_memory.py"])
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    scan_memory.main()  # run as a script, with the defaults: the grid's two presets, no file
+    assert [a[0] for a in asked] == ["small", "small", "base", "base"] and sorted(tmp_path.rglob("*")) == before
+    assert not capsys.readouterr().out.splitlines()[-1].startswith("wrote")
+
+
+def test_scan_memory_counts_the_states_it_keeps_and_what_one_step_holds(monkeypatch):
+    """One measurement with the scan itself stood in for: the states are the 4-D tensors it saves, the bytes
+    kept are everything it saves, the peak is of one forward and backward, the row names the scan's
+    checkpoint stride. A stand-in keeps two of its inputs and one (B, T, Di, N) state."""
+    from benchmarks import scan_memory
+    import mixers.mamba as mm
+
+    class Scan(torch.autograd.Function):  # y = u * delta, keeping its inputs and one (B, T, Di, N) fp32 state
+        @staticmethod
+        def forward(ctx, u, delta, A, B, C):
+            ctx.save_for_backward(u, delta, u.new_zeros(*u.shape, A.shape[1]))
+            return u * delta
+
+        @staticmethod
+        def backward(ctx, g):
+            u, delta, _ = ctx.saved_tensors
+            return g * delta, g * u, None, None, None
+
+    peaks = []
+
+    def peak_memory(step, device):
+        step()  # one forward and backward runs under the measure
+        peaks.append(device)
+        return 123, "stub"
+
+    monkeypatch.setattr(mm, "selective_scan_triton", lambda u, delta, A, B, C: Scan.apply(u, delta, A, B, C))
+    monkeypatch.setattr(scan_memory, "peak_memory", peak_memory)
+    row = scan_memory.measure("tiny", 2, 8)
+    d_inner, n = row["d_inner"], row["d_state"]
+    assert d_inner == mm.Mamba.Options().expand * 64 and n == mm.Mamba.Options().d_state  # tiny: d_model 64
+    assert row["saved_states_bytes"] == 2 * 8 * d_inner * n * 4  # the state, (B, T, Di, N) fp32
+    assert row["saved_bytes"] == row["saved_states_bytes"] + 2 * (2 * 8 * d_inner * 4)  # and u and delta
+    assert row["peak_bytes"] == 123 and row["mem_measure"] == "stub" and peaks == [torch.device("cpu")]
+    assert (row["rows"], row["length"], row["preset"], row["scan"], row["bench"]) == (2, 8, "tiny", "triton_scan",
+                                                                                      "scan_memory")
+    assert row["ckpt"] == scan_memory.st.CKPT
+
+
 def test_measured_row_keeps_only_the_failures_keep_accepts(tmp_path):
     """A failure `keep` accepts (an OOM at this size) is a failed row, appended; any other error is raised,
     never written as if it were a measurement."""
