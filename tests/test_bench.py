@@ -162,10 +162,13 @@ def test_scan_memory_measures_the_presets_step_both_ways_and_says_what_measured_
     printed = capsys.readouterr().out.splitlines()
     assert printed == [json.dumps(r) for r in data["rows"]] + [f"wrote {out}"]
     asked.clear()
-    monkeypatch.setattr(sys, "argv", ["scan_memory.py"])
+    monkeypatch.setattr(sys, "argv", ["scan_memory.py", "--presets", "base"])
+    scan_memory.main()  # run as a script: its command line
+    assert [a[0] for a in asked] == ["base", "base"]
+    asked.clear()
     monkeypatch.chdir(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    scan_memory.main()  # run as a script, with the defaults: the grid's two presets, no file
+    scan_memory.main([])  # the defaults: the grid's two presets, no file
     assert [a[0] for a in asked] == ["small", "small", "base", "base"] and sorted(tmp_path.rglob("*")) == before
     assert not capsys.readouterr().out.splitlines()[-1].startswith("wrote")
 

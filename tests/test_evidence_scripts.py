@@ -5,7 +5,8 @@ full budget's learning rate). Their figures are never asserted; what is tested i
 compare what they say: warm-ups off the count, launches of the counted step only, nested aten calls counted
 but not as a host's, the bf16 autocast a GPU step runs under, each step between two syncs, the graphs
 compiled after each step, a fresh seeded model for every run, and every flag reaching the measurement.
-Stand-ins replace the profiler, the compiler, the trainer and the clock."""
+Stand-ins replace the profiler, the compiler, the trainer and the clock. `benchmarks.scan_memory` joins the
+help and run-as-a-module tests (its measurement's tests are in test_bench.py)."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ import torch
 
 from benchmarks import compile_times as ct
 from benchmarks import scan_eager_calls as sec
+from benchmarks import scan_memory as sm
 from fixtures.clock import Clock
 
 
@@ -115,14 +117,14 @@ def test_eager_calls_run_each_mixer_and_scan_it_has_both_ways_and_skip_the_rest(
     assert counted == [("mamba", "triton", True, 64, 2, 40), ("mamba", "triton", False, 64, 2, 40)]
 
 
-@pytest.mark.parametrize("module", [sec, ct])
+@pytest.mark.parametrize("module", [sec, ct, sm])
 def test_each_script_says_what_it_measures_in_its_help(module, capsys):
     with pytest.raises(SystemExit) as e:
         module.main(["--help"])
     assert e.value.code == 0 and module.__doc__.splitlines()[0] in " ".join(capsys.readouterr().out.split())
 
 
-@pytest.mark.parametrize("module", [sec, ct])
+@pytest.mark.parametrize("module", [sec, ct, sm])
 def test_each_script_runs_as_a_module(module):
     import subprocess
 
