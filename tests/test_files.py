@@ -145,8 +145,8 @@ def _bench_report(folder: Path) -> None:
 def test_every_writer_leaves_no_temporary_file_when_the_rename_fails(tmp_path, monkeypatch, write):
     """The writers that other processes read (caches shared by cells, the manifest a report reads, the
     records a later device command merges, the benchmark files under results/, the reports) go through one
-    helper; a failure at the last step (a full disk
-    at the rename, a read-only folder) leaves the folder as it was, bar the folders it made."""
+    helper; a failure at the last step (a full disk at the rename, a read-only folder) leaves the folder as it
+    was, bar the folders it made."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "README.md").write_text("report\n")

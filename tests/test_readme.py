@@ -12,6 +12,7 @@ then the names it would look up are looked up.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import itertools
 import re
@@ -225,9 +226,10 @@ def anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def anchors(doc: Path) -> set[str]:
+@functools.lru_cache(maxsize=None)  # one parse per document, not one per link to it
+def anchors(doc: Path) -> frozenset[str]:
     text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)  # a `# comment` is no heading
-    return {anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    return frozenset(anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M))
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
