@@ -160,16 +160,31 @@ def _run_tests(tests: list[str], timeout: float, max_memory_gib: float = 0.0) ->
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     t0 = time.perf_counter()
+    # Its own session, and the whole group killed when the run ends: the Triton tests run their kernels
+    # in a pytest subprocess (under the interpreter, up to 15 min); killing pytest alone at a timeout
+    # left that one running, on a core the next mutants' timings share.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=cap,
+                            start_new_session=True)
     try:
-        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=timeout, preexec_fn=cap)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", time.perf_counter() - t0, False
+    finally:
+        _kill_group(proc)
     secs = time.perf_counter() - t0
-    if done.returncode == 0:
+    if proc.returncode == 0:
         return "survived", secs, False
-    text = done.stdout.decode("utf-8", "replace")
+    text = out.decode("utf-8", "replace")
     return "killed", secs, limit > 0 and MEMORY_ERRORS.search(text) is not None
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill every process left in the test run's session (pytest and whatever it started), then reap pytest."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the run ended and left nothing behind
+        pass
+    proc.wait()
 
 
 def _drop_bytecode(path: Path) -> None:

@@ -136,3 +136,37 @@ def test_a_test_that_names_an_out_of_memory_error_fails_on_its_assertion_not_on_
     assert row["result"] == "killed" and not row.get("memory")
     assert audit.MEMORY_ERRORS.search("E   MemoryError") and audit.MEMORY_ERRORS.search("_ArrayMemoryError: Unable")
     assert not audit.MEMORY_ERRORS.search("torch.OutOfMemoryError: CUDA out of memory")
+
+
+def test_a_timed_out_run_stops_what_its_tests_started(tmp_path):
+    """The Triton tests run their kernels in a pytest subprocess. At a timeout the audit must stop that
+    one too, not only pytest: an orphan would keep a core busy for up to 15 min under later mutants."""
+    import os
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    _, test = _toy_project(tmp_path, "import pathlib, subprocess, sys, time\n\ndef test_waits():\n"
+                           "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+                           f"    pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))\n"
+                           "    time.sleep(120)\n")
+    result, secs, _ = audit._run_tests([str(test)], timeout=20)
+    assert result == "timeout" and secs < 60
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    try:
+        while _running(pid):
+            assert time.monotonic() < deadline, f"the tests' subprocess {pid} outlived the timed-out run"
+            time.sleep(0.1)
+    finally:
+        if _running(pid):  # the test failed: do not leave the orphan behind either
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive (a zombie waiting to be reaped is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
