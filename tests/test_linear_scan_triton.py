@@ -133,6 +133,9 @@ def test_the_chunks_fill_the_gpu_and_never_get_short():
     programs = 2 * 2 * (-(-8192 // ch))
     assert ch >= lst.MIN_CHUNK and lst.TARGET_PROGRAMS <= programs < 2 * lst.TARGET_PROGRAMS
     assert min(lst.chunk_len(1, T, 256) for T in range(32, 3000, 7)) >= lst.MIN_CHUNK
+    # a wide model: one row already gives 8 channel blocks of programs, so it needs 8x fewer chunks (of 64)
+    ch = lst.chunk_len(1, 8192, 1024)
+    assert ch > lst.MIN_CHUNK and lst.TARGET_PROGRAMS <= 8 * -(-8192 // ch) < 2 * lst.TARGET_PROGRAMS, ch
 
 
 def test_interp_the_first_call_compiles_the_chunked_variants_too(interpreter, monkeypatch):

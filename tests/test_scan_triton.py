@@ -319,6 +319,23 @@ def test_long_sequences_are_cut_into_chunks_that_fill_the_gpu():
     assert st.chunk_len(1, 100, 32) == 100 and min(st.chunk_len(1, T, 32) for T in range(64, 2000, 7)) >= st.MIN_CHUNK
 
 
+@pytest.mark.skipif(st.triton is None, reason="needs Triton")
+def test_the_kernels_are_not_specialised_on_what_a_new_batch_length_changes():
+    """Triton compiles a variant per value class of each integer argument it specialises on (== 1, a
+    multiple of 16): specialised on a length or a chunk count, a batch of a new length would compile a new
+    variant on the GPU, inside the budgeted clock, which the first call's warm-up cannot foresee. So every
+    integer argument that moves with the batch's length (T; CH and K, from it; nC, the chunks) is left
+    unspecialised, and those fixed per model (the channels, the state size) are specialised on for free.
+    The interpreter ignores the flag: only this test sees it."""
+    import mixers._linear_scan_triton as lst
+
+    lengths = {"T", "CH", "K", "nC"}
+    for kernel in (*st._kernels(False), *lst._kernels(False)):
+        ints = {p.name for p in kernel.params if not p.name.endswith("_ptr") and not p.is_constexpr}
+        free = {p.name for p in kernel.params if p.do_not_specialize}
+        assert free == ints & lengths and ints - lengths <= {"C", "Di", "N"}, (kernel.fn.__name__, ints, free)
+
+
 @pytest.mark.parametrize("regime", REGIMES)
 def test_interp_triton_scan_extreme_delta(interpreter, regime):
     """As the PyTorch scans' test: Δ ≈ 0, Δ large (decays underflow to 0), both, and Δ = 0 (a pad)."""
