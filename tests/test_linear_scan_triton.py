@@ -93,7 +93,7 @@ def test_interp_the_summary_walks_skip_the_chunk_no_carry_reads(interpreter, mon
     class Spy:
         def __getitem__(self, grid):
             def launch(S, P, *args, REVERSE, **kw):
-                seen.append((REVERSE, S.clone(), P.clone()))
+                seen.append((REVERSE, S.clone(), P.clone(), grid))
                 return carry[grid](S, P, *args, REVERSE=REVERSE, **kw)
             return launch
 
@@ -104,9 +104,11 @@ def test_interp_the_summary_walks_skip_the_chunk_no_carry_reads(interpreter, mon
     _check(a, b, chunk=chunk)  # values and gradients: the loop's
     seen.clear()
     lst.linear_scan_triton(a, b, chunk=chunk).backward(gc_)
-    (forward, S, P), (backward, Q, P2) = seen
+    (forward, S, P, grid), (backward, Q, P2, grid2) = seen
     nC = -(-T // chunk)
     assert (forward, backward, S.shape[1], Q.shape[1]) == (False, True, nC, nC)
+    # one sequential walk over the chunks per (row, channel block): not one per chunk, each redoing it all
+    assert grid == grid2 == (3, 2), (grid, grid2)
     assert not S[:, -1].any() and (P[:, -1] == 1).all() and not Q[:, 0].any()  # not walked
     torch.testing.assert_close(P2, P)  # the backward's carry runs on the forward's products
     flat = lambda t: t.detach().reshape(t.shape[0], T, -1)  # noqa: E731  (B, T, C), the kernels' layout
