@@ -13,6 +13,7 @@ import torch
 import mixers
 import mixers._linear_scan_triton as lst
 import mixers.gated_context as gc
+from benchmarks.common import NoLaunch
 from test_gated_context import D, assert_same_mixer
 from test_scan_triton import (_frame_bytes, compiled_lm_frames, gpu_compiler, recorded_launches,
                               run_interpreter_suite)
@@ -197,7 +198,6 @@ def test_the_walk_issues_as_many_operator_calls_and_launches_at_any_length(monke
     interpreter, whose own argument copies would count as calls too)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from benchmarks.common import NoLaunch
 
     launches = []
     monkeypatch.setattr(lst, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
@@ -232,6 +232,18 @@ def test_auto_picks_triton_on_cuda_and_the_pairwise_scan_elsewhere(monkeypatch):
     monkeypatch.setattr(lst, "available", lambda device: False)  # CUDA without Triton
     assert m._scan_name(torch.device("cuda")) == "pairwise"
     assert mixers.build("gated_context", D, True, scan="loop")._scan_name(torch.device("cuda")) == "loop"
+
+
+@pytest.mark.skipif(lst.triton is None, reason="needs Triton")
+def test_an_empty_sequence_is_answered_without_a_launch(monkeypatch):
+    """T = 0 (no positions): c is empty, fp32, in b's shape; no kernel is launched (a launch of a zero-size
+    grid, or the (B, 0, -1) reshape before it, would fail)."""
+    launches = []
+    monkeypatch.setattr(lst, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
+    monkeypatch.setattr(lst, "available", lambda device: True)
+    a, b = (t.detach().half() for t in _inputs(0, seed=0))
+    c = lst.linear_scan_triton(a, b)
+    assert (c.shape, c.dtype, launches) == ((3, 0, 2, 70), torch.float32, [])
 
 
 @pytest.mark.skipif(INTERP or torch.cuda.is_available(), reason="the walk can run here")
