@@ -15,8 +15,8 @@ import mixers._linear_scan_triton as lst
 import mixers.gated_context as gc
 from benchmarks.common import NoLaunch
 from test_gated_context import D, assert_same_mixer
-from test_scan_triton import (_frame_bytes, compiled_lm_frames, gpu_compiler, recorded_launches,
-                              run_interpreter_suite)
+from test_scan_triton import (_frame_bytes, assert_unspecialised_lengths, compiled_lm_frames, gpu_compiler,
+                              recorded_launches, run_interpreter_suite)
 
 INTERP = lst.triton is not None and lst.interpreting()
 
@@ -123,6 +123,11 @@ def test_interp_the_summary_walks_skip_the_chunk_no_carry_reads(interpreter, mon
             want = (g_[:, part] * a_[:, part].cumprod(1)).sum(1)
             torch.testing.assert_close(Q[:, c], want, rtol=1e-5, atol=1e-5)
             assert Q[:, c].abs().amin() > 0
+
+
+@pytest.mark.skipif(lst.triton is None, reason="needs Triton")
+def test_the_walks_are_not_specialised_on_what_a_new_batch_length_changes():
+    assert_unspecialised_lengths(lst._kernels(False), fixed={"C"})
 
 
 def test_the_chunks_fill_the_gpu_and_never_get_short():

@@ -321,19 +321,21 @@ def test_long_sequences_are_cut_into_chunks_that_fill_the_gpu():
 
 @pytest.mark.skipif(st.triton is None, reason="needs Triton")
 def test_the_kernels_are_not_specialised_on_what_a_new_batch_length_changes():
+    assert_unspecialised_lengths(st._kernels(False), fixed={"Di", "N"})
+
+
+def assert_unspecialised_lengths(kernels, fixed: set[str]) -> None:
     """Triton compiles a variant per value class of each integer argument it specialises on (== 1, a
     multiple of 16): specialised on a length or a chunk count, a batch of a new length would compile a new
     variant on the GPU, inside the budgeted clock, which the first call's warm-up cannot foresee. So every
-    integer argument that moves with the batch's length (T; CH and K, from it; nC, the chunks) is left
-    unspecialised, and those fixed per model (the channels, the state size) are specialised on for free.
-    The interpreter ignores the flag: only this test sees it."""
-    import mixers._linear_scan_triton as lst
-
+    integer argument that moves with the batch's length (T; CH and K, from it; nC, the chunks) must be left
+    unspecialised, and those `fixed` per model (channels, state size) are specialised on for free. The
+    interpreter ignores the flag: only this check sees it."""
     lengths = {"T", "CH", "K", "nC"}
-    for kernel in (*st._kernels(False), *lst._kernels(False)):
+    for kernel in kernels:
         ints = {p.name for p in kernel.params if not p.name.endswith("_ptr") and not p.is_constexpr}
         free = {p.name for p in kernel.params if p.do_not_specialize}
-        assert free == ints & lengths and ints - lengths <= {"C", "Di", "N"}, (kernel.fn.__name__, ints, free)
+        assert free == ints & lengths and ints - lengths <= fixed, (kernel.fn.__name__, ints, free)
 
 
 @pytest.mark.parametrize("regime", REGIMES)
