@@ -16,14 +16,14 @@ import mixers.gated_context as gc
 from benchmarks.common import NoLaunch
 from test_gated_context import D, assert_same_mixer
 from test_scan_triton import (_frame_bytes, assert_unspecialised_lengths, compiled_lm_frames, gpu_compiler,
-                              recorded_launches, run_interpreter_suite)
+                              guarded_kernels, recorded_launches, run_interpreter_suite)
 
 INTERP = lst.triton is not None and lst.interpreting()
 
 
 @pytest.mark.skipif(lst.triton is None or INTERP, reason="needs Triton; the suite itself runs once")
 def test_the_interpreter_suite():
-    run_interpreter_suite(Path(__file__), min_passed=21)
+    run_interpreter_suite(Path(__file__), min_passed=23)
 
 
 @pytest.mark.skipif(lst.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
@@ -144,6 +144,18 @@ def test_the_chunks_fill_the_gpu_and_never_get_short():
     # a wide model: one row already gives 8 channel blocks of programs, so it needs 8x fewer chunks (of 64)
     ch = lst.chunk_len(1, 8192, 1024)
     assert ch > lst.MIN_CHUNK and lst.TARGET_PROGRAMS <= 8 * -(-8192 // ch) < 2 * lst.TARGET_PROGRAMS, ch
+
+
+@pytest.mark.parametrize("T,chunk", [(19, 4), (9, None)])
+def test_interp_no_launch_touches_memory_outside_its_tensors(interpreter, monkeypatch, T, chunk):
+    """Every launch (the walks, chunked and not; the carry; the first call's warm-ups) writes only inside its
+    tensors and reads nothing outside them (test_scan_triton.guarded_kernels says why the values alone
+    cannot show it under the interpreter); values and gradients stay the loop's."""
+    report, kernels = guarded_kernels(lst._kernels(True))
+    monkeypatch.setattr(lst, "_kernels", lambda interpret: kernels)
+    monkeypatch.setattr(lst, "_WARM", set())  # the warm-up launches guarded too
+    _check(*_inputs(T, seed=T), chunk=chunk)
+    assert report["launches"] >= 6 and not report["outside"], report
 
 
 def test_interp_the_first_call_compiles_the_chunked_variants_too(interpreter, monkeypatch):

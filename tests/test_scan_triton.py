@@ -32,7 +32,7 @@ INTERP = st.triton is not None and st.interpreting()
 
 @pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton; the suite itself runs once")
 def test_the_interpreter_suite():
-    run_interpreter_suite(Path(__file__), min_passed=29)
+    run_interpreter_suite(Path(__file__), min_passed=33)
 
 
 def run_interpreter_suite(test_file: Path, min_passed: int) -> None:
@@ -375,6 +375,102 @@ def recorded_launches(kernels: tuple) -> tuple[list, tuple]:
             return launch
 
     return launches, tuple(Recorder(n, k) for n, k in zip(("fwd", "bwd", "carry"), kernels))
+
+
+def guarded_kernels(kernels: tuple) -> tuple[dict, tuple]:
+    """(report, the kernels wrapped): each launch runs on copies of its tensors placed inside NaN margins as
+    long as themselves (4,096 elements at least); after it the copies' values go back to the tensors, and a
+    margin element no longer NaN is recorded in report["outside"] as (kernel, argument position).
+
+    Why: the interpreter runs a kernel on the tensors' host memory, one program after another, so a program
+    that writes outside its tensor lands in unrelated memory and, unlike on a GPU, neither faults nor races
+    another program: the values can still come out right (a scratch slot at a negative offset did). A read
+    outside gets NaN, which the values then show. One copy per tensor keeps an argument passed twice aliased."""
+    report = {"launches": 0, "outside": []}
+
+    class Guarded:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                copies = {}  # data_ptr -> (position, tensor, margined buffer, the copy in it, margin)
+
+                def guard(i, t):
+                    if not isinstance(t, torch.Tensor) or t.numel() == 0:
+                        return t
+                    if t.data_ptr() not in copies:
+                        assert t.is_contiguous() and t.is_floating_point(), (self.kernel.fn.__name__, i)
+                        pad = max(4096, t.numel())
+                        buf = torch.full((t.numel() + 2 * pad,), float("nan"), dtype=t.dtype)
+                        copy = buf[pad:pad + t.numel()].view(t.shape)
+                        copies[t.data_ptr()] = (i, t, buf, copy.copy_(t), pad)
+                    return copies[t.data_ptr()][3]
+
+                out = self.kernel[grid](*(guard(i, a) for i, a in enumerate(args)), **kw)
+                report["launches"] += 1
+                for i, t, buf, copy, pad in copies.values():
+                    if not torch.equal(copy, t):  # what the launch wrote (an input saved for the backward
+                        t.copy_(copy)             # must keep its version: copy back only what changed)
+                    if not (buf[:pad].isnan().all() and buf[-pad:].isnan().all()):
+                        report["outside"].append((self.kernel.fn.__name__, i))
+                return out
+            return launch
+
+    return report, tuple(Guarded(k) for k in kernels)
+
+
+@pytest.mark.parametrize("T,chunk,ckpt", [(19, 4, 3), (19, 8, None), (13, None, 4)])
+def test_interp_no_launch_touches_memory_outside_its_tensors(interpreter, monkeypatch, T, chunk, ckpt):
+    """Every launch of the scan (the walks, chunked and not; the carry; the first call's warm-ups) writes
+    only inside its tensors and reads nothing outside them; values and gradients stay the reference's."""
+    report, kernels = guarded_kernels(st._kernels(True))
+    monkeypatch.setattr(st, "_kernels", lambda interpret: kernels)
+    monkeypatch.setattr(st, "_WARM", set())  # the warm-up launches guarded too
+    x = scan_inputs(T, seed=T, Bsz=2, Di=40, N=5)
+    y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk, ckpt=ckpt)
+    y_ref, h_ref = mm.selective_scan_reference(**x, return_last_state=True)
+    torch.testing.assert_close((y, h), (y_ref, h_ref), rtol=1e-5, atol=1e-5)
+    _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt),
+                        _grads(mm.selective_scan_reference, x), f"T={T} chunk={chunk} ckpt={ckpt}")
+    assert report["launches"] >= 6 and not report["outside"], report
+
+
+def test_interp_each_backward_program_keeps_its_stretch_in_its_own_scratch(interpreter, monkeypatch):
+    """On a GPU the backward's programs run at once, each recomputing a stretch's states into its own slot of
+    `work` (B, nC, K + 1, Di, N); slots that overlap would race. The interpreter runs programs one after
+    another, so overlapping slots still give the right gradients: the slots are read here instead. After
+    the walk, program (b, c) holds the states around its chunk's first stretch (walked last): h_{t0 - 1}
+    (h0 before chunk 0) up to h_{t0 + L - 1}, t0 = c CH, L = min(K, T - t0)."""
+    T, CH, K = 19, 8, 3  # three chunks, the last one short
+    fwd, bwd, carry = st._kernels(True)
+    seen = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, SUMMARY, **kw):
+                out = bwd[grid](*args, SUMMARY=SUMMARY, **kw)
+                if not SUMMARY:
+                    seen.append(args[6].clone())  # work
+                return out
+            return launch
+
+    monkeypatch.setattr(st, "_kernels", lambda interpret: (fwd, Spy(), carry))
+    x = scan_inputs(T, seed=4, Bsz=2, Di=40, N=5)
+    y, h = mm.selective_scan_triton(**{**x, "u": x["u"].clone().requires_grad_()}, return_last_state=True,
+                                    chunk=CH, ckpt=K)
+    (y.sum() + h.sum()).backward()
+    (work,) = seen
+    states = [x["h0"]]  # h_{-1} = h0, then h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t
+    for t in range(T):
+        dt = x["delta"][:, t, :, None]
+        states.append(torch.exp(dt * x["A"]) * states[-1] + dt * x["u"][:, t, :, None] * x["B"][:, t, None, :])
+    assert work.shape == (2, 3, K + 1, 40, 5)
+    for c in range(3):
+        t0 = c * CH
+        L = min(K, T - t0)
+        want = torch.stack(states[t0:t0 + L + 1], 1)  # h_{t0 - 1} .. h_{t0 + L - 1}
+        torch.testing.assert_close(work[:, c, :L + 1], want, rtol=1e-5, atol=1e-5, msg=f"chunk {c}")
 
 
 def test_interp_the_first_launch_compiles_the_chunked_variant_too(interpreter, monkeypatch):
