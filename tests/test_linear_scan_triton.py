@@ -215,7 +215,6 @@ def test_the_walk_issues_as_many_operator_calls_and_launches_at_any_length(monke
     interpreter, whose own argument copies would count as calls too)."""
     from torch.profiler import ProfilerActivity, profile
 
-
     launches = []
     monkeypatch.setattr(lst, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
     monkeypatch.setattr(lst, "available", lambda device: True)

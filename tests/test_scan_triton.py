@@ -379,13 +379,13 @@ def recorded_launches(kernels: tuple) -> tuple[list, tuple]:
 
 def guarded_kernels(kernels: tuple) -> tuple[dict, tuple]:
     """(report, the kernels wrapped): each launch runs on copies of its tensors placed inside NaN margins as
-    long as themselves (4,096 elements at least); after it the copies' values go back to the tensors, and a
-    margin element no longer NaN is recorded in report["outside"] as (kernel, argument position).
+    long as themselves (4,096 elements at least); after it what the launch wrote goes back to the tensors,
+    and a margin element no longer NaN is recorded in report["outside"] as (kernel, argument position).
 
-    Why: the interpreter runs a kernel on the tensors' host memory, one program after another, so a program
-    that writes outside its tensor lands in unrelated memory and, unlike on a GPU, neither faults nor races
-    another program: the values can still come out right (a scratch slot at a negative offset did). A read
-    outside gets NaN, which the values then show. One copy per tensor keeps an argument passed twice aliased."""
+    Why: the interpreter runs a kernel on the tensors' host memory, so a program that writes outside its
+    tensor lands in unrelated memory and, unlike on a GPU, does not fault: the values can still come out
+    right. A read outside gets NaN, which the values then show. One copy per tensor keeps an argument
+    passed twice aliased."""
     report = {"launches": 0, "outside": []}
 
     class Guarded:
