@@ -36,7 +36,6 @@ import importlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -48,6 +47,7 @@ from typing import Callable
 
 from benchmarks import gpu_targets
 from core.files import replacing, write_atomic
+from core.processes import kill_group
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = {"fugashi": "fugashi", "unidic_lite": "unidic-lite", "pywt": "PyWavelets",
@@ -232,20 +232,11 @@ def run_part(p: Part, logs: Path, cuda: bool) -> None:
         except subprocess.TimeoutExpired:
             p.status = f"timed out after {p.timeout_s} s"
         finally:  # also when this process is interrupted
-            _kill_group(proc)
+            kill_group(proc)
     p.seconds = round(time.perf_counter() - t0, 1)
     lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     tail = [t for t in lines if t.strip() and not t.startswith("USDT:")][-3:]  # not the profiler's chatter
     p.note = " / ".join(t.strip() for t in tail)[:300]
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the part's process group (a no-op once it has exited with all its children) and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
 
 
 def environment() -> dict:

@@ -34,6 +34,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
+from core.processes import kill_group  # noqa: E402
+
 SWAPS: dict[type, type] = {
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt,
     ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
@@ -170,21 +173,12 @@ def _run_tests(tests: list[str], timeout: float, max_memory_gib: float = 0.0) ->
     except subprocess.TimeoutExpired:
         return "timeout", time.perf_counter() - t0, False
     finally:
-        _kill_group(proc)
+        kill_group(proc)  # pytest and whatever it started
     secs = time.perf_counter() - t0
     if proc.returncode == 0:
         return "survived", secs, False
     text = out.decode("utf-8", "replace")
     return "killed", secs, limit > 0 and MEMORY_ERRORS.search(text) is not None
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill every process left in the test run's session (pytest and whatever it started), then reap pytest."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:  # the run ended and left nothing behind
-        pass
-    proc.wait()
 
 
 def _drop_bytecode(path: Path) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from test_gpu_check import _gone
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("mutation_audit", ROOT / "scripts" / "mutation_audit.py")
 audit = importlib.util.module_from_spec(_spec)
@@ -155,18 +157,9 @@ def test_a_timed_out_run_stops_what_its_tests_started(tmp_path):
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 10
     try:
-        while _running(pid):
+        while not _gone(pid):
             assert time.monotonic() < deadline, f"the tests' subprocess {pid} outlived the timed-out run"
             time.sleep(0.1)
     finally:
-        if _running(pid):  # the test failed: do not leave the orphan behind either
+        if not _gone(pid):  # the test failed: do not leave the orphan behind either
             os.kill(pid, signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    """Whether `pid` is alive (a zombie waiting to be reaped is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
