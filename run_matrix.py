@@ -111,6 +111,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-scope", default="blocks", choices=COMPILE_SCOPES,
                    help="what torch.compile compiles: each block, one graph that every block reuses (quick to "
                         "compile), or the whole model (implies compile; default: blocks)")
+    p.add_argument("--sdpa-cudnn", action="store_true",
+                   help="let attention's SDPA use cuDNN's kernel on CUDA (off: cuDNN plans each new shape anew, "
+                        "and batch lengths vary)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--sweep", action="store_true",
                    help="every cell at each (sequence length x model width) below: the Zoology recall curves (mqar)")
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         Cell(task=args.task, mixer=m, objective=o, preset=args.preset, budget=str(budget), seed=s, norm=args.norm,
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
              compile=args.compile, no_compile=args.no_compile, compile_mode=args.compile_mode,
-             compile_scope=args.compile_scope, pretrain=pretrain,
+             compile_scope=args.compile_scope, sdpa_cudnn=args.sdpa_cudnn, pretrain=pretrain,
              dev_tokens=args.dev_tokens, lr=lr, lr_sweep=sweep_lr)
         for s, o, m in run_order(seeds, objective_names, mixer_names)
     ]

@@ -120,8 +120,11 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         base_preset = "base"
         scaling = ["--device", "cuda", "--max-len", "8192", "--tokens", "16384", "--reps", "5", "--max-seconds", "5"]
         loss = ["--device", "cuda", "--vocab", "8000,32000", "--tokens", "4096,16384", "--reps", "5"]
-        limits = {"tests": 150, "grid": 250, "base": 60, "graphs": 60, "scope": 60, "scaling": 40, "loss": 40,
-                  "stages": 40}
+        # measured on the first GPU check (NVIDIA H200, 2026-12-04, gpu_check/): the CUDA tests 60 s, the mixers
+        # alone 17 s, the loss paths 33 s, Mamba's scan variants 12 s; the three one-cell grids were cut at 60 s,
+        # before their row (base, whole-LM: a cold compile) or their references (CUDA graphs: its cell took 36 s)
+        limits = {"tests": 100, "grid": 250, "base": 90, "graphs": 80, "scope": 80, "scaling": 30, "loss": 40,
+                  "stages": 25}
     # the README's main command pretrains (half the budget on the packed training passages, then the task):
     # every grid part does, so the check runs that stage, its packed rows and its switch, on the GPU. One rate
     # per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and miss the time

@@ -73,6 +73,24 @@ def enable_tf32(device: torch.device) -> bool:
     return True
 
 
+def allow_cudnn_attention(device: torch.device, allowed: bool) -> bool | None:
+    """Whether PyTorch's SDPA may dispatch to cuDNN's attention on CUDA (None elsewhere: no choice is made).
+
+    Off by default. cuDNN builds an execution plan for each new shape of q, k, v and mask, on the host, and
+    a grid trains on batches cut to their longest row, so nearly every task step has a new length, and
+    decoding a new key length at every token. That is the suspected cause, not yet confirmed on a GPU, of what
+    the first GPU check (gpu_check/, NVIDIA H200, 2026-12-04) showed of attention alone: its task stage at
+    115,490 tokens/s (about 100 ms a step) where its pretraining stage, every row 512 long, ran 1,570,306 and
+    the other mixers' task stages 0.37-1.15 M; its diffusion cell at 7,469; 577 ms to decode an answer against
+    49-272 ms; and 1,294,751 when lengths were rounded up to 64 (few shapes). Without cuDNN, SDPA takes the
+    flash or the memory-efficient kernel, which need no per-shape plan. Set on every cell, either way: the
+    switch is global to the process, and a compiled graph keeps the kernel chosen when it was traced."""
+    if device.type != "cuda":
+        return None
+    torch.backends.cuda.enable_cudnn_sdp(allowed)
+    return allowed
+
+
 @dataclass
 class Cell:
     """Everything that defines a run; its hash is the resume key."""
@@ -92,6 +110,7 @@ class Cell:
     no_compile: bool = False  # force eager execution, also on CUDA
     compile_mode: str = "default"  # torch.compile mode (harness.compiling.COMPILE_MODES); not "default" implies compile
     compile_scope: str = "blocks"  # what torch.compile compiles (harness.compiling.COMPILE_SCOPES); "model" implies compile
+    sdpa_cudnn: bool = False  # let SDPA use cuDNN's attention on CUDA (allow_cudnn_attention)
     d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
     dev_tokens: int | None = None  # tokens a dev check scores (None: TrainConfig's default bound)
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
@@ -119,7 +138,7 @@ class Cell:
 
 
 _KEY_IF_SET = ("d_model", "sweep", "pretrain", "dev_tokens", "lr", "lr_sweep", "no_compile", "compile_mode",
-              "compile_scope")
+              "compile_scope", "sdpa_cudnn")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -268,6 +287,7 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
             fresh_compiler()
         clear_recompile_limit_hits()
         tf32 = enable_tf32(ctx.device)
+        sdpa_cudnn = allow_cudnn_attention(ctx.device, cell.sdpa_cudnn)
         tcfg = _train_config(cell, ctx, preset, compiled)
         tcfg.warm_only = warm_only
         if cell.lr_sweep and not warm_only:  # short runs at each rate, the best by dev loss trains below (cost kept apart)
@@ -297,7 +317,8 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
         row["tokens_seen"] = res.tokens_seen
         row["budget_info"] = res.budget_info
         row["loss_curve"] = res.loss_curve
-        row["train"] = _train_record(res, tcfg, compiled, tf32, warmed=cell.key() in ctx.warmed)
+        row["train"] = _train_record(res, tcfg, compiled, tf32, warmed=cell.key() in ctx.warmed,
+                                      sdpa_cudnn=sdpa_cudnn)
         res.stages[-1]["sources"] = [data.protocol]  # the task stage trains on the protocol's training split
         if corpus is not None:
             row["pretrain"] = {**cell.pretrain, "corpus": corpus.info}
@@ -385,12 +406,13 @@ def _train_config(cell: Cell, ctx: RunContext, preset: Preset, compiled: bool) -
 
 
 def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: bool,
-                  warmed: bool = False) -> dict[str, Any]:
+                  warmed: bool = False, sdpa_cudnn: bool | None = None) -> dict[str, Any]:
     """The row's `train` record: how the cell trained. `compile_warmed` (compiled cells): a throwaway
     worker compiled the cell's graphs first (--warm-compile), so its warm-up steps read inductor's cache."""
     return {"steps": res.steps, "seconds": res.train_seconds, "epochs": res.epochs,
             "best_fraction": res.best_fraction, "best_dev_loss": res.best_dev_loss,
             "compile": compiled and res.compile_error is None, "compile_error": res.compile_error, "tf32": tf32,
+            "sdpa_cudnn": sdpa_cudnn,  # None: not on CUDA, no choice made
             "warm_seconds": round(res.warm_seconds, 2), "warm_steps": res.warm_steps, "warm_tokens": res.warm_tokens,
             # a time budget's seconds are `seconds` (the clock) + this: the warm-up steps' training, charged
             "warm_charged_seconds": round(res.warm_charged_seconds, 3),

@@ -68,7 +68,8 @@ def variant(row: dict[str, Any]) -> str:
 def settings(row: dict[str, Any]) -> dict[str, str]:
     """A model row's training settings beyond mixer, objective, seed, norm and sweep point, as text: what
     its cell key holds (pretraining, learning rate, options, budget, preset, loss path as resolved,
-    compilation as asked, dev-check tokens, task options) and, under a `seconds` budget, its device.
+    compilation as asked, cuDNN attention as set on CUDA, dev-check tokens, task options) and, under a
+    `seconds` budget, its device.
     A setting a row does not record (an older or a failed row) is left out."""
     out = {}
     p = row.get("pretrain")
@@ -99,6 +100,8 @@ def settings(row: dict[str, Any]) -> dict[str, str]:
                                        *([f"scope {scope}"] if scope != "blocks" else [])])
         elif "compile" in train:
             out["compile"] = "eager"
+    if train.get("sdpa_cudnn") is not None:  # set on CUDA only (None on a CPU; older rows: not recorded)
+        out["sdpa"] = "cuDNN attention" if train["sdpa_cudnn"] else "no cuDNN attention"
     if train.get("dev_tokens_bound") is not None:  # the setting (--dev-tokens), not the sample's size
         out["dev_tokens"] = f"dev ≤{fmt_count(train['dev_tokens_bound'])} tok"
     point = row.get("sweep") or {}  # a sweep point's task options (MQAR's seq_len) are its own column

@@ -114,6 +114,19 @@ def test_a_cells_train_record_says_how_it_trained(tmp_path, monkeypatch):
     assert (tr["compile_mode"], tr["compile_scope_asked"]) == ("default", "blocks")
 
 
+def test_a_cell_sets_cudnn_attention_as_it_asks_and_its_row_says_what_was_set(tmp_path, monkeypatch):
+    """Each cell sets, with its own setting, whether SDPA may use cuDNN's attention (global to the process: an
+    earlier cell may have allowed it), and the row records the answer: None on a CPU, where nothing is set."""
+    assert run_cell(_cell(), _ctx(tmp_path))["train"]["sdpa_cudnn"] is None
+    calls = []
+    monkeypatch.setattr(hc, "allow_cudnn_attention", lambda device, allowed: calls.append(allowed) or allowed)
+    for asked in (True, False):
+        row = run_cell(_cell(sdpa_cudnn=asked), _ctx(tmp_path))
+        assert row["status"] == "ok", row.get("error")
+        assert row["train"]["sdpa_cudnn"] is asked
+    assert calls == [True, False]
+
+
 def test_a_pretraining_cells_stage_mfu_is_at_its_packed_row_length(offline_dir, cache_dir, monkeypatch):
     """The pretraining stage's MFU is computed at the corpus's packed row length and its own tokens/s (the
     headline MFU at the task's mean length); the task stage gets none. MFU is None on a CPU, so it is

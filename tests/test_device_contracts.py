@@ -38,6 +38,18 @@ def test_tf32_is_enabled_on_cuda_only(monkeypatch):
     assert calls == [("precision", "high")]
 
 
+def test_cudnn_attention_is_set_on_cuda_either_way_and_untouched_on_cpu(monkeypatch):
+    """On a GPU a cell sets whether SDPA may use cuDNN's attention, off unless asked (--sdpa-cudnn: cuDNN
+    plans each new shape anew, and a grid's batch lengths vary), and sets it either way: the switch is global
+    to the process, so a cell that allowed it must not leave it on for the next. On CPU nothing is set."""
+    calls: list = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", _recorder(calls, "cudnn_sdp"))
+    assert cell_mod.allow_cudnn_attention(CPU, True) is None and calls == []
+    assert cell_mod.allow_cudnn_attention(CUDA, True) is True
+    assert cell_mod.allow_cudnn_attention(CUDA, False) is False
+    assert calls == [("cudnn_sdp", True), ("cudnn_sdp", False)]
+
+
 def test_release_syncs_and_empties_the_cache_and_returns_a_sticky_error(monkeypatch):
     """After each cell on a GPU: wait for the queued work (an error still queued shows in the cell that
     caused it), then hand the allocator's cache back before the next cell's peak-memory window. A sticky

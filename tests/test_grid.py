@@ -510,3 +510,18 @@ def test_an_empty_list_flag_is_one_clear_line(tmp_path, cache_dir, monkeypatch, 
     err = capsys.readouterr().err.strip()
     assert err == match
     assert not (tmp_path / "out").exists()
+
+
+def test_sdpa_cudnn_is_a_cell_setting_each_cell_asks_for(offline_dir, tmp_path, cache_dir, monkeypatch):
+    """`--sdpa-cudnn` reaches the cell, which asks for it (without the flag it asks for no cuDNN attention),
+    and it names another cell: the grid without it does not resume the one with it."""
+    import harness.cell as hc
+
+    asked = []
+    monkeypatch.setattr(hc, "allow_cudnn_attention", lambda device, allowed: asked.append(allowed) or None)
+    args = _args(offline_dir, tmp_path / "out", cache_dir, "--mixers", "attention", "--objectives", "autoregressive",
+                 "--task-opt", "eval_limit=1")
+    assert run_matrix.main([*args, "--sdpa-cudnn"]) == 0
+    assert run_matrix.main(args) == 0
+    assert asked == [True, False]
+    assert [r["status"] for r in _cells(tmp_path / "out" / "results" / "t.jsonl")] == ["ok", "ok"]

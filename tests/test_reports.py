@@ -385,6 +385,9 @@ def test_a_cell_rerun_with_its_mixers_or_objectives_options_is_named_apart_withi
      ["attention (compiled reduce-overhead)", "attention (compiled)"]),
     ({"train": {"lr": 3e-3, "compile": True, "compile_scope": "model", "compile_scope_asked": "model"}},
      ["attention (compiled scope model)", "attention (compiled)"]),
+    ({"train": {"lr": 3e-3, "compile": True, "compile_mode": "default", "compile_scope": "blocks",
+                "dev_tokens_bound": 32768, "sdpa_cudnn": True}},
+     ["attention (cuDNN attention)", "attention (no cuDNN attention)"]),
     ({"train": {"lr": 3e-3, "compile": True, "dev_tokens_bound": 4096}},
      ["attention (dev ≤32.8k tok)", "attention (dev ≤4.1k tok)"]),
     ({"task_opts": {"eval_limit": "200"}}, ["attention (eval_limit=200)", "attention (eval_limit=500)"]),
@@ -403,7 +406,7 @@ def test_a_grid_resumed_with_another_budget_preset_loss_compilation_or_evaluatio
         base = {"budget": "seconds=60" if "seconds" in change.get("budget", "") else "tokens=20000",
                 "device": "cuda: NVIDIA H200", "backend": {"mixer": ["sdpa"], "loss": "chunked"},
                 "train": {"lr": 3e-3, "compile": True, "compile_mode": "default", "compile_scope": "blocks",
-                          "dev_tokens_bound": 32768},
+                          "dev_tokens_bound": 32768, "sdpa_cudnn": False},
                 "task_opts": {"eval_limit": "500"}, "seed": seed}
         return _row("attention", "autoregressive", key=f"k{seed}{bool(kw)}",
                     metrics=_qa(0.0, 0.1 + 0.1 * seed + 0.05 * bool(kw), ppl=9.0), **{**base, **kw})
