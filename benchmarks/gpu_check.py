@@ -110,8 +110,8 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         base_preset = "tiny"  # the dry run checks that the part runs, not the base preset's size
         scaling = ["--device", "cpu", "--lengths", "64,128", "--tokens", "128", "--reps", "1", "--warmup", "1"]
         loss = ["--device", "cpu", "--impls", "chunked,plain", "--vocab", "1000", "--tokens", "64", "--reps", "1"]
-        limits = {"tests": 600, "grid": 1500, "base": 600, "graphs": 900, "scope": 900, "scaling": 600, "loss": 300,
-                  "stages": 300}
+        limits = {"tests": 600, "grid": 1500, "base": 600, "cudnn": 900, "graphs": 900, "scope": 900, "scaling": 600,
+                  "loss": 300, "stages": 300}
     else:
         # 4 answers timed one at a time (gen_latency_ms), not 16: batch-1 decoding is launch-bound, and
         # 16 took about as long as answering the 100 questions (a CPU count of its operator calls)
@@ -123,8 +123,8 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # measured on the first GPU check (NVIDIA H200, 2026-12-04, gpu_check/): the CUDA tests 60 s, the mixers
         # alone 17 s, the loss paths 33 s, Mamba's scan variants 12 s; the three one-cell grids were cut at 60 s,
         # before their row (base, whole-LM: a cold compile) or their references (CUDA graphs: its cell took 36 s)
-        limits = {"tests": 100, "grid": 250, "base": 90, "graphs": 80, "scope": 80, "scaling": 30, "loss": 40,
-                  "stages": 25}
+        limits = {"tests": 100, "grid": 250, "base": 90, "cudnn": 80, "graphs": 80, "scope": 80, "scaling": 30,
+                  "loss": 40, "stages": 25}
     # the README's main command pretrains (half the budget on the packed training passages, then the task):
     # every grid part does, so the check runs that stage, its packed rows and its switch, on the GPU. One rate
     # per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and miss the time
@@ -171,6 +171,11 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # machine (it resumes: finished cells are skipped). Not on a fresh machine (no rows: it would start over
         # and its partial file would replace a complete one at --merge), nor when every cell is ok
         Part("grid_resume", [*grid_cmd], limits["grid"], elastic=True, skip_if=lambda: grid_incomplete(out)),
+        # cuDNN's attention allowed (--sdpa-cudnn) against the default, SDPA without it: on the first GPU check,
+        # allowed (torch's default then), attention ran its task stage 14x slower than its pretraining stage,
+        # where every row has one length; cuDNN plans each new shape anew (harness.cell.allow_cudnn_attention)
+        Part("grid_sdpa_cudnn", [*run, "--grid", "gpu_check_sdpa_cudnn", *attention_ar, "--sdpa-cudnn", *grid, *o],
+             limits["cudnn"]),
         # CUDA graphs (torch.compile mode reduce-overhead, lengths rounded up to 64) against the grid's default
         Part("grid_graphs", [*run, "--grid", "gpu_check_graphs", *attention_ar, "--compile-mode", "reduce-overhead",
                              *grid, *o], limits["graphs"]),
@@ -191,7 +196,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
 # asks for, so that a machine lost after it (it goes back after a short idle wait, and a fresh start costs a
 # minute or more of a 15-minute budget) loses only the second: the comparisons
 SPLIT = (["cuda_tests", "grid", "grid_base", "bench_scaling", "bench_loss_memory"],
-         ["grid_resume", "grid_graphs", "grid_model_scope", "bench_scan_stages"])
+         ["grid_resume", "grid_sdpa_cudnn", "grid_graphs", "grid_model_scope", "bench_scan_stages"])
 
 
 def grid_incomplete(out: Path) -> str | None:
@@ -259,7 +264,7 @@ def environment() -> dict:
     return env
 
 
-GRIDS = ("gpu_check", "gpu_check_base", "gpu_check_graphs", "gpu_check_model_scope")
+GRIDS = ("gpu_check", "gpu_check_base", "gpu_check_sdpa_cudnn", "gpu_check_graphs", "gpu_check_model_scope")
 
 
 def _rows(path: Path) -> list[dict]:
@@ -408,14 +413,15 @@ def verdicts(out: Path, cells: list[tuple[str, dict]], parts: list[dict]) -> lis
     from harness import objectives
 
     by_grid = lambda name: [r for g, r in cells if g == name]  # noqa: E731
-    variants = {"`--compile-mode reduce-overhead`": by_grid("gpu_check_graphs"),
+    variants = {"`--sdpa-cudnn`": by_grid("gpu_check_sdpa_cudnn"),
+                "`--compile-mode reduce-overhead`": by_grid("gpu_check_graphs"),
                 "`--compile-scope model`": by_grid("gpu_check_model_scope")}
     targets = gpu_targets.verdicts(by_grid("gpu_check"), by_grid("gpu_check_base"),
                                    _rows(out / "results" / "bench_scaling.jsonl"), parts,
                                    mixers.names(), objectives.names(), variants)
     sweep = _sweep(out)
     choices = gpu_targets.comparisons(by_grid("gpu_check"), by_grid("gpu_check_graphs"),
-                                      by_grid("gpu_check_model_scope"), sweep)
+                                      by_grid("gpu_check_model_scope"), sweep, by_grid("gpu_check_sdpa_cudnn"))
     return ["", "## Issue 14's targets (read off the rows below: `benchmarks/gpu_targets.py`)", "",
             *gpu_targets.table(targets), "",
             f"## The defaults against their alternatives (faster: by more than {gpu_targets.MARGIN:.0%})", "",

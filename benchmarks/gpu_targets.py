@@ -1,6 +1,7 @@
 """Issue 14's done-when figures, read off a GPU check's rows: each target, what was measured, and a
 verdict (`met`, `not met`, `not measured`); then the check's comparisons, each default against its
-alternative (CUDA graphs, the whole-model compile scope, Mamba's pipelined walks), with the faster named.
+alternative (cuDNN's attention, CUDA graphs, the whole-model compile scope, Mamba's pipelined walks), with the
+faster named.
 
 Why this exists: a lent GPU gives a session 15 device minutes, and the check's report holds four tables
 (parts, grid cells, mixers alone, loss paths). Whether attention reached 2M tokens/s, whether Mamba
@@ -373,10 +374,13 @@ def scan_chunking(sweep: list[dict]) -> Comparison:
                            ("1,024 programs", "256 programs"), flatness=True)
 
 
-def comparisons(grid: list[dict], graphs: list[dict], model_scope: list[dict], sweep: list[dict]) -> list[Comparison]:
-    """The check's second command: CUDA graphs, the whole-model compile scope, the walks' pipelining, the
-    scan's chunking."""
+def comparisons(grid: list[dict], graphs: list[dict], model_scope: list[dict], sweep: list[dict],
+                sdpa_cudnn: list[dict] = ()) -> list[Comparison]:
+    """The check's second command: cuDNN's attention, CUDA graphs, the whole-model compile scope, the walks'
+    pipelining, the scan's chunking."""
     return [
+        _grid_speed(grid, list(sdpa_cudnn), "attention without cuDNN's SDPA kernel (the default) or with it "
+                    "(`--sdpa-cudnn`)?", "without cuDNN", "cuDNN attention"),
         _grid_speed(grid, graphs, "CUDA graphs (`--compile-mode reduce-overhead`) or the default compile mode?",
                     "the default compile mode", "reduce-overhead"),
         _grid_speed(grid, model_scope, "each block compiled (the default) or the whole LM (`--compile-scope model`)?",
