@@ -197,12 +197,15 @@ def test_a_warm_scan_allocates_no_warm_up_scratch(monkeypatch):
     """The first single-chunk call compiles the chunked variants too (`_warm`, below); later calls must skip
     that whole path, the scratch tensors included. The carry's check once looked up a key that `_warm` never
     stored, so every single-chunk call (the common one: many short rows) allocated and zero-filled three
-    scratch tensors each way, per layer and direction: launches on a GPU. Kernels stubbed (launches recorded)."""
+    scratch tensors each way, per layer and direction: launches on a GPU. Nor does it sum Δ over chunks (the
+    carry's decays: a pad and a sum, for several chunks only). Kernels stubbed (launches recorded)."""
     if st.triton is None:
         pytest.skip("needs Triton")
     from benchmarks.common import NoLaunch
 
-    launches, warmed = [], []
+    launches, warmed, sums = [], [], []
+    real_sums = st._chunk_sums
+    monkeypatch.setattr(st, "_chunk_sums", lambda *a: sums.append(a[1:]) or real_sums(*a))
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the scans' CPU path (read at each call), never run here
     monkeypatch.setattr(st, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
     monkeypatch.setattr(st, "_WARM", set())
@@ -220,6 +223,7 @@ def test_a_warm_scan_allocates_no_warm_up_scratch(monkeypatch):
             assert sorted(warmed) == ["bwd", "carry", "carry_reverse", "fwd"] and len(launches) == 6, (warmed, launches)
         else:  # the two walks, nothing else
             assert warmed == [] and len(launches) == 2, (warmed, launches)
+        assert sums == [], sums
 
 
 def _frame_bytes(cubin: bytes) -> int | None:
