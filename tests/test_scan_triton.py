@@ -363,9 +363,14 @@ def test_interp_triton_scan_without_a_last_state_gradient(interpreter):
     _assert_grads_close(got, {k: v.grad for k, v in x.items()}, "y only")
 
 
-def recorded_launches(kernels: tuple) -> tuple[list, tuple]:
+# the compile-time arguments that make a kernel variant of the scans (each variant compiles at its first launch)
+VARIANT_ARGS = ("KEEP", "SUMMARY", "REVERSE", "BD", "BN", "STAGES")
+
+
+def recorded_launches(kernels: tuple, variants: list | None = None) -> tuple[list, tuple]:
     """(launches, the forward, backward and carry kernels wrapped): each launch runs and appends
-    (kernel name, its SUMMARY or REVERSE flag) to `launches`."""
+    (kernel name, its SUMMARY or REVERSE flag) to `launches`, and to `variants` (if given) the kernel's
+    name with every compile-time argument it was given (`VARIANT_ARGS`, by keyword or by position)."""
     launches = []
 
     class Recorder:
@@ -375,6 +380,9 @@ def recorded_launches(kernels: tuple) -> tuple[list, tuple]:
         def __getitem__(self, grid):
             def launch(*args, **kw):
                 launches.append((self.name, kw.get("SUMMARY", kw.get("REVERSE"))))
+                if variants is not None:
+                    bound = {**dict(zip(self.kernel.arg_names, args)), **kw}
+                    variants.append((self.name, tuple((k, bound[k]) for k in VARIANT_ARGS if k in bound)))
                 return self.kernel[grid](*args, **kw)
             return launch
 
@@ -481,7 +489,8 @@ def test_interp_the_first_launch_compiles_the_chunked_variant_too(interpreter, m
     """A step of few long rows runs the chunked (SUMMARY) kernels; Triton compiles a variant at its first
     launch, which must not fall in a budgeted step: the first single-chunk call launches it too, once,
     and its outputs stay the reference's."""
-    launches, kernels = recorded_launches(st._kernels(True))
+    variants = []
+    launches, kernels = recorded_launches(st._kernels(True), variants)
     monkeypatch.setattr(st, "_kernels", lambda interpret: kernels)
     monkeypatch.setattr(st, "_WARM", set())
     x = scan_inputs(9, seed=3, Di=33)
@@ -492,7 +501,14 @@ def test_interp_the_first_launch_compiles_the_chunked_variant_too(interpreter, m
         assert all(v in launches for v in chunked) == first and any(v in launches for v in chunked) == first, launches
         assert ("fwd", False) in launches and ("bwd", False) in launches
         _assert_grads_close(got, _grads(mm.selective_scan_reference, x), f"first={first}")
+        if first:
+            warmed, variants[:] = set(variants), []
     torch.testing.assert_close(mm.selective_scan_triton(**x), mm.selective_scan_reference(**x), rtol=1e-5, atol=1e-5)
+    # and the warm-up launched the very variants a chunked call runs (a flag given otherwise, KEEP=True say,
+    # compiles a variant nothing else launches, and the chunked one still compiles at its first launch)
+    variants.clear()
+    _grads(mm.selective_scan_triton, x, chunk=4)  # 3 chunks
+    assert set(variants) <= warmed, set(variants) - warmed
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
