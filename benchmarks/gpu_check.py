@@ -141,6 +141,10 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         i = args.index("--preset")
         return args[:i + 1] + [preset] + args[i + 2:]
 
+    def attention_cell(grid_name: str, *flags: str, args: list[str] = grid) -> list[str]:
+        """The grid's attention x autoregressive cell alone, in its own grid (rows, report), with `flags`."""
+        return [*run, "--grid", grid_name, *attention_ar, *flags, *args, *o]
+
     # the grid's cells compile one after another (12 cold compilations, mostly on one core): first their
     # warm-up steps, half the cores' worth at a time, fill inductor's cache (harness/warm.py), for at most
     # WARM_S of the part's limit (then the rest compile on their own). The dry run compiles too (the
@@ -162,8 +166,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # every mixer x objective as the README's default command runs them (compiled on CUDA, --loss auto)
         Part("grid", grid_cmd, limits["grid"], elastic=True),
         # the base preset's MFU beside the small preset's (issue 14)
-        Part("grid_base", [*run, "--grid", "gpu_check_base", *attention_ar, *with_preset(grid, base_preset), *o],
-             limits["base"]),
+        Part("grid_base", attention_cell("gpu_check_base", args=with_preset(grid, base_preset)), limits["base"]),
         # the mixers alone (Mamba's flatness in L) and the loss paths: issue 14's last targets
         Part("bench_scaling", [py, "-m", "benchmarks.scaling", *scaling, *o], limits["scaling"]),
         Part("bench_loss_memory", [py, "-m", "benchmarks.loss_memory", *loss, *o], limits["loss"]),
@@ -174,14 +177,11 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # cuDNN's attention allowed (--sdpa-cudnn) against the default, SDPA without it: on the first GPU check,
         # allowed (torch's default then), attention ran its task stage 14x slower than its pretraining stage,
         # where every row has one length; cuDNN plans each new shape anew (harness.cell.allow_cudnn_attention)
-        Part("grid_sdpa_cudnn", [*run, "--grid", "gpu_check_sdpa_cudnn", *attention_ar, "--sdpa-cudnn", *grid, *o],
-             limits["cudnn"]),
+        Part("grid_sdpa_cudnn", attention_cell("gpu_check_sdpa_cudnn", "--sdpa-cudnn"), limits["cudnn"]),
         # CUDA graphs (torch.compile mode reduce-overhead, lengths rounded up to 64) against the grid's default
-        Part("grid_graphs", [*run, "--grid", "gpu_check_graphs", *attention_ar, "--compile-mode", "reduce-overhead",
-                             *grid, *o], limits["graphs"]),
+        Part("grid_graphs", attention_cell("gpu_check_graphs", "--compile-mode", "reduce-overhead"), limits["graphs"]),
         # the whole LM compiled (--compile-scope model) against the default, each block: step speed and compile time
-        Part("grid_model_scope", [*run, "--grid", "gpu_check_model_scope", *attention_ar, "--compile-scope", "model",
-                                  *grid, *o], limits["scope"]),
+        Part("grid_model_scope", attention_cell("gpu_check_model_scope", "--compile-scope", "model"), limits["scope"]),
         # Mamba on the Triton scan with software-pipelined walks (the default) against walks that wait for each
         # step's loads, and rows cut into chunks until ~1,024 programs (the default) against ~256, interleaved,
         # at bench_scaling's shapes: which to keep is the GPU's call
