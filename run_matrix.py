@@ -114,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sdpa-cudnn", action="store_true",
                    help="let attention's SDPA use cuDNN's kernel on CUDA (off: cuDNN plans each new shape anew, "
                         "and batch lengths vary)")
+    p.add_argument("--profile-step", action="store_true",
+                   help="take one step of each training stage under torch.profiler (after its warm-up, off the "
+                        "budget clock): the row's train.stages[i].profile says how busy the device was and which "
+                        "kernels took its time (harness/step_profile.py)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--sweep", action="store_true",
                    help="every cell at each (sequence length x model width) below: the Zoology recall curves (mqar)")
@@ -314,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = RunContext(device=device, data_dir=Path(args.data_dir) if args.data_dir else None,
                      cache_dir=Path(args.cache_dir), grid="", progress=not args.no_progress and dist.is_main,
                      log=print if dist.is_main else (lambda _msg: None), dist=dist,
-                     remote=args.executor != "local")
+                     remote=args.executor != "local", profile=args.profile_step)
     task = ctx.task(args.task, task_opts)  # a bad option value stops here, in one line
     # every cell's plan (data, pretraining corpus, budget checked against a batch, the model on the meta
     # device) before any cell runs: a bad cell stops the grid here, in one line; run_cell reuses the plans

@@ -130,6 +130,9 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
     # per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and miss the time
     # limits; the sweep is tested on CPU (tests/test_lr_sweep.py), this checks the GPU path
     grid += ["--pretrain", "passages", "--lr", "preset"]
+    # one step of each stage of each cell under torch.profiler (off the clock): how busy each cell kept the GPU,
+    # and which kernels took its time (the report's "Where the step's time went")
+    grid += ["--profile-step"]
     if cache_dir is not None:
         grid += ["--cache-dir", str(cache_dir)]
     scaling += ["--mixers", grid_mixers(SCALING_FIRST)]
@@ -317,6 +320,31 @@ def unpack(archive: Path, out: Path) -> None:
         tar.extractall(out, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
 
 
+def profile_lines(cells: list[tuple[str, dict]]) -> list[str]:
+    """The section on the grid rows' profiled steps (`--profile-step`: each stage's `profile`, harness/
+    step_profile.py), none when no row has one: per cell and stage, how busy its kernels kept the GPU at the
+    stage's clocked speed, the kernels and host operator calls of the step, and where the kernel time went."""
+    found = [(g, r, s) for g, r in cells for s in (r.get("train") or {}).get("stages") or [] if s.get("profile")]
+    if not found:
+        return []
+    lines = ["", "## Where the step's time went (one profiled step per stage: `train.stages[i].profile`)", "",
+             "GPU busy: the step's summed kernel time over the time its tokens took at the stage's clocked speed "
+             "(tokens/s), so 1 - busy is the share the GPU waited for the host. Kernel time by kind, largest "
+             "first; the longest kernel by name.", "",
+             "| grid | mixer | objective | stage | tokens | GPU busy | kernels | host operator calls | kernel ms "
+             "| by kind, ms | longest kernel (ms, calls) |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+    num = lambda v, f: format(v, f) if isinstance(v, (int, float)) else ""  # noqa: E731
+    for g, r, s in found:
+        p = s["profile"]
+        kinds = "; ".join(f"{k} {v:.2f}" for k, v in (p.get("by_kind_ms") or {}).items())
+        top = (p.get("top") or [None])[0]
+        longest = f"`{top['name'][:60]}` ({top['ms']:.2f}, {top['calls']})" if top else ""
+        lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {s.get('stage', '')} | {num(p.get('tokens'), ',')} | "
+                     f"{num(p.get('busy_frac'), '.1%')} | {num(p.get('kernels'), ',')} | {num(p.get('host_ops'), ',')} | "
+                     f"{num(p.get('kernel_ms'), '.2f')} | {kinds} | {longest} |")
+    return lines
+
+
 def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | None,
             unstarted: list[str] = ()) -> str:
     """The README of a report folder. `wall`: the seconds of the command that wrote it (None: rewritten
@@ -372,6 +400,7 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
                          f"{mfu} | {comp} | {backend.get('loss', '')} | {kernel} | "
                          f"{pct(t.get('padding_frac'))} | {pre_tps} | {mem} | "
                          f"{(r.get('error') or '')[:120]} |")
+        lines += profile_lines(cells)
     for name, fields in (("bench_scaling", ("mixer", "backend", "seq_len", "ms_per_step", "tokens_per_s", "status")),
                          ("bench_loss_memory", ("impl", "vocab_size", "n_tokens", "ms_fwd_bwd", "peak_mem_bytes", "status"))):
         rows = _rows(out / "results" / f"{name}.jsonl")

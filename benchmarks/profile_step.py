@@ -30,7 +30,8 @@ from harness.model import LM, matched_config
 from core.presets import get_preset
 from core.env import autocast
 from core.registry import scoped_opts
-from benchmarks.common import no_profiler_chatter, stub_triton_launches
+from benchmarks.common import stub_triton_launches
+from core.quiet import no_profiler_chatter
 from harness.compiling import COMPILE_SCOPES, compile_for_training
 from harness.train import TrainConfig, _optimizer
 

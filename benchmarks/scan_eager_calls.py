@@ -24,7 +24,8 @@ import json
 import torch
 
 import mixers
-from benchmarks.common import no_profiler_chatter, stub_triton_launches
+from benchmarks.common import stub_triton_launches
+from core.quiet import no_profiler_chatter
 from core.env import git_commit
 
 

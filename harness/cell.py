@@ -156,6 +156,8 @@ class RunContext:
     # cells train elsewhere (Ray workers, on their own devices): the driver's plans only check them, and
     # device-bound choices (the loss kernel: `cce` needs CUDA) are resolved by the workers, not judged here
     remote: bool = False
+    # profile one step of each stage of every cell (TrainConfig.profile; not a cell setting: it changes no result)
+    profile: bool = False
     # keys of the cells whose compilation a throwaway worker ran first (run_matrix --warm-compile,
     # harness/warm.py): their graphs come from inductor's on-disk cache, and their rows say so
     warmed: set[str] = field(default_factory=set)
@@ -402,6 +404,7 @@ def _train_config(cell: Cell, ctx: RunContext, preset: Preset, compiled: bool) -
                                                                TRAIN_SHARE * min(f, 1.0)))
     if cell.dev_tokens is not None:
         tcfg.dev_tokens = cell.dev_tokens
+    tcfg.profile = ctx.profile
     return tcfg
 
 

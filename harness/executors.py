@@ -54,19 +54,20 @@ class ContextSpec:
     data_dir: str | None  # absolute: workers do not share the driver's working directory
     cache_dir: str
     grid: str
+    profile: bool = False  # RunContext.profile
 
     @classmethod
     def of(cls, ctx: RunContext, device: str) -> "ContextSpec":
         """The spec of the driver's `ctx`, for workers on `device` (paths made absolute)."""
         return cls(device=device, data_dir=str(Path(ctx.data_dir).resolve()) if ctx.data_dir else None,
-                   cache_dir=str(Path(ctx.cache_dir).resolve()), grid=ctx.grid)
+                   cache_dir=str(Path(ctx.cache_dir).resolve()), grid=ctx.grid, profile=ctx.profile)
 
     def build(self, dist: ddp.DistEnv | None = None, device: torch.device | None = None) -> RunContext:
         dist = dist or ddp.DistEnv()
         quiet = (lambda _msg: None) if not dist.is_main else print
         return RunContext(device=device or resolve_device(self.device),
                           data_dir=Path(self.data_dir) if self.data_dir else None, cache_dir=Path(self.cache_dir),
-                          grid=self.grid, progress=False, log=quiet, dist=dist)
+                          grid=self.grid, progress=False, log=quiet, dist=dist, profile=self.profile)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

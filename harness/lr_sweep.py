@@ -171,7 +171,8 @@ def train_trial(make_model: Callable[[], Any], objective, train_set, dev_set, cf
 
     def run(lr: float, budget: Budget | BudgetMeter) -> Trial:  # a meter: already checked against the data
         model = make_model()
-        tcfg = dataclasses.replace(cfg, lr=lr, eval_points=min(cfg.eval_points, eval_points), progress=False)
+        tcfg = dataclasses.replace(cfg, lr=lr, eval_points=min(cfg.eval_points, eval_points), progress=False,
+                                   profile=False)  # (a short run is not the cell's training)
         t0 = time.perf_counter()
         try:
             res = train(model, objective, train_set, dev_set, budget, tcfg, device, dist=dist)

@@ -34,6 +34,7 @@ import torch
 
 from core.data import BatchSampler, SeqSet
 from core.files import replacing, write_atomic
+from harness.step_profile import busy_fraction
 from tasks import DataError
 from tasks.corpus import Source, check, documents, identity
 
@@ -174,7 +175,8 @@ class Stage:
     real_pos: int = 0  # positions holding a token, of the `computed_pos` (rows x batch length) computed
     computed_pos: int = 0
     data_tokens: int = 0  # tokens in the stage's text (the packed corpus, the task's training split)
-    warm_tokens: int = 0  # tokens trained in the stage's steps off the clock (warm-up, late compiles)
+    warm_tokens: int = 0  # tokens trained in the stage's steps off the clock (warm-up, late compiles, profiled)
+    profile: dict[str, Any] | None = None  # one profiled step (TrainConfig.profile): harness/step_profile.py
 
     def account(self, tokens: int, seconds: float, real_pos: int = 0, computed_pos: int = 0,
                 warm: bool = False) -> None:
@@ -212,7 +214,10 @@ class Stage:
                 "padding_frac": self.padding_frac(),
                 # passes over the stage's text: at a GPU's speed a small corpus (the passages: ~123k tokens at
                 # the small preset) is seen hundreds of times in a budget chosen on CPU, where it was half a pass
-                "epochs": round(self.tokens / self.data_tokens, 2) if self.data_tokens else None}
+                "epochs": round(self.tokens / self.data_tokens, 2) if self.data_tokens else None,
+                # the profiled step, and how busy its kernels kept the device at the stage's clocked rate
+                **({"profile": {**self.profile, "busy_frac": busy_fraction(self.profile, self.clocked_rate())}}
+                   if self.profile else {})}
 
 
 class StagePlan:

@@ -31,6 +31,7 @@ from harness.compiling import CUDAGRAPH_MODES, CompileWatch, compile_for_trainin
 from harness.distributed import DistEnv, Parallel, SingleProcess, data_parallel
 from harness.evaluate import dev_sample
 from harness.pretrain import Corpus, Stage, StagePlan, stage_plan
+from harness.step_profile import StepProfiler
 
 
 @dataclass
@@ -58,6 +59,9 @@ class TrainConfig:
     # stop once every stage has taken its warm-up steps, with no dev check: a run whose only product is
     # inductor's on-disk compile cache, for the real run that follows (harness/warm.py)
     warm_only: bool = False
+    # take one step of each stage under torch.profiler, after its warm-up, off the clock (charged like the
+    # warm-up): the stage's `profile` in the row (harness/step_profile.py)
+    profile: bool = False
 
     @property
     def cuda_graphs(self) -> bool:
@@ -87,7 +91,8 @@ class TrainResult:
     compile_error: str | None = None  # torch.compile failed in the first steps: the cell trained eagerly
     late_compiles: int = 0  # steps after the warm-up in which torch.compile compiled (not budgeted either)
     warm_seconds: float = 0.0  # wall time of the steps left off the clock (warm-up, late compiles): mostly compiling
-    warm_steps: int = 0  # steps left off the clock (each stage's first, late compiles, CUDA graphs' new shapes)
+    warm_steps: int = 0  # steps left off the clock (each stage's first, late compiles, CUDA graphs' new shapes,
+    # the profiled step)
     warm_tokens: int = 0  # the tokens those steps trained
     # what a time budget charged for them: their tokens at their stage's clocked rate (StagePlan.warm_charge);
     # the budget's seconds are train_seconds + this
@@ -271,9 +276,53 @@ class _Run:
             seen = self.shapes_seen.get(shape, 0)
             self.shapes_seen[shape] = seen + 1
             warm = warm or seen < 2
+        # [profile] one step of the stage, once it runs compiled graphs (or CUDA graph replays): off the clock,
+        # as the profiler's recording slows the host
+        prof = None
+        if (self.cfg.profile and stage.profile is None and not warm
+                and stage.steps >= self.warm_steps + STEADY_FROM):
+            prof, warm = StepProfiler(self.device), True
         self.in_warm = warm
         if warm and self.res.steps:  # the steps queued before a warm-up step are charged first
             self.drain()
+        if prof is not None:
+            prof.start()
+        try:
+            t0, n_tok, compiled = self._take(stage, batch, frac, t_batch)
+        except BaseException:
+            if prof is not None:  # a failed step (out of memory, say) must not leave the profiler on for the next cell
+                prof.abandon()
+            raise
+        res = self.res
+        if compiled and (not warm or prof is not None):
+            # torch.compile compiled (or recorded a CUDA graph) during this step, after the warm-up: a
+            # shape its guards had not seen (automatic dynamic marks only the sizes that had changed by
+            # then; a stage or a task may bring others). Also in an eager model: a loss path may compile
+            # (`--loss cce_compile`). Compilation is never budgeted: the step is warm-up too, and
+            # counted. The steps queued before it were charged when it began (_on_compile)
+            warm = True
+            res.late_compiles += 1
+        if warm:
+            device_sync(self.device)  # the first steps (compilation, allocator warm-up) are not budgeted
+        dt = time.perf_counter() - t0
+        if prof is not None:
+            profile = prof.stop(n_tok)  # (after the step has synced: the device's kernels have all ended)
+            if not compiled:  # a step that compiled shows the compiler, not the step: a later step is taken
+                stage.profile = profile
+        if not warm:
+            self.clock += dt
+        else:
+            res.warm_seconds += dt
+            res.warm_steps += 1
+        stage.account(n_tok, 0.0 if warm else dt, batch.n_tokens, batch.ids.numel(), warm=warm)  # (host-side: no sync)
+        if not warm and res.steps > STEADY_FROM:
+            stage.steady_seconds += dt
+            stage.steady_tokens += n_tok
+
+    def _take(self, stage: Stage, batch: Batch, frac: float, t_batch: float) -> tuple[float, int, bool]:
+        """The step itself, queued on the device: (its start on the host clock, the tokens it trained,
+        whether torch.compile compiled or recorded during it)."""
+        res = self.res
         frames = frames_compiled()
         self.in_step, self.compiled_in_step = True, False
         t0 = time.perf_counter() - t_batch
@@ -288,33 +337,13 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)
         self.loss_sum += loss.detach()
         self.loss_n += 1
-        res = self.res
         res.steps += 1
         if self.finite is not None:
             self.finite.poll(self.loss_sum, res.steps)
         n_tok = self.par.step_tokens(stage.sampler, batch)  # [DDP] the budget counts the whole cell
         res.tokens_seen += n_tok
         self.in_step = False
-        if not warm and (self.compiled_in_step or frames_compiled() > frames):
-            # torch.compile compiled (or recorded a CUDA graph) during this step, after the warm-up: a
-            # shape its guards had not seen (automatic dynamic marks only the sizes that had changed by
-            # then; a stage or a task may bring others). Also in an eager model: a loss path may compile
-            # (`--loss cce_compile`). Compilation is never budgeted: the step is warm-up too, and
-            # counted. The steps queued before it were charged when it began (_on_compile)
-            warm = True
-            res.late_compiles += 1
-        if warm:
-            device_sync(self.device)  # the first steps (compilation, allocator warm-up) are not budgeted
-        dt = time.perf_counter() - t0
-        if not warm:
-            self.clock += dt
-        else:
-            res.warm_seconds += dt
-            res.warm_steps += 1
-        stage.account(n_tok, 0.0 if warm else dt, batch.n_tokens, batch.ids.numel(), warm=warm)  # (host-side: no sync)
-        if not warm and res.steps > STEADY_FROM:
-            stage.steady_seconds += dt
-            stage.steady_tokens += n_tok
+        return t0, n_tok, self.compiled_in_step or frames_compiled() > frames
 
     def _on_compile(self) -> None:
         """torch.compile is about to stop the host (a compile, a CUDA graph recording) inside a step.

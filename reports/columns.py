@@ -126,6 +126,12 @@ def _pretrain_stage(r: dict[str, Any]) -> str | None:
     return f"{tps:,.0f}" + (f" ({ep:.3g} epochs)" if ep is not None else "")
 
 
+def _gpu_busy(r: dict[str, Any]) -> float | None:
+    """The task stage's profiled step's `busy_frac` (harness/step_profile.py), None without one."""
+    stages = (r.get("train") or {}).get("stages") or []
+    return finite(((stages[-1] if stages else {}).get("profile") or {}).get("busy_frac"))
+
+
 def fmt_pct(v: Any) -> str:
     return f"{100 * v:.2f}%" if v < 0.1 else f"{100 * v:.1f}%"
 
@@ -180,6 +186,10 @@ COLUMNS: list[Column] = [
            doc="how the cell trained: torch.compile, eager, eager because compiling failed (the row's "
                "`train.compile_error`), or partly eager where dynamo hit its recompile limit "
                "(`train.recompile_limit_hits`): a fallback's speed is not a compiled cell's"),
+    Column("gpu_busy", "GPU busy", _model_only(_gpu_busy), fmt_pct,
+           doc="the share of the task stage's training time the GPU ran kernels, from one profiled step "
+               "(`--profile-step`: its kernel time over the time its tokens took at the stage's clocked speed; "
+               "the rest the GPU waited for the host); shown when a row has one, never on a CPU"),
     Column("pretrain_stage", "pretrain tok/s (epochs)", _pretrain_stage, numeric=False,
            doc="the pretraining stage's throughput and its passes over the pretraining text (train tok/s and MFU "
                "are the task stage's)"),

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmarks import common as bench_common
+from core.quiet import no_profiler_chatter
 from benchmarks import loss_memory as blm
 from benchmarks import scaling as bs
 
@@ -88,7 +89,7 @@ def test_profiled_calls_pass_on_stderr_but_the_profilers_own_chatter(capfd):
     import os
     import sys
 
-    with bench_common.no_profiler_chatter():
+    with no_profiler_chatter():
         os.write(2, b"USDT:2026-12-01 18:45:00 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
         os.write(2, b"from C++\n")
         print("from Python", file=sys.stderr)  # (under capfd Python's stderr is pytest's, not descriptor 2)
@@ -98,7 +99,7 @@ def test_profiled_calls_pass_on_stderr_but_the_profilers_own_chatter(capfd):
     err = capfd.readouterr().err
     assert "USDT" not in err and [ln for ln in err.splitlines() if "C++" in ln] == ["from C++", "from C++ again"]
     assert "from Python" in err
-    with pytest.raises(RuntimeError, match="boom"), bench_common.no_profiler_chatter():
+    with pytest.raises(RuntimeError, match="boom"), no_profiler_chatter():
         os.write(2, b"USDT: profiler_stop\nbefore the error\n")
         raise RuntimeError("boom")
     os.write(2, b"after\n")  # descriptor 2 is stderr again
@@ -114,7 +115,7 @@ def test_filtering_the_profilers_chatter_leaves_no_descriptor_open():
         pytest.skip("no /proc/self/fd to count descriptors in")
     fds = len(os.listdir("/proc/self/fd"))
     for _ in range(5):
-        with bench_common.no_profiler_chatter():
+        with no_profiler_chatter():
             pass
     assert len(os.listdir("/proc/self/fd")) == fds
 

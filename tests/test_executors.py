@@ -99,7 +99,7 @@ class _RecordingRay:
 
 
 def _ctx(tmp_path: Path, progress: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(device="cpu", data_dir=None, cache_dir=Path(tmp_path), grid="t", progress=progress,
+    return SimpleNamespace(device="cpu", data_dir=None, cache_dir=Path(tmp_path), grid="t", progress=progress, profile=False,
                            dist=DistEnv())
 
 
@@ -212,14 +212,16 @@ def test_a_rows_executor_field_says_where_and_when_it_ran(monkeypatch):
 
 def test_a_workers_context_has_absolute_paths_no_bar_and_logs_on_rank_0_only(tmp_path, monkeypatch, capsys):
     """Workers do not share the driver's working directory (paths absolute); a worker shows no bar of
-    its own; a non-zero rank of a data-parallel cell prints nothing (one log, not one per rank)."""
+    its own; a non-zero rank of a data-parallel cell prints nothing (one log, not one per rank). A profiled
+    grid (`--profile-step`) profiles in its workers too."""
     monkeypatch.chdir(tmp_path)
-    ctx = SimpleNamespace(data_dir="data", cache_dir="cache", grid="g")
+    ctx = SimpleNamespace(data_dir="data", cache_dir="cache", grid="g", profile=True)
     spec = ContextSpec.of(ctx, "cpu")
     assert spec == ContextSpec(device="cpu", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"),
-                               grid="g")
-    assert ContextSpec.of(SimpleNamespace(data_dir=None, cache_dir="c", grid="g"), "cpu").data_dir is None
+                               grid="g", profile=True)
+    assert ContextSpec.of(SimpleNamespace(data_dir=None, cache_dir="c", grid="g", profile=False), "cpu").data_dir is None
     built = spec.build()
+    assert built.profile is True
     assert built.device == torch.device("cpu") and built.data_dir == tmp_path / "data"
     assert built.cache_dir == tmp_path / "cache" and built.grid == "g" and built.progress is False
     built.log("rank 0 speaks")
@@ -481,7 +483,7 @@ def test_the_local_grid_warms_its_compiled_cells_first(monkeypatch, jobs, active
     monkeypatch.setattr(Cell, "compiles", lambda self, device: self.seed != 1)
     dist = _Rank(0) if active else DistEnv()
     ctx = SimpleNamespace(device=torch.device("cpu"), progress=False, dist=dist, broken=None, phase=None,
-                          warmed={"k0"}, data_dir=None, cache_dir="c", grid="g")
+                          warmed={"k0"}, data_dir=None, cache_dir="c", grid="g", profile=False)
     list(LocalExecutor(SimpleNamespace(warm_compile=jobs, warm_timeout=42.0)).run(_cells(3), ctx))
     if not warms:
         assert calls == [] and ctx.warmed == {"k0"}

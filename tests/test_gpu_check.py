@@ -257,6 +257,28 @@ def test_the_cells_table_shows_the_pretraining_speed_and_the_memory_a_cell_start
     assert "| eager (compile failed) |" in gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
 
 
+def test_the_summary_shows_where_each_profiled_steps_time_went(tmp_path):
+    """Rows of a grid run with `--profile-step` (the check's grids) get a section: per cell and stage, how busy
+    the GPU was, the step's kernels and host calls, its kernel time by kind and its longest kernel. Rows
+    without a profile (older ones, a stage that ended before its profiled step) add nothing."""
+    import json
+
+    from harness.step_profile import busy_fraction, summarize
+
+    (tmp_path / "results").mkdir()
+    row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
+    (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    assert "Where the step's time went" not in gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    prof = summarize([("scan_bwd", 3000.0, 8), ("nvjet_hsh_128x256", 1500.0, 40)], 612, 40.0, 8192, "cuda")
+    prof["busy_frac"] = busy_fraction(prof, 1e-6)  # 8,192 tokens at 1 us each: 8.192 ms, 4.5 of them busy
+    row["train"] = {**(row.get("train") or {}), "stages": [{"stage": "pretrain"}, {"stage": "task", "profile": prof}]}
+    (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
+    assert "## Where the step's time went" in text
+    assert ("| gpu_check | gated_context | autoregressive | task | 8,192 | 54.9% | 48 | 612 | 4.50 "
+            "| scan 3.00; matmul 1.50 | `scan_bwd` (3.00, 8) |") in text
+
+
 def test_the_cells_table_names_how_each_cell_compiled(tmp_path):
     """The compile column says what a speed figure was measured under: a compile mode other than the
     default, the whole LM compiled as one (not each block), compilations after the warm-up, and a

@@ -512,6 +512,21 @@ def test_an_empty_list_flag_is_one_clear_line(tmp_path, cache_dir, monkeypatch, 
     assert not (tmp_path / "out").exists()
 
 
+def test_profile_step_profiles_a_step_of_each_cell_and_is_no_cell_setting(offline_dir, tmp_path, cache_dir):
+    """`--profile-step` puts a profiled step in the task stage of each row (harness/step_profile.py); it names
+    no other cell, so a grid run without it resumes the profiled rows instead of training them again."""
+    args = _args(offline_dir, tmp_path / "out", cache_dir, "--mixers", "attention", "--objectives",
+                 "autoregressive,diffusion", "--task-opt", "eval_limit=1")
+    assert run_matrix.main([*args, "--profile-step"]) == 0
+    rows = _cells(tmp_path / "out" / "results" / "t.jsonl")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    for r in rows:
+        p = r["train"]["stages"][-1]["profile"]
+        assert p["device"] == "cpu" and p["host_ops"] > 0 and p["tokens"] > 0 and p["kernel_ms"] is None
+    assert run_matrix.main(args) == 0
+    assert len(_cells(tmp_path / "out" / "results" / "t.jsonl")) == 2  # resumed: no new rows
+
+
 def test_sdpa_cudnn_is_a_cell_setting_each_cell_asks_for(offline_dir, tmp_path, cache_dir, monkeypatch):
     """`--sdpa-cudnn` reaches the cell, which asks for it (without the flag it asks for no cuDNN attention),
     and it names another cell: the grid without it does not resume the one with it."""

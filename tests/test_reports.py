@@ -268,6 +268,28 @@ def test_report_lists_expected_but_missing_cells_and_ties_and_gpu_speeds(tmp_pat
     assert "state floats at T=158" in head
 
 
+def test_a_profiled_grid_shows_how_busy_each_cell_kept_the_gpu(tmp_path):
+    """`--profile-step` rows: the task stage's profiled `busy_frac` in a "GPU busy" column (a row without a
+    profile shows none); a grid whose rows have none (every CPU grid: no kernel timeline) has no column."""
+
+    def cell(mixer, busy):
+        task = {"stage": "task", **({"profile": {"kernel_ms": 1.0, "tokens": 10, "busy_frac": busy}} if busy else {})}
+        return _row(mixer, "autoregressive", key=mixer, metrics=_qa(0.0, 0.3), device="NVIDIA H200",
+                    train={"seconds": 1.0, "stages": [{"stage": "pretrain", "profile": {"busy_frac": 0.99}}, task]})
+
+    for r in (cell("attention", 0.5487), cell("mamba", 0.0312), cell("gated_context", None)):
+        append_row(tmp_path / "results" / "g.jsonl", r)
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    qa = _table((tmp_path / "reports" / "g" / "README.md").read_text(), "## jsquad")
+    head = _cells(qa[0])
+    by = {r["mixer"]: r for r in (dict(zip(head, _cells(ln))) for ln in qa[2:])}
+    assert by["attention"]["GPU busy"] == "54.9%" and by["mamba"]["GPU busy"] == "3.12%"  # the task stage's
+    assert by["gated_context"]["GPU busy"] == "—"
+    append_row(tmp_path / "results" / "h.jsonl", cell("attention", None))
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    assert "GPU busy" not in (tmp_path / "reports" / "h" / "README.md").read_text()
+
+
 def test_gpu_rows_show_mfu_compiled_and_pretraining_and_never_average_pretraining_variants(tmp_path, monkeypatch):
     """The columns a GPU row fills, and cells that differ only in pretraining: named apart everywhere (until
     2026-12-01 the seed aggregates averaged attention with and without pretraining as three 'seeds')."""

@@ -29,7 +29,8 @@ def test_the_train_phase_ends_where_the_evaluation_starts_when_a_time_budget_ove
     from core.presets import get_preset
 
     sent: list[tuple[str, float]] = []
-    ctx = type("Ctx", (), {"progress": False, "phase": staticmethod(lambda text, frac: sent.append((text, frac)))})()
+    ctx = type("Ctx", (), {"progress": False, "profile": False,
+                           "phase": staticmethod(lambda text, frac: sent.append((text, frac)))})()
     cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="seconds=1")
     tcfg = _train_config(cell, ctx, get_preset("tiny"), False)
     for f in (0.0, 0.5, 1.03):

@@ -711,7 +711,7 @@ def test_a_cuda_graph_compile_mode_compiles_pads_to_few_shapes_and_is_recorded()
     graphs = Cell(**{**cell.__dict__, "compile_mode": "reduce-overhead"})
     assert graphs.compiles(torch.device("cpu"))  # asking for a mode asks for compilation
     assert graphs.key() != cell.key()
-    ctx = type("Ctx", (), {"progress": False, "phase": lambda *a: None})()
+    ctx = type("Ctx", (), {"progress": False, "profile": False, "phase": lambda *a: None})()
     from core.presets import get_preset
 
     tcfg = _train_config(graphs, ctx, get_preset("small"), True)
@@ -735,7 +735,7 @@ def test_the_compile_scope_is_a_cell_setting_recorded_in_the_row():
     assert whole.compiles(torch.device("cpu")) and not cell.compiles(torch.device("cpu"))
     assert whole.key() != cell.key()
     assert Cell(**{**cell.__dict__, "compile_scope": "blocks"}).key() == cell.key()
-    ctx = type("Ctx", (), {"progress": False, "phase": lambda *a: None})()
+    ctx = type("Ctx", (), {"progress": False, "profile": False, "phase": lambda *a: None})()
     tcfg = _train_config(whole, ctx, get_preset("small"), True)
     assert tcfg.compile_scope == "model"
     for scope in ("blocks", "model"):
