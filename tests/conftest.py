@@ -45,13 +45,17 @@ def tok(tmp_path_factory):
 
 
 @pytest.fixture
-def interpreter():
+def interpreter(monkeypatch):
     """For the Triton tests named *interp*: they run only in the subprocess that chose Triton's interpreter
-    (TRITON_INTERPRET=1) before Triton was imported: each Triton test file's `test_the_interpreter_suite`."""
+    (TRITON_INTERPRET=1) before Triton was imported: each Triton test file's `test_the_interpreter_suite`.
+    Every kernel they launch is checked for out-of-bounds loads, stores and atomics (tests/interp_bounds.py)."""
     import mixers._scan_triton as st
 
     if st.triton is None or not st.interpreting():
         pytest.skip("runs in the interpreter subprocess (test_the_interpreter_suite)")
+    import interp_bounds
+
+    interp_bounds.install(monkeypatch)
 
 
 @pytest.fixture

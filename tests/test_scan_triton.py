@@ -32,7 +32,7 @@ INTERP = st.triton is not None and st.interpreting()
 
 @pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton; the suite itself runs once")
 def test_the_interpreter_suite():
-    run_interpreter_suite(Path(__file__), min_passed=33)
+    run_interpreter_suite(Path(__file__), min_passed=34)
 
 
 def run_interpreter_suite(test_file: Path, min_passed: int) -> None:
@@ -713,3 +713,29 @@ def test_interp_the_stage_benchmark_times_both_walks(interpreter, tmp_path):
         ("triton_unpipelined", 16), ("triton_unpipelined", 32)]
     assert mamba_scan.build("triton_unpipelined", 8, torch.device("cpu"), None).opts.triton_stages == 1
     assert mamba_scan.build("triton_programs_256", 8, torch.device("cpu"), None).opts.triton_programs == 256
+
+
+def test_interp_an_access_past_every_argument_fails_the_launch(interpreter):
+    """The interpreter suites' bounds check (tests/interp_bounds.py, installed by the `interpreter` fixture):
+    a lane the mask admits past the end of its tensor fails the launch, load or store, even when no lane
+    keeps the value read; lanes the mask leaves out may point anywhere. Without it, the Mamba scan's
+    mutant 254 (its backward's state load admitting every lane of a partial channel block) passed every
+    value test; with it, 21 of this file's interpreter tests fail on it (docs/testing.md)."""
+    triton, tl = st.triton, st.tl
+
+    @triton.jit
+    def masked_copy(x_ptr, y_ptr, n_load, n_store, BLOCK: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        v = tl.load(x_ptr + i, mask=i < n_load, other=0.0)
+        tl.store(y_ptr + i, tl.where(i < n_store, v, 0.0), mask=i < n_store)
+
+    x, y = torch.arange(5.0), torch.zeros(5)  # (20 bytes each; CPU tensors are 64-byte aligned: never adjacent)
+    masked_copy[(1,)](x, y, 5, 5, BLOCK=8)  # 8 lanes, the 3 past the end masked off: fine
+    assert y.tolist() == x.tolist()
+    with pytest.raises(Exception, match="out-of-bounds load: 3 of 8"):
+        masked_copy[(1,)](x, y, 8, 5, BLOCK=8)  # the 3 extra values are never kept: only the check sees them
+    with pytest.raises(Exception, match="out-of-bounds store: 2 of 7"):
+        masked_copy[(1,)](x, y, 5, 7, BLOCK=8)
+    buf = torch.arange(12.0)  # views of one storage: a read past the first, into the gap, is inside the storage,
+    masked_copy[(1,)](buf[:5], buf[7:], 7, 5, BLOCK=8)  # which is the bound (a stated limit of the check)
+    assert buf[7:].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
