@@ -336,7 +336,8 @@ def profile_lines(cells: list[tuple[str, dict]]) -> list[str]:
     num = lambda v, f: format(v, f) if isinstance(v, (int, float)) else ""  # noqa: E731
     for g, r, s in found:
         p = s["profile"]
-        kinds = "; ".join(f"{k} {v:.2f}" for k, v in (p.get("by_kind_ms") or {}).items())
+        kinds = "; ".join(f"{k} {v:.2f}" for k, v in (p.get("by_kind_ms") or {}).items()) or \
+            str(p.get("error") or "").replace("|", "/")[:120]  # a profiler that failed says why
         top = (p.get("top") or [None])[0]
         longest = f"`{top['name'][:60]}` ({top['ms']:.2f}, {top['calls']})" if top else ""
         lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {s.get('stage', '')} | {num(p.get('tokens'), ',')} | "

@@ -73,33 +73,48 @@ def busy_fraction(profile: dict[str, Any], seconds_per_token: float | None) -> f
 
 
 class StepProfiler:
-    """`start()` before the step, `stop(tokens)` after it has synced: the step's summary (`summarize`)."""
+    """`start()` before the step, `stop(tokens)` after it has synced: the step's summary (`summarize`). A
+    profiler that cannot start or stop (no CUPTI on a GPU machine, say) costs the cell nothing but its
+    profile: the summary is then {"error": ...}, and the stage is not profiled again."""
 
     def __init__(self, device: torch.device):
-        from torch.profiler import ProfilerActivity, profile
-
-        self.device = device
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        self.prof = profile(activities=acts)
-        self.t0 = 0.0
+        self.device, self.prof, self.error, self.t0 = device, None, None, 0.0
 
     def start(self) -> None:
-        with no_profiler_chatter():  # (only the start and stop: the step's own stderr is never held back)
-            self.prof.__enter__()
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        try:
+            with no_profiler_chatter():  # (only the start and stop: the step's own stderr is never held back)
+                prof = profile(activities=acts)
+                prof.__enter__()
+            self.prof = prof
+        except Exception as e:  # noqa: BLE001 (whatever the profiler raised: the step trains unprofiled)
+            self.error = f"the profiler did not start: {type(e).__name__}: {e}"[:300]
         self.t0 = time.perf_counter()
 
     def abandon(self) -> None:
         """Stop without a summary (the step failed). A profiler left running lets the next cell's start and
         record, and then the process crashed at exit (a segmentation fault, torch 2.13 on CPU)."""
-        with no_profiler_chatter():
-            self.prof.__exit__(None, None, None)
+        if self.prof is not None:
+            with no_profiler_chatter():
+                self.prof.__exit__(None, None, None)
+            self.prof = None
 
     def stop(self, tokens: int) -> dict[str, Any]:
         wall_ms = (time.perf_counter() - self.t0) * 1000
-        with no_profiler_chatter():
-            self.prof.__exit__(None, None, None)
-        return summarize(*count_events(self.prof.profiler.kineto_results.events(), self.device), wall_ms, tokens,
-                         self.device.type)
+        if self.prof is None:
+            return {"device": self.device.type, "tokens": int(tokens), "error": self.error}
+        try:
+            with no_profiler_chatter():
+                self.prof.__exit__(None, None, None)
+            counted = count_events(self.prof.profiler.kineto_results.events(), self.device)
+        except Exception as e:  # noqa: BLE001
+            return {"device": self.device.type, "tokens": int(tokens),
+                    "error": f"the profiler's trace could not be read: {type(e).__name__}: {e}"[:300]}
+        finally:
+            self.prof = None
+        return summarize(*counted, wall_ms, tokens, self.device.type)
 
 
 def count_events(events, device: torch.device) -> tuple[list[tuple[str, float, int]] | None, int]:
@@ -118,4 +133,7 @@ def count_events(events, device: torch.device) -> tuple[list[tuple[str, float, i
             k = kernels.setdefault(e.name(), [0.0, 0])
             k[0] += e.duration_ns() / 1000
             k[1] += 1
-    return ([(n, us, c) for n, (us, c) in kernels.items()] if device.type == "cuda" else None), host_ops
+    # on CUDA a step runs kernels: none recorded means no device timeline (CUPTI absent or refused), not an
+    # idle GPU, so no kernel figures rather than a busy share of 0
+    found = [(n, us, c) for n, (us, c) in kernels.items()]
+    return (found if device.type == "cuda" and found else None), host_ops

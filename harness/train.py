@@ -307,7 +307,9 @@ class _Run:
         dt = time.perf_counter() - t0
         if prof is not None:
             profile = prof.stop(n_tok)  # (after the step has synced: the device's kernels have all ended)
-            if not compiled:  # a step that compiled shows the compiler, not the step: a later step is taken
+            # a step that compiled shows the compiler, not the step: a later step is taken (not after a profiler
+            # that failed: every later step would be off the clock too)
+            if not compiled or "error" in profile:
                 stage.profile = profile
         if not warm:
             self.clock += dt

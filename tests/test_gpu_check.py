@@ -277,6 +277,10 @@ def test_the_summary_shows_where_each_profiled_steps_time_went(tmp_path):
     assert "## Where the step's time went" in text
     assert ("| gpu_check | gated_context | autoregressive | task | 8,192 | 54.9% | 48 | 612 | 4.50 "
             "| scan 3.00; matmul 1.50 | `scan_bwd` (3.00, 8) |") in text
+    row["train"]["stages"][1]["profile"] = {"device": "cuda", "tokens": 8192, "error": "the profiler did not start: X"}
+    (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    assert "| task | 8,192 |  |  |  |  | the profiler did not start: X |  |" in gc.summary(tmp_path, _env(), [], dry=False,
+                                                                                       wall=1.0)
 
 
 def test_the_cells_table_names_how_each_cell_compiled(tmp_path):

@@ -97,6 +97,8 @@ def test_kernels_are_the_device_events_summed_by_name_and_host_calls_the_cpus_at
     kernels, host_ops = count_events(events, torch.device("cuda"))
     assert host_ops == 2 and sorted(kernels) == [("nvjet_x", 2.0, 2), ("scan_fwd", 4.0, 1)]  # microseconds
     assert count_events(events, torch.device("cpu")) == (None, 2)  # off CUDA: no kernel figures
+    # a CUDA step with no kernel recorded: no device timeline (CUPTI absent), not an idle GPU (busy 0%)
+    assert count_events(events[:3], torch.device("cuda")) == (None, 2)
 
 
 def test_the_host_calls_of_a_real_profile_are_key_averages_count_and_a_few_redispatches():
@@ -191,3 +193,42 @@ def test_a_step_that_fails_while_profiled_leaves_no_profiler_running(step_clock,
     with torch.profiler.profile() as prof:  # the next profile starts and records
         torch.ones(2).sum()
     assert any(e.key == "aten::sum" for e in prof.key_averages())
+
+
+def test_a_profiler_that_cannot_start_costs_the_cell_only_its_profile(step_clock, monkeypatch):
+    """No CUPTI on a GPU machine (say): the step trains unprofiled and off the clock as planned, the stage's
+    profile says why it is missing, and no later step is taken off the clock to try again, even when that
+    step also compiled (where a working profile is retried)."""
+    import torch.profiler as tp
+
+    def refuses(*a, **k):
+        raise RuntimeError("CUPTI_ERROR_INSUFFICIENT_PRIVILEGES (simulated)")
+
+    def compiles_at_the_fourth(run, stage, batch):
+        if stage.steps == 3:
+            run.compiled_in_step = True
+        return 0.0
+
+    plain, _ = _train(False, step_clock)
+    monkeypatch.setattr(tp, "profile", refuses)
+    res, per_step = _train(True, step_clock, compiles_at_the_fourth)
+    p = res.stages[0]["profile"]
+    assert p["error"].startswith("the profiler did not start: RuntimeError: CUPTI") and p["busy_frac"] is None
+    assert p["tokens"] == per_step[3] and res.warm_steps == 2 and res.late_compiles == 1  # one attempt
+    assert res.tokens_seen == plain.tokens_seen
+
+
+def test_a_trace_that_cannot_be_read_costs_the_cell_only_its_profile(step_clock, monkeypatch):
+    """The profiler stopped but its events unreadable (an API that moved, say): the profile says so, the
+    profiler is off, and training goes on as without a profile."""
+    import harness.step_profile as sp
+
+    def unreadable(events, device):
+        raise AttributeError("'_KinetoEvent' object has no attribute 'device_type' (simulated)")
+
+    plain, _ = _train(False, step_clock)
+    monkeypatch.setattr(sp, "count_events", unreadable)
+    res, per_step = _train(True, step_clock)
+    assert res.stages[0]["profile"]["error"].startswith("the profiler's trace could not be read: AttributeError")
+    assert not torch._C._autograd._profiler_enabled()
+    assert res.tokens_seen == plain.tokens_seen and res.warm_steps == 2
