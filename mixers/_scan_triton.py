@@ -176,11 +176,13 @@ def _kernels(interpret: bool):
                     gdu = tl.sum(g * Bt[None, :], axis=1)  # dL/d(Δ_t u_t), (BD,)
                     tl.store(ddelta_ptr + row + d, tl.sum(gla * A, axis=1) + gdu * ut, mask=md)
                     tl.store(du_ptr + row + d, gdu * dt, mask=md)
-                    tl.atomic_add(dB_ptr + (b * T + t) * N + n, tl.sum(g * (dt * ut)[:, None], axis=0), mask=mn)
+                    tl.atomic_add(dB_ptr + (b * T + t) * N + n, tl.sum(g * (dt * ut)[:, None], axis=0), mask=mn,
+                                  sem="relaxed")
                     # read back, not carried over from the last step's h_prev: carrying it took the sm_80 code
                     # to 128 registers and a 24-byte spill under Triton 3.6 (the H200's), not under CI's 3.9
                     h_t = tl.load(work + (L - i) * Di * N, mask=m2, other=0.0)
-                    tl.atomic_add(dC_ptr + (b * T + t) * N + n, tl.sum(h_t * gyt[:, None], axis=0), mask=mn)
+                    tl.atomic_add(dC_ptr + (b * T + t) * N + n, tl.sum(h_t * gyt[:, None], axis=0), mask=mn,
+                                  sem="relaxed")
                 g = g * a  # a_t g_t: what position t - 1 receives
             if not SUMMARY:
                 tl.debug_barrier()  # every read of this stretch's states done before the next overwrites them

@@ -145,6 +145,12 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
             # 128 channels per program 96 under 3.9)
             frame = _frame_bytes(compiled.asm["cubin"])
             assert frame is None or frame < 16, (kernel.fn.__name__, v, f"{frame} bytes of stack and local memory")
+            # the backward's dB and dC sums: relaxed reductions (`red`: the thread goes on). Triton's default
+            # order (acq_rel) made them `atom.acq_rel` round trips, two per position inside the walk's
+            # sequential loop, each holding back the loop's next loads and ordering its stores before it
+            atomics = set(re.findall(r"\b(?:atom|red)\.global\.[a-z0-9_.]+", compiled.asm["ptx"]))
+            assert atomics == ({"red.global.gpu.relaxed.add.f32"} if kernel is bwd and not v["SUMMARY"] else set()), \
+                (kernel.fn.__name__, v, atomics)
     # and with one stage, each step waits for its own loads: no asynchronous copy at all
     plain = compile(fwd, {**FWD_VARIANTS[1], **st.launch_meta(16), "STAGES": 1})
     assert "cp.async" not in plain.asm["ptx"]
