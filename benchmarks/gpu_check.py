@@ -329,10 +329,12 @@ def profile_lines(cells: list[tuple[str, dict]]) -> list[str]:
         return []
     lines = ["", "## Where the step's time went (one profiled step per stage: `train.stages[i].profile`)", "",
              "GPU busy: the step's summed kernel time over the time its tokens took at the stage's clocked speed "
-             "(tokens/s), so 1 - busy is the share the GPU waited for the host. Kernel time by kind, largest "
-             "first; the longest kernel by name.", "",
-             "| grid | mixer | objective | stage | tokens | GPU busy | kernels | host operator calls | kernel ms "
-             "| by kind, ms | longest kernel (ms, calls) |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+             "(tokens/s), so 1 - busy is the share the GPU waited for the host. Compiled graph calls: forward and "
+             "backward, a pair per block and more per graph break (a scan run eagerly). Kernel time by kind, "
+             "largest first; the longest kernel by name.", "",
+             "| grid | mixer | objective | stage | tokens | GPU busy | kernels | host operator calls | compiled graph "
+             "calls | kernel ms | by kind, ms | longest kernel (ms, calls) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     num = lambda v, f: format(v, f) if isinstance(v, (int, float)) else ""  # noqa: E731
     for g, r, s in found:
         p = s["profile"]
@@ -342,7 +344,7 @@ def profile_lines(cells: list[tuple[str, dict]]) -> list[str]:
         longest = f"`{top['name'][:60]}` ({top['ms']:.2f}, {top['calls']})" if top else ""
         lines.append(f"| {g} | {r['mixer']} | {r['objective']} | {s.get('stage', '')} | {num(p.get('tokens'), ',')} | "
                      f"{num(p.get('busy_frac'), '.1%')} | {num(p.get('kernels'), ',')} | {num(p.get('host_ops'), ',')} | "
-                     f"{num(p.get('kernel_ms'), '.2f')} | {kinds} | {longest} |")
+                     f"{num(p.get('graph_calls'), ',')} | {num(p.get('kernel_ms'), '.2f')} | {kinds} | {longest} |")
     return lines
 
 

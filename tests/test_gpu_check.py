@@ -269,17 +269,17 @@ def test_the_summary_shows_where_each_profiled_steps_time_went(tmp_path):
     row = json.loads((FIXTURES / "results_v1" / "g.jsonl").read_text(encoding="utf-8").splitlines()[1])
     (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     assert "Where the step's time went" not in gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
-    prof = summarize([("scan_bwd", 3000.0, 8), ("nvjet_hsh_128x256", 1500.0, 40)], 612, 40.0, 8192, "cuda")
+    prof = summarize([("scan_bwd", 3000.0, 8), ("nvjet_hsh_128x256", 1500.0, 40)], 612, 40.0, 8192, "cuda", 62)
     prof["busy_frac"] = busy_fraction(prof, 1e-6)  # 8,192 tokens at 1 us each: 8.192 ms, 4.5 of them busy
     row["train"] = {**(row.get("train") or {}), "stages": [{"stage": "pretrain"}, {"stage": "task", "profile": prof}]}
     (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     text = gc.summary(tmp_path, _env(), [], dry=False, wall=1.0)
     assert "## Where the step's time went" in text
-    assert ("| gpu_check | gated_context | autoregressive | task | 8,192 | 54.9% | 48 | 612 | 4.50 "
+    assert ("| gpu_check | gated_context | autoregressive | task | 8,192 | 54.9% | 48 | 612 | 62 | 4.50 "
             "| scan 3.00; matmul 1.50 | `scan_bwd` (3.00, 8) |") in text
     row["train"]["stages"][1]["profile"] = {"device": "cuda", "tokens": 8192, "error": "the profiler did not start: X"}
     (tmp_path / "results" / "gpu_check.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
-    assert "| task | 8,192 |  |  |  |  | the profiler did not start: X |  |" in gc.summary(tmp_path, _env(), [], dry=False,
+    assert "| task | 8,192 |  |  |  |  |  | the profiler did not start: X |  |" in gc.summary(tmp_path, _env(), [], dry=False,
                                                                                        wall=1.0)
 
 

@@ -92,13 +92,14 @@ def test_kernels_are_the_device_events_summed_by_name_and_host_calls_the_cpus_at
 
     events = [_Event("aten::mm", DeviceType.CPU), _Event("aten::add", DeviceType.CPU),
               _Event("cudaLaunchKernel", DeviceType.CPU),  # the runtime call on the host: neither
+              _Event("CompiledFunction", DeviceType.CPU), _Event("CompiledFunctionBackward", DeviceType.CPU),
               _Event("nvjet_x", DeviceType.CUDA, 1500), _Event("nvjet_x", DeviceType.CUDA, 500),
               _Event("scan_fwd", DeviceType.CUDA, 4000)]
-    kernels, host_ops = count_events(events, torch.device("cuda"))
-    assert host_ops == 2 and sorted(kernels) == [("nvjet_x", 2.0, 2), ("scan_fwd", 4.0, 1)]  # microseconds
-    assert count_events(events, torch.device("cpu")) == (None, 2)  # off CUDA: no kernel figures
+    kernels, host_ops, graphs = count_events(events, torch.device("cuda"))
+    assert host_ops == 2 and graphs == 2 and sorted(kernels) == [("nvjet_x", 2.0, 2), ("scan_fwd", 4.0, 1)]  # us
+    assert count_events(events, torch.device("cpu")) == (None, 2, 2)  # off CUDA: no kernel figures
     # a CUDA step with no kernel recorded: no device timeline (CUPTI absent), not an idle GPU (busy 0%)
-    assert count_events(events[:3], torch.device("cuda")) == (None, 2)
+    assert count_events(events[:5], torch.device("cuda")) == (None, 2, 2)
 
 
 def test_the_host_calls_of_a_real_profile_are_key_averages_count_and_a_few_redispatches():
@@ -111,7 +112,7 @@ def test_the_host_calls_of_a_real_profile_are_key_averages_count_and_a_few_redis
     model = LM(LMConfig(vocab_size=20, d_model=32, n_layers=2, mixer="attention", causal=True, mlp_hidden=64))
     with no_profiler_chatter(), torch.profiler.profile() as prof:
         model(torch.randint(0, 20, (2, 8))).float().sum().backward()
-    _, host_ops = count_events(prof.profiler.kineto_results.events(), torch.device("cpu"))
+    _, host_ops, _ = count_events(prof.profiler.kineto_results.events(), torch.device("cpu"))
     averaged = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
     assert averaged > 100 and averaged <= host_ops <= 1.05 * averaged
 
@@ -232,3 +233,28 @@ def test_a_trace_that_cannot_be_read_costs_the_cell_only_its_profile(step_clock,
     assert res.stages[0]["profile"]["error"].startswith("the profiler's trace could not be read: AttributeError")
     assert not torch._C._autograd._profiler_enabled()
     assert res.tokens_seen == plain.tokens_seen and res.warm_steps == 2
+
+
+def test_a_compiled_step_counts_a_graph_pair_per_block_and_more_per_graph_break():
+    """`graph_calls`: each compiled block is one forward and one backward graph; the scan of a mixer that runs
+    it eagerly inside the block (Mamba's, a graph break) splits the block's graph into several. Two blocks of
+    attention: 2 pairs and the final norm's; two of Mamba: at least a pair more per block (5 graphs a block
+    under torch 2.13: the break sits three calls deep, and each caller's frame is split around it)."""
+    from benchmarks.profile_step import make_step
+    from core.presets import get_preset
+    from harness.model import matched_config
+    from harness.step_profile import StepProfiler
+
+    counts = {}
+    for mixer in ("attention", "mamba"):
+        step = make_step(mixer, "autoregressive", "tiny", 2, 16, torch.device("cpu"), compile=True)
+        for _ in range(3):  # compiled, then recompiled with dynamic lengths
+            step()
+        prof = StepProfiler(torch.device("cpu"))
+        prof.start()
+        step()
+        counts[mixer] = prof.stop(32)["graph_calls"]
+    p = get_preset("tiny")
+    layers = {m: matched_config(p, m, True, p.vocab_size, {}).n_layers for m in counts}
+    assert counts["attention"] == 2 * (layers["attention"] + 1)
+    assert counts["mamba"] >= 2 * (2 * layers["mamba"] + 1)
