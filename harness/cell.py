@@ -37,7 +37,7 @@ from core.env import gpu_slug, peak_memory, reset_peak_memory
 from core.presets import Preset, get_preset
 from core.results import error_text
 from core.schema import new_row
-from harness.compiling import CUDAGRAPH_MODES, clear_recompile_limit_hits, recompile_limit_hits
+from harness.compiling import CUDAGRAPH_MODES, clear_recompile_limit_hits, graph_breaks_nested, recompile_limit_hits
 from harness.train import TrainConfig, TrainResult, oom_cause, train
 from tasks import PrepareContext, TaskData
 
@@ -424,7 +424,9 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
             # (compile_scope_asked) is what names a variant in the reports
             **({"compile_mode": tcfg.compile_mode, "compile_scope": res.compile_scope,
                 "compile_scope_asked": tcfg.compile_scope,
-                "late_compiles": res.late_compiles, "compile_warmed": warmed} if compiled else {}),
+                "late_compiles": res.late_compiles, "compile_warmed": warmed,
+                # graph breaks resumed where they happen (None: a torch without the switch); harness/compiling.py
+                "nested_graph_breaks": graph_breaks_nested()} if compiled else {}),
             # the cell's runs (sweep included), compiled model or compiled loss path alike
             "recompile_limit_hits": recompile_limit_hits(),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,

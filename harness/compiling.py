@@ -64,6 +64,7 @@ def compile_for_training(module: nn.Module, mode: str = "default", scope: str = 
     A module without its own `blocks` list (a DistributedDataParallel wrapper, whose forward must stay
     the wrapper's so gradients all-reduce) gets the whole-model scope, and the scope returned says so."""
     check_torch()  # every compiling path (the trainer, the benchmarks), not only run_matrix's plan
+    nest_graph_breaks()
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; choose from {', '.join(COMPILE_MODES)}")
     if scope not in COMPILE_SCOPES:
@@ -79,6 +80,34 @@ def compile_for_training(module: nn.Module, mode: str = "default", scope: str = 
             view._modules["norm"] = torch.compile(module._modules["norm"], **kw)
         return view, "blocks"
     return torch.compile(module, **kw), "model"
+
+
+def nest_graph_breaks() -> bool | None:
+    """Have dynamo resume a graph break where it happened, in the nested call, instead of splitting every
+    frame between the compiled block and that call; where this torch has the switch (returns whether it
+    is on, None where it has none). Why: the mixers' scans run eagerly inside a compiled block (a graph
+    break: `torch.compiler.disable`), three calls deep in Mamba (block, mixer, direction). Split at every
+    frame, a Mamba block became 5 compiled graphs each way, each a Python entry with its own guards and
+    wrapper, and gated_context's 4; resumed in place, 2 (on CPU, torch 2.13, the tiny preset's profiled
+    step: 22 and 18 graph calls become 10 and 10, attention's 6 unchanged; `graph_calls` in
+    harness/step_profile.py). The values and the compile count do not change (tests/test_compile.py).
+    The switch is new in torch (marked experimental): WAVEBENCH_NESTED_GRAPH_BREAKS=0 leaves it off, and the
+    row's `train.nested_graph_breaks` says which way a cell compiled."""
+    import os
+
+    import torch._dynamo.config as dynamo_config
+
+    if not hasattr(dynamo_config, "nested_graph_breaks"):
+        return None
+    dynamo_config.nested_graph_breaks = os.environ.get("WAVEBENCH_NESTED_GRAPH_BREAKS", "1") != "0"
+    return dynamo_config.nested_graph_breaks
+
+
+def graph_breaks_nested() -> bool | None:
+    """Whether dynamo resumes graph breaks in the nested call (`nest_graph_breaks`); None: no such switch."""
+    import torch._dynamo.config as dynamo_config
+
+    return getattr(dynamo_config, "nested_graph_breaks", None)
 
 
 def frames_compiled() -> int:

@@ -99,6 +99,7 @@ def test_a_cells_train_record_says_how_it_trained(tmp_path, monkeypatch):
     assert [m["key"] for m in row["task_metrics"]] == ["accuracy"] and "associative recall" in row["protocol_text"]
     tr = row["train"]
     assert tr["compile"] is False and "compile_warmed" not in tr and "compile_mode" not in tr
+    assert "nested_graph_breaks" not in tr
     assert tr["recompile_limit_hits"] == []
     assert tr["lr"] == hc.get_preset("tiny").lr and tr["pad_to"] == 1 and tr["dev_checks"] == len(row["loss_curve"])
     assert [st["stage"] for st in tr["stages"]] == ["task"] and tr["stages"][-1]["sources"] == [row["protocol"]]
@@ -112,6 +113,10 @@ def test_a_cells_train_record_says_how_it_trained(tmp_path, monkeypatch):
     tr = compiled["train"]
     assert tr["compile"] is True and tr["compile_error"] is None and tr["compile_warmed"] is False
     assert (tr["compile_mode"], tr["compile_scope_asked"]) == ("default", "blocks")
+    # graph breaks resumed in the nested call (harness.compiling.nest_graph_breaks), where torch has the switch
+    import torch._dynamo.config as dynamo_config
+
+    assert tr["nested_graph_breaks"] is (True if hasattr(dynamo_config, "nested_graph_breaks") else None)
 
 
 def test_a_cell_sets_cudnn_attention_as_it_asks_and_its_row_says_what_was_set(tmp_path, monkeypatch):

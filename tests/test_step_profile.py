@@ -235,26 +235,42 @@ def test_a_trace_that_cannot_be_read_costs_the_cell_only_its_profile(step_clock,
     assert res.tokens_seen == plain.tokens_seen and res.warm_steps == 2
 
 
-def test_a_compiled_step_counts_a_graph_pair_per_block_and_more_per_graph_break():
-    """`graph_calls`: each compiled block is one forward and one backward graph; the scan of a mixer that runs
-    it eagerly inside the block (Mamba's, a graph break) splits the block's graph into several. Two blocks of
-    attention: 2 pairs and the final norm's; two of Mamba: at least a pair more per block (5 graphs a block
-    under torch 2.13: the break sits three calls deep, and each caller's frame is split around it)."""
+def _graph_calls(mixer: str) -> tuple[int, int]:
+    """(compiled graph calls of one profiled step, the tiny preset's blocks) of a compiled `mixer` step."""
     from benchmarks.profile_step import make_step
     from core.presets import get_preset
     from harness.model import matched_config
     from harness.step_profile import StepProfiler
 
-    counts = {}
-    for mixer in ("attention", "mamba"):
-        step = make_step(mixer, "autoregressive", "tiny", 2, 16, torch.device("cpu"), compile=True)
-        for _ in range(3):  # compiled, then recompiled with dynamic lengths
-            step()
-        prof = StepProfiler(torch.device("cpu"))
-        prof.start()
+    torch._dynamo.reset()  # graphs compiled under another setting are not reused
+    step = make_step(mixer, "autoregressive", "tiny", 2, 16, torch.device("cpu"), compile=True)
+    for _ in range(3):  # compiled, then recompiled with dynamic lengths
         step()
-        counts[mixer] = prof.stop(32)["graph_calls"]
+    prof = StepProfiler(torch.device("cpu"))
+    prof.start()
+    step()
     p = get_preset("tiny")
-    layers = {m: matched_config(p, m, True, p.vocab_size, {}).n_layers for m in counts}
-    assert counts["attention"] == 2 * (layers["attention"] + 1)
-    assert counts["mamba"] >= 2 * (2 * layers["mamba"] + 1)
+    return prof.stop(32)["graph_calls"], matched_config(p, mixer, True, p.vocab_size, {}).n_layers
+
+
+def test_a_compiled_step_counts_a_graph_pair_per_block_and_more_per_graph_break(monkeypatch):
+    """`graph_calls`: each compiled block is one forward and one backward graph (attention: a pair per block
+    and the final norm's). Mamba's scan runs eagerly inside its block (a graph break, three calls deep):
+    split at every frame between the block and the scan (dynamo's old way), a block is 5 graphs each way
+    under torch 2.13; with graph breaks resumed where they happen (`nest_graph_breaks`, what the trainer
+    sets where torch has it), 2: one before the scan, one after."""
+    import torch._dynamo.config as dynamo_config
+
+    import harness.compiling as hcomp
+
+    calls, layers = _graph_calls("attention")
+    assert calls == 2 * (layers + 1)
+    if not hasattr(dynamo_config, "nested_graph_breaks"):
+        pytest.skip(f"torch {torch.__version__} has no nested graph breaks")
+    calls, layers = _graph_calls("mamba")
+    assert calls == 2 * (2 * layers + 1)
+    monkeypatch.setattr(dynamo_config, "nested_graph_breaks", True)  # (restored after the test)
+    monkeypatch.setenv("WAVEBENCH_NESTED_GRAPH_BREAKS", "0")  # the old way, asked for
+    split, _ = _graph_calls("mamba")
+    assert split > calls and hcomp.graph_breaks_nested() is False
+    torch._dynamo.reset()
