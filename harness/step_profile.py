@@ -60,13 +60,15 @@ def summarize(kernels: Iterable[tuple[str, float, int]] | None, host_ops: int, w
                            "kernel_ms": None, "by_kind_ms": None, "top": None}
     if kernels is None:
         return out
-    ks = sorted(((n, us, c) for n, us, c in kernels if c > 0), key=lambda k: -k[1])
+    # (name, kind, microseconds, launches), longest first
+    ks = sorted(((n, kind_of(n), us, c) for n, us, c in kernels if c > 0), key=lambda k: -k[2])
     by_kind: dict[str, float] = {}
-    for name, us, _ in ks:
-        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + us / 1000
-    out.update(kernels=sum(c for _, _, c in ks), kernel_ms=round(sum(us for _, us, _ in ks) / 1000, 4),
+    for _, kind, us, _ in ks:
+        by_kind[kind] = by_kind.get(kind, 0.0) + us / 1000
+    out.update(kernels=sum(c for *_, c in ks), kernel_ms=round(sum(us for _, _, us, _ in ks) / 1000, 4),
                by_kind_ms={k: round(v, 4) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
-               top=[{"name": n[:100], "kind": kind_of(n), "ms": round(us / 1000, 4), "calls": c} for n, us, c in ks[:TOP]])
+               top=[{"name": n[:100], "kind": kind, "ms": round(us / 1000, 4), "calls": c}
+                    for n, kind, us, c in ks[:TOP]])
     return out
 
 
@@ -109,18 +111,23 @@ class StepProfiler:
     def stop(self, tokens: int) -> dict[str, Any]:
         wall_ms = (time.perf_counter() - self.t0) * 1000
         if self.prof is None:
-            return {"device": self.device.type, "tokens": int(tokens), "error": self.error}
+            return self._failed(tokens)
         try:
             with no_profiler_chatter():
                 self.prof.__exit__(None, None, None)
             counted = count_events(self.prof.profiler.kineto_results.events(), self.device)
         except Exception as e:  # noqa: BLE001
-            return {"device": self.device.type, "tokens": int(tokens),
-                    "error": f"the profiler's trace could not be read: {type(e).__name__}: {e}"[:300]}
+            self.error = f"the profiler's trace could not be read: {type(e).__name__}: {e}"[:300]
+            return self._failed(tokens)
         finally:
             self.prof = None
         kernels, host_ops, graph_calls = counted
         return summarize(kernels, host_ops, wall_ms, tokens, self.device.type, graph_calls)
+
+
+    def _failed(self, tokens: int) -> dict[str, Any]:
+        """The record of a step the profiler could not summarise: what it trained, and why."""
+        return {"device": self.device.type, "tokens": int(tokens), "error": self.error}
 
 
 # AOTAutograd's profiler names for a compiled graph's forward and backward calls
@@ -129,19 +136,20 @@ GRAPH_CALLS = ("CompiledFunction", "CompiledFunctionBackward")
 
 def count_events(events, device: torch.device) -> tuple[list[tuple[str, float, int]] | None, int, int]:
     """(kernels as `summarize` takes them, None off CUDA; the host's `aten::` calls; compiled graph calls)
-    from the profiler's raw events. Raw, not `key_averages()`: that builds the whole event tree first, 0.4 s for one step of the small
-    Mamba on CPU against 0.014 s, and a grid profiles two steps a cell. The tree also merges an op's inner
-    call of the same name into it (a redispatch: `aten::div_` inside `aten::div_`), which this counts, so
-    the count is about 1% above `benchmarks.profile_step`'s."""
+    from the profiler's raw events. Raw, not `key_averages()`: that builds the whole event tree first, 0.4 s
+    for one step of the small Mamba on CPU against 0.014 s, and a grid profiles two steps a cell. The tree
+    also merges an op's inner call of the same name into it (a redispatch: `aten::div_` inside `aten::div_`),
+    which this counts, so the count is about 1% above `benchmarks.profile_step`'s."""
     from torch.autograd import DeviceType
 
     host_ops, graph_calls, kernels = 0, 0, {}
     for e in events:
-        if e.device_type() == DeviceType.CPU:
-            host_ops += e.name().startswith("aten::")
-            graph_calls += e.name() in GRAPH_CALLS
-        elif e.device_type() == DeviceType.CUDA:
-            k = kernels.setdefault(e.name(), [0.0, 0])
+        name, where = e.name(), e.device_type()
+        if where == DeviceType.CPU:
+            host_ops += name.startswith("aten::")
+            graph_calls += name in GRAPH_CALLS
+        elif where == DeviceType.CUDA:
+            k = kernels.setdefault(name, [0.0, 0])
             k[0] += e.duration_ns() / 1000
             k[1] += 1
     # on CUDA a step runs kernels: none recorded means no device timeline (CUPTI absent or refused), not an
