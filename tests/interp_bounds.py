@@ -68,21 +68,23 @@ def install(monkeypatch) -> None:
                             for s in _storages([*args_hst, *kwargs_hst.values()]) if s.nbytes()})
         return args_hst, kwargs_hst
 
-    def load(self, ptrs, mask, other, cache_policy, is_volatile):
+    # the builders' trailing parameters differ between Triton releases (3.6: cache_modifier, eviction_policy;
+    # 3.9: cache_policy), so only the leading ones, which every release shares, are named
+    def load(self, ptrs, mask, *rest):
         check(ranges, "load", ptrs, mask)
-        return real["create_masked_load"](self, ptrs, mask, other, cache_policy, is_volatile)
+        return real["create_masked_load"](self, ptrs, mask, *rest)
 
-    def store(self, ptrs, value, mask, cache_policy):
+    def store(self, ptrs, value, mask, *rest):
         check(ranges, "store", ptrs, mask)
-        return real["create_masked_store"](self, ptrs, value, mask, cache_policy)
+        return real["create_masked_store"](self, ptrs, value, mask, *rest)
 
-    def rmw(self, rmwOp, ptr, val, mask, sem, scope):
+    def rmw(self, rmwOp, ptr, val, mask, *rest):
         check(ranges, "atomic", ptr, mask)
-        return real["create_atomic_rmw"](self, rmwOp, ptr, val, mask, sem, scope)
+        return real["create_atomic_rmw"](self, rmwOp, ptr, val, mask, *rest)
 
-    def cas(self, ptr, cmp, val, sem, scope):
+    def cas(self, ptr, *rest):
         check(ranges, "atomic compare-and-swap", ptr, None)
-        return real["create_atomic_cas"](self, ptr, cmp, val, sem, scope)
+        return real["create_atomic_cas"](self, ptr, *rest)
 
     monkeypatch.setattr(ti.GridExecutor, "_init_args_hst", init)
     for name, fn in (("create_masked_load", load), ("create_masked_store", store), ("create_atomic_rmw", rmw),

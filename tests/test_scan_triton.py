@@ -145,12 +145,20 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
             # 128 channels per program 96 under 3.9)
             frame = _frame_bytes(compiled.asm["cubin"])
             assert frame is None or frame < 16, (kernel.fn.__name__, v, f"{frame} bytes of stack and local memory")
-            # the backward's dB and dC sums: relaxed reductions (`red`: the thread goes on). Triton's default
-            # order (acq_rel) made them `atom.acq_rel` round trips, two per position inside the walk's
-            # sequential loop, each holding back the loop's next loads and ordering its stores before it
+            # the backward's dB and dC sums: relaxed reductions (the thread goes on). Triton's default order
+            # (acq_rel) made each an `atom.acq_rel`, which in the GPU code (SASS) is a fence of all the
+            # thread's memory operations (MEMBAR.ALL.GPU), the atomic's round trip (ATOMG) and an L1
+            # invalidation (CCTL.IVALL): two per position inside the walk's sequential loop. The PTX is
+            # `red.relaxed` under Triton 3.9 but `atom.relaxed` under 3.6 (the H200's), whose result ptxas
+            # then drops: the SASS, where cuobjdump ships, is a RED either way, with no fence
             atomics = set(re.findall(r"\b(?:atom|red)\.global\.[a-z0-9_.]+", compiled.asm["ptx"]))
-            assert atomics == ({"red.global.gpu.relaxed.add.f32"} if kernel is bwd and not v["SUMMARY"] else set()), \
+            relaxed = {f"{op}.global.gpu.relaxed.add.f32" for op in ("atom", "red")}
+            assert (atomics and atomics <= relaxed if kernel is bwd and not v["SUMMARY"] else not atomics), \
                 (kernel.fn.__name__, v, atomics)
+            sass = _sass_ops(compiled.asm["cubin"])
+            if sass is not None:
+                wanted = {"RED" if arch < 90 else "REDG"} if kernel is bwd and not v["SUMMARY"] else set()
+                assert sass == wanted, (kernel.fn.__name__, v, arch, sass)
     # and with one stage, each step waits for its own loads: no asynchronous copy at all
     plain = compile(fwd, {**FWD_VARIANTS[1], **st.launch_meta(16), "STAGES": 1})
     assert "cp.async" not in plain.asm["ptx"]
@@ -230,6 +238,19 @@ def test_a_warm_scan_allocates_no_warm_up_scratch(monkeypatch):
         else:  # the two walks, nothing else
             assert warmed == [] and len(launches) == 2, (warmed, launches)
         assert sums == [], sums
+
+
+def _sass_ops(cubin: bytes) -> set[str] | None:
+    """The atomics, fences and cache controls in a cubin's GPU code (SASS), from the cuobjdump Triton ships
+    (None without): what the memory-order choice compiles to, whatever the PTX says."""
+    tool = Path(st.triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        out = subprocess.run([str(tool), "-sass", str(path)], capture_output=True, text=True).stdout
+    return set(re.findall(r"\b(MEMBAR|CCTL|ATOMG?|REDG?)\b", out))
 
 
 def _frame_bytes(cubin: bytes) -> int | None:
