@@ -59,6 +59,23 @@ def interpreter(monkeypatch):
 
 
 @pytest.fixture
+def torch_config():
+    """`set(module, name, value)`: a torch config entry (torch._dynamo.config, torch._inductor.config) for one
+    test, restored after it. Not `monkeypatch.setattr`: since pytest 9.2 its undo deletes an attribute the
+    module's `__dict__` does not hold, and deleting a config entry hides it (`hasattr` false, dynamo's own
+    reads raise) for the rest of the session: every later compile failed."""
+    saved = []
+
+    def set_(module, name: str, value) -> None:
+        saved.append((module, name, getattr(module, name)))
+        setattr(module, name, value)
+
+    yield set_
+    for module, name, value in reversed(saved):
+        setattr(module, name, value)
+
+
+@pytest.fixture
 def step_clock(monkeypatch):
     """A virtual clock for the trainer, so a test of a time budget asserts no real time: `install(cost)`
     makes harness.train's perf_counter read the clock (returned, a one-item list) and advances it by

@@ -15,8 +15,8 @@ import mixers._linear_scan_triton as lst
 import mixers.gated_context as gc
 from benchmarks.common import NoLaunch
 from test_gated_context import D, assert_same_mixer
-from test_scan_triton import (_frame_bytes, assert_unspecialised_lengths, compiled_lm_frames, gpu_compiler,
-                              guarded_kernels, recorded_launches, run_interpreter_suite)
+from test_scan_triton import (_frame_bytes, _sass_ops, assert_unspecialised_lengths, compiled_lm_frames,
+                              gpu_compiler, guarded_kernels, recorded_launches, run_interpreter_suite)
 
 INTERP = lst.triton is not None and lst.interpreting()
 
@@ -43,6 +43,9 @@ def test_the_linear_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
             assert pipelined == (kernel is not carry and stages > 1), (kernel.fn.__name__, consts)
             frame = _frame_bytes(compiled.asm["cubin"])
             assert frame is None or frame == 0, (kernel.fn.__name__, consts, f"{frame} bytes of stack")
+            # no atomic, memory fence or L1 invalidation: each program owns its outputs (Mamba's backward, which
+            # sums across programs, has its own check)
+            assert _sass_ops(compiled.asm["cubin"]) in (None, set()), (kernel.fn.__name__, consts)
 
 
 def _inputs(T: int, seed: int, Bsz: int = 3, C: int = 140, gates: str = "random"):

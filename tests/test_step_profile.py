@@ -253,7 +253,7 @@ def _graph_calls(mixer: str) -> tuple[int, int]:
     return prof.stop(32)["graph_calls"], matched_config(p, mixer, True, p.vocab_size, {}).n_layers
 
 
-def test_a_compiled_step_counts_a_graph_pair_per_block_and_more_per_graph_break(monkeypatch):
+def test_a_compiled_step_counts_a_graph_pair_per_block_and_more_per_graph_break(monkeypatch, torch_config):
     """`graph_calls`: each compiled block is one forward and one backward graph (attention: a pair per block
     and the final norm's). Mamba's scan runs eagerly inside its block (a graph break, three calls deep):
     split at every frame between the block and the scan (dynamo's old way), a block is 5 graphs each way
@@ -269,7 +269,7 @@ def test_a_compiled_step_counts_a_graph_pair_per_block_and_more_per_graph_break(
         pytest.skip(f"torch {torch.__version__} has no nested graph breaks")
     calls, layers = _graph_calls("mamba")
     assert calls == 2 * (2 * layers + 1)
-    monkeypatch.setattr(dynamo_config, "nested_graph_breaks", True)  # (restored after the test)
+    torch_config(dynamo_config, "nested_graph_breaks", True)  # (restored after the test)
     monkeypatch.setenv("WAVEBENCH_NESTED_GRAPH_BREAKS", "0")  # the old way, asked for
     split, _ = _graph_calls("mamba")
     assert split > calls and hcomp.graph_breaks_nested() is False

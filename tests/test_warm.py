@@ -249,7 +249,7 @@ class _NoContext:
         return None
 
 
-def test_a_worker_leaves_the_kernels_autotuning_to_the_real_cell(tmp_path, monkeypatch):
+def test_a_worker_leaves_the_kernels_autotuning_to_the_real_cell(tmp_path, monkeypatch, torch_config):
     """J workers share one GPU: the Triton configs inductor benchmarks at a kernel's first launch would be
     timed under contention and cached for the timed cell. A worker runs its cell with inductor's autotune
     cache off (it is not part of the FX-graph cache key, so the graphs it writes still hit)."""
@@ -266,7 +266,7 @@ def test_a_worker_leaves_the_kernels_autotuning_to_the_real_cell(tmp_path, monke
         return {"status": "ok", "error": None, "wall_s": 0.0}
 
     monkeypatch.setattr(cell_mod, "run_cell", run_cell)
-    monkeypatch.setattr(inductor_config, "autotune_local_cache", True)  # the default; restored after the test
+    torch_config(inductor_config, "autotune_local_cache", True)  # the default; restored after the test
     monkeypatch.setattr(warm, "_exit_with_parent", lambda parent: None)
     job = tmp_path / "job.pkl"
     cell = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=6000")
@@ -400,7 +400,7 @@ def test_an_interrupted_warm_up_leaves_no_worker_running(monkeypatch):
     assert len(pool.started) == 2 and all(w.killed for w in pool.started)
 
 
-def test_a_worker_runs_with_the_parents_torch_threads_and_watches_its_parent(tmp_path, monkeypatch):
+def test_a_worker_runs_with_the_parents_torch_threads_and_watches_its_parent(tmp_path, monkeypatch, torch_config):
     """The worker sets the parent's torch thread count (part of the FX-graph cache key of CPU code: other
     threads, another key, a cache the real cell misses) and starts the watch that ends it with its
     parent, before it runs the cell."""
@@ -411,7 +411,7 @@ def test_a_worker_runs_with_the_parents_torch_threads_and_watches_its_parent(tmp
     from harness import cell as cell_mod
 
     # (the worker turns inductor's autotune cache off: restored after the test)
-    monkeypatch.setattr(inductor_config, "autotune_local_cache", inductor_config.autotune_local_cache)
+    torch_config(inductor_config, "autotune_local_cache", inductor_config.autotune_local_cache)
 
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
