@@ -7,13 +7,13 @@ and a report folder to commit.
     python -m benchmarks.gpu_check --cpu-dry-run         # on CPU: tiny sizes, CUDA-only parts skipped
 
 Each part runs as its own process with a time limit, so one failure or hang never stops the others;
-the GPU limits add up to 700 s (`plan`), and a GPU check is boxed to 8 minutes (`--minutes`): the
-parts run in order of importance, each cut to the time left. Where one command may run at most 10
-minutes (a lent GPU), run it as two commands (`SPLIT`): the first measures every target of issue 14
-(the CUDA tests, the grid, the base preset's MFU, the mixers alone, the loss paths: 540 s), the second
-resumes the grid if the first ran out of time on that machine (`grid_resume`), then the comparisons (the
-two compile variants, the Triton scan's pipelined walks against unpipelined ones and its chunking
-target against a lower one: 160 s). Under a
+the GPU limits add up to 780 s (`plan`; `grid_resume` aside), and a GPU check is boxed to 8 minutes
+(`--minutes`): the parts run in order of importance, each cut to the time left. Where one command may run
+at most 10 minutes (a lent GPU), run it as two commands (`SPLIT`): the first measures every target of
+issue 14 (the CUDA tests, the grid, the base preset's MFU, the mixers alone, the loss paths: 510 s), the
+second resumes the grid if the first ran out of time on that machine (`grid_resume`), then the
+comparisons (cuDNN's attention, the two compile variants, the Triton scan's pipelined walks against
+unpipelined ones, its chunking target against a lower one and its backward's launch shape: 270 s). Under a
 deadline the grid also takes the time earlier parts left unused, less the later parts' limits
 (`limit_for`); `--pack` rewrites an archive of the folder after every part. Each part's record is its own
 file, `OUT/parts/<part>.json`, so two report folders merge by unpacking one over the other, also when the
@@ -98,7 +98,7 @@ def grid_mixers(first: tuple[str, ...] = FIRST_MIXERS) -> str:
 
 def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: int | None,
          cache_dir: Path | None = None) -> list[Part]:
-    """The parts and their time limits. The GPU limits sum to 700 s: on a lent GPU with a 10-minute
+    """The parts and their time limits. The GPU limits sum to 780 s: on a lent GPU with a 10-minute
     limit per command, run them as two commands (README: "GPU check", `SPLIT`)."""
     py = sys.executable
     if dry:
@@ -122,9 +122,10 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         loss = ["--device", "cuda", "--vocab", "8000,32000", "--tokens", "4096,16384", "--reps", "5"]
         # measured on the first GPU check (NVIDIA H200, 2026-12-04, gpu_check/): the CUDA tests 60 s, the mixers
         # alone 17 s, the loss paths 33 s, Mamba's scan variants 12 s; the three one-cell grids were cut at 60 s,
-        # before their row (base, whole-LM: a cold compile) or their references (CUDA graphs: its cell took 36 s)
+        # before their row (base, whole-LM: a cold compile) or their references (CUDA graphs: its cell took 36 s);
+        # the scan variants' 25 s became 30 with a fourth variant (2026-12-04)
         limits = {"tests": 100, "grid": 250, "base": 90, "cudnn": 80, "graphs": 80, "scope": 80, "scaling": 30,
-                  "loss": 40, "stages": 25}
+                  "loss": 40, "stages": 30}
     # the README's main command pretrains (half the budget on the packed training passages, then the task):
     # every grid part does, so the check runs that stage, its packed rows and its switch, on the GPU. One rate
     # per cell (the preset's): --lr auto's short runs would cost 1.5x the training again and miss the time
@@ -186,10 +187,12 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # the whole LM compiled (--compile-scope model) against the default, each block: step speed and compile time
         Part("grid_model_scope", attention_cell("gpu_check_model_scope", "--compile-scope", "model"), limits["scope"]),
         # Mamba on the Triton scan with software-pipelined walks (the default) against walks that wait for each
-        # step's loads, and rows cut into chunks until ~1,024 programs (the default) against ~256, interleaved,
-        # at bench_scaling's shapes: which to keep is the GPU's call
+        # step's loads, rows cut into chunks until ~1,024 programs (the default) against ~256, and the backward
+        # walk on 4 warps of 32 channels (the default) against one warp of 8, interleaved, at bench_scaling's
+        # shapes: which to keep is the GPU's call
         Part("bench_scan_stages", [py, "-m", "benchmarks.mamba_scan", "--parts", "sweep", "--sweep-scans",
-                                   "triton,triton_unpipelined,triton_programs_256", "--scan-alone", "0",
+                                   "triton,triton_unpipelined,triton_programs_256,triton_bwd_1warp",
+                                   "--scan-alone", "0",
                                    "--d-model", "256", "--tokens", "16384", "--max-length", "8192", "--repeats", "5",
                                    "--out", str(out / "results" / STAGES_FILE)], limits["stages"], cuda_only=True),
     ]

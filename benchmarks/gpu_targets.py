@@ -374,10 +374,19 @@ def scan_chunking(sweep: list[dict]) -> Comparison:
                            ("1,024 programs", "256 programs"), flatness=True)
 
 
+def scan_bwd_shape(sweep: list[dict]) -> Comparison:
+    """The backward walk on 4 warps of 32 channels per program (`triton`) or one warp of 8 (`triton_bwd_1warp`):
+    12 barriers per reverse step against 2 in the sm_90 code, against 4x the programs and their partial sums."""
+    return _sweep_variants(sweep, "triton_bwd_1warp",
+                           "Mamba's Triton backward walk on 4 warps of 32 channels (`triton`, the default) or one "
+                           "warp of 8 (`--mixer-opt mamba.triton_bwd_warps=1 --mixer-opt mamba.triton_bwd_block_d=8`)?",
+                           "1 warp / 4 warps", ("4 warps", "1 warp"))
+
+
 def comparisons(grid: list[dict], graphs: list[dict], model_scope: list[dict], sweep: list[dict],
                 sdpa_cudnn: list[dict] = ()) -> list[Comparison]:
     """The check's second command: cuDNN's attention, CUDA graphs, the whole-model compile scope, the walks'
-    pipelining, the scan's chunking."""
+    pipelining, the scan's chunking, the backward walk's launch shape."""
     return [
         _grid_speed(grid, list(sdpa_cudnn), "attention without cuDNN's SDPA kernel (the default) or with it "
                     "(`--sdpa-cudnn`)?", "without cuDNN", "cuDNN attention"),
@@ -387,6 +396,7 @@ def comparisons(grid: list[dict], graphs: list[dict], model_scope: list[dict], s
                     "each block", "the whole LM"),
         scan_stages(sweep),
         scan_chunking(sweep),
+        scan_bwd_shape(sweep),
     ]
 
 

@@ -232,6 +232,15 @@ STAGES = 3
 # multiply-add per step; Triton 3.9 warns that its default turns that fusion off in 3.10 (a multiply, then
 # an add: a longer chain per step), so the scans ask for it rather than inherit a default
 OPTIONS = {"enable_fp_fusion": True}
+# the backward walk's launch shape: channels per program and warps per program. The reverse walk sums over
+# channels twice per position (dB_t, dC_t) and over the state once or twice; with 4 warps (Triton's default)
+# each channel sum crosses warps through shared memory, and the sm_90 code (Triton 3.6 and 3.9) has 12
+# barriers (BAR.SYNC) in the loop's body: 12 waits for every warp of the program per position. With one warp
+# of 8 channels the body has 2, and four times the programs share the work (each adds its partial sums into
+# dB and dC: four times the reductions). Which is faster is the GPU's call (the GPU check's
+# bench_scan_stages, variant `triton_bwd_1warp`); the default stays what the first GPU check ran
+BWD_BLOCK_D = BLOCK_D
+BWD_WARPS = 4
 
 
 def chunk_len(Bsz: int, T: int, Di: int, target: int | None = None) -> int:
@@ -269,7 +278,7 @@ def _warm(kind: str, kernel, make_args: Callable[[], tuple], device: torch.devic
           grid: tuple, **variant) -> None:
     """Launch a chunked-path variant of `kernel` once (its output discarded: the arguments `make_args`
     builds write only scratch). The arguments are built only then: a warm kernel costs no allocation."""
-    key = (kind, str(device), Di, N, meta.get("STAGES"))
+    key = (kind, str(device), Di, N, meta.get("STAGES"), meta.get("BD"), variant.get("num_warps"))
     if key not in _WARM:
         kernel[grid](*make_args(), **variant, **meta, **OPTIONS)
         _WARM.add(key)
@@ -303,10 +312,11 @@ class TritonScan(torch.autograd.Function):
     """y (B, T, Di) and h_T (B, Di, N) of the scan, fp32; inputs as `selective_scan_reference`'s, fp32
     and contiguous (the caller casts), h0 given. `chunk`: positions per chunk (None: `chunk_len`);
     `ckpt`: positions per stretch, whose first state the forward stores for the backward (None: CKPT);
-    `stages`: the pipeline stages of the walks that run forward in time (None: STAGES)."""
+    `stages`: the pipeline stages of the walks that run forward in time (None: STAGES); `bwd_block`,
+    `bwd_warps`: the backward walk's channels and warps per program (None: BWD_BLOCK_D, BWD_WARPS)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk=None, ckpt=None, stages=None):
+    def forward(ctx, u, delta, A, B, C, h0, chunk=None, ckpt=None, stages=None, bwd_block=None, bwd_warps=None):
         Bsz, T, Di = u.shape
         N = A.shape[1]
         CH = chunk or chunk_len(Bsz, T, Di)
@@ -336,6 +346,7 @@ class TritonScan(torch.autograd.Function):
                   **OPTIONS)
         ctx.save_for_backward(u, delta, A, B, C, hk, dsum)
         ctx.CH, ctx.K, ctx.meta = CH, K, meta
+        ctx.bwd_block, ctx.bwd_warps = bwd_block or BWD_BLOCK_D, bwd_warps or BWD_WARPS
         return y, out[:, -1]
 
     @staticmethod
@@ -346,8 +357,8 @@ class TritonScan(torch.autograd.Function):
         CH, K = ctx.CH, ctx.K
         nC = triton.cdiv(T, CH)
         bwd = _kernels(interpreting())[1]
-        grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
-        meta = ctx.meta
+        grid = (Bsz, triton.cdiv(Di, ctx.bwd_block), nC)
+        meta = {**ctx.meta, "BD": ctx.bwd_block, "num_warps": ctx.bwd_warps}  # (num_warps: a launch option)
         gy = torch.zeros_like(u) if gy is None else gy.float().contiguous()
         ghT = u.new_zeros(Bsz, Di, N) if ghT is None else ghT.float().contiguous()
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
@@ -364,12 +375,13 @@ class TritonScan(torch.autograd.Function):
                 scratch = u.new_empty(Bsz, 1, Di, N)
                 return u, delta, A, B, C, hk, scratch, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N, CH, K
 
-            _warm("bwd", bwd, args, u.device, Di, N, meta, grid, SUMMARY=True)
+            _warm("bwd", bwd, args, u.device, Di, N, {k: v for k, v in meta.items() if k != "num_warps"}, grid,
+                  SUMMARY=True, num_warps=meta["num_warps"])
             _warm_carry("carry_reverse", A, ghT, reverse=True)
         work = u.new_empty(Bsz, nC, K + 1, Di, N)  # one stretch's states per (sequence, chunk)
         bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
                   SUMMARY=False, **meta, **OPTIONS)
-        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None, None
+        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None, None, None, None
 
 
 def _chunk_sums(delta: torch.Tensor, CH: int, nC: int) -> torch.Tensor:

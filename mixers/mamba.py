@@ -378,12 +378,15 @@ def selective_scan_triton(
     ckpt: int | None = None,
     stages: int | None = None,
     programs: int | None = None,
+    bwd_block: int | None = None,
+    bwd_warps: int | None = None,
 ):
     """The same function as `selective_scan_reference` as Triton kernels (mixers/_scan_triton.py):
     one walk over the sequence each way, the state in registers; long sequences in chunks of `chunk`
     positions (None: enough chunks for about `programs` programs, None: `TARGET_PROGRAMS` there); for
     the backward the forward keeps the state every `ckpt` positions (None: 16); `stages`: the walks'
-    software-pipeline stages (None: `STAGES` there; 1: none). CUDA (or Triton's interpreter) only.
+    software-pipeline stages (None: `STAGES` there; 1: none); `bwd_block`, `bwd_warps`: the backward walk's
+    channels and warps per program (None: `BWD_BLOCK_D`, `BWD_WARPS` there). CUDA (or Triton's interpreter) only.
     Runs eagerly inside a compiled model, like the PyTorch scans (a custom kernel is opaque to tracing)."""
     if not _scan_triton.available(u.device):
         raise RuntimeError("the triton scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=parallel")
@@ -395,7 +398,7 @@ def selective_scan_triton(
             y, h = u.new_zeros(u.shape), h0
         else:  # the chunk length from the shapes here, eagerly: traced, it would guard on (specialise to) T
             chunk = chunk or _scan_triton.chunk_len(*u.shape, programs)
-            y, h = _scan_triton.TritonScan.apply(u, delta, A, B, C, h0, chunk, ckpt, stages)
+            y, h = _scan_triton.TritonScan.apply(u, delta, A, B, C, h0, chunk, ckpt, stages, bwd_block, bwd_warps)
         y = _finish(y, u, D, z)
     return (y, h) if return_last_state else y
 
@@ -478,15 +481,16 @@ class SSMDirection(nn.Module):
                 y = _selective_scan_fn(tr(xc), tr(delta), A, tr(Bm), tr(Cm), self.D.float(), tr(z),
                                        delta_bias=None, delta_softplus=False)
                 return y.transpose(1, 2)
+            o = self.opts
             if scan == "triton":
                 # the casts and the D / SiLU(z) epilogue here, in the compiled graphs around the kernels, not
                 # inside the scan's graph break, where each would be an eager launch
                 f32 = lambda t: t.float().contiguous()  # noqa: E731
                 u = f32(xc)
-                y = selective_scan_triton(u, f32(delta), A, f32(Bm), f32(Cm), stages=self.opts.triton_stages,
-                                         programs=self.opts.triton_programs)
+                y = selective_scan_triton(u, f32(delta), A, f32(Bm), f32(Cm), stages=o.triton_stages,
+                                         programs=o.triton_programs, bwd_block=o.triton_bwd_block_d,
+                                         bwd_warps=o.triton_bwd_warps)
                 return _finish(y, u, self.D.float(), z.float())
-            o = self.opts
             kw = {"parallel": dict(max_block_elems=o.scan_block_elems, keep_states=not o.checkpoint_chunks),
                   "chunked": dict(chunk_size=o.chunk_size, checkpoint=o.checkpoint_chunks),
                   "reference": {}}[scan]
@@ -591,6 +595,10 @@ class Mamba(Mixer):
         # triton scan: rows are cut into chunks until (rows x channel blocks x chunks) reaches about this many
         # programs; fewer: fewer chunks, so less of the extra summary walk, and less to keep the GPU busy
         triton_programs: int = _scan_triton.TARGET_PROGRAMS
+        # triton scan: the backward walk's channels and warps per program (powers of two; mixers/_scan_triton.py
+        # says why one warp of 8 channels may be faster)
+        triton_bwd_block_d: int = _scan_triton.BWD_BLOCK_D
+        triton_bwd_warps: int = _scan_triton.BWD_WARPS
         use_mamba_ssm: bool = True  # use the mamba-ssm kernels when they can run
 
     def __init__(self, d_model: int, causal: bool, opts=None, proj_norm: bool = False):
@@ -601,6 +609,10 @@ class Mamba(Mixer):
         if min(o.d_state, o.d_conv, o.expand, o.chunk_size, o.scan_block_elems, o.triton_stages,
                o.triton_programs) < 1 or o.dt_rank < 0:
             raise ValueError(f"mamba: sizes must be positive, got {o}")
+        for name in ("triton_bwd_block_d", "triton_bwd_warps"):  # Triton's blocks and warp counts are powers of two
+            v = getattr(o, name)
+            if v < 1 or v & (v - 1) or v > 128:
+                raise ValueError(f"mamba: {name} must be a power of two from 1 to 128, got {v}")
         self.d_inner = o.expand * d_model
         self.dt_rank = o.dt_rank or math.ceil(d_model / 16)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)

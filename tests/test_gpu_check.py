@@ -74,7 +74,7 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     scaling = _after(_argv(parts, "bench_scaling"), "--mixers").split(",")
     assert scaling[0] == "mamba" and sorted(scaling) == sorted(mixers.names())  # its target's rows first
     stages = _argv(parts, "bench_scan_stages")  # both walks, both chunking targets, at bench_scaling's shapes
-    assert _after(stages, "--sweep-scans") == "triton,triton_unpipelined,triton_programs_256"
+    assert _after(stages, "--sweep-scans") == "triton,triton_unpipelined,triton_programs_256,triton_bwd_1warp"
     assert _after(stages, "--d-model") == "256" and _after(stages, "--tokens") == "16384"
     assert _after(stages, "--out") == str(tmp_path / "results" / gc.STAGES_FILE)
 
@@ -631,9 +631,10 @@ def test_an_alternative_exactly_at_the_margin_is_called_faster_and_only_the_chun
     assert gt._faster(1.0, 1 + gt.MARGIN, "d", "a") == "a: 1.05x the default's speed"
     assert gt._faster(1 + gt.MARGIN, 1.0, "d", "a") == "d (the default): 1.05x the alternative's speed"
     sweep = [{"scan": v, "length": 256, "ms": 4.0} for v in ("triton", "triton_unpipelined", "triton_programs_256")]
-    stages, chunking = gt.comparisons([], [], [], sweep)[3:]
+    stages, chunking, bwd_shape = gt.comparisons([], [], [], sweep)[3:]
     assert stages.measured == "unpipelined / pipelined, ms: 256: 1.00 (geometric mean 1.00)"
     assert chunking.measured.endswith("; slowest / fastest length: 1,024 programs 1.00, 256 programs 1.00")
+    assert bwd_shape.answer == "not measured"  # its variant never ran
 
 
 def test_the_summary_opens_with_the_targets_verdicts(tmp_path):
@@ -703,6 +704,19 @@ def test_the_comparisons_name_the_faster_choice_beyond_a_margin():
     assert chunking({("triton", 256): 4.0, ("triton_programs_256", 256): 6.0})[0].startswith(
         "1,024 programs (the default): 1.50x")
     assert chunking({("triton", 256): 4.0, ("triton_unpipelined", 256): 6.0})[0] == "not measured"
+
+    def bwd_shape(ms: dict) -> tuple[str, str]:
+        sweep = [{"scan": v, "length": L, "ms": t} for (v, L), t in ms.items()]
+        c = gt.comparisons([], [], [], sweep)[5]
+        return c.answer, c.measured
+
+    # the backward on one warp of 8 channels: 0.5x and 0.8x the default's ms at the two lengths both ran
+    answer, measured = bwd_shape({("triton", 256): 4.0, ("triton_bwd_1warp", 256): 2.0, ("triton", 8192): 5.0,
+                                  ("triton_bwd_1warp", 8192): 4.0, ("triton_programs_256", 512): 1.0})
+    assert answer.startswith("1 warp: 1.58x the default's speed"), answer
+    assert measured == "1 warp / 4 warps, ms: 256: 0.50, 8,192: 0.80 (geometric mean 0.63)", measured
+    assert bwd_shape({("triton", 256): 4.0, ("triton_bwd_1warp", 256): 6.0})[0].startswith("4 warps (the default): 1.50x")
+    assert bwd_shape({("triton", 256): 4.0, ("triton_programs_256", 256): 2.0})[0] == "not measured"
 
 
 def test_the_summary_shows_the_comparisons(tmp_path):

@@ -434,6 +434,12 @@ def test_dt_rank_default_and_options():
     for bad in ({"scan_block_elems": 0}, {"triton_stages": 0}, {"triton_programs": 0}):
         with pytest.raises(ValueError, match="sizes must be positive"):
             mixers.build("mamba", 64, True, **bad)
+    # the Triton backward's launch shape: Triton's blocks and warp counts are powers of two
+    for name, bad in (("triton_bwd_block_d", 0), ("triton_bwd_block_d", 12), ("triton_bwd_warps", 3),
+                      ("triton_bwd_warps", 256)):
+        with pytest.raises(ValueError, match=f"{name} must be a power of two from 1 to 128, got {bad}"):
+            mixers.build("mamba", 64, True, **{name: bad})
+    assert mixers.build("mamba", 64, True, triton_bwd_block_d=8, triton_bwd_warps=1).opts.triton_bwd_warps == 1
 
 
 def test_mamba_init_survives_the_skeleton_and_A_log_is_not_decayed():

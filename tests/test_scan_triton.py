@@ -162,6 +162,19 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
     # and with one stage, each step waits for its own loads: no asynchronous copy at all
     plain = compile(fwd, {**FWD_VARIANTS[1], **st.launch_meta(16), "STAGES": 1})
     assert "cp.async" not in plain.asm["ptx"]
+    # the backward walk on one warp of 8 channels (the GPU check's `triton_bwd_1warp`): it compiles, keeps its
+    # state in registers, and waits at fewer barriers (the PTX's bar.sync: 7 against 17 under Triton 3.9, 8
+    # against 16 under 3.6; in the sm_90 SASS of the reverse walk's loop, 2 per step against 12 and 10)
+    one_warp = gpu_compiler(arch, {**st.OPTIONS, "num_warps": 1})
+    default_bars = None
+    for v in BWD_VARIANTS:
+        compiled = one_warp(bwd, {**v, **st.launch_meta(16), "BD": 8, "STAGES": st.STAGES})
+        frame = _frame_bytes(compiled.asm["cubin"])
+        assert frame is None or frame < 16, (v, f"{frame} bytes of stack and local memory")
+        if not v["SUMMARY"]:
+            default_bars = compile(bwd, {**v, **st.launch_meta(16), "STAGES": st.STAGES}).asm["ptx"].count("bar.sync")
+            assert compiled.asm["ptx"].count("bar.sync") < default_bars, (compiled.asm["ptx"].count("bar.sync"),
+                                                                        default_bars)
 
 
 @pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
@@ -284,6 +297,37 @@ def test_interp_triton_scan_equals_reference(interpreter, T, chunk, ckpt):
         torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-5)
         _assert_grads_close(_grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt, stages=stages),
                             _grads(mm.selective_scan_reference, x), f"T={T} chunk={chunk} ckpt={ckpt} stages={stages}")
+
+
+@pytest.mark.parametrize("bwd_block,bwd_warps", [(8, 1), (16, 2), (64, 8)])
+@pytest.mark.parametrize("T,chunk,ckpt", [(37, None, None), (19, 8, 3)])
+def test_interp_the_backward_on_other_launch_shapes_equals_reference(interpreter, monkeypatch, T, chunk, ckpt,
+                                                                     bwd_block, bwd_warps):
+    """The backward walk's channels and warps per program (`bwd_block`, `bwd_warps`; the GPU check's
+    `triton_bwd_1warp` variant): every backward launch takes them (the grid has Di / bwd_block channel blocks;
+    Di = 40: five full blocks of 8, two of 16 and a partial one, one partial block of 64), the forward keeps
+    its own, and the gradients stay the reference's (the blocks' partial sums of dB and dC add up)."""
+    fwd, bwd, carry = st._kernels(True)
+    seen = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                seen.append((tuple(grid), kw["BD"], kw.get("num_warps"), kw["SUMMARY"]))
+                return bwd[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(st, "_kernels", lambda interpret: (fwd, Spy(), carry))
+    monkeypatch.setattr(st, "_WARM", set())  # the first call's warm-up launch too
+    x = scan_inputs(T, seed=T + bwd_block, Bsz=2, Di=40, N=5)
+    _grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt)  # the default shape first: its warm-up is its own
+    seen.clear()
+    got = _grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt, bwd_block=bwd_block, bwd_warps=bwd_warps)
+    _assert_grads_close(got, _grads(mm.selective_scan_reference, x), f"T={T} bwd_block={bwd_block} warps={bwd_warps}")
+    n_chunks = -(-T // (chunk or T))
+    assert seen and {launch[:3] for launch in seen} == {((2, -(-40 // bwd_block), n_chunks), bwd_block, bwd_warps)}
+    # the summary walk (one chunk: its warm-up, compiled for this shape even after the default's) and the main one
+    assert {launch[3] for launch in seen} == {True, False}
 
 
 @pytest.mark.parametrize("T,chunk,ckpt", [(37, None, None), (19, 8, 3)])
@@ -633,18 +677,22 @@ def test_the_triton_scan_says_where_it_cannot_run():
 # ckpt None: stretches of 16, a short one ending each chunk of 37 or 67 (T = 600 is cut into 9); 5 / 7
 # as well; on CUDA the backward's barriers between a stretch's recompute and its reverse walk run for real
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("T,chunk,ckpt,stages", [(1, None, None, None), (37, None, None, None),
-                                                 (600, None, None, None), (600, 64, None, None),
-                                                 (1000, 96, None, None), (1000, 96, 5, None), (600, None, 7, None),
-                                                 (600, 64, None, 1), (37, None, 5, 2)])
-def test_triton_scan_equals_reference_on_cuda(T, chunk, ckpt, stages):
+# bwd: the backward walk's (channels, warps) per program, None: the default; (8, 1): the GPU check's variant
+@pytest.mark.parametrize("T,chunk,ckpt,stages,bwd", [(1, None, None, None, None), (37, None, None, None, None),
+                                                     (600, None, None, None, None), (600, 64, None, None, None),
+                                                     (1000, 96, None, None, None), (1000, 96, 5, None, None),
+                                                     (600, None, 7, None, None), (600, 64, None, 1, None),
+                                                     (37, None, 5, 2, None), (600, 64, None, None, (8, 1)),
+                                                     (37, None, 5, None, (8, 1)), (1000, 96, 5, None, (16, 2))])
+def test_triton_scan_equals_reference_on_cuda(T, chunk, ckpt, stages, bwd):
     x = {k: v.cuda() for k, v in scan_inputs(T, seed=T, Bsz=2, Di=70, N=16).items()}
     ref = {k: v.double() for k, v in x.items()}  # float64 reference: the fp32 kernel's honest yardstick
     y_ref, h_ref = mm.selective_scan_reference(**ref, return_last_state=True)
     y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk, ckpt=ckpt, stages=stages)
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(h.double(), h_ref, rtol=1e-4, atol=1e-4)
-    got = _grads_cuda(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt, stages=stages)
+    shape = dict(zip(("bwd_block", "bwd_warps"), bwd or (None, None)))
+    got = _grads_cuda(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt, stages=stages, **shape)
     want = _grads_cuda(mm.selective_scan_reference, ref)
     for k in want:
         scale = float(want[k].abs().max().clamp_min(1.0))
@@ -697,15 +745,19 @@ def test_the_mixer_hands_its_chunking_target_to_the_scan(monkeypatch):
     """`--mixer-opt mamba.triton_programs=N` (the GPU check times 256 against the default) must set the chunks
     the kernels get: at one sequence of 512 and 2 channel blocks (2 programs a walk), the default's ~1,024
     programs cut it into T / MIN_CHUNK = 8 chunks, ~8 programs into 4, and 2 (already there) not at all. The
-    kernels are stubbed: only the chunk length handed to them is checked, eagerly, as the scan computes it."""
+    kernels are stubbed: only the chunk length handed to them is checked, eagerly, as the scan computes it. The
+    backward's launch shape goes the same way."""
     if st.triton is None:
         pytest.skip("Triton is not installed")
     chunks = []
 
+    shapes = []
+
     class Stub:
         @staticmethod
-        def apply(u, delta, A, B, C, h0, chunk, ckpt, stages):
+        def apply(u, delta, A, B, C, h0, chunk, ckpt, stages, bwd_block, bwd_warps):
             chunks.append(chunk)
+            shapes.append((bwd_block, bwd_warps))
             return torch.zeros_like(u), h0
 
     monkeypatch.setattr(st, "TritonScan", Stub)
@@ -719,25 +771,33 @@ def test_the_mixer_hands_its_chunking_target_to_the_scan(monkeypatch):
         with torch.no_grad():
             m(x)
     assert chunks == [64, 128, 512]
+    # and the backward walk's launch shape (`--mixer-opt mamba.triton_bwd_block_d=8`, `...triton_bwd_warps=1`)
+    with torch.no_grad():
+        mixers.build("mamba", 32, True, use_mamba_ssm=False, scan="triton", triton_bwd_block_d=8,
+                     triton_bwd_warps=1)(x)
+    assert shapes == [(st.BWD_BLOCK_D, st.BWD_WARPS)] * 3 + [(8, 1)]
     assert st.chunk_len(32, 512, 512) == 256 and st.chunk_len(32, 512, 512, target=256) == 512  # L = 512 of the sweep
 
 
 def test_interp_the_stage_benchmark_times_both_walks(interpreter, tmp_path):
     """The GPU check's bench_scan_stages (benchmarks.mamba_scan: the Mamba mixer on the Triton scan,
-    pipelined and not, chunked for ~1,024 programs and ~256, interleaved), run here at toy sizes through
+    pipelined and not, chunked for ~1,024 programs and ~256, its backward on 4 warps of 32 channels and on one
+    of 8, interleaved), run here at toy sizes through
     the interpreter: every row written."""
     import json
 
     from benchmarks import mamba_scan
 
     out = tmp_path / "stages.json"
-    mamba_scan.main(["--parts", "sweep", "--sweep-scans", "triton,triton_unpipelined,triton_programs_256",
+    mamba_scan.main(["--parts", "sweep", "--sweep-scans",
+                     "triton,triton_unpipelined,triton_programs_256,triton_bwd_1warp",
                      "--scan-alone", "0", "--d-model", "8", "--tokens", "32", "--min-length", "16",
                      "--max-length", "32", "--repeats", "1", "--device", "cpu", "--out", str(out)])
     rows = json.loads(out.read_text())["sweep"]
     assert sorted((r["scan"], r["length"]) for r in rows) == [
-        ("triton", 16), ("triton", 32), ("triton_programs_256", 16), ("triton_programs_256", 32),
-        ("triton_unpipelined", 16), ("triton_unpipelined", 32)]
+        ("triton", 16), ("triton", 32), ("triton_bwd_1warp", 16), ("triton_bwd_1warp", 32),
+        ("triton_programs_256", 16), ("triton_programs_256", 32), ("triton_unpipelined", 16),
+        ("triton_unpipelined", 32)]
     assert mamba_scan.build("triton_unpipelined", 8, torch.device("cpu"), None).opts.triton_stages == 1
     assert mamba_scan.build("triton_programs_256", 8, torch.device("cpu"), None).opts.triton_programs == 256
 
