@@ -690,10 +690,13 @@ def test_the_comparisons_name_the_faster_choice_beyond_a_margin():
     assert stages({("triton", 256): 8.0, ("triton_unpipelined", 256): 4.0}).startswith("unpipelined: 2.00x")
     assert stages({("triton", 256): 8.0}) == "not measured"
 
-    def chunking(ms: dict) -> tuple[str, str]:
-        sweep = [{"scan": v, "length": L, "ms": t} for (v, L), t in ms.items()]
-        c = gt.comparisons([], [], [], sweep)[4]
-        return c.answer, c.measured
+    def sweep_comparison(i: int):
+        def answer_and_figures(ms: dict) -> tuple[str, str]:
+            c = gt.comparisons([], [], [], [{"scan": v, "length": L, "ms": t} for (v, L), t in ms.items()])[i]
+            return c.answer, c.measured
+        return answer_and_figures
+
+    chunking, bwd_shape = sweep_comparison(4), sweep_comparison(5)
 
     # 256 programs: 0.8x and 0.5x the default's ms (faster by their geometric mean, 1.58x) and flatter
     answer, measured = chunking({("triton", 256): 4.0, ("triton_programs_256", 256): 3.2, ("triton", 8192): 8.0,
@@ -704,11 +707,6 @@ def test_the_comparisons_name_the_faster_choice_beyond_a_margin():
     assert chunking({("triton", 256): 4.0, ("triton_programs_256", 256): 6.0})[0].startswith(
         "1,024 programs (the default): 1.50x")
     assert chunking({("triton", 256): 4.0, ("triton_unpipelined", 256): 6.0})[0] == "not measured"
-
-    def bwd_shape(ms: dict) -> tuple[str, str]:
-        sweep = [{"scan": v, "length": L, "ms": t} for (v, L), t in ms.items()]
-        c = gt.comparisons([], [], [], sweep)[5]
-        return c.answer, c.measured
 
     # the backward on one warp of 8 channels: 0.5x and 0.8x the default's ms at the two lengths both ran
     answer, measured = bwd_shape({("triton", 256): 4.0, ("triton_bwd_1warp", 256): 2.0, ("triton", 8192): 5.0,

@@ -253,29 +253,27 @@ def test_a_warm_scan_allocates_no_warm_up_scratch(monkeypatch):
         assert sums == [], sums
 
 
-def _sass_ops(cubin: bytes) -> set[str] | None:
-    """The atomics, fences and cache controls in a cubin's GPU code (SASS), from the cuobjdump Triton ships
-    (None without): what the memory-order choice compiles to, whatever the PTX says."""
+def _cuobjdump(cubin: bytes, flag: str) -> str | None:
+    """What the cuobjdump Triton ships prints for a cubin (`-sass`, `-res-usage`); None where it ships none."""
     tool = Path(st.triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if not tool.exists():
         return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
-        out = subprocess.run([str(tool), "-sass", str(path)], capture_output=True, text=True).stdout
-    return set(re.findall(r"\b(MEMBAR|CCTL|ATOMG?|REDG?)\b", out))
+        return subprocess.run([str(tool), flag, str(path)], capture_output=True, text=True).stdout
+
+
+def _sass_ops(cubin: bytes) -> set[str] | None:
+    """The atomics, fences and cache controls in a cubin's GPU code (SASS; None without cuobjdump): what the
+    memory-order choice compiles to, whatever the PTX says."""
+    out = _cuobjdump(cubin, "-sass")
+    return None if out is None else set(re.findall(r"\b(MEMBAR|CCTL|ATOMG?|REDG?)\b", out))
 
 
 def _frame_bytes(cubin: bytes) -> int | None:
-    """Stack + local memory per thread of a cubin's kernel, from the cuobjdump Triton ships (None without)."""
-    tool = Path(st.triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not tool.exists():
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.cubin"
-        path.write_bytes(cubin)
-        out = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True).stdout
-    found = re.search(r"STACK:(\d+).*LOCAL:(\d+)", out)
+    """Stack + local memory per thread of a cubin's kernel (None without cuobjdump)."""
+    found = re.search(r"STACK:(\d+).*LOCAL:(\d+)", _cuobjdump(cubin, "-res-usage") or "")
     return int(found.group(1)) + int(found.group(2)) if found else None
 
 
