@@ -12,8 +12,8 @@ the GPU limits add up to 780 s (`plan`; `grid_resume` aside), and a GPU check is
 at most 10 minutes (a lent GPU), run it as two commands (`SPLIT`): the first measures every target of
 issue 14 (the CUDA tests, the grid, the base preset's MFU, the mixers alone, the loss paths: 510 s), the
 second resumes the grid if the first ran out of time on that machine (`grid_resume`), then the
-comparisons (cuDNN's attention, the two compile variants, the Triton scan's pipelined walks against
-unpipelined ones, its chunking target against a lower one and its backward's launch shape: 270 s). Under a
+comparisons (cuDNN's attention, the two compile variants, the Triton scan's backward on one warp and with
+its reverse walk pipelined: 270 s). Under a
 deadline the grid also takes the time earlier parts left unused, less the later parts' limits
 (`limit_for`); `--pack` rewrites an archive of the folder after every part. Each part's record is its own
 file, `OUT/parts/<part>.json`, so two report folders merge by unpacking one over the other, also when the
@@ -123,7 +123,7 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # measured on the first GPU check (NVIDIA H200, 2026-12-04, gpu_check/): the CUDA tests 60 s, the mixers
         # alone 17 s, the loss paths 33 s, Mamba's scan variants 12 s; the three one-cell grids were cut at 60 s,
         # before their row (base, whole-LM: a cold compile) or their references (CUDA graphs: its cell took 36 s);
-        # the scan variants' 25 s became 30 with a fourth variant (2026-12-04)
+        # the scan variants' 25 s became 30 with four variants (2026-12-04: three new kernel variants to compile)
         limits = {"tests": 100, "grid": 250, "base": 90, "cudnn": 80, "graphs": 80, "scope": 80, "scaling": 30,
                   "loss": 40, "stages": 30}
     # the README's main command pretrains (half the budget on the packed training passages, then the task):
@@ -186,12 +186,12 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         Part("grid_graphs", attention_cell("gpu_check_graphs", "--compile-mode", "reduce-overhead"), limits["graphs"]),
         # the whole LM compiled (--compile-scope model) against the default, each block: step speed and compile time
         Part("grid_model_scope", attention_cell("gpu_check_model_scope", "--compile-scope", "model"), limits["scope"]),
-        # Mamba on the Triton scan with software-pipelined walks (the default) against walks that wait for each
-        # step's loads, rows cut into chunks until ~1,024 programs (the default) against ~256, and the backward
-        # walk on 4 warps of 32 channels (the default) against one warp of 8, interleaved, at bench_scaling's
-        # shapes: which to keep is the GPU's call
+        # Mamba on the Triton scan, its backward walk on 4 warps of 32 channels (the default) against one warp of
+        # 8, its reverse walk pipelined or not (2 x 2), interleaved, at bench_scaling's shapes: which to keep is
+        # the GPU's call. (The first GPU check timed the forward walks' pipelining and the chunking target here,
+        # and kept both defaults: `benchmarks.mamba_scan` still has those variants)
         Part("bench_scan_stages", [py, "-m", "benchmarks.mamba_scan", "--parts", "sweep", "--sweep-scans",
-                                   "triton,triton_unpipelined,triton_programs_256,triton_bwd_1warp",
+                                   "triton,triton_bwd_1warp,triton_bwd_pipelined,triton_bwd_1warp_pipelined",
                                    "--scan-alone", "0",
                                    "--d-model", "256", "--tokens", "16384", "--max-length", "8192", "--repeats", "5",
                                    "--out", str(out / "results" / STAGES_FILE)], limits["stages"], cuda_only=True),

@@ -374,19 +374,34 @@ def scan_chunking(sweep: list[dict]) -> Comparison:
                            ("1,024 programs", "256 programs"), flatness=True)
 
 
+ONE_WARP = "--mixer-opt mamba.triton_bwd_warps=1 --mixer-opt mamba.triton_bwd_block_d=8"  # the backward's variant
+
+
 def scan_bwd_shape(sweep: list[dict]) -> Comparison:
     """The backward walk on 4 warps of 32 channels per program (`triton`) or one warp of 8 (`triton_bwd_1warp`):
     12 barriers per reverse step against 2 in the sm_90 code, against 4x the programs and their partial sums."""
     return _sweep_variants(sweep, "triton_bwd_1warp",
                            "Mamba's Triton backward walk on 4 warps of 32 channels (`triton`, the default) or one "
-                           "warp of 8 (`--mixer-opt mamba.triton_bwd_warps=1 --mixer-opt mamba.triton_bwd_block_d=8`)?",
+                           f"warp of 8 (`{ONE_WARP}`)?",
                            "1 warp / 4 warps", ("4 warps", "1 warp"))
+
+
+def scan_bwd_pipelined(sweep: list[dict], one_warp: bool = False) -> Comparison:
+    """The backward's reverse walk waiting for each step's loads (`triton`, the default) or software-pipelined
+    over 2 stages (`triton_bwd_pipelined`; with `one_warp`, `triton_bwd_1warp_pipelined`: that and one warp of 8)."""
+    flags = "--mixer-opt mamba.triton_bwd_stages=2" + (f" {ONE_WARP}" if one_warp else "")
+    shape = " on one warp of 8" if one_warp else ""
+    return _sweep_variants(sweep, "triton_bwd_1warp_pipelined" if one_warp else "triton_bwd_pipelined",
+                           f"Mamba's Triton backward: its reverse walk unpipelined (`triton`, the default) or "
+                           f"pipelined{shape} (`{flags}`)?", "pipelined / unpipelined",
+                           ("unpipelined", "pipelined" + shape))
 
 
 def comparisons(grid: list[dict], graphs: list[dict], model_scope: list[dict], sweep: list[dict],
                 sdpa_cudnn: list[dict] = ()) -> list[Comparison]:
     """The check's second command: cuDNN's attention, CUDA graphs, the whole-model compile scope, the walks'
-    pipelining, the scan's chunking, the backward walk's launch shape."""
+    pipelining, the scan's chunking, the backward walk's launch shape and its reverse walk's pipelining (alone, and
+    with one warp)."""
     return [
         _grid_speed(grid, list(sdpa_cudnn), "attention without cuDNN's SDPA kernel (the default) or with it "
                     "(`--sdpa-cudnn`)?", "without cuDNN", "cuDNN attention"),
@@ -397,6 +412,8 @@ def comparisons(grid: list[dict], graphs: list[dict], model_scope: list[dict], s
         scan_stages(sweep),
         scan_chunking(sweep),
         scan_bwd_shape(sweep),
+        scan_bwd_pipelined(sweep),
+        scan_bwd_pipelined(sweep, one_warp=True),
     ]
 
 

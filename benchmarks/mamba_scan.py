@@ -16,10 +16,12 @@ autocast, as the grid runs it; the scan is fp32 inside):
   8192). `parallel_scan_alone` times `selective_scan_parallel` by itself at the mixer's shapes
   (d_inner = 2 d_model, d_state 16): on CPU, PyTorch's depthwise-conv backward (oneDNN) takes
   seconds at some shapes, erratically, which the mixer rows include and the scan rows do not.
-  `--sweep-scans` takes any of `SCANS`: on CUDA, `triton,triton_unpipelined,triton_programs_256,triton_bwd_1warp
+  `--sweep-scans` takes any of `SCANS`: on CUDA, `triton,triton_unpipelined,triton_programs_256
   --scan-alone 0` sets the Triton scan's software-pipelined walks (the default) against walks that wait
-  for each step's loads, its chunking until about 1,024 programs (the default) against 256, and its
-  backward walk on 4 warps of 32 channels (the default) against one warp of 8.
+  for each step's loads and its chunking until about 1,024 programs (the default) against 256 (the first
+  GPU check's); `triton,triton_bwd_1warp,triton_bwd_pipelined,triton_bwd_1warp_pipelined` its backward
+  walk on 4 warps of 32 channels (the default) against one warp of 8, with the reverse walk pipelined or
+  not (the GPU check's since 2026-12-04).
 
 Timing: one untimed warm-up call per (variant, length, mode) (allocations, oneDNN primitive
 creation: the first depthwise-conv backward on CPU takes seconds), then `--repeats` rounds in which
@@ -56,8 +58,12 @@ SCANS = {  # variant -> mixer options ("triton*" only where its kernels run: CUD
     # bench_scaling's 16,384 tokens, d_model 256), so less of the summary walk, against a busier GPU
     "triton_programs_256": {"scan": "triton", "triton_programs": 256},
     # the backward walk on one warp of 8 channels per program, not 4 warps of 32 channels: 2 barriers per reverse
-    # step in its sm_90 code, not 12, and four times the programs (mixers/_scan_triton.py, BWD_WARPS)
+    # step in its sm_90 code, not 12, and four times the programs (mixers/_scan_triton.py, BWD_WARPS); its reverse
+    # walk software-pipelined (2 stages, BWD_STAGES); both
     "triton_bwd_1warp": {"scan": "triton", "triton_bwd_block_d": 8, "triton_bwd_warps": 1},
+    "triton_bwd_pipelined": {"scan": "triton", "triton_bwd_stages": 2},
+    "triton_bwd_1warp_pipelined": {"scan": "triton", "triton_bwd_block_d": 8, "triton_bwd_warps": 1,
+                                   "triton_bwd_stages": 2},
 }
 
 

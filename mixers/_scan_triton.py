@@ -121,7 +121,8 @@ def _kernels(interpret: bool):
     @triton.jit(do_not_specialize=["T", "CH", "K"])
     def scan_bwd(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, hk_ptr, work_ptr, gy_ptr, init_ptr,
                  du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, Q_ptr, T, Di, N, CH, K,
-                 SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, STAGES: tl.constexpr):
+                 SUMMARY: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, STAGES: tl.constexpr,
+                 RSTAGES: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         d = tl.program_id(1) * BD + tl.arange(0, BD)
         c = tl.program_id(2)
@@ -149,8 +150,7 @@ def _kernels(interpret: bool):
             if not SUMMARY:  # recompute the stretch's states from the one the forward stored before it
                 h = tl.load(hk_ptr + ((b * nC + c) * nK + j) * Di * N + dn, mask=m2 & (dn * 0 + t0 < T), other=0.0)
                 tl.store(work, h, mask=m2)
-                # pipelined as the forward's walk; the reverse walk below is not: its loads in flight took the
-                # sm_90 code to 144 registers under Triton 3.6 (spilling for sm_80)
+                # pipelined as the forward's walk; the reverse walk below only with RSTAGES > 1 (BWD_STAGES)
                 for i in tl.range(0, L, num_stages=STAGES):
                     row = (b * T + t0 + i) * Di
                     dt = tl.load(delta_ptr + row + d, mask=md, other=0.0)
@@ -159,7 +159,7 @@ def _kernels(interpret: bool):
                     h = tl.exp(dt[:, None] * A) * h + (dt * ut)[:, None] * Bt[None, :]
                     tl.store(work + (i + 1) * Di * N, h, mask=m2)
                 tl.debug_barrier()  # every thread's states written before any thread reads them back
-            for i in range(L):
+            for i in tl.range(0, L, num_stages=RSTAGES):
                 t = t0 + L - 1 - i
                 row = (b * T + t) * Di
                 dt = tl.load(delta_ptr + row + d, mask=md, other=0.0)
@@ -234,13 +234,19 @@ STAGES = 3
 OPTIONS = {"enable_fp_fusion": True}
 # the backward walk's launch shape: channels per program and warps per program. The reverse walk sums over
 # channels twice per position (dB_t, dC_t) and over the state once or twice; with 4 warps (Triton's default)
-# each channel sum crosses warps through shared memory, and the sm_90 code (Triton 3.6 and 3.9) has 12
-# barriers (BAR.SYNC) in the loop's body: 12 waits for every warp of the program per position. With one warp
+# each channel sum crosses warps through shared memory, and the sm_90 code has 12 barriers (BAR.SYNC; 10
+# under Triton 3.6) in the loop's body: 12 waits for every warp of the program per position. With one warp
 # of 8 channels the body has 2, and four times the programs share the work (each adds its partial sums into
 # dB and dC: four times the reductions). Which is faster is the GPU's call (the GPU check's
 # bench_scan_stages, variant `triton_bwd_1warp`); the default stays what the first GPU check ran
 BWD_BLOCK_D = BLOCK_D
 BWD_WARPS = 4
+# the reverse walk's software-pipeline stages (1: each step waits for its own loads, the default). At 3 its loads
+# in flight took the sm_90 code to 144 registers under Triton 3.6 and the sm_80 code to an 8-byte spill; at 2,
+# 122-128 registers and no spill on 4 warps of 32 channels, 110-122 on one warp of 8 (sm_80 and sm_90, Triton
+# 3.6 and 3.9). The GPU check's bench_scan_stages times 2 on both shapes (variants `triton_bwd_pipelined`,
+# `triton_bwd_1warp_pipelined`)
+BWD_STAGES = 1
 
 
 def chunk_len(Bsz: int, T: int, Di: int, target: int | None = None) -> int:
@@ -278,7 +284,7 @@ def _warm(kind: str, kernel, make_args: Callable[[], tuple], device: torch.devic
           grid: tuple, **variant) -> None:
     """Launch a chunked-path variant of `kernel` once (its output discarded: the arguments `make_args`
     builds write only scratch). The arguments are built only then: a warm kernel costs no allocation."""
-    key = (kind, str(device), Di, N, meta.get("STAGES"), meta.get("BD"), variant.get("num_warps"))
+    key = (kind, str(device), Di, N, tuple(sorted(meta.items())), tuple(sorted(variant.items())))
     if key not in _WARM:
         kernel[grid](*make_args(), **variant, **meta, **OPTIONS)
         _WARM.add(key)
@@ -313,10 +319,12 @@ class TritonScan(torch.autograd.Function):
     and contiguous (the caller casts), h0 given. `chunk`: positions per chunk (None: `chunk_len`);
     `ckpt`: positions per stretch, whose first state the forward stores for the backward (None: CKPT);
     `stages`: the pipeline stages of the walks that run forward in time (None: STAGES); `bwd_block`,
-    `bwd_warps`: the backward walk's channels and warps per program (None: BWD_BLOCK_D, BWD_WARPS)."""
+    `bwd_warps`, `bwd_stages`: the backward walk's channels and warps per program and its reverse walk's
+    pipeline stages (None: BWD_BLOCK_D, BWD_WARPS, BWD_STAGES)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk=None, ckpt=None, stages=None, bwd_block=None, bwd_warps=None):
+    def forward(ctx, u, delta, A, B, C, h0, chunk=None, ckpt=None, stages=None, bwd_block=None, bwd_warps=None,
+                bwd_stages=None):
         Bsz, T, Di = u.shape
         N = A.shape[1]
         CH = chunk or chunk_len(Bsz, T, Di)
@@ -346,7 +354,8 @@ class TritonScan(torch.autograd.Function):
                   **OPTIONS)
         ctx.save_for_backward(u, delta, A, B, C, hk, dsum)
         ctx.CH, ctx.K, ctx.meta = CH, K, meta
-        ctx.bwd_block, ctx.bwd_warps = bwd_block or BWD_BLOCK_D, bwd_warps or BWD_WARPS
+        ctx.bwd_block, ctx.bwd_warps, ctx.bwd_stages = bwd_block or BWD_BLOCK_D, bwd_warps or BWD_WARPS, \
+            bwd_stages or BWD_STAGES
         return y, out[:, -1]
 
     @staticmethod
@@ -358,7 +367,8 @@ class TritonScan(torch.autograd.Function):
         nC = triton.cdiv(T, CH)
         bwd = _kernels(interpreting())[1]
         grid = (Bsz, triton.cdiv(Di, ctx.bwd_block), nC)
-        meta = {**ctx.meta, "BD": ctx.bwd_block, "num_warps": ctx.bwd_warps}  # (num_warps: a launch option)
+        meta = {**ctx.meta, "BD": ctx.bwd_block, "RSTAGES": ctx.bwd_stages,
+                "num_warps": ctx.bwd_warps}  # (num_warps: a launch option)
         gy = torch.zeros_like(u) if gy is None else gy.float().contiguous()
         ghT = u.new_zeros(Bsz, Di, N) if ghT is None else ghT.float().contiguous()
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
@@ -381,7 +391,7 @@ class TritonScan(torch.autograd.Function):
         work = u.new_empty(Bsz, nC, K + 1, Di, N)  # one stretch's states per (sequence, chunk)
         bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
                   SUMMARY=False, **meta, **OPTIONS)
-        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None, None, None, None
+        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None, None, None, None, None
 
 
 def _chunk_sums(delta: torch.Tensor, CH: int, nC: int) -> torch.Tensor:

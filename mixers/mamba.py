@@ -380,13 +380,15 @@ def selective_scan_triton(
     programs: int | None = None,
     bwd_block: int | None = None,
     bwd_warps: int | None = None,
+    bwd_stages: int | None = None,
 ):
     """The same function as `selective_scan_reference` as Triton kernels (mixers/_scan_triton.py):
     one walk over the sequence each way, the state in registers; long sequences in chunks of `chunk`
     positions (None: enough chunks for about `programs` programs, None: `TARGET_PROGRAMS` there); for
     the backward the forward keeps the state every `ckpt` positions (None: 16); `stages`: the walks'
-    software-pipeline stages (None: `STAGES` there; 1: none); `bwd_block`, `bwd_warps`: the backward walk's
-    channels and warps per program (None: `BWD_BLOCK_D`, `BWD_WARPS` there). CUDA (or Triton's interpreter) only.
+    software-pipeline stages (None: `STAGES` there; 1: none); `bwd_block`, `bwd_warps`, `bwd_stages`: the
+    backward walk's channels and warps per program and its reverse walk's stages (None: `BWD_BLOCK_D`,
+    `BWD_WARPS`, `BWD_STAGES` there). CUDA (or Triton's interpreter) only.
     Runs eagerly inside a compiled model, like the PyTorch scans (a custom kernel is opaque to tracing)."""
     if not _scan_triton.available(u.device):
         raise RuntimeError("the triton scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=parallel")
@@ -398,7 +400,8 @@ def selective_scan_triton(
             y, h = u.new_zeros(u.shape), h0
         else:  # the chunk length from the shapes here, eagerly: traced, it would guard on (specialise to) T
             chunk = chunk or _scan_triton.chunk_len(*u.shape, programs)
-            y, h = _scan_triton.TritonScan.apply(u, delta, A, B, C, h0, chunk, ckpt, stages, bwd_block, bwd_warps)
+            y, h = _scan_triton.TritonScan.apply(u, delta, A, B, C, h0, chunk, ckpt, stages, bwd_block, bwd_warps,
+                                                 bwd_stages)
         y = _finish(y, u, D, z)
     return (y, h) if return_last_state else y
 
@@ -489,7 +492,7 @@ class SSMDirection(nn.Module):
                 u = f32(xc)
                 y = selective_scan_triton(u, f32(delta), A, f32(Bm), f32(Cm), stages=o.triton_stages,
                                          programs=o.triton_programs, bwd_block=o.triton_bwd_block_d,
-                                         bwd_warps=o.triton_bwd_warps)
+                                         bwd_warps=o.triton_bwd_warps, bwd_stages=o.triton_bwd_stages)
                 return _finish(y, u, self.D.float(), z.float())
             kw = {"parallel": dict(max_block_elems=o.scan_block_elems, keep_states=not o.checkpoint_chunks),
                   "chunked": dict(chunk_size=o.chunk_size, checkpoint=o.checkpoint_chunks),
@@ -599,6 +602,7 @@ class Mamba(Mixer):
         # says why one warp of 8 channels may be faster)
         triton_bwd_block_d: int = _scan_triton.BWD_BLOCK_D
         triton_bwd_warps: int = _scan_triton.BWD_WARPS
+        triton_bwd_stages: int = _scan_triton.BWD_STAGES  # triton scan: the reverse walk's pipeline stages (1: none)
         use_mamba_ssm: bool = True  # use the mamba-ssm kernels when they can run
 
     def __init__(self, d_model: int, causal: bool, opts=None, proj_norm: bool = False):
@@ -607,7 +611,7 @@ class Mamba(Mixer):
         if o.scan not in ("auto", *SCANS):
             raise ValueError(f"mamba: scan must be one of auto, {', '.join(SCANS)}, got {o.scan!r}")
         if min(o.d_state, o.d_conv, o.expand, o.chunk_size, o.scan_block_elems, o.triton_stages,
-               o.triton_programs) < 1 or o.dt_rank < 0:
+               o.triton_programs, o.triton_bwd_stages) < 1 or o.dt_rank < 0:
             raise ValueError(f"mamba: sizes must be positive, got {o}")
         for name in ("triton_bwd_block_d", "triton_bwd_warps"):  # Triton's blocks and warp counts are powers of two
             v = getattr(o, name)

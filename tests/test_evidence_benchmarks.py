@@ -251,10 +251,13 @@ def test_the_two_scans_run_on_one_set_of_weights_and_agree():
     base, unpiped, fewer = (ms.build(v, 8, cpu, None).opts for v in ("triton", "triton_unpipelined", "triton_programs_256"))
     assert (unpiped.triton_stages, unpiped.triton_programs) == (1, base.triton_programs) and base.triton_stages != 1
     assert (fewer.triton_stages, fewer.triton_programs) == (base.triton_stages, 256) and base.triton_programs != 256
-    one_warp = ms.build("triton_bwd_1warp", 8, cpu, None).opts  # the backward walk's launch shape, nothing else
-    assert (one_warp.triton_bwd_warps, one_warp.triton_bwd_block_d) == (1, 8)
-    assert (base.triton_bwd_warps, base.triton_bwd_block_d) == (4, 32)
-    assert (one_warp.triton_stages, one_warp.triton_programs) == (base.triton_stages, base.triton_programs)
+    # the backward's variants differ in its launch shape and its reverse walk's stages, nothing else
+    shape = lambda o: (o.triton_bwd_block_d, o.triton_bwd_warps, o.triton_bwd_stages)  # noqa: E731
+    assert shape(base) == (32, 4, 1)
+    for v, want in (("triton_bwd_1warp", (8, 1, 1)), ("triton_bwd_pipelined", (32, 4, 2)),
+                    ("triton_bwd_1warp_pipelined", (8, 1, 2))):
+        o = ms.build(v, 8, cpu, None).opts
+        assert shape(o) == want and (o.triton_stages, o.triton_programs) == (base.triton_stages, base.triton_programs)
     # without a state: seeded, so two builds are one model
     assert torch.equal(ms.build("parallel", 8, cpu, None).in_proj.weight, ms.build("chunked", 8, cpu, None).in_proj.weight)
 

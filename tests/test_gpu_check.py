@@ -74,7 +74,7 @@ def test_the_plan_measures_the_targets_first_and_fits_a_ten_minute_command(tmp_p
     scaling = _after(_argv(parts, "bench_scaling"), "--mixers").split(",")
     assert scaling[0] == "mamba" and sorted(scaling) == sorted(mixers.names())  # its target's rows first
     stages = _argv(parts, "bench_scan_stages")  # both walks, both chunking targets, at bench_scaling's shapes
-    assert _after(stages, "--sweep-scans") == "triton,triton_unpipelined,triton_programs_256,triton_bwd_1warp"
+    assert _after(stages, "--sweep-scans") == "triton,triton_bwd_1warp,triton_bwd_pipelined,triton_bwd_1warp_pipelined"
     assert _after(stages, "--d-model") == "256" and _after(stages, "--tokens") == "16384"
     assert _after(stages, "--out") == str(tmp_path / "results" / gc.STAGES_FILE)
 
@@ -631,10 +631,10 @@ def test_an_alternative_exactly_at_the_margin_is_called_faster_and_only_the_chun
     assert gt._faster(1.0, 1 + gt.MARGIN, "d", "a") == "a: 1.05x the default's speed"
     assert gt._faster(1 + gt.MARGIN, 1.0, "d", "a") == "d (the default): 1.05x the alternative's speed"
     sweep = [{"scan": v, "length": 256, "ms": 4.0} for v in ("triton", "triton_unpipelined", "triton_programs_256")]
-    stages, chunking, bwd_shape = gt.comparisons([], [], [], sweep)[3:]
+    stages, chunking, bwd_shape, bwd_pipelined, bwd_both = gt.comparisons([], [], [], sweep)[3:]
     assert stages.measured == "unpipelined / pipelined, ms: 256: 1.00 (geometric mean 1.00)"
     assert chunking.measured.endswith("; slowest / fastest length: 1,024 programs 1.00, 256 programs 1.00")
-    assert bwd_shape.answer == "not measured"  # its variant never ran
+    assert bwd_shape.answer == bwd_pipelined.answer == bwd_both.answer == "not measured"  # their variants never ran
 
 
 def test_the_summary_opens_with_the_targets_verdicts(tmp_path):
@@ -696,7 +696,7 @@ def test_the_comparisons_name_the_faster_choice_beyond_a_margin():
             return c.answer, c.measured
         return answer_and_figures
 
-    chunking, bwd_shape = sweep_comparison(4), sweep_comparison(5)
+    chunking, bwd_shape, bwd_pipelined, bwd_both = (sweep_comparison(i) for i in (4, 5, 6, 7))
 
     # 256 programs: 0.8x and 0.5x the default's ms (faster by their geometric mean, 1.58x) and flatter
     answer, measured = chunking({("triton", 256): 4.0, ("triton_programs_256", 256): 3.2, ("triton", 8192): 8.0,
@@ -715,6 +715,14 @@ def test_the_comparisons_name_the_faster_choice_beyond_a_margin():
     assert measured == "1 warp / 4 warps, ms: 256: 0.50, 8,192: 0.80 (geometric mean 0.63)", measured
     assert bwd_shape({("triton", 256): 4.0, ("triton_bwd_1warp", 256): 6.0})[0].startswith("4 warps (the default): 1.50x")
     assert bwd_shape({("triton", 256): 4.0, ("triton_programs_256", 256): 2.0})[0] == "not measured"
+    # the reverse walk pipelined: alone, and on one warp of 8; each against the default, not against each other
+    ms = {("triton", 256): 4.0, ("triton_bwd_pipelined", 256): 3.0, ("triton_bwd_1warp_pipelined", 256): 5.0}
+    assert bwd_pipelined(ms)[0].startswith("pipelined: 1.33x the default's speed"), bwd_pipelined(ms)
+    assert bwd_both(ms)[0].startswith("unpipelined (the default): 1.25x"), bwd_both(ms)
+    assert bwd_both(ms)[1] == "pipelined / unpipelined, ms: 256: 1.25 (geometric mean 1.25)"
+    assert gt.comparisons([], [], [], [])[7].question.endswith(
+        "pipelined on one warp of 8 (`--mixer-opt mamba.triton_bwd_stages=2 --mixer-opt mamba.triton_bwd_warps=1 "
+        "--mixer-opt mamba.triton_bwd_block_d=8`)?")
 
 
 def test_the_summary_shows_the_comparisons(tmp_path):

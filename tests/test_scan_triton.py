@@ -128,7 +128,8 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
     kernels = ((fwd, FWD_VARIANTS), (bwd, BWD_VARIANTS), (carry, CARRY_VARIANTS))
     for (kernel, variants), N in itertools.product(kernels, (16, 5)):
         for v in variants:  # d_state 16 (the presets') and 5 (the interpreter tests'), blocks as launched
-            consts = {**v, **st.launch_meta(N), **({} if kernel is carry else {"STAGES": st.STAGES})}
+            consts = {**v, **st.launch_meta(N), **({} if kernel is carry else {"STAGES": st.STAGES}),
+                      **({"RSTAGES": st.BWD_STAGES} if kernel is bwd else {})}
             compiled = compile(kernel, consts)
             assert len(compiled.asm["cubin"]) > 0, (kernel.fn.__name__, v, N)
             # the forward walks' inputs load ahead, asynchronously (cp.async), while the state advances: the
@@ -162,19 +163,26 @@ def test_the_scan_kernels_compile_to_gpu_code_without_a_gpu(arch):
     # and with one stage, each step waits for its own loads: no asynchronous copy at all
     plain = compile(fwd, {**FWD_VARIANTS[1], **st.launch_meta(16), "STAGES": 1})
     assert "cp.async" not in plain.asm["ptx"]
-    # the backward walk on one warp of 8 channels (the GPU check's `triton_bwd_1warp`): it compiles, keeps its
-    # state in registers, and waits at fewer barriers (the PTX's bar.sync: 7 against 17 under Triton 3.9, 8
-    # against 16 under 3.6; in the sm_90 SASS of the reverse walk's loop, 2 per step against 12 and 10)
-    one_warp = gpu_compiler(arch, {**st.OPTIONS, "num_warps": 1})
-    default_bars = None
-    for v in BWD_VARIANTS:
-        compiled = one_warp(bwd, {**v, **st.launch_meta(16), "BD": 8, "STAGES": st.STAGES})
-        frame = _frame_bytes(compiled.asm["cubin"])
-        assert frame is None or frame < 16, (v, f"{frame} bytes of stack and local memory")
-        if not v["SUMMARY"]:
-            default_bars = compile(bwd, {**v, **st.launch_meta(16), "STAGES": st.STAGES}).asm["ptx"].count("bar.sync")
-            assert compiled.asm["ptx"].count("bar.sync") < default_bars, (compiled.asm["ptx"].count("bar.sync"),
-                                                                        default_bars)
+    # the backward's other launch shapes, which the GPU check times (`triton_bwd_*`): one warp of 8 channels and
+    # the reverse walk pipelined, each alone and both. Each compiles and keeps its state in registers; one warp
+    # waits at fewer barriers (the PTX's bar.sync: 7 against 17 under Triton 3.9, 8 against 16 under 3.6; in the
+    # sm_90 SASS of the reverse walk's loop, 2 per step against 12 and 10); a pipelined reverse walk loads ahead
+    # (more cp.async than the recompute walk's alone)
+    ptx = {}
+    for block, warps, rstages in ((st.BWD_BLOCK_D, st.BWD_WARPS, st.BWD_STAGES), (8, 1, 1), (st.BWD_BLOCK_D,
+                                  st.BWD_WARPS, 2), (8, 1, 2)):
+        shape = gpu_compiler(arch, {**st.OPTIONS, "num_warps": warps})
+        for v in BWD_VARIANTS:
+            compiled = shape(bwd, {**v, **st.launch_meta(16), "BD": block, "STAGES": st.STAGES, "RSTAGES": rstages})
+            frame = _frame_bytes(compiled.asm["cubin"])
+            assert frame is None or frame < 16, (block, warps, rstages, v, f"{frame} bytes of stack and local memory")
+            if not v["SUMMARY"]:
+                ptx[block, warps, rstages] = compiled.asm["ptx"]
+    assert st.BWD_STAGES == 1 and (st.BWD_BLOCK_D, st.BWD_WARPS) == (32, 4)
+    bars = {k: p.count("bar.sync") for k, p in ptx.items()}
+    assert bars[8, 1, 1] < bars[32, 4, 1] and bars[8, 1, 2] < bars[32, 4, 2], bars
+    copies = {k: p.count("cp.async") for k, p in ptx.items()}
+    assert copies[32, 4, 2] > copies[32, 4, 1] and copies[8, 1, 2] > copies[8, 1, 1], copies
 
 
 @pytest.mark.skipif(st.triton is None or INTERP, reason="needs Triton (compiled, not interpreted)")
@@ -297,21 +305,22 @@ def test_interp_triton_scan_equals_reference(interpreter, T, chunk, ckpt):
                             _grads(mm.selective_scan_reference, x), f"T={T} chunk={chunk} ckpt={ckpt} stages={stages}")
 
 
-@pytest.mark.parametrize("bwd_block,bwd_warps", [(8, 1), (16, 2), (64, 8)])
+@pytest.mark.parametrize("bwd_block,bwd_warps,bwd_stages", [(8, 1, 1), (16, 2, 2), (64, 8, 1)])
 @pytest.mark.parametrize("T,chunk,ckpt", [(37, None, None), (19, 8, 3)])
 def test_interp_the_backward_on_other_launch_shapes_equals_reference(interpreter, monkeypatch, T, chunk, ckpt,
-                                                                     bwd_block, bwd_warps):
-    """The backward walk's channels and warps per program (`bwd_block`, `bwd_warps`; the GPU check's
-    `triton_bwd_1warp` variant): every backward launch takes them (the grid has Di / bwd_block channel blocks;
-    Di = 40: five full blocks of 8, two of 16 and a partial one, one partial block of 64), the forward keeps
-    its own, and the gradients stay the reference's (the blocks' partial sums of dB and dC add up)."""
+                                                                     bwd_block, bwd_warps, bwd_stages):
+    """The backward walk's channels and warps per program and its reverse walk's stages (`bwd_block`,
+    `bwd_warps`, `bwd_stages`; the GPU check's `triton_bwd_*` variants): every backward launch takes them (the
+    grid has Di / bwd_block channel blocks; Di = 40: five full blocks of 8, two of 16 and a partial one, one
+    partial block of 64), and the gradients stay the reference's (the blocks' partial sums of dB and dC add
+    up). The interpreter runs a pipelined loop as a plain one: the AOT test compiles it."""
     fwd, bwd, carry = st._kernels(True)
     seen = []
 
     class Spy:
         def __getitem__(self, grid):
             def launch(*args, **kw):
-                seen.append((tuple(grid), kw["BD"], kw.get("num_warps"), kw["SUMMARY"]))
+                seen.append((tuple(grid), kw["BD"], kw.get("num_warps"), kw["RSTAGES"], kw["SUMMARY"]))
                 return bwd[grid](*args, **kw)
             return launch
 
@@ -320,12 +329,14 @@ def test_interp_the_backward_on_other_launch_shapes_equals_reference(interpreter
     x = scan_inputs(T, seed=T + bwd_block, Bsz=2, Di=40, N=5)
     _grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt)  # the default shape first: its warm-up is its own
     seen.clear()
-    got = _grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt, bwd_block=bwd_block, bwd_warps=bwd_warps)
+    got = _grads(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt, bwd_block=bwd_block, bwd_warps=bwd_warps,
+                 bwd_stages=bwd_stages)
     _assert_grads_close(got, _grads(mm.selective_scan_reference, x), f"T={T} bwd_block={bwd_block} warps={bwd_warps}")
     n_chunks = -(-T // (chunk or T))
-    assert seen and {launch[:3] for launch in seen} == {((2, -(-40 // bwd_block), n_chunks), bwd_block, bwd_warps)}
+    assert seen and {launch[:4] for launch in seen} == {((2, -(-40 // bwd_block), n_chunks), bwd_block, bwd_warps,
+                                                         bwd_stages)}
     # the summary walk (one chunk: its warm-up, compiled for this shape even after the default's) and the main one
-    assert {launch[3] for launch in seen} == {True, False}
+    assert {launch[4] for launch in seen} == {True, False}
 
 
 @pytest.mark.parametrize("T,chunk,ckpt", [(37, None, None), (19, 8, 3)])
@@ -433,7 +444,7 @@ def test_interp_triton_scan_without_a_last_state_gradient(interpreter):
 
 
 # the compile-time arguments that make a kernel variant of the scans (each variant compiles at its first launch)
-VARIANT_ARGS = ("KEEP", "SUMMARY", "REVERSE", "BD", "BN", "STAGES")
+VARIANT_ARGS = ("KEEP", "SUMMARY", "REVERSE", "BD", "BN", "STAGES", "RSTAGES", "num_warps")
 
 
 def recorded_launches(kernels: tuple, variants: list | None = None) -> tuple[list, tuple]:
@@ -675,13 +686,14 @@ def test_the_triton_scan_says_where_it_cannot_run():
 # ckpt None: stretches of 16, a short one ending each chunk of 37 or 67 (T = 600 is cut into 9); 5 / 7
 # as well; on CUDA the backward's barriers between a stretch's recompute and its reverse walk run for real
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-# bwd: the backward walk's (channels, warps) per program, None: the default; (8, 1): the GPU check's variant
+# bwd: the backward walk's (channels, warps) per program and its reverse walk's stages, None: the default
 @pytest.mark.parametrize("T,chunk,ckpt,stages,bwd", [(1, None, None, None, None), (37, None, None, None, None),
                                                      (600, None, None, None, None), (600, 64, None, None, None),
                                                      (1000, 96, None, None, None), (1000, 96, 5, None, None),
                                                      (600, None, 7, None, None), (600, 64, None, 1, None),
-                                                     (37, None, 5, 2, None), (600, 64, None, None, (8, 1)),
-                                                     (37, None, 5, None, (8, 1)), (1000, 96, 5, None, (16, 2))])
+                                                     (37, None, 5, 2, None), (600, 64, None, None, (8, 1, 1)),
+                                                     (37, None, 5, None, (8, 1, 2)), (1000, 96, 5, None, (16, 2, 1)),
+                                                     (600, None, None, None, (32, 4, 2))])
 def test_triton_scan_equals_reference_on_cuda(T, chunk, ckpt, stages, bwd):
     x = {k: v.cuda() for k, v in scan_inputs(T, seed=T, Bsz=2, Di=70, N=16).items()}
     ref = {k: v.double() for k, v in x.items()}  # float64 reference: the fp32 kernel's honest yardstick
@@ -689,7 +701,7 @@ def test_triton_scan_equals_reference_on_cuda(T, chunk, ckpt, stages, bwd):
     y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk, ckpt=ckpt, stages=stages)
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(h.double(), h_ref, rtol=1e-4, atol=1e-4)
-    shape = dict(zip(("bwd_block", "bwd_warps"), bwd or (None, None)))
+    shape = dict(zip(("bwd_block", "bwd_warps", "bwd_stages"), bwd or (None, None, None)))
     got = _grads_cuda(mm.selective_scan_triton, x, chunk=chunk, ckpt=ckpt, stages=stages, **shape)
     want = _grads_cuda(mm.selective_scan_reference, ref)
     for k in want:
@@ -753,9 +765,9 @@ def test_the_mixer_hands_its_chunking_target_to_the_scan(monkeypatch):
 
     class Stub:
         @staticmethod
-        def apply(u, delta, A, B, C, h0, chunk, ckpt, stages, bwd_block, bwd_warps):
+        def apply(u, delta, A, B, C, h0, chunk, ckpt, stages, bwd_block, bwd_warps, bwd_stages):
             chunks.append(chunk)
-            shapes.append((bwd_block, bwd_warps))
+            shapes.append((bwd_block, bwd_warps, bwd_stages))
             return torch.zeros_like(u), h0
 
     monkeypatch.setattr(st, "TritonScan", Stub)
@@ -769,33 +781,32 @@ def test_the_mixer_hands_its_chunking_target_to_the_scan(monkeypatch):
         with torch.no_grad():
             m(x)
     assert chunks == [64, 128, 512]
-    # and the backward walk's launch shape (`--mixer-opt mamba.triton_bwd_block_d=8`, `...triton_bwd_warps=1`)
+    # and the backward walk's launch shape (`--mixer-opt mamba.triton_bwd_block_d=8`, `...triton_bwd_warps=1`,
+    # `...triton_bwd_stages=2`)
     with torch.no_grad():
         mixers.build("mamba", 32, True, use_mamba_ssm=False, scan="triton", triton_bwd_block_d=8,
-                     triton_bwd_warps=1)(x)
-    assert shapes == [(st.BWD_BLOCK_D, st.BWD_WARPS)] * 3 + [(8, 1)]
+                     triton_bwd_warps=1, triton_bwd_stages=2)(x)
+    assert shapes == [(st.BWD_BLOCK_D, st.BWD_WARPS, st.BWD_STAGES)] * 3 + [(8, 1, 2)]
     assert st.chunk_len(32, 512, 512) == 256 and st.chunk_len(32, 512, 512, target=256) == 512  # L = 512 of the sweep
 
 
 def test_interp_the_stage_benchmark_times_both_walks(interpreter, tmp_path):
     """The GPU check's bench_scan_stages (benchmarks.mamba_scan: the Mamba mixer on the Triton scan,
     pipelined and not, chunked for ~1,024 programs and ~256, its backward on 4 warps of 32 channels and on one
-    of 8, interleaved), run here at toy sizes through
+    of 8 with its reverse walk pipelined or not, interleaved), run here at toy sizes through
     the interpreter: every row written."""
     import json
 
     from benchmarks import mamba_scan
 
     out = tmp_path / "stages.json"
-    mamba_scan.main(["--parts", "sweep", "--sweep-scans",
-                     "triton,triton_unpipelined,triton_programs_256,triton_bwd_1warp",
+    variants = ["triton", "triton_unpipelined", "triton_programs_256", "triton_bwd_1warp", "triton_bwd_pipelined",
+                "triton_bwd_1warp_pipelined"]  # the first GPU check's, then the next one's
+    mamba_scan.main(["--parts", "sweep", "--sweep-scans", ",".join(variants),
                      "--scan-alone", "0", "--d-model", "8", "--tokens", "32", "--min-length", "16",
                      "--max-length", "32", "--repeats", "1", "--device", "cpu", "--out", str(out)])
     rows = json.loads(out.read_text())["sweep"]
-    assert sorted((r["scan"], r["length"]) for r in rows) == [
-        ("triton", 16), ("triton", 32), ("triton_bwd_1warp", 16), ("triton_bwd_1warp", 32),
-        ("triton_programs_256", 16), ("triton_programs_256", 32), ("triton_unpipelined", 16),
-        ("triton_unpipelined", 32)]
+    assert sorted((r["scan"], r["length"]) for r in rows) == sorted((v, L) for v in variants for L in (16, 32))
     assert mamba_scan.build("triton_unpipelined", 8, torch.device("cpu"), None).opts.triton_stages == 1
     assert mamba_scan.build("triton_programs_256", 8, torch.device("cpu"), None).opts.triton_programs == 256
 
