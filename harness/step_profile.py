@@ -124,7 +124,6 @@ class StepProfiler:
         kernels, host_ops, graph_calls = counted
         return summarize(kernels, host_ops, wall_ms, tokens, self.device.type, graph_calls)
 
-
     def _failed(self, tokens: int) -> dict[str, Any]:
         """The record of a step the profiler could not summarise: what it trained, and why."""
         return {"device": self.device.type, "tokens": int(tokens), "error": self.error}

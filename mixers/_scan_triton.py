@@ -385,8 +385,7 @@ class TritonScan(torch.autograd.Function):
                 scratch = u.new_empty(Bsz, 1, Di, N)
                 return u, delta, A, B, C, hk, scratch, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N, CH, K
 
-            _warm("bwd", bwd, args, u.device, Di, N, {k: v for k, v in meta.items() if k != "num_warps"}, grid,
-                  SUMMARY=True, num_warps=meta["num_warps"])
+            _warm("bwd", bwd, args, u.device, Di, N, meta, grid, SUMMARY=True)
             _warm_carry("carry_reverse", A, ghT, reverse=True)
         work = u.new_empty(Bsz, nC, K + 1, Di, N)  # one stretch's states per (sequence, chunk)
         bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,

@@ -99,8 +99,8 @@ class _RecordingRay:
 
 
 def _ctx(tmp_path: Path, progress: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(device="cpu", data_dir=None, cache_dir=Path(tmp_path), grid="t", progress=progress, profile=False,
-                           dist=DistEnv())
+    return SimpleNamespace(device="cpu", data_dir=None, cache_dir=Path(tmp_path), grid="t", progress=progress,
+                           profile=False, dist=DistEnv())
 
 
 def _args(**kw) -> SimpleNamespace:
@@ -219,7 +219,8 @@ def test_a_workers_context_has_absolute_paths_no_bar_and_logs_on_rank_0_only(tmp
     spec = ContextSpec.of(ctx, "cpu")
     assert spec == ContextSpec(device="cpu", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"),
                                grid="g", profile=True)
-    assert ContextSpec.of(SimpleNamespace(data_dir=None, cache_dir="c", grid="g", profile=False), "cpu").data_dir is None
+    no_data = SimpleNamespace(data_dir=None, cache_dir="c", grid="g", profile=False)
+    assert ContextSpec.of(no_data, "cpu").data_dir is None
     built = spec.build()
     assert built.profile is True
     assert built.device == torch.device("cpu") and built.data_dir == tmp_path / "data"

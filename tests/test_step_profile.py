@@ -2,18 +2,16 @@
 taking it changes no other figure of the run (one step per stage, off the clock, charged)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from core.data import SeqSet, SpecialTokens
 from harness import objectives
 from harness.budget import Budget
 from harness.model import LM, LMConfig
 from harness.step_profile import TOP, busy_fraction, count_events, kind_of, summarize
 from harness.train import TrainConfig, train
+from test_budget_train import SPECIAL, _toy_data  # the copy task: learnable in a few steps
 
-SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
 
 # names as CUDA kernels are reported by torch.profiler on a GPU (cuBLAS on sm90, cuDNN's and PyTorch's
 # attention, inductor's fused code, the mixers' Triton scans, eager ATen kernels, the fused AdamW)
@@ -115,16 +113,6 @@ def test_the_host_calls_of_a_real_profile_are_key_averages_count_and_a_few_redis
     _, host_ops, _ = count_events(prof.profiler.kineto_results.events(), torch.device("cpu"))
     averaged = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
     assert averaged > 100 and averaged <= host_ops <= 1.05 * averaged
-
-
-def _toy_data(n=64, T=12, seed=0):
-    rng = np.random.default_rng(seed)
-    seqs, tgts = [], []
-    for _ in range(n):
-        a = int(rng.integers(6, 20))
-        seqs.append([2, a, *rng.integers(6, 20, size=T - 5).tolist(), 4, a, 3])
-        tgts.append([False] * (T - 2) + [True, True])
-    return SeqSet.from_lists(seqs, tgts, 0)
 
 
 def _train(profile: bool, step_clock, cost=None):
