@@ -12,7 +12,9 @@ One fixed batch (random ids, `--batch` x `--seq-len`, seeded) through the real t
 per step: the median wall time over `--steps` timed steps after `--warmup` untimed ones, and the
 number of `aten::` operator events (every nesting level, as torch.profiler counts them) in one
 profiled step, and in its forward + loss + backward alone (on CPU, AdamW and gradient clipping loop
-over parameters; on CUDA the trainer's fused AdamW and foreach clipping are a few kernels). A measurement, not a test: CPU timings are noisy when other work shares the cores.
+over parameters; on CUDA the trainer's fused AdamW and foreach clipping are a few kernels), and the
+compiled graphs that step entered (forward and backward calls; 0 eager: each graph break adds some).
+A measurement, not a test: CPU timings are noisy when other work shares the cores.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from core.registry import scoped_opts
 from benchmarks.common import stub_triton_launches
 from core.quiet import no_profiler_chatter
 from harness.compiling import COMPILE_SCOPES, compile_for_training
+from harness.step_profile import GRAPH_CALLS
 from harness.train import TrainConfig, _optimizer
 
 SPECIAL = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
@@ -90,13 +93,15 @@ def profile(step, device: torch.device, warmup: int, steps: int) -> dict[str, fl
         times.append((time.perf_counter() - t0) * 1000)
     from torch.profiler import ProfilerActivity, profile as tprofile
 
-    counts = []
+    counts, graphs = [], 0
     for fn in (step, step.forward_backward):
         with no_profiler_chatter(), tprofile(activities=[ProfilerActivity.CPU]) as prof:
             fn()
             sync(device)
         counts.append(sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")))
-    return {"ms_per_step": statistics.median(times), "aten_ops_per_step": counts[0], "aten_ops_fwd_bwd": counts[1]}
+        graphs = graphs or sum(e.count for e in prof.key_averages() if e.key in GRAPH_CALLS)
+    return {"ms_per_step": statistics.median(times), "aten_ops_per_step": counts[0], "aten_ops_fwd_bwd": counts[1],
+            "graph_calls": graphs}
 
 
 def padding_table(data_dir: str, preset: str, epochs: int = 3) -> None:
@@ -171,13 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     launches = stub_triton_launches() if a.stub_kernels else None
     device = resolve_device(a.device)
     torch.set_num_threads(a.threads)
-    print(f"| mixer | host ms/step (median of {a.steps}) | aten ops/step | of which forward + loss + backward |")
-    print("|---|---:|---:|---:|")
+    print(f"| mixer | host ms/step (median of {a.steps}) | aten ops/step | of which forward + loss + backward "
+          "| compiled graph calls/step |")
+    print("|---|---:|---:|---:|---:|")
     for m in names:
         r = profile(make_step(m, a.objective, a.preset, a.batch, a.seq_len, device, a.loss, a.compile, a.answer_len,
                               a.compile_scope, opts[m]),
                     device, a.warmup, a.steps)
-        print(f"| {m} | {r['ms_per_step']:.1f} | {r['aten_ops_per_step']:,} | {r['aten_ops_fwd_bwd']:,} |", flush=True)
+        print(f"| {m} | {r['ms_per_step']:.1f} | {r['aten_ops_per_step']:,} | {r['aten_ops_fwd_bwd']:,} "
+              f"| {r['graph_calls']} |", flush=True)
     if launches is not None:
         print(f"(Triton kernel launches stubbed out: {len(launches)} in all the steps above, warm-ups included)")
     return 0

@@ -7,7 +7,8 @@ Not a test: a count, printed as one JSON line per mixer, scan and direction sett
     python -m benchmarks.scan_eager_calls --d-model 256 --length 512
     python -m benchmarks.scan_eager_calls --mixers gated_context --scans triton,pairwise
 
-Why: on CUDA the scan is a graph break inside the compiled model (`torch.compiler.disable`), and every
+Why: on CUDA the scan was a graph break inside the compiled model (`torch.compiler.disable`; since
+2026-12-05 a custom operator inside the graph, mixers/_ops.py, unless WAVEBENCH_SCAN_OPS=0), and every
 PyTorch operation that runs at the break runs eagerly, one kernel launch each, where the compiled
 graphs around it fuse theirs. This counts the `aten::` calls of one compiled mixer step (forward and
 backward, under bf16 autocast as on a GPU), on CPU: a Triton scan runs through its CPU path with its

@@ -14,7 +14,7 @@ How, on a machine without a GPU: the scan's PyTorch side runs for real (Triton's
 and its kernel launches are replaced by no-ops. Allocation sizes do not depend on what the kernels
 compute, so these are the bytes the CUDA path allocates (the values are garbage and unused).
 - `saved_states_bytes`: the (B, ·, Di, N) states the forward saves for the backward
-  (`saved_tensors_hooks`);
+  (`saved_tensors_hooks`: the largest tensor it saves beyond its inputs);
 - `saved_bytes`: everything the scan saves (its fp32 inputs included);
 - `peak_bytes`: torch's CPU allocator peak above the inputs during one forward + backward
   (benchmarks/common.peak_memory), the scan's own transient buffers included.
@@ -55,7 +55,10 @@ def measure(preset: str, rows: int, length: int) -> dict:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = mm.selective_scan_triton(**x)
-    states = sum(t.numel() * t.element_size() for t in saved if t.dim() == 4)
+    # the states: the largest tensor it saves beyond its inputs (its custom operator hands them on flat, beside
+    # the chunks' summed Δ, B · nC · Di: N times smaller than one state per chunk)
+    inputs = {t.data_ptr() for t in x.values()}
+    states = max((t.numel() * t.element_size() for t in saved if t.data_ptr() not in inputs), default=0)
     kept = sum(t.numel() * t.element_size() for t in saved)
     del y
     saved.clear()  # the kept tensors freed before the peak is measured

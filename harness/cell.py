@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 import mixers
+import mixers._ops
 import tasks
 from harness import lr_sweep, objectives
 from harness import distributed as ddp
@@ -426,7 +427,9 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
                 "compile_scope_asked": tcfg.compile_scope,
                 "late_compiles": res.late_compiles, "compile_warmed": warmed,
                 # graph breaks resumed where they happen (None: a torch without the switch); harness/compiling.py
-                "nested_graph_breaks": graph_breaks_nested()} if compiled else {}),
+                "nested_graph_breaks": graph_breaks_nested(),
+                # the Triton scans as custom operators inside the graphs (else a graph break): mixers/_ops.py
+                "scan_ops": mixers._ops.ENABLED} if compiled else {}),
             # the cell's runs (sweep included), compiled model or compiled loss path alike
             "recompile_limit_hits": recompile_limit_hits(),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,

@@ -85,8 +85,9 @@ def compile_for_training(module: nn.Module, mode: str = "default", scope: str = 
 def nest_graph_breaks() -> bool | None:
     """Have dynamo resume a graph break where it happened, in the nested call, instead of splitting every
     frame between the compiled block and that call; where this torch has the switch (returns whether it
-    is on, None where it has none). Why: the mixers' scans run eagerly inside a compiled block (a graph
-    break: `torch.compiler.disable`), three calls deep in Mamba (block, mixer, direction). Split at every
+    is on, None where it has none). Why: the mixers' PyTorch scans (the CPU defaults; the Triton scans too
+    with WAVEBENCH_SCAN_OPS=0, mixers/_ops.py) run eagerly inside a compiled block (a graph break:
+    `torch.compiler.disable`), three calls deep in Mamba (block, mixer, direction). Split at every
     frame, a Mamba block became 5 compiled graphs each way, each a Python entry with its own guards and
     wrapper, and gated_context's 4; resumed in place, 2 (on CPU, torch 2.13, the tiny preset's profiled
     step: 22 and 18 graph calls become 10 and 10, attention's 6 unchanged; `graph_calls` in

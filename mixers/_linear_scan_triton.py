@@ -36,6 +36,8 @@ import functools
 
 import torch
 
+from mixers import _ops
+
 # `available` and TARGET_PROGRAMS (a sequence is cut into chunks when sequences x channel blocks are
 # fewer) are this scan's too
 from mixers._scan_triton import (OPTIONS, TARGET_PROGRAMS, available, fill_chunk_len, interpreting,  # noqa: F401
@@ -136,11 +138,11 @@ def _kernels(interpret: bool):
 def chunk_len(Bsz: int, T: int, C: int) -> int:
     """Positions per chunk: the whole sequence when (sequences x channel blocks) alone give about
     TARGET_PROGRAMS programs, else cut so they do (never below MIN_CHUNK positions)."""
-    return fill_chunk_len(Bsz * triton.cdiv(C, BLOCK_C), T, MIN_CHUNK)
+    return fill_chunk_len(Bsz * _ops.cdiv(C, BLOCK_C), T, MIN_CHUNK)
 
 
 def _forward(a: torch.Tensor, b: torch.Tensor, CH: int, stages: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """c (B, T, C) and the chunks' decay products P (B, nC, C) (empty with one chunk)."""
+    """c (B, T, C) and the chunks' decay products P (B, nC, C)."""
     Bsz, T, C = a.shape
     nC = triton.cdiv(T, CH)
     fwd, _, carry = _kernels(interpreting())
@@ -151,8 +153,8 @@ def _forward(a: torch.Tensor, b: torch.Tensor, CH: int, stages: int) -> tuple[to
         fwd[grid](a, b, S, c, S, P, T, C, CH, SUMMARY=True, BC=BLOCK_C, STAGES=stages, **OPTIONS)
         init = torch.empty_like(S)
         carry[grid[:2]](S, P, init, C, nC, REVERSE=False, BC=BLOCK_C, **OPTIONS)
-    else:
-        P = a.new_empty(0)
+    else:  # P is not read with one chunk: (B, 1, C) ones (an operator's outputs must be defined)
+        P = a.new_ones(Bsz, 1, C)
         init = a.new_zeros(Bsz, 1, C)
     fwd[grid](a, b, init, c, init, init, T, C, CH, SUMMARY=False, BC=BLOCK_C, STAGES=stages, **OPTIONS)
     return c, P
@@ -194,32 +196,67 @@ def _warm(device: torch.device, C: int, stages: int) -> None:
     _WARM.add(key)
 
 
-class LinearScan(torch.autograd.Function):
+def _fwd_op(a: torch.Tensor, b: torch.Tensor, chunk: int, stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _warm(a.device, a.shape[2], stages)
+    c, P = _forward(a, b, chunk, stages)
+    return c, P.view(-1)
+
+
+def _fwd_fake(a, b, chunk, stages):
+    """P is flat: as (B, nC, C), the contiguity check of its chunk dimension guards on the count being 1."""
+    return torch.empty_like(b), a.new_empty(a.shape[0] * _ops.cdiv(a.shape[1], chunk) * a.shape[2])
+
+
+def _fwd_setup(ctx, inputs, output) -> None:
+    a, _, ctx.chunk, ctx.stages = inputs
+    c, P = output
+    ctx.mark_non_differentiable(P)
+    ctx.save_for_backward(a, c, P)
+
+
+def _fwd_backward(ctx, gc, _gP):
+    a, c, P = ctx.saved_tensors
+    da, db = _BWD(a, c, P, gc.float().contiguous(), ctx.chunk, ctx.stages)
+    return da, db, None, None
+
+
+def _bwd_op(a: torch.Tensor, c: torch.Tensor, P: torch.Tensor, gc: torch.Tensor, chunk: int,
+            stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _backward(a, c, P.view(a.shape[0], -1, a.shape[2]), gc, chunk, stages)  # P: (B, nC, C) again
+
+
+def _bwd_fake(a, c, P, gc, chunk, stages):
+    return torch.empty_like(a), torch.empty_like(a)
+
+
+# the walk as two custom operators (mixers/_ops.py): single nodes of a compiled graph, no graph break
+_BWD = _ops.define("linear_scan_bwd", _bwd_op, _bwd_fake)
+_FWD = _ops.define("linear_scan_fwd", _fwd_op, _fwd_fake, _fwd_backward, _fwd_setup)
+
+
+class LinearScan:
     """c (B, T, C) fp32 from a, b (B, T, C) fp32 contiguous (the caller casts). `chunk`: positions per
-    chunk (None: `chunk_len`); `stages`: the walks' pipeline stages (None: STAGES)."""
+    chunk (None: `chunk_len`: SymInt arithmetic when traced, no guard on T); `stages`: the walks' pipeline
+    stages (None: STAGES). Differentiable, through the custom operators `wavebench::linear_scan_fwd` /
+    `_bwd`; the backward reads c_{t-1} from the output c and the chunks' decay products P."""
 
     @staticmethod
-    def forward(ctx, a, b, chunk=None, stages=None):
-        Bsz, T, C = a.shape
-        ctx.CH, ctx.stages = chunk or chunk_len(Bsz, T, C), stages or STAGES
-        _warm(a.device, C, ctx.stages)
-        c, P = _forward(a, b, ctx.CH, ctx.stages)
-        ctx.save_for_backward(a, c, P)
-        return c
-
-    @staticmethod
-    def backward(ctx, gc):
-        a, c, P = ctx.saved_tensors
-        da, db = _backward(a, c, P, gc.float().contiguous(), ctx.CH, ctx.stages)
-        return da, db, None, None
+    def apply(a, b, chunk=None, stages=None):
+        return _FWD(a, b, chunk or chunk_len(*a.shape), stages or STAGES)[0]
 
 
-@torch.compiler.disable
 def linear_scan_triton(a: torch.Tensor, b: torch.Tensor, chunk: int | None = None,
                        stages: int | None = None) -> torch.Tensor:
     """Solve c_t = a_t c_{t-1} + b_t (c_{-1} = 0) along dim 1: a, b (B, T, ...) -> c (B, T, ...) fp32.
-    CUDA (or Triton's interpreter) only. Runs eagerly inside a compiled model, like the pairwise scan: a
-    custom kernel is opaque to tracing, and the layers around it compile once for all lengths."""
+    CUDA (or Triton's interpreter) only. Inside a compiled model the walk is a custom operator, one node of
+    the block's graph (mixers/_ops.py); with `WAVEBENCH_SCAN_OPS=0` this function runs eagerly instead
+    (`torch.compiler.disable`, a graph break), as the pairwise scan does."""
+    if not _ops.ENABLED:
+        return _linear_scan_triton_eager(a, b, chunk, stages)
+    return _linear_scan_triton(a, b, chunk, stages)
+
+
+def _linear_scan_triton(a: torch.Tensor, b: torch.Tensor, chunk: int | None, stages: int | None) -> torch.Tensor:
     if not available(a.device):
         raise RuntimeError("the triton linear scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=pairwise")
     shape = b.shape
@@ -228,3 +265,6 @@ def linear_scan_triton(a: torch.Tensor, b: torch.Tensor, chunk: int | None = Non
     flat = lambda t: t.float().reshape(shape[0], shape[1], -1).contiguous()  # noqa: E731  (B, T, C)
     with torch.autocast(a.device.type, enabled=False):
         return LinearScan.apply(flat(a), flat(b), chunk, stages).view(shape)
+
+
+_linear_scan_triton_eager = torch.compiler.disable(_linear_scan_triton)

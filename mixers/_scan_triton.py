@@ -41,6 +41,8 @@ from typing import Callable
 
 import torch
 
+from mixers import _ops
+
 try:  # Triton ships with CUDA builds of PyTorch; absent elsewhere
     import triton
     import triton.language as tl
@@ -256,15 +258,15 @@ def chunk_len(Bsz: int, T: int, Di: int, target: int | None = None) -> int:
     sequences, so the time per token stays flat in T at a fixed number of tokens per step. Where the
     balance lies (how many resident programs a GPU needs to be busy) is the GPU's to say: Mamba's
     `triton_programs` option sets `target`, and the GPU check times 256 against the default."""
-    return fill_chunk_len(Bsz * triton.cdiv(Di, BLOCK_D), T, MIN_CHUNK, target)
+    return fill_chunk_len(Bsz * _ops.cdiv(Di, BLOCK_D), T, MIN_CHUNK, target)
 
 
 def fill_chunk_len(programs: int, T: int, min_chunk: int, target: int | None = None) -> int:
     """Positions per chunk when a walk over whole rows would launch `programs` programs (rows x channel
     blocks): the whole row when that is about `target` (None: TARGET_PROGRAMS), else cut into enough
     chunks for about `target`, never shorter than `min_chunk` positions. Shared with gated_context's walk."""
-    n_chunks = max(1, min(T // min_chunk, triton.cdiv(target or TARGET_PROGRAMS, programs)))
-    return triton.cdiv(T, n_chunks)
+    n_chunks = _ops.sym_max(1, _ops.sym_min(T // min_chunk, _ops.cdiv(target or TARGET_PROGRAMS, programs)))
+    return _ops.cdiv(T, n_chunks)
 
 
 # (kernel, device, Di, N) whose chunked (SUMMARY) variant has been compiled. A batch of few long rows
@@ -314,83 +316,143 @@ def _warm_carry(kind: str, A: torch.Tensor, first: torch.Tensor, reverse: bool) 
           (Bsz, triton.cdiv(Di, BLOCK_D)), REVERSE=reverse)
 
 
-class TritonScan(torch.autograd.Function):
+def _forward(u, delta, A, B, C, h0, CH: int, K: int, stages: int, keep: bool):
+    """y (B, T, Di), h_T (B, Di, N), the state entering each stretch (B, nC · nK, Di, N) (with `keep`, else
+    a placeholder of 1 element; the slots of stretches that would start past T are not written) and the
+    chunks' summed Δ (B, nC, Di)."""
+    Bsz, T, Di = u.shape
+    N = A.shape[1]
+    nC, nK = triton.cdiv(T, CH), triton.cdiv(CH, K)
+    fwd = _kernels(interpreting())[0]
+    grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
+    meta = {**launch_meta(N), "STAGES": stages}
+    y = torch.empty_like(u)
+    hk = u.new_empty(Bsz, nC * nK, Di, N) if keep else u.new_empty(1)  # the state entering each stretch
+    out = u.new_empty(Bsz, nC, Di, N)
+    # (B, nC, Di): the carry's decays (one chunk: zeros, never read; an operator's outputs must be defined)
+    dsum = _chunk_sums(delta, CH, nC) if nC > 1 else delta.new_zeros(Bsz, 1, Di)
+    if nC > 1:  # what each chunk adds to a state from zero, then the states entering the chunks
+        fwd[grid](u, delta, A, B, C, out, y, hk, out, T, Di, N, CH, K, KEEP=False, SUMMARY=True, **meta,
+                  **OPTIONS)
+        init = _carry(dsum, A, out, h0, reverse=False).contiguous()
+    else:
+        init = h0[:, None].contiguous()
+        def args() -> tuple:
+            scratch = u.new_empty(Bsz, 1, Di, N)
+            return u, delta, A, B, C, scratch, y, hk, scratch, T, Di, N, CH, K, False
+
+        _warm("fwd", fwd, args, u.device, Di, N, meta, grid, SUMMARY=True)
+        _warm_carry("carry", A, h0, reverse=False)
+    fwd[grid](u, delta, A, B, C, init, y, hk, out, T, Di, N, CH, K, KEEP=keep, SUMMARY=False, **meta,
+              **OPTIONS)
+    return y, out[:, -1].contiguous(), hk, dsum
+
+
+def _backward(u, delta, A, B, C, hk, dsum, gy, ghT, CH: int, K: int, stages: int, bwd_block: int, bwd_warps: int,
+              bwd_stages: int):
+    """(du, dΔ, dA, dB, dC, dh0) from dL/dy (B, T, Di) and dL/dh_T (B, Di, N), fp32 contiguous."""
+    Bsz, T, Di = u.shape
+    N = A.shape[1]
+    nC = triton.cdiv(T, CH)
+    bwd = _kernels(interpreting())[1]
+    grid = (Bsz, triton.cdiv(Di, bwd_block), nC)
+    meta = {**launch_meta(N), "STAGES": stages, "BD": bwd_block, "RSTAGES": bwd_stages,
+            "num_warps": bwd_warps}  # (num_warps: a launch option)
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dA = u.new_empty(Bsz, nC, Di, N)
+    dB, dC = torch.zeros_like(B), torch.zeros_like(C)
+    out = u.new_empty(Bsz, nC, Di, N)
+    if nC > 1:  # the adjoint each chunk adds from zero, then the adjoint entering each chunk from the right
+        bwd[grid](u, delta, A, B, C, hk, out, gy, out, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
+                  SUMMARY=True, **meta, **OPTIONS)
+        init = _carry(dsum, A, out, ghT, reverse=True).contiguous()
+    else:
+        init = ghT[:, None].contiguous()
+        def args() -> tuple:
+            scratch = u.new_empty(Bsz, 1, Di, N)
+            return u, delta, A, B, C, hk, scratch, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N, CH, K
+
+        _warm("bwd", bwd, args, u.device, Di, N, meta, grid, SUMMARY=True)
+        _warm_carry("carry_reverse", A, ghT, reverse=True)
+    work = u.new_empty(Bsz, nC, K + 1, Di, N)  # one stretch's states per (sequence, chunk)
+    bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
+              SUMMARY=False, **meta, **OPTIONS)
+    return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0].contiguous()
+
+
+# The scan as two custom operators (mixers/_ops.py: single nodes of a compiled graph, no graph break). Their
+# shape functions take the chunk length as given (a SymInt under tracing: `chunk_len` is SymInt-safe)
+def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            h0: torch.Tensor, chunk: int, ckpt: int, stages: int, bwd_block: int, bwd_warps: int, bwd_stages: int,
+            keep: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, hT, hk, dsum = _forward(u, delta, A, B, C, h0, chunk, ckpt, stages, keep)
+    return y, hT, hk.view(-1), dsum.view(-1)
+
+
+def _fwd_fake(u, delta, A, B, C, h0, chunk, ckpt, stages, bwd_block, bwd_warps, bwd_stages, keep):
+    """The saved states and sums are flat: as (B, nC, ...) tensors, the contiguity check of a dimension whose
+    size is the chunk count guards on that count being 1, i.e. a recompile when a batch is first chunked."""
+    Bsz, T, Di = u.shape
+    N = A.shape[1]
+    nC, nK = _ops.cdiv(T, chunk), _ops.cdiv(chunk, ckpt)
+    hk = u.new_empty(Bsz * nC * nK * Di * N) if keep else u.new_empty(1)
+    return torch.empty_like(u), u.new_empty(Bsz, Di, N), hk, delta.new_empty(Bsz * nC * Di)
+
+
+def _fwd_setup(ctx, inputs, output) -> None:
+    u, delta, A, B, C, _, *options, keep = inputs
+    _, _, hk, dsum = output
+    ctx.mark_non_differentiable(hk, dsum)
+    ctx.set_materialize_grads(False)  # no zeros for the outputs nobody differentiates (h_T, usually)
+    ctx.save_for_backward(u, delta, A, B, C, hk, dsum)
+    ctx.options = options  # chunk, ckpt, stages, bwd_block, bwd_warps, bwd_stages
+
+
+def _fwd_backward(ctx, gy, ghT, _ghk, _gdsum):
+    u, delta, A, B, C, hk, dsum = ctx.saved_tensors
+    Bsz, _, Di = u.shape
+    gy = torch.zeros_like(u) if gy is None else gy.float().contiguous()
+    ghT = u.new_zeros(Bsz, Di, A.shape[1]) if ghT is None else ghT.float().contiguous()
+    grads = _BWD(u, delta, A, B, C, hk, dsum, gy, ghT, *ctx.options)
+    return (*grads, None, None, None, None, None, None, None)
+
+
+def _bwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            hk: torch.Tensor, dsum: torch.Tensor, gy: torch.Tensor, ghT: torch.Tensor, chunk: int, ckpt: int,
+            stages: int, bwd_block: int, bwd_warps: int, bwd_stages: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    Bsz, _, Di = u.shape  # the saved tensors as `_forward` made them: (B, nC · nK, Di, N), (B, nC, Di)
+    return _backward(u, delta, A, B, C, hk.view(Bsz, -1, Di, A.shape[1]), dsum.view(Bsz, -1, Di), gy, ghT, chunk,
+                     ckpt, stages, bwd_block, bwd_warps, bwd_stages)
+
+
+def _bwd_fake(u, delta, A, B, C, hk, dsum, gy, ghT, *options):
+    return (torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
+            torch.empty_like(C), torch.empty_like(ghT))
+
+
+_BWD = _ops.define("selective_scan_bwd", _bwd_op, _bwd_fake)
+_FWD = _ops.define("selective_scan_fwd", _fwd_op, _fwd_fake, _fwd_backward, _fwd_setup)
+
+
+class TritonScan:
     """y (B, T, Di) and h_T (B, Di, N) of the scan, fp32; inputs as `selective_scan_reference`'s, fp32
     and contiguous (the caller casts), h0 given. `chunk`: positions per chunk (None: `chunk_len`);
     `ckpt`: positions per stretch, whose first state the forward stores for the backward (None: CKPT);
     `stages`: the pipeline stages of the walks that run forward in time (None: STAGES); `bwd_block`,
     `bwd_warps`, `bwd_stages`: the backward walk's channels and warps per program and its reverse walk's
-    pipeline stages (None: BWD_BLOCK_D, BWD_WARPS, BWD_STAGES)."""
+    pipeline stages (None: BWD_BLOCK_D, BWD_WARPS, BWD_STAGES).
+
+    Differentiable, through the custom operators `wavebench::selective_scan_fwd` / `_bwd` (traced as single
+    nodes by torch.compile). The forward keeps the stretches' states only when a gradient will be asked."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, chunk=None, ckpt=None, stages=None, bwd_block=None, bwd_warps=None,
-                bwd_stages=None):
-        Bsz, T, Di = u.shape
-        N = A.shape[1]
-        CH = chunk or chunk_len(Bsz, T, Di)
-        K = ckpt or CKPT
-        nC, nK = triton.cdiv(T, CH), triton.cdiv(CH, K)
-        fwd = _kernels(interpreting())[0]
-        keep = any(ctx.needs_input_grad[:6])
-        grid = (Bsz, triton.cdiv(Di, BLOCK_D), nC)
-        meta = {**launch_meta(N), "STAGES": stages or STAGES}
-        y = torch.empty_like(u)
-        hk = u.new_empty(Bsz, nC * nK, Di, N) if keep else u.new_empty(1)  # the state entering each stretch
-        out = u.new_empty(Bsz, nC, Di, N)
-        dsum = _chunk_sums(delta, CH, nC) if nC > 1 else delta.new_empty(0)  # (B, nC, Di): the carry's decays
-        if nC > 1:  # what each chunk adds to a state from zero, then the states entering the chunks
-            fwd[grid](u, delta, A, B, C, out, y, hk, out, T, Di, N, CH, K, KEEP=False, SUMMARY=True, **meta,
-                      **OPTIONS)
-            init = _carry(dsum, A, out, h0, reverse=False).contiguous()
-        else:
-            init = h0[:, None].contiguous()
-            def args() -> tuple:
-                scratch = u.new_empty(Bsz, 1, Di, N)
-                return u, delta, A, B, C, scratch, y, hk, scratch, T, Di, N, CH, K, False
-
-            _warm("fwd", fwd, args, u.device, Di, N, meta, grid, SUMMARY=True)
-            _warm_carry("carry", A, h0, reverse=False)
-        fwd[grid](u, delta, A, B, C, init, y, hk, out, T, Di, N, CH, K, KEEP=keep, SUMMARY=False, **meta,
-                  **OPTIONS)
-        ctx.save_for_backward(u, delta, A, B, C, hk, dsum)
-        ctx.CH, ctx.K, ctx.meta = CH, K, meta
-        ctx.bwd_block, ctx.bwd_warps, ctx.bwd_stages = bwd_block or BWD_BLOCK_D, bwd_warps or BWD_WARPS, \
-            bwd_stages or BWD_STAGES
-        return y, out[:, -1]
-
-    @staticmethod
-    def backward(ctx, gy, ghT):
-        u, delta, A, B, C, hk, dsum = ctx.saved_tensors
-        Bsz, T, Di = u.shape
-        N = A.shape[1]
-        CH, K = ctx.CH, ctx.K
-        nC = triton.cdiv(T, CH)
-        bwd = _kernels(interpreting())[1]
-        grid = (Bsz, triton.cdiv(Di, ctx.bwd_block), nC)
-        meta = {**ctx.meta, "BD": ctx.bwd_block, "RSTAGES": ctx.bwd_stages,
-                "num_warps": ctx.bwd_warps}  # (num_warps: a launch option)
-        gy = torch.zeros_like(u) if gy is None else gy.float().contiguous()
-        ghT = u.new_zeros(Bsz, Di, N) if ghT is None else ghT.float().contiguous()
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dA = u.new_empty(Bsz, nC, Di, N)
-        dB, dC = torch.zeros_like(B), torch.zeros_like(C)
-        out = u.new_empty(Bsz, nC, Di, N)
-        if nC > 1:  # the adjoint each chunk adds from zero, then the adjoint entering each chunk from the right
-            bwd[grid](u, delta, A, B, C, hk, out, gy, out, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
-                      SUMMARY=True, **meta, **OPTIONS)
-            init = _carry(dsum, A, out, ghT, reverse=True).contiguous()
-        else:
-            init = ghT[:, None].contiguous()
-            def args() -> tuple:
-                scratch = u.new_empty(Bsz, 1, Di, N)
-                return u, delta, A, B, C, hk, scratch, gy, scratch, du, ddelta, dA, dB, dC, scratch, T, Di, N, CH, K
-
-            _warm("bwd", bwd, args, u.device, Di, N, meta, grid, SUMMARY=True)
-            _warm_carry("carry_reverse", A, ghT, reverse=True)
-        work = u.new_empty(Bsz, nC, K + 1, Di, N)  # one stretch's states per (sequence, chunk)
-        bwd[grid](u, delta, A, B, C, hk, work, gy, init, du, ddelta, dA, dB, dC, out, T, Di, N, CH, K,
-                  SUMMARY=False, **meta, **OPTIONS)
-        return du, ddelta, dA.sum((0, 1)), dB, dC, out[:, 0], None, None, None, None, None, None
+    def apply(u, delta, A, B, C, h0, chunk=None, ckpt=None, stages=None, bwd_block=None, bwd_warps=None,
+              bwd_stages=None):
+        keep = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, h0))
+        y, hT, _, _ = _FWD(u, delta, A, B, C, h0, chunk or chunk_len(*u.shape), ckpt or CKPT, stages or STAGES,
+                           bwd_block or BWD_BLOCK_D, bwd_warps or BWD_WARPS, bwd_stages or BWD_STAGES, keep)
+        return y, hT
 
 
 def _chunk_sums(delta: torch.Tensor, CH: int, nC: int) -> torch.Tensor:

@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from mixers import Mixer, MixingFlops, _scan_triton, register
+from mixers import Mixer, MixingFlops, _ops, _scan_triton, register
 
 
 def load_fused_kernels() -> tuple[Callable | None, Callable | None]:
@@ -363,7 +363,6 @@ def selective_scan_parallel(
     return (y, h) if return_last_state else y
 
 
-@torch.compiler.disable
 def selective_scan_triton(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -389,7 +388,21 @@ def selective_scan_triton(
     software-pipeline stages (None: `STAGES` there; 1: none); `bwd_block`, `bwd_warps`, `bwd_stages`: the
     backward walk's channels and warps per program and its reverse walk's stages (None: `BWD_BLOCK_D`,
     `BWD_WARPS`, `BWD_STAGES` there). CUDA (or Triton's interpreter) only.
-    Runs eagerly inside a compiled model, like the PyTorch scans (a custom kernel is opaque to tracing)."""
+
+    Inside a compiled model the kernels are custom operators (mixers/_ops.py), single nodes of the block's
+    graph: no graph break, and the casts and the D skip / SiLU(z) gate around them compile with the block
+    (the chunk length is SymInt arithmetic on the traced shapes, so no length is specialised on). With
+    `WAVEBENCH_SCAN_OPS=0` the whole function runs eagerly instead (`torch.compiler.disable`), as the PyTorch
+    scans do."""
+    if not _ops.ENABLED:
+        return _selective_scan_triton_eager(u, delta, A, B, C, D, z, h0, return_last_state, chunk, ckpt, stages,
+                                            programs, bwd_block, bwd_warps, bwd_stages)
+    return _selective_scan_triton(u, delta, A, B, C, D, z, h0, return_last_state, chunk, ckpt, stages, programs,
+                                  bwd_block, bwd_warps, bwd_stages)
+
+
+def _selective_scan_triton(u, delta, A, B, C, D, z, h0, return_last_state, chunk, ckpt, stages, programs, bwd_block,
+                           bwd_warps, bwd_stages):
     if not _scan_triton.available(u.device):
         raise RuntimeError("the triton scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=parallel")
     with torch.autocast(u.device.type, enabled=False):
@@ -398,12 +411,15 @@ def selective_scan_triton(
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1]) if h0 is None else f32(h0)
         if u.shape[1] == 0:
             y, h = u.new_zeros(u.shape), h0
-        else:  # the chunk length from the shapes here, eagerly: traced, it would guard on (specialise to) T
+        else:  # the chunk length from the shapes: SymInt arithmetic when traced, no guard on T
             chunk = chunk or _scan_triton.chunk_len(*u.shape, programs)
             y, h = _scan_triton.TritonScan.apply(u, delta, A, B, C, h0, chunk, ckpt, stages, bwd_block, bwd_warps,
                                                  bwd_stages)
         y = _finish(y, u, D, z)
     return (y, h) if return_last_state else y
+
+
+_selective_scan_triton_eager = torch.compiler.disable(_selective_scan_triton)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -486,8 +502,9 @@ class SSMDirection(nn.Module):
                 return y.transpose(1, 2)
             o = self.opts
             if scan == "triton":
-                # the casts and the D / SiLU(z) epilogue here, in the compiled graphs around the kernels, not
-                # inside the scan's graph break, where each would be an eager launch
+                # the casts and the D / SiLU(z) epilogue here, in the compiled graph around the kernels' operator
+                # node, not inside the scan's function: with WAVEBENCH_SCAN_OPS=0 that is a graph break, where
+                # each would be an eager launch
                 f32 = lambda t: t.float().contiguous()  # noqa: E731
                 u = f32(xc)
                 y = selective_scan_triton(u, f32(delta), A, f32(Bm), f32(Cm), stages=o.triton_stages,

@@ -174,9 +174,9 @@ def test_scan_memory_measures_the_presets_step_both_ways_and_says_what_measured_
 
 
 def test_scan_memory_counts_the_states_it_keeps_and_what_one_step_holds(monkeypatch):
-    """One measurement with the scan itself stood in for: the states are the 4-D tensors it saves, the bytes
-    kept are everything it saves, the peak is of one forward and backward, the row names the scan's
-    checkpoint stride. A stand-in keeps two of its inputs and one (B, T, Di, N) state."""
+    """One measurement with the scan itself stood in for: the states are the largest tensor it saves beyond its
+    inputs, the bytes kept are everything it saves, the peak is of one forward and backward, the row names the
+    scan's checkpoint stride. A stand-in keeps two of its inputs and one (B, T, Di, N) state."""
     from benchmarks import scan_memory
     import mixers.mamba as mm
 

@@ -99,7 +99,7 @@ def test_a_cells_train_record_says_how_it_trained(tmp_path, monkeypatch):
     assert [m["key"] for m in row["task_metrics"]] == ["accuracy"] and "associative recall" in row["protocol_text"]
     tr = row["train"]
     assert tr["compile"] is False and "compile_warmed" not in tr and "compile_mode" not in tr
-    assert "nested_graph_breaks" not in tr
+    assert "nested_graph_breaks" not in tr and "scan_ops" not in tr
     assert tr["recompile_limit_hits"] == []
     assert tr["lr"] == hc.get_preset("tiny").lr and tr["pad_to"] == 1 and tr["dev_checks"] == len(row["loss_curve"])
     assert [st["stage"] for st in tr["stages"]] == ["task"] and tr["stages"][-1]["sources"] == [row["protocol"]]
@@ -117,6 +117,12 @@ def test_a_cells_train_record_says_how_it_trained(tmp_path, monkeypatch):
     import torch._dynamo.config as dynamo_config
 
     assert tr["nested_graph_breaks"] is (True if hasattr(dynamo_config, "nested_graph_breaks") else None)
+    # the Triton scans as custom operators (mixers/_ops.py), unless WAVEBENCH_SCAN_OPS=0 turned them off
+    import mixers._ops
+
+    assert tr["scan_ops"] is True
+    monkeypatch.setattr(mixers._ops, "ENABLED", False)
+    assert run_cell(_cell(compile=True), _ctx(tmp_path))["train"]["scan_ops"] is False
 
 
 def test_a_cell_sets_cudnn_attention_as_it_asks_and_its_row_says_what_was_set(tmp_path, monkeypatch):

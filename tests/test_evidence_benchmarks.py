@@ -120,6 +120,7 @@ def test_profile_times_only_the_steps_after_the_warmups_each_closed_by_a_sync_an
                       "step", "sync", "fb", "sync"]
     assert r["ms_per_step"] == pytest.approx(14.0)  # median of 11, 17, 14 ms: the sync's 10 ms inside each
     assert (r["aten_ops_per_step"], r["aten_ops_fwd_bwd"]) == (5, 2)  # aten::add_ each; nothing else counted
+    assert r["graph_calls"] == 0  # eager: no compiled graph entered
 
 
 def _padding_table(monkeypatch, capsys, data_dir, lengths: list[int]) -> tuple[dict, list[str], dict[str, list[str]]]:
@@ -175,7 +176,7 @@ def test_every_flag_reaches_the_step_it_profiles_and_each_mixer_gets_a_row(monke
 
     def fake_profile(step, device, warmup, steps):
         return {"ms_per_step": 1234.56 if step == "attention" else 7.0, "aten_ops_per_step": 4429,
-                "aten_ops_fwd_bwd": 3068}
+                "aten_ops_fwd_bwd": 3068, "graph_calls": 14 if step == "attention" else 0}
 
     monkeypatch.setattr(ps, "make_step", fake_make_step)
     monkeypatch.setattr(ps, "profile", fake_profile)
@@ -189,9 +190,10 @@ def test_every_flag_reaches_the_step_it_profiles_and_each_mixer_gets_a_row(monke
                     ("mamba", "diffusion", "tiny", 3, 40, cpu, "plain", True, 5, "model", {"scan": "chunked"})]
     assert threads == [2]
     out = capsys.readouterr().out.splitlines()
-    assert out == ["| mixer | host ms/step (median of 7) | aten ops/step | of which forward + loss + backward |",
-                   "|---|---:|---:|---:|",
-                   "| attention | 1234.6 | 4,429 | 3,068 |", "| mamba | 7.0 | 4,429 | 3,068 |"]
+    assert out == ["| mixer | host ms/step (median of 7) | aten ops/step | of which forward + loss + backward "
+                   "| compiled graph calls/step |",
+                   "|---|---:|---:|---:|---:|",
+                   "| attention | 1234.6 | 4,429 | 3,068 | 14 |", "| mamba | 7.0 | 4,429 | 3,068 | 0 |"]
     made.clear()
     ps.main(["--mixers", "attention"])  # the defaults: the trainer's own (eager here, each block when compiled)
     assert made == [("attention", "autoregressive", "small", 8, 256, cpu, "chunked", False, 0, "blocks", {})]
@@ -202,7 +204,7 @@ def test_the_profile_warms_up_and_times_as_told_and_routes_padding_to_its_table(
     told, padded = [], []
     monkeypatch.setattr(ps, "make_step", lambda *a: None)
     monkeypatch.setattr(ps, "profile", lambda step, device, warmup, steps: told.append((warmup, steps)) or
-                        {"ms_per_step": 1.0, "aten_ops_per_step": 1, "aten_ops_fwd_bwd": 1})
+                        {"ms_per_step": 1.0, "aten_ops_per_step": 1, "aten_ops_fwd_bwd": 1, "graph_calls": 0})
     monkeypatch.setattr(ps, "padding_table", lambda data_dir, preset: padded.append((data_dir, preset)))
     ps.main(["--mixers", "attention", "--warmup", "4", "--steps", "9"])
     ps.main(["--mixers", "attention"])
@@ -218,7 +220,7 @@ def test_stubbed_kernels_are_counted_and_said(monkeypatch, capsys):
     monkeypatch.setattr(ps, "stub_triton_launches", lambda: launches)
     monkeypatch.setattr(ps, "make_step", lambda *a: None)
     monkeypatch.setattr(ps, "profile", lambda *a: launches.extend([1, 2, 3]) or
-                        {"ms_per_step": 1.0, "aten_ops_per_step": 1, "aten_ops_fwd_bwd": 1})
+                        {"ms_per_step": 1.0, "aten_ops_per_step": 1, "aten_ops_fwd_bwd": 1, "graph_calls": 0})
     ps.main(["--mixers", "attention", "--stub-kernels"])
     assert capsys.readouterr().out.splitlines()[-1] == \
         "(Triton kernel launches stubbed out: 3 in all the steps above, warm-ups included)"

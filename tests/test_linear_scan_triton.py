@@ -224,9 +224,24 @@ def test_interp_decoding_on_the_triton_walk_equals_the_full_forward(interpreter)
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 8:], rtol=1e-5, atol=1e-5)
 
 
+def test_interp_the_walk_operators_pass_opcheck(interpreter):
+    """The walk's custom operators (mixers/_ops.py) against torch.library.opcheck: schema, the shape
+    functions against the kernels' real outputs (one chunk and three), the autograd registration, and
+    AOTAutograd tracing them with dynamic shapes, gradients compared with eager."""
+    a, b = (t.detach().reshape(2, 19, -1).contiguous() for t in _inputs(19, seed=4, Bsz=2))
+    fwd, bwd = torch.ops.wavebench.linear_scan_fwd, torch.ops.wavebench.linear_scan_bwd
+    for chunk in (19, 7):
+        torch.library.opcheck(fwd, (a.clone().requires_grad_(), b.clone().requires_grad_(), chunk, 2))
+        c, P = fwd(a, b, chunk, 2)
+        assert P.shape == (2 * lst.triton.cdiv(19, chunk) * 140,)
+        torch.library.opcheck(bwd, (a, c, P, torch.randn_like(c), chunk, 2))
+
+
 def test_interp_a_compiled_gated_context_on_the_triton_walk_stops_recompiling(interpreter):
-    """torch.compile (the CUDA default) around the walk: it runs eagerly inside the compiled model, so new
-    batch lengths (odd and even: what made a traced pairwise scan recompile) must not recompile."""
+    """torch.compile (the CUDA default) around the walk, a custom operator whose shape function takes the
+    chunk length as SymInt arithmetic: new batch lengths (odd and even: what made a traced pairwise scan
+    recompile) must not recompile. (One graph, values against eager: test_scan_triton.py's
+    test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eager.)"""
     model, frames = compiled_lm_frames("gated_context", ((3, 20), (2, 27), (4, 13), (3, 34), (2, 51)))
     assert model.blocks[0].mixer.backend == "triton_scan"
     assert frames[0] >= 1 and frames[-1] == frames[1], frames

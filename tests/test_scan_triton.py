@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import os
 import re
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 import mixers
+import mixers._ops
 import mixers._scan_triton as st
 import mixers.mamba as mm
 from harness.compiling import major_minor
@@ -342,7 +344,7 @@ def test_interp_the_backward_on_other_launch_shapes_equals_reference(interpreter
 @pytest.mark.parametrize("T,chunk,ckpt", [(37, None, None), (19, 8, 3)])
 def test_interp_the_backward_keeps_one_state_per_stretch_not_every_state(interpreter, T, chunk, ckpt):
     """What the forward saves for the backward: the state entering each stretch of `ckpt` positions
-    (B, chunks x stretches, Di, N), not every state (B, T, Di, N), which was 0.5 GiB per layer and
+    (B · chunks x stretches · Di · N values), not every state (B, T, Di, N), which was 0.5 GiB per layer and
     direction at the small preset's 16,384 tokens; the backward recomputes a stretch's states."""
     x = scan_inputs(T, seed=1, Bsz=2, Di=40, N=5)
     x = {k: v.clone().requires_grad_(True) for k, v in x.items()}
@@ -357,8 +359,10 @@ def test_interp_the_backward_keeps_one_state_per_stretch_not_every_state(interpr
     y.square().sum().backward()
     K, CH = ckpt or st.CKPT, chunk or T
     stretches = -(-T // CH) * -(-CH // K)
-    states = [s for s in saved if len(s) == 4]
-    assert states == [(2, stretches, 40, 5)], saved
+    # handed over flat by the scan's custom operator (mixers/_ops.py), beside the chunks' summed Δ (B · nC · Di)
+    flat = sorted(s[0] for s in saved if len(s) == 1)
+    assert flat[-1] == 2 * stretches * 40 * 5 and 2 * -(-T // CH) * 40 in flat, saved
+    assert max(math.prod(s) for s in saved) < 2 * T * 40 * 5, saved  # no tensor of every state
 
 
 @pytest.mark.parametrize("T,chunk", [(19, 8), (8, 4), (64, 16)])
@@ -607,8 +611,8 @@ def test_interp_mamba_with_the_triton_scan_equals_the_reference_scan(interpreter
 
 
 def test_interp_a_compiled_mamba_on_the_triton_scan_stops_recompiling(interpreter):
-    """torch.compile (the CUDA default) around the Triton scan: the scan runs eagerly inside the compiled
-    model (torch.compiler.disable), so new batch shapes must not recompile it (tests/test_compile.py's
+    """torch.compile (the CUDA default) around the Triton scan, a custom operator whose shape function takes
+    the chunk length as SymInt arithmetic: new batch shapes must not recompile it (tests/test_compile.py's
     contract, here for the path CPU runs never take)."""
     model, frames = compiled_lm_frames("mamba", ((3, 20), (2, 27), (4, 13), (3, 34)))
     assert model.blocks[0].mixer.backend == "triton_scan"
@@ -638,11 +642,72 @@ def compiled_lm_frames(mixer: str, shapes) -> tuple:
     return model, frames
 
 
-def test_interp_a_compiled_mamba_runs_only_the_kernels_eagerly(interpreter):
-    """Inside a compiled Mamba the scan is a graph break, and what runs there runs eagerly, a GPU launch
-    per operation (the cause of issue 14's slow steps). The fp32 casts of the scan's inputs and the
-    D skip / SiLU(z) gate after it must be traced into the compiled graphs around the kernels: the
-    graphs hold both SiLUs of the direction (the conv's, and the gate's that ran eagerly before)."""
+def test_interp_the_scan_operators_pass_opcheck(interpreter):
+    """The scan's custom operators (mixers/_ops.py) against torch.library.opcheck: schema, the shape
+    functions against the kernels' real outputs (one chunk and three, with short stretches), the autograd
+    registration, and AOTAutograd tracing them with dynamic shapes, gradients compared with eager. (Lengths
+    whose every stretch starts before T: the slots of stretches past T are never written, so never equal.)"""
+    x = {k: v.contiguous() for k, v in scan_inputs(18, Bsz=2, Di=40, N=5).items()}
+    fwd, bwd = torch.ops.wavebench.selective_scan_fwd, torch.ops.wavebench.selective_scan_bwd
+    for chunk, ckpt in ((18, 16), (6, 4)):
+        args = tuple(x[k].clone().requires_grad_() for k in ("u", "delta", "A", "B", "C", "h0"))
+        torch.library.opcheck(fwd, (*args, chunk, ckpt, 2, 32, 4, 1, True))
+        y, hT, hk, dsum = fwd(*(t.detach() for t in args), chunk, ckpt, 2, 32, 4, 1, True)
+        assert hk.shape == (2 * st.triton.cdiv(18, chunk) * st.triton.cdiv(chunk, ckpt) * 40 * 5,)
+        g = (torch.randn_like(y), torch.randn_like(hT))
+        torch.library.opcheck(bwd, (*(t.detach() for t in args[:5]), hk, dsum, *g, chunk, ckpt, 2, 32, 4, 1))
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "gated_context"])
+def test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eager(interpreter, monkeypatch, mixer):
+    """Issue 14's remaining graph break: as custom operators the Triton scans are single nodes of the
+    compiled graph, so a one-block LM compiles to one forward graph (dynamo's count; with
+    WAVEBENCH_SCAN_OPS=0's graph break, more), and inductor's code around them, with the lengths dynamic
+    and the sequence cut into 1 to 4 chunks, gives eager's losses and gradients, compiling no more after the
+    second length."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from harness.model import LM, LMConfig
+
+    def run(compiled: bool):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = LM(LMConfig(vocab_size=97, d_model=16, n_layers=1, mixer=mixer, causal=True, mlp_hidden=32,
+                            mixer_opts={"scan": "triton"}))
+        counter = CompileCounterWithBackend("inductor")
+        step = torch.compile(model, backend=counter) if compiled else model
+        out = []
+        for rows, T in ((2, 20), (3, 27), (2, 130), (2, 260)):  # Mamba: 1, 1, 2, 4 chunks; gated_context: 1, 1, 4, 8
+            ids = torch.randint(0, 97, (rows, T), generator=torch.Generator().manual_seed(T))
+            pad_mask = torch.arange(T)[None, :] < torch.tensor([T] + [T - 3] * (rows - 1))[:, None]
+            model.zero_grad()
+            loss = step(ids, pad_mask).float().pow(2).mean()
+            loss.backward()
+            out.append((loss.detach(), [p.grad.clone() for p in model.parameters()], counter.frame_count))
+        assert model.blocks[0].mixer.backend == "triton_scan"
+        return out, counter.frame_count
+
+    eager, _ = run(False)
+    compiled, frames = run(True)
+    for (l0, g0, _), (l1, g1, _) in zip(eager, compiled):
+        torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-6)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert compiled[1][2] == compiled[-1][2], [c[2] for c in compiled]  # no compile after the second length
+    assert frames == 2, frames  # the first shape, then the dynamic one: each ONE graph (no break)
+    monkeypatch.setattr(mixers._ops, "ENABLED", False)  # the graph-break path, as WAVEBENCH_SCAN_OPS=0 sets it
+    _, frames_split = run(True)
+    assert frames_split > frames, (frames_split, frames)
+
+
+@pytest.mark.parametrize("scan_ops", [True, False], ids=["custom_ops", "graph_break"])
+def test_interp_a_compiled_mamba_runs_only_the_kernels_outside_its_graphs(interpreter, monkeypatch, scan_ops):
+    """Inside a compiled Mamba the kernels are one custom-operator node of the block's graph (with
+    WAVEBENCH_SCAN_OPS=0, a graph break), and whatever runs outside the graphs runs eagerly, a GPU launch
+    per operation (the cause of issue 14's slow steps). The fp32 casts of the scan's inputs and the D skip /
+    SiLU(z) gate after it must be traced into the compiled graphs either way: the graphs hold both SiLUs of
+    the direction (the conv's, and the gate's that ran eagerly before)."""
     import torch._dynamo
 
     graphs = []
@@ -651,13 +716,17 @@ def test_interp_a_compiled_mamba_runs_only_the_kernels_eagerly(interpreter):
         graphs.append(gm)
         return gm.forward
 
+    monkeypatch.setattr(mixers._ops, "ENABLED", scan_ops)
     torch._dynamo.reset()
     m = _build(True, scan="triton")
     x = torch.randn(2, 11, 32, requires_grad=True)
     torch.compile(m, backend=record)(x).sum().backward()
     calls = [n for g in graphs for n in g.graph.nodes if n.op in ("call_function", "call_method")]
     silus = [n for n in calls if "silu" in str(n.target)]
+    ops = [n for n in calls if "wavebench" in str(n.target)]
     assert m.backend == "triton_scan" and len(silus) == 2, [str(n.target) for n in calls]
+    # one graph with the operator in it; else the graphs around the break (2 with nested graph breaks, 4 without)
+    assert (len(graphs) == 1) == scan_ops and len(ops) == scan_ops, (len(graphs), [str(n.target) for n in ops])
 
 
 def test_auto_picks_triton_on_cuda_and_the_parallel_scan_elsewhere(monkeypatch):
