@@ -388,6 +388,8 @@ def summary(out: Path, env: dict, parts: list[dict], dry: bool, wall: float | No
                 comp = t["compile_mode"]
             if comp and t.get("compile_scope") == "model":  # the whole LM compiled, not each block
                 comp = f"{comp} (whole model)"
+            if t.get("scan_ops") is False:  # WAVEBENCH_SCAN_OPS=0: the Triton scans ran at a graph break
+                comp = f"{comp} (scans at a graph break)"
             if t.get("late_compiles"):  # compilations after the warm-up (off the budget, but worth seeing)
                 comp = f"{comp} (+{t['late_compiles']} late)"
             if t.get("recompile_limit_hits"):  # a function dynamo then ran eagerly: partly eager training

@@ -285,8 +285,9 @@ def test_the_summary_shows_where_each_profiled_steps_time_went(tmp_path):
 
 def test_the_cells_table_names_how_each_cell_compiled(tmp_path):
     """The compile column says what a speed figure was measured under: a compile mode other than the
-    default, the whole LM compiled as one (not each block), compilations after the warm-up, and a
-    recompile limit hit (dynamo then ran that function eagerly: training partly eager)."""
+    default, the whole LM compiled as one (not each block), the Triton scans at a graph break (not custom
+    operators), compilations after the warm-up, and a recompile limit hit (dynamo then ran that function
+    eagerly: training partly eager)."""
     import json
 
     (tmp_path / "results").mkdir()
@@ -302,6 +303,10 @@ def test_the_cells_table_names_how_each_cell_compiled(tmp_path):
 
     assert compile_cell() == "reduce-overhead (whole model) (+2 late) (recompile limit: forward; step)"
     row["train"].update(compile_mode="default", compile_scope="blocks", late_compiles=0, recompile_limit_hits=[])
+    assert compile_cell() == "True"
+    row["train"]["scan_ops"] = False  # WAVEBENCH_SCAN_OPS=0 (mixers/_ops.py): said; True (the default): not
+    assert compile_cell() == "True (scans at a graph break)"
+    row["train"]["scan_ops"] = True
     assert compile_cell() == "True"
 
 

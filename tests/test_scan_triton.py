@@ -658,6 +658,47 @@ def test_interp_the_scan_operators_pass_opcheck(interpreter):
         torch.library.opcheck(bwd, (*(t.detach() for t in args[:5]), hk, dsum, *g, chunk, ckpt, 2, 32, 4, 1))
 
 
+# what a host does when it reads a device value: each waits for the GPU, and fails a CUDA graph's capture
+HOST_READS = ("_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique",
+              "_unique2", "repeat_interleave", "allclose")
+
+
+def test_the_scan_operators_never_read_a_device_value(monkeypatch):
+    """Inside a compiled block the Triton scans' operators now sit in the graph that a CUDA graph captures
+    (`--cuda-graphs`, the GPU check's grid_graphs part), where a host read of a device value (`.item()`, the
+    truth of a tensor, a data-dependent shape) fails the capture, and elsewhere stalls the stream once per
+    layer. Every aten call of both operators at every depth (the profiler's events), forward and backward,
+    one chunk and several, the first call (its warm-up launches) and a later one, kernels stubbed: none
+    reads a device value."""
+    if st.triton is None:
+        pytest.skip("needs Triton")
+    import mixers._linear_scan_triton as lst
+    from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.common import NoLaunch
+
+    launches = []
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the scans' CPU path (read at each call), never run here
+    for mod in (st, lst):
+        monkeypatch.setattr(mod, "_kernels", lambda interpret: (NoLaunch(launches),) * 3)
+        monkeypatch.setattr(mod, "_WARM", set())
+    seen = set()
+    for T, chunk in ((37, None), (37, 8), (37, None)):  # one chunk (with the first call's warm-ups), 5, one again
+        x = {k: v.requires_grad_() for k, v in scan_inputs(T, seed=1, Di=33).items()}
+        a = torch.rand(2, T, 40, requires_grad=True)
+        b = torch.randn(2, T, 40, requires_grad=True)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            y, h = mm.selective_scan_triton(**x, return_last_state=True, chunk=chunk)
+            (y.sum() + h.sum()).backward()
+            lst.linear_scan_triton(a, b, chunk=chunk).sum().backward()
+        names = {e.key.removeprefix("aten::") for e in prof.key_averages() if e.key.startswith("aten::")}
+        assert not names & set(HOST_READS), sorted(names & set(HOST_READS))
+        seen |= {e.key for e in prof.key_averages()}
+    # the profiler saw inside the operators: their own calls, the chunk sums' pad, the allocations
+    assert {"wavebench::selective_scan_bwd", "wavebench::linear_scan_fwd", "aten::constant_pad_nd",
+            "aten::new_empty"} <= seen and launches, sorted(seen)
+
+
 @pytest.mark.parametrize("mixer", ["mamba", "gated_context"])
 def test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eager(interpreter, monkeypatch, mixer):
     """Issue 14's remaining graph break: as custom operators the Triton scans are single nodes of the
