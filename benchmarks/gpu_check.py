@@ -333,7 +333,8 @@ def profile_lines(cells: list[tuple[str, dict]]) -> list[str]:
     lines = ["", "## Where the step's time went (one profiled step per stage: `train.stages[i].profile`)", "",
              "GPU busy: the step's summed kernel time over the time its tokens took at the stage's clocked speed "
              "(tokens/s), so 1 - busy is the share the GPU waited for the host. Compiled graph calls: forward and "
-             "backward, a pair per block and more per graph break (a scan run eagerly). Kernel time by kind, "
+             "backward, a pair per block and more per graph break (a scan run eagerly: since session 59 only "
+             "with WAVEBENCH_SCAN_OPS=0 on CUDA). Kernel time by kind, "
              "largest first; the longest kernel by name.", "",
              "| grid | mixer | objective | stage | tokens | GPU busy | kernels | host operator calls | compiled graph "
              "calls | kernel ms | by kind, ms | longest kernel (ms, calls) |",

@@ -17,9 +17,10 @@ tokens at the stage's clocked rate), and the row's `train.stages[i].profile` kee
   that predicts a launch-bound step's time.
 - `graph_calls`: the compiled graphs the step entered, forward and backward (AOTAutograd's
   `CompiledFunction` and `CompiledFunctionBackward`): one pair per compiled block, and more for each graph
-  break in it (the mixers' scans run eagerly at one), each a Python entry with its own guards. Under torch
-  2.13 on CPU, at the tiny preset's two blocks: attention 6, gated_context 18, Mamba 22 (its break sits
-  three calls deep, and each caller's frame is split around it: 5 graphs a block, each way).
+  break in it (the mixers' PyTorch scans run eagerly at one; their Triton scans, the CUDA path, are custom
+  operators inside the graph: mixers/_ops.py), each a Python entry with its own guards. Under torch 2.13
+  on CPU, at the tiny preset's two blocks: attention 6, gated_context 18, Mamba 22 (its break sits three
+  calls deep, and each caller's frame is split around it: 5 graphs a block, each way).
 """
 from __future__ import annotations
 
