@@ -704,7 +704,7 @@ def test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eage
     """Issue 14's remaining graph break: as custom operators the Triton scans are single nodes of the
     compiled graph, so a one-block LM compiles to one forward graph (dynamo's count; with
     WAVEBENCH_SCAN_OPS=0's graph break, more), and inductor's code around them, with the lengths dynamic
-    and the sequence cut into 1 to 4 chunks, gives eager's losses and gradients, compiling no more after the
+    and the sequence cut into 1 to 8 chunks, gives eager's losses and gradients, compiling no more after the
     second length."""
     import torch._dynamo
     from torch._dynamo.testing import CompileCounterWithBackend
