@@ -700,16 +700,21 @@ def test_the_scan_operators_never_read_a_device_value(monkeypatch):
 
 
 @pytest.mark.parametrize("mixer", ["mamba", "gated_context"])
-def test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eager(interpreter, monkeypatch, mixer):
+def test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eager(interpreter, monkeypatch, mixer,
+                                                                                 torch_config):
     """Issue 14's remaining graph break: as custom operators the Triton scans are single nodes of the
     compiled graph, so a one-block LM compiles to one forward graph (dynamo's count; with
     WAVEBENCH_SCAN_OPS=0's graph break, more), and inductor's code around them, with the lengths dynamic
     and the sequence cut into 1 to 8 chunks, gives eager's losses and gradients, compiling no more after the
-    second length."""
+    second length. Compiled from scratch: inductor's on-disk graph cache is off here, since a graph it loads
+    brings guards of its own (README, "The Triton scans as custom operators": one recompile more)."""
     import torch._dynamo
+    import torch._inductor.config as inductor_config
     from torch._dynamo.testing import CompileCounterWithBackend
 
     from harness.model import LM, LMConfig
+
+    torch_config(inductor_config, "fx_graph_cache", False)  # (restored after the test)
 
     def run(compiled: bool):
         torch._dynamo.reset()
