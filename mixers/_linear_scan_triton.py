@@ -245,18 +245,13 @@ class LinearScan:
         return _FWD(a, b, chunk or chunk_len(*a.shape), stages or STAGES)[0]
 
 
+@_ops.graph_break_when_disabled
 def linear_scan_triton(a: torch.Tensor, b: torch.Tensor, chunk: int | None = None,
                        stages: int | None = None) -> torch.Tensor:
     """Solve c_t = a_t c_{t-1} + b_t (c_{-1} = 0) along dim 1: a, b (B, T, ...) -> c (B, T, ...) fp32.
     CUDA (or Triton's interpreter) only. Inside a compiled model the walk is a custom operator, one node of
     the block's graph (mixers/_ops.py); with `WAVEBENCH_SCAN_OPS=0` this function runs eagerly instead
-    (`torch.compiler.disable`, a graph break), as the pairwise scan does."""
-    if not _ops.ENABLED:
-        return _linear_scan_triton_eager(a, b, chunk, stages)
-    return _linear_scan_triton(a, b, chunk, stages)
-
-
-def _linear_scan_triton(a: torch.Tensor, b: torch.Tensor, chunk: int | None, stages: int | None) -> torch.Tensor:
+    (`_ops.graph_break_when_disabled`: a graph break), as the pairwise scan does."""
     if not available(a.device):
         raise RuntimeError("the triton linear scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=pairwise")
     shape = b.shape
@@ -265,6 +260,3 @@ def _linear_scan_triton(a: torch.Tensor, b: torch.Tensor, chunk: int | None, sta
     flat = lambda t: t.float().reshape(shape[0], shape[1], -1).contiguous()  # noqa: E731  (B, T, C)
     with torch.autocast(a.device.type, enabled=False):
         return LinearScan.apply(flat(a), flat(b), chunk, stages).view(shape)
-
-
-_linear_scan_triton_eager = torch.compiler.disable(_linear_scan_triton)

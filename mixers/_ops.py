@@ -21,6 +21,7 @@ operators misbehave; the rows record which ran (`train.scan_ops`).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -46,6 +47,19 @@ def sym_min(a, b):
 def sym_max(a, b):
     """max without a guard on a traced size (as `sym_min`)."""
     return torch.sym_max(a, b) if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt) else max(a, b)
+
+
+def graph_break_when_disabled(fn: Callable) -> Callable:
+    """`fn` traced as it is (its custom operators single nodes of the graph), or with WAVEBENCH_SCAN_OPS=0
+    (`ENABLED` read at each call) run eagerly inside a compiled model (`torch.compiler.disable`: a graph
+    break), as the scans ran before they were operators."""
+    eager = torch.compiler.disable(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs) if ENABLED else eager(*args, **kwargs)
+
+    return call
 
 
 def define(name: str, schema_fn: Callable, fake: Callable, backward: Callable | None = None,

@@ -363,6 +363,7 @@ def selective_scan_parallel(
     return (y, h) if return_last_state else y
 
 
+@_ops.graph_break_when_disabled
 def selective_scan_triton(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -392,17 +393,8 @@ def selective_scan_triton(
     Inside a compiled model the kernels are custom operators (mixers/_ops.py), single nodes of the block's
     graph: no graph break, and the casts and the D skip / SiLU(z) gate around them compile with the block
     (the chunk length is SymInt arithmetic on the traced shapes, so no length is specialised on). With
-    `WAVEBENCH_SCAN_OPS=0` the whole function runs eagerly instead (`torch.compiler.disable`), as the PyTorch
-    scans do."""
-    if not _ops.ENABLED:
-        return _selective_scan_triton_eager(u, delta, A, B, C, D, z, h0, return_last_state, chunk, ckpt, stages,
-                                            programs, bwd_block, bwd_warps, bwd_stages)
-    return _selective_scan_triton(u, delta, A, B, C, D, z, h0, return_last_state, chunk, ckpt, stages, programs,
-                                  bwd_block, bwd_warps, bwd_stages)
-
-
-def _selective_scan_triton(u, delta, A, B, C, D, z, h0, return_last_state, chunk, ckpt, stages, programs, bwd_block,
-                           bwd_warps, bwd_stages):
+    `WAVEBENCH_SCAN_OPS=0` the whole function runs eagerly instead (`_ops.graph_break_when_disabled`), as the
+    PyTorch scans do."""
     if not _scan_triton.available(u.device):
         raise RuntimeError("the triton scan needs CUDA and Triton (or TRITON_INTERPRET=1); use scan=parallel")
     with torch.autocast(u.device.type, enabled=False):
@@ -417,9 +409,6 @@ def _selective_scan_triton(u, delta, A, B, C, D, z, h0, return_last_state, chunk
                                                  bwd_stages)
         y = _finish(y, u, D, z)
     return (y, h) if return_last_state else y
-
-
-_selective_scan_triton_eager = torch.compiler.disable(_selective_scan_triton)
 
 
 # --------------------------------------------------------------------------------------------------
