@@ -44,7 +44,7 @@ from mixers._scan_triton import (OPTIONS, TARGET_PROGRAMS, available, fill_chunk
                                  triton, tl)
 
 BLOCK_C = 128  # channels per program: one fp32 state each, one per thread at 4 warps
-MIN_CHUNK = 32  # positions per chunk at the least: shorter walks would spend more on the carry
+MIN_CHUNK = 32  # chunks are more than half this long (`fill_chunk_len`): shorter walks spend more on the carry
 STAGES = 3  # software-pipeline stages of the walks; 1: each step waits for its own loads
 
 
@@ -137,7 +137,7 @@ def _kernels(interpret: bool):
 
 def chunk_len(Bsz: int, T: int, C: int) -> int:
     """Positions per chunk: the whole sequence when (sequences x channel blocks) alone give about
-    TARGET_PROGRAMS programs, else cut so they do (never below MIN_CHUNK positions)."""
+    TARGET_PROGRAMS programs, else cut so they do (`fill_chunk_len`)."""
     return fill_chunk_len(Bsz * _ops.cdiv(C, BLOCK_C), T, MIN_CHUNK)
 
 

@@ -10,7 +10,9 @@ a block is one forward graph and one backward graph, like attention's.
 
 The shape functions must not specialise on the batch length T, or a compiled model would recompile
 for every new length inside the budgeted clock (tests/test_compile.py): sizes are computed with
-SymInt-safe arithmetic only (`cdiv`, `torch.sym_min` / `torch.sym_max`, no Python `if` on a size).
+SymInt-safe arithmetic only: `cdiv` (+ and //), no Python `if` on a size, and no min / max either
+(`torch.sym_min` would not guard while tracing, but inductor's on-disk graph cache re-checks a loaded
+graph's size guards with Python's min / max on the traced sizes, which does: `fill_chunk_len`).
 
 Inductor's on-disk FX graph cache does not key on an operator's shape function: after the saved states'
 shape changed here, a graph cached before failed its own `assert_size_stride` on the new outputs. So an
@@ -35,18 +37,6 @@ ENABLED = os.environ.get("WAVEBENCH_SCAN_OPS", "1") != "0"
 def cdiv(a, b):
     """ceil(a / b) for ints and SymInts alike (no branch, so no guard on a traced size)."""
     return (a + b - 1) // b
-
-
-def sym_min(a, b):
-    """min without a guard on a traced size: `torch.sym_min` where either is a SymInt, Python's min on plain
-    ints (a static first compile), where torch 2.11's dynamo (the CUDA image's) breaks the graph on a
-    torch.* call that returns an int."""
-    return torch.sym_min(a, b) if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt) else min(a, b)
-
-
-def sym_max(a, b):
-    """max without a guard on a traced size (as `sym_min`)."""
-    return torch.sym_max(a, b) if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt) else max(a, b)
 
 
 def graph_break_when_disabled(fn: Callable) -> Callable:

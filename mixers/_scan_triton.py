@@ -253,7 +253,7 @@ BWD_STAGES = 1
 
 def chunk_len(Bsz: int, T: int, Di: int, target: int | None = None) -> int:
     """Positions per chunk: the whole sequence when the sequences and channel blocks alone give about
-    `target` programs (None: TARGET_PROGRAMS), else cut so they do (never below MIN_CHUNK positions).
+    `target` programs (None: TARGET_PROGRAMS), else cut so they do (`fill_chunk_len`).
     Chunking costs one more walk (the summary pass), but keeps a GPU busy when a step holds few long
     sequences, so the time per token stays flat in T at a fixed number of tokens per step. Where the
     balance lies (how many resident programs a GPU needs to be busy) is the GPU's to say: Mamba's
@@ -263,10 +263,19 @@ def chunk_len(Bsz: int, T: int, Di: int, target: int | None = None) -> int:
 
 def fill_chunk_len(programs: int, T: int, min_chunk: int, target: int | None = None) -> int:
     """Positions per chunk when a walk over whole rows would launch `programs` programs (rows x channel
-    blocks): the whole row when that is about `target` (None: TARGET_PROGRAMS), else cut into enough
-    chunks for about `target`, never shorter than `min_chunk` positions. Shared with gated_context's walk."""
-    n_chunks = _ops.sym_max(1, _ops.sym_min(T // min_chunk, _ops.cdiv(target or TARGET_PROGRAMS, programs)))
-    return _ops.cdiv(T, n_chunks)
+    blocks): the whole row when that is about `target` programs (None: TARGET_PROGRAMS), else cut into at
+    most cdiv(target, programs) chunks of equal length (a row's last may be shorter), as many as chunks of
+    `min_chunk` positions allow: more than min_chunk / 2 positions each. Shared with gated_context's walk.
+
+    Only + and // on the sizes, no min or max: under torch.compile this length is SymInt arithmetic that
+    the saved states' sizes carry into the graph's size guards, and inductor's on-disk graph cache re-checks
+    a loaded graph's guards by evaluating them with Python's min / max on the traced sizes, where each
+    comparison adds a guard. With `max(1, min(T // min_chunk, ...))` chunks, a graph loaded from the cache
+    came back guarded on T < 2 * min_chunk (the batch is one chunk), and the first chunked batch after a
+    cache hit (the GPU check's cells, after its warm-up) recompiled the model (tests/test_scan_triton.py:
+    the one-graph test on a warm cache, and a test that the traced length holds no Min or Max)."""
+    longest = min_chunk * _ops.cdiv(T, min_chunk * _ops.cdiv(target or TARGET_PROGRAMS, programs))
+    return _ops.cdiv(T, _ops.cdiv(T, longest))  # the chunks `longest` needs, made equal (so never past T)
 
 
 # (kernel, device, Di, N) whose chunked (SUMMARY) variant has been compiled. A batch of few long rows

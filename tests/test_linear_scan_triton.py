@@ -15,7 +15,7 @@ import mixers._linear_scan_triton as lst
 import mixers.gated_context as gc
 from benchmarks.common import NoLaunch
 from test_gated_context import D, assert_same_mixer
-from test_scan_triton import (_frame_bytes, _sass_ops, assert_unspecialised_lengths, compiled_lm_frames,
+from test_scan_triton import (_frame_bytes, _sass_ops, assert_unspecialised_lengths, compiled_lm_run,
                               gpu_compiler, guarded_kernels, recorded_launches, run_interpreter_suite)
 
 INTERP = lst.triton is not None and lst.interpreting()
@@ -159,13 +159,14 @@ def test_the_chunks_fill_the_gpu_and_never_get_short():
     if lst.triton is None:
         pytest.skip("Triton is not installed")
     # the small preset's rows (32 x 512, 2 channel blocks = 64 programs) are cut into 16 chunks of 32; many
-    # short rows are not cut; 2 x 8192 into enough chunks for about TARGET_PROGRAMS programs
+    # short rows are not cut; 2 x 8192 into enough chunks for about TARGET_PROGRAMS programs; a chunk is
+    # more than half MIN_CHUNK long (fill_chunk_len)
     assert lst.chunk_len(32, 512, 256) == 32
     assert lst.chunk_len(1024, 16, 256) == 16
     ch = lst.chunk_len(2, 8192, 256)
     programs = 2 * 2 * (-(-8192 // ch))
     assert ch >= lst.MIN_CHUNK and lst.TARGET_PROGRAMS <= programs < 2 * lst.TARGET_PROGRAMS
-    assert min(lst.chunk_len(1, T, 256) for T in range(32, 3000, 7)) >= lst.MIN_CHUNK
+    assert 2 * min(lst.chunk_len(1, T, 256) for T in range(32, 3000, 7)) > lst.MIN_CHUNK
     # a wide model: one row already gives 8 channel blocks of programs, so it needs 8x fewer chunks (of 64)
     ch = lst.chunk_len(1, 8192, 1024)
     assert ch > lst.MIN_CHUNK and lst.TARGET_PROGRAMS <= 8 * -(-8192 // ch) < 2 * lst.TARGET_PROGRAMS, ch
@@ -242,8 +243,8 @@ def test_interp_a_compiled_gated_context_on_the_triton_walk_stops_recompiling(in
     chunk length as SymInt arithmetic: new batch lengths (odd and even: what made a traced pairwise scan
     recompile) must not recompile. (One graph, values against eager: test_scan_triton.py's
     test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eager.)"""
-    model, frames = compiled_lm_frames("gated_context", ((3, 20), (2, 27), (4, 13), (3, 34), (2, 51)))
-    assert model.blocks[0].mixer.backend == "triton_scan"
+    _, steps = compiled_lm_run("gated_context", ((3, 20), (2, 27), (4, 13), (3, 34), (2, 51)))
+    frames = [n for *_, n in steps]
     assert frames[0] >= 1 and frames[-1] == frames[1], frames
 
 

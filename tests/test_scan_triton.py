@@ -398,13 +398,42 @@ def test_long_sequences_are_cut_into_chunks_that_fill_the_gpu():
         pytest.skip("Triton is not installed")
     # enough sequences (128 x 16 channel blocks = 2,048 programs): one walk per sequence; the small
     # preset's 32 x 512 (512 programs) is cut in two; 2 x 8192 into enough chunks for about
-    # TARGET_PROGRAMS programs again; a chunk is never shorter than MIN_CHUNK positions
+    # TARGET_PROGRAMS programs again, in equal chunks of more than MIN_CHUNK / 2 positions
     assert st.chunk_len(128, 128, 512) == 128
     assert st.chunk_len(32, 512, 512) == 256
     ch = st.chunk_len(2, 8192, 512)
     programs = 2 * (512 // st.BLOCK_D) * (-(-8192 // ch))
     assert ch >= st.MIN_CHUNK and st.TARGET_PROGRAMS <= programs < 2 * st.TARGET_PROGRAMS
-    assert st.chunk_len(1, 100, 32) == 100 and min(st.chunk_len(1, T, 32) for T in range(64, 2000, 7)) >= st.MIN_CHUNK
+    assert st.chunk_len(1, 100, 32) == 50  # one program: 100 positions in two chunks (not one, nor 64 + 36)
+    assert [st.chunk_len(1, T, 32) for T in (1, 37, 64)] == [1, 37, 64]  # a short row is one chunk, itself
+    for Bsz, Di, target in ((1, 32, None), (3, 64, None), (8, 512, 256), (40, 1024, None), (2, 96, 4)):
+        programs = Bsz * (-(-Di // st.BLOCK_D))
+        most = -(-(target or st.TARGET_PROGRAMS) // programs)  # chunks a row needs for about `target` programs
+        for T in range(1, 3000, 13):
+            ch = st.chunk_len(Bsz, T, Di, target)
+            n = -(-T // ch)
+            assert ch <= T and n <= most and (n == 1 or 2 * ch > st.MIN_CHUNK), (Bsz, Di, target, T, ch)
+            assert n == 1 or T - (n - 1) * ch <= ch, (Bsz, Di, target, T, ch)  # (the last is the short one)
+            # chunks of about MIN_CHUNK where `most` of them cover the row, else over half of `most` chunks
+            assert n == -(-T // st.MIN_CHUNK) if T <= most * st.MIN_CHUNK else 2 * n > most, (Bsz, Di, target, T, ch)
+
+
+def test_the_chunk_length_is_computed_without_a_min_or_a_max():
+    """Under torch.compile the chunk length is SymInt arithmetic on the traced sizes, carried by the saved
+    states' sizes into the guards that inductor's graph cache re-checks on a load with Python's min and max:
+    each comparison there adds a guard (the batch is one chunk) and a recompile at the first chunked batch.
+    Traced with symbolic sizes, the length is an expression with no Min or Max in it, and computing it adds
+    no guard."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    env = ShapeEnv()
+    Bsz, T = (env.create_symintnode(env.create_symbol(v, ConstantSource(f"s{v}")), hint=v)
+              for v in (3, 700))
+    for ch in (st.chunk_len(Bsz, T, 64), st.chunk_len(Bsz, T, 64, 256), st.fill_chunk_len(Bsz * 2, T, 32)):
+        expr = ch.node.expr
+        assert not expr.atoms(torch.utils._sympy.functions.Max, torch.utils._sympy.functions.Min), expr
+    assert not env.guards, env.guards
 
 
 @pytest.mark.skipif(st.triton is None, reason="needs Triton")
@@ -614,16 +643,18 @@ def test_interp_a_compiled_mamba_on_the_triton_scan_stops_recompiling(interprete
     """torch.compile (the CUDA default) around the Triton scan, a custom operator whose shape function takes
     the chunk length as SymInt arithmetic: new batch shapes must not recompile it (tests/test_compile.py's
     contract, here for the path CPU runs never take)."""
-    model, frames = compiled_lm_frames("mamba", ((3, 20), (2, 27), (4, 13), (3, 34)))
-    assert model.blocks[0].mixer.backend == "triton_scan"
+    _, steps = compiled_lm_run("mamba", ((3, 20), (2, 27), (4, 13), (3, 34)))
+    frames = [n for *_, n in steps]
     assert frames[0] >= 1 and frames[-1] == frames[1], frames
 
 
-def compiled_lm_frames(mixer: str, shapes) -> tuple:
-    """(a one-block LM of `mixer` on its Triton scan, the frames compiled after each training step) for
-    batches of the given (rows, length), rows after the first padded on the left by 3."""
+def compiled_lm_run(mixer: str, shapes, backend: str = "eager", compiled: bool = True) -> tuple:
+    """(a one-block LM of `mixer` on its Triton scan, [(loss, gradients, frames compiled so far)] after each
+    training step) for batches of the given (rows, length), rows after the first padded on the left by 3,
+    the ids seeded by the length (so an eager and a compiled run see the same batches). `backend`: what
+    compiles the frames dynamo counts ("eager": dynamo's graphs run as traced; "inductor": the CUDA path's)."""
     import torch._dynamo
-    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.testing import CompileCounterWithBackend
 
     from harness.model import LM, LMConfig
 
@@ -631,15 +662,18 @@ def compiled_lm_frames(mixer: str, shapes) -> tuple:
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=97, d_model=16, n_layers=1, mixer=mixer, causal=True, mlp_hidden=32,
                         mixer_opts={"scan": "triton"}))
-    counter = CompileCounter()
-    step = torch.compile(model, backend=counter)
-    frames = []
+    counter = CompileCounterWithBackend(backend)
+    step = torch.compile(model, backend=counter) if compiled else model
+    out = []
     for rows, T in shapes:
-        ids = torch.randint(0, 97, (rows, T))
+        ids = torch.randint(0, 97, (rows, T), generator=torch.Generator().manual_seed(T))
         pad_mask = torch.arange(T)[None, :] < torch.tensor([T] + [T - 3] * (rows - 1))[:, None]
-        step(ids, pad_mask).float().pow(2).mean().backward()
-        frames.append(counter.frame_count)
-    return model, frames
+        model.zero_grad()
+        loss = step(ids, pad_mask).float().pow(2).mean()
+        loss.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in model.parameters()], counter.frame_count))
+    assert model.blocks[0].mixer.backend == "triton_scan"
+    return model, out
 
 
 def test_interp_the_scan_operators_pass_opcheck(interpreter):
@@ -701,50 +735,35 @@ def test_the_scan_operators_never_read_a_device_value(monkeypatch):
 
 @pytest.mark.parametrize("mixer", ["mamba", "gated_context"])
 def test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eager(interpreter, monkeypatch, mixer,
-                                                                                 torch_config):
+                                                                                 torch_config, tmp_path):
     """Issue 14's remaining graph break: as custom operators the Triton scans are single nodes of the
     compiled graph, so a one-block LM compiles to one forward graph (dynamo's count; with
     WAVEBENCH_SCAN_OPS=0's graph break, more), and inductor's code around them, with the lengths dynamic
-    and the sequence cut into 1 to 8 chunks, gives eager's losses and gradients, compiling no more after the
-    second length. Compiled from scratch: inductor's on-disk graph cache is off here, since a graph it loads
-    brings guards of its own (README, "The Triton scans as custom operators": one recompile more)."""
-    import torch._dynamo
+    and the sequence cut into 1 to 9 chunks, gives eager's losses and gradients, compiling no more after the
+    second length. The same again from inductor's on-disk graph cache (as the GPU check's cells load what its
+    warm-up compiled): a loaded graph re-checks its size guards, and while the chunk length was a min / max
+    of the sizes that check guarded on the batch being one chunk, and the first chunked batch recompiled."""
     import torch._inductor.config as inductor_config
-    from torch._dynamo.testing import CompileCounterWithBackend
+    from torch._dynamo.utils import counters
 
-    from harness.model import LM, LMConfig
-
-    torch_config(inductor_config, "fx_graph_cache", False)  # (restored after the test)
-
-    def run(compiled: bool):
-        torch._dynamo.reset()
-        torch.manual_seed(0)
-        model = LM(LMConfig(vocab_size=97, d_model=16, n_layers=1, mixer=mixer, causal=True, mlp_hidden=32,
-                            mixer_opts={"scan": "triton"}))
-        counter = CompileCounterWithBackend("inductor")
-        step = torch.compile(model, backend=counter) if compiled else model
-        out = []
-        for rows, T in ((2, 20), (3, 27), (2, 130), (2, 260)):  # Mamba: 1, 1, 2, 4 chunks; gated_context: 1, 1, 4, 8
-            ids = torch.randint(0, 97, (rows, T), generator=torch.Generator().manual_seed(T))
-            pad_mask = torch.arange(T)[None, :] < torch.tensor([T] + [T - 3] * (rows - 1))[:, None]
-            model.zero_grad()
-            loss = step(ids, pad_mask).float().pow(2).mean()
-            loss.backward()
-            out.append((loss.detach(), [p.grad.clone() for p in model.parameters()], counter.frame_count))
-        assert model.blocks[0].mixer.backend == "triton_scan"
-        return out, counter.frame_count
-
-    eager, _ = run(False)
-    compiled, frames = run(True)
-    for (l0, g0, _), (l1, g1, _) in zip(eager, compiled):
-        torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-6)
-        for a, b in zip(g1, g0):
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
-    assert compiled[1][2] == compiled[-1][2], [c[2] for c in compiled]  # no compile after the second length
-    assert frames == 2, frames  # the first shape, then the dynamic one: each ONE graph (no break)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty cache, that the first compile fills
+    torch_config(inductor_config, "fx_graph_cache", True)  # (restored after the test)
+    shapes = ((2, 20), (3, 27), (2, 130), (2, 260))  # Mamba: 1, 1, 3, 5 chunks; gated_context: 1, 1, 5, 9
+    _, eager = compiled_lm_run(mixer, shapes, compiled=False)
+    for cache in ("cold", "warm"):
+        hits = counters["inductor"]["fxgraph_cache_hit"]
+        _, compiled = compiled_lm_run(mixer, shapes, "inductor")
+        loaded = counters["inductor"]["fxgraph_cache_hit"] - hits
+        assert (loaded > 0) == (cache == "warm"), (cache, loaded)  # the second run compiled from the cache
+        for (l0, g0, _), (l1, g1, _) in zip(eager, compiled):
+            torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-6)
+            for a, b in zip(g1, g0):
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        # the first shape, then the dynamic one: each ONE graph (no break), and no compile after that
+        assert [n for *_, n in compiled] == [1, 2, 2, 2], (cache, [n for *_, n in compiled])
     monkeypatch.setattr(mixers._ops, "ENABLED", False)  # the graph-break path, as WAVEBENCH_SCAN_OPS=0 sets it
-    _, frames_split = run(True)
-    assert frames_split > frames, (frames_split, frames)
+    _, split = compiled_lm_run(mixer, shapes, "inductor")
+    assert split[-1][2] > 2, [n for *_, n in split]
 
 
 @pytest.mark.parametrize("scan_ops", [True, False], ids=["custom_ops", "graph_break"])
