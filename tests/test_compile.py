@@ -77,6 +77,67 @@ def test_the_check_catches_a_mixer_that_branches_on_the_length(monkeypatch):
     assert frames[-1] > frames[1], frames
 
 
+def _guards_with_min_or_max(mixer: str, scope: str = "blocks") -> list[str]:
+    """The size guards holding a min or max of the sizes that a small causal LM's compiled training steps
+    (traced through AOTAutograd, `aot_eager`, as inductor gets them) leave on its graphs' ShapeEnvs."""
+    from torch._dynamo.backends.registry import lookup_backend
+    from torch._guards import TracingContext
+    from torch.utils._sympy.functions import Max, Min
+
+    envs = {}
+
+    def backend(gm, example_inputs):
+        env = TracingContext.get().fake_mode.shape_env
+        envs[id(env)] = env
+        return lookup_backend("aot_eager")(gm, example_inputs)
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=V, d_model=32, n_layers=2, mixer=mixer, causal=True, mlp_hidden=64))
+    step, _ = compile_for_training(model, scope=scope, backend=backend)
+    for rows, T in SHAPES:
+        ids = torch.randint(0, V, (rows, T))
+        step(ids, torch.ones(rows, T, dtype=torch.bool)).float().pow(2).mean().backward()
+    assert envs, "nothing was compiled: the test would pass for any model"
+    return sorted({str(g.expr) for env in envs.values() for g in env.guards if g.expr.atoms(Max, Min)})
+
+
+@pytest.mark.parametrize("scope", COMPILE_SCOPES)
+@pytest.mark.parametrize("mixer", mixers.names())
+def test_no_guard_holds_a_min_or_max_of_the_sizes(mixer, scope):
+    """Inductor's on-disk graph cache (on by default) re-checks a loaded graph's size guards by evaluating
+    them as Python code on the traced sizes, where a min or a max is Python's builtin: it compares two
+    sizes, and that comparison is a new guard, one the graph compiled from scratch did not have. A guard
+    on min(T // 32, ...) came back as T <= 63, and the first longer batch after a cache hit (the GPU
+    check's cells load what its warm-up compiled) recompiled the model inside the budgeted clock: the
+    Triton scans' chunk length did that (tests/test_scan_triton.py, the one-graph test on a warm cache).
+    So no guard may hold a min or max: sizes computed with + and // only."""
+    assert not _guards_with_min_or_max(mixer, scope)
+
+
+def test_the_min_or_max_check_catches_a_chunk_length_with_a_min(monkeypatch):
+    """A planted mixer that sums over chunks of a length computed as the scans' once was (the fewer of
+    T // 32 and 3 chunks, at least one) leaves guards holding Min and Max, and the check sees them."""
+    class MinProbe(mixers.Mixer):
+        def forward(self, x, pad_mask=None):
+            B, T, D = x.shape
+            symbolic = isinstance(T, torch.SymInt)
+            n = (torch.sym_max if symbolic else max)(1, (torch.sym_min if symbolic else min)(T // 32, 3))
+            chunk = (T + n - 1) // n
+            sums = torch.nn.functional.pad(x, (0, 0, 0, n * chunk - T)).view(B, n, chunk, D).sum(2)
+            return x + sums.mean(1, keepdim=True)
+
+        def state_floats(self, seq_len: int) -> int:
+            return self.d_model
+
+    mixers.REGISTRY.register("min_probe")(MinProbe)
+    try:
+        found = _guards_with_min_or_max("min_probe")
+    finally:
+        mixers.REGISTRY.unregister("min_probe")
+    assert found and all("Max(1, Min(3, " in g for g in found), found
+
+
 def _mamba_conv():
     from mixers.mamba import causal_depthwise_conv
 
