@@ -265,7 +265,8 @@ def fill_chunk_len(programs: int, T: int, min_chunk: int, target: int | None = N
     """Positions per chunk when a walk over whole rows would launch `programs` programs (rows x channel
     blocks): the whole row when that is about `target` programs (None: TARGET_PROGRAMS), else cut into at
     most cdiv(target, programs) chunks of equal length (a row's last may be shorter), as many as chunks of
-    `min_chunk` positions allow: more than min_chunk / 2 positions each. Shared with gated_context's walk.
+    `min_chunk` positions allow: when cut, more than min_chunk / 2 positions each. T >= 1 (both callers
+    answer an empty sequence without a walk). Shared with gated_context's walk.
 
     Only + and // on the sizes, no min or max: under torch.compile this length is SymInt arithmetic that
     the saved states' sizes carry into the graph's size guards, and inductor's on-disk graph cache re-checks
