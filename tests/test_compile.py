@@ -28,24 +28,28 @@ SHAPES = ((4, 57), (3, 64), (2, 91), (5, 122), (6, 33))
 V = 97
 
 
-def _frames_per_step(mixer: str, causal: bool, scope: str = "blocks") -> list[int]:
-    """Graphs compiled so far after each training step (forward + backward) of a small LM, compiled as
-    the trainer compiles it (`scope`: each block, or the whole model)."""
+def _train_on_shapes(mixer: str, causal: bool, scope: str, backend):
+    """A small LM compiled as the trainer compiles it (`scope`: each block, or the whole model) with dynamo
+    backend `backend`, one training step (forward + backward) per batch of SHAPES: a generator that yields
+    after each step."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=V, d_model=32, n_layers=2, mixer=mixer, causal=causal, mlp_hidden=64))
-    counter = CompileCounter()
-    step, got = compile_for_training(model, scope=scope, backend=counter)
+    step, got = compile_for_training(model, scope=scope, backend=backend)
     assert got == scope
-    seen = []
     for rows, T in SHAPES:
         ids = torch.randint(0, V, (rows, T))
         lengths = torch.randint(T // 2, T + 1, (rows,))
         lengths[0] = T
         pad_mask = torch.arange(T)[None, :] < lengths[:, None]  # right padding, as the trainer's batches
         step(ids, pad_mask).float().pow(2).mean().backward()
-        seen.append(counter.frame_count)
-    return seen
+        yield
+
+
+def _frames_per_step(mixer: str, causal: bool, scope: str = "blocks") -> list[int]:
+    """Graphs compiled so far after each training step of `_train_on_shapes`."""
+    counter = CompileCounter()
+    return [counter.frame_count for _ in _train_on_shapes(mixer, causal, scope, counter)]
 
 
 @pytest.mark.parametrize("scope", COMPILE_SCOPES)
@@ -79,7 +83,8 @@ def test_the_check_catches_a_mixer_that_branches_on_the_length(monkeypatch):
 
 def _guards_with_min_or_max(mixer: str, scope: str = "blocks") -> list[str]:
     """The size guards holding a min or max of the sizes that a small causal LM's compiled training steps
-    (traced through AOTAutograd, `aot_eager`, as inductor gets them) leave on its graphs' ShapeEnvs."""
+    (`_train_on_shapes`, traced through AOTAutograd, `aot_eager`, as inductor gets them) leave on its
+    graphs' ShapeEnvs."""
     from torch._dynamo.backends.registry import lookup_backend
     from torch._guards import TracingContext
     from torch.utils._sympy.functions import Max, Min
@@ -91,13 +96,8 @@ def _guards_with_min_or_max(mixer: str, scope: str = "blocks") -> list[str]:
         envs[id(env)] = env
         return lookup_backend("aot_eager")(gm, example_inputs)
 
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=V, d_model=32, n_layers=2, mixer=mixer, causal=True, mlp_hidden=64))
-    step, _ = compile_for_training(model, scope=scope, backend=backend)
-    for rows, T in SHAPES:
-        ids = torch.randint(0, V, (rows, T))
-        step(ids, torch.ones(rows, T, dtype=torch.bool)).float().pow(2).mean().backward()
+    for _ in _train_on_shapes(mixer, True, scope, backend):
+        pass
     assert envs, "nothing was compiled: the test would pass for any model"
     return sorted({str(g.expr) for env in envs.values() for g in env.guards if g.expr.atoms(Max, Min)})
 
@@ -115,7 +115,7 @@ def test_no_guard_holds_a_min_or_max_of_the_sizes(mixer, scope):
     assert not _guards_with_min_or_max(mixer, scope)
 
 
-def test_the_min_or_max_check_catches_a_chunk_length_with_a_min(monkeypatch):
+def test_the_min_or_max_check_catches_a_chunk_length_with_a_min():
     """A planted mixer that sums over chunks of a length computed as the scans' once was (the fewer of
     T // 32 and 3 chunks, at least one) leaves guards holding Min and Max, and the check sees them."""
     class MinProbe(mixers.Mixer):

@@ -243,7 +243,7 @@ def test_interp_a_compiled_gated_context_on_the_triton_walk_stops_recompiling(in
     chunk length as SymInt arithmetic: new batch lengths (odd and even: what made a traced pairwise scan
     recompile) must not recompile. (One graph, values against eager: test_scan_triton.py's
     test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eager.)"""
-    _, steps = compiled_lm_run("gated_context", ((3, 20), (2, 27), (4, 13), (3, 34), (2, 51)))
+    steps = compiled_lm_run("gated_context", ((3, 20), (2, 27), (4, 13), (3, 34), (2, 51)))
     frames = [n for *_, n in steps]
     assert frames[0] >= 1 and frames[-1] == frames[1], frames
 

@@ -645,14 +645,14 @@ def test_interp_a_compiled_mamba_on_the_triton_scan_stops_recompiling(interprete
     """torch.compile (the CUDA default) around the Triton scan, a custom operator whose shape function takes
     the chunk length as SymInt arithmetic: new batch shapes must not recompile it (tests/test_compile.py's
     contract, here for the path CPU runs never take)."""
-    _, steps = compiled_lm_run("mamba", ((3, 20), (2, 27), (4, 13), (3, 34)))
+    steps = compiled_lm_run("mamba", ((3, 20), (2, 27), (4, 13), (3, 34)))
     frames = [n for *_, n in steps]
     assert frames[0] >= 1 and frames[-1] == frames[1], frames
 
 
-def compiled_lm_run(mixer: str, shapes, backend: str = "eager", compiled: bool = True) -> tuple:
-    """(a one-block LM of `mixer` on its Triton scan, [(loss, gradients, frames compiled so far)] after each
-    training step) for batches of the given (rows, length), rows after the first padded on the left by 3,
+def compiled_lm_run(mixer: str, shapes, backend: str = "eager", compiled: bool = True) -> list[tuple]:
+    """[(loss, gradients, frames compiled so far)] after each training step of a one-block LM of `mixer` on
+    its Triton scan, for batches of the given (rows, length), rows after the first padded on the left by 3,
     the ids seeded by the length (so an eager and a compiled run see the same batches). `backend`: what
     compiles the frames dynamo counts ("eager": dynamo's graphs run as traced; "inductor": the CUDA path's)."""
     import torch._dynamo
@@ -675,7 +675,7 @@ def compiled_lm_run(mixer: str, shapes, backend: str = "eager", compiled: bool =
         loss.backward()
         out.append((loss.detach(), [p.grad.clone() for p in model.parameters()], counter.frame_count))
     assert model.blocks[0].mixer.backend == "triton_scan"
-    return model, out
+    return out
 
 
 def test_interp_the_scan_operators_pass_opcheck(interpreter):
@@ -751,10 +751,10 @@ def test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eage
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # an empty cache, that the first compile fills
     torch_config(inductor_config, "fx_graph_cache", True)  # (restored after the test)
     shapes = ((2, 20), (3, 27), (2, 130), (2, 260))  # Mamba: 1, 1, 3, 5 chunks; gated_context: 1, 1, 5, 9
-    _, eager = compiled_lm_run(mixer, shapes, compiled=False)
+    eager = compiled_lm_run(mixer, shapes, compiled=False)
     for cache in ("cold", "warm"):
         hits = counters["inductor"]["fxgraph_cache_hit"]
-        _, compiled = compiled_lm_run(mixer, shapes, "inductor")
+        compiled = compiled_lm_run(mixer, shapes, "inductor")
         loaded = counters["inductor"]["fxgraph_cache_hit"] - hits
         assert (loaded > 0) == (cache == "warm"), (cache, loaded)  # the second run compiled from the cache
         for (l0, g0, _), (l1, g1, _) in zip(eager, compiled):
@@ -764,7 +764,7 @@ def test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eage
         # the first shape, then the dynamic one: each ONE graph (no break), and no compile after that
         assert [n for *_, n in compiled] == [1, 2, 2, 2], (cache, [n for *_, n in compiled])
     monkeypatch.setattr(mixers._ops, "ENABLED", False)  # the graph-break path, as WAVEBENCH_SCAN_OPS=0 sets it
-    _, split = compiled_lm_run(mixer, shapes, "inductor")
+    split = compiled_lm_run(mixer, shapes, "inductor")
     assert split[-1][2] > 2, [n for *_, n in split]
 
 
