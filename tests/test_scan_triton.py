@@ -650,11 +650,18 @@ def test_interp_a_compiled_mamba_on_the_triton_scan_stops_recompiling(interprete
     assert frames[0] >= 1 and frames[-1] == frames[1], frames
 
 
-def compiled_lm_run(mixer: str, shapes, backend: str = "eager", compiled: bool = True) -> list[tuple]:
+def compiled_lm_run(mixer: str, shapes, backend: str = "eager", compiled: bool = True,
+                    autocast: torch.dtype | None = None) -> list[tuple]:
     """[(loss, gradients, frames compiled so far)] after each training step of a one-block LM of `mixer` on
-    its Triton scan, for batches of the given (rows, length), rows after the first padded on the left by 3,
-    the ids seeded by the length (so an eager and a compiled run see the same batches). `backend`: what
-    compiles the frames dynamo counts ("eager": dynamo's graphs run as traced; "inductor": the CUDA path's)."""
+    its Triton scan, for batches of the given (rows, length), rows after the first ending in 3 pads (right
+    padding: a causal LM drops the mask, as for the trainer's autoregressive batches), the ids and the loss's
+    weights seeded by the length (so an eager and a compiled run see the same batches). The loss weighs the
+    output by fixed random weights, not its square: the output leaves the final RMSNorm, whose square barely
+    depends on its input (with it every gradient before the norm was noise, the delta path's ~1e-13, under
+    any tolerance); and the parameters start away from their init (gains of one), so each gradient counts.
+    `backend`: what compiles the frames dynamo counts ("eager": dynamo's graphs run as traced; "inductor": the
+    CUDA path's).
+    `autocast`: the forward under CPU autocast to that dtype, as the trainer runs it on CUDA."""
     import torch._dynamo
     from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -664,14 +671,19 @@ def compiled_lm_run(mixer: str, shapes, backend: str = "eager", compiled: bool =
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=97, d_model=16, n_layers=1, mixer=mixer, causal=True, mlp_hidden=32,
                         mixer_opts={"scan": "triton"}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
     counter = CompileCounterWithBackend(backend)
     step = torch.compile(model, backend=counter) if compiled else model
     out = []
     for rows, T in shapes:
         ids = torch.randint(0, 97, (rows, T), generator=torch.Generator().manual_seed(T))
         pad_mask = torch.arange(T)[None, :] < torch.tensor([T] + [T - 3] * (rows - 1))[:, None]
+        w = torch.randn(rows, T, 16, generator=torch.Generator().manual_seed(1000 + T))
         model.zero_grad()
-        loss = step(ids, pad_mask).float().pow(2).mean()
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = (step(ids, pad_mask).float() * w).sum()
         loss.backward()
         out.append((loss.detach(), [p.grad.clone() for p in model.parameters()], counter.frame_count))
     assert model.blocks[0].mixer.backend == "triton_scan"
@@ -766,6 +778,27 @@ def test_interp_a_compiled_block_on_the_triton_scan_is_one_graph_and_equals_eage
     monkeypatch.setattr(mixers._ops, "ENABLED", False)  # the graph-break path, as WAVEBENCH_SCAN_OPS=0 sets it
     split = compiled_lm_run(mixer, shapes, "inductor")
     assert split[-1][2] > 2, [n for *_, n in split]
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "gated_context"])
+def test_interp_a_compiled_block_on_the_triton_scan_trains_under_bf16_autocast(interpreter, mixer):
+    """The GPU's path as CPU can run it: the trainer runs a compiled model's forward under bf16 autocast, so
+    inside the block's graph the projections hand the scan operators bf16 tensors, which the mixer casts to
+    fp32 around the operator (the kernels read fp32; the operators' shape functions promise fp32 outputs).
+    On CUDA only the GPU check's tests see this; here CPU autocast, inductor and the interpreted kernels, one
+    batch of one chunk and one of several: the compiled model's loss and gradients agree with the eager
+    model's under the same autocast (bf16 rounds differently in and out of a graph, hence the CUDA test's
+    criteria: cosine > 0.99, norms within 5%), and the block stays one graph (no break around the operator)."""
+    shapes = ((2, 20), (2, 130))  # Mamba: 1 and 3 chunks; gated_context: 1 and 5
+    eager = compiled_lm_run(mixer, shapes, compiled=False, autocast=torch.bfloat16)
+    compiled = compiled_lm_run(mixer, shapes, "inductor", autocast=torch.bfloat16)
+    assert [n for *_, n in compiled] == [1, 2], [n for *_, n in compiled]
+    for (l0, g0, _), (l1, g1, _) in zip(eager, compiled):
+        torch.testing.assert_close(l1, l0, rtol=2e-2, atol=1.0)  # a sum of ~10^3 bf16-rounded terms
+        for a, b in zip(g1, g0):
+            cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+            ratio = (a.norm() / b.norm().clamp_min(1e-12)).item()
+            assert cos > 0.99 and abs(ratio - 1) < 0.05, (cos, ratio)
 
 
 @pytest.mark.parametrize("scan_ops", [True, False], ids=["custom_ops", "graph_break"])
