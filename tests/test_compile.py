@@ -240,8 +240,15 @@ def test_compiled_gradients_are_the_eager_gradients_on_cuda_under_bf16_autocast(
     (cosine > 0.99, norms within 5%), which a zeroed or wrong gradient fails."""
     eager, compiled = _eager_and_compiled_grads(mixer, True, "blocks", "cuda", torch.bfloat16)
     assert compiled.keys() == eager.keys()
-    for name, g in eager.items():
-        c = compiled[name]
+    assert_bf16_gradients_agree((name, compiled[name], g) for name, g in eager.items())
+
+
+def assert_bf16_gradients_agree(grads) -> None:
+    """For each (name, compiled gradient, eager gradient) under bf16 autocast: the same direction and size
+    (cosine > 0.99, norms within 5%). bf16 rounds differently in and out of a compiled graph, so equality is
+    out of reach, while a zeroed or wrong gradient fails. (Also the interpreter's test of the Triton scans
+    under autocast, tests/test_scan_triton.py.)"""
+    for name, c, g in grads:
         cos = torch.nn.functional.cosine_similarity(c.flatten(), g.flatten(), dim=0).item()
         ratio = (c.norm() / g.norm().clamp_min(1e-12)).item()
         assert cos > 0.99 and abs(ratio - 1) < 0.05, f"gradient of {name}: cosine {cos:.4f}, norm ratio {ratio:.4f}"
