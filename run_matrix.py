@@ -91,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=os.environ.get("WAVEBENCH_DATA_DIR"),
                    help="directory with JGLUE JSON files (default: $WAVEBENCH_DATA_DIR, else download)")
     p.add_argument("--out", default=".", help="root for results/ and reports/ (default: here)")
-    p.add_argument("--grid", default=None, help="grid name (default: <protocol>_<preset>_<budget>)")
+    p.add_argument("--grid", default=None, help="grid name (default: <protocol>[_<task tag>][_<pretraining>]_<preset>_<budget>)")
     p.add_argument("--cache-dir", default=os.environ.get("WAVEBENCH_CACHE", str(Path.home() / ".cache" / "wavebench")))
     p.add_argument("--mixer-opt", action="append", metavar="[MIXER.]KEY=VALUE", help="mixer option (repeatable)")
     p.add_argument("--objective-opt", action="append", metavar="[OBJECTIVE.]KEY=VALUE", help="objective option")
@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed
         name = f"{args.task}-sweep" + "".join(f"-{k}{v}" for k, v in sorted(task_opts.items()) if k != "seq_len")
     else:
-        name = data.protocol + (f"_{PretrainSpec(**pretrain).slug()}" if pretrain else "")
+        name = data.protocol + "".join(f"_{t}" for t in (task.grid_tag(),) if t) \
+            + (f"_{PretrainSpec(**pretrain).slug()}" if pretrain else "")
     default = f"{name}_{args.preset}_{budget.slug}{device_slug(device, dist)}"
     ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", default)
     results = out / "results" / f"{ctx.grid}.jsonl"

@@ -245,6 +245,7 @@ class CellPlan:
         try:
             loss_impl = "chunked" if ctx.remote else resolve_impl(cell.loss, ctx.device)
             objective = objectives.build(cell.objective, data.special, loss_impl, **cell.objective_opts)
+            task.check_objective(objective)
             cfg = matched_config(preset, cell.mixer, objective.causal, data.vocab_size, cell.mixer_opts, cell.norm)
         except Exception as e:
             raise ValueError(f"{cell.label()}: {error_text(e)}") from None

@@ -278,7 +278,26 @@ def legend(cols: list[Column], rows: list[dict[str, Any]]) -> str:
                      "within one grid); never bolded")
     if any(c.key == "latency" for c in cols):
         lines.append(decode_paths_line(rows))
+    constrained = answer_constraints_line(rows)
+    if constrained:
+        lines.append(constrained)
     return "\n".join(lines)
+
+
+def answer_constraints_line(rows: list[dict[str, Any]]) -> str | None:
+    """How the models' answers were chosen, from each row's `metrics.answer_constraint`, when any cell's
+    were constrained (e.g. JSQuAD's spans of the context): such scores answer another question than free
+    generation's, and the references beside them are not constrained. None when every answer was free."""
+    ways: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        if not is_reference(r) and r["status"] == "ok":
+            ways[(r.get("metrics") or {}).get("answer_constraint") or "none: free generation"].append(
+                f"{row_name(r)} × {r['objective']}")
+    if all(w.startswith("none") for w in ways):
+        return None
+    parts = [f"`{esc(w)}` ({len(cells)} cells)" for w, cells in sorted(ways.items())]
+    return "- **answers**: " + "; ".join(parts) + ". A constrained cell's EM/F1 say where the model puts the " \
+        "answer, not whether it can spell it: compare them with constrained cells only."
 
 
 def decode_paths_line(rows: list[dict[str, Any]]) -> str:

@@ -118,6 +118,15 @@ class Task:
         """What every row of this task carries so a report can show it without importing the task."""
         return {"task_metrics": [m.to_dict() for m in self.metrics], "protocol_text": self.protocol_text(protocol)}
 
+    def grid_tag(self) -> str:
+        """What in this task's options changes what its scores mean, for default grid names ("" for nothing):
+        such rows then never share a grid (and its report) with rows that mean something else."""
+        return ""
+
+    def check_objective(self, objective) -> None:
+        """Raise ValueError (one line) when this task's options ask of `objective` what it cannot do: checked
+        when a cell is planned, before any cell trains, not after a budget was spent (default: nothing)."""
+
     def references(self, data: TaskData, ctx: PrepareContext) -> list[Reference]:
         """Floors and ceilings scored on the same evaluation items as the models (none by default)."""
         return []

@@ -27,6 +27,11 @@ Truncation policy, applied when a sequence exceeds `max_len`:
 - evaluation: the paragraph keeps its beginning (the answer position is not for the model to know);
   `eval_truncated` counts truncated questions and `eval_answer_cut` those where no gold answer
   survived the cut (a model cannot get them right; they stay in the denominator).
+
+Answers (`answer_constraint`): "none" (default) scores free generation; "span" lets the decoder pick
+only answers that are spans of the prompt's title or (kept) paragraph (tasks/answer_span.py), as the
+objective's `constraint_path` says (recorded in the row's metrics). Every gold answer of JSQuAD v1.3
+is such a span.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ from core.data import SeqSet
 from core.env import autocast
 from tasks import DataError, Metric, PrepareContext, Reference, Task, TaskData, latency_ms, register
 from tasks import jsquad_baselines as jb
+from tasks.answer_span import PieceTrie, SpanConstraint
 from tasks.jsquad_files import VERSION, QAItem, find_split, load_file, parse_articles
 from tasks.jsquad_metric import corpus_scores, score
 from tasks.net import reachable
@@ -48,6 +54,7 @@ from tasks.tokenizer import JaTokenizer, TokenizerSettings, train_or_load
 
 OFFICIAL_BASE = "https://raw.githubusercontent.com/yahoojapan/JGLUE/main/datasets/jsquad-v1.3"
 DEV_SEED = 1234  # the dev slice is the same for every cell and seed
+ANSWER_CONSTRAINTS = ("none", "span")
 
 
 def _online_hint() -> str:
@@ -119,6 +126,7 @@ class JSQuAD(Task):
         latency_n: int = 16  # answers timed one at a time for gen_latency_ms
         extra_train: str = ""  # "jaquad": add JaQuAD train + dev to the training data
         jaquad_dir: str = ""  # JaQuAD's directory ("": jaquad-v0.1.0 beside the JSQuAD data directory)
+        answer_constraint: str = "none"  # "none": free generation | "span": answers are spans of the context
 
         def __post_init__(self):
             for name in ("eval_limit", "latency_n"):
@@ -129,6 +137,17 @@ class JSQuAD(Task):
                 raise ValueError("jsquad: max_answer_tokens must be >= 1 and vocab_size >= 0 (0: the preset's)")
             if not 0 < self.dev_frac < 1:
                 raise ValueError(f"jsquad: dev_frac must be in (0, 1); got {self.dev_frac}")
+            if self.answer_constraint not in ANSWER_CONSTRAINTS:
+                raise ValueError(f"jsquad: answer_constraint must be one of {', '.join(ANSWER_CONSTRAINTS)}; "
+                                 f"got {self.answer_constraint!r}")
+
+    def grid_tag(self) -> str:
+        return "" if self.opts.answer_constraint == "none" else f"answers-{self.opts.answer_constraint}"
+
+    def check_objective(self, objective) -> None:
+        if self.opts.answer_constraint != "none" and objective.constraint_path is None:
+            raise ValueError(f"jsquad: answer_constraint={self.opts.answer_constraint} needs an objective that decodes "
+                             f"under a constraint; {objective.name} does not")
 
     # -- data
     def _splits(self, ctx: PrepareContext) -> tuple[str, list[QAItem], list[QAItem], dict[str, str]]:
@@ -266,6 +285,8 @@ class JSQuAD(Task):
 
         prompts = [p for p, _ in data.items]
         golds = [it.answers for _, it in data.items]
+        span = self.opts.answer_constraint == "span"
+        cons = self.span_constraints(prompts, data) if span else None
         model.eval()
         # by length, one batch at a time: `generate` forms exactly the batches it would form over all
         # prompts (its sort is stable), and the progress line can count answers
@@ -277,13 +298,15 @@ class JSQuAD(Task):
         with torch.no_grad(), autocast(device):
             for s in range(0, len(order), chunk):
                 idx = order[s : s + chunk]
+                kw = {"constraints": [cons[i] for i in idx]} if cons else {}
                 for i, ids in zip(idx, objective.generate(model, [prompts[i] for i in idx], self.opts.max_answer_tokens,
-                                                          batch_size)):
+                                                          batch_size, **kw)):
                     out[i] = ids
                 if progress:
                     progress(s + len(idx), len(order))
             preds = [data.decode(ids) for ids in out]
-            latency = latency_ms(lambda i: objective.generate(model, [prompts[i]], self.opts.max_answer_tokens, 1),
+            latency = latency_ms(lambda i: objective.generate(model, [prompts[i]], self.opts.max_answer_tokens, 1,
+                                                              **({"constraints": [cons[i]]} if cons else {})),
                                  min(self.opts.latency_n, len(prompts)), device)
         scores = corpus_scores(preds, golds)
         per = [score(pr, it.answers) for (_, it), pr in zip(data.items, preds)]  # (em, f1) per question
@@ -294,7 +317,30 @@ class JSQuAD(Task):
         per_question = {"id": [it.qid for _, it in data.items], "em": [int(em) for em, _ in per],
                         "f1": [round(float(f1), 4) for _, f1 in per]}
         return {**scores, "gen_latency_ms": latency, "decode_path": objective.decode_path(model), "eval_n": len(preds),
+                "answer_constraint": f"span: {objective.constraint_path}" if span else "none: free generation",
                 "samples": samples, "per_question": per_question}
+
+    def span_constraints(self, prompts: list[list[int]], data: TaskData) -> list[SpanConstraint]:
+        """One `SpanConstraint` per prompt over the title and the paragraph *as the prompt holds them* (an
+        evaluation prompt may keep only the paragraph's beginning), cut back out of the prompt by its
+        separators: the ids between them decode to exactly that text."""
+        tok = data.tokenizer
+        if tok is None:
+            raise DataError("jsquad: answer_constraint=span needs the task's tokenizer (TaskData.tokenizer)")
+        trie, sep = PieceTrie(tok.piece_bytes()), data.special.sep
+        out = []
+        for p in prompts:
+            parts, cur = [], []
+            for i in p[1:]:  # after BOS: the prompt's sections, each ended by SEP
+                if i == sep:
+                    parts.append(cur)
+                    cur = []
+                else:
+                    cur.append(i)
+            title, par = (parts[0], parts[1]) if self.opts.order == "context_first" else (parts[1], parts[2])
+            # a cut through a character's byte tokens decodes as U+FFFD: not a character of the paragraph
+            out.append(SpanConstraint([tok.decode(title), tok.decode(par).rstrip("\ufffd")], trie, data.special.eos))
+        return out
 
 
 class _Encoder:

@@ -78,6 +78,19 @@ class JaTokenizer:
         drop = {self.special.pad, self.special.bos, self.special.eos, self.special.sep, self.special.mask}
         return self.sp.decode([int(i) for i in ids if int(i) not in drop])
 
+    def piece_bytes(self) -> list[bytes | None]:
+        """Each id's UTF-8 bytes as `decode` concatenates them (None: specials and <unk>, which spell
+        nothing); byte-fallback pieces are their one byte. For span-constrained answers (tasks/answer_span.py)."""
+        sp, out = self.sp, []
+        for i in range(sp.get_piece_size()):
+            if sp.is_control(i) or sp.is_unknown(i):
+                out.append(None)
+            elif sp.is_byte(i):  # "<0xE3>"
+                out.append(bytes([int(sp.id_to_piece(i)[3:-1], 16)]))
+            else:
+                out.append(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        return out
+
 
 def _size_and_coverage(chars: Counter[str], vocab_size: int) -> tuple[int, float]:
     """The vocabulary size and SentencePiece `character_coverage` to train with, from character counts.

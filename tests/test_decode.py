@@ -481,3 +481,44 @@ def test_decoding_uploads_per_batch_not_per_prompt_or_step(objective):
 
     base = count(2, 2)
     assert count(8, 2) == base and count(8, 8) == base  # one batch: more rows, more steps, no more copies
+
+
+class _Allowed:
+    """A task's answer constraint, scripted: after k answer tokens, the ids of `steps[k]` (then only EOS)."""
+
+    def __init__(self, steps: list[list[int]]):
+        self.steps = steps
+
+    def next_tokens(self, prefix):
+        return self.steps[len(prefix)] if len(prefix) < len(self.steps) else [SPECIAL.eos]
+
+    def tokens(self):
+        return sorted({i for s in self.steps for i in s} | {SPECIAL.eos})
+
+
+@pytest.mark.parametrize("decode", ["state", "rerun"])
+def test_greedy_decoding_under_a_constraint_takes_the_best_allowed_token_at_every_step(decode):
+    """Batched decoding under per-prompt constraints against a reference written out here: one prompt at
+    a time, the whole sequence through the model, the argmax over the ids allowed after the answer so far.
+    Both paths (carried state, prefix rerun) must give its tokens, and the constraint must change them."""
+    model = _lm("attention")
+    obj = build_objective("autoregressive", SPECIAL, "chunked", decode=decode)
+    prompts = _prompts()
+    g = torch.Generator().manual_seed(1)
+    cons = [_Allowed([torch.randperm(VOCAB - 6, generator=g)[:3].add(6).tolist() + ([SPECIAL.eos] if k >= 2 else [])
+                      for k in range(5)]) for _ in prompts]
+    expected = []
+    for p, c in zip(prompts, cons):
+        answer: list[int] = []
+        while len(answer) < 8:
+            h = model(torch.tensor([p + answer]))[0, -1]
+            allowed = c.next_tokens(answer)
+            nxt = allowed[int(model.logits(h)[allowed].argmax())]
+            if nxt == SPECIAL.eos:
+                break
+            answer.append(nxt)
+        expected.append(answer)
+    got = obj.generate(model, prompts, max_new=8, batch_size=3, constraints=cons)
+    assert got == expected
+    assert any(len(a) > 2 for a in got)  # several steps decided under the constraint
+    assert got != obj.generate(model, prompts, max_new=8, batch_size=3)  # and it changed the answers

@@ -635,3 +635,33 @@ def test_bound_samples_one_mask_count_per_stratum(monkeypatch):
     with torch.no_grad():
         _obj(eos_fill=False, nll_samples=n).nll(model, batch)
     assert [int(m[0]) for m in seen] == list(range(1, n + 1))
+
+
+class _FirstThenTokens:
+    """A task's answer constraint as the sampler can use it: the ids an answer may start with (its prefix is
+    the empty one, whatever the fill order) and, past the first position, `tokens()`."""
+
+    def __init__(self, first, ids):
+        self.first, self.ids = sorted(first), sorted(set(ids) | set(first) | {SP.eos})
+
+    def next_tokens(self, prefix):
+        assert list(prefix) == [], "the sampler fills positions out of order: only the first has a known prefix"
+        return self.first
+
+    def tokens(self):
+        return self.ids
+
+
+def test_the_sampler_proposes_only_the_tokens_each_rows_constraint_allows():
+    """The scripted model answers 6 7 8 then EOS, each choice at probability ~0.95 and every other id at
+    1e-3. Row 1 may use every id: the same answer. Row 0 may not use 7: there every allowed id is equally
+    likely, the argmax takes the lowest, EOS, and the answer ends after 6. Row 2 may not start with 6
+    (nor with EOS: no empty answer): it starts with the lowest of 8 and 9, then follows the script."""
+    model = ScriptedAnswer()
+    obj = _obj(gen_length=6, steps=6)
+    prompts = [[2, 7, 4], [2, 9, 9, 4], [2, 8, 4]]
+    assert obj.generate(model, prompts, max_new=6, batch_size=3) == [[6, 7, 8]] * 3
+    cons = [_FirstThenTokens([6, 8], [9]), _FirstThenTokens(range(6, V), range(6, V)), _FirstThenTokens([8, 9], [7])]
+    assert obj.generate(model, prompts, max_new=6, batch_size=3, constraints=cons) == [[6], [6, 7, 8], [8, 7, 8]]
+    region = obj.sample(model, prompts, early_stop=False, constraints=cons)
+    assert set(region[0].tolist()) <= {6, 8, 9, SP.eos}  # every position, also those after the EOS

@@ -3,12 +3,13 @@
 An objective decides (1) whether mixers run causal or bidirectional, (2) the training loss from a
 `Batch`, (3) the held-out NLL of the target tokens that becomes the reported perplexity (exact for
 autoregressive models, an upper bound for masked diffusion, hence `ppl_key`), and (4) how answers
-are generated from prompts.
+are generated from prompts, optionally under a task's constraint on the answer (`AnswerConstraint`:
+e.g. JSQuAD's answers restricted to spans of the context).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
 
@@ -20,6 +21,27 @@ register = REGISTRY.register
 names = REGISTRY.names
 get = REGISTRY.get
 options_of = REGISTRY.options_of
+
+
+class AnswerConstraint(Protocol):
+    """What a task may ask of a decoder for one prompt. Tasks implement it (tasks/answer_span.py);
+    objectives apply it as their sampler allows and say how in `constraint_path`."""
+
+    def next_tokens(self, prefix: Sequence[int]) -> list[int]:
+        """The ids allowed after the answer's ids so far (EOS among them where the answer may end)."""
+        ...
+
+    def tokens(self) -> list[int]:
+        """Every id that may occur anywhere in an allowed answer, EOS included."""
+        ...
+
+
+def allowed_mask(allowed: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """(b, V) bool, True at each row's allowed ids: built on the host, one upload (evaluation only)."""
+    m = torch.zeros(len(allowed), vocab, dtype=torch.bool)
+    for r, ids in enumerate(allowed):
+        m[r, list(ids)] = True
+    return m.to(device)
 
 
 class Objective:
@@ -68,8 +90,13 @@ class Objective:
         deterministic one here, so a dev check costs little whatever the budget."""
         return self.nll(model, batch)
 
-    def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
-        """Answer token ids for each prompt, cut before the first EOS."""
+    # how `generate` applies `constraints`, in words, for the results row (None: it cannot)
+    constraint_path: ClassVar[str | None] = None
+
+    def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int,
+                 constraints: Sequence[AnswerConstraint] | None = None) -> list[list[int]]:
+        """Answer token ids for each prompt, cut before the first EOS; with `constraints` (one per prompt),
+        each answer chosen under its prompt's constraint as `constraint_path` says."""
         raise NotImplementedError
 
     def decode_path(self, model) -> str:

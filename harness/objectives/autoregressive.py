@@ -5,17 +5,21 @@ batch) and then one token at a time through every layer (`LM.step`): a KV cache 
 carried state of the recurrent mixers, the layer's prefix rerun for a mixer without a step of its own.
 "rerun" is the reference: the whole prefix through the whole model for every new token. Both give
 the same tokens (tests/test_decode.py); `decode_path` says which ran, for the results row.
+
+With a task's `constraints` (e.g. JSQuAD's `answer_constraint=span`), every step's argmax is taken over
+the ids the prompt's constraint allows after the answer so far: exact, greedy, left to right.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from core.data import Batch, padded_rows, upload
 from harness.loss import token_nll
-from harness.objectives import Objective, cut_at_eos, register
+from harness.objectives import AnswerConstraint, Objective, allowed_mask, cut_at_eos, register
 
 DECODES = ("state", "rerun")
 
@@ -25,6 +29,7 @@ class Autoregressive(Objective):
     causal = True
     ppl_key = "ppl"
     pretrain_opts = {"loss_on": "all"}  # next-token loss on every token
+    constraint_path = "exact: each token the argmax over the ids the constraint allows after the answer so far"
 
     @dataclasses.dataclass
     class Options:
@@ -89,17 +94,31 @@ class Autoregressive(Objective):
         return "state with rerun fallback: mixers without a step rerun their layer's prefix per token"
 
     @torch.no_grad()
-    def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
+    def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int,
+                 constraints: Sequence[AnswerConstraint] | None = None) -> list[list[int]]:
         """Greedy decoding, batched; the path is `opts.decode` (see the module doc). No new token (`max_new`
         0) is no answer, with no pass over the prompts (the state path would otherwise prefill for nothing)."""
         if max_new < 1:
             return [[] for _ in prompts]
         if self.opts.decode == "rerun":
-            return self.generate_rerun(model, prompts, max_new, batch_size)
-        return self.generate_state(model, prompts, max_new, batch_size)
+            return self.generate_rerun(model, prompts, max_new, batch_size, constraints)
+        return self.generate_state(model, prompts, max_new, batch_size, constraints)
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, cons: list[AnswerConstraint] | None, answers: list[list[int]]) -> torch.Tensor:
+        """(b,) greedy ids from (b, V) logits; under constraints, among each row's allowed ids only, and the
+        ids are appended to the host-side `answers` (one read back per step: evaluation only)."""
+        if cons is None:
+            return logits.argmax(-1)
+        m = allowed_mask([c.next_tokens(a) for c, a in zip(cons, answers)], logits.shape[-1], logits.device)
+        nxt = logits.float().masked_fill(~m, float("-inf")).argmax(-1)
+        for a, v in zip(answers, nxt.tolist()):
+            a.append(v)
+        return nxt
 
     @torch.no_grad()
-    def generate_state(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
+    def generate_state(self, model, prompts: list[list[int]], max_new: int, batch_size: int,
+                       constraints: Sequence[AnswerConstraint] | None = None) -> list[list[int]]:
         """Greedy decoding with carried state: prompts left-padded (so every row's next token is the
         last column), one `LM.prefill`, then one `LM.step` per token for the whole batch. A finished
         row is fed PAD as a (harmless, unused) real token until the batch ends."""
@@ -114,8 +133,10 @@ class Autoregressive(Objective):
             if any(len(prompts[i]) < T for i in idx):
                 lens = upload(np.array([len(prompts[i]) for i in idx]), dev)
                 pad_mask = torch.arange(T, device=dev)[None] >= (T - lens)[:, None]  # (b, T) left padding
+            cons = [constraints[i] for i in idx] if constraints else None
+            answers: list[list[int]] = [[] for _ in idx]  # what a constraint sees (finished rows: EOS, then PAD)
             h, states = model.prefill(ids, pad_mask)
-            nxt = model.logits(h[:, -1]).argmax(-1)  # (b,)
+            nxt = self._pick(model.logits(h[:, -1]), cons, answers)  # (b,)
             done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
             gen = []
             for t in range(max_new):
@@ -125,14 +146,15 @@ class Autoregressive(Objective):
                 if t == max_new - 1 or bool(done.all()):
                     break
                 h, states = model.step(nxt, states)
-                nxt = model.logits(h).argmax(-1)
+                nxt = self._pick(model.logits(h), cons, answers)
             rows = torch.stack(gen, 1).tolist() if gen else [[] for _ in idx]
             for r, i in enumerate(idx):
                 out[i] = cut_at_eos(rows[r], eos)
         return out
 
     @torch.no_grad()
-    def generate_rerun(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
+    def generate_rerun(self, model, prompts: list[list[int]], max_new: int, batch_size: int,
+                       constraints: Sequence[AnswerConstraint] | None = None) -> list[list[int]]:
         """Greedy decoding, batched with right padding, rerunning the whole prefix for every token (no
         cache, no state): the reference `generate_state` is tested against."""
         out: list[list[int]] = [[] for _ in prompts]
@@ -145,11 +167,13 @@ class Autoregressive(Objective):
             buf = padded_rows([prompts[i] for i in idx], width, self.special.pad, dev)
             done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
             rows = torch.arange(len(idx), device=dev)
+            cons = [constraints[i] for i in idx] if constraints else None
+            answers: list[list[int]] = [[] for _ in idx]
             for _ in range(max_new):
                 T = int(lens.max())
                 pad_mask = torch.arange(T, device=dev)[None] < lens[:, None]
                 h = model(buf[:, :T], pad_mask, right_padded=True)
-                nxt = model.logits(h[rows, lens - 1]).argmax(-1)  # (b,)
+                nxt = self._pick(model.logits(h[rows, lens - 1]), cons, answers)  # (b,)
                 nxt = torch.where(done, torch.full_like(nxt, self.special.pad), nxt)
                 buf[rows, lens] = nxt
                 lens = lens + (~done).long()

@@ -57,14 +57,14 @@ sampler starts from identical MASK inputs, which a position-blind mixer cannot t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from core.data import Batch, padded_rows, upload
 from harness.loss import token_nll
-from harness.objectives import Objective, cut_at_eos, register
+from harness.objectives import AnswerConstraint, Objective, allowed_mask, cut_at_eos, register
 
 MASK_ON = ("answer", "all")
 REMASKING = ("low_confidence", "random")
@@ -139,6 +139,9 @@ def transfer_schedule(n: int, steps: int) -> list[int]:
 class MaskedDiffusion(Objective):
     causal = False
     ppl_key = "ppl_bound"
+    constraint_path = ("relaxed: the first position proposes only ids an answer may start with, every other only ids "
+                       "that occur in some allowed answer (order not enforced: positions are filled in confidence "
+                       "order, not left to right)")
     pretrain_opts = {"mask_on": "all", "eos_fill": False}  # LLaDA pre-training: any token maskable, no filler
 
     @dataclasses.dataclass
@@ -272,9 +275,16 @@ class MaskedDiffusion(Objective):
         return torch.where(batch.target, self._logits(model, h).argmax(-1), batch.ids)
 
     @torch.no_grad()
-    def sample(self, model, prompts: list[list[int]], early_stop: bool = True) -> torch.Tensor:
+    def sample(self, model, prompts: list[list[int]], early_stop: bool = True,
+               constraints: Sequence[AnswerConstraint] | None = None) -> torch.Tensor:
         """Denoise a `gen_length` answer region after each prompt: (b, L) ids. With early_stop, positions
-        after a row's settled first EOS may still be MASK (they cannot change the answer)."""
+        after a row's settled first EOS may still be MASK (they cannot change the answer).
+
+        With `constraints` (one per prompt), the region's first position proposes only the ids an answer may
+        start with (`next_tokens([])`: its prefix is always empty) and every other position only ids of its
+        row's `tokens()`: positions are filled in confidence order, not left to right, so the prefix rule
+        does not apply past the first; the answer's tokens then each occur in an allowed answer, their
+        order is not enforced."""
         o, sp = self.opts, self.special
         dev = model.head_weight.device
         L, block = o.gen_length, o.block_length or o.gen_length
@@ -287,6 +297,12 @@ class MaskedDiffusion(Objective):
         gen = torch.Generator(device=dev).manual_seed(o.seed)
         committed = torch.zeros(b, L, dtype=torch.bool, device=dev)
         pos = torch.arange(L, device=dev)
+        banned = None  # (b, L, V) True where a row's constraint rules an id out at a region position
+        if constraints:
+            V = model.head_weight.shape[0]
+            first = allowed_mask([c.next_tokens([]) for c in constraints], V, dev)  # (b, V)
+            later = allowed_mask([c.tokens() for c in constraints], V, dev)
+            banned = ~torch.cat([first[:, None], later[:, None].expand(-1, L - 1, -1)], 1)
         for lo in range(0, L, block):
             in_block = (pos >= lo) & (pos < lo + block)
             for k in transfer_schedule(block, o.steps // (L // block)):
@@ -295,6 +311,8 @@ class MaskedDiffusion(Objective):
                 h = model(buf, pad_mask, right_padded=True)
                 h = h.gather(1, slots[..., None].expand(-1, -1, h.shape[-1]))  # (b, L, D)
                 logits = self._logits(model, h)  # (b, L, V)
+                if banned is not None:
+                    logits = logits.masked_fill(banned, float("-inf"))
                 x0, conf = self._propose(logits, gen)
                 conf = conf.masked_fill(committed | ~in_block, float("-inf"))
                 newly = torch.zeros_like(committed).scatter_(1, conf.topk(k, dim=1).indices, True)
@@ -329,7 +347,8 @@ class MaskedDiffusion(Objective):
         return ~(before & ~committed).any(1)
 
     @torch.no_grad()
-    def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int) -> list[list[int]]:
+    def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int,
+                 constraints: Sequence[AnswerConstraint] | None = None) -> list[list[int]]:
         """Answers cut before the first EOS and to `max_new` tokens; batched by prompt length. No new token
         (`max_new` 0) is no answer, with no sampling (the whole region would be denoised, then cut away)."""
         out: list[list[int]] = [[] for _ in prompts]
@@ -338,7 +357,8 @@ class MaskedDiffusion(Objective):
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            region = self.sample(model, [prompts[i] for i in idx]).tolist()
+            cons = [constraints[i] for i in idx] if constraints else None
+            region = self.sample(model, [prompts[i] for i in idx], constraints=cons).tolist()
             for r, i in enumerate(idx):
                 out[i] = cut_at_eos(region[r], self.special.eos)[:max_new]
         return out

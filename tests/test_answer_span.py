@@ -1,0 +1,178 @@
+"""Span-constrained answers (tasks/answer_span.py, JSQuAD's `answer_constraint=span`).
+
+The constraint works on UTF-8 bytes: a token may follow the answer so far when the answer's bytes and
+the token's stay a substring of the title or the paragraph, starting at a character boundary; EOS once
+the answer is a non-empty run of whole characters. The decoders' side (greedy under the constraint,
+the diffusion sampler's relaxed form) is tested in tests/test_decode.py and tests/test_diffusion.py.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tasks
+from core.data import SpecialTokens
+from fixtures.jsquad_mini import TRAIN_TEXTS
+from harness.model import LM, LMConfig
+from harness.objectives import build as build_objective
+from tasks import PrepareContext
+from tasks.answer_span import PieceTrie, SpanConstraint
+
+EOS = 3
+# a hand-made vocabulary: 0-5 spell nothing (PAD, UNK, BOS, EOS, SEP, MASK), then pieces, then every byte
+WORDS = ["東", "京", "東京", "タワー", "タ", "ワ", "ー", "日本", "本", "犬"]
+PIECES: list[bytes | None] = [None] * 6 + [w.encode() for w in WORDS] + [bytes([b]) for b in range(256)]
+ID = {w: 6 + i for i, w in enumerate(WORDS)}
+
+
+def byte_id(b: int) -> int:
+    return 6 + len(WORDS) + b
+
+
+@pytest.fixture
+def span() -> SpanConstraint:
+    return SpanConstraint(["日本", "東京タワー"], PieceTrie(PIECES), EOS)  # a title and a paragraph
+
+
+def test_an_answer_starts_at_any_character_of_either_text_never_mid_character(span):
+    first = set(span.next_tokens([]))
+    words = {ID[w] for w in ("東", "京", "東京", "タワー", "タ", "ワ", "ー", "日本", "本")}
+    leads = {byte_id(c.encode()[0]) for c in "日本東京タワー"}  # each character's first byte, spelled alone
+    assert first == words | leads
+    assert ID["犬"] not in first and EOS not in first  # not in the text; never an empty answer
+    assert byte_id("東".encode()[1]) not in first  # a continuation byte would start mid-character
+
+
+def test_the_next_token_continues_an_occurrence_and_eos_ends_a_whole_character_answer(span):
+    assert set(span.next_tokens([ID["東"]])) == {ID["京"], byte_id("京".encode()[0]), EOS}
+    assert set(span.next_tokens([ID["東京"], ID["タ"]])) == {ID["ワ"], byte_id("ワ".encode()[0]), EOS}
+    # any spelling of the same bytes is the same answer: the byte pieces of 東 then the piece 京
+    assert set(span.next_tokens([byte_id(b) for b in "東".encode()])) == set(span.next_tokens([ID["東"]]))
+    # half a character: only the next bytes of the characters it starts (日, 本 and 東 share it); no EOS
+    lead = "東".encode()[0]
+    assert set(span.next_tokens([byte_id(lead)])) == {byte_id(c.encode()[1]) for c in "日本東京" if c.encode()[0] == lead}
+    assert len(span.next_tokens([byte_id(lead)])) == 3
+
+
+def test_a_span_never_crosses_from_the_title_into_the_paragraph(span):
+    assert span.next_tokens([ID["日本"]]) == [EOS]  # the title ends here; 東 follows it only if joined
+    assert span.next_tokens([ID["ー"]]) == [EOS]  # the end of the paragraph
+
+
+def test_an_answer_that_is_no_span_can_only_end(span):
+    assert span.next_tokens([ID["京"], ID["東"]]) == [EOS]  # 京東 occurs nowhere
+    assert span.next_tokens([ID["犬"]]) == [EOS]
+    assert span.next_tokens([EOS]) == [EOS] and span.next_tokens([0]) == [EOS]  # ids that spell nothing
+
+
+def test_tokens_are_every_id_some_allowed_answer_can_hold(span):
+    got = set(span.tokens())
+    assert EOS in got and ID["犬"] not in got and ID["東京"] in got
+    assert {byte_id(b) for b in "日本東京タワー".encode()} <= got  # inside an answer a byte piece may be any byte
+    assert byte_id(0xFF) not in got  # no UTF-8 text holds it
+
+
+def test_piece_bytes_concatenate_to_what_decode_gives(tok):
+    """The constraint's spelling of an id is the tokenizer's: for the fixture texts and for text outside
+    the vocabulary (byte fallback), the ids' bytes joined are the text's; specials spell nothing."""
+    pieces = tok.piece_bytes()
+    assert len(pieces) == tok.vocab_size
+    for text in TRAIN_TEXTS + ["🍣と鰻の蒲焼", "全角　スペース と半角"]:
+        ids = tok.encode(text)
+        assert b"".join(pieces[i] for i in ids) == text.encode("utf-8")
+    sp = tok.special
+    assert all(pieces[i] is None for i in (sp.pad, sp.bos, sp.eos, sp.sep, sp.mask, sp.unk))
+    assert sum(p is not None and len(p) == 1 for p in pieces) >= 256  # every byte has its piece
+
+
+def _prepare(data_dir, cache_dir, max_len=256, **opts):
+    task = tasks.build("jsquad", latency_n=0, **opts)
+    return task, task.prepare(PrepareContext(data_dir, cache_dir, 300, max_len, log=lambda s: None))
+
+
+def test_every_gold_answer_of_the_fixture_can_be_decoded_under_the_constraint(offline_dir, cache_dir):
+    """The tokenizer encodes a gold answer on its own (how it is trained), maybe cut apart differently
+    from the same characters in the paragraph: the constraint must still allow those very ids."""
+    task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
+    cons = task.span_constraints([p for p, _ in d.items], d)
+    for c, (_, it) in zip(cons, d.items):
+        ids = d.tokenizer.encode(it.answers[0])
+        for k in range(len(ids) + 1):
+            assert (ids[k] if k < len(ids) else d.special.eos) in c.next_tokens(ids[:k]), (it.qid, k)
+
+
+def test_a_truncated_prompt_constrains_to_the_paragraph_it_kept(offline_dir, cache_dir):
+    task, d = _prepare(offline_dir, cache_dir, max_len=72, answer_constraint="span")
+    assert d.info["eval_truncated"] > 0
+    cons = task.span_constraints([p for p, _ in d.items], d)
+    cut = 0
+    for c, (_, it) in zip(cons, d.items):
+        title, par = c.texts
+        assert title == it.title.encode() and it.paragraph.encode().startswith(par) and par
+        cut += len(par) < len(it.paragraph.encode())
+    assert cut == d.info["eval_truncated"]
+
+
+def test_span_answers_from_an_untrained_model_are_spans_of_their_context(offline_dir, cache_dir):
+    """End to end through `evaluate`: a random autoregressive LM's answers, free, are mostly not spans;
+    under `answer_constraint=span` every one is a non-empty substring of its title or paragraph."""
+    task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
+    torch.manual_seed(0)
+    model = LM(LMConfig(vocab_size=d.vocab_size, d_model=32, n_layers=1, mixer="attention", causal=True,
+                        mlp_hidden=48)).eval()
+    obj = build_objective("autoregressive", d.special, "chunked")
+    got = task.evaluate(model, obj, d, torch.device("cpu"), batch_size=2)
+    preds = {s["qid"]: s["pred"] for s in got["samples"]}
+    assert len(preds) == len(d.items) == 5
+    for _, it in d.items:
+        assert preds[it.qid] and (preds[it.qid] in it.paragraph or preds[it.qid] in it.title), it.qid
+    assert got["answer_constraint"] == f"span: {obj.constraint_path}"
+    free_task, _ = _prepare(offline_dir, cache_dir)
+    free = free_task.evaluate(model, obj, d, torch.device("cpu"), batch_size=2)
+    assert free["answer_constraint"] == "none: free generation"
+    assert any(not s["pred"] or (s["pred"] not in it.paragraph and s["pred"] not in it.title)
+               for s, (_, it) in zip(free["samples"], d.items))  # the constraint is what made them spans
+
+
+def test_a_bad_constraint_and_an_objective_that_cannot_decode_under_one_stop_in_one_line():
+    with pytest.raises(ValueError, match=r"answer_constraint must be one of none, span; got 'spans'"):
+        tasks.build("jsquad", answer_constraint="spans")
+
+    class NoConstraints:
+        name, constraint_path = "stub", None
+
+    tasks.build("jsquad").check_objective(NoConstraints())  # free generation asks nothing of it
+    with pytest.raises(ValueError, match=r"answer_constraint=span needs an objective .*; stub does not"):
+        tasks.build("jsquad", answer_constraint="span").check_objective(NoConstraints())
+    special = SpecialTokens(pad=0, unk=1, bos=2, eos=3, sep=4, mask=5)
+    for name in ("autoregressive", "diffusion"):  # both of ours can
+        tasks.build("jsquad", answer_constraint="span").check_objective(build_objective(name, special, "chunked"))
+
+
+def test_a_span_grid_has_its_own_name_rows_and_report_line(offline_dir, tmp_path, cache_dir):
+    """End to end: `--task-opt answer_constraint=span` names the grid apart (its rows never join a free
+    grid's file or report), every cell records how its objective applied the constraint, and the report
+    says that its EM/F1 are constrained."""
+    import run_matrix
+    from core.results import cell_rows, read_rows
+
+    out = tmp_path / "out"
+    args = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--mixers", "attention", "--task-opt", "latency_n=1",
+            "--task-opt", "answer_constraint=span", "--objectives", "autoregressive,diffusion"]
+    assert run_matrix.main(args) == 0
+    rows = cell_rows(read_rows(out / "results" / "jsquad-offline_answers-span_tiny_tokens-3000.jsonl"))
+    assert {r["objective"]: r["status"] for r in rows} == {"autoregressive": "ok", "diffusion": "ok"}
+    for r in rows:
+        path = build_objective(r["objective"], SpecialTokens(0, 1, 2, 3, 4, 5), "chunked").constraint_path
+        assert r["metrics"]["answer_constraint"] == f"span: {path}"
+        assert all(s["pred"] for s in r["samples"])  # never an empty answer, whichever objective
+    report = (out / "reports" / "jsquad-offline_answers-span_tiny_tokens-3000" / "README.md").read_text()
+    assert "- **answers**: `span: exact: " in report and "`span: relaxed: " in report
+    assert "compare them with constrained cells only" in report
+    from reports.tables import answer_constraints_line
+
+    free = [{**r, "metrics": {**r["metrics"], "answer_constraint": "none: free generation"}} for r in rows]
+    assert answer_constraints_line(free) is None  # a free grid's report has no such line
+    assert answer_constraints_line([{**free[0], "metrics": {}}]) is None  # nor one written before the option
+    assert answer_constraints_line(free[:1] + rows[1:]).startswith("- **answers**: `none: free generation` (1 cells)")
