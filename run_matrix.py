@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:  # points differ in protocol: name the grid by the task and the options held fixed
         name = f"{args.task}-sweep" + "".join(f"-{k}{v}" for k, v in sorted(task_opts.items()) if k != "seq_len")
     else:
-        name = data.protocol + "".join(f"_{t}" for t in (task.grid_tag(),) if t) \
-            + (f"_{PretrainSpec(**pretrain).slug()}" if pretrain else "")
+        tag = task.grid_tag()  # e.g. "answers-span": rows whose scores mean something else get their own grid
+        name = data.protocol + (f"_{tag}" if tag else "") + (f"_{PretrainSpec(**pretrain).slug()}" if pretrain else "")
     default = f"{name}_{args.preset}_{budget.slug}{device_slug(device, dist)}"
     ctx.grid = args.grid or re.sub(r"[^A-Za-z0-9_.-]", "-", default)
     results = out / "results" / f"{ctx.grid}.jsonl"

@@ -101,8 +101,10 @@ def test_every_gold_answer_of_the_fixture_can_be_decoded_under_the_constraint(of
             assert (ids[k] if k < len(ids) else d.special.eos) in c.next_tokens(ids[:k]), (it.qid, k)
 
 
-def test_a_truncated_prompt_constrains_to_the_paragraph_it_kept(offline_dir, cache_dir):
-    task, d = _prepare(offline_dir, cache_dir, max_len=72, answer_constraint="span")
+@pytest.mark.parametrize("order", ["context_first", "question_first"])
+def test_a_truncated_prompt_constrains_to_the_paragraph_it_kept(offline_dir, cache_dir, order):
+    """The title and the paragraph are cut back out of the prompt, in either order of its sections."""
+    task, d = _prepare(offline_dir, cache_dir, max_len=72, answer_constraint="span", order=order)
     assert d.info["eval_truncated"] > 0
     cons = task.span_constraints([p for p, _ in d.items], d)
     cut = 0
