@@ -190,3 +190,24 @@ def test_the_ceiling_of_no_questions_is_nan_with_eval_n_0():
     r = jb.roundtrip_scores([], list, "".join, 3)
     assert set(r) == {"em", "f1", "eval_n"} and r["eval_n"] == 0
     assert math.isnan(r["em"]) and math.isnan(r["f1"])
+
+
+def test_random_span_is_a_seeded_span_of_the_paragraph_of_1_to_12_characters():
+    """Chance for span answers: the same question always gets the same span (in another process too: the
+    seed is no `hash`), questions get different ones, and every length from 1 to the cap occurs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spans = [jb.random_span(it) for it in ITEMS]
+    assert all(a in it.paragraph and 1 <= len(a) <= jb.RANDOM_SPAN_MAX for it, a in zip(ITEMS, spans))
+    assert len(set(spans)) > len(ITEMS) // 2  # not one span for all
+    lengths = {len(jb.random_span(QAItem(f"q{i}", "t", "あ" * 100, "q", ["a"], [0]))) for i in range(400)}
+    assert lengths == set(range(1, jb.RANDOM_SPAN_MAX + 1))
+    item = "QAItem('q7', 't', 'あいうえおかきくけこさしすせそ' * 5, 'q', ['a'], [0])"
+    code = f"from tasks import jsquad_baselines as jb; from tasks.jsquad_files import QAItem; print(jb.random_span({item}))"
+    root = Path(__file__).resolve().parents[1]
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert outs == {jb.random_span(eval(item)) + "\n"}
