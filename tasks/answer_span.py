@@ -51,8 +51,8 @@ class PieceTrie:
 
 
 def _is_boundary(b: bytes, i: int) -> bool:
-    """Whether byte offset i starts a character (or is the end): UTF-8 continuation bytes are 10xxxxxx."""
-    return i >= len(b) or (b[i] & 0xC0) != 0x80
+    """Whether byte b[i] starts a character: UTF-8 continuation bytes are 10xxxxxx."""
+    return (b[i] & 0xC0) != 0x80
 
 
 class SpanConstraint:

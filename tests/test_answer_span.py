@@ -63,6 +63,7 @@ def test_an_answer_that_is_no_span_can_only_end(span):
     assert span.next_tokens([ID["京"], ID["東"]]) == [EOS]  # 京東 occurs nowhere
     assert span.next_tokens([ID["犬"]]) == [EOS]
     assert span.next_tokens([EOS]) == [EOS] and span.next_tokens([0]) == [EOS]  # ids that spell nothing
+    assert span.next_tokens([len(PIECES)]) == [EOS] == span.next_tokens([-1])  # ids outside the vocabulary
 
 
 def test_tokens_are_every_id_some_allowed_answer_can_hold(span):
