@@ -2,20 +2,20 @@
 
 JSQuAD's answers are spans of the paragraph (4% of the test split's: of the article title, which
 JSQuAD's context holds before the paragraph). A small model trained from scratch spends most of its
-errors on text that occurs nowhere in the paragraph; `answer_constraint=span` asks the decoder to pick,
-at every step, only among tokens that keep the answer a substring of the title or the paragraph (greedy, in the
-model's own order of preference). It measures where the model puts the answer, not whether it can
-spell it: a different question from free generation, so rows record which one ran.
+errors on text that occurs in neither; `answer_constraint=span` asks the decoder to pick, at every
+step, only among tokens that keep the answer a substring of the title or of the paragraph (greedy, in
+the model's own order of preference). It measures where the model puts the answer, not whether it
+can spell it: a different question from free generation, so rows record which one ran.
 
 Why bytes, not token ids: the tokenizer encodes a gold answer on its own, and MeCab may cut it
 differently from the same characters inside the paragraph. Matching the paragraph's *token* sequence
 would forbid the very ids the model was trained to produce. So a prefix is allowed when its decoded
-UTF-8 bytes are a substring of the paragraph's bytes, whatever pieces spell them; byte-fallback pieces
-spell single bytes, so every paragraph can be spelled.
+UTF-8 bytes are a substring of a context's bytes, whatever pieces spell them; byte-fallback pieces
+spell single bytes, so every context can be spelled.
 
-Rules (bytes of the answer so far: g):
-- the answer starts at a character boundary of the paragraph;
-- a token is allowed when g + its bytes occur in the paragraph, starting at such a boundary;
+Rules (bytes of the answer so far: g; contexts: the title and the paragraph, each on its own):
+- the answer starts at a character boundary of a context;
+- a token is allowed when g + its bytes occur in one context, starting at such a boundary;
 - EOS is allowed once g is a non-empty, whole-character string (never an empty answer, never a
   character cut in half).
 """
