@@ -9,7 +9,7 @@ is bold (references are not competitors).
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from typing import Any
 
 from core.schema import Metric, declared_metrics, headline_metric, row_name
@@ -288,28 +288,30 @@ def answer_constraints_line(rows: list[dict[str, Any]]) -> str | None:
     """How the models' answers were chosen, from each row's `metrics.answer_constraint`, when any cell's
     were constrained (e.g. JSQuAD's spans of the context): such scores answer another question than free
     generation's, and the references beside them are not constrained. None when every answer was free."""
-    ways: dict[str, list[str]] = defaultdict(list)
-    for r in rows:
-        if not is_reference(r) and r["status"] == "ok":
-            ways[(r.get("metrics") or {}).get("answer_constraint") or "none: free generation"].append(
-                f"{row_name(r)} × {r['objective']}")
+    ways = _cells_by_metric(rows, "answer_constraint", "none: free generation")
     if all(w.startswith("none") for w in ways):
         return None
-    parts = [f"`{esc(w)}` ({len(cells)} cells)" for w, cells in sorted(ways.items())]
-    return "- **answers**: " + "; ".join(parts) + ". A constrained cell's EM/F1 say where the model puts the " \
+    return "- **answers**: " + _counted(ways) + ". A constrained cell's EM/F1 say where the model puts the " \
         "answer, not whether it can spell it: compare them with constrained cells only."
+
+
+def _cells_by_metric(rows: list[dict[str, Any]], key: str, default: str) -> Counter[str]:
+    """How many ok model cells have each text of `metrics[key]` (`default` when a row has none: rows written
+    before the field existed)."""
+    return Counter((r.get("metrics") or {}).get(key) or default
+                   for r in rows if not is_reference(r) and r["status"] == "ok")
+
+
+def _counted(counts: Counter[str]) -> str:
+    """The texts in order, each with its number of cells, joined by "; " (n/a for none)."""
+    return "; ".join(f"`{esc(t)}` ({n} cells)" for t, n in sorted(counts.items())) or "n/a"
 
 
 def decode_paths_line(rows: list[dict[str, Any]]) -> str:
     """How the answers (and `answer ms`) were generated, from each row's `metrics.decode_path`."""
-    paths: dict[str, list[str]] = defaultdict(list)
-    for r in rows:
-        if not is_reference(r) and r["status"] == "ok":
-            p = (r.get("metrics") or {}).get("decode_path") or ("rerun: the whole prefix per token (rows written "
-                                                                  "before stateful decoding existed)")
-            paths[p].append(f"{row_name(r)} × {r['objective']}")
-    parts = [f"`{esc(p)}` ({len(cells)} cells)" for p, cells in sorted(paths.items())]
-    return "- decoding path of `answer ms`: " + ("; ".join(parts) if parts else "n/a") + \
+    paths = _cells_by_metric(rows, "decode_path", "rerun: the whole prefix per token (rows written before stateful "
+                                                  "decoding existed)")
+    return "- decoding path of `answer ms`: " + _counted(paths) + \
         ". Autoregressive cells decode with carried state (KV cache for attention, constant-size state for the " \
         "others: `python -m benchmarks.decode`); masked diffusion reruns the whole sequence at every sampler step."
 

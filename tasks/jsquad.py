@@ -55,6 +55,9 @@ from tasks.tokenizer import JaTokenizer, TokenizerSettings, train_or_load
 OFFICIAL_BASE = "https://raw.githubusercontent.com/yahoojapan/JGLUE/main/datasets/jsquad-v1.3"
 DEV_SEED = 1234  # the dev slice is the same for every cell and seed
 ANSWER_CONSTRAINTS = ("none", "span")
+# a prompt's sections in order, each followed by SEP, after BOS: written by `_Encoder._assemble`, read back
+# by `JSQuAD.span_constraints`
+SECTIONS = {"context_first": ("title", "paragraph", "question"), "question_first": ("question", "title", "paragraph")}
 
 
 def _online_hint() -> str:
@@ -176,7 +179,7 @@ class JSQuAD(Task):
 
     def prepare(self, ctx: PrepareContext) -> TaskData:
         o = self.opts
-        if o.order not in ("context_first", "question_first"):
+        if o.order not in SECTIONS:
             raise ValueError(f"jsquad: order must be context_first or question_first; got {o.order!r}")
         protocol, train_items, eval_items, files = self._splits(ctx)
         train_items, dev_items = split_dev(train_items, o.dev_frac)
@@ -337,9 +340,10 @@ class JSQuAD(Task):
                     cur = []
                 else:
                     cur.append(i)
-            title, par = (parts[0], parts[1]) if self.opts.order == "context_first" else (parts[1], parts[2])
+            sec = dict(zip(SECTIONS[self.opts.order], parts))
             # a cut through a character's byte tokens decodes as U+FFFD: not a character of the paragraph
-            out.append(SpanConstraint([tok.decode(title), tok.decode(par).rstrip("\ufffd")], trie, data.special.eos))
+            out.append(SpanConstraint([tok.decode(sec["title"]), tok.decode(sec["paragraph"]).rstrip("\ufffd")],
+                                      trie, data.special.eos))
         return out
 
 
@@ -359,9 +363,8 @@ class _Encoder:
 
     def _assemble(self, title: list[int], par: list[int], q: list[int]) -> list[int]:
         s = self.tok.special
-        if self.order == "question_first":
-            return [s.bos, *q, s.sep, *title, s.sep, *par, s.sep]
-        return [s.bos, *title, s.sep, *par, s.sep, *q, s.sep]
+        sec = {"title": title, "paragraph": par, "question": q}
+        return [s.bos] + [i for name in SECTIONS[self.order] for i in (*sec[name], s.sep)]
 
     def prompt(self, it: QAItem, reserve: int) -> tuple[list[int], int]:
         """Evaluation prompt, keeping the paragraph's beginning; also the number of characters kept."""

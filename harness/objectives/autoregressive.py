@@ -134,7 +134,7 @@ class Autoregressive(Objective):
                 lens = upload(np.array([len(prompts[i]) for i in idx]), dev)
                 pad_mask = torch.arange(T, device=dev)[None] >= (T - lens)[:, None]  # (b, T) left padding
             cons = [constraints[i] for i in idx] if constraints else None
-            answers: list[list[int]] = [[] for _ in idx]  # what a constraint sees (finished rows: EOS, then PAD)
+            answers: list[list[int]] = [[] for _ in idx]  # picks a constraint sees (done: EOS, then EOS)
             h, states = model.prefill(ids, pad_mask)
             nxt = self._pick(model.logits(h[:, -1]), cons, answers)  # (b,)
             done = torch.zeros(len(idx), dtype=torch.bool, device=dev)
