@@ -18,6 +18,10 @@ Rules (bytes of the answer so far: g; contexts: the title and the paragraph, eac
 - a token is allowed when g + its bytes occur in one context, starting at such a boundary;
 - EOS is allowed once g is a non-empty, whole-character string (never an empty answer, never a
   character cut in half).
+
+A decoder that cannot apply the rules token by token (masked diffusion fills positions out of order)
+returns `longest_answer(ids)`: the longest prefix of what it sampled that the rules allow, so every
+answer it gives is still a span.
 """
 from __future__ import annotations
 
@@ -93,6 +97,24 @@ class SpanConstraint:
             except UnicodeDecodeError:
                 pass
         return sorted(out) if out else [self.eos]  # never nothing: a decoder must always have a choice
+
+    def longest_answer(self, ids: Sequence[int]) -> list[int]:
+        """The longest prefix of `ids` that is a whole allowed answer ([] if none).
+
+        One test per prefix, not a walk through `next_tokens`: a prefix follows the rules token by token
+        exactly when its bytes are valid UTF-8 and occur in one context (every shorter prefix then occurs
+        at the same place; valid UTF-8 starts with a lead byte, so any occurrence starts a character)."""
+        for k in range(len(ids), 0, -1):
+            g = self._bytes(ids[:k])
+            if g is None:
+                continue
+            try:
+                g.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if any(g in t for t in self.texts):
+                return list(ids[:k])
+        return []
 
     def tokens(self) -> list[int]:
         if self._any is None:

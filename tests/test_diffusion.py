@@ -639,10 +639,12 @@ def test_bound_samples_one_mask_count_per_stratum(monkeypatch):
 
 class _FirstThenTokens:
     """A task's answer constraint as the sampler can use it: the ids an answer may start with (its prefix is
-    the empty one, whatever the fill order) and, past the first position, `tokens()`."""
+    the empty one, whatever the fill order) and, past the first position, `tokens()`; after sampling,
+    `longest_answer` keeps the longest prefix that is one of `answers` (and records what it was given)."""
 
-    def __init__(self, first, ids):
+    def __init__(self, first, ids, answers):
         self.first, self.ids = sorted(first), sorted(set(ids) | set(first) | {SP.eos})
+        self.answers, self.seen = {tuple(a) for a in answers}, []
 
     def next_tokens(self, prefix):
         assert list(prefix) == [], "the sampler fills positions out of order: only the first has a known prefix"
@@ -651,17 +653,24 @@ class _FirstThenTokens:
     def tokens(self):
         return self.ids
 
+    def longest_answer(self, ids):
+        self.seen.append(list(ids))
+        return next((list(ids[:k]) for k in range(len(ids), 0, -1) if tuple(ids[:k]) in self.answers), [])
+
 
 def test_the_sampler_proposes_only_the_tokens_each_rows_constraint_allows():
     """The scripted model answers 6 7 8 then EOS, each choice at probability ~0.95 and every other id at
     1e-3. Row 1 may use every id: the same answer. Row 0 may not use 7: there every allowed id is equally
     likely, the argmax takes the lowest, EOS, and the answer ends after 6. Row 2 may not start with 6
-    (nor with EOS: no empty answer): it starts with the lowest of 8 and 9, then follows the script."""
+    (nor with EOS: no empty answer): it starts with the lowest of 8 and 9, then follows the script to
+    8 7 8, which is no allowed answer: `longest_answer` cuts it to 8 7, the longest prefix that is one."""
     model = ScriptedAnswer()
     obj = _obj(gen_length=6, steps=6)
     prompts = [[2, 7, 4], [2, 9, 9, 4], [2, 8, 4]]
     assert obj.generate(model, prompts, max_new=6, batch_size=3) == [[6, 7, 8]] * 3
-    cons = [_FirstThenTokens([6, 8], [9]), _FirstThenTokens(range(6, V), range(6, V)), _FirstThenTokens([8, 9], [7])]
-    assert obj.generate(model, prompts, max_new=6, batch_size=3, constraints=cons) == [[6], [6, 7, 8], [8, 7, 8]]
+    cons = [_FirstThenTokens([6, 8], [9], [[6], [6, 9]]), _FirstThenTokens(range(6, V), range(6, V), [[6, 7, 8]]),
+            _FirstThenTokens([8, 9], [7], [[8], [8, 7]])]
+    assert obj.generate(model, prompts, max_new=6, batch_size=3, constraints=cons) == [[6], [6, 7, 8], [8, 7]]
+    assert [c.seen for c in cons] == [[[6]], [[6, 7, 8]], [[8, 7, 8]]]  # each sampled answer, EOS cut away
     region = obj.sample(model, prompts, early_stop=False, constraints=cons)
     assert set(region[0].tolist()) <= {6, 8, 9, SP.eos}  # every position, also those after the EOS

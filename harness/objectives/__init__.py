@@ -35,6 +35,11 @@ class AnswerConstraint(Protocol):
         """Every id that may occur anywhere in an allowed answer, EOS included."""
         ...
 
+    def longest_answer(self, ids: Sequence[int]) -> list[int]:
+        """The longest prefix of `ids` (an answer, EOS cut away) that is a whole allowed answer; [] if none.
+        For decoders that cannot apply `next_tokens` while they sample."""
+        ...
+
 
 def allowed_mask(allowed: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
     """(b, V) bool, True at each row's allowed ids: built on the host, one upload (evaluation only)."""

@@ -139,9 +139,10 @@ def transfer_schedule(n: int, steps: int) -> list[int]:
 class MaskedDiffusion(Objective):
     causal = False
     ppl_key = "ppl_bound"
-    constraint_path = ("relaxed: the first position proposes only ids an answer may start with, every other only ids "
-                       "that occur in some allowed answer (order not enforced: positions are filled in confidence "
-                       "order, not left to right)")
+    constraint_path = ("relaxed while sampling: the first position proposes only ids an answer may start with, every "
+                       "other only ids that occur in some allowed answer (positions are filled in confidence order, "
+                       "not left to right); then exact: the answer is cut to its longest prefix that is an allowed "
+                       "answer")
     pretrain_opts = {"mask_on": "all", "eos_fill": False}  # LLaDA pre-training: any token maskable, no filler
 
     @dataclasses.dataclass
@@ -284,7 +285,7 @@ class MaskedDiffusion(Objective):
         start with (`next_tokens([])`: its prefix is always empty) and every other position only ids of its
         row's `tokens()`: positions are filled in confidence order, not left to right, so the prefix rule
         does not apply past the first; the answer's tokens then each occur in an allowed answer, their
-        order is not enforced."""
+        order is not enforced here (`generate` cuts each answer to what its constraint allows)."""
         o, sp = self.opts, self.special
         dev = model.head_weight.device
         L, block = o.gen_length, o.block_length or o.gen_length
@@ -350,7 +351,9 @@ class MaskedDiffusion(Objective):
     def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int,
                  constraints: Sequence[AnswerConstraint] | None = None) -> list[list[int]]:
         """Answers cut before the first EOS and to `max_new` tokens; batched by prompt length. No new token
-        (`max_new` 0) is no answer, with no sampling (the whole region would be denoised, then cut away)."""
+        (`max_new` 0) is no answer, with no sampling (the whole region would be denoised, then cut away).
+        Under `constraints`, each answer is then cut to the longest prefix its constraint allows
+        (`longest_answer`): the sampler's masks keep the ids right but not their order."""
         out: list[list[int]] = [[] for _ in prompts]
         if max_new < 1:
             return out
@@ -361,6 +364,8 @@ class MaskedDiffusion(Objective):
             region = self.sample(model, [prompts[i] for i in idx], constraints=cons).tolist()
             for r, i in enumerate(idx):
                 out[i] = cut_at_eos(region[r], self.special.eos)[:max_new]
+                if cons:  # the sampler could not enforce the order: keep what reads as an allowed answer
+                    out[i] = cons[r].longest_answer(out[i])
         return out
 
     def decode_path(self, model) -> str:
