@@ -165,7 +165,8 @@ def plan(out: Path, data_dir: Path, dry: bool, budget: str | None, eval_limit: i
         # first compile of every Triton kernel variant, CCE's included, falls in this part)
         Part("cuda_tests", [py, "-m", "pytest", "-q", "-rs", "--durations=15", "-p", "no:cacheprovider", "-k", "cuda",
                             "tests/test_loss.py", "tests/test_bench.py", "tests/test_mamba.py", "tests/test_mixers.py",
-                            "tests/test_scan_triton.py", "tests/test_linear_scan_triton.py", "tests/test_compile.py"],
+                            "tests/test_scan_triton.py", "tests/test_linear_scan_triton.py", "tests/test_compile.py",
+                            "tests/test_answer_span.py"],
              limits["tests"], cuda_only=True),
         # every mixer x objective as the README's default command runs them (compiled on CUDA, --loss auto)
         Part("grid", grid_cmd, limits["grid"], elastic=True),

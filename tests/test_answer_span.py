@@ -160,45 +160,74 @@ def test_a_truncated_prompt_constrains_to_the_paragraph_it_kept(offline_dir, cac
     assert cut == d.info["eval_truncated"]
 
 
+def _untrained(d, causal: bool, device: str = "cpu") -> LM:
+    torch.manual_seed(0)
+    return LM(LMConfig(vocab_size=d.vocab_size, d_model=32, n_layers=1, mixer="attention", causal=causal,
+                       mlp_hidden=48)).eval().to(device)
+
+
+def _answers(task, model, obj, d, device: str = "cpu") -> list[tuple[str, object]]:
+    """(answer, item) for each fixture question, through the task's `evaluate` on `device`; the row's
+    metric says how the answers were chosen."""
+    got = task.evaluate(model, obj, d, torch.device(device), batch_size=2)
+    span = task.opts.answer_constraint == "span"
+    assert got["answer_constraint"] == (f"span: {obj.constraint_path}" if span else "none: free generation")
+    preds = {s["qid"]: s["pred"] for s in got["samples"]}
+    assert len(preds) == len(d.items) == 5
+    return [(preds[it.qid], it) for _, it in d.items]
+
+
+def _is_span(answer: str, it) -> bool:
+    return answer in it.paragraph or answer in it.title
+
+
 def test_span_answers_from_an_untrained_model_are_spans_of_their_context(offline_dir, cache_dir):
     """End to end through `evaluate`: a random autoregressive LM's answers, free, are mostly not spans;
     under `answer_constraint=span` every one is a non-empty substring of its title or paragraph."""
     task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
-    torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=d.vocab_size, d_model=32, n_layers=1, mixer="attention", causal=True,
-                        mlp_hidden=48)).eval()
-    obj = build_objective("autoregressive", d.special, "chunked")
-    got = task.evaluate(model, obj, d, torch.device("cpu"), batch_size=2)
-    preds = {s["qid"]: s["pred"] for s in got["samples"]}
-    assert len(preds) == len(d.items) == 5
-    for _, it in d.items:
-        assert preds[it.qid] and (preds[it.qid] in it.paragraph or preds[it.qid] in it.title), it.qid
-    assert got["answer_constraint"] == f"span: {obj.constraint_path}"
+    model, obj = _untrained(d, causal=True), build_objective("autoregressive", d.special, "chunked")
+    assert all(a and _is_span(a, it) for a, it in _answers(task, model, obj, d))
     free_task, _ = _prepare(offline_dir, cache_dir)
-    free = free_task.evaluate(model, obj, d, torch.device("cpu"), batch_size=2)
-    assert free["answer_constraint"] == "none: free generation"
-    assert any(not s["pred"] or (s["pred"] not in it.paragraph and s["pred"] not in it.title)
-               for s, (_, it) in zip(free["samples"], d.items))  # the constraint is what made them spans
+    free = _answers(free_task, model, obj, d)
+    assert any(not a or not _is_span(a, it) for a, it in free)  # the constraint is what made them spans
 
 
 def test_span_answers_from_an_untrained_diffusion_model_are_spans_once_cut(offline_dir, cache_dir, monkeypatch):
     """Masked diffusion fills positions out of order, so its sampler's masks keep the ids right but not
     their order; `longest_answer` then cuts each answer to a span. Without the cut, some are not spans."""
     task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
-    torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=d.vocab_size, d_model=32, n_layers=1, mixer="attention", causal=False,
-                        mlp_hidden=48)).eval()
+    model = _untrained(d, causal=False)
     obj = build_objective("diffusion", d.special, "chunked", gen_length=8, steps=8)
-
-    def preds():
-        got = task.evaluate(model, obj, d, torch.device("cpu"), batch_size=2)
-        assert got["answer_constraint"] == f"span: {obj.constraint_path}"
-        return [(s["pred"], it) for s, (_, it) in zip(got["samples"], d.items)]
-
-    assert all(p in it.paragraph or p in it.title for p, it in preds())
-    assert any(p for p, _ in preds())
+    got = _answers(task, model, obj, d)
+    assert all(_is_span(a, it) for a, it in got) and any(a for a, _ in got)
     monkeypatch.setattr(SpanConstraint, "longest_answer", lambda self, ids: list(ids))
-    assert any(p not in it.paragraph and p not in it.title for p, it in preds())
+    assert any(not _is_span(a, it) for a, it in _answers(task, model, obj, d))
+
+
+@pytest.mark.parametrize("objective", ["autoregressive", "diffusion"])
+def test_span_answers_under_bf16_autocast_are_spans(offline_dir, cache_dir, objective, monkeypatch):
+    """CUDA's evaluation runs under bf16 autocast (core.env.autocast), CPU's in fp32: the same contract
+    simulated here under CPU autocast (bf16 logits, the masks' -inf, the picks read back)."""
+    import tasks.jsquad
+
+    monkeypatch.setattr(tasks.jsquad, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
+    causal = objective == "autoregressive"
+    obj = build_objective(objective, d.special, "chunked", **({} if causal else {"gen_length": 8, "steps": 8}))
+    got = _answers(task, _untrained(d, causal), obj, d)
+    assert all(_is_span(a, it) for a, it in got) and (all if causal else any)(a for a, _ in got)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("objective", ["autoregressive", "diffusion"])
+def test_span_answers_on_cuda_are_spans(offline_dir, cache_dir, objective):
+    """The constrained decoders on the device (allowed-id masks uploaded, picks read back, under evaluate's
+    bf16 autocast): every answer still a span of its context (autoregressive: never empty)."""
+    task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
+    causal = objective == "autoregressive"
+    obj = build_objective(objective, d.special, "chunked", **({} if causal else {"gen_length": 8, "steps": 8}))
+    got = _answers(task, _untrained(d, causal, "cuda"), obj, d, "cuda")
+    assert all(_is_span(a, it) for a, it in got) and (all if causal else any)(a for a, _ in got)
 
 
 def test_a_bad_constraint_and_an_objective_that_cannot_decode_under_one_stop_in_one_line():
