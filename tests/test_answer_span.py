@@ -160,6 +160,12 @@ def test_a_truncated_prompt_constrains_to_the_paragraph_it_kept(offline_dir, cac
     assert cut == d.info["eval_truncated"]
 
 
+# the constrained decoders: greedy autoregressive, diffusion's relaxed sampler (then the cut), and diffusion
+# left to right (blocks of one position: exact)
+DECODERS = [("autoregressive", {}), ("diffusion", {"gen_length": 8, "steps": 8}),
+            ("diffusion", {"gen_length": 8, "steps": 8, "block_length": 1})]
+
+
 def _untrained(d, causal: bool, device: str = "cpu") -> LM:
     torch.manual_seed(0)
     return LM(LMConfig(vocab_size=d.vocab_size, d_model=32, n_layers=1, mixer="attention", causal=causal,
@@ -202,10 +208,13 @@ def test_span_answers_from_an_untrained_diffusion_model_are_spans_once_cut(offli
     assert all(_is_span(a, it) for a, it in got) and any(a for a, _ in got)
     monkeypatch.setattr(SpanConstraint, "longest_answer", lambda self, ids: list(ids))
     assert any(not _is_span(a, it) for a, it in _answers(task, model, obj, d))
+    # blocks of one position: left to right under the prefix rule, spans (never empty) without any cut
+    exact = build_objective("diffusion", d.special, "chunked", gen_length=8, steps=8, block_length=1)
+    assert all(a and _is_span(a, it) for a, it in _answers(task, model, exact, d))
 
 
-@pytest.mark.parametrize("objective", ["autoregressive", "diffusion"])
-def test_span_answers_under_bf16_autocast_are_spans(offline_dir, cache_dir, objective, monkeypatch):
+@pytest.mark.parametrize("objective,opts", DECODERS, ids=["autoregressive", "diffusion", "diffusion_left_to_right"])
+def test_span_answers_under_bf16_autocast_are_spans(offline_dir, cache_dir, objective, opts, monkeypatch):
     """CUDA's evaluation runs under bf16 autocast (core.env.autocast), CPU's in fp32: the same contract
     simulated here under CPU autocast (bf16 logits, the masks' -inf, the picks read back)."""
     import tasks.jsquad
@@ -213,21 +222,23 @@ def test_span_answers_under_bf16_autocast_are_spans(offline_dir, cache_dir, obje
     monkeypatch.setattr(tasks.jsquad, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
     task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
     causal = objective == "autoregressive"
-    obj = build_objective(objective, d.special, "chunked", **({} if causal else {"gen_length": 8, "steps": 8}))
+    obj = build_objective(objective, d.special, "chunked", **opts)
     got = _answers(task, _untrained(d, causal), obj, d)
-    assert all(_is_span(a, it) for a, it in got) and (all if causal else any)(a for a, _ in got)
+    assert all(_is_span(a, it) for a, it in got)
+    assert (all if obj.constraint_path.startswith("exact") else any)(a for a, _ in got)  # exact: never empty
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("objective", ["autoregressive", "diffusion"])
-def test_span_answers_on_cuda_are_spans(offline_dir, cache_dir, objective):
+@pytest.mark.parametrize("objective,opts", DECODERS, ids=["autoregressive", "diffusion", "diffusion_left_to_right"])
+def test_span_answers_on_cuda_are_spans(offline_dir, cache_dir, objective, opts):
     """The constrained decoders on the device (allowed-id masks uploaded, picks read back, under evaluate's
     bf16 autocast): every answer still a span of its context (autoregressive: never empty)."""
     task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
     causal = objective == "autoregressive"
-    obj = build_objective(objective, d.special, "chunked", **({} if causal else {"gen_length": 8, "steps": 8}))
+    obj = build_objective(objective, d.special, "chunked", **opts)
     got = _answers(task, _untrained(d, causal, "cuda"), obj, d, "cuda")
-    assert all(_is_span(a, it) for a, it in got) and (all if causal else any)(a for a, _ in got)
+    assert all(_is_span(a, it) for a, it in got)
+    assert (all if obj.constraint_path.startswith("exact") else any)(a for a, _ in got)  # exact: never empty
 
 
 def test_a_bad_constraint_and_an_objective_that_cannot_decode_under_one_stop_in_one_line():

@@ -674,3 +674,39 @@ def test_the_sampler_proposes_only_the_tokens_each_rows_constraint_allows():
     assert [c.seen for c in cons] == [[[6]], [[6, 7, 8]], [[8, 7, 8]]]  # each sampled answer, EOS cut away
     region = obj.sample(model, prompts, early_stop=False, constraints=cons)
     assert set(region[0].tolist()) <= {6, 8, 9, SP.eos}  # every position, also those after the EOS
+
+
+class _ByPrefix:
+    """A constraint that depends on the answer so far (`after[tuple(prefix)]`; only EOS once it has ended),
+    recording each prefix it was asked about."""
+
+    def __init__(self, after):
+        self.after, self.seen = after, []
+
+    def next_tokens(self, prefix):
+        self.seen.append(list(prefix))
+        return [SP.eos] if SP.eos in prefix else self.after.get(tuple(prefix), [SP.eos])
+
+    def tokens(self):
+        return sorted({i for ids in self.after.values() for i in ids} | {SP.eos})
+
+    def longest_answer(self, ids):
+        return list(ids)
+
+
+def test_blocks_of_one_position_apply_the_constraint_exactly_left_to_right():
+    """block_length=1 fills the region left to right, so each position's prefix is known: the sampler asks
+    the constraint about it and proposes only what it allows. The scripted model wants 6 7 8: here 7 is
+    never allowed after 6, so the second token is the lowest allowed (8, a tie at 1e-3), and then the
+    script's 8, then EOS: 6 8 8. The relaxed sampler, asked about the empty prefix only, cannot do this."""
+    model = ScriptedAnswer()
+    after = {(): [6, 9], (6,): [8, 9], (6, 8): [8, SP.eos], (6, 8, 8): [SP.eos]}
+    exact = _obj(gen_length=6, steps=6, block_length=1)
+    assert exact.constraint_path.startswith("exact: ") and _obj(gen_length=6, steps=6).constraint_path.startswith("relaxed")
+    assert _obj(gen_length=1, steps=1).constraint_path == exact.constraint_path  # one position: one block of one
+    cons = [_ByPrefix(after), _ByPrefix(after)]
+    assert exact.generate(model, [[2, 7, 4], [2, 8, 8, 4]], max_new=6, batch_size=2, constraints=cons) == [[6, 8, 8]] * 2
+    assert cons[0].seen[:4] == [[], [6], [6, 8], [6, 8, 8]]  # every position's prefix, in order
+    relaxed = _obj(gen_length=6, steps=6)
+    got = relaxed.generate(model, [[2, 7, 4]], max_new=6, batch_size=1, constraints=[_ByPrefix(after)])
+    assert got == [[6]]  # position 1 may hold any allowed id: the lowest at 1e-3 is EOS

@@ -95,7 +95,8 @@ class Objective:
         deterministic one here, so a dev check costs little whatever the budget."""
         return self.nll(model, batch)
 
-    # how `generate` applies `constraints`, in words, for the results row (None: it cannot)
+    # how `generate` applies `constraints`, in words, for the results row (None: it cannot); an objective
+    # whose way depends on its options makes it a property (diffusion: exact with blocks of one position)
     constraint_path: ClassVar[str | None] = None
 
     def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int,

@@ -139,10 +139,11 @@ def transfer_schedule(n: int, steps: int) -> list[int]:
 class MaskedDiffusion(Objective):
     causal = False
     ppl_key = "ppl_bound"
-    constraint_path = ("relaxed while sampling: the first position proposes only ids an answer may start with, every "
-                       "other only ids that occur in some allowed answer (positions are filled in confidence order, "
-                       "not left to right); then exact: the answer is cut to its longest prefix that is an allowed "
-                       "answer")
+    RELAXED = ("relaxed while sampling: the first position proposes only ids an answer may start with, every other "
+               "only ids that occur in some allowed answer (positions are filled in confidence order, not left to "
+               "right); then exact: the answer is cut to its longest prefix that is an allowed answer")
+    LEFT_TO_RIGHT = ("exact: positions filled left to right (blocks of one position), each proposing only the ids "
+                     "the constraint allows after the answer so far")
     pretrain_opts = {"mask_on": "all", "eos_fill": False}  # LLaDA pre-training: any token maskable, no filler
 
     @dataclasses.dataclass
@@ -175,6 +176,14 @@ class MaskedDiffusion(Objective):
                 raise ValueError(f"diffusion: gen_length={self.gen_length} is not a multiple of block_length={block}")
             if self.steps % (self.gen_length // block):
                 raise ValueError(f"diffusion: steps={self.steps} must split evenly over {self.gen_length // block} blocks")
+
+    @property
+    def constraint_path(self) -> str:
+        """Blocks of one position fill the region left to right, so each position's prefix is known when it
+        is filled and the constraint applies exactly, as in autoregressive decoding; otherwise positions
+        fill in confidence order and only the relaxed form (then the cut) applies."""
+        o = self.opts
+        return self.LEFT_TO_RIGHT if (o.block_length or o.gen_length) == 1 else self.RELAXED
 
     # ------------------------------------------------------------------ training
 
@@ -285,7 +294,9 @@ class MaskedDiffusion(Objective):
         start with (`next_tokens([])`: its prefix is always empty) and every other position only ids of its
         row's `tokens()`: positions are filled in confidence order, not left to right, so the prefix rule
         does not apply past the first; the answer's tokens then each occur in an allowed answer, their
-        order is not enforced here (`generate` cuts each answer to what its constraint allows)."""
+        order is not enforced here (`generate` cuts each answer to what its constraint allows). With blocks
+        of one position the region fills left to right, and each position proposes only the ids its row's
+        constraint allows after the committed prefix: exact."""
         o, sp = self.opts, self.special
         dev = model.head_weight.device
         L, block = o.gen_length, o.block_length or o.gen_length
@@ -303,9 +314,12 @@ class MaskedDiffusion(Objective):
             V = model.head_weight.shape[0]
             first = allowed_mask([c.next_tokens([]) for c in constraints], V, dev)  # (b, V)
             later = allowed_mask([c.tokens() for c in constraints], V, dev)
-            banned = ~torch.cat([first[:, None], later[:, None].expand(-1, L - 1, -1)], 1)
+            banned = ~torch.cat([first[:, None], later[:, None].expand(-1, L - 1, -1)], 1)  # (b, L, V), own memory
         for lo in range(0, L, block):
             in_block = (pos >= lo) & (pos < lo + block)
+            if banned is not None and block == 1 and lo > 0:  # left to right: this position's prefix is known
+                prefix = buf.gather(1, slots[:, :lo]).tolist()  # (one read back per position: evaluation only)
+                banned[:, lo] = ~allowed_mask([c.next_tokens(p) for c, p in zip(constraints, prefix)], V, dev)
             for k in transfer_schedule(block, o.steps // (L // block)):
                 if k == 0:
                     continue
