@@ -285,3 +285,48 @@ def test_a_span_grid_has_its_own_name_rows_and_report_line(offline_dir, tmp_path
     assert answer_constraints_line(free) is None  # a free grid's report has no such line
     assert answer_constraints_line([{**free[0], "metrics": {}}]) is None  # nor one written before the option
     assert answer_constraints_line(free[:1] + rows[1:]).startswith("- **answers**: `none: free generation` (1 cells)")
+
+
+def test_longest_run_finds_an_allowed_answer_anywhere(span):
+    """benchmarks.span_answers' alternative cut: the longest allowed run, wherever it starts."""
+    from benchmarks.span_answers import longest_run
+
+    assert longest_run(span, [ID["犬"], ID["東"], ID["京"], ID["犬"]]) == [ID["東"], ID["京"]]
+    assert span.longest_answer([ID["犬"], ID["東"], ID["京"]]) == []  # the product's cut keeps a prefix only
+    assert longest_run(span, [ID["日本"], ID["東京"], ID["タ"]]) == [ID["東京"], ID["タ"]]  # the longest of two
+    assert longest_run(span, [ID["犬"], EOS]) == []
+
+
+def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, tmp_path, cache_dir):
+    """`python -m benchmarks.span_answers`: each cell's row as usual, and one line per way of answering on
+    the same weights; the free and default-span lines are what the rows report; every cut answer is a
+    span or empty, every exact one a span; the task's `evaluate` is itself again afterwards."""
+    import json
+
+    import tasks.jsquad
+    from benchmarks import span_answers
+    from core.results import cell_rows, read_rows
+
+    evaluate = tasks.jsquad.JSQuAD.evaluate
+    out, bench = tmp_path / "out", tmp_path / "bench.jsonl"
+    grid = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--mixers", "attention", "--task-opt", "latency_n=1",
+            "--objective-opt", "diffusion.gen_length=8", "--objective-opt", "diffusion.steps=8"]
+    assert span_answers.main(["--bench-out", str(bench), *grid]) == 0
+    assert tasks.jsquad.JSQuAD.evaluate is evaluate
+    lines = [json.loads(x) for x in bench.read_text().splitlines()]
+    ways = {(x["objective"], x["way"]): x for x in lines}
+    assert sorted(ways) == [("autoregressive", "free"), ("autoregressive", "span"), ("diffusion", "free"),
+                            ("diffusion", "span"), ("diffusion", "span_left_to_right"), ("diffusion", "span_run"),
+                            ("diffusion", "span_uncut")]
+    rows = cell_rows(read_rows(out / "results" / "jsquad-offline_tiny_tokens-3000.jsonl"))
+    for r in rows:
+        assert ways[r["objective"], "free"]["f1"] == pytest.approx(r["metrics"]["f1"])
+        assert r["metrics"]["answer_constraint"] == ways[r["objective"], "free"]["answers"]
+    for x in lines:
+        assert x["n"] == 5 and x["mixer"] == "attention"
+        if x["way"] in ("span", "span_run", "span_left_to_right"):
+            assert x["spans"] + x["empty"] == x["n"], x
+        if x["answers"].startswith("span: exact"):
+            assert x["spans"] == x["n"], x
+    assert ways["diffusion", "span_uncut"]["answers"].endswith("; not cut")

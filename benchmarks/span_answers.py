@@ -1,0 +1,148 @@
+"""JSQuAD answers scored several ways on the same trained weights: free, and span-constrained as each
+decoder can apply the constraint (README: "Answers as spans of the context").
+
+    python -m benchmarks.span_answers --bench-out results/bench_span_answers.jsonl \
+        --data-dir ../shared/data/jsquad-v1.3 --quick --mixers gated_context --objectives diffusion
+
+Two cells trained apart differ by their training as well as by their decoding; this compares decoders
+on one training. It runs `run_matrix.py` with the arguments that follow (each cell trains, is scored
+and writes its row as usual) and, at each JSQuAD cell's final evaluation, scores the same weights once
+more per way below, one JSON line per (cell, way) appended to `--bench-out`:
+
+- `free`: free generation (the objective's own sampler, no constraint);
+- `span`: `answer_constraint=span` as the objective applies it by default (`constraint_path`);
+- masked diffusion only: `span_uncut` (the relaxed sampler alone, before the cut to the longest allowed
+  prefix: its answers need not be spans), `span_run` (cut to the longest allowed run anywhere in the
+  answer instead of the longest prefix) and `span_left_to_right` (blocks of one position: exact).
+
+Each line: f1, em, n, how many answers are spans of their title or paragraph (`spans`) and how many
+are empty (`empty`); `free` and `span` repeat what a free and a constrained row would report. It
+patches the task's `evaluate` in this process only, while the grid runs, so cells must run in it (the
+local executor, the default). The evaluation split's questions score every way: read the lines as a
+description of the decoders on these weights, not as a way to choose one.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+import tasks.jsquad as jsquad
+from core.env import autocast
+from tasks.answer_span import SpanConstraint
+from tasks.jsquad_metric import corpus_scores
+
+
+_LONGEST_PREFIX = SpanConstraint.longest_answer  # the product's cut (the ways below replace it for a while)
+
+
+def longest_run(c: SpanConstraint, ids: list[int]) -> list[int]:
+    """The longest contiguous run of `ids` that is a whole allowed answer (the earliest of the longest)."""
+    best: list[int] = []
+    for a in range(len(ids)):
+        for b in range(len(ids), a + len(best), -1):
+            if _LONGEST_PREFIX(c, ids[a:b]) == ids[a:b]:
+                best = ids[a:b]
+                break
+    return best
+
+
+@contextmanager
+def _cut(rule: Callable[[SpanConstraint, list[int]], list[int]] | None) -> Iterator[None]:
+    """Diffusion's cut replaced by `rule` (None: the default) while the block runs."""
+    if rule is None:
+        yield
+        return
+    saved = SpanConstraint.longest_answer
+    SpanConstraint.longest_answer = rule
+    try:
+        yield
+    finally:
+        SpanConstraint.longest_answer = saved
+
+
+def _ways(objective) -> list[tuple[str, Any, bool, Callable | None, str]]:
+    """(way, objective, constrained, cut rule, how the answers were chosen) for each way it is scored."""
+    ways = [("free", objective, False, None, "none: free generation"),
+            ("span", objective, True, None, f"span: {objective.constraint_path}")]
+    if objective.name == "diffusion":
+        ltr = copy.copy(objective)
+        ltr.opts = dataclasses.replace(objective.opts, block_length=1)
+        relaxed = objective.RELAXED.split("; then")[0]
+        ways += [("span_uncut", objective, True, lambda c, ids: list(ids), f"span: {relaxed}; not cut"),
+                 ("span_run", objective, True, longest_run,
+                  f"span: {relaxed}; then cut to the longest allowed run anywhere in the answer"),
+                 ("span_left_to_right", ltr, True, None, f"span: {ltr.constraint_path}")]
+    return ways
+
+
+@contextmanager
+def scoring_every_way(out: Path) -> Iterator[None]:
+    """Within the block, every JSQuAD final evaluation also scores the ways above into `out`."""
+    evaluate = jsquad.JSQuAD.evaluate
+
+    def scored_every_way(self, model, objective, data, device, batch_size, progress=None):
+        result = evaluate(self, model, objective, data, device, batch_size, progress)
+        golds = [it.answers for _, it in data.items]
+        cons = self.span_constraints([p for p, _ in data.items], data)
+        for way, obj, constrained, rule, how in _ways(objective):
+            preds = answers(self, model, obj, data, device, batch_size, cons if constrained else None, rule)
+            scores = corpus_scores(preds, golds)
+            line = {"mixer": model.cfg.mixer, "objective": objective.name, "way": way, "answers": how,
+                    "f1": scores["f1"], "em": scores["em"], "n": len(preds),
+                    "spans": sum(bool(p) and (p in it.paragraph or p in it.title) for p, (_, it) in zip(preds, data.items)),
+                    "empty": sum(not p for p in preds),
+                    "task_opts": {k: str(v) for k, v in dataclasses.asdict(self.opts).items()}}
+            with open(out, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        return result
+
+    jsquad.JSQuAD.evaluate = scored_every_way
+    try:
+        yield
+    finally:
+        jsquad.JSQuAD.evaluate = evaluate
+
+
+def answers(task, model, objective, data, device, batch_size: int, cons: list[SpanConstraint] | None,
+            rule: Callable | None) -> list[str]:
+    """Every evaluation answer as text, batched as `JSQuAD.evaluate` batches them (by prompt length)."""
+    prompts = [p for p, _ in data.items]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    with torch.no_grad(), autocast(device), _cut(rule):
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            kw = {"constraints": [cons[i] for i in idx]} if cons else {}
+            for i, ids in zip(idx, objective.generate(model, [prompts[i] for i in idx], task.opts.max_answer_tokens,
+                                                      batch_size, **kw)):
+                out[i] = ids
+    return [data.decode(ids) for ids in out]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    ap.add_argument("--bench-out", type=Path, default=Path("results/bench_span_answers.jsonl"))
+    ap.add_argument("-h", "--help", action="store_true")
+    args, rest = ap.parse_known_args(argv)
+    if args.help:
+        print(__doc__)
+        return 0
+    args.bench_out.parent.mkdir(parents=True, exist_ok=True)
+    import run_matrix
+
+    with scoring_every_way(args.bench_out):
+        rc = run_matrix.main(rest)
+    print(f"wrote {args.bench_out}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
