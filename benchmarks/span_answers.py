@@ -7,7 +7,8 @@ decoder can apply the constraint (README: "Answers as spans of the context").
 Two cells trained apart differ by their training as well as by their decoding; this compares decoders
 on one training. It runs `run_matrix.py` with the arguments that follow (each cell trains, is scored
 and writes its row as usual) and, at each JSQuAD cell's final evaluation, scores the same weights once
-more per way below, one JSON line per (cell, way) appended to `--bench-out`:
+more per way below, one benchmark row per (cell, way) appended to `--bench-out` (`python -m reports`
+tables them in `reports/benchmarks/`):
 
 - `free`: free generation (the objective's own sampler, no constraint);
 - `span`: `answer_constraint=span` as the objective applies it by default (`constraint_path`);
@@ -15,10 +16,10 @@ more per way below, one JSON line per (cell, way) appended to `--bench-out`:
   prefix: its answers need not be spans), `span_run` (cut to the longest allowed run anywhere in the
   answer instead of the longest prefix) and `span_left_to_right` (blocks of one position: exact).
 
-Each line: f1, em, n, how many answers are spans of their title or paragraph (`spans`) and how many
+Each row: f1, em, n, how many answers are spans of their title or paragraph (`spans`) and how many
 are empty (`empty`); `free` and `span` repeat what a free and a constrained row would report. It
 patches the task's `evaluate` in this process only, while the grid runs, so cells must run in it (the
-local executor, the default). The evaluation split's questions score every way: read the lines as a
+local executor, the default). The evaluation split's questions score every way: read the rows as a
 description of the decoders on these weights, not as a way to choose one.
 """
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +35,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 import tasks.jsquad as jsquad
+from benchmarks.common import bench_row
+from core import results
 from core.env import autocast
 from tasks.answer_span import SpanConstraint
 from tasks.jsquad_metric import corpus_scores
@@ -84,8 +86,9 @@ def _ways(objective) -> list[tuple[str, Any, bool, Callable | None, str]]:
 
 
 @contextmanager
-def scoring_every_way(out: Path) -> Iterator[None]:
-    """Within the block, every JSQuAD final evaluation also scores the ways above into `out`."""
+def scoring_every_way(out: Path, command: str) -> Iterator[None]:
+    """Within the block, every JSQuAD final evaluation also scores the ways above into `out` (benchmark
+    rows, keyed by cell, way and `command`: the grid's arguments)."""
     evaluate = jsquad.JSQuAD.evaluate
 
     def scored_every_way(self, model, objective, data, device, batch_size, progress=None):
@@ -95,13 +98,14 @@ def scoring_every_way(out: Path) -> Iterator[None]:
         for way, obj, constrained, rule, how in _ways(objective):
             preds = answers(self, model, obj, data, device, batch_size, cons if constrained else None, rule)
             scores = corpus_scores(preds, golds)
-            line = {"mixer": model.cfg.mixer, "objective": objective.name, "way": way, "answers": how,
-                    "f1": scores["f1"], "em": scores["em"], "n": len(preds),
-                    "spans": sum(bool(p) and (p in it.paragraph or p in it.title) for p, (_, it) in zip(preds, data.items)),
-                    "empty": sum(not p for p in preds),
-                    "task_opts": {k: str(v) for k, v in dataclasses.asdict(self.opts).items()}}
-            with open(out, "a", encoding="utf-8") as f:
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+            identity = {"mixer": model.cfg.mixer, "objective": objective.name, "way": way, "command": command}
+            row = bench_row("span_answers", device, identity, answers=how, f1=scores["f1"], em=scores["em"],
+                            n=len(preds), empty=sum(not p for p in preds),
+                            spans=sum(bool(p) and (p in it.paragraph or p in it.title)
+                                      for p, (_, it) in zip(preds, data.items)),
+                            params=sum(p.numel() for p in model.parameters()),
+                            task_opts={k: str(v) for k, v in dataclasses.asdict(self.opts).items()})
+            results.append_row(out, row)
         return result
 
     jsquad.JSQuAD.evaluate = scored_every_way
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args.bench_out.parent.mkdir(parents=True, exist_ok=True)
     import run_matrix
 
-    with scoring_every_way(args.bench_out):
+    with scoring_every_way(args.bench_out, " ".join(rest)):
         rc = run_matrix.main(rest)
     print(f"wrote {args.bench_out}")
     return rc

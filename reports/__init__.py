@@ -268,6 +268,8 @@ def write_bench_report(res: Results, out_dir: Path) -> Path:
              "| | |", "|---|---|", f"| device | {_values(rows, lambda r: r.get('device'))} |",
              f"| git commit | {_values(rows, lambda r: r.get('git_commit'))} |", f"| packages | {_versions(rows)} |", ""]
     lines += _bench_sections(res, out_dir)
+    if res.bench.get("span_answers"):  # about one training each: the benchmarks' page only, not every grid's
+        lines += bench.span_answers_section(res.bench["span_answers"])
     out = out_dir / "README.md"
     write_atomic(out, "\n".join(lines).rstrip() + "\n")
     return out

@@ -162,3 +162,27 @@ def decode_section(rows: list[dict[str, Any]], out_dir: Path, level: str = "##")
             lines.append(f"| {esc(m)} | {B} | " + " | ".join(vals) + " | " + " | ".join(tail) + " |")
         lines.append("")
     return lines
+
+
+def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[str]:
+    """One table per training (command): each way of answering on the same weights (benchmarks/span_answers.py)."""
+    lines = [f"{level} Answers on one training, scored every way", "",
+             "Each trained cell scored free and span-constrained as each decoder can apply the constraint, on the "
+             "same weights and the same evaluation questions (`spans`: answers that are a span of their title or "
+             "paragraph; `empty`: no answer). Not a way to choose a decoder: every way is scored on the evaluation "
+             "split. From `python -m benchmarks.span_answers`.", ""]
+    by_command: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_command[str(r.get("command"))].append(r)
+    for command, rs in sorted(by_command.items()):
+        devices = ", ".join(sorted({str(r["device"]) for r in rs}))
+        lines += [f"`{esc(command)}` ({esc(devices)})", "",
+                  "| mixer | objective | way | F1 | EM | spans | empty | answers |", "|---|---|---|---:|---:|---:|---:|---|"]
+        for r in sorted(rs, key=lambda r: (r["mixer"], r["objective"], r["way"] != "free", r["way"] != "span", r["way"])):
+            if r["status"] != "ok":
+                lines.append(f"| {esc(r['mixer'])} | {esc(r['objective'])} | {esc(r['way'])} | **failed** | | | | |")
+                continue
+            lines.append(f"| {esc(r['mixer'])} | {esc(r['objective'])} | {esc(r['way'])} | {r['f1']:.3f} | {r['em']:.3f} "
+                         f"| {r['spans']} / {r['n']} | {r['empty']} | {esc(r['answers'])} |")
+        lines.append("")
+    return lines

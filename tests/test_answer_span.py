@@ -308,7 +308,8 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
     from core.results import cell_rows, read_rows
 
     evaluate = tasks.jsquad.JSQuAD.evaluate
-    out, bench = tmp_path / "out", tmp_path / "bench.jsonl"
+    out = tmp_path / "out"
+    bench = out / "results" / "bench_span_answers.jsonl"
     grid = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
             "--cache-dir", str(cache_dir), "--no-progress", "--mixers", "attention", "--task-opt", "latency_n=1",
             "--objective-opt", "diffusion.gen_length=8", "--objective-opt", "diffusion.steps=8"]
@@ -330,3 +331,12 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
         if x["answers"].startswith("span: exact"):
             assert x["spans"] == x["n"], x
     assert ways["diffusion", "span_uncut"]["answers"].endswith("; not cut")
+    assert all(x["bench"] == "span_answers" and x["command"] == " ".join(grid) for x in lines)
+    from reports import write_reports
+
+    write_reports(out / "results", out / "reports")  # benchmark rows a report can read: a table of every way
+    page = (out / "reports" / "benchmarks" / "README.md").read_text()
+    assert "## Answers on one training, scored every way" in page
+    assert "| attention | diffusion | span_left_to_right | " in page
+    grid_page = (out / "reports" / "jsquad-offline_tiny_tokens-3000" / "README.md").read_text()
+    assert "scored every way" not in grid_page  # about one training: not a section of every grid's report

@@ -495,6 +495,9 @@ class _Allowed:
     def tokens(self):
         return sorted({i for s in self.steps for i in s} | {SPECIAL.eos})
 
+    def longest_answer(self, ids):
+        return list(ids)  # every answer these steps allow may end anywhere
+
 
 @pytest.mark.parametrize("decode", ["state", "rerun"])
 def test_greedy_decoding_under_a_constraint_takes_the_best_allowed_token_at_every_step(decode):
@@ -522,3 +525,24 @@ def test_greedy_decoding_under_a_constraint_takes_the_best_allowed_token_at_ever
     assert got == expected
     assert any(len(a) > 2 for a in got)  # several steps decided under the constraint
     assert got != obj.generate(model, prompts, max_new=8, batch_size=3)  # and it changed the answers
+
+
+class _EndsOnEvenLengths(_Allowed):
+    """Answers may end only after an even number of tokens (as a span may not end inside a character)."""
+
+    def longest_answer(self, ids):
+        return list(ids[: len(ids) // 2 * 2])
+
+
+@pytest.mark.parametrize("decode", ["state", "rerun"])
+def test_an_answer_stopped_by_max_new_is_cut_to_where_the_constraint_lets_it_end(decode):
+    """Greedy decoding that stops at `max_new` (no EOS) may stop where no answer may end: the answer is then
+    cut back to its longest prefix the constraint allows (`longest_answer`), on both paths."""
+    model = _lm("attention")
+    obj = build_objective("autoregressive", SPECIAL, "chunked", decode=decode)
+    prompts = _prompts()
+    steps = [list(range(6, VOCAB))] * 8  # never EOS: every answer runs to max_new
+    free = obj.generate(model, prompts, max_new=3, batch_size=3, constraints=[_Allowed(steps) for _ in prompts])
+    assert {len(a) for a in free} == {3}
+    cut = obj.generate(model, prompts, max_new=3, batch_size=3, constraints=[_EndsOnEvenLengths(steps) for _ in prompts])
+    assert cut == [a[:2] for a in free]

@@ -598,7 +598,7 @@ _GOOD = _row("attention", "autoregressive", metrics=_qa(0.3, 0.5, ppl=8.0))
 
 @pytest.mark.parametrize("name, second, message", [
     ("bench_x.jsonl", {**_BENCH_OK, "key": "t", "bench": "speed"},
-     r"bench_x\.jsonl:2: unknown bench 'speed' \(known: scaling, loss_memory, decode\)"),
+     r"bench_x\.jsonl:2: unknown bench 'speed' \(known: scaling, loss_memory, decode, span_answers\)"),
     ("g.jsonl", {**_GOOD, "key": "b", "metrics": [0.3, 0.5]}, r"g\.jsonl:2: metrics must be an object, got list"),
     ("g.jsonl", {**_GOOD, "key": "b", "loss_curve": [6.0, 5.5]}, r"g\.jsonl:2: loss_curve must be a list of objects"),
     ("g.jsonl", {**_GOOD, "key": "b", "loss_curve": {"frac": 1.0}}, r"g\.jsonl:2: loss_curve must be a list of objects"),

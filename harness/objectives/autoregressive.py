@@ -100,9 +100,11 @@ class Autoregressive(Objective):
         0) is no answer, with no pass over the prompts (the state path would otherwise prefill for nothing)."""
         if max_new < 1:
             return [[] for _ in prompts]
-        if self.opts.decode == "rerun":
-            return self.generate_rerun(model, prompts, max_new, batch_size, constraints)
-        return self.generate_state(model, prompts, max_new, batch_size, constraints)
+        run = self.generate_rerun if self.opts.decode == "rerun" else self.generate_state
+        out = run(model, prompts, max_new, batch_size, constraints)
+        if constraints:  # an answer stopped by max_new, not by EOS, may end inside a character: whole ones only
+            out = [c.longest_answer(a) for c, a in zip(constraints, out)]
+        return out
 
     @staticmethod
     def _pick(logits: torch.Tensor, cons: list[AnswerConstraint] | None, answers: list[list[int]]) -> torch.Tensor:
