@@ -132,14 +132,11 @@ def answers(task, model, objective, data, device, batch_size: int, cons: list[Sp
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
-    ap.add_argument("--bench-out", type=Path, default=Path("results/bench_span_answers.jsonl"))
-    ap.add_argument("-h", "--help", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Every other argument goes to run_matrix.py (python run_matrix.py --help).")
+    ap.add_argument("--bench-out", type=Path, default=Path("results/bench_span_answers.jsonl"),
+                    help="benchmark rows are appended here (default: %(default)s)")
     args, rest = ap.parse_known_args(argv)
-    if args.help:
-        print(__doc__)
-        return 0
-    args.bench_out.parent.mkdir(parents=True, exist_ok=True)
     import run_matrix
 
     with scoring_every_way(args.bench_out, " ".join(rest)):
