@@ -97,7 +97,9 @@ class Autoregressive(Objective):
     def generate(self, model, prompts: list[list[int]], max_new: int, batch_size: int,
                  constraints: Sequence[AnswerConstraint] | None = None) -> list[list[int]]:
         """Greedy decoding, batched; the path is `opts.decode` (see the module doc). No new token (`max_new`
-        0) is no answer, with no pass over the prompts (the state path would otherwise prefill for nothing)."""
+        0) is no answer, with no pass over the prompts (the state path would otherwise prefill for nothing).
+        Under `constraints`, an answer that `max_new` stopped is cut back to where its constraint lets an
+        answer end (`longest_answer`; one that ended at EOS is already such an answer)."""
         if max_new < 1:
             return [[] for _ in prompts]
         run = self.generate_rerun if self.opts.decode == "rerun" else self.generate_state
