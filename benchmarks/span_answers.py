@@ -117,18 +117,10 @@ def scoring_every_way(out: Path, command: str) -> Iterator[None]:
 
 def answers(task, model, objective, data, device, batch_size: int, cons: list[SpanConstraint] | None,
             rule: Callable | None) -> list[str]:
-    """Every evaluation answer as text, batched as `JSQuAD.evaluate` batches them (by prompt length)."""
-    prompts = [p for p, _ in data.items]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[list[int]] = [[] for _ in prompts]
+    """Every evaluation answer as text, batched as `JSQuAD.evaluate` batches them (`answer_ids`)."""
     with torch.no_grad(), autocast(device), _cut(rule):
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            kw = {"constraints": [cons[i] for i in idx]} if cons else {}
-            for i, ids in zip(idx, objective.generate(model, [prompts[i] for i in idx], task.opts.max_answer_tokens,
-                                                      batch_size, **kw)):
-                out[i] = ids
-    return [data.decode(ids) for ids in out]
+        ids = task.answer_ids(model, objective, [p for p, _ in data.items], batch_size, cons)
+    return [data.decode(a) for a in ids]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -291,23 +291,8 @@ class JSQuAD(Task):
         span = self.opts.answer_constraint == "span"
         cons = self.span_constraints(prompts, data) if span else None
         model.eval()
-        # by length, one batch at a time: `generate` forms exactly the batches it would form over all
-        # prompts (its sort is stable), and the progress line can count answers
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        chunk = batch_size
-        out: list[list[int]] = [[] for _ in prompts]
-        if progress:
-            progress(0, len(order))
         with torch.no_grad(), autocast(device):
-            for s in range(0, len(order), chunk):
-                idx = order[s : s + chunk]
-                kw = {"constraints": [cons[i] for i in idx]} if cons else {}
-                for i, ids in zip(idx, objective.generate(model, [prompts[i] for i in idx], self.opts.max_answer_tokens,
-                                                          batch_size, **kw)):
-                    out[i] = ids
-                if progress:
-                    progress(s + len(idx), len(order))
-            preds = [data.decode(ids) for ids in out]
+            preds = [data.decode(ids) for ids in self.answer_ids(model, objective, prompts, batch_size, cons, progress)]
             latency = latency_ms(lambda i: objective.generate(model, [prompts[i]], self.opts.max_answer_tokens, 1,
                                                               **({"constraints": [cons[i]]} if cons else {})),
                                  min(self.opts.latency_n, len(prompts)), device)
@@ -322,6 +307,26 @@ class JSQuAD(Task):
         return {**scores, "gen_latency_ms": latency, "decode_path": objective.decode_path(model), "eval_n": len(preds),
                 "answer_constraint": f"span: {objective.constraint_path}" if span else "none: free generation",
                 "samples": samples, "per_question": per_question}
+
+    def answer_ids(self, model, objective, prompts: list[list[int]], batch_size: int,
+                   cons: list[SpanConstraint] | None = None, progress=None) -> list[list[int]]:
+        """Each prompt's answer ids (under `cons`, one constraint per prompt, if given), in prompt order.
+        By length, one batch at a time: `generate` forms exactly the batches it would form over all
+        prompts (its sort is stable), and the progress line can count answers. The caller sets no_grad
+        and autocast."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[list[int]] = [[] for _ in prompts]
+        if progress:
+            progress(0, len(order))
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            kw = {"constraints": [cons[i] for i in idx]} if cons else {}
+            for i, ids in zip(idx, objective.generate(model, [prompts[i] for i in idx], self.opts.max_answer_tokens,
+                                                      batch_size, **kw)):
+                out[i] = ids
+            if progress:
+                progress(s + len(idx), len(order))
+        return out
 
     def span_constraints(self, prompts: list[list[int]], data: TaskData) -> list[SpanConstraint]:
         """One `SpanConstraint` per prompt over the title and the paragraph *as the prompt holds them* (an
