@@ -46,14 +46,9 @@ _LONGEST_PREFIX = SpanConstraint.longest_answer  # the product's cut (the ways b
 
 
 def longest_run(c: SpanConstraint, ids: list[int]) -> list[int]:
-    """The longest contiguous run of `ids` that is a whole allowed answer (the earliest of the longest)."""
-    best: list[int] = []
-    for a in range(len(ids)):
-        for b in range(len(ids), a + len(best), -1):
-            if _LONGEST_PREFIX(c, ids[a:b]) == ids[a:b]:
-                best = ids[a:b]
-                break
-    return best
+    """The longest contiguous run of `ids` that is a whole allowed answer (the earliest of the longest):
+    the longest of the allowed prefixes of each suffix."""
+    return max((_LONGEST_PREFIX(c, ids[a:]) for a in range(len(ids))), key=len, default=[])
 
 
 @contextmanager
@@ -77,7 +72,7 @@ def _ways(objective) -> list[tuple[str, Any, bool, Callable | None, str]]:
     if objective.name == "diffusion":
         ltr = copy.copy(objective)
         ltr.opts = dataclasses.replace(objective.opts, block_length=1)
-        relaxed = objective.RELAXED.split("; then")[0]
+        relaxed = objective.RELAXED_SAMPLER
         ways += [("span_uncut", objective, True, lambda c, ids: list(ids), f"span: {relaxed}; not cut"),
                  ("span_run", objective, True, longest_run,
                   f"span: {relaxed}; then cut to the longest allowed run anywhere in the answer"),

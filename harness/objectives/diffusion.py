@@ -139,9 +139,10 @@ def transfer_schedule(n: int, steps: int) -> list[int]:
 class MaskedDiffusion(Objective):
     causal = False
     ppl_key = "ppl_bound"
-    RELAXED = ("relaxed while sampling: the first position proposes only ids an answer may start with, every other "
-               "only ids that occur in some allowed answer (positions are filled in confidence order, not left to "
-               "right); then exact: the answer is cut to its longest prefix that is an allowed answer")
+    RELAXED_SAMPLER = ("relaxed while sampling: the first position proposes only ids an answer may start with, every "
+                       "other only ids that occur in some allowed answer (positions are filled in confidence order, "
+                       "not left to right)")
+    RELAXED = RELAXED_SAMPLER + "; then exact: the answer is cut to its longest prefix that is an allowed answer"
     LEFT_TO_RIGHT = ("exact: positions filled left to right (blocks of one position), each proposing only the ids "
                      "the constraint allows after the answer so far")
     pretrain_opts = {"mask_on": "all", "eos_fill": False}  # LLaDA pre-training: any token maskable, no filler
