@@ -7,8 +7,8 @@ decoder can apply the constraint (README: "Answers as spans of the context").
 Two cells trained apart differ by their training as well as by their decoding; this compares decoders
 on one training. It runs `run_matrix.py` with the arguments that follow (each cell trains, is scored
 and writes its row as usual) and, at each JSQuAD cell's final evaluation, scores the same weights once
-more per way below, one benchmark row per (cell, way) appended to `--bench-out` (`python -m reports`
-tables them in `reports/benchmarks/`):
+more per way below, one benchmark row per (cell, seed, way) appended to `--bench-out` (`python -m reports`
+tables them in `reports/benchmarks/`, with each way's mean over the seeds of one command):
 
 - `free`: free generation (the objective's own sampler, no constraint);
 - `span`: `answer_constraint=span` as the objective applies it by default (`constraint_path`);
@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+import harness.cell
 import tasks.jsquad as jsquad
 from benchmarks.common import bench_row
 from core import results
@@ -83,8 +84,17 @@ def _ways(objective) -> list[tuple[str, Any, bool, Callable | None, str]]:
 @contextmanager
 def scoring_every_way(out: Path, command: str) -> Iterator[None]:
     """Within the block, every JSQuAD final evaluation also scores the ways above into `out` (benchmark
-    rows, keyed by cell, way and `command`: the grid's arguments)."""
-    evaluate = jsquad.JSQuAD.evaluate
+    rows, keyed by cell, seed, way and `command`: the grid's arguments).
+
+    The seed is not among `evaluate`'s arguments, so the cell is noted where `run_cell` starts its row
+    (`harness.cell.base_row`, looked up at call time): without it the seeds of `--seeds 0,1,2` shared one
+    key, and the report kept the last seed's rows only."""
+    evaluate, base_row = jsquad.JSQuAD.evaluate, harness.cell.base_row
+    running: dict[str, Any] = {}  # the cell whose evaluation runs now
+
+    def noting_the_cell(cell, ctx):
+        running["cell"] = cell
+        return base_row(cell, ctx)
 
     def scored_every_way(self, model, objective, data, device, batch_size, progress=None):
         result = evaluate(self, model, objective, data, device, batch_size, progress)
@@ -93,7 +103,8 @@ def scoring_every_way(out: Path, command: str) -> Iterator[None]:
         for way, obj, constrained, rule, how in _ways(objective):
             preds = answers(self, model, obj, data, device, batch_size, cons if constrained else None, rule)
             scores = corpus_scores(preds, golds)
-            identity = {"mixer": model.cfg.mixer, "objective": objective.name, "way": way, "command": command}
+            identity = {"mixer": model.cfg.mixer, "objective": objective.name, "seed": running["cell"].seed,
+                        "way": way, "command": command}
             row = bench_row("span_answers", device, identity, answers=how, f1=scores["f1"], em=scores["em"],
                             n=len(preds), empty=sum(not p for p in preds),
                             spans=sum(bool(p) and (p in it.paragraph or p in it.title)
@@ -103,11 +114,11 @@ def scoring_every_way(out: Path, command: str) -> Iterator[None]:
             results.append_row(out, row)
         return result
 
-    jsquad.JSQuAD.evaluate = scored_every_way
+    jsquad.JSQuAD.evaluate, harness.cell.base_row = scored_every_way, noting_the_cell
     try:
         yield
     finally:
-        jsquad.JSQuAD.evaluate = evaluate
+        jsquad.JSQuAD.evaluate, harness.cell.base_row = evaluate, base_row
 
 
 def answers(task, model, objective, data, device, batch_size: int, cons: list[SpanConstraint] | None,

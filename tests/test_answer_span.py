@@ -298,45 +298,53 @@ def test_longest_run_finds_an_allowed_answer_anywhere(span):
 
 
 def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, tmp_path, cache_dir):
-    """`python -m benchmarks.span_answers`: each cell's row as usual, and one line per way of answering on
-    the same weights; the free and default-span lines are what the rows report; every cut answer is a
-    span or empty, every exact one a span; the task's `evaluate` is itself again afterwards."""
+    """`python -m benchmarks.span_answers`: each cell's row as usual, and one line per seed and way of
+    answering on the same weights; the free and default-span lines are what the rows report; every cut
+    answer is a span or empty, every exact one a span; each seed keeps its own lines (a key of their
+    own), which the report averages; the task's `evaluate` is itself again afterwards."""
     import json
 
+    import harness.cell
     import tasks.jsquad
     from benchmarks import span_answers
     from core.results import cell_rows, read_rows
 
-    evaluate = tasks.jsquad.JSQuAD.evaluate
+    evaluate, base_row = tasks.jsquad.JSQuAD.evaluate, harness.cell.base_row
     out = tmp_path / "out"
     bench = out / "results" / "bench_span_answers.jsonl"
     grid = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
             "--cache-dir", str(cache_dir), "--no-progress", "--mixers", "attention", "--task-opt", "latency_n=1",
-            "--objective-opt", "diffusion.gen_length=8", "--objective-opt", "diffusion.steps=8"]
+            "--objective-opt", "diffusion.gen_length=8", "--objective-opt", "diffusion.steps=8", "--seeds", "0,1"]
     assert span_answers.main(["--bench-out", str(bench), *grid]) == 0
-    assert tasks.jsquad.JSQuAD.evaluate is evaluate
+    assert tasks.jsquad.JSQuAD.evaluate is evaluate and harness.cell.base_row is base_row
     lines = [json.loads(x) for x in bench.read_text().splitlines()]
-    ways = {(x["objective"], x["way"]): x for x in lines}
-    assert sorted(ways) == [("autoregressive", "free"), ("autoregressive", "span"), ("diffusion", "free"),
-                            ("diffusion", "span"), ("diffusion", "span_left_to_right"), ("diffusion", "span_run"),
-                            ("diffusion", "span_uncut")]
+    ways = {(x["objective"], x["seed"], x["way"]): x for x in lines}
+    per_seed = [("autoregressive", "free"), ("autoregressive", "span"), ("diffusion", "free"), ("diffusion", "span"),
+                ("diffusion", "span_left_to_right"), ("diffusion", "span_run"), ("diffusion", "span_uncut")]
+    assert sorted(ways) == sorted((o, seed, w) for o, w in per_seed for seed in (0, 1))
+    assert len({x["key"] for x in lines}) == len(lines) == 14  # no seed supersedes another in reports
     rows = cell_rows(read_rows(out / "results" / "jsquad-offline_tiny_tokens-3000.jsonl"))
+    assert sorted((r["objective"], r["seed"]) for r in rows) == sorted((o, s) for o in ("autoregressive", "diffusion") for s in (0, 1))
     for r in rows:
-        assert ways[r["objective"], "free"]["f1"] == pytest.approx(r["metrics"]["f1"])
-        assert r["metrics"]["answer_constraint"] == ways[r["objective"], "free"]["answers"]
+        assert ways[r["objective"], r["seed"], "free"]["f1"] == pytest.approx(r["metrics"]["f1"])
+        assert r["metrics"]["answer_constraint"] == ways[r["objective"], r["seed"], "free"]["answers"]
     for x in lines:
         assert x["n"] == 5 and x["mixer"] == "attention"
         if x["way"] in ("span", "span_run", "span_left_to_right"):
             assert x["spans"] + x["empty"] == x["n"], x
         if x["answers"].startswith("span: exact"):
             assert x["spans"] == x["n"], x
-    assert ways["diffusion", "span_uncut"]["answers"].endswith("; not cut")
+    assert ways["diffusion", 0, "span_uncut"]["answers"].endswith("; not cut")
     assert all(x["bench"] == "span_answers" and x["command"] == " ".join(grid) for x in lines)
     from reports import write_reports
 
     write_reports(out / "results", out / "reports")  # benchmark rows a report can read: a table of every way
     page = (out / "reports" / "benchmarks" / "README.md").read_text()
     assert "## Answers on one training, scored every way" in page
-    assert "| attention | diffusion | span_left_to_right | " in page
+    for seed in (0, 1):
+        x = ways["diffusion", seed, "span_left_to_right"]
+        assert f"| attention | diffusion | {seed} | span_left_to_right | {x['f1']:.3f} | " in page
+    mean = (ways["diffusion", 0, "span_left_to_right"]["f1"] + ways["diffusion", 1, "span_left_to_right"]["f1"]) / 2
+    assert f"| attention | diffusion | span_left_to_right | 2 | {mean:.3f} ± " in page  # over the seeds
     grid_page = (out / "reports" / "jsquad-offline_tiny_tokens-3000" / "README.md").read_text()
     assert "scored every way" not in grid_page  # about one training: not a section of every grid's report
