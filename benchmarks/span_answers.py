@@ -7,8 +7,9 @@ decoder can apply the constraint (README: "Answers as spans of the context").
 Two cells trained apart differ by their training as well as by their decoding; this compares decoders
 on one training. It runs `run_matrix.py` with the arguments that follow (each cell trains, is scored
 and writes its row as usual) and, at each JSQuAD cell's final evaluation, scores the same weights once
-more per way below, one benchmark row per (cell, seed, way) appended to `--bench-out` (`python -m reports`
-tables them in `reports/benchmarks/`, with each way's mean over the seeds of one command):
+more per way below, on the evaluation split's questions and on the dev slice's (`--splits`), one benchmark
+row per (cell, seed, split, way) appended to `--bench-out` (`python -m reports` tables them in
+`reports/benchmarks/`, with each way's mean over the seeds of one command):
 
 - `free`: free generation (the objective's own sampler, no constraint);
 - `span`: `answer_constraint=span` as the objective applies it by default (`constraint_path`);
@@ -17,10 +18,15 @@ tables them in `reports/benchmarks/`, with each way's mean over the seeds of one
   answer instead of the longest prefix) and `span_left_to_right` (blocks of one position: exact).
 
 Each row: f1, em, n, how many answers are spans of their title or paragraph (`spans`) and how many
-are empty (`empty`); `free` and `span` repeat what a free and a constrained row would report. It
+are empty (`empty`); the `eval` rows of `free` and `span` repeat what a free and a constrained row
+would report. It
 patches the task's `evaluate` in this process only, while the grid runs, so cells must run in it (the
-local executor, the default). The evaluation split's questions score every way: read the rows as a
-description of the decoders on these weights, not as a way to choose one.
+local executor, the default).
+
+Choose a way on the `dev` rows: the dev slice holds whole articles out of the training file (the ones
+the grid selects checkpoints on; `TaskData.dev_items`), so choosing there leaves the evaluation split
+unseen. The `eval` rows describe the decoders on the questions the grid reports; choosing on them would
+fit the choice to the test.
 """
 from __future__ import annotations
 
@@ -81,10 +87,13 @@ def _ways(objective) -> list[tuple[str, Any, bool, Callable | None, str]]:
     return ways
 
 
+SPLITS = ("eval", "dev")  # the evaluation split's questions (`TaskData.items`), the dev slice's (`dev_items`)
+
+
 @contextmanager
-def scoring_every_way(out: Path, command: str) -> Iterator[None]:
-    """Within the block, every JSQuAD final evaluation also scores the ways above into `out` (benchmark
-    rows, keyed by cell, seed, way and `command`: the grid's arguments).
+def scoring_every_way(out: Path, command: str, splits: tuple[str, ...] = SPLITS) -> Iterator[None]:
+    """Within the block, every JSQuAD final evaluation also scores the ways above on each of `splits`
+    into `out` (benchmark rows, keyed by cell, seed, split, way and `command`: the grid's arguments).
 
     The seed is not among `evaluate`'s arguments, so the cell is noted where `run_cell` starts its row
     (`harness.cell.base_row`, looked up at call time): without it the seeds of `--seeds 0,1,2` shared one
@@ -98,20 +107,21 @@ def scoring_every_way(out: Path, command: str) -> Iterator[None]:
 
     def scored_every_way(self, model, objective, data, device, batch_size, progress=None):
         result = evaluate(self, model, objective, data, device, batch_size, progress)
-        golds = [it.answers for _, it in data.items]
-        cons = self.span_constraints([p for p, _ in data.items], data)
-        for way, obj, constrained, rule, how in _ways(objective):
-            preds = answers(self, model, obj, data, device, batch_size, cons if constrained else None, rule)
-            scores = corpus_scores(preds, golds)
-            identity = {"mixer": model.cfg.mixer, "objective": objective.name, "seed": running["cell"].seed,
-                        "way": way, "command": command}
-            row = bench_row("span_answers", device, identity, answers=how, f1=scores["f1"], em=scores["em"],
-                            n=len(preds), empty=sum(not p for p in preds),
-                            spans=sum(bool(p) and (p in it.paragraph or p in it.title)
-                                      for p, (_, it) in zip(preds, data.items)),
-                            params=sum(p.numel() for p in model.parameters()),
-                            task_opts={k: str(v) for k, v in dataclasses.asdict(self.opts).items()})
-            results.append_row(out, row)
+        for split in splits:
+            items = data.items if split == "eval" else data.dev_items
+            cons = self.span_constraints([p for p, _ in items], data)
+            for way, obj, constrained, rule, how in _ways(objective):
+                preds = answers(self, model, obj, data, items, device, batch_size, cons if constrained else None, rule)
+                scores = corpus_scores(preds, [it.answers for _, it in items])
+                identity = {"mixer": model.cfg.mixer, "objective": objective.name, "seed": running["cell"].seed,
+                            "split": split, "way": way, "command": command}
+                row = bench_row("span_answers", device, identity, answers=how, f1=scores["f1"], em=scores["em"],
+                                n=len(preds), empty=sum(not p for p in preds),
+                                spans=sum(bool(p) and (p in it.paragraph or p in it.title)
+                                          for p, (_, it) in zip(preds, items)),
+                                params=sum(p.numel() for p in model.parameters()),
+                                task_opts={k: str(v) for k, v in dataclasses.asdict(self.opts).items()})
+                results.append_row(out, row)
         return result
 
     jsquad.JSQuAD.evaluate, harness.cell.base_row = scored_every_way, noting_the_cell
@@ -121,11 +131,12 @@ def scoring_every_way(out: Path, command: str) -> Iterator[None]:
         jsquad.JSQuAD.evaluate, harness.cell.base_row = evaluate, base_row
 
 
-def answers(task, model, objective, data, device, batch_size: int, cons: list[SpanConstraint] | None,
-            rule: Callable | None) -> list[str]:
-    """Every evaluation answer as text, batched as `JSQuAD.evaluate` batches them (`answer_ids`)."""
+def answers(task, model, objective, data, items: list, device, batch_size: int,
+            cons: list[SpanConstraint] | None, rule: Callable | None) -> list[str]:
+    """Every answer to `items` ((prompt, item) pairs) as text, batched as `JSQuAD.evaluate` batches them
+    (`answer_ids`)."""
     with torch.no_grad(), autocast(device), _cut(rule):
-        ids = task.answer_ids(model, objective, [p for p, _ in data.items], batch_size, cons)
+        ids = task.answer_ids(model, objective, [p for p, _ in items], batch_size, cons)
     return [data.decode(a) for a in ids]
 
 
@@ -134,10 +145,17 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="Every other argument goes to run_matrix.py (python run_matrix.py --help).")
     ap.add_argument("--bench-out", type=Path, default=Path("results/bench_span_answers.jsonl"),
                     help="benchmark rows are appended here (default: %(default)s)")
+    ap.add_argument("--splits", default=",".join(SPLITS),
+                    help="whose questions each way answers: eval (the evaluation split's, as the grid scores "
+                         "them), dev (the dev slice's: held-out training articles, where a way may be chosen); "
+                         "default: %(default)s")
     args, rest = ap.parse_known_args(argv)
+    splits = tuple(x.strip() for x in args.splits.split(",") if x.strip())
+    if not splits or set(splits) - set(SPLITS):
+        ap.error(f"--splits takes one or both of {', '.join(SPLITS)}; got {args.splits!r}")
     import run_matrix
 
-    with scoring_every_way(args.bench_out, " ".join(rest)):
+    with scoring_every_way(args.bench_out, " ".join(rest), splits):
         rc = run_matrix.main(rest)
     print(f"wrote {args.bench_out}")
     return rc

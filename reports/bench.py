@@ -165,38 +165,41 @@ def decode_section(rows: list[dict[str, Any]], out_dir: Path, level: str = "##")
 
 
 def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[str]:
-    """One table per training command: each way of answering on the same weights (benchmarks/span_answers.py);
-    where the command trained several seeds, each way's mean over them first, with a 95% t-interval."""
+    """One table per training command: each way of answering on the same weights (benchmarks/span_answers.py),
+    on the dev slice's questions and the evaluation split's; where the command trained several seeds, each
+    way's mean over them first, with a 95% t-interval. Rows written before the split was recorded are `eval`."""
     lines = [f"{level} Answers on one training, scored every way", "",
              "Each trained cell scored free and span-constrained as each decoder can apply the constraint, on the "
-             "same weights and the same evaluation questions (`spans`: answers that are a span of their title or "
-             "paragraph; `empty`: no answer). Not a way to choose a decoder: every way is scored on the evaluation "
-             "split. From `python -m benchmarks.span_answers`.", ""]
+             "same weights and the same questions (`spans`: answers that are a span of their title or paragraph; "
+             "`empty`: no answer). Choose a way on the `dev` rows (the dev slice: articles held out of the training "
+             "file), never on the `eval` rows (the evaluation split the grid reports). From "
+             "`python -m benchmarks.span_answers`.", ""]
     by_command: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_command[str(r.get("command"))].append(r)
     way = lambda w: (w != "free", w != "span", w)  # noqa: E731  free, then the default span, then the others
+    split = lambda r: r.get("split", "eval")  # noqa: E731
     for command, rs in sorted(by_command.items()):
         devices = ", ".join(sorted({str(r["device"]) for r in rs}))
         lines += [f"`{esc(command)}` ({esc(devices)})", ""]
         ok: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
         for r in rs:
             if r["status"] == "ok":
-                ok[r["mixer"], r["objective"], r["way"]].append(r)
+                ok[r["mixer"], r["objective"], split(r), r["way"]].append(r)
         if any(len({r.get("seed") for r in v}) > 1 for v in ok.values()):
-            lines += ["| mixer | objective | way | seeds | F1 | EM | spans (mean) | empty (mean) |",
-                      "|---|---|---|---:|---:|---:|---:|---:|"]
-            for k in sorted(ok, key=lambda k: (k[0], k[1], way(k[2]))):
+            lines += ["| mixer | objective | split | way | seeds | F1 | EM | spans (mean) | empty (mean) |",
+                      "|---|---|---|---|---:|---:|---:|---:|---:|"]
+            for k in sorted(ok, key=lambda k: (k[0], k[1], k[2], way(k[3]))):
                 v = ok[k]
                 mean = lambda f: sum(r[f] for r in v) / len(v)  # noqa: E731
-                lines.append(f"| {esc(k[0])} | {esc(k[1])} | {esc(k[2])} | {len(v)} "
+                lines.append(f"| {esc(k[0])} | {esc(k[1])} | {esc(k[2])} | {esc(k[3])} | {len(v)} "
                              f"| {stats.mean_ci([r['f1'] for r in v]).text()} | {stats.mean_ci([r['em'] for r in v]).text()} "
-                             f"| {mean('spans'):.1f} / {v[0]['n']} | {mean('empty'):.1f} |")
+                             f"| {mean('spans'):.1f} / {mean('n'):.0f} | {mean('empty'):.1f} |")
             lines += ["", "Each seed:", ""]
-        lines += ["| mixer | objective | seed | way | F1 | EM | spans | empty | answers |",
-                  "|---|---|---:|---|---:|---:|---:|---:|---|"]
-        for r in sorted(rs, key=lambda r: (r["mixer"], r["objective"], r.get("seed", -1), way(r["way"]))):
-            head = f"| {esc(r['mixer'])} | {esc(r['objective'])} | {r.get('seed', '—')} | {esc(r['way'])} |"
+        lines += ["| mixer | objective | seed | split | way | F1 | EM | spans | empty | answers |",
+                  "|---|---|---:|---|---|---:|---:|---:|---:|---|"]
+        for r in sorted(rs, key=lambda r: (r["mixer"], r["objective"], r.get("seed", -1), split(r), way(r["way"]))):
+            head = f"| {esc(r['mixer'])} | {esc(r['objective'])} | {r.get('seed', '—')} | {split(r)} | {esc(r['way'])} |"
             if r["status"] != "ok":
                 lines.append(f"{head} **failed** | | | | |")
                 continue

@@ -54,6 +54,9 @@ class TaskData:
     decode: Callable[[list[int]], str] | None = None
     tokenizer: Any = None  # the task's tokenizer (e.g. tasks.tokenizer.JaTokenizer), for reference rows
     passages: list[str] = field(default_factory=list)  # training-split text for `--pretrain passages` (never eval's)
+    # the dev slice's items, shaped like `items`: where a way of answering (a decoder) may be chosen on held-out
+    # training data rather than on the evaluation split (benchmarks.span_answers); empty if a task has none
+    dev_items: list[Any] = field(default_factory=list)
 
 
 @dataclass

@@ -222,7 +222,21 @@ class JSQuAD(Task):
                 f"{len(eval_items)} eval questions, vocab {tok.vocab_size}, {info['train_tokens']:,} train tokens")
         return TaskData(protocol, tok.special, tok.vocab_size, train[0], dev[0], eval_set,
                         items=[(p, it) for p, it in zip(prompts, eval_items)], info=info, decode=tok.decode,
-                        tokenizer=tok, passages=list(dict.fromkeys(it.paragraph for it in train_items)))
+                        tokenizer=tok, passages=list(dict.fromkeys(it.paragraph for it in train_items)),
+                        dev_items=self._dev_prompts(enc, dev_items))
+
+    def _dev_prompts(self, enc: _Encoder, items: list[QAItem]) -> list[tuple[list[int], QAItem]]:
+        """The dev slice's questions as evaluation prompts (`TaskData.dev_items`); built after `info` took the
+        evaluation's truncation count (`enc` counts these too). A question with no answer, or whose title and
+        question leave no room for a context, is left out rather than stopping the grid."""
+        out = []
+        for it in items:
+            if it.answers:
+                try:
+                    out.append((enc.prompt(it, reserve=self.opts.max_answer_tokens + 1)[0], it))
+                except DataError:
+                    pass
+        return out
 
     def _extra(self, ctx: PrepareContext, protocol: str, held: list[QAItem]) -> tuple[str, list[QAItem], dict[str, Any]]:
         """JaQuAD's training items minus the articles overlapping the held-out (evaluation + dev) text."""

@@ -298,10 +298,11 @@ def test_longest_run_finds_an_allowed_answer_anywhere(span):
 
 
 def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, tmp_path, cache_dir):
-    """`python -m benchmarks.span_answers`: each cell's row as usual, and one line per seed and way of
-    answering on the same weights; the free and default-span lines are what the rows report; every cut
-    answer is a span or empty, every exact one a span; each seed keeps its own lines (a key of their
-    own), which the report averages; the task's `evaluate` is itself again afterwards."""
+    """`python -m benchmarks.span_answers`: each cell's row as usual, and one line per seed, split and way
+    of answering on the same weights; the evaluation split's free and default-span lines are what the rows
+    report, the dev split's answer the dev slice's questions; every cut answer is a span or empty, every
+    exact one a span; each seed keeps its own lines (a key of their own), which the report averages; the
+    task's `evaluate` is itself again afterwards."""
     import json
 
     import harness.cell
@@ -318,23 +319,24 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
     assert span_answers.main(["--bench-out", str(bench), *grid]) == 0
     assert tasks.jsquad.JSQuAD.evaluate is evaluate and harness.cell.base_row is base_row
     lines = [json.loads(x) for x in bench.read_text().splitlines()]
-    ways = {(x["objective"], x["seed"], x["way"]): x for x in lines}
+    ways = {(x["objective"], x["seed"], x["split"], x["way"]): x for x in lines}
     per_seed = [("autoregressive", "free"), ("autoregressive", "span"), ("diffusion", "free"), ("diffusion", "span"),
                 ("diffusion", "span_left_to_right"), ("diffusion", "span_run"), ("diffusion", "span_uncut")]
-    assert sorted(ways) == sorted((o, seed, w) for o, w in per_seed for seed in (0, 1))
-    assert len({x["key"] for x in lines}) == len(lines) == 14  # no seed supersedes another in reports
+    assert sorted(ways) == sorted((o, seed, split, w) for o, w in per_seed for seed in (0, 1) for split in ("dev", "eval"))
+    assert len({x["key"] for x in lines}) == len(lines) == 28  # no seed or split supersedes another in reports
     rows = cell_rows(read_rows(out / "results" / "jsquad-offline_tiny_tokens-3000.jsonl"))
     assert sorted((r["objective"], r["seed"]) for r in rows) == sorted((o, s) for o in ("autoregressive", "diffusion") for s in (0, 1))
     for r in rows:
-        assert ways[r["objective"], r["seed"], "free"]["f1"] == pytest.approx(r["metrics"]["f1"])
-        assert r["metrics"]["answer_constraint"] == ways[r["objective"], r["seed"], "free"]["answers"]
+        assert ways[r["objective"], r["seed"], "eval", "free"]["f1"] == pytest.approx(r["metrics"]["f1"])
+        assert r["metrics"]["answer_constraint"] == ways[r["objective"], r["seed"], "eval", "free"]["answers"]
+        assert ways[r["objective"], r["seed"], "dev", "free"]["n"] == r["data"]["dev_questions"] > 0
     for x in lines:
-        assert x["n"] == 5 and x["mixer"] == "attention"
+        assert x["n"] == (5 if x["split"] == "eval" else rows[0]["data"]["dev_questions"]) and x["mixer"] == "attention"
         if x["way"] in ("span", "span_run", "span_left_to_right"):
             assert x["spans"] + x["empty"] == x["n"], x
         if x["answers"].startswith("span: exact"):
             assert x["spans"] == x["n"], x
-    assert ways["diffusion", 0, "span_uncut"]["answers"].endswith("; not cut")
+    assert ways["diffusion", 0, "eval", "span_uncut"]["answers"].endswith("; not cut")
     assert all(x["bench"] == "span_answers" and x["command"] == " ".join(grid) for x in lines)
     from reports import write_reports
 
@@ -342,9 +344,20 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
     page = (out / "reports" / "benchmarks" / "README.md").read_text()
     assert "## Answers on one training, scored every way" in page
     for seed in (0, 1):
-        x = ways["diffusion", seed, "span_left_to_right"]
-        assert f"| attention | diffusion | {seed} | span_left_to_right | {x['f1']:.3f} | " in page
-    mean = (ways["diffusion", 0, "span_left_to_right"]["f1"] + ways["diffusion", 1, "span_left_to_right"]["f1"]) / 2
-    assert f"| attention | diffusion | span_left_to_right | 2 | {mean:.3f} ± " in page  # over the seeds
+        for split in ("dev", "eval"):
+            x = ways["diffusion", seed, split, "span_left_to_right"]
+            assert f"| attention | diffusion | {seed} | {split} | span_left_to_right | {x['f1']:.3f} | " in page
+    for split in ("dev", "eval"):
+        mean = sum(ways["diffusion", seed, split, "span_left_to_right"]["f1"] for seed in (0, 1)) / 2
+        assert f"| attention | diffusion | {split} | span_left_to_right | 2 | {mean:.3f} ± " in page  # over the seeds
     grid_page = (out / "reports" / "jsquad-offline_tiny_tokens-3000" / "README.md").read_text()
     assert "scored every way" not in grid_page  # about one training: not a section of every grid's report
+
+
+def test_the_span_answers_benchmark_refuses_an_unknown_split(capsys):
+    """`--splits` names whose questions answer: a typo is one line before any cell trains."""
+    from benchmarks import span_answers
+
+    with pytest.raises(SystemExit):
+        span_answers.main(["--splits", "eval,test", "--data-dir", "nowhere"])
+    assert "--splits takes one or both of eval, dev; got 'eval,test'" in capsys.readouterr().err

@@ -137,6 +137,31 @@ def test_example_format_and_targets(offline_dir, cache_dir):
     assert answer in gold_answers
 
 
+def test_dev_items_are_the_dev_slices_questions_as_evaluation_prompts(offline_dir, cache_dir):
+    """`TaskData.dev_items`, where benchmarks.span_answers chooses a way of answering: every question of the
+    dev slice (whole articles held out of the training file, none of the evaluation split's), each with the
+    prompt the evaluation builds for a question; building them leaves the evaluation's truncation count
+    alone; a question with no answer or no room for a context is left out, not an error."""
+    import dataclasses
+
+    for max_len, cap in ((256, 24), (64, 6)):  # at 64 tokens prompts are cut (eval_truncated > 0)
+        d = _prepare(offline_dir, cache_dir, max_len=max_len, max_answer_tokens=cap)
+        _, dev = jsq.split_dev(jsq.load_file(offline_dir / "valid-v1.3.json"), 0.1)
+        assert [it.qid for _, it in d.dev_items] == [it.qid for it in dev] and len(d.dev_items) == d.info["dev_questions"]
+        assert not {it.title for _, it in d.dev_items} & {it.title for _, it in d.items}
+        enc = jsq._Encoder(d.tokenizer, max_len, "context_first")
+        assert [p for p, _ in d.dev_items] == [enc.prompt(it, reserve=cap + 1)[0] for _, it in d.dev_items]
+        enc.eval_truncated = 0
+        for _, it in d.items:
+            enc.prompt(it, reserve=cap + 1)
+        assert d.info["eval_truncated"] == enc.eval_truncated  # the evaluation split's prompts only
+    assert d.info["eval_truncated"] > 0 and any(len(p) == max_len - cap - 1 for p, _ in d.dev_items)
+    task, it = tasks.build("jsquad", max_answer_tokens=cap), d.dev_items[0][1]
+    kept = task._dev_prompts(enc, [dataclasses.replace(it, question="とても長い質問" * 40), it,
+                                   dataclasses.replace(it, answers=[], starts=[])])
+    assert [x.qid for _, x in kept] == [it.qid]
+
+
 def test_training_truncation_keeps_the_answer(offline_dir, cache_dir):
     """A max_len far below the paragraph length windows the paragraph around the answer: in every kept
     row the answer is inside the windowed paragraph (a window elsewhere teaches copying text that is not
