@@ -13,9 +13,10 @@ row per (cell, seed, split, way) appended to `--bench-out` (`python -m reports` 
 
 - `free`: free generation (the objective's own sampler, no constraint);
 - `span`: `answer_constraint=span` as the objective applies it by default (`constraint_path`);
-- masked diffusion only: `span_uncut` (the relaxed sampler alone, before the cut to the longest allowed
-  prefix: its answers need not be spans), `span_run` (cut to the longest allowed run anywhere in the
-  answer instead of the longest prefix) and `span_left_to_right` (blocks of one position: exact).
+- masked diffusion only, each order of `constrained_order` whatever the default: `span_left_to_right`
+  (blocks of one position: exact) and `span_confidence` (the relaxed sampler, then the cut to the longest
+  allowed prefix); and two variants of the latter: `span_uncut` (the relaxed sampler alone: its answers
+  need not be spans) and `span_run` (cut to the longest allowed run anywhere in the answer instead).
 
 Each row: f1, em, n, how many answers are spans of their title or paragraph (`spans`) and how many
 are empty (`empty`); the `eval` rows of `free` and `span` repeat what a free and a constrained row
@@ -77,14 +78,21 @@ def _ways(objective) -> list[tuple[str, Any, bool, Callable | None, str]]:
     ways = [("free", objective, False, None, "none: free generation"),
             ("span", objective, True, None, f"span: {objective.constraint_path}")]
     if objective.name == "diffusion":
-        ltr = copy.copy(objective)
-        ltr.opts = dataclasses.replace(objective.opts, block_length=1)
+        ltr, conf = (_with(objective, constrained_order=order) for order in ("left_to_right", "confidence"))
         relaxed = objective.RELAXED_SAMPLER
-        ways += [("span_uncut", objective, True, lambda c, ids: list(ids), f"span: {relaxed}; not cut"),
-                 ("span_run", objective, True, longest_run,
-                  f"span: {relaxed}; then cut to the longest allowed run anywhere in the answer"),
-                 ("span_left_to_right", ltr, True, None, f"span: {ltr.constraint_path}")]
+        ways += [("span_left_to_right", ltr, True, None, f"span: {ltr.constraint_path}"),
+                 ("span_confidence", conf, True, None, f"span: {conf.constraint_path}"),
+                 ("span_uncut", conf, True, lambda c, ids: list(ids), f"span: {relaxed}; not cut"),
+                 ("span_run", conf, True, longest_run,
+                  f"span: {relaxed}; then cut to the longest allowed run anywhere in the answer")]
     return ways
+
+
+def _with(objective, **opts):
+    """A copy of `objective` with other options (the same model and special tokens)."""
+    other = copy.copy(objective)
+    other.opts = dataclasses.replace(objective.opts, **opts)
+    return other
 
 
 SPLITS = ("eval", "dev")  # the evaluation split's questions (`TaskData.items`), the dev slice's (`dev_items`)

@@ -8,6 +8,8 @@ tests/test_diffusion.py.
 """
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -160,10 +162,11 @@ def test_a_truncated_prompt_constrains_to_the_paragraph_it_kept(offline_dir, cac
     assert cut == d.info["eval_truncated"]
 
 
-# the constrained decoders: greedy autoregressive, diffusion's relaxed sampler (then the cut), and diffusion
-# left to right (blocks of one position: exact)
+# the constrained decoders: greedy autoregressive, diffusion left to right (blocks of one position: exact, the
+# default under a constraint), and diffusion in confidence order (the relaxed sampler, then the cut)
 DECODERS = [("autoregressive", {}), ("diffusion", {"gen_length": 8, "steps": 8}),
-            ("diffusion", {"gen_length": 8, "steps": 8, "block_length": 1})]
+            ("diffusion", {"gen_length": 8, "steps": 8, "constrained_order": "confidence"})]
+DECODER_IDS = ["autoregressive", "diffusion_left_to_right", "diffusion_confidence"]
 
 
 def _untrained(d, causal: bool, device: str = "cpu") -> LM:
@@ -199,21 +202,22 @@ def test_span_answers_from_an_untrained_model_are_spans_of_their_context(offline
 
 
 def test_span_answers_from_an_untrained_diffusion_model_are_spans_once_cut(offline_dir, cache_dir, monkeypatch):
-    """Masked diffusion fills positions out of order, so its sampler's masks keep the ids right but not
-    their order; `longest_answer` then cuts each answer to a span. Without the cut, some are not spans."""
+    """Masked diffusion in confidence order (`constrained_order=confidence`) fills positions out of order,
+    so its sampler's masks keep the ids right but not their order; `longest_answer` then cuts each answer
+    to a span. Without the cut, some are not spans. Left to right (the default) they are spans without it."""
     task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
     model = _untrained(d, causal=False)
-    obj = build_objective("diffusion", d.special, "chunked", gen_length=8, steps=8)
+    obj = build_objective("diffusion", d.special, "chunked", gen_length=8, steps=8, constrained_order="confidence")
     got = _answers(task, model, obj, d)
     assert all(_is_span(a, it) for a, it in got) and any(a for a, _ in got)
     monkeypatch.setattr(SpanConstraint, "longest_answer", lambda self, ids: list(ids))
     assert any(not _is_span(a, it) for a, it in _answers(task, model, obj, d))
-    # blocks of one position: left to right under the prefix rule, spans (never empty) without any cut
-    exact = build_objective("diffusion", d.special, "chunked", gen_length=8, steps=8, block_length=1)
+    # left to right under the prefix rule: spans (never empty) without any cut
+    exact = build_objective("diffusion", d.special, "chunked", gen_length=8, steps=8)
     assert all(a and _is_span(a, it) for a, it in _answers(task, model, exact, d))
 
 
-@pytest.mark.parametrize("objective,opts", DECODERS, ids=["autoregressive", "diffusion", "diffusion_left_to_right"])
+@pytest.mark.parametrize("objective,opts", DECODERS, ids=DECODER_IDS)
 def test_span_answers_under_bf16_autocast_are_spans(offline_dir, cache_dir, objective, opts, monkeypatch):
     """CUDA's evaluation runs under bf16 autocast (core.env.autocast), CPU's in fp32: the same contract
     simulated here under CPU autocast (bf16 logits, the masks' -inf, the picks read back)."""
@@ -229,7 +233,7 @@ def test_span_answers_under_bf16_autocast_are_spans(offline_dir, cache_dir, obje
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("objective,opts", DECODERS, ids=["autoregressive", "diffusion", "diffusion_left_to_right"])
+@pytest.mark.parametrize("objective,opts", DECODERS, ids=DECODER_IDS)
 def test_span_answers_on_cuda_are_spans(offline_dir, cache_dir, objective, opts):
     """The constrained decoders on the device (allowed-id masks uploaded, picks read back, under evaluate's
     bf16 autocast): every answer still a span of its context (autoregressive: never empty)."""
@@ -273,11 +277,10 @@ def test_a_span_grid_has_its_own_name_rows_and_report_line(offline_dir, tmp_path
     for r in rows:
         path = build_objective(r["objective"], SpecialTokens(0, 1, 2, 3, 4, 5), "chunked").constraint_path
         assert r["metrics"]["answer_constraint"] == f"span: {path}"
-        # autoregressive: the rule never lets an answer be empty; diffusion: only when no prefix of what
-        # it sampled is a span (its first position starts one, so rarely)
-        assert (all if r["objective"] == "autoregressive" else any)(s["pred"] for s in r["samples"])
+        assert r["metrics"]["answer_constraint"].startswith("span: exact: ")  # both objectives, by default
+        assert all(s["pred"] for s in r["samples"])  # the rule never lets an answer be empty
     report = (out / "reports" / "jsquad-offline_answers-span_tiny_tokens-3000" / "README.md").read_text()
-    assert "- **answers**: `span: exact: " in report and "`span: relaxed while sampling: " in report
+    assert "- **answers**: `span: exact: each token " in report and "`span: exact: positions filled left to right" in report
     assert "compare them with constrained cells only" in report
     from reports.tables import answer_constraints_line
 
@@ -321,9 +324,10 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
     lines = [json.loads(x) for x in bench.read_text().splitlines()]
     ways = {(x["objective"], x["seed"], x["split"], x["way"]): x for x in lines}
     per_seed = [("autoregressive", "free"), ("autoregressive", "span"), ("diffusion", "free"), ("diffusion", "span"),
-                ("diffusion", "span_left_to_right"), ("diffusion", "span_run"), ("diffusion", "span_uncut")]
+                ("diffusion", "span_confidence"), ("diffusion", "span_left_to_right"), ("diffusion", "span_run"),
+                ("diffusion", "span_uncut")]
     assert sorted(ways) == sorted((o, seed, split, w) for o, w in per_seed for seed in (0, 1) for split in ("dev", "eval"))
-    assert len({x["key"] for x in lines}) == len(lines) == 28  # no seed or split supersedes another in reports
+    assert len({x["key"] for x in lines}) == len(lines) == 32  # no seed or split supersedes another in reports
     rows = cell_rows(read_rows(out / "results" / "jsquad-offline_tiny_tokens-3000.jsonl"))
     assert sorted((r["objective"], r["seed"]) for r in rows) == sorted((o, s) for o in ("autoregressive", "diffusion") for s in (0, 1))
     for r in rows:
@@ -332,11 +336,15 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
         assert ways[r["objective"], r["seed"], "dev", "free"]["n"] == r["data"]["dev_questions"] > 0
     for x in lines:
         assert x["n"] == (5 if x["split"] == "eval" else rows[0]["data"]["dev_questions"]) and x["mixer"] == "attention"
-        if x["way"] in ("span", "span_run", "span_left_to_right"):
+        if x["way"] in ("span", "span_run", "span_left_to_right", "span_confidence"):
             assert x["spans"] + x["empty"] == x["n"], x
         if x["answers"].startswith("span: exact"):
             assert x["spans"] == x["n"], x
     assert ways["diffusion", 0, "eval", "span_uncut"]["answers"].endswith("; not cut")
+    for seed, split in itertools.product((0, 1), ("dev", "eval")):  # the default order is left to right
+        default, ltr = ways["diffusion", seed, split, "span"], ways["diffusion", seed, split, "span_left_to_right"]
+        assert (default["f1"], default["answers"]) == (ltr["f1"], ltr["answers"])
+        assert ways["diffusion", seed, split, "span_confidence"]["answers"].startswith("span: relaxed while sampling")
     assert all(x["bench"] == "span_answers" and x["command"] == " ".join(grid) for x in lines)
     from reports import write_reports
 

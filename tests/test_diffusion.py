@@ -171,7 +171,7 @@ def test_the_training_loss_is_the_nll_per_maskable_token_down_to_one(rows):
 def test_options_are_validated():
     for bad in ({"mask_on": "prompt"}, {"remasking": "top_p"}, {"gen_length": 6, "block_length": 4},
                 {"gen_length": 6, "block_length": 3, "steps": 3}, {"eps": 1.0}, {"steps": 0},
-                {"nll_samples": 0}, {"dev_nll_samples": 0}, {"temperature": -0.5}):
+                {"nll_samples": 0}, {"dev_nll_samples": 0}, {"temperature": -0.5}, {"constrained_order": "random"}):
         with pytest.raises(ValueError, match="diffusion"):
             _obj(**bad)
     # the other side of each bound: no floor on the mask ratio, one step, one sample, greedy
@@ -665,7 +665,7 @@ def test_the_sampler_proposes_only_the_tokens_each_rows_constraint_allows():
     (nor with EOS: no empty answer): it starts with the lowest of 8 and 9, then follows the script to
     8 7 8, which is no allowed answer: `longest_answer` cuts it to 8 7, the longest prefix that is one."""
     model = ScriptedAnswer()
-    obj = _obj(gen_length=6, steps=6)
+    obj = _obj(gen_length=6, steps=6, constrained_order="confidence")  # the relaxed path (left to right: below)
     prompts = [[2, 7, 4], [2, 9, 9, 4], [2, 8, 4]]
     assert obj.generate(model, prompts, max_new=6, batch_size=3) == [[6, 7, 8]] * 3
     cons = [_FirstThenTokens([6, 8], [9], [[6], [6, 9]]), _FirstThenTokens(range(6, V), range(6, V), [[6, 7, 8]]),
@@ -695,18 +695,30 @@ class _ByPrefix:
 
 
 def test_blocks_of_one_position_apply_the_constraint_exactly_left_to_right():
-    """block_length=1 fills the region left to right, so each position's prefix is known: the sampler asks
-    the constraint about it and proposes only what it allows. The scripted model wants 6 7 8: here 7 is
-    never allowed after 6, so the second token is the lowest allowed (8, a tie at 1e-3), and then the
-    script's 8, then EOS: 6 8 8. The relaxed sampler, asked about the empty prefix only, cannot do this."""
+    """Under a constraint the region fills left to right by default (`constrained_order`), as with
+    block_length=1, so each position's prefix is known: the sampler asks the constraint about it and
+    proposes only what it allows. The scripted model wants 6 7 8: here 7 is never allowed after 6, so the
+    second token is the lowest allowed (8, a tie at 1e-3), and then the script's 8, then EOS: 6 8 8. The
+    relaxed sampler (`constrained_order=confidence`), asked about the empty prefix only, cannot do this.
+    Free answers keep the configured order, and fewer `steps` than positions still fill every position."""
     model = ScriptedAnswer()
     after = {(): [6, 9], (6,): [8, 9], (6, 8): [8, SP.eos], (6, 8, 8): [SP.eos]}
-    exact = _obj(gen_length=6, steps=6, block_length=1)
-    assert exact.constraint_path.startswith("exact: ") and _obj(gen_length=6, steps=6).constraint_path.startswith("relaxed")
-    assert _obj(gen_length=1, steps=1).constraint_path == exact.constraint_path  # one position: one block of one
-    cons = [_ByPrefix(after), _ByPrefix(after)]
-    assert exact.generate(model, [[2, 7, 4], [2, 8, 8, 4]], max_new=6, batch_size=2, constraints=cons) == [[6, 8, 8]] * 2
-    assert cons[0].seen[:4] == [[], [6], [6, 8], [6, 8, 8]]  # every position's prefix, in order
-    relaxed = _obj(gen_length=6, steps=6)
+    relaxed = _obj(gen_length=6, steps=6, constrained_order="confidence")
+    exact = [_obj(gen_length=6, steps=6), _obj(gen_length=6, steps=6, block_length=1, constrained_order="confidence"),
+             _obj(gen_length=6, steps=2), _obj(gen_length=6, steps=6, block_length=3)]
+    assert relaxed.constraint_path.startswith("relaxed") and relaxed.constraint_path == relaxed.RELAXED
+    assert {o.constraint_path for o in exact} == {exact[0].LEFT_TO_RIGHT} and exact[0].LEFT_TO_RIGHT.startswith("exact: ")
+    one = _obj(gen_length=1, steps=1, constrained_order="confidence")
+    assert one.constraint_path == exact[0].constraint_path  # one position: one block of one
+    for obj in exact:
+        cons = [_ByPrefix(after), _ByPrefix(after)]
+        got = obj.generate(model, [[2, 7, 4], [2, 8, 8, 4]], max_new=6, batch_size=2, constraints=cons)
+        assert got == [[6, 8, 8]] * 2, obj.opts
+        assert cons[0].seen[:4] == [[], [6], [6, 8], [6, 8, 8]]  # every position's prefix, in order
     got = relaxed.generate(model, [[2, 7, 4]], max_new=6, batch_size=1, constraints=[_ByPrefix(after)])
     assert got == [[6]]  # position 1 may hold any allowed id: the lowest at 1e-3 is EOS
+    calls = []  # free answers keep the order configured (one block), not left to right
+    hook = model.register_forward_pre_hook(lambda m, args: calls.append(1))
+    assert exact[2].generate(model, [[2, 7, 4]], max_new=6, batch_size=1) == [[6, 7, 8]]
+    hook.remove()
+    assert len(calls) == 2  # steps=2: two calls, where left to right takes one per position

@@ -45,7 +45,10 @@ steps (split evenly over blocks of `block_length` positions, left to right, when
 each step predicts every masked position of the current block and commits the scheduled number of
 them, the most confident first ("low_confidence" remasking) or at random ("random"); the rest stay
 masked. The answer is the region's text before its first EOS; a row is finished as soon as an EOS is
-committed with every position before it committed (later commits cannot change the answer).
+committed with every position before it committed (later commits cannot change the answer). Under an
+answer constraint (JSQuAD's `answer_constraint=span`) the region fills left to right, one position per
+block, so the rule applies exactly (`constrained_order`; "confidence" keeps `block_length`'s order, with
+relaxed masks and a cut afterwards).
 MASK and PAD are never proposed, so every committed position holds a real token.
 
 What the numbers mean. The training loss is per maskable token (region + filler); the dev loss the
@@ -68,6 +71,7 @@ from harness.objectives import AnswerConstraint, Objective, allowed_mask, cut_at
 
 MASK_ON = ("answer", "all")
 REMASKING = ("low_confidence", "random")
+CONSTRAINED_ORDERS = ("left_to_right", "confidence")  # how the region fills under an answer constraint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +159,9 @@ class MaskedDiffusion(Objective):
         gen_length: int = 24  # L: answer-region length of the sampler (and of the EOS filler)
         steps: int = 24  # S: sampler steps in all (best quality near steps = gen_length)
         block_length: int = 0  # semi-autoregressive blocks of this many positions; 0: one block
+        # under an answer constraint: "left_to_right" (blocks of one position: the rule applies exactly) or
+        # "confidence" (block_length's order: the relaxed masks, then the cut); free answers keep block_length
+        constrained_order: str = "left_to_right"
         remasking: str = "low_confidence"  # low_confidence | random
         temperature: float = 0.0  # 0: greedy predictions; > 0: Gumbel-max sampling from the seeded generator
         seed: int = 0  # sampler seed (random remasking, temperature > 0)
@@ -167,6 +174,9 @@ class MaskedDiffusion(Objective):
                 raise ValueError(f"diffusion: mask_on must be one of {', '.join(MASK_ON)}; got {self.mask_on!r}")
             if self.remasking not in REMASKING:
                 raise ValueError(f"diffusion: remasking must be one of {', '.join(REMASKING)}; got {self.remasking!r}")
+            if self.constrained_order not in CONSTRAINED_ORDERS:
+                raise ValueError(f"diffusion: constrained_order must be one of {', '.join(CONSTRAINED_ORDERS)}; "
+                                 f"got {self.constrained_order!r}")
             if not 0 <= self.eps < 1:
                 raise ValueError(f"diffusion: eps must be in [0, 1); got {self.eps}")
             if min(self.gen_length, self.steps, self.nll_samples, self.dev_nll_samples) < 1 or self.temperature < 0:
@@ -183,8 +193,17 @@ class MaskedDiffusion(Objective):
         """Blocks of one position fill the region left to right, so each position's prefix is known when it
         is filled and the constraint applies exactly, as in autoregressive decoding; otherwise positions
         fill in confidence order and only the relaxed form (then the cut) applies."""
+        return self.LEFT_TO_RIGHT if self._block(constrained=True) == 1 else self.RELAXED
+
+    def _block(self, constrained: bool) -> int:
+        """Positions per semi-autoregressive block: one when a constrained answer fills left to right
+        (`constrained_order`, the default: on the dev slice it scored above the relaxed order and its cut,
+        and every answer is a span, none empty; README "Answers as spans of the context"), else
+        `block_length` (0: the whole region)."""
         o = self.opts
-        return self.LEFT_TO_RIGHT if (o.block_length or o.gen_length) == 1 else self.RELAXED
+        if constrained and o.constrained_order == "left_to_right":
+            return 1
+        return o.block_length or o.gen_length
 
     # ------------------------------------------------------------------ training
 
@@ -295,12 +314,13 @@ class MaskedDiffusion(Objective):
         start with (`next_tokens([])`: its prefix is always empty) and every other position only ids of its
         row's `tokens()`: positions are filled in confidence order, not left to right, so the prefix rule
         does not apply past the first; the answer's tokens then each occur in an allowed answer, their
-        order is not enforced here (`generate` cuts each answer to what its constraint allows). With blocks
-        of one position the region fills left to right, and each position proposes only the ids its row's
-        constraint allows after the committed prefix: exact."""
+        order is not enforced here (`generate` cuts each answer to what its constraint allows): the
+        `constrained_order=confidence` path. With blocks of one position (`constrained_order=left_to_right`,
+        the default under a constraint, or `block_length=1`) the region fills left to right, and each position
+        proposes only the ids its row's constraint allows after the committed prefix: exact."""
         o, sp = self.opts, self.special
         dev = model.head_weight.device
-        L, block = o.gen_length, o.block_length or o.gen_length
+        L, block = o.gen_length, self._block(constrained=bool(constraints))
         b = len(prompts)
         lens = upload(np.array([len(p) for p in prompts]), dev)
         buf = padded_rows(prompts, max(len(p) for p in prompts) + L, sp.pad, dev)  # one upload, queued
@@ -321,7 +341,8 @@ class MaskedDiffusion(Objective):
             if banned is not None and block == 1 and lo > 0:  # left to right: this position's prefix is known
                 prefix = buf.gather(1, slots[:, :lo]).tolist()  # (one read back per position: evaluation only)
                 banned[:, lo] = ~allowed_mask([c.next_tokens(p) for c, p in zip(constraints, prefix)], V, dev)
-            for k in transfer_schedule(block, o.steps // (L // block)):
+            # (at least one step per block: a constrained region filled left to right takes L steps, whatever `steps`)
+            for k in transfer_schedule(block, max(1, o.steps // (L // block))):
                 if k == 0:
                     continue
                 h = model(buf, pad_mask, right_padded=True)
@@ -368,7 +389,8 @@ class MaskedDiffusion(Objective):
         """Answers cut before the first EOS and to `max_new` tokens; batched by prompt length. No new token
         (`max_new` 0) is no answer, with no sampling (the whole region would be denoised, then cut away).
         Under `constraints`, each answer is then cut to the longest prefix its constraint allows
-        (`longest_answer`): the sampler's masks keep the ids right but not their order."""
+        (`longest_answer`): in confidence order the sampler's masks keep the ids right but not their order;
+        left to right the answer is allowed already, and only a cut at `max_new` can change it."""
         out: list[list[int]] = [[] for _ in prompts]
         if max_new < 1:
             return out
