@@ -293,6 +293,9 @@ def test_sampler_fills_every_mask_on_schedule():
     _obj(gen_length=6, steps=4, block_length=3).sample(model, [QA[0][0]], early_stop=False)
     assert model.masks == [[6], [4], [3], [1]]  # per block of 3: 2 steps committing 2 then 1, left block first
     model.masks.clear()
+    _obj(gen_length=6, steps=2, block_length=3).sample(model, [QA[0][0]], early_stop=False)
+    assert model.masks == [[6], [3]]  # one step per block, committing the whole block
+    model.masks.clear()
     _obj(gen_length=3, steps=6).sample(model, [QA[0][0]], early_stop=False)
     assert model.masks == [[3], [2], [1]]  # more steps than tokens: a step that would commit none runs no forward
     assert transfer_schedule(5, 3) == [2, 2, 1] and transfer_schedule(2, 3) == [1, 1, 0]
