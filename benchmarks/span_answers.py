@@ -20,9 +20,8 @@ row per (cell, seed, split, way) appended to `--bench-out` (`python -m reports` 
 
 Each row: f1, em, n, how many answers are spans of their title or paragraph (`spans`) and how many
 are empty (`empty`); the `eval` rows of `free` and `span` repeat what a free and a constrained row
-would report. It
-patches the task's `evaluate` in this process only, while the grid runs, so cells must run in it (the
-local executor, the default).
+would report. It patches the task's `evaluate` in this process only, while the grid runs, so cells
+must run in it (the local executor, the default).
 
 Choose a way on the `dev` rows: the dev slice holds whole articles out of the training file (the ones
 the grid selects checkpoints on; `TaskData.dev_items`), so choosing there leaves the evaluation split
@@ -117,6 +116,9 @@ def scoring_every_way(out: Path, command: str, splits: tuple[str, ...] = SPLITS)
         result = evaluate(self, model, objective, data, device, batch_size, progress)
         for split in splits:
             items = data.items if split == "eval" else data.dev_items
+            if not items:  # no score of no questions (it would be NaN)
+                print(f"span_answers: this cell's data has no {split} questions; no {split} rows", flush=True)
+                continue
             cons = self.span_constraints([p for p, _ in items], data)
             for way, obj, constrained, rule, how in _ways(objective):
                 preds = answers(self, model, obj, data, items, device, batch_size, cons if constrained else None, rule)

@@ -369,3 +369,23 @@ def test_the_span_answers_benchmark_refuses_an_unknown_split(capsys):
     with pytest.raises(SystemExit):
         span_answers.main(["--splits", "eval,test", "--data-dir", "nowhere"])
     assert "--splits takes one or both of eval, dev; got 'eval,test'" in capsys.readouterr().err
+
+
+def test_the_span_answers_benchmark_skips_a_split_without_questions(offline_dir, tmp_path, cache_dir, monkeypatch,
+                                                                    capsys):
+    """A split with no questions (here the dev slice's, emptied) gets a line saying so and no rows: a score
+    of no questions would be NaN; the other split's rows are written as usual."""
+    import json
+
+    import tasks.jsquad
+    from benchmarks import span_answers
+
+    monkeypatch.setattr(tasks.jsquad.JSQuAD, "_dev_prompts", lambda self, enc, items: [])
+    bench = tmp_path / "bench.jsonl"
+    grid = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(tmp_path / "out"),
+            "--cache-dir", str(cache_dir), "--no-progress", "--mixers", "attention", "--objectives", "autoregressive",
+            "--task-opt", "latency_n=1"]
+    assert span_answers.main(["--bench-out", str(bench), *grid]) == 0
+    lines = [json.loads(x) for x in bench.read_text().splitlines()]
+    assert sorted((x["split"], x["way"]) for x in lines) == [("eval", "free"), ("eval", "span")]
+    assert "span_answers: this cell's data has no dev questions; no dev rows" in capsys.readouterr().out
