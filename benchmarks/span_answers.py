@@ -114,23 +114,28 @@ def scoring_every_way(out: Path, command: str, splits: tuple[str, ...] = SPLITS)
 
     def scored_every_way(self, model, objective, data, device, batch_size, progress=None):
         result = evaluate(self, model, objective, data, device, batch_size, progress)
+        cell = {"params": sum(p.numel() for p in model.parameters()),
+                "task_opts": {k: str(v) for k, v in dataclasses.asdict(self.opts).items()}}
         for split in splits:
             items = data.items if split == "eval" else data.dev_items
             if not items:  # no score of no questions (it would be NaN)
                 print(f"span_answers: this cell's data has no {split} questions; no {split} rows", flush=True)
                 continue
             cons = self.span_constraints([p for p, _ in items], data)
+            decoded: dict[tuple, list[str]] = {}  # `span` is one of the named orders: decoded once, not twice
             for way, obj, constrained, rule, how in _ways(objective):
-                preds = answers(self, model, obj, data, items, device, batch_size, cons if constrained else None, rule)
+                same = (dataclasses.astuple(obj.opts), constrained, rule)
+                if same not in decoded:
+                    decoded[same] = answers(self, model, obj, data, items, device, batch_size,
+                                            cons if constrained else None, rule)
+                preds = decoded[same]
                 scores = corpus_scores(preds, [it.answers for _, it in items])
                 identity = {"mixer": model.cfg.mixer, "objective": objective.name, "seed": running["cell"].seed,
                             "split": split, "way": way, "command": command}
                 row = bench_row("span_answers", device, identity, answers=how, f1=scores["f1"], em=scores["em"],
                                 n=len(preds), empty=sum(not p for p in preds),
                                 spans=sum(bool(p) and (p in it.paragraph or p in it.title)
-                                          for p, (_, it) in zip(preds, items)),
-                                params=sum(p.numel() for p in model.parameters()),
-                                task_opts={k: str(v) for k, v in dataclasses.asdict(self.opts).items()})
+                                          for p, (_, it) in zip(preds, items)), **cell)
                 results.append_row(out, row)
         return result
 
