@@ -19,9 +19,12 @@ row per (cell, seed, split, way) appended to `--bench-out` (`python -m reports` 
   need not be spans) and `span_run` (cut to the longest allowed run anywhere in the answer instead).
 
 Each row: f1, em, n, how many answers are spans of their title or paragraph (`spans`) and how many
-are empty (`empty`); the `eval` rows of `free` and `span` repeat what a free and a constrained row
-would report. It patches the task's `evaluate` in this process only, while the grid runs, so cells
-must run in it (the local executor, the default).
+are empty (`empty`); the `eval` rows of `free` and `span` are what a free and a constrained row
+would report. The grid's own way on the evaluation split (`free`, or `span` under
+`answer_constraint=span`) is scored on the answers the cell's `evaluate` gave, not decoded a second
+time (until 2026-12-05 it was: one decode of the evaluation split more per cell). It patches the task's
+`evaluate` in this process only, while the grid runs, so cells must run in it (the local executor, the
+default).
 
 Choose a way on the `dev` rows: the dev slice holds whole articles out of the training file (the ones
 the grid selects checkpoints on; `TaskData.dev_items`), so choosing there leaves the evaluation split
@@ -113,7 +116,18 @@ def scoring_every_way(out: Path, command: str, splits: tuple[str, ...] = SPLITS)
         return base_row(cell, ctx)
 
     def scored_every_way(self, model, objective, data, device, batch_size, progress=None):
-        result = evaluate(self, model, objective, data, device, batch_size, progress)
+        answer_ids, made = self.answer_ids, []  # the evaluation's own answers, kept for its way below
+
+        def keeping(model_, objective_, prompts, batch_size_, cons=None, progress=None):
+            ids = answer_ids(model_, objective_, prompts, batch_size_, cons, progress)
+            made.append((dataclasses.astuple(objective_.opts), cons is not None, [data.decode(a) for a in ids]))
+            return ids
+
+        self.answer_ids = keeping  # on this instance, for this one call (the class is untouched)
+        try:
+            result = evaluate(self, model, objective, data, device, batch_size, progress)
+        finally:
+            del self.answer_ids
         cell = {"params": sum(p.numel() for p in model.parameters()),
                 "task_opts": {k: str(v) for k, v in dataclasses.asdict(self.opts).items()}}
         for split in splits:
@@ -122,7 +136,10 @@ def scoring_every_way(out: Path, command: str, splits: tuple[str, ...] = SPLITS)
                 print(f"span_answers: this cell's data has no {split} questions; no {split} rows", flush=True)
                 continue
             cons = self.span_constraints([p for p, _ in items], data)
-            decoded: dict[tuple, list[str]] = {}  # `span` is one of the named orders: decoded once, not twice
+            # each distinct decoding once: `span` is one of the named orders, and on the evaluation split the
+            # grid's own way (`free`, or `span` under answer_constraint=span) is what `evaluate` just decoded
+            # (the decoders are deterministic: greedy, or a sampler seeded afresh at each call)
+            decoded: dict[tuple, list[str]] = {(o, c, None): p for o, c, p in made} if split == "eval" else {}
             for way, obj, constrained, rule, how in _ways(objective):
                 same = (dataclasses.astuple(obj.opts), constrained, rule)
                 if same not in decoded:

@@ -300,12 +300,14 @@ def test_longest_run_finds_an_allowed_answer_anywhere(span):
     assert longest_run(span, [ID["犬"], EOS]) == []
 
 
-def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, tmp_path, cache_dir):
+def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, tmp_path, cache_dir, monkeypatch):
     """`python -m benchmarks.span_answers`: each cell's row as usual, and one line per seed, split and way
     of answering on the same weights; the evaluation split's free and default-span lines are what the rows
     report, the dev split's answer the dev slice's questions; every cut answer is a span or empty, every
     exact one a span; each seed keeps its own lines (a key of their own), which the report averages; the
-    task's `evaluate` is itself again afterwards."""
+    task's `evaluate` is itself again afterwards. Each distinct decoding runs once per split, and the
+    evaluation's own answers are not decoded again for the grid's way (`free` here)."""
+    import collections
     import json
 
     import harness.cell
@@ -313,6 +315,14 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
     from benchmarks import span_answers
     from core.results import cell_rows, read_rows
 
+    decodes: collections.Counter = collections.Counter()  # answer_ids calls (a whole split each) by objective
+    answer_ids = tasks.jsquad.JSQuAD.answer_ids
+
+    def counted(self, model, objective, *args, **kw):
+        decodes[objective.name] += 1
+        return answer_ids(self, model, objective, *args, **kw)
+
+    monkeypatch.setattr(tasks.jsquad.JSQuAD, "answer_ids", counted)
     evaluate, base_row = tasks.jsquad.JSQuAD.evaluate, harness.cell.base_row
     out = tmp_path / "out"
     bench = out / "results" / "bench_span_answers.jsonl"
@@ -321,6 +331,9 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
             "--objective-opt", "diffusion.gen_length=8", "--objective-opt", "diffusion.steps=8", "--seeds", "0,1"]
     assert span_answers.main(["--bench-out", str(bench), *grid]) == 0
     assert tasks.jsquad.JSQuAD.evaluate is evaluate and harness.cell.base_row is base_row
+    # per seed: the evaluation (1), then autoregressive span on eval (free is the evaluation's), free and
+    # span on dev; diffusion's 4 constrained decodings on eval (span is left to right's), free and 4 on dev
+    assert decodes == {"autoregressive": 2 * (1 + 1 + 2), "diffusion": 2 * (1 + 4 + 5)}
     lines = [json.loads(x) for x in bench.read_text().splitlines()]
     ways = {(x["objective"], x["seed"], x["split"], x["way"]): x for x in lines}
     per_seed = [("autoregressive", "free"), ("autoregressive", "span"), ("diffusion", "free"), ("diffusion", "span"),
@@ -360,6 +373,45 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
         assert f"| attention | diffusion | {split} | span_left_to_right | 2 | {mean:.3f} ± " in page  # over the seeds
     grid_page = (out / "reports" / "jsquad-offline_tiny_tokens-3000" / "README.md").read_text()
     assert "scored every way" not in grid_page  # about one training: not a section of every grid's report
+
+
+def test_the_span_answers_benchmark_reuses_a_span_grids_own_answers(offline_dir, tmp_path, cache_dir, monkeypatch):
+    """Over a span grid (`answer_constraint=span`) the evaluation's answers are the `span` way's on the
+    evaluation split (and, for diffusion, left to right's: the same decoding): scored from what the cell's
+    `evaluate` decoded, not decoded again, and equal to the row's figures."""
+    import collections
+    import json
+
+    import tasks.jsquad
+    from benchmarks import span_answers
+    from core.results import cell_rows, read_rows
+
+    decodes: collections.Counter = collections.Counter()
+    answer_ids = tasks.jsquad.JSQuAD.answer_ids
+
+    def counted(self, model, objective, prompts, batch_size, cons=None, progress=None):
+        decodes[objective.name, cons is not None] += 1
+        return answer_ids(self, model, objective, prompts, batch_size, cons, progress)
+
+    monkeypatch.setattr(tasks.jsquad.JSQuAD, "answer_ids", counted)
+    out, bench = tmp_path / "out", tmp_path / "bench.jsonl"
+    grid = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--mixers", "attention", "--task-opt", "latency_n=1",
+            "--task-opt", "answer_constraint=span", "--objective-opt", "diffusion.gen_length=8",
+            "--objective-opt", "diffusion.steps=8"]
+    assert span_answers.main(["--bench-out", str(bench), "--splits", "eval", *grid]) == 0
+    # the evaluation (constrained), then free; diffusion also the confidence order, uncut and cut to a run
+    assert decodes == {("autoregressive", True): 1, ("autoregressive", False): 1,
+                       ("diffusion", True): 1 + 3, ("diffusion", False): 1}
+    ways = {(x["objective"], x["way"]): x for x in map(json.loads, bench.read_text().splitlines())}
+    rows = cell_rows(read_rows(out / "results" / "jsquad-offline_answers-span_tiny_tokens-3000.jsonl"))
+    assert sorted(r["objective"] for r in rows) == ["autoregressive", "diffusion"]
+    for r in rows:
+        span = ways[r["objective"], "span"]
+        assert (span["f1"], span["em"]) == pytest.approx((r["metrics"]["f1"], r["metrics"]["em"]))
+        assert span["answers"] == r["metrics"]["answer_constraint"] and span["n"] == r["metrics"]["eval_n"]
+    ltr = ways["diffusion", "span_left_to_right"]
+    assert (ltr["f1"], ltr["answers"]) == (ways["diffusion", "span"]["f1"], ways["diffusion", "span"]["answers"])
 
 
 def test_the_span_answers_benchmark_refuses_an_unknown_split(capsys):
