@@ -164,35 +164,68 @@ def decode_section(rows: list[dict[str, Any]], out_dir: Path, level: str = "##")
     return lines
 
 
+# run_matrix.py options that choose which cells of one training setting run, and where: commands that
+# differ only in these trained the same way (the rows say the mixer, objective and seed)
+_NOT_SETTINGS = {"--seeds": True, "--mixers": True, "--objectives": True, "--out": True, "--cache-dir": True,
+                 "--no-progress": False}  # option: whether it takes a value
+
+
+def training_setting(command: str) -> str:
+    """`command` (a span_answers row's run_matrix arguments) without the options of `_NOT_SETTINGS`: the seeds
+    of one setting run by several commands (seeds 0-2, then 3-5; one mixer, then another) share a table and
+    its means."""
+    words, out, skip = command.split(), [], False  # the benchmark wrote it as " ".join(arguments)
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        name = w.split("=", 1)[0]
+        if name in _NOT_SETTINGS:
+            skip = _NOT_SETTINGS[name] and "=" not in w
+            continue
+        out.append(w)
+    return " ".join(out)
+
+
 def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[str]:
-    """One table per training command: each way of answering on the same weights (benchmarks/span_answers.py),
-    on the dev slice's questions and the evaluation split's; where the command trained several seeds, each
-    way's mean over them first, with a 95% t-interval. Rows written before the split was recorded are `eval`."""
+    """One table per training setting (`training_setting`: the command less the options that choose cells
+    and folders): each way of answering on the same weights (benchmarks/span_answers.py), on the dev slice's
+    questions and the evaluation split's; where the setting trained several seeds, each way's mean over them
+    first, with a 95% t-interval. A cell, seed, split and way written twice counts once, the later row. Rows
+    written before the split was recorded are `eval`."""
     lines = [f"{level} Answers on one training, scored every way", "",
              "Each trained cell scored free and span-constrained as each decoder can apply the constraint, on the "
              "same weights and the same questions (`spans`: answers that are a span of their title or paragraph; "
              "`empty`: no answer). Choose a way on the `dev` rows (the dev slice: articles held out of the training "
              "file), never on the `eval` rows (the evaluation split the grid reports). From "
              "`python -m benchmarks.span_answers`.", ""]
-    by_command: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_command[str(r.get("command"))].append(r)
     way = lambda w: (w != "free", w != "span", w)  # noqa: E731  free, then the default span, then the others
     split = lambda r: r.get("split", "eval")  # noqa: E731
-    for command, rs in sorted(by_command.items()):
+    by_setting: dict[str, dict[tuple, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:  # in file order: a later row of the same cell, seed, split and way replaces the earlier
+        by_setting[training_setting(str(r.get("command")))][
+            r["mixer"], r["objective"], r.get("seed"), split(r), r["way"]] = r
+    for command, latest in sorted(by_setting.items()):
+        rs = list(latest.values())
         devices = ", ".join(sorted({str(r["device"]) for r in rs}))
         lines += [f"`{esc(command)}` ({esc(devices)})", ""]
+        # a way's mean is over rows that answered the same way: `span` is the objective's default, which may
+        # have changed between the commands of one setting (their `answers` say so), and is then split
         ok: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
         for r in rs:
             if r["status"] == "ok":
-                ok[r["mixer"], r["objective"], split(r), r["way"]].append(r)
+                ok[r["mixer"], r["objective"], split(r), r["way"], str(r.get("answers"))].append(r)
+        paths = defaultdict(set)  # (mixer, objective, split, way) -> its `answers` texts
+        for k in ok:
+            paths[k[:4]].add(k[4])
         if any(len({r.get("seed") for r in v}) > 1 for v in ok.values()):
             lines += ["| mixer | objective | split | way | seeds | F1 | EM | spans (mean) | empty (mean) |",
                       "|---|---|---|---|---:|---:|---:|---:|---:|"]
-            for k in sorted(ok, key=lambda k: (k[0], k[1], k[2], way(k[3]))):
+            for k in sorted(ok, key=lambda k: (k[0], k[1], k[2], way(k[3]), k[4])):
                 v = ok[k]
                 mean = lambda f: sum(r[f] for r in v) / len(v)  # noqa: E731
-                lines.append(f"| {esc(k[0])} | {esc(k[1])} | {esc(k[2])} | {esc(k[3])} | {len(v)} "
+                label = k[3] if len(paths[k[:4]]) == 1 else f"{k[3]} ({k[4]})"
+                lines.append(f"| {esc(k[0])} | {esc(k[1])} | {esc(k[2])} | {esc(label)} | {len(v)} "
                              f"| {stats.mean_ci([r['f1'] for r in v]).text()} | {stats.mean_ci([r['em'] for r in v]).text()} "
                              f"| {mean('spans'):.1f} / {mean('n'):.0f} | {mean('empty'):.1f} |")
             lines += ["", "Each seed:", ""]

@@ -1013,3 +1013,35 @@ def test_run_details_write_each_field_of_a_cell_and_a_dash_for_each_one_it_does_
     assert lines[5] == ("| mamba | diffusion | 2 | steps=16, length=24 | torch_parallel_scan,triton | cce | 12 | 1.50 "
                         "| 75% of budget | 2.346 | 4,096 | 1.0 | 12.5 | 3.2 | 40.0 | 70.0 |")
     assert _run_details([_row("mamba", "diffusion", status="failed")]) == []
+
+
+def test_span_answers_tables_join_the_seeds_of_one_training_setting_and_split_a_changed_default():
+    """Benchmark rows of one training setting run by several commands (seeds 0-1, then 2; another `--out`,
+    `--mixers`, `--no-progress`) share one table and one mean per way; another budget is another table; a
+    row written twice counts once (the later); `span` rows that answered another way (the default changed
+    between the commands) get a mean of their own, labelled with how they answered."""
+    from reports.bench import span_answers_section, training_setting
+
+    base = "--data-dir d --quick --budget tokens=3000"
+    assert training_setting(f"{base} --mixers a,b --objectives diffusion --seeds 0,1 --out /x --no-progress "
+                            "--cache-dir c") == base
+    assert training_setting(f"--seeds=0,1 --out=/x {base}") == base
+    assert training_setting(f"{base} --task-opt eval_limit=500") == f"{base} --task-opt eval_limit=500"
+
+    def row(seed, way, f1, command, answers="span: exact"):
+        return {"mixer": "m", "objective": "diffusion", "seed": seed, "split": "dev", "way": way, "f1": f1, "em": 0.0,
+                "n": 10, "spans": 10, "empty": 0, "answers": answers, "status": "ok", "device": "cpu: test",
+                "command": command}
+
+    first, second = f"{base} --seeds 0,1 --out /a --no-progress", f"{base} --mixers m --seeds 2 --out /b"
+    rows = [row(0, "free", 0.1, first), row(1, "free", 0.9, first), row(1, "free", 0.3, first),  # seed 1 again
+            row(2, "free", 0.2, second),
+            row(0, "span", 0.5, first, "span: relaxed"), row(1, "span", 0.7, first, "span: relaxed"),
+            row(2, "span", 0.4, second),
+            row(0, "free", 0.8, "--data-dir d --quick --budget tokens=9000 --seeds 0")]
+    text = "\n".join(span_answers_section(rows))
+    assert text.count(f"`{base}` (cpu: test)") == 1 and "`--data-dir d --quick --budget tokens=9000`" in text
+    assert "| m | diffusion | dev | free | 3 | 0.200 ± " in text  # (0.1 + 0.3 + 0.2) / 3: the seed-1 rerun kept
+    assert "| m | diffusion | dev | span (span: relaxed) | 2 | 0.600 ± " in text
+    assert "| m | diffusion | dev | span (span: exact) | 1 | 0.400 " in text
+    assert "0.900" not in text
