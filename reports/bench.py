@@ -6,7 +6,7 @@ Both explain *why* grid cells differ (speed and memory), from `results/bench_*.j
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,14 @@ def training_setting(command: str) -> str:
     return " ".join(out)
 
 
+FREE = "none: free generation"  # a free row's `answers` (benchmarks.span_answers, tasks.jsquad)
+
+
+def signed(m: stats.MeanCI) -> str:
+    """'+0.022 ± 0.030 (n=3)': a difference's mean and 95% t-interval."""
+    return f"{m.mean:+.3f}" + (" (n=1, no interval)" if m.half is None else f" ± {m.half:.3f} (n={m.n})")
+
+
 def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[str]:
     """One table per training setting (`training_setting`: the command less the options that choose cells
     and folders): each way of answering on the same weights (benchmarks/span_answers.py), on the dev slice's
@@ -198,7 +206,9 @@ def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[
              "same weights and the same questions (`spans`: answers that are a span of their title or paragraph; "
              "`empty`: no answer). Choose a way on the `dev` rows (the dev slice: articles held out of the training "
              "file), never on the `eval` rows (the evaluation split the grid reports). From "
-             "`python -m benchmarks.span_answers`.", ""]
+             "`python -m benchmarks.span_answers`. The means join each decoder's rows by how they answered "
+             "(`answers`): a default `span` row counts under the named order it ran as (each seed's `answers` "
+             "say which), and `F1 − free` is each seed's difference from its own free answers.", ""]
     way = lambda w: (w != "free", w != "span", w)  # noqa: E731  free, then the default span, then the others
     split = lambda r: r.get("split", "eval")  # noqa: E731
     by_setting: dict[str, dict[tuple, dict[str, Any]]] = defaultdict(dict)
@@ -209,24 +219,34 @@ def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[
         rs = list(latest.values())
         devices = ", ".join(sorted({str(r["device"]) for r in rs}))
         lines += [f"`{esc(command)}` ({esc(devices)})", ""]
-        # a way's mean is over rows that answered the same way: `span` is the objective's default, which may
-        # have changed between the commands of one setting (their `answers` say so), and is then split
-        ok: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-        for r in rs:
+        # a mean per decoder: rows join by how they answered (`answers`), whatever their way was called when
+        # they ran (`span` names the objective's default, which changed for diffusion on 2026-12-05, and is
+        # then also one of the named orders: one decoding, counted once per seed)
+        ok: dict[tuple, dict[Any, dict[str, Any]]] = defaultdict(dict)
+        names: dict[tuple, set[str]] = defaultdict(set)  # (objective, answers) -> the ways it ran as, any mixer
+        for r in sorted(rs, key=lambda r: way(r["way"])):
             if r["status"] == "ok":
-                ok[r["mixer"], r["objective"], split(r), r["way"], str(r.get("answers"))].append(r)
-        paths = defaultdict(set)  # (mixer, objective, split, way) -> its `answers` texts
-        for k in ok:
-            paths[k[:4]].add(k[4])
-        if any(len({r.get("seed") for r in v}) > 1 for v in ok.values()):
-            lines += ["| mixer | objective | split | way | seeds | F1 | EM | spans (mean) | empty (mean) |",
-                      "|---|---|---|---|---:|---:|---:|---:|---:|"]
-            for k in sorted(ok, key=lambda k: (k[0], k[1], k[2], way(k[3]), k[4])):
-                v = ok[k]
+                k = (r["mixer"], r["objective"], split(r), str(r.get("answers")))
+                ok[k].setdefault(r.get("seed"), r)
+                names[r["objective"], k[3]].add(r["way"])
+        if any(len(v) > 1 for v in ok.values()):
+            lines += ["| mixer | objective | split | way | seeds | F1 | F1 − free (paired by seed) | EM "
+                      "| spans (mean) | empty (mean) |",
+                      "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+            # a decoder is named by its order (`span_left_to_right`), `span` only where it has no other name,
+            # and by its `answers` too where two decoders of a cell would share a name
+            short = {k: " = ".join(sorted(names[k[1], k[3]] - {"span"} or {"span"}, key=way)) for k in ok}
+            shared = Counter((*k[:3], short[k]) for k in ok)
+            label = {k: short[k] if shared[(*k[:3], short[k])] == 1 else f"{short[k]} ({k[3]})" for k in ok}
+            for k in sorted(ok, key=lambda k: (k[0], k[1], k[2], way(short[k]), k[3])):
+                v = list(ok[k].values())
                 mean = lambda f: sum(r[f] for r in v) / len(v)  # noqa: E731
-                label = k[3] if len(paths[k[:4]]) == 1 else f"{k[3]} ({k[4]})"
-                lines.append(f"| {esc(k[0])} | {esc(k[1])} | {esc(k[2])} | {esc(label)} | {len(v)} "
-                             f"| {stats.mean_ci([r['f1'] for r in v]).text()} | {stats.mean_ci([r['em'] for r in v]).text()} "
+                free = ok.get((*k[:3], FREE), {})
+                paired = [r["f1"] - free[r.get("seed")]["f1"] for r in v if r.get("seed") in free]
+                vs_free = "—" if k[3] == FREE or not paired else signed(stats.mean_ci(paired))
+                lines.append(f"| {esc(k[0])} | {esc(k[1])} | {esc(k[2])} | {esc(label[k])} | {len(v)} "
+                             f"| {stats.mean_ci([r['f1'] for r in v]).text()} | {vs_free} "
+                             f"| {stats.mean_ci([r['em'] for r in v]).text()} "
                              f"| {mean('spans'):.1f} / {mean('n'):.0f} | {mean('empty'):.1f} |")
             lines += ["", "Each seed:", ""]
         lines += ["| mixer | objective | seed | split | way | F1 | EM | spans | empty | answers |",

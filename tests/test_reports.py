@@ -1015,11 +1015,13 @@ def test_run_details_write_each_field_of_a_cell_and_a_dash_for_each_one_it_does_
     assert _run_details([_row("mamba", "diffusion", status="failed")]) == []
 
 
-def test_span_answers_tables_join_the_seeds_of_one_training_setting_and_split_a_changed_default():
+def test_span_answers_tables_join_the_seeds_of_one_training_setting_and_each_decoder_once():
     """Benchmark rows of one training setting run by several commands (seeds 0-1, then 2; another `--out`,
-    `--mixers`, `--no-progress`) share one table and one mean per way; another budget is another table; a
-    row written twice counts once (the later); `span` rows that answered another way (the default changed
-    between the commands) get a mean of their own, labelled with how they answered."""
+    `--mixers`, `--no-progress`) share one table and one mean per decoder; another budget is another table;
+    a row written twice counts once (the later). A decoder is how the rows answered (`answers`): the default
+    `span` counts under the named order it ran as, once per seed; `span` rows that answered two ways (the
+    default changed between the commands) get a mean each, labelled with how they answered; `F1 − free`
+    pairs each seed with its own free answers."""
     from reports.bench import span_answers_section, training_setting
 
     base = "--data-dir d --quick --budget tokens=3000"
@@ -1028,20 +1030,35 @@ def test_span_answers_tables_join_the_seeds_of_one_training_setting_and_split_a_
     assert training_setting(f"--seeds=0,1 --out=/x {base}") == base
     assert training_setting(f"{base} --task-opt eval_limit=500") == f"{base} --task-opt eval_limit=500"
 
-    def row(seed, way, f1, command, answers="span: exact"):
-        return {"mixer": "m", "objective": "diffusion", "seed": seed, "split": "dev", "way": way, "f1": f1, "em": 0.0,
-                "n": 10, "spans": 10, "empty": 0, "answers": answers, "status": "ok", "device": "cpu: test",
-                "command": command}
+    def row(seed, way, f1, command, answers="span: exact", mixer="m"):
+        return {"mixer": mixer, "objective": "diffusion", "seed": seed, "split": "dev", "way": way, "f1": f1,
+                "em": 0.0, "n": 10, "spans": 10, "empty": 0, "answers": answers, "status": "ok",
+                "device": "cpu: test", "command": command}
 
+    free = "none: free generation"
     first, second = f"{base} --seeds 0,1 --out /a --no-progress", f"{base} --mixers m --seeds 2 --out /b"
-    rows = [row(0, "free", 0.1, first), row(1, "free", 0.9, first), row(1, "free", 0.3, first),  # seed 1 again
-            row(2, "free", 0.2, second),
+    rows = [row(0, "free", 0.1, first, free), row(1, "free", 0.9, first, free),
+            row(1, "free", 0.3, first, free),  # seed 1 again: this row counts
+            row(2, "free", 0.2, second, free),
             row(0, "span", 0.5, first, "span: relaxed"), row(1, "span", 0.7, first, "span: relaxed"),
             row(2, "span", 0.4, second),
-            row(0, "free", 0.8, "--data-dir d --quick --budget tokens=9000 --seeds 0")]
+            row(0, "free", 0.8, "--data-dir d --quick --budget tokens=9000 --seeds 0", free)]
     text = "\n".join(span_answers_section(rows))
     assert text.count(f"`{base}` (cpu: test)") == 1 and "`--data-dir d --quick --budget tokens=9000`" in text
     assert "| m | diffusion | dev | free | 3 | 0.200 ± " in text  # (0.1 + 0.3 + 0.2) / 3: the seed-1 rerun kept
-    assert "| m | diffusion | dev | span (span: relaxed) | 2 | 0.600 ± " in text
-    assert "| m | diffusion | dev | span (span: exact) | 1 | 0.400 " in text
     assert "0.900" not in text
+    # 0.5 - 0.1 and 0.7 - 0.3 (seed 1's kept free row): +0.400, with no spread
+    assert "| m | diffusion | dev | span (span: relaxed) | 2 | 0.600 ± 1.271 (n=2) | +0.400 ± 0.000 (n=2) |" in text
+    assert "| m | diffusion | dev | span (span: exact) | 1 | 0.400 (n=1, no interval) | +0.200 (n=1, no interval) |" in text
+
+    # the default `span` and the named order it is: one decoder, each seed once, under the order's name
+    rows = [row(s, w, f1, first, a) for s, (f0, f1) in enumerate([(0.1, 0.3), (0.2, 0.6)])
+            for w, f1, a in (("free", f0, free), ("span", f1, "span: exact"), ("span_left_to_right", f1, "span: exact"),
+                             ("span_confidence", 0.5, "span: relaxed"))]
+    rows += [row(0, "free", 0.0, first, free, mixer="old"), row(0, "span", 0.1, first, "span: relaxed", mixer="old"),
+             row(1, "free", 0.0, first, free, mixer="old"), row(1, "span", 0.3, first, "span: relaxed", mixer="old")]
+    text = "\n".join(span_answers_section(rows))
+    assert "| m | diffusion | dev | span_left_to_right | 2 | 0.450 ± " in text and "| m | diffusion | dev | span |" not in text
+    assert "| m | diffusion | dev | span_confidence | 2 | 0.500 ± 0.000 (n=2) | +0.350 ± " in text
+    # another mixer's rows from before the named orders: its `span` is the confidence order by its answers
+    assert "| old | diffusion | dev | span_confidence | 2 | 0.200 ± " in text
