@@ -1029,9 +1029,10 @@ def test_span_answers_tables_join_the_seeds_of_one_training_setting_and_each_dec
                             "--cache-dir c") == base
     assert training_setting(f"--seeds=0,1 --out=/x {base}") == base
     assert training_setting(f"{base} --task-opt eval_limit=500") == f"{base} --task-opt eval_limit=500"
+    assert training_setting(f"--seeds 0,1 {base} --no-progress --task-opt x=1") == f"{base} --task-opt x=1"
 
-    def row(seed, way, f1, command, answers="span: exact", mixer="m"):
-        return {"mixer": mixer, "objective": "diffusion", "seed": seed, "split": "dev", "way": way, "f1": f1,
+    def row(seed, way, f1, command, answers="span: exact", mixer="m", objective="diffusion"):
+        return {"mixer": mixer, "objective": objective, "seed": seed, "split": "dev", "way": way, "f1": f1,
                 "em": 0.0, "n": 10, "spans": 10, "empty": 0, "answers": answers, "status": "ok",
                 "device": "cpu: test", "command": command}
 
@@ -1046,6 +1047,7 @@ def test_span_answers_tables_join_the_seeds_of_one_training_setting_and_each_dec
     text = "\n".join(span_answers_section(rows))
     assert text.count(f"`{base}` (cpu: test)") == 1 and "`--data-dir d --quick --budget tokens=9000`" in text
     assert "| m | diffusion | dev | free | 3 | 0.200 ± " in text  # (0.1 + 0.3 + 0.2) / 3: the seed-1 rerun kept
+    assert text.count("F1 − free (paired by seed)") == 1  # a setting of one seed has no means
     assert "0.900" not in text
     # 0.5 - 0.1 and 0.7 - 0.3 (seed 1's kept free row): +0.400, with no spread
     assert "| m | diffusion | dev | span (span: relaxed) | 2 | 0.600 ± 1.271 (n=2) | +0.400 ± 0.000 (n=2) |" in text
@@ -1057,8 +1059,17 @@ def test_span_answers_tables_join_the_seeds_of_one_training_setting_and_each_dec
                              ("span_confidence", 0.5, "span: relaxed"))]
     rows += [row(0, "free", 0.0, first, free, mixer="old"), row(0, "span", 0.1, first, "span: relaxed", mixer="old"),
              row(1, "free", 0.0, first, free, mixer="old"), row(1, "span", 0.3, first, "span: relaxed", mixer="old")]
+    rows += [row(s, w, 0.1, first, a, objective="autoregressive") for s in (0, 1) for w, a in (("span", "span: exact"),
+                                                                                             ("free", free))]
     text = "\n".join(span_answers_section(rows))
     assert "| m | diffusion | dev | span_left_to_right | 2 | 0.450 ± " in text and "| m | diffusion | dev | span |" not in text
     assert "| m | diffusion | dev | span_confidence | 2 | 0.500 ± 0.000 (n=2) | +0.350 ± " in text
     # another mixer's rows from before the named orders: its `span` is the confidence order by its answers
     assert "| old | diffusion | dev | span_confidence | 2 | 0.200 ± " in text
+    means = [line.split(" | ")[:4] for line in text.splitlines() if "(n=2) |" in line]
+    assert [(m[0], m[1], m[3]) for m in means] == [
+        ("| m", "autoregressive", "free"), ("| m", "autoregressive", "span"), ("| m", "diffusion", "free"),
+        ("| m", "diffusion", "span_confidence"), ("| m", "diffusion", "span_left_to_right"),
+        ("| old", "diffusion", "free"), ("| old", "diffusion", "span_confidence")]
+    free_line = next(line for line in text.splitlines() if line.startswith("| m | diffusion | dev | free | 2 |"))
+    assert free_line.endswith("| — | 0.000 ± 0.000 (n=2) | 10.0 / 10 | 0.0 |")  # no difference from itself
