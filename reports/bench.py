@@ -198,9 +198,10 @@ def signed(m: stats.MeanCI) -> str:
 def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[str]:
     """One table per training setting (`training_setting`: the command less the options that choose cells
     and folders): each way of answering on the same weights (benchmarks/span_answers.py), on the dev slice's
-    questions and the evaluation split's; where the setting trained several seeds, each way's mean over them
-    first, with a 95% t-interval. A cell, seed, split and way written twice counts once, the later row. Rows
-    written before the split was recorded are `eval`."""
+    questions and the evaluation split's; where the setting trained several seeds, each decoder's mean over
+    them first, with a 95% t-interval and its difference from free answers paired by seed. A cell, seed,
+    split and way written twice counts once, the later row. Rows written before the split was recorded are
+    `eval`."""
     lines = [f"{level} Answers on one training, scored every way", "",
              "Each trained cell scored free and span-constrained as each decoder can apply the constraint, on the "
              "same weights and the same questions (`spans`: answers that are a span of their title or paragraph; "

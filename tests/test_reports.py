@@ -1043,9 +1043,11 @@ def test_span_answers_tables_join_the_seeds_of_one_training_setting_and_each_dec
             row(2, "free", 0.2, second, free),
             row(0, "span", 0.5, first, "span: relaxed"), row(1, "span", 0.7, first, "span: relaxed"),
             row(2, "span", 0.4, second),
-            row(0, "free", 0.8, "--data-dir d --quick --budget tokens=9000 --seeds 0", free)]
+            row(0, "free", 0.8, "--data-dir d --quick --budget tokens=9000 --seeds 0", free),
+            {**row(3, "free", 0.0, second, free), "status": "failed", "device": "cuda: other"}]
     text = "\n".join(span_answers_section(rows))
-    assert text.count(f"`{base}` (cpu: test)") == 1 and "`--data-dir d --quick --budget tokens=9000`" in text
+    assert text.count(f"`{base}` (cpu: test, cuda: other)") == 1 and "`--data-dir d --quick --budget tokens=9000`" in text
+    assert "| m | diffusion | 3 | dev | free | **failed** |" in text  # in the seeds' table, not in the means
     assert "| m | diffusion | dev | free | 3 | 0.200 ± " in text  # (0.1 + 0.3 + 0.2) / 3: the seed-1 rerun kept
     assert text.count("F1 − free (paired by seed)") == 1  # a setting of one seed has no means
     assert "0.900" not in text
