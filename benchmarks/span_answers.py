@@ -9,8 +9,9 @@ on one training. It runs `run_matrix.py` with the arguments that follow (each ce
 and writes its row as usual) and, at each JSQuAD cell's final evaluation, scores the same weights once
 more per way below, on the evaluation split's questions and on the dev slice's (`--splits`), one benchmark
 row per (cell, seed, split, way) appended to `--bench-out` (`python -m reports` tables them in
-`reports/benchmarks/`, with each way's mean over the seeds of one training setting: commands that differ
-only in `--seeds`, `--mixers`, `--objectives`, `--out`, `--cache-dir` or `--no-progress` share a table):
+`reports/benchmarks/`, with each decoder's mean over the seeds of one training setting and its difference
+from free answers paired by seed: commands that differ only in `--seeds`, `--mixers`, `--objectives`,
+`--out`, `--cache-dir` or `--no-progress` share a table):
 
 - `free`: free generation (the objective's own sampler, no constraint);
 - `span`: `answer_constraint=span` as the objective applies it by default (`constraint_path`);
