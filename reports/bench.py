@@ -13,7 +13,7 @@ from typing import Any
 from reports import figures, stats
 from reports.columns import fmt_bytes, fmt_count
 from reports.load import finite
-from reports.tables import esc
+from reports.tables import FREE_ANSWERS, esc
 
 
 def slug(text: str) -> str:
@@ -187,9 +187,6 @@ def training_setting(command: str) -> str:
     return " ".join(out)
 
 
-FREE = "none: free generation"  # a free row's `answers` (benchmarks.span_answers, tasks.jsquad)
-
-
 def signed(m: stats.MeanCI) -> str:
     """'+0.022 ± 0.030 (n=3)': a difference's mean and 95% t-interval."""
     return f"{m.mean:+.3f}" + (" (n=1, no interval)" if m.half is None else f" ± {m.half:.3f} (n={m.n})")
@@ -242,9 +239,9 @@ def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[
             for k in sorted(ok, key=lambda k: (k[0], k[1], k[2], way(short[k]), k[3])):
                 v = list(ok[k].values())
                 mean = lambda f: sum(r[f] for r in v) / len(v)  # noqa: E731
-                free = ok.get((*k[:3], FREE), {})
+                free = ok.get((*k[:3], FREE_ANSWERS), {})
                 paired = [r["f1"] - free[r.get("seed")]["f1"] for r in v if r.get("seed") in free]
-                vs_free = "—" if k[3] == FREE or not paired else signed(stats.mean_ci(paired))
+                vs_free = "—" if k[3] == FREE_ANSWERS or not paired else signed(stats.mean_ci(paired))
                 lines.append(f"| {esc(k[0])} | {esc(k[1])} | {esc(k[2])} | {esc(label[k])} | {len(v)} "
                              f"| {stats.mean_ci([r['f1'] for r in v]).text()} | {vs_free} "
                              f"| {stats.mean_ci([r['em'] for r in v]).text()} "

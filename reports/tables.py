@@ -284,11 +284,14 @@ def legend(cols: list[Column], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+FREE_ANSWERS = "none: free generation"  # how a free row's answers were chosen (tasks.jsquad's evaluate)
+
+
 def answer_constraints_line(rows: list[dict[str, Any]]) -> str | None:
     """How the models' answers were chosen, from each row's `metrics.answer_constraint`, when any cell's
     were constrained (e.g. JSQuAD's spans of the context): such scores answer another question than free
     generation's, and the references beside them are not constrained. None when every answer was free."""
-    ways = _cells_by_metric(rows, "answer_constraint", "none: free generation")
+    ways = _cells_by_metric(rows, "answer_constraint", FREE_ANSWERS)
     if all(w.startswith("none") for w in ways):
         return None
     return "- **answers**: " + _counted(ways) + ". A constrained cell's EM/F1 say where the model puts the " \

@@ -8,6 +8,7 @@ tests/test_diffusion.py.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 
 import pytest
@@ -300,14 +301,29 @@ def test_longest_run_finds_an_allowed_answer_anywhere(span):
     assert longest_run(span, [ID["犬"], EOS]) == []
 
 
-def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, tmp_path, cache_dir, monkeypatch):
+@pytest.fixture
+def decodes(monkeypatch) -> collections.Counter:
+    """Every call of `JSQuAD.answer_ids` (one whole split's answers), counted by (objective, constrained)."""
+    import tasks.jsquad
+
+    counts: collections.Counter = collections.Counter()
+    answer_ids = tasks.jsquad.JSQuAD.answer_ids
+
+    def counted(self, model, objective, prompts, batch_size, cons=None, progress=None):
+        counts[objective.name, cons is not None] += 1
+        return answer_ids(self, model, objective, prompts, batch_size, cons, progress)
+
+    monkeypatch.setattr(tasks.jsquad.JSQuAD, "answer_ids", counted)
+    return counts
+
+
+def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, tmp_path, cache_dir, decodes):
     """`python -m benchmarks.span_answers`: each cell's row as usual, and one line per seed, split and way
     of answering on the same weights; the evaluation split's free and default-span lines are what the rows
     report, the dev split's answer the dev slice's questions; every cut answer is a span or empty, every
     exact one a span; each seed keeps its own lines (a key of their own), which the report averages; the
     task's `evaluate` is itself again afterwards. Each distinct decoding runs once per split, and the
     evaluation's own answers are not decoded again for the grid's way (`free` here)."""
-    import collections
     import json
 
     import harness.cell
@@ -315,14 +331,6 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
     from benchmarks import span_answers
     from core.results import cell_rows, read_rows
 
-    decodes: collections.Counter = collections.Counter()  # answer_ids calls (a whole split each) by objective
-    answer_ids = tasks.jsquad.JSQuAD.answer_ids
-
-    def counted(self, model, objective, *args, **kw):
-        decodes[objective.name] += 1
-        return answer_ids(self, model, objective, *args, **kw)
-
-    monkeypatch.setattr(tasks.jsquad.JSQuAD, "answer_ids", counted)
     evaluate, base_row = tasks.jsquad.JSQuAD.evaluate, harness.cell.base_row
     out = tmp_path / "out"
     bench = out / "results" / "bench_span_answers.jsonl"
@@ -331,9 +339,10 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
             "--objective-opt", "diffusion.gen_length=8", "--objective-opt", "diffusion.steps=8", "--seeds", "0,1"]
     assert span_answers.main(["--bench-out", str(bench), *grid]) == 0
     assert tasks.jsquad.JSQuAD.evaluate is evaluate and harness.cell.base_row is base_row
-    # per seed: the evaluation (1), then autoregressive span on eval (free is the evaluation's), free and
+    # per seed: the evaluation (free), then autoregressive span on eval (free is the evaluation's), free and
     # span on dev; diffusion's 4 constrained decodings on eval (span is left to right's), free and 4 on dev
-    assert decodes == {"autoregressive": 2 * (1 + 1 + 2), "diffusion": 2 * (1 + 4 + 5)}
+    assert decodes == {("autoregressive", False): 2 * (1 + 1), ("autoregressive", True): 2 * (1 + 1),
+                       ("diffusion", False): 2 * (1 + 1), ("diffusion", True): 2 * (4 + 4)}
     lines = [json.loads(x) for x in bench.read_text().splitlines()]
     ways = {(x["objective"], x["seed"], x["split"], x["way"]): x for x in lines}
     per_seed = [("autoregressive", "free"), ("autoregressive", "span"), ("diffusion", "free"), ("diffusion", "span"),
@@ -375,25 +384,15 @@ def test_the_span_answers_benchmark_scores_one_training_every_way(offline_dir, t
     assert "scored every way" not in grid_page  # about one training: not a section of every grid's report
 
 
-def test_the_span_answers_benchmark_reuses_a_span_grids_own_answers(offline_dir, tmp_path, cache_dir, monkeypatch):
+def test_the_span_answers_benchmark_reuses_a_span_grids_own_answers(offline_dir, tmp_path, cache_dir, decodes):
     """Over a span grid (`answer_constraint=span`) the evaluation's answers are the `span` way's on the
     evaluation split (and, for diffusion, left to right's: the same decoding): scored from what the cell's
     `evaluate` decoded, not decoded again, and equal to the row's figures."""
-    import collections
     import json
 
-    import tasks.jsquad
     from benchmarks import span_answers
     from core.results import cell_rows, read_rows
 
-    decodes: collections.Counter = collections.Counter()
-    answer_ids = tasks.jsquad.JSQuAD.answer_ids
-
-    def counted(self, model, objective, prompts, batch_size, cons=None, progress=None):
-        decodes[objective.name, cons is not None] += 1
-        return answer_ids(self, model, objective, prompts, batch_size, cons, progress)
-
-    monkeypatch.setattr(tasks.jsquad.JSQuAD, "answer_ids", counted)
     out, bench = tmp_path / "out", tmp_path / "bench.jsonl"
     grid = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
             "--cache-dir", str(cache_dir), "--no-progress", "--mixers", "attention", "--task-opt", "latency_n=1",
