@@ -56,7 +56,9 @@ def define(name: str, schema_fn: Callable, fake: Callable, backward: Callable | 
            setup_context: Callable | None = None):
     """`torch.ops.wavebench.<name>`, defined from `schema_fn` (its type hints give the schema) on first
     call. A module imported a second time (a test that re-imports `mixers`, a notebook cell run twice)
-    finds the operator already defined and reuses it: torch refuses a second definition of a name."""
+    finds the operator already defined and reuses it: torch (2.11, 2.13) accepts a second definition of
+    a name but replaces the first, and with it the backward registered on it, so a backward through the
+    operator would then fail (tests/test_scan_triton.py)."""
     existing = getattr(getattr(torch.ops, NAMESPACE), name, None)
     if existing is not None:
         return existing

@@ -149,6 +149,16 @@ def test_every_gold_answer_of_the_fixture_can_be_decoded_under_the_constraint(of
             assert (ids[k] if k < len(ids) else d.special.eos) in c.next_tokens(ids[:k]), (it.qid, k)
 
 
+def test_span_constraints_without_the_tokenizer_stop_in_one_line(offline_dir, cache_dir):
+    """The rule spells ids as the tokenizer's bytes: task data that carries none (a task built by hand, a
+    TaskData copied without it) gets a one-line error naming what is missing, not an AttributeError."""
+    import dataclasses
+
+    task, d = _prepare(offline_dir, cache_dir, answer_constraint="span")
+    with pytest.raises(tasks.DataError, match=r"answer_constraint=span needs the task's tokenizer"):
+        task.span_constraints([p for p, _ in d.items], dataclasses.replace(d, tokenizer=None))
+
+
 @pytest.mark.parametrize("order", ["context_first", "question_first"])
 def test_a_truncated_prompt_constrains_to_the_paragraph_it_kept(offline_dir, cache_dir, order):
     """The title and the paragraph are cut back out of the prompt, in either order of its sections."""

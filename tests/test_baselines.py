@@ -211,3 +211,4 @@ def test_random_span_is_a_seeded_span_of_the_paragraph_of_1_to_12_characters():
     outs = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
     assert outs == {jb.random_span(eval(item)) + "\n"}
+    assert jb.random_span(QAItem("q8", "t", "", "q", ["a"], [0])) == ""  # no paragraph: no span (no crash)

@@ -381,6 +381,27 @@ def test_frames_compiled_counts_a_frame_whose_compilation_failed():
     torch._dynamo.reset()
 
 
+def test_nested_graph_breaks_are_switched_where_torch_has_the_switch_and_none_where_not(monkeypatch):
+    """`nest_graph_breaks` turns the switch on, or off with WAVEBENCH_NESTED_GRAPH_BREAKS=0; a torch without
+    it (older than the switch) compiles as it did, and the row's `train.nested_graph_breaks` says None."""
+    import types
+
+    import torch._dynamo.config as dynamo_config
+
+    from harness.compiling import graph_breaks_nested, nest_graph_breaks
+
+    if hasattr(dynamo_config, "nested_graph_breaks"):
+        monkeypatch.setattr(dynamo_config, "nested_graph_breaks", False)  # (restored after the test)
+        assert nest_graph_breaks() is True and graph_breaks_nested() is True
+        monkeypatch.setenv("WAVEBENCH_NESTED_GRAPH_BREAKS", "0")
+        assert nest_graph_breaks() is False and graph_breaks_nested() is False
+    older = types.SimpleNamespace()  # a dynamo config with no such switch
+    monkeypatch.setattr(torch._dynamo, "config", older)
+    monkeypatch.delenv("WAVEBENCH_NESTED_GRAPH_BREAKS", raising=False)
+    assert nest_graph_breaks() is None and graph_breaks_nested() is None
+    assert not hasattr(older, "nested_graph_breaks")  # nothing set on a torch that would not read it
+
+
 def test_a_recompile_limit_warning_is_recorded_once_by_limit_and_function():
     """The row lists each function dynamo left eager once, as 'limit (n): function' (dynamo warns once per
     function, but a learning-rate sweep's runs share a process and may each see it), and nothing of the

@@ -107,6 +107,29 @@ def test_online_without_network_is_one_clear_line(cache_dir, monkeypatch):
     assert "\n" not in str(e.value)
 
 
+def test_online_without_datasets_or_with_a_failed_download_is_one_clear_line(official_dir, cache_dir, monkeypatch):
+    """The download's two other failures, each one line that says what to do: the optional `datasets`
+    package missing (which file installs it), and a download that fails (whatever `datasets` raised:
+    its type and the start of its message, then the offline way)."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    with pytest.raises(DataError, match=r"needs the optional `datasets` package .*requirements-online.txt") as e:
+        jsq.fetch_official(cache_dir, base=str(official_dir))
+    assert "\n" not in str(e.value) and "--data-dir" in str(e.value)
+
+    def load_dataset(*a, **k):
+        raise ConnectionError("HTTPSConnectionPool: read timed out\n" + "x" * 500)
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(DataError, match=r"could not download JSQuAD from .* \(ConnectionError: HTTPS") as e:
+        jsq.fetch_official(cache_dir, base=str(official_dir))
+    msg = str(e.value)
+    assert "\n" not in msg and "read timed out x" in msg  # the message's lines joined
+    assert "--data-dir" in msg and "x" * 201 not in msg and e.value.__cause__ is None  # cut, one error
+
+
 def test_the_network_probe_waits_5_s_at_most_and_leaves_no_timeout_behind(cache_dir, monkeypatch):
     """Before downloading, the loader asks DNS for JGLUE's host under a 5 s socket timeout (an offline
     machine answers in seconds, not minutes), and sets the process-wide default back afterwards: a

@@ -707,6 +707,30 @@ def test_interp_the_scan_operators_pass_opcheck(interpreter):
         torch.library.opcheck(bwd, (*(t.detach() for t in args[:5]), hk, dsum, *g, chunk, ckpt, 2, 32, 4, 1))
 
 
+def test_an_operator_defined_twice_is_the_same_operator():
+    """`mixers._ops.define` on a name already defined (a module imported again: a test re-importing
+    `mixers`, a notebook cell run twice) returns the operator there. torch (2.11, 2.13) would accept a
+    second definition and replace the first, dropping its backward: the next backward through it fails.
+    Here the first definition is what runs, values and gradients."""
+    def double(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def other(x: torch.Tensor) -> torch.Tensor:  # a second body under the same name: never registered
+        return x * 3
+
+    def backward(ctx, g):
+        return g * 2
+
+    name = f"define_twice_probe_{os.getpid()}"
+    op = mixers._ops.define(name, double, lambda x: torch.empty_like(x), backward,
+                            lambda ctx, inputs, output: None)
+    again = mixers._ops.define(name, other, lambda x: torch.empty_like(x))
+    assert again is op is getattr(torch.ops.wavebench, name)
+    x = torch.arange(3.0, requires_grad=True)
+    again(x).sum().backward()
+    assert again(x).tolist() == [0.0, 2.0, 4.0] and x.grad.tolist() == [2.0, 2.0, 2.0]
+
+
 # what a host does when it reads a device value: each waits for the GPU, and fails a CUDA graph's capture
 HOST_READS = ("_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique",
               "_unique2", "repeat_interleave", "allclose")
