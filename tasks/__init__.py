@@ -32,12 +32,6 @@ class DataError(RuntimeError):
     """Missing or malformed task data: the message is one line naming the file and what to do."""
 
 
-def error_line(e: BaseException, limit: int = 200) -> str:
-    """What a foreign error (a download's, a hub's: they come in many types) said, for a DataError's one
-    line: its type, then its message with the line breaks joined, cut to `limit` characters."""
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}"
-
-
 @dataclass
 class PrepareContext:
     data_dir: Path | None  # None: the task's online source

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tasks import DataError, error_line
+from core.results import error_text
+from tasks import DataError
 from tasks.net import reachable
 
 KINDS = ("passages", "dir", "hf")
@@ -107,7 +108,7 @@ def _hf_documents(spec: str, cache_dir: Path) -> Iterator[str]:
         ds = datasets.load_dataset(name, config or None, split="train", streaming=True,
                                    cache_dir=str(cache_dir / "datasets"))
     except Exception as e:  # network and hub errors come in many types; the message is what matters
-        raise DataError(f"hf:{spec}: could not load it ({error_line(e)})") from None
+        raise DataError(f"hf:{spec}: could not load it ({error_text(e, limit=250)})") from None
     column = None
     for row in ds:
         if column is None:

@@ -44,7 +44,8 @@ import torch
 
 from core.data import SeqSet
 from core.env import autocast
-from tasks import DataError, Metric, PrepareContext, Reference, Task, TaskData, error_line, latency_ms, register
+from core.results import error_text
+from tasks import DataError, Metric, PrepareContext, Reference, Task, TaskData, latency_ms, register
 from tasks import jsquad_baselines as jb
 from tasks.answer_span import PieceTrie, SpanConstraint
 from tasks.jsquad_files import VERSION, QAItem, find_split, load_file, parse_articles
@@ -81,7 +82,7 @@ def fetch_official(cache_dir: Path, base: str = OFFICIAL_BASE) -> dict[str, list
     try:
         ds = datasets.load_dataset("json", data_files=files, field="data", cache_dir=str(cache_dir / "datasets"))
     except Exception as e:  # network errors come in many types; the message is what matters
-        raise DataError(f"could not download JSQuAD from {base} ({error_line(e)}): {_online_hint()}") from None
+        raise DataError(f"could not download JSQuAD from {base} ({error_text(e, limit=250)}): {_online_hint()}") from None
     return {s: parse_articles(ds[s].to_list(), files[s]) for s in files}
 
 
