@@ -360,6 +360,8 @@ def test_bad_options_are_clear_errors():
         mixers.build("wave_wavelet", D, True, wavelet="nope")
     with pytest.raises(ValueError, match="unknown scale"):
         mixers.build("wave_modulation", D, True, scale="max")
+    with pytest.raises(ValueError, match="unknown readout 'polar'; choose from cartesian, real, magnitude"):
+        mixers.build("wave_modulation", D, True, readout="polar")
     with pytest.raises(ValueError, match="unknown wave op"):
         mixers.build("wave_wavelet", D, True, op="sum")
     with pytest.raises(ValueError, match="levels must be >= 1"):
