@@ -187,11 +187,6 @@ def training_setting(command: str) -> str:
     return " ".join(out)
 
 
-def signed(m: stats.MeanCI) -> str:
-    """'+0.022 ± 0.030 (n=3)': a difference's mean and 95% t-interval."""
-    return f"{m.mean:+.3f}" + (" (n=1, no interval)" if m.half is None else f" ± {m.half:.3f} (n={m.n})")
-
-
 def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[str]:
     """One table per training setting (`training_setting`: the command less the options that choose cells
     and folders): each way of answering on the same weights (benchmarks/span_answers.py), on the dev slice's
@@ -241,7 +236,7 @@ def span_answers_section(rows: list[dict[str, Any]], level: str = "##") -> list[
                 mean = lambda f: sum(r[f] for r in v) / len(v)  # noqa: E731
                 free = ok.get((*k[:3], FREE_ANSWERS), {})
                 paired = [r["f1"] - free[r.get("seed")]["f1"] for r in v if r.get("seed") in free]
-                vs_free = "—" if k[3] == FREE_ANSWERS or not paired else signed(stats.mean_ci(paired))
+                vs_free = "—" if k[3] == FREE_ANSWERS or not paired else stats.mean_ci(paired).text(signed=True)
                 lines.append(f"| {esc(k[0])} | {esc(k[1])} | {esc(k[2])} | {esc(label[k])} | {len(v)} "
                              f"| {stats.mean_ci([r['f1'] for r in v]).text()} | {vs_free} "
                              f"| {stats.mean_ci([r['em'] for r in v]).text()} "

@@ -51,11 +51,13 @@ class MeanCI:
     def half(self) -> float | None:
         return None if self.lo is None else (self.hi - self.lo) / 2
 
-    def text(self, spec: str = ".3f") -> str:
-        """'0.061 ± 0.004 (n=3)', or '0.061 (n=1, no interval)'."""
+    def text(self, spec: str = ".3f", signed: bool = False) -> str:
+        """'0.061 ± 0.004 (n=3)', or '0.061 (n=1, no interval)'; `signed` for a difference: '+0.061 ± 0.004
+        (n=3)' (the sign on the mean only)."""
+        mean = f"{self.mean:{'+' if signed else ''}{spec}}"
         if self.half is None:
-            return f"{self.mean:{spec}} (n=1, no interval)"
-        return f"{self.mean:{spec}} ± {self.half:{spec}} (n={self.n})"
+            return f"{mean} (n=1, no interval)"
+        return f"{mean} ± {self.half:{spec}} (n={self.n})"
 
 
 def mean_ci(values: Sequence[float]) -> MeanCI:
