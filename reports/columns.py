@@ -9,6 +9,8 @@ speed, memory) is one entry below.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -169,6 +171,10 @@ COLUMNS: list[Column] = [
            doc="perplexity of the gold answer given the prompt (autoregressive: exact)"),
     Column("ppl_bound", "ppl bound (diffusion)", _metric("ppl_bound"), fmt_ppl, "min",
            doc="perplexity *upper bound* of the gold answer (masked diffusion's ELBO): not comparable to ppl"),
+    Column("bound_se", "bound ± (MC)", _metric("nll_mc_se"), lambda v: f"±{100 * math.expm1(v):.1f}%", show="any",
+           doc="one Monte Carlo standard error of the ppl bound, estimated from its own mask samples: "
+               "another mask seed moves the bound by about this much; cells share the seed, so their "
+               "differences move less. Rows from before 2026-12-06 have none"),
     Column("vs_baseline", "vs best baseline", lambda r: r.get("_vs_baseline"), show="any", numeric=False,
            doc="primary metric minus the best non-neural baseline's, on the same evaluation items"),
     Column("peak_mem", "peak VRAM", _peak_mem, fmt_bytes, "min", show="always",

@@ -20,7 +20,7 @@ from core.schema import STATUSES, declared_metrics, is_reference, missing_keys  
 BENCH_KINDS = ("scaling", "loss_memory", "decode", "span_answers")
 # metrics a report computes with beyond the task's declared ones: a row carrying one must carry a number (or null)
 NUMERIC_METRICS = ("ppl", "ppl_bound", "tokens_per_s", "peak_mem_bytes", "eval_peak_mem_bytes", "gen_latency_ms",
-                   "state_floats", "eval_n")
+                   "state_floats", "eval_n", "nll_mc_se")
 
 
 @dataclass

@@ -640,6 +640,68 @@ def test_bound_samples_one_mask_count_per_stratum(monkeypatch):
     assert [int(m[0]) for m in seen] == list(range(1, n + 1))
 
 
+# the bound's Monte Carlo error: four batches of five rows `BOS q..q SEP 6..6`, every row 12 tokens (the
+# evaluation's length sort keeps this order), region sizes 3..7 in each batch, the answer token 6 everywhere;
+# the batches differ in their question token q only, so they have one shape and one layout
+_SE_SIZES = [(8 + b, n) for b in range(4) for n in (3, 5, 7, 4, 6)]
+_SE_DATA = SeqSet.from_lists([[2] + [q] * (10 - n) + [4] + [6] * n for q, n in _SE_SIZES],
+                             [[False] * (12 - n) + [True] * n for _, n in _SE_SIZES], SP.pad)
+
+
+def _by_column(ids):
+    """p(6) fixed per column (0.9 even, 0.2 odd): a draw's term depends on *which* slots are masked."""
+    col = torch.arange(ids.shape[1]).expand_as(ids)
+    return torch.where(col % 2 == 0, 0.9, 0.2)
+
+
+def _by_left_neighbour(ids):
+    """p(6) 0.2 where the left neighbour is masked, else 0.9: the term's mean drifts with m (the strata)."""
+    left = torch.cat([ids[:, :1], ids[:, :-1]], 1)
+    return torch.where(left == SP.mask, 0.2, 0.9)
+
+
+def test_bound_error_is_zero_when_every_draw_agrees_and_absent_when_exact():
+    """The constant-CE denoiser: every draw's (n/m)(m c) is n c, so draws cannot disagree and the
+    estimated variance is 0; one sample gives no estimate; an exact NLL (autoregressive) has none."""
+    from harness.evaluate import eval_nll
+
+    cpu = torch.device("cpu")
+    model = Denoiser(lambda ids: torch.full(ids.shape, 0.3))
+    batch = _SE_DATA.batch(np.arange(len(_SE_DATA)))
+    s, n, var = _obj(eos_fill=False, nll_samples=4).nll_with_variance(model, batch)
+    assert (s.item(), n.item()) == pytest.approx((100 * -math.log(0.3), 100), rel=1e-5) and var.item() < 1e-9
+    assert _obj(eos_fill=False, nll_samples=1).nll_with_variance(model, batch)[2] is None
+    nll, se = eval_nll(model, _obj(eos_fill=False, nll_samples=4), _SE_DATA, 5, cpu)
+    assert nll == pytest.approx(-math.log(0.3), rel=1e-5) and se == pytest.approx(0.0, abs=1e-6)
+    assert eval_nll(model, _obj(eos_fill=False, nll_samples=1), _SE_DATA, 5, cpu)[1] is None
+    ar = objectives.build("autoregressive", SP, "chunked")
+    assert eval_nll(_lm(causal=True), ar, _qa(QA), 2, cpu)[1] is None
+
+
+@pytest.mark.parametrize("table, K", [(_by_column, 2), (_by_column, 8), (_by_left_neighbour, 8)])
+def test_bound_standard_error_matches_its_spread_over_mask_seeds(table, K):
+    """What `metrics.nll_mc_se` claims: the reported bound moves by about that much under another
+    mask seed. Over 150 seeds (the weights fixed) the bound's standard deviation and the root mean
+    square of the estimated error agree within 25%, whether a draw's term depends on which slots are
+    masked or drifts with how many (at K = 2 a drift counts as spread: 1.6x, the docstring's caveat).
+    The four batches have one shape: seeded with `nll_seed` alone they drew the same masks, their
+    errors added up, and the spread was 1.4-2x the estimate (`_batch_seed`). An error left undivided
+    by K or computed across rows would miss too."""
+    from harness.evaluate import eval_nll
+
+    model, cpu = Denoiser(table), torch.device("cpu")
+    runs = [eval_nll(model, _obj(eos_fill=False, nll_samples=K, nll_seed=seed), _SE_DATA, 5, cpu)
+            for seed in range(150)]
+    spread = float(np.std([v for v, _ in runs], ddof=1))
+    claimed = math.sqrt(float(np.mean([se ** 2 for _, se in runs])))
+    assert spread > 0.02
+    assert 0.8 < claimed / spread < 1.25, (claimed, spread)
+    # the reported number is `nll`'s, unchanged by asking for the error
+    obj = _obj(eos_fill=False, nll_samples=K)
+    batch = _SE_DATA.batch(np.arange(len(_SE_DATA)))
+    assert obj.nll_with_variance(model, batch)[0].item() == obj.nll(model, batch)[0].item()
+
+
 class _FirstThenTokens:
     """A task's answer constraint as the sampler can use it: the ids an answer may start with (its prefix is
     the empty one, whatever the fill order) and, past the first position, `tokens()`; after sampling,

@@ -1,6 +1,7 @@
 """End to end: run_matrix.py on the hand-made fixture: rows, resume, failures, clear errors."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -49,6 +50,10 @@ def test_smoke_grid_writes_complete_rows_and_resumes(offline_dir, tmp_path, cach
         assert 0 <= m["em"] <= 1 and 0 <= m["f1"] <= 1 and m[ppl] > 1 and other not in m
         if r["objective"] == "diffusion":
             assert {"steps", "gen_length"} <= set(r["objective_info"])
+            # the bound's Monte Carlo error beside it (nats per target token); an exact ppl has none
+            assert isinstance(m["nll_mc_se"], float) and 0 < m["nll_mc_se"] < math.log(m[ppl])
+        else:
+            assert "nll_mc_se" not in m
         assert m["peak_mem_bytes"] is None  # CPU
         assert r["params"] > 0 and r["tokens_seen"] >= 3000 and r["loss_curve"]
     assert (out / "reports" / "t" / "README.md").exists()
@@ -103,7 +108,7 @@ def test_checkpoints_are_chosen_on_the_dev_slice_and_a_row_is_ok_only_once_evalu
     import harness.cell as cell_mod
 
     seen = {}
-    real_train, real_dev_loss = cell_mod.train, cell_mod.dev_loss
+    real_train, real_eval_nll = cell_mod.train, cell_mod.eval_nll
 
     def rows_of(seqs):  # each sequence's real tokens, as a set: no order, no padding
         return {tuple(r[:n].tolist()) for r, n in zip(seqs.ids, seqs.lengths)}
@@ -112,12 +117,12 @@ def test_checkpoints_are_chosen_on_the_dev_slice_and_a_row_is_ok_only_once_evalu
         seen["train"], seen["dev"] = rows_of(train_set), rows_of(dev_set)
         return real_train(model, objective, train_set, dev_set, *a, **k)
 
-    def dev_loss(model, objective, data, *a, **k):  # the cell's own call: the perplexity on the evaluation split
+    def eval_nll(model, objective, data, *a, **k):  # the cell's own call: the perplexity on the evaluation split
         seen["eval"] = rows_of(data)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
 
     monkeypatch.setattr(cell_mod, "train", train)
-    monkeypatch.setattr(cell_mod, "dev_loss", dev_loss)
+    monkeypatch.setattr(cell_mod, "eval_nll", eval_nll)
     out = tmp_path / "out"
     args = _args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives", "autoregressive")
     assert run_matrix.main(args) == 0
@@ -127,7 +132,7 @@ def test_checkpoints_are_chosen_on_the_dev_slice_and_a_row_is_ok_only_once_evalu
     dev = seen["dev"]
     assert len(dev) == row["data"]["dev_questions"] and dev.isdisjoint(seen["eval"]) and dev.isdisjoint(seen["train"])
 
-    monkeypatch.setattr(cell_mod, "dev_loss", real_dev_loss)
+    monkeypatch.setattr(cell_mod, "eval_nll", real_eval_nll)
     assert run_matrix.main(args) == 0  # retried
     assert [r["status"] for r in _cells(out / "results" / "t.jsonl")] == ["failed", "ok"]
 
@@ -170,10 +175,10 @@ def test_rows_record_the_evaluations_own_peak_memory_and_the_report_shows_it(off
     import harness.cell as cell_mod
 
     events = []
-    real_evaluate = cell_mod.dev_loss
+    real_evaluate = cell_mod.eval_nll
     monkeypatch.setattr(cell_mod, "reset_peak_memory", lambda device: events.append("reset"))
     monkeypatch.setattr(cell_mod, "peak_memory", lambda device: events.append("read") or 3 * 2**30)
-    monkeypatch.setattr(cell_mod, "dev_loss", lambda *a, **k: events.append("ppl") or real_evaluate(*a, **k))
+    monkeypatch.setattr(cell_mod, "eval_nll", lambda *a, **k: events.append("ppl") or real_evaluate(*a, **k))
     out = tmp_path / "out"
     assert run_matrix.main(_args(offline_dir, out, cache_dir, "--mixers", "attention", "--objectives",
                                  "autoregressive")) == 0

@@ -1075,3 +1075,18 @@ def test_span_answers_tables_join_the_seeds_of_one_training_setting_and_each_dec
         ("| old", "diffusion", "free"), ("| old", "diffusion", "span_confidence")]
     free_line = next(line for line in text.splitlines() if line.startswith("| m | diffusion | dev | free | 2 |"))
     assert free_line.endswith("| — | 0.000 ± 0.000 (n=2) | 10.0 / 10 | 0.0 |")  # no difference from itself
+
+
+def test_the_bounds_monte_carlo_error_is_a_column_only_where_a_row_has_it():
+    """`metrics.nll_mc_se` (nats per target token) shows as the bound's relative error, one standard error:
+    exp(0.05) - 1 = 5.1%; a grid whose rows predate it (every committed one) gets no such column."""
+    from reports.tables import cell_text, shown_columns
+
+    old = grid_rows()
+    assert "bound_se" not in {c.key for c in shown_columns(old)}
+    new = grid_rows()
+    diffusion = next(r for r in new if r["objective"] == "diffusion" and r["status"] == "ok")
+    diffusion["metrics"]["nll_mc_se"] = 0.05
+    col = {c.key: c for c in shown_columns(new)}["bound_se"]
+    assert cell_text(diffusion, col, {}, new) == "±5.1%"
+    assert cell_text(new[0], col, {}, new) == "—"  # an autoregressive row: exact, no error to show

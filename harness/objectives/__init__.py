@@ -89,6 +89,14 @@ class Objective:
         """(summed NLL of target tokens, number of target tokens): exp(sum / n) is the perplexity."""
         raise NotImplementedError
 
+    def nll_with_variance(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`nll`'s (sum, count) and the variance of that sum over the estimator's own randomness, from the
+        same forward passes: None for an exact NLL (nothing is sampled). An objective whose reported NLL is
+        a Monte Carlo estimate (masked diffusion's bound) overrides it, so the row can say how far another
+        draw of its samples would move the number (`metrics.nll_mc_se`)."""
+        s, c = self.nll(model, batch)
+        return s, c, None
+
     def selection_nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """`nll` as the trainer's dev checks compute it for checkpoint selection: the same by default;
         an objective whose reported NLL is an expensive estimate (a Monte Carlo bound) returns a cheap,
