@@ -10,7 +10,6 @@ speed, memory) is one entry below.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any, Callable
 

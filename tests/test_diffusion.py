@@ -685,7 +685,7 @@ def test_bound_standard_error_matches_its_spread_over_mask_seeds(table, K):
     square of the estimated error agree within 25%, whether a draw's term depends on which slots are
     masked or drifts with how many (at K = 2 a drift counts as spread: 1.6x, the docstring's caveat).
     The four batches have one shape: seeded with `nll_seed` alone they drew the same masks, their
-    errors added up, and the spread was 1.4-2x the estimate (`_batch_seed`). An error left undivided
+    errors added up, and the spread was 1.4-2x the estimate (`_batch_hash`). An error left undivided
     by K or computed across rows would miss too."""
     from harness.evaluate import eval_nll
 

@@ -287,9 +287,9 @@ class MaskedDiffusion(Objective):
         """The same bound from `dev_nll_samples` samples (same seed): the dev checks' cheap estimate."""
         return self._bound(model, batch, self.opts.dev_nll_samples)
 
-    def _batch_seed(self, batch: Batch) -> int:
-        """The bound's seed for one batch: `nll_seed` mixed with a position-weighted hash of the batch's
-        ids (one host read), so the same weights and batch always give the same number.
+    def _batch_hash(self, batch: Batch) -> torch.Tensor:
+        """() int64 on the device: a position-weighted hash of the batch's ids, mixed into the bound's seed
+        with `nll_seed`, so the same weights and batch always give the same number.
 
         Why not `nll_seed` alone: every batch then replayed one random stream, so row i of every batch of
         the same shape drew the same stratum offset and mask scores, and the batches' Monte Carlo errors
@@ -299,17 +299,19 @@ class MaskedDiffusion(Objective):
         Identical batches still share their draws (a rare case: the same rows, in the same order)."""
         ids = batch.ids.long()
         weights = torch.arange(1, ids.shape[1] + 1, device=ids.device)  # (T,): a permuted row hashes differently
-        h = int(((ids + 1) * weights).sum(1).mul(torch.arange(1, ids.shape[0] + 1, device=ids.device)).sum())
-        return (self.opts.nll_seed * 1_000_003 + h) % (2**63 - 1)
+        rows = torch.arange(1, ids.shape[0] + 1, device=ids.device)  # (B,): so does a permuted batch
+        return ((ids + 1) * weights).sum(1).mul(rows).sum()
 
     def _bound(self, model, batch: Batch, K: int, variance: bool = False):
         """(summed bound, target count), with the sum's estimated Monte Carlo variance third when asked."""
         region = self.region(batch)
         dev = region.ids.device
-        gen = torch.Generator(device=dev).manual_seed(self._batch_seed(batch))
         n = region.target.sum(1)  # (B,) region size, filler included
-        # the region's columns first (stable: in order), as many as the largest region (one host sync)
-        cols = region_columns(region, max(int(n.max()), 1))
+        # one host read: the batch's hash (the seed) and the largest region (the columns scored: the region's
+        # columns first, stable, in order)
+        h, n_max = torch.stack([self._batch_hash(batch), n.max()]).tolist()
+        gen = torch.Generator(device=dev).manual_seed((self.opts.nll_seed * 1_000_003 + h) % (2**63 - 1))
+        cols = region_columns(region, max(n_max, 1))
         u = torch.rand(n.shape[0], device=dev, generator=gen)  # stratification offset per row
         total = torch.zeros((), device=dev)
         terms = []  # (B,) per sample: each row's estimate of its summed bound
