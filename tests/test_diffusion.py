@@ -405,6 +405,30 @@ def test_stochastic_sampler_is_deterministic_with_a_seed():
     assert run(0) != run(1)
 
 
+class Flat(_IdentityHead):
+    """Uniform predictions whatever the input: what a stochastic sampler commits is its noise alone."""
+
+    def forward(self, ids, pad_mask=None, right_padded=True):
+        return torch.zeros(*ids.shape, V)
+
+
+@pytest.mark.parametrize("opts", [{"temperature": 1.0}, {"temperature": 1.0, "remasking": "random"}])
+def test_each_batch_of_a_stochastic_sampler_draws_its_own_noise(opts):
+    """Seeding every batch with `seed` alone replayed one random stream: row r of every batch drew the
+    same noise, so under a model that ignores its input the second batch's answers copied the first's
+    (answers' randomness shared across questions, not averaged out). Each batch's prompts now enter its
+    seed: the batches differ, and a batch's answers are the same whichever batches come before it."""
+    obj = _obj(gen_length=6, steps=6, **opts)
+    prompts = [[2, 6 + i, 7, 4] for i in range(12)]  # one length: three batches of one shape
+    run = lambda ps: [obj.sample(Flat(), ps[s : s + 4], early_stop=False).tolist() for s in range(0, len(ps), 4)]
+    first, second, third = run(prompts)
+    assert first != second and second != third and first != third
+    assert run(prompts[4:8]) == [second]  # the same batch alone draws what it drew among the others
+    assert run(prompts) == [first, second, third]  # deterministic
+    answers = obj.generate(Flat(), prompts, max_new=6, batch_size=4)  # (the path the tasks' evaluation takes)
+    assert answers[:4] != answers[4:8] != answers[8:]
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_a_temperature_draw_follows_softmax_of_the_logits_over_the_temperature(temperature):
     """Gumbel-max sampling: the proposal is a draw from softmax(logits / temperature), so a distribution

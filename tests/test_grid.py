@@ -14,6 +14,7 @@ import pytest
 import run_matrix
 from core.results import cell_rows, read_rows
 from core.schema import GRID_KEYS, ROW_KEYS
+from tasks import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ROW_KEYS + GRID_KEYS  # what every grid row has (core/schema.py spells it once)
@@ -307,6 +308,26 @@ def test_quick_sets_the_smoke_defaults_and_explicit_flags_win(offline_dir, tmp_p
     assert {"prepare_s", "train_s", "dev_s", "eval_s"} <= set(row["timing"])
     t = row["train"]  # the warm-up steps' training, and what a time budget would charge for it
     assert t["warm_tokens"] == sum(s["warm_tokens"] for s in t["stages"]) > 0 and t["warm_charged_seconds"] > 0
+
+
+@pytest.mark.parametrize("flags, noted", [
+    (["--budget", "tokens=2000000"], True), (["--budget", "seconds=600"], True), (["--budget", "a100_seconds=60"], True),
+    (["--budget", "tokens=999999"], False), ([], False),  # --quick's own budget
+    (["--budget", "tokens=2000000", "--dev-tokens", "4096"], False),  # the small sample chosen explicitly
+    (["--budget", "tokens=2000000", "--dev-tokens", "32768"], False)])
+def test_quick_with_a_long_budget_says_its_dev_sample_is_small(flags, noted, tmp_path, capsys):
+    """--quick's 4,096 dev tokens pick checkpoints by noise on a long budget (README: How noisy a
+    diffusion number is): the grid says so, once, on stderr, and still runs what it was given."""
+    args = run_matrix.parser().parse_args(["--quick", *flags])
+    notes = run_matrix.apply_defaults(args)
+    assert args.dev_tokens == (int(flags[flags.index("--dev-tokens") + 1]) if "--dev-tokens" in flags
+                               else run_matrix.QUICK["dev_tokens"])  # a notice, not a changed setting
+    assert len(notes) == noted and all("--dev-tokens 32768" in n for n in notes)
+    with pytest.raises(DataError):  # main prints it before anything else can stop the grid
+        run_matrix.main(["--quick", *flags, "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path),
+                         "--no-progress", "--no-report"])
+    err = capsys.readouterr().err
+    assert err.count("note: --quick scores dev checks on 4,096 tokens") == noted
 
 
 def test_quick_trains_at_the_preset_rate_unless_lr_is_given(offline_dir, tmp_path, cache_dir, monkeypatch):

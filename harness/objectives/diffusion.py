@@ -50,7 +50,9 @@ steps (split evenly over blocks of `block_length` positions, left to right, when
 each step predicts every masked position of the current block and commits the scheduled number of
 them, the most confident first ("low_confidence" remasking) or at random ("random"); the rest stay
 masked. The answer is the region's text before its first EOS; a row is finished as soon as an EOS is
-committed with every position before it committed (later commits cannot change the answer). Under an
+committed with every position before it committed (later commits cannot change the answer). Its random
+draws (temperature > 0, random remasking) come from a local generator seeded with `seed` and the batch's
+prompts, as the bound's are: independent across batches, the same answers for the same prompts. Under an
 answer constraint (JSQuAD's `answer_constraint=span`) the region fills left to right, one position per
 block, so the rule applies exactly (`constrained_order`; "confidence" keeps `block_length`'s order, with
 relaxed masks and a cut afterwards).
@@ -77,6 +79,15 @@ from harness.objectives import AnswerConstraint, Objective, allowed_mask, cut_at
 MASK_ON = ("answer", "all")
 REMASKING = ("low_confidence", "random")
 CONSTRAINED_ORDERS = ("left_to_right", "confidence")  # how the region fills under an answer constraint
+
+
+def _rows_hash(rows: Sequence[Sequence[int]]) -> int:
+    """A position-weighted hash of a batch's prompts (host ints: no device read), mixed into the
+    sampler's seed. Seeding with `seed` alone made every batch replay one random stream: row r of every
+    batch drew the same Gumbel noise and remasking scores, so the answers' randomness was shared across
+    batches (correlated errors in EM/F1 instead of averaging out): the sampler's twin of the bound's
+    seeding bug (`MaskedDiffusion._batch_hash`). Greedy low-confidence sampling (the default) draws nothing."""
+    return sum(r * sum(j * (t + 1) for j, t in enumerate(row, 1)) for r, row in enumerate(rows, 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +180,7 @@ class MaskedDiffusion(Objective):
         constrained_order: str = "left_to_right"
         remasking: str = "low_confidence"  # low_confidence | random
         temperature: float = 0.0  # 0: greedy predictions; > 0: Gumbel-max sampling from the seeded generator
-        seed: int = 0  # sampler seed (random remasking, temperature > 0)
+        seed: int = 0  # sampler seed (random remasking, temperature > 0), mixed with each batch's prompts
         nll_samples: int = 8  # Monte Carlo samples per sequence of the perplexity bound
         dev_nll_samples: int = 2  # the same bound with fewer samples: the dev checks' selection estimate
         nll_seed: int = 1234  # fixed: the dev loss of the same weights is the same number every time
@@ -371,7 +382,7 @@ class MaskedDiffusion(Objective):
         slots = lens[:, None] + torch.arange(L, device=dev)  # (b, L) region positions
         buf.scatter_(1, slots, sp.mask)
         pad_mask = torch.arange(buf.shape[1], device=dev)[None] < (lens + L)[:, None]
-        gen = torch.Generator(device=dev).manual_seed(o.seed)
+        gen = torch.Generator(device=dev).manual_seed((o.seed * 1_000_003 + _rows_hash(prompts)) % (2**63 - 1))
         committed = torch.zeros(b, L, dtype=torch.bool, device=dev)
         pos = torch.arange(L, device=dev)
         banned = None  # (b, L, V) True where a row's constraint rules an id out at a region position
