@@ -7,7 +7,10 @@ best). A fair grid gives every mixer its own best rate, chosen the same way for 
 
 How (one cell):
 - each rate gets a *short run*: a fresh model (same seed, same init as the full run) trained with
-  the same schedule (warmup, stable, decay) compressed into `frac` of the cell's budget;
+  the same schedule (warmup, stable, decay) compressed into `frac` of the cell's budget, on the task
+  alone even when the cell pretrains: short runs in the cell's stages (pretraining first) were measured
+  and picked worse rates under diffusion (the task got a quarter of the budget, where larger rates win
+  early; README, "Learning rate");
 - the criterion is the short run's dev loss at its end (after its decay), on the first
   SHORT_DEV_SEQS sequences of the dev slice (never the evaluation split); a run that diverges
   (non-finite loss) loses; ties go to the first rate listed;
