@@ -81,6 +81,13 @@ REMASKING = ("low_confidence", "random")
 CONSTRAINED_ORDERS = ("left_to_right", "confidence")  # how the region fills under an answer constraint
 
 
+def _generator(device: torch.device, seed: int, batch_hash: int) -> torch.Generator:
+    """A local generator (the global RNG untouched) for one batch: `seed` mixed with the batch's hash, so
+    batches draw independently and the same batch always draws the same. The bound (`_batch_hash`,
+    read from the device) and the sampler (`_rows_hash`, host ints) both seed this way."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch_hash) % (2**63 - 1))
+
+
 def _rows_hash(rows: Sequence[Sequence[int]]) -> int:
     """A position-weighted hash of a batch's prompts (host ints: no device read), mixed into the
     sampler's seed. Seeding with `seed` alone made every batch replay one random stream: row r of every
@@ -321,7 +328,7 @@ class MaskedDiffusion(Objective):
         # one host read: the batch's hash (the seed) and the largest region (the columns scored: the region's
         # columns first, stable, in order)
         h, n_max = torch.stack([self._batch_hash(batch), n.max()]).tolist()
-        gen = torch.Generator(device=dev).manual_seed((self.opts.nll_seed * 1_000_003 + h) % (2**63 - 1))
+        gen = _generator(dev, self.opts.nll_seed, h)
         cols = region_columns(region, max(n_max, 1))
         u = torch.rand(n.shape[0], device=dev, generator=gen)  # stratification offset per row
         total = torch.zeros((), device=dev)
@@ -383,8 +390,7 @@ class MaskedDiffusion(Objective):
         buf.scatter_(1, slots, sp.mask)
         pad_mask = torch.arange(buf.shape[1], device=dev)[None] < (lens + L)[:, None]
         # (greedy low-confidence sampling draws nothing: no hash, ~4 ms of host time for 128 prompts of 300 ids)
-        h = _rows_hash(prompts) if o.temperature > 0 or o.remasking == "random" else 0
-        gen = torch.Generator(device=dev).manual_seed((o.seed * 1_000_003 + h) % (2**63 - 1))
+        gen = _generator(dev, o.seed, _rows_hash(prompts) if o.temperature > 0 or o.remasking == "random" else 0)
         committed = torch.zeros(b, L, dtype=torch.bool, device=dev)
         pos = torch.arange(L, device=dev)
         banned = None  # (b, L, V) True where a row's constraint rules an id out at a region position
