@@ -43,7 +43,7 @@ from harness.train import TrainConfig, TrainResult, oom_cause, train
 from tasks import PrepareContext, TaskData
 
 # Batch lengths are not rounded up (the old 64 on CUDA made ~a quarter of computed positions padding:
-# the README's padding table): torch.compile marks the length dynamic after its first recompile, so
+# the padding table of docs/cpu-evidence.md): torch.compile marks the length dynamic after its first recompile, so
 # varying lengths cost one extra compilation, not one per length.
 PAD_TO = 1
 # ... except under a CUDA-graph compile mode (--compile-mode reduce-overhead): a graph is recorded per

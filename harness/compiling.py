@@ -8,7 +8,7 @@
   block, `model` the whole LM. The N blocks of an LM run the same code on parameters of the same
   shapes, so dynamo traces one block once and every block reuses that graph: compilation is about a
   block's cost instead of N blocks' (on CPU, the first two steps of the small preset: attention 66.2 →
-  30.9 s, wave_interference 42.9 → 13.6 s, Mamba 31.7 → 21.0 s; README "Compile scope"). It gives up
+  30.9 s, wave_interference 42.9 → 13.6 s, Mamba 31.7 → 21.0 s; docs/cpu-evidence.md, "Compile scope"). It gives up
   fusion across a block boundary (one more read and write of the (B, T, D) stream per block). The
   final norm is compiled on its own; the embedding (one gather) and the loss (as before) stay eager.
 - **Watching** (`CompileWatch`, `frames_compiled`): a step in which torch.compile compiled is warm-up,

@@ -7,7 +7,7 @@ Why a kernel: in PyTorch the recurrence is a log-depth pairwise scan (mixers/gat
 that is ~100 small launches a layer, and on a GPU a launch costs more than the arithmetic. The
 profiler counted 5,116 operator calls in the forward + loss + backward of a compiled training step for
 gated_context at the small preset, against 844 for attention (benchmarks/profile_step.py, on CPU;
-README "Where a training step's time goes"), so the mixer would rank slow on a GPU for our scan, not
+docs/cpu-evidence.md), so the mixer would rank slow on a GPU for our scan, not
 for its design. Here one program walks one stretch of positions for a block of channels with the state
 in a register: one read of a and b and one write of c per position, 1 to 3 launches forward and as many
 backward, whatever T.

@@ -108,7 +108,7 @@ def test_cce_uses_less_memory_than_plain_on_cuda(tmp_path):
 
 
 def test_scan_memory_bench_runs_and_counts_the_states_the_forward_keeps(tmp_path, monkeypatch):
-    """benchmarks.scan_memory (the README's Mamba memory table) on stubbed launches: the states it reports
+    """benchmarks.scan_memory (the Mamba memory table of docs/cuda-kernels.md) on stubbed launches: the states it reports
     kept for the backward are one (Di, N) state per stretch of CKPT positions of every chunk. Its import
     of the stub broke once when the stub moved (benchmarks.common); this runs the command."""
     import json

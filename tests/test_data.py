@@ -299,7 +299,7 @@ def _distinct_lengths(n: int) -> SeqSet:
 def test_rows_are_grouped_by_length_within_16_batches_and_the_batches_served_in_random_order():
     """The grid's sampler passes no `bucket`: the default pools 16 batches' rows (2 x 16 = 32 here) out of
     the epoch's seeded permutation and sorts each pool by length, so a batch holds rows of one pool that
-    are next in length. The grid's padding figure (README) was measured with this pool. The batches are
+    are next in length. The grid's padding figure (docs/cpu-evidence.md) was measured with this pool. The batches are
     then served in random order, not shortest first within each pool."""
     s, seed = _distinct_lengths(64), 3
     perm = np.random.default_rng(seed).permutation(64)  # the sampler's first draw of the epoch

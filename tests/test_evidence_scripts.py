@@ -1,4 +1,4 @@
-"""Three evidence scripts the README quotes but no test ran: `benchmarks.scan_eager_calls` (the PyTorch calls
+"""Three evidence scripts the README and docs/ quote but no test ran: `benchmarks.scan_eager_calls` (the PyTorch calls
 around the Triton kernels in one compiled mixer step), `benchmarks.compile_times` (torch.compile's cost per
 training step over successive batch lengths) and `benchmarks.measure_lr_sweep` (whether short runs pick the
 full budget's learning rate). Their figures are never asserted; what is tested is that they count, time and

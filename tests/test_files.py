@@ -106,7 +106,7 @@ def _scan_stages(folder: Path) -> None:
 
 
 def _compile_times(folder: Path) -> None:
-    """benchmarks.compile_times: its file lands in results/ (the README's compile table reads it)."""
+    """benchmarks.compile_times: its file lands in results/ (the compile table of docs/cpu-evidence.md reads it)."""
     from unittest import mock
 
     from benchmarks import compile_times

@@ -715,7 +715,7 @@ def test_a_cuda_graph_compile_mode_compiles_pads_to_few_shapes_and_is_recorded()
     from core.presets import get_preset
 
     tcfg = _train_config(graphs, ctx, get_preset("small"), True)
-    # multiples of 64 (the README's padding table), and no rounding at all without CUDA graphs
+    # multiples of 64 (the padding table of docs/cpu-evidence.md), and no rounding at all without CUDA graphs
     assert tcfg.compile_mode == "reduce-overhead" and tcfg.pad_to == PAD_TO_GRAPHS == 64
     assert _train_config(cell, ctx, get_preset("small"), True).pad_to == PAD_TO == 1
     assert _train_config(cell, ctx, get_preset("small"), False).pad_to == 1
