@@ -16,6 +16,7 @@ from harness.budget import Budget
 from core.data import SeqSet, SpecialTokens
 from harness.loss import plain_nll, token_nll
 from harness.model import LM, LMConfig
+import harness.objectives.diffusion as diffusion
 from harness.objectives.diffusion import mask_independently, sample_mask_ratio, transfer_schedule
 from harness.train import TrainConfig, train
 
@@ -429,6 +430,51 @@ def test_each_batch_of_a_stochastic_sampler_draws_its_own_noise(opts):
     assert answers[:4] != answers[4:8] != answers[8:]
 
 
+class Order(_IdentityHead):
+    """Ignores the prompt; proposes, everywhere, the token 6 + (masks left in the row): with one position
+    committed per step, the answer spells the order its positions were committed in, which under random
+    remasking at temperature 0 is the sampler's noise alone (every proposal is the same, so greedy)."""
+
+    def forward(self, ids, pad_mask=None, right_padded=True):
+        left = (ids == SP.mask).sum(1)  # (B,)
+        return torch.nn.functional.one_hot(6 + left, V).float()[:, None].expand(*ids.shape, V)
+
+
+def test_random_remasking_at_temperature_0_draws_each_batchs_own_order():
+    """Random remasking draws with a greedy proposal too: each batch must hash its prompts into its seed
+    there as well (a sampler that hashed only under a temperature would let every batch of one shape
+    commit its positions in one order, the bug of `test_each_batch_of_a_stochastic_sampler_draws_its_own_noise`)."""
+    obj = _obj(gen_length=6, steps=6, remasking="random")
+    prompts = [[2, 6 + i, 7, 4] for i in range(12)]
+    batches = [obj.sample(Order(), prompts[s : s + 4], early_stop=False).tolist() for s in range(0, 12, 4)]
+    assert all(sorted(row) == list(range(7, 13)) for b in batches for row in b)  # one commit a step
+    assert batches[0] != batches[1] != batches[2] != batches[0]
+    assert obj.sample(Order(), prompts[4:8], early_stop=False).tolist() == batches[1]  # the same batch draws the same
+    low = _obj(gen_length=6, steps=6).sample(Order(), prompts[:4], early_stop=False).tolist()
+    assert low == [low[0]] * 4  # low-confidence remasking draws nothing: every row commits in one order
+
+
+@pytest.mark.parametrize("opts, hashes", [({}, False), ({"remasking": "random"}, True), ({"temperature": 1.0}, True)])
+def test_the_sampler_hashes_its_prompts_exactly_when_it_draws(opts, hashes, monkeypatch):
+    """Greedy low-confidence sampling (the default) draws nothing, so it skips the prompts' hash (~4 ms of
+    host time per 128 prompts of 300 ids); a sampler that draws must hash them (the tests above)."""
+    calls = []
+    real = diffusion._rows_hash
+    monkeypatch.setattr(diffusion, "_rows_hash", lambda rows: calls.append(len(rows)) or real(rows))
+    _obj(gen_length=4, steps=4, **opts).sample(Flat(), [[2, 6, 7, 4], [2, 8, 4]], early_stop=False)
+    assert bool(calls) == hashes
+
+
+def test_distinct_seeds_and_batch_hashes_seed_distinct_generators():
+    """The generator's seed keeps the batch's hash whole: a seed that folded hashes together (a modulus of
+    125, `2 * 63 - 1` for `2**63 - 1`, planted) would let distinct batches replay one stream again, as
+    `nll_seed` alone did. Hashes up to 1e13: a batch of 100 rows of 512 ids under 8,000 reaches ~1e12."""
+    cpu = torch.device("cpu")
+    hashes = torch.randint(0, 10**13, (2000,), generator=torch.Generator().manual_seed(0)).unique().tolist()
+    assert len({diffusion._generator(cpu, 1234, h).initial_seed() for h in hashes}) == len(hashes)
+    assert len({diffusion._generator(cpu, s, 77).initial_seed() for s in range(1000)}) == 1000
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_a_temperature_draw_follows_softmax_of_the_logits_over_the_temperature(temperature):
     """Gumbel-max sampling: the proposal is a draw from softmax(logits / temperature), so a distribution
@@ -698,6 +744,8 @@ def test_bound_error_is_zero_when_every_draw_agrees_and_absent_when_exact():
     nll, se = eval_nll(model, _obj(eos_fill=False, nll_samples=4), _SE_DATA, 5, cpu)
     assert nll == pytest.approx(-math.log(0.3), rel=1e-5) and se == pytest.approx(0.0, abs=1e-6)
     assert eval_nll(model, _obj(eos_fill=False, nll_samples=1), _SE_DATA, 5, cpu)[1] is None
+    one = SeqSet.from_lists([[2, 9, 4, 6]], [[False, False, False, True]], SP.pad)  # one target token in all
+    assert eval_nll(model, _obj(eos_fill=False, nll_samples=4), one, 5, cpu)[0] == pytest.approx(-math.log(0.3), rel=1e-5)
     ar = objectives.build("autoregressive", SP, "chunked")
     assert eval_nll(_lm(causal=True), ar, _qa(QA), 2, cpu)[1] is None
 

@@ -313,6 +313,7 @@ def test_quick_sets_the_smoke_defaults_and_explicit_flags_win(offline_dir, tmp_p
 @pytest.mark.parametrize("flags, noted", [
     (["--budget", "tokens=2000000"], True), (["--budget", "seconds=600"], True), (["--budget", "a100_seconds=60"], True),
     (["--budget", "tokens=999999"], False), ([], False),  # --quick's own budget
+    (["--budget", "tokens=1000000"], True), (["--budget", "seconds=60"], True), (["--budget", "seconds=59"], False),
     (["--budget", "tokens=2000000", "--dev-tokens", "4096"], False),  # the small sample chosen explicitly
     (["--budget", "tokens=2000000", "--dev-tokens", "32768"], False)])
 def test_quick_with_a_long_budget_says_its_dev_sample_is_small(flags, noted, tmp_path, capsys):
