@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Replay the lent GPU machine's Python environment on a CPU before its minutes are spent (README: "Before
+# Replay the lent GPU machine's Python environment on a CPU before its minutes are spent (docs/gpu-check.md: "Before
 # the device's minutes"): its torch (PyPI's CUDA build installs and runs without a GPU), hence its Triton,
 # and its Python, with the wheels that travel in .whl/. CI has other releases (torch 2.13, Triton 3.9), and
 # a replay found what CI could not: a torch 2.11 compile bug (frozen norms), a Triton 3.6 interpreter
