@@ -431,9 +431,9 @@ def test_each_batch_of_a_stochastic_sampler_draws_its_own_noise(opts):
 
 
 class Order(_IdentityHead):
-    """Ignores the prompt; proposes, everywhere, the token 6 + (masks left in the row): with one position
-    committed per step, the answer spells the order its positions were committed in, which under random
-    remasking at temperature 0 is the sampler's noise alone (every proposal is the same, so greedy)."""
+    """Ignores the prompt and proposes, at every position, the token 6 + (masks left in the row), with
+    certainty: with one position committed per step, an answer spells the order in which its positions
+    were committed. At temperature 0 that order is all that random remasking draws."""
 
     def forward(self, ids, pad_mask=None, right_padded=True):
         left = (ids == SP.mask).sum(1)  # (B,)
@@ -468,7 +468,8 @@ def test_the_sampler_hashes_its_prompts_exactly_when_it_draws(opts, hashes, monk
 def test_distinct_seeds_and_batch_hashes_seed_distinct_generators():
     """The generator's seed keeps the batch's hash whole: a seed that folded hashes together (a modulus of
     125, `2 * 63 - 1` for `2**63 - 1`, planted) would let distinct batches replay one stream again, as
-    `nll_seed` alone did. Hashes up to 1e13: a batch of 100 rows of 512 ids under 8,000 reaches ~1e12."""
+    `nll_seed` alone did. Hashes up to 1e13: a batch of 16,384 tokens (the small and base presets'
+    `batch_tokens`) with ids under 16,000 hashes to at most ~1.1e12."""
     cpu = torch.device("cpu")
     hashes = torch.randint(0, 10**13, (2000,), generator=torch.Generator().manual_seed(0)).unique().tolist()
     assert len({diffusion._generator(cpu, 1234, h).initial_seed() for h in hashes}) == len(hashes)
