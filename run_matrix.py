@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # for annotations only
     import torch
 
 DEFAULT_BUDGET = "tokens=2000000"
-# --lr default: every cell picks its own rate by a short sweep (README, "Learning rate": measured);
+# --lr default: every cell picks its own rate by a short sweep (docs/learning-rate.md: measured);
 # $WAVEBENCH_LR overrides it (the tests set "preset": they test other things, at less cost)
 DEFAULT_LR = "auto"
 # --quick: the smoke run of every cell in CPU minutes (explicit flags still win). It shows the harness
@@ -49,7 +49,7 @@ DEFAULT_LR = "auto"
 QUICK = {"preset": "tiny", "budget": "tokens=20000", "dev_tokens": 4096, "lr": "preset",
          "task_opts": {"eval_limit": "100"}}
 # --quick's 4,096 dev tokens (~30 JSQuAD questions) suit its 20,000-token budget; on a budget from here up
-# they pick checkpoints by noise (README, "How noisy a diffusion number is": on 9M-27M-token cells they
+# they pick checkpoints by noise (docs/diffusion-noise.md: on 9M-27M-token cells they
 # strayed 0.14-0.20 nats from the whole dev slice's ranking, the default 32,768 tokens 0.04-0.10), while
 # the larger sample costs ~0.9 s more per dev check (tiny preset, one CPU thread): a notice, not a
 # changed default (that would change the cell keys of every committed --quick grid)
@@ -198,8 +198,7 @@ def apply_defaults(args: argparse.Namespace) -> list[str]:
             if budget.amount >= QUICK_LONG[budget.kind]:
                 notes.append(f"--quick scores dev checks on {QUICK['dev_tokens']:,} tokens (~30 JSQuAD questions), "
                              f"chosen for its {QUICK['budget']} budget; with --budget {budget} checkpoints are "
-                             "picked on that small sample: add --dev-tokens 32768 (README: How noisy a diffusion "
-                             "number is)")
+                             "picked on that small sample: add --dev-tokens 32768 (docs/diffusion-noise.md)")
         args.preset = args.preset or QUICK["preset"]
         args.budget = args.budget or QUICK["budget"]
         args.dev_tokens = QUICK["dev_tokens"] if args.dev_tokens is None else args.dev_tokens

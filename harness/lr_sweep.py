@@ -10,7 +10,7 @@ How (one cell):
   the same schedule (warmup, stable, decay) compressed into `frac` of the cell's budget, on the task
   alone even when the cell pretrains: short runs in the cell's stages (pretraining first) were measured
   and picked worse rates under diffusion (the task got a quarter of the budget, where larger rates win
-  early; README, "Learning rate");
+  early; docs/learning-rate.md);
 - the criterion is the short run's dev loss at its end (after its decay), on the first
   SHORT_DEV_SEQS sequences of the dev slice (never the evaluation split); a run that diverges
   (non-finite loss) loses; ties go to the first rate listed;
@@ -24,7 +24,7 @@ killed or fails after (or during) its sweep does not redo finished short runs wh
 
 `auto` rates: the preset's rate and its neighbours on the log grid 1e-4, 3e-4, 1e-3, 3e-3, 1e-2,
 3e-2 (e.g. tiny, lr 3e-3: 1e-3, 3e-3, 1e-2; small, lr 1e-3: 3e-4, 1e-3, 3e-3). The default short-run
-length and whether a grid sweeps by default were chosen by measurement (README, "Learning rate").
+length and whether a grid sweeps by default were chosen by measurement (docs/learning-rate.md).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from harness.budget import Budget, BudgetMeter
 from harness.train import train
 
 LOG_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-# Each short run: this fraction of the cell's budget. Measured (README, "Learning rate"): at 0.1 and 0.25
+# Each short run: this fraction of the cell's budget. Measured (docs/learning-rate.md): at 0.1 and 0.25
 # the short runs favoured the largest rate where the full budget preferred a smaller one (short-run
 # bias); at 0.5 the pick matched the full-budget optimum.
 DEFAULT_FRAC = 0.5

@@ -38,7 +38,7 @@ from harness.step_profile import busy_fraction
 from tasks import DataError
 from tasks.corpus import Source, check, documents, identity
 
-DEFAULT_FRAC = 0.5  # the share measured on CPU (README: "Pretraining, and more QA data")
+DEFAULT_FRAC = 0.5  # the share measured on CPU (docs/pretraining.md: "What pretraining and JaQuAD buy")
 
 
 @dataclass

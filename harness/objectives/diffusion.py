@@ -221,7 +221,7 @@ class MaskedDiffusion(Objective):
     def _block(self, constrained: bool) -> int:
         """Positions per semi-autoregressive block: one when a constrained answer fills left to right
         (`constrained_order`, the default: on the dev slice it scored above the relaxed order and its cut,
-        and every answer is a span, none empty; README "Answers as spans of the context"), else
+        and every answer is a span, none empty; docs/span-answers.md), else
         `block_length` (0: the whole region)."""
         o = self.opts
         if constrained and o.constrained_order == "left_to_right":
@@ -313,7 +313,7 @@ class MaskedDiffusion(Objective):
         the same shape drew the same stratum offset and mask scores, and the batches' Monte Carlo errors
         added up instead of averaging out. On a trained model's 500 evaluation questions (16 batches) the
         bound's spread over 12 seeds was 0.095 nats that way and 0.054 with a seed per batch, where the
-        samples' own estimate (`nll_with_variance`) said 0.057 (README, *How noisy a diffusion number is*).
+        samples' own estimate (`nll_with_variance`) said 0.057 (docs/diffusion-noise.md).
         Identical batches still share their draws (a rare case: the same rows, in the same order)."""
         ids = batch.ids.long()
         weights = torch.arange(1, ids.shape[1] + 1, device=ids.device)  # (T,): a permuted row hashes differently
