@@ -52,6 +52,7 @@ from harness.evaluate import dev_loss, dev_sample
 
 REF_SEEDS = (777, 888)  # the reference's two draws (any seeds other than the trainer's)
 REF_SAMPLES = 8  # mask samples per draw: the reference averages 16 per sequence
+MORE_SAMPLES = 8  # `sample_k8`: the trainer's dev sample with this many mask samples instead of its 2
 DEFAULT_TOKENS = harness.train.TrainConfig.dev_tokens  # the default dev sample (run_matrix's --dev-tokens)
 COMPARED = ("logged", "sample_k8", "sample32768", "full")  # the estimates the table ranks against the reference
 
@@ -74,7 +75,7 @@ def check_record(model, objective, sample, full, batch_size: int, device, mask_s
     default = dev_sample(full, DEFAULT_TOKENS)
     seeds = dict.fromkeys((seed, *mask_seeds))  # the trainer's first, no seed twice
     return {"sample_seeds": {str(s): est(sample, k, s) for s in seeds},
-            "sample_k8": est(sample, 8, seed), "sample32768": est(default, k, seed), "full": est(full, k, seed),
+            "sample_k8": est(sample, MORE_SAMPLES, seed), "sample32768": est(default, k, seed), "full": est(full, k, seed),
             "ref_a": est(full, REF_SAMPLES, REF_SEEDS[0]), "ref_b": est(full, REF_SAMPLES, REF_SEEDS[1]),
             "seqs": {"sample": len(sample), "sample32768": len(default), "full": len(full)}}
 
@@ -86,6 +87,7 @@ def scoring_every_check(out: Path, command: str, mask_seeds: tuple[int, ...]) ->
     time); the cell is noted where `run_cell` starts its row (`harness.cell.base_row`)."""
     base_row, sample, eval_point = harness.cell.base_row, harness.train.dev_sample, harness.train._Run.eval_point
     now: dict[str, Any] = {"cell": None, "dev": None, "run": 0}
+    commit = git_commit()  # the code that runs (read once: the process keeps what it imported)
 
     def noting_the_cell(cell, ctx):
         now.update(cell=cell, run=0)
@@ -108,7 +110,7 @@ def scoring_every_check(out: Path, command: str, mask_seeds: tuple[int, ...]) ->
             "objective": cell.objective, "seed": cell.seed, "run": now["run"], "lr": self.cfg.lr,
             "stage": stage.name, "frac": point["frac"], "step": point["step"], "logged": point["dev_loss"],
             **rec, "extra_s": round(time.perf_counter() - t0, 2), "device": device_name(str(self.device)),
-            "git_commit": git_commit()})
+            "git_commit": commit})
 
     harness.cell.base_row, harness.train.dev_sample, harness.train._Run.eval_point = (
         noting_the_cell, keeping_the_slice, scored_again)
