@@ -317,7 +317,7 @@ def test_quick_sets_the_smoke_defaults_and_explicit_flags_win(offline_dir, tmp_p
     (["--budget", "tokens=2000000", "--dev-tokens", "4096"], False),  # the small sample chosen explicitly
     (["--budget", "tokens=2000000", "--dev-tokens", "32768"], False)])
 def test_quick_with_a_long_budget_says_its_dev_sample_is_small(flags, noted, tmp_path, capsys):
-    """--quick's 4,096 dev tokens pick checkpoints by noise on a long budget (docs/diffusion-noise.md):
+    """--quick's 4,096 dev tokens rank checkpoints noisily on a long budget (docs/diffusion-noise.md):
     the grid says so, once, on stderr, and still runs what it was given."""
     args = run_matrix.parser().parse_args(["--quick", *flags])
     notes = run_matrix.apply_defaults(args)
