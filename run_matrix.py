@@ -51,7 +51,7 @@ QUICK = {"preset": "tiny", "budget": "tokens=20000", "dev_tokens": 4096, "lr": "
 # --quick's 4,096 dev tokens (~30 JSQuAD questions) suit its 20,000-token budget; on a budget from here up
 # they rank checkpoints noisily (docs/diffusion-noise.md: on 9M-27M-token cells they strayed 0.14-0.20 nats
 # from the whole dev slice's ranking under the old mask seeding and picked wrong in 2 of 4 cells, 0.09-0.24
-# with no wrong pick in the 3 rerun under the per-batch seeding; the default 32,768 tokens 0.04-0.12), while
+# with no wrong pick in the 4 rerun under the per-batch seeding; the default 32,768 tokens 0.04-0.12), while
 # the larger sample costs ~0.9 s more per dev check (tiny preset, one CPU thread): a notice, not a
 # changed default (that would change the cell keys of every committed --quick grid)
 QUICK_LONG = {"tokens": 1_000_000, "seconds": 60, "a100_seconds": 60}
