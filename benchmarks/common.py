@@ -1,4 +1,4 @@
-"""What the benchmarks (scaling, loss_memory, decode) share: timing, peak memory, OOM, rows.
+"""What the benchmarks share: timing, peak memory, OOM, rows, an objective under other options.
 
 Benchmarks are measurements, not tests: they append rows to `results/bench_<name>.jsonl` (one per
 configuration, ok or failed) and the report draws them. Every row names its device, package
@@ -14,6 +14,8 @@ Peak memory, by device (the row's `mem_measure` says which one was used):
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -101,6 +103,14 @@ def free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def with_opts(objective, **opts):
+    """A copy of `objective` with other options (the same model and special tokens): a benchmark scores
+    one training again under other settings without touching the objective the trainer holds."""
+    other = copy.copy(objective)
+    other.opts = dataclasses.replace(objective.opts, **opts)
+    return other
 
 
 def bench_row(bench: str, device: torch.device, identity: dict[str, Any], **fields: Any) -> dict[str, Any]:

@@ -31,8 +31,6 @@ cells whose dev loss is exact (autoregressive) write nothing.
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import itertools
 import json
 import math
@@ -46,6 +44,7 @@ from typing import Any, Iterator
 
 import harness.cell
 import harness.train
+from benchmarks.common import with_opts
 from core import results
 from core.env import device_name, git_commit
 from harness.evaluate import dev_loss, dev_sample
@@ -60,8 +59,7 @@ COMPARED = ("logged", "sample_k8", "sample32768", "full")  # the estimates the t
 def _estimate(model, objective, data, batch_size: int, device, samples: int, seed: int) -> float:
     """The checkpoint-selection estimate with `samples` masks a sequence from mask seed `seed` (a copy of
     the objective: the trainer's own is untouched)."""
-    other = copy.copy(objective)
-    other.opts = dataclasses.replace(objective.opts, dev_nll_samples=samples, nll_seed=seed)
+    other = with_opts(objective, dev_nll_samples=samples, nll_seed=seed)
     return dev_loss(model, other, data, batch_size, device, selection=True)
 
 

@@ -36,7 +36,6 @@ fit the choice to the test.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
 from contextlib import contextmanager
@@ -47,7 +46,7 @@ import torch
 
 import harness.cell
 import tasks.jsquad as jsquad
-from benchmarks.common import bench_row
+from benchmarks.common import bench_row, with_opts
 from core import results
 from core.env import autocast
 from tasks.answer_span import SpanConstraint
@@ -82,7 +81,7 @@ def _ways(objective) -> list[tuple[str, Any, bool, Callable | None, str]]:
     ways = [("free", objective, False, None, "none: free generation"),
             ("span", objective, True, None, f"span: {objective.constraint_path}")]
     if objective.name == "diffusion":
-        ltr, conf = (_with(objective, constrained_order=order) for order in ("left_to_right", "confidence"))
+        ltr, conf = (with_opts(objective, constrained_order=order) for order in ("left_to_right", "confidence"))
         relaxed = objective.RELAXED_SAMPLER
         ways += [("span_left_to_right", ltr, True, None, f"span: {ltr.constraint_path}"),
                  ("span_confidence", conf, True, None, f"span: {conf.constraint_path}"),
@@ -90,13 +89,6 @@ def _ways(objective) -> list[tuple[str, Any, bool, Callable | None, str]]:
                  ("span_run", conf, True, longest_run,
                   f"span: {relaxed}; then cut to the longest allowed run anywhere in the answer")]
     return ways
-
-
-def _with(objective, **opts):
-    """A copy of `objective` with other options (the same model and special tokens)."""
-    other = copy.copy(objective)
-    other.opts = dataclasses.replace(objective.opts, **opts)
-    return other
 
 
 SPLITS = ("eval", "dev")  # the evaluation split's questions (`TaskData.items`), the dev slice's (`dev_items`)
