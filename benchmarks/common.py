@@ -113,6 +113,18 @@ def with_opts(objective, **opts):
     return other
 
 
+def read_jsonl(path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file a study wrote (`--bench-out`); a bad line stops with its place."""
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"error: {path}:{n}: not a JSON line ({e.msg})") from None
+    return records
+
+
 def bench_row(bench: str, device: torch.device, identity: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """A benchmark results row. `identity` (with the device name) is hashed into the key, so a rerun of
     the same configuration on the same device supersedes the old row in reports."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import statistics
 import sys
@@ -44,7 +43,7 @@ from typing import Any, Iterator
 
 import harness.cell
 import harness.train
-from benchmarks.common import with_opts
+from benchmarks.common import read_jsonl, with_opts
 from core import results
 from core.env import device_name, git_commit
 from harness.evaluate import dev_loss, dev_sample
@@ -157,18 +156,6 @@ def summarize(records: list[dict[str, Any]]) -> list[str]:
     return lines + [""] + notes
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a file `--bench-out` wrote (JSON lines; a bad line is an error naming its place)."""
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"error: {path}:{n}: not a JSON line ({e.msg})") from None
-    return records
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Every other argument goes to run_matrix.py (python run_matrix.py --help).")
@@ -182,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         if not args.summarize.is_file():
             ap.error(f"--summarize: no file {args.summarize}")
-        print("\n".join(summarize(read_records(args.summarize))))
+        print("\n".join(summarize(read_jsonl(args.summarize))))
         return 0
     try:
         seeds = tuple(int(s) for s in args.mask_seeds.split(",") if s.strip())
@@ -193,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     with scoring_every_check(args.bench_out, " ".join(rest), seeds):
         rc = run_matrix.main(rest)
     if args.bench_out.is_file():
-        print("\n".join(summarize(read_records(args.bench_out))))
+        print("\n".join(summarize(read_jsonl(args.bench_out))))
         print(f"wrote {args.bench_out}")
     return rc
 

@@ -1,0 +1,137 @@
+"""Does a diffusion bound's reported Monte Carlo error match its spread over mask seeds? The final weights
+of every cell with an estimated bound scored again at other seeds (docs/diffusion-noise.md).
+
+    python -m benchmarks.bound_noise --data-dir ../shared/data/jsquad-v1.3 --quick \
+        --budget tokens=1000000 --task-opt eval_limit=500 --task-opt extra_train=jaquad --objectives diffusion
+
+A masked diffusion cell reports a perplexity bound that is itself a Monte Carlo estimate (`nll_samples`
+mask samples a sequence, from the fixed `nll_seed`), and beside it `metrics.nll_mc_se`: the standard error
+of its log, estimated from the same samples (`MaskedDiffusion.nll_with_variance`). The fixed seed makes
+the number repeatable; it does not make it exact. This runs `run_matrix.py` with the arguments that follow
+(every cell trains, is scored and writes its row as usual: the extra passes draw their masks from local
+generators and leave the global RNG alone, so the rows are the same numbers) and, after a cell's bound,
+scores the same weights on the same questions at each of `--mask-seeds` with the same estimator. One JSON
+line per cell is appended to `--bench-out` (not under `results/`: reports read only grid and benchmark
+rows there); at the end, and with `--summarize FILE` for a file already written, a table: the reported
+error, the errors the other seeds report, the standard deviation of the log-bound over those seeds, their
+ratio (1 when the reported error is right), and how far the reported bound sits from the seeds' mean.
+
+Cells must run in this process (the local executor, the default); cells whose perplexity is exact
+(autoregressive) write nothing. Cost: one more bound evaluation per seed and cell.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import harness.cell
+from benchmarks.common import read_jsonl, with_opts
+from core import results
+from core.env import device_name, git_commit
+
+NO_RECORD = "No cell with an estimated bound (a masked diffusion cell) in the file."
+
+
+@contextmanager
+def scoring_the_bound_again(out: Path, command: str, mask_seeds: tuple[int, ...]) -> Iterator[None]:
+    """Within the block, every cell whose bound comes with a Monte Carlo error appends one record to `out`:
+    its reported NLL and error, and both again at each of `mask_seeds` other than its own `nll_seed`. The
+    cell is noted where `run_cell` starts its row (`harness.cell.base_row`); the bound is `harness.cell.eval_nll`."""
+    base_row, eval_nll = harness.cell.base_row, harness.cell.eval_nll
+    now: dict[str, Any] = {"cell": None}
+    commit = git_commit()  # the code that runs (read once: the process keeps what it imported)
+
+    def noting_the_cell(cell, ctx):
+        now["cell"] = cell
+        return base_row(cell, ctx)
+
+    def scored_again(model, objective, data, batch_size, device, progress=None):
+        nll, se = eval_nll(model, objective, data, batch_size, device, progress=progress)
+        if se is None:  # an exact perplexity: nothing to check
+            return nll, se
+        t0, cell, own = time.perf_counter(), now["cell"], objective.opts.nll_seed
+        others = [s for s in dict.fromkeys(mask_seeds) if s != own]  # the reported draw is not counted twice
+        print(f"bound_noise: {cell.label()}: the bound again at {len(others)} mask seeds", file=sys.stderr, flush=True)
+        seeds = {str(s): list(eval_nll(model, with_opts(objective, nll_seed=s), data, batch_size, device))
+                 for s in others}
+        results.append_row(out, {
+            "study": "bound_noise", "command": command, "key": cell.key(), "mixer": cell.mixer,
+            "objective": cell.objective, "seed": cell.seed, "ppl_key": objective.ppl_key, "nll_seed": own,
+            "samples": objective.opts.nll_samples, "eval_seqs": len(data), "nll": nll, "nll_mc_se": se,
+            "seeds": seeds, "extra_s": round(time.perf_counter() - t0, 2), "device": device_name(str(device)),
+            "git_commit": commit})
+        return nll, se
+
+    harness.cell.base_row, harness.cell.eval_nll = noting_the_cell, scored_again
+    try:
+        yield
+    finally:
+        harness.cell.base_row, harness.cell.eval_nll = base_row, eval_nll
+
+
+def summarize(records: list[dict[str, Any]]) -> list[str]:
+    """A markdown table, one line per cell (the last record of a cell and command wins: a rerun)."""
+    cells = {(r["command"], r["key"]): r for r in records}
+    if not cells:
+        return [NO_RECORD]
+    lines = ["| cell | eval sequences | samples a sequence | bound | reported error (nats) | other seeds' errors "
+             "| sd over other seeds (nats) | reported error / sd | reported bound from the seeds' mean |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    counts = set()
+    for r in cells.values():
+        nlls = [v[0] for v in r["seeds"].values()]
+        errs = [v[1] for v in r["seeds"].values()]
+        counts.add(len(nlls))
+        sd = statistics.stdev(nlls) if len(nlls) >= 2 else math.nan
+        spread = f"{min(errs):.4f}-{max(errs):.4f}" if errs else "-"
+        ratio = f"{r['nll_mc_se'] / sd:.2f}" if sd > 0 else "-"
+        z = f"{(r['nll'] - statistics.fmean(nlls)) / sd:+.1f} sd" if sd > 0 else "-"
+        lines.append(f"| {r['mixer']} x {r['objective']}, seed {r['seed']} | {r['eval_seqs']} | {r['samples']} | "
+                     f"{math.exp(min(r['nll'], 50.0)):.1f} ± {100 * math.expm1(r['nll_mc_se']):.1f}% | "
+                     f"{r['nll_mc_se']:.4f} | {spread} | {'-' if math.isnan(sd) else f'{sd:.4f}'} | {ratio} | {z} |")
+    n = max(counts)
+    lines += ["", f"- Errors and sd are of the log-bound (nats per target token); the bound's ± is exp(error) - 1. "
+              f"An sd from {n} seeds is itself uncertain by about {100 / math.sqrt(2 * max(n - 1, 1)):.0f}% "
+              f"(1 / sqrt(2 (n - 1))): a ratio within that of 1 says the reported error is right."]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Every other argument goes to run_matrix.py (python run_matrix.py --help).")
+    ap.add_argument("--bench-out", type=Path, default=Path("runs/bench/bound_noise.jsonl"),
+                    help="one JSON line per cell is appended here (default: %(default)s)")
+    ap.add_argument("--mask-seeds", default=",".join(str(s) for s in range(1, 13)),
+                    help="the other mask seeds each bound is scored at, two or more (default: %(default)s)")
+    ap.add_argument("--summarize", type=Path, metavar="FILE",
+                    help="print the table of a file this benchmark wrote, and run nothing")
+    args, rest = ap.parse_known_args(argv)
+    if args.summarize:
+        if not args.summarize.is_file():
+            ap.error(f"--summarize: no file {args.summarize}")
+        print("\n".join(summarize(read_jsonl(args.summarize))))
+        return 0
+    try:
+        seeds = tuple(dict.fromkeys(int(s) for s in args.mask_seeds.split(",") if s.strip()))
+    except ValueError:
+        ap.error(f"--mask-seeds takes integers separated by commas; got {args.mask_seeds!r}")
+    if len(seeds) < 2:
+        ap.error(f"--mask-seeds needs two or more different seeds for a spread; got {args.mask_seeds!r}")
+    import run_matrix
+
+    with scoring_the_bound_again(args.bench_out, " ".join(rest), seeds):
+        rc = run_matrix.main(rest)
+    if args.bench_out.is_file():
+        print("\n".join(summarize(read_jsonl(args.bench_out))))
+        print(f"wrote {args.bench_out}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""`python -m benchmarks.bound_noise`: the final weights of every masked diffusion cell scored again at other
+mask seeds, to check the bound's reported Monte Carlo error against its spread (docs/diffusion-noise.md).
+What is tested: one record per cell with an estimated bound and none for an exact perplexity; the record's
+reported NLL and error are the row's (so the study measures the reported estimator); other seeds give other
+numbers, the cell's own seed is not counted twice; the rows are the same numbers with and without the study;
+the patched functions are themselves again afterwards; the table's arithmetic on known records; bad input
+in one line."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import harness.cell
+import run_matrix
+from benchmarks import bound_noise as bn
+from core.results import cell_rows, read_rows
+
+
+def _grid(offline_dir, cache_dir, out) -> list[str]:
+    return ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--mixers", "attention", "--lr", "preset",
+            "--task-opt", "latency_n=1", "--objective-opt", "diffusion.gen_length=8",
+            "--objective-opt", "diffusion.steps=8"]
+
+
+def test_every_estimated_bound_is_scored_again_and_the_rows_are_untouched(offline_dir, tmp_path, cache_dir, capsys):
+    patched = (harness.cell.base_row, harness.cell.eval_nll)
+    plain, studied = tmp_path / "plain", tmp_path / "studied"
+    assert run_matrix.main(_grid(offline_dir, cache_dir, plain)) == 0
+    bench = tmp_path / "bound.jsonl"
+    assert bn.main(["--bench-out", str(bench), "--mask-seeds", "1,1234,2,1,3", *_grid(offline_dir, cache_dir, studied)]) == 0
+    assert (harness.cell.base_row, harness.cell.eval_nll) == patched
+    name = "jsquad-offline_tiny_tokens-3000.jsonl"
+    rows = {r["objective"]: r for r in cell_rows(read_rows(studied / "results" / name))}
+    before = {r["objective"]: r for r in cell_rows(read_rows(plain / "results" / name))}
+    scores = ("em", "f1", "ppl", "ppl_bound", "nll_mc_se")  # (not its speed: timed again)
+    for objective, row in rows.items():  # the study changes no number of a cell
+        was = before[objective]
+        assert row["loss_curve"] == was["loss_curve"] and row["per_question"] == was["per_question"]
+        assert {k: row["metrics"].get(k) for k in scores} == {k: was["metrics"].get(k) for k in scores}
+    records = [json.loads(x) for x in bench.read_text().splitlines()]
+    assert [r["objective"] for r in records] == ["diffusion"]  # none for the exact perplexity
+    rec, row = records[0], rows["diffusion"]
+    assert (rec["key"], rec["mixer"], rec["seed"], rec["nll_seed"]) == (row["key"], "attention", 0, 1234)
+    assert math.exp(rec["nll"]) == pytest.approx(row["metrics"]["ppl_bound"], rel=1e-12)  # the reported bound
+    assert rec["nll_mc_se"] == row["metrics"]["nll_mc_se"] > 0
+    assert list(rec["seeds"]) == ["1", "2", "3"]  # the cell's own 1234 and the repeated 1 left out
+    nlls = [v[0] for v in rec["seeds"].values()]
+    assert len({rec["nll"], *nlls}) == 4 and all(v[1] > 0 for v in rec["seeds"].values())  # other masks
+    assert rec["eval_seqs"] == row["data"]["eval_questions"] and rec["samples"] == 8
+    printed = capsys.readouterr().out
+    assert "| attention x diffusion, seed 0 | " in printed and f"wrote {bench}" in printed
+
+
+def _rec(nll: float, se: float, seeds: dict, key: str = "k") -> dict:
+    return {"command": "c", "key": key, "mixer": "m", "objective": "diffusion", "seed": 0, "eval_seqs": 50,
+            "samples": 8, "nll": nll, "nll_mc_se": se, "seeds": {s: [v, e] for s, (v, e) in seeds.items()}}
+
+
+def test_the_table_compares_the_reported_error_with_the_spread_over_seeds():
+    """Seeds give 1.0, 1.2, 1.4 (sd 0.2, mean 1.2); the reported 1.5 with error 0.1: ratio 0.50, 1.5 sd above
+    the mean, bound e^1.5 = 4.5 ± 10.5%. A later record of the same cell replaces an earlier one; a record
+    with one other seed has no spread."""
+    seeds = {"1": (1.0, 0.09), "2": (1.2, 0.12), "3": (1.4, 0.11)}
+    lines = bn.summarize([_rec(9.0, 9.0, seeds), _rec(1.5, 0.1, seeds), _rec(2.0, 0.2, {"1": (2.1, 0.2)}, key="j")])
+    cells = [line.split(" | ") for line in lines if line.startswith("| m x diffusion")]
+    assert cells[0][1:] == ["50", "8", "4.5 ± 10.5%", "0.1000", "0.0900-0.1200", "0.2000", "0.50", "+1.5 sd |"]
+    assert cells[1][6:] == ["-", "-", "- |"]  # one other seed: no spread, no ratio
+    assert any("about 50% (1 / sqrt(2 (n - 1)))" in line for line in lines)  # 3 seeds: 1/sqrt(4)
+    assert bn.summarize([]) == [bn.NO_RECORD]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mask-seeds", "1,two"], "--mask-seeds takes integers separated by commas; got '1,two'"),
+    (["--mask-seeds", "5,5"], "--mask-seeds needs two or more different seeds for a spread; got '5,5'"),
+    (["--summarize", "nowhere.jsonl"], "--summarize: no file nowhere.jsonl")])
+def test_bad_input_stops_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bn.main(argv)
+    assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(message)
+
+
+def test_a_bad_line_in_a_summarized_file_names_its_place(tmp_path):
+    path = tmp_path / "bound.jsonl"
+    path.write_text(json.dumps(_rec(1.0, 0.1, {"1": (1.0, 0.1)})) + "\n{oops\n")
+    with pytest.raises(SystemExit, match=r"bound.jsonl:2: not a JSON line"):
+        bn.main(["--summarize", str(path)])
