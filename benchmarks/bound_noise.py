@@ -22,6 +22,7 @@ Cells must run in this process (the local executor, the default); cells whose pe
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import sys
@@ -99,7 +100,28 @@ def summarize(records: list[dict[str, Any]]) -> list[str]:
     lines += ["", f"- Errors and sd are of the log-bound (nats per target token); the bound's ± is exp(error) - 1. "
               f"An sd from {n} seeds is itself uncertain by about {100 / math.sqrt(2 * max(n - 1, 1)):.0f}% "
               f"(1 / sqrt(2 (n - 1))): a ratio within that of 1 says the reported error is right."]
-    return lines
+    return lines + _pairs(list(cells.values()))
+
+
+def _pairs(records: list[dict[str, Any]]) -> list[str]:
+    """Cells of one grid are scored at the same seeds on the same questions, so one seed draws the same
+    masks for both: a table of how much the difference of two cells' log-bounds moves over the seeds
+    (paired), against what the two reported errors would say if the draws were independent."""
+    lines = []
+    for a, b in itertools.combinations(records, 2):
+        shared = [s for s in a["seeds"] if s in b["seeds"]]
+        if a["command"] != b["command"] or a["eval_seqs"] != b["eval_seqs"] or len(shared) < 2:
+            continue
+        diff = [a["seeds"][s][0] - b["seeds"][s][0] for s in shared]
+        lines.append(f"| {a['mixer']} x {a['objective']}, seed {a['seed']} - {b['mixer']} x {b['objective']}, "
+                     f"seed {b['seed']} | {a['nll'] - b['nll']:+.3f} | {statistics.stdev(diff):.4f} | "
+                     f"{math.hypot(a['nll_mc_se'], b['nll_mc_se']):.4f} |")
+    if not lines:
+        return []
+    return ["", "| difference of two cells (same grid, same questions) | difference of log-bounds (nats) "
+            "| sd over the shared seeds, paired | the two reported errors combined |", "|---|---:|---:|---:|",
+            *lines, "", "- The reported errors combined (sqrt(a² + b²)) are what the report's `bound ± (MC)` "
+            "column says of a difference if draws were independent; the paired sd is how much it moves."]
 
 
 def main(argv: list[str] | None = None) -> int:

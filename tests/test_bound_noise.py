@@ -2,7 +2,8 @@
 mask seeds, to check the bound's reported Monte Carlo error against its spread (docs/diffusion-noise.md).
 What is tested: one record per cell with an estimated bound and none for an exact perplexity; the record's
 reported NLL and error are the row's (so the study measures the reported estimator); other seeds give other
-numbers, the cell's own seed is not counted twice; the rows are the same numbers with and without the study;
+numbers, the cell's own seed is not counted twice; two cells' difference is measured over their shared
+seeds; the rows are the same numbers with and without the study;
 the patched functions are themselves again afterwards; the table's arithmetic on known records; bad input
 in one line."""
 from __future__ import annotations
@@ -54,8 +55,8 @@ def test_every_estimated_bound_is_scored_again_and_the_rows_are_untouched(offlin
     assert "| attention x diffusion, seed 0 | " in printed and f"wrote {bench}" in printed
 
 
-def _rec(nll: float, se: float, seeds: dict, key: str = "k") -> dict:
-    return {"command": "c", "key": key, "mixer": "m", "objective": "diffusion", "seed": 0, "eval_seqs": 50,
+def _rec(nll: float, se: float, seeds: dict, key: str = "k", mixer: str = "m", command: str = "c") -> dict:
+    return {"command": command, "key": key, "mixer": mixer, "objective": "diffusion", "seed": 0, "eval_seqs": 50,
             "samples": 8, "nll": nll, "nll_mc_se": se, "seeds": {s: [v, e] for s, (v, e) in seeds.items()}}
 
 
@@ -70,6 +71,20 @@ def test_the_table_compares_the_reported_error_with_the_spread_over_seeds():
     assert cells[1][6:] == ["-", "-", "- |"]  # one other seed: no spread, no ratio
     assert any("about 50% (1 / sqrt(2 (n - 1)))" in line for line in lines)  # 3 seeds: 1/sqrt(4)
     assert bn.summarize([]) == [bn.NO_RECORD]
+
+
+def test_two_cells_differences_are_measured_paired_over_their_shared_seeds():
+    """m's seeds 1.0, 1.2, 1.4 against n's 2.0, 2.1, 2.5: differences -1.0, -0.9, -1.1 over the shared seeds
+    1-3 (sd 0.1, n's seed 4 left out); reported 1.5 - 2.3 = -0.8, errors 0.1 and 0.2 combined 0.2236. A cell of
+    another command, or one sharing fewer than two seeds, is paired with none."""
+    m = _rec(1.5, 0.1, {"1": (1.0, 0.1), "2": (1.2, 0.1), "3": (1.4, 0.1)})
+    n = _rec(2.3, 0.2, {"1": (2.0, 0.2), "2": (2.1, 0.2), "3": (2.5, 0.2), "4": (9.0, 0.2)}, key="n", mixer="n")
+    other = _rec(2.3, 0.2, n["seeds"], key="o", mixer="o", command="another grid")
+    lonely = _rec(2.0, 0.2, {"1": (2.1, 0.2)}, key="j", mixer="j")
+    lines = bn.summarize([m, n, other, lonely])
+    pairs = [line.split(" | ") for line in lines if ", seed 0 - " in line]
+    assert pairs == [["| m x diffusion, seed 0 - n x diffusion, seed 0", "-0.800", "0.1000", "0.2236 |"]]
+    assert bn._pairs([m, lonely]) == [] and "independent" in lines[-1]
 
 
 @pytest.mark.parametrize("argv, message", [
