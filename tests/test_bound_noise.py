@@ -51,8 +51,12 @@ def test_every_estimated_bound_is_scored_again_and_the_rows_are_untouched(offlin
     nlls = [v[0] for v in rec["seeds"].values()]
     assert len({rec["nll"], *nlls}) == 4 and all(v[1] > 0 for v in rec["seeds"].values())  # other masks
     assert rec["eval_seqs"] == row["data"]["eval_questions"] and rec["samples"] == 8
-    printed = capsys.readouterr().out
-    assert "| attention x diffusion, seed 0 | " in printed and f"wrote {bench}" in printed
+    printed = capsys.readouterr()
+    assert "| attention x diffusion, seed 0 | " in printed.out and f"wrote {bench}" in printed.out
+    assert "bound_noise: attention x diffusion (seed 0): the bound again at 3 mask seeds" in printed.err
+    assert bn.main(["--summarize", str(bench)]) == 0  # the same tables again, from the file
+    again = capsys.readouterr().out
+    assert again.startswith("| cell | ") and printed.out.endswith(again + f"wrote {bench}\n")
 
 
 def _rec(nll: float, se: float, seeds: dict, key: str = "k", mixer: str = "m", command: str = "c") -> dict:
@@ -63,12 +67,14 @@ def _rec(nll: float, se: float, seeds: dict, key: str = "k", mixer: str = "m", c
 def test_the_table_compares_the_reported_error_with_the_spread_over_seeds():
     """Seeds give 1.0, 1.2, 1.4 (sd 0.2, mean 1.2); the reported 1.5 with error 0.1: ratio 0.50, 1.5 sd above
     the mean, bound e^1.5 = 4.5 ± 10.5%. A later record of the same cell replaces an earlier one; a record
-    with one other seed has no spread."""
+    with one other seed has no spread; two seeds that agree have a spread of 0 and no ratio."""
     seeds = {"1": (1.0, 0.09), "2": (1.2, 0.12), "3": (1.4, 0.11)}
-    lines = bn.summarize([_rec(9.0, 9.0, seeds), _rec(1.5, 0.1, seeds), _rec(2.0, 0.2, {"1": (2.1, 0.2)}, key="j")])
+    lines = bn.summarize([_rec(9.0, 9.0, seeds), _rec(1.5, 0.1, seeds), _rec(2.0, 0.2, {"1": (2.1, 0.2)}, key="j"),
+                          _rec(2.0, 0.2, {"1": (2.1, 0.2), "2": (2.1, 0.3)}, key="i")])
     cells = [line.split(" | ") for line in lines if line.startswith("| m x diffusion")]
     assert cells[0][1:] == ["50", "8", "4.5 ± 10.5%", "0.1000", "0.0900-0.1200", "0.2000", "0.50", "+1.5 sd |"]
     assert cells[1][6:] == ["-", "-", "- |"]  # one other seed: no spread, no ratio
+    assert cells[2][5:] == ["0.2000-0.3000", "0.0000", "-", "- |"]  # two that agree: a spread of 0, no ratio
     assert any("about 50% (1 / sqrt(2 (n - 1)))" in line for line in lines)  # 3 seeds: 1/sqrt(4)
     assert bn.summarize([]) == [bn.NO_RECORD]
 
@@ -85,6 +91,8 @@ def test_two_cells_differences_are_measured_paired_over_their_shared_seeds():
     pairs = [line.split(" | ") for line in lines if ", seed 0 - " in line]
     assert pairs == [["| m x diffusion, seed 0 - n x diffusion, seed 0", "-0.800", "0.1000", "0.2236 |"]]
     assert bn._pairs([m, lonely]) == [] and "independent" in lines[-1]
+    two = _rec(2.0, 0.2, {"2": (2.4, 0.2), "1": (2.0, 0.2)}, key="t", mixer="t")  # two shared seeds are enough
+    assert bn._pairs([m, two])[3].split(" | ")[1:] == ["-0.500", f"{math.sqrt(0.02):.4f}", "0.2236 |"]  # -1.0, -1.2
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -95,6 +103,14 @@ def test_bad_input_stops_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         bn.main(argv)
     assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(message)
+
+
+def test_two_seeds_are_enough(capsys):
+    """Two different seeds pass the check and reach run_matrix, whose own parser then stops at its bad input."""
+    with pytest.raises(SystemExit) as e:
+        bn.main(["--mask-seeds", "5,6,5", "--preset", "nosuch"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--preset: invalid choice: 'nosuch'" in err and "--mask-seeds" not in err
 
 
 def test_a_bad_line_in_a_summarized_file_names_its_place(tmp_path):
