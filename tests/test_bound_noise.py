@@ -45,6 +45,7 @@ def test_every_estimated_bound_is_scored_again_and_the_rows_are_untouched(offlin
     assert [r["objective"] for r in records] == ["diffusion"]  # none for the exact perplexity
     rec, row = records[0], rows["diffusion"]
     assert (rec["key"], rec["mixer"], rec["seed"], rec["nll_seed"]) == (row["key"], "attention", 0, 1234)
+    assert rec["command"] == " ".join(_grid(offline_dir, cache_dir, studied))  # what a rerun is grouped by
     assert math.exp(rec["nll"]) == pytest.approx(row["metrics"]["ppl_bound"], rel=1e-12)  # the reported bound
     assert rec["nll_mc_se"] == row["metrics"]["nll_mc_se"] > 0
     assert list(rec["seeds"]) == ["1", "2", "3"]  # the cell's own 1234 and the repeated 1 left out
@@ -105,12 +106,17 @@ def test_bad_input_stops_in_one_line(argv, message, capsys):
     assert e.value.code == 2 and capsys.readouterr().err.strip().endswith(message)
 
 
-def test_two_seeds_are_enough(capsys):
-    """Two different seeds pass the check and reach run_matrix, whose own parser then stops at its bad input."""
+@pytest.mark.parametrize("seeds", [["--mask-seeds", "5,6,5"], []])
+def test_two_seeds_are_enough_and_the_default_is_twelve(seeds, capsys):
+    """Two different seeds, and the default, pass the check and reach run_matrix, whose own parser then stops
+    at its bad input; the default is seeds 1-12 (docs/diffusion-noise.md's measurement)."""
     with pytest.raises(SystemExit) as e:
-        bn.main(["--mask-seeds", "5,6,5", "--preset", "nosuch"])
+        bn.main([*seeds, "--preset", "nosuch"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--preset: invalid choice: 'nosuch'" in err and "--mask-seeds" not in err
+    with pytest.raises(SystemExit):
+        bn.main(["--help"])
+    assert "(default: 1,2,3,4,5,6,7,8,9,10,11,12)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_bad_line_in_a_summarized_file_names_its_place(tmp_path):
