@@ -90,9 +90,9 @@ def scoring_every_check(out: Path, command: str, mask_seeds: tuple[int, ...]) ->
         now.update(cell=cell, run=0)
         return base_row(cell, ctx)
 
-    def keeping_the_slice(dev, max_tokens, seed=0):  # once per call of `train`: one training run
+    def keeping_the_slice(dev, *args, **kwargs):  # once per call of `train`: one training run
         now["dev"], now["run"] = dev, now["run"] + 1
-        return sample(dev, max_tokens, seed)
+        return sample(dev, *args, **kwargs)  # (dev_sample's own defaults: a copy of them could drift)
 
     def scored_again(self, frac, stage):
         eval_point(self, frac, stage)

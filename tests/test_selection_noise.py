@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import pytest
 
@@ -56,6 +57,28 @@ def test_every_dev_check_is_scored_again_and_training_is_untouched(offline_dir, 
         assert (rec["key"], rec["seed"], rec["run"], rec["lr"]) == (rows["diffusion"]["key"], 0, 1, rows["diffusion"]["train"]["lr"])
     printed = capsys.readouterr().out
     assert "| attention x diffusion, seed 0 | 1 (" in printed and f"wrote {bench}" in printed
+    assert sn.main(["--summarize", str(bench)]) == 0  # the same table again, from the file
+    again = capsys.readouterr().out
+    assert again.startswith("| cell | ") and printed.endswith(again + f"wrote {bench}\n")
+
+
+def test_each_estimate_scores_its_data_with_its_samples_and_seed(monkeypatch):
+    """The estimates' settings, read back through a stand-in `dev_loss` that answers which data, how many
+    mask samples and which seed it was given: `sample_k8` 8 samples, the reference 8 samples at seeds 777
+    and 888 on the whole slice, `sample32768` the default sample, the trainer's own seed first."""
+    def fake_loss(model, objective, data, batch_size, device, selection):
+        assert selection and objective is not trainer  # a copy: the trainer's options are never touched
+        return f"{data} k={objective.opts.dev_nll_samples} seed={objective.opts.nll_seed}"
+
+    trainer = types.SimpleNamespace(opts=types.SimpleNamespace(dev_nll_samples=2, nll_seed=1234))
+    monkeypatch.setattr(sn, "with_opts", lambda o, **kw: types.SimpleNamespace(opts=types.SimpleNamespace(**kw)))
+    monkeypatch.setattr(sn, "dev_loss", fake_loss)
+    monkeypatch.setattr(sn, "dev_sample", lambda full, tokens: f"{full}[{tokens}]")
+    rec = sn.check_record(None, trainer, "sample", "full", 4, "cpu", (1, 1234, 2))
+    assert rec["sample_seeds"] == {"1234": "sample k=2 seed=1234", "1": "sample k=2 seed=1", "2": "sample k=2 seed=2"}
+    assert (rec["sample_k8"], rec["full"]) == ("sample k=8 seed=1234", "full k=2 seed=1234")
+    assert rec["sample32768"] == "full[32768] k=2 seed=1234"
+    assert (rec["ref_a"], rec["ref_b"]) == ("full k=8 seed=777", "full k=8 seed=888")
 
 
 def _rec(step: float, logged: float, ref: float, k8: float = 0.0, seeds=(0.0, 0.0), run: int = 1) -> dict:
@@ -70,15 +93,17 @@ def test_the_table_gives_each_estimates_error_pick_and_regret():
     differences stray by -0.2, +0.5, +0.7 (RMS sqrt(0.26)); the full slice equals the reference: error 0,
     regret 0. Over the two mask seeds the differences have sd 0.05 in two pairs and 0 in the third: RMS 0.041."""
     records = [_rec(3, 2.0, 2.5, seeds=(0.0, 0.1)), _rec(1, 3.0, 3.0, seeds=(0.0, 0.0)),
-               _rec(2, 2.2, 2.0, seeds=(0.0, 0.1)), _rec(1, 9.0, 9.0, run=2)]  # run 2 has one check: no table
+               _rec(2, 2.2, 2.0, seeds=(0.0, 0.1)), _rec(1, 9.0, 9.0, run=2),  # run 2 has one check: no table
+               _rec(1, 9.0, 9.0, run=3), _rec(2, 8.0, 8.0, run=3)]  # run 3 has two: a table
     lines = sn.summarize(records)
-    table = {line.split(" | ")[3]: line.split(" | ")[4:] for line in lines if line.startswith("| m x diffusion")}
+    table = {line.split(" | ")[3]: line.split(" | ")[4:] for line in lines if line.startswith("| m x diffusion, seed 0 | 1 (")}
     assert table["logged"] == ["3", f"{math.sqrt(0.26):.3f}", "0.30", "0.500 |"]
     assert table["full"] == ["9", "0.000", "0.20", "0.000 |"]
-    assert all(" | 1 (0.01) | 3 | " in line for line in lines if line.startswith("| m x"))
+    assert sum(" | 1 (0.01) | 3 | " in line for line in lines) == sum(" | 3 (0.01) | 2 | " in line for line in lines) == 4
+    assert not any(" | 2 (0.01) | " in line for line in lines)
     note = next(line for line in lines if line.startswith("- m x diffusion, seed 0, run 1"))
     assert "best check is 0.20" in note and "vary by 0.041 nats" in note and "differ by 0.000" in note
-    assert sn.summarize(records[3:]) == ["No training run with two or more dev checks of an estimated dev loss."]
+    assert sn.summarize(records[3:4]) == ["No training run with two or more dev checks of an estimated dev loss."]
 
 
 @pytest.mark.parametrize("argv, message", [
