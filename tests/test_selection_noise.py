@@ -54,6 +54,7 @@ def test_every_dev_check_is_scored_again_and_training_is_untouched(offline_dir, 
         assert 1 <= n["sample"] < n["full"] == rows["diffusion"]["data"]["dev_questions"]  # --dev-tokens 150: a sample
         assert n["sample32768"] == n["full"]  # the fixture's dev slice is smaller than the default sample
         assert rec["sample32768"] == rec["full"]  # the same sequences, the same masks: the same number
+        assert rec["command"] == " ".join(_grid(offline_dir, cache_dir, studied))  # what a rerun is grouped by
         assert (rec["key"], rec["seed"], rec["run"], rec["lr"]) == (rows["diffusion"]["key"], 0, 1, rows["diffusion"]["train"]["lr"])
     printed = capsys.readouterr().out
     assert "| attention x diffusion, seed 0 | 1 (" in printed and f"wrote {bench}" in printed
