@@ -21,7 +21,6 @@ Cells must run in this process (the local executor, the default); cells whose pe
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import statistics
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import harness.cell
-from benchmarks.common import read_jsonl, with_opts
+from benchmarks.common import noise_study_main, with_opts
 from core import results
 from core.env import device_name, git_commit
 
@@ -125,34 +124,10 @@ def _pairs(records: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Every other argument goes to run_matrix.py (python run_matrix.py --help).")
-    ap.add_argument("--bench-out", type=Path, default=Path("runs/bench/bound_noise.jsonl"),
-                    help="one JSON line per cell is appended here (default: %(default)s)")
-    ap.add_argument("--mask-seeds", default=",".join(str(s) for s in range(1, 13)),
-                    help="the other mask seeds each bound is scored at, two or more (default: %(default)s)")
-    ap.add_argument("--summarize", type=Path, metavar="FILE",
-                    help="print the table of a file this benchmark wrote, and run nothing")
-    args, rest = ap.parse_known_args(argv)
-    if args.summarize:
-        if not args.summarize.is_file():
-            ap.error(f"--summarize: no file {args.summarize}")
-        print("\n".join(summarize(read_jsonl(args.summarize))))
-        return 0
-    try:
-        seeds = tuple(dict.fromkeys(int(s) for s in args.mask_seeds.split(",") if s.strip()))
-    except ValueError:
-        ap.error(f"--mask-seeds takes integers separated by commas; got {args.mask_seeds!r}")
-    if len(seeds) < 2:
-        ap.error(f"--mask-seeds needs two or more different seeds for a spread; got {args.mask_seeds!r}")
-    import run_matrix
-
-    with scoring_the_bound_again(args.bench_out, " ".join(rest), seeds):
-        rc = run_matrix.main(rest)
-    if args.bench_out.is_file():
-        print("\n".join(summarize(read_jsonl(args.bench_out))))
-        print(f"wrote {args.bench_out}")
-    return rc
+    return noise_study_main(argv, doc=__doc__, name="bound_noise", per="cell",
+                            seeds_default=",".join(str(s) for s in range(1, 13)),
+                            seeds_help="the other mask seeds each bound is scored at, two or more",
+                            scoring=scoring_the_bound_again, summarize=summarize, min_seeds=2)
 
 
 if __name__ == "__main__":

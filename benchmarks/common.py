@@ -14,12 +14,14 @@ Peak memory, by device (the row's `mem_measure` says which one was used):
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import hashlib
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -123,6 +125,43 @@ def read_jsonl(path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 raise SystemExit(f"error: {path}:{n}: not a JSON line ({e.msg})") from None
     return records
+
+
+def noise_study_main(argv: list[str] | None, *, doc: str, name: str, per: str, seeds_default: str, seeds_help: str,
+                     scoring: Callable, summarize: Callable[[list[dict[str, Any]]], list[str]],
+                     min_seeds: int = 0) -> int:
+    """The command line of a study that runs the grid under `scoring(out, command, seeds)` (a context manager
+    that appends one JSON line per `per` to `out`) and prints `summarize`'s tables of the file at the end:
+    `benchmarks.selection_noise` and `benchmarks.bound_noise`. Its own options are `--bench-out`,
+    `--mask-seeds` (integers, repeats dropped, at least `min_seeds`) and `--summarize FILE` (print, run
+    nothing); every other argument goes to run_matrix.py."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Every other argument goes to run_matrix.py (python run_matrix.py --help).")
+    ap.add_argument("--bench-out", type=Path, default=Path(f"runs/bench/{name}.jsonl"),
+                    help=f"one JSON line per {per} is appended here (default: %(default)s)")
+    ap.add_argument("--mask-seeds", default=seeds_default, help=f"{seeds_help} (default: %(default)s)")
+    ap.add_argument("--summarize", type=Path, metavar="FILE",
+                    help="print the table of a file this benchmark wrote, and run nothing")
+    args, rest = ap.parse_known_args(argv)
+    if args.summarize:
+        if not args.summarize.is_file():
+            ap.error(f"--summarize: no file {args.summarize}")
+        print("\n".join(summarize(read_jsonl(args.summarize))))
+        return 0
+    try:
+        seeds = tuple(dict.fromkeys(int(s) for s in args.mask_seeds.split(",") if s.strip()))
+    except ValueError:
+        ap.error(f"--mask-seeds takes integers separated by commas; got {args.mask_seeds!r}")
+    if len(seeds) < min_seeds:
+        ap.error(f"--mask-seeds needs {min_seeds} or more different seeds; got {args.mask_seeds!r}")
+    import run_matrix  # (here: a benchmark module imports without the grid's CLI)
+
+    with scoring(args.bench_out, " ".join(rest), seeds):
+        rc = run_matrix.main(rest)
+    if args.bench_out.is_file():
+        print("\n".join(summarize(read_jsonl(args.bench_out))))
+        print(f"wrote {args.bench_out}")
+    return rc
 
 
 def bench_row(bench: str, device: torch.device, identity: dict[str, Any], **fields: Any) -> dict[str, Any]:

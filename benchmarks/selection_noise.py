@@ -30,7 +30,6 @@ cells whose dev loss is exact (autoregressive) write nothing.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import statistics
@@ -43,7 +42,7 @@ from typing import Any, Iterator
 
 import harness.cell
 import harness.train
-from benchmarks.common import read_jsonl, with_opts
+from benchmarks.common import noise_study_main, with_opts
 from core import results
 from core.env import device_name, git_commit
 from harness.evaluate import dev_loss, dev_sample
@@ -157,32 +156,9 @@ def summarize(records: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Every other argument goes to run_matrix.py (python run_matrix.py --help).")
-    ap.add_argument("--bench-out", type=Path, default=Path("runs/bench/selection_noise.jsonl"),
-                    help="one JSON line per dev check is appended here (default: %(default)s)")
-    ap.add_argument("--mask-seeds", default="1,2,3,4,5",
-                    help="other mask seeds the dev sample is scored at (default: %(default)s)")
-    ap.add_argument("--summarize", type=Path, metavar="FILE",
-                    help="print the table of a file this benchmark wrote, and run nothing")
-    args, rest = ap.parse_known_args(argv)
-    if args.summarize:
-        if not args.summarize.is_file():
-            ap.error(f"--summarize: no file {args.summarize}")
-        print("\n".join(summarize(read_jsonl(args.summarize))))
-        return 0
-    try:
-        seeds = tuple(int(s) for s in args.mask_seeds.split(",") if s.strip())
-    except ValueError:
-        ap.error(f"--mask-seeds takes integers separated by commas; got {args.mask_seeds!r}")
-    import run_matrix
-
-    with scoring_every_check(args.bench_out, " ".join(rest), seeds):
-        rc = run_matrix.main(rest)
-    if args.bench_out.is_file():
-        print("\n".join(summarize(read_jsonl(args.bench_out))))
-        print(f"wrote {args.bench_out}")
-    return rc
+    return noise_study_main(argv, doc=__doc__, name="selection_noise", per="dev check", seeds_default="1,2,3,4,5",
+                            seeds_help="other mask seeds the dev sample is scored at",
+                            scoring=scoring_every_check, summarize=summarize)
 
 
 if __name__ == "__main__":

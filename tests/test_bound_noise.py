@@ -98,7 +98,7 @@ def test_two_cells_differences_are_measured_paired_over_their_shared_seeds():
 
 @pytest.mark.parametrize("argv, message", [
     (["--mask-seeds", "1,two"], "--mask-seeds takes integers separated by commas; got '1,two'"),
-    (["--mask-seeds", "5,5"], "--mask-seeds needs two or more different seeds for a spread; got '5,5'"),
+    (["--mask-seeds", "5,5"], "--mask-seeds needs 2 or more different seeds; got '5,5'"),
     (["--summarize", "nowhere.jsonl"], "--summarize: no file nowhere.jsonl")])
 def test_bad_input_stops_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
