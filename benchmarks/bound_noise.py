@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import harness.cell
-from benchmarks.common import noise_study_main, with_opts
+from benchmarks.common import noise_study_main, noting_cells, with_opts
 from core import results
 from core.env import device_name, git_commit
 
@@ -42,14 +42,9 @@ NO_RECORD = "No cell with an estimated bound (a masked diffusion cell) in the fi
 def scoring_the_bound_again(out: Path, command: str, mask_seeds: tuple[int, ...]) -> Iterator[None]:
     """Within the block, every cell whose bound comes with a Monte Carlo error appends one record to `out`:
     its reported NLL and error, and both again at each of `mask_seeds` other than its own `nll_seed`. The
-    cell is noted where `run_cell` starts its row (`harness.cell.base_row`); the bound is `harness.cell.eval_nll`."""
-    base_row, eval_nll = harness.cell.base_row, harness.cell.eval_nll
-    now: dict[str, Any] = {"cell": None}
+    cell is noted by `noting_cells`; the bound is `harness.cell.eval_nll`."""
+    eval_nll = harness.cell.eval_nll
     commit = git_commit()  # the code that runs (read once: the process keeps what it imported)
-
-    def noting_the_cell(cell, ctx):
-        now["cell"] = cell
-        return base_row(cell, ctx)
 
     def scored_again(model, objective, data, batch_size, device, progress=None):
         nll, se = eval_nll(model, objective, data, batch_size, device, progress=progress)
@@ -68,11 +63,12 @@ def scoring_the_bound_again(out: Path, command: str, mask_seeds: tuple[int, ...]
             "git_commit": commit})
         return nll, se
 
-    harness.cell.base_row, harness.cell.eval_nll = noting_the_cell, scored_again
-    try:
-        yield
-    finally:
-        harness.cell.base_row, harness.cell.eval_nll = base_row, eval_nll
+    with noting_cells() as now:
+        harness.cell.eval_nll = scored_again
+        try:
+            yield
+        finally:
+            harness.cell.eval_nll = eval_nll
 
 
 def summarize(records: list[dict[str, Any]]) -> list[str]:

@@ -21,8 +21,9 @@ import hashlib
 import json
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -113,6 +114,28 @@ def with_opts(objective, **opts):
     other = copy.copy(objective)
     other.opts = dataclasses.replace(objective.opts, **opts)
     return other
+
+
+@contextmanager
+def noting_cells(**fresh: Any) -> Iterator[dict[str, Any]]:
+    """Within the block, the yielded dict's "cell" is the cell whose row `run_cell` is building: a study's
+    patched function (an evaluation, a dev check) is not given the cell, so it is noted where `run_cell`
+    starts its row (`harness.cell.base_row`, looked up at call time). `fresh`: other entries set again at
+    every cell (a study's per-cell counters)."""
+    import harness.cell  # (here: `benchmarks.common` serves benchmarks that never run a cell)
+
+    base_row = harness.cell.base_row
+    now: dict[str, Any] = {"cell": None, **fresh}
+
+    def noting_the_cell(cell, ctx):
+        now.update(cell=cell, **fresh)
+        return base_row(cell, ctx)
+
+    harness.cell.base_row = noting_the_cell
+    try:
+        yield now
+    finally:
+        harness.cell.base_row = base_row
 
 
 def read_jsonl(path) -> list[dict[str, Any]]:

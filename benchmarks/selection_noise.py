@@ -42,7 +42,7 @@ from typing import Any, Iterator
 
 import harness.cell
 import harness.train
-from benchmarks.common import noise_study_main, with_opts
+from benchmarks.common import noise_study_main, noting_cells, with_opts
 from core import results
 from core.env import device_name, git_commit
 from harness.evaluate import dev_loss, dev_sample
@@ -80,14 +80,9 @@ def check_record(model, objective, sample, full, batch_size: int, device, mask_s
 def scoring_every_check(out: Path, command: str, mask_seeds: tuple[int, ...]) -> Iterator[None]:
     """Within the block, every dev check of a cell whose objective estimates its dev loss appends one
     record to `out`. The whole dev slice is the one `train` samples from (`dev_sample`, looked up at call
-    time); the cell is noted where `run_cell` starts its row (`harness.cell.base_row`)."""
-    base_row, sample, eval_point = harness.cell.base_row, harness.train.dev_sample, harness.train._Run.eval_point
-    now: dict[str, Any] = {"cell": None, "dev": None, "run": 0}
+    time); the cell is noted by `noting_cells`, which counts its training runs afresh."""
+    sample, eval_point = harness.train.dev_sample, harness.train._Run.eval_point
     commit = git_commit()  # the code that runs (read once: the process keeps what it imported)
-
-    def noting_the_cell(cell, ctx):
-        now.update(cell=cell, run=0)
-        return base_row(cell, ctx)
 
     def keeping_the_slice(dev, *args, **kwargs):  # once per call of `train`: one training run
         now["dev"], now["run"] = dev, now["run"] + 1
@@ -108,12 +103,12 @@ def scoring_every_check(out: Path, command: str, mask_seeds: tuple[int, ...]) ->
             **rec, "extra_s": round(time.perf_counter() - t0, 2), "device": device_name(str(self.device)),
             "git_commit": commit})
 
-    harness.cell.base_row, harness.train.dev_sample, harness.train._Run.eval_point = (
-        noting_the_cell, keeping_the_slice, scored_again)
-    try:
-        yield
-    finally:
-        harness.cell.base_row, harness.train.dev_sample, harness.train._Run.eval_point = base_row, sample, eval_point
+    with noting_cells(run=0) as now:  # `now["dev"]`: the whole dev slice, once `train` has sampled it
+        harness.train.dev_sample, harness.train._Run.eval_point = keeping_the_slice, scored_again
+        try:
+            yield
+        finally:
+            harness.train.dev_sample, harness.train._Run.eval_point = sample, eval_point
 
 
 def _rms(pairs: list[tuple[int, int]], x: list[float], ref: list[float]) -> float:

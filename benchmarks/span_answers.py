@@ -44,9 +44,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-import harness.cell
 import tasks.jsquad as jsquad
-from benchmarks.common import bench_row, with_opts
+from benchmarks.common import bench_row, noting_cells, with_opts
 from core import results
 from core.env import autocast
 from tasks.answer_span import SpanConstraint
@@ -100,14 +99,9 @@ def scoring_every_way(out: Path, command: str, splits: tuple[str, ...] = SPLITS)
     into `out` (benchmark rows, keyed by cell, seed, split, way and `command`: the grid's arguments).
 
     The seed is not among `evaluate`'s arguments, so the cell is noted where `run_cell` starts its row
-    (`harness.cell.base_row`, looked up at call time): without it the seeds of `--seeds 0,1,2` shared one
+    (`benchmarks.common.noting_cells`): without it the seeds of `--seeds 0,1,2` shared one
     key, and the report kept the last seed's rows only."""
-    evaluate, base_row = jsquad.JSQuAD.evaluate, harness.cell.base_row
-    running: dict[str, Any] = {}  # the cell whose evaluation runs now
-
-    def noting_the_cell(cell, ctx):
-        running["cell"] = cell
-        return base_row(cell, ctx)
+    evaluate = jsquad.JSQuAD.evaluate
 
     def scored_every_way(self, model, objective, data, device, batch_size, progress=None):
         answer_ids, made = self.answer_ids, []  # the evaluation's own answers, kept for its way below
@@ -150,11 +144,12 @@ def scoring_every_way(out: Path, command: str, splits: tuple[str, ...] = SPLITS)
                 results.append_row(out, row)
         return result
 
-    jsquad.JSQuAD.evaluate, harness.cell.base_row = scored_every_way, noting_the_cell
-    try:
-        yield
-    finally:
-        jsquad.JSQuAD.evaluate, harness.cell.base_row = evaluate, base_row
+    with noting_cells() as running:  # the cell whose evaluation runs now
+        jsquad.JSQuAD.evaluate = scored_every_way
+        try:
+            yield
+        finally:
+            jsquad.JSQuAD.evaluate = evaluate
 
 
 def answers(task, model, objective, data, items: list, device, batch_size: int,
