@@ -46,21 +46,34 @@ def scoring_the_bound_again(out: Path, command: str, mask_seeds: tuple[int, ...]
     eval_nll = harness.cell.eval_nll
     commit = git_commit()  # the code that runs (read once: the process keeps what it imported)
 
+    def by_batch(model, objective, data, batch_size, device, progress=None):
+        """`eval_nll` on a copy of `objective` whose bound notes each batch's summed NLL (nats): (NLL, error,
+        the batches' sums). The copy: the trainer's objective is left as it is."""
+        sums, copy = [], with_opts(objective)
+
+        def noted(model, batch):
+            out = objective.nll_with_variance(model, batch)
+            sums.append(float(out[0]))  # (a host read a batch: a study, not a cell)
+            return out
+
+        copy.nll_with_variance = noted
+        return (*eval_nll(model, copy, data, batch_size, device, progress=progress), sums)
+
     def scored_again(model, objective, data, batch_size, device, progress=None):
-        nll, se = eval_nll(model, objective, data, batch_size, device, progress=progress)
+        nll, se, own_sums = by_batch(model, objective, data, batch_size, device, progress=progress)
         if se is None:  # an exact perplexity: nothing to check
             return nll, se
         t0, cell, own = time.perf_counter(), now["cell"], objective.opts.nll_seed
         others = [s for s in dict.fromkeys(mask_seeds) if s != own]  # the reported draw is not counted twice
         print(f"bound_noise: {cell.label()}: the bound again at {len(others)} mask seeds", file=sys.stderr, flush=True)
-        seeds = {str(s): list(eval_nll(model, with_opts(objective, nll_seed=s), data, batch_size, device))
-                 for s in others}
+        scored = {str(s): by_batch(model, with_opts(objective, nll_seed=s), data, batch_size, device) for s in others}
         results.append_row(out, {
             "study": "bound_noise", "command": command, "key": cell.key(), "mixer": cell.mixer,
             "objective": cell.objective, "seed": cell.seed, "ppl_key": objective.ppl_key, "nll_seed": own,
             "samples": objective.opts.nll_samples, "eval_seqs": len(data), "nll": nll, "nll_mc_se": se,
-            "seeds": seeds, "extra_s": round(time.perf_counter() - t0, 2), "device": device_name(str(device)),
-            "git_commit": commit})
+            "seeds": {s: [v[0], v[1]] for s, v in scored.items()},
+            "batch_nll": {str(own): own_sums, **{s: v[2] for s, v in scored.items()}},
+            "extra_s": round(time.perf_counter() - t0, 2), "device": device_name(str(device)), "git_commit": commit})
         return nll, se
 
     with noting_cells() as now:
@@ -77,8 +90,9 @@ def summarize(records: list[dict[str, Any]]) -> list[str]:
     if not cells:
         return [NO_RECORD]
     lines = ["| cell | eval sequences | samples a sequence | bound | reported error (nats) | other seeds' errors "
-             "| sd over other seeds (nats) | reported error / sd | reported bound from the seeds' mean |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| sd over other seeds (nats) | reported error / sd | reported bound from the seeds' mean "
+             "| sd from the batches (nats) | reported error / it |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     counts = set()
     for r in cells.values():
         nlls = [v[0] for v in r["seeds"].values()]
@@ -88,14 +102,32 @@ def summarize(records: list[dict[str, Any]]) -> list[str]:
         spread = f"{min(errs):.4f}-{max(errs):.4f}"  # (every record has a seed: --mask-seeds holds two)
         ratio = f"{r['nll_mc_se'] / sd:.2f}" if sd > 0 else "-"
         z = f"{(r['nll'] - statistics.fmean(nlls)) / sd:+.1f} sd" if sd > 0 else "-"
+        sd_b = batch_sd(r)
+        ratio_b = f"{r['nll_mc_se'] / sd_b:.2f}" if sd_b > 0 else "-"
         lines.append(f"| {r['mixer']} x {r['objective']}, seed {r['seed']} | {r['eval_seqs']} | {r['samples']} | "
                      f"{math.exp(min(r['nll'], 50.0)):.1f} ± {100 * math.expm1(r['nll_mc_se']):.1f}% | "
-                     f"{r['nll_mc_se']:.4f} | {spread} | {'-' if math.isnan(sd) else f'{sd:.4f}'} | {ratio} | {z} |")
+                     f"{r['nll_mc_se']:.4f} | {spread} | {'-' if math.isnan(sd) else f'{sd:.4f}'} | {ratio} | {z} | "
+                     f"{'-' if math.isnan(sd_b) else f'{sd_b:.4f}'} | {ratio_b} |")
     n = max(counts)
     lines += ["", f"- Errors and sd are of the log-bound (nats per target token); the bound's ± is exp(error) - 1. "
               f"An sd from {n} seeds is itself uncertain by about {100 / math.sqrt(2 * max(n - 1, 1)):.0f}% "
-              f"(1 / sqrt(2 (n - 1))): a ratio within that of 1 says the reported error is right."]
+              f"(1 / sqrt(2 (n - 1))): a ratio within that of 1 says the reported error is right. Cells of one "
+              f"grid draw the same masks at a seed, so their ratios err together: not independent checks.",
+              "- Batches draw independently (each mixes its ids into the seed), so the bound's variance is also "
+              "the sum over batches of each batch's variance over all the seeds, the cell's own included: "
+              "`sd from the batches`, the same quantity known about sqrt(batches) times more finely."]
     return lines + _pairs(list(cells.values()))
+
+
+def batch_sd(record: dict[str, Any]) -> float:
+    """The log-bound's sd from its batches: sqrt(sum over batches of each batch's summed-NLL variance over the
+    seeds) / target tokens (the count: the own seed's sums over its NLL); nan without two seeds' batches
+    (records written before the study kept them)."""
+    seeds = record.get("batch_nll") or {}
+    if len(seeds) < 2 or record["nll"] <= 0:
+        return math.nan
+    count = sum(seeds[str(record["nll_seed"])]) / record["nll"]
+    return math.sqrt(sum(statistics.variance(b) for b in zip(*seeds.values()))) / count
 
 
 def _pairs(records: list[dict[str, Any]]) -> list[str]:

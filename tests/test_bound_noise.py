@@ -52,6 +52,12 @@ def test_every_estimated_bound_is_scored_again_and_the_rows_are_untouched(offlin
     nlls = [v[0] for v in rec["seeds"].values()]
     assert len({rec["nll"], *nlls}) == 4 and all(v[1] > 0 for v in rec["seeds"].values())  # other masks
     assert rec["eval_seqs"] == row["data"]["eval_questions"] and rec["samples"] == 8
+    # each seed's batches: one sum a batch, the own seed's first, adding up to that seed's NLL times one count
+    assert list(rec["batch_nll"]) == ["1234", "1", "2", "3"] and len({len(b) for b in rec["batch_nll"].values()}) == 1
+    count = sum(rec["batch_nll"]["1234"]) / rec["nll"]
+    assert count == pytest.approx(round(count)) and count > 1
+    for s, (nll, _) in rec["seeds"].items():
+        assert sum(rec["batch_nll"][s]) / count == pytest.approx(nll, rel=1e-6)
     printed = capsys.readouterr()
     assert "| attention x diffusion, seed 0 | " in printed.out and f"wrote {bench}" in printed.out
     assert "bound_noise: attention x diffusion (seed 0): the bound again at 3 mask seeds" in printed.err
@@ -73,11 +79,25 @@ def test_the_table_compares_the_reported_error_with_the_spread_over_seeds():
     lines = bn.summarize([_rec(9.0, 9.0, seeds), _rec(1.5, 0.1, seeds), _rec(2.0, 0.2, {"1": (2.1, 0.2)}, key="j"),
                           _rec(2.0, 0.2, {"1": (2.1, 0.2), "2": (2.1, 0.3)}, key="i")])
     cells = [line.split(" | ") for line in lines if line.startswith("| m x diffusion")]
-    assert cells[0][1:] == ["50", "8", "4.5 ± 10.5%", "0.1000", "0.0900-0.1200", "0.2000", "0.50", "+1.5 sd |"]
-    assert cells[1][6:] == ["-", "-", "- |"]  # one other seed: no spread, no ratio
-    assert cells[2][5:] == ["0.2000-0.3000", "0.0000", "-", "- |"]  # two that agree: a spread of 0, no ratio
+    assert cells[0][1:] == ["50", "8", "4.5 ± 10.5%", "0.1000", "0.0900-0.1200", "0.2000", "0.50", "+1.5 sd",
+                            "-", "- |"]  # (no batches recorded: no sd from them)
+    assert cells[1][6:] == ["-", "-", "-", "-", "- |"]  # one other seed: no spread, no ratio
+    assert cells[2][5:] == ["0.2000-0.3000", "0.0000", "-", "-", "-", "- |"]  # two that agree: a spread of 0
     assert any("about 50% (1 / sqrt(2 (n - 1)))" in line for line in lines)  # 3 seeds: 1/sqrt(4)
     assert bn.summarize([]) == [bn.NO_RECORD]
+
+
+def test_the_sd_from_the_batches_sums_each_batchs_variance_over_every_seed():
+    """Two batches at three seeds (the own seed 7 included): 3.0, 3.2, 2.8 (variance 0.04) and 1.0, 1.4, 0.6
+    (0.16); the own seed's sums 4.0 over its NLL 2.0: 2 target tokens; sqrt(0.2) / 2 = 0.2236, and the
+    reported 0.1 is 0.45 of it. One seed's batches give none."""
+    rec = {**_rec(2.0, 0.1, {"1": (2.2, 0.1), "2": (1.7, 0.1)}), "nll_seed": 7,
+           "batch_nll": {"7": [3.0, 1.0], "1": [3.2, 1.4], "2": [2.8, 0.6]}}
+    assert bn.batch_sd(rec) == pytest.approx(math.sqrt(0.2) / 2)
+    line = next(x for x in bn.summarize([rec]) if x.startswith("| m x diffusion"))
+    assert line.split(" | ")[-2:] == ["0.2236", "0.45 |"]
+    assert math.isnan(bn.batch_sd({**rec, "batch_nll": {"7": [3.0, 1.0]}}))
+    assert any("sqrt(batches)" in x for x in bn.summarize([rec]))
 
 
 def test_two_cells_differences_are_measured_paired_over_their_shared_seeds():
