@@ -14,7 +14,11 @@ scores the same weights on the same questions at each of `--mask-seeds` with the
 line per cell is appended to `--bench-out` (not under `results/`: reports read only grid and benchmark
 rows there); at the end, and with `--summarize FILE` for a file already written, a table: the reported
 error, the errors the other seeds report, the standard deviation of the log-bound over those seeds, their
-ratio (1 when the reported error is right), and how far the reported bound sits from the seeds' mean.
+ratio (1 when the reported error is right), how far the reported bound sits from the seeds' mean, and the
+same sd again from the batches (each batch's sums over all the seeds: batches draw independently, so
+their variances add up): the finer yardstick. An sd over a dozen seeds is itself uncertain by ~20%, and
+every cell of a grid draws the same masks at a seed, so its cells' ratios err together: a low-spread set
+of seeds once made the reported error look 1.3-1.4x too high in four cells at once (docs/diffusion-noise.md).
 
 Cells must run in this process (the local executor, the default); cells whose perplexity is exact
 (autoregressive) write nothing. Cost: one more bound evaluation per seed and cell.

@@ -172,9 +172,10 @@ COLUMNS: list[Column] = [
            doc="perplexity *upper bound* of the gold answer (masked diffusion's ELBO): not comparable to ppl"),
     Column("bound_se", "bound ± (MC)", _metric("nll_mc_se"), lambda v: f"±{100 * math.expm1(v):.1f}%", show="any",
            doc="one Monte Carlo standard error of the ppl bound, estimated from its own mask samples: "
-               "another mask seed moves the bound by about this much or less (measured 1.3-1.4x the spread "
-               "over seeds); cells of one grid share their masks, so their differences move 5-10x less "
-               "(docs/diffusion-noise.md). Rows from before 2026-12-06 have none"),
+               "another mask seed moves the bound by about this much (measured 0.95-1.0x its spread over "
+               "seeds); cells of one grid share their masks, so their differences move 6-12x less "
+               "(docs/diffusion-noise.md). Rows written before commit e37f31c (2026-12-06) estimated it from "
+               "successive differences, about 0.85-0.89x the spread; rows from before that day have none"),
     Column("vs_baseline", "vs best baseline", lambda r: r.get("_vs_baseline"), show="any", numeric=False,
            doc="primary metric minus the best non-neural baseline's, on the same evaluation items"),
     Column("peak_mem", "peak VRAM", _peak_mem, fmt_bytes, "min", show="always",

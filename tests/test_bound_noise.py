@@ -3,7 +3,8 @@ mask seeds, to check the bound's reported Monte Carlo error against its spread (
 What is tested: one record per cell with an estimated bound and none for an exact perplexity; the record's
 reported NLL and error are the row's (so the study measures the reported estimator); other seeds give other
 numbers, the cell's own seed is not counted twice; two cells' difference is measured over their shared
-seeds; the rows are the same numbers with and without the study;
+seeds; each seed's batch sums add up to its NLL, and the sd from the batches is their variances' sum;
+the rows are the same numbers with and without the study;
 the patched functions are themselves again afterwards; the table's arithmetic on known records; bad input
 in one line."""
 from __future__ import annotations
