@@ -99,6 +99,12 @@ def test_the_sd_from_the_batches_sums_each_batchs_variance_over_every_seed():
     assert line.split(" | ")[-2:] == ["0.2236", "0.45 |"]
     assert math.isnan(bn.batch_sd({**rec, "batch_nll": {"7": [3.0, 1.0]}}))
     assert any("sqrt(batches)" in x for x in bn.summarize([rec]))
+    two = {**rec, "nll": 0.5, "batch_nll": {"7": [3.0, 1.0], "1": [3.2, 1.4]}}  # two seeds are enough; 8 tokens
+    assert bn.batch_sd(two) == pytest.approx(math.sqrt(0.02 + 0.08) / 8)
+    assert math.isnan(bn.batch_sd({**rec, "nll": 0.0}))  # no count to divide by (not a ZeroDivisionError)
+    agree = {**rec, "batch_nll": {"7": [3.0, 1.0], "1": [3.0, 1.0]}}  # seeds that agree: sd 0, no ratio
+    line = next(x for x in bn.summarize([agree]) if x.startswith("| m x diffusion"))
+    assert line.split(" | ")[-2:] == ["0.0000", "- |"]
 
 
 def test_two_cells_differences_are_measured_paired_over_their_shared_seeds():
