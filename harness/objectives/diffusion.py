@@ -94,7 +94,7 @@ def collapsed_strata_variance(t: torch.Tensor) -> torch.Tensor:
     Collapsed strata: neighbouring strata are paired (the last three grouped when K is odd) and each
     group's spread counts once for every stratum in it, sum_g g/(g-1) sum_(k in g) (t_k - mean_g)^2 / K^2
     (a pair: (t_a - t_b)^2 / K^2). Why not successive differences over all K (the estimator of rows written
-    before 2026-12-06): they weight the first and last strata half as much as the others, and the first
+    before commit e37f31c): they weight the first and last strata half as much as the others, and the first
     stratum (1-3 masked tokens of JSQuAD's 24, their loss times 24/m) holds most of the variance: on
     trained models' JSQuAD regions they claimed 0.78-0.79 of the rows' variance over 25 seeds, the pairs
     0.99-1.00 (docs/diffusion-noise.md). The price: a drift of the mean with m within a pair counts as
