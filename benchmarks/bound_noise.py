@@ -51,22 +51,23 @@ def scoring_the_bound_again(out: Path, command: str, mask_seeds: tuple[int, ...]
     commit = git_commit()  # the code that runs (read once: the process keeps what it imported)
 
     def by_batch(model, objective, data, batch_size, device, progress=None):
-        """`eval_nll` on a copy of `objective` whose bound notes each batch's summed NLL (nats): (NLL, error,
-        the batches' sums). The copy: the trainer's objective is left as it is."""
+        """`eval_nll` on a copy of `objective` whose bound notes each batch's summed NLL (nats): (`eval_nll`'s
+        result, the batches' sums). The copy: the trainer's objective is left as it is."""
         sums, copy = [], with_opts(objective)
 
         def noted(model, batch):
             out = objective.nll_with_variance(model, batch)
-            sums.append(float(out[0]))  # (a host read a batch: a study, not a cell)
+            sums.append(float(out.total))  # (a host read a batch: a study, not a cell)
             return out
 
         copy.nll_with_variance = noted
-        return (*eval_nll(model, copy, data, batch_size, device, progress=progress), sums)
+        return eval_nll(model, copy, data, batch_size, device, progress=progress), sums
 
     def scored_again(model, objective, data, batch_size, device, progress=None):
-        nll, se, own_sums = by_batch(model, objective, data, batch_size, device, progress=progress)
+        reported, own_sums = by_batch(model, objective, data, batch_size, device, progress=progress)
+        nll, se = reported.nll, reported.se
         if se is None:  # an exact perplexity: nothing to check
-            return nll, se
+            return reported
         t0, cell, own = time.perf_counter(), now["cell"], objective.opts.nll_seed
         others = [s for s in dict.fromkeys(mask_seeds) if s != own]  # the reported draw is not counted twice
         print(f"bound_noise: {cell.label()}: the bound again at {len(others)} mask seeds", file=sys.stderr, flush=True)
@@ -75,10 +76,10 @@ def scoring_the_bound_again(out: Path, command: str, mask_seeds: tuple[int, ...]
             "study": "bound_noise", "command": command, "key": cell.key(), "mixer": cell.mixer,
             "objective": cell.objective, "seed": cell.seed, "ppl_key": objective.ppl_key, "nll_seed": own,
             "samples": objective.opts.nll_samples, "eval_seqs": len(data), "nll": nll, "nll_mc_se": se,
-            "seeds": {s: [v[0], v[1]] for s, v in scored.items()},
-            "batch_nll": {str(own): own_sums, **{s: v[2] for s, v in scored.items()}},
+            "seeds": {s: [v.nll, v.se] for s, (v, _) in scored.items()},
+            "batch_nll": {str(own): own_sums, **{s: sums for s, (_, sums) in scored.items()}},
             "extra_s": round(time.perf_counter() - t0, 2), "device": device_name(str(device)), "git_commit": commit})
-        return nll, se
+        return reported
 
     with noting_cells() as now:
         harness.cell.eval_nll = scored_again

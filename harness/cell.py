@@ -30,7 +30,7 @@ from harness import lr_sweep, objectives
 from harness import distributed as ddp
 from harness import pretrain as pt
 from harness.budget import Budget, BudgetMeter
-from harness.evaluate import eval_nll
+from harness.evaluate import eval_nll, with_nll
 from harness.flops import mfu
 from harness.loss import resolve_impl
 from harness.model import LM, LMConfig, count_params, matched_config, on_meta
@@ -334,8 +334,10 @@ def run_cell(cell: Cell, ctx: RunContext, warm_only: bool = False) -> dict[str, 
         samples = metrics.pop("samples", None)
         per_question = metrics.pop("per_question", None)  # {"id": [...], metric: [...]}: paired bootstrap in reports
         bound = lambda n, m: ctx.phase(f"evaluate {objective.ppl_key} {n}/{m}", 0.8 + 0.2 * n / max(m, 1))  # noqa: E731
-        nll, nll_se = eval_nll(model, objective, data.eval.to(ctx.device), tcfg.eval_batch_size, ctx.device,
-                               progress=bound)
+        nll, nll_se, nll_rows = eval_nll(model, objective, data.eval.to(ctx.device), tcfg.eval_batch_size,
+                                         ctx.device, progress=bound)
+        if nll_rows is not None and data.eval_ids is not None:
+            per_question = with_nll(per_question, data.eval_ids, nll_rows, data.eval.target_lengths)
         metrics[objective.ppl_key] = math.exp(min(nll, 50.0))
         if nll_se is not None:  # a Monte Carlo bound: how far another draw of its masks would move log(ppl)
             metrics["nll_mc_se"] = nll_se

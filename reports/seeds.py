@@ -4,8 +4,11 @@ the learning-rate sweeps that chose each cell's rate. Statistics in reports/stat
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
+
+import numpy as np
 
 from core.schema import Metric, declared_metrics
 from reports import stats
@@ -60,6 +63,23 @@ def vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None, key
     return f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] {mark} ({d.n_questions} q{seeds})"
 
 
+def ppl_vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> str:
+    """A cell's perplexity (or bound) over the attention cell's, paired by question: '×0.912 [×0.898, ×0.927]
+    **yes** (500 q)', '… no', or 'n/a: why'. The log of the ratio is sum(NLL - attention's NLL) / sum(target
+    tokens) over the questions (`per_question.nll`, `.targets`), bootstrapped over the questions."""
+    if base is None:
+        return f"n/a: no {BASELINE_MIXER} cell"
+    got, n = stats.aligned_scores(rs, base, "nll"), stats.aligned_scores(rs, base, "targets")
+    if isinstance(got, str) or isinstance(n, str):
+        return f"n/a: {got if isinstance(got, str) else n}"
+    if not (n[0] == n[0][:1]).all() or not np.array_equal(n[0], n[1]):
+        return "n/a: not scored on the same target tokens"
+    d = stats.paired_bootstrap(*got, weights=n[0][0])
+    mark = "**yes**" if d.significant else "no"
+    seeds = f", {d.n_seeds} seeds" if d.n_seeds > 1 else ""
+    return f"×{math.exp(d.diff):.3f} [×{math.exp(d.lo):.3f}, ×{math.exp(d.hi):.3f}] {mark} ({d.n_questions} q{seeds})"
+
+
 def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
     """Aggregated table (one line per configuration) and its legend; [] when there are no ok models."""
     groups = _groups(rows)
@@ -74,10 +94,14 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
     sweeps = any(k[3] for k in groups)
     swept = any(r.get("lr_sweep") for rs in groups.values() for r in rs)
     compare = key is not None and len({k[0] for k in groups}) > 1  # the headline metric, per question
+    # the perplexities, per question: rows that kept each question's NLL (`per_question.nll`)
+    compare_ppl = len({k[0] for k in groups}) > 1 and any(
+        "nll" in (r.get("per_question") or {}) for rs in groups.values() for r in rs)
     name = declared(rows, key).header
     head = ["mixer", "objective", *(["norm"] if norms else []), *(["sweep"] if sweeps else []), "seeds",
             *(m.header for m in metrics), "lr", *(["LR sweep cost (per seed)"] if swept else []),
-            *([f"Δ {name} vs {BASELINE_MIXER} [95% CI] significant?"] if compare else [])]
+            *([f"Δ {name} vs {BASELINE_MIXER} [95% CI] significant?"] if compare else []),
+            *([f"ppl ÷ {BASELINE_MIXER}'s [95% CI] significant?"] if compare_ppl else [])]
     n_text = 2 + norms + sweeps  # mixer, objective, norm, sweep: text, left-aligned; the numbers right
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join("---" if i < n_text else "---:" for i in range(len(head))) + "|"]
@@ -106,6 +130,9 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
                 cells.append("(reference)")
             else:
                 cells.append(vs_baseline(rs, base_of.get((obj, norm, sweep, rs[0].get("_shared_variant", var))), key))
+        if compare_ppl:
+            base = base_of.get((obj, norm, sweep, rs[0].get("_shared_variant", var)))
+            cells.append("(reference)" if mixer == BASELINE_MIXER else ppl_vs_baseline(rs, base))
         lines.append("| " + " | ".join(cells) + " |")
     legend = ["Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "
               "95% Student-t interval over seeds (n = seeds); *n=1, no interval* means a single run, whose "
@@ -116,6 +143,14 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
                       f"paired-bootstrap interval ({stats.RESAMPLES:,} resamples of the questions, seed {stats.SEED}); "
                       "**yes** = the interval excludes 0 (significant at the 5% level, two-sided). It covers question "
                       "sampling for these seeds; the ± columns show the seed-to-seed spread.")
+    if compare_ppl:
+        legend.append(f"ppl ÷ {BASELINE_MIXER}'s: the cell's perplexity (for masked diffusion its bound) over the "
+                      f"{BASELINE_MIXER} cell's of the same objective and pretraining, paired by question: the log of "
+                      "the ratio is the summed per-question NLL difference over the target tokens, with its 95% "
+                      f"paired-bootstrap interval ({stats.RESAMPLES:,} resamples of the questions, seed {stats.SEED}); "
+                      "**yes** = the interval excludes ×1. A bound's cells draw the same masks for the same "
+                      "questions, so most of its Monte Carlo error (the ± of `bound ± (MC)`) cancels in the ratio; "
+                      "what is left is in the per-question differences the bootstrap resamples.")
     if swept:
         legend.append("lr: the rate each cell trained at, chosen by its learning-rate sweep (below); the sweep's cost "
                       "is not part of the budget.")

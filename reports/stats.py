@@ -88,23 +88,32 @@ class PairedDiff:
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, level: float = LEVEL,
-                     seed: int = SEED) -> PairedDiff:
+                     seed: int = SEED, weights: np.ndarray | None = None) -> PairedDiff:
     """Percentile bootstrap of mean(a - b), resampling questions; `a`, `b`: (seeds, questions) or
-    (questions,) arrays of per-question scores, aligned (same questions, same seeds, same order)."""
+    (questions,) arrays of per-question scores, aligned (same questions, same seeds, same order).
+    `weights` (questions,): the statistic is sum(a - b) / sum(weights) over the resampled questions
+    instead, e.g. summed NLLs over target tokens: a difference of log-perplexities, whose questions
+    weigh by their length."""
     a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
     if a.shape != b.shape or a.shape[1] == 0:
         raise ValueError(f"paired_bootstrap needs equal, non-empty shapes, got {a.shape} and {b.shape}")
     d = (a - b).mean(axis=0)  # (Q,): per-question difference, averaged over seeds
     q = d.size
+    w = None if weights is None else np.asarray(weights, float)
+    if w is not None and (w.shape != (q,) or not np.all(w >= 0) or w.sum() <= 0):
+        raise ValueError(f"paired_bootstrap needs {q} non-negative weights with a positive sum")
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     chunk = max(1, 2_000_000 // q)  # bounded memory: resample indices in blocks
     for s in range(0, resamples, chunk):
         n = min(chunk, resamples - s)
-        means[s:s + n] = d[rng.integers(0, q, size=(n, q))].mean(axis=1)
+        idx = rng.integers(0, q, size=(n, q))
+        # (a resample of only weightless questions, e.g. NLLs over no target token, all 0: 0 / tiny = 0)
+        means[s:s + n] = d[idx].mean(axis=1) if w is None else d[idx].sum(axis=1) / np.maximum(w[idx].sum(axis=1), 1e-300)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return PairedDiff(float(d.mean()), float(lo), float(hi), q, a.shape[0], resamples, level)
+    point = d.mean() if w is None else d.sum() / w.sum()
+    return PairedDiff(float(point), float(lo), float(hi), q, a.shape[0], resamples, level)
 
 
 def aligned_scores(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], metric: str

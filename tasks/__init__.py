@@ -57,6 +57,9 @@ class TaskData:
     # the dev slice's items, shaped like `items`: where a way of answering (a decoder) may be chosen on held-out
     # training data rather than on the evaluation split (benchmarks.span_answers); empty if a task has none
     dev_items: list[Any] = field(default_factory=list)
+    # each `eval` row's id in `evaluate`'s `per_question` (None: no per-question scores): the harness puts each
+    # question's NLL beside its scores there, so a report can pair two cells' perplexities question by question
+    eval_ids: list[Any] | None = None
 
 
 @dataclass

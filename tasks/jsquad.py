@@ -224,7 +224,7 @@ class JSQuAD(Task):
         return TaskData(protocol, tok.special, tok.vocab_size, train[0], dev[0], eval_set,
                         items=[(p, it) for p, it in zip(prompts, eval_items)], info=info, decode=tok.decode,
                         tokenizer=tok, passages=list(dict.fromkeys(it.paragraph for it in train_items)),
-                        dev_items=self._dev_prompts(enc, dev_items))
+                        dev_items=self._dev_prompts(enc, dev_items), eval_ids=[it.qid for it in eval_items])
 
     def _dev_prompts(self, enc: _Encoder, items: list[QAItem]) -> list[tuple[list[int], QAItem]]:
         """The dev slice's questions as evaluation prompts (`TaskData.dev_items`); built after `info` took the

@@ -251,7 +251,7 @@ class MQAR(Task):
                 "elimination_accuracy": elimination_accuracy(cfg)}
         ctx.log(f"[mqar] {cfg.protocol}: {n_train} train / {o.dev_seqs} dev / {o.eval_seqs} eval sequences")
         return TaskData(cfg.protocol, SPECIAL, cfg.vocab_size, sets["train"], sets["dev"], sets["eval"],
-                        items=[], info=info)
+                        items=[], info=info, eval_ids=list(range(len(sets["eval"]))))
 
     def model_preset(self, preset: Preset, vocab_size: int, d_model: int = 0) -> Preset:
         """The preset's body at the task's vocabulary: target = body * (d / d_preset)^2 + vocab * d

@@ -213,3 +213,21 @@ def test_a_sweeps_short_runs_start_from_the_full_runs_initialisation(tmp_path, m
     assert row["status"] == "ok", row.get("error")
     assert len(row["lr_sweep"]["table"]) == 2 and len(inits) == 3  # two short runs, then the full run
     assert all(torch.equal(w, inits[-1]) for w in inits)
+
+
+def test_with_nll_puts_each_questions_nll_beside_its_scores_in_their_id_order():
+    """The cell's per-question NLL: by id, in the order of the task's per-question scores (here the reverse
+    of the evaluation rows'), or the whole record from the rows' ids when the task keeps no scores; ids that
+    are not the scores' questions, or repeat, are refused (the pairing would be wrong)."""
+    import numpy as np
+
+    from harness.evaluate import with_nll
+
+    ids, nll, targets = ["a", "b", "c"], np.array([1.23456, 2.0, 3.5]), np.array([2, 1, 4])
+    got = with_nll({"id": ["c", "a", "b"], "f1": [0.5, 0.1, 0.2]}, ids, nll, targets)
+    assert got == {"id": ["c", "a", "b"], "f1": [0.5, 0.1, 0.2], "nll": [3.5, 1.2346, 2.0], "targets": [4, 2, 1]}
+    assert with_nll(None, ids, nll, targets) == {"id": ids, "nll": [1.2346, 2.0, 3.5], "targets": [2, 1, 4]}
+    with pytest.raises(ValueError, match="not on the evaluation rows"):
+        with_nll({"id": ["a", "b", "z"], "f1": [0, 0, 0]}, ids, nll, targets)
+    with pytest.raises(ValueError, match="distinct: 2"):
+        with_nll(None, ["a", "a", "b"], nll, targets)

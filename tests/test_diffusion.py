@@ -739,16 +739,39 @@ def test_bound_error_is_zero_when_every_draw_agrees_and_absent_when_exact():
     cpu = torch.device("cpu")
     model = Denoiser(lambda ids: torch.full(ids.shape, 0.3))
     batch = _SE_DATA.batch(np.arange(len(_SE_DATA)))
-    s, n, var = _obj(eos_fill=False, nll_samples=4).nll_with_variance(model, batch)
+    s, n, var, _ = _obj(eos_fill=False, nll_samples=4).nll_with_variance(model, batch)
     assert (s.item(), n.item()) == pytest.approx((100 * -math.log(0.3), 100), rel=1e-5) and var.item() < 1e-9
     assert _obj(eos_fill=False, nll_samples=1).nll_with_variance(model, batch)[2] is None
-    nll, se = eval_nll(model, _obj(eos_fill=False, nll_samples=4), _SE_DATA, 5, cpu)
+    nll, se, _ = eval_nll(model, _obj(eos_fill=False, nll_samples=4), _SE_DATA, 5, cpu)
     assert nll == pytest.approx(-math.log(0.3), rel=1e-5) and se == pytest.approx(0.0, abs=1e-6)
     assert eval_nll(model, _obj(eos_fill=False, nll_samples=1), _SE_DATA, 5, cpu)[1] is None
     one = SeqSet.from_lists([[2, 9, 4, 6]], [[False, False, False, True]], SP.pad)  # one target token in all
     assert eval_nll(model, _obj(eos_fill=False, nll_samples=4), one, 5, cpu)[0] == pytest.approx(-math.log(0.3), rel=1e-5)
     ar = objectives.build("autoregressive", SP, "chunked")
     assert eval_nll(_lm(causal=True), ar, _qa(QA), 2, cpu)[1] is None
+
+
+def test_eval_nll_puts_each_rows_nll_on_its_own_row():
+    """What the report pairs two cells by (`per_question.nll`): batches run in length order, not row order,
+    and each row's NLL must land on its own row. Autoregressive: a row's NLL in a batch equals the row
+    scored alone; the bound with a constant denoiser: a row's is its target count x -log 0.3, and a row
+    without a target token scores 0. Both add up to the reported NLL."""
+    from harness.evaluate import eval_nll
+
+    cpu = torch.device("cpu")
+    data = _qa(QA)
+    assert data.eval_order().tolist() != list(range(len(data)))  # lengths differ: a permutation
+    ar, model = objectives.build("autoregressive", SP, "chunked"), _lm(causal=True)
+    got = eval_nll(model, ar, data, 2, cpu)
+    alone = [eval_nll(model, ar, data.subset(np.array([i])), 1, cpu).nll * data.target_lengths[i] for i in range(3)]
+    assert got.rows == pytest.approx(alone, rel=1e-5) and len(set(np.round(alone, 3))) == 3
+    assert got.rows.sum() / data.target_lengths.sum() == pytest.approx(got.nll, rel=1e-6)
+    sizes = [3, 0, 5, 1]  # target tokens per row; the row lengths differ too
+    rows = SeqSet.from_lists([[2] + [8] * (4 - i) + [4] + [6] * n for i, n in enumerate(sizes)],
+                             [[False] * (6 - i) + [True] * n for i, n in enumerate(sizes)], SP.pad)
+    bound = eval_nll(Denoiser(lambda ids: torch.full(ids.shape, 0.3)), _obj(eos_fill=False, nll_samples=4), rows, 3, cpu)
+    assert bound.rows == pytest.approx([-math.log(0.3) * n for n in sizes], rel=1e-5)
+    assert bound.nll == pytest.approx(-math.log(0.3), rel=1e-5)
 
 
 @pytest.mark.parametrize("table, K", [(_by_column, 2), (_by_column, 8), (_by_left_neighbour, 8)])
@@ -765,8 +788,8 @@ def test_bound_standard_error_matches_its_spread_over_mask_seeds(table, K):
     model, cpu = Denoiser(table), torch.device("cpu")
     runs = [eval_nll(model, _obj(eos_fill=False, nll_samples=K, nll_seed=seed), _SE_DATA, 5, cpu)
             for seed in range(150)]
-    spread = float(np.std([v for v, _ in runs], ddof=1))
-    claimed = math.sqrt(float(np.mean([se ** 2 for _, se in runs])))
+    spread = float(np.std([r.nll for r in runs], ddof=1))
+    claimed = math.sqrt(float(np.mean([r.se ** 2 for r in runs])))
     assert spread > 0.02
     assert 0.8 < claimed / spread < 1.25, (claimed, spread)
     # the reported number is `nll`'s, unchanged by asking for the error
@@ -791,7 +814,7 @@ def test_each_rows_estimated_variance_matches_its_variance_over_mask_seeds(table
         obj = _obj(eos_fill=False, nll_samples=8, nll_seed=seed)
         for r in range(R):  # a batch of one row: its own draws
             with torch.no_grad():
-                total, _, var = obj.nll_with_variance(model, data.batch(np.array([r])))
+                total, _, var, _ = obj.nll_with_variance(model, data.batch(np.array([r])))
             sums[seed, r], claimed[seed, r] = total.item(), var.item()
     ratio = claimed.mean(0).sum() / sums.var(0, ddof=1).sum()
     assert 0.85 < ratio < 1.15, ratio

@@ -57,7 +57,12 @@ def test_smoke_grid_writes_complete_rows_and_resumes(offline_dir, tmp_path, cach
             assert "nll_mc_se" not in m
         assert m["peak_mem_bytes"] is None  # CPU
         assert r["params"] > 0 and r["tokens_seen"] >= 3000 and r["loss_curve"]
+        # each question's NLL beside its scores, in the same id order: together they are the perplexity
+        pq = r["per_question"]
+        assert len(pq["nll"]) == len(pq["targets"]) == len(pq["f1"]) == m["eval_n"] and min(pq["targets"]) > 0
+        assert math.exp(sum(pq["nll"]) / sum(pq["targets"])) == pytest.approx(m[ppl], rel=1e-4)
     assert (out / "reports" / "t" / "README.md").exists()
+    assert "ppl ÷ attention's" in (out / "reports" / "t" / "README.md").read_text()
 
     capsys.readouterr()
     assert run_matrix.main(_args(offline_dir, out, cache_dir)) == 0

@@ -3,6 +3,7 @@ learnability by attention, and the run_matrix rows / report / sweep."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +291,8 @@ def test_grid_rows_and_report_carry_recall_accuracy(tmp_path, capsys):
 
     pq = row["per_question"]  # the paired bootstrap's input, as a JSQuAD row carries F1
     assert sorted(pq["id"]) == list(range(16)) and abs(sum(pq["accuracy"]) / 16 - m["accuracy"]) < 1e-6
+    # each sequence's NLL over its queried values, by the same ids: together they are the perplexity
+    assert pq["targets"] == [4] * 16 and math.exp(sum(pq["nll"]) / 64) == pytest.approx(m["ppl"], rel=1e-4)
     a, b = stats.aligned_scores([row], [row], "accuracy")
     assert a.shape == (1, 16) and (a == b).all()
     assert "accuracy=" in capsys.readouterr().out  # the declared metric, by its key

@@ -328,3 +328,48 @@ def test_lr_sweep_section_in_full():
         "| mamba | diffusion | 0 | 6.000 | — | **5.500** | 0.01 | 2,000 | 8 |", "",
         "The sweeps cost 5,000 training tokens (25% of the full runs' 20,000 tokens) and 20 s of wall time in all "
         "(dev evaluations included), on top of the per-cell budget."]
+
+
+def test_weighted_paired_bootstrap_is_a_ratio_of_sums_over_the_resampled_questions():
+    """With weights the statistic is sum(a - b) / sum(weights): differences proportional to the weights
+    give the same ratio in every resample (interval [1, 1]), where the unweighted mean moves with the
+    questions drawn (2 at the point, between 1 and 3)."""
+    a, b, w = np.array([1.0, 3.0]), np.zeros(2), np.array([1.0, 3.0])
+    d = stats.paired_bootstrap(a, b, resamples=500, weights=w)
+    assert (d.diff, d.lo, d.hi) == pytest.approx((1.0, 1.0, 1.0)) and d.significant
+    plain = stats.paired_bootstrap(a, b, resamples=500)
+    assert plain.diff == 2.0 and plain.lo == 1.0 and plain.hi == 3.0
+    with pytest.raises(ValueError, match="non-negative weights"):
+        stats.paired_bootstrap(a, b, weights=np.array([1.0]))
+
+
+def _nll_row(mixer: str, seed: int, nll: list[float], targets: list[int], objective="diffusion"):
+    r = _row(mixer, seed, [0.5] * len(nll), objective=objective)
+    r["per_question"].update(nll=list(nll), targets=list(targets))
+    return r
+
+
+def test_seed_section_pairs_perplexities_by_question_as_a_ratio():
+    """The perplexity column: exp(sum of the NLL differences / target tokens). One nat less on every
+    target token is x e^-1 = x0.368 of attention's, whatever the questions drawn; noise that cancels on
+    average is not significant; rows without per-question NLLs, or on other target tokens, say why not."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(1, 6, size=300)
+    base = rng.uniform(1, 4, size=300) * targets  # summed NLL per question
+    noise = rng.normal(0, 1, size=300)
+    rows = [_nll_row("attention", 0, base, targets), _nll_row("better", 0, base - targets, targets),
+            _nll_row("noisy", 0, base + noise - noise.mean(), targets),
+            _nll_row("other", 0, base, targets + 1), _row("old", 0, [0.5] * 300, objective="diffusion")]
+    text = "\n".join(seeds.seed_section(rows, "f1"))
+    line = {l.split(" | ")[0].strip("| "): l for l in text.splitlines() if l.startswith("| ")}
+    assert "ppl ÷ attention's [95% CI] significant?" in line["mixer"]
+    assert "×0.368 [×0.368, ×0.368] **yes** (300 q)" in line["better"]
+    assert "×1.000 [" in line["noisy"] and line["noisy"].endswith("no (300 q) |")
+    assert "n/a: not scored on the same target tokens" in line["other"]
+    assert "n/a: no per-question scores" in line["old"].split(" | ")[-1]
+    assert line["attention"].endswith("(reference) | (reference) |")
+    assert "paired by question" in text
+    # rows without any per-question NLL (written before they were recorded): no such column
+    for r in rows:
+        r["per_question"].pop("nll", None) if "per_question" in r else None
+    assert "ppl ÷" not in "\n".join(seeds.seed_section(rows, "f1"))

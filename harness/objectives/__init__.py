@@ -9,7 +9,7 @@ e.g. JSQuAD's answers restricted to spans of the context).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, NamedTuple, Protocol, Sequence
 
 import torch
 
@@ -47,6 +47,16 @@ def allowed_mask(allowed: Sequence[Sequence[int]], vocab: int, device: torch.dev
     for r, ids in enumerate(allowed):
         m[r, list(ids)] = True
     return m.to(device)
+
+
+class NLLSums(NamedTuple):
+    """One batch's reported NLL (`Objective.nll_with_variance`)."""
+    total: torch.Tensor  # () summed NLL of the target tokens, nats
+    count: torch.Tensor  # () target tokens
+    variance: torch.Tensor | None  # () Monte Carlo variance of `total` over the estimator's draws; None: exact
+    # (B,) each row's share of `total` (None: not split by row). Rows are questions: two cells scored on the
+    # same questions are then compared question by question (the report's paired perplexity ratio)
+    rows: torch.Tensor | None
 
 
 class Objective:
@@ -89,13 +99,15 @@ class Objective:
         """(summed NLL of target tokens, number of target tokens): exp(sum / n) is the perplexity."""
         raise NotImplementedError
 
-    def nll_with_variance(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """`nll`'s (sum, count) and the variance of that sum over the estimator's own randomness, from the
-        same forward passes: None for an exact NLL (nothing is sampled). An objective whose reported NLL is
-        a Monte Carlo estimate (masked diffusion's bound) overrides it, so the row can say how far another
-        draw of its samples would move the number (`metrics.nll_mc_se`)."""
+    def nll_with_variance(self, model, batch: Batch) -> NLLSums:
+        """`nll`'s (sum, count), the variance of that sum over the estimator's own randomness, and each
+        row's share of the sum, from the same forward passes. The variance is None for an exact NLL (nothing
+        is sampled): an objective whose reported NLL is a Monte Carlo estimate (masked diffusion's bound)
+        gives it, so the row can say how far another draw of its samples would move the number
+        (`metrics.nll_mc_se`). The rows are None in this default (an objective that can split its sum by
+        row gives them, at no extra pass): the cell keeps them per question (`per_question.nll`)."""
         s, c = self.nll(model, batch)
-        return s, c, None
+        return NLLSums(s, c, None, None)
 
     def selection_nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """`nll` as the trainer's dev checks compute it for checkpoint selection: the same by default;

@@ -19,7 +19,7 @@ import torch
 
 from core.data import Batch, padded_rows, upload
 from harness.loss import token_nll
-from harness.objectives import AnswerConstraint, Objective, allowed_mask, cut_at_eos, register
+from harness.objectives import AnswerConstraint, NLLSums, Objective, allowed_mask, cut_at_eos, register
 
 DECODES = ("state", "rerun")
 
@@ -43,9 +43,10 @@ class Autoregressive(Objective):
         if opts.decode not in DECODES:
             raise ValueError(f"autoregressive: decode must be one of {', '.join(DECODES)}, got {opts.decode!r}")
 
-    def _nll(self, model, batch: Batch, use: torch.Tensor) -> torch.Tensor:
+    def _nll(self, model, batch: Batch, use: torch.Tensor, by_row: bool = False):
         """NLL of predicting ids[:, t+1] from the prefix at every position whose next token is real
-        (pads get no logits), times `use`: (n,) fp32, n = real tokens - rows. Callers sum it.
+        (pads get no logits), times `use`: (n,) fp32, n = real tokens - rows. Callers sum it. `by_row`:
+        ((n,) terms, (B,) each row's sum of them).
 
         The positions are picked without a host-device sync: their number is known on the host
         (`batch.n_tokens` minus one per row: rows are right-padded and never empty), and a stable
@@ -59,7 +60,12 @@ class Autoregressive(Objective):
         h = h.reshape(-1, h.shape[-1]).index_select(0, pos)  # (n, D)
         u = use.reshape(-1).index_select(0, pos)
         y = batch.ids[:, 1:].reshape(-1).index_select(0, pos).masked_fill(~u, 0)
-        return token_nll(h, model.head_weight, y, self.loss_impl) * u
+        out = token_nll(h, model.head_weight, y, self.loss_impl) * u
+        if not by_row:
+            return out
+        # (B,) each row's sum: flat position p is row p // (T-1); added on the device, no read back
+        rows = torch.zeros(batch.ids.shape[0], dtype=out.dtype, device=out.device)
+        return out, rows.index_add_(0, pos // max(batch.ids.shape[1] - 1, 1), out)
 
     def _use(self, batch: Batch, answer_only: bool) -> torch.Tensor:
         use = batch.pad_mask[:, 1:]
@@ -77,6 +83,12 @@ class Autoregressive(Objective):
     def nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         use = self._use(batch, True)
         return self._nll(model, batch, use).sum(), use.sum()
+
+    def nll_with_variance(self, model, batch: Batch) -> NLLSums:
+        """`nll` (the same sum, to the bit), exact (no variance), with each row's share of it."""
+        use = self._use(batch, True)
+        terms, rows = self._nll(model, batch, use, by_row=True)
+        return NLLSums(terms.sum(), use.sum(), None, rows)
 
     @torch.no_grad()
     def predict_targets(self, model, batch: Batch) -> torch.Tensor:

@@ -74,7 +74,7 @@ import torch
 
 from core.data import Batch, padded_rows, upload
 from harness.loss import token_nll
-from harness.objectives import AnswerConstraint, Objective, allowed_mask, cut_at_eos, register
+from harness.objectives import AnswerConstraint, NLLSums, Objective, allowed_mask, cut_at_eos, register
 
 MASK_ON = ("answer", "all")
 REMASKING = ("low_confidence", "random")
@@ -306,8 +306,9 @@ class MaskedDiffusion(Objective):
         """(summed upper bound on -log p(answer region | prompt), number of target tokens)."""
         return self._bound(model, batch, self.opts.nll_samples)
 
-    def nll_with_variance(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """`nll` and the variance of its sum over the mask draws, estimated from its own `nll_samples`
+    def nll_with_variance(self, model, batch: Batch) -> NLLSums:
+        """`nll`, each row's share of it (its mean over the K draws), and the variance of its sum over the
+        mask draws, estimated from its own `nll_samples`
         samples at no extra forward pass (None with one sample). A row's K terms are independent draws, one
         per stratum of m, and rows are independent, so Var(sum) = sum_rows Var(mean_k term), each row's
         from its collapsed strata (`collapsed_strata_variance`: neighbouring strata paired). The plain
@@ -339,7 +340,8 @@ class MaskedDiffusion(Objective):
         return ((ids + 1) * weights).sum(1).mul(rows).sum()
 
     def _bound(self, model, batch: Batch, K: int, variance: bool = False):
-        """(summed bound, target count), with the sum's estimated Monte Carlo variance third when asked."""
+        """(summed bound, target count); with `variance`, `NLLSums`: its estimated Monte Carlo variance too
+        (None at K = 1) and each row's bound."""
         region = self.region(batch)
         dev = region.ids.device
         n = region.target.sum(1)  # (B,) region size, filler included
@@ -360,9 +362,9 @@ class MaskedDiffusion(Objective):
             terms.append(term)
         if not variance:
             return total / K, region.n_target.sum()
-        if K == 1:
-            return total / K, region.n_target.sum(), None
-        return total / K, region.n_target.sum(), collapsed_strata_variance(torch.stack(terms, 1)).sum()
+        draws = torch.stack(terms, 1)  # (B, K)
+        var = None if K == 1 else collapsed_strata_variance(draws).sum()
+        return NLLSums(total / K, region.n_target.sum(), var, draws.mean(1))
 
     # ------------------------------------------------------------------ prediction and sampling
 
