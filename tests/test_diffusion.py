@@ -759,13 +759,18 @@ def test_eval_nll_puts_each_rows_nll_on_its_own_row():
     from harness.evaluate import eval_nll
 
     cpu = torch.device("cpu")
-    data = _qa(QA)
-    assert data.eval_order().tolist() != list(range(len(data)))  # lengths differ: a permutation
     ar, model = objectives.build("autoregressive", SP, "chunked"), _lm(causal=True)
-    got = eval_nll(model, ar, data, 2, cpu)
-    alone = [eval_nll(model, ar, data.subset(np.array([i])), 1, cpu).nll * data.target_lengths[i] for i in range(3)]
-    assert got.rows == pytest.approx(alone, rel=1e-5) and len(set(np.round(alone, 3))) == 3
-    assert got.rows.sum() / data.target_lengths.sum() == pytest.approx(got.nll, rel=1e-6)
+    # the last row's answer starts right after BOS: in one batch of 4 its targets sit early in the third row
+    data = _qa(QA + [([2], [9, 10, 11, 12, 13, 14])])
+    assert data.eval_order().tolist() == [1, 0, 3, 2]  # lengths differ: batches run in another order
+    for bs in (2, 4):
+        got = eval_nll(model, ar, data, bs, cpu)
+        alone = [eval_nll(model, ar, data.subset(np.array([i])), 1, cpu).nll * data.target_lengths[i] for i in range(4)]
+        assert got.rows == pytest.approx(alone, rel=1e-5) and len(set(np.round(alone, 3))) == 4
+        assert got.rows.sum() / data.target_lengths.sum() == pytest.approx(got.nll, rel=1e-6)
+    # the shortest rows there are: BOS and a scored EOS, two to a batch
+    eos_only = _qa([([2], []), ([2], [])])
+    assert eval_nll(model, ar, eos_only, 2, cpu).rows.tolist() == pytest.approx([eval_nll(model, ar, eos_only, 2, cpu).nll] * 2)
     sizes = [3, 0, 5, 1]  # target tokens per row; the row lengths differ too
     rows = SeqSet.from_lists([[2] + [8] * (4 - i) + [4] + [6] * n for i, n in enumerate(sizes)],
                              [[False] * (6 - i) + [True] * n for i, n in enumerate(sizes)], SP.pad)

@@ -339,8 +339,9 @@ def test_weighted_paired_bootstrap_is_a_ratio_of_sums_over_the_resampled_questio
     assert (d.diff, d.lo, d.hi) == pytest.approx((1.0, 1.0, 1.0)) and d.significant
     plain = stats.paired_bootstrap(a, b, resamples=500)
     assert plain.diff == 2.0 and plain.lo == 1.0 and plain.hi == 3.0
-    with pytest.raises(ValueError, match="non-negative weights"):
-        stats.paired_bootstrap(a, b, weights=np.array([1.0]))
+    for bad in ([1.0], [0.0, 0.0], [-1.0, 2.0]):  # one per question, none negative, not all 0
+        with pytest.raises(ValueError, match="non-negative weights"):
+            stats.paired_bootstrap(a, b, weights=np.array(bad))
 
 
 def _nll_row(mixer: str, seed: int, nll: list[float], targets: list[int], objective="diffusion"):
@@ -369,6 +370,14 @@ def test_seed_section_pairs_perplexities_by_question_as_a_ratio():
     assert "n/a: no per-question scores" in line["old"].split(" | ")[-1]
     assert line["attention"].endswith("(reference) | (reference) |")
     assert "paired by question" in text
+    # two cells over two seeds: the column, its seeds named
+    two = [_nll_row(m, sd, base - (targets if m == "better" else 0), targets) for m in ("attention", "better")
+           for sd in (0, 1)]
+    assert "×0.368 [×0.368, ×0.368] **yes** (300 q, 2 seeds)" in "\n".join(seeds.seed_section(two, "f1"))
+    # one mixer: nothing to compare with; NLLs kept without their target counts: not paired
+    assert "ppl ÷" not in "\n".join(seeds.seed_section(two[:2], "f1"))
+    del two[2]["per_question"]["targets"], two[3]["per_question"]["targets"]
+    assert "n/a: no per-question scores" in "\n".join(seeds.seed_section(two, "f1")).splitlines()[3]
     # rows without any per-question NLL (written before they were recorded): no such column
     for r in rows:
         r["per_question"].pop("nll", None) if "per_question" in r else None
