@@ -44,7 +44,10 @@ def _sums(model, data: SeqSet, batch_size: int, device: torch.device, fn: Callab
         tot += s.float()
         n += c
         var = None if v is None or var is None else var + v.float()
-        rows = None if r is None or rows is None else [*rows, r.float()]
+        if r is None:
+            rows = None
+        elif rows is not None:
+            rows.append(r.float())
         done += batch.ids.shape[0]
         if progress:
             progress(done, len(data))
