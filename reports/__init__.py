@@ -225,6 +225,7 @@ def group_section(task: str, protocol: str, rows: list[dict[str, Any]], out_dir:
                                                                      out_dir / f"{prefix}_{key}_vs_seq_len.png")))
             figs.append(("vs width", figures.sweep_curves(rows, key, "d_model", "seq_len", title,
                                                            out_dir / f"{prefix}_{key}_vs_width.png")))
+    figs.append(("perplexity against attention", figures.ppl_ratio(rows, title, out_dir / f"{prefix}_ppl_ratio.png")))
     drawn = [(alt, p) for alt, p in figs if p is not None]
     if drawn:
         lines += ["### Figures", ""]

@@ -162,6 +162,39 @@ def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path)
     return _save(fig, path)
 
 
+def ppl_ratio(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:
+    """Each configuration's perplexity (bound, for masked diffusion) over attention's of the same objective,
+    paired by question (the table's `ppl ÷ attention's` column, `reports.seeds.ppl_ratio`), with its 95%
+    bootstrap interval, on a log axis around 1; one colour per objective. None when no row pairs."""
+    from reports.seeds import BASELINE_MIXER, ppl_ratios
+
+    got = sorted(ppl_ratios(rows), key=lambda x: (x[0]["objective"], _bar_name(x[0])))
+    if not got:
+        return None
+    colors = palette([r["objective"] for r, _ in got])
+    with _style():
+        fig, axes = _figure(size=(9.0, max(2.5, 0.45 * len(got) + 1.5)))
+        ax = axes[0, 0]
+        named = set()
+        for i, (r, d) in enumerate(got):
+            mid, lo, hi = math.exp(d.diff), math.exp(d.lo), math.exp(d.hi)
+            obj = r["objective"]
+            ax.errorbar([mid], [i], xerr=[[mid - lo], [hi - mid]], fmt="o", color=colors[obj], capsize=3,
+                        label=None if obj in named else obj, zorder=2)
+            named.add(obj)
+        ax.axvline(1.0, color="0.5", ls="--", lw=1.3, zorder=1)  # as good as attention
+        ax.set_yticks(range(len(got)), [_bar_name(r).replace("\n", " ") for r, _ in got])
+        ax.invert_yaxis()  # the first configuration on top, as in the table
+        lo = min(math.exp(d.lo) for _, d in got)
+        hi = max(math.exp(d.hi) for _, d in got)
+        ax.set_xlim(min(lo, 1.0) / 1.1, max(hi, 1.0) * 1.1)
+        _log_scale(ax, fmt_num, axis="x")
+        ax.set_xlabel(f"perplexity ÷ {BASELINE_MIXER}'s (bound for diffusion), log scale; left of 1: lower")
+        ax.set_title(f"{title}: perplexity against {BASELINE_MIXER}, paired by question (95% bootstrap interval)")
+        _legend_outside(ax, "objective")
+    return _save(fig, path)
+
+
 def _bar_name(r: dict[str, Any]) -> str:
     """A bar's tick: the mixer, and its variant on a second line, a folder source by its name alone
     ('attention' / 'pretrain aozora-pd 0.5 ≤2M chars'): the table's full label overlaps its neighbours."""

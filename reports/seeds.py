@@ -63,21 +63,53 @@ def vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None, key
     return f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] {mark} ({d.n_questions} q{seeds})"
 
 
-def ppl_vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> str:
-    """A cell's perplexity (or bound) over the attention cell's, paired by question: '×0.912 [×0.898, ×0.927]
-    **yes** (500 q)', '… no', or 'n/a: why'. The log of the ratio is sum(NLL - attention's NLL) / sum(target
-    tokens) over the questions (`per_question.nll`, `.targets`), bootstrapped over the questions."""
+def ppl_ratio(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> stats.PairedDiff | str:
+    """A cell's log perplexity (or bound) minus the attention cell's, paired by question: sum(NLL - attention's
+    NLL) / sum(target tokens) over the questions (`per_question.nll`, `.targets`), bootstrapped over the
+    questions; or why it cannot be paired (one line)."""
     if base is None:
-        return f"n/a: no {BASELINE_MIXER} cell"
+        return f"no {BASELINE_MIXER} cell"
     got, n = stats.aligned_scores(rs, base, "nll"), stats.aligned_scores(rs, base, "targets")
     if isinstance(got, str) or isinstance(n, str):
-        return f"n/a: {got if isinstance(got, str) else n}"
+        return got if isinstance(got, str) else n
     if not (n[0] == n[0][:1]).all() or not np.array_equal(n[0], n[1]):
-        return "n/a: not scored on the same target tokens"
-    d = stats.paired_bootstrap(*got, weights=n[0][0])
+        return "not scored on the same target tokens"
+    return stats.paired_bootstrap(*got, weights=n[0][0])
+
+
+def ppl_vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> str:
+    """`ppl_ratio` as the table shows it: '×0.912 [×0.898, ×0.927] **yes** (500 q)', '… no', or 'n/a: why'."""
+    d = ppl_ratio(rs, base)
+    if isinstance(d, str):
+        return f"n/a: {d}"
     mark = "**yes**" if d.significant else "no"
     seeds = f", {d.n_seeds} seeds" if d.n_seeds > 1 else ""
     return f"×{math.exp(d.diff):.3f} [×{math.exp(d.lo):.3f}, ×{math.exp(d.hi):.3f}] {mark} ({d.n_questions} q{seeds})"
+
+
+def _bases(groups: dict[tuple, list[dict[str, Any]]]) -> dict[tuple, list[dict[str, Any]]]:
+    """attention's cell of each objective, norm, sweep point and variant (a mixer's own options aside)."""
+    return {(o, n, sw, rs[0].get("_shared_variant", v)): rs
+            for (m, o, n, sw, v), rs in groups.items() if m == BASELINE_MIXER}
+
+
+def _base_for(key: tuple, rs: list[dict[str, Any]], bases: dict[tuple, list[dict[str, Any]]]):
+    mixer, obj, norm, sweep, var = key
+    return bases.get((obj, norm, sweep, rs[0].get("_shared_variant", var)))
+
+
+def ppl_ratios(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], stats.PairedDiff]]:
+    """Every configuration but attention's whose perplexity pairs with attention's (`ppl_ratio`): (its first
+    row, the paired difference), for the report's figure; [] when none does."""
+    groups = _groups(rows)
+    bases = _bases(groups)
+    out = []
+    for key, rs in groups.items():
+        if key[0] != BASELINE_MIXER:
+            d = ppl_ratio(rs, _base_for(key, rs, bases))
+            if not isinstance(d, str):
+                out.append((rs[0], d))
+    return out
 
 
 def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
@@ -113,9 +145,7 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
         vals = [metric(r, key) for r in rs if metric(r, key) is not None] if key else []
         return (obj, str(norm), sweep, var, -s * (sum(vals) / len(vals)) if vals else 0.0, mixer)
 
-    # attention's cell of the same objective, norm, sweep point and variant (a mixer's own options aside)
-    base_of = {(o, n, sw, rs[0].get("_shared_variant", v)): rs
-               for (m, o, n, sw, v), rs in groups.items() if m == BASELINE_MIXER}
+    bases = _bases(groups)
     for (mixer, obj, norm, sweep, var), rs in sorted(groups.items(), key=order):
         cells = [esc(label(rs[0])), esc(obj), *([esc(norm)] if norms else []),
                  *([", ".join(f"{k}={v}" for k, v in sweep) or "—"] if sweeps else []), str(len(rs))]
@@ -129,9 +159,9 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
             if mixer == BASELINE_MIXER:
                 cells.append("(reference)")
             else:
-                cells.append(vs_baseline(rs, base_of.get((obj, norm, sweep, rs[0].get("_shared_variant", var))), key))
+                cells.append(vs_baseline(rs, _base_for((mixer, obj, norm, sweep, var), rs, bases), key))
         if compare_ppl:
-            base = base_of.get((obj, norm, sweep, rs[0].get("_shared_variant", var)))
+            base = _base_for((mixer, obj, norm, sweep, var), rs, bases)
             cells.append("(reference)" if mixer == BASELINE_MIXER else ppl_vs_baseline(rs, base))
         lines.append("| " + " | ".join(cells) + " |")
     legend = ["Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "

@@ -479,3 +479,37 @@ def test_sweep_curves_without_the_facet_draw_one_panel_and_name_objectives_when_
     fig = drawn(fg.sweep_curves, rows[:2], "acc", "d_model", "seq_len", "MQAR")  # by width, a panel per length
     assert [a.get_title() for a in fig.axes] == ["seq_len = 64", "seq_len = 128"]
     assert fig.axes[0].get_xlabel() == "model width d_model" and fig.get_suptitle() == "MQAR: accuracy vs model width d_model"
+
+
+def _nll_row(mixer: str, objective: str, nll: list[float], targets: list[int]) -> dict:
+    return {"mixer": mixer, "objective": objective, "seed": 0, "status": "ok", "norm": "pre",
+            "metrics": {"f1": 0.1}, "per_question": {"id": [f"q{i}" for i in range(len(nll))], "f1": [0.1] * len(nll),
+                                                      "nll": list(nll), "targets": list(targets)}}
+
+
+def test_the_perplexity_figure_draws_each_cells_paired_ratio_to_attention_around_1(drawn):
+    """One point per configuration but attention's, at its perplexity over attention's of the same objective
+    (one nat less on every target token: e^-1; one more: e), its 95% interval as the error bar, one colour
+    per objective named once, a dashed line at 1; rows that cannot pair (other target tokens, no NLLs)
+    drawn nowhere, and no figure when none pairs."""
+    import math
+
+    t = [2, 3, 1, 4] * 10
+    base = [2.0 * n for n in t]
+    rows = [_nll_row("attention", "autoregressive", base, t),
+            _nll_row("better", "autoregressive", [b - n for b, n in zip(base, t)], t),
+            _nll_row("attention", "diffusion", base, t),
+            _nll_row("worse", "diffusion", [b + n for b, n in zip(base, t)], t),
+            _nll_row("elsewhere", "diffusion", base, [n + 1 for n in t])]
+    fig = drawn(fg.ppl_ratio, rows, "t")
+    ax = fig.axes[0]
+    points = [(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0], c.lines[0].get_color()) for c in ax.containers]
+    assert [(round(x, 4), y) for x, y, _ in points] == [(round(math.exp(-1), 4), 0), (round(math.e, 4), 1)]
+    assert points[0][2] != points[1][2]  # one colour per objective
+    assert [tk.get_text() for tk in ax.get_yticklabels()] == ["better", "worse"]
+    assert [ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_linestyle() == "--"] == [1.0]
+    assert ax.get_xscale() == "log" and ax.get_xlim()[0] < math.exp(-1) and ax.get_xlim()[1] > math.e
+    assert [tx.get_text() for tx in ax.get_legend().get_texts()] == ["autoregressive", "diffusion"]
+    for r in rows:
+        del r["per_question"]["nll"]
+    assert drawn(fg.ppl_ratio, rows, "t") is None

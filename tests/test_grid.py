@@ -62,7 +62,8 @@ def test_smoke_grid_writes_complete_rows_and_resumes(offline_dir, tmp_path, cach
         assert len(pq["nll"]) == len(pq["targets"]) == len(pq["f1"]) == m["eval_n"] and min(pq["targets"]) > 0
         assert math.exp(sum(pq["nll"]) / sum(pq["targets"])) == pytest.approx(m[ppl], rel=1e-4)
     assert (out / "reports" / "t" / "README.md").exists()
-    assert "ppl ÷ attention's" in (out / "reports" / "t" / "README.md").read_text()
+    report = (out / "reports" / "t" / "README.md").read_text()
+    assert "ppl ÷ attention's" in report and "_ppl_ratio.png)" in report  # the column and its figure
 
     capsys.readouterr()
     assert run_matrix.main(_args(offline_dir, out, cache_dir)) == 0
