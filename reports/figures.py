@@ -175,13 +175,10 @@ def ppl_ratio(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None
     with _style():
         fig, axes = _figure(size=(9.0, max(2.5, 0.45 * len(got) + 1.5)))
         ax = axes[0, 0]
-        named = set()
-        for i, (r, d) in enumerate(got):
+        for i, (r, d) in enumerate(got):  # (the legend names each objective once: `_legend_outside`)
             mid, lo, hi = math.exp(d.diff), math.exp(d.lo), math.exp(d.hi)
-            obj = r["objective"]
-            ax.errorbar([mid], [i], xerr=[[mid - lo], [hi - mid]], fmt="o", color=colors[obj], capsize=3,
-                        label=None if obj in named else obj, zorder=2)
-            named.add(obj)
+            ax.errorbar([mid], [i], xerr=[[mid - lo], [hi - mid]], fmt="o", color=colors[r["objective"]], capsize=3,
+                        label=r["objective"], zorder=2)
         ax.axvline(1.0, color="0.5", ls="--", lw=1.3, zorder=1)  # as good as attention
         ax.set_yticks(range(len(got)), [_bar_name(r).replace("\n", " ") for r, _ in got])
         ax.invert_yaxis()  # the first configuration on top, as in the table

@@ -491,25 +491,34 @@ def test_the_perplexity_figure_draws_each_cells_paired_ratio_to_attention_around
     """One point per configuration but attention's, at its perplexity over attention's of the same objective
     (one nat less on every target token: e^-1; one more: e), its 95% interval as the error bar, one colour
     per objective named once, a dashed line at 1; rows that cannot pair (other target tokens, no NLLs)
-    drawn nowhere, and no figure when none pairs."""
+    drawn nowhere, and no figure when none pairs. Ordered as the table, by objective then name, top down."""
     import math
+
+    from reports.seeds import ppl_ratios
 
     t = [2, 3, 1, 4] * 10
     base = [2.0 * n for n in t]
     rows = [_nll_row("attention", "autoregressive", base, t),
             _nll_row("better", "autoregressive", [b - n for b, n in zip(base, t)], t),
+            _nll_row("noisy", "autoregressive", [b + (-1) ** i * 0.05 * i for i, b in enumerate(base)], t),
             _nll_row("attention", "diffusion", base, t),
             _nll_row("worse", "diffusion", [b + n for b, n in zip(base, t)], t),
             _nll_row("elsewhere", "diffusion", base, [n + 1 for n in t])]
     fig = drawn(fg.ppl_ratio, rows, "t")
     ax = fig.axes[0]
     points = [(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0], c.lines[0].get_color()) for c in ax.containers]
-    assert [(round(x, 4), y) for x, y, _ in points] == [(round(math.exp(-1), 4), 0), (round(math.e, 4), 1)]
-    assert points[0][2] != points[1][2]  # one colour per objective
-    assert [tk.get_text() for tk in ax.get_yticklabels()] == ["better", "worse"]
+    noisy = next(d for r, d in ppl_ratios(rows) if r["mixer"] == "noisy")
+    assert noisy.lo < noisy.diff < noisy.hi
+    assert [(round(x, 4), y) for x, y, _ in points] == [(round(math.exp(-1), 4), 0), (round(math.exp(noisy.diff), 4), 1),
+                                                      (round(math.e, 4), 2)]
+    assert points[0][2] == points[1][2] != points[2][2]  # one colour per objective
+    # the error bar spans the interval
+    [[(x0, _), (x1, _)]] = ax.containers[1].lines[2][0].get_segments()
+    assert (x0, x1) == pytest.approx((math.exp(noisy.lo), math.exp(noisy.hi)))
+    assert [tk.get_text() for tk in ax.get_yticklabels()] == ["better", "noisy", "worse"] and ax.yaxis_inverted()
     assert [ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_linestyle() == "--"] == [1.0]
-    assert ax.get_xscale() == "log" and ax.get_xlim()[0] < math.exp(-1) and ax.get_xlim()[1] > math.e
-    assert [tx.get_text() for tx in ax.get_legend().get_texts()] == ["autoregressive", "diffusion"]
+    assert ax.get_xscale() == "log" and ax.get_xlim() == pytest.approx((math.exp(-1) / 1.1, math.e * 1.1))
+    assert [tx.get_text() for tx in ax.get_legend().get_texts()] == ["autoregressive", "diffusion"]  # each once
     for r in rows:
         del r["per_question"]["nll"]
     assert drawn(fg.ppl_ratio, rows, "t") is None
