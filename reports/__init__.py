@@ -203,7 +203,8 @@ def group_section(task: str, protocol: str, rows: list[dict[str, Any]], out_dir:
         lines += ["References on the **whole** evaluation split (the models above scored a sample of it):", "",
                   full, ""]
     models = [r for r in rows if not is_reference(r) and r["status"] == "ok"]
-    agg = seeds.seed_section(rows, key)
+    ratios = seeds.ppl_ratios(rows)  # the perplexity ratios' bootstraps, once for the table and the figure
+    agg = seeds.seed_section(rows, key, ratios)
     if agg:
         lines += ["### Across seeds: mean ± 95% interval, and each mixer against attention", "", *agg, ""]
     if models and len({r.get("seed") for r in models}) < 2:
@@ -225,7 +226,7 @@ def group_section(task: str, protocol: str, rows: list[dict[str, Any]], out_dir:
                                                                      out_dir / f"{prefix}_{key}_vs_seq_len.png")))
             figs.append(("vs width", figures.sweep_curves(rows, key, "d_model", "seq_len", title,
                                                            out_dir / f"{prefix}_{key}_vs_width.png")))
-    figs.append(("perplexity against attention", figures.ppl_ratio(rows, title, out_dir / f"{prefix}_ppl_ratio.png")))
+    figs.append(("perplexity against attention", figures.ppl_ratio(rows, title, out_dir / f"{prefix}_ppl_ratio.png", ratios)))
     drawn = [(alt, p) for alt, p in figs if p is not None]
     if drawn:
         lines += ["### Figures", ""]

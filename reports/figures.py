@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
+from reports import seeds
 from reports.columns import fmt_bytes, fmt_count
 from reports.load import finite, is_reference
 from reports.stats import mean_ci
@@ -162,13 +163,14 @@ def score_by_mixer(rows: list[dict[str, Any]], key: str, title: str, path: Path)
     return _save(fig, path)
 
 
-def ppl_ratio(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None:
+def ppl_ratio(rows: list[dict[str, Any]], title: str, path: Path, ratios: seeds.Ratios | None = None) -> Path | None:
     """Each configuration's perplexity (bound, for masked diffusion) over attention's of the same objective,
     paired by question (the table's `ppl ÷ attention's` column, `reports.seeds.ppl_ratio`), with its 95%
-    bootstrap interval, on a log axis around 1; one colour per objective. None when no row pairs."""
-    from reports.seeds import BASELINE_MIXER, ppl_ratios
-
-    got = sorted(ppl_ratios(rows), key=lambda x: (x[0]["objective"], _bar_name(x[0])))
+    bootstrap interval, on a log axis around 1; one colour per objective. None when no row pairs.
+    `ratios`: `seeds.ppl_ratios(rows)` when the caller has them already."""
+    ratios = seeds.ppl_ratios(rows) if ratios is None else ratios
+    got = sorted(((r, d) for r, d in ratios.values() if not isinstance(d, str)),
+                 key=lambda x: (x[0]["objective"], _bar_name(x[0])))
     if not got:
         return None
     colors = palette([r["objective"] for r, _ in got])
@@ -186,8 +188,8 @@ def ppl_ratio(rows: list[dict[str, Any]], title: str, path: Path) -> Path | None
         hi = max(math.exp(d.hi) for _, d in got)
         ax.set_xlim(min(lo, 1.0) / 1.1, max(hi, 1.0) * 1.1)
         _log_scale(ax, fmt_num, axis="x")
-        ax.set_xlabel(f"perplexity ÷ {BASELINE_MIXER}'s (bound for diffusion), log scale; left of 1: lower")
-        ax.set_title(f"{title}: perplexity against {BASELINE_MIXER}, paired by question (95% bootstrap interval)")
+        ax.set_xlabel(f"perplexity ÷ {seeds.BASELINE_MIXER}'s (bound for diffusion), log scale; left of 1: lower")
+        ax.set_title(f"{title}: perplexity against {seeds.BASELINE_MIXER}, paired by question (95% bootstrap interval)")
         _legend_outside(ax, "objective")
     return _save(fig, path)
 

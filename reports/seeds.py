@@ -58,9 +58,13 @@ def vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None, key
     if isinstance(got, str):
         return f"n/a: {got}"
     d = stats.paired_bootstrap(*got)
-    mark = "**yes**" if d.significant else "no"
+    return f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] {_verdict(d)}"
+
+
+def _verdict(d: stats.PairedDiff) -> str:
+    """'**yes** (500 q)' or 'no (100 q, 3 seeds)': the paired difference's significance and what it rests on."""
     seeds = f", {d.n_seeds} seeds" if d.n_seeds > 1 else ""
-    return f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] {mark} ({d.n_questions} q{seeds})"
+    return f"{'**yes**' if d.significant else 'no'} ({d.n_questions} q{seeds})"
 
 
 def ppl_ratio(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> stats.PairedDiff | str:
@@ -77,14 +81,11 @@ def ppl_ratio(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> st
     return stats.paired_bootstrap(*got, weights=n[0][0])
 
 
-def ppl_vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> str:
+def ratio_text(d: stats.PairedDiff | str) -> str:
     """`ppl_ratio` as the table shows it: '×0.912 [×0.898, ×0.927] **yes** (500 q)', '… no', or 'n/a: why'."""
-    d = ppl_ratio(rs, base)
     if isinstance(d, str):
         return f"n/a: {d}"
-    mark = "**yes**" if d.significant else "no"
-    seeds = f", {d.n_seeds} seeds" if d.n_seeds > 1 else ""
-    return f"×{math.exp(d.diff):.3f} [×{math.exp(d.lo):.3f}, ×{math.exp(d.hi):.3f}] {mark} ({d.n_questions} q{seeds})"
+    return f"×{math.exp(d.diff):.3f} [×{math.exp(d.lo):.3f}, ×{math.exp(d.hi):.3f}] {_verdict(d)}"
 
 
 def _bases(groups: dict[tuple, list[dict[str, Any]]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -98,22 +99,22 @@ def _base_for(key: tuple, rs: list[dict[str, Any]], bases: dict[tuple, list[dict
     return bases.get((obj, norm, sweep, rs[0].get("_shared_variant", var)))
 
 
-def ppl_ratios(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], stats.PairedDiff]]:
-    """Every configuration but attention's whose perplexity pairs with attention's (`ppl_ratio`): (its first
-    row, the paired difference), for the report's figure; [] when none does."""
+Ratios = dict[tuple, tuple[dict[str, Any], "stats.PairedDiff | str"]]
+
+
+def ppl_ratios(rows: list[dict[str, Any]]) -> Ratios:
+    """Every configuration but attention's, by its `_groups` key: (its first row, its perplexity against
+    attention's, `ppl_ratio`, or why there is none). Computed once a report (each is a 10,000-resample
+    bootstrap) for both the table's column and the figure."""
     groups = _groups(rows)
     bases = _bases(groups)
-    out = []
-    for key, rs in groups.items():
-        if key[0] != BASELINE_MIXER:
-            d = ppl_ratio(rs, _base_for(key, rs, bases))
-            if not isinstance(d, str):
-                out.append((rs[0], d))
-    return out
+    return {key: (rs[0], ppl_ratio(rs, _base_for(key, rs, bases))) for key, rs in groups.items()
+            if key[0] != BASELINE_MIXER}
 
 
-def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
-    """Aggregated table (one line per configuration) and its legend; [] when there are no ok models."""
+def seed_section(rows: list[dict[str, Any]], key: str | None, ratios: Ratios | None = None) -> list[str]:
+    """Aggregated table (one line per configuration) and its legend; [] when there are no ok models.
+    `ratios`: `ppl_ratios(rows)` when the caller has them already (else computed here if needed)."""
     groups = _groups(rows)
     if not groups:
         return []
@@ -129,6 +130,8 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
     # the perplexities, per question: rows that kept each question's NLL (`per_question.nll`)
     compare_ppl = len({k[0] for k in groups}) > 1 and any(
         "nll" in (r.get("per_question") or {}) for rs in groups.values() for r in rs)
+    if compare_ppl and ratios is None:
+        ratios = ppl_ratios(rows)
     name = declared(rows, key).header
     head = ["mixer", "objective", *(["norm"] if norms else []), *(["sweep"] if sweeps else []), "seeds",
             *(m.header for m in metrics), "lr", *(["LR sweep cost (per seed)"] if swept else []),
@@ -155,14 +158,11 @@ def seed_section(rows: list[dict[str, Any]], key: str | None) -> list[str]:
         cells.append(_lr_text(rs))
         if swept:
             cells.append(_sweep_cost(rs))
+        gkey = (mixer, obj, norm, sweep, var)
         if compare:
-            if mixer == BASELINE_MIXER:
-                cells.append("(reference)")
-            else:
-                cells.append(vs_baseline(rs, _base_for((mixer, obj, norm, sweep, var), rs, bases), key))
+            cells.append("(reference)" if mixer == BASELINE_MIXER else vs_baseline(rs, _base_for(gkey, rs, bases), key))
         if compare_ppl:
-            base = _base_for((mixer, obj, norm, sweep, var), rs, bases)
-            cells.append("(reference)" if mixer == BASELINE_MIXER else ppl_vs_baseline(rs, base))
+            cells.append("(reference)" if mixer == BASELINE_MIXER else ratio_text(ratios[gkey][1]))
         lines.append("| " + " | ".join(cells) + " |")
     legend = ["Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "
               "95% Student-t interval over seeds (n = seeds); *n=1, no interval* means a single run, whose "

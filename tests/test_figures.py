@@ -507,7 +507,7 @@ def test_the_perplexity_figure_draws_each_cells_paired_ratio_to_attention_around
     fig = drawn(fg.ppl_ratio, rows, "t")
     ax = fig.axes[0]
     points = [(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0], c.lines[0].get_color()) for c in ax.containers]
-    noisy = next(d for r, d in ppl_ratios(rows) if r["mixer"] == "noisy")
+    noisy = next(d for r, d in ppl_ratios(rows).values() if r["mixer"] == "noisy")
     assert noisy.lo < noisy.diff < noisy.hi
     assert [(round(x, 4), y) for x, y, _ in points] == [(round(math.exp(-1), 4), 0), (round(math.exp(noisy.diff), 4), 1),
                                                       (round(math.e, 4), 2)]
