@@ -167,18 +167,23 @@ def seed_section(rows: list[dict[str, Any]], key: str | None, ratios: Ratios | N
     legend = ["Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "
               "95% Student-t interval over seeds (n = seeds); *n=1, no interval* means a single run, whose "
               "seed-to-seed spread is unknown."]
+    # what both paired columns' intervals resample, and so what they cover (reports.stats.paired_bootstrap)
+    how = (f"({stats.RESAMPLES:,} resamples, seed {stats.SEED}, each drawing the questions with replacement "
+           "and, over several seeds, the seeds too, independently: a pigeonhole bootstrap)")
+    covers = ("With one seed the interval covers question sampling only; with several it also covers the "
+              "seed-to-seed spread (coarsely with few seeds: 3 seeds make 10 distinct draws).")
     if compare:
         legend.append(f"Δ vs {BASELINE_MIXER}: the mean per-question {name} difference from the "
                       f"{BASELINE_MIXER} cell of the same objective and pretraining (same questions, same seeds), with its 95% "
-                      f"paired-bootstrap interval ({stats.RESAMPLES:,} resamples of the questions, seed {stats.SEED}); "
-                      "**yes** = the interval excludes 0 (significant at the 5% level, two-sided). It covers question "
-                      "sampling for these seeds; the ± columns show the seed-to-seed spread.")
+                      f"paired-bootstrap interval {how}; "
+                      f"**yes** = the interval excludes 0 (significant at the 5% level, two-sided). {covers}")
     if compare_ppl:
         legend.append(f"ppl ÷ {BASELINE_MIXER}'s: the cell's perplexity (for masked diffusion its bound) over the "
                       f"{BASELINE_MIXER} cell's of the same objective and pretraining, paired by question: the log of "
                       "the ratio is the summed per-question NLL difference over the target tokens, with its 95% "
-                      f"paired-bootstrap interval ({stats.RESAMPLES:,} resamples of the questions, seed {stats.SEED}); "
-                      "**yes** = the interval excludes ×1. A bound's cells draw the same masks for the same "
+                      f"paired-bootstrap interval {how}; **yes** = the interval excludes ×1. "
+                      + ("" if compare else f"{covers} ")  # said once, under the Δ column's legend if there is one
+                      + "A bound's cells draw the same masks for the same "
                       "questions, so most of its Monte Carlo error (the ± of `bound ± (MC)`) cancels in the ratio; "
                       "what is left is in the per-question differences the bootstrap resamples.")
     if swept:

@@ -3,12 +3,16 @@
 - `mean_ci`: mean over seeds with a two-sided 95% Student-t interval (n >= 2); with n = 1 there is
   no interval, and the report says so instead of showing a bare number as if it were settled.
 - `paired_bootstrap`: is mixer A's score different from mixer B's *on the same questions and the
-  same seeds*? Per question, the score difference is averaged over the shared seeds; the questions
-  are resampled with replacement (10,000 resamples, seeded) and the percentile interval of the mean
-  difference is read off. "Significant at 95%" means that interval excludes 0. Pairing removes the
-  questions' own difficulty from the comparison, which is why it can resolve differences that the
-  overlapping seed intervals cannot. What it does *not* cover: seeds beyond the ones run (the
-  seed-to-seed spread is the ± interval of each cell).
+  same seeds*? The per-question score differences are resampled with replacement (10,000 resamples,
+  seeded) and the percentile interval of the mean difference is read off. "Significant at 95%" means
+  that interval excludes 0. Pairing removes the questions' own difficulty from the comparison, which is
+  why it can resolve differences that the overlapping seed intervals cannot. With several seeds each
+  resample also draws the seeds with replacement, independently of the questions (the pigeonhole
+  bootstrap: Owen, Ann. Appl. Stat. 1(2), 2007; mildly conservative for a mean over a crossed design),
+  so the interval covers the seed-to-seed spread too: two cells whose ranking flips from seed to seed
+  are not called different because their questions, averaged over those seeds, happen to agree. With
+  one seed it covers question sampling only; with few seeds the seed part is coarse (3 seeds: 10
+  distinct draws).
 
 Kept free of scipy (not a dependency): the t quantiles for 95% are tabulated.
 """
@@ -88,28 +92,40 @@ class PairedDiff:
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, level: float = LEVEL,
-                     seed: int = SEED, weights: np.ndarray | None = None) -> PairedDiff:
-    """Percentile bootstrap of mean(a - b), resampling questions; `a`, `b`: (seeds, questions) or
-    (questions,) arrays of per-question scores, aligned (same questions, same seeds, same order).
-    `weights` (questions,): the statistic is sum(a - b) / sum(weights) over the resampled questions
-    instead, e.g. summed NLLs over target tokens: a difference of log-perplexities, whose questions
-    weigh by their length."""
+                     seed: int = SEED, weights: np.ndarray | None = None,
+                     resample_seeds: bool = True) -> PairedDiff:
+    """Percentile bootstrap of mean(a - b); `a`, `b`: (seeds, questions) or (questions,) arrays of
+    per-question scores, aligned (same questions, same seeds, same order). Each resample draws the
+    questions with replacement and, with more than one seed and `resample_seeds`, the seeds too
+    (independently: a pigeonhole bootstrap); `resample_seeds=False` averages over the seeds first and
+    resamples the questions only (the seeds run taken as fixed). `weights` (questions,): the statistic
+    is sum(a - b) / sum(weights) over the resampled questions instead (each seed's questions weigh the
+    same), e.g. summed NLLs over target tokens: a difference of log-perplexities, whose questions weigh
+    by their length."""
     a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
     if a.shape != b.shape or a.shape[1] == 0:
         raise ValueError(f"paired_bootstrap needs equal, non-empty shapes, got {a.shape} and {b.shape}")
-    d = (a - b).mean(axis=0)  # (Q,): per-question difference, averaged over seeds
-    q = d.size
+    diffs = a - b  # (S, Q)
+    n_seeds, q = diffs.shape
+    d = diffs.mean(axis=0)  # (Q,): per-question difference, averaged over seeds
     w = None if weights is None else np.asarray(weights, float)
     if w is not None and (w.shape != (q,) or not np.all(w >= 0) or w.sum() <= 0):
         raise ValueError(f"paired_bootstrap needs {q} non-negative weights with a positive sum")
+    crossed = resample_seeds and n_seeds > 1
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     chunk = max(1, 2_000_000 // q)  # bounded memory: resample indices in blocks
     for s in range(0, resamples, chunk):
         n = min(chunk, resamples - s)
         idx = rng.integers(0, q, size=(n, q))
+        if crossed:  # each resample's own seeds: (n, S) draw counts, then its seed-averaged differences (n, Q)
+            draws = rng.integers(0, n_seeds, size=(n, n_seeds, 1))
+            counts = (draws == np.arange(n_seeds)).sum(axis=1)  # (n, S): how often each seed was drawn
+            picked = np.take_along_axis(counts @ diffs / n_seeds, idx, axis=1)
+        else:
+            picked = d[idx]
         # (a resample of only weightless questions, e.g. NLLs over no target token, all 0: 0 / tiny = 0)
-        means[s:s + n] = d[idx].mean(axis=1) if w is None else d[idx].sum(axis=1) / np.maximum(w[idx].sum(axis=1), 1e-300)
+        means[s:s + n] = picked.mean(axis=1) if w is None else picked.sum(axis=1) / np.maximum(w[idx].sum(axis=1), 1e-300)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     point = d.mean() if w is None else d.sum() / w.sum()

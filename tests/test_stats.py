@@ -243,7 +243,9 @@ def _swept(row, lr, tokens, seconds):
 def test_seed_section_in_full_over_two_seeds():
     """The whole table for two mixers over two seeds, each number worked by hand: gated_context's F1 per
     seed 0.40 and 0.45, mean 0.425 ± t(0.975, 1) · 0.0354 / √2 = 0.318; its per-question differences from
-    attention 0.1, 0.1 (seed 0) and 0.2, 0.1 (seed 1), mean +0.125; attention's sweep cost, the mean over
+    attention 0.1, 0.1 (seed 0) and 0.2, 0.1 (seed 1), mean +0.125, its interval from 0.1 (every question
+    0.1) to 0.2 (seeds and questions both drawn: seed 1 twice and its first question twice, a chance of
+    1/4 · 1/4 > 2.5%; with the questions alone resampled it would end at 0.15); attention's sweep cost, the mean over
     its seeds of 1,000 and 2,000 tokens, 2 and 4 s; gated_context ran no sweep. Sorted best first. A failed
     seed is no seed of its cell. A grid of one mixer has nothing to compare: no Δ column."""
     rows = []
@@ -257,7 +259,7 @@ def test_seed_section_in_full_over_two_seeds():
         "| mixer | objective | seeds | f1 | lr | LR sweep cost (per seed) | Δ f1 vs attention [95% CI] significant? |",
         "|---|---|---:|---:|---:|---:|---:|",
         "| gated_context | autoregressive | 2 | 0.425 ± 0.318 (n=2) | 0.003 (2/2 seeds) | — "
-        "| +0.125 [+0.100, +0.150] **yes** (2 q, 2 seeds) |",
+        "| +0.125 [+0.100, +0.200] **yes** (2 q, 2 seeds) |",
         "| attention | autoregressive | 2 | 0.300 ± 0.000 (n=2) | 0.001 (2/2 seeds) | 1.5k tok, 3 s | (reference) |"]
     alone = seeds.seed_section([r for r in rows if r["mixer"] == "attention"], "f1")
     assert alone[0] == "| mixer | objective | seeds | f1 | lr | LR sweep cost (per seed) |"
@@ -342,6 +344,37 @@ def test_weighted_paired_bootstrap_is_a_ratio_of_sums_over_the_resampled_questio
     for bad in ([1.0], [0.0, 0.0], [-1.0, 2.0]):  # one per question, none negative, not all 0
         with pytest.raises(ValueError, match="non-negative weights"):
             stats.paired_bootstrap(a, b, weights=np.array(bad))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_paired_bootstrap_resamples_the_seeds_too_so_seeds_that_disagree_are_no_evidence(weighted):
+    """Three seeds whose differences are +0.3, +0.1 and -0.1 on every question (times its weight, when
+    weighted: a ratio of sums that is the seed's effect whatever questions are drawn). Averaged over the
+    seeds every question says +0.1, so resampling the questions alone gives the point [0.1, 0.1],
+    "significant". Drawing the seeds too, a resample's statistic is the mean effect of its three seeds;
+    all three the -0.1 seed has a chance of 1/27 > 2.5%, so the interval runs from -0.1 to +0.3 exactly:
+    no evidence, as the seeds' own spread says."""
+    w = np.arange(1.0, 9.0) if weighted else None
+    effect = np.array([[0.3], [0.1], [-0.1]])  # the extremes first and last: a draw skipping either shows
+    a = effect * (w if weighted else np.ones(8))
+    fixed = stats.paired_bootstrap(a, np.zeros_like(a), weights=w, resample_seeds=False)
+    assert (fixed.diff, fixed.lo, fixed.hi) == pytest.approx((0.1, 0.1, 0.1)) and fixed.significant
+    d = stats.paired_bootstrap(a, np.zeros_like(a), weights=w)
+    assert (d.diff, d.lo, d.hi) == pytest.approx((0.1, -0.1, 0.3)) and not d.significant
+    assert (d.n_questions, d.n_seeds) == (8, 3)
+
+
+def test_paired_bootstrap_over_seeds_that_agree_or_one_seed_is_the_questions_bootstrap():
+    """Resampling seeds adds nothing where there is nothing to add: seeds with the same differences give
+    the questions-only interval (the same question draws), and a single seed gives it to the bit, over
+    several blocks of draws (500 questions: blocks of 4,000), so a single seed's report is unchanged."""
+    rng = np.random.default_rng(5)
+    one = rng.normal(0.01, 0.1, size=(1, 500))
+    alone = stats.paired_bootstrap(one, np.zeros_like(one))
+    assert alone == stats.paired_bootstrap(one, np.zeros_like(one), resample_seeds=False)
+    same = np.repeat(one[:, :100], 3, axis=0)
+    both, fixed = (stats.paired_bootstrap(same, np.zeros_like(same), resample_seeds=r) for r in (True, False))
+    assert (both.lo, both.hi) == pytest.approx((fixed.lo, fixed.hi), rel=1e-12) and both.n_seeds == 3
 
 
 def _nll_row(mixer: str, seed: int, nll: list[float], targets: list[int], objective="diffusion"):
