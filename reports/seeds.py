@@ -70,7 +70,8 @@ def _verdict(d: stats.PairedDiff) -> str:
 def ppl_ratio(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> stats.PairedDiff | str:
     """A cell's log perplexity (or bound) minus the attention cell's, paired by question: sum(NLL - attention's
     NLL) / sum(target tokens) over the questions (`per_question.nll`, `.targets`), bootstrapped over the
-    questions; or why it cannot be paired (one line)."""
+    questions and, with several seeds, the seeds (`stats.paired_bootstrap`); or why it cannot be paired
+    (one line)."""
     if base is None:
         return f"no {BASELINE_MIXER} cell"
     got, n = stats.aligned_scores(rs, base, "nll"), stats.aligned_scores(rs, base, "targets")

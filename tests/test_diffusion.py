@@ -770,7 +770,8 @@ def test_eval_nll_puts_each_rows_nll_on_its_own_row():
         assert got.rows.sum() / data.target_lengths.sum() == pytest.approx(got.nll, rel=1e-6)
     # the shortest rows there are: BOS and a scored EOS, two to a batch
     eos_only = _qa([([2], []), ([2], [])])
-    assert eval_nll(model, ar, eos_only, 2, cpu).rows.tolist() == pytest.approx([eval_nll(model, ar, eos_only, 2, cpu).nll] * 2)
+    got = eval_nll(model, ar, eos_only, 2, cpu)
+    assert got.rows.tolist() == pytest.approx([got.nll] * 2)
     sizes = [3, 0, 5, 1]  # target tokens per row; the row lengths differ too
     rows = SeqSet.from_lists([[2] + [8] * (4 - i) + [4] + [6] * n for i, n in enumerate(sizes)],
                              [[False] * (6 - i) + [True] * n for i, n in enumerate(sizes)], SP.pad)
