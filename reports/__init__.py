@@ -10,7 +10,8 @@ protocol (in the words its task declared, the rows' `protocol_text`), budget, de
 the task's references (floors and ceilings) sorted among the models, figures, and the benchmarks.
 
 Modules: load (reading and checking rows), columns (the table columns registry), tables (markdown),
-figures (PNG), bench (benchmark sections).
+seeds (aggregates over seeds, each mixer against attention), additions (pretraining and extra data
+against the task alone), figures (PNG), bench (benchmark sections).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from reports import bench, figures, seeds
+from reports import additions, bench, figures, seeds
 from core.files import write_atomic
 from core.results import ResultsFileError
 from reports.load import Results, is_reference, load
@@ -245,6 +246,7 @@ def write_grid_report(name: str, rows: list[dict[str, Any]], res: Results, out_d
         groups[(str(r.get("task")), protocol)].append(r)
     for (task, protocol), rs in sorted(groups.items()):
         lines += group_section(task, protocol, rs, out_dir)
+    lines += additions.section(rows, out_dir)  # across protocols: extra data changes a cell's protocol
     lines += _bench_sections(res, out_dir)
     out = out_dir / "README.md"
     write_atomic(out, "\n".join(lines).rstrip() + "\n")

@@ -194,6 +194,47 @@ def ppl_ratio(rows: list[dict[str, Any]], title: str, path: Path, ratios: seeds.
     return _save(fig, path)
 
 
+def added_vs_alone(c: Any, title: str, path: Path) -> Path | None:
+    """What pretraining or extra data changes for each mixer (`reports.additions.compare`: one task's
+    `Comparison`): its Δ of the headline metric against the same mixer on the task alone (left) and its
+    perplexity ratio (right, log axis around 1), each with its paired 95% bootstrap interval; one colour
+    per mixer. None when no line pairs."""
+    got = [x for x in c.lines if not isinstance(x.delta, (str, type(None))) or not isinstance(x.ratio, (str, type(None)))]
+    if not got:
+        return None
+    panels = [p for p in ("delta", "ratio") if any(not isinstance(getattr(x, p), (str, type(None))) for x in got)]
+    colors = palette([x.name for x in got])
+    ticks = [f"{x.name} · {x.objective}\n" + re.sub(r"dir:(\S+)", lambda m: Path(m.group(1)).name, x.added)
+             for x in got]
+    with _style():
+        fig, axes = _figure(ncols=len(panels), size=(5.0 * len(panels) + 3.0, max(2.5, 0.55 * len(got) + 1.5)),
+                            sharey=True)
+        for ax, panel in zip(axes[0], panels):
+            ratio = panel == "ratio"
+            for i, x in enumerate(got):
+                d = getattr(x, panel)
+                if isinstance(d, (str, type(None))):
+                    continue
+                mid, lo, hi = (math.exp(d.diff), math.exp(d.lo), math.exp(d.hi)) if ratio else (d.diff, d.lo, d.hi)
+                ax.errorbar([mid], [i], xerr=[[mid - lo], [hi - mid]], fmt="o", color=colors[x.name], capsize=3,
+                            label=x.name, zorder=2)
+            ax.axvline(1.0 if ratio else 0.0, color="0.5", ls="--", lw=1.3, zorder=1)  # as on the task alone
+            if ratio:
+                ds = [x.ratio for x in got if not isinstance(x.ratio, (str, type(None)))]
+                ax.set_xlim(min(min(math.exp(d.lo) for d in ds), 1.0) / 1.1, max(max(math.exp(d.hi) for d in ds), 1.0) * 1.1)
+                _log_scale(ax, fmt_num, axis="x")
+                ax.set_xlabel("perplexity ÷ the task alone's (bound for diffusion), log scale; left of 1: lower")
+            else:
+                better = "lower" if c.metric.better == "min" else "higher"
+                ax.set_xlabel(f"Δ {c.metric.header} vs the task alone; right of 0: {better}")
+        axes[0, 0].set_yticks(range(len(got)), ticks)
+        axes[0, 0].invert_yaxis()  # the first line on top, as in the table
+        fig.suptitle(f"{title}: pretraining and extra data against the same mixer on the task alone "
+                     "(paired, 95% bootstrap interval)")
+        _legend_outside(axes[0, -1], "mixer", axes=axes[0])
+    return _save(fig, path)
+
+
 def _bar_name(r: dict[str, Any]) -> str:
     """A bar's tick: the mixer, and its variant on a second line, a folder source by its name alone
     ('attention' / 'pretrain aozora-pd 0.5 ≤2M chars'): the table's full label overlaps its neighbours."""

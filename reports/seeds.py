@@ -50,15 +50,25 @@ def _sweep_cost(rs: list[dict[str, Any]]) -> str:
     return f"{fmt_count(sum(s['tokens'] for s in sw) / len(sw))} tok, {sum(s['seconds'] for s in sw) / len(sw):.0f} s"
 
 
+def paired_diff(rs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> stats.PairedDiff | str:
+    """Cell `rs` minus cell `base` in per-question `key`, paired by question and seed
+    (`stats.paired_bootstrap`), or why they cannot be paired (one line)."""
+    got = stats.aligned_scores(rs, base, key)
+    return got if isinstance(got, str) else stats.paired_bootstrap(*got)
+
+
+def diff_text(d: stats.PairedDiff | str) -> str:
+    """`paired_diff` as a table shows it: '+0.012 [+0.004, +0.020] **yes** (500 q)', '… no', or 'n/a: why'."""
+    if isinstance(d, str):
+        return f"n/a: {d}"
+    return f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] {_verdict(d)}"
+
+
 def vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None, key: str) -> str:
     """'+0.012 [+0.004, +0.020] **yes**', '… no', or 'n/a: why'."""
     if base is None:
         return f"n/a: no {BASELINE_MIXER} cell"
-    got = stats.aligned_scores(rs, base, key)
-    if isinstance(got, str):
-        return f"n/a: {got}"
-    d = stats.paired_bootstrap(*got)
-    return f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] {_verdict(d)}"
+    return diff_text(paired_diff(rs, base, key))
 
 
 def _verdict(d: stats.PairedDiff) -> str:
