@@ -522,3 +522,57 @@ def test_the_perplexity_figure_draws_each_cells_paired_ratio_to_attention_around
     for r in rows:
         del r["per_question"]["nll"]
     assert drawn(fg.ppl_ratio, rows, "t") is None
+
+
+def test_the_added_vs_alone_figure_draws_each_paired_line_in_its_panels(drawn):
+    """reports/additions.py's figure: each line that pairs with its task-alone line, its Δ of the headline
+    metric (left, linear, dashed at 0) and its perplexity ratio (right, log, dashed at 1) with the interval
+    as the error bar; a panel only where some line pairs in it; one colour per mixer, named once; lines in
+    the table's order, top down, ticked with mixer, objective and what they add (a folder by its name);
+    no figure when nothing pairs."""
+    import math
+
+    from core.schema import Metric
+    from reports.additions import Comparison, Line
+    from reports.stats import PairedDiff
+
+    def pd_(mid, lo, hi, log=False):
+        f = math.log if log else float
+        return PairedDiff(f(mid), f(lo), f(hi), 500, 3, 10_000, 0.95)
+
+    lines = [Line("a", "autoregressive", "", [], None, None),
+             Line("a", "autoregressive", "pretrain passages 0.5", [], pd_(0.1, 0.05, 0.2), pd_(0.8, 0.7, 0.9, True)),
+             Line("a", "autoregressive", "pretrain dir:../data/aozora-pd 0.5", [], "not scored on the same questions",
+                  pd_(1.2, 1.1, 1.3, True)),
+             Line("b", "diffusion", "extra_train=jaquad", [], pd_(-0.05, -0.1, 0.0), None)]
+    c = Comparison("jsquad", Metric("f1", "F1", "max"), True, lines)
+    fig = drawn(fg.added_vs_alone, c, "t")
+    left, right = fig.axes[:2]
+
+    def points(ax):
+        return [(round(float(k.lines[0].get_xdata()[0]), 6), int(k.lines[0].get_ydata()[0]), k.lines[0].get_color())
+                for k in ax.containers]
+
+    assert [p[:2] for p in points(left)] == [(0.1, 0), (-0.05, 2)]
+    assert [p[:2] for p in points(right)] == [(0.8, 0), (1.2, 1)]
+    assert points(left)[0][2] == points(right)[0][2] == points(right)[1][2] != points(left)[1][2]
+    [[(x0, _), (x1, _)]] = left.containers[0].lines[2][0].get_segments()
+    assert (x0, x1) == pytest.approx((0.05, 0.2))
+    [[(x0, _), (x1, _)]] = right.containers[1].lines[2][0].get_segments()
+    assert (x0, x1) == pytest.approx((1.1, 1.3))
+    assert [ln.get_xdata()[0] for ln in left.get_lines() if ln.get_linestyle() == "--"] == [0.0]
+    assert [ln.get_xdata()[0] for ln in right.get_lines() if ln.get_linestyle() == "--"] == [1.0]
+    assert right.get_xscale() == "log" and right.get_xlim() == pytest.approx((0.7 / 1.1, 1.3 * 1.1))
+    assert left.get_xscale() == "linear" and "right of 0: higher" in left.get_xlabel()
+    assert [tk.get_text() for tk in left.get_yticklabels()] == [
+        "a · autoregressive\npretrain passages 0.5", "a · autoregressive\npretrain aozora-pd 0.5",
+        "b · diffusion\nextra_train=jaquad"] and left.yaxis_inverted()
+    assert [tx.get_text() for tx in right.get_legend().get_texts()] == ["a", "b"]
+    assert fig.get_suptitle().startswith("t: pretraining and extra data")
+    # no ratio pairs: the Δ panel alone; a lower-is-better metric says so; nothing pairs: no figure
+    for line in lines:
+        line.ratio = None
+    one = drawn(fg.added_vs_alone, Comparison("mqar", Metric("miss", "miss rate", "min"), False, lines), "t")
+    assert len([a for a in one.axes if a.get_xlabel()]) == 1 and "right of 0: lower" in one.axes[0].get_xlabel()
+    lines[1].delta = lines[3].delta = "no per-question scores"
+    assert drawn(fg.added_vs_alone, c, "t") is None
