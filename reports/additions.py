@@ -107,9 +107,9 @@ def compare(rows: list[dict[str, Any]]) -> list[Comparison]:
             name = " · ".join([mixer, *(v for k, v in other if k in varying and v),
                                *(f"{k}={v}" for k, v in sweep), *([f"norm {norm}"] if norms else [])])
 
-            def order(item):  # best first, lines without a value last; on a tie the task alone, then by name
+            def order(item):  # best first, lines without a value last; on a tie by name ('': the task alone first)
                 vals = [metric(r, key) for r in item[1] if metric(r, key) is not None]
-                return (not vals, -s * sum(vals) / len(vals) if vals else 0.0, item[0] != "", item[0])
+                return (not vals, -s * sum(vals) / len(vals) if vals else 0.0, item[0])
 
             for what, g in sorted(blocks[bkey].items(), key=order):
                 delta = None if not what or key is None else seeds.paired_diff(g, base, key)

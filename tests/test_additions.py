@@ -136,7 +136,7 @@ def test_lines_rank_best_first_by_their_mean_in_the_metrics_direction(monkeypatc
 
     rows = [row(0, [0.3, 0.3]), row(0, [0.2, 0.2], PASSAGES), row(1, [0.2, 0.2], PASSAGES, device="cpu: B"),
             row(0, [0.3, 0.3], extra="jaquad"), row(0, [0.4, 0.4], norm="post"),
-            row(0, [0.4, 0.4], extra="jaquad", norm="post"),
+            row(0, [0.4, 0.4], extra="jaquad", norm="post"), row(0, [0.4, 0.4], PASSAGES, norm="post"),
             {**row(0, [0.1, 0.1], {"sources": ["passages"], "frac": 0.8}, norm="post"), "metrics": {}}]
     titles = []
     monkeypatch.setattr(additions.figures, "added_vs_alone", lambda c, title, path: titles.append(title))
@@ -144,6 +144,7 @@ def test_lines_rank_best_first_by_their_mean_in_the_metrics_direction(monkeypatc
     cells = [tuple(l.split(" | ")[i].strip("| ") for i in (0, 2, 4)) for l in text if l.startswith("| attention")]
     assert cells == [("attention · norm post", "— (the task alone)", "0.40 (n=1, no interval)"),
                      ("attention · norm post", "extra_train=jaquad", "0.40 (n=1, no interval)"),
+                     ("attention · norm post", "pretrain passages 0.5", "0.40 (n=1, no interval)"),
                      ("attention · norm post", "pretrain passages 0.8", "—"),
                      ("attention · norm pre", "pretrain passages 0.5", "0.20 ± 0.00 (n=2)"),
                      ("attention · norm pre", "— (the task alone)", "0.30 (n=1, no interval)"),

@@ -567,6 +567,9 @@ def test_the_added_vs_alone_figure_draws_each_paired_line_in_its_panels(drawn):
     assert [tk.get_text() for tk in left.get_yticklabels()] == [
         "a · autoregressive\npretrain passages 0.5", "a · autoregressive\npretrain aozora-pd 0.5",
         "b · diffusion\nextra_train=jaquad"] and left.yaxis_inverted()
+    assert right.yaxis_inverted() and right.get_ylim() == left.get_ylim()  # one row per line across the panels
+    assert right.get_xlabel().startswith("perplexity ÷ the task alone's") and "left of 1: lower" in right.get_xlabel()
+    assert tuple(fig.get_size_inches()) == pytest.approx((13.0, 0.55 * 3 + 1.5))  # 5 in a panel, a row per line
     assert [tx.get_text() for tx in right.get_legend().get_texts()] == ["a", "b"]
     assert fig.get_suptitle().startswith("t: pretraining and extra data")
     # no ratio pairs: the Δ panel alone; a lower-is-better metric says so; nothing pairs: no figure
