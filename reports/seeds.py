@@ -57,11 +57,21 @@ def paired_diff(rs: list[dict[str, Any]], base: list[dict[str, Any]], key: str) 
     return got if isinstance(got, str) else stats.paired_bootstrap(*got)
 
 
+def num(x: float, around: float = 0.0, sign: str = "+", places: int = 3) -> str:
+    """`x` to `places` decimals; where it differs from `around` (0 for a difference, 1 for a ratio) by less
+    than those decimals show, to the first two significant digits of that distance: '-0.000038', not
+    '-0.000', so an interval end that excludes 0 (or x1) by a hair does not print as if it touched it."""
+    gap = x - around
+    if gap != 0 and float(f"{gap:.{places}f}") == 0:
+        places = 1 - math.floor(math.log10(abs(gap)))
+    return f"{x:{sign}.{places}f}"
+
+
 def diff_text(d: stats.PairedDiff | str) -> str:
     """`paired_diff` as a table shows it: '+0.012 [+0.004, +0.020] **yes** (500 q)', '… no', or 'n/a: why'."""
     if isinstance(d, str):
         return f"n/a: {d}"
-    return f"{d.diff:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}] {_verdict(d)}"
+    return f"{num(d.diff)} [{num(d.lo)}, {num(d.hi)}] {_verdict(d)}"
 
 
 def vs_baseline(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None, key: str) -> str:
@@ -96,7 +106,8 @@ def ratio_text(d: stats.PairedDiff | str) -> str:
     """`ppl_ratio` as the table shows it: '×0.912 [×0.898, ×0.927] **yes** (500 q)', '… no', or 'n/a: why'."""
     if isinstance(d, str):
         return f"n/a: {d}"
-    return f"×{math.exp(d.diff):.3f} [×{math.exp(d.lo):.3f}, ×{math.exp(d.hi):.3f}] {_verdict(d)}"
+    lo, mid, hi = (num(math.exp(v), 1.0, "") for v in (d.lo, d.diff, d.hi))
+    return f"×{mid} [×{lo}, ×{hi}] {_verdict(d)}"
 
 
 def _bases(groups: dict[tuple, list[dict[str, Any]]]) -> dict[tuple, list[dict[str, Any]]]:

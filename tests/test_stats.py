@@ -415,3 +415,15 @@ def test_seed_section_pairs_perplexities_by_question_as_a_ratio():
     for r in rows:
         r["per_question"].pop("nll", None) if "per_question" in r else None
     assert "ppl ÷" not in "\n".join(seeds.seed_section(rows, "f1"))
+
+
+def test_an_interval_end_that_only_rounds_to_0_or_x1_shows_its_first_two_digits():
+    """A significant interval must not print as if it touched 0 (x1 for a ratio): an end within the
+    table's 3 decimals of it shows two significant digits of its distance; an exact 0 (x1) stays as is."""
+    assert [seeds.num(x) for x in (0.0, 0.0123, -0.0123, -3.84e-5, 5.5e-6, 4e-4, -0.0004999)] == [
+        "+0.000", "+0.012", "-0.012", "-0.000038", "+0.0000055", "+0.00040", "-0.00050"]
+    assert [seeds.num(x, 1.0, "") for x in (1.0, 0.912, 0.99995, 1.0004)] == ["1.000", "0.912", "0.999950", "1.00040"]
+    d = stats.PairedDiff(-0.004, -0.009, -3.84e-5, 500, 3, 10_000, 0.95)
+    assert seeds.diff_text(d) == "-0.004 [-0.009, -0.000038] **yes** (500 q, 3 seeds)"
+    r = stats.PairedDiff(math.log(1.2), math.log(1.00004), math.log(1.3), 500, 1, 10_000, 0.95)
+    assert seeds.ratio_text(r) == "×1.200 [×1.000040, ×1.300] **yes** (500 q)"
