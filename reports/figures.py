@@ -23,7 +23,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 from reports import seeds
 from reports.columns import fmt_bytes, fmt_count
 from reports.load import finite, is_reference
-from reports.stats import mean_ci
+from reports.stats import PairedDiff, mean_ci
 from core.schema import row_name
 from reports.tables import declared, label, metric, reference_kind, variant
 
@@ -199,10 +199,10 @@ def added_vs_alone(c: Any, title: str, path: Path) -> Path | None:
     `Comparison`): its Δ of the headline metric against the same mixer on the task alone (left) and its
     perplexity ratio (right, log axis around 1), each with its paired 95% bootstrap interval; one colour
     per mixer. None when no line pairs."""
-    got = [x for x in c.lines if not isinstance(x.delta, (str, type(None))) or not isinstance(x.ratio, (str, type(None)))]
-    if not got:
+    got = [x for x in c.lines if isinstance(x.delta, PairedDiff) or isinstance(x.ratio, PairedDiff)]
+    if not got:  # (a line's difference is None on the task-alone line, a reason where it cannot pair)
         return None
-    panels = [p for p in ("delta", "ratio") if any(not isinstance(getattr(x, p), (str, type(None))) for x in got)]
+    panels = [p for p in ("delta", "ratio") if any(isinstance(getattr(x, p), PairedDiff) for x in got)]
     colors = palette([x.name for x in got])
     ticks = [f"{x.name} · {x.objective}\n" + re.sub(r"dir:(\S+)", lambda m: Path(m.group(1)).name, x.added)
              for x in got]
@@ -213,14 +213,14 @@ def added_vs_alone(c: Any, title: str, path: Path) -> Path | None:
             ratio = panel == "ratio"
             for i, x in enumerate(got):
                 d = getattr(x, panel)
-                if isinstance(d, (str, type(None))):
+                if not isinstance(d, PairedDiff):
                     continue
                 mid, lo, hi = (math.exp(d.diff), math.exp(d.lo), math.exp(d.hi)) if ratio else (d.diff, d.lo, d.hi)
                 ax.errorbar([mid], [i], xerr=[[mid - lo], [hi - mid]], fmt="o", color=colors[x.name], capsize=3,
                             label=x.name, zorder=2)
             ax.axvline(1.0 if ratio else 0.0, color="0.5", ls="--", lw=1.3, zorder=1)  # as on the task alone
             if ratio:
-                ds = [x.ratio for x in got if not isinstance(x.ratio, (str, type(None)))]
+                ds = [x.ratio for x in got if isinstance(x.ratio, PairedDiff)]
                 ax.set_xlim(min(min(math.exp(d.lo) for d in ds), 1.0) / 1.1, max(max(math.exp(d.hi) for d in ds), 1.0) * 1.1)
                 _log_scale(ax, fmt_num, axis="x")
                 ax.set_xlabel("perplexity ÷ the task alone's (bound for diffusion), log scale; left of 1: lower")
