@@ -88,8 +88,9 @@ def _verdict(d: stats.PairedDiff) -> str:
 
 
 def ppl_ratio(rs: list[dict[str, Any]], base: list[dict[str, Any]] | None) -> stats.PairedDiff | str:
-    """A cell's log perplexity (or bound) minus the attention cell's, paired by question: sum(NLL - attention's
-    NLL) / sum(target tokens) over the questions (`per_question.nll`, `.targets`), bootstrapped over the
+    """A cell's log perplexity (or bound) minus the `base` cell's (attention's in the seed table; the same
+    mixer on the task alone in `reports.additions`), paired by question: sum(NLL - base's NLL) /
+    sum(target tokens) over the questions (`per_question.nll`, `.targets`), bootstrapped over the
     questions and, with several seeds, the seeds (`stats.paired_bootstrap`); or why it cannot be paired
     (one line)."""
     if base is None:
