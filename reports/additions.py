@@ -21,7 +21,7 @@ from typing import Any
 from core.schema import Metric
 from reports import bench, figures, seeds, stats
 from reports.load import is_reference
-from reports.tables import declared, esc, metric, primary_metric, settings
+from reports.tables import declared, esc, metric, primary_metric, settings, sign
 
 # task options that add training data (JSQuAD's `extra_train=jaquad` and where that data lives): a cell
 # with them is the one without them plus data
@@ -93,7 +93,7 @@ def compare(rows: list[dict[str, Any]]) -> list[Comparison]:
         if not blocks:
             continue
         key = primary_metric(rs)
-        s = -1.0 if declared(rs, key).better == "min" else 1.0
+        s = sign(rs, key)
         models = [r for b in blocks.values() for g in b.values() for r in g]
         ppl = any("nll" in (r.get("per_question") or {}) for r in models)
         # settings beyond mixer and objective that differ between blocks name them apart (e.g. two rates)
@@ -119,11 +119,6 @@ def compare(rows: list[dict[str, Any]]) -> list[Comparison]:
     return out
 
 
-def _mean(rs: list[dict[str, Any]], key: str, spec: str) -> str:
-    vals = [v for v in (metric(r, key) for r in rs) if v is not None]
-    return stats.mean_ci(vals).text(spec) if vals else "—"
-
-
 def section(rows: list[dict[str, Any]], out_dir: Path | None = None) -> list[str]:
     """One table per task that has something to pair (its headline metric's Δ, and the perplexity ratio
     where rows keep per-question NLLs), its legend, and, given `out_dir`, its figure; [] when nothing in
@@ -142,15 +137,13 @@ def section(rows: list[dict[str, Any]], out_dir: Path | None = None) -> list[str
                  "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
         for line in c.lines:
             cells = [esc(line.name), esc(line.objective), esc(line.added) if line.added else ALONE,
-                     str(len(line.rows)), *([_mean(line.rows, m.key, m.fmt)] if m else []),
-                     *(_mean(line.rows, p.key, p.fmt) for p in ppls)]
+                     str(len(line.rows)), *([seeds.mean_text(line.rows, m.key, m.fmt)] if m else []),
+                     *(seeds.mean_text(line.rows, p.key, p.fmt) for p in ppls)]
             if m:
                 cells.append("(reference)" if line.delta is None else seeds.diff_text(line.delta))
             if c.ppl:
                 cells.append("(reference)" if line.ratio is None else seeds.ratio_text(line.ratio))
             lines.append("| " + " | ".join(cells) + " |")
-        how = (f"({stats.RESAMPLES:,} resamples, seed {stats.SEED}, each drawing the questions with replacement "
-               "and, over several seeds, the seeds too)")
         what = " and ".join([*([f"Δ, the mean per-question {esc(m.header)} difference"] if m else []),
                              *(["ppl ÷, the perplexity ratio (for masked diffusion, of its bound): the summed "
                                 "per-question NLL differences over the target tokens"] if c.ppl else [])])
@@ -161,8 +154,8 @@ def section(rows: list[dict[str, Any]], out_dir: Path | None = None) -> list[str
                   "Each block compares its lines with the line marked *the task alone*: the same mixer, "
                   "objective and settings without them, paired by evaluation question and seed (cells that "
                   "did not score the same questions say so)"
-                  + (f": {what}, each with its 95% paired-bootstrap interval {how}; **yes** = the interval "
-                     "excludes 0 (×1). With one seed it covers question sampling only." if what else "."), ""]
+                  + (f": {what}, each with its 95% paired-bootstrap interval {seeds.HOW}; **yes** = the "
+                     f"interval excludes 0 (×1). {seeds.COVERS}" if what else "."), ""]
         devices = sorted({str(r["device"]) for r in models if r.get("device")})
         title = f"{c.task} · " + " / ".join(devices) if devices else c.task  # every figure names its device(s)
         path = None if out_dir is None else figures.added_vs_alone(

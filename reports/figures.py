@@ -204,8 +204,7 @@ def added_vs_alone(c: Any, title: str, path: Path) -> Path | None:
         return None
     panels = [p for p in ("delta", "ratio") if any(isinstance(getattr(x, p), PairedDiff) for x in got)]
     colors = palette([x.name for x in got])
-    ticks = [f"{x.name} · {x.objective}\n" + re.sub(r"dir:(\S+)", lambda m: Path(m.group(1)).name, x.added)
-             for x in got]
+    ticks = [f"{x.name} · {x.objective}\n" + _short_sources(x.added) for x in got]
     with _style():
         fig, axes = _figure(ncols=len(panels), size=(5.0 * len(panels) + 3.0, max(2.5, 0.55 * len(got) + 1.5)),
                             sharey=True)
@@ -241,8 +240,12 @@ def _bar_name(r: dict[str, Any]) -> str:
     v = variant(r)
     if not v:
         return str(r["mixer"])
-    v = re.sub(r"dir:(\S+)", lambda m: Path(m.group(1)).name, v)
-    return f"{r['mixer']}\n" + v.replace(" · ", "\n").replace(" ≤", "\n≤")
+    return f"{r['mixer']}\n" + _short_sources(v).replace(" · ", "\n").replace(" ≤", "\n≤")
+
+
+def _short_sources(text: str) -> str:
+    """A folder pretraining source by its name alone: 'pretrain dir:../data/aozora-pd 0.5' -> 'pretrain aozora-pd 0.5'."""
+    return re.sub(r"dir:(\S+)", lambda m: Path(m.group(1)).name, text)
 
 
 def _t_interval(values) -> tuple[float, float]:

@@ -13,11 +13,17 @@ import numpy as np
 from core.schema import Metric, declared_metrics
 from reports import stats
 from reports.load import finite, is_reference
-from reports.tables import declared, esc, label, metric, variant
+from reports.tables import declared, esc, label, metric, sign, variant
 
 BASELINE_MIXER = "attention"  # the cell every mixer is compared with (same objective, norm, sweep point)
 # aggregated beside the task's declared metrics: the objectives' perplexities (lower is better)
 PERPLEXITIES = (Metric("ppl", "ppl", "min", fmt=".2f"), Metric("ppl_bound", "ppl bound", "min", fmt=".2f"))
+# what a paired column's interval resamples, and so what it covers (stats.paired_bootstrap): said in the
+# legend of every table that shows one (here and reports/additions.py)
+HOW = (f"({stats.RESAMPLES:,} resamples, seed {stats.SEED}, each drawing the questions with replacement "
+       "and, over several seeds, the seeds too, independently: a pigeonhole bootstrap)")
+COVERS = ("With one seed the interval covers question sampling only; with several it also covers the "
+          "seed-to-seed spread (coarsely with few seeds: 3 seeds make 10 distinct draws).")
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -29,6 +35,12 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
             sweep = tuple(sorted((r.get("sweep") or {}).items()))
             groups[(r["mixer"], r["objective"], r.get("norm"), sweep, variant(r))].append(r)
     return groups
+
+
+def mean_text(rs: list[dict[str, Any]], key: str, spec: str) -> str:
+    """A cell's `key` over its seeds as a table shows it: '0.061 ± 0.004 (n=3)', or '—' (no row has it)."""
+    vals = [v for v in (metric(r, key) for r in rs) if v is not None]
+    return stats.mean_ci(vals).text(spec) if vals else "—"
 
 
 def _lr_text(rs: list[dict[str, Any]]) -> str:
@@ -164,7 +176,7 @@ def seed_section(rows: list[dict[str, Any]], key: str | None, ratios: Ratios | N
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join("---" if i < n_text else "---:" for i in range(len(head))) + "|"]
 
-    s = -1.0 if declared(rows, key).better == "min" else 1.0
+    s = sign(rows, key)
 
     def order(item):
         (mixer, obj, norm, sweep, var), rs = item
@@ -175,9 +187,7 @@ def seed_section(rows: list[dict[str, Any]], key: str | None, ratios: Ratios | N
     for (mixer, obj, norm, sweep, var), rs in sorted(groups.items(), key=order):
         cells = [esc(label(rs[0])), esc(obj), *([esc(norm)] if norms else []),
                  *([", ".join(f"{k}={v}" for k, v in sweep) or "—"] if sweeps else []), str(len(rs))]
-        for m in metrics:
-            vals = [v for v in (metric(r, m.key) for r in rs) if v is not None]
-            cells.append(stats.mean_ci(vals).text(m.fmt) if vals else "—")
+        cells += [mean_text(rs, m.key, m.fmt) for m in metrics]
         cells.append(_lr_text(rs))
         if swept:
             cells.append(_sweep_cost(rs))
@@ -190,22 +200,17 @@ def seed_section(rows: list[dict[str, Any]], key: str | None, ratios: Ratios | N
     legend = ["Each line: one configuration over its seeds. Values are the mean ± the half-width of a two-sided "
               "95% Student-t interval over seeds (n = seeds); *n=1, no interval* means a single run, whose "
               "seed-to-seed spread is unknown."]
-    # what both paired columns' intervals resample, and so what they cover (reports.stats.paired_bootstrap)
-    how = (f"({stats.RESAMPLES:,} resamples, seed {stats.SEED}, each drawing the questions with replacement "
-           "and, over several seeds, the seeds too, independently: a pigeonhole bootstrap)")
-    covers = ("With one seed the interval covers question sampling only; with several it also covers the "
-              "seed-to-seed spread (coarsely with few seeds: 3 seeds make 10 distinct draws).")
     if compare:
         legend.append(f"Δ vs {BASELINE_MIXER}: the mean per-question {name} difference from the "
                       f"{BASELINE_MIXER} cell of the same objective and pretraining (same questions, same seeds), with its 95% "
-                      f"paired-bootstrap interval {how}; "
-                      f"**yes** = the interval excludes 0 (significant at the 5% level, two-sided). {covers}")
+                      f"paired-bootstrap interval {HOW}; "
+                      f"**yes** = the interval excludes 0 (significant at the 5% level, two-sided). {COVERS}")
     if compare_ppl:
         legend.append(f"ppl ÷ {BASELINE_MIXER}'s: the cell's perplexity (for masked diffusion its bound) over the "
                       f"{BASELINE_MIXER} cell's of the same objective and pretraining, paired by question: the log of "
                       "the ratio is the summed per-question NLL difference over the target tokens, with its 95% "
-                      f"paired-bootstrap interval {how}; **yes** = the interval excludes ×1. "
-                      + ("" if compare else f"{covers} ")  # said once, under the Δ column's legend if there is one
+                      f"paired-bootstrap interval {HOW}; **yes** = the interval excludes ×1. "
+                      + ("" if compare else f"{COVERS} ")  # said once, under the Δ column's legend if there is one
                       + "A bound's cells draw the same masks for the same "
                       "questions, so most of its Monte Carlo error (the ± of `bound ± (MC)`) cancels in the ratio; "
                       "what is left is in the per-question differences the bootstrap resamples.")
