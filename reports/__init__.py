@@ -131,6 +131,10 @@ def _data_line(rows: list[dict[str, Any]]) -> str | None:
     if "train_questions" in d:
         parts.append(f"{d['train_questions']:,} training / {d.get('dev_questions', 0):,} dev questions "
                      f"({fmt(d.get('train_tokens'))} training tokens)")
+    sub = d.get("train_subset")
+    if sub:  # JSQuAD's `train_frac`
+        parts.append(f"trained on a seeded {sub['frac']:.0%} of the JSQuAD training paragraphs ({sub['paragraphs']:,} "
+                     f"of {sub['of_paragraphs']:,}, `train_frac={sub['frac']:g}`; the tokenizer is the whole file's)")
     x = d.get("extra_train")
     if x:
         parts.append(f"of them {x['questions']:,} from {x['dataset']} ({x['articles_kept']} articles kept, "

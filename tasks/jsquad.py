@@ -9,7 +9,11 @@ Data protocols (named in every results row and report):
 - `...+jaquad`       `extra_train=jaquad`: JaQuAD train + dev (tasks/jaquad.py) join the training
                     data, minus the articles sharing a title or paragraph with the held-out text.
 Either way a dev slice (whole articles, `dev_frac` of them, fixed seed) is held out from the
-training file for checkpoint selection; the evaluation split is only ever scored.
+training file for checkpoint selection; the evaluation split is only ever scored. `train_frac` < 1
+trains on a seeded share of the remaining JSQuAD paragraphs (JaQuAD, when added, stays whole): a smaller
+training set at the same budget means more epochs, which is how a CPU run reaches the many-epoch regime
+of a GPU budget (docs/pretraining.md). The dev slice, the tokenizer and the evaluation stay those of the
+whole file, so cells with any `train_frac` share a vocabulary and their perplexities compare.
 
 The tokenizer is trained on the JSQuAD training split only, also with JaQuAD or pretraining: every
 row of a comparison then shares one vocabulary (dev losses and the tokenizer ceiling compare), and
@@ -55,6 +59,7 @@ from tasks.tokenizer import JaTokenizer, TokenizerSettings, train_or_load
 
 OFFICIAL_BASE = "https://raw.githubusercontent.com/yahoojapan/JGLUE/main/datasets/jsquad-v1.3"
 DEV_SEED = 1234  # the dev slice is the same for every cell and seed
+SUBSET_SEED = 4321  # so is the training subset of `train_frac` (another seed: not correlated with the dev pick)
 ANSWER_CONSTRAINTS = ("none", "span")
 # a prompt's sections in order, each followed by SEP, after BOS: written by `_Encoder._assemble`, read back
 # by `JSQuAD.span_constraints`
@@ -97,6 +102,20 @@ def split_dev(items: list[QAItem], dev_frac: float) -> tuple[list[QAItem], list[
     return [it for it in items if it.title not in dev_titles], [it for it in items if it.title in dev_titles]
 
 
+def keep_paragraphs(items: list[QAItem], frac: float) -> list[QAItem]:
+    """A seeded share of the training paragraphs (at least one), every question of each: the same subset for
+    every cell and seed, and a smaller share's paragraphs are among a larger share's (they are ranked once),
+    so a data-scaling curve adds data rather than swapping it. Paragraphs, not articles: JSQuAD's training
+    file has 53 articles of up to 80 paragraphs, too coarse a unit for a tenth of it (and the dev slice, not
+    this, is what must not share a paragraph with training)."""
+    if frac >= 1:
+        return items
+    paragraphs = sorted({(it.title, it.paragraph) for it in items})
+    order = np.random.default_rng(SUBSET_SEED).permutation(len(paragraphs))
+    kept = {paragraphs[i] for i in order[: max(1, round(frac * len(paragraphs)))]}
+    return [it for it in items if (it.title, it.paragraph) in kept]
+
+
 # ----------------------------------------------------------------------------- the task
 
 @register("jsquad")
@@ -122,6 +141,7 @@ class JSQuAD(Task):
     class Options:
         protocol: str = "auto"  # auto | offline | official
         dev_frac: float = 0.1  # share of training-file articles held out for checkpoint selection
+        train_frac: float = 1.0  # share of the other JSQuAD training paragraphs trained on (seeded, whole paragraphs)
         vocab_size: int = 0  # 0: the preset's
         normalization: str = "identity"  # SentencePiece normaliser (identity | nmt_nfkc | nfkc)
         order: str = "context_first"  # context_first | question_first
@@ -141,12 +161,17 @@ class JSQuAD(Task):
                 raise ValueError("jsquad: max_answer_tokens must be >= 1 and vocab_size >= 0 (0: the preset's)")
             if not 0 < self.dev_frac < 1:
                 raise ValueError(f"jsquad: dev_frac must be in (0, 1); got {self.dev_frac}")
+            if not 0 < self.train_frac <= 1:
+                raise ValueError(f"jsquad: train_frac must be in (0, 1]; got {self.train_frac}")
             if self.answer_constraint not in ANSWER_CONSTRAINTS:
                 raise ValueError(f"jsquad: answer_constraint must be one of {', '.join(ANSWER_CONSTRAINTS)}; "
                                  f"got {self.answer_constraint!r}")
 
     def grid_tag(self) -> str:
-        return "" if self.opts.answer_constraint == "none" else f"answers-{self.opts.answer_constraint}"
+        tags = [] if self.opts.answer_constraint == "none" else [f"answers-{self.opts.answer_constraint}"]
+        if self.opts.train_frac < 1:  # another training set: its scores answer another question
+            tags.append(f"train-{self.opts.train_frac:g}")
+        return "_".join(tags)
 
     def check_objective(self, objective) -> None:
         if self.opts.answer_constraint != "none" and objective.constraint_path is None:
@@ -186,6 +211,9 @@ class JSQuAD(Task):
         train_items, dev_items = split_dev(train_items, o.dev_frac)
         texts = sorted({t for it in train_items for t in (it.title, it.paragraph)}) + [it.question for it in train_items] \
             + [it.answers[0] for it in train_items if it.answers]
+        subset = {"frac": o.train_frac, "of_paragraphs": len({(it.title, it.paragraph) for it in train_items})}
+        train_items = keep_paragraphs(train_items, o.train_frac)  # after `texts`: the whole file's tokenizer
+        subset["paragraphs"] = len({(it.title, it.paragraph) for it in train_items})
         extra: dict[str, Any] = {}
         if o.extra_train:
             protocol, added, extra = self._extra(ctx, protocol, eval_items + dev_items)
@@ -218,6 +246,7 @@ class JSQuAD(Task):
             "eval_questions": len(eval_items), "eval_questions_total": n_eval_total,
             "eval_truncated": enc.eval_truncated, "eval_answer_cut": cut,
             **({"extra_train": extra} if extra else {}),
+            **({"train_subset": subset} if o.train_frac < 1 else {}),
         }
         ctx.log(f"[jsquad] {protocol}: {info['train_questions']} train / {info['dev_questions']} dev / "
                 f"{len(eval_items)} eval questions, vocab {tok.vocab_size}, {info['train_tokens']:,} train tokens")

@@ -342,6 +342,8 @@ def test_the_least_allowed_option_values_are_accepted(opts):
     ({"vocab_size": -1}, r"vocab_size >= 0 \(0: the preset's\)"),
     ({"dev_frac": 0.0}, r"dev_frac must be in \(0, 1\); got 0.0"),
     ({"dev_frac": 1.0}, r"dev_frac must be in \(0, 1\); got 1.0"),
+    ({"train_frac": 0.0}, r"train_frac must be in \(0, 1\]; got 0.0"),
+    ({"train_frac": 1.5}, r"train_frac must be in \(0, 1\]; got 1.5"),
     ({"protocol": "online"}, "protocol must be auto, offline or official; got 'online'"),
     ({"order": "answer_first"}, "order must be context_first or question_first; got 'answer_first'"),
     ({"extra_train": "squad"}, "extra_train must be '' or 'jaquad'; got 'squad'"),
@@ -490,3 +492,65 @@ def test_a_split_without_its_v13_file_is_read_from_its_newest_version(tmp_path):
     assert find_split(tmp_path, "test") is None
     (tmp_path / "valid.json").write_text("{}", encoding="utf-8")
     assert find_split(tmp_path, "valid") == tmp_path / "valid.json"  # an unversioned name before a guess
+
+
+# ----------------------------------------------------------------------------- train_frac: a smaller training set
+
+def test_train_frac_trains_on_a_seeded_share_of_whole_paragraphs_and_keeps_the_rest(offline_dir, cache_dir,
+                                                                                  monkeypatch):
+    """`train_frac` keeps a share of the training paragraphs (each with every question; they are also the
+    pretraining passages), while the dev slice, the tokenizer's texts and the scored questions stay the
+    whole file's: cells with and without it compare on the same vocabulary, dev and test questions."""
+    seen: list[list[str]] = []
+    real = jsq.train_or_load
+    monkeypatch.setattr(jsq, "train_or_load", lambda texts, *a: (seen.append(list(texts)), real(texts, *a))[1])
+    whole = _prepare(offline_dir, cache_dir, dev_frac=0.2)
+    part = _prepare(offline_dir, cache_dir, dev_frac=0.2, train_frac=0.4)
+    train, dev = jsq.split_dev(jsq.load_file(offline_dir / "valid-v1.3.json"), 0.2)
+    assert len({it.paragraph for it in train}) == 5
+    kept = jsq.keep_paragraphs(train, 0.4)
+    paragraphs = {it.paragraph for it in kept}
+    assert len(paragraphs) == 2  # round(0.4 x 5)
+    assert [it.qid for it in kept] == [it.qid for it in train if it.paragraph in paragraphs]  # every question
+    assert part.info["train_questions"] == len(kept) < whole.info["train_questions"] == len(train)
+    assert part.info["train_subset"] == {"frac": 0.4, "of_paragraphs": 5, "paragraphs": 2}
+    assert "train_subset" not in whole.info
+    assert sorted(part.passages) == sorted(paragraphs)  # what --pretrain passages reads
+    assert len(seen) == 2 and seen[0] == seen[1]  # the tokenizer: the whole file's
+    assert part.info["dev_questions"] == whole.info["dev_questions"] == len(dev)
+    assert part.eval_ids == whole.eval_ids
+
+
+def _items(spec: dict[str, int]) -> list[jsq.QAItem]:
+    """Two questions on each of `spec[title]` paragraphs of each title."""
+    return [jsq.QAItem(f"{t}-{p}-{q}", t, f"{t} の段落 {p}", f"問 {q}", ["a"], [0])
+            for t, n in spec.items() for p in range(n) for q in range(2)]
+
+
+@pytest.mark.parametrize("frac, n", [(0.01, 1), (0.3, 3), (0.5, 5), (0.7, 7), (1.0, 10)])
+def test_a_smaller_train_frac_keeps_a_subset_of_a_larger_ones_paragraphs(frac, n):
+    """The unit is the paragraph, not the article (one article of 8 paragraphs and two of 1 here: a share
+    of articles could not be 3 of 10 paragraphs), with both its questions. The paragraphs are ranked once
+    (a fixed seed): the same subset every time, at least one, and a larger share adds paragraphs to a
+    smaller one's rather than drawing others (a data-scaling curve adds data at each point). 1 keeps all."""
+    items = _items({"長い記事": 8, "短い記事": 1, "別の記事": 1})
+    got = [jsq.keep_paragraphs(items, f) for f in (frac, min(1.0, frac + 0.2))]
+    keys = [{(it.title, it.paragraph) for it in g} for g in got]
+    assert len(keys[0]) == n and keys[0] <= keys[1]
+    assert len(got[0]) == 2 * n and [it.qid for it in got[0]] == [it.qid for it in items
+                                                                  if (it.title, it.paragraph) in keys[0]]
+    assert jsq.keep_paragraphs(items, frac) == got[0]
+    assert jsq.keep_paragraphs(items, 1.0) == items
+
+
+def test_train_frac_leaves_jaquad_whole_and_names_its_own_grid(offline_dir, cache_dir):
+    """JaQuAD's questions are added whole to the JSQuAD subset (the share is of JSQuAD's paragraphs), and
+    the grid gets its own name: a model trained on a tenth of the data answers another question."""
+    _write_jaquad(offline_dir.parent / "jaquad-v0.1.0")
+    d = _prepare(offline_dir, cache_dir, dev_frac=0.2, train_frac=0.4, extra_train="jaquad")
+    train, _ = jsq.split_dev(jsq.load_file(offline_dir / "valid-v1.3.json"), 0.2)
+    assert d.info["train_questions"] == len(jsq.keep_paragraphs(train, 0.4)) + 2
+    assert d.info["train_subset"]["paragraphs"] == 2
+    tag = [tasks.build("jsquad", **o).grid_tag() for o in (
+        {}, {"train_frac": 0.25}, {"train_frac": 1.0}, {"answer_constraint": "span", "train_frac": 0.1})]
+    assert tag == ["", "train-0.25", "", "answers-span_train-0.1"]

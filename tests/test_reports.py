@@ -980,6 +980,10 @@ def test_the_data_line_describes_the_model_cells_data_and_a_references_only_wher
     assert "; 4,420 evaluation questions; tokenizer" in _data_line([whole])
     whole["data"]["eval_questions"] = 500
     assert "; 500 evaluation questions (a seeded sample of 4,420); tokenizer" in _data_line([whole])
+    assert "training paragraphs" not in _data_line([whole])
+    whole["data"]["train_subset"] = {"frac": 0.05, "paragraphs": 1234, "of_paragraphs": 24680}  # train_frac
+    assert ("training tokens); trained on a seeded 5% of the JSQuAD training paragraphs (1,234 of 24,680, "
+            "`train_frac=0.05`; the tokenizer is the whole file's); 500 evaluation") in _data_line([whole])
 
 
 @pytest.mark.parametrize("seeds, warned", [((0,), True), ((0, 1), False), ((0, 1, 2), False)])
