@@ -83,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-tokens", type=int, default=None,
                    help="tokens of the fixed dev sample each checkpoint-selection check scores "
                         "(default: harness.train.TrainConfig.dev_tokens; 0: the whole dev slice)")
+    p.add_argument("--dev-checks", type=int, default=None,
+                   help="checkpoint-selection dev checks, evenly spaced over the budget (default: "
+                        "harness.train.TrainConfig.eval_points, 10); more find an early optimum when a long budget "
+                        "overfits (the report says when a cell's best checkpoint is its first check)")
     p.add_argument("--budget", default=None,
                    help=f"tokens=N | seconds=S | a100_seconds=S (per cell; default: the task's, else {DEFAULT_BUDGET})")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
@@ -211,6 +215,8 @@ def apply_defaults(args: argparse.Namespace) -> list[str]:
     args.lr = args.lr or os.environ.get("WAVEBENCH_LR") or DEFAULT_LR
     if args.dev_tokens is not None and args.dev_tokens < 0:
         raise ValueError(f"--dev-tokens must be >= 0 (0: the whole dev slice); got {args.dev_tokens}")
+    if args.dev_checks is not None and args.dev_checks < 1:
+        raise ValueError(f"--dev-checks must be >= 1 (the last is at the end of the budget); got {args.dev_checks}")
     return notes
 
 
@@ -325,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
              mixer_opts=mixer_opts[m], objective_opts=objective_opts[o], task_opts=task_opts, loss=args.loss,
              compile=args.compile, no_compile=args.no_compile, compile_mode=args.compile_mode,
              compile_scope=args.compile_scope, sdpa_cudnn=args.sdpa_cudnn, pretrain=pretrain,
-             dev_tokens=args.dev_tokens, lr=lr, lr_sweep=sweep_lr)
+             dev_tokens=args.dev_tokens, dev_checks=args.dev_checks, lr=lr, lr_sweep=sweep_lr)
         for s, o, m in run_order(seeds, objective_names, mixer_names)
     ]
     if any(c.compiles(device) for c in cells):  # (CUDA compiles by default)

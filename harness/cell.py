@@ -114,6 +114,7 @@ class Cell:
     sdpa_cudnn: bool = False  # let SDPA use cuDNN's attention on CUDA (allow_cudnn_attention)
     d_model: int = 0  # model width override (0: the preset's); the --sweep varies it
     dev_tokens: int | None = None  # tokens a dev check scores (None: TrainConfig's default bound)
+    dev_checks: int | None = None  # dev checks over the budget (None: TrainConfig's eval_points)
     sweep: dict[str, int] | None = None  # a sweep point, e.g. {"seq_len": 256, "d_model": 64}: copied to the row
     pretrain: dict[str, Any] | None = None  # harness.pretrain.PretrainSpec as a dict: sources, frac, max_chars
     lr: float = 0.0  # learning rate override (0: the preset's)
@@ -139,7 +140,7 @@ class Cell:
 
 
 _KEY_IF_SET = ("d_model", "sweep", "pretrain", "dev_tokens", "lr", "lr_sweep", "no_compile", "compile_mode",
-              "compile_scope", "sdpa_cudnn")
+              "compile_scope", "sdpa_cudnn", "dev_checks")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.name in _KEY_IF_SET}
 
 
@@ -410,6 +411,8 @@ def _train_config(cell: Cell, ctx: RunContext, preset: Preset, compiled: bool) -
                                                                TRAIN_SHARE * min(f, 1.0)))
     if cell.dev_tokens is not None:
         tcfg.dev_tokens = cell.dev_tokens
+    if cell.dev_checks is not None:
+        tcfg.eval_points = cell.dev_checks
     tcfg.profile = ctx.profile
     return tcfg
 

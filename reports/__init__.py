@@ -156,6 +156,35 @@ def _data_line(rows: list[dict[str, Any]]) -> str | None:
     return "Data: " + "; ".join(parts) + "." if parts else None
 
 
+def early_best_line(rows: list[dict[str, Any]]) -> str | None:
+    """Which model cells kept the first dev check of a stage as their checkpoint while later checks of that
+    stage did no better. Such a cell's dev loss is lowest where the first look was taken: the rest of the
+    budget did not improve the model, and a better checkpoint may lie before that check (a long budget
+    on a small training set overfits: docs/pretraining.md; a diffusion cell's dev loss can also rise from
+    the start). Its scores are an early checkpoint's, not what
+    the budget buys, which a reader of the table must know (None when no cell is such)."""
+    hits: dict[tuple[str, str], list[tuple[Any, float]]] = defaultdict(list)
+    n = 0
+    for r in rows:
+        curve, best = r.get("loss_curve") or [], (r.get("train") or {}).get("best_fraction")
+        if is_reference(r) or r["status"] != "ok" or not curve or best is None:
+            continue
+        n += 1
+        stage = [p for p in curve if p.get("stage") == next((q.get("stage") for q in curve if q["frac"] == best), "?")]
+        if len(stage) > 1 and stage[0]["frac"] == best:
+            hits[(label(r), r["objective"])].append((r.get("seed"), best))
+    if not hits:
+        return None
+    cells = "; ".join(f"{esc(m)} × {o} (seed{'s' if len(v) > 1 else ''} {', '.join(str(s) for s, _ in v)}: at "
+                      f"{', '.join(f'{b:.0%}' for _, b in v)} of the budget)" for (m, o), v in sorted(hits.items()))
+    k = sum(len(v) for v in hits.values())
+    return (f"**Best at the first dev check: {k} of {n} cells** (the stage's first; {cells}): no later check of that "
+            "stage did better, so the rest of the budget did not improve these models (a small training set overfitted, "
+            "or training moved away from the answers) and a better checkpoint may lie before that check. Their scores "
+            "are an early checkpoint's, not what the budget buys; more checks (`--dev-checks`), a smaller budget or "
+            "more training data say more.")
+
+
 def _num(v: Any, spec: str) -> str:
     return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
 
@@ -212,6 +241,9 @@ def group_section(task: str, protocol: str, rows: list[dict[str, Any]], out_dir:
     agg = seeds.seed_section(rows, key, ratios)
     if agg:
         lines += ["### Across seeds: mean ± 95% interval, and each mixer against attention", "", *agg, ""]
+    early = early_best_line(rows)
+    if early:
+        lines += [early, ""]
     if models and len({r.get("seed") for r in models}) < 2:
         lines += ["One seed per cell: a difference smaller than the seed-to-seed spread is not evidence "
                   "(run `--seeds 0,1,2` for a spread).", ""]

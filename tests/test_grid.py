@@ -235,6 +235,7 @@ def _cli(args):
     (["--task-opt", "eval_limit=-5"], "error: jsquad: eval_limit must be >= 0"),
     (["--seeds", "a"], "error: --seeds takes comma-separated integers, got 'a'"),
     (["--dev-tokens", "-1"], "error: --dev-tokens must be >= 0"),
+    (["--dev-checks", "0"], "error: --dev-checks must be >= 1 (the last is at the end of the budget); got 0"),
 ])
 def test_bad_input_is_one_clear_line(offline_dir, tmp_path, cache_dir, extra, match):
     r = _cli([*_args(offline_dir, tmp_path, cache_dir), *extra])
@@ -311,6 +312,8 @@ def test_quick_sets_the_smoke_defaults_and_explicit_flags_win(offline_dir, tmp_p
     assert row["preset"] == run_matrix.QUICK["preset"] and row["budget"] == "tokens=3000"
     assert row["task_opts"] == {"eval_limit": "3"} and row["metrics"]["eval_n"] == 3
     assert 0 < row["train"]["dev_tokens"] <= run_matrix.QUICK["dev_tokens"]
+    # TrainConfig's 10 dev checks, at most one per step (this budget is 4 steps)
+    assert row["train"]["dev_checks"] == len(row["loss_curve"]) == min(10, row["train"]["steps"]) == 4
     assert {"prepare_s", "train_s", "dev_s", "eval_s"} <= set(row["timing"])
     t = row["train"]  # the warm-up steps' training, and what a time budget would charge for it
     assert t["warm_tokens"] == sum(s["warm_tokens"] for s in t["stages"]) > 0 and t["warm_charged_seconds"] > 0
@@ -573,3 +576,22 @@ def test_sdpa_cudnn_is_a_cell_setting_each_cell_asks_for(offline_dir, tmp_path, 
     assert run_matrix.main(args) == 0
     assert asked == [True, False]
     assert [r["status"] for r in _cells(tmp_path / "out" / "results" / "t.jsonl")] == ["ok", "ok"]
+
+
+def test_dev_checks_sets_how_many_dev_checks_pick_the_checkpoint(offline_dir, tmp_path, cache_dir):
+    """`--dev-checks N`: N dev checks evenly over the budget (the last at its end), in the row's loss curve and
+    its `train.dev_checks`; the cell is another cell (its own key), so a grid with it does not resume one
+    without it."""
+    out = tmp_path / "out"
+    args = ["--quick", "--budget", "tokens=6000", "--task-opt", "eval_limit=2", "--mixers", "attention",
+            "--objectives", "autoregressive", "--data-dir", str(offline_dir), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--no-progress", "--no-report", "--grid", "d"]
+    assert run_matrix.main([*args, "--dev-checks", "3"]) == 0
+    [row] = _cells(out / "results" / "d.jsonl")
+    assert row["train"]["dev_checks"] == len(row["loss_curve"]) == 3
+    fracs = [p["frac"] for p in row["loss_curve"]]
+    assert fracs[-1] == 1.0 and all(abs(f - (i + 1) / 3) < 0.2 for i, f in enumerate(fracs)), fracs
+    assert run_matrix.main(args) == 0  # the default: another cell, trained, not resumed
+    rows = _cells(out / "results" / "d.jsonl")
+    assert rows[1]["train"]["steps"] == 7 and rows[0]["key"] != rows[1]["key"]
+    assert [len(r["loss_curve"]) for r in rows] == [3, 7]  # the default's 10 checks: one per step of 7

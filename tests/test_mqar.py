@@ -241,11 +241,12 @@ def test_new_cell_fields_leave_existing_resume_keys_unchanged():
     c = Cell(task="jsquad", mixer="attention", objective="autoregressive", preset="tiny", budget="tokens=1")
     old = {k: v for k, v in dataclasses.asdict(c).items()
            if k not in ("d_model", "sweep", "pretrain", "dev_tokens", "lr", "lr_sweep", "no_compile", "compile_mode",
-                         "compile_scope", "sdpa_cudnn")}
+                         "compile_scope", "sdpa_cudnn", "dev_checks")}
     assert c.key() == hashlib.sha1(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert dataclasses.replace(c, d_model=32).key() != c.key()
     assert dataclasses.replace(c, pretrain={"sources": ["passages"], "frac": 0.5, "max_chars": 0}).key() != c.key()
     assert dataclasses.replace(c, dev_tokens=4096).key() != c.key()
+    assert dataclasses.replace(c, dev_checks=40).key() != c.key()
     assert dataclasses.replace(c, lr_sweep={"rates": "auto", "frac": 0.5}).key() != c.key()
     assert dataclasses.replace(c, compile_mode="reduce-overhead").key() != c.key()
     assert dataclasses.replace(c, compile_scope="model").key() != c.key()

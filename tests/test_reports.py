@@ -1094,3 +1094,39 @@ def test_the_bounds_monte_carlo_error_is_a_column_only_where_a_row_has_it():
     col = {c.key: c for c in shown_columns(new)}["bound_se"]
     assert cell_text(diffusion, col, {}, new) == "±5.1%"
     assert cell_text(new[0], col, {}, new) == "—"  # an autoregressive row: exact, no error to show
+
+
+def test_the_report_says_which_cells_kept_the_first_dev_check_of_their_stage(tmp_path):
+    """A cell whose checkpoint is the first dev check of its stage, with later checks of that stage no
+    better, is named with its seeds and where that check was (its scores are an early checkpoint's);
+    a best later in the run, a pretraining cell best at the end of its task stage, a stage with one
+    check, a failed cell and a reference are not; no such cell, no line. The line is in the report."""
+    from reports import early_best_line
+
+    def cell(mixer, seed, best, stages=None, objective="autoregressive", status="ok"):
+        r = _row(mixer, objective, seed=seed, status=status, metrics=_qa(0.1, 0.2, ppl=9.0))
+        if stages:
+            for p, s in zip(r["loss_curve"], stages):
+                p["stage"] = s
+        r["train"] = {**r["train"], "best_fraction": best} if status == "ok" else {}
+        return r
+
+    rows = [cell("attention", 0, 0.25), cell("attention", 1, 0.25), cell("attention", 2, 0.75),
+            cell("mamba", 0, 0.75, ["pretrain", "task", "task", "task"]),  # ... its task stage's first check: 0.5
+            cell("mamba", 1, 0.5, ["pretrain", "task", "task", "task"]),  # ... its task stage's first check
+            cell("gated_context", 0, 0.25, ["pretrain", "task", "task", "task"]),  # a stage of one check
+            cell("gated_context", 1, 1.0, ["pretrain", "pretrain", "task", "task"]),
+            cell("wave_interference", 0, 0.25, objective="diffusion"), cell("mamba", 2, 0.25, status="failed"),
+            _ref("title", "baseline", 0.1, 0.2)]
+    line = early_best_line(rows)
+    assert line.startswith("**Best at the first dev check: 4 of 8 cells** (the stage's first; attention × "
+                           "autoregressive (seeds 0, 1: at 25%, 25% of the budget); mamba × autoregressive (seed 1: "
+                           "at 50% of the budget); wave_interference × diffusion (seed 0: at 25% of the budget)):")
+    assert "`--dev-checks`" in line
+    assert early_best_line([r for r in rows if r["mixer"] in ("gated_context",) or r["train"].get("best_fraction", 0)
+                            > 0.5]) is None
+    assert early_best_line([cell("attention", 0, None)]) is None  # no best recorded
+    for i, r in enumerate(rows[:3] + [rows[-1]]):
+        append_row(tmp_path / "results" / "g.jsonl", {**r, "key": f"k{i}"})
+    write_reports(tmp_path / "results", tmp_path / "reports")
+    assert "**Best at the first dev check: 2 of 3 cells**" in (tmp_path / "reports" / "g" / "README.md").read_text()
