@@ -442,6 +442,7 @@ def _train_record(res: TrainResult, tcfg: TrainConfig, compiled: bool, tf32: boo
             "recompile_limit_hits": recompile_limit_hits(),
             "lr": tcfg.lr, "pad_to": tcfg.pad_to, "stages": res.stages, "padding_frac": res.padding_frac,
             "dev_tokens": res.dev_tokens, "dev_tokens_bound": tcfg.dev_tokens, "dev_checks": len(res.loss_curve),
+            "dev_checks_bound": tcfg.eval_points,  # the setting (--dev-checks); at most one check a step
             **({"batch_tokens": tcfg.batch_tokens} if tcfg.batch_tokens else {"batch_size": tcfg.batch_size})}
 
 

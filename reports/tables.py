@@ -104,6 +104,8 @@ def settings(row: dict[str, Any]) -> dict[str, str]:
         out["sdpa"] = "cuDNN attention" if train["sdpa_cudnn"] else "no cuDNN attention"
     if train.get("dev_tokens_bound") is not None:  # the setting (--dev-tokens), not the sample's size
         out["dev_tokens"] = f"dev ≤{fmt_count(train['dev_tokens_bound'])} tok"
+    if train.get("dev_checks_bound") is not None:  # --dev-checks (rows since 2026-12-07)
+        out["dev_checks"] = f"{train['dev_checks_bound']} dev checks"
     point = row.get("sweep") or {}  # a sweep point's task options (MQAR's seq_len) are its own column
     task = {a: b for a, b in (row.get("task_opts") or {}).items() if a not in point}
     out["task_opts"] = ", ".join(f"{a}={b}" for a, b in sorted(task.items()))

@@ -314,6 +314,7 @@ def test_quick_sets_the_smoke_defaults_and_explicit_flags_win(offline_dir, tmp_p
     assert 0 < row["train"]["dev_tokens"] <= run_matrix.QUICK["dev_tokens"]
     # TrainConfig's 10 dev checks, at most one per step (this budget is 4 steps)
     assert row["train"]["dev_checks"] == len(row["loss_curve"]) == min(10, row["train"]["steps"]) == 4
+    assert row["train"]["dev_checks_bound"] == 10  # the setting, not the count
     assert {"prepare_s", "train_s", "dev_s", "eval_s"} <= set(row["timing"])
     t = row["train"]  # the warm-up steps' training, and what a time budget would charge for it
     assert t["warm_tokens"] == sum(s["warm_tokens"] for s in t["stages"]) > 0 and t["warm_charged_seconds"] > 0
@@ -588,7 +589,7 @@ def test_dev_checks_sets_how_many_dev_checks_pick_the_checkpoint(offline_dir, tm
             "--cache-dir", str(cache_dir), "--no-progress", "--no-report", "--grid", "d"]
     assert run_matrix.main([*args, "--dev-checks", "3"]) == 0
     [row] = _cells(out / "results" / "d.jsonl")
-    assert row["train"]["dev_checks"] == len(row["loss_curve"]) == 3
+    assert row["train"]["dev_checks"] == len(row["loss_curve"]) == 3 == row["train"]["dev_checks_bound"]
     fracs = [p["frac"] for p in row["loss_curve"]]
     assert fracs[-1] == 1.0 and all(abs(f - (i + 1) / 3) < 0.2 for i, f in enumerate(fracs)), fracs
     assert run_matrix.main(args) == 0  # the default: another cell, trained, not resumed

@@ -412,6 +412,9 @@ def test_a_cell_rerun_with_its_mixers_or_objectives_options_is_named_apart_withi
      ["attention (cuDNN attention)", "attention (no cuDNN attention)"]),
     ({"train": {"lr": 3e-3, "compile": True, "dev_tokens_bound": 4096}},
      ["attention (dev ≤32.8k tok)", "attention (dev ≤4.1k tok)"]),
+    ({"train": {"lr": 3e-3, "compile": True, "compile_mode": "default", "compile_scope": "blocks",
+                "dev_tokens_bound": 32768, "sdpa_cudnn": False, "dev_checks_bound": 40}},
+     ["attention (10 dev checks)", "attention (40 dev checks)"]),
     ({"task_opts": {"eval_limit": "200"}}, ["attention (eval_limit=200)", "attention (eval_limit=500)"]),
     ({"device": "cuda: NVIDIA H100", "budget": "seconds=60"},
      ["attention (cuda: NVIDIA H100)", "attention (cuda: NVIDIA H200)"]),
@@ -428,7 +431,7 @@ def test_a_grid_resumed_with_another_budget_preset_loss_compilation_or_evaluatio
         base = {"budget": "seconds=60" if "seconds" in change.get("budget", "") else "tokens=20000",
                 "device": "cuda: NVIDIA H200", "backend": {"mixer": ["sdpa"], "loss": "chunked"},
                 "train": {"lr": 3e-3, "compile": True, "compile_mode": "default", "compile_scope": "blocks",
-                          "dev_tokens_bound": 32768, "sdpa_cudnn": False},
+                          "dev_tokens_bound": 32768, "sdpa_cudnn": False, "dev_checks_bound": 10},
                 "task_opts": {"eval_limit": "500"}, "seed": seed}
         return _row("attention", "autoregressive", key=f"k{seed}{bool(kw)}",
                     metrics=_qa(0.0, 0.1 + 0.1 * seed + 0.05 * bool(kw), ppl=9.0), **{**base, **kw})
