@@ -596,3 +596,6 @@ def test_dev_checks_sets_how_many_dev_checks_pick_the_checkpoint(offline_dir, tm
     rows = _cells(out / "results" / "d.jsonl")
     assert rows[1]["train"]["steps"] == 7 and rows[0]["key"] != rows[1]["key"]
     assert [len(r["loss_curve"]) for r in rows] == [3, 7]  # the default's 10 checks: one per step of 7
+    one = run_matrix.parser().parse_args(["--dev-checks", "1"])  # the least allowed: one check, at the end
+    run_matrix.apply_defaults(one)
+    assert one.dev_checks == 1

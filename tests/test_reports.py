@@ -1119,15 +1119,17 @@ def test_the_report_says_which_cells_kept_the_first_dev_check_of_their_stage(tmp
             cell("mamba", 1, 0.5, ["pretrain", "task", "task", "task"]),  # ... its task stage's first check
             cell("gated_context", 0, 0.25, ["pretrain", "task", "task", "task"]),  # a stage of one check
             cell("gated_context", 1, 1.0, ["pretrain", "pretrain", "task", "task"]),
+            cell("gated_context", 2, 0.75, ["pretrain", "pretrain", "task", "task"]),  # the first of a stage's two
             cell("wave_interference", 0, 0.25, objective="diffusion"), cell("mamba", 2, 0.25, status="failed"),
             _ref("title", "baseline", 0.1, 0.2)]
     line = early_best_line(rows)
-    assert line.startswith("**Best at the first dev check: 4 of 8 cells** (the stage's first; attention × "
-                           "autoregressive (seeds 0, 1: at 25%, 25% of the budget); mamba × autoregressive (seed 1: "
-                           "at 50% of the budget); wave_interference × diffusion (seed 0: at 25% of the budget)):")
+    assert line.startswith("**Best at the first dev check: 5 of 9 cells** (the stage's first; attention × "
+                           "autoregressive (seeds 0, 1: at 25%, 25% of the budget); gated_context × autoregressive "
+                           "(seed 2: at 75% of the budget); mamba × autoregressive (seed 1: at 50% of the budget); "
+                           "wave_interference × diffusion (seed 0: at 25% of the budget)):")
     assert "`--dev-checks`" in line
-    assert early_best_line([r for r in rows if r["mixer"] in ("gated_context",) or r["train"].get("best_fraction", 0)
-                            > 0.5]) is None
+    unflagged = [rows[i] for i in (2, 3, 5, 6, 9, 10)]  # a later best, a one-check stage, a failed cell, a reference
+    assert early_best_line(unflagged) is None
     assert early_best_line([cell("attention", 0, None)]) is None  # no best recorded
     for i, r in enumerate(rows[:3] + [rows[-1]]):
         append_row(tmp_path / "results" / "g.jsonl", {**r, "key": f"k{i}"})
