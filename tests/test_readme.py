@@ -173,15 +173,17 @@ def test_the_readmes_two_device_commands_run_every_gpu_check_part_in_order():
 def test_the_gpu_checks_grids_run_the_readmes_main_command_but_for_its_size():
     """Issue 14's first target is "the README's default grid command finishes every cell ok" on a GPU, and
     the check can only afford a short version of it: the same flags, except the ones that set its size
-    (data folder, budget, seeds, preset; the learning-rate sweep, replaced by the preset's rate). A flag the main
-    command gains (as `--pretrain passages` was) must reach every grid of the check, or that path never
-    runs on a GPU and the verdict answers for another command."""
+    (data folder, budget, seeds, preset, and the number of dev checks, which grows with the budget; the
+    learning-rate sweep, replaced by the preset's rate). A flag the main command gains (as `--pretrain
+    passages` was until 2026-12-07) must reach every grid of the check, or that path never runs on a GPU and
+    the verdict answers for another command. The check may run more than the command: its grids still
+    pretrain on the passages (the GPU path of `--pretrain`; the rows' speeds are their task stage's)."""
     main = next(c for c in readme_commands(README.read_text(encoding="utf-8"))
                 if c.startswith("python run_matrix.py") and "--seeds 0,1,2" in c and "--preset small" in c)
-    sized = {"--data-dir", "--budget", "--seeds", "--preset"}  # (the grid part is small: tests/test_gpu_check.py)
+    sized = {"--data-dir", "--budget", "--seeds", "--preset", "--dev-checks"}  # (tests/test_gpu_check.py)
     words = main.split()[2:]
     flags = [(w, v) for w, v in zip(words, words[1:] + [""]) if w.startswith("--") and w not in sized]
-    assert ("--pretrain", "passages") in flags  # (the main command this test reads)
+    assert "--dev-checks" in words and "extra_train=jaquad" not in words  # (the main command this test reads)
     parts = gpu_check.plan(Path("out"), Path("data"), dry=False, budget=None, eval_limit=None)
     for part in parts:
         if not part.name.startswith("grid"):
