@@ -161,8 +161,8 @@ def early_best_line(rows: list[dict[str, Any]]) -> str | None:
     stage did no better. Such a cell's dev loss is lowest where the first look was taken: the rest of the
     budget did not improve the model, and a better checkpoint may lie before that check (a long budget
     on a small training set overfits: docs/pretraining.md; a diffusion cell's dev loss can also rise from
-    the start). Its scores are an early checkpoint's, not what
-    the budget buys, which a reader of the table must know (None when no cell is such)."""
+    the start). Its scores are an early checkpoint's, not what the budget buys, which a reader of the table
+    must know (None when no cell is such)."""
     hits: dict[tuple[str, str], list[tuple[Any, float]]] = defaultdict(list)
     n = 0
     for r in rows:
