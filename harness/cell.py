@@ -464,7 +464,11 @@ def _lr_sweep(cell: Cell, ctx: RunContext, plan: CellPlan, tcfg: TrainConfig) ->
     def checked(lr: float, short: Budget) -> lr_sweep.Trial:  # the short budget's meter, checked in the plan
         return trial(lr, plan.short_meter if plan.short_meter and plan.short_meter.budget == short else short)
 
-    return lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], plan.meter.budget, checked, cache)
+    rec = lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], plan.meter.budget, checked, cache)
+    checks = lr_sweep.short_checks(tcfg.eval_points)
+    if checks > 1:  # (a cell of many dev checks: its short runs were judged by their best check)
+        rec.update(criterion=lr_sweep.criterion(checks), short_checks=checks)
+    return rec
 
 
 TRAIN_SHARE = 0.5  # of a cell's progress bar: training, then the evaluation's answers and perplexity

@@ -162,15 +162,32 @@ def run_sweep(rates: list[float], frac: float, budget: Budget, trial: TrialFn,
 # the cost of short runs on small budgets (measured on CPU, tiny: 4 dev checks of the 406-question dev
 # slice took ~50 of a 10k-token short run's ~60 s). The dev slice is capped for the same reason.
 SHORT_EVAL_POINTS = 1
+# ... unless the cell asks for many dev checks (`--dev-checks`, for a long budget on a small training set,
+# which overfits early: docs/pretraining.md): there the end of a short run is past its optimum, and a rate
+# judged there is judged on how much it overfitted. Such a cell's short runs take a tenth of its checks and
+# are judged by their best (10 checks, the default, keep the one at the end)
+SHORT_EVAL_SHARE = 10
+CRITERION_BEST = "lowest dev loss of the short run's {n} dev checks (dev slice); diverged runs lose"
 SHORT_DEV_SEQS = 128  # dev sequences a short run is judged on (the first ones: the same for every rate)
 PROTOCOL = f"end-of-run dev loss, first {SHORT_DEV_SEQS} dev sequences"  # part of the cache key
 
 
+def short_checks(eval_points: int) -> int:
+    """How many dev checks a short run of a cell with `eval_points` checks takes (SHORT_EVAL_SHARE)."""
+    return max(SHORT_EVAL_POINTS, eval_points // SHORT_EVAL_SHARE)
+
+
+def criterion(checks: int) -> str:
+    """What a sweep of short runs with `checks` dev checks judged the rates by (the row's `criterion`)."""
+    return CRITERION if checks <= 1 else CRITERION_BEST.format(n=checks)
+
+
 def train_trial(make_model: Callable[[], Any], objective, train_set, dev_set, cfg, device, dist=None,
-                eval_points: int = SHORT_EVAL_POINTS) -> TrialFn:
+                eval_points: int | None = None) -> TrialFn:
     """A TrialFn that really trains: a fresh model per rate, the cell's TrainConfig at that rate
-    (fewer dev evaluations, no progress bar)."""
+    (fewer dev evaluations, `short_checks` of the cell's unless given; no progress bar)."""
     dev_set = dev_set.subset(np.arange(min(len(dev_set), SHORT_DEV_SEQS)))
+    eval_points = short_checks(cfg.eval_points) if eval_points is None else eval_points
 
     def run(lr: float, budget: Budget | BudgetMeter) -> Trial:  # a meter: already checked against the data
         model = make_model()

@@ -145,6 +145,29 @@ def test_a_short_run_is_judged_once_on_the_first_dev_sequences(monkeypatch):
     assert seen[2][1].ids[:, 0].tolist() == list(range(40))
 
 
+@pytest.mark.parametrize("cell_checks, short", [(10, 1), (19, 1), (20, 2), (40, 4), (100, 10), (1, 1)])
+def test_a_cell_of_many_dev_checks_judges_its_short_runs_by_their_best_check(monkeypatch, cell_checks, short):
+    """A long budget on a small training set overfits early (docs/pretraining.md), so the end of a short run
+    is past its optimum: a cell with `--dev-checks N` gives its short runs N // 10 checks (at least 1, so
+    the default 10 keeps the one at the end) and the trial's loss is the best of them, which the row's
+    criterion says."""
+    seen = []
+
+    def train(model, objective, train_set, dev_set, budget, cfg, device, dist=None):
+        seen.append(cfg.eval_points)
+        return TrainResult(tokens_seen=1, best_dev_loss=2.0, best_fraction=0.2)  # (the best: not the end's)
+
+    monkeypatch.setattr(lr_sweep, "train", train)
+    dev = SeqSet(torch.ones(4, 4, dtype=torch.long), torch.ones(4, 4, dtype=torch.bool), np.full(4, 4))
+    t = lr_sweep.train_trial(lambda: "m", None, None, dev, TrainConfig(eval_points=cell_checks), "cpu")(
+        1e-3, Budget("tokens", 500))
+    assert seen == [short] and lr_sweep.short_checks(cell_checks) == short
+    assert (t.dev_loss, t.best_fraction) == (2.0, 0.2)
+    assert lr_sweep.criterion(short) == (lr_sweep.CRITERION if short == 1 else
+                                         f"lowest dev loss of the short run's {short} dev checks (dev slice); "
+                                         "diverged runs lose")
+
+
 def test_rates_parse_and_auto_follows_the_preset():
     assert lr_sweep.auto_rates(3e-3) == [1e-3, 3e-3, 1e-2]
     assert lr_sweep.auto_rates(1e-3) == [3e-4, 1e-3, 3e-3]
@@ -240,6 +263,12 @@ def test_grid_with_sweep_trains_the_best_rate_and_reports_it(offline_dir, tmp_pa
     assert run_matrix.main(args) == 0
     assert "2 already done" in capsys.readouterr().out
     assert len(cell_rows(read_rows(out / "results" / "t.jsonl"))) == 2
+    assert all(r["lr_sweep"]["criterion"] == lr_sweep.CRITERION and "short_checks" not in r["lr_sweep"]
+               for r in rows)  # the default 10 dev checks: each short run judged at its end
+    assert run_matrix.main([*args, "--mixers", "attention", "--dev-checks", "20"]) == 0  # another cell
+    many = [r for r in cell_rows(read_rows(out / "results" / "t.jsonl")) if r["train"]["dev_checks_bound"] == 20]
+    assert [(r["lr_sweep"]["short_checks"], r["lr_sweep"]["criterion"]) for r in many] == [
+        (2, "lowest dev loss of the short run's 2 dev checks (dev slice); diverged runs lose")]
 
 
 def test_each_short_run_holds_the_only_model_alive(offline_dir, tmp_path, cache_dir, monkeypatch):
