@@ -456,19 +456,16 @@ def _lr_sweep(cell: Cell, ctx: RunContext, plan: CellPlan, tcfg: TrainConfig) ->
     where = ctx.cache_dir / "lr_sweep" / f"{cell.key()}-{ctx.device.type}{'-' + gpu if gpu else ''}.json"
     cache = None if ctx.dist.active else lr_sweep.TrialCache(where)
     data = plan.data
+    checks = lr_sweep.short_checks(tcfg.eval_points)  # >1 for a cell of many dev checks: judged by the best
     trial = lr_sweep.train_trial(fresh_model, plan.objective, data.train.to(ctx.device), data.dev.to(ctx.device),
-                                 tcfg, ctx.device, dist=ctx.dist)
+                                 tcfg, ctx.device, dist=ctx.dist, eval_points=checks)
     rates = cell.lr_sweep["rates"]  # "auto": around this cell's rate (the preset's, or the task's lr option)
     rates = lr_sweep.auto_rates(tcfg.lr) if rates == "auto" else rates
 
     def checked(lr: float, short: Budget) -> lr_sweep.Trial:  # the short budget's meter, checked in the plan
         return trial(lr, plan.short_meter if plan.short_meter and plan.short_meter.budget == short else short)
 
-    rec = lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], plan.meter.budget, checked, cache)
-    checks = lr_sweep.short_checks(tcfg.eval_points)
-    if checks > 1:  # (a cell of many dev checks: its short runs were judged by their best check)
-        rec.update(criterion=lr_sweep.criterion(checks), short_checks=checks)
-    return rec
+    return lr_sweep.run_sweep(rates, cell.lr_sweep["frac"], plan.meter.budget, checked, cache, checks)
 
 
 TRAIN_SHARE = 0.5  # of a cell's progress bar: training, then the evaluation's answers and perplexity

@@ -131,8 +131,9 @@ def best_trial(trials: list[Trial]) -> Trial:
 
 
 def run_sweep(rates: list[float], frac: float, budget: Budget, trial: TrialFn,
-              cache: TrialCache | None = None) -> dict[str, Any]:
-    """Short runs at every rate (cached ones reused); the row's `lr_sweep` record, `best_lr` included."""
+              cache: TrialCache | None = None, checks: int = 1) -> dict[str, Any]:
+    """Short runs at every rate (cached ones reused); the row's `lr_sweep` record, `best_lr` included.
+    `checks`: the dev checks each short run took (`short_checks`), which the record's criterion names."""
     if not rates:
         raise ValueError("learning-rate sweep: no rates")
     short = short_budget(budget, frac)
@@ -148,7 +149,8 @@ def run_sweep(rates: list[float], frac: float, budget: Budget, trial: TrialFn,
         trials.append(t)
     best = best_trial(trials)
     return {
-        "rates": list(rates), "frac": frac, "short_budget": str(short), "criterion": CRITERION,
+        "rates": list(rates), "frac": frac, "short_budget": str(short), "criterion": criterion(checks),
+        **({"short_checks": checks} if checks > 1 else {}),  # (a cell of many dev checks: judged by the best)
         "table": [{"lr": t.lr, "dev_loss": t.dev_loss, "tokens": t.tokens, "seconds": round(t.seconds, 2),
                    "train_seconds": round(t.train_seconds, 2), "best_fraction": t.best_fraction,
                    **({"error": t.error} if t.error else {})} for t in trials],

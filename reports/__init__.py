@@ -170,8 +170,9 @@ def early_best_line(rows: list[dict[str, Any]]) -> str | None:
         if is_reference(r) or r["status"] != "ok" or not curve or best is None:
             continue
         n += 1
-        stage = [p for p in curve if p.get("stage") == next((q.get("stage") for q in curve if q["frac"] == best), "?")]
-        if len(stage) > 1 and stage[0]["frac"] == best:
+        at = next((p for p in curve if p["frac"] == best), None)  # the kept check (None: no check of the curve)
+        stage = [p for p in curve if at is not None and p.get("stage") == at.get("stage")]
+        if len(stage) > 1 and stage[0] is at:
             hits[(label(r), r["objective"])].append((r.get("seed"), best))
     if not hits:
         return None
