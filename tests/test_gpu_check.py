@@ -873,14 +873,14 @@ def test_parts_runs_the_named_parts_in_the_plans_order_and_refuses_an_unknown_on
 
 
 def _fake_python(tmp_path: Path, pip_rc: int = 0) -> tuple[Path, Path]:
-    """A copy of the two scripts in a tree of their own, with a wheel in its .whl/, and a `python` that logs
+    """A copy of the three scripts in a tree of their own, with a wheel in its .whl/, and a `python` that logs
     each call (its arguments and PYTHONPATH) instead of installing or running anything."""
     import stat
 
     root = Path(gc.__file__).resolve().parents[1]
     tree = tmp_path / "tree"
     (tree / "scripts").mkdir(parents=True)
-    for name in ("device_gpu_check.sh", "gpu_check.sh"):
+    for name in ("device_gpu_check.sh", "gpu_check.sh", "with_wheels.sh"):
         shutil.copy(root / "scripts" / name, tree / "scripts" / name)
     (tree / ".whl").mkdir()
     (tree / ".whl" / "fugashi-1.0-py3-none-any.whl").write_bytes(b"")
@@ -945,6 +945,36 @@ def test_wheels_that_do_not_install_leave_the_path_alone_and_the_check_still_run
     check = lines[2].split("|")[1:]
     assert check[:2] == ["-m", "benchmarks.gpu_check"] and lines[3] == "PYTHONPATH "
     assert "--pack" not in check and t0 + 570 <= int(_after(check, "--deadline-at")) <= t1 + 570
+
+
+def test_with_wheels_runs_any_command_with_the_carried_wheels_first_on_the_path(tmp_path):
+    """scripts/with_wheels.sh (what gpu_check.sh installs the wheels with, and how a lent GPU runs a grid of
+    its own, such as the JaQuAD twin, docs/gpu-check.md): the wheels installed offline into the private site,
+    then the command as given, from the checkout's root, the site first on PYTHONPATH and its exit status
+    passed on; no wheels in .whl/, no pip and the path as it was."""
+    import subprocess
+
+    tree, py = _fake_python(tmp_path)
+    site = tmp_path / "site"
+    env = {**os.environ, "PYTHON": str(py), "WAVEBENCH_WHEEL_SITE": str(site), "PYTHONPATH": "/keep"}
+    cmd = ["bash", str(tree / "scripts" / "with_wheels.sh"), str(py), "run_matrix.py", "--grid", "a b", "--task-opt",
+           "extra_train=jaquad"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(lines) == 4, lines
+    pip, run = lines[0].split("|")[1:], lines[2].split("|")[1:]
+    assert pip[:3] == ["-m", "pip", "install"] and "--no-index" in pip and _after(pip, "--target") == str(site)
+    assert run == ["run_matrix.py", "--grid", "a b", "--task-opt", "extra_train=jaquad"]
+    assert lines[3] == f"PYTHONPATH {site}:/keep"
+    fail = subprocess.run(["bash", str(tree / "scripts" / "with_wheels.sh"), "bash", "-c", "pwd; exit 3"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert fail.returncode == 3 and fail.stdout.splitlines()[-1] == str(tree)  # its status; run from the root
+    (tmp_path / "calls.log").unlink()
+    shutil.rmtree(tree / ".whl")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and (tmp_path / "calls.log").read_text().splitlines() == \
+        ["ARGS|run_matrix.py|--grid|a b|--task-opt|extra_train=jaquad", "PYTHONPATH /keep"]
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -428,6 +428,51 @@ def test_malformed_jaquad_file_names_it(tmp_path, offline_dir, cache_dir, conten
     assert "\n" not in str(e.value)
 
 
+def test_xz_compressed_jaquad_files_train_exactly_as_the_plain_ones(tmp_path, offline_dir, cache_dir):
+    """JaQuAD's files may be xz-compressed (`NAME.json.xz`: how scripts/prepare_device.sh lets a copy travel
+    to a lent GPU): the same articles in the same order, so the same training data, as from the plain files;
+    a split may mix the two. A file present both ways is one error (its questions would count twice), and a
+    corrupt archive one DataError naming it."""
+    import json
+    import lzma
+
+    import torch
+
+    from tasks import jaquad
+
+    plain = _write_jaquad(tmp_path / "plain")
+    extra = json.dumps(to_squad([("富士山", [("富士山は日本一高い山である。", [("日本一高い山は。", "富士山")])])]),
+                       ensure_ascii=False)
+    (plain / "train" / "jaquad_train_0001.json").write_text(extra, encoding="utf-8")
+    packed = tmp_path / "packed"
+    for f in sorted(plain.rglob("*.json")):  # the first train file and the dev file compressed, the second not
+        dest = packed / f.relative_to(plain)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if f.name == "jaquad_train_0001.json":
+            dest.write_bytes(f.read_bytes())
+        else:
+            dest.with_name(f.name + ".xz").write_bytes(lzma.compress(f.read_bytes()))
+    assert sorted(p.name for p in packed.rglob("*")) == ["dev", "jaquad_dev_0000.json.xz", "jaquad_train_0000.json.xz",
+                                                        "jaquad_train_0001.json", "train"]
+    want = jaquad.load_articles(plain)
+    assert [a["title"] for a in want] == ["天の川", "富士山", "金閣寺"]  # train's files in name order, then dev's
+    assert jaquad.load_articles(packed) == want
+    a = _prepare(offline_dir, cache_dir, extra_train="jaquad", jaquad_dir=str(plain))
+    b = _prepare(offline_dir, cache_dir, extra_train="jaquad", jaquad_dir=str(packed))
+    assert b.info["extra_train"] == a.info["extra_train"] and b.info["files"]["extra_train"] == str(packed)
+    assert torch.equal(a.train.ids, b.train.ids) and torch.equal(a.train.target, b.train.target)
+    assert b.info["extra_train"]["questions"] == 3
+
+    (packed / "train" / "jaquad_train_0001.json.xz").write_bytes(lzma.compress(extra.encode("utf-8")))
+    with pytest.raises(DataError, match=r"both jaquad_train_0001\.json and jaquad_train_0001\.json\.xz; keep one"):
+        jaquad.load_articles(packed)
+    (packed / "train" / "jaquad_train_0001.json").unlink()
+    (packed / "dev" / "jaquad_dev_0000.json.xz").write_bytes(b"not xz at all")
+    with pytest.raises(DataError, match=r"jaquad_dev_0000\.json\.xz: not SQuAD-format JaQuAD JSON \(LZMAError") as e:
+        jaquad.load_articles(packed)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("eval_limit, full", [(0, False), (5, False), (4, True)])
 def test_references_score_the_whole_split_only_when_the_models_saw_a_sample(offline_dir, cache_dir,
                                                                            eval_limit, full):

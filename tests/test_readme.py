@@ -35,7 +35,8 @@ DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 # the entry points a command may name, and the module whose `main(argv)` parses its arguments
 _START = re.compile(r"(python -m [\w.]+|python run_matrix\.py|python scripts/mutation_audit\.py"
-                    r"|bash scripts/(?:device_)?gpu_check\.sh)(?=\s|$)(.*)")
+                    r"|bash scripts/(?:device_)?gpu_check\.sh|bash scripts/with_wheels\.sh python3 run_matrix\.py)"
+                    r"(?=\s|$)(.*)")
 _MODULE = {"python run_matrix.py": "run_matrix", "python -m reports": "reports.__main__",
            "python scripts/mutation_audit.py": "scripts.mutation_audit",
            "bash scripts/gpu_check.sh": "benchmarks.gpu_check",
@@ -64,8 +65,8 @@ def readme_commands(text: str) -> list[str]:
     found = []
     for line in lines:
         m = _START.search(line.split(" #")[0])
-        if m:
-            found.append(" ".join((m.group(1) + m.group(2)).split()))
+        if m:  # a command ends at the next one (`; tar ...`)
+            found.append(" ".join((m.group(1) + m.group(2).split("; ")[0]).split()))
     return sorted(set(found))
 
 
@@ -87,7 +88,10 @@ class _Parsed(Exception):
 def parsed(argv: list[str], monkeypatch) -> tuple[str, argparse.Namespace]:
     """(module, namespace) of one command's argv, by running its module's `main` up to its argparse. A command
     with no arguments may be prose naming a tool whose real use needs some (`--data-dir`): its module's
-    `--help` must work (an empty namespace then)."""
+    `--help` must work (an empty namespace then). A command run with the carried wheels
+    (`bash scripts/with_wheels.sh python3 ...`) is its python command's."""
+    if argv[:3] == ["bash", "scripts/with_wheels.sh", "python3"]:
+        argv = ["python", *argv[3:]]
     head = " ".join(argv[:3] if argv[:2] == ["python", "-m"] else argv[:2])
     module = _MODULE.get(head, head.removeprefix("python -m "))
     rest = argv[3:] if argv[:2] == ["python", "-m"] else argv[2:]
@@ -160,6 +164,9 @@ def test_every_command_in_the_readme_parses_and_names_what_exists(monkeypatch, c
                  "bash scripts/device_gpu_check.sh --parts " + ",".join(gpu_check.SPLIT[1]),
                  "python -m benchmarks.scan_memory --out results/bench_scan_memory_cpu.json"):
         assert must in commands, must
+    # the JaQuAD twin on a lent GPU (docs/gpu-check.md), parsed as the run_matrix command it runs
+    assert any(c.startswith("bash scripts/with_wheels.sh python3 run_matrix.py") and "extra_train=jaquad" in c
+               for c in commands)
 
 
 def test_the_readmes_two_device_commands_run_every_gpu_check_part_in_order():
