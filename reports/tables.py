@@ -65,12 +65,19 @@ def variant(row: dict[str, Any]) -> str:
     return settings(row).get("pretrain", "")
 
 
+# how many dev checks every cell took before `--dev-checks` (2026-12-07) made it a setting: harness/train.py's
+# TrainConfig.eval_points, 10 since the first commit (a row then did not record it)
+DEV_CHECKS_BEFORE_THE_FLAG = 10
+
+
 def settings(row: dict[str, Any]) -> dict[str, str]:
     """A model row's training settings beyond mixer, objective, seed, norm and sweep point, as text: what
     its cell key holds (pretraining, learning rate, options, budget, preset, loss path as resolved,
     compilation as asked, cuDNN attention as set on CUDA, dev-check tokens, task options) and, under a
     `seconds` budget, its device.
-    A setting a row does not record (an older or a failed row) is left out."""
+    A setting a row does not record (an older or a failed row) is left out, but for the dev checks: an ok
+    row from before `--dev-checks` took the 10 every cell then took, and is named (or not) as a row of 10,
+    so that a grid resumed since (its new rows record 10) keeps one configuration, not two."""
     out = {}
     p = row.get("pretrain")
     if p:
@@ -106,6 +113,8 @@ def settings(row: dict[str, Any]) -> dict[str, str]:
         out["dev_tokens"] = f"dev ≤{fmt_count(train['dev_tokens_bound'])} tok"
     if train.get("dev_checks_bound") is not None:  # --dev-checks (rows since 2026-12-07)
         out["dev_checks"] = f"{train['dev_checks_bound']} dev checks"
+    elif train and row.get("status") == "ok":  # a row from before the flag: it took the trainer's 10 then
+        out["dev_checks"] = f"{DEV_CHECKS_BEFORE_THE_FLAG} dev checks"
     point = row.get("sweep") or {}  # a sweep point's task options (MQAR's seq_len) are its own column
     task = {a: b for a, b in (row.get("task_opts") or {}).items() if a not in point}
     out["task_opts"] = ", ".join(f"{a}={b}" for a, b in sorted(task.items()))

@@ -76,6 +76,26 @@ def test_only_cells_that_differ_in_what_they_add_are_paired():
     assert len(t) == 7 and "0.900" not in "\n".join(t.values())  # (6 lines and the header) nor the cell scored on all questions
 
 
+def test_a_row_from_before_dev_checks_pairs_as_a_row_of_10():
+    """Rows written before `--dev-checks` (2026-12-07) record no count (every cell then took 10): a grid
+    resumed since pairs its new JaQuAD cell (its row records 10) with the old task-alone cell, under the
+    mixer's plain name. Cells of 40 checks are another configuration: both blocks are then named."""
+    def new(row, checks):
+        return {**row, "key": row["key"] + str(checks), "train": {**row["train"], "dev_checks_bound": checks}}
+
+    old_alone = _row("attention", 0, [0.2, 0.4])
+    assert "dev_checks_bound" not in old_alone["train"]
+    rows = [old_alone, new(_row("attention", 0, [0.3, 0.5], extra="jaquad"), 10)]
+    t = _table(rows)
+    assert sorted(t) == ["attention | extra_train=jaquad", "attention | — (the task alone)", "mixer | added to the task's data"]
+    assert t["attention | extra_train=jaquad"].endswith("| +0.100 [+0.100, +0.100] **yes** (2 q) |")
+    rows += [new(_row("attention", 0, [0.1, 0.1]), 40), new(_row("attention", 0, [0.2, 0.1], extra="jaquad"), 40)]
+    t = _table(rows)
+    assert t["attention · 10 dev checks | extra_train=jaquad"].endswith("| +0.100 [+0.100, +0.100] **yes** (2 q) |")
+    assert t["attention · 40 dev checks | extra_train=jaquad"].endswith("| +0.050 [+0.000, +0.100] no (2 q) |")
+    assert len(t) == 5
+
+
 def test_perplexity_ratio_against_the_task_alone():
     """One nat less per target token with pretraining: ×e^-1 = ×0.368 of the task alone's perplexity."""
     targets = [2, 3, 1]

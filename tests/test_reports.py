@@ -445,6 +445,30 @@ def test_a_grid_resumed_with_another_budget_preset_loss_compilation_or_evaluatio
     assert sorted(seeds.values()) == ["1", "2"]  # the first configuration's two seeds, averaged; the other alone
 
 
+def test_a_row_from_before_dev_checks_is_a_row_of_10(tmp_path):
+    """Before `--dev-checks` (2026-12-07) a row recorded no count: every cell took 10. A grid resumed since
+    averages an old row with a new row of 10 as seeds of one configuration, and names it `10 dev checks`
+    only beside a configuration of another count; a failed row records none and names nothing."""
+    def row(key, seed, train, status="ok"):
+        return _row("attention", "autoregressive", key=key, seed=seed, status=status,
+                    metrics=_qa(0.0, 0.1 + 0.1 * seed, ppl=9.0) if status == "ok" else {},
+                    train={"lr": 3e-3, **train})
+
+    def names(rows):
+        out = tmp_path / f"run{len(rows)}"
+        for r in rows:
+            append_row(out / "results" / "g.jsonl", r)
+        write_reports(out / "results", out / "reports")
+        text = (out / "reports" / "g" / "README.md").read_text()
+        failed = [_cells(ln)[0] for ln in _table(text, "## jsquad") if "**failed**" in ln]
+        return sorted((_cells(ln)[0], _cells(ln)[2]) for ln in _table(text, "### Across seeds")[2:]), failed
+
+    rows = [row("old", 0, {}), row("new", 1, {"dev_checks_bound": 10}), row("bad", 2, {}, status="failed")]
+    assert names(rows) == ([("attention", "2")], ["attention"])
+    rows.append(row("forty", 0, {"dev_checks_bound": 40}))
+    assert names(rows) == ([("attention (10 dev checks)", "2"), ("attention (40 dev checks)", "1")], ["attention"])
+
+
 @pytest.mark.parametrize("budget", ["tokens=20000", "a100_seconds=60"])
 def test_a_device_or_a_sweep_points_task_options_never_name_a_variant(tmp_path, budget):
     """A token budget trains the same tokens on any device, an A100-seconds budget is normalised across
