@@ -82,7 +82,7 @@ def table(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]], names: tup
     for cfg in both:
         ra, rb = a[cfg], b[cfg]
         name = " · ".join([cfg[0], *([f"norm {cfg[3]}"] if cfg[3] != "pre" else []), *([cfg[4]] if cfg[4] else [])])
-        what = f"{added(ra[0]) or '—'} → {added(rb[0]) or '—'}" if across else cfg[2] or "—"
+        what = " → ".join(dict.fromkeys(added(r[0]) or "—" for r in (ra, rb))) if across else cfg[2] or "—"
         cells = [name, cfg[1], what, f"{len(ra)}, {len(rb)}"]
         if m:
             cells += [_mean(ra, m.key, m.fmt), _mean(rb, m.key, m.fmt),

@@ -2,8 +2,9 @@
 # Prepare, on a machine with network, what a GPU machine without network needs for the GPU check
 # (README: "GPU check"), all in git-ignored folders that travel with the checkout:
 #   .whl/        wheels of the packages a CUDA image lacks (fugashi, unidic-lite, PyWavelets, cut-cross-entropy)
-#   data/        the JSQuAD files, JaQuAD's xz-compressed (for the main command's JaQuAD twin), and data/cache/ with the tokenizers the check's presets use (trained here
-#                once, so the GPU's minutes are not spent on SentencePiece) and the training passages
+#   data/        the JSQuAD files, JaQuAD's xz-compressed (for the main command's JaQuAD twin), and
+#                data/cache/ with the tokenizers the check's presets use (trained here once, so the
+#                GPU's minutes are not spent on SentencePiece) and the training passages
 #                tokenised for the check's pretraining stage (`--pretrain passages`, MeCab: a CPU's work)
 # Usage: bash scripts/prepare_device.sh [SHARED_DATA_DIR]   (default ../shared/data)
 # The GPU machine's Python is 3.12 by default; set GPU_PYTHON=3.11 (etc.) for another.
@@ -27,8 +28,9 @@ mkdir -p .whl data
 rm -rf data/jsquad-v1.3
 cp -r "$SHARED/jsquad-v1.3" data/
 # JaQuAD, for the main command's twin (`--task-opt extra_train=jaquad` reads jaquad-v0.1.0 beside the JSQuAD
-# folder): xz-compressed file by file (25 MB of JSON, 4.7 MB so; tasks/jaquad.py reads NAME.json.xz as NAME.json),
-# with its README and LICENSE (CC BY-SA 3.0), so that it travels in the 64 MiB carry beside the wheels
+# folder): xz-compressed file by file (25 MB of JSON, 4.7 MB so; tasks/jaquad.py reads NAME.json.xz as
+# NAME.json), with its README and LICENSE (CC BY-SA 3.0), so that it travels in the 64 MiB carry beside the
+# wheels
 rm -rf data/jaquad-v0.1.0
 if [ -d "$SHARED/jaquad-v0.1.0" ]; then
     "$PY" - "$SHARED/jaquad-v0.1.0" data/jaquad-v0.1.0 <<'PY'

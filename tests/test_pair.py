@@ -68,6 +68,8 @@ def test_one_files_addition_pairs_with_the_others_task_alone_when_asked():
     assert t["attention | autoregressive | — → extra_train=jaquad"].startswith(
         "| attention | autoregressive | — → extra_train=jaquad | 1, 1 | 0.300 | 0.450 | +0.150 [+0.100, +0.200] **yes** (2 q) |")
     assert len(t) == 2
+    same = _lines(pair.table(a, b, only=("extra_train=jaquad", "extra_train=jaquad")))  # one name when both add the same
+    assert "| attention | autoregressive | extra_train=jaquad | 1, 1 | 0.900 | 0.450 |" in same["attention | autoregressive | extra_train=jaquad"]
     assert _lines(pair.table(a, b))["attention | autoregressive | extra_train=jaquad"].startswith(  # by default: like with like
         "| attention | autoregressive | extra_train=jaquad | 1, 1 | 0.900 | 0.450 | -0.450")
 
