@@ -432,6 +432,47 @@ def test_the_span_answers_benchmark_refuses_an_unknown_split(capsys):
     assert "--splits takes one or both of eval, dev; got 'eval,test'" in capsys.readouterr().err
 
 
+def test_the_span_answers_benchmark_scores_only_the_ways_named(offline_dir, tmp_path, cache_dir, decodes):
+    """`--ways free,span`: each objective's free and default-span answers, nothing else, and no decoding for
+    the ways left out (diffusion's other orders and cuts cost a decode of each split each); the command the
+    rows record is the grid's, without `--ways`, so they share a table with a run that scored every way."""
+    import json
+
+    from benchmarks import span_answers
+
+    bench = tmp_path / "bench.jsonl"
+    grid = ["--preset", "tiny", "--budget", "tokens=3000", "--data-dir", str(offline_dir), "--out", str(tmp_path / "out"),
+            "--cache-dir", str(cache_dir), "--no-progress", "--mixers", "attention", "--task-opt", "latency_n=1",
+            "--objective-opt", "diffusion.gen_length=8", "--objective-opt", "diffusion.steps=8"]
+    assert span_answers.main(["--bench-out", str(bench), "--ways", "free, span", *grid]) == 0
+    # each objective: the evaluation (free), span on eval, free and span on dev
+    assert decodes == {("autoregressive", False): 2, ("autoregressive", True): 2,
+                       ("diffusion", False): 2, ("diffusion", True): 2}
+    lines = [json.loads(x) for x in bench.read_text().splitlines()]
+    assert sorted((x["objective"], x["split"], x["way"]) for x in lines) == sorted(
+        (o, split, w) for o in ("autoregressive", "diffusion") for split in ("dev", "eval") for w in ("free", "span"))
+    assert {x["command"] for x in lines} == {" ".join(grid)}
+    diffusion_span = [x for x in lines if x["objective"] == "diffusion" and x["way"] == "span"]
+    assert all(x["answers"].startswith("span: exact: positions filled left to right") for x in diffusion_span)
+
+    grid[grid.index("--out") + 1] = str(tmp_path / "again")  # the cells train again (a resumed grid evaluates none)
+    assert span_answers.main(["--bench-out", str(bench), "--ways", "span_confidence", "--splits", "eval", *grid]) == 0
+    new = [json.loads(x) for x in bench.read_text().splitlines()][len(lines):]  # autoregressive has no such way
+    assert [(x["objective"], x["split"], x["way"]) for x in new] == [("diffusion", "eval", "span_confidence")]
+
+
+@pytest.mark.parametrize("ways", ["free,spam", " , ", "span_left_to_right,Free"])
+def test_the_span_answers_benchmark_refuses_an_unknown_way(capsys, ways):
+    """`--ways` names ways of `benchmarks.span_answers.WAYS`: a typo (or nothing) is one line before any cell
+    trains."""
+    from benchmarks import span_answers
+
+    with pytest.raises(SystemExit):
+        span_answers.main(["--ways", ways, "--data-dir", "nowhere"])
+    assert f"--ways takes some of free, span, span_left_to_right, span_confidence, span_uncut, span_run; got {ways!r}" \
+        in capsys.readouterr().err
+
+
 def test_the_span_answers_benchmark_skips_a_split_without_questions(offline_dir, tmp_path, cache_dir, monkeypatch,
                                                                     capsys):
     """A split with no questions (here the dev slice's, emptied) gets a line saying so and no rows: a score
