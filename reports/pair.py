@@ -58,7 +58,8 @@ def configurations(rows: list[dict[str, Any]], name: str = "rows", only: str | N
 
 
 def _mean(rs: list[dict[str, Any]], key: str, spec: str) -> str:
-    vals = [v for v in (metric(r, key) for r in rs) if v is not None]
+    """The mean over the seeds alone (`seeds.mean_text` with its interval: this table's interval is the paired one)."""
+    vals = seeds.values(rs, key)
     return format(sum(vals) / len(vals), spec) if vals else "—"
 
 

@@ -37,9 +37,14 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     return groups
 
 
+def values(rs: list[dict[str, Any]], key: str) -> list[float]:
+    """A cell's `key` in each of its seeds' rows that records it."""
+    return [v for v in (metric(r, key) for r in rs) if v is not None]
+
+
 def mean_text(rs: list[dict[str, Any]], key: str, spec: str) -> str:
     """A cell's `key` over its seeds as a table shows it: '0.061 ± 0.004 (n=3)', or '—' (no row has it)."""
-    vals = [v for v in (metric(r, key) for r in rs) if v is not None]
+    vals = values(rs, key)
     return stats.mean_ci(vals).text(spec) if vals else "—"
 
 
