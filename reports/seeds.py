@@ -185,7 +185,7 @@ def seed_section(rows: list[dict[str, Any]], key: str | None, ratios: Ratios | N
 
     def order(item):
         (mixer, obj, norm, sweep, var), rs = item
-        vals = [metric(r, key) for r in rs if metric(r, key) is not None] if key else []
+        vals = values(rs, key) if key else []
         return (obj, str(norm), sweep, var, -s * (sum(vals) / len(vals)) if vals else 0.0, mixer)
 
     bases = _bases(groups)
